@@ -1,0 +1,53 @@
+"""boundkit: how far must an input move (in L2) before a classifier changes its mind?
+
+From below, with certificates (:func:`certify`); from above, with minimum-norm attacks
+(:func:`attack`); and both at once, checked against each other (:func:`crosscheck`).
+
+The public names are imported lazily so that ``import boundkit`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # certificates
+    "certify": "boundkit.bounds.engine",
+    "Certificate": "boundkit.bounds.certificate",
+    "register_rule": "boundkit.bounds.registry",
+    "available_methods": "boundkit.bounds.registry",
+    # graph
+    "capture": "boundkit.graph.capture",
+    "Graph": "boundkit.graph.graph",
+    "Node": "boundkit.graph.graph",
+    # attacks
+    "attack": "boundkit.attacks",
+    "AttackResult": "boundkit.attacks.base",
+    # cross-check
+    "crosscheck": "boundkit.crosscheck",
+    "CrosscheckResult": "boundkit.crosscheck",
+    # exact ground truth
+    "exact_radius": "boundkit.exact",
+    # models and data
+    "load_model": "boundkit.models.io",
+    "save_model": "boundkit.models.io",
+    "load_dataset": "boundkit.data",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'boundkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,444 @@
+"""Shared machinery of the minimum-norm L2 attacks.
+
+Contents
+--------
+* :class:`AttackResult` -- what :func:`boundkit.attack` returns (verified, float64 norms).
+* :class:`Misclassification` / :class:`TargetedMisclassification` -- the attack criteria
+  (Foolbox-3 names): untargeted "the arg-max differs from the label", targeted "the arg-max
+  is the target".
+* :class:`Attack` -- base class of every attack.  ``attack(model, x, criterion, box=...)``
+  returns the *raw* candidates (a tensor like ``x``, possibly not adversarial); the shared
+  :func:`verify` step re-runs the model on exactly those tensors, in the model's dtype, and is
+  the only thing that decides success.  Every attack also ends with a short bisection along
+  the segment ``x -> x_adv`` (:func:`boundary_bisection`), which never increases the norm and
+  keeps the adversarial end point.
+* Helpers: batched L2 norms (:func:`l2_norms`), box projection (:func:`clip_to_box`), the
+  margin used as a differentiable surrogate of the criterion.
+
+Conventions
+-----------
+* Everything is batched: the only Python loops are over iterations, search steps or classes,
+  never over samples.
+* The model is called on tensors of its own parameter dtype, on its own device (or the one
+  given), and is never switched between train / eval mode.
+* ``box`` is ``(lo, hi)`` (scalars) or ``None`` (no input domain constraint).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+Box = tuple[float, float] | None
+
+__all__ = [
+    "AttackResult",
+    "Attack",
+    "Box",
+    "Criterion",
+    "Misclassification",
+    "TargetedMisclassification",
+    "l2_norms",
+    "clip_to_box",
+    "box_diameter",
+    "verify",
+    "boundary_bisection",
+    "model_dtype",
+    "model_device",
+    "atleast_kd",
+]
+
+
+# --------------------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttackResult:
+    """Verified outcome of a minimum-norm L2 attack, one entry per sample.
+
+    Attributes
+    ----------
+    x_adv:
+        ``[N, ...]`` returned points, in the model's dtype.  Where ``success`` is False it is
+        the clean input.
+    norm:
+        ``float64 [N]``: ``||x_adv - x||_2`` recomputed in float64 from exactly ``x_adv``;
+        ``+inf`` where no adversarial example was found.
+    success:
+        ``bool [N]``: True only if the model, re-run on ``x_adv``, satisfies the criterion.
+    found_by:
+        ``list[str]`` of length N: the attack that produced each successful example
+        (``"clean"`` for samples misclassified before any perturbation, ``""`` on failure).
+    label:
+        ``int64 [N]``: class predicted by the model on the clean input.
+    adv_label:
+        ``int64 [N]``: class predicted on ``x_adv`` (equal to ``label`` on failure).
+    method:
+        name of the attack (or ensemble) that was run.
+    targeted, target:
+        whether the criterion was targeted, and the targets (``int64 [N]``) if so.
+    y:
+        the labels the criterion used (``int64 [N]``), i.e. ``label`` unless ``y`` was passed.
+    seconds:
+        wall time of the whole call.
+    """
+
+    x_adv: Tensor
+    norm: Tensor
+    success: Tensor
+    found_by: list[str]
+    label: Tensor
+    adv_label: Tensor
+    method: str = ""
+    targeted: bool = False
+    target: Tensor | None = None
+    y: Tensor | None = None
+    seconds: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.norm.shape[0])
+
+    def median_norm(self) -> float:
+        """Median of ``norm`` over all samples (failures count as ``+inf``)."""
+        if len(self) == 0:
+            return float("nan")
+        return float(torch.quantile(self.norm.double().cpu(), 0.5, interpolation="lower"))
+
+    def success_rate(self) -> float:
+        """Fraction of samples for which a verified adversarial example was found."""
+        if len(self) == 0:
+            return float("nan")
+        return float(self.success.double().mean())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python / numpy view (for JSON or reports); ``x_adv`` as a numpy array."""
+        return {
+            "method": self.method,
+            "targeted": self.targeted,
+            "x_adv": self.x_adv.detach().cpu().numpy(),
+            "norm": self.norm.cpu().numpy().tolist(),
+            "success": self.success.cpu().numpy().tolist(),
+            "found_by": list(self.found_by),
+            "label": self.label.cpu().numpy().tolist(),
+            "adv_label": self.adv_label.cpu().numpy().tolist(),
+            "target": None if self.target is None else self.target.cpu().numpy().tolist(),
+            "median_norm": self.median_norm(),
+            "success_rate": self.success_rate(),
+            "seconds": self.seconds,
+        }
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def atleast_kd(t: Tensor, k: int) -> Tensor:
+    """Reshape a ``[N]`` tensor to ``[N, 1, ..., 1]`` with ``k`` dimensions (for broadcasting)."""
+    return t.reshape(t.shape + (1,) * (k - t.ndim))
+
+
+def l2_norms(delta: Tensor) -> Tensor:
+    """Per-sample L2 norms of a batch ``[N, ...]`` (in the dtype of ``delta``)."""
+    return delta.flatten(1).norm(p=2, dim=1)
+
+
+def clip_to_box(x: Tensor, box: Box) -> Tensor:
+    """Project onto the box ``[lo, hi]`` (identity when ``box`` is None)."""
+    if box is None:
+        return x
+    return x.clamp(box[0], box[1])
+
+
+def box_diameter(x: Tensor, box: Box, default: float = 100.0) -> Tensor:
+    """Largest L2 distance from each sample to a point of the box (``default`` if no box)."""
+    if box is None:
+        return torch.full((x.shape[0],), default, dtype=x.dtype, device=x.device)
+    far = torch.maximum(x - box[0], box[1] - x)
+    return l2_norms(far)
+
+
+def model_dtype(model: nn.Module, fallback: torch.dtype = torch.float32) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter/buffer."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return fallback
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter/buffer (CPU for parameter-free models)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------
+# criteria
+# --------------------------------------------------------------------------------------
+
+
+class Criterion:
+    """What makes a point adversarial, plus a differentiable margin surrogate.
+
+    ``margin(logits) < 0`` iff adversarial, up to ties between logits (ties are decided by
+    ``argmax``, which is what :meth:`is_adversarial` and the verification use).
+    """
+
+    targeted: ClassVar[bool] = False
+
+    def __init__(self, labels: Tensor) -> None:
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, idx: Tensor | slice) -> Criterion:
+        return type(self)(self.labels[idx])
+
+    def to(self, device: torch.device | str) -> Criterion:
+        return type(self)(self.labels.to(device))
+
+    def is_adversarial(self, logits: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def margin(self, logits: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _own(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Logit of ``labels`` and the largest other logit."""
+        own = logits.gather(1, self.labels[:, None]).squeeze(1)
+        mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, self.labels[:, None], True)
+        other = logits.masked_fill(mask, -math.inf).amax(1)
+        return own, other
+
+
+class Misclassification(Criterion):
+    """Untargeted: adversarial iff ``argmax f(x') != labels``.
+
+    Margin: ``f_y(x') - max_{i != y} f_i(x')``.
+    """
+
+    targeted = False
+
+    def is_adversarial(self, logits: Tensor) -> Tensor:
+        return logits.argmax(1) != self.labels
+
+    def margin(self, logits: Tensor) -> Tensor:
+        own, other = self._own(logits)
+        return own - other
+
+
+class TargetedMisclassification(Criterion):
+    """Targeted: adversarial iff ``argmax f(x') == target`` (``labels`` holds the targets).
+
+    Margin: ``max_{i != t} f_i(x') - f_t(x')``.
+    """
+
+    targeted = True
+
+    def is_adversarial(self, logits: Tensor) -> Tensor:
+        return logits.argmax(1) == self.labels
+
+    def margin(self, logits: Tensor) -> Tensor:
+        own, other = self._own(logits)
+        return other - own
+
+
+# --------------------------------------------------------------------------------------
+# verification and bisection
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def verify(
+    model: nn.Module, x: Tensor, x_adv: Tensor, criterion: Criterion, box: Box
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Re-run the model on exactly ``x_adv`` and decide success.
+
+    Returns ``(success, norm, adv_label)``: ``success`` requires a finite ``x_adv`` inside the
+    box and the criterion to hold on the model's logits for ``x_adv`` (computed in the model's
+    dtype); ``norm`` is ``||x_adv - x||_2`` computed in float64 from exactly ``x_adv``, ``+inf``
+    where ``success`` is False.
+    """
+    logits = model(x_adv)
+    adv_label = logits.argmax(1)
+    success = criterion.is_adversarial(logits)
+    flat = x_adv.flatten(1)
+    success &= torch.isfinite(flat).all(1)
+    if box is not None:
+        success &= ((flat >= box[0]) & (flat <= box[1])).all(1)
+    norm = (x_adv.double() - x.double()).flatten(1).norm(p=2, dim=1)
+    norm = torch.where(success, norm, torch.full_like(norm, math.inf))
+    return success, norm, adv_label
+
+
+@torch.no_grad()
+def boundary_bisection(
+    model: nn.Module,
+    x: Tensor,
+    x_adv: Tensor,
+    criterion: Criterion,
+    steps: int = 10,
+) -> Tensor:
+    """Shrink ``x_adv`` towards ``x`` along the segment while it stays adversarial.
+
+    Bisection on ``t`` in ``x + t (x_adv - x)``: the returned point is always one the model
+    classified as adversarial (or ``x_adv`` itself), so the norm never grows.  Points inside the
+    box stay inside (the box is convex).  Samples where ``x_adv`` is not adversarial are
+    returned unchanged.  ``steps`` forward passes.
+    """
+    if steps <= 0:
+        return x_adv
+    k = x.ndim
+    best = x_adv.clone()
+    ok = criterion.is_adversarial(model(x_adv))
+    if not bool(ok.any()):
+        return best
+    lo = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    hi = torch.ones_like(lo)
+    d = x_adv - x
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        cand = x + atleast_kd(mid, k) * d
+        adv = criterion.is_adversarial(model(cand)) & ok
+        hi = torch.where(adv, mid, hi)
+        lo = torch.where(adv | ~ok, lo, mid)
+        best = torch.where(atleast_kd(adv, k), cand, best)
+    return best
+
+
+# --------------------------------------------------------------------------------------
+# attack base class
+# --------------------------------------------------------------------------------------
+
+
+class Attack:
+    """Base class of boundkit's minimum-norm L2 attacks (Foolbox-3-like interface).
+
+    Subclasses implement :meth:`run` (batched, device-agnostic), returning raw candidate
+    points.  :meth:`__call__` clips them to the box and applies the final boundary bisection
+    (``refine_steps`` forward passes, 0 to disable); :meth:`attack` additionally verifies.
+    Class attribute ``name`` is the registry key; ``budget_to_options`` maps the generic
+    ``budget`` (gradient steps per sample) of :func:`boundkit.attack` onto the attack's own
+    hyperparameters.
+    """
+
+    name: ClassVar[str] = "attack"
+
+    def __init__(self, *, refine_steps: int = 10) -> None:
+        self.refine_steps = int(refine_steps)
+
+    # -- to implement -----------------------------------------------------------------
+    def run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        criterion: Criterion,
+        *,
+        box: Box,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Return candidate adversarial points for the batch ``x`` (same shape and dtype)."""
+        raise NotImplementedError
+
+    @classmethod
+    def budget_to_options(cls, budget: int) -> dict[str, Any]:
+        """Hyperparameters implied by a budget of ``budget`` gradient steps per sample."""
+        return {"steps": int(budget)}
+
+    # -- shared -----------------------------------------------------------------------
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        criterion: Criterion,
+        *,
+        box: Box = (0.0, 1.0),
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Raw result: the attack's candidates, clipped to the box and bisected to the boundary.
+
+        Not verified: use :func:`verify` (or :meth:`attack`) before trusting any of them.
+        """
+        x = x.detach()
+        x_adv = self.run(model, x, criterion, box=box, generator=generator).detach()
+        x_adv = clip_to_box(x_adv, box).to(x.dtype)
+        return boundary_bisection(model, x, x_adv, criterion, self.refine_steps)
+
+    def attack(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        criterion: Criterion,
+        *,
+        box: Box = (0.0, 1.0),
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Run and verify: ``(x_adv, success, norm, adv_label)`` (see :func:`verify`)."""
+        x_adv = self(model, x, criterion, box=box, generator=generator)
+        success, norm, adv_label = verify(model, x, x_adv, criterion, box)
+        x_adv = torch.where(atleast_kd(success, x.ndim), x_adv, x)
+        return x_adv, success, norm, adv_label
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+# --------------------------------------------------------------------------------------
+# gradient helpers used by several attacks
+# --------------------------------------------------------------------------------------
+
+
+def logits_and_grad(
+    model: nn.Module, x: Tensor, loss_fn: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Logits at ``x`` and the gradient of ``loss_fn(logits).sum()`` w.r.t. ``x``."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        logits = model(xg)
+        (g,) = torch.autograd.grad(loss_fn(logits).sum(), xg, materialize_grads=True)
+    return logits.detach(), g
+
+
+def class_gradients(
+    model: nn.Module, x: Tensor, classes: Tensor, ref: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Batched Jacobian rows of ``f_k - f_ref`` for each column ``k`` of ``classes``.
+
+    ``classes`` is ``[N, K]``, ``ref`` is ``[N]``.  Returns ``(logits [N, C], diffs [N, K],
+    grads [N, K, ...])`` with one backward pass per candidate column (batched over samples).
+    """
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        logits = model(xg)
+        own = logits.gather(1, ref[:, None]).squeeze(1)
+        K = classes.shape[1]
+        grads = []
+        diffs = []
+        for j in range(K):
+            fk = logits.gather(1, classes[:, j : j + 1]).squeeze(1) - own
+            (g,) = torch.autograd.grad(fk.sum(), xg, retain_graph=j < K - 1, materialize_grads=True)
+            grads.append(g)
+            diffs.append(fk.detach())
+    return logits.detach(), torch.stack(diffs, 1), torch.stack(grads, 1)
+
+
+def as_list(x: Sequence[str] | str) -> list[str]:
+    return [x] if isinstance(x, str) else list(x)
+
+
+def seed_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed if seed is not None else np.random.SeedSequence().entropy % 2**63))
+    return g

@@ -1,0 +1,143 @@
+r"""Element-wise activations: ReLU, tanh, sigmoid, softplus.
+
+Derivative bounds (thesis Table 4.1) are *derived* here with sympy, not typed in:
+:math:`A=\sup|g'|` and :math:`B=\sup|g''|`.
+
+=========  ===========  ==============================================================
+function   :math:`A`    :math:`B` (correct)                 thesis Table 4.1 as printed
+=========  ===========  ==============================================================
+sigmoid    1/4          :math:`1/(6\sqrt3)\approx0.0962`     :math:`(5-3\sqrt3)/(30\sqrt3-54)` (same value)
+tanh       1            :math:`4/(3\sqrt3)\approx0.770`      :math:`\sinh u/\cosh^3u=2/(3\sqrt3)\approx0.385` (half: wrong)
+softplus   1            :math:`\beta/4`                      1/4 (for :math:`\beta=1`)
+ReLU       1            not twice differentiable             0, replaced by 1 in the thesis
+=========  ===========  ==============================================================
+
+with :math:`u=\tfrac12\ln(2+\sqrt3)`, where :math:`|\tanh''|=2\sinh u/\cosh^3u` peaks.
+
+Sound rules: each activation is Lipschitz with constant :math:`A` (mean value theorem);
+ReLU is 1-Lipschitz and exactly evaluated. ``docs/theory/activations.md``.
+peck2017: a ReLU on its own (not inside a convolution or fully-connected block) keeps the
+bound, :math:`\|\mathrm{ReLU}(X)\|_F\le\|X\|_F` (thesis Lemma A.2(4)).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import torch
+
+from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
+from boundkit.graph.graph import Graph, Node
+
+
+@cache
+def derived_bounds(name: str) -> tuple[float, float]:
+    r"""``(sup|g'|, sup|g''|)`` of a smooth activation, derived symbolically with sympy.
+
+    The suprema are found at the real critical points of the next derivative, plus the
+    limits at :math:`\pm\infty` (all these functions have bounded derivatives that vanish
+    or settle at infinity). ``softplus`` is the :math:`\beta=1` case; scale by
+    :math:`\beta` for general :math:`\beta` (:math:`g_\beta''(z)=\beta g_1''(\beta z)`).
+    """
+    import sympy as sp
+
+    z = sp.symbols("z", real=True)
+    funcs = {
+        "sigmoid": 1 / (1 + sp.exp(-z)),
+        "tanh": sp.tanh(z),
+        "softplus": sp.log(1 + sp.exp(z)),
+    }
+    if name not in funcs:
+        raise KeyError(f"no smooth activation {name!r}")
+    g = funcs[name]
+    out = []
+    for order in (1, 2):
+        d = sp.simplify(sp.diff(g, z, order))
+        # critical points of d: solve in the variable w = exp(z) > 0 (all three functions are
+        # rational in exp(z)), which sympy handles exactly
+        w = sp.symbols("w", positive=True)
+        dd = sp.simplify(sp.diff(d, z).rewrite(sp.exp).subs(sp.exp(z), w))
+        num = sp.numer(sp.together(dd))
+        cands = [sp.log(r) for r in sp.solve(sp.Eq(num, 0), w) if r.is_positive]
+        vals = [abs(float(sp.N(d.subs(z, c), 30))) for c in cands]
+        vals += [abs(float(sp.limit(d, z, sp.oo))), abs(float(sp.limit(d, z, -sp.oo)))]
+        out.append(max(vals))
+    return out[0], out[1]
+
+
+def thesis_table_4_1() -> dict[str, tuple[float, float]]:
+    r"""Thesis Table 4.1 exactly as printed (first-order, second-order bounds).
+
+    The tanh entry :math:`\sinh u/\cosh^3u` with :math:`u=\tfrac12\ln(2+\sqrt3)` equals
+    :math:`2/(3\sqrt3)`, half of :math:`\sup|\tanh''|`; ReLU's second-order 0 is replaced by
+    1 as the thesis chooses in Section 4.3.1.
+    """
+    s3 = math.sqrt(3.0)
+    u = 0.5 * math.log(2.0 + s3)
+    return {
+        "sigmoid": (0.25, (5.0 - 3.0 * s3) / (30.0 * s3 - 54.0)),
+        "tanh": (1.0, math.sinh(u) / math.cosh(u) ** 3),
+        "softplus": (1.0, 0.25),
+        "relu": (1.0, 1.0),
+    }
+
+
+def sound_bounds(node: Node) -> tuple[float, float | None]:
+    """``(A, B)`` for the node's activation with its own parameters (B None for ReLU)."""
+    if node.op == "relu":
+        return 1.0, None
+    if node.op == "softplus":
+        beta = float(node.attrs.get("beta", 1.0))
+        a, b = derived_bounds("softplus")
+        return a, b * beta
+    return derived_bounds(node.op)
+
+
+def softplus_threshold_jump(node: Node) -> float:
+    r"""torch's softplus returns :math:`z` once :math:`\beta z>` threshold, where the smooth
+    function is :math:`z+\log(1+e^{-\beta z})/\beta`: a jump of at most
+    :math:`\log(1+e^{-\mathrm{threshold}})/\beta` per element."""
+    beta = float(node.attrs.get("beta", 1.0))
+    thr = float(node.attrs.get("threshold", 20.0))
+    return math.log1p(math.exp(-thr)) / beta
+
+
+class ReLURule(LipschitzRule):
+    """ReLU is 1-Lipschitz: :math:`|\\max(a,0)-\\max(b,0)|\\le|a-b|`; float64 evaluation is exact."""
+
+    exact_arithmetic = True
+
+    def compute_lipschitz(self, node: Node, graph: Graph) -> float:
+        return 1.0
+
+
+class SmoothActivationRule(LipschitzRule):
+    """tanh, sigmoid, softplus: Lipschitz with :math:`A=\\sup|g'|` (mean value theorem)."""
+
+    def compute_lipschitz(self, node: Node, graph: Graph) -> float:
+        # A is 1 or 1/4 exactly; no rounding to account for
+        return sound_bounds(node)[0]
+
+    def deviation(self, node: Node, graph: Graph) -> float:
+        """Softplus as torch computes it deviates from the smooth function by its
+        threshold jump; counted twice (at x and at x + r) over all elements."""
+        if node.op != "softplus":
+            return 0.0
+        return 2.0 * math.sqrt(node.out_numel) * softplus_threshold_jump(node)
+
+
+class ReLUKeepRule(BackwardRule):
+    """peck2017: a stand-alone ReLU keeps kappa (thesis Lemma A.2(4):
+    :math:`\\|\\mathrm{ReLU}(X)\\|_F\\le\\|X\\|_F`, used in the proof of Theorem 5.1)."""
+
+    def backward(
+        self, node: Node, graph: Graph, kappa: torch.Tensor, acts: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        return kappa
+
+
+register_rule("relu", "sound", ReLURule())
+for _op in ("tanh", "sigmoid", "softplus"):
+    register_rule(_op, "sound", SmoothActivationRule())
+register_rule("relu", "peck2017", ReLUKeepRule())

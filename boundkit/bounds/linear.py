@@ -1,0 +1,69 @@
+r"""Fully-connected (``nn.Linear``) layers on their own.
+
+Sound rule: :math:`\|W(z+q)+b-(Wz+b)\|=\|Wq\|\le\|W\|_2\|q\|`, with :math:`\|W\|_2` the exact
+largest singular value (float64 SVD, inflated by :data:`~boundkit.bounds.numerics.CONSTANT_RTOL`),
+computed once per model. Rounding at x: :math:`\gamma_{k+1}(\||W|\|_2\|z\|+\|b\|)`.
+
+Inside a run of linear layers and smooth activations the sound method uses the quadratic
+block bound instead (:mod:`boundkit.bounds.mlp`), and for the last affine layers before the
+logits the per-class-pair margin bound (:mod:`boundkit.bounds.output`). peck2017 handles
+linear layers only inside those two thesis constructions (Theorems 3.6 and 4.2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from boundkit.bounds.numerics import gamma, inflate
+from boundkit.bounds.registry import LipschitzRule, register_rule
+from boundkit.graph.graph import Graph, Node
+
+
+def spectral_norm(w: torch.Tensor) -> float:
+    """Largest singular value of a matrix, float64, inflated to an upper bound.
+
+    Computed as the square root of the largest eigenvalue of the smaller Gram matrix
+    (symmetric eigensolver, backward stable); the Gram product adds at most
+    ``gamma(k) ||W||^2`` relative error (Higham 2002, Sec. 3.5), covered by the inflation
+    plus an explicit ``gamma(k)`` term."""
+    w = w.to(torch.float64)
+    if w.numel() == 0:
+        return 0.0
+    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    lam = float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0.0))
+    k = max(w.shape)
+    return float(inflate(math.sqrt(lam * (1.0 + float(gamma(k)) * 2.0))))
+
+
+def schur_bound(w: torch.Tensor) -> float:
+    r"""Schur test: :math:`\||W|\|_2\le\sqrt{\|W\|_1\|W\|_\infty}` (cheap, used only to
+    size rounding margins)."""
+    a = w.abs().to(torch.float64)
+    return float(inflate(math.sqrt(float(a.sum(0).max()) * float(a.sum(1).max()))))
+
+
+class LinearRule(LipschitzRule):
+    """Lipschitz constant :math:`\\|W\\|_2` (exact spectral norm)."""
+
+    def compute_lipschitz(self, node: Node, graph: Graph) -> float:
+        return spectral_norm(node.params["weight"])
+
+    def rounding(
+        self, node: Node, graph: Graph, in_norm: torch.Tensor, out_norm: torch.Tensor
+    ) -> torch.Tensor:
+        key = ("abs_norms", node.name)
+        if key not in graph.cache:
+            w = node.params["weight"]
+            b = node.params.get("bias")
+            graph.cache[key] = (
+                schur_bound(w),
+                float(b.norm()) if b is not None else 0.0,
+                float(gamma(w.shape[1] + 1)),
+            )
+        absw, bnorm, g = graph.cache[key]
+        return g * (absw * in_norm + bnorm) * (1 + 1e-6)
+
+
+register_rule("linear", "sound", LinearRule())

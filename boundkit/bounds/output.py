@@ -1,0 +1,161 @@
+r"""The output stage: from the logit margins to a bound at the input of the last layer(s).
+
+**peck2017** (thesis Lemma 3.5 / Theorem 3.6, eq. 3.12): with the last layer
+:math:`f=Wh+b` and :math:`c=\arg\max f`,
+
+.. math:: \kappa=\min_{c'\ne c}\frac{|(w_{c'}-w_c)\cdot h+b_{c'}-b_c|}{\|w_{c'}-w_c\|}.
+
+It is exact for a linear classifier (Theorem 3.7; :math:`h=x`).
+
+**Sound rule** (``docs/theory/output.md``): let :math:`T` be the longest run of *affine*
+nodes ending at the logits (linear, convolution, batch norm, average pooling, reshapes),
+:math:`h` its input and :math:`A=\partial f/\partial h` its constant Jacobian. For any
+perturbation :math:`q` of :math:`h`,
+:math:`f_c(h+q)-f_{c'}(h+q)=m_{c'}+(A_c-A_{c'})q\ge m_{c'}-\|A_c-A_{c'}\|\|q\|`, so the class
+cannot change while :math:`\|q\|<\kappa=\min_{c'}m_{c'}/\|A_c-A_{c'}\|`. This is Lemma 3.5
+applied to the whole affine tail at once (tighter than multiplying the norms of its layers,
+and per class pair rather than with a generic :math:`\sqrt2\|A\|`). Margins are reduced by
+:math:`\sqrt2` times the bound on the float64 rounding error of the logits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx
+
+from boundkit.bounds.numerics import inflate
+from boundkit.errors import UnsupportedLayerError
+from boundkit.graph.graph import AFFINE_OPS, Graph, Node
+
+
+def affine_tail(graph: Graph) -> tuple[list[Node], Node]:
+    """The longest chain of affine nodes ending at the logits, and the node feeding it."""
+    tail: list[Node] = []
+    node = graph.logits
+    while node.op in AFFINE_OPS and len(node.inputs) == 1:
+        prev = graph[node.inputs[0]]
+        tail.append(node)
+        if prev.op == "input" or len(graph.consumers(prev.name)) != 1:
+            node = prev
+            break
+        node = prev
+    return list(reversed(tail)), node
+
+
+def tail_jacobian(graph: Graph, start: Node) -> torch.Tensor:
+    """The constant Jacobian ``A`` [C, numel(start)] of the logits with respect to the
+    output of ``start`` (the tail is affine), by one vector-Jacobian product per class."""
+    fx_nodes = {n.name: n for n in graph.gm.graph.nodes}
+    dev = graph.device
+    h = torch.zeros((1, *start.out_shape), dtype=torch.float64, device=dev, requires_grad=True)
+    probe = torch.zeros((1, *graph.input_shape), dtype=torch.float64, device=dev)
+    # every node up to `start` is replaced by the value h; the tail runs on it
+    env = {fx_nodes[start.name]: h}
+    logits_name = graph.logits.name
+
+    class _Stop(Exception):
+        pass
+
+    captured: dict[str, torch.Tensor] = {}
+
+    class _Run(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node):  # noqa: ANN202
+            out = super().run_node(n)
+            if n.name == logits_name:
+                captured["f"] = out
+                raise _Stop
+            return out
+
+    interp = _Run(graph.gm)
+    try:
+        interp.run(probe, initial_env=env)
+    except _Stop:
+        pass
+    f = captured["f"].reshape(-1)
+    rows = []
+    for c in range(f.shape[0]):
+        (g,) = torch.autograd.grad(f[c], h, retain_graph=True, allow_unused=True)
+        rows.append(torch.zeros_like(h).reshape(-1) if g is None else g.reshape(-1))
+    return torch.stack(rows).detach()
+
+
+def pair_norms(a: torch.Tensor) -> torch.Tensor:
+    """``||A_c - A_c'||`` for all class pairs [C, C], inflated to upper bounds (the
+    Jacobian of an affine tail is exact up to the rounding of a few products, covered by
+    the relative inflation)."""
+    diff = a.unsqueeze(0) - a.unsqueeze(1)
+    return inflate(diff.norm(dim=2), rtol=1e-8)
+
+
+def margins(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted class and the margins ``f_c - f_c'`` [N, C] (``inf`` at c itself)."""
+    label = logits.argmax(dim=1)
+    fc = logits.gather(1, label.unsqueeze(1))
+    m = fc - logits
+    m.scatter_(1, label.unsqueeze(1), math.inf)
+    return label, m
+
+
+class SoundOutput:
+    """Sound output stage over the affine tail (see module docstring)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.tail, self.start = affine_tail(graph)
+        self.nodes = self.tail
+
+    def norms(self, graph: Graph) -> torch.Tensor:
+        key = ("tail_pair_norms", self.start.name)
+        if key not in graph.cache:
+            if not self.tail:
+                # the logits node itself is not affine: per-pair vectors are unit vectors
+                c = graph.num_classes
+                eye = torch.eye(c, dtype=torch.float64, device=graph.device)
+                graph.cache[key] = pair_norms(eye)
+            else:
+                graph.cache[key] = pair_norms(tail_jacobian(graph, self.start))
+        return graph.cache[key]
+
+    def kappa(
+        self, graph: Graph, logits: torch.Tensor, rounding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(kappa at the tail input, label, runner-up, margin) per sample."""
+        label, m = margins(logits)
+        m_safe = m - math.sqrt(2.0) * rounding.unsqueeze(1)
+        n = self.norms(graph)[label]  # [N, C]
+        ratio = torch.where(
+            m_safe > 0,
+            torch.where(n > 0, m_safe / n, torch.full_like(n, math.inf)),
+            torch.zeros_like(n),
+        )
+        ratio.scatter_(1, label.unsqueeze(1), math.inf)
+        kappa, runner = ratio.min(dim=1)
+        margin = m.min(dim=1).values
+        return kappa.clamp_min(0.0) * (1 - 2.0**-50), label, runner, margin
+
+
+class PeckOutput:
+    """peck2017 output stage: thesis Lemma 3.5 on the last linear layer."""
+
+    def __init__(self, graph: Graph) -> None:
+        node = graph.logits
+        if node.op != "linear":
+            raise UnsupportedLayerError(
+                node.name, node.op, "peck2017",
+                "the thesis's output bound (Lemma 3.5) needs a final linear layer",
+            )
+        self.start = graph[node.inputs[0]]
+        self.nodes = [node]
+        w = node.params["weight"]
+        self.pair = (w.unsqueeze(0) - w.unsqueeze(1)).norm(dim=2)
+
+    def kappa(
+        self, graph: Graph, logits: torch.Tensor, rounding: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        label, m = margins(logits)
+        n = self.pair.to(logits.device)[label]
+        ratio = torch.where(n > 0, m.abs() / n, torch.full_like(n, math.inf))
+        ratio.scatter_(1, label.unsqueeze(1), math.inf)
+        kappa, runner = ratio.min(dim=1)
+        return kappa, label, runner, m.min(dim=1).values

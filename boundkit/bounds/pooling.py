@@ -1,0 +1,154 @@
+r"""Pooling layers: max, average and :math:`L_p` (``MaxPool2d``, ``AvgPool2d``, ``LPPool2d``).
+
+**Sound rules** (``docs/theory/pooling.md``). Write the layer as one function per window
+:math:`w`, each reading the entries :math:`I_w` of one channel. If each window output
+satisfies :math:`|z_w(a)-z_w(b)|\le\lambda_w\|a_{I_w}-b_{I_w}\|_2`, then
+
+.. math:: \|z(a)-z(b)\|_2^2\le\sum_w\lambda_w^2\|a_{I_w}-b_{I_w}\|^2
+          =\sum_i(a_i-b_i)^2\sum_{w\ni i}\lambda_w^2
+          \le\Big(\max_i\sum_{w\ni i}\lambda_w^2\Big)\|a-b\|^2 .
+
+* max: :math:`|\max a-\max b|\le\max|a-b|\le\|a-b\|_2`, so :math:`\lambda_w=1` and
+  :math:`L^2=\max_i\#\{w\ni i\}`, the largest window overlap (1 without overlap: exact).
+* average with divisor :math:`D_w` over :math:`n_w` real entries: Cauchy-Schwarz gives
+  :math:`\lambda_w^2=n_w/D_w^2` (:math:`1/k^2` per window without padding).
+* :math:`L_p` as torch computes it, :math:`z_w=(k_hk_w/n_w)^{1/p}\|a_{I_w}\|_p` on
+  non-negative inputs: reverse triangle inequality plus
+  :math:`\|v\|_p\le n^{\max(0,1/p-1/2)}\|v\|_2`.
+
+Windows are separable in height and width, so the maximum is a product of two 1-D maxima,
+computed exactly from torch's own window arithmetic (stride, padding, dilation, ceil mode,
+``count_include_pad``, ``divisor_override``) once per model.
+
+**peck2017** (thesis Theorem 5.3): :math:`\kappa/t` for max and average pooling,
+:math:`\kappa/(t\,q^{2/p})` for :math:`L_p`, with :math:`t^2` the number of output positions
+per channel (:math:`t=\sqrt{t_ht_w}` for rectangles) and :math:`q^2=k_hk_w`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from boundkit.bounds.numerics import inflate
+from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
+from boundkit.errors import UnsupportedLayerError
+from boundkit.graph.graph import Graph, Node
+
+_NONNEGATIVE_OPS = frozenset({"relu", "sigmoid", "softplus"})
+
+
+def _axis_windows(
+    size: int, out: int, k: int, s: int, p: int, d: int
+) -> list[tuple[list[int], int]]:
+    """For each output index along one axis: the valid input indices of its window and the
+    pad-inclusive extent torch uses as the ``count_include_pad`` divisor."""
+    wins = []
+    for o in range(out):
+        start = o * s - p
+        members = [start + d * j for j in range(k) if 0 <= start + d * j < size]
+        extent = min(start + k, size + p) - start
+        wins.append((members, extent))
+    return wins
+
+
+def _axis_overlap(size: int, wins: list[tuple[list[int], int]], factor: list[float]) -> float:
+    """max over input positions i of sum over windows containing i of factor[window]."""
+    acc = [0.0] * size
+    for (members, _), f in zip(wins, factor):
+        for i in members:
+            acc[i] += f
+    return max(acc) if acc else 0.0
+
+
+def pooling_lipschitz(node: Node) -> float:
+    """Sound Lipschitz constant of a pooling node (see the module docstring)."""
+    a = node.attrs
+    _, h, w = node.in_shapes[0]
+    _, oh, ow = node.out_shape
+    kh, kw = a["kernel_size"]
+    sh, sw = a["stride"]
+    ph, pw = a.get("padding", (0, 0))
+    dh, dw = a.get("dilation", (1, 1))
+    wh = _axis_windows(h, oh, kh, sh, ph, dh)
+    ww = _axis_windows(w, ow, kw, sw, pw, dw)
+    if node.op == "maxpool2d":
+        fh, fw = [1.0] * oh, [1.0] * ow
+        scale = 1.0
+    elif node.op == "avgpool2d":
+        override = a.get("divisor_override")
+        if override:
+            fh = [float(len(m)) for m, _ in wh]
+            fw = [float(len(m)) for m, _ in ww]
+            scale = 1.0 / float(override) ** 2
+        elif a.get("count_include_pad", True):
+            fh = [len(m) / e**2 for m, e in wh]
+            fw = [len(m) / e**2 for m, e in ww]
+            scale = 1.0
+        else:
+            fh = [1.0 / len(m) if m else 0.0 for m, _ in wh]
+            fw = [1.0 / len(m) if m else 0.0 for m, _ in ww]
+            scale = 1.0
+    elif node.op == "lppool2d":
+        pn = float(a["p"])
+        if pn < 1:
+            raise UnsupportedLayerError(node.name, node.op, "sound", f"p={pn} < 1 is not a norm")
+        if pn >= 2:  # lambda_w^2 = (k^2 / n_w)^(2/p)
+            fh = [(kh / len(m)) ** (2 / pn) if m else 0.0 for m, _ in wh]
+            fw = [(kw / len(m)) ** (2 / pn) if m else 0.0 for m, _ in ww]
+        else:  # lambda_w^2 = (k^2 / n_w)^(2/p) * n_w^(2/p - 1) = k^(4/p) / n_w
+            fh = [kh ** (2 / pn) / len(m) if m else 0.0 for m, _ in wh]
+            fw = [kw ** (2 / pn) / len(m) if m else 0.0 for m, _ in ww]
+        scale = 1.0
+    else:
+        raise UnsupportedLayerError(node.name, node.op, "sound", "not a pooling layer")
+    sq = _axis_overlap(h, wh, fh) * _axis_overlap(w, ww, fw) * scale
+    return float(inflate(math.sqrt(sq)))
+
+
+class PoolingRule(LipschitzRule):
+    """Sound: the window-overlap Lipschitz constant."""
+
+    def compute_lipschitz(self, node: Node, graph: Graph) -> float:
+        if node.op == "lppool2d":
+            pn = float(node.attrs["p"])
+            producer = graph.producer(node)
+            even = pn == int(pn) and int(pn) % 2 == 0
+            if not even and producer.op not in _NONNEGATIVE_OPS:
+                raise UnsupportedLayerError(
+                    node.name, node.op, "sound",
+                    f"torch's LPPool2d with p={pn:g} computes (sum x^p)^(1/p), which is the "
+                    "L_p norm only for non-negative inputs or even p; its input comes from "
+                    f"{producer.name!r} ({producer.op}), which can be negative",
+                )
+        return pooling_lipschitz(node)
+
+    def rounding(
+        self, node: Node, graph: Graph, in_norm: torch.Tensor, out_norm: torch.Tensor
+    ) -> torch.Tensor:
+        if node.op == "maxpool2d":
+            return torch.zeros_like(out_norm)  # comparisons are exact
+        k = math.prod(node.attrs["kernel_size"])
+        # a sum of k terms and a division (avg) or powers and a root (L_p): a few ulps each
+        return (k + 8) * 2.0**-53 * (out_norm + in_norm * self.lipschitz(node, graph))
+
+
+class PoolingPeck(BackwardRule):
+    """peck2017, thesis Theorem 5.3 (rectangles: :math:`t=\\sqrt{t_ht_w}`,
+    :math:`q^2=k_hk_w`)."""
+
+    def backward(
+        self, node: Node, graph: Graph, kappa: torch.Tensor, acts: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        _, oh, ow = node.out_shape
+        t = math.sqrt(oh * ow)
+        if node.op == "lppool2d":
+            kh, kw = node.attrs["kernel_size"]
+            return kappa / (t * (kh * kw) ** (1.0 / float(node.attrs["p"])))
+        return kappa / t
+
+
+for _op in ("maxpool2d", "avgpool2d", "lppool2d"):
+    register_rule(_op, "sound", PoolingRule())
+    register_rule(_op, "peck2017", PoolingPeck())

@@ -1,0 +1,171 @@
+"""Rules, per node kind and per method, and the registry that maps one to the other.
+
+A *rule* tells the engine what one node does to the robustness bound:
+
+* ``method="sound"`` rules are :class:`SoundRule` objects. Their :meth:`~SoundRule.modulus`
+  returns a modulus of continuity of the node at the current activations
+  (``||h(z + q) - h(z)|| <= omega(||q||)``), proven in ``docs/theory/``. Most are Lipschitz
+  constants computed once per model (:class:`LipschitzRule`).
+* ``method="peck2017"`` rules are :class:`BackwardRule` objects mapping the bound kappa on
+  the node's output perturbation to a bound on its input perturbation, with the thesis's
+  formula (``docs/theory/peck2017.md`` lists which of them fail).
+
+Users add rules for their own layers with :func:`register_rule`; see ``docs/extending.md``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+
+from boundkit.bounds.modulus import Modulus
+from boundkit.bounds.numerics import ELEMENTWISE_ULPS, UNIT_ROUNDOFF
+
+if TYPE_CHECKING:
+    from boundkit.graph.graph import Graph, Node
+
+METHODS = ("sound", "peck2017")
+
+
+class Rule(ABC):
+    """Base class of every rule. ``needs`` lists the node names whose float64 activations
+    the rule reads (by default none); ``prepare`` computes per-model constants once."""
+
+    def needs(self, node: Node, graph: Graph) -> set[str]:
+        return set()
+
+    def prepare(self, node: Node, graph: Graph) -> None:
+        return None
+
+
+class SoundRule(Rule):
+    """A proven modulus of continuity for one node (see :mod:`boundkit.bounds.modulus`)."""
+
+    #: True when the node's float64 evaluation is exact (no rounding: ReLU, max, reshape)
+    exact_arithmetic: bool = False
+
+    def modulus(self, node: Node, graph: Graph, acts: dict[str, torch.Tensor]) -> Modulus:
+        return Modulus.lipschitz(self.lipschitz(node, graph))
+
+    @abstractmethod
+    def lipschitz(self, node: Node, graph: Graph) -> float:
+        """A global Lipschitz constant of the node (an upper bound, float64); used to carry
+        rounding errors through the node, and as its modulus unless ``modulus`` is
+        overridden."""
+
+    def rounding(
+        self, node: Node, graph: Graph, in_norm: torch.Tensor, out_norm: torch.Tensor
+    ) -> torch.Tensor:
+        """An upper bound on the L2 norm of the error that float64 evaluation of this node
+        adds to its output at the current point (``in_norm``, ``out_norm``: per-sample L2
+        norms of the node's input and output). Default: element-wise libm accuracy."""
+        if self.exact_arithmetic:
+            return torch.zeros_like(out_norm)
+        return ELEMENTWISE_ULPS * UNIT_ROUNDOFF * out_norm
+
+
+class LipschitzRule(SoundRule):
+    """A rule given by a global Lipschitz constant computed once per model."""
+
+    def lipschitz(self, node: Node, graph: Graph) -> float:
+        key = ("lipschitz", node.name)
+        if key not in graph.cache:
+            graph.cache[key] = float(self.compute_lipschitz(node, graph))
+        return graph.cache[key]
+
+    @abstractmethod
+    def compute_lipschitz(self, node: Node, graph: Graph) -> float:
+        """The constant itself (called once per model and node)."""
+
+
+class BackwardRule(Rule):
+    """A thesis-style rule: kappa at the node's output -> kappa at its input."""
+
+    @abstractmethod
+    def backward(
+        self, node: Node, graph: Graph, kappa: torch.Tensor, acts: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """kappa [N] at the node's output -> kappa [N] at its input."""
+
+
+_RULES: dict[tuple[str, str], Rule] = {}
+_MODULE_OPS: dict[type[nn.Module], str] = {}
+
+
+def register_rule(
+    node_type: str | type[nn.Module], method: str, rule: Rule, *, replace: bool = False
+) -> None:
+    """Register ``rule`` for nodes of ``node_type`` under ``method``.
+
+    Args:
+        node_type: an op kind (``"relu"``, ``"conv2d"``...) or an ``nn.Module`` subclass.
+            A module class is captured as a node whose op is the class name in lower case,
+            so a model using it can be certified once a rule exists.
+        method: ``"sound"`` or ``"peck2017"`` (or a new method name of your own).
+        rule: a :class:`SoundRule` for sound-style methods, a :class:`BackwardRule` for
+            thesis-style ones.
+        replace: allow overriding an existing rule.
+    """
+    if isinstance(node_type, type):
+        if not issubclass(node_type, nn.Module):
+            raise TypeError("node_type must be an op name or an nn.Module subclass")
+        op = node_type.__name__.lower()
+        _MODULE_OPS[node_type] = op
+    else:
+        op = str(node_type)
+    if method == "sound" and not isinstance(rule, SoundRule):
+        raise TypeError("a rule for method 'sound' must be a SoundRule")
+    if method == "peck2017" and not isinstance(rule, BackwardRule):
+        raise TypeError("a rule for method 'peck2017' must be a BackwardRule")
+    key = (op, method)
+    if key in _RULES and not replace:
+        raise ValueError(f"a rule for ({op!r}, {method!r}) exists; pass replace=True")
+    _RULES[key] = rule
+
+
+def unregister_rule(node_type: str | type[nn.Module], method: str) -> None:
+    """Remove a rule (and, for a module class, its capture mapping)."""
+    if isinstance(node_type, type):
+        op = _MODULE_OPS.pop(node_type, node_type.__name__.lower())
+    else:
+        op = node_type
+    _RULES.pop((op, method), None)
+
+
+def get_rule(op: str, method: str) -> Rule | None:
+    """The rule for ``(op, method)``, or ``None``."""
+    _load_builtin_rules()
+    return _RULES.get((op, method))
+
+
+def custom_module_ops() -> dict[type[nn.Module], str]:
+    """Module classes registered by users, with the op name they are captured as."""
+    return dict(_MODULE_OPS)
+
+
+def available_methods() -> tuple[str, ...]:
+    """Names of the certification methods."""
+    _load_builtin_rules()
+    return tuple(sorted({m for _, m in _RULES} | set(METHODS)))
+
+
+_LOADED = False
+
+
+def _load_builtin_rules() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from boundkit.bounds import (  # noqa: F401  (imports register the rules)
+        activation,
+        batchnorm,
+        conv,
+        linear,
+        lrn,
+        pooling,
+        structural,
+    )

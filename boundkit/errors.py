@@ -1,0 +1,47 @@
+"""Exceptions raised by boundkit.
+
+Every error names the problem (which node, which method, which file) so that a user
+never gets a wrong number where a clear refusal was due.
+"""
+
+from __future__ import annotations
+
+
+class BoundkitError(Exception):
+    """Base class of every error boundkit raises on purpose."""
+
+
+class UnsupportedLayerError(BoundkitError):
+    """A node of the model has no rule for the requested method (or cannot be captured)."""
+
+    def __init__(self, node: str, op: str, method: str | None = None, why: str = "") -> None:
+        self.node, self.op, self.method = node, op, method
+        where = f" for method {method!r}" if method else ""
+        msg = f"node {node!r} (op {op!r}) is not supported{where}"
+        if why:
+            msg += f": {why}"
+        super().__init__(msg)
+
+
+class ModelError(BoundkitError):
+    """The model cannot be analysed as given (training mode, NaN weights, wrong file, ...)."""
+
+
+class TrainingModeError(ModelError):
+    """The model (or one of its submodules) is in training mode."""
+
+
+class NonFiniteParameterError(ModelError):
+    """A parameter or buffer of the model holds NaN or infinity."""
+
+
+class InputShapeError(BoundkitError, ValueError):
+    """The input tensor does not have the shape (or dtype, or values) the model expects."""
+
+
+class ModelFileError(ModelError):
+    """A model file could not be read safely: not a model, wrong shapes, unknown architecture."""
+
+
+class SoundnessViolation(BoundkitError):
+    """A certified radius exceeded the norm of a verified adversarial perturbation."""

@@ -1,0 +1,85 @@
+"""Minimum-norm point of a polyhedron: ``min ||r||_2  s.t.  A r >= b``.
+
+Solved as a *least distance program* through its non-negative least-squares dual
+(Lawson & Hanson, "Solving Least Squares Problems", 1974, ch. 23, Algorithm LDP):
+
+    E = [A^T; b^T]  (shape [n+1, m]),   f = e_{n+1},
+    u* = argmin_{u >= 0} ||E u - f||_2,   s = E u* - f.
+
+If ``s = 0`` the polyhedron is empty; otherwise ``r* = -s[:n] / s[n]``.  (Derivation: the
+Lagrange dual of ``min ||r||^2/2, A r >= b`` is ``max_{lam >= 0} b^T lam - ||A^T lam||^2/2``
+with ``r* = A^T lam*``; LDP is the homogenised form of it, ``lam* = u* / (1 - b^T u*)``.)
+
+The NNLS solution is then *polished*: on the active set ``S`` (rows with ``u_i > 0`` or
+tight rows) we take the minimum-norm solution of ``A_S r = b_S`` and accept it iff it is
+feasible and its multipliers ``lam_S`` (with ``A_S^T lam_S = r``) are non-negative, i.e. iff
+it satisfies the KKT conditions of the convex problem, which makes it the exact optimum up to
+float64 rounding.  Rows are normalised to unit norm first, so all tolerances are in units of
+distance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import nnls
+
+FEAS_TOL = 1e-9
+
+
+def min_norm_point(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """Return ``argmin ||r|| s.t. a @ r >= b`` (float64), or ``None`` if infeasible.
+
+    ``a``: ``[m, n]``, ``b``: ``[m]``.  Rows of ``a`` that are (numerically) zero are
+    constraints ``0 >= b_i`` and are checked directly.  Feasibility of the returned point is
+    verified to ``FEAS_TOL * (1 + ||r||)`` on unit-normalised rows; a polyhedron whose points
+    all violate some constraint by more than that is reported as empty.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    n = a.shape[1]
+    if a.shape[0] == 0:
+        return np.zeros(n)
+    norms = np.linalg.norm(a, axis=1)
+    scale = max(float(norms.max()), 1e-300)
+    zero = norms <= 1e-13 * scale
+    if np.any(b[zero] > FEAS_TOL * max(1.0, scale)):
+        return None
+    keep = ~zero
+    a = a[keep] / norms[keep, None]
+    b = b[keep] / norms[keep]
+    if a.shape[0] == 0 or np.all(b <= 0.0):
+        return np.zeros(n)
+    e = np.vstack([a.T, b[None, :]])
+    f = np.zeros(n + 1)
+    f[n] = 1.0
+    u, _ = nnls(e, f, maxiter=50 * (a.shape[0] + n + 1))
+    s = e @ u - f
+    if np.linalg.norm(s) <= 1e-13 or s[n] >= 0.0:
+        return None
+    r = -s[:n] / s[n]
+    r = _polish(a, b, r, u)
+    viol = float(np.max(b - a @ r))
+    if viol > FEAS_TOL * (1.0 + float(np.linalg.norm(r))):
+        return None
+    return r
+
+
+def _polish(a: np.ndarray, b: np.ndarray, r: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """KKT polish of an approximate LDP solution (see module docstring)."""
+    rn = float(np.linalg.norm(r))
+    tight = np.abs(a @ r - b) <= 1e-7 * (1.0 + rn)
+    umax = float(u.max()) if u.size else 0.0
+    for act in (u > 1e-12 * max(umax, 1e-300), tight | (u > 1e-12 * max(umax, 1e-300))):
+        if not act.any():
+            continue
+        a_s, b_s = a[act], b[act]
+        lam, *_ = np.linalg.lstsq(a_s @ a_s.T, b_s, rcond=1e-13)
+        cand = a_s.T @ lam
+        cn = float(np.linalg.norm(cand))
+        if (
+            float(np.max(b - a @ cand)) <= 1e-12 * (1.0 + cn)
+            and float(lam.min()) >= -1e-9 * (1.0 + float(np.abs(lam).max()))
+            and np.linalg.norm(a_s @ cand - b_s) <= 1e-10 * (1.0 + cn)
+        ):
+            return cand
+    return r

@@ -1,0 +1,249 @@
+"""The typed node graph that every bound method walks.
+
+A :class:`Graph` is a topologically ordered list of :class:`Node` objects, one per tensor
+operation of the captured model, each with its kind (``op``), its inputs, its parameters
+(as float64 tensors) and the shapes it consumes and produces (without the batch
+dimension). The graph also keeps a float64 copy of the traced model so that any set of
+intermediate activations can be recomputed exactly for a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+
+# Node kinds boundkit knows. Anything else is captured as op "unknown" and refused by the
+# bound methods with an error that names the node.
+AFFINE_OPS = frozenset(
+    {"linear", "conv2d", "batchnorm", "avgpool2d", "flatten", "reshape", "identity"}
+)
+ACTIVATION_OPS = frozenset({"relu", "tanh", "sigmoid", "softplus"})
+POOL_OPS = frozenset({"maxpool2d", "avgpool2d", "lppool2d"})
+OUTPUT_SQUASH_OPS = frozenset({"softmax", "log_softmax"})
+MERGE_OPS = frozenset({"add", "cat"})
+KNOWN_OPS = (
+    AFFINE_OPS
+    | ACTIVATION_OPS
+    | POOL_OPS
+    | OUTPUT_SQUASH_OPS
+    | MERGE_OPS
+    | frozenset({"input", "lrn", "unknown"})
+)
+
+
+@dataclass
+class Node:
+    """One tensor operation of the model.
+
+    Attributes:
+        name: unique name (the torch.fx node name, e.g. ``"conv1"`` or ``"relu_2"``).
+        op: the node kind, one of :data:`KNOWN_OPS`.
+        inputs: names of the nodes whose outputs this node consumes (tensor inputs only).
+        target: the module path (for modules) or the function/method name.
+        module: the float64 copy of the ``nn.Module`` that implements the node, if any.
+        params: float64 parameters the rules need (``weight``, ``bias``, ``running_mean``...).
+        attrs: hyper-parameters (stride, padding, kernel size, p, LRN constants, dims...).
+        in_shapes: input shapes without the batch dimension.
+        out_shape: output shape without the batch dimension.
+    """
+
+    name: str
+    op: str
+    inputs: list[str]
+    target: str
+    module: torch.nn.Module | None = None
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    in_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    out_shape: tuple[int, ...] = ()
+
+    @property
+    def in_numel(self) -> int:
+        """Number of scalar entries of the (first) input."""
+        return int(torch.Size(self.in_shapes[0]).numel()) if self.in_shapes else 0
+
+    @property
+    def out_numel(self) -> int:
+        """Number of scalar entries of the output."""
+        return int(torch.Size(self.out_shape).numel())
+
+    def describe(self) -> str:
+        """A one-line human-readable summary, used in traces and error messages."""
+        shapes = ", ".join("x".join(map(str, s)) for s in self.in_shapes)
+        out = "x".join(map(str, self.out_shape))
+        return f"{self.name} [{self.op}] ({shapes}) -> ({out})"
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs the traced model and keeps the outputs of the requested nodes."""
+
+    def __init__(self, gm: torch.fx.GraphModule, keep: set[str], norms: bool) -> None:
+        super().__init__(gm)
+        self.keep = keep
+        self.want_norms = norms
+        self.values: dict[str, torch.Tensor] = {}
+        self.norms: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.name in self.keep:
+            self.values[n.name] = out
+        if self.want_norms and isinstance(out, torch.Tensor) and out.dim() >= 1:
+            self.norms[n.name] = out.reshape(out.shape[0], -1).norm(dim=1)
+        return out
+
+
+class Graph:
+    """A captured model: typed nodes in topological order plus a float64 evaluator.
+
+    Build one with :func:`boundkit.graph.capture`.
+    """
+
+    def __init__(
+        self,
+        nodes: list[Node],
+        gm: torch.fx.GraphModule,
+        input_shape: tuple[int, ...],
+        output: str,
+        model_dtype: torch.dtype,
+    ) -> None:
+        self.nodes = nodes
+        self._by_name = {n.name: n for n in nodes}
+        self.gm = gm
+        self.input_shape = tuple(input_shape)
+        self.output = output
+        self.model_dtype = model_dtype
+        self._consumers: dict[str, list[str]] = {n.name: [] for n in nodes}
+        for n in nodes:
+            for i in n.inputs:
+                self._consumers[i].append(n.name)
+        self.cache: dict[str, Any] = {}  # per-model quantities cached by the rules
+
+    # ------------------------------------------------------------------ structure
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __getitem__(self, name: str) -> Node:
+        return self._by_name[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    @property
+    def input(self) -> Node:
+        """The input (placeholder) node."""
+        return self.nodes[0]
+
+    def consumers(self, name: str) -> list[str]:
+        """Names of the nodes that read the output of ``name``."""
+        return self._consumers[name]
+
+    def producer(self, node: Node) -> Node:
+        """The single tensor input of ``node``."""
+        return self._by_name[node.inputs[0]]
+
+    @property
+    def logits(self) -> Node:
+        """The node whose output is the logit vector: the output node, skipping a final
+        softmax / log-softmax (monotone, so the argmax and the class changes are the same)
+        and identities."""
+        node = self._by_name[self.output]
+        while node.op in OUTPUT_SQUASH_OPS or node.op == "identity":
+            if node.op in OUTPUT_SQUASH_OPS:
+                dim = node.attrs.get("dim")
+                if dim not in (1, -1, None) and len(node.out_shape) == 1:
+                    break
+            node = self.producer(node)
+        return node
+
+    @property
+    def num_classes(self) -> int:
+        """Number of logits."""
+        return self.logits.out_numel
+
+    def is_chain(self) -> bool:
+        """True when every node up to the logits has one tensor input and one consumer."""
+        chain = self.path_to_logits()
+        return chain is not None
+
+    def path_to_logits(self) -> list[Node] | None:
+        """The nodes from the input to the logits as a chain, or ``None`` for a DAG."""
+        path = [self.logits]
+        while path[-1].op != "input":
+            n = path[-1]
+            if len(n.inputs) != 1:
+                return None
+            prev = self._by_name[n.inputs[0]]
+            if len([c for c in self._consumers[prev.name] if c in self._upstream_of_logits()]) != 1:
+                return None
+            path.append(prev)
+        return list(reversed(path))
+
+    def _upstream_of_logits(self) -> set[str]:
+        key = "_upstream_of_logits"
+        if key not in self.cache:
+            seen: set[str] = set()
+            stack = [self.logits.name]
+            while stack:
+                s = stack.pop()
+                if s in seen:
+                    continue
+                seen.add(s)
+                stack.extend(self._by_name[s].inputs)
+            self.cache[key] = seen
+        return self.cache[key]
+
+    def upstream(self) -> list[Node]:
+        """The nodes the logits depend on, in topological order."""
+        up = self._upstream_of_logits()
+        return [n for n in self.nodes if n.name in up]
+
+    # ------------------------------------------------------------------ evaluation
+    def activations(
+        self, x: torch.Tensor, names: Iterable[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Evaluate the model in float64 on ``x`` and return the outputs of ``names``
+        (all nodes if ``None``). ``x`` is cast to float64 on the graph's device."""
+        values, _ = self.activations_and_norms(x, names, norms=False)
+        return values
+
+    def activations_and_norms(
+        self, x: torch.Tensor, names: Iterable[str] | None = None, *, norms: bool = True
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Like :meth:`activations`, plus the per-sample L2 norm of every node's output."""
+        keep = set(names) if names is not None else {n.name for n in self.nodes}
+        keep.add(self.logits.name)
+        rec = _Recorder(self.gm, keep, norms)
+        with torch.no_grad():
+            rec.run(x.to(device=self.device, dtype=torch.float64))
+        return rec.values, rec.norms
+
+    def to(self, device: torch.device | str) -> Graph:
+        """Move the float64 evaluator and the node parameters to ``device`` (in place)."""
+        self.gm.to(device)
+        for n in self.nodes:
+            n.params = {k: v.to(device) for k, v in n.params.items()}
+        self.cache.clear()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.gm.parameters():
+            return p.device
+        for b in self.gm.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def summary(self) -> str:
+        """A multi-line description of the graph."""
+        return "\n".join(n.describe() for n in self.nodes)
+
+    def __repr__(self) -> str:
+        return f"Graph({len(self.nodes)} nodes, input {self.input_shape}, logits {self.logits.name})"

@@ -1,0 +1,417 @@
+"""The model zoo: the networks of Peck (2017) and the project's reference networks.
+
+Every model is an ``nn.Sequential`` of standard ``torch.nn`` layers with named children (no
+custom ``forward``, no final softmax: logits out), so that ``torch.fx`` can capture it.
+:func:`build_model` returns a fresh model in eval mode; pass ``seed=`` for a deterministic
+initialisation.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+#: LRN hyper-parameters named in the thesis (§5.2.4, after Krizhevsky et al. 2012):
+#: k = 2, n = 5, alpha = 1e-4, beta = 0.75 in b = a / (k + alpha * sum a^2)^beta.
+#: ``torch.nn.LocalResponseNorm`` divides alpha by n, so it receives alpha * n.
+LRN_SIZE = 5
+LRN_ALPHA = 1e-4
+LRN_BETA = 0.75
+LRN_K = 2.0
+
+
+def _seq(*layers: tuple[str, nn.Module]) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _lrn() -> nn.LocalResponseNorm:
+    return nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
+
+
+_ACTS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "softplus": nn.Softplus,
+}
+
+
+def mlp(
+    sizes: list[int] | tuple[int, ...], activation: str = "tanh", *, flatten: bool = False
+) -> nn.Sequential:
+    """A fully-connected network ``sizes[0] -> ... -> sizes[-1]`` (Peck 2017, Ch. 4).
+
+    Layers are named ``fc1, act1, fc2, act2, ..., fcL`` (the last layer has no activation);
+    with ``flatten=True`` a leading ``flatten`` turns images into vectors.
+    """
+    if len(sizes) < 2:
+        raise ValueError("an MLP needs at least input and output sizes")
+    if activation not in _ACTS:
+        raise ValueError(f"activation must be one of {sorted(_ACTS)}, got {activation!r}")
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())] if flatten else []
+    for i in range(len(sizes) - 1):
+        layers.append((f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1])))
+        if i < len(sizes) - 2:
+            layers.append((f"act{i + 1}", _ACTS[activation]()))
+    return _seq(*layers)
+
+
+def linear(in_features: int, num_classes: int, *, flatten: bool = False) -> nn.Sequential:
+    """A linear (multinomial logistic) classifier (Peck 2017, Ch. 3): ``[flatten,] fc``."""
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())] if flatten else []
+    layers.append(("fc", nn.Linear(in_features, num_classes)))
+    return _seq(*layers)
+
+
+def small_cnn() -> nn.Sequential:
+    """The project's reference MNIST CNN (``REFERENCE-NUMBERS.md``):
+    Conv(1,8,5)-ReLU-MaxPool2-Conv(8,16,5)-ReLU-MaxPool2-Linear(256,100)-ReLU-Linear(100,10).
+    """
+    return _seq(
+        ("conv1", nn.Conv2d(1, 8, 5)),
+        ("relu1", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(8, 16, 5)),
+        ("relu2", nn.ReLU()),
+        ("pool2", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(256, 100)),
+        ("relu3", nn.ReLU()),
+        ("fc2", nn.Linear(100, 10)),
+    )
+
+
+def lenet5(*, lrn_after: tuple[int, ...] = (), batchnorm: bool = False) -> nn.Sequential:
+    """LeNet-5 exactly as Peck (2017) §5.4 lists it, for 28x28 MNIST digits.
+
+    C1 conv 5x5 stride 1, 20 maps; S2 max pool 2x2 stride 2; C3 conv 5x5 stride 1, 50 maps;
+    S4 max pool 2x2 stride 2; C5 fully-connected 500 + ReLU; F6 fully-connected 10 (logits:
+    the thesis's softmax OUTPUT layer is left to the loss). As in the thesis (and Caffe's
+    LeNet), there is no activation after the convolutions.
+
+    ``lrn_after`` lists the pooling layers (1 = S2, 2 = S4) followed by a Local Response
+    Normalisation layer (§5.4.1: LeNet-LRN1 = (1,), LeNet-LRN2 = (2,), LeNet-LRN3 = (1, 2));
+    ``batchnorm`` inserts ``BatchNorm2d`` right after each convolution.
+    """
+    layers: list[tuple[str, nn.Module]] = [("c1", nn.Conv2d(1, 20, 5))]
+    if batchnorm:
+        layers.append(("bn1", nn.BatchNorm2d(20)))
+    layers.append(("s2", nn.MaxPool2d(2, 2)))
+    if 1 in lrn_after:
+        layers.append(("lrn1", _lrn()))
+    layers.append(("c3", nn.Conv2d(20, 50, 5)))
+    if batchnorm:
+        layers.append(("bn3", nn.BatchNorm2d(50)))
+    layers.append(("s4", nn.MaxPool2d(2, 2)))
+    if 2 in lrn_after:
+        layers.append(("lrn2", _lrn()))
+    layers += [
+        ("flatten", nn.Flatten()),
+        ("c5", nn.Linear(50 * 4 * 4, 500)),
+        ("relu5", nn.ReLU()),
+        ("f6", nn.Linear(500, 10)),
+    ]
+    return _seq(*layers)
+
+
+def cifar_nin_small(*, batchnorm: bool = False) -> nn.Sequential:
+    """A CPU-sized network-in-network for CIFAR-10 in the spirit of CIFAR-NIN (Peck 2017,
+    §5.1.2; Lin et al. 2013).
+
+    Three mlpconv blocks (a spatial convolution followed by two 1x1 convolutions, ReLU after
+    each): 5x5/32 -> 1x1/32 -> 1x1/32, max pool 2; 5x5/64 -> 1x1/64 -> 1x1/64, max pool 2;
+    3x3/64 -> 1x1/64 -> 1x1/10; then global average pooling (``AvgPool2d(8)``) to 10 logits.
+    The original has 192 maps per layer and dropout; this one has about 1/10 of the
+    parameters. ``batchnorm`` adds ``BatchNorm2d`` after every convolution but the last.
+    """
+
+    def block(i: int, cin: int, cout: int, k: int, last: int | None = None) -> list:
+        out: list[tuple[str, nn.Module]] = []
+        chans = [(cin, cout, k), (cout, cout, 1), (cout, last or cout, 1)]
+        for j, (a, b, kk) in enumerate(chans, start=1):
+            out.append((f"conv{i}_{j}", nn.Conv2d(a, b, kk, padding=kk // 2)))
+            final = last is not None and j == 3
+            if batchnorm and not final:
+                out.append((f"bn{i}_{j}", nn.BatchNorm2d(b)))
+            if not final:
+                out.append((f"relu{i}_{j}", nn.ReLU()))
+        return out
+
+    return _seq(
+        *block(1, 3, 32, 5),
+        ("pool1", nn.MaxPool2d(2, 2)),
+        *block(2, 32, 64, 5),
+        ("pool2", nn.MaxPool2d(2, 2)),
+        *block(3, 64, 64, 3, last=10),
+        ("gap", nn.AvgPool2d(8)),
+        ("flatten", nn.Flatten()),
+    )
+
+
+def digits_cnn() -> nn.Sequential:
+    """A small CNN for scikit-learn's 8x8 digits [N, 1, 8, 8] (project addition, not in the
+    thesis): Conv(1,8,3,pad 1)-ReLU-MaxPool2-Flatten-Linear(128,64)-ReLU-Linear(64,10)."""
+    return _seq(
+        ("conv1", nn.Conv2d(1, 8, 3, padding=1)),
+        ("relu1", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(128, 64)),
+        ("relu2", nn.ReLU()),
+        ("fc2", nn.Linear(64, 10)),
+    )
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A zoo architecture: how to build it and what it expects.
+
+    ``input_shape`` excludes the batch dimension. ``epochs``, ``lr`` and ``batch_size`` are
+    the defaults of :func:`boundkit.models.train.train_zoo_model`.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    dataset: str
+    description: str
+    thesis: str
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 128
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _entries() -> list[ZooEntry]:
+    def part(fn: Callable[..., nn.Module], *args: Any, **kw: Any) -> Callable[..., nn.Module]:
+        def build(**override: Any) -> nn.Module:
+            return fn(*args, **{**kw, **override})
+
+        build.__doc__ = fn.__doc__
+        return build
+
+    uci = dict(epochs=300, batch_size=16)
+    return [
+        ZooEntry(
+            "linear_mnist",
+            part(linear, in_features=784, num_classes=10, flatten=True),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "Flatten-Linear(784,10)",
+            "Ch. 3 (linear classifiers)",
+        ),
+        ZooEntry(
+            "logistic_iris",
+            part(linear, in_features=4, num_classes=3),
+            (4,),
+            3,
+            "iris",
+            "Linear(4,3)",
+            "Ch. 3 (linear classifiers)",
+            **uci,
+        ),
+        ZooEntry(
+            "logistic_wine",
+            part(linear, in_features=13, num_classes=3),
+            (13,),
+            3,
+            "wine",
+            "Linear(13,3)",
+            "Ch. 3 (linear classifiers)",
+            **uci,
+        ),
+        ZooEntry(
+            "logistic_spambase",
+            part(linear, in_features=57, num_classes=2),
+            (57,),
+            2,
+            "spambase",
+            "Linear(57,2)",
+            "Ch. 3 (linear classifiers)",
+            epochs=100,
+            batch_size=64,
+        ),
+        ZooEntry(
+            "mlp_iris",
+            part(mlp, sizes=[4, 5, 3], activation="tanh"),
+            (4,),
+            3,
+            "iris",
+            "4-5-3 tanh",
+            "§4.3.2 (Iris)",
+            **uci,
+        ),
+        ZooEntry(
+            "mlp_wine",
+            part(mlp, sizes=[13, 5, 3, 3], activation="tanh"),
+            (13,),
+            3,
+            "wine",
+            "13-5-3-3 tanh",
+            "§4.3.2 (Wine)",
+            **uci,
+        ),
+        ZooEntry(
+            "mlp_spambase",
+            part(mlp, sizes=[57, 7, 5, 3, 2], activation="tanh"),
+            (57,),
+            2,
+            "spambase",
+            "57-7-5-3-2 tanh",
+            "§4.3.2 (Spambase)",
+            epochs=100,
+            batch_size=64,
+        ),
+        ZooEntry(
+            "mlp_mnist",
+            part(mlp, sizes=[784, 100, 100, 10], activation="relu", flatten=True),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "784-100-100-10 ReLU",
+            "REFERENCE-NUMBERS.md (Ch. 4 style MLP)",
+        ),
+        ZooEntry(
+            "mlp_mnist_tanh",
+            part(mlp, sizes=[784, 100, 100, 10], activation="tanh", flatten=True),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "784-100-100-10 tanh",
+            "Ch. 4 (smooth MLP)",
+        ),
+        ZooEntry(
+            "small_cnn",
+            small_cnn,
+            (1, 28, 28),
+            10,
+            "mnist",
+            "Conv(1,8,5)-ReLU-MaxPool2-Conv(8,16,5)-ReLU-MaxPool2-FC100-ReLU-FC10",
+            "REFERENCE-NUMBERS.md",
+        ),
+        ZooEntry(
+            "lenet5",
+            part(lenet5),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "C1 5x5x20, S2 max2, C3 5x5x50, S4 max2, C5 FC500 ReLU, F6 FC10",
+            "§5.4",
+            epochs=5,
+            batch_size=64,
+        ),
+        ZooEntry(
+            "lenet5_lrn1",
+            part(lenet5, lrn_after=(1,)),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "LeNet-5 + LRN after S2",
+            "§5.4.1 (LeNet-LRN1)",
+            epochs=5,
+            batch_size=64,
+        ),
+        ZooEntry(
+            "lenet5_lrn2",
+            part(lenet5, lrn_after=(2,)),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "LeNet-5 + LRN after S4",
+            "§5.4.1 (LeNet-LRN2)",
+            epochs=5,
+            batch_size=64,
+        ),
+        ZooEntry(
+            "lenet5_lrn3",
+            part(lenet5, lrn_after=(1, 2)),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "LeNet-5 + LRN after S2 and S4",
+            "§5.4.1 (LeNet-LRN3)",
+            epochs=5,
+            batch_size=64,
+        ),
+        ZooEntry(
+            "lenet5_bn",
+            part(lenet5, batchnorm=True),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "LeNet-5 + BatchNorm2d after C1 and C3",
+            "§5.4 (normalisation layers)",
+            epochs=5,
+            batch_size=64,
+        ),
+        ZooEntry(
+            "cifar_nin_small",
+            part(cifar_nin_small),
+            (3, 32, 32),
+            10,
+            "cifar10",
+            "3 mlpconv blocks (32/64/64 maps) + global avg pool",
+            "§5.1.2 (CIFAR-NIN)",
+            epochs=10,
+        ),
+        ZooEntry(
+            "cifar_nin_small_bn",
+            part(cifar_nin_small, batchnorm=True),
+            (3, 32, 32),
+            10,
+            "cifar10",
+            "cifar_nin_small + BatchNorm2d",
+            "§5.1.2, §5.4",
+            epochs=10,
+        ),
+        ZooEntry(
+            "digits_cnn",
+            digits_cnn,
+            (1, 8, 8),
+            10,
+            "digits",
+            "Conv(1,8,3,p1)-ReLU-MaxPool2-FC64-ReLU-FC10",
+            "project addition",
+            epochs=30,
+            batch_size=32,
+        ),
+        ZooEntry(
+            "digits_mlp",
+            part(mlp, sizes=[64, 64, 10], activation="relu", flatten=True),
+            (1, 8, 8),
+            10,
+            "digits",
+            "64-64-10 ReLU",
+            "project addition",
+            epochs=30,
+            batch_size=32,
+        ),
+    ]
+
+
+ZOO: dict[str, ZooEntry] = {e.name: e for e in _entries()}
+
+
+def build_model(name: str, *, seed: int | None = None, **kw: Any) -> nn.Module:
+    """Build a zoo architecture by name, in eval mode.
+
+    ``seed`` (optional) makes the initialisation deterministic without touching the global
+    RNG state; other keyword arguments go to the builder (e.g. ``activation`` for MLPs).
+    """
+    if name not in ZOO:
+        raise KeyError(f"unknown architecture {name!r}; known: {sorted(ZOO)}")
+    entry = ZOO[name]
+    if seed is None:
+        model = entry.builder(**kw)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = entry.builder(**kw)
+    return model.eval()

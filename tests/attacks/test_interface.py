@@ -1,0 +1,205 @@
+"""Interface, verification and error handling of ``boundkit.attack``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import boundkit as bk
+import boundkit.attacks as A
+from boundkit.errors import InputShapeError, ModelError
+from tests.attacks.conftest import linear_model, relu_net
+
+FAST_METHODS = ["deepfool", "ddn", "fmn", "fgs", "fgv", "pdpgd"]
+FAST_OPTS = {"ddn": {"steps": 30}, "fmn": {"steps": 30}, "pdpgd": {"steps": 30}}
+
+
+def test_toplevel_names_resolve():
+    assert bk.attack is A.attack
+    assert bk.AttackResult is A.AttackResult
+
+
+def test_registry_has_every_attack():
+    assert {"fgs", "fgv", "lbfgs", "deepfool", "cw", "ddn", "fmn", "pdgd", "pdpgd", "best"} <= set(
+        A.ATTACKS
+    )
+
+
+def test_training_mode_model_is_refused():
+    model = relu_net()
+    model.train()
+    with pytest.raises(ModelError):
+        A.attack(model, torch.rand(2, 6), "deepfool")
+    assert model.training  # mode untouched
+
+
+@pytest.mark.parametrize(
+    "x",
+    [torch.rand(6), torch.full((2, 6), math.nan), torch.randint(0, 2, (2, 6)), torch.rand(2, 6) + 2],
+)
+def test_bad_inputs_are_refused(x):
+    with pytest.raises(InputShapeError):
+        A.attack(relu_net(), x, "deepfool")
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError):
+        A.attack(relu_net(), torch.rand(2, 6), "nope")
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    method=st.sampled_from(FAST_METHODS),
+    n=st.integers(1, 6),
+)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_success_implies_adversarial_in_box_with_exact_norm(seed, method, n):
+    model = relu_net((6, 10, 3), seed=seed % 7)
+    x = torch.rand(n, 6, generator=torch.Generator().manual_seed(seed))
+    res = A.attack(model, x, method, **FAST_OPTS.get(method, {}))
+    with torch.no_grad():
+        pred_adv = model(res.x_adv).argmax(1)
+    ok = res.success
+    assert bool((pred_adv[ok] != res.label[ok]).all())
+    assert bool((res.x_adv[ok] >= 0).all()) and bool((res.x_adv[ok] <= 1).all())
+    norm = (res.x_adv.double() - x.double()).flatten(1).norm(dim=1)
+    assert torch.equal(res.norm[ok], norm[ok])
+    assert res.norm.dtype == torch.float64
+    assert bool(torch.isinf(res.norm[~ok]).all())
+    assert all(res.found_by[i] == method for i in ok.nonzero().flatten().tolist())
+
+
+class Constant(nn.Module):
+    """A classifier whose prediction never changes (weights ignore the input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.lin(torch.zeros_like(x)) + torch.tensor([1.0, 0.0, 0.0])
+
+
+@given(method=st.sampled_from(FAST_METHODS), n=st.integers(1, 4))
+@settings(max_examples=10, deadline=None)
+def test_failures_are_reported_as_failures(method, n):
+    model = Constant().eval()
+    x = torch.rand(n, 4)
+    res = A.attack(model, x, method, **FAST_OPTS.get(method, {}))
+    assert not bool(res.success.any())
+    assert bool(torch.isinf(res.norm).all())
+    assert torch.equal(res.x_adv, x)
+    assert res.success_rate() == 0.0 and math.isinf(res.median_norm())
+    assert res.found_by == [""] * n
+
+
+class Liar(A.Attack):
+    """An attack that claims points it never checked (returns random points)."""
+
+    name = "liar"
+
+    def run(self, model, x, criterion, *, box, generator=None):
+        return torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+
+
+def test_unverified_points_are_never_successes():
+    model = relu_net((6, 10, 3), seed=1)
+    x = torch.rand(32, 6)
+    res = A.attack(model, x, Liar(refine_steps=0))
+    with torch.no_grad():
+        adv = model(res.x_adv).argmax(1) != res.label
+    assert torch.equal(res.success, adv & res.success)
+    assert bool((~res.success).sum() > 0)  # random points are not all adversarial
+
+
+def test_box_none_allows_leaving_unit_box():
+    model = linear_model(d=5, c=3, seed=0)
+    x = torch.full((4, 5), 5.0)
+    res = A.attack(model, x, "deepfool", box=None)
+    assert bool(res.success.all())
+
+
+def test_custom_box_is_respected():
+    model = relu_net((6, 10, 3), seed=2)
+    x = torch.rand(8, 6) * 0.2 + 0.4
+    res = A.attack(model, x, "ddn", box=(0.3, 0.7), steps=50)
+    ok = res.success
+    assert bool((res.x_adv[ok] >= 0.3).all()) and bool((res.x_adv[ok] <= 0.7).all())
+
+
+def test_given_labels_already_misclassified_have_zero_norm():
+    model = relu_net((6, 10, 3), seed=3)
+    x = torch.rand(10, 6)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    y = pred.clone()
+    y[:3] = (pred[:3] + 1) % 3
+    res = A.attack(model, x, "deepfool", y=y)
+    assert bool(res.success[:3].all()) and bool((res.norm[:3] == 0).all())
+    assert res.found_by[:3] == ["clean"] * 3
+    assert bool((res.norm[3:][res.success[3:]] > 0).all())
+
+
+@pytest.mark.parametrize("method", ["deepfool", "ddn", "fmn", "cw"])
+def test_targeted_success_reaches_the_target(method):
+    model = relu_net((6, 10, 3), seed=4)
+    x = torch.rand(8, 6)
+    with torch.no_grad():
+        target = (model(x).argmax(1) + 1) % 3
+    opts = {"cw": {"steps": 100, "binary_search_steps": 4, "initial_const": 1.0}}.get(
+        method, {"steps": 50}
+    )
+    res = A.attack(model, x, method, target=target, **opts)
+    assert res.targeted
+    ok = res.success
+    assert bool(ok.any())
+    assert bool((res.adv_label[ok] == target[ok]).all())
+
+
+def test_float64_model_keeps_its_dtype_and_is_verified_in_it():
+    model = relu_net((6, 10, 3), seed=5).double()
+    x = torch.rand(6, 6)
+    res = A.attack(model, x, "ddn", steps=30)
+    assert res.x_adv.dtype == torch.float64
+    assert next(model.parameters()).dtype == torch.float64
+
+
+def test_chunking_matches_single_batch():
+    model = relu_net((6, 10, 3), seed=6)
+    x = torch.rand(10, 6)
+    a = A.attack(model, x, "deepfool")
+    b = A.attack(model, x, "deepfool", batch_size=3)
+    assert torch.equal(a.success, b.success)
+    assert torch.allclose(a.norm[a.success], b.norm[b.success], rtol=1e-5)
+
+
+def test_best_keeps_the_smallest_member_result():
+    model = relu_net((6, 10, 3), seed=7)
+    x = torch.rand(10, 6)
+    df = A.attack(model, x, "deepfool")
+    best = A.attack(model, x, "best", members=["deepfool", ("ddn", {"steps": 50})])
+    assert bool(best.success.all())
+    assert bool((best.norm <= df.norm + 1e-12).all())
+    assert set(best.found_by) <= {"deepfool", "deepfool+refine", "ddn", "ddn+refine"}
+    d = best.to_dict()
+    assert d["method"] == "best" and len(d["norm"]) == 10
+
+
+def test_budget_sets_steps():
+    assert A.DDN.budget_to_options(7) == {"steps": 7}
+    assert A.CarliniWagner.budget_to_options(90) == {"steps": 10}
+    ens = A.BestEnsemble(budget=5)
+    assert all(getattr(a, "steps", 5) in (5,) for _, a in ens.build_members())
+
+
+def test_lbfgs_and_pdgd_find_adversarials():
+    model = relu_net((6, 10, 3), seed=8)
+    x = torch.rand(6, 6)
+    for method, opts in [("lbfgs", {"max_iter": 30, "search_steps": 5}), ("pdgd", {"steps": 100})]:
+        res = A.attack(model, x, method, **opts)
+        assert res.success_rate() > 0.5
