@@ -3,14 +3,12 @@ r"""Element-wise activations: ReLU, tanh, sigmoid, softplus.
 Derivative bounds (thesis Table 4.1) are *derived* here with sympy, not typed in:
 :math:`A=\sup|g'|` and :math:`B=\sup|g''|`.
 
-=========  ===========  ==============================================================
-function   :math:`A`    :math:`B` (correct)                 thesis Table 4.1 as printed
-=========  ===========  ==============================================================
-sigmoid    1/4          :math:`1/(6\sqrt3)\approx0.0962`     :math:`(5-3\sqrt3)/(30\sqrt3-54)` (same value)
-tanh       1            :math:`4/(3\sqrt3)\approx0.770`      :math:`\sinh u/\cosh^3u=2/(3\sqrt3)\approx0.385` (half: wrong)
-softplus   1            :math:`\beta/4`                      1/4 (for :math:`\beta=1`)
-ReLU       1            not twice differentiable             0, replaced by 1 in the thesis
-=========  ===========  ==============================================================
+* sigmoid: A = 1/4, B = 1/(6 sqrt 3) = 0.0962; printed (5 - 3 sqrt 3)/(30 sqrt 3 - 54),
+  the same value in an odd form.
+* tanh: A = 1, B = 4/(3 sqrt 3) = 0.770; printed sinh(u)/cosh(u)^3 = 2/(3 sqrt 3) = 0.385,
+  half the true supremum (the factor 2 of tanh'' = -2 sinh/cosh^3 is lost).
+* softplus: A = 1, B = beta/4; printed 1/4 (beta = 1).
+* ReLU: A = 1, not twice differentiable; printed 0, replaced by 1 in the thesis.
 
 with :math:`u=\tfrac12\ln(2+\sqrt3)`, where :math:`|\tanh''|=2\sinh u/\cosh^3u` peaks.
 
@@ -104,7 +102,7 @@ def softplus_threshold_jump(node: Node) -> float:
 
 
 class ReLURule(LipschitzRule):
-    """ReLU is 1-Lipschitz: :math:`|\\max(a,0)-\\max(b,0)|\\le|a-b|`; float64 evaluation is exact."""
+    """ReLU is 1-Lipschitz, :math:`|\\max(a,0)-\\max(b,0)|\\le|a-b|`; evaluation is exact."""
 
     exact_arithmetic = True
 

@@ -12,15 +12,15 @@ model:
    image size) the valid outputs are a subset of the circular correlation's outputs, so
    :math:`\|\mathrm{conv}\|\le\|\mathrm{Circ}_N(K)\|`.
 3. *Fourier*: a multi-channel circulant is block-diagonalised by the 2-D DFT (Sedghi, Gupta
-   & Long 2019, Thm 6), :math:`\|\mathrm{Circ}_N(K)\|=\max_{f}\|\hat K(f)\|_2`, the largest
+   & Long 2019, Thm 6),
+   :math:`\|\mathrm{Circ}_N(K)\|=\max_{f}\|\hat K(f)\|_2`, the largest
    singular value of the :math:`O\times Cs_hs_w` matrix of kernel Fourier coefficients.
 
 Every admissible :math:`N` gives a valid bound; the minimum over a few is taken. For small
-layers (explicit matrix of at most :data:`DENSE_LIMIT` entries) the exact spectral norm of the explicit matrix
-is used when it is smaller. Rounding in
-the FFT is covered by an explicit additive margin. Power iteration on the true layer
-(:func:`conv_norm_lower_bound`) approaches the norm from below and is used only to report
-how tight the upper bound is.
+layers (see :data:`DENSE_LIMIT`) the exact spectral norm of the explicit matrix is used
+when it is smaller. Rounding in the FFT is covered by an explicit additive margin. Power
+iteration on the true layer (:func:`conv_norm_lower_bound`) approaches the norm from below
+and is used only to report how tight the upper bound is.
 
 **peck2017** (thesis Theorem 5.1): :math:`\kappa_{in}=\kappa_{out}/\|W\|_F`. It relies on
 Lemma A.4, :math:`\|W\star R\|_F\le\|W\|_F\|R\|_F`, which is false when windows overlap
@@ -181,7 +181,6 @@ class ConvRule(LipschitzRule):
     ) -> torch.Tensor:
         key = ("abs_norms", node.name)
         if key not in graph.cache:
-            a = node.attrs
             w = node.params["weight"]
             b = node.params.get("bias")
             absw = schur_bound_conv(w)

@@ -50,7 +50,8 @@ def graph_for(model: nn.Module, x: torch.Tensor, device: torch.device | str | No
     """Capture ``model`` (cached per model while its parameters are unchanged)."""
     key = _fingerprint(model, x)
     hit = _GRAPHS.get(model)
-    if hit is not None and hit[0] == key and (device is None or hit[1].device == torch.device(device)):
+    same_device = device is None or (hit is not None and hit[1].device == torch.device(device))
+    if hit is not None and hit[0] == key and same_device:
         return hit[1]
     graph = capture(model, x, device=device)
     try:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 METHODS = ("sound", "peck2017")
 
 
-class Rule(ABC):
+class Rule(ABC):  # noqa: B024 (abstract methods live in the subclasses)
     """Base class of every rule. ``needs`` lists the node names whose float64 activations
     the rule reads (by default none); ``prepare`` computes per-model constants once."""
 

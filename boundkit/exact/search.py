@@ -329,11 +329,21 @@ def exact_search(
                 continue
             node.bounds, m_w, m_b = res
             node.crown_rho, node.crown_fixed = best, node.nfixed
-            dist = min(
-                _halfspace_dist(m_w[k], float(m_w[k] @ x + m_b[k]))
-                for k in range(net.num_classes)
-                if k != c
-            )
+            dist = np.inf
+            for k in range(net.num_classes):
+                if k == c:
+                    continue
+                mv = float(m_w[k] @ x + m_b[k])
+                dk = _halfspace_dist(m_w[k], mv)
+                if dk >= min(dist, cut) or node.rows_a.shape[0] == 0:
+                    dist = min(dist, dk)
+                    continue
+                # distance to (node polyhedron) n (relaxed class-k half-space)
+                rk = min_norm_point(
+                    np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv)
+                )
+                if rk is not None:
+                    dist = min(dist, float(np.linalg.norm(rk)))
             if dist >= best:
                 continue
             node.lb = max(node.lb, dist)

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from boundkit.bounds.registry import custom_module_ops
 from boundkit.errors import (
     InputShapeError,
     ModelError,
@@ -268,7 +269,7 @@ def capture(
             target = "input"
         elif fx_node.op == "call_module":
             module = modules[fx_node.target]
-            op = _MODULE_OPS.get(type(module), "unknown")
+            op = _MODULE_OPS.get(type(module)) or custom_module_ops().get(type(module), "unknown")
             target = str(fx_node.target)
             if op != "unknown":
                 try:

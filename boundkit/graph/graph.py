@@ -246,4 +246,7 @@ class Graph:
         return "\n".join(n.describe() for n in self.nodes)
 
     def __repr__(self) -> str:
-        return f"Graph({len(self.nodes)} nodes, input {self.input_shape}, logits {self.logits.name})"
+        return (
+            f"Graph({len(self.nodes)} nodes, input {self.input_shape}, "
+            f"logits {self.logits.name})"
+        )

@@ -40,7 +40,12 @@ def test_training_mode_model_is_refused():
 
 @pytest.mark.parametrize(
     "x",
-    [torch.rand(6), torch.full((2, 6), math.nan), torch.randint(0, 2, (2, 6)), torch.rand(2, 6) + 2],
+    [
+        torch.rand(6),
+        torch.full((2, 6), math.nan),
+        torch.randint(0, 2, (2, 6)),
+        torch.rand(2, 6) + 2,
+    ],
 )
 def test_bad_inputs_are_refused(x):
     with pytest.raises(InputShapeError):
