@@ -97,7 +97,8 @@ def _rule(node: Node, method: str) -> Any:
         what = node.attrs.get("module_type", node.target)
         raise UnsupportedLayerError(
             node.name, node.op if node.op != "unknown" else what, method,
-            "no rule for this node kind; register one with boundkit.register_rule",
+            f"module path {node.target!r}: no rule for this node kind; register one with "
+            "boundkit.register_rule",
         )
     return rule
 

@@ -19,7 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from boundkit.bounds.registry import custom_module_ops
 from boundkit.errors import (
     InputShapeError,
     ModelError,
@@ -219,6 +218,8 @@ def capture(
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     model64 = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
+    if type(model64) in _MODULE_OPS:  # a bare layer: trace it as a one-layer model
+        model64 = nn.Sequential(model64)
     try:
         gm = torch.fx.symbolic_trace(model64)
     except Exception as exc:  # torch.fx raises many exception types
@@ -237,6 +238,8 @@ def capture(
             f"the model cannot run on inputs of shape [N, {', '.join(map(str, input_shape))}]: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+
+    from boundkit.bounds.registry import custom_module_ops  # (bounds imports graph)
 
     modules = dict(gm.named_modules())
     nodes: list[Node] = []

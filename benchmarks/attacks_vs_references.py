@@ -1,0 +1,309 @@
+"""Benchmark boundkit's attacks against the reference implementations, side by side.
+
+Same process, same trained model, same samples, same step budgets:
+
+* Foolbox 3.3.4 (``L2DeepFoolAttack``, ``L2CarliniWagnerAttack``, ``DDNAttack``,
+  ``L2FMNAttack``),
+* adv-lib 0.2.8 (``ddn``, ``fmn``, ``fab``: the authors' reference implementations),
+* torchattacks 3.5.1 (``DeepFool``, ``CW``, ``FAB``),
+
+on an MNIST MLP (784-100-100-10 ReLU, zoo name ``mlp_mnist``) and LeNet-5 (``lenet5``) trained
+here with ``boundkit.models.train.train_model``, on the first ``--n-samples`` correctly
+classified test digits.  Every returned example, from every library, is re-verified with
+boundkit's :func:`boundkit.attacks.base.verify` (model re-run in float32, box [0, 1], L2 norm
+in float64); unverified examples count as failures.
+
+Known pitfalls of the references, handled and reported (not copied):
+
+* Foolbox's ``L2FMNAttack.project`` computes its factor as ``norms / norms`` (always 1): it
+  never projects and returns the first boundary crossing.  Reported as is.
+* torchattacks' ``FAB`` discards every result above its default ``eps = 8/255``: it is run
+  with ``eps = 1e3``.
+* torchattacks' ``CW`` has no search over its constant: run with ``c = 1`` and the total
+  step budget of the other CW runs (``9 x steps``).
+* adv-lib imports ``torchvision`` and ``visdom`` at the top; its attacks use neither, so the
+  two modules are stubbed in ``sys.modules`` when they are missing.
+
+Install (benchmark environment only; never runtime dependencies of boundkit; keeps the CPU
+torch build)::
+
+    pip install foolbox==3.3.4 eagerpy
+    pip install --no-deps torchattacks==3.5.1 adv-lib==0.2.8
+
+(``pip install torchattacks`` without ``--no-deps`` pulls torchvision and replaces torch by a
+CUDA build.)  Foolbox additionally installs GitPython, gitdb, smmap (its own dependencies).
+
+Usage::
+
+    python benchmarks/attacks_vs_references.py --n-samples 500 --models mlp,lenet5
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import boundkit.attacks as A  # noqa: E402
+from boundkit.attacks.base import Misclassification, verify  # noqa: E402
+
+ZOO = {"mlp": ("mlp_mnist", 10), "lenet5": ("lenet5", 5)}
+
+
+def _stub_modules() -> None:
+    for name in ("torchvision", "visdom"):
+        try:
+            __import__(name)
+        except ImportError:
+            mod = types.ModuleType(name)
+            if name == "visdom":
+                mod.Visdom = object  # type: ignore[attr-defined]
+            sys.modules[name] = mod
+            if name == "torchvision":
+                for sub in ("transforms", "models", "datasets"):
+                    m = types.ModuleType(f"torchvision.{sub}")
+                    sys.modules[f"torchvision.{sub}"] = m
+                    setattr(mod, sub, m)
+
+
+def train(name: str, data_root: str, seed: int = 0) -> torch.nn.Module:
+    from boundkit.data import load_mnist
+    from boundkit.models import build_model
+    from boundkit.models.train import train_model
+
+    arch, epochs = ZOO[name]
+    x, y = load_mnist(data_root, split="train")
+    model = build_model(arch, seed=seed)
+    return train_model(model, x, y, epochs=epochs, lr=1e-3, batch_size=64, seed=seed).eval()
+
+
+def select(model: torch.nn.Module, data_root: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from boundkit.data import load_mnist
+
+    x, y = load_mnist(data_root, split="test")
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    return x[ok][:n], y[ok][:n]
+
+
+def run_one(fn: Callable[[], torch.Tensor], model, x, y) -> dict[str, Any]:
+    t = time.perf_counter()
+    x_adv = fn()
+    sec = time.perf_counter() - t
+    x_adv = x_adv.detach().to(x.dtype)
+    ok, norm, _ = verify(model, x, x_adv, Misclassification(y), (0.0, 1.0))
+    return {"norm": norm, "success": ok, "seconds": sec}
+
+
+def references(model, x, y, args) -> dict[str, Callable[[], torch.Tensor]]:
+    out: dict[str, Callable[[], torch.Tensor]] = {}
+    s, cs, cb = args.steps, args.cw_steps, args.cw_searches
+    try:
+        import foolbox as fb
+
+        fm = fb.PyTorchModel(model, bounds=(0, 1))
+
+        def fbrun(atk):
+            return lambda: atk(fm, x, y, epsilons=None)[0]
+
+        out["deepfool/foolbox"] = fbrun(
+            fb.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02)
+        )
+        out["cw/foolbox"] = fbrun(
+            fb.attacks.L2CarliniWagnerAttack(binary_search_steps=cb, steps=cs, stepsize=0.01,
+                                             confidence=0, initial_const=1e-3)
+        )
+        out["ddn/foolbox"] = fbrun(fb.attacks.DDNAttack(init_epsilon=1.0, steps=s, gamma=0.05))
+        out["fmn/foolbox"] = fbrun(fb.attacks.L2FMNAttack(steps=s))
+    except ImportError as e:
+        print("foolbox missing:", e)
+    try:
+        _stub_modules()
+        from adv_lib.attacks import ddn, fab, fmn
+
+        out["ddn/adv-lib"] = lambda: ddn(model, x, y, steps=s)
+        out["fmn/adv-lib"] = lambda: fmn(model, x, y, norm=2, steps=s)
+
+        def fmn_df():
+            start = A.DeepFool(refine_steps=0)(model, x, Misclassification(y), box=(0.0, 1.0))
+            return fmn(model, x, y, norm=2, steps=s, starting_points=start)
+
+        out["fmn-from-deepfool/adv-lib"] = fmn_df
+        out["fab/adv-lib"] = lambda: fab(model, x, y, norm=2, n_iter=100)
+    except ImportError as e:
+        print("adv-lib missing:", e)
+    try:
+        import torchattacks as ta
+
+        if args.torchattacks_deepfool:
+            out["deepfool/torchattacks"] = lambda: ta.DeepFool(model, steps=50, overshoot=0.02)(
+                x, y
+            )
+        out["cw/torchattacks"] = lambda: ta.CW(model, c=1, kappa=0, steps=cb * cs, lr=0.01)(x, y)
+        out["fab/torchattacks"] = lambda: ta.FAB(
+            model, norm="L2", eps=1e3, steps=100, n_classes=10, n_restarts=1
+        )(x, y)
+    except ImportError as e:
+        print("torchattacks missing:", e)
+    return out
+
+
+def ours(model, x, y, args) -> dict[str, Callable[[], torch.Tensor]]:
+    s, cs, cb = args.steps, args.cw_steps, args.cw_searches
+
+    def bk(method: str, **kw):
+        return lambda: A.attack(model, x, method, **kw).x_adv
+
+    return {
+        "deepfool/boundkit": bk("deepfool", steps=50),
+        "cw/boundkit": bk("cw", steps=cs, binary_search_steps=cb),
+        "ddn/boundkit": bk("ddn", steps=s),
+        "fmn/boundkit": bk("fmn", steps=s),
+        "fmn-from-deepfool/boundkit": bk("fmn", steps=s, init="deepfool"),
+        "pdpgd/boundkit": bk("pdpgd", steps=s),
+        "best/boundkit": bk("best"),
+    }
+
+
+def memory_check(model_name: str, data_root: str) -> str:
+    """Peak RSS of a fresh process running boundkit attacks on 1,000 MNIST samples."""
+    code = f"""
+import resource, sys, torch
+sys.path.insert(0, {str(ROOT)!r})
+from boundkit.models import build_model
+from boundkit.data import load_mnist
+import boundkit.attacks as A
+torch.set_num_threads(1)
+m = build_model({ZOO[model_name][0]!r}, seed=0).eval()
+x, _ = load_mnist({data_root!r}, split="test")
+x = x[:1000]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for meth, kw in [("deepfool", {{}}), ("ddn", {{"steps": 20}}), ("fmn", {{"steps": 20}}),
+                 ("cw", {{"steps": 5, "binary_search_steps": 2}}), ("best", {{"budget": 10}})]:
+    A.attack(m, x, meth, **kw)
+print(base / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"memory check failed: {r.stderr[-500:]}"
+    base, peak = map(float, r.stdout.split())
+    return (f"peak RSS {peak:.0f} MiB (after imports and data: {base:.0f} MiB) for "
+            f"deepfool, ddn, fmn, cw, best on 1,000 samples in one batch")
+
+
+def fmt_table(model_name: str, res: dict[str, dict[str, Any]], n: int) -> list[str]:
+    lines = [f"### {model_name} ({n} correctly classified test samples)", "",
+             "| attack / library | median L2 | success | time (s) |", "|---|---|---|---|"]
+    for k, r in res.items():
+        med = float(torch.quantile(r["norm"], 0.5, interpolation="lower"))
+        lines.append(f"| {k} | {med:.4f} | {r['success'].double().mean() * 100:.1f}% | "
+                     f"{r['seconds']:.2f} |")
+    lines.append("")
+    # pairs
+    lines += ["| pair | boundkit median / best ref median | median per-sample ratio "
+              "bk/Foolbox | time bk / fastest ref | best ref |", "|---|---|---|---|---|"]
+    for pair in ("deepfool", "cw", "ddn", "fmn", "fmn-from-deepfool"):
+        mine = res.get(f"{pair}/boundkit")
+        refs = {k: v for k, v in res.items() if k.startswith(pair + "/") and "boundkit" not in k}
+        if pair == "fmn":
+            refs.update({k: v for k, v in res.items()
+                         if k.startswith("fmn-from-deepfool/") and "boundkit" not in k})
+        if mine is None or not refs:
+            continue
+        meds = {k: float(torch.quantile(v["norm"], 0.5, interpolation="lower"))
+                for k, v in refs.items()}
+        best_ref = min(meds, key=meds.get)
+        my_med = float(torch.quantile(mine["norm"], 0.5, interpolation="lower"))
+        fbk = f"{pair}/foolbox"
+        if fbk in res:
+            both = mine["success"] & res[fbk]["success"]
+            rr = (mine["norm"][both] / res[fbk]["norm"][both]) if both.any() else None
+            ps = f"{float(rr.median()):.4f}" if rr is not None else "n/a"
+        else:
+            ps = "n/a"
+        fastest = min(v["seconds"] for v in refs.values())
+        lines.append(f"| {pair} | {my_med / meds[best_ref]:.4f} | {ps} | "
+                     f"{mine['seconds'] / fastest:.2f} | {best_ref} |")
+    refs_all = {k: v for k, v in res.items() if "boundkit" not in k}
+    meds = {k: float(torch.quantile(v["norm"], 0.5, interpolation="lower"))
+            for k, v in refs_all.items()}
+    if meds:
+        best_ref = min(meds, key=meds.get)
+        per_sample = torch.stack([v["norm"] for v in refs_all.values()]).min(0).values
+        ps_med = float(torch.quantile(per_sample, 0.5, interpolation="lower"))
+        b = res["best/boundkit"]
+        bmed = float(torch.quantile(b["norm"], 0.5, interpolation="lower"))
+        lines += ["", f"**best ensemble**: median {bmed:.4f}, success "
+                  f"{b['success'].double().mean() * 100:.1f}%, time {b['seconds']:.1f} s; "
+                  f"best reference median {meds[best_ref]:.4f} ({best_ref}) -> ratio "
+                  f"**{bmed / meds[best_ref]:.4f}** (target <= 0.98); per-sample best of all "
+                  f"references {ps_med:.4f} -> ratio {bmed / ps_med:.4f}.", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--n-samples", type=int, default=500)
+    p.add_argument("--models", default="mlp,lenet5")
+    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "attacks_benchmark.md"))
+    p.add_argument("--steps", type=int, default=1000, help="DDN / FMN / PDPGD steps")
+    p.add_argument("--cw-steps", type=int, default=1000, help="CW steps per search step")
+    p.add_argument("--cw-searches", type=int, default=9, help="CW binary search steps")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--torchattacks-deepfool", action="store_true",
+                   help="also run torchattacks' DeepFool (per-sample Jacobians, slow)")
+    p.add_argument("--no-memory-check", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lines = ["# boundkit attacks vs reference implementations", "",
+             f"Command: `python benchmarks/attacks_vs_references.py "
+             f"{' '.join(sys.argv[1:] if argv is None else argv)}`  ",
+             f"torch {torch.__version__}, {args.threads} thread(s); DDN/FMN/PDPGD steps "
+             f"{args.steps}, CW {args.cw_searches} x {args.cw_steps}, FAB 100 iterations. "
+             "All norms re-verified by boundkit (failures count as +inf).", ""]
+    for name in args.models.split(","):
+        t = time.perf_counter()
+        model = train(name, args.data_root)
+        for prm in model.parameters():
+            prm.requires_grad_(False)
+        x, y = select(model, args.data_root, args.n_samples)
+        print(f"[{name}] trained in {time.perf_counter() - t:.0f}s; {len(x)} samples", flush=True)
+        res: dict[str, dict[str, Any]] = {}
+        jobs = {**references(model, x, y, args), **ours(model, x, y, args)}
+        order = sorted(jobs, key=lambda k: (k.split("/")[0], "boundkit" in k))
+        for k in order:
+            try:
+                res[k] = run_one(jobs[k], model, x, y)
+            except Exception as e:  # a reference failing must not stop the benchmark
+                print(f"  {k}: ERROR {type(e).__name__}: {e}")
+                continue
+            r = res[k]
+            med = float(torch.quantile(r["norm"], 0.5, interpolation="lower"))
+            print(f"  {k:32s} median {med:.4f} success {r['success'].double().mean():.3f} "
+                  f"{r['seconds']:.2f}s", flush=True)
+        lines += fmt_table(name, res, len(x))
+        if not args.no_memory_check:
+            lines += [f"Memory ({name}): {memory_check(name, args.data_root)}", ""]
+    lines += [f"Process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+              " MiB (includes all libraries)", ""]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

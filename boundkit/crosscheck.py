@@ -1,0 +1,545 @@
+"""Certificates and attacks on the same samples, checked against each other.
+
+``crosscheck(model, x)`` certifies ``x`` (lower bounds on the distance to the decision
+boundary), attacks it (upper bounds: verified adversarial examples), and compares the two
+per sample: the ratio ``radius / attack norm`` (at most 1 for a sound certificate; the
+closer to 1, the tighter both sides) and a *violation* flag where a certified radius exceeds
+the norm of an adversarial example.
+
+Precision rule. A certificate speaks about the exact-arithmetic network, evaluated in
+float64; an attack verifies its points in the model's own dtype (often float32). Before a
+sample is flagged, its adversarial example is re-checked in float64: the sample is a
+violation of method ``M`` only if ``x_adv`` changes the float64 prediction and the float64
+norm ``||x_adv - x||_2`` is below ``radius_M``. A violation of ``method="sound"`` is a bug in
+boundkit; a violation of ``method="peck2017"`` is expected (the thesis's bound is not sound)
+and reported as such.
+
+For each violation the offending layer is located from the certificate's trace: the trace
+claims that the output of node ``k`` must move by at least ``trace[k]`` to change the
+class. Walking from the output towards the input, the first node whose claim is broken by
+the adversarial example (its actual float64 perturbation is smaller than the claim) sits
+right before the stage whose bound failed; that stage is reported as the layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from boundkit.errors import BoundkitError, InputShapeError
+
+__all__ = ["CrosscheckResult", "Violation", "crosscheck", "locate_violation", "recheck_float64"]
+
+#: methods whose violations are expected (the bound is not a guarantee)
+UNSOUND_METHODS = frozenset({"peck2017"})
+
+
+@dataclass
+class Violation:
+    """One sample where a certified radius exceeds a verified adversarial perturbation.
+
+    Attributes:
+        index: sample index (position in the batch given to :func:`crosscheck`, or the
+            data set index when ``indices`` was passed).
+        method: the certification method whose radius is too large.
+        radius: the certified radius.
+        attack_norm: float64 norm of the adversarial perturbation (or of the exact
+            oracle's witness when ``source == "exact"``).
+        layer: the node whose bound failed (see :func:`locate_violation`).
+        layer_op: its op kind.
+        bottleneck: the node where the certificate lost the most (``Certificate.bottleneck``).
+        source: ``"attack"`` or ``"exact"``: which upper bound exposed it.
+        bug: True for sound methods (a bug in boundkit), False for ``peck2017`` (expected).
+        node_ratios: per trace node, claimed bound / actual perturbation of that node's
+            output at the adversarial point (a sound trace has every ratio <= 1).
+    """
+
+    index: int
+    method: str
+    radius: float
+    attack_norm: float
+    layer: str
+    layer_op: str = ""
+    bottleneck: str = ""
+    source: str = "attack"
+    bug: bool = True
+    node_ratios: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line: which sample, which method, which layer."""
+        kind = "SOUNDNESS BUG" if self.bug else "expected (method is not sound)"
+        op = f" ({self.layer_op})" if self.layer_op else ""
+        return (
+            f"{kind}: sample {self.index}, method {self.method!r}: certified radius "
+            f"{self.radius:.6g} > {self.source} norm {self.attack_norm:.6g}; "
+            f"bound fails at layer {self.layer!r}{op}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "method": self.method,
+            "radius": self.radius,
+            "attack_norm": self.attack_norm,
+            "layer": self.layer,
+            "layer_op": self.layer_op,
+            "bottleneck": self.bottleneck,
+            "source": self.source,
+            "bug": self.bug,
+            "node_ratios": dict(self.node_ratios),
+            "message": self.describe(),
+        }
+
+
+def _np(t: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        return t.detach().cpu().numpy()
+    return np.asarray(t)
+
+
+def _ratio(radius: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(np.isfinite(norm) & (norm > 0), radius / norm, np.nan)
+    return r
+
+
+@dataclass
+class CrosscheckResult:
+    """Per-sample certified radii, attack norms and their ratios, plus violations.
+
+    Attributes:
+        index: int [N], sample indices.
+        label: int [N], the predicted class (float64 argmax, as certified).
+        true_label: int [N] or None, the labels ``y`` if given.
+        radius: method -> float64 [N] certified radius.
+        attack_norm: float64 [N], norm of the verified adversarial example (+inf where
+            the attack failed).
+        attack_success: bool [N].
+        found_by: which attack found each sample's adversarial example.
+        attack: the attack name.
+        exact: float64 [N] exact minimal radius, or None (``exact_note`` says why).
+        violations: list of :class:`Violation`.
+        certificates: method -> :class:`~boundkit.Certificate` (for traces and plots).
+        seconds: stage -> wall time.
+        meta: free-form information (model, data set, accuracy) copied into reports.
+    """
+
+    index: np.ndarray
+    label: np.ndarray
+    true_label: np.ndarray | None
+    radius: dict[str, np.ndarray]
+    attack_norm: np.ndarray
+    attack_success: np.ndarray
+    found_by: list[str]
+    attack: str
+    exact: np.ndarray | None = None
+    exact_note: str = ""
+    violations: list[Violation] = field(default_factory=list)
+    certificates: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.radius)
+
+    def ratio(self, method: str) -> np.ndarray:
+        """radius / attack norm per sample (NaN where the attack failed or the norm is 0)."""
+        return _ratio(self.radius[method], self.attack_norm)
+
+    def violation_mask(self, method: str) -> np.ndarray:
+        """bool [N]: samples with a verified violation of ``method``."""
+        pos = {int(i): k for k, i in enumerate(self.index.tolist())}
+        mask = np.zeros(len(self), dtype=bool)
+        for v in self.violations:
+            if v.method == method:
+                mask[pos[v.index]] = True
+        return mask
+
+    @property
+    def bugs(self) -> list[Violation]:
+        """Violations of sound methods (bugs in boundkit)."""
+        return [v for v in self.violations if v.bug]
+
+    @property
+    def has_bug(self) -> bool:
+        return bool(self.bugs)
+
+    def summary(self) -> dict[str, Any]:
+        """Median ratio per method, attack success rate, violation counts."""
+        n = len(self)
+        out: dict[str, Any] = {
+            "n": n,
+            "attack": self.attack,
+            "attack_success_rate": float(self.attack_success.mean()) if n else math.nan,
+            "median_attack_norm": _median(self.attack_norm[self.attack_success]),
+            "methods": {},
+            "violations": len(self.violations),
+            "soundness_bugs": len(self.bugs),
+            "expected_violations": len(self.violations) - len(self.bugs),
+        }
+        if self.true_label is not None and n:
+            out["accuracy"] = float((self.true_label == self.label).mean())
+        for m, r in self.radius.items():
+            ratio = self.ratio(m)
+            fin = ratio[np.isfinite(ratio)]
+            out["methods"][m] = {
+                "median_radius": _median(r),
+                "mean_radius": float(np.mean(r)) if n else math.nan,
+                "min_radius": float(np.min(r)) if n else math.nan,
+                "median_ratio": _median(fin),
+                "min_ratio": float(fin.min()) if fin.size else math.nan,
+                "max_ratio": float(fin.max()) if fin.size else math.nan,
+                "violations": int(sum(v.method == m for v in self.violations)),
+                "sound": m not in UNSOUND_METHODS,
+            }
+        if self.exact is not None:
+            fin = self.exact[np.isfinite(self.exact)]
+            out["median_exact_radius"] = _median(fin)
+            for m, r in self.radius.items():
+                q = _ratio(r, self.exact)
+                q = q[np.isfinite(q)]
+                out["methods"][m]["median_ratio_to_exact"] = _median(q)
+        return out
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One dict per sample (for CSV): index, label, prediction, radii, norm, ratios,
+        violation flags."""
+        rows = []
+        masks = {m: self.violation_mask(m) for m in self.radius}
+        ratios = {m: self.ratio(m) for m in self.radius}
+        for k in range(len(self)):
+            row: dict[str, Any] = {
+                "index": int(self.index[k]),
+                "label": int(self.true_label[k]) if self.true_label is not None else "",
+                "prediction": int(self.label[k]),
+            }
+            for m in self.radius:
+                row[f"radius_{m}"] = float(self.radius[m][k])
+            row[f"attack_norm_{self.attack}"] = float(self.attack_norm[k])
+            row["found_by"] = self.found_by[k]
+            if self.exact is not None:
+                row["exact_radius"] = float(self.exact[k])
+            for m in self.radius:
+                row[f"ratio_{m}"] = float(ratios[m][k])
+            for m in self.radius:
+                row[f"violation_{m}"] = bool(masks[m][k])
+            row["violation"] = any(bool(masks[m][k]) for m in self.radius
+                                   if m not in UNSOUND_METHODS)
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (non-finite floats left as floats: see ``boundkit.report.io``)."""
+        traces = {}
+        for m, cert in self.certificates.items():
+            if getattr(cert, "trace", None):
+                names = list(cert.trace)
+                traces[m] = {
+                    "nodes": names,
+                    "ops": [cert.node_ops.get(nm, "") for nm in names],
+                    "values": [_np(cert.trace[nm]).astype(float).tolist() for nm in names],
+                }
+        return {
+            "kind": "crosscheck",
+            "meta": dict(self.meta),
+            "samples": {
+                "index": self.index.astype(int).tolist(),
+                "label": None if self.true_label is None else self.true_label.astype(int).tolist(),
+                "prediction": self.label.astype(int).tolist(),
+                "radius": {m: r.astype(float).tolist() for m, r in self.radius.items()},
+                "attack_norm": {self.attack: self.attack_norm.astype(float).tolist()},
+                "attack_success": self.attack_success.astype(bool).tolist(),
+                "found_by": list(self.found_by),
+                "exact": None if self.exact is None else self.exact.astype(float).tolist(),
+                "ratio": {m: self.ratio(m).astype(float).tolist() for m in self.radius},
+            },
+            "exact_note": self.exact_note,
+            "traces": traces,
+            "violations": [v.to_dict() for v in self.violations],
+            "summary": self.summary(),
+            "seconds": dict(self.seconds),
+        }
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        parts = [f"{m}: median ratio {d['median_ratio']:.3g}" for m, d in s["methods"].items()]
+        return (
+            f"CrosscheckResult(n={s['n']}, attack={self.attack!r} success "
+            f"{s['attack_success_rate']:.0%}, {', '.join(parts)}, "
+            f"soundness bugs {s['soundness_bugs']}, expected violations "
+            f"{s['expected_violations']})"
+        )
+
+
+def _median(a: np.ndarray) -> float:
+    a = np.asarray(a, dtype=float)
+    return float(np.median(a)) if a.size else math.nan
+
+
+def recheck_float64(
+    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, label: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-verify adversarial examples in float64.
+
+    Returns ``(adversarial, norm)``: ``adversarial[n]`` is True when the float64 copy of
+    ``model`` predicts a class other than ``label[n]`` at ``x_adv[n]``; ``norm`` is the float64
+    L2 norm of ``x_adv - x``. The model itself is not modified (a deep copy is cast).
+    """
+    m64 = copy.deepcopy(model).double()
+    dev = next((p.device for p in m64.parameters()), x_adv.device)
+    xa = x_adv.detach().to(dev, torch.float64)
+    with torch.no_grad():
+        pred = m64(xa).argmax(1)
+    adv = (pred != label.to(dev)) & torch.isfinite(xa.flatten(1)).all(1)
+    norm = (xa - x.detach().to(dev, torch.float64)).flatten(1).norm(dim=1)
+    return adv.cpu(), norm.cpu()
+
+
+def locate_violation(
+    graph: Any, cert: Any, x: torch.Tensor, x_adv: torch.Tensor
+) -> tuple[list[str], list[str], list[dict[str, float]]]:
+    """For violating samples, the node whose bound failed.
+
+    ``cert`` is the certificate restricted to these samples (its ``trace`` maps nodes to
+    [M] claims), ``x`` and ``x_adv`` are [M, ...]. For each node ``k`` of the trace the claim
+    is "moving the output of ``k`` by less than ``trace[k]`` cannot change the class"; at
+    ``x_adv`` (which does change it) the actual movement is ``||h_k(x_adv) - h_k(x)||``.
+    Walking from the last trace node towards the input, the first node whose claim is
+    broken is the input of the failing stage; the failing stage is the next trace node
+    (or the output stage when the last trace node is already broken).
+
+    Returns ``(layers, ops, node_ratios)`` per sample.
+    """
+    names = list(cert.trace)
+    m = x.shape[0]
+    if not names or graph is None:
+        bn = cert.bottleneck() if names else ["?"] * m
+        return bn, [cert.node_ops.get(b, "") for b in bn], [{} for _ in range(m)]
+    keep = [nm for nm in names if nm in graph]
+    a0 = graph.activations(x, keep)
+    a1 = graph.activations(x_adv, keep)
+    ratios = {}
+    for nm in keep:
+        actual = (a1[nm] - a0[nm]).reshape(m, -1).norm(dim=1).cpu()
+        claim = cert.trace[nm].detach().cpu().to(torch.float64)
+        ratios[nm] = torch.where(actual > 0, claim / actual, torch.full_like(claim, math.inf))
+    layers, ops, per_sample = [], [], []
+    order = [n.name for n in graph.nodes]
+    for i in range(m):
+        broken_after = None
+        for j in range(len(keep) - 1, -1, -1):
+            if float(ratios[keep[j]][i]) > 1.0:
+                broken_after = j
+                break
+        if broken_after is None:  # no broken claim: report the bottleneck
+            layer = cert.bottleneck()[i] if len(keep) > 1 else keep[0]
+        elif broken_after == len(keep) - 1:
+            last = keep[-1]
+            # the output stage: the nodes after the last trace node, up to the logits
+            pos = order.index(last) if last in order else -1
+            layer = order[pos + 1] if 0 <= pos < len(order) - 1 else "output"
+        else:
+            layer = keep[broken_after + 1]
+        layers.append(layer)
+        ops.append(graph[layer].op if layer in graph else "output")
+        per_sample.append({nm: float(ratios[nm][i]) for nm in keep})
+    return layers, ops, per_sample
+
+
+def _subset_cert(cert: Any, idx: torch.Tensor) -> Any:
+    sub = copy.copy(cert)
+    sub.radius = cert.radius[idx]
+    sub.label = cert.label[idx]
+    sub.runner_up = cert.runner_up[idx]
+    sub.margin = cert.margin[idx]
+    sub.trace = {k: v[idx] for k, v in cert.trace.items()}
+    return sub
+
+
+def _find_violations(
+    model: nn.Module,
+    graph: Any,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    adv_ok: torch.Tensor,
+    norm64: torch.Tensor,
+    certs: dict[str, Any],
+    indices: np.ndarray,
+    source: str,
+) -> list[Violation]:
+    out: list[Violation] = []
+    for method, cert in certs.items():
+        radius = cert.radius.detach().cpu().to(torch.float64)
+        bad = (adv_ok & (norm64 < radius)).nonzero().squeeze(1)
+        if bad.numel() == 0:
+            continue
+        sub = _subset_cert(cert, bad)
+        try:
+            layers, ops, ratios = locate_violation(graph, sub, x[bad], x_adv[bad])
+        except (BoundkitError, RuntimeError, KeyError):
+            layers = sub.bottleneck()
+            ops = [sub.node_ops.get(la, "") for la in layers]
+            ratios = [{} for _ in layers]
+        bns = sub.bottleneck() if sub.trace else ["-"] * bad.numel()
+        for j, k in enumerate(bad.tolist()):
+            out.append(
+                Violation(
+                    index=int(indices[k]),
+                    method=method,
+                    radius=float(radius[k]),
+                    attack_norm=float(norm64[k]),
+                    layer=layers[j],
+                    layer_op=ops[j],
+                    bottleneck=bns[j],
+                    source=source,
+                    bug=method not in UNSOUND_METHODS,
+                    node_ratios=ratios[j],
+                )
+            )
+    return out
+
+
+def crosscheck(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    methods: Sequence[str] = ("sound",),
+    attack: str = "best",
+    attack_budget: int | None = None,
+    y: torch.Tensor | None = None,
+    box: tuple[float, float] | None = (0.0, 1.0),
+    device: torch.device | str | None = None,
+    exact: bool = False,
+    indices: Sequence[int] | np.ndarray | None = None,
+    chunk_size: int = 128,
+    progress: Callable[[str, int], None] | None = None,
+    seed: int = 0,
+) -> CrosscheckResult:
+    """Certify and attack ``x``, and compare the two per sample.
+
+    Args:
+        model: a classifier in eval mode (logits ``[N, C]``).
+        x: inputs ``[N, *input_shape]`` inside ``box``.
+        methods: certification methods (``"sound"``, ``"peck2017"``).
+        attack: an attack name of :data:`boundkit.attacks.ATTACKS` (default ``"best"``).
+        attack_budget: gradient steps per sample (per member for ``best``); None: defaults.
+        y: true labels (recorded, and used for the accuracy in the summary). The attack
+            always targets a change of the *prediction*, which is what a certificate
+            bounds.
+        box: the input domain of the attack (certificates ignore it, so their radius is
+            a lower bound on the box-constrained distance as well).
+        device: where to compute.
+        exact: also compute the exact minimal radius (small ReLU networks only; when the
+            model is too large or unsupported, ``exact_note`` says why and ``exact`` is None).
+        indices: sample indices to report (default ``0..N-1``).
+        chunk_size: samples per attack chunk (a progress tick per chunk).
+        progress: optional callback ``(stage, samples_done)`` for progress bars.
+        seed: the attack's random seed.
+
+    Returns:
+        a :class:`CrosscheckResult`. It does not raise on violations: check
+        ``result.has_bug`` (the CLI exits with status 3).
+    """
+    from boundkit.attacks import attack as run_attack
+    from boundkit.bounds.engine import certify, graph_for
+
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise InputShapeError("x must be a batch tensor [N, ...]")
+    n = x.shape[0]
+    idx_arr = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+    if idx_arr.shape != (n,):
+        raise InputShapeError(f"indices must have length {n}, got shape {idx_arr.shape}")
+    tick = progress or (lambda stage, k: None)
+    seconds: dict[str, float] = {}
+    certs: dict[str, Any] = {}
+    graph = graph_for(model, x, device)
+    for m in methods:
+        t0 = time.perf_counter()
+        certs[m] = certify(model, x, m, device=device, graph=graph)
+        seconds[f"certify_{m}"] = time.perf_counter() - t0
+        tick(f"certify {m}", n)
+    label = next(iter(certs.values())).label.detach().cpu() if certs else None
+
+    t0 = time.perf_counter()
+    x_adv_parts, norm_parts, ok_parts, found_by = [], [], [], []
+    for s in range(0, n, chunk_size):
+        res = run_attack(
+            model, x[s : s + chunk_size], attack, budget=attack_budget, box=box,
+            device=device, seed=seed,
+        )
+        x_adv_parts.append(res.x_adv.detach().cpu())
+        norm_parts.append(res.norm.detach().cpu().to(torch.float64))
+        ok_parts.append(res.success.detach().cpu())
+        found_by += list(res.found_by)
+        if label is None:
+            label = res.label.detach().cpu()
+        tick(f"attack {attack}", min(chunk_size, n - s))
+    seconds[f"attack_{attack}"] = time.perf_counter() - t0
+    x_adv = torch.cat(x_adv_parts)
+    attack_norm = torch.cat(norm_parts)
+    attack_ok = torch.cat(ok_parts)
+    assert label is not None
+
+    # float64 re-check of every adversarial example
+    x_cpu = x.detach().cpu()
+    adv64, norm64 = recheck_float64(model, x_cpu, x_adv, label)
+    adv64 &= attack_ok
+    violations = _find_violations(
+        model, graph, x_cpu, x_adv, adv64, norm64, certs, idx_arr, "attack"
+    )
+
+    exact_arr: np.ndarray | None = None
+    note = ""
+    if exact:
+        t0 = time.perf_counter()
+        try:
+            from boundkit.exact import exact_radius
+
+            ex = exact_radius(model, x_cpu, return_details=True)
+            exact_arr = _np(ex.radius).astype(np.float64)
+            wit = (x_cpu.to(torch.float64) + torch.nan_to_num(ex.witness.cpu(), nan=0.0))
+            fin = torch.isfinite(ex.radius.cpu())
+            wadv, wnorm = recheck_float64(model, x_cpu, wit, label)
+            wadv &= fin
+            flagged = {(v.index, v.method) for v in violations}
+            for v in _find_violations(
+                model, graph, x_cpu, wit, wadv, wnorm, certs, idx_arr, "exact"
+            ):
+                if (v.index, v.method) not in flagged:
+                    violations.append(v)
+        except (BoundkitError, ValueError, NotImplementedError) as exc:
+            note = f"exact radius not computed: {exc}"
+        seconds["exact"] = time.perf_counter() - t0
+        tick("exact", n)
+
+    violations.sort(key=lambda v: (not v.bug, v.index, v.method))
+    y_np = None if y is None else _np(y).astype(np.int64).reshape(-1)
+    if y_np is not None and y_np.shape[0] != n:
+        raise InputShapeError(f"y has {y_np.shape[0]} labels for {n} samples")
+    return CrosscheckResult(
+        index=idx_arr,
+        label=_np(label).astype(np.int64),
+        true_label=y_np,
+        radius={m: _np(c.radius).astype(np.float64) for m, c in certs.items()},
+        attack_norm=_np(attack_norm).astype(np.float64),
+        attack_success=_np(attack_ok).astype(bool),
+        found_by=found_by,
+        attack=attack,
+        exact=exact_arr,
+        exact_note=note,
+        violations=violations,
+        certificates=certs,
+        seconds=seconds,
+    )
