@@ -63,7 +63,7 @@ def setup(args: argparse.Namespace) -> None:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeds legacy global users too
     torch.manual_seed(seed)
 
 
@@ -259,3 +259,34 @@ def certify_stacked(net: StackedNet, x: torch.Tensor, per_model: int, method: st
 
 def elapsed(args: argparse.Namespace) -> float:
     return time.perf_counter() - args.t0
+
+
+# --------------------------------------------------------------------------- trained models
+def trained_zoo_model(name: str, args: argparse.Namespace, *, epochs: int,
+                      max_train: int | None = None) -> tuple[nn.Module, dict]:
+    """Train zoo model ``name`` on its data set's train split (first ``max_train`` rows),
+    seeded; cached in ``runs/analyses/`` (git-ignored) so that re-runs and the other scripts
+    reuse it. Returns the model (eval mode) and a dict of training facts."""
+    from boundkit.data import load_dataset
+    from boundkit.models import ZOO, build_model, train_model
+
+    entry = ZOO[name]
+    cache = ROOT / "runs" / "analyses"
+    cache.mkdir(parents=True, exist_ok=True)
+    tag = f"{name}_s{args.seed}_n{max_train}_e{epochs}"
+    path = cache / f"{tag}.pt"
+    model = build_model(name, seed=args.seed)
+    x_tr, y_tr = load_dataset(entry.dataset, args.data_root, "train", seed=args.seed)
+    if max_train is not None:
+        x_tr, y_tr = x_tr[:max_train], y_tr[:max_train]
+    info = {"arch": name, "epochs": epochs, "n_train": int(x_tr.shape[0]),
+            "batch_size": entry.batch_size, "lr": entry.lr, "cached": path.exists()}
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        t0 = time.perf_counter()
+        train_model(model, x_tr, y_tr, epochs=epochs, lr=entry.lr,
+                    batch_size=entry.batch_size, seed=args.seed)
+        info["train_seconds"] = time.perf_counter() - t0
+        torch.save(model.state_dict(), path)
+    return model.eval(), info

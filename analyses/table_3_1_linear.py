@@ -14,7 +14,6 @@ linear classifiers).
 from __future__ import annotations
 
 import torch
-
 from common import (
     attack_stacked,
     base_parser,
@@ -113,14 +112,20 @@ verified adversarial example is smaller than the bound.
 **Reading.** No violations, as in the thesis, and the exact column confirms Theorem 3.7 for
 every sample: the bound *is* the minimal perturbation. The deviation the thesis reports is
 therefore entirely FGS's excess over the minimal perturbation, not looseness of the bound:
-FGS perturbs along ``sign(grad)``, whose L2 length is ``eps * sqrt(d)``, so it overshoots the
-minimal (normal-direction) perturbation by a factor up to ``sqrt(d)`` (setting 2, d = 20,
-shows the largest gap, as in the thesis). The thesis's statement that "FGS is exact for
-linear classifiers" is wrong in L2: the `best` attack (DeepFool is exact on linear models)
-brings the deviation to ~0. Absolute numbers differ from the thesis's (its deviations are
-larger still; the thesis does not say how it normalised or clipped FGS), but the ordering of
-the settings (2 and 4 largest) agrees. With max epsilon 1, FGS fails on some samples of
-setting 4 (inputs in [-10, 10]): those are left out of its statistics (column "FGS success").
+FGS perturbs along ``sign(grad)`` instead of the normal of the nearest decision boundary, so
+its ray meets the boundary farther away (by up to a factor ``sqrt(d)``). The thesis's
+statement that "FGS is exact for linear classifiers" is wrong in L2: the `best` attack
+(DeepFool is exact on linear models) brings the deviation to rounding level.
+
+**Disagreement with the thesis.** Our FGS deviations are one to two orders of magnitude
+smaller than the thesis's (e.g. setting 1: mean 0.05 here vs 0.93 there) and do not show its
+large growth for setting 2 (d = 20) and setting 4 (inputs in [-10, 10]). With the bound
+equal to the exact minimal perturbation, a mean deviation of 0.93 on 2-D inputs in [-1, 1]
+is larger than typical minimal perturbations themselves; it cannot come from a bisection
+on epsilon along the FGS ray and must reflect a different measurement in the thesis
+(coarse epsilon grid, unclipped large steps, or a different norm), which the text does not
+describe. With max epsilon 1, FGS fails on many samples of setting 4 (inputs in [-10, 10],
+larger margins): those are left out of its statistics (column "FGS success").
 """
     fig = plt().figure(figsize=(9, 3.5))
     ax = fig.add_subplot(1, 1, 1)
@@ -128,7 +133,7 @@ setting 4 (inputs in [-10, 10]): those are left out of its statistics (column "F
     for no, a, b in devs_box:
         data += [a, b]
         labels += [f"{no}: FGS", f"{no}: best"]
-    ax.boxplot(data, labels=labels, showfliers=False)
+    ax.boxplot(data, tick_labels=labels, showfliers=False)
     ax.set_ylabel("attack norm - bound")
     ax.set_title("Linear classifiers (cf. thesis Fig. 3.2): deviation from the bound")
     ax.tick_params(axis="x", rotation=45)

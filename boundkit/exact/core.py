@@ -14,8 +14,8 @@ from boundkit.exact.convert import AffineReluNet, to_affine_relu
 from boundkit.exact.qp import min_norm_point
 from boundkit.exact.search import SearchBudgetExceeded, exact_search, pattern_affine
 
-DEFAULT_MAX_NEURONS = 64
-DEFAULT_MAX_REGIONS = 20000
+DEFAULT_MAX_NEURONS = 32
+DEFAULT_MAX_REGIONS = 5000
 WITNESS_SLACK = 1e-6
 
 

@@ -301,7 +301,7 @@ def exact_search(
     counter = itertools.count()
     heap: list[tuple[float, int, int, _Node]] = [(0.0, 0, next(counter), root)]
     nodes = 0
-    max_nodes = 200 * max_regions
+    max_nodes = 20 * max_regions
     while heap:
         lb_key, _, _, node = heapq.heappop(heap)
         cut = best * (1.0 - rtol)

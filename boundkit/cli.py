@@ -1,0 +1,732 @@
+"""The ``boundkit`` command line: certify, attack, cross-check, compare, train, report, demo.
+
+Exit codes: 0 success; 2 bad input (a one-line error on stderr, no traceback); 3 a soundness
+violation (a ``sound`` certified radius above the float64-verified norm of an adversarial
+example: a bug in boundkit; the sample, method and layer are printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_VIOLATION = 0, 2, 3
+
+MAIN_EPILOG = """\
+examples:
+  boundkit demo --quick --out /tmp/bk-demo          # everything, on sklearn digits, ~1 min
+  boundkit train digits_cnn --out runs/             # train a zoo model (no download)
+  boundkit certify --model runs/digits_cnn.safetensors --data digits --n 100 \\
+      --method both --out cert.json
+  boundkit attack --model runs/digits_cnn.safetensors --data digits --n 100 --out atk.json
+  boundkit crosscheck --model runs/digits_cnn.safetensors --data digits --out xcheck/
+  boundkit compare --models runs/a.safetensors runs/b.safetensors --data digits --out cmp/
+  boundkit report xcheck/results.json --out xcheck-report/
+
+exit codes: 0 ok, 2 bad input (missing file, not a model, wrong data shape, NaN
+weights...), 3 soundness violation found by crosscheck (a bug: please report it).
+Data sets: mnist, cifar10, iris, wine, digits, spambase (looked up in --data-root, default
+$BOUNDKIT_DATA, else ~/.cache/boundkit), or a .npz/.pt file with arrays x (in [0, 1]) and y.
+"""
+
+
+def _progress_factory(quiet: bool):
+    """A context-managed tqdm bar on stderr (a no-op bar when quiet)."""
+    from tqdm.auto import tqdm
+
+    def make(total: int, desc: str):
+        return tqdm(total=total, desc=desc, disable=quiet, file=sys.stderr, leave=False,
+                    dynamic_ncols=True, unit="sample")
+
+    return make
+
+
+class Session:
+    """Options shared by the subcommands, and output helpers."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quiet: bool = getattr(args, "quiet", False)
+        self.json: bool = getattr(args, "json", False)
+        self.bar = _progress_factory(self.quiet)
+
+    def say(self, *lines: str) -> None:
+        """Human-readable output (suppressed by --quiet and --json)."""
+        if not self.quiet and not self.json:
+            for line in lines:
+                print(line, flush=True)
+
+    def emit(self, doc: dict[str, Any]) -> None:
+        """Machine-readable output for --json."""
+        if self.json:
+            from boundkit.report.io import encode
+
+            print(json.dumps(encode(doc), indent=1, allow_nan=False), flush=True)
+
+
+# ------------------------------------------------------------------------------ loading
+def _seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def load_model_arg(path: str, arch: str | None, device: str | None):
+    """Load ``--model`` (and check the weights); raises ModelFileError with the reason."""
+    from boundkit.errors import BoundkitError, ModelFileError
+    from boundkit.models.io import load_model
+
+    try:
+        return load_model(path, arch=arch, device=device)
+    except BoundkitError:
+        raise
+    except Exception as exc:  # a file the loaders choke on is still a bad input
+        raise ModelFileError(f"{path} cannot be read as a model "
+                             f"({type(exc).__name__}: {exc})") from exc
+
+
+def load_data_arg(data: str, root: str | None, split: str, n: int | None, seed: int):
+    """``--data``: a data set name or a ``.npz``/``.pt`` file. Returns ``(x, y, indices)``
+    with the first ``n`` samples of the split."""
+    import numpy as np
+
+    from boundkit.data import load_dataset, load_tensor_file
+
+    p = Path(data)
+    if p.suffix.lower() in (".npz", ".pt", ".pth") or p.is_file():
+        x, y = load_tensor_file(p)
+    else:
+        x, y = load_dataset(data, root, split, seed=seed)
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--n must be positive, got {n}")
+        x, y = x[:n], y[:n]
+    return x, y, np.arange(x.shape[0])
+
+
+def _model_for_data(model: Any, x: Any):
+    """Cast the data to the model's dtype / device and check that the model runs on it."""
+    import torch
+
+    from boundkit.errors import InputShapeError
+
+    p = next(iter(model.parameters()), None)
+    if p is not None:
+        x = x.to(device=p.device, dtype=p.dtype)
+    try:
+        with torch.no_grad():
+            out = model(x[:2])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputShapeError(
+            f"the model cannot run on data of shape {list(x.shape)}: {first}") from None
+    if out.dim() != 2:
+        raise InputShapeError(f"the model maps data of shape {list(x.shape)} to an output of "
+                              f"shape {list(out.shape)}, not logits [N, C]")
+    return x
+
+
+# ------------------------------------------------------------------------------ documents
+def _median(v: Any) -> float:
+    import numpy as np
+
+    a = np.asarray(v, dtype=float)
+    a = a[np.isfinite(a)]
+    return float(np.median(a)) if a.size else math.nan
+
+
+def certificate_doc(certs: dict[str, Any], y: Any, indices: Any, meta: dict) -> dict[str, Any]:
+    """A ``kind: certify`` results document."""
+    first = next(iter(certs.values()))
+    pred = first.label.cpu().numpy()
+    y_np = None if y is None else y.cpu().numpy()
+    traces = {}
+    for m, c in certs.items():
+        names = list(c.trace)
+        traces[m] = {"nodes": names, "ops": [c.node_ops.get(k, "") for k in names],
+                     "values": [c.trace[k].cpu().tolist() for k in names]}
+    summary: dict[str, Any] = {"n": len(first), "methods": {}}
+    if y_np is not None:
+        summary["accuracy"] = float((pred == y_np).mean())
+    for m, c in certs.items():
+        summary["methods"][m] = {"median_radius": _median(c.radius.cpu().numpy()),
+                                 "min_radius": float(c.radius.min()),
+                                 "sound": m != "peck2017"}
+    return {
+        "kind": "certify",
+        "meta": meta,
+        "samples": {
+            "index": [int(i) for i in indices],
+            "label": None if y_np is None else y_np.tolist(),
+            "prediction": pred.tolist(),
+            "radius": {m: c.radius.cpu().tolist() for m, c in certs.items()},
+            "attack_norm": {},
+        },
+        "traces": traces,
+        "summary": summary,
+    }
+
+
+def attack_doc(res: Any, y: Any, indices: Any, meta: dict) -> dict[str, Any]:
+    """A ``kind: attack`` results document."""
+    pred = res.label.cpu().numpy()
+    y_np = None if y is None else y.cpu().numpy()
+    summary: dict[str, Any] = {
+        "n": len(res),
+        "attack": res.method,
+        "attack_success_rate": res.success_rate(),
+        "median_attack_norm": _median(res.norm.cpu().numpy()[res.success.cpu().numpy()]),
+        "seconds": res.seconds,
+    }
+    if y_np is not None:
+        summary["accuracy"] = float((pred == y_np).mean())
+    return {
+        "kind": "attack",
+        "meta": meta,
+        "samples": {
+            "index": [int(i) for i in indices],
+            "label": None if y_np is None else y_np.tolist(),
+            "prediction": pred.tolist(),
+            "radius": {},
+            "attack_norm": {res.method: res.norm.cpu().tolist()},
+            "attack_success": res.success.cpu().tolist(),
+            "found_by": list(res.found_by),
+        },
+        "summary": summary,
+    }
+
+
+def _methods(arg: str) -> tuple[str, ...]:
+    return ("sound", "peck2017") if arg == "both" else (arg,)
+
+
+def _summary_table(summary: dict[str, Any]) -> list[str]:
+    lines = [f"  samples: {summary.get('n')}"]
+    if "accuracy" in summary:
+        lines.append(f"  accuracy on these samples: {summary['accuracy']:.1%}")
+    for m, d in summary.get("methods", {}).items():
+        tag = "" if d.get("sound", True) else "  (not a guarantee)"
+        line = f"  {m:>9}: median certified radius {d['median_radius']:.4g}"
+        if d.get("median_ratio") is not None and not math.isnan(d.get("median_ratio", math.nan)):
+            line += f", median radius/attack {d['median_ratio']:.3g}"
+        lines.append(line + tag)
+    if summary.get("attack"):
+        lines.append(f"  attack {summary['attack']}: success {summary['attack_success_rate']:.1%},"
+                     f" median norm {summary['median_attack_norm']:.4g}")
+    if "soundness_bugs" in summary:
+        lines.append(f"  soundness violations: {summary['soundness_bugs']}  "
+                     f"(peck2017 violations, expected: {summary['expected_violations']})")
+    return lines
+
+
+def _run_crosscheck(sess: Session, model: Any, x: Any, y: Any, idx: Any, methods, attack: str,
+                    budget: int | None, exact: bool, desc: str, meta: dict) -> Any:
+    from boundkit.crosscheck import crosscheck
+
+    n = x.shape[0]
+    total = n * (len(methods) + 1 + int(exact))
+    with sess.bar(total, desc) as bar:
+        res = crosscheck(
+            model, x, methods=methods, attack=attack, attack_budget=budget, y=y,
+            device=sess.args.device, exact=exact, indices=idx, seed=sess.args.seed,
+            progress=lambda stage, k: (bar.set_postfix_str(stage), bar.update(k)),
+            chunk_size=64,
+        )
+    res.meta.update(meta)
+    return res
+
+
+def _report_violations(res: Any) -> int:
+    for v in res.violations:
+        if v.bug:
+            print(f"boundkit: {v.describe()}", file=sys.stderr, flush=True)
+    return EXIT_VIOLATION if res.has_bug else EXIT_OK
+
+
+# ------------------------------------------------------------------------------ commands
+def cmd_certify(sess: Session) -> int:
+    from boundkit.bounds.engine import certify
+    from boundkit.report.io import write_json
+
+    a = sess.args
+    model = load_model_arg(a.model, a.arch, a.device)
+    x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
+    x = _model_for_data(model, x)
+    certs = {}
+    with sess.bar(x.shape[0] * len(_methods(a.method)), "certify") as bar:
+        for m in _methods(a.method):
+            t0 = time.perf_counter()
+            certs[m] = certify(model, x, m, device=a.device)
+            bar.set_postfix_str(f"{m} {time.perf_counter() - t0:.1f}s")
+            bar.update(x.shape[0])
+    meta = {"model": a.model, "data": a.data, "split": a.split}
+    doc = certificate_doc(certs, y, idx, meta)
+    out = write_json(doc, a.out)
+    sess.say(f"certified {x.shape[0]} samples of {a.data} with {', '.join(certs)}:",
+             *_summary_table(doc["summary"]), f"  results: {out}")
+    sess.emit({"results": str(out), **doc["summary"]})
+    return EXIT_OK
+
+
+def cmd_attack(sess: Session) -> int:
+    from boundkit.attacks import attack
+    from boundkit.report.io import write_json
+
+    a = sess.args
+    model = load_model_arg(a.model, a.arch, a.device)
+    x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
+    x = _model_for_data(model, x)
+    import torch
+
+    parts = []
+    with sess.bar(x.shape[0], f"attack {a.attack}") as bar:
+        for s in range(0, x.shape[0], 64):
+            parts.append(attack(model, x[s : s + 64], a.attack, budget=a.budget,
+                                device=a.device, seed=a.seed))
+            bar.update(parts[-1].norm.shape[0])
+    res = parts[0]
+    if len(parts) > 1:
+        res.norm = torch.cat([p.norm for p in parts])
+        res.success = torch.cat([p.success for p in parts])
+        res.label = torch.cat([p.label for p in parts])
+        res.found_by = sum((p.found_by for p in parts), [])
+        res.x_adv = torch.cat([p.x_adv for p in parts])
+        res.adv_label = torch.cat([p.adv_label for p in parts])
+        res.seconds = sum(p.seconds for p in parts)
+    doc = attack_doc(res, y, idx, {"model": a.model, "data": a.data, "split": a.split})
+    out = write_json(doc, a.out)
+    sess.say(f"attacked {x.shape[0]} samples of {a.data}:", *_summary_table(doc["summary"]),
+             f"  results: {out}")
+    sess.emit({"results": str(out), **doc["summary"]})
+    return EXIT_OK
+
+
+def cmd_crosscheck(sess: Session) -> int:
+    from boundkit.report import render_report, write_json
+
+    a = sess.args
+    model = load_model_arg(a.model, a.arch, a.device)
+    x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
+    x = _model_for_data(model, x)
+    meta = {"model": a.model, "data": a.data, "split": a.split, "attack": a.attack,
+            "budget": a.budget if a.budget is not None else "default"}
+    res = _run_crosscheck(sess, model, x, y, idx, _methods(a.method), a.attack, a.budget,
+                          a.exact, "crosscheck", meta)
+    out = Path(a.out)
+    js = write_json(res, out / "results.json")
+    paths = render_report(js, out) if not a.no_report else {}
+    sess.say(f"cross-checked {len(res)} samples of {a.data}:", *_summary_table(res.summary()),
+             f"  results: {js}" + (f", report: {paths['html']}" if paths else ""))
+    sess.emit({"results": str(js), **res.summary(),
+               "violations": [v.to_dict() for v in res.violations]})
+    return _report_violations(res)
+
+
+def _compare_doc(entries: list[tuple[str, Any, float]], rank_by: str) -> dict[str, Any]:
+    models = []
+    for name, res, acc in entries:
+        s = res.summary()
+        models.append({
+            "name": name,
+            "accuracy": acc,
+            "median_radius": {m: d["median_radius"] for m, d in s["methods"].items()},
+            "median_ratio": {m: d["median_ratio"] for m, d in s["methods"].items()},
+            "median_attack_norm": s["median_attack_norm"],
+            "attack_success_rate": s["attack_success_rate"],
+            "soundness_bugs": s["soundness_bugs"],
+        })
+
+    def key(m: dict) -> tuple[float, float]:
+        r = m["median_radius"].get(rank_by, math.nan)
+        a = m["median_attack_norm"]
+        return (-(r if r == r else -math.inf), -(a if a == a else -math.inf))
+
+    order = sorted(range(len(models)), key=lambda i: key(models[i]))
+    return {
+        "kind": "compare",
+        "rank_by": f"median certified radius ({rank_by}), then median attack norm",
+        "models": [models[i] for i in order],
+        "results": {entries[i][0]: entries[i][1].to_dict() for i in order},
+    }
+
+
+def _compare_lines(doc: dict[str, Any]) -> list[str]:
+    lines = [f"{'rank':>4}  {'model':<24} {'accuracy':>8}  {'certified (median)':>30}  "
+             f"{'attack (median)':>15}"]
+    for r, m in enumerate(doc["models"], 1):
+        cert = ", ".join(f"{k} {v:.3g}" for k, v in m["median_radius"].items())
+        lines.append(f"{r:>4}  {m['name']:<24} {m['accuracy']:>8.1%}  {cert:>30}  "
+                     f"{m['median_attack_norm']:>15.4g}")
+    return lines
+
+
+def cmd_compare(sess: Session) -> int:
+    from boundkit.models.train import accuracy
+    from boundkit.report import render_report, write_json
+
+    a = sess.args
+    x_all, y_all, _ = load_data_arg(a.data, a.data_root, a.split, None, a.seed)
+    n = a.n if a.n is not None else x_all.shape[0]
+    import numpy as np
+
+    idx = np.arange(min(n, x_all.shape[0]))
+    names = [Path(p).stem for p in a.models]
+    if len(set(names)) != len(names):
+        names = [f"{i}:{nm}" for i, nm in enumerate(names)]
+    entries = []
+    bad = False
+    for name, path in zip(names, a.models):
+        model = load_model_arg(path, a.arch, a.device)
+        xm = _model_for_data(model, x_all)
+        acc = accuracy(model, xm, y_all)
+        res = _run_crosscheck(sess, model, xm[: len(idx)], y_all[: len(idx)], idx,
+                              _methods(a.method), a.attack, a.budget, False, name,
+                              {"model": path, "data": a.data, "split": a.split})
+        bad |= res.has_bug
+        _report_violations(res)
+        entries.append((name, res, acc))
+    doc = _compare_doc(entries, "sound" if "sound" in _methods(a.method) else a.method)
+    out = Path(a.out)
+    js = write_json(doc, out / "results.json")
+    paths = render_report(js, out) if not a.no_report else {}
+    sess.say(f"compared {len(entries)} models on {len(idx)} samples of {a.data} "
+             f"(accuracy on the whole {a.split} split):", *_compare_lines(doc),
+             f"  results: {js}" + (f", report: {paths['html']}" if paths else ""))
+    sess.emit({"results": str(js), "rank_by": doc["rank_by"], "models": doc["models"]})
+    return EXIT_VIOLATION if bad else EXIT_OK
+
+
+def cmd_train(sess: Session) -> int:
+    from boundkit.models import ZOO
+
+    a = sess.args
+    if a.name not in ZOO:
+        raise ValueError(f"unknown zoo model {a.name!r}; known: {', '.join(sorted(ZOO))}")
+    entry = ZOO[a.name]
+    t0 = time.perf_counter()
+    if a.data is None or a.data.lower() == entry.dataset:
+        from boundkit.models.train import train_zoo_model
+
+        path = train_zoo_model(a.name, data_root=a.data_root, epochs=a.epochs, seed=a.seed,
+                               out_dir=a.out, device=a.device, verbose=not (sess.quiet
+                                                                            or sess.json))
+    else:
+        from boundkit.models import build_model, save_model
+        from boundkit.models.train import accuracy, train_model
+
+        x, y, _ = load_data_arg(a.data, a.data_root, "train", None, a.seed)
+        xt, yt, _ = load_data_arg(a.data, a.data_root, "test", None, a.seed)
+        model = build_model(a.name, seed=a.seed)
+        epochs = a.epochs if a.epochs is not None else entry.epochs
+        train_model(model, x, y, epochs=epochs, lr=entry.lr, batch_size=entry.batch_size,
+                    seed=a.seed, device=a.device)
+        model.cpu()
+        meta = {"dataset": a.data, "epochs": epochs, "seed": a.seed,
+                "train_accuracy": accuracy(model, x, y), "test_accuracy": accuracy(model, xt, yt)}
+        path = save_model(model, Path(a.out) / f"{a.name}.safetensors", arch=a.name, meta=meta)
+    side = json.loads(Path(path).with_suffix(".json").read_text())
+    meta = side.get("meta", {})
+    sess.say(f"trained {a.name} in {time.perf_counter() - t0:.1f}s: test accuracy "
+             f"{meta.get('test_accuracy', math.nan):.2%}", f"  weights: {path}")
+    sess.emit({"path": str(path), **meta})
+    return EXIT_OK
+
+
+def cmd_report(sess: Session) -> int:
+    from boundkit.report import read_json, render_report
+
+    a = sess.args
+    p = Path(a.results)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such results file: {p}")
+    doc = read_json(p)
+    paths = render_report(doc, a.out)
+    sess.say(f"report for {p} ({doc['kind']}):", *[f"  {k}: {v}" for k, v in paths.items()])
+    sess.emit({k: str(v) for k, v in paths.items()})
+    return EXIT_OK
+
+
+def cmd_demo(sess: Session) -> int:
+    """Train small models on sklearn's digits, certify, attack, cross-check, report."""
+    from boundkit.data import load_dataset
+    from boundkit.models import ZOO, build_model, save_model
+    from boundkit.models.train import accuracy, train_model
+    from boundkit.report import render_report, write_json
+
+    a = sess.args
+    t_start = time.perf_counter()
+    out = Path(a.out)
+    quick = a.quick
+    n = a.n if a.n is not None else (100 if quick else None)
+    budget = a.budget if a.budget is not None else (100 if quick else 300)
+    names = ["digits_cnn"] if quick else ["digits_cnn", "digits_mlp"]
+    _seed(a.seed)
+    x_tr, y_tr = load_dataset("digits", None, "train", seed=a.seed)
+    x_te, y_te = load_dataset("digits", None, "test", seed=a.seed)
+    n = x_te.shape[0] if n is None else min(n, x_te.shape[0])
+    sess.say(f"boundkit demo: scikit-learn digits (8x8), {x_tr.shape[0]} train / "
+             f"{x_te.shape[0]} test images; cross-checking {n} test images "
+             f"(attack budget {budget}){' [quick]' if quick else ''}")
+    import numpy as np
+
+    idx = np.arange(n)
+    entries = []
+    for name in names:
+        entry = ZOO[name]
+        epochs = a.epochs if a.epochs is not None else (10 if quick else entry.epochs)
+        t0 = time.perf_counter()
+        model = build_model(name, seed=a.seed)
+        with sess.bar(1, f"train {name} ({epochs} epochs)") as bar:
+            train_model(model, x_tr, y_tr, epochs=epochs, lr=entry.lr,
+                        batch_size=entry.batch_size, seed=a.seed)
+            bar.update(1)
+        acc = accuracy(model, x_te, y_te)
+        save_model(model, out / "models" / f"{name}.safetensors", arch=name,
+                   meta={"dataset": "digits", "epochs": epochs, "seed": a.seed,
+                         "test_accuracy": acc})
+        sess.say(f"  trained {name} ({entry.description}) in "
+                 f"{time.perf_counter() - t0:.1f}s: test accuracy {acc:.1%}")
+        meta = {"model": name, "data": "digits (scikit-learn)", "split": "test",
+                "attack": "best", "budget": budget, "test_accuracy": round(acc, 4)}
+        res = _run_crosscheck(sess, model, x_te[:n], y_te[:n], idx, ("sound", "peck2017"),
+                              "best", budget, False, f"crosscheck {name}", meta)
+        entries.append((name, res, acc))
+    main_res = entries[0][1]
+    js = write_json(main_res, out / "results.json")
+    paths = render_report(js, out)
+    cmp_paths: dict[str, Path] = {}
+    doc = None
+    if len(entries) > 1:
+        doc = _compare_doc(entries, "sound")
+        cjs = write_json(doc, out / "compare" / "results.json")
+        cmp_paths = render_report(cjs, out / "compare")
+    wall = time.perf_counter() - t_start
+    s = main_res.summary()
+    sess.say("", f"{names[0]} on {n} test images:", *_summary_table(s))
+    if doc is not None:
+        sess.say("", "model comparison (ranked by median sound certified radius):",
+                 *_compare_lines(doc))
+    sess.say("", f"report: {paths['html']} (and report.md, results.csv, figures) in {out}",
+             *([f"comparison: {cmp_paths['html']}"] if cmp_paths else []),
+             f"demo wall time: {wall:.1f}s")
+    sess.emit({"results": str(js), "report": str(paths["html"]), "wall_seconds": wall, **s})
+    code = EXIT_OK
+    for _, res, _ in entries:
+        code = max(code, _report_violations(res))
+    return code
+
+
+# ------------------------------------------------------------------------------ parser
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("general")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or text")
+    g.add_argument("--json", action="store_true",
+                   help="print a machine-readable JSON summary on stdout")
+    g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: "
+                   "where the model is loaded, cpu)")
+    g.add_argument("--threads", type=int, default=int(os.environ.get("BOUNDKIT_THREADS", 1)),
+                   help="CPU threads for torch (default 1, or $BOUNDKIT_THREADS: small models "
+                   "run fastest single-threaded, and much faster on a busy machine)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (data split, attacks, "
+                   "training); default 0")
+
+
+def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, metavar="NAME|FILE",
+                   help="data set name (mnist, cifar10, iris, wine, digits, spambase) or a "
+                   ".npz/.pt file holding x (in [0, 1], NCHW for images) and y")
+    g.add_argument("--data-root", default=os.environ.get("BOUNDKIT_DATA"), metavar="DIR",
+                   help="where data sets live (default: $BOUNDKIT_DATA, else ~/.cache/boundkit)")
+    g.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                   help="split of a named data set (default test)")
+    g.add_argument("--n", type=int, default=None, help="use the first N samples (default all)")
+
+
+def _model(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, metavar="FILE",
+                   help="model file: .safetensors with its sidecar .json (as written by "
+                   "'boundkit train'), a .pt state dict with --arch, TorchScript (.ts) or .onnx")
+    g.add_argument("--arch", default=None, metavar="NAME",
+                   help="zoo architecture of a state dict (see boundkit.models.ZOO)")
+
+
+def _attack_opts(p: argparse.ArgumentParser) -> None:
+    from boundkit.attacks import ATTACKS
+
+    p.add_argument("--attack", default="best", choices=sorted(ATTACKS),
+                   help="minimum-norm attack (default best: an ensemble keeping the smallest "
+                   "verified perturbation per sample)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="gradient steps per sample (per member for best); default: the "
+                   "attacks' own settings (strong but slow)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``boundkit`` command."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="boundkit",
+        description="How far must an input move (L2) before a classifier changes its "
+        "prediction? Certified lower bounds, attack upper bounds, and a cross-check.",
+        epilog=MAIN_EPILOG, formatter_class=fmt,
+    )
+    from boundkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"boundkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "certify", help="certified lower bounds on the L2 radius", formatter_class=fmt,
+        description="Certify every sample: a radius r such that no perturbation of L2 norm "
+        "< r changes the prediction (method sound), or the thesis's formula (peck2017, not "
+        "a guarantee).",
+        epilog="example:\n  boundkit certify --model runs/digits_cnn.safetensors --data digits"
+        " --n 200 --method both --out cert.json\n\nprints the median radius per method and "
+        "writes per-sample radii and per-layer traces to the JSON file.")
+    _model(p)
+    _data(p)
+    p.add_argument("--method", default="sound", choices=("sound", "peck2017", "both"),
+                   help="certification method (default sound; both runs sound and peck2017)")
+    p.add_argument("--out", default="certify.json", help="results JSON (default certify.json)")
+    _common(p)
+    p.set_defaults(func=cmd_certify)
+
+    p = sub.add_parser(
+        "attack", help="minimum-norm adversarial examples (upper bounds)", formatter_class=fmt,
+        description="Search, per sample, the smallest L2 perturbation that changes the "
+        "prediction; every success is verified by re-running the model.",
+        epilog="example:\n  boundkit attack --model runs/digits_cnn.safetensors --data digits "
+        "--n 100 --attack ddn --budget 200 --out attack.json")
+    _model(p)
+    _data(p)
+    _attack_opts(p)
+    p.add_argument("--out", default="attack.json", help="results JSON (default attack.json)")
+    _common(p)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser(
+        "crosscheck", help="certify + attack the same samples and compare (the main job)",
+        formatter_class=fmt,
+        description="Certify and attack the same samples; per sample, the ratio certified "
+        "radius / attack norm (<= 1 for a sound bound). A sound radius above a float64-"
+        "verified adversarial norm is a bug: exit status 3, with sample, method and layer.",
+        epilog="example:\n  boundkit crosscheck --model runs/digits_cnn.safetensors --data "
+        "digits --n 100 --budget 200 --out xcheck/\n\nwrites xcheck/results.json, results.csv, "
+        "report.md, report.html and figures (scatter, cdf, waterfall).")
+    _model(p)
+    _data(p)
+    p.add_argument("--method", default="both", choices=("sound", "peck2017", "both"),
+                   help="certification method(s) (default both)")
+    _attack_opts(p)
+    p.add_argument("--exact", action="store_true",
+                   help="also compute the exact radius (small ReLU networks only)")
+    p.add_argument("--no-report", action="store_true", help="write results.json only")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    _common(p)
+    p.set_defaults(func=cmd_crosscheck)
+
+    p = sub.add_parser(
+        "compare", help="rank several models by certified and empirical robustness",
+        formatter_class=fmt,
+        description="Cross-check several models on the same samples and rank them by median "
+        "certified radius (Peck 2017's model selection), with accuracy and attack norms.",
+        epilog="example:\n  boundkit compare --models runs/digits_cnn.safetensors "
+        "runs/digits_mlp.safetensors --data digits --n 100 --budget 100 --out cmp/")
+    p.add_argument("--models", nargs="+", required=True, metavar="FILE",
+                   help="model files (same input shape)")
+    p.add_argument("--arch", default=None, metavar="NAME",
+                   help="zoo architecture for state-dict files without a sidecar")
+    _data(p)
+    p.add_argument("--method", default="both", choices=("sound", "peck2017", "both"))
+    _attack_opts(p)
+    p.add_argument("--no-report", action="store_true", help="write results.json only")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    _common(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "train", help="train a zoo model and save it (safetensors + sidecar)",
+        formatter_class=fmt,
+        description="Train a model of boundkit's zoo with Adam (seeded, deterministic on CPU).",
+        epilog="example:\n  boundkit train digits_cnn --epochs 20 --out runs/\n"
+        "  boundkit train mnist_mlp --data mnist --data-root ../shared/data --out runs/")
+    p.add_argument("name", help="zoo architecture (e.g. digits_cnn, digits_mlp, see "
+                   "boundkit.models.ZOO)")
+    p.add_argument("--data", default=None, help="data set (default: the architecture's own)")
+    p.add_argument("--data-root", default=os.environ.get("BOUNDKIT_DATA"), metavar="DIR",
+                   help="where data sets live (default: $BOUNDKIT_DATA)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the zoo entry's")
+    p.add_argument("--out", default="runs", metavar="DIR", help="output directory (runs)")
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "report", help="render a results JSON as CSV, figures, Markdown and HTML",
+        formatter_class=fmt,
+        epilog="example:\n  boundkit report xcheck/results.json --out xcheck-report/")
+    p.add_argument("results", help="a results.json written by certify, attack, crosscheck or "
+                   "compare")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    _common(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on scikit-learn's digits (no download)",
+        formatter_class=fmt,
+        description="Train digits_cnn (and digits_mlp) on scikit-learn's bundled 8x8 digits, "
+        "certify with sound and peck2017, attack, cross-check, and write the report.",
+        epilog="example:\n  boundkit demo --quick --out /tmp/bk-demo   # ~1 minute on 2 cores")
+    p.add_argument("--out", default="boundkit-demo", metavar="DIR",
+                   help="output directory (default boundkit-demo)")
+    p.add_argument("--quick", action="store_true",
+                   help="one model, 100 test images, 10 epochs, attack budget 100")
+    p.add_argument("--n", type=int, default=None, help="test images to cross-check")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs")
+    p.add_argument("--budget", type=int, default=None, help="attack budget")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    text = msg[0] if msg else type(exc).__name__
+    if isinstance(exc, KeyError) and text.startswith(("'", '"')):
+        text = text[1:-1]
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``boundkit`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    from boundkit.errors import BoundkitError
+
+    sess = Session(args)
+    try:
+        if getattr(args, "threads", None):
+            import torch
+
+            if args.threads < 1:
+                raise ValueError(f"--threads must be positive, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        return int(args.func(sess))
+    except (BoundkitError, OSError, ValueError, KeyError) as exc:
+        print(f"boundkit {args.command}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""Test helpers for boundkit users: random networks, and soundness checks.
+
+* Hypothesis strategies: :func:`small_networks` (random eval-mode ``nn.Sequential`` of
+  Linear / Conv2d / ReLU / Tanh / Sigmoid / Softplus / MaxPool2d / AvgPool2d / BatchNorm /
+  LocalResponseNorm / Flatten, weights drawn across scales), :func:`small_relu_mlps`
+  (small enough for the exact oracle) and :func:`inputs_for`.
+* :func:`adversarial_search`: a small, strong, batched float64 search for minimal
+  adversarial perturbations (a linearised line search plus DDN-style normalised gradient
+  descent on the margin, each finished by a bisection along the found direction).
+* :func:`assert_sound`: certify, then compare with the exact radius (small ReLU networks)
+  and with every adversarial example found; raises ``AssertionError`` naming the sample,
+  the method and the layer where the bound failed.
+* :func:`check_rule_soundness`: test a rule registered with :func:`boundkit.register_rule`
+  for your own layer, directly (its modulus of continuity on random perturbations) and end
+  to end (:func:`assert_sound` on random networks containing the layer).
+
+Use them from your own pytest suite::
+
+    from hypothesis import given, settings, strategies as st
+    from boundkit.testing import small_networks, inputs_for, assert_sound
+
+    @settings(max_examples=20, deadline=None)
+    @given(st.data())
+    def test_sound(data):
+        model = data.draw(small_networks())
+        x = data.draw(inputs_for(model))
+        assert_sound(model, x)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "ALL_LAYER_KINDS",
+    "adversarial_search",
+    "assert_sound",
+    "check_rule_soundness",
+    "inputs_for",
+    "random_network",
+    "small_networks",
+    "small_relu_mlps",
+]
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "softplus")
+IMAGE_KINDS = ("conv2d", "maxpool2d", "avgpool2d", "batchnorm", "lrn")
+ALL_LAYER_KINDS = ("linear", *ACTIVATIONS, *IMAGE_KINDS, "flatten")
+_ACT = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "softplus": nn.Softplus}
+
+
+# ----------------------------------------------------------------------------- networks
+def _scaled_(module: nn.Module, scale: float, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name == "weight" and p.dim() >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) * scale / math.sqrt(fan_in))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1 * scale)
+
+
+def random_network(
+    seed: int,
+    *,
+    layer_kinds: Sequence[str] = ALL_LAYER_KINDS,
+    depth: int = 2,
+    width: int = 8,
+    num_classes: int = 3,
+    scales: Sequence[float] | None = None,
+    image: bool | None = None,
+    extra: Callable[[], nn.Module] | None = None,
+) -> nn.Sequential:
+    """A random eval-mode classifier built from ``layer_kinds`` (deterministic in ``seed``).
+
+    Image networks (when ``layer_kinds`` holds an image layer, or ``image=True``) take
+    ``[N, 2, 6, 6]``: a few image layers, ``Flatten``, then dense layers; others take
+    ``[N, 5]``. Each layer's weights are scaled by ``scales[i]`` (default: 1). ``extra``
+    (a module factory) inserts a module of your own after the first dense layer. The
+    input shape is stored as ``model.boundkit_input_shape``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    kinds = list(layer_kinds)
+    acts = [k for k in kinds if k in ACTIVATIONS] or (["relu"] if extra is None else [])
+    image = any(k in IMAGE_KINDS for k in kinds) if image is None else image
+
+    def pick(options: Sequence[str]) -> str:
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    layers: list[nn.Module] = []
+    scales = list(scales) if scales is not None else []
+
+    def scale(i: int) -> float:
+        return float(scales[i % len(scales)]) if scales else 1.0
+
+    if image:
+        shape = (2, 6, 6)
+        c, h = shape[0], shape[1]
+        img_kinds = [k for k in kinds if k in IMAGE_KINDS] or ["conv2d"]
+        for i in range(depth):
+            kind = pick(img_kinds)
+            if kind == "conv2d":
+                conv = nn.Conv2d(c, 3, 3, padding=1)
+                _scaled_(conv, scale(i), gen)
+                layers.append(conv)
+                c = 3
+                if acts:
+                    layers.append(_ACT[pick(acts)]())
+            elif kind in ("maxpool2d", "avgpool2d") and h >= 2 and h % 2 == 0:
+                layers.append(nn.MaxPool2d(2) if kind == "maxpool2d" else nn.AvgPool2d(2))
+                h //= 2
+            elif kind == "batchnorm":
+                bn = nn.BatchNorm2d(c)
+                with torch.no_grad():
+                    bn.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
+                    bn.running_var.copy_(torch.rand(c, generator=gen) * 2 + 0.1)
+                    bn.weight.copy_(torch.randn(c, generator=gen) * scale(i))
+                    bn.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+                layers.append(bn)
+            elif kind == "lrn":
+                layers.append(nn.LocalResponseNorm(2, alpha=1e-2 * scale(i), beta=0.75, k=2.0))
+        layers.append(nn.Flatten())
+        features = c * h * h
+    else:
+        shape = (5,)
+        features = 5
+    dense_depth = 1 if image else depth
+    for j in range(dense_depth):
+        lin = nn.Linear(features, width)
+        _scaled_(lin, scale(depth + j), gen)
+        layers.append(lin)
+        if j == 0 and extra is not None:
+            layers.append(extra())
+        elif acts:
+            layers.append(_ACT[pick(acts)]())
+        features = width
+    out = nn.Linear(features, num_classes)
+    _scaled_(out, scale(2 * depth + 1), gen)
+    layers.append(out)
+    model = nn.Sequential(*layers).eval()
+    model.boundkit_input_shape = shape  # type: ignore[attr-defined]
+    return model
+
+
+def small_networks(
+    layer_kinds: Sequence[str] = ALL_LAYER_KINDS,
+    *,
+    max_depth: int = 3,
+    max_width: int = 10,
+    scale_range: tuple[float, float] = (0.1, 4.0),
+) -> Any:
+    """Hypothesis strategy: random small eval-mode networks (see :func:`random_network`),
+    with per-layer weight scales drawn log-uniformly in ``scale_range``."""
+    from hypothesis import strategies as st
+
+    lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
+
+    @st.composite
+    def build(draw: Any) -> nn.Sequential:
+        seed = draw(st.integers(0, 2**31 - 1))
+        depth = draw(st.integers(1, max_depth))
+        width = draw(st.integers(2, max_width))
+        classes = draw(st.integers(2, 4))
+        scales = draw(st.lists(st.floats(lo, hi), min_size=1, max_size=2 * max_depth + 2))
+        return random_network(seed, layer_kinds=layer_kinds, depth=depth, width=width,
+                              num_classes=classes, scales=[math.exp(s) for s in scales])
+
+    return build()
+
+
+def small_relu_mlps(max_hidden: int = 12) -> Any:
+    """Hypothesis strategy: ReLU MLPs on ``[N, 5]`` with at most ``2 * max_hidden`` hidden
+    neurons (small enough for :func:`boundkit.exact_radius`)."""
+    return small_networks(("linear", "relu"), max_depth=2, max_width=max_hidden)
+
+
+def inputs_for(
+    model: nn.Module, *, n: tuple[int, int] = (1, 4), input_shape: Sequence[int] | None = None
+) -> Any:
+    """Hypothesis strategy: a batch ``[N, *input_shape]`` of inputs in [0, 1] for ``model``
+    (its ``boundkit_input_shape`` unless ``input_shape`` is given)."""
+    from hypothesis import strategies as st
+
+    shape = tuple(input_shape or getattr(model, "boundkit_input_shape", ()))
+    if not shape:
+        raise ValueError("pass input_shape= for a model not built by boundkit.testing")
+
+    @st.composite
+    def build(draw: Any) -> torch.Tensor:
+        count = draw(st.integers(*n))
+        seed = draw(st.integers(0, 2**31 - 1))
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand((count, *shape), generator=gen)
+
+    return build()
+
+
+# ----------------------------------------------------------------------------- search
+def _margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    own = logits.gather(1, label[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, label[:, None], -math.inf)
+    return own - other.max(1).values
+
+
+def _bisect(m64: nn.Module, x: torch.Tensor, xa: torch.Tensor, label: torch.Tensor,
+            ok: torch.Tensor, steps: int = 40) -> torch.Tensor:
+    """Shrink adversarial points ``xa`` (where ``ok``) towards ``x`` while they stay
+    adversarial; returns the adversarial end of the final bracket."""
+    lo = torch.zeros(x.shape[0], dtype=x.dtype)
+    hi = torch.ones_like(lo)
+    d = xa - x
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    with torch.no_grad():
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            adv = m64(x + mid.view(shape) * d).argmax(1) != label
+            hi = torch.where(adv & ok, mid, hi)
+            lo = torch.where(adv & ok, lo, mid)
+    return x + hi.view(shape) * d
+
+
+def adversarial_search(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    steps: int = 100,
+    box: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Search minimal-norm adversarial examples in float64 (batched over samples).
+
+    A float64 copy of ``model`` is used throughout, so every returned point changes the
+    float64 prediction (the one certificates speak about). Two searches per sample, each
+    ending with a bisection along ``x -> x_adv``: (1) a line search along the
+    linearised direction to the nearest competing class; (2) ``steps`` iterations of
+    DDN-style normalised gradient descent on the logit margin with an adaptive radius.
+    ``box`` clips the points (None: unconstrained, like the certificates).
+
+    Returns ``(x_adv, norm)``: float64 ``[N, ...]`` and ``[N]`` (``inf`` where nothing was
+    found; ``x_adv`` is then ``x``).
+    """
+    m64 = copy.deepcopy(model).double().eval()
+    x = x.detach().double()
+    n = x.shape[0]
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        label = m64(x).argmax(1)
+    best = x.clone()
+    best_norm = torch.full((n,), math.inf, dtype=torch.float64)
+
+    def clip(z: torch.Tensor) -> torch.Tensor:
+        return z if box is None else z.clamp(box[0], box[1])
+
+    def keep(cand: torch.Tensor) -> None:
+        nonlocal best, best_norm
+        with torch.no_grad():
+            adv = m64(cand).argmax(1) != label
+        cand = _bisect(m64, x, cand, label, adv)
+        with torch.no_grad():
+            adv = m64(cand).argmax(1) != label
+        nrm = (cand - x).flatten(1).norm(dim=1)
+        better = adv & (nrm < best_norm)
+        best = torch.where(better.view(shape), cand, best)
+        best_norm = torch.where(better, nrm, best_norm)
+
+    # (1) linearised line search towards each of the (up to 9) most likely other classes
+    z = x.clone().requires_grad_(True)
+    logits = m64(z)
+    others = logits.detach().clone()
+    others.scatter_(1, label[:, None], -math.inf)
+    k_top = min(9, logits.shape[1] - 1)
+    top = others.topk(k_top, dim=1).indices
+    own = logits.gather(1, label[:, None]).squeeze(1)
+    d_lin = torch.full((n,), math.inf, dtype=torch.float64)
+    for r in range(k_top):
+        gap = own - logits.gather(1, top[:, r : r + 1]).squeeze(1)
+        (g,) = torch.autograd.grad(gap.sum(), z, retain_graph=r < k_top - 1)
+        gn = g.flatten(1).norm(dim=1).clamp_min(1e-300)
+        dist = (gap.detach() / gn).clamp_min(1e-8)
+        d_lin = torch.minimum(d_lin, dist)
+        direction = -g / gn.view(shape)
+        for f in (1.0, 1.05, 1.5, 3.0, 10.0):
+            keep(clip(x + (f * dist).view(shape) * direction))
+
+    # (2) DDN-style descent with an adaptive radius
+    eps = 2.0 * d_lin
+    alpha = 0.3 * d_lin
+    delta = 1e-3 * d_lin.view(shape) * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    for t in range(steps):
+        delta.requires_grad_(True)
+        logits = m64(clip(x + delta))
+        marg = _margin(logits, label)
+        (g,) = torch.autograd.grad(marg.sum(), delta)
+        with torch.no_grad():
+            adv = marg < 0
+            if adv.any():
+                keep(clip(x + delta.detach()))
+            eps = torch.where(adv, eps * 0.93, eps * 1.07)
+            eps = torch.minimum(eps, torch.where(torch.isfinite(best_norm), best_norm, eps))
+            gn = g.flatten(1).norm(dim=1).clamp_min(1e-300)
+            step = alpha * (0.5 * (1 + math.cos(math.pi * t / max(steps, 1))) + 0.01)
+            delta = delta.detach() - (step / gn).view(shape) * g
+            dn = delta.flatten(1).norm(dim=1).clamp_min(1e-300)
+            delta = delta * (eps / dn).clamp(max=1.0).view(shape)
+    keep(clip(x + delta.detach()))
+    return best, best_norm
+
+
+# ----------------------------------------------------------------------------- checks
+def assert_sound(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str = "sound",
+    *,
+    attack_steps: int = 100,
+    exact: bool = True,
+    use_attacks: bool = True,
+    rtol: float = 1e-9,
+) -> dict[str, Any]:
+    """Assert that ``bk.certify(model, x, method)`` never exceeds a true upper bound.
+
+    Upper bounds: the exact radius (when ``exact`` and the model is a small ReLU network
+    the exact oracle accepts), :func:`adversarial_search` in float64, and (``use_attacks``)
+    ``bk.attack(model, x, "best")`` re-verified in float64. A radius above any of them (by
+    more than ``rtol``, relative) raises ``AssertionError`` naming the sample, the method,
+    the upper bound and the layer whose bound failed.
+
+    Returns ``{"certificate", "upper", "source"}``: the certificate, the smallest upper
+    bound per sample and where it came from.
+    """
+    from boundkit.bounds.engine import certify, graph_for
+    from boundkit.crosscheck import locate_violation, recheck_float64
+    from boundkit.errors import BoundkitError
+
+    cert = certify(model, x, method)
+    label = cert.label.cpu()
+    n = x.shape[0]
+    upper = torch.full((n,), math.inf, dtype=torch.float64)
+    points = x.detach().double().clone()
+    source = [""] * n
+
+    def offer(cand: torch.Tensor, norm: torch.Tensor, ok: torch.Tensor, name: str) -> None:
+        nonlocal upper, points
+        better = ok & (norm < upper)
+        upper = torch.where(better, norm, upper)
+        points = torch.where(better.view((-1,) + (1,) * (x.dim() - 1)), cand.double(), points)
+        for i in better.nonzero().flatten().tolist():
+            source[i] = name
+
+    if exact:
+        try:
+            from boundkit.exact import exact_radius
+
+            ex = exact_radius(model, x.detach(), return_details=True)
+            wit = x.detach().double() + torch.nan_to_num(ex.witness.cpu(), nan=0.0)
+            # the exact radius itself (attained up to ties) is the bound; the witness
+            # (strictly adversarial, norm <= (1 + 1e-6) radius) is the point
+            ok = torch.isfinite(ex.radius.cpu())
+            offer(wit, ex.radius.cpu().double(), ok, "exact")
+        except (BoundkitError, ValueError, NotImplementedError):
+            pass
+    xa, nrm = adversarial_search(model, x, steps=attack_steps)
+    offer(xa, nrm, torch.isfinite(nrm), "search")
+    if use_attacks:
+        try:
+            from boundkit.attacks import attack
+
+            res = attack(model, x.detach(), "best", budget=attack_steps, box=None)
+            adv, nrm64 = recheck_float64(model, x.detach(), res.x_adv, label)
+            offer(res.x_adv.detach().cpu(), nrm64, adv & res.success.cpu(), "attack")
+        except (BoundkitError, ValueError, NotImplementedError):
+            pass
+    radius = cert.radius.cpu().double()
+    bad = (radius > upper * (1 + rtol)).nonzero().flatten()
+    if bad.numel():
+        try:
+            graph = graph_for(model, x, None)
+            sub = copy.copy(cert)
+            sub.trace = {k: v[bad] for k, v in cert.trace.items()}
+            layers, ops, _ = locate_violation(graph, sub, x.detach()[bad].cpu(), points[bad])
+        except Exception:  # the report must not hide the violation itself
+            layers, ops = ["?"] * bad.numel(), [""] * bad.numel()
+        lines = [
+            f"sample {i}, method {method!r}: certified radius {float(radius[i]):.6g} > "
+            f"{source[i]} upper bound {float(upper[i]):.6g}; bound fails at layer "
+            f"{layers[j]!r} ({ops[j]})"
+            for j, i in enumerate(bad.tolist())
+        ]
+        raise AssertionError("certificate is not sound:\n" + "\n".join(lines))
+    return {"certificate": cert, "upper": upper, "source": source}
+
+
+def check_rule_soundness(
+    rule_node_type: str | type[nn.Module],
+    method: str = "sound",
+    *,
+    module_factory: Callable[[], nn.Module] | None = None,
+    n_networks: int = 8,
+    n_inputs: int = 4,
+    seed: int = 0,
+    attack_steps: int = 60,
+    perturbations: int = 64,
+) -> None:
+    """Test a rule registered for your layer (``bk.register_rule(rule_node_type, method,
+    rule)``).
+
+    ``rule_node_type`` is the module class (or op name, with ``module_factory``).
+    ``module_factory`` builds an instance (default: the class without arguments).
+
+    1. Direct check (``SoundRule``): on random small networks containing the layer, the
+       rule's modulus ``omega`` is compared with the layer itself on random perturbations
+       ``q`` of its input at several scales: ``||h(z + q) - h(z)|| <= omega(||q||)``.
+    2. End to end: :func:`assert_sound` on each network with random inputs.
+
+    Raises ``AssertionError`` with the network seed, the scale and the layer on failure.
+    """
+    from boundkit.bounds.engine import graph_for
+    from boundkit.bounds.registry import SoundRule, custom_module_ops, get_rule
+
+    if module_factory is None:
+        if not isinstance(rule_node_type, type):
+            raise ValueError("pass module_factory= when rule_node_type is an op name")
+        module_factory = rule_node_type
+    if isinstance(rule_node_type, type):
+        op = custom_module_ops().get(rule_node_type, rule_node_type.__name__.lower())
+    else:
+        op = rule_node_type
+    rule = get_rule(op, method)
+    if rule is None:
+        raise AssertionError(f"no rule registered for ({op!r}, {method!r})")
+    gen = torch.Generator().manual_seed(seed)
+    for k in range(n_networks):
+        net_seed = seed * 1000 + k
+        model = random_network(net_seed, layer_kinds=("linear",), depth=2, width=6,
+                               scales=[0.5 + 3.0 * k / max(n_networks - 1, 1)],
+                               extra=module_factory)
+        x = torch.rand((n_inputs, *model.boundkit_input_shape), generator=gen)
+        graph = graph_for(model, x, None)
+        nodes = [nd for nd in graph.nodes if nd.op == op]
+        if not nodes:
+            raise AssertionError(f"the network holds a {module_factory().__class__.__name__} "
+                                 f"but no node was captured with op {op!r}")
+        if isinstance(rule, SoundRule):
+            for node in nodes:
+                src = node.inputs[0]
+                acts = graph.activations(x, rule.needs(node, graph) | {src, node.name})
+                omega = rule.modulus(node, graph, acts)
+                z = acts[src]
+                layer = copy.deepcopy(node.module).double() if node.module is not None \
+                    else copy.deepcopy(module_factory()).double()
+                for t in (1e-4, 1e-2, 1.0, 10.0):
+                    q = torch.randn((perturbations, *z.shape), generator=gen,
+                                    dtype=torch.float64)
+                    q = q * (t / q.flatten(2).norm(dim=2)).view(perturbations, z.shape[0],
+                                                                 *([1] * (z.dim() - 1)))
+                    with torch.no_grad():
+                        out = layer((z[None] + q).reshape(-1, *z.shape[1:]))
+                        moved = (out.reshape(perturbations, z.shape[0], -1)
+                                 - layer(z).reshape(1, z.shape[0], -1)).norm(dim=2)
+                    bound = omega(torch.full((z.shape[0],), t, dtype=torch.float64))
+                    worst = (moved / bound[None].clamp_min(1e-300)).max()
+                    if bool((moved > bound[None] * (1 + 1e-9) + 1e-300).any()):
+                        raise AssertionError(
+                            f"rule ({op!r}, {method!r}) at node {node.name!r} of network seed "
+                            f"{net_seed}: ||h(z+q) - h(z)|| exceeds omega(||q||) at "
+                            f"||q|| = {t:g} (ratio {float(worst):.4g})"
+                        )
+        assert_sound(model, x, method, attack_steps=attack_steps, use_attacks=False,
+                     exact=False)

@@ -1,0 +1,164 @@
+"""boundkit.crosscheck: ratios, the float64 re-check, violations with sample/method/layer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import boundkit as bk
+from boundkit.attacks.base import AttackResult
+from boundkit.crosscheck import recheck_float64
+from boundkit.report import read_json, write_json
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
+    x = torch.rand(10, 6)
+    return model, x
+
+
+def _inflate(monkeypatch, method: str, factor: float = 1e3, only_input: bool = False):
+    from boundkit.bounds import engine
+
+    real = engine.certify
+
+    def fake(model, x, m="sound", **kw):
+        cert = real(model, x, m, **kw)
+        if m == method:
+            cert.radius = cert.radius * factor
+            first = next(iter(cert.trace))
+            cert.trace = {k: (v * factor if (not only_input or k == first) else v)
+                          for k, v in cert.trace.items()}
+        return cert
+
+    monkeypatch.setattr(engine, "certify", fake)
+
+
+def test_sound_has_no_violation(small):
+    model, x = small
+    y = torch.zeros(10, dtype=torch.long)
+    res = bk.crosscheck(model, x, methods=("sound", "peck2017"), attack_budget=30, y=y)
+    assert len(res) == 10 and not res.bugs
+    assert res.attack_success.all()
+    ratio = res.ratio("sound")
+    assert np.all(ratio[np.isfinite(ratio)] <= 1.0)
+    s = res.summary()
+    assert set(s["methods"]) == {"sound", "peck2017"}
+    assert 0 < s["methods"]["sound"]["median_ratio"] <= 1
+    assert s["attack_success_rate"] == 1.0 and "accuracy" in s
+    rows = res.to_rows()
+    assert len(rows) == 10 and {"radius_sound", "ratio_sound", "violation"} <= set(rows[0])
+    assert json.dumps(read_json(res.to_dict())["summary"]["n"]) == "10"
+
+
+def test_planted_violation_names_sample_method_layer(small, monkeypatch):
+    model, x = small
+    _inflate(monkeypatch, "sound")
+    res = bk.crosscheck(model, x[:3], attack_budget=20)
+    assert res.has_bug and len(res.bugs) == 3
+    v = res.bugs[0]
+    assert v.index == 0 and v.method == "sound" and v.bug and v.radius > v.attack_norm
+    # every claim is inflated, so already the output stage (the last Linear) fails
+    assert v.layer == "_2" and v.layer_op == "linear"
+    text = v.describe()
+    assert "sample 0" in text and "'sound'" in text and "layer '_2' (linear)" in text
+    assert res.violation_mask("sound").all()
+    assert all(r["violation"] for r in res.to_rows())
+
+
+def test_layer_localisation_first_stage(small, monkeypatch):
+    model, x = small
+    _inflate(monkeypatch, "sound", only_input=True)
+    res = bk.crosscheck(model, x[:2], attack_budget=20)
+    assert res.bugs
+    # only the input claim is wrong: the first layer's bound is the one that failed
+    assert {v.layer for v in res.bugs} == {"_0"}
+    assert all(v.node_ratios[next(iter(v.node_ratios))] > 1 for v in res.bugs)
+
+
+def test_peck2017_violations_are_not_bugs(small, monkeypatch):
+    model, x = small
+    _inflate(monkeypatch, "peck2017")
+    res = bk.crosscheck(model, x[:3], methods=("sound", "peck2017"), attack_budget=20)
+    assert res.violations and not res.has_bug
+    assert all(v.method == "peck2017" and not v.bug for v in res.violations)
+    assert "expected" in res.violations[0].describe()
+    s = res.summary()
+    assert s["soundness_bugs"] == 0 and s["expected_violations"] == 3
+    assert not any(r["violation"] for r in res.to_rows())
+    assert all(r["violation_peck2017"] for r in res.to_rows())
+
+
+def test_float64_recheck_rejects_non_adversarial(small, monkeypatch):
+    """An 'adversarial' point that does not change the float64 prediction is no violation."""
+    model, x = small
+    _inflate(monkeypatch, "sound")
+    import boundkit.attacks as attacks
+
+    def fake_attack(model, x, method="best", **kw):
+        n = x.shape[0]
+        with torch.no_grad():
+            lab = model(x).argmax(1)
+        return AttackResult(x_adv=x + 1e-7, norm=torch.full((n,), 1e-7, dtype=torch.float64),
+                            success=torch.ones(n, dtype=torch.bool), found_by=["fake"] * n,
+                            label=lab, adv_label=lab, method="fake")
+
+    monkeypatch.setattr(attacks, "attack", fake_attack)
+    res = bk.crosscheck(model, x[:4], attack="fake")
+    assert res.violations == []
+    adv, norm = recheck_float64(model, x[:4], x[:4] + 1e-7, torch.as_tensor(res.label))
+    assert not adv.any()
+    assert ((norm > 0) & (norm < 1e-6)).all()
+
+
+def test_exact_oracle(monkeypatch):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    x = torch.rand(5, 2)
+    res = bk.crosscheck(model, x, attack_budget=20, exact=True, box=None)
+    assert res.exact is not None and res.exact_note == ""
+    fin = np.isfinite(res.exact)
+    assert np.all(res.radius["sound"][fin] <= res.exact[fin] * (1 + 1e-9))
+    assert np.all(res.exact[fin] <= res.attack_norm[fin] * (1 + 1e-6))
+    assert "median_exact_radius" in res.summary()
+
+
+def test_exact_unsupported_is_a_note():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(8, 3)).eval()
+    res = bk.crosscheck(model, torch.rand(3, 1, 4, 4), attack_budget=10, exact=True)
+    assert res.exact is None and "exact radius not computed" in res.exact_note
+
+
+def test_json_roundtrip_with_infinity(small, tmp_path):
+    model, x = small
+    res = bk.crosscheck(model, x[:3], attack_budget=10)
+    res.attack_norm[0] = np.inf
+    res.attack_success[0] = False
+    p = write_json(res, tmp_path / "r.json")
+    text = p.read_text()
+    assert "Infinity" not in text and '"inf"' in text
+    doc = read_json(p)
+    assert doc["samples"]["attack_norm"]["best"][0] == float("inf")
+    assert np.isnan(res.ratio("sound")[0])
+
+
+def test_bad_input(small):
+    model, x = small
+    with pytest.raises(bk_errors().InputShapeError):
+        bk.crosscheck(model, x[0])
+    with pytest.raises(bk_errors().InputShapeError):
+        bk.crosscheck(model, x[:2], y=torch.zeros(3, dtype=torch.long), attack_budget=5)
+
+
+def bk_errors():
+    import boundkit.errors as e
+
+    return e
