@@ -73,7 +73,8 @@ def main() -> None:
 
 Thesis Table 5.3 (published, "thesis ...") beside ours. Models trained here with Adam,
 {args.epochs} epochs on {info["lenet5"]["n_train"]} training images of the shared MNIST
-subset (the thesis: 10,000 Adam iterations on full MNIST); accuracy on the 2,000 test images; attacks and bounds
+subset (the thesis: 10,000 Adam iterations on full MNIST); accuracy on the 2,000 test
+images; attacks and bounds
 on the first {args.samples} test images (the thesis: 10,000). FGS epsilon on the 255 scale,
 max epsilon 100, as in Tables 5.1/5.2. LeNet-5's thesis row comes from Tables 5.1/5.2.
 

@@ -88,6 +88,12 @@ def train(name: str, data_root: str, seed: int = 0) -> torch.nn.Module:
     return train_model(model, x, y, epochs=epochs, lr=1e-3, batch_size=64, seed=seed).eval()
 
 
+def load(name: str, model_dir: str) -> torch.nn.Module:
+    from boundkit.models.io import load_model
+
+    return load_model(Path(model_dir) / f"{ZOO[name][0]}.safetensors").eval()
+
+
 def select(model: torch.nn.Module, data_root: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     from boundkit.data import load_mnist
 
@@ -271,7 +277,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torchattacks-deepfool", action="store_true",
                    help="also run torchattacks' DeepFool (per-sample Jacobians, slow)")
     p.add_argument("--no-memory-check", action="store_true")
+    p.add_argument("--model-dir", default=None,
+                   help="load <dir>/<zoo name>.safetensors instead of training the models")
+    p.add_argument("--model-opts", action="append", default=[],
+                   help="per-model overrides, e.g. 'lenet5:n_samples=100,cw_steps=200'")
+    p.add_argument("--cache-dir", default=None,
+                   help="store reference results here and reuse them when present (same "
+                        "model, samples and steps); boundkit rows are always re-run")
     args = p.parse_args(argv)
+    overrides: dict[str, dict[str, int]] = {}
+    for spec in args.model_opts:
+        mname, _, kvs = spec.partition(":")
+        for kv in kvs.split(","):
+            key, _, val = kv.partition("=")
+            overrides.setdefault(mname, {})[key.replace("-", "_")] = int(val)
     torch.set_num_threads(args.threads)
     lines = ["# boundkit attacks vs reference implementations", "",
              f"Command: `python benchmarks/attacks_vs_references.py "
@@ -279,9 +298,12 @@ def main(argv: list[str] | None = None) -> int:
              f"torch {torch.__version__}, {args.threads} thread(s); DDN/FMN/PDPGD steps "
              f"{args.steps}, CW {args.cw_searches} x {args.cw_steps}, FAB 100 iterations. "
              "All norms re-verified by boundkit (failures count as +inf).", ""]
+    base_args = vars(args).copy()
     for name in args.models.split(","):
+        args = argparse.Namespace(**{**base_args, **overrides.get(name, {})})
         t = time.perf_counter()
-        model = train(name, args.data_root)
+        model = train(name, args.data_root) if args.model_dir is None else load(
+            name, args.model_dir)
         for prm in model.parameters():
             prm.requires_grad_(False)
         x, y = select(model, args.data_root, args.n_samples)
@@ -289,9 +311,22 @@ def main(argv: list[str] | None = None) -> int:
         res: dict[str, dict[str, Any]] = {}
         jobs = {**references(model, x, y, args), **ours(model, x, y, args)}
         order = sorted(jobs, key=lambda k: (k.split("/")[0], "boundkit" in k))
+        cached: list[str] = []
         for k in order:
+            cfile = None
+            if args.cache_dir is not None and "boundkit" not in k:
+                cfile = Path(args.cache_dir) / (
+                    f"{name}-{len(x)}-{args.steps}-{args.cw_searches}x{args.cw_steps}-"
+                    f"{k.replace('/', '_')}.pt")
+                if cfile.exists():
+                    res[k] = torch.load(cfile)
+                    cached.append(k)
+                    continue
             try:
                 res[k] = run_one(jobs[k], model, x, y)
+                if cfile is not None:
+                    cfile.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save(res[k], cfile)
             except Exception as e:  # a reference failing must not stop the benchmark
                 print(f"  {k}: ERROR {type(e).__name__}: {e}")
                 continue
@@ -299,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             med = float(torch.quantile(r["norm"], 0.5, interpolation="lower"))
             print(f"  {k:32s} median {med:.4f} success {r['success'].double().mean():.3f} "
                   f"{r['seconds']:.2f}s", flush=True)
+        lines += [f"Settings for {name}: DDN/FMN/PDPGD steps {args.steps}, CW "
+                  f"{args.cw_searches} x {args.cw_steps}."
+                  + (f" Reference rows reused from an earlier run of this script with the same "
+                     f"settings (`--cache-dir`): {', '.join(cached)}." if cached else ""), ""]
         lines += fmt_table(name, res, len(x))
         if not args.no_memory_check:
             lines += [f"Memory ({name}): {memory_check(name, args.data_root)}", ""]

@@ -40,7 +40,14 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
+_SUBMODULES = frozenset(
+    {"attacks", "bounds", "data", "errors", "exact", "graph", "models", "report", "testing"}
+)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"boundkit.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'boundkit' has no attribute {name!r}")

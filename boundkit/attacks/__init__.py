@@ -17,6 +17,7 @@ Attacks (registry :data:`ATTACKS`, one module each):
 ``fmn``        Fast Minimum-Norm L2 (Pintor et al. 2021)
 ``pdgd``       primal-dual gradient descent (Matyasko, thesis Ch. 5, Algorithm 2)
 ``pdpgd``      primal-dual proximal gradient descent, L2 prox (Matyasko, Algorithm 3)
+``alma``       augmented Lagrangian L2 attack (Rony et al. 2021)
 ``best``       ensemble keeping the smallest verified perturbation per sample
 =============  ===========================================================================
 """
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from boundkit.attacks.alma import ALMA
 from boundkit.attacks.base import (
     Attack,
     AttackResult,
@@ -55,6 +57,7 @@ from boundkit.attacks.refine import BoundaryRefiner
 from boundkit.errors import InputShapeError, ModelError, TrainingModeError
 
 __all__ = [
+    "ALMA",
     "ATTACKS",
     "Attack",
     "AttackResult",
@@ -78,7 +81,7 @@ __all__ = [
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
-    for cls in (FGS, FGV, LBFGS, DeepFool, CarliniWagner, DDN, FMN, PDGD, PDPGD, BestEnsemble)
+    for cls in (FGS, FGV, LBFGS, DeepFool, CarliniWagner, DDN, FMN, PDGD, PDPGD, ALMA, BestEnsemble)
 }
 
 #: elements (batch x features) per chunk when ``batch_size`` is not given: 1,337 MNIST

@@ -69,15 +69,20 @@ def tail_jacobian(graph: Graph, start: Node) -> torch.Tensor:
             return out
 
     interp = _Run(graph.gm)
-    try:
-        interp.run(probe, initial_env=env)
-    except _Stop:
-        pass
-    f = captured["f"].reshape(-1)
+    with torch.enable_grad():  # certify may be called under torch.no_grad()
+        try:
+            interp.run(probe, initial_env=env)
+        except _Stop:
+            pass
     rows = []
-    for c in range(f.shape[0]):
-        (g,) = torch.autograd.grad(f[c], h, retain_graph=True, allow_unused=True)
-        rows.append(torch.zeros_like(h).reshape(-1) if g is None else g.reshape(-1))
+    with torch.enable_grad():
+        f = captured["f"].reshape(-1)
+        for c in range(f.shape[0]):
+            if not f.requires_grad:
+                rows.append(torch.zeros_like(h).reshape(-1))
+                continue
+            (g,) = torch.autograd.grad(f[c], h, retain_graph=True, allow_unused=True)
+            rows.append(torch.zeros_like(h).reshape(-1) if g is None else g.reshape(-1))
     return torch.stack(rows).detach()
 
 

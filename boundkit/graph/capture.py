@@ -8,7 +8,9 @@ with ``op="unknown"`` so that each bound method can refuse them by name.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
 import operator
 from typing import Any
@@ -231,7 +233,7 @@ def capture(
         ) from exc
     probe = torch.zeros((2, *input_shape), dtype=torch.float64, device=device)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(probe)
     except Exception as exc:
         raise InputShapeError(

@@ -267,8 +267,11 @@ def _load_torch_pickle(path: Path) -> Any:
             "unsafe loading; save model.state_dict() (or use save_model) instead. "
             f"Detail: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelFileError(f"{path} is not a readable PyTorch file: {exc}") from exc
+    except (
+        RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError, TypeError,
+        AttributeError, zipfile.BadZipFile,
+    ) as exc:  # torch's unpickler reports garbage input with many exception types
+        raise ModelFileError(f"{path} is not a readable PyTorch file: {exc!r}") from exc
 
 
 def _finish_module(model: nn.Module, source: str, device: Any) -> nn.Module:

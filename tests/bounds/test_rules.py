@@ -306,3 +306,17 @@ def test_modulus_composition_and_minimum():
     cubic = Modulus([torch.tensor([[0.0, 1.0, 0.0, 1.0]], dtype=D)])  # t + t^3
     r = float(cubic.inverse(torch.tensor([2.0], dtype=D))[0])
     assert r == pytest.approx(1.0, rel=1e-12) and r + r**3 < 2.0
+
+
+def test_certify_gives_the_same_radius_under_no_grad():
+    # regression: the affine tail's Jacobian was computed as zero under torch.no_grad(),
+    # which made every radius astronomically large
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.Linear(2, 3)).eval()
+    x = torch.randn(5, 3)
+    free = bk.certify(m, x).radius
+    with torch.no_grad():
+        m2 = nn.Sequential(*[type(l)(l.in_features, l.out_features) if isinstance(l, nn.Linear)
+                             else l for l in m]).eval()
+        m2.load_state_dict(m.state_dict())
+        under = bk.certify(m2, x).radius
+    torch.testing.assert_close(free, under)
