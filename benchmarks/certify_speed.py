@@ -12,7 +12,7 @@ The per-model constants (spectral norms, FFT bounds, the affine tail's Jacobian)
 computed once per model; their cost is reported separately ("setup"). Also runs the
 peck2017 method on LeNet-5 and on the LRN and batch-norm variants.
 
-    python benchmarks/certify_speed.py [--n 10000] [--threads 2] [--out docs/results/certify_speed.md]
+    python benchmarks/certify_speed.py [--n 10000] [--threads 2]
 """
 
 from __future__ import annotations
@@ -88,13 +88,16 @@ def main() -> None:
         f"- forward pass float64 over {x.shape[0]} images: {t64:.3f} s",
         f"- one-time per-model setup of the sound method (capture, norms, tail): {setup:.2f} s",
         "",
-        "| model / method | samples | seconds | samples/s | ratio to forward32 | ratio to forward64 | median radius (first 1000) |",
+        "| model / method | samples | seconds | samples/s | ratio to forward32 "
+        "| ratio to forward64 | median radius (first 1000) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.0f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.4g} |")
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.0f} | {r[4]:.2f} | {r[5]:.2f} "
+                     f"| {r[6]:.4g} |")
     # peck2017 and sound end to end on the LRN and BN variants (trained briefly)
-    lines += ["", "End-to-end runs on the variants (1,000 images, 1 epoch of training each):", "",
+    lines += ["", "End-to-end runs on the variants (1,000 images, 1 epoch of training each):",
+              "",
               "| model | sound median radius | peck2017 median radius | sound seconds |",
               "|---|---|---|---|"]
     for name in ("lenet5_lrn1", "lenet5_lrn2", "lenet5_lrn3", "lenet5_bn"):
