@@ -27,7 +27,7 @@ from boundkit.bounds.numerics import ELEMENTWISE_ULPS, UNIT_ROUNDOFF
 if TYPE_CHECKING:
     from boundkit.graph.graph import Graph, Node
 
-METHODS = ("sound", "peck2017")
+METHODS = ("sound", "sound-local", "peck2017")
 
 
 class Rule(ABC):  # noqa: B024 (abstract methods live in the subclasses)

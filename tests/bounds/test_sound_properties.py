@@ -216,3 +216,38 @@ def test_certificate_is_zero_on_the_decision_boundary_and_never_nan():
     x = torch.tensor([[1.0, 1.0], [2.0, 1.0]], dtype=D)
     r = bk.certify(m.eval(), x).radius
     assert r[0] == 0.0 and r[1] > 0 and not torch.isnan(r).any()
+
+
+@given(relu_mlps())
+def test_sound_local_is_between_sound_and_exact_on_relu_mlps(case):
+    model, x = case
+    sound = bk.certify(model, x).radius
+    local = bk.certify(model, x, method="sound-local").radius
+    exact = bk.exact_radius(model, x)
+    assert (local >= sound).all()
+    assert (local <= exact * (1 + 1e-6) + 1e-12).all(), (local, exact)
+
+
+@st.composite
+def conv_fc_relu_networks(draw):
+    seed = draw(st.integers(0, 2**31 - 1))
+    torch.manual_seed(seed)
+    c = draw(st.integers(1, 3))
+    hidden = draw(st.integers(2, 12))
+    layers = [
+        _scale(nn.Conv2d(1, c, 3, padding=1), 10 ** draw(st.floats(-0.5, 0.5))), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(),
+        _scale(nn.Linear(c * 9, hidden), 10 ** draw(st.floats(-0.5, 0.5))), nn.ReLU(),
+        _scale(nn.Linear(hidden, draw(st.integers(2, 4))), 10 ** draw(st.floats(-0.5, 0.5))),
+    ]
+    model = nn.Sequential(*layers).double().eval()
+    return model, torch.rand(4, 1, 6, 6, dtype=D)
+
+
+@given(conv_fc_relu_networks())
+def test_no_adversarial_inside_the_sound_local_ball(case):
+    model, x = case
+    cert = bk.certify(model, x, method="sound-local")
+    assert (cert.radius >= bk.certify(model, x).radius).all()
+    bad = adversarial_in_ball(model, x, cert.radius * (1 - 1e-9))
+    assert not bad.any(), cert.radius[bad]
