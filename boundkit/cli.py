@@ -594,7 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
         "writes per-sample radii and per-layer traces to the JSON file.")
     _model(p)
     _data(p)
-    p.add_argument("--method", default="sound", choices=("sound", "peck2017", "both"),
+    p.add_argument("--method", default="sound",
+                   choices=("sound", "sound-local", "peck2017", "both"),
                    help="certification method (default sound; both runs sound and peck2017)")
     p.add_argument("--out", default="certify.json", help="results JSON (default certify.json)")
     _common(p)
@@ -624,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report.md, report.html and figures (scatter, cdf, waterfall).")
     _model(p)
     _data(p)
-    p.add_argument("--method", default="both", choices=("sound", "peck2017", "both"),
+    p.add_argument("--method", default="both", choices=("sound", "sound-local", "peck2017", "both"),
                    help="certification method(s) (default both)")
     _attack_opts(p)
     p.add_argument("--exact", action="store_true",
@@ -646,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, metavar="NAME",
                    help="zoo architecture for state-dict files without a sidecar")
     _data(p)
-    p.add_argument("--method", default="both", choices=("sound", "peck2017", "both"))
+    p.add_argument("--method", default="both", choices=("sound", "sound-local", "peck2017", "both"))
     _attack_opts(p)
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")

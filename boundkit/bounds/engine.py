@@ -145,9 +145,8 @@ def _plan_sound(graph: Graph) -> dict[str, Any]:
         else:
             stages.append(_NodeStage(n, _rule(n, "sound")))
             seen.add(n.name)
-    for n in graph.upstream():
-        if n.op != "input":
-            _rule(n, "sound") if n.name not in covered else None
+    for n in upstream:  # nodes inside smooth blocks still need their own rule (rounding)
+        _rule(n, "sound")
     return {"output": out, "stages": stages}
 
 
