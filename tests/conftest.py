@@ -7,6 +7,7 @@ thousands, run before resolving a soundness change):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,12 @@ settings.register_profile(
     suppress_health_check=list(HealthCheck),
 )
 settings.register_profile("dev", max_examples=30, deadline=None)
+settings.register_profile(  # a soak run of a chosen size: BOUNDKIT_EXAMPLES=5000
+    "soak",
+    max_examples=int(os.environ.get("BOUNDKIT_EXAMPLES", "2000")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 settings.load_profile("ci")
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

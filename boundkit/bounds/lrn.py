@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import ELEMENTWISE_ULPS, UNIT_ROUNDOFF, inflate
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
+from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.graph import Graph, Node
 
 
@@ -77,9 +78,18 @@ class LRNRule(LipschitzRule):
     def modulus(self, node: Node, graph: Graph, acts: dict[str, torch.Tensor]) -> Modulus:
         a = node.attrs
         n, alpha, beta, k = a["size"], a["alpha"], a["beta"], a["k"]
+        if not (beta > 0 and alpha >= 0 and k > 0):
+            raise UnsupportedLayerError(
+                node.name, node.op, "sound",
+                f"the LRN bound needs beta > 0, alpha >= 0, k > 0 (got beta={beta}, "
+                f"alpha={alpha}, k={k})",
+            )
         x = acts[node.inputs[0]]
         smax = window_sum_sq(x, n).reshape(x.shape[0], -1).max(dim=1).values
-        root = torch.sqrt(smax) * (1 + 1e-12)
+        # the computed input differs from the exact one by at most its rounding bound e
+        # (in L2, hence in every window): sqrt(S) <= sqrt(S_hat) + e
+        e_in = acts.get(f"__err__{node.inputs[0]}")
+        root = torch.sqrt(smax) * (1 + 1e-12) + (e_in if e_in is not None else 0.0)
         c = float(inflate(2 * beta * alpha / (math.sqrt(n) * k ** (beta + 1))))
         base = float(inflate(k ** (-beta)))
         # t * (base + c (root + t)^2) = c t^3 + 2 c root t^2 + (base + c root^2) t

@@ -25,7 +25,7 @@ import math
 import torch
 import torch.fx
 
-from boundkit.bounds.numerics import inflate
+from boundkit.bounds.numerics import gamma, inflate
 from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.graph import AFFINE_OPS, Graph, Node
 
@@ -119,8 +119,32 @@ class SoundOutput:
                 eye = torch.eye(c, dtype=torch.float64, device=graph.device)
                 graph.cache[key] = pair_norms(eye)
             else:
-                graph.cache[key] = pair_norms(tail_jacobian(graph, self.start))
+                a = tail_jacobian(graph, self.start)
+                graph.cache[key] = pair_norms(a) + 2.0 * self.jacobian_error(graph)
         return graph.cache[key]
+
+    def jacobian_error(self, graph: Graph) -> float:
+        """Bound on ``||A_hat - A||_2`` for the float64 Jacobian of the tail: entry-wise
+        ``|E| <= gamma_k |T_m| ... |T_1|`` (Higham 2002, Sec. 3.5), so
+        ``||E||_2 <= gamma_k prod ||abs(T_i)||_2``; each row difference errs by at most
+        twice that."""
+        from boundkit.bounds.conv import schur_bound_conv
+        from boundkit.bounds.linear import schur_bound
+        from boundkit.bounds.registry import get_rule
+
+        prod, fan = 1.0, 1
+        for n in self.tail:
+            if n.op == "linear":
+                prod *= schur_bound(n.params["weight"])
+                fan += n.params["weight"].shape[1]
+            elif n.op == "conv2d":
+                w = n.params["weight"]
+                prod *= schur_bound_conv(w)
+                fan += w.shape[1] * w.shape[2] * w.shape[3]
+            elif n.op in ("batchnorm", "avgpool2d"):
+                prod *= get_rule(n.op, "sound").lipschitz(n, graph)  # type: ignore[union-attr]
+                fan += 2 if n.op == "batchnorm" else math.prod(n.attrs["kernel_size"])
+        return float(gamma(fan)) * prod
 
     def kappa(
         self, graph: Graph, logits: torch.Tensor, rounding: torch.Tensor
