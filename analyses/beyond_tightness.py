@@ -112,10 +112,11 @@ changes across a node (kappa after the node / kappa before it, `Certificate.loss
 ## Depth/width (Section 6.1)
 
 The rows "wine relu DxW" answer the thesis's depth/width question on ground truth: the exact
-radius of the trained networks, against how the certified radii scale with depth. The
-thesis's eq. (5.13) predicts bounds that grow with depth for layers whose bound grows;
-composed bounds in practice lose a factor per layer (table above), so certified radii shrink
-with depth faster than the exact radius does.
+radius of the trained networks against the certified radii per depth and width. The
+thesis's eq. (5.13) argues that deeper networks are easier to make robust because per-layer
+gains compound; the table above shows the other side of composition: each layer also
+costs the composed bound a factor, so whether "sound/exact" falls with depth is the measured
+answer (quick runs are under-trained: read the default run).
 """
     pl = plt()
     fig, ax = pl.subplots(figsize=(8, 4))
