@@ -4,7 +4,8 @@ Same process, same trained model, same samples, same step budgets:
 
 * Foolbox 3.3.4 (``L2DeepFoolAttack``, ``L2CarliniWagnerAttack``, ``DDNAttack``,
   ``L2FMNAttack``),
-* adv-lib 0.2.8 (``ddn``, ``fmn``, ``fab``: the authors' reference implementations),
+* adv-lib 0.2.8 (``ddn``, ``fmn``, ``fab``, ``alma``: the authors' reference implementations;
+  ALMA with ``init_lr_distance = 0.1``, as boundkit's ensemble runs it),
 * torchattacks 3.5.1 (``DeepFool``, ``CW``, ``FAB``),
 
 on an MNIST MLP (784-100-100-10 ReLU, zoo name ``mlp_mnist``) and LeNet-5 (``lenet5``) trained
@@ -136,7 +137,7 @@ def references(model, x, y, args) -> dict[str, Callable[[], torch.Tensor]]:
         print("foolbox missing:", e)
     try:
         _stub_modules()
-        from adv_lib.attacks import ddn, fab, fmn
+        from adv_lib.attacks import alma, ddn, fab, fmn
 
         out["ddn/adv-lib"] = lambda: ddn(model, x, y, steps=s)
         out["fmn/adv-lib"] = lambda: fmn(model, x, y, norm=2, steps=s)
@@ -147,6 +148,7 @@ def references(model, x, y, args) -> dict[str, Callable[[], torch.Tensor]]:
 
         out["fmn-from-deepfool/adv-lib"] = fmn_df
         out["fab/adv-lib"] = lambda: fab(model, x, y, norm=2, n_iter=100)
+        out["alma/adv-lib"] = lambda: alma(model, x, y, num_steps=s, init_lr_distance=0.1)
     except ImportError as e:
         print("adv-lib missing:", e)
     try:
@@ -178,6 +180,7 @@ def ours(model, x, y, args) -> dict[str, Callable[[], torch.Tensor]]:
         "fmn/boundkit": bk("fmn", steps=s),
         "fmn-from-deepfool/boundkit": bk("fmn", steps=s, init="deepfool"),
         "pdpgd/boundkit": bk("pdpgd", steps=s),
+        "alma/boundkit": bk("alma", steps=s, init_lr_distance=0.1),
         "best/boundkit": bk("best"),
     }
 
@@ -225,7 +228,7 @@ def fmt_table(model_name: str, res: dict[str, dict[str, Any]], n: int) -> list[s
     # pairs
     lines += ["| pair | boundkit median / best ref median | median per-sample ratio "
               "bk/Foolbox | time bk / fastest ref | best ref |", "|---|---|---|---|---|"]
-    for pair in ("deepfool", "cw", "ddn", "fmn", "fmn-from-deepfool"):
+    for pair in ("deepfool", "cw", "ddn", "fmn", "fmn-from-deepfool", "alma"):
         mine = res.get(f"{pair}/boundkit")
         refs = {k: v for k, v in res.items() if k.startswith(pair + "/") and "boundkit" not in k}
         if pair == "fmn":
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `python benchmarks/attacks_vs_references.py "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}`  ",
              f"torch {torch.__version__}, {args.threads} thread(s); DDN/FMN/PDPGD steps "
-             f"{args.steps}, CW {args.cw_searches} x {args.cw_steps}, FAB 100 iterations. "
+             f"{args.steps}, CW {args.cw_searches} x {args.cw_steps}, FAB 100 iterations "
+             "(defaults; per-model settings below). "
              "All norms re-verified by boundkit (failures count as +inf).", ""]
     base_args = vars(args).copy()
     for name in args.models.split(","):

@@ -33,7 +33,9 @@ Defaults (paper's L2 settings, as in the authors' adv-lib): ``steps = 1000``, pe
 ``alpha = 0.9`` (EMA of mu, RMSProp smoothing and momentum), ``lr_init = 0.1``,
 ``lr_reduction = 0.01``, logit tolerance ``1e-4``.  ``init_lr_distance`` is off by default.
 
-Deviations: the multiplier update uses the closed-form derivative of P2; success is decided
+Deviations: the multiplier update and the gradient use the closed-form derivative of P2
+(the gradient of ``L_k`` is ``delta / ||delta|| + P2'(DLR) grad DLR``, the same as
+back-propagating ``L_k``); success is decided
 by the criterion (arg-max), not by the sign of the DLR; the targeted DLR adds the tolerance
 on the same side as the untargeted one (adv-lib subtracts it, accepting points within
 ``tol`` of the boundary); with fewer than 3 (4 for targeted) classes the normaliser falls
@@ -185,28 +187,28 @@ class ALMA(Attack):
             with torch.enable_grad():
                 logits = model(x_in)
                 dlr = dlr_margin(logits, criterion, self.logit_tolerance)
-                with torch.no_grad():
-                    if i == 0:
-                        prev = dlr.detach()
-                    elif (i + 1) % self.check_steps == 0:
-                        improved = dlr.detach() < self.tau * prev
-                        rho = torch.where(found | improved, rho, rho * self.rho_growth)
-                        prev = dlr.detach()
-                    if i:
-                        new_mu = p2_derivative(dlr.detach(), rho, mu)
-                        mu = (a * mu + (1 - a) * new_mu).clamp(1e-6, 1e12)
-                loss = p2_penalty(dlr, rho, mu)
-                if i:
-                    diff = (x_in - x).flatten(1)
-                    # ||delta|| with a safe gradient at delta = 0
-                    loss = loss + (diff.square().sum(1) + 1e-30).sqrt()
-                (g,) = torch.autograd.grad(loss.sum(), x_in, materialize_grads=True)
             with torch.no_grad():
-                is_adv = criterion.is_adversarial(logits)
+                y = dlr.detach()
+                if i == 0:
+                    prev = y
+                elif (i + 1) % self.check_steps == 0:
+                    improved = y < self.tau * prev
+                    rho = torch.where(found | improved, rho, rho * self.rho_growth)
+                    prev = y
+                if i:
+                    mu = (a * mu + (1 - a) * p2_derivative(y, rho, mu)).clamp_(1e-6, 1e12)
+                # d/d delta of ||delta|| + P2(DLR, rho, mu) = delta / ||delta|| + P2' grad DLR
+                weight = p2_derivative(y, rho, mu)
+            (g,) = torch.autograd.grad(dlr, x_in, grad_outputs=weight, materialize_grads=True)
+            with torch.no_grad():
                 dnorm = l2_norms(delta)
+                if i:
+                    g.addcmul_(delta, atleast_kd(1 / dnorm.clamp_min(1e-30), k))
+                is_adv = criterion.is_adversarial(logits)
                 better = is_adv & (dnorm < best_norm)
-                best_norm = torch.where(better, dnorm, best_norm)
-                best = torch.where(atleast_kd(better, k), x_in.detach(), best)
+                if bool(better.any()):
+                    best_norm = torch.where(better, dnorm, best_norm)
+                    best = torch.where(atleast_kd(better, k), x_in.detach(), best)
                 step_found = torch.where(~found & is_adv, torch.full_like(step_found, i),
                                          step_found)
                 found |= is_adv
@@ -220,11 +222,11 @@ class ALMA(Attack):
                     lr = self._initial_lr(x, g, box)
                 expo = (i - step_found).clamp_min(0) / (steps - step_found)
                 step_lr = lr * self.lr_reduction**expo
-                square_avg = square_avg * a + (1 - a) * g * g
-                buf = buf * a + g / (square_avg.sqrt() + 1e-8)
+                square_avg.mul_(a).addcmul_(g, g, value=1 - a)
+                buf.mul_(a).addcdiv_(g, square_avg.sqrt().add_(1e-8))
                 delta = delta - atleast_kd(step_lr, k) * buf
                 if box is not None:
-                    delta = (x + delta).clamp_(box[0], box[1]) - x
+                    delta = (x + delta).clamp_(box[0], box[1]).sub_(x)
         with torch.no_grad():
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))

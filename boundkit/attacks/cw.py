@@ -139,7 +139,9 @@ class CarliniWagner(Attack):
                     mh = m / (1 - b1**t)
                     vh = v / (1 - b2**t)
                     w = w - self.learning_rate * mh / (vh.sqrt() + eps_adam)
-                    if self.abort_early and t % check_every == 0:
+                    # checked at the first step and every tenth of the steps after it, as
+                    # in Carlini's code and Foolbox (the first check only records the loss)
+                    if self.abort_early and (t - 1) % check_every == 0:
                         tv = float(total)
                         if tv > prev * 0.9999:
                             break

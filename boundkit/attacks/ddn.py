@@ -98,8 +98,9 @@ class DDN(Attack):
                 is_adv = criterion.is_adversarial(logits)
                 norm = l2_norms(delta)
                 better = is_adv & (norm < best_norm)
-                best_norm = torch.where(better, norm, best_norm)
-                best = torch.where(atleast_kd(better, k), x_in.detach(), best)
+                if bool(better.any()):
+                    best_norm = torch.where(better, norm, best_norm)
+                    best = torch.where(atleast_kd(better, k), x_in.detach(), best)
 
                 gn = l2_norms(g)
                 zero = gn == 0
@@ -108,13 +109,13 @@ class DDN(Attack):
                         g[zero].shape, generator=generator, device=g.device, dtype=g.dtype
                     )
                     gn = l2_norms(g)
-                delta = delta + atleast_kd(sign * alpha / gn, k) * g
+                delta = delta.addcmul_(atleast_kd(sign * alpha / gn, k), g)
                 eps = torch.where(is_adv, eps * (1 - self.gamma), eps * (1 + self.gamma))
                 eps = torch.minimum(eps, worst)
                 dn = l2_norms(delta).clamp_min(1e-12)
-                delta = delta * atleast_kd(eps / dn, k)
+                delta.mul_(atleast_kd(eps / dn, k))
                 if box is not None:
-                    delta = (x + delta).clamp_(box[0], box[1]) - x
+                    delta = (x + delta).clamp_(box[0], box[1]).sub_(x)
         # the last iterate has not been checked yet
         with torch.no_grad():
             x_last = x + delta

@@ -10,11 +10,13 @@ Default members (:data:`DEFAULT_MEMBERS`, chosen for undefended MNIST-sized netw
 ``docs/attacks.md``):
 
 * ``deepfool`` (all classes, 50 steps, overshoot 0.02);
-* ``ddn`` with ``steps = 1000`` (paper settings otherwise) and a second DDN started with
-  ``init_epsilon = 0.1`` (a restart that often ends in another local optimum);
+* ``ddn`` with ``steps = 1000`` (paper settings otherwise);
 * ``fmn`` with ``steps = 1000`` started from DeepFool (``init="deepfool"``);
-* ``ddn`` with 300 steps *targeted* at the most and second-most likely other classes
-  (``target_rank`` 1 and 2, FAB-T-like; a targeted success is an untargeted one);
+* ``alma`` with ``steps = 1000`` (paper settings) and a first step of length 0.1
+  (``init_lr_distance = 0.1``);
+* ``alma`` with 300 steps (same settings) *targeted* at the 1st, 2nd and 3rd most likely
+  other classes (``target_rank`` 1, 2, 3, FAB-T-like; a targeted success is an untargeted
+  one);
 
 each followed by the boundary refinement (10 iterations, 3 candidate classes).  ``budget``
 (gradient steps per sample per member) replaces the members' own step counts.
@@ -45,10 +47,11 @@ MemberSpec = str | tuple[str, dict[str, Any]]
 DEFAULT_MEMBERS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("deepfool", {}),
     ("ddn", {"steps": 1000}),
-    ("ddn", {"steps": 1000, "init_epsilon": 0.1}),
     ("fmn", {"steps": 1000, "init": "deepfool"}),
-    ("ddn", {"steps": 300, "target_rank": 1}),
-    ("ddn", {"steps": 300, "target_rank": 2}),
+    ("alma", {"steps": 1000, "init_lr_distance": 0.1}),
+    ("alma", {"steps": 300, "init_lr_distance": 0.1, "target_rank": 1}),
+    ("alma", {"steps": 300, "init_lr_distance": 0.1, "target_rank": 2}),
+    ("alma", {"steps": 300, "init_lr_distance": 0.1, "target_rank": 3}),
 )
 
 

@@ -138,8 +138,9 @@ class FMN(Attack):
                 is_adv = criterion.is_adversarial(logits)
                 dnorm = l2_norms(delta)
                 better = is_adv & (dnorm < best_norm)
-                best_norm = torch.where(better, dnorm, best_norm)
-                best = torch.where(atleast_kd(better, k), x_in.detach(), best)
+                if bool(better.any()):
+                    best_norm = torch.where(better, dnorm, best_norm)
+                    best = torch.where(atleast_kd(better, k), x_in.detach(), best)
                 found |= is_adv
                 gn = l2_norms(g).clamp_min(1e-12)
                 to_boundary = dnorm + loss.abs() / gn
@@ -151,9 +152,9 @@ class FMN(Attack):
                 eps = torch.minimum(eps, worst)
                 delta = delta - atleast_kd(alpha / gn, k) * g
                 dn = l2_norms(delta).clamp_min(1e-12)
-                delta = delta * atleast_kd(torch.clamp(eps / dn, max=1.0), k)
+                delta.mul_(atleast_kd(torch.clamp(eps / dn, max=1.0), k))
                 if box is not None:
-                    delta = (x + delta).clamp_(box[0], box[1]) - x
+                    delta = (x + delta).clamp_(box[0], box[1]).sub_(x)
         with torch.no_grad():
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))

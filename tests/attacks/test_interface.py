@@ -15,7 +15,7 @@ import boundkit.attacks as A
 from boundkit.errors import InputShapeError, ModelError
 from tests.attacks.conftest import linear_model, relu_net
 
-FAST_METHODS = ["deepfool", "ddn", "fmn", "fgs", "fgv", "pdpgd"]
+FAST_METHODS = ["deepfool", "ddn", "fmn", "fgs", "fgv", "pdpgd", "alma"]
 FAST_OPTS = {"ddn": {"steps": 30}, "fmn": {"steps": 30}, "pdpgd": {"steps": 30}}
 
 
@@ -25,9 +25,8 @@ def test_toplevel_names_resolve():
 
 
 def test_registry_has_every_attack():
-    assert {"fgs", "fgv", "lbfgs", "deepfool", "cw", "ddn", "fmn", "pdgd", "pdpgd", "best"} <= set(
-        A.ATTACKS
-    )
+    names = {"fgs", "fgv", "lbfgs", "deepfool", "cw", "ddn", "fmn", "pdgd", "pdpgd", "alma", "best"}
+    assert names <= set(A.ATTACKS)
 
 
 def test_training_mode_model_is_refused():
@@ -150,7 +149,7 @@ def test_given_labels_already_misclassified_have_zero_norm():
     assert bool((res.norm[3:][res.success[3:]] > 0).all())
 
 
-@pytest.mark.parametrize("method", ["deepfool", "ddn", "fmn", "cw"])
+@pytest.mark.parametrize("method", ["deepfool", "ddn", "fmn", "cw", "alma"])
 def test_targeted_success_reaches_the_target(method):
     model = relu_net((6, 10, 3), seed=4)
     x = torch.rand(8, 6)
@@ -208,3 +207,25 @@ def test_lbfgs_and_pdgd_find_adversarials():
     for method, opts in [("lbfgs", {"max_iter": 30, "search_steps": 5}), ("pdgd", {"steps": 100})]:
         res = A.attack(model, x, method, **opts)
         assert res.success_rate() > 0.5
+
+
+def test_alma_p2_penalty_and_derivative():
+    from boundkit.attacks.alma import p2_derivative, p2_penalty
+
+    y = torch.linspace(-3, 3, 61, dtype=torch.float64, requires_grad=True)
+    rho = torch.full_like(y, 1.7)
+    mu = torch.full_like(y, 0.6)
+    (g,) = torch.autograd.grad(p2_penalty(y, rho, mu).sum(), y)
+    assert torch.allclose(g, p2_derivative(y.detach(), rho, mu), atol=1e-10)
+    assert float(p2_penalty(torch.zeros(1), torch.ones(1), torch.ones(1))) == 0.0
+
+
+def test_alma_matches_its_initial_step_distance():
+    """With init_lr_distance the line search gives the requested first-step distance."""
+    from boundkit.attacks.alma import ALMA
+
+    x = torch.rand(5, 6, dtype=torch.float64)
+    g = torch.randn(5, 6, dtype=torch.float64)
+    lr = ALMA(init_lr_distance=0.3)._initial_lr(x, g, (0.0, 1.0))
+    d = ((x - lr[:, None] * g).clamp(0, 1) - x).norm(dim=1)
+    assert torch.allclose(d, torch.full_like(d, 0.3), atol=1e-4)

@@ -19,6 +19,7 @@ FAST = {
     "lbfgs": {"search_steps": 10, "max_iter": 60, "initial_const": 1.0},
     "pdgd": {"steps": 300},
     "pdpgd": {"steps": 300},
+    "alma": {"steps": 300, "init_lr_distance": 0.1},
     "best": {"members": [("deepfool", {}), ("ddn", {"steps": 100})]},
 }
 

@@ -17,6 +17,7 @@ BUDGETS = {
     "cw": {"steps": 100, "binary_search_steps": 5, "initial_const": 0.1},
     "pdgd": {"steps": 100},
     "pdpgd": {"steps": 100},
+    "alma": {"steps": 100},
     "fgs": {},
     "fgv": {},
 }
