@@ -97,7 +97,9 @@ def plot_scatter(results: Any, path: PathLike) -> Path:
     ax.set_title("Certified vs empirical robustness, per sample\n"
                  "true distance to the boundary lies between the two")
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7.5, loc="lower right")
+    # below the axes: inside, it would hide either samples (lower right) or violations
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+              frameon=False)
     return _save(fig, path)
 
 
