@@ -105,7 +105,7 @@ class LBFGS(Attack):
                 obj = (torch.from_numpy(c).to(dev) * r2.flatten(1).sum(1)).sum()
                 obj = obj + self._loss(logits, criterion).double().sum()
                 (g,) = torch.autograd.grad(obj, zt, materialize_grads=True)
-            return float(obj), g.detach().double().cpu().numpy().reshape(-1)
+            return float(obj.detach()), g.detach().double().cpu().numpy().reshape(-1)
 
         c = np.full(n, self.initial_const)
         good = np.zeros(n)  # largest constant known to give an adversarial minimiser
