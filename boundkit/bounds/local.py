@@ -32,7 +32,6 @@ global norm and a Gershgorin bound on the masked Gram matrix (both upper bounds)
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -200,8 +199,3 @@ def _tail_rows(graph: Graph, out: SoundOutput) -> torch.Tensor:
             c = graph.num_classes
             graph.cache[key] = torch.eye(c, dtype=torch.float64, device=graph.device)
     return graph.cache[key]
-
-
-def describe() -> dict[str, Any]:
-    """Settings of the refinement (for reports)."""
-    return {"exact_mask_limit": EXACT_MASK_LIMIT}
