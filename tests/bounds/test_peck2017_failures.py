@@ -203,7 +203,7 @@ def test_norm_increase_framing_fails_for_batchnorm_even_with_min():
         y = bn(x)[0]
         logits = model(x)[0]
     w = model[1].weight
-    kappa = float((logits[0] - logits[1]).abs() / (w[0] - w[1]).norm())
+    kappa = float(((logits[0] - logits[1]).abs() / (w[0] - w[1]).norm()).detach())
     phi = gam / var
     chi = 2 * gam * (x[0] - mu) + 2 * bet * torch.sqrt(var)
     psi = (2 * kappa * float(y.norm()) + kappa**2) / 2
