@@ -27,6 +27,7 @@ Conventions
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -187,7 +188,7 @@ def model_device(model: nn.Module) -> torch.device:
 # --------------------------------------------------------------------------------------
 
 
-class Criterion:
+class Criterion(ABC):
     """What makes a point adversarial, plus a differentiable margin surrogate.
 
     ``margin(logits) < 0`` iff adversarial, up to ties between logits (ties are decided by
@@ -208,11 +209,13 @@ class Criterion:
     def to(self, device: torch.device | str) -> Criterion:
         return type(self)(self.labels.to(device))
 
-    def is_adversarial(self, logits: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def is_adversarial(self, logits: Tensor) -> Tensor:
+        """True where ``logits`` satisfy the criterion."""
 
-    def margin(self, logits: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def margin(self, logits: Tensor) -> Tensor:
+        """A score that is positive exactly where the criterion is not yet met."""
 
     def _own(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Logit of ``labels`` and the largest other logit."""
@@ -322,7 +325,7 @@ def boundary_bisection(
 # --------------------------------------------------------------------------------------
 
 
-class Attack:
+class Attack(ABC):
     """Base class of boundkit's minimum-norm L2 attacks (Foolbox-3-like interface).
 
     Subclasses implement :meth:`run` (batched, device-agnostic), returning raw candidate
@@ -339,6 +342,7 @@ class Attack:
         self.refine_steps = int(refine_steps)
 
     # -- to implement -----------------------------------------------------------------
+    @abstractmethod
     def run(
         self,
         model: nn.Module,
@@ -349,7 +353,6 @@ class Attack:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Return candidate adversarial points for the batch ``x`` (same shape and dtype)."""
-        raise NotImplementedError
 
     @classmethod
     def budget_to_options(cls, budget: int) -> dict[str, Any]:

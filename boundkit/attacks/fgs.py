@@ -23,6 +23,7 @@ cross-entropy of the target is descended.  Perturbed points are clipped to the b
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import torch
@@ -57,11 +58,13 @@ class _GradientLineSearch(Attack):
     def budget_to_options(cls, budget: int) -> dict[str, Any]:
         return {"steps": max(1, int(budget))}
 
-    def _direction(self, g: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _direction(self, g: Tensor) -> Tensor:
+        """The search direction for the gradient ``g`` (sign for FGS, scaled for FGV)."""
 
-    def _max_eps(self, x: Tensor, box: Box) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _max_eps(self, x: Tensor, box: Box) -> Tensor:
+        """Per-sample upper end of the epsilon search."""
 
     def run(
         self,
