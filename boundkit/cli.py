@@ -277,29 +277,20 @@ def cmd_certify(sess: Session) -> int:
 
 def cmd_attack(sess: Session) -> int:
     from boundkit.attacks import attack
+    from boundkit.attacks.base import AttackResult
     from boundkit.report.io import write_json
 
     a = sess.args
     model = load_model_arg(a.model, a.arch, a.device)
     x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
     x = _model_for_data(model, x)
-    import torch
-
     parts = []
     with sess.bar(x.shape[0], f"attack {a.attack}") as bar:
         for s in range(0, x.shape[0], 64):
             parts.append(attack(model, x[s : s + 64], a.attack, budget=a.budget,
                                 device=a.device, seed=a.seed))
             bar.update(parts[-1].norm.shape[0])
-    res = parts[0]
-    if len(parts) > 1:
-        res.norm = torch.cat([p.norm for p in parts])
-        res.success = torch.cat([p.success for p in parts])
-        res.label = torch.cat([p.label for p in parts])
-        res.found_by = sum((p.found_by for p in parts), [])
-        res.x_adv = torch.cat([p.x_adv for p in parts])
-        res.adv_label = torch.cat([p.adv_label for p in parts])
-        res.seconds = sum(p.seconds for p in parts)
+    res = AttackResult.concat(parts)
     doc = attack_doc(res, y, idx, {"model": a.model, "data": a.data, "split": a.split})
     out = write_json(doc, a.out)
     sess.say(f"attacked {x.shape[0]} samples of {a.data}:", *_summary_table(doc["summary"]),

@@ -108,6 +108,32 @@ class AttackResult:
     def __len__(self) -> int:
         return int(self.norm.shape[0])
 
+    @classmethod
+    def concat(cls, parts: list[AttackResult]) -> AttackResult:
+        """Join results of consecutive chunks of one batch (same method and criterion)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+
+        def cat(name: str) -> Tensor | None:
+            vals = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in vals) else torch.cat(vals)
+
+        first = parts[0]
+        return cls(
+            x_adv=torch.cat([p.x_adv for p in parts]),
+            norm=torch.cat([p.norm for p in parts]),
+            success=torch.cat([p.success for p in parts]),
+            found_by=[f for p in parts for f in p.found_by],
+            label=torch.cat([p.label for p in parts]),
+            adv_label=torch.cat([p.adv_label for p in parts]),
+            method=first.method,
+            targeted=first.targeted,
+            target=cat("target"),
+            y=cat("y"),
+            seconds=sum(p.seconds for p in parts),
+            extras=dict(first.extras),
+        )
+
     def median_norm(self) -> float:
         """Median of ``norm`` over all samples (failures count as ``+inf``)."""
         if len(self) == 0:

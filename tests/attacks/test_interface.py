@@ -229,3 +229,21 @@ def test_alma_matches_its_initial_step_distance():
     lr = ALMA(init_lr_distance=0.3)._initial_lr(x, g, (0.0, 1.0))
     d = ((x - lr[:, None] * g).clamp(0, 1) - x).norm(dim=1)
     assert torch.allclose(d, torch.full_like(d, 0.3), atol=1e-4)
+
+
+def test_concat_of_chunk_results_equals_one_call():
+    import torch.nn as nn
+
+    from boundkit.attacks.base import AttackResult
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.rand(6, 4)
+    whole = A.attack(model, x, "deepfool", box=None)
+    parts = [A.attack(model, x[:4], "deepfool", box=None),
+             A.attack(model, x[4:], "deepfool", box=None)]
+    joined = AttackResult.concat(parts)
+    assert len(joined) == 6 and joined.found_by == parts[0].found_by + parts[1].found_by
+    torch.testing.assert_close(joined.norm, whole.norm)
+    torch.testing.assert_close(joined.x_adv, whole.x_adv)
+    torch.testing.assert_close(joined.label, whole.label)
