@@ -104,7 +104,9 @@ def refine(
     bsz = xb.shape[0]
     err = _rounding_errors(graph, norms, bsz)
     logits = acts[graph.logits.name]
-    a_rows = _tail_rows(graph, out)
+    a_rows = out.jacobian(graph)
+    # the computed rows of A err by at most jacobian_error each; a pair difference by twice
+    a_err = 2.0 * out.jacobian_error(graph) if out.tail else 0.0
     label = logits.argmax(1)
     fc = logits.gather(1, label[:, None])
     margin = fc - logits - math.sqrt(2.0) * err[graph.logits.name][:, None]  # [N, C]
@@ -138,6 +140,7 @@ def refine(
         pair = inflate(pair, rtol=1e-8)
         need = torch.minimum(pair * s.unsqueeze(1), _interval_lipschitz(states, weights, diff0)
                              * inflate(prefix_lip) * eps.unsqueeze(1))
+        need = need + a_err * s.unsqueeze(1)  # |(A_hat - A) dh_L| <= a_err * s_L
         own = torch.arange(margin.shape[1], device=margin.device)[None, :] == label[:, None]
         ok = (margin > need) | own
         return ok.all(1)
@@ -185,17 +188,3 @@ def _interval_lipschitz(
         lo, hi = gc - gr, gc + gr
     mag = torch.maximum(lo.abs(), hi.abs())
     return inflate(mag.norm(dim=2), rtol=1e-8)
-
-
-def _tail_rows(graph: Graph, out: SoundOutput) -> torch.Tensor:
-    """The tail Jacobian A [C, n_L] (identity when the tail is empty)."""
-    from boundkit.bounds.output import tail_jacobian
-
-    key = ("tail_rows", out.start.name)
-    if key not in graph.cache:
-        if out.tail:
-            graph.cache[key] = tail_jacobian(graph, out.start)
-        else:
-            c = graph.num_classes
-            graph.cache[key] = torch.eye(c, dtype=torch.float64, device=graph.device)
-    return graph.cache[key]

@@ -110,17 +110,24 @@ class SoundOutput:
         self.tail, self.start = affine_tail(graph)
         self.nodes = self.tail
 
+    def jacobian(self, graph: Graph) -> torch.Tensor:
+        """The tail's constant Jacobian ``A`` [C, numel(start)] (the identity when the logits
+        node itself is not affine), computed once per model."""
+        key = ("tail_jacobian", self.start.name)
+        if key not in graph.cache:
+            if self.tail:
+                graph.cache[key] = tail_jacobian(graph, self.start)
+            else:
+                c = graph.num_classes
+                graph.cache[key] = torch.eye(c, dtype=torch.float64, device=graph.device)
+        return graph.cache[key]
+
     def norms(self, graph: Graph) -> torch.Tensor:
+        """Upper bounds on ``||A_c - A_c'||`` [C, C], rounding of ``A`` included."""
         key = ("tail_pair_norms", self.start.name)
         if key not in graph.cache:
-            if not self.tail:
-                # the logits node itself is not affine: per-pair vectors are unit vectors
-                c = graph.num_classes
-                eye = torch.eye(c, dtype=torch.float64, device=graph.device)
-                graph.cache[key] = pair_norms(eye)
-            else:
-                a = tail_jacobian(graph, self.start)
-                graph.cache[key] = pair_norms(a) + 2.0 * self.jacobian_error(graph)
+            err = 2.0 * self.jacobian_error(graph) if self.tail else 0.0
+            graph.cache[key] = pair_norms(self.jacobian(graph)) + err
         return graph.cache[key]
 
     def jacobian_error(self, graph: Graph) -> float:
