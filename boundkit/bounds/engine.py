@@ -251,11 +251,17 @@ def _compose_forward(
 
 
 def _certify_sound(
-    graph: Graph, xb: torch.Tensor, plan: dict[str, Any], want_trace: bool
-) -> tuple[torch.Tensor, ...]:
+    graph: Graph,
+    xb: torch.Tensor,
+    plan: dict[str, Any],
+    want_trace: bool,
+    extra_needs: set[str] | None = None,
+) -> tuple[Any, ...]:
+    """(radius, label, runner-up, margin, trace, activations); the activations include the
+    rounding bounds as ``__err__<node>`` and the nodes of ``extra_needs``."""
     out: SoundOutput = plan["output"]
     stages = plan["stages"]
-    needs: set[str] = set()
+    needs: set[str] = set(extra_needs or ())
     for st in stages:
         needs |= st.needs(graph)
     acts, norms = graph.activations_and_norms(xb, needs | {out.start.name})
@@ -299,7 +305,7 @@ def _certify_sound(
                 om = _compose_forward(graph, stages, mods, v)
                 trace[v] = om[target].inverse(kappa) if target in om else kappa
             trace[target] = kappa
-    return radius, label, runner, margin, trace
+    return radius, label, runner, margin, trace, acts
 
 
 def _certify_peck(
@@ -375,15 +381,18 @@ def certify(
         )
     base = "sound" if method == "sound-local" else method
     plan = _plan(graph, base)
-    run = _certify_sound if base == "sound" else _certify_peck
-    parts: list[tuple[torch.Tensor, ...]] = []
+    parts: list[tuple[Any, ...]] = []
     for s in range(0, x.shape[0], batch_size):
         xb = x[s : s + batch_size].to(graph.device)
-        part = run(graph, xb, plan, trace)
         if method == "sound-local":
-            from boundkit.bounds.local import refine
+            from boundkit.bounds.local import local_needs, refine
 
-            part = (refine(graph, xb, part[0]), *part[1:])
+            part = _certify_sound(graph, xb, plan, trace, local_needs(graph, plan["output"]))
+            part = (refine(graph, plan["output"], part[5], part[0]), *part[1:5])
+        elif base == "sound":
+            part = _certify_sound(graph, xb, plan, trace)[:5]
+        else:
+            part = _certify_peck(graph, xb, plan, trace)
         parts.append(part)
     radius = torch.cat([p[0] for p in parts]).to(torch.float64)
     if base == "sound":

@@ -79,14 +79,21 @@ def _masked_norm(gram: torch.Tensor, mask: torch.Tensor, global_norm: float) -> 
     return torch.clamp(inflate(torch.sqrt(lam * (1 + 1e-12))), max=global_norm)
 
 
+def local_needs(graph: Graph, out: SoundOutput) -> set[str]:
+    """Activations :func:`refine` reads: the pre-activations of the (Linear, ReLU) pairs."""
+    split = relu_pairs(graph, out)
+    return set() if split is None else {lin.name for lin, _ in split[1]}
+
+
 def refine(
     graph: Graph,
-    xb: torch.Tensor,
+    out: SoundOutput,
+    acts: dict[str, torch.Tensor],
     base_radius: torch.Tensor,
     steps: int = 30,
 ) -> torch.Tensor:
-    """The sound-local radius (never below ``base_radius``)."""
-    out = SoundOutput(graph)
+    """The sound-local radius (never below ``base_radius``), from the activations and
+    rounding bounds (``__err__<node>``) of the sound pass at the same inputs."""
     split = relu_pairs(graph, out)
     if split is None:
         return base_radius
@@ -97,12 +104,8 @@ def refine(
         if rule is None or n.op in ("add", "cat"):
             return base_radius
         prefix_lip *= rule.lipschitz(n, graph)  # type: ignore[union-attr]
-    from boundkit.bounds.engine import _rounding_errors
-
-    names = [lin.name for lin, _ in pairs]
-    acts, norms = graph.activations_and_norms(xb, set(names) | {out.start.name})
-    bsz = xb.shape[0]
-    err = _rounding_errors(graph, norms, bsz)
+    bsz = base_radius.shape[0]
+    err = {name[len("__err__"):]: v for name, v in acts.items() if name.startswith("__err__")}
     logits = acts[graph.logits.name]
     a_rows = out.jacobian(graph)
     # the computed rows of A err by at most jacobian_error each; a pair difference by twice
