@@ -97,8 +97,9 @@ def main() -> None:
     p.add_argument("--cifar-samples", type=int, default=100)
     p.add_argument("--budget", type=int, default=100, help="steps per member of `best`")
     p.add_argument("--lenet-epochs", type=int, default=5)
-    p.add_argument("--cifar-epochs", type=int, default=4)
-    p.add_argument("--cifar-train", type=int, default=20000, help="CIFAR-10 training images")
+    p.add_argument("--cifar-epochs", type=int, default=5)
+    p.add_argument("--cifar-train", type=int, default=None,
+                   help="CIFAR-10 training images (default: all 50,000)")
     args = p.parse_args()
     if args.quick:
         args.mnist_samples, args.cifar_samples, args.budget = 30, 20, 20
