@@ -10,9 +10,12 @@ Same process, same trained model, same samples, same step budgets:
 
 on an MNIST MLP (784-100-100-10 ReLU, zoo name ``mlp_mnist``) and LeNet-5 (``lenet5``) trained
 here with ``boundkit.models.train.train_model``, on the first ``--n-samples`` correctly
-classified test digits.  Every returned example, from every library, is re-verified with
-boundkit's :func:`boundkit.attacks.base.verify` (model re-run in float32, box [0, 1], L2 norm
-in float64); unverified examples count as failures.
+classified test digits.  ``--models tiny`` adds a 784-8-8-10 ReLU MLP (``mlp_mnist_tiny``,
+16 ReLUs) small enough for :func:`boundkit.exact_radius`: on it every attack is also compared
+with the exact minimal perturbation (box [0, 1]), which says how far from optimal the
+attacks, ours and the references, really are.  Every returned example, from every library,
+is re-verified with boundkit's :func:`boundkit.attacks.base.verify` (model re-run in
+float32, box [0, 1], L2 norm in float64); unverified examples count as failures.
 
 Known pitfalls of the references, handled and reported (not copied):
 
@@ -59,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 import boundkit.attacks as A  # noqa: E402
 from boundkit.attacks.base import Misclassification, verify  # noqa: E402
 
-ZOO = {"mlp": ("mlp_mnist", 10), "lenet5": ("lenet5", 5)}
+ZOO = {"mlp": ("mlp_mnist", 10), "lenet5": ("lenet5", 5), "tiny": ("mlp_mnist_tiny", 20)}
 
 
 def _stub_modules() -> None:
@@ -217,6 +220,54 @@ print(base / 1024, hwm() / 1024)
             f"deepfool, ddn, fmn, cw, best on 1,000 samples in one batch")
 
 
+def exact_radii(model, x, name: str, args) -> dict[str, Any] | None:
+    """Exact minimal perturbations (box [0, 1]) when the model is within the exact oracle's
+    size limit, else ``None``; cached in ``--cache-dir`` like the reference rows."""
+    from boundkit.exact import ExactSizeError, exact_radius
+
+    cfile = (Path(args.cache_dir) / f"{name}-{len(x)}-exact.pt") if args.cache_dir else None
+    if cfile is not None and cfile.exists():
+        return torch.load(cfile)
+    t = time.perf_counter()
+    try:
+        r = exact_radius(model, x, box=(0.0, 1.0))
+    except ExactSizeError:
+        return None
+    out = {"radius": r.double().cpu(), "seconds": time.perf_counter() - t}
+    print(f"  exact radius (boundkit.exact)    median {float(r.median()):.4f} "
+          f"{out['seconds']:.1f}s", flush=True)
+    if cfile is not None:
+        cfile.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(out, cfile)
+    return out
+
+
+def exact_table(res: dict[str, dict[str, Any]], exact: dict[str, Any]) -> list[str]:
+    """Every attack against the exact minimal perturbation, per sample."""
+    ex = exact["radius"]
+    ex_med = float(torch.quantile(ex, 0.5, interpolation="lower"))
+    lines = [f"Exact minimal perturbation (`boundkit.exact_radius`, box [0, 1]): median "
+             f"{ex_med:.4f}, {exact['seconds']:.0f} s for {len(ex)} samples.", "",
+             "| attack / library | median L2 / exact median | median per-sample norm/exact | "
+             "samples within 1% of exact | min per-sample norm/exact |", "|---|---|---|---|---|"]
+    for k, r in res.items():
+        ratio = r["norm"] / ex
+        med = float(torch.quantile(r["norm"], 0.5, interpolation="lower"))
+        within = float(((ratio <= 1.01) & r["success"]).double().mean()) * 100
+        lines.append(f"| {k} | {med / ex_med:.4f} | "
+                     f"{float(torch.quantile(ratio, 0.5, interpolation='lower')):.4f} | "
+                     f"{within:.1f}% | {float(ratio.min()):.6f} |")
+    refs = {k: float(torch.quantile(v["norm"], 0.5, interpolation="lower"))
+            for k, v in res.items() if "boundkit" not in k}
+    if refs:
+        best_ref = min(refs, key=refs.get)
+        lines += ["", f"Best reference median / exact median: **{refs[best_ref] / ex_med:.4f}** "
+                  f"({best_ref}).  No attack can go below the exact radius, so on this model "
+                  f"the lowest reachable ratio of any attack to the best reference is "
+                  f"{ex_med / refs[best_ref]:.4f}.", ""]
+    return lines
+
+
 def fmt_table(model_name: str, res: dict[str, dict[str, Any]], n: int) -> list[str]:
     lines = [f"### {model_name} ({n} correctly classified test samples)", "",
              "| attack / library | median L2 | success | time (s) |", "|---|---|---|---|"]
@@ -313,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         x, y = select(model, args.data_root, args.n_samples)
         print(f"[{name}] trained in {time.perf_counter() - t:.0f}s; {len(x)} samples", flush=True)
         res: dict[str, dict[str, Any]] = {}
+        exact = exact_radii(model, x, name, args)
         jobs = {**references(model, x, y, args), **ours(model, x, y, args)}
         order = sorted(jobs, key=lambda k: (k.split("/")[0], "boundkit" in k))
         cached: list[str] = []
@@ -343,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" Reference rows reused from an earlier run of this script with the same "
                      f"settings (`--cache-dir`): {', '.join(cached)}." if cached else ""), ""]
         lines += fmt_table(name, res, len(x))
+        if exact is not None:
+            lines += exact_table(res, exact)
         if not args.no_memory_check:
             lines += [f"Memory ({name}): {memory_check(name, args.data_root)}", ""]
     lines += [f"Process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"

@@ -90,8 +90,10 @@ class CarliniWagner(Attack):
             lo, hi = box
             span = hi - lo
 
+            half, mid = span / 2, lo + span / 2
+
             def to_x(w: Tensor) -> Tensor:
-                return lo + span * (torch.tanh(w) + 1) / 2
+                return torch.tanh(w) * half + mid
 
             w0 = _atanh(((x - lo) / span * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6) * 0.999999)
         else:
@@ -128,17 +130,20 @@ class CarliniWagner(Attack):
                 with torch.no_grad():
                     xa = xa.detach()
                     is_adv = criterion.is_adversarial(logits)
-                    norm = (xa - x).flatten(1).norm(p=2, dim=1)
+                    # ||x' - x0|| ranks candidates (x0 is x up to the tanh round trip, ~1e-6);
+                    # the returned example's true norm is measured again by the verification
+                    norm = d2.detach().sqrt()
                     better = is_adv & (norm < best_norm)
                     best_norm = torch.where(better, norm, best_norm)
                     best = torch.where(atleast_kd(better, k), xa, best)
                     found |= is_adv
+                    # Adam, in place: w -= lr * m_hat / (sqrt(v_hat) + eps)
                     w = w.detach()
                     m.mul_(b1).add_(g, alpha=1 - b1)
                     v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    mh = m / (1 - b1**t)
-                    vh = v / (1 - b2**t)
-                    w = w - self.learning_rate * mh / (vh.sqrt() + eps_adam)
+                    bc1, bc2 = 1 - b1**t, math.sqrt(1 - b2**t)
+                    w.addcdiv_(m, v.sqrt().div_(bc2).add_(eps_adam),
+                               value=-self.learning_rate / bc1)
                     # checked at the first step and every tenth of the steps after it, as
                     # in Carlini's code and Foolbox (the first check only records the loss)
                     if self.abort_early and (t - 1) % check_every == 0:

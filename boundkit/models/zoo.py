@@ -288,6 +288,17 @@ def _entries() -> list[ZooEntry]:
             "Ch. 4 (smooth MLP)",
         ),
         ZooEntry(
+            "mlp_mnist_tiny",
+            part(mlp, sizes=[784, 8, 8, 10], activation="relu", flatten=True),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "784-8-8-10 ReLU (16 ReLUs: small enough for the exact oracle)",
+            "project addition (attack optimality against the exact radius)",
+            epochs=20,
+            batch_size=64,
+        ),
+        ZooEntry(
             "small_cnn",
             small_cnn,
             (1, 28, 28),
