@@ -20,6 +20,15 @@ Default members (:data:`DEFAULT_MEMBERS`, chosen for undefended MNIST-sized netw
 
 each followed by the boundary refinement (10 iterations, 3 candidate classes).  ``budget``
 (gradient steps per sample per member) replaces the members' own step counts.
+
+**Fallback from the batch** (``batch_fallback=True``): gradient-based members can all fail on
+a sample whose neighbourhood has zero gradients (dead ReLUs, saturated units, a constant
+region).  For every sample no member made adversarial, the nearest other input of the batch
+that already satisfies the criterion for it (untargeted: a point the model assigns another
+class; targeted: one it assigns the target) is an adversarial starting point; the segment
+to it is bisected onto the decision boundary and FMN (``init`` = that point, the same steps
+as the FMN member) shrinks it.  Samples for which the batch holds no such point stay
+failures.
 """
 
 from __future__ import annotations
@@ -66,6 +75,9 @@ class BestEnsemble(Attack):
     refine_candidates: classes linearised per refinement iteration (3).
     budget: if given, the ``steps``-like options of every member implied by this budget
         (overrides the member's own step options).
+    batch_fallback: for samples no member made adversarial, start FMN from the nearest other
+        batch input that satisfies the criterion (see the module docstring; True).
+    fallback_steps: FMN steps of that fallback (1000; ``budget`` overrides it).
     """
 
     name = "best"
@@ -78,6 +90,8 @@ class BestEnsemble(Attack):
         refine_candidates: int = 3,
         budget: int | None = None,
         refine_steps: int = 10,
+        batch_fallback: bool = True,
+        fallback_steps: int = 1000,
     ) -> None:
         super().__init__(refine_steps=refine_steps)
         specs = DEFAULT_MEMBERS if members is None else members
@@ -89,6 +103,8 @@ class BestEnsemble(Attack):
         self.refine_boundary_steps = int(refine_boundary_steps)
         self.refine_candidates = int(refine_candidates)
         self.budget = budget
+        self.batch_fallback = bool(batch_fallback)
+        self.fallback_steps = int(fallback_steps if budget is None else budget)
 
     @classmethod
     def budget_to_options(cls, budget: int) -> dict[str, Any]:
@@ -172,5 +188,48 @@ class BestEnsemble(Attack):
             consider(cand, name)
             if self.refine_boundary_steps > 0:
                 consider(refiner(model, x, cand, criterion, box), name + "+refine")
+        if self.batch_fallback and not bool(best_success.all()):
+            cand = self._from_batch(model, x, criterion, ~best_success, box, generator)
+            if cand is not None:
+                consider(cand, "batch-start+fmn")
+                if self.refine_boundary_steps > 0:
+                    consider(refiner(model, x, cand, criterion, box), "batch-start+fmn+refine")
         found_by = [names[i] if i >= 0 else "" for i in source.tolist()]
         return best, best_success, best_norm, best_label, found_by
+
+    def _from_batch(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        criterion: Criterion,
+        failed: Tensor,
+        box: Box,
+        generator: torch.Generator | None,
+    ) -> Tensor | None:
+        """Candidates for the ``failed`` samples: FMN started from the nearest batch input
+        that satisfies each one's criterion (``x`` itself elsewhere); ``None`` if there is
+        no such input for any failed sample."""
+        from boundkit.attacks.fmn import FMN
+
+        fidx = failed.nonzero().squeeze(1)
+        n, nf = x.shape[0], fidx.shape[0]
+        with torch.no_grad():
+            logits = model(x)
+            # ok[i, j]: batch input j satisfies the criterion of failed sample i
+            rep = type(criterion)(criterion.labels[fidx].repeat_interleave(n))
+            ok = rep.is_adversarial(logits.repeat(nf, 1)).reshape(nf, n)
+            if box is not None:
+                flat = x.flatten(1)
+                inside = ((flat >= box[0]) & (flat <= box[1])).all(1)
+                ok &= inside[None, :]
+            dist = torch.cdist(x[fidx].flatten(1).double(), x.flatten(1).double())
+            dist = dist.masked_fill(~ok, float("inf"))
+            dmin, j = dist.min(1)
+        have = torch.isfinite(dmin)
+        if not bool(have.any()):
+            return None
+        sel, start = fidx[have], x[j[have]]
+        atk = FMN(steps=self.fallback_steps, init=start)
+        out = x.clone()
+        out[sel] = atk(model, x[sel], criterion.subset(sel), box=box, generator=generator)
+        return out

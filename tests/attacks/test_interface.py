@@ -247,3 +247,43 @@ def test_concat_of_chunk_results_equals_one_call():
     torch.testing.assert_close(joined.norm, whole.norm)
     torch.testing.assert_close(joined.x_adv, whole.x_adv)
     torch.testing.assert_close(joined.label, whole.label)
+
+
+class DeadZone(nn.Module):
+    """Class 1 iff ``10 relu(x_0 - 0.6) > 0.5``, i.e. ``x_0 > 0.65``; below ``x_0 = 0.6``
+    every logit is constant, so every gradient-based attack sees a zero gradient there.
+    Exact minimal perturbation (box [0, 1]) of a class-0 point: ``0.65 - x_0``."""
+
+    def forward(self, x):
+        z = 10 * torch.relu(x[:, :1] - 0.6) - 0.5
+        return torch.cat([torch.zeros_like(z), z], 1)
+
+
+def test_best_falls_back_on_batch_points_where_gradients_vanish():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 40, generator=g) * 0.4 + 0.3  # every coordinate in [0.3, 0.7]
+    x[:8, 0] = torch.linspace(0.1, 0.5, 8)  # class 0, in the zero-gradient zone
+    x[8:, 0] = 0.9  # class 1
+    model = DeadZone().eval()
+    opts = {"budget": 30, "seed": 0}
+    no_fb = A.attack(model, x, "best", batch_fallback=False, **opts)
+    res = A.attack(model, x, "best", **opts)
+    exact = 0.65 - x[:8, 0].double()
+    nearest = torch.cdist(x[:8].double(), x[8:].double()).min(1).values
+    stuck = ~no_fb.success[:8]  # the members alone are stuck in the dead zone
+    assert int(stuck.sum()) >= 3
+    assert bool(res.success.all())
+    assert bool((res.norm[:8] >= exact * (1 - 1e-6)).all())  # never below the exact radius
+    assert bool((res.norm[:8][stuck] <= nearest[stuck] + 1e-9).all())  # never worse than start
+    assert all(f.startswith("batch-start") for f, s in zip(res.found_by[:8], stuck) if s)
+    # FMN shrinks the start towards the exact minimal perturbation
+    assert float((res.norm[:8][stuck] / nearest[stuck]).max()) < 0.9
+
+
+def test_best_fallback_leaves_samples_without_a_start_as_failures():
+    x = torch.full((3, 400), 0.3)
+    x[:, 0] = torch.tensor([0.1, 0.12, 0.14])  # all class 0: the batch holds no start
+    res = A.attack(DeadZone().eval(), x, "best", budget=20, seed=0)
+    assert not any(f.startswith("batch-start") for f in res.found_by)
+    assert bool((~res.success).any())  # the members fail in 400 dimensions ...
+    assert all(f == "" for f, s in zip(res.found_by, res.success) if not s)  # ... and say so
