@@ -238,8 +238,19 @@ def attack_stacked(net: StackedNet, xi: torch.Tensor, method: str, **kw: Any) ->
     import boundkit as bk
 
     t0 = time.perf_counter()
+    if method == "best":
+        # the ensemble's own fallback starts from other batch inputs, i.e. from points of
+        # other stacked classifiers: replaced by the same fallback within each classifier
+        kw = {"batch_fallback": False, **kw}
     res = bk.attack(net, xi, method, box=None, **kw)
-    moved = (res.x_adv[:, -1] != xi[:, -1]) & res.success
+    x_adv, success = res.x_adv.clone(), res.success.clone()
+    moved = (x_adv[:, -1] != xi[:, -1]) & success
+    n_moved = int(moved.sum())  # members that changed the classifier index (discarded)
+    if method == "best":
+        success &= ~moved
+        x_adv[moved] = xi[moved]
+        _fallback_within_classifier(net, xi, x_adv, success, kw.get("budget") or 1000)
+        moved = (x_adv[:, -1] != xi[:, -1]) & success
     # certificates speak about the exact-arithmetic network: as bk.crosscheck does, keep an
     # example only if it is adversarial in float64 too (a float32 model can flip within its
     # rounding noise of the boundary, a few 1e-7 closer than the true minimal perturbation)
@@ -248,13 +259,43 @@ def attack_stacked(net: StackedNet, xi: torch.Tensor, method: str, **kw: Any) ->
     net64 = copy.deepcopy(net).double()
     with torch.no_grad():
         clean64 = net64(xi.double()).argmax(1)
-        adv64 = net64(res.x_adv.double()).argmax(1) != clean64
-    ok = res.success & ~moved & adv64
-    norm = (res.x_adv[:, :-1].double() - xi[:, :-1].double()).norm(dim=1)
+        adv64 = net64(x_adv.double()).argmax(1) != clean64
+    ok = success & ~moved & adv64
+    norm = (x_adv[:, :-1].double() - xi[:, :-1].double()).norm(dim=1)
     norm = torch.where(ok, norm, torch.full_like(norm, math.inf))
-    return {"norm": norm, "success": ok, "index_moved": int(moved.sum()),
-            "float32_only": int((res.success & ~moved & ~adv64).sum()),
+    return {"norm": norm, "success": ok, "index_moved": n_moved,
+            "float32_only": int((success & ~moved & ~adv64).sum()),
             "seconds": time.perf_counter() - t0, "found_by": list(res.found_by)}
+
+
+def _fallback_within_classifier(net: StackedNet, xi: torch.Tensor, x_adv: torch.Tensor,
+                                success: torch.Tensor, steps: int) -> None:
+    """The ``best`` ensemble's batch fallback, restricted to one classifier: for a sample no
+    member broke (saturated units, zero gradients), FMN starts from the nearest sample *of the
+    same stacked classifier* that it assigns another class (the ensemble's own fallback looks
+    at the whole batch, whose other classifiers are other functions).  Updates ``x_adv`` and
+    ``success`` in place where a verified, smaller adversarial example is found."""
+    import boundkit as bk
+
+    failed = (~success).nonzero().squeeze(1)
+    if failed.numel() == 0:
+        return
+    with torch.no_grad():
+        pred = net(xi).argmax(1)
+    idx = xi[:, -1]
+    same = idx[failed][:, None] == idx[None, :]
+    other = pred[failed][:, None] != pred[None, :]
+    dist = torch.cdist(xi[failed, :-1].double(), xi[:, :-1].double())
+    dist = dist.masked_fill(~(same & other), math.inf)
+    dmin, j = dist.min(1)
+    have = torch.isfinite(dmin)
+    if not bool(have.any()):
+        return
+    sel = failed[have]
+    r = bk.attack(net, xi[sel], "fmn", box=None, y=pred[sel], steps=steps,
+                  init=xi[j[have]])
+    x_adv[sel] = torch.where(r.success[:, None], r.x_adv, x_adv[sel])
+    success[sel] |= r.success
 
 
 def certify_stacked(net: StackedNet, x: torch.Tensor, per_model: int, method: str) -> torch.Tensor:
