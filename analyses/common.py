@@ -68,7 +68,13 @@ def seed_everything(seed: int) -> None:
 
 
 def command_line() -> str:
-    return "python " + " ".join([Path(sys.argv[0]).as_posix().split("/main/")[-1]] + sys.argv[1:])
+    """The command that ran this script, with the script's path relative to the repo."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(ROOT)
+    except ValueError:
+        pass
+    return "python " + " ".join([script.as_posix()] + sys.argv[1:])
 
 
 # --------------------------------------------------------------------------- stats

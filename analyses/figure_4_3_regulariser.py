@@ -33,7 +33,8 @@ def output_margin(model, xb, logits):
 
 def main() -> None:
     p = base_parser(__doc__)
-    p.add_argument("--weights", type=float, nargs="+", default=[0, 0.1, 0.3, 1, 3, 10])
+    p.add_argument("--weights", type=float, nargs="+",
+                   default=[0, 0.03, 0.1, 0.15, 0.2, 0.3, 1, 3, 10])
     p.add_argument("--epoch-scale", type=float, default=0.5,
                    help="fraction of the zoo's epoch count (300 UCI, 100 Spambase)")
     p.add_argument("--budget", type=int, default=100)
