@@ -280,7 +280,8 @@ def _fallback_within_classifier(net: StackedNet, xi: torch.Tensor, x_adv: torch.
     member broke (saturated units, zero gradients), FMN starts from the nearest sample *of the
     same stacked classifier* that it assigns another class (the ensemble's own fallback looks
     at the whole batch, whose other classifiers are other functions).  Updates ``x_adv`` and
-    ``success`` in place where a verified, smaller adversarial example is found."""
+    ``success`` in place for the failed samples on which FMN finds a verified adversarial
+    example (the float64 check of :func:`attack_stacked` still applies to them)."""
     import boundkit as bk
 
     failed = (~success).nonzero().squeeze(1)
