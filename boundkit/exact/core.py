@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,8 @@ class ExactResult:
     ``perturbation[n]`` attains it (it lies on the decision boundary); ``witness[n]`` is a
     point with ``argmax f(x_n + witness[n]) != c_n`` *strictly* and
     ``||witness[n]|| <= (1 + 1e-6) radius[n]`` (pushed slightly inside the adversarial region).
-    Rows with no class change anywhere (``radius = inf``) hold NaN and class -1.
+    Rows with no class change anywhere (``radius = inf``) hold NaN and class -1, as do rows
+    whose search went over budget with ``on_budget="nan"`` (``radius = NaN``: unknown).
     """
 
     radius: torch.Tensor  # [N] float64
@@ -164,6 +166,8 @@ def exact_radius(
     rtol: float = 1e-6,
     max_neurons: int = DEFAULT_MAX_NEURONS,
     max_regions: int = DEFAULT_MAX_REGIONS,
+    time_limit: float | None = None,
+    on_budget: str = "raise",
     return_details: bool = False,
     device: torch.device | str | None = None,
 ) -> torch.Tensor | ExactResult:
@@ -180,7 +184,10 @@ def exact_radius(
 
     Returns a float64 tensor ``[N]`` (``inf`` where no perturbation changes the class), or an
     :class:`ExactResult` with ``return_details=True``.  Raises :class:`ExactSizeError` above
-    ``max_neurons`` hidden ReLUs or when the search exceeds ``max_regions`` regions.
+    ``max_neurons`` hidden ReLUs or when the search for a sample exceeds ``max_regions``
+    regions or ``time_limit`` seconds (per sample; None = no limit).  With
+    ``on_budget="nan"`` such a sample gets radius NaN (and the other samples are still
+    solved) instead: a NaN is "unknown", never a bound.
     """
     if not isinstance(x, torch.Tensor):
         raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -192,6 +199,10 @@ def exact_radius(
         raise InputShapeError("x holds NaN or infinity")
     if not 0.0 <= rtol < 1.0:
         raise ValueError(f"rtol must be in [0, 1), got {rtol}")
+    if on_budget not in ("raise", "nan"):
+        raise ValueError(f"on_budget must be 'raise' or 'nan', got {on_budget!r}")
+    if time_limit is not None and not time_limit >= 0:
+        raise ValueError(f"time_limit must be >= 0 seconds or None, got {time_limit}")
     out_device = torch.device(device) if device is not None else x.device
     in_shape = tuple(int(s) for s in x.shape[1:])
     net = to_affine_relu(model, in_shape)
@@ -230,13 +241,19 @@ def exact_radius(
                 wit[idx] = pert[idx] * (1 + WITNESS_SLACK)
             regions[idx] = 1
             continue
+        deadline = None if time_limit is None else time.perf_counter() + time_limit
         try:
-            res = exact_search(net, xi, bx, rtol, max_regions)
+            res = exact_search(net, xi, bx, rtol, max_regions, deadline)
         except SearchBudgetExceeded as exc:
+            if on_budget == "nan":
+                radius[idx] = math.nan
+                regions[idx], nodes[idx] = exc.regions, exc.nodes
+                continue
             raise ExactSizeError(
-                f"sample {idx}: the exact search exceeded max_regions={max_regions} "
-                f"({exc.regions} regions, {exc.nodes} nodes) for a model with "
-                f"{net.num_hidden} hidden ReLUs; raise max_regions or use a smaller model"
+                f"sample {idx}: the exact search exceeded max_regions={max_regions} or "
+                f"time_limit={time_limit} s ({exc.regions} regions, {exc.nodes} nodes) for a "
+                f"model with {net.num_hidden} hidden ReLUs; raise the budget, use a smaller "
+                "model, or pass on_budget='nan' to skip such samples"
             ) from None
         radius[idx] = res.radius
         regions[idx], nodes[idx] = res.regions, res.nodes

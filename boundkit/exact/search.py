@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -213,8 +214,13 @@ def exact_search(
     box: tuple[np.ndarray, np.ndarray] | None,
     rtol: float,
     max_regions: int,
+    deadline: float | None = None,
 ) -> SearchResult:
-    """Exact ``rho(x)`` (to relative ``rtol``) by best-first branch-and-bound; see module doc."""
+    """Exact ``rho(x)`` (to relative ``rtol``) by best-first branch-and-bound; see module doc.
+
+    Raises :class:`SearchBudgetExceeded` beyond ``max_regions`` regions (``20 max_regions``
+    nodes) or, if given, once ``time.perf_counter()`` passes ``deadline`` (checked per node).
+    """
     d = net.in_dim
     nl = len(net.weights) - 1
     logits = net.forward(x[None])[0]
@@ -310,7 +316,8 @@ def exact_search(
                 break  # best-first: every remaining node is at least as far
             continue
         nodes += 1
-        if nodes > max_nodes or regions > max_regions:
+        if (nodes > max_nodes or regions > max_regions
+                or (deadline is not None and time.perf_counter() > deadline)):
             raise SearchBudgetExceeded(regions, nodes)
         lb_in = node.lb
         if node.point is None:

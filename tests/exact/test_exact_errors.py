@@ -82,3 +82,35 @@ def test_wrong_input_shape_is_refused(x: torch.Tensor) -> None:
 def test_input_outside_box_is_refused() -> None:
     with pytest.raises(InputShapeError, match="outside the box"):
         exact_radius(mlp((2, 3, 2), 0), torch.full((1, 2), 2.0), box=(0.0, 1.0))
+
+
+def test_over_budget_samples_are_nan_and_the_rest_solved_with_on_budget_nan() -> None:
+    model = mlp((4, 12, 12, 3), 3)
+    # about 5,700 branch-and-bound nodes for the first input, 234 for the second
+    hard = torch.randn(1, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 3
+    easy = torch.zeros(1, 4, dtype=torch.float64)
+    exact_easy = exact_radius(model, easy, rtol=0.0)
+    res = exact_radius(model, torch.cat([hard, easy]), max_regions=20, rtol=0.0,
+                       on_budget="nan", return_details=True)  # 20 regions = 400 nodes
+    assert torch.isnan(res.radius[0]) and int(res.adversarial_class[0]) == -1
+    assert bool(torch.isnan(res.perturbation[0]).all())
+    assert torch.equal(res.radius[1:], exact_easy)  # the rest of the batch is still solved
+    with pytest.raises(ExactSizeError, match="on_budget='nan'"):
+        exact_radius(model, torch.cat([hard, easy]), max_regions=20, rtol=0.0)
+
+
+def test_time_limit_is_a_budget() -> None:
+    model = mlp((4, 12, 12, 3), 3)
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    with pytest.raises(ExactSizeError, match="time_limit=0"):
+        exact_radius(model, x, time_limit=0.0, rtol=0.0)
+    r = exact_radius(model, x, time_limit=0.0, on_budget="nan", rtol=0.0)
+    assert bool(torch.isnan(r).all())
+
+
+def test_bad_budget_options_are_refused() -> None:
+    model = mlp((2, 4, 2), 0)
+    with pytest.raises(ValueError, match="on_budget"):
+        exact_radius(model, torch.zeros(1, 2), on_budget="skip")
+    with pytest.raises(ValueError, match="time_limit"):
+        exact_radius(model, torch.zeros(1, 2), time_limit=-1.0)
