@@ -208,7 +208,7 @@ class ALMA(Attack):
                 better = is_adv & (dnorm < best_norm)
                 if bool(better.any()):
                     best_norm = torch.where(better, dnorm, best_norm)
-                    best = torch.where(atleast_kd(better, k), x_in.detach(), best)
+                    best[better] = x_in.detach()[better]  # the improved rows only
                 step_found = torch.where(~found & is_adv, torch.full_like(step_found, i),
                                          step_found)
                 found |= is_adv

@@ -100,7 +100,7 @@ class DDN(Attack):
                 better = is_adv & (norm < best_norm)
                 if bool(better.any()):
                     best_norm = torch.where(better, norm, best_norm)
-                    best = torch.where(atleast_kd(better, k), x_in.detach(), best)
+                    best[better] = x_in.detach()[better]  # the improved rows only
 
                 gn = l2_norms(g)
                 zero = gn == 0

@@ -123,6 +123,8 @@ class FMN(Attack):
             best_norm = torch.where(ok, l2_norms(delta), best_norm)
             best = torch.where(atleast_kd(ok, k), start, best)
             found = ok.clone()
+        if box is not None:
+            d_lo, d_hi = box[0] - x, box[1] - x
         steps = self.steps
         for i in range(steps):
             cos = 0.5 * (1 + math.cos(math.pi * i / steps))
@@ -140,7 +142,7 @@ class FMN(Attack):
                 better = is_adv & (dnorm < best_norm)
                 if bool(better.any()):
                     best_norm = torch.where(better, dnorm, best_norm)
-                    best = torch.where(atleast_kd(better, k), x_in.detach(), best)
+                    best[better] = x_in.detach()[better]  # copies the improved rows only
                 found |= is_adv
                 gn = l2_norms(g).clamp_min(1e-12)
                 to_boundary = dnorm + loss.abs() / gn
@@ -150,11 +152,12 @@ class FMN(Attack):
                     torch.where(found, eps * (1 + gamma), to_boundary),
                 )
                 eps = torch.minimum(eps, worst)
-                delta = delta - atleast_kd(alpha / gn, k) * g
+                delta.addcmul_(atleast_kd(-alpha / gn, k), g)
                 dn = l2_norms(delta).clamp_min(1e-12)
                 delta.mul_(atleast_kd(torch.clamp(eps / dn, max=1.0), k))
                 if box is not None:
-                    delta = (x + delta).clamp_(box[0], box[1]).sub_(x)
+                    # x + delta in the box <=> lo - x <= delta <= hi - x (bounds set once)
+                    delta.clamp_(min=d_lo, max=d_hi)
         with torch.no_grad():
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))
