@@ -49,7 +49,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd, l2_norms
+from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd, keep_best, l2_norms
 
 __all__ = ["ALMA", "p2_penalty"]
 
@@ -205,10 +205,7 @@ class ALMA(Attack):
                 if i:
                     g.addcmul_(delta, atleast_kd(1 / dnorm.clamp_min(1e-30), k))
                 is_adv = criterion.is_adversarial(logits)
-                better = is_adv & (dnorm < best_norm)
-                if bool(better.any()):
-                    best_norm = torch.where(better, dnorm, best_norm)
-                    best[better] = x_in.detach()[better]  # the improved rows only
+                best_norm = keep_best(best, best_norm, x_in.detach(), dnorm, is_adv)
                 step_found = torch.where(~found & is_adv, torch.full_like(step_found, i),
                                          step_found)
                 found |= is_adv
@@ -230,6 +227,5 @@ class ALMA(Attack):
         with torch.no_grad():
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))
-            better = is_adv & (l2_norms(delta) < best_norm)
-            best = torch.where(atleast_kd(better, k), x_last, best)
+            keep_best(best, best_norm, x_last, l2_norms(delta), is_adv)
         return best

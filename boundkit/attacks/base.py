@@ -49,6 +49,7 @@ __all__ = [
     "clip_to_box",
     "box_diameter",
     "verify",
+    "keep_best",
     "boundary_bisection",
     "model_dtype",
     "model_device",
@@ -167,6 +168,18 @@ class AttackResult:
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
+
+
+def keep_best(best: Tensor, best_norm: Tensor, cand: Tensor, norm: Tensor,
+              is_adv: Tensor) -> Tensor:
+    """Best-so-far tracking of the iterative attacks: where ``cand`` is adversarial and
+    smaller than the best so far, copy its rows into ``best`` (in place) and return the
+    updated ``best_norm`` (the input itself when nothing improved)."""
+    better = is_adv & (norm < best_norm)
+    if not bool(better.any()):
+        return best_norm
+    best[better] = cand[better]
+    return torch.where(better, norm, best_norm)
 
 
 def atleast_kd(t: Tensor, k: int) -> Tensor:

@@ -26,7 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd, box_diameter, l2_norms
+from boundkit.attacks.base import (
+    Attack,
+    Box,
+    Criterion,
+    atleast_kd,
+    box_diameter,
+    keep_best,
+    l2_norms,
+)
 
 __all__ = ["DDN"]
 
@@ -97,10 +105,7 @@ class DDN(Attack):
             with torch.no_grad():
                 is_adv = criterion.is_adversarial(logits)
                 norm = l2_norms(delta)
-                better = is_adv & (norm < best_norm)
-                if bool(better.any()):
-                    best_norm = torch.where(better, norm, best_norm)
-                    best[better] = x_in.detach()[better]  # the improved rows only
+                best_norm = keep_best(best, best_norm, x_in.detach(), norm, is_adv)
 
                 gn = l2_norms(g)
                 zero = gn == 0
@@ -120,6 +125,5 @@ class DDN(Attack):
         with torch.no_grad():
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))
-            better = is_adv & (l2_norms(delta) < best_norm)
-            best = torch.where(atleast_kd(better, k), x_last, best)
+            keep_best(best, best_norm, x_last, l2_norms(delta), is_adv)
         return best

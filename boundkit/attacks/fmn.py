@@ -38,6 +38,7 @@ from boundkit.attacks.base import (
     atleast_kd,
     boundary_bisection,
     box_diameter,
+    keep_best,
     l2_norms,
 )
 
@@ -139,10 +140,7 @@ class FMN(Attack):
                 loss = loss.detach()
                 is_adv = criterion.is_adversarial(logits)
                 dnorm = l2_norms(delta)
-                better = is_adv & (dnorm < best_norm)
-                if bool(better.any()):
-                    best_norm = torch.where(better, dnorm, best_norm)
-                    best[better] = x_in.detach()[better]  # copies the improved rows only
+                best_norm = keep_best(best, best_norm, x_in.detach(), dnorm, is_adv)
                 found |= is_adv
                 gn = l2_norms(g).clamp_min(1e-12)
                 to_boundary = dnorm + loss.abs() / gn
@@ -161,6 +159,5 @@ class FMN(Attack):
         with torch.no_grad():
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))
-            better = is_adv & (l2_norms(delta) < best_norm)
-            best = torch.where(atleast_kd(better, k), x_last, best)
+            keep_best(best, best_norm, x_last, l2_norms(delta), is_adv)
         return best

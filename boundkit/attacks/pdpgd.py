@@ -34,7 +34,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd, l2_norms
+from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd, keep_best, l2_norms
 
 __all__ = ["PDGD", "PDPGD"]
 
@@ -97,9 +97,7 @@ class _PrimalDual(Attack):
             with torch.no_grad():
                 is_adv = criterion.is_adversarial(logits)
                 norm = l2_norms(r)
-                better = is_adv & (norm < best_norm)
-                best_norm = torch.where(better, norm, best_norm)
-                best = torch.where(atleast_kd(better, k), x_in.detach(), best)
+                best_norm = keep_best(best, best_norm, x_in.detach(), norm, is_adv)
                 if self.proximal:
                     gn = l2_norms(g).clamp_min(1e-12)
                     v = r - lr * atleast_kd(w_con, k) * g / atleast_kd(gn, k)
@@ -121,8 +119,7 @@ class _PrimalDual(Attack):
         with torch.no_grad():
             x_last = x + r
             is_adv = criterion.is_adversarial(model(x_last))
-            better = is_adv & (l2_norms(r) < best_norm)
-            best = torch.where(atleast_kd(better, k), x_last, best)
+            keep_best(best, best_norm, x_last, l2_norms(r), is_adv)
         return best
 
 
