@@ -45,3 +45,8 @@ class ModelFileError(ModelError):
 
 class SoundnessViolation(BoundkitError):
     """A certified radius exceeded the norm of a verified adversarial perturbation."""
+
+
+class FidelityError(ModelError):
+    """The captured graph does not compute what the model computes (checked on the inputs
+    being certified before any certificate is returned)."""

@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 import torch
+
+
+class SampleStatus(IntEnum):
+    """Why a sample's radius is what it is (``Certificate.status``)."""
+
+    #: the radius is the method's bound
+    OK = 0
+    #: the model itself, in its own dtype, predicts another class than the float64 graph:
+    #: radius 0 (nothing is certified about the class the model outputs)
+    MODEL_DISAGREES = 1
+    #: the float64 margin is within the model's own rounding of a tie: radius 0
+    MODEL_NEAR_TIE = 2
+    #: some value left float64's analysed range (subnormal, overflowing or non-finite
+    #: intermediates, ``docs/theory/numerics.md``): radius 0
+    UNSAFE_NUMERICS = 3
+
+    def describe(self) -> str:
+        return {
+            SampleStatus.OK: "certified by the method",
+            SampleStatus.MODEL_DISAGREES: "the model's own dtype predicts another class: 0",
+            SampleStatus.MODEL_NEAR_TIE: "within the model's rounding of a tie: 0",
+            SampleStatus.UNSAFE_NUMERICS: "values outside float64's analysed range: 0",
+        }[self]
 
 
 @dataclass
@@ -25,6 +49,10 @@ class Certificate:
             order, from the input (equal to ``radius``) to the margin stage.
         method: the method that produced it.
         node_ops: node name -> op kind, for the nodes of ``trace``.
+        status: int8 [N], a :class:`SampleStatus` per sample; every status but ``OK`` sets
+            the radius to 0 (see :meth:`reasons`).
+        model_label: int64 [N], the class the model itself predicts in its own dtype.
+        is_guarantee: False for methods whose numbers are not proven (``peck2017``).
     """
 
     radius: torch.Tensor
@@ -35,6 +63,19 @@ class Certificate:
     method: str
     node_ops: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    status: torch.Tensor | None = None
+    model_label: torch.Tensor | None = None
+    is_guarantee: bool = True
+
+    def __post_init__(self) -> None:
+        if self.status is None:
+            self.status = torch.zeros(self.radius.shape[0], dtype=torch.int8)
+        if self.model_label is None:
+            self.model_label = self.label.clone()
+
+    def reasons(self) -> list[str]:
+        """Per sample, why its radius is what it is (:meth:`SampleStatus.describe`)."""
+        return [SampleStatus(int(s)).describe() for s in self.status.tolist()]
 
     def __len__(self) -> int:
         return int(self.radius.shape[0])
@@ -60,9 +101,17 @@ class Certificate:
         return [names[i] for i in idx.tolist()]
 
     def summary(self) -> dict[str, float]:
-        """Mean / median / min / max of the radius."""
+        """Mean / median / min / max of the radius, the number of samples per non-OK status,
+        and ``guarantee`` (1.0 for a proven method, 0.0 for ``peck2017``)."""
         r = self.radius
+        counts = {
+            f"n_{SampleStatus(k).name.lower()}": float((self.status == k).sum())
+            for k in SampleStatus
+            if k != SampleStatus.OK
+        }
         return {
+            "guarantee": float(self.is_guarantee),
+            **counts,
             "n": float(r.numel()),
             "mean": float(r.mean()),
             "median": float(r.median()),
@@ -80,12 +129,18 @@ class Certificate:
             "margin": self.margin.tolist(),
             "trace": {k: v.tolist() for k, v in self.trace.items()},
             "node_ops": dict(self.node_ops),
+            "is_guarantee": self.is_guarantee,
+            "status": [SampleStatus(int(v)).name for v in self.status.tolist()],
+            "model_label": self.model_label.tolist(),
             "info": {k: v for k, v in self.info.items() if isinstance(v, (int, float, str))},
         }
 
     def __repr__(self) -> str:
         s = self.summary()
+        flagged = int(sum(v for k, v in s.items() if k.startswith("n_") and k != "n"))
+        extra = f", {flagged} set to 0 (see reasons())" if flagged else ""
+        kind = "" if self.is_guarantee else ", NOT a guarantee"
         return (
-            f"Certificate(method={self.method!r}, n={len(self)}, median radius "
-            f"{s['median']:.4g}, min {s['min']:.4g}, max {s['max']:.4g})"
+            f"Certificate(method={self.method!r}{kind}, n={len(self)}, median radius "
+            f"{s['median']:.4g}, min {s['min']:.4g}, max {s['max']:.4g}{extra})"
         )

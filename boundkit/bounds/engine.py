@@ -19,46 +19,28 @@ class-changing perturbation back to the input, node by node (thesis Algorithm 5.
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from boundkit.bounds.certificate import Certificate
+from boundkit.bounds.certificate import Certificate, SampleStatus
 from boundkit.bounds.mlp import FC_ACTIVATIONS, SMOOTH_OPS, PeckBlock, SmoothBlock, find_blocks
 from boundkit.bounds.modulus import Modulus
+from boundkit.bounds.numerics import underflow_error, unsafe_range
 from boundkit.bounds.output import PeckOutput, SoundOutput
-from boundkit.bounds.registry import BackwardRule, SoundRule, get_rule
+from boundkit.bounds.registry import BackwardRule, SoundRule, custom_module_ops, get_rule
+from boundkit.bounds.structural import merge_factors
 from boundkit.errors import InputShapeError, UnsupportedLayerError
-from boundkit.graph.capture import capture
-from boundkit.graph.graph import Graph, Node
-
-_GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[Any, Graph]] = weakref.WeakKeyDictionary()
-
-
-def _fingerprint(model: nn.Module, x: torch.Tensor) -> tuple:
-    tensors = list(model.parameters()) + list(model.buffers())
-    return (
-        tuple(x.shape[1:]),
-        tuple((id(t), t._version, t.data_ptr()) for t in tensors),
-        tuple(m.training for m in model.modules()),
-    )
-
+from boundkit.graph.cache import check_graph
+from boundkit.graph.cache import graph_for as cached_graph
+from boundkit.graph.fidelity import check_fidelity
+from boundkit.graph.graph import MERGE_OPS, Graph, Node
 
 def graph_for(model: nn.Module, x: torch.Tensor, device: torch.device | str | None) -> Graph:
-    """Capture ``model`` (cached per model while its parameters are unchanged)."""
-    key = _fingerprint(model, x)
-    hit = _GRAPHS.get(model)
-    same_device = device is None or (hit is not None and hit[1].device == torch.device(device))
-    if hit is not None and hit[0] == key and same_device:
-        return hit[1]
-    graph = capture(model, x, device=device)
-    try:
-        _GRAPHS[model] = (key, graph)
-    except TypeError:  # a module that cannot be weakly referenced
-        pass
-    return graph
+    """The graph of ``model`` (:func:`boundkit.graph.cache.graph_for`), with the module
+    classes users registered rules for captured as single nodes."""
+    return cached_graph(model, x, device, leaf_modules=custom_module_ops())
 
 
 def check_input(graph: Graph, x: torch.Tensor) -> None:
@@ -199,14 +181,20 @@ def _rounding_errors(
         assert isinstance(rule, SoundRule)
         ins = [err[i] for i in n.inputs]
         lip = rule.lipschitz(n, graph)
-        if n.op == "cat":
-            carried = torch.sqrt(sum(e * e for e in ins))
-        elif n.op == "add":
-            carried = ins[0] + (lip * ins[1] if len(ins) > 1 else 0.0)
+        if n.op in MERGE_OPS:
+            factors = merge_factors(n)
+            if n.op == "cat":
+                carried = torch.sqrt(sum(e * e for e in ins))
+            else:
+                carried = sum(f * e for f, e in zip(factors, ins))
+            in_norm = sum(f * norms[i] for f, i in zip(factors, n.inputs))
+            shift = n.attrs.get("shift")
+            if shift is not None:
+                in_norm = in_norm + float(shift.broadcast_to(n.out_shape).norm())
         else:
             carried = lip * ins[0] if ins else torch.zeros(bsz, dtype=torch.float64, device=dev)
-        in_norm = norms[n.inputs[0]] if n.inputs else torch.zeros_like(carried)
-        inj = rule.rounding(n, graph, in_norm, norms[n.name])
+            in_norm = norms[n.inputs[0]] if n.inputs else torch.zeros_like(carried)
+        inj = rule.rounding(n, graph, in_norm, norms[n.name]) + underflow_error(n)
         dev_bound = getattr(rule, "deviation", None)
         extra = dev_bound(n, graph) if dev_bound is not None else 0.0
         err[n.name] = (carried + inj + extra) * (1 + 1e-6)
@@ -229,19 +217,21 @@ def _compose_forward(
     omega: dict[str, Modulus] = {source: Modulus.identity()}
     for st in stages:
         first, last = st.nodes[0], st.nodes[-1]
-        if first.op in ("add", "cat"):
+        if first.op in MERGE_OPS:
             parts = [omega.get(i) for i in first.inputs]
             if all(p is None for p in parts):
                 continue
-            parts = [p if p is not None else Modulus.zero() for p in parts]
+            factors = merge_factors(first)
+            scaled = [
+                (p if p is not None else Modulus.zero()).scale(f) for p, f in zip(parts, factors)
+            ]
             if first.op == "add":
-                alpha = abs(float(first.attrs.get("alpha", 1.0)))
-                total = parts[0]
-                for p in parts[1:]:
-                    total = total + p.scale(alpha)
+                total = scaled[0]
+                for p in scaled[1:]:
+                    total = total + p
                 omega[last.name] = total
             else:
-                omega[last.name] = Modulus.euclid(parts)
+                omega[last.name] = Modulus.euclid(scaled)
             continue
         inner = omega.get(first.inputs[0])
         if inner is None:
@@ -257,8 +247,10 @@ def _certify_sound(
     want_trace: bool,
     extra_needs: set[str] | None = None,
 ) -> tuple[Any, ...]:
-    """(radius, label, runner-up, margin, trace, activations); the activations include the
-    rounding bounds as ``__err__<node>`` and the nodes of ``extra_needs``."""
+    """(radius, label, runner-up, margin, trace, activations, unsafe); the activations
+    include the rounding bounds as ``__err__<node>`` and the nodes of ``extra_needs``;
+    ``unsafe`` [N] marks samples whose values leave float64's safe range
+    (:func:`~boundkit.bounds.numerics.unsafe_range`)."""
     out: SoundOutput = plan["output"]
     stages = plan["stages"]
     needs: set[str] = set(extra_needs or ())
@@ -267,13 +259,14 @@ def _certify_sound(
     acts, norms = graph.activations_and_norms(xb, needs | {out.start.name})
     bsz = xb.shape[0]
     err = _rounding_errors(graph, norms, bsz)
+    unsafe = unsafe_range(graph, norms)
     for name, e in err.items():
         acts[f"__err__{name}"] = e
     logits = acts[graph.logits.name]
     kappa, label, runner, margin = out.kappa(graph, logits, err[graph.logits.name])
     mods = {}
     for st in stages:
-        if st.nodes[0].op in ("add", "cat"):
+        if st.nodes[0].op in MERGE_OPS:
             continue
         mods[st.nodes[-1].name] = _stage_modulus(st, graph, acts)
     source = graph.input.name
@@ -305,7 +298,7 @@ def _certify_sound(
                 om = _compose_forward(graph, stages, mods, v)
                 trace[v] = om[target].inverse(kappa) if target in om else kappa
             trace[target] = kappa
-    return radius, label, runner, margin, trace, acts
+    return radius, label, runner, margin, trace, acts, unsafe
 
 
 def _certify_peck(
@@ -319,6 +312,7 @@ def _certify_peck(
     acts = graph.activations(xb, needs)
     logits = acts[graph.logits.name]
     kappa, label, runner, margin = out.kappa(graph, logits)
+    unsafe = torch.zeros_like(kappa, dtype=torch.bool)
     trace_rev = [(out.start.name, kappa)]
     k = kappa
     for st in reversed(stages):
@@ -330,7 +324,7 @@ def _certify_peck(
             k = rule.backward(st.node, graph, k, acts)
         trace_rev.append((st.nodes[0].inputs[0], k))
     trace = {name: val for name, val in reversed(trace_rev)} if want_trace else {}
-    return k, label, runner, margin, trace
+    return k, label, runner, margin, trace, acts, unsafe
 
 
 def certify(
@@ -372,8 +366,10 @@ def certify(
         raise InputShapeError(f"x must be a batch [N, ...], got shape {tuple(x.shape)}")
     if graph is None:
         graph = graph_for(model, x, device)
-    elif device is not None and graph.device != torch.device(device):
-        graph.to(device)
+    else:
+        check_graph(graph, model)
+        if device is not None and graph.device != torch.device(device):
+            graph.to(device)
     check_input(graph, x)
     if method not in ("sound", "sound-local", "peck2017"):
         raise ValueError(
@@ -382,21 +378,33 @@ def certify(
     base = "sound" if method == "sound-local" else method
     plan = _plan(graph, base)
     parts: list[tuple[Any, ...]] = []
+    statuses: list[torch.Tensor] = []
+    model_labels: list[torch.Tensor] = []
     for s in range(0, x.shape[0], batch_size):
         xb = x[s : s + batch_size].to(graph.device)
         if method == "sound-local":
             from boundkit.bounds.local import local_needs, refine
 
             part = _certify_sound(graph, xb, plan, trace, local_needs(graph, plan["output"]))
-            part = (refine(graph, plan["output"], part[5], part[0]), *part[1:5])
+            part = (refine(graph, plan["output"], part[5], part[0]), *part[1:])
         elif base == "sound":
-            part = _certify_sound(graph, xb, plan, trace)[:5]
+            part = _certify_sound(graph, xb, plan, trace)
         else:
             part = _certify_peck(graph, xb, plan, trace)
-        parts.append(part)
+        acts, unsafe = part[5], part[6]
+        fid = check_fidelity(model, graph, xb, acts[graph.output])
+        status = torch.full_like(fid.model_label, SampleStatus.OK, dtype=torch.int8)
+        status[fid.near_tie] = SampleStatus.MODEL_NEAR_TIE
+        status[~fid.agrees] = SampleStatus.MODEL_DISAGREES
+        status[unsafe] = SampleStatus.UNSAFE_NUMERICS
+        statuses.append(status)
+        model_labels.append(fid.model_label)
+        parts.append(part[:5])
     radius = torch.cat([p[0] for p in parts]).to(torch.float64)
+    status = torch.cat(statuses).cpu()
     if base == "sound":
         radius = torch.nan_to_num(radius, nan=0.0).clamp_min(0.0)
+    radius = torch.where(status.to(radius.device) != SampleStatus.OK, 0.0, radius)
     label = torch.cat([p[1] for p in parts])
     runner = torch.cat([p[2] for p in parts])
     margin = torch.cat([p[3] for p in parts])
@@ -415,4 +423,7 @@ def certify(
         method=method,
         node_ops={n: graph[n].op for n in tr},
         info={"nodes": len(graph), "num_classes": graph.num_classes},
+        status=status,
+        model_label=torch.cat(model_labels).cpu(),
+        is_guarantee=method != "peck2017",
     )

@@ -25,7 +25,13 @@ error could make a computed bound too large, and each is covered here
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from boundkit.graph.graph import Graph, Node
 
 #: relative inflation applied to every computed constant (norms, FFT bounds)
 CONSTANT_RTOL = 1e-9
@@ -51,3 +57,42 @@ def gamma(k: int | torch.Tensor) -> torch.Tensor:
     (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002, Lemma 3.1)."""
     ku = torch.as_tensor(k, dtype=torch.float64) * UNIT_ROUNDOFF
     return ku / (1.0 - ku)
+
+
+#: half the smallest subnormal float64, :math:`\eta=2^{-1075}`: with gradual underflow every
+#: rounded operation satisfies :math:`fl(a\circ b)=(a\circ b)(1+\delta)+\varepsilon`,
+#: :math:`|\delta|\le u`, :math:`|\varepsilon|\le\eta` (Higham 2002, eq. 2.8)
+UNDERFLOW = 2.0**-1075
+#: values whose magnitude leaves :math:`[2^{-900},2^{900}]` are outside the range in which the
+#: per-sample bound computations are analysed (``docs/theory/numerics.md``)
+SAFE_MIN = 2.0**-900
+SAFE_MAX = 2.0**900
+
+
+def underflow_error(node: Node) -> float:
+    r"""The absolute part of a node's float64 error in L2: each output entry is computed
+    with at most ``in_numel + 16`` rounded operations (every input read once, plus a
+    constant number for biases, libm calls and divisions), each adding at most
+    :math:`\eta` beyond the relative model, so :math:`\|\varepsilon\|_2\le
+    2(n_{in}+16)\eta\sqrt{n_{out}}` (negligible unless values underflow)."""
+    n_in = sum(math.prod(s) for s in node.in_shapes)
+    return 2.0 * (n_in + 16) * UNDERFLOW * math.sqrt(node.out_numel) + UNDERFLOW
+
+
+def unsafe_range(graph: Graph, norms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per sample, True when some node's output norm is not finite, above ``SAFE_MAX``, or
+    non-zero below ``SAFE_MIN``, or when a parameter of the model has a non-zero entry of
+    magnitude outside ``[SAFE_MIN, SAFE_MAX]``: such samples get radius 0."""
+    stacked = torch.stack([norms[n.name] for n in graph.nodes if n.name in norms], 1)
+    bad = ~torch.isfinite(stacked) | (stacked > SAFE_MAX) | ((stacked > 0) & (stacked < SAFE_MIN))
+    flag = bad.any(1)
+    if "params_unsafe" not in graph.cache:
+        unsafe = False
+        for n in graph.nodes:
+            for p in n.params.values():
+                a = p.abs()
+                nz = a[a > 0]
+                if nz.numel() and (float(nz.min()) < SAFE_MIN or float(nz.max()) > SAFE_MAX):
+                    unsafe = True
+        graph.cache["params_unsafe"] = unsafe
+    return flag | graph.cache["params_unsafe"]

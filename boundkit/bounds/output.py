@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.fx
 
 from boundkit.bounds.numerics import gamma, inflate
 from boundkit.errors import UnsupportedLayerError
@@ -47,33 +46,12 @@ def affine_tail(graph: Graph) -> tuple[list[Node], Node]:
 def tail_jacobian(graph: Graph, start: Node) -> torch.Tensor:
     """The constant Jacobian ``A`` [C, numel(start)] of the logits with respect to the
     output of ``start`` (the tail is affine), by one vector-Jacobian product per class."""
-    fx_nodes = {n.name: n for n in graph.gm.graph.nodes}
     dev = graph.device
     h = torch.zeros((1, *start.out_shape), dtype=torch.float64, device=dev, requires_grad=True)
-    probe = torch.zeros((1, *graph.input_shape), dtype=torch.float64, device=dev)
-    # every node up to `start` is replaced by the value h; the tail runs on it
-    env = {fx_nodes[start.name]: h}
     logits_name = graph.logits.name
-
-    class _Stop(Exception):
-        pass
-
-    captured: dict[str, torch.Tensor] = {}
-
-    class _Run(torch.fx.Interpreter):
-        def run_node(self, n: torch.fx.Node):  # noqa: ANN202
-            out = super().run_node(n)
-            if n.name == logits_name:
-                captured["f"] = out
-                raise _Stop
-            return out
-
-    interp = _Run(graph.gm)
     with torch.enable_grad():  # certify may be called under torch.no_grad()
-        try:
-            interp.run(probe, initial_env=env)
-        except _Stop:
-            pass
+        values, _ = graph.evaluate({start.name: h}, {logits_name})
+    captured = {"f": values[logits_name]}
     rows = []
     with torch.enable_grad():
         f = captured["f"].reshape(-1)

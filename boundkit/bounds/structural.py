@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from boundkit.bounds.numerics import UNIT_ROUNDOFF
+from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma, inflate
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
 from boundkit.graph.graph import Graph, Node
 
@@ -31,19 +33,39 @@ class IdentityRule(LipschitzRule):
         return torch.zeros_like(out_norm)
 
 
+def merge_factors(node: Node) -> list[float]:
+    r"""Per input of a merge, the factor its perturbation is multiplied by in the output.
+
+    ``add`` computes :math:`\sum_i c_i\,B_i(x_i)+s` where :math:`B_i` broadcasts input
+    :math:`i` to the output shape, repeating each entry :math:`r_i` times, so
+    :math:`\|c_iB_i(q)\|_2=|c_i|\sqrt{r_i}\,\|q\|_2`; the triangle inequality sums the
+    terms (an input that appears twice appears twice). ``cat`` keeps each input's entries
+    once: the terms add in quadrature, with factor 1 each."""
+    if node.op == "cat":
+        return [1.0] * len(node.inputs)
+    coeffs = node.attrs.get("coeffs", (1.0,) * len(node.inputs))
+    repeat = node.attrs.get("repeat", (1,) * len(node.inputs))
+    return [float(inflate(abs(c) * math.sqrt(r))) for c, r in zip(coeffs, repeat)]
+
+
 class MergeRule(LipschitzRule):
-    """Marker rule for ``add`` / ``cat``: Lipschitz 1 in each input; the engine combines
-    the input moduli (``add``: sum, scaled by ``|alpha|``; ``cat``: in quadrature)."""
+    """``add`` / ``cat``: the engine combines the input moduli with :func:`merge_factors`
+    (``add``: weighted sum; ``cat``: quadrature); the Lipschitz constant is the largest
+    factor."""
 
     def compute_lipschitz(self, node: Node, graph: Graph) -> float:
-        return float(abs(node.attrs.get("alpha", 1.0))) if node.op == "add" else 1.0
+        return max(merge_factors(node))
 
     def rounding(
         self, node: Node, graph: Graph, in_norm: torch.Tensor, out_norm: torch.Tensor
     ) -> torch.Tensor:
+        r"""For a merge, ``in_norm`` is :math:`\sum_i|c_i|\sqrt{r_i}\|x_i\|+\|s\|` (the
+        engine passes it): ``add`` of :math:`k` scaled terms and a shift errs by at most
+        :math:`\gamma_{k+1}` times the sum of the terms' magnitudes (Higham 2002, eq. 4.4);
+        ``cat`` copies."""
         if node.op == "cat":
             return torch.zeros_like(out_norm)
-        return 2 * UNIT_ROUNDOFF * out_norm
+        return gamma(len(node.inputs) + 2) * in_norm
 
 
 class IdentityBackward(BackwardRule):

@@ -1,9 +1,29 @@
 """Capture an ``nn.Module`` as a :class:`~boundkit.graph.graph.Graph` of typed nodes.
 
-The model is traced with ``torch.fx`` (``nn.Sequential`` traces like any other module),
-shapes are propagated with an example input, and every fx node that produces a tensor
-becomes a :class:`Node` whose ``op`` names its kind. Nodes boundkit does not know are kept
-with ``op="unknown"`` so that each bound method can refuse them by name.
+The model is traced with ``torch.fx``; shapes are propagated with an example batch; every fx
+node that computes a per-sample tensor becomes a :class:`Node` whose ``op`` names its kind
+and whose ``params``/``attrs`` hold *everything* the node computes with
+(:mod:`boundkit.graph.ops` evaluates a node from these fields alone).
+
+Capture says no instead of guessing. Every argument of a supported call is read with its
+real semantics (positional or keyword, defaults as torch has them); a call boundkit cannot
+read exactly is refused with an :class:`~boundkit.errors.UnsupportedLayerError` naming the
+node and the reason:
+
+* forward hooks and pre-hooks (on any module, or global), a ``forward`` assigned to a module
+  instance, a model class overriding ``__call__``: code the trace never sees;
+* a subclass of a known layer that defines methods of its own (it is traced through, so its
+  code is seen, or refused where it calls something unsupported);
+* functional calls whose result depends on a training flag (``F.dropout`` with its default
+  ``training=True``); in-place operations whose input is read again afterwards;
+* operations that mix or drop samples of the batch (a view folding the batch, ``cat`` along
+  dimension 0), ``Linear`` on an input that is not a vector, ``Softplus`` with
+  ``beta <= 0``, max pooling returning indices.
+
+Unknown operations are kept as ``op="unknown"`` so that a bound method refuses them by name
+(or uses a rule registered for them). What capture cannot see at all (an in-place update
+visible only through aliasing, a value baked into the trace) is caught by the run-time
+fidelity check (:mod:`boundkit.graph.fidelity`).
 """
 
 from __future__ import annotations
@@ -13,6 +33,8 @@ import copy
 import io
 import math
 import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +50,7 @@ from boundkit.errors import (
     TrainingModeError,
     UnsupportedLayerError,
 )
+from boundkit.graph.fingerprint import model_fingerprint
 from boundkit.graph.graph import Graph, Node
 
 _MODULE_OPS: dict[type[nn.Module], str] = {
@@ -40,60 +63,131 @@ _MODULE_OPS: dict[type[nn.Module], str] = {
     nn.BatchNorm2d: "batchnorm",
     nn.LocalResponseNorm: "lrn",
     nn.ReLU: "relu",
+    nn.LeakyReLU: "leaky_relu",
     nn.Tanh: "tanh",
     nn.Sigmoid: "sigmoid",
     nn.Softplus: "softplus",
     nn.Flatten: "flatten",
     nn.Dropout: "identity",
+    nn.Dropout1d: "identity",
     nn.Dropout2d: "identity",
     nn.Identity: "identity",
     nn.Softmax: "softmax",
     nn.LogSoftmax: "log_softmax",
 }
 
-_FUNCTION_OPS: dict[Any, str] = {
-    F.relu: "relu",
-    torch.relu: "relu",
-    torch.tanh: "tanh",
-    F.tanh: "tanh",
-    torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid",
-    F.softplus: "softplus",
-    torch.flatten: "flatten",
-    F.dropout: "identity",
-    F.softmax: "softmax",
-    torch.softmax: "softmax",
-    F.log_softmax: "log_softmax",
-    torch.log_softmax: "log_softmax",
-    operator.add: "add",
-    torch.add: "add",
-    torch.cat: "cat",
-    torch.concat: "cat",
-    F.max_pool2d: "maxpool2d",
-    F.avg_pool2d: "avgpool2d",
+# methods a subclass of a known layer may define without changing what the layer computes
+_HARMLESS_METHODS = frozenset(
+    {"__init__", "extra_repr", "__repr__", "reset_parameters", "__setstate__", "_get_name"}
+)
+
+#: the batch size of the shape-propagation probe (odd, so that a view hard-coding a batch
+#: of 1 or 2 is caught)
+PROBE_BATCH = 3
+
+
+@dataclass(frozen=True)
+class _Sig:
+    """A call's parameters in order, with torch's defaults (``_REQUIRED`` when none)."""
+
+    op: str
+    names: tuple[str, ...]
+    defaults: tuple[Any, ...]
+    inplace: bool = False  # the call itself is in place (``relu_``, ``add_``)
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        if len(args) > len(self.names):
+            raise ValueError(f"{len(args)} positional arguments, at most {len(self.names)}")
+        out = dict(zip(self.names, self.defaults))
+        out.update(zip(self.names, args))
+        for k, v in kwargs.items():
+            if k not in out:
+                raise ValueError(f"unknown keyword argument {k!r}")
+            out[k] = v
+        missing = [k for k, v in out.items() if v is _REQUIRED]
+        if missing:
+            raise ValueError(f"missing argument(s) {missing}")
+        return out
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED = _Required()
+_R = _REQUIRED
+
+
+def _sig(op: str, spec: str, *defaults: Any, inplace: bool = False) -> _Sig:
+    names = tuple(spec.split())
+    pad = (_R,) * (len(names) - len(defaults))
+    return _Sig(op, names, pad + tuple(defaults), inplace)
+
+
+_POOL_MAX = "input kernel_size stride padding dilation ceil_mode return_indices"
+_POOL_AVG = "input kernel_size stride padding ceil_mode count_include_pad divisor_override"
+_DROPOUT = "input p training inplace"
+
+_FUNCTION_SIGS: dict[Any, _Sig] = {
+    F.relu: _sig("relu", "input inplace", False),
+    torch.relu: _sig("relu", "input"),
+    torch.relu_: _sig("relu", "input", inplace=True),
+    F.relu_: _sig("relu", "input", inplace=True),
+    F.leaky_relu: _sig("leaky_relu", "input negative_slope inplace", 0.01, False),
+    torch.tanh: _sig("tanh", "input"),
+    F.tanh: _sig("tanh", "input"),
+    torch.sigmoid: _sig("sigmoid", "input"),
+    F.sigmoid: _sig("sigmoid", "input"),
+    F.softplus: _sig("softplus", "input beta threshold", 1.0, 20.0),
+    torch.flatten: _sig("flatten", "input start_dim end_dim", 0, -1),
+    F.dropout: _sig("identity", _DROPOUT, 0.5, True, False),
+    F.dropout1d: _sig("identity", _DROPOUT, 0.5, True, False),
+    F.dropout2d: _sig("identity", _DROPOUT, 0.5, True, False),
+    F.softmax: _sig("softmax", "input dim _stacklevel dtype", None, 3, None),
+    torch.softmax: _sig("softmax", "input dim dtype", None),
+    F.log_softmax: _sig("log_softmax", "input dim _stacklevel dtype", None, 3, None),
+    torch.log_softmax: _sig("log_softmax", "input dim dtype", None),
+    operator.add: _sig("add", "input other"),
+    torch.add: _sig("add", "input other alpha", 1),
+    operator.sub: _sig("sub", "input other"),
+    torch.sub: _sig("sub", "input other alpha", 1),
+    torch.subtract: _sig("sub", "input other alpha", 1),
+    torch.cat: _sig("cat", "tensors dim", 0),
+    torch.concat: _sig("cat", "tensors dim", 0),
+    torch.concatenate: _sig("cat", "tensors dim", 0),
+    F.max_pool2d: _sig("maxpool2d", _POOL_MAX, None, 0, 1, False, False),
+    F.avg_pool2d: _sig("avgpool2d", _POOL_AVG, None, 0, False, True, None),
 }
 
-_METHOD_OPS: dict[str, str] = {
-    "relu": "relu",
-    "tanh": "tanh",
-    "sigmoid": "sigmoid",
-    "view": "reshape",
-    "reshape": "reshape",
-    "flatten": "flatten",
-    "softmax": "softmax",
-    "log_softmax": "log_softmax",
-    "contiguous": "identity",
-    "add": "add",
+_METHOD_SIGS: dict[str, _Sig] = {
+    "relu": _sig("relu", "self"),
+    "relu_": _sig("relu", "self", inplace=True),
+    "tanh": _sig("tanh", "self"),
+    "tanh_": _sig("tanh", "self", inplace=True),
+    "sigmoid": _sig("sigmoid", "self"),
+    "sigmoid_": _sig("sigmoid", "self", inplace=True),
+    "flatten": _sig("flatten", "self start_dim end_dim", 0, -1),
+    "softmax": _sig("softmax", "self dim dtype", None),
+    "log_softmax": _sig("log_softmax", "self dim dtype", None),
+    "add": _sig("add", "self other alpha", 1),
+    "add_": _sig("add", "self other alpha", 1, inplace=True),
+    "sub": _sig("sub", "self other alpha", 1),
+    "sub_": _sig("sub", "self other alpha", 1, inplace=True),
+    "contiguous": _sig("identity", "self memory_format", None),
+    "clone": _sig("identity", "self memory_format", None),
 }
+_RESHAPE_METHODS = frozenset({"view", "reshape"})
 
 
 def check_model(model: nn.Module) -> None:
     """Refuse models that cannot give a meaningful certificate.
 
     Raises:
-        TrainingModeError: if the model or any submodule is in training mode (batch norm
-            would use batch statistics and dropout would be random).
-        NonFiniteParameterError: if any parameter or buffer holds NaN or infinity.
+        ModelError: ``model`` is not an ``nn.Module``.
+        TrainingModeError: the model or a submodule is in training mode (batch norm would
+            use batch statistics and dropout would be random).
+        NonFiniteParameterError: a parameter or buffer holds NaN or infinity.
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -112,61 +206,129 @@ def check_model(model: nn.Module) -> None:
             )
 
 
+def check_hidden_code(model: nn.Module) -> None:
+    """Refuse code that runs when the model is called but that a trace does not see.
+
+    Raises:
+        UnsupportedLayerError: a forward hook or pre-hook (on a module or global), a
+            ``forward`` assigned to a module instance, or a model class whose ``__call__``
+            is not ``nn.Module``'s.
+    """
+    from torch.nn.modules import module as module_mod
+
+    for kind in ("_global_forward_hooks", "_global_forward_pre_hooks"):
+        if getattr(module_mod, kind, None):
+            raise UnsupportedLayerError(
+                "<global>", "hook",
+                why=f"a global forward hook is registered ({kind}); its effect on the "
+                "outputs is invisible to a trace: remove it before certifying",
+            )
+    if type(model).__call__ is not nn.Module.__call__:
+        raise UnsupportedLayerError(
+            type(model).__name__, "__call__",
+            why="the model class overrides __call__, which a trace of forward does not see",
+        )
+    for name, m in model.named_modules():
+        where = name or type(model).__name__
+        if m._forward_hooks or m._forward_pre_hooks:
+            raise UnsupportedLayerError(
+                where, type(m).__name__,
+                why="the module has a forward hook or pre-hook, which can change its output "
+                "invisibly to a trace: remove it (handle.remove()) before certifying",
+            )
+        if "forward" in m.__dict__:
+            raise UnsupportedLayerError(
+                where, type(m).__name__,
+                why="a forward function is assigned to this module instance; it is not the "
+                "code of the layer's class: define a subclass instead",
+            )
+
+
+def module_op(m: nn.Module, leaf_modules: Mapping[type[nn.Module], str]) -> str | None:
+    """The op kind of a module boundkit treats as one node, or ``None`` to trace through.
+
+    ``leaf_modules`` are user classes with a rule of their own (captured as one node).
+    A subclass of a known layer counts as that layer only when it defines no method that
+    could change what the layer computes.
+    """
+    t = type(m)
+    if t in leaf_modules:
+        return leaf_modules[t]
+    if t in _MODULE_OPS:
+        return _MODULE_OPS[t]
+    for base, op in _MODULE_OPS.items():
+        if isinstance(m, base):
+            for cls in t.__mro__:
+                if cls is base:
+                    return op
+                own = {k for k, v in vars(cls).items() if callable(v) or isinstance(v, property)}
+                if own - _HARMLESS_METHODS:
+                    return None
+    return None
+
+
+class _Tracer(torch.fx.Tracer):
+    """Leaves are exactly the modules boundkit knows (or the user registered)."""
+
+    def __init__(self, leaf_modules: Mapping[type[nn.Module], str]) -> None:
+        super().__init__()
+        self.leaf_modules = leaf_modules
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_op(m, self.leaf_modules) is not None:
+            return True
+        # other torch.nn layers stay one (unknown) node, named by their class; containers
+        # and the user's own classes are traced through
+        containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+        return type(m).__module__.startswith("torch.nn") and not isinstance(m, containers)
+
+
 def _pair(v: Any) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
+        if len(v) not in (1, 2):
+            raise ValueError(f"expected one or two integers, got {v!r}")
         return (int(v[0]), int(v[-1]))
     return (int(v), int(v))
 
 
-def _module_params(op: str, m: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _module_params(node: str, op: str, m: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
     """Float64 parameters and hyper-parameters of a module node."""
     p: dict[str, torch.Tensor] = {}
     a: dict[str, Any] = {}
+
+    def refuse(why: str) -> UnsupportedLayerError:
+        return UnsupportedLayerError(node, op, why=why)
+
     if op == "linear":
         p["weight"] = m.weight.detach().double()
         if m.bias is not None:
             p["bias"] = m.bias.detach().double()
     elif op == "conv2d":
         if isinstance(m.padding, str):
-            raise UnsupportedLayerError(
-                "conv2d", "conv2d", why=f"string padding {m.padding!r}: use explicit integers"
-            )
+            raise refuse(f"string padding {m.padding!r}: use explicit integers")
         if m.padding_mode != "zeros":
-            a["padding_mode"] = m.padding_mode
+            raise refuse(f"padding_mode={m.padding_mode!r}; only zero padding is supported")
         p["weight"] = m.weight.detach().double()
         if m.bias is not None:
             p["bias"] = m.bias.detach().double()
         a.update(
-            stride=_pair(m.stride),
-            padding=_pair(m.padding),
-            dilation=_pair(m.dilation),
-            groups=int(m.groups),
-            kernel_size=_pair(m.kernel_size),
+            stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation),
+            groups=int(m.groups), kernel_size=_pair(m.kernel_size),
         )
-    elif op in ("maxpool2d", "avgpool2d", "lppool2d"):
-        ks = _pair(m.kernel_size)
-        a.update(
-            kernel_size=ks,
-            stride=_pair(m.stride if m.stride is not None else ks),
-            ceil_mode=bool(getattr(m, "ceil_mode", False)),
-        )
-        if op == "maxpool2d":
-            a.update(padding=_pair(m.padding), dilation=_pair(m.dilation))
-            if m.return_indices:
-                raise UnsupportedLayerError("maxpool2d", op, why="return_indices=True")
-        elif op == "avgpool2d":
-            a.update(
-                padding=_pair(m.padding),
-                count_include_pad=bool(m.count_include_pad),
-                divisor_override=m.divisor_override,
-            )
-        else:
-            a.update(p=float(m.norm_type), padding=(0, 0))
+    elif op == "maxpool2d":
+        if m.return_indices:
+            raise refuse("return_indices=True")
+        a.update(_pool_attrs(op, m.kernel_size, m.stride, m.padding, m.ceil_mode))
+        a["dilation"] = _pair(m.dilation)
+    elif op == "avgpool2d":
+        a.update(_pool_attrs(op, m.kernel_size, m.stride, m.padding, m.ceil_mode))
+        a.update(count_include_pad=bool(m.count_include_pad), divisor_override=m.divisor_override)
+    elif op == "lppool2d":
+        a.update(_pool_attrs(op, m.kernel_size, m.stride, 0, m.ceil_mode))
+        a["p"] = float(m.norm_type)
     elif op == "batchnorm":
         if m.running_mean is None or m.running_var is None:
-            raise UnsupportedLayerError(
-                "batchnorm", op, why="track_running_stats=False: eval statistics are unknown"
-            )
+            raise refuse("track_running_stats=False: eval statistics are unknown")
         c = m.running_mean.numel()
         p["running_mean"] = m.running_mean.detach().double()
         p["running_var"] = m.running_var.detach().double()
@@ -178,7 +340,9 @@ def _module_params(op: str, m: nn.Module) -> tuple[dict[str, torch.Tensor], dict
     elif op == "lrn":
         a.update(size=int(m.size), alpha=float(m.alpha), beta=float(m.beta), k=float(m.k))
     elif op == "softplus":
-        a.update(beta=float(m.beta), threshold=float(m.threshold))
+        a.update(_softplus_attrs(node, m.beta, m.threshold))
+    elif op == "leaky_relu":
+        a["negative_slope"] = float(m.negative_slope)
     elif op == "flatten":
         a.update(start_dim=int(m.start_dim), end_dim=int(m.end_dim))
     elif op in ("softmax", "log_softmax"):
@@ -186,11 +350,266 @@ def _module_params(op: str, m: nn.Module) -> tuple[dict[str, torch.Tensor], dict
     return p, a
 
 
+def _pool_attrs(op: str, kernel: Any, stride: Any, padding: Any, ceil: Any) -> dict[str, Any]:
+    ks = _pair(kernel)
+    no_stride = stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
+    return dict(
+        kernel_size=ks,
+        stride=ks if no_stride else _pair(stride),
+        padding=_pair(padding),
+        ceil_mode=bool(ceil),
+    )
+
+
+def _softplus_attrs(node: str, beta: Any, threshold: Any) -> dict[str, float]:
+    beta, threshold = float(beta), float(threshold)
+    if not (beta > 0 and math.isfinite(beta)):
+        raise UnsupportedLayerError(
+            node, "softplus",
+            why=f"beta={beta:g}: only a finite positive beta is supported (with beta <= 0 "
+            "torch's threshold switch makes the function discontinuous)",
+        )
+    if not math.isfinite(threshold):
+        raise UnsupportedLayerError(node, "softplus", why=f"threshold={threshold:g}")
+    return {"beta": beta, "threshold": threshold}
+
+
+class _Capture:
+    """One capture: the traced module, its shapes, and the nodes built so far."""
+
+    def __init__(self, gm: torch.fx.GraphModule, leaf_modules: Mapping[type, str]) -> None:
+        self.gm = gm
+        self.leaf_modules = leaf_modules
+        self.modules = dict(gm.named_modules())
+        self.nodes: list[Node] = []
+        self.names: set[str] = set()  # fx nodes that are graph nodes (per-sample tensors)
+        self.by_name: dict[str, Node] = {}
+        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+
+    # ------------------------------------------------------------------ helpers
+    def tensor_inputs(self, values: list[Any]) -> list[str]:
+        """Names of the per-sample tensor operands among ``values``, in order, repeats kept."""
+        return [v.name for v in values if isinstance(v, torch.fx.Node) and v.name in self.names]
+
+    def shape(self, n: torch.fx.Node) -> tuple[int, ...]:
+        return tuple(n.meta["tensor_meta"].shape)
+
+    def constant(self, fx_node: torch.fx.Node, v: Any) -> torch.Tensor:
+        """A constant operand as a float64 tensor (a number or a module attribute)."""
+        if isinstance(v, bool) or v is None:
+            raise UnsupportedLayerError(fx_node.name, str(fx_node.target), why=f"operand {v!r}")
+        if isinstance(v, (int, float)):
+            return torch.tensor(float(v), dtype=torch.float64)
+        if isinstance(v, torch.fx.Node) and v.op == "get_attr":
+            t = self.gm
+            for part in str(v.target).split("."):
+                t = getattr(t, part)
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                return t.detach().to(torch.float64).clone()
+        raise UnsupportedLayerError(
+            fx_node.name, str(fx_node.target),
+            why="an operand is a tensor computed inside forward without the input; only "
+            "numbers and module attributes (parameters, buffers) are supported as constants",
+        )
+
+    def refuse_inplace_alias(self, fx_node: torch.fx.Node, target: torch.fx.Node) -> None:
+        """An in-place op on ``target`` is fine only if nothing reads ``target`` later."""
+        later = [u for u in target.users if u is not fx_node and self.order[u] > self.order[fx_node]]
+        if later:
+            raise UnsupportedLayerError(
+                fx_node.name, str(fx_node.target),
+                why=f"an in-place operation on {target.name!r}, which {later[0].name!r} reads "
+                "afterwards: the trace would read the value before the update",
+            )
+
+    # ------------------------------------------------------------------ nodes
+    def add_node(self, fx_node: torch.fx.Node, op: str, inputs: list[str], **kw: Any) -> None:
+        shape = self.shape(fx_node)
+        if len(shape) < 2 or shape[0] != PROBE_BATCH:
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why=f"it changes the batch dimension (a batch of {PROBE_BATCH} became shape "
+                f"{list(shape)}): operations must act on each sample separately",
+            )
+        in_shapes = [self._sample_shape(i) for i in inputs]
+        node = Node(
+            name=fx_node.name, op=op, inputs=inputs,
+            target=kw.pop("target", str(getattr(fx_node.target, "__name__", fx_node.target))),
+            in_shapes=in_shapes, out_shape=shape[1:], **kw,
+        )
+        self.nodes.append(node)
+        self.names.add(fx_node.name)
+        self.by_name[node.name] = node
+
+    def _sample_shape(self, name: str) -> tuple[int, ...]:
+        return self.by_name[name].out_shape
+
+    def placeholder(self, fx_node: torch.fx.Node) -> None:
+        self.add_node(fx_node, "input", [], target="input")
+
+    def call_module(self, fx_node: torch.fx.Node) -> None:
+        m = self.modules[str(fx_node.target)]
+        op = module_op(m, self.leaf_modules) or "unknown"
+        inputs = self.tensor_inputs(list(fx_node.args) + list(fx_node.kwargs.values()))
+        params: dict[str, torch.Tensor] = {}
+        attrs: dict[str, Any] = {}
+        if op == "unknown":
+            attrs["module_type"] = type(m).__name__
+        elif type(m) in self.leaf_modules:
+            pass  # a user's own layer: its module is its semantics
+        else:
+            if len(fx_node.args) != 1 or fx_node.kwargs or len(inputs) != 1:
+                raise UnsupportedLayerError(
+                    fx_node.name, op, why="a layer must be called on exactly one tensor"
+                )
+            params, attrs = _module_params(fx_node.name, op, m)
+            if getattr(m, "inplace", False):
+                self.refuse_inplace_alias(fx_node, fx_node.args[0])
+        self.add_node(
+            fx_node, op, inputs, target=str(fx_node.target), module=m, params=params, attrs=attrs
+        )
+        self.check_input_rank(self.nodes[-1])
+
+    def check_input_rank(self, node: Node) -> None:
+        """Layers whose rules assume a vector or an image get exactly that."""
+        need = {"linear": (1,), "conv2d": (3,), "maxpool2d": (3,), "avgpool2d": (3,),
+                "lppool2d": (3,), "lrn": (3,), "batchnorm": (1, 2, 3)}.get(node.op)
+        if need is None or not node.in_shapes:
+            return
+        rank = len(node.in_shapes[0])
+        if rank not in need:
+            raise UnsupportedLayerError(
+                node.name, node.op,
+                why=f"its input has shape [N, {', '.join(map(str, node.in_shapes[0]))}]; "
+                f"boundkit supports {node.op} on inputs of rank {' or '.join(map(str, need))} "
+                "(besides the batch)",
+            )
+
+    def call_function(self, fx_node: torch.fx.Node, sig: _Sig | None) -> None:
+        if sig is None:
+            inputs = self.tensor_inputs(list(fx_node.all_input_nodes))
+            self.add_node(fx_node, "unknown", inputs)
+            return
+        try:
+            a = sig.bind(tuple(fx_node.args), fx_node.kwargs)
+        except ValueError as exc:
+            raise UnsupportedLayerError(fx_node.name, sig.op, why=str(exc)) from None
+        first = a.get("input", a.get("self"))
+        if sig.inplace or a.get("inplace"):
+            if isinstance(first, torch.fx.Node):
+                self.refuse_inplace_alias(fx_node, first)
+        op = sig.op
+        attrs: dict[str, Any] = {}
+        if op in ("add", "sub"):
+            self.arith(fx_node, op, a)
+            return
+        if op == "cat":
+            tensors = a["tensors"]
+            if not isinstance(tensors, (list, tuple)):
+                raise UnsupportedLayerError(fx_node.name, op, why="tensors is not a list")
+            inputs = self.tensor_inputs(list(tensors))
+            if len(inputs) != len(tensors):
+                raise UnsupportedLayerError(
+                    fx_node.name, op, why="a concatenated operand is a constant tensor"
+                )
+            rank = len(self.shape(fx_node))
+            dim = int(a["dim"])
+            dim = dim + rank if dim < 0 else dim
+            if dim == 0:
+                raise UnsupportedLayerError(
+                    fx_node.name, op, why="it concatenates along the batch dimension"
+                )
+            self.add_node(fx_node, op, inputs, attrs={"dim": dim})
+            return
+        inputs = self.tensor_inputs([first])
+        if len(inputs) != 1:
+            raise UnsupportedLayerError(fx_node.name, op, why="its input is not the model's data")
+        if op == "identity" and "training" in a:  # dropout
+            if a["training"] is not False and a["p"] != 0:
+                raise UnsupportedLayerError(
+                    fx_node.name, str(fx_node.target),
+                    why=f"training={a['training']!r}: dropout is applied at evaluation too "
+                    "(pass training=self.training)",
+                )
+        elif op == "softplus":
+            attrs = _softplus_attrs(fx_node.name, a["beta"], a["threshold"])
+        elif op == "leaky_relu":
+            attrs = {"negative_slope": float(a["negative_slope"])}
+        elif op in ("softmax", "log_softmax"):
+            attrs = {"dim": a["dim"]}
+        elif op == "flatten":
+            attrs = {"start_dim": int(a["start_dim"]), "end_dim": int(a["end_dim"])}
+        elif op == "maxpool2d":
+            if a["return_indices"]:
+                raise UnsupportedLayerError(fx_node.name, op, why="return_indices=True")
+            attrs = _pool_attrs(op, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"])
+            attrs["dilation"] = _pair(a["dilation"])
+        elif op == "avgpool2d":
+            attrs = _pool_attrs(op, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"])
+            attrs.update(
+                count_include_pad=bool(a["count_include_pad"]),
+                divisor_override=a["divisor_override"],
+            )
+        self.add_node(fx_node, op, inputs, attrs=attrs)
+        self.check_input_rank(self.nodes[-1])
+
+    def arith(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        r"""``input + alpha * other`` (``-`` for ``sub``): :math:`\sum_i c_i x_i + s` over the
+        per-sample operands, broadcast to the output, with the constant operands in ``s``."""
+        alpha = a.get("alpha", 1)
+        if isinstance(alpha, torch.fx.Node) or isinstance(alpha, bool):
+            raise UnsupportedLayerError(fx_node.name, op, why=f"alpha={alpha!r}")
+        sign = -1.0 if op == "sub" else 1.0
+        terms = [(a.get("input", a.get("self")), 1.0), (a["other"], sign * float(alpha))]
+        inputs: list[str] = []
+        coeffs: list[float] = []
+        shift: torch.Tensor | None = None
+        for v, c in terms:
+            if isinstance(v, torch.fx.Node) and v.name in self.names:
+                inputs.append(v.name)
+                coeffs.append(c)
+            else:
+                k = c * self.constant(fx_node, v)
+                shift = k if shift is None else shift + k
+        if not inputs:
+            raise UnsupportedLayerError(fx_node.name, op, why="no operand depends on the input")
+        out = self.shape(fx_node)[1:]
+        in_numels = [math.prod(self._sample_shape(i)) for i in inputs]
+        out_numel = math.prod(out)
+        if len(inputs) == 1 and coeffs == [1.0] and in_numels[0] == out_numel:
+            attrs: dict[str, Any] = {}
+            if shift is not None:
+                attrs["shift"] = shift
+            self.add_node(fx_node, "identity", inputs, attrs=attrs)
+            return
+        repeat = []
+        for i, n_in in zip(inputs, in_numels):
+            if out_numel % n_in:
+                raise UnsupportedLayerError(fx_node.name, op, why=f"operand {i!r} broadcast")
+            repeat.append(out_numel // n_in)
+        self.add_node(
+            fx_node, "add", inputs,
+            attrs={"coeffs": tuple(coeffs), "repeat": tuple(repeat), "shift": shift},
+        )
+
+    def call_method(self, fx_node: torch.fx.Node) -> None:
+        name = str(fx_node.target)
+        if name in _RESHAPE_METHODS:
+            inputs = self.tensor_inputs([fx_node.args[0]])
+            if len(inputs) != 1:
+                raise UnsupportedLayerError(fx_node.name, name, why="not a per-sample tensor")
+            self.add_node(fx_node, "reshape", inputs, target=name)
+            return
+        self.call_function(fx_node, _METHOD_SIGS.get(name))
+        self.nodes[-1].target = name
+
+
 def capture(
     model: nn.Module,
     example: torch.Tensor | tuple[int, ...],
     *,
     device: torch.device | str | None = None,
+    leaf_modules: Mapping[type[nn.Module], str] | None = None,
 ) -> Graph:
     """Trace ``model`` into a :class:`Graph`.
 
@@ -198,15 +617,20 @@ def capture(
         model: a classifier in eval mode mapping ``[N, *input_shape]`` to logits ``[N, C]``
             (a final softmax / log-softmax is allowed and ignored for the argmax).
         example: an example batch ``[N, *input_shape]`` or the input shape without batch.
-        device: where the float64 evaluator lives (default: the model's device).
+        device: where the float64 graph lives (default: the model's device).
+        leaf_modules: user module classes to capture as one node each (with the op name
+            given), for which a rule exists; their ``forward`` is the node's semantics.
 
     Raises:
         TrainingModeError, NonFiniteParameterError: see :func:`check_model`.
-        InputShapeError: if the model cannot run on an input of this shape, or the output
-            is not a ``[N, C]`` logit matrix.
-        UnsupportedLayerError: if torch.fx cannot trace the model.
+        InputShapeError: the model cannot run on an input of this shape, or the output is not
+            a ``[N, C]`` logit matrix.
+        UnsupportedLayerError: code the trace cannot see, a call whose arguments cannot be
+            read exactly, or a model torch.fx cannot trace (see the module docstring).
     """
     check_model(model)
+    check_hidden_code(model)
+    leaf_modules = dict(leaf_modules or {})
     if isinstance(example, torch.Tensor):
         if example.dim() < 2:
             raise InputShapeError(
@@ -219,19 +643,30 @@ def capture(
     model_dtype = next((p.dtype for p in model.parameters()), torch.float32)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    model64 = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
-    if type(model64) in _MODULE_OPS:  # a bare layer: trace it as a one-layer model
-        model64 = nn.Sequential(model64)
+    fingerprint = model_fingerprint(model)
     try:
-        gm = torch.fx.symbolic_trace(model64)
+        model64 = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
+    except Exception as exc:  # deepcopy runs arbitrary __deepcopy__ / __reduce__ code
+        raise ModelError(f"the model cannot be copied to float64: {type(exc).__name__}: {exc}")
+    if module_op(model64, leaf_modules) is not None:  # a bare layer: a one-layer model
+        model64 = nn.Sequential(model64)
+    tracer = _Tracer(leaf_modules)
+    try:
+        fx_graph = tracer.trace(model64)
     except Exception as exc:  # torch.fx raises many exception types
         raise UnsupportedLayerError(
-            type(model).__name__,
-            "trace",
+            type(model).__name__, "trace",
             why=f"torch.fx could not trace the model ({type(exc).__name__}: {exc}); "
             "data-dependent control flow is not supported",
         ) from exc
-    probe = torch.zeros((2, *input_shape), dtype=torch.float64, device=device)
+    gm = torch.fx.GraphModule(tracer.root, fx_graph)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise InputShapeError(
+            f"the model's forward takes {len(placeholders)} tensor arguments; a classifier "
+            "takes one batch"
+        )
+    probe = torch.zeros((PROBE_BATCH, *input_shape), dtype=torch.float64, device=device)
     try:
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(probe)
@@ -240,82 +675,35 @@ def capture(
             f"the model cannot run on inputs of shape [N, {', '.join(map(str, input_shape))}]: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-
-    from boundkit.bounds.registry import custom_module_ops  # (bounds imports graph)
-
-    modules = dict(gm.named_modules())
-    nodes: list[Node] = []
-    names: set[str] = set()
+    cap = _Capture(gm, leaf_modules)
     output_name = None
     for fx_node in gm.graph.nodes:
-        meta = fx_node.meta.get("tensor_meta")
         if fx_node.op == "output":
             arg = fx_node.args[0]
-            if not isinstance(arg, torch.fx.Node) or arg.name not in names:
+            if not isinstance(arg, torch.fx.Node) or arg.name not in cap.names:
                 raise InputShapeError(
-                    "the model must return a single logit tensor [N, C], not a tuple or dict"
+                    "the model must return a single logit tensor [N, C] computed from its "
+                    "input, not a tuple, a dict or a constant"
                 )
             output_name = arg.name
             continue
+        meta = fx_node.meta.get("tensor_meta")
         if meta is None or not hasattr(meta, "shape"):
             continue  # non-tensor values such as x.size(0)
-        shape = tuple(meta.shape)
-        tensor_inputs = [a.name for a in fx_node.all_input_nodes if a.name in names]
-        in_shapes = [
-            tuple(a.meta["tensor_meta"].shape[1:])
-            for a in fx_node.all_input_nodes
-            if a.name in names
-        ]
-        params: dict[str, torch.Tensor] = {}
-        attrs: dict[str, Any] = {}
-        module = None
         if fx_node.op == "placeholder":
-            op = "input"
-            target = "input"
+            cap.placeholder(fx_node)
+        elif fx_node.op == "get_attr":
+            continue  # a constant: read where it is used
+        elif not any(a.name in cap.names for a in fx_node.all_input_nodes):
+            continue  # computed from constants alone: a constant
         elif fx_node.op == "call_module":
-            module = modules[fx_node.target]
-            op = _MODULE_OPS.get(type(module)) or custom_module_ops().get(type(module), "unknown")
-            target = str(fx_node.target)
-            if op != "unknown":
-                try:
-                    params, attrs = _module_params(op, module)
-                except UnsupportedLayerError as exc:
-                    raise UnsupportedLayerError(fx_node.name, op, why=str(exc)) from None
-            else:
-                attrs["module_type"] = type(module).__name__
+            cap.call_module(fx_node)
         elif fx_node.op == "call_function":
-            op = _FUNCTION_OPS.get(fx_node.target, "unknown")
-            target = getattr(fx_node.target, "__name__", str(fx_node.target))
-            attrs = _function_attrs(op, fx_node)
-        elif fx_node.op == "call_method":
-            op = _METHOD_OPS.get(str(fx_node.target), "unknown")
-            target = str(fx_node.target)
-            attrs = _function_attrs(op, fx_node)
-        else:  # get_attr: a parameter used as a value
-            op = "unknown"
-            target = str(fx_node.target)
-        if op == "add":
-            # x + constant is an affine shift; x + y of two tensors is a residual merge
-            if len(tensor_inputs) == 1:
-                op = "identity"
-                attrs["shift"] = True
-        if op in ("flatten", "reshape"):
-            op = "reshape" if op == "reshape" else "flatten"
-        node = Node(
-            name=fx_node.name,
-            op=op,
-            inputs=tensor_inputs,
-            target=target,
-            module=module,
-            params=params,
-            attrs=attrs,
-            in_shapes=in_shapes,
-            out_shape=shape[1:],
-        )
-        nodes.append(node)
-        names.add(fx_node.name)
+            cap.call_function(fx_node, _FUNCTION_SIGS.get(fx_node.target))
+        else:
+            cap.call_method(fx_node)
     assert output_name is not None
-    graph = Graph(nodes, gm, input_shape, output_name, model_dtype)
+    graph = Graph(cap.nodes, gm, input_shape, output_name, model_dtype, fingerprint=fingerprint)
     out = graph[output_name]
     if len(out.out_shape) != 1:
         raise InputShapeError(
@@ -325,38 +713,6 @@ def capture(
     if graph.num_classes < 2:
         raise InputShapeError("the model has fewer than two classes: nothing to certify")
     return graph
-
-
-def _function_attrs(op: str, fx_node: torch.fx.Node) -> dict[str, Any]:
-    """Hyper-parameters of functional calls the rules need."""
-    args, kwargs = fx_node.args, fx_node.kwargs
-    attrs: dict[str, Any] = {}
-    if op in ("softmax", "log_softmax"):
-        attrs["dim"] = kwargs.get("dim", args[1] if len(args) > 1 else None)
-    elif op == "cat":
-        attrs["dim"] = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-    elif op == "softplus":
-        attrs["beta"] = float(kwargs.get("beta", args[1] if len(args) > 1 else 1.0))
-        attrs["threshold"] = float(kwargs.get("threshold", args[2] if len(args) > 2 else 20.0))
-    elif op == "maxpool2d" or op == "avgpool2d":
-        ks = _pair(kwargs.get("kernel_size", args[1]))
-        stride = kwargs.get("stride", args[2] if len(args) > 2 else None)
-        attrs.update(
-            kernel_size=ks,
-            stride=_pair(stride) if stride not in (None, [], ()) else ks,
-            padding=_pair(kwargs.get("padding", args[3] if len(args) > 3 else 0)),
-            ceil_mode=bool(kwargs.get("ceil_mode", False)),
-        )
-        if op == "maxpool2d":
-            attrs["dilation"] = _pair(kwargs.get("dilation", args[4] if len(args) > 4 else 1))
-        else:
-            attrs["count_include_pad"] = bool(kwargs.get("count_include_pad", True))
-            attrs["divisor_override"] = kwargs.get("divisor_override")
-    elif op == "add":
-        alpha = kwargs.get("alpha", 1)
-        if alpha != 1:
-            attrs["alpha"] = alpha
-    return attrs
 
 
 def numel(shape: tuple[int, ...]) -> int:

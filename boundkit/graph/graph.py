@@ -13,15 +13,21 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import contextlib
+
 import torch
 import torch.fx
+
+from boundkit.graph.ops import evaluate
+
+_null = contextlib.nullcontext
 
 # Node kinds boundkit knows. Anything else is captured as op "unknown" and refused by the
 # bound methods with an error that names the node.
 AFFINE_OPS = frozenset(
     {"linear", "conv2d", "batchnorm", "avgpool2d", "flatten", "reshape", "identity"}
 )
-ACTIVATION_OPS = frozenset({"relu", "tanh", "sigmoid", "softplus"})
+ACTIVATION_OPS = frozenset({"relu", "leaky_relu", "tanh", "sigmoid", "softplus"})
 POOL_OPS = frozenset({"maxpool2d", "avgpool2d", "lppool2d"})
 OUTPUT_SQUASH_OPS = frozenset({"softmax", "log_softmax"})
 MERGE_OPS = frozenset({"add", "cat"})
@@ -78,25 +84,6 @@ class Node:
         return f"{self.name} [{self.op}] ({shapes}) -> ({out})"
 
 
-class _Recorder(torch.fx.Interpreter):
-    """Runs the traced model and keeps the outputs of the requested nodes."""
-
-    def __init__(self, gm: torch.fx.GraphModule, keep: set[str], norms: bool) -> None:
-        super().__init__(gm)
-        self.keep = keep
-        self.want_norms = norms
-        self.values: dict[str, torch.Tensor] = {}
-        self.norms: dict[str, torch.Tensor] = {}
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.name in self.keep:
-            self.values[n.name] = out
-        if self.want_norms and isinstance(out, torch.Tensor) and out.dim() >= 1:
-            self.norms[n.name] = out.reshape(out.shape[0], -1).norm(dim=1)
-        return out
-
-
 class Graph:
     """A captured model: typed nodes in topological order plus a float64 evaluator.
 
@@ -110,6 +97,8 @@ class Graph:
         input_shape: tuple[int, ...],
         output: str,
         model_dtype: torch.dtype,
+        *,
+        fingerprint: str = "",
     ) -> None:
         self.nodes = nodes
         self._by_name = {n.name: n for n in nodes}
@@ -117,11 +106,14 @@ class Graph:
         self.input_shape = tuple(input_shape)
         self.output = output
         self.model_dtype = model_dtype
+        #: :func:`~boundkit.graph.fingerprint.model_fingerprint` of the model at capture
+        self.fingerprint = fingerprint
         self._consumers: dict[str, list[str]] = {n.name: [] for n in nodes}
         for n in nodes:
             for i in n.inputs:
                 self._consumers[i].append(n.name)
         self.cache: dict[str, Any] = {}  # per-model quantities cached by the rules
+        self._upstream: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ structure
     def __iter__(self) -> Iterator[Node]:
@@ -187,18 +179,21 @@ class Graph:
         return list(reversed(path))
 
     def _upstream_of_logits(self) -> set[str]:
-        key = "_upstream_of_logits"
-        if key not in self.cache:
+        return self._upstream_of(self.logits.name)
+
+    def _upstream_of(self, name: str) -> set[str]:
+        """The names of the nodes ``name`` depends on (itself included)."""
+        if name not in self._upstream:
             seen: set[str] = set()
-            stack = [self.logits.name]
+            stack = [name]
             while stack:
                 s = stack.pop()
                 if s in seen:
                     continue
                 seen.add(s)
                 stack.extend(self._by_name[s].inputs)
-            self.cache[key] = seen
-        return self.cache[key]
+            self._upstream[name] = seen
+        return self._upstream[name]
 
     def upstream(self) -> list[Node]:
         """The nodes the logits depend on, in topological order."""
@@ -217,19 +212,62 @@ class Graph:
     def activations_and_norms(
         self, x: torch.Tensor, names: Iterable[str] | None = None, *, norms: bool = True
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Like :meth:`activations`, plus the per-sample L2 norm of every node's output."""
+        """Like :meth:`activations`, plus the per-sample L2 norm of every node's output.
+
+        Values are computed node by node from the nodes' own fields
+        (:func:`boundkit.graph.ops.evaluate`): what the bound methods read is what is
+        evaluated."""
         keep = set(names) if names is not None else {n.name for n in self.nodes}
-        keep.add(self.logits.name)
-        rec = _Recorder(self.gm, keep, norms)
-        with torch.no_grad():
-            rec.run(x.to(device=self.device, dtype=torch.float64))
-        return rec.values, rec.norms
+        keep |= {self.logits.name, self.output}
+        xb = x.to(device=self.device, dtype=torch.float64)
+        values, all_norms = self.evaluate({self.input.name: xb}, keep, norms=norms)
+        return values, all_norms
+
+    def evaluate(
+        self,
+        env: dict[str, torch.Tensor],
+        keep: Iterable[str],
+        *,
+        norms: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Evaluate the nodes upstream of the logits, starting from the values in ``env``
+        (node name -> batch; the nodes they stand for are not recomputed, nor what only
+        they depend on). Returns the values of ``keep`` and, with ``norms``, the per-sample
+        L2 norm of every computed node's output."""
+        keep = set(keep)
+        up = self._upstream_of_logits() | self._upstream_of(self.output)
+        last_use = {}
+        for i, n in enumerate(self.nodes):
+            for src in n.inputs:
+                last_use[src] = i
+        values = dict(env)
+        out: dict[str, torch.Tensor] = {k: v for k, v in env.items() if k in keep}
+        out_norms: dict[str, torch.Tensor] = {}
+        with torch.no_grad() if not any(v.requires_grad for v in env.values()) else _null():
+            for i, n in enumerate(self.nodes):
+                if n.name not in up:
+                    continue
+                if n.name not in values:
+                    if any(src not in values for src in n.inputs) or not n.inputs:
+                        continue  # upstream of a value given in env only
+                    values[n.name] = evaluate(n, [values[src] for src in n.inputs])
+                v = values[n.name]
+                if norms:
+                    out_norms[n.name] = v.reshape(v.shape[0], -1).norm(dim=1)
+                if n.name in keep:
+                    out[n.name] = v
+                for src in n.inputs:  # free what no later node reads
+                    if last_use.get(src) == i and src not in keep:
+                        values.pop(src, None)
+        return out, out_norms
 
     def to(self, device: torch.device | str) -> Graph:
         """Move the float64 evaluator and the node parameters to ``device`` (in place)."""
         self.gm.to(device)
         for n in self.nodes:
             n.params = {k: v.to(device) for k, v in n.params.items()}
+            if isinstance(n.attrs.get("shift"), torch.Tensor):
+                n.attrs["shift"] = n.attrs["shift"].to(device)
         self.cache.clear()
         return self
 

@@ -1,0 +1,150 @@
+"""What each node kind computes: the graph's own semantics, read from the node alone.
+
+Every bound method reads a node through its ``op``, ``params`` and ``attrs``. This module
+evaluates a node from exactly those fields (never from the module or the traced code it was
+captured from), so that the values the bound methods see are the values of the function
+they bound. :mod:`boundkit.graph.fidelity` compares this evaluation with the model's own
+forward: a hook, an overridden ``forward``, a keyword argument lost in capture or any other
+difference between the captured graph and the model shows up there as a mismatch.
+
+Merges follow torch's broadcasting: ``add`` computes :math:`\\sum_i c_i\\,x_i + s` with the
+inputs broadcast to the output shape (batch dimension excluded), ``cat`` concatenates along
+``dim``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from boundkit.errors import UnsupportedLayerError
+
+if TYPE_CHECKING:
+    from boundkit.graph.graph import Node
+
+Evaluator = Callable[["Node", Sequence[torch.Tensor]], torch.Tensor]
+
+
+def _linear(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.linear(xs[0], node.params["weight"], node.params.get("bias"))
+
+
+def _conv2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    a = node.attrs
+    return F.conv2d(
+        xs[0], node.params["weight"], node.params.get("bias"),
+        stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"],
+    )
+
+
+def _batchnorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    p = node.params
+    return F.batch_norm(
+        xs[0], p["running_mean"], p["running_var"], p["weight"], p["bias"],
+        training=False, eps=node.attrs["eps"],
+    )
+
+
+def _maxpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    a = node.attrs
+    return F.max_pool2d(
+        xs[0], a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]
+    )
+
+
+def _avgpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    a = node.attrs
+    return F.avg_pool2d(
+        xs[0], a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"],
+        a["count_include_pad"], a["divisor_override"],
+    )
+
+
+def _lppool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    a = node.attrs
+    return F.lp_pool2d(xs[0], a["p"], a["kernel_size"], a["stride"], a["ceil_mode"])
+
+
+def _lrn(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    a = node.attrs
+    return F.local_response_norm(xs[0], a["size"], a["alpha"], a["beta"], a["k"])
+
+
+def _softplus(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.softplus(xs[0], node.attrs["beta"], node.attrs["threshold"])
+
+
+def _leaky_relu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.leaky_relu(xs[0], node.attrs["negative_slope"])
+
+
+def _reshape(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return xs[0].reshape(xs[0].shape[0], *node.out_shape)
+
+
+def _identity(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    shift = node.attrs.get("shift")
+    return xs[0] if shift is None else xs[0] + shift.to(xs[0])
+
+
+def _softmax(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.softmax(xs[0], node.attrs["dim"])
+
+
+def _log_softmax(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.log_softmax(xs[0], node.attrs["dim"])
+
+
+def _add(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    coeffs = node.attrs["coeffs"]
+    out = xs[0] if coeffs[0] == 1 else coeffs[0] * xs[0]
+    for c, x in zip(coeffs[1:], xs[1:]):
+        out = out + (x if c == 1 else c * x)
+    shift = node.attrs.get("shift")
+    return out if shift is None else out + shift.to(out)
+
+
+def _cat(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(list(xs), dim=node.attrs["dim"])
+
+
+def _module(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A user's own module with a registered rule: the module is the semantics."""
+    if node.module is None:
+        raise UnsupportedLayerError(
+            node.name, node.attrs.get("module_type", node.target),
+            why="boundkit does not know what this operation computes",
+        )
+    return node.module(*xs)
+
+
+EVALUATORS: dict[str, Evaluator] = {
+    "linear": _linear,
+    "conv2d": _conv2d,
+    "batchnorm": _batchnorm,
+    "maxpool2d": _maxpool2d,
+    "avgpool2d": _avgpool2d,
+    "lppool2d": _lppool2d,
+    "lrn": _lrn,
+    "relu": lambda n, xs: torch.relu(xs[0]),
+    "leaky_relu": _leaky_relu,
+    "tanh": lambda n, xs: torch.tanh(xs[0]),
+    "sigmoid": lambda n, xs: torch.sigmoid(xs[0]),
+    "softplus": _softplus,
+    "flatten": _reshape,
+    "reshape": _reshape,
+    "identity": _identity,
+    "softmax": _softmax,
+    "log_softmax": _log_softmax,
+    "add": _add,
+    "cat": _cat,
+}
+
+
+def evaluate(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The output of ``node`` on the batch inputs ``xs`` (one per entry of
+    ``node.inputs``), computed from the node's fields alone."""
+    return EVALUATORS.get(node.op, _module)(node, xs)
