@@ -20,7 +20,7 @@ _LAZY = {
     "register_rule": "boundkit.bounds.registry",
     "available_methods": "boundkit.bounds.registry",
     # graph
-    "capture": "boundkit.graph.capture",
+    "capture": "boundkit.bounds.engine",
     "Graph": "boundkit.graph.graph",
     "Node": "boundkit.graph.graph",
     # attacks

@@ -39,6 +39,8 @@ import torch.nn as nn
 
 __all__ = [
     "ALL_LAYER_KINDS",
+    "ComposedNet",
+    "composed_networks",
     "adversarial_search",
     "assert_sound",
     "check_rule_soundness",
@@ -474,3 +476,195 @@ def check_rule_soundness(
                         )
         assert_sound(model, x, method, attack_steps=attack_steps, use_attacks=False,
                      exact=False)
+
+
+# ----------------------------------------------------------------------------- compositions
+#: what :class:`ComposedNet` can do at an image stage and at a vector stage
+IMAGE_STEPS = (
+    "conv", "relu", "tanh", "sigmoid", "softplus", "leaky_relu", "avgpool", "maxpool",
+    "batchnorm", "residual", "add_self", "cat_self", "cat_branch", "shift", "negate",
+    "dropout", "broadcast_add",
+)
+VECTOR_STEPS = (
+    "linear", "relu", "tanh", "sigmoid", "softplus", "leaky_relu", "residual", "add_self",
+    "cat_self", "shift", "negate", "dropout", "sub",
+)
+
+
+def _activation_module(kind: str, form: int, p: dict) -> nn.Module:
+    if kind == "relu":
+        return nn.ReLU(inplace=bool(form % 2))
+    if kind == "softplus":
+        return nn.Softplus(p["beta"], p["threshold"])
+    if kind == "leaky_relu":
+        return nn.LeakyReLU(p["slope"])
+    return {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "dropout": nn.Dropout}[kind]()
+
+
+class ComposedNet(nn.Module):
+    """A classifier built from a list of steps, each calling a supported operation in one of
+    its forms (module, ``torch.nn.functional``, ``torch.*``, tensor method, in place) with
+    keyword or positional arguments: the raw material of capture red-teaming.
+
+    ``steps`` is a list of ``(kind, form, params)``; ``forward`` reads it in order (an image
+    stage on ``[N, C, H, W]``, one flatten, a vector stage, a final linear layer).
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], steps: list[tuple[str, int, dict]],
+                 num_classes: int, seed: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.boundkit_input_shape = in_shape
+        self.steps = steps
+        self.layers = nn.ModuleList()
+        c, h, w = in_shape
+        feat: int | None = None
+        for kind, form, p in steps:
+            mod: nn.Module = nn.Identity()
+            if kind == "flatten":
+                feat = c * h * w
+            elif feat is None:  # image stage
+                if kind == "conv":
+                    out = p["channels"]
+                    mod = nn.Conv2d(c, out, p["k"], padding=p["k"] // 2)
+                    c = out
+                elif kind == "cat_self" or kind == "cat_branch":
+                    if kind == "cat_branch":
+                        mod = nn.Conv2d(c, c, 1)
+                    c *= 2
+                elif kind in ("avgpool", "maxpool") and min(h, w) >= 2:
+                    h, w = h // 2, w // 2
+                elif kind == "avgpool" or kind == "maxpool":
+                    p["skip"] = True
+                elif kind == "batchnorm":
+                    mod = nn.BatchNorm2d(c)
+                elif kind == "residual":
+                    mod = nn.Conv2d(c, c, 3, padding=1)
+                elif kind == "broadcast_add":
+                    mod = nn.Conv2d(c, 1, 1)
+            else:  # vector stage
+                if kind == "linear":
+                    mod = nn.Linear(feat, p["width"])
+                    feat = p["width"]
+                elif kind == "residual":
+                    mod = nn.Linear(feat, feat)
+                elif kind == "cat_self":
+                    feat *= 2
+            if kind in ("relu", "tanh", "sigmoid", "softplus", "leaky_relu", "dropout"):
+                mod = _activation_module(kind, form, p)
+            elif kind == "flatten":
+                mod = nn.Flatten()
+            elif kind == "avgpool":
+                mod = nn.AvgPool2d(2, count_include_pad=p["count_include_pad"])
+            elif kind == "maxpool":
+                mod = nn.MaxPool2d(2)
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.randn(c, generator=gen) * 0.3)
+                mod.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+            for prm in mod.parameters():
+                with torch.no_grad():
+                    prm.copy_(torch.randn(prm.shape, generator=gen) * p.get("scale", 1.0)
+                              / math.sqrt(max(prm[0].numel(), 1)))
+            self.layers.append(mod)
+        self.head = nn.Linear(feat if feat is not None else c * h * w, num_classes)
+        self.flat_at_end = feat is None
+        self.eval()
+
+    def _act(self, kind: str, form: int, p: dict, mod: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        F = nn.functional
+        b, t, s = p.get("beta"), p.get("threshold"), p.get("slope")
+        forms: dict[str, list[Callable[[], torch.Tensor]]] = {
+            "relu": [lambda: mod(h), lambda: F.relu(h), lambda: torch.relu(h),
+                     lambda: h.relu(), lambda: F.relu(h, True), lambda: F.relu(h, inplace=True)],
+            "tanh": [lambda: mod(h), lambda: torch.tanh(h), lambda: h.tanh()],
+            "sigmoid": [lambda: mod(h), lambda: torch.sigmoid(h), lambda: h.sigmoid()],
+            "softplus": [lambda: mod(h), lambda: F.softplus(h, b, t),
+                         lambda: F.softplus(h, beta=b, threshold=t),
+                         lambda: F.softplus(h, b, threshold=t)],
+            "leaky_relu": [lambda: mod(h), lambda: F.leaky_relu(h, s),
+                           lambda: F.leaky_relu(h, negative_slope=s)],
+        }
+        options = forms[kind]
+        return options[form % len(options)]()
+
+    def _step(self, kind: str, form: int, p: dict, mod: nn.Module, g: torch.Tensor) -> torch.Tensor:
+        F = nn.functional
+        a, c, cip = p.get("alpha", 1.0), p.get("c", 0.0), p.get("count_include_pad", True)
+        forms: dict[str, list[Callable[[], torch.Tensor]]] = {
+            "flatten": [lambda: torch.flatten(g, 1), lambda: g.view(g.size(0), -1),
+                        lambda: g.reshape(g.shape[0], -1), lambda: mod(g),
+                        lambda: g.flatten(start_dim=1)],
+            "conv": [lambda: mod(g)], "linear": [lambda: mod(g)],
+            "batchnorm": [lambda: mod(g)],
+            "maxpool": [lambda: F.max_pool2d(g, 2), lambda: F.max_pool2d(g, 2, 2),
+                        lambda: F.max_pool2d(g, kernel_size=2), lambda: mod(g)],
+            "avgpool": [lambda: F.avg_pool2d(g, 2, 2, 0, False, cip),
+                        lambda: F.avg_pool2d(g, 2, count_include_pad=cip), lambda: mod(g),
+                        lambda: F.avg_pool2d(g, kernel_size=2, stride=2, padding=0,
+                                             ceil_mode=False, count_include_pad=cip)],
+            "residual": [lambda: g + mod(g), lambda: torch.add(g, mod(g), alpha=a),
+                         lambda: g.add(mod(g), alpha=a), lambda: torch.sub(g, mod(g), alpha=a),
+                         lambda: g - mod(g)],
+            "add_self": [lambda: g + g, lambda: torch.add(g, g, alpha=a), lambda: g.add(g),
+                         lambda: torch.sub(g, g, alpha=-1.0)],
+            "cat_self": [lambda: torch.cat([g, g], 1), lambda: torch.cat((g, g), dim=1),
+                         lambda: torch.concat([g, g], dim=1)],
+            "cat_branch": [lambda: torch.cat([g, mod(g)], 1),
+                           lambda: torch.cat([F.relu(mod(g)), g], dim=1)],
+            "broadcast_add": [lambda: g + mod(g), lambda: mod(g) + g,
+                              lambda: torch.add(g, mod(g), alpha=a)],
+            "shift": [lambda: g + c, lambda: c + g, lambda: torch.add(g, c), lambda: g - c],
+            "negate": [lambda: c - g],
+            "dropout": [lambda: F.dropout(g, 0.5, False),
+                        lambda: F.dropout(g, p=0.3, training=False), lambda: mod(g),
+                        lambda: F.dropout(g, 0.0)],
+            "sub": [lambda: g - torch.tanh(g), lambda: torch.sub(g, torch.tanh(g), alpha=a)],
+        }
+        if kind in forms:
+            options = forms[kind]
+            return options[form % len(options)]()
+        return self._act(kind, form, p, mod, g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for (kind, form, p), mod in zip(self.steps, self.layers):
+            if kind in ("avgpool", "maxpool") and p.get("skip"):
+                continue
+            h = self._step(kind, form, p, mod, h)
+        if self.flat_at_end:
+            h = h.flatten(1)
+        return self.head(h)
+
+
+def composed_networks(max_steps: int = 6) -> Any:
+    """Hypothesis strategy: random :class:`ComposedNet` classifiers on ``[N, 2, 6, 6]``,
+    composing supported operations in all their calling forms."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def build(draw: Any) -> ComposedNet:
+        seed = draw(st.integers(0, 2**31 - 1))
+        n_img = draw(st.integers(0, max_steps // 2))
+        n_vec = draw(st.integers(0, max_steps - n_img))
+
+        def step(kinds: tuple[str, ...]) -> tuple[str, int, dict]:
+            kind = draw(st.sampled_from(kinds))
+            params = {
+                "channels": draw(st.integers(1, 3)), "k": draw(st.sampled_from([1, 3])),
+                "width": draw(st.integers(2, 8)),
+                "scale": math.exp(draw(st.floats(math.log(0.3), math.log(3.0)))),
+                "beta": draw(st.sampled_from([0.5, 1.0, 3.0])),
+                "threshold": draw(st.sampled_from([1.0, 5.0, 20.0])),
+                "slope": draw(st.sampled_from([0.01, 0.2, -0.5, 1.5])),
+                "alpha": draw(st.sampled_from([1.0, 3.0, -2.0, 0.5])),
+                "c": draw(st.sampled_from([0.5, -1.0, 2.0])),
+                "count_include_pad": draw(st.booleans()),
+            }
+            return kind, draw(st.integers(0, 11)), params
+
+        steps = [step(IMAGE_STEPS) for _ in range(n_img)]
+        steps.append(("flatten", draw(st.integers(0, 11)), {}))
+        steps += [step(VECTOR_STEPS) for _ in range(n_vec)]
+        return ComposedNet((2, 6, 6), steps, draw(st.integers(2, 4)), seed)
+
+    return build()

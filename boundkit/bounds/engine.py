@@ -34,13 +34,26 @@ from boundkit.bounds.structural import merge_factors
 from boundkit.errors import InputShapeError, UnsupportedLayerError
 from boundkit.graph.cache import check_graph
 from boundkit.graph.cache import graph_for as cached_graph
+from boundkit.graph.capture import capture as capture_graph
 from boundkit.graph.fidelity import check_fidelity
 from boundkit.graph.graph import MERGE_OPS, Graph, Node
+
 
 def graph_for(model: nn.Module, x: torch.Tensor, device: torch.device | str | None) -> Graph:
     """The graph of ``model`` (:func:`boundkit.graph.cache.graph_for`), with the module
     classes users registered rules for captured as single nodes."""
     return cached_graph(model, x, device, leaf_modules=custom_module_ops())
+
+
+def capture(
+    model: nn.Module,
+    example: torch.Tensor | tuple[int, ...],
+    *,
+    device: torch.device | str | None = None,
+) -> Graph:
+    """:func:`boundkit.graph.capture` with the module classes users registered rules for
+    (:func:`~boundkit.bounds.registry.register_rule`) captured as single nodes."""
+    return capture_graph(model, example, device=device, leaf_modules=custom_module_ops())
 
 
 def check_input(graph: Graph, x: torch.Tensor) -> None:
@@ -256,10 +269,11 @@ def _certify_sound(
     needs: set[str] = set(extra_needs or ())
     for st in stages:
         needs |= st.needs(graph)
-    acts, norms = graph.activations_and_norms(xb, needs | {out.start.name})
+    peaks: dict[str, torch.Tensor] = {}
+    acts, norms = graph.activations_and_norms(xb, needs | {out.start.name}, peaks=peaks)
     bsz = xb.shape[0]
     err = _rounding_errors(graph, norms, bsz)
-    unsafe = unsafe_range(graph, norms)
+    unsafe = unsafe_range(graph, peaks)
     for name, e in err.items():
         acts[f"__err__{name}"] = e
     logits = acts[graph.logits.name]
@@ -281,7 +295,9 @@ def _certify_sound(
     trace: dict[str, torch.Tensor] = {}
     if want_trace:
         trace[source] = radius
-        chain = graph.path_to_logits() is not None
+        chain = graph.path_to_logits() is not None and not any(
+            st.nodes[0].op in MERGE_OPS for st in stages
+        )
         if chain:
             # backward: kappa at a stage's input = inverse of its modulus at its output's kappa
             k = kappa

@@ -79,11 +79,13 @@ def underflow_error(node: Node) -> float:
     return 2.0 * (n_in + 16) * UNDERFLOW * math.sqrt(node.out_numel) + UNDERFLOW
 
 
-def unsafe_range(graph: Graph, norms: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per sample, True when some node's output norm is not finite, above ``SAFE_MAX``, or
-    non-zero below ``SAFE_MIN``, or when a parameter of the model has a non-zero entry of
-    magnitude outside ``[SAFE_MIN, SAFE_MAX]``: such samples get radius 0."""
-    stacked = torch.stack([norms[n.name] for n in graph.nodes if n.name in norms], 1)
+def unsafe_range(graph: Graph, peaks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per sample, True when some node's largest output magnitude (``peaks``) is not
+    finite, above ``SAFE_MAX``, or non-zero below ``SAFE_MIN`` (the whole output is tiny),
+    or when a parameter of the model has a non-zero entry of magnitude outside
+    ``[SAFE_MIN, SAFE_MAX]``: such samples get radius 0. Isolated subnormal entries among
+    normal ones are covered by the absolute term of :func:`underflow_error`."""
+    stacked = torch.stack([peaks[n.name] for n in graph.nodes if n.name in peaks], 1)
     bad = ~torch.isfinite(stacked) | (stacked > SAFE_MAX) | ((stacked > 0) & (stacked < SAFE_MIN))
     flag = bad.any(1)
     if "params_unsafe" not in graph.cache:

@@ -414,7 +414,8 @@ class _Capture:
 
     def refuse_inplace_alias(self, fx_node: torch.fx.Node, target: torch.fx.Node) -> None:
         """An in-place op on ``target`` is fine only if nothing reads ``target`` later."""
-        later = [u for u in target.users if u is not fx_node and self.order[u] > self.order[fx_node]]
+        at = self.order[fx_node]
+        later = [u for u in target.users if u is not fx_node and self.order[u] > at]
         if later:
             raise UnsupportedLayerError(
                 fx_node.name, str(fx_node.target),
@@ -647,7 +648,9 @@ def capture(
     try:
         model64 = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
     except Exception as exc:  # deepcopy runs arbitrary __deepcopy__ / __reduce__ code
-        raise ModelError(f"the model cannot be copied to float64: {type(exc).__name__}: {exc}")
+        raise ModelError(
+            f"the model cannot be copied to float64: {type(exc).__name__}: {exc}"
+        ) from exc
     if module_op(model64, leaf_modules) is not None:  # a bare layer: a one-layer model
         model64 = nn.Sequential(model64)
     tracer = _Tracer(leaf_modules)

@@ -146,7 +146,7 @@ def locate_divergence(model: nn.Module, graph: Graph, x: torch.Tensor, dtype: to
         g = values[n.name].cpu()
         r = recorded[n.name]
         if r.shape != g.shape or not bool(
-            ((r - g).abs().amax() <= math.sqrt(eps) * (g.abs().amax() + r.abs().amax()))
+            (r - g).abs().amax() <= math.sqrt(eps) * (g.abs().amax() + r.abs().amax())
         ):
             return (
                 f"they part at node {n.name!r} ({n.op}, module {n.target!r}): the layer "

@@ -9,11 +9,10 @@ intermediate activations can be recomputed exactly for a batch.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import contextlib
 
 import torch
 import torch.fx
@@ -210,9 +209,15 @@ class Graph:
         return values
 
     def activations_and_norms(
-        self, x: torch.Tensor, names: Iterable[str] | None = None, *, norms: bool = True
+        self,
+        x: torch.Tensor,
+        names: Iterable[str] | None = None,
+        *,
+        norms: bool = True,
+        peaks: dict[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Like :meth:`activations`, plus the per-sample L2 norm of every node's output.
+        """Like :meth:`activations`, plus the per-sample L2 norm of every node's output
+        (and, into ``peaks`` if given, the per-sample largest magnitude).
 
         Values are computed node by node from the nodes' own fields
         (:func:`boundkit.graph.ops.evaluate`): what the bound methods read is what is
@@ -220,7 +225,7 @@ class Graph:
         keep = set(names) if names is not None else {n.name for n in self.nodes}
         keep |= {self.logits.name, self.output}
         xb = x.to(device=self.device, dtype=torch.float64)
-        values, all_norms = self.evaluate({self.input.name: xb}, keep, norms=norms)
+        values, all_norms = self.evaluate({self.input.name: xb}, keep, norms=norms, peaks=peaks)
         return values, all_norms
 
     def evaluate(
@@ -229,6 +234,7 @@ class Graph:
         keep: Iterable[str],
         *,
         norms: bool = False,
+        peaks: dict[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Evaluate the nodes upstream of the logits, starting from the values in ``env``
         (node name -> batch; the nodes they stand for are not recomputed, nor what only
@@ -254,6 +260,8 @@ class Graph:
                 v = values[n.name]
                 if norms:
                     out_norms[n.name] = v.reshape(v.shape[0], -1).norm(dim=1)
+                if peaks is not None:
+                    peaks[n.name] = v.reshape(v.shape[0], -1).abs().amax(dim=1)
                 if n.name in keep:
                     out[n.name] = v
                 for src in n.inputs:  # free what no later node reads
