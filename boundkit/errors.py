@@ -45,3 +45,19 @@ class ModelFileError(ModelError):
 
 class SoundnessViolation(BoundkitError):
     """A certified radius exceeded the norm of a verified adversarial perturbation."""
+
+
+class BadArgumentError(BoundkitError, ValueError):
+    """An argument is out of range or of the wrong type (a budget <= 0, a negative count...)."""
+
+
+class DeviceError(BoundkitError, ValueError):
+    """The requested device does not exist on this machine (e.g. ``cuda`` without CUDA)."""
+
+
+class OutputPathError(BoundkitError, ValueError):
+    """An output path would overwrite an input (the model, its sidecar, the data) or mix runs."""
+
+
+class UntrustedCodeError(ModelFileError):
+    """A model file would execute its own code and the user did not allow it."""

@@ -33,6 +33,7 @@ from boundkit.bounds.registry import BackwardRule, SoundRule, get_rule
 from boundkit.errors import InputShapeError, UnsupportedLayerError
 from boundkit.graph.capture import capture
 from boundkit.graph.graph import Graph, Node
+from boundkit.validate import check_call
 
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[Any, Graph]] = weakref.WeakKeyDictionary()
 
@@ -366,6 +367,7 @@ def certify(
         UnsupportedLayerError: a node without a rule for ``method`` (named in the message).
         TrainingModeError, NonFiniteParameterError, InputShapeError: bad model or input.
     """
+    check_call(model, x, device=device, counts={"batch_size": batch_size}, run=graph is None)
     if not isinstance(x, torch.Tensor):
         raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 2:
