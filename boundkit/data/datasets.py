@@ -30,6 +30,7 @@ from boundkit.data._common import (
     split_indices_70_20_10,
     to_tensors,
 )
+from boundkit.errors import BadArgumentError
 
 PathLike = str | os.PathLike[str]
 Tensors = tuple[torch.Tensor, torch.Tensor]
@@ -414,10 +415,11 @@ def load_dataset(
         raise DatasetFormatError(f"a data set name must be a string, got {type(name).__name__}")
     key = name.lower().replace("-", "").replace("_", "")
     if key not in LOADERS:
-        raise ValueError(f"unknown data set {name!r}; known: {sorted(LOADERS)}")
+        raise BadArgumentError(f"unknown data set {name!r}; known: {sorted(LOADERS)} (or a "
+                               ".npz/.pt file)")
     if seed is not None:
         if split_seed != SPLIT_SEED and split_seed != seed:
-            raise ValueError(f"seed={seed} and split_seed={split_seed} disagree (seed is the "
+            raise BadArgumentError(f"seed={seed} and split_seed={split_seed} disagree (seed is the "
                              "older name of split_seed)")
         split_seed = seed
     return LOADERS[key](root, split, download=download, seed=split_seed)
