@@ -131,6 +131,8 @@ def check_box(box: Any) -> tuple[float, float] | None:
     """``None`` or ``(lo, hi)`` with finite ``lo < hi``."""
     if box is None:
         return None
+    if isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 2:
+        raise BadArgumentError(f"box must be (lo, hi) or None, got {box!r}")
     try:
         lo, hi = (float(v) for v in box)
     except (TypeError, ValueError):
@@ -172,13 +174,14 @@ def check_batch(
             f"{name} has shape {tuple(x.shape)}, the model expects [N, "
             f"{', '.join(map(str, shape))}]"
         )
+    x_ = x.detach()
     if x.numel():
-        bad = ~torch.isfinite(x)
+        bad = ~torch.isfinite(x_)
         if bool(bad.any()):
             raise InputShapeError(f"{name} contains {int(bad.sum())} NaN or infinite value(s)")
     if box is not None and x.numel():
         lo, hi = box
-        xmin, xmax = float(x.min()), float(x.max())
+        xmin, xmax = float(x_.min()), float(x_.max())
         if xmin < lo or xmax > hi:
             raise InputShapeError(
                 f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the box {tuple(box)}; "
