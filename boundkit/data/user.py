@@ -118,8 +118,10 @@ def load_tensor_file(
             raise DatasetFormatError(
                 f"{p} is not a readable .npz of numeric arrays (object arrays are refused): {exc}"
             ) from exc
-        if xa.dtype == object or ya.dtype == object:
-            raise DatasetFormatError(f"{p}: object arrays are not supported")
+        for key, arr in (("x", xa), ("y", ya)):
+            if arr.dtype.kind not in "biuf":
+                raise DatasetFormatError(f"{p}: '{key}' has unsupported dtype {arr.dtype} "
+                                         "(numbers only)")
         x = torch.from_numpy(np.ascontiguousarray(xa))
         y = torch.from_numpy(np.ascontiguousarray(ya))
     elif suffix in (".pt", ".pth"):
