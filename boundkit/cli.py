@@ -569,8 +569,10 @@ def _compare_lines(doc: dict[str, Any]) -> list[str]:
 def cmd_compare(sess: Session) -> int:
     from boundkit.models.train import accuracy
     from boundkit.report import render_report, write_json
+    from boundkit.validate import check_int
 
     a = sess.args
+    check_int("--n", a.n, allow_none=True)
     data = load_data_arg(a.data, a.data_root, a.split, None)
     n = data.x.shape[0] if a.n is None else min(a.n, data.x.shape[0])
     idx = data.indices[:n]
@@ -971,11 +973,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Errors boundkit recognises (:class:`~boundkit.errors.BoundkitError`: bad files, data,
     arguments, devices) and operating-system errors on the user's paths (permission denied,
-    read-only or full disk) print one line and exit 2; Ctrl-C exits 130 with nothing
-    half-written. Anything else is a bug in boundkit and keeps its traceback.
+    read-only or full disk) print one line and exit 2; Ctrl-C, at any point, exits 130 with
+    nothing half-written. Anything else is a bug in boundkit and keeps its traceback.
     """
-    parser = build_parser()
     argv = list(argv) if argv is not None else sys.argv[1:]
+    command = next((a for a in argv if not a.startswith("-")), "")
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(f"boundkit {command}: interrupted; no results were written (an existing --out "
+              "is left as it was)".replace("boundkit :", "boundkit:"), file=sys.stderr,
+              flush=True)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
@@ -995,10 +1008,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BoundkitError, OSError) as exc:
         print(f"boundkit {args.command}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"boundkit {args.command}: interrupted; no results were written (an existing "
-              "--out is left as it was)", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
