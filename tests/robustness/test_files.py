@@ -413,7 +413,8 @@ def test_bad_results_document(tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x01binary", b"{" * 100_000, b"nan",
-                                     b'"string"'])
+                                     b'"string"'],
+                         ids=["empty", "binary", "deep", "nan", "string"])
 def test_garbage_results_file(tmp_path: Path, content: bytes) -> None:
     p = tmp_path / "r.json"
     p.write_bytes(content)
