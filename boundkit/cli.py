@@ -106,6 +106,7 @@ class Data:
     indices: Any
     provenance: dict[str, Any]
     file: Path | None = None
+    home: Path | None = None  # the data folder of a named data set
 
 
 @dataclass
@@ -141,18 +142,22 @@ def load_data_arg(data: str, root: str | None, split: str, n: int | None) -> Dat
 
     check_int("--n", n, allow_none=True)
     p = Path(data)
+    home = None
     if p.suffix.lower() in (".npz", ".pt", ".pth") or p.is_file():
         x, y = load_tensor_file(p)
         prov = {"data": str(p), "data_sha256": _sha256(p), "split": "file"}
         file = p
     else:
+        from boundkit.data import data_home
+
         x, y = load_dataset(data, root, split)
         prov = {"data": data, "split": split, "split_seed": SPLIT_SEED}
         file = None
+        home = data_home(root)
     if n is not None:
         x, y = x[:n], y[:n]
     prov["n"] = int(x.shape[0])
-    return Data(x, y, np.arange(x.shape[0]), prov, file)
+    return Data(x, y, np.arange(x.shape[0]), prov, file, home if file is None else None)
 
 
 def _model_for_data(model: Any, x: Any):
@@ -221,15 +226,22 @@ def _input_files(paths: Sequence[Path]) -> list[Path]:
 RUN_MARKER = ".boundkit-run.json"
 
 
-def check_outputs(out: Path, inputs: Sequence[Path], *, is_dir: bool) -> None:
+def check_outputs(out: Path, inputs: Sequence[Path], *, is_dir: bool,
+                  data_home: Path | None = None) -> None:
     """Refuse an output that is, or would overwrite, an input: the model, its sidecar, the
-    data or results file; an output directory holding an input (a run replaces the whole
-    directory); an existing directory that is not a boundkit results directory; a file
-    output that is a directory."""
+    data or results file, a file of the data folder; an output directory holding an input
+    (a run replaces the whole directory); an existing directory that is not a boundkit
+    results directory; a file output that is a directory."""
     from boundkit.errors import OutputPathError
 
     o = out.resolve()
     files = _input_files(inputs)
+    if data_home is not None:
+        h = data_home.expanduser().resolve()
+        if (is_dir and (o == h or o in h.parents)) or (
+                not is_dir and h in o.parents and o.exists() and o.suffix.lower() != ".json"):
+            raise OutputPathError(f"--out {out} would overwrite or replace the data folder "
+                                  f"{data_home} or a file in it")
     if is_dir:
         if o.exists() and not o.is_dir():
             raise OutputPathError(f"--out {out} exists and is not a directory")
@@ -325,7 +337,7 @@ def preamble(sess: Session, model_path: str, data: Data | None = None,
         data = load_data_arg(a.data, a.data_root, a.split, a.n)
     inputs = [mpath] + ([data.file] if data.file is not None else [])
     for out, is_dir in outputs:
-        check_outputs(Path(out), inputs, is_dir=is_dir)
+        check_outputs(Path(out), inputs, is_dir=is_dir, data_home=data.home)
     model = load_model_arg(model_path, a.arch, device, getattr(a, "trust_code", False))
     x = _model_for_data(model, data.x)
     warning = _check_not_training_data(mpath, data)
@@ -580,7 +592,7 @@ def cmd_compare(sess: Session) -> int:
     if len(set(names)) != len(names):
         names = [f"{i}:{nm}" for i, nm in enumerate(names)]
     inputs = [Path(p) for p in a.models] + ([data.file] if data.file is not None else [])
-    check_outputs(Path(a.out), inputs, is_dir=True)
+    check_outputs(Path(a.out), inputs, is_dir=True, data_home=data.home)
     entries = []
     provs = {}
     bad = False

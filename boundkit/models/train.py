@@ -58,6 +58,9 @@ def train_model(
     (optional) is ``callable(model, x_batch, logits) -> scalar`` added to the loss (e.g. the
     output-margin penalty of §4.4; return the negated bonus to maximise a margin).
     """
+    from boundkit.validate import check_device
+
+    device = check_device(device)  # a clear DeviceError for cuda without CUDA
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
     if epochs < 0 or batch_size < 1:

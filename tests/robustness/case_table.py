@@ -60,6 +60,7 @@ CLASS = {
     "test_out_file_never_overwrites_an_input": "outputs",
     "test_out_dir_holding_an_input_refused": "outputs",
     "test_out_dir_foreign_and_not_empty_refused": "outputs",
+    "test_out_never_replaces_the_data_folder": "outputs",
     "test_out_file_is_a_directory": "outputs",
     "test_out_below_a_file": "outputs",
     "test_results_directory_replaced_whole_never_mixed": "outputs",
@@ -82,7 +83,8 @@ CLASSES = ["tensors", "models", "files", "arguments", "interruption", "environme
 API = ["certify", "attack", "crosscheck", "exact_radius", "load_model", "load_tensor_file",
        "read_json"]
 CLI = ["certify", "attack", "crosscheck", "compare", "train", "report", "demo"]
-COLUMNS = [f"`bk.{e}`" for e in API] + [f"`boundkit {c}`" for c in CLI]
+LABEL = {"load_tensor_file": "data.load_tensor_file", "read_json": "report.read_json"}
+COLUMNS = [f"`bk.{LABEL.get(e, e)}`" for e in API] + [f"`boundkit {c}`" for c in CLI]
 
 
 def classify(test_id: str, params: dict) -> tuple[str, list[str]]:
@@ -93,9 +95,9 @@ def classify(test_id: str, params: dict) -> tuple[str, list[str]]:
     if path.endswith("test_files.py"):
         cls = CLASS.get(func, "files")
         if "data" in func or "npz" in func:
-            return cls, ["`bk.load_tensor_file`"]
+            return cls, ["`bk.data.load_tensor_file`"]
         if "results" in func:
-            return cls, ["`bk.read_json`"]
+            return cls, ["`bk.report.read_json`"]
         return cls, ["`bk.load_model`"]
     cls = CLASS.get(func)
     if cls is None and cli and ("model_file" in func or "trust_code" in func

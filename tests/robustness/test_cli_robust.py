@@ -220,6 +220,21 @@ def test_out_dir_holding_an_input_refused(cmd: str, where: str, models: Path,
     assert (models / "mlp.safetensors").is_file() and (models / "mlp.json").is_file()
 
 
+@pytest.mark.parametrize("cmd", MODEL_CMDS)
+def test_out_never_replaces_the_data_folder(cmd: str, models: Path, tmp_path: Path) -> None:
+    """A named data set's folder (--data-root) is an input too: a results directory may not
+    be it or hold it, and a file output may not overwrite one of its data files."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "spambase.data").write_text("precious")
+    argv = argv_for(cmd, models / "mlp.safetensors", tmp_path, "--data-root", root)
+    argv[argv.index("--data") + 1] = "digits"
+    target = root if cmd in ("crosscheck", "compare") else root / "spambase.data"
+    argv[argv.index("--out") + 1] = target
+    cli_error(argv, "data folder")
+    assert (root / "spambase.data").read_text() == "precious"
+
+
 @pytest.mark.parametrize("cmd", ["crosscheck", "compare"])
 def test_out_dir_foreign_and_not_empty_refused(cmd: str, models: Path, tmp_path: Path) -> None:
     out = out_of(cmd, tmp_path)
