@@ -103,9 +103,53 @@ def write_json(results: Any, path: PathLike) -> Path:
     return atomic_write_text(path, json.dumps(encode(doc), indent=1, allow_nan=False) + "\n")
 
 
+#: the largest finite number a results file may hold (a radius of 1e100 is meaningless and
+#: overflows the figures' axis arithmetic)
+MAX_VALUE = 1e100
+
+
 def _is_num(v: Any) -> bool:
-    return v is None or v in ("inf", "-inf") or (
-        isinstance(v, (int, float)) and not isinstance(v, bool))
+    """A number a results file may hold: None or NaN (unknown), +-inf (as a float or the
+    strings ``"inf"``/``"-inf"``), or a finite ``|v| <= MAX_VALUE``."""
+    if v is None or v in ("inf", "-inf"):
+        return True
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return math.isnan(v) or math.isinf(v) or abs(v) <= MAX_VALUE
+
+
+def _is_dist(v: Any) -> bool:
+    """A distance (radius, norm, ratio): unknown, +inf, or a number in [0, MAX_VALUE]."""
+    if v == "-inf":
+        return False
+    return _is_num(v) and (v is None or v == "inf" or math.isnan(v) or v >= 0)
+
+
+def _check_summary(s: Any, where: str) -> None:
+    """The fields of ``summary`` the reports print, when present."""
+    if not isinstance(s, dict):
+        raise ResultsFileError(f"{where}: 'summary' must be an object")
+    for key in ("accuracy", "attack_success_rate"):
+        if key in s and not (s[key] is None or (_is_num(s[key]) and s[key] not in (
+                "inf", "-inf") and 0 <= s[key] <= 1)):
+            raise ResultsFileError(f"{where}: summary.{key} = {s[key]!r} is not a fraction")
+    for key in ("median_attack_norm", "median_exact_radius"):
+        if key in s and not _is_dist(s[key]):
+            raise ResultsFileError(f"{where}: summary.{key} = {s[key]!r} is not a distance")
+    for key in ("n", "soundness_bugs", "expected_violations"):
+        if key in s and not (isinstance(s[key], int) and not isinstance(s[key], bool)):
+            raise ResultsFileError(f"{where}: summary.{key} must be an integer")
+    if "attack" in s and not isinstance(s["attack"], (str, type(None))):
+        raise ResultsFileError(f"{where}: summary.attack must be a name")
+    methods = s.get("methods", {})
+    if not isinstance(methods, dict):
+        raise ResultsFileError(f"{where}: summary.methods must be an object")
+    for m, d in methods.items():
+        if not isinstance(d, dict) or not all(
+            _is_dist(d[k]) for k in ("median_radius", "median_ratio", "min_radius",
+                                     "median_ratio_to_exact") if k in d
+        ):
+            raise ResultsFileError(f"{where}: summary.methods.{m} must hold distances")
 
 
 def _check_list(v: Any, n: int, where: str, item: Any, what: str) -> None:
@@ -127,6 +171,8 @@ def _check_single(doc: Any, where: str) -> None:
     if not isinstance(idx, list):
         raise ResultsFileError(f"{where}: 'samples.index' must be a list")
     n = len(idx)
+    if n == 0:
+        raise ResultsFileError(f"{where}: no samples (samples.index is empty)")
     is_int = lambda e: isinstance(e, int) and not isinstance(e, bool)  # noqa: E731
     _check_list(idx, n, f"{where}: samples.index", is_int, "integers")
     _check_list(s.get("prediction"), n, f"{where}: samples.prediction", is_int, "integers")
@@ -137,22 +183,30 @@ def _check_single(doc: Any, where: str) -> None:
         if not isinstance(d, dict):
             raise ResultsFileError(f"{where}: samples.{key} must be an object")
         for m, v in d.items():
-            _check_list(v, n, f"{where}: samples.{key}.{m}", _is_num, "numbers")
+            _check_list(v, n, f"{where}: samples.{key}.{m}", _is_dist, "distances (>= 0)")
     if s.get("exact") is not None:
-        _check_list(s["exact"], n, f"{where}: samples.exact", _is_num, "numbers")
+        _check_list(s["exact"], n, f"{where}: samples.exact", _is_dist, "distances (>= 0)")
     if "attack_success" in s:
         _check_list(s["attack_success"], n, f"{where}: samples.attack_success",
                     lambda e: isinstance(e, bool), "booleans")
     if "found_by" in s:
         _check_list(s["found_by"], n, f"{where}: samples.found_by",
                     lambda e: isinstance(e, str), "strings")
-    for i, v in enumerate(doc.get("violations", []) or []):
+    viol = doc.get("violations", [])
+    if not isinstance(viol, list):
+        raise ResultsFileError(f"{where}: 'violations' must be a list")
+    for i, v in enumerate(viol):
         if not (isinstance(v, dict) and isinstance(v.get("method"), str) and is_int(
-                v.get("index"))):
-            raise ResultsFileError(f"{where}: violations[{i}] needs 'method' and 'index'")
-    for key in ("meta", "summary", "traces"):
+                v.get("index")) and isinstance(v.get("message", ""), str)):
+            raise ResultsFileError(f"{where}: violations[{i}] needs 'method', 'index' and a "
+                                   "'message' string")
+    for key in ("meta", "traces"):
         if key in doc and not isinstance(doc[key], dict):
             raise ResultsFileError(f"{where}: '{key}' must be an object")
+    if "summary" in doc:
+        _check_summary(doc["summary"], where)
+    if not isinstance(doc.get("exact_note", ""), (str, type(None))):
+        raise ResultsFileError(f"{where}: 'exact_note' must be a string")
     for m, tr in (doc.get("traces") or {}).items():
         if not (isinstance(tr, dict) and isinstance(tr.get("nodes"), list)
                 and isinstance(tr.get("values"), list)
@@ -180,6 +234,13 @@ def check_results(doc: Any, source: str = "results") -> dict[str, Any]:
         for i, m in enumerate(models):
             if not isinstance(m, dict) or not isinstance(m.get("name"), str):
                 raise ResultsFileError(f"{source}: models[{i}] needs a 'name'")
+            med = m.get("median_radius", {})
+            if not (isinstance(med, dict) and all(_is_dist(v) for v in med.values())
+                    and _is_dist(m.get("median_attack_norm"))
+                    and (m.get("accuracy") is None or (_is_num(m["accuracy"])
+                                                       and 0 <= m["accuracy"] <= 1))):
+                raise ResultsFileError(f"{source}: models[{i}] ({m['name']!r}) needs "
+                                       "distances for its medians and a fraction for accuracy")
             if m["name"] not in results:
                 raise ResultsFileError(f"{source}: no results for model {m['name']!r}")
         for name, sub in results.items():

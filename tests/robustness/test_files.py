@@ -398,6 +398,26 @@ BAD_RESULTS = {
     "traces-short": _mut(lambda d: d.update(traces={"sound": {"nodes": ["a"],
                                                                "values": [[1.0]]}})),
     "meta-list": _mut(lambda d: d.update(meta=[1])),
+    "radius-negative": _mut(lambda d: d["samples"]["radius"].update(sound=[-0.1, 1.0])),
+    "radius-minus-inf": _mut(lambda d: d["samples"]["radius"].update(sound=["-inf", 1.0])),
+    "norm-huge": _mut(lambda d: d["samples"].update(attack_norm={"best": [1e308, 1.0]})),
+    "exact-negative": _mut(lambda d: d["samples"].update(exact=[1.0, -2.0])),
+    "summary-not-dict": _mut(lambda d: d.update(summary=[1])),
+    "summary-methods-int": _mut(lambda d: d.update(summary={"methods": 5})),
+    "summary-method-str": _mut(lambda d: d.update(summary={"methods": {"sound": {
+        "median_radius": "big"}}})),
+    "summary-accuracy-2": _mut(lambda d: d.update(summary={"accuracy": 2.0})),
+    "summary-n-str": _mut(lambda d: d.update(summary={"n": "2"})),
+    "violation-message-int": _mut(lambda d: d.update(violations=[
+        {"method": "sound", "index": 0, "message": 3}])),
+    "violations-dict": _mut(lambda d: d.update(violations={"a": 1})),
+    "exact-note-list": _mut(lambda d: d.update(exact_note=["x"])),
+    "compare-median-negative": {"kind": "compare", "models": [
+        {"name": "a", "median_radius": {"sound": -1}, "median_attack_norm": 1.0}],
+        "results": {"a": _doc()}},
+    "compare-accuracy-str": {"kind": "compare", "models": [
+        {"name": "a", "accuracy": "high", "median_attack_norm": 1.0}],
+        "results": {"a": _doc()}},
     "compare-empty": {"kind": "compare", "models": [], "results": {}},
     "compare-missing": {"kind": "compare", "models": [{"name": "a"}], "results": {}},
     "compare-bad-sub": {"kind": "compare", "models": [{"name": "a"}],
@@ -419,6 +439,34 @@ def test_garbage_results_file(tmp_path: Path, content: bytes) -> None:
     p = tmp_path / "r.json"
     p.write_bytes(content)
     expect_error(lambda: read_json(p), kind=ResultsFileError)
+
+
+_VALUES = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
+                    st.sampled_from(["inf", "-inf", "x"]), st.integers(-3, 3))
+
+
+@settings(max_examples=8, suppress_health_check=list(HealthCheck), deadline=None)
+@given(st.integers(0, 3).flatmap(lambda n: st.fixed_dictionaries({
+    "n": st.just(n),
+    "radius": st.lists(_VALUES, min_size=n, max_size=n),
+    "norm": st.lists(_VALUES, min_size=n, max_size=n),
+    "pred": st.lists(st.integers(0, 9), min_size=n, max_size=n),
+    "kind": st.sampled_from(["certify", "attack", "crosscheck"]),
+})))
+def test_property_any_results_document_renders_or_is_refused(tmp_path_factory, d) -> None:
+    """Random values in a results document: read_json refuses it with a ResultsFileError
+    naming the field, or the whole report (figures included) renders."""
+    from boundkit.report import render_report
+
+    doc = {"kind": d["kind"], "samples": {
+        "index": list(range(d["n"])), "prediction": d["pred"],
+        "radius": {"sound": d["radius"]}, "attack_norm": {"best": d["norm"]}}}
+    try:
+        checked = read_json(doc)
+    except ResultsFileError:
+        return
+    paths = render_report(checked, tmp_path_factory.mktemp("rep"))
+    assert paths["html"].is_file()
 
 
 def test_good_results_document_reads(tmp_path: Path) -> None:
