@@ -194,7 +194,13 @@ def _check_not_training_data(model_path: Path, data: Data) -> str | None:
 
     t = _trained_on(read_model_meta(model_path))
     prov = data.provenance
-    if t is None or data.file is not None:
+    if t is None:
+        return None
+    if data.file is not None:
+        if t.get("data_sha256") and t.get("data_sha256") == prov.get("data_sha256"):
+            return (f"WARNING: {model_path.name}: {data.file.name} is the very data file this "
+                    "model was trained on; radii and accuracy measured on training images say "
+                    "little about unseen data")
         return None
     norm = lambda s: str(s).lower().replace("-", "").replace("_", "")  # noqa: E731
     if norm(t["data"]) != norm(prov["data"]):

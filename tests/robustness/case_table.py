@@ -73,6 +73,7 @@ CLASS = {
     "test_training_images_warned_loudly": "data splits",
     "test_legacy_model_trained_on_another_split_warned": "data splits",
     "test_test_split_of_own_data_not_warned": "data splits",
+    "test_training_data_file_warned": "data splits",
     # structure of the CLI
     "test_bugs_are_not_disguised_as_bad_input": "structure",
     "test_preamble_is_shared_by_every_model_command": "structure",

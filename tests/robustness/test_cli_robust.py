@@ -337,6 +337,17 @@ def test_legacy_model_trained_on_another_split_warned(models: Path, tmp_path: Pa
     assert "WARNING" in err and "overlaps" in err
 
 
+def test_training_data_file_warned(models: Path, tmp_path: Path) -> None:
+    """A model trained on a .npz file, evaluated on that same file: warned."""
+    out = tmp_path / "trained"
+    cli_ok(["train", "digits_mlp", "--data", models / "data.npz", "--epochs", "1", "--out",
+            out, "-q"])
+    argv = argv_for("certify", out / "digits_mlp.safetensors", tmp_path)
+    argv[argv.index("--data") + 1] = models / "data.npz"
+    _, err = cli_ok(argv)
+    assert "WARNING" in err and "trained on" in err
+
+
 def test_test_split_of_own_data_not_warned(models: Path, tmp_path: Path) -> None:
     _, err = cli_ok(argv_for("certify", models / "mlp.safetensors", tmp_path))
     assert "WARNING" not in err
