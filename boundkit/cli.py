@@ -2,22 +2,28 @@
 
 Exit codes: 0 success; 2 bad input (a one-line error on stderr, no traceback); 3 a soundness
 violation (a ``sound`` certified radius above the float64-verified norm of an adversarial
-example: a bug in boundkit; the sample, method and layer are printed).
+example: a bug in boundkit; the sample, method and layer are printed); 130 interrupted
+(Ctrl-C; nothing half-written).
+
+Every command that reads a model goes through one :func:`preamble` (options, device, output
+paths, model, data, model-data check, training-image warning, provenance).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_VIOLATION = 0, 2, 3
+EXIT_OK, EXIT_BAD_INPUT, EXIT_VIOLATION, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 MAIN_EPILOG = """\
 examples:
@@ -31,7 +37,9 @@ examples:
   boundkit report xcheck/results.json --out xcheck-report/
 
 exit codes: 0 ok, 2 bad input (missing file, not a model, wrong data shape, NaN
-weights...), 3 soundness violation found by crosscheck (a bug: please report it).
+weights...), 3 soundness violation found by crosscheck (a bug: please report it),
+130 interrupted (nothing half-written).
+Model files never run code unless you pass --trust-code (needed for TorchScript only).
 Data sets: mnist, cifar10, iris, wine, digits, spambase (looked up in --data-root, default
 $BOUNDKIT_DATA, else ~/.cache/boundkit), or a .npz/.pt file with arrays x (in [0, 1]) and y.
 """
@@ -51,8 +59,9 @@ def _progress_factory(quiet: bool):
 class Session:
     """Options shared by the subcommands, and output helpers."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, argv: Sequence[str] = ()) -> None:
         self.args = args
+        self.argv = list(argv)
         self.quiet: bool = getattr(args, "quiet", False)
         self.json: bool = getattr(args, "json", False)
         self.bar = _progress_factory(self.quiet)
@@ -78,59 +87,273 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model_arg(path: str, arch: str | None, device: str | None):
-    """Load ``--model`` (and check the weights); raises ModelFileError with the reason."""
-    from boundkit.errors import BoundkitError, ModelFileError
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Data:
+    """``--data`` loaded: the first ``--n`` samples of a split, and where they came from."""
+
+    x: Any
+    y: Any
+    indices: Any
+    provenance: dict[str, Any]
+    file: Path | None = None
+    home: Path | None = None  # the data folder of a named data set
+
+
+@dataclass
+class Inputs:
+    """What every command that analyses a model starts from (see :func:`preamble`)."""
+
+    model: Any
+    model_path: Path
+    x: Any
+    y: Any
+    indices: Any
+    device: Any
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model_arg(path: str, arch: str | None, device: Any, trust_code: bool = False):
+    """Load ``--model`` safely (``boundkit.models.io.load_model``). Every problem the loader
+    recognises is a :class:`~boundkit.errors.BoundkitError` naming the file; anything else
+    is a bug and surfaces as one."""
     from boundkit.models.io import load_model
 
-    try:
-        return load_model(path, arch=arch, device=device)
-    except BoundkitError:
-        raise
-    except Exception as exc:  # a file the loaders choke on is still a bad input
-        raise ModelFileError(f"{path} cannot be read as a model "
-                             f"({type(exc).__name__}: {exc})") from exc
+    return load_model(path, arch=arch, device=device, trust_code=trust_code)
 
 
-def load_data_arg(data: str, root: str | None, split: str, n: int | None, seed: int):
-    """``--data``: a data set name or a ``.npz``/``.pt`` file. Returns ``(x, y, indices)``
-    with the first ``n`` samples of the split."""
+def load_data_arg(data: str, root: str | None, split: str, n: int | None) -> Data:
+    """``--data``: a data set name or a ``.npz``/``.pt`` file; the first ``n`` samples of
+    ``split`` (the data set's own fixed split, :data:`boundkit.data.SPLIT_SEED`; the run's
+    ``--seed`` never changes it)."""
     import numpy as np
 
-    from boundkit.data import load_dataset, load_tensor_file
+    from boundkit.data import SPLIT_SEED, load_dataset, load_tensor_file
+    from boundkit.validate import check_int
 
+    check_int("--n", n, allow_none=True)
     p = Path(data)
+    home = None
     if p.suffix.lower() in (".npz", ".pt", ".pth") or p.is_file():
         x, y = load_tensor_file(p)
+        prov = {"data": str(p), "data_sha256": _sha256(p), "split": "file"}
+        file = p
     else:
-        x, y = load_dataset(data, root, split, seed=seed)
+        from boundkit.data import data_home
+
+        x, y = load_dataset(data, root, split)
+        prov = {"data": data, "split": split, "split_seed": SPLIT_SEED}
+        file = None
+        home = data_home(root)
     if n is not None:
-        if n < 1:
-            raise ValueError(f"--n must be positive, got {n}")
         x, y = x[:n], y[:n]
-    return x, y, np.arange(x.shape[0])
+    prov["n"] = int(x.shape[0])
+    return Data(x, y, np.arange(x.shape[0]), prov, file, home if file is None else None)
 
 
 def _model_for_data(model: Any, x: Any):
-    """Cast the data to the model's dtype / device and check that the model runs on it."""
-    import torch
+    """Cast the data to the model's dtype / device and check that the model maps it to
+    logits ``[N, C]`` (a one-line error naming the shape otherwise)."""
+    from boundkit.validate import check_batch, check_runs
 
-    from boundkit.errors import InputShapeError
-
-    p = next(iter(model.parameters()), None)
+    check_batch(x, name="--data")
+    check_runs(model, x, what="the model")
+    p = next((t for t in list(model.parameters()) + list(model.buffers())
+              if t.is_floating_point()), None)
     if p is not None:
         x = x.to(device=p.device, dtype=p.dtype)
-    try:
-        with torch.no_grad():
-            out = model(x[:2])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputShapeError(
-            f"the model cannot run on data of shape {list(x.shape)}: {first}") from None
-    if out.dim() != 2:
-        raise InputShapeError(f"the model maps data of shape {list(x.shape)} to an output of "
-                              f"shape {list(out.shape)}, not logits [N, C]")
     return x
+
+
+def _trained_on(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The split a model was trained on, from its sidecar (older files: the data set and
+    their ``seed``, which was then also the split seed)."""
+    t = meta.get("trained_on")
+    if isinstance(t, dict) and isinstance(t.get("data"), str):
+        return t
+    if isinstance(meta.get("dataset"), str):
+        seed = meta.get("seed", 0)
+        return {"data": meta["dataset"], "split": "train",
+                "split_seed": seed if isinstance(seed, int) else 0}
+    return None
+
+
+def _check_not_training_data(model_path: Path, data: Data) -> str | None:
+    """A loud warning (returned, and printed on stderr even with --quiet) when the samples
+    include images the model was trained on, by its sidecar's record."""
+    from boundkit.models.io import read_model_meta
+
+    t = _trained_on(read_model_meta(model_path))
+    prov = data.provenance
+    if t is None:
+        return None
+    if data.file is not None:
+        if t.get("data_sha256") and t.get("data_sha256") == prov.get("data_sha256"):
+            return (f"WARNING: {model_path.name}: {data.file.name} is the very data file this "
+                    "model was trained on; radii and accuracy measured on training images say "
+                    "little about unseen data")
+        return None
+    norm = lambda s: str(s).lower().replace("-", "").replace("_", "")  # noqa: E731
+    if norm(t["data"]) != norm(prov["data"]):
+        return None
+    if prov["split"] in ("train", "all"):
+        why = f"the {prov['split']!r} split of {prov['data']} holds the images"
+    elif prov["data"] != "cifar10" and t.get("split_seed", 0) != prov.get("split_seed"):
+        why = (f"it was trained on the split of seed {t.get('split_seed')}, so the "
+               f"{prov['split']!r} split (split seed {prov.get('split_seed')}) overlaps the "
+               "images")
+    else:
+        return None
+    return (f"WARNING: {model_path.name}: {why} this model was trained on; radii and "
+            "accuracy measured on training images say little about unseen data")
+
+
+def _input_files(paths: Sequence[Path]) -> list[Path]:
+    """The files a run reads: each model, its sidecar, the data file, the results file."""
+    from boundkit.models.io import sidecar_path
+
+    out = []
+    for p in paths:
+        out.append(p)
+        if p.suffix.lower() in (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".ts"):
+            out.append(sidecar_path(p))
+    return [p.resolve() for p in out]
+
+
+RUN_MARKER = ".boundkit-run.json"
+
+
+def check_outputs(out: Path, inputs: Sequence[Path], *, is_dir: bool,
+                  data_home: Path | None = None) -> None:
+    """Refuse an output that is, or would overwrite, an input: the model, its sidecar, the
+    data or results file, a file of the data folder; an output directory holding an input
+    (a run replaces the whole directory); an existing directory that is not a boundkit
+    results directory; a file output that is a directory."""
+    from boundkit.errors import OutputPathError
+
+    o = out.resolve()
+    files = _input_files(inputs)
+    if data_home is not None:
+        h = data_home.expanduser().resolve()
+        if (is_dir and (o == h or o in h.parents)) or (
+                not is_dir and h in o.parents and o.exists() and o.suffix.lower() != ".json"):
+            raise OutputPathError(f"--out {out} would overwrite or replace the data folder "
+                                  f"{data_home} or a file in it")
+    if is_dir:
+        if o.exists() and not o.is_dir():
+            raise OutputPathError(f"--out {out} exists and is not a directory")
+        for f in files:
+            if f == o or o in f.parents:
+                raise OutputPathError(f"--out {out} holds an input of this run ({f.name}); "
+                                      "results directories are replaced as a whole: choose "
+                                      "another --out")
+        if o.is_dir() and any(o.iterdir()) and not (o / RUN_MARKER).is_file():
+            raise OutputPathError(f"--out {out} exists, is not empty, and is not a boundkit "
+                                  "results directory: choose another --out or empty it")
+    else:
+        if o.is_dir():
+            raise OutputPathError(f"--out {out} is a directory; name a .json file")
+        for f in files:
+            if f == o:
+                raise OutputPathError(f"--out {out} is an input of this run ({f.name}): "
+                                      "refusing to overwrite it")
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path, provenance: dict[str, Any]):
+    """Write a results directory atomically: everything goes to a temporary sibling, which
+    replaces ``out`` only once complete (a Ctrl-C or an error leaves ``out`` as it was, and
+    no directory ever mixes two runs). Yields the temporary directory."""
+    import shutil
+    import tempfile
+
+    from boundkit.report.io import atomic_write_text
+
+    out = Path(out)
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    try:
+        yield tmp
+        atomic_write_text(tmp / RUN_MARKER, json.dumps(provenance, indent=1, default=str) + "\n")
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
+            os.replace(out, old / "run")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def provenance(sess: Session, model_path: Path | None, data: Data | None, /,
+               **extra: Any) -> dict[str, Any]:
+    """What produced a result: model file and its hash, data, split, seed, method, versions."""
+    import platform
+
+    import torch
+
+    from boundkit import __version__
+    from boundkit.models.io import sidecar_path
+
+    a = sess.args
+    prov: dict[str, Any] = {"boundkit_version": __version__, "torch_version": torch.__version__,
+                            "python": platform.python_version(), "command": a.command,
+                            "argv": list(sess.argv), "seed": a.seed,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if model_path is not None:
+        prov["model"] = str(model_path)
+        prov["model_sha256"] = _sha256(model_path)
+        side = sidecar_path(model_path)
+        if side.is_file():
+            prov["sidecar_sha256"] = _sha256(side)
+    if data is not None:
+        prov.update(data.provenance)
+    prov.update({k: v for k, v in extra.items() if v is not None})
+    return prov
+
+
+def preamble(sess: Session, model_path: str, data: Data | None = None,
+             outputs: Sequence[tuple[str, bool]] = (), **extra: Any) -> Inputs:
+    """The shared start of every command that analyses a model, in one place: check the
+    numeric options and the device, check that ``--out`` does not alias an input, load the
+    model (safely: code only with --trust-code) and the data (unless given), check that the
+    model maps the data to logits, warn about training images, seed, and record the
+    provenance."""
+    from boundkit.validate import check_device, check_int
+
+    a = sess.args
+    for opt in ("budget", "epochs"):
+        check_int(f"--{opt}", getattr(a, opt, None), allow_none=True,
+                  minimum=0 if opt == "epochs" else 1)
+    device = check_device(a.device)
+    mpath = Path(model_path)
+    if data is None:
+        data = load_data_arg(a.data, a.data_root, a.split, a.n)
+    inputs = [mpath] + ([data.file] if data.file is not None else [])
+    for out, is_dir in outputs:
+        check_outputs(Path(out), inputs, is_dir=is_dir, data_home=data.home)
+    model = load_model_arg(model_path, a.arch, device, getattr(a, "trust_code", False))
+    x = _model_for_data(model, data.x)
+    warning = _check_not_training_data(mpath, data)
+    if warning:
+        print(f"boundkit {a.command}: {warning}", file=sys.stderr, flush=True)
+    _seed(a.seed)
+    prov = provenance(sess, mpath, data, **extra)
+    if warning:
+        prov["evaluated_on_training_data"] = True
+    return Inputs(model, mpath, x, data.y, data.indices, device, prov)
 
 
 # ------------------------------------------------------------------------------ documents
@@ -256,18 +479,18 @@ def cmd_certify(sess: Session) -> int:
     from boundkit.report.io import write_json
 
     a = sess.args
-    model = load_model_arg(a.model, a.arch, a.device)
-    x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
-    x = _model_for_data(model, x)
+    inp = preamble(sess, a.model, outputs=[(a.out, False)], method=a.method)
+    x = inp.x
     certs = {}
     with sess.bar(x.shape[0] * len(_methods(a.method)), "certify") as bar:
         for m in _methods(a.method):
             t0 = time.perf_counter()
-            certs[m] = certify(model, x, m, device=a.device)
+            certs[m] = certify(inp.model, x, m, device=inp.device)
             bar.set_postfix_str(f"{m} {time.perf_counter() - t0:.1f}s")
             bar.update(x.shape[0])
-    meta = {"model": a.model, "data": a.data, "split": a.split}
-    doc = certificate_doc(certs, y, idx, meta)
+    meta = {"model": a.model, "data": a.data, "split": inp.provenance["split"],
+            "provenance": inp.provenance}
+    doc = certificate_doc(certs, inp.y, inp.indices, meta)
     out = write_json(doc, a.out)
     sess.say(f"certified {x.shape[0]} samples of {a.data} with {', '.join(certs)}:",
              *_summary_table(doc["summary"]), f"  results: {out}")
@@ -281,17 +504,18 @@ def cmd_attack(sess: Session) -> int:
     from boundkit.report.io import write_json
 
     a = sess.args
-    model = load_model_arg(a.model, a.arch, a.device)
-    x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
-    x = _model_for_data(model, x)
+    inp = preamble(sess, a.model, outputs=[(a.out, False)], method=a.attack, budget=a.budget)
+    x = inp.x
     parts = []
     with sess.bar(x.shape[0], f"attack {a.attack}") as bar:
         for s in range(0, x.shape[0], 64):
-            parts.append(attack(model, x[s : s + 64], a.attack, budget=a.budget,
-                                device=a.device, seed=a.seed))
+            parts.append(attack(inp.model, x[s : s + 64], a.attack, budget=a.budget,
+                                device=inp.device, seed=a.seed))
             bar.update(parts[-1].norm.shape[0])
     res = AttackResult.concat(parts)
-    doc = attack_doc(res, y, idx, {"model": a.model, "data": a.data, "split": a.split})
+    doc = attack_doc(res, inp.y, inp.indices, {"model": a.model, "data": a.data,
+                                               "split": inp.provenance["split"],
+                                               "provenance": inp.provenance})
     out = write_json(doc, a.out)
     sess.say(f"attacked {x.shape[0]} samples of {a.data}:", *_summary_table(doc["summary"]),
              f"  results: {out}")
@@ -303,18 +527,20 @@ def cmd_crosscheck(sess: Session) -> int:
     from boundkit.report import render_report, write_json
 
     a = sess.args
-    model = load_model_arg(a.model, a.arch, a.device)
-    x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
-    x = _model_for_data(model, x)
-    meta = {"model": a.model, "data": a.data, "split": a.split, "attack": a.attack,
-            "budget": a.budget if a.budget is not None else "default"}
-    res = _run_crosscheck(sess, model, x, y, idx, _methods(a.method), a.attack, a.budget,
-                          a.exact, "crosscheck", meta)
+    inp = preamble(sess, a.model, outputs=[(a.out, True)], method=a.method, attack=a.attack,
+                   budget=a.budget, exact=a.exact)
+    meta = {"model": a.model, "data": a.data, "split": inp.provenance["split"],
+            "attack": a.attack, "budget": a.budget if a.budget is not None else "default",
+            "provenance": inp.provenance}
+    res = _run_crosscheck(sess, inp.model, inp.x, inp.y, inp.indices, _methods(a.method),
+                          a.attack, a.budget, a.exact, "crosscheck", meta)
     out = Path(a.out)
-    js = write_json(res, out / "results.json")
-    paths = render_report(js, out) if not a.no_report else {}
+    with staged_dir(out, inp.provenance) as tmp:
+        write_json(res, tmp / "results.json")
+        paths = render_report(tmp / "results.json", tmp) if not a.no_report else {}
+    js = out / "results.json"
     sess.say(f"cross-checked {len(res)} samples of {a.data}:", *_summary_table(res.summary()),
-             f"  results: {js}" + (f", report: {paths['html']}" if paths else ""))
+             f"  results: {js}" + (f", report: {out / paths['html'].name}" if paths else ""))
     sess.emit({"results": str(js), **res.summary(),
                "violations": [v.to_dict() for v in res.violations]})
     return _report_violations(res)
@@ -361,67 +587,90 @@ def _compare_lines(doc: dict[str, Any]) -> list[str]:
 def cmd_compare(sess: Session) -> int:
     from boundkit.models.train import accuracy
     from boundkit.report import render_report, write_json
+    from boundkit.validate import check_int
 
     a = sess.args
-    x_all, y_all, _ = load_data_arg(a.data, a.data_root, a.split, None, a.seed)
-    n = a.n if a.n is not None else x_all.shape[0]
-    import numpy as np
-
-    idx = np.arange(min(n, x_all.shape[0]))
+    check_int("--n", a.n, allow_none=True)
+    data = load_data_arg(a.data, a.data_root, a.split, None)
+    n = data.x.shape[0] if a.n is None else min(a.n, data.x.shape[0])
+    idx = data.indices[:n]
     names = [Path(p).stem for p in a.models]
     if len(set(names)) != len(names):
         names = [f"{i}:{nm}" for i, nm in enumerate(names)]
+    inputs = [Path(p) for p in a.models] + ([data.file] if data.file is not None else [])
+    check_outputs(Path(a.out), inputs, is_dir=True, data_home=data.home)
     entries = []
+    provs = {}
     bad = False
     for name, path in zip(names, a.models):
-        model = load_model_arg(path, a.arch, a.device)
-        xm = _model_for_data(model, x_all)
-        acc = accuracy(model, xm, y_all)
-        res = _run_crosscheck(sess, model, xm[: len(idx)], y_all[: len(idx)], idx,
+        inp = preamble(sess, path, data, method=a.method, attack=a.attack, budget=a.budget)
+        acc = accuracy(inp.model, inp.x, inp.y)
+        provs[name] = inp.provenance
+        res = _run_crosscheck(sess, inp.model, inp.x[:n], inp.y[:n], idx,
                               _methods(a.method), a.attack, a.budget, False, name,
-                              {"model": path, "data": a.data, "split": a.split})
+                              {"model": path, "data": a.data, "split": a.split,
+                               "provenance": inp.provenance})
         bad |= res.has_bug
         _report_violations(res)
         entries.append((name, res, acc))
     doc = _compare_doc(entries, "sound" if "sound" in _methods(a.method) else a.method)
+    doc["meta"] = {"provenance": {"models": provs}}
     out = Path(a.out)
-    js = write_json(doc, out / "results.json")
-    paths = render_report(js, out) if not a.no_report else {}
+    with staged_dir(out, {"command": "compare", "models": provs}) as tmp:
+        write_json(doc, tmp / "results.json")
+        paths = render_report(tmp / "results.json", tmp) if not a.no_report else {}
+    js = out / "results.json"
     sess.say(f"compared {len(entries)} models on {len(idx)} samples of {a.data} "
              f"(accuracy on the whole {a.split} split):", *_compare_lines(doc),
-             f"  results: {js}" + (f", report: {paths['html']}" if paths else ""))
+             f"  results: {js}" + (f", report: {out / paths['html'].name}" if paths else ""))
     sess.emit({"results": str(js), "rank_by": doc["rank_by"], "models": doc["models"]})
     return EXIT_VIOLATION if bad else EXIT_OK
 
 
 def cmd_train(sess: Session) -> int:
+    from boundkit.errors import BadArgumentError, OutputPathError
     from boundkit.models import ZOO
+    from boundkit.validate import check_device, check_int
 
     a = sess.args
     if a.name not in ZOO:
-        raise ValueError(f"unknown zoo model {a.name!r}; known: {', '.join(sorted(ZOO))}")
+        raise BadArgumentError(f"unknown zoo model {a.name!r}; known: {', '.join(sorted(ZOO))}")
+    check_int("--epochs", a.epochs, minimum=0, allow_none=True)
+    device = check_device(a.device)
     entry = ZOO[a.name]
+    target = Path(a.out) / f"{a.name}.safetensors"
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise OutputPathError(f"--out {a.out} exists and is not a directory")
+    _seed(a.seed)
     t0 = time.perf_counter()
     if a.data is None or a.data.lower() == entry.dataset:
         from boundkit.models.train import train_zoo_model
 
         path = train_zoo_model(a.name, data_root=a.data_root, epochs=a.epochs, seed=a.seed,
-                               out_dir=a.out, device=a.device, verbose=not (sess.quiet
-                                                                            or sess.json))
+                               out_dir=a.out, device=device,
+                               verbose=not (sess.quiet or sess.json))
     else:
         from boundkit.models import build_model, save_model
         from boundkit.models.train import accuracy, train_model
 
-        x, y, _ = load_data_arg(a.data, a.data_root, "train", None, a.seed)
-        xt, yt, _ = load_data_arg(a.data, a.data_root, "test", None, a.seed)
+        train = load_data_arg(a.data, a.data_root, "train", None)
+        if train.file is not None and train.file.resolve() in _input_files([target]):
+            raise OutputPathError(f"--out {a.out} would overwrite the data file {train.file}")
+        test = train if train.file is not None else load_data_arg(a.data, a.data_root, "test",
+                                                                  None)
         model = build_model(a.name, seed=a.seed)
+        x = _model_for_data(model, train.x)
         epochs = a.epochs if a.epochs is not None else entry.epochs
-        train_model(model, x, y, epochs=epochs, lr=entry.lr, batch_size=entry.batch_size,
-                    seed=a.seed, device=a.device)
+        train_model(model, x, train.y, epochs=epochs, lr=entry.lr,
+                    batch_size=entry.batch_size, seed=a.seed, device=device)
         model.cpu()
         meta = {"dataset": a.data, "epochs": epochs, "seed": a.seed,
-                "train_accuracy": accuracy(model, x, y), "test_accuracy": accuracy(model, xt, yt)}
-        path = save_model(model, Path(a.out) / f"{a.name}.safetensors", arch=a.name, meta=meta)
+                "trained_on": {k: v for k, v in train.provenance.items() if k != "n"},
+                "train_accuracy": accuracy(model, x, train.y),
+                "test_accuracy": accuracy(model, test.x, test.y) if test is not train
+                else math.nan}
+        meta["trained_on"]["split"] = "train"
+        path = save_model(model, target, arch=a.name, meta=meta)
     side = json.loads(Path(path).with_suffix(".json").read_text())
     meta = side.get("meta", {})
     sess.say(f"trained {a.name} in {time.perf_counter() - t0:.1f}s: test accuracy "
@@ -432,13 +681,19 @@ def cmd_train(sess: Session) -> int:
 
 def cmd_report(sess: Session) -> int:
     from boundkit.report import read_json, render_report
+    from boundkit.report.io import ResultsFileError
 
     a = sess.args
     p = Path(a.results)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such results file: {p}")
+    if not p.exists():
+        raise ResultsFileError(f"no such results file: {p}")
     doc = read_json(p)
-    paths = render_report(doc, a.out)
+    check_outputs(Path(a.out), [p], is_dir=True)
+    out = Path(a.out)
+    with staged_dir(out, {"command": "report", "results": str(p), "results_sha256": _sha256(p),
+                          "source": (doc.get("meta") or {}).get("provenance")}) as tmp:
+        paths = render_report(doc, tmp)
+    paths = {k: out / v.relative_to(tmp) for k, v in paths.items()}
     sess.say(f"report for {p} ({doc['kind']}):", *[f"  {k}: {v}" for k, v in paths.items()])
     sess.emit({k: str(v) for k, v in paths.items()})
     return EXIT_OK
@@ -446,21 +701,35 @@ def cmd_report(sess: Session) -> int:
 
 def cmd_demo(sess: Session) -> int:
     """Train small models on sklearn's digits, certify, attack, cross-check, report."""
-    from boundkit.data import load_dataset
+    from boundkit.data import SPLIT_SEED
+    from boundkit.validate import check_int
+
+    a = sess.args
+    for opt in ("n", "budget"):
+        check_int(f"--{opt}", getattr(a, opt), allow_none=True)
+    check_int("--epochs", a.epochs, minimum=0, allow_none=True)
+    t_start = time.perf_counter()
+    final = Path(a.out)
+    check_outputs(final, [], is_dir=True)
+    with staged_dir(final, provenance(sess, None, None, data="digits", split="test",
+                                      split_seed=SPLIT_SEED)) as tmp:
+        return _demo(sess, tmp, final, t_start)
+
+
+def _demo(sess: Session, out: Path, final: Path, t_start: float) -> int:
+    from boundkit.data import SPLIT_SEED, load_dataset
     from boundkit.models import ZOO, build_model, save_model
     from boundkit.models.train import accuracy, train_model
     from boundkit.report import render_report, write_json
 
     a = sess.args
-    t_start = time.perf_counter()
-    out = Path(a.out)
     quick = a.quick
     n = a.n if a.n is not None else (100 if quick else None)
     budget = a.budget if a.budget is not None else (100 if quick else 300)
     names = ["digits_cnn"] if quick else ["digits_cnn", "digits_mlp"]
     _seed(a.seed)
-    x_tr, y_tr = load_dataset("digits", None, "train", seed=a.seed)
-    x_te, y_te = load_dataset("digits", None, "test", seed=a.seed)
+    x_tr, y_tr = load_dataset("digits", None, "train")
+    x_te, y_te = load_dataset("digits", None, "test")
     n = x_te.shape[0] if n is None else min(n, x_te.shape[0])
     sess.say(f"boundkit demo: scikit-learn digits (8x8), {x_tr.shape[0]} train / "
              f"{x_te.shape[0]} test images; cross-checking {n} test images "
@@ -481,11 +750,17 @@ def cmd_demo(sess: Session) -> int:
         acc = accuracy(model, x_te, y_te)
         save_model(model, out / "models" / f"{name}.safetensors", arch=name,
                    meta={"dataset": "digits", "epochs": epochs, "seed": a.seed,
+                         "trained_on": {"data": "digits", "split": "train",
+                                        "split_seed": SPLIT_SEED},
                          "test_accuracy": acc})
         sess.say(f"  trained {name} ({entry.description}) in "
                  f"{time.perf_counter() - t0:.1f}s: test accuracy {acc:.1%}")
         meta = {"model": name, "data": "digits (scikit-learn)", "split": "test",
-                "attack": "best", "budget": budget, "test_accuracy": round(acc, 4)}
+                "attack": "best", "budget": budget, "test_accuracy": round(acc, 4),
+                "provenance": provenance(sess, out / "models" / f"{name}.safetensors", None,
+                                         data="digits", split="test", split_seed=SPLIT_SEED,
+                                         method="sound,peck2017", attack="best",
+                                         budget=budget)}
         res = _run_crosscheck(sess, model, x_te[:n], y_te[:n], idx, ("sound", "peck2017"),
                               "best", budget, False, f"crosscheck {name}", meta)
         entries.append((name, res, acc))
@@ -504,10 +779,13 @@ def cmd_demo(sess: Session) -> int:
     if doc is not None:
         sess.say("", "model comparison (ranked by median sound certified radius):",
                  *_compare_lines(doc))
-    sess.say("", f"report: {paths['html']} (and report.md, results.csv, figures) in {out}",
-             *([f"comparison: {cmp_paths['html']}"] if cmp_paths else []),
+    html_path = final / paths["html"].relative_to(out)
+    sess.say("", f"report: {html_path} (and report.md, results.csv, figures) in {final}",
+             *([f"comparison: {final / cmp_paths['html'].relative_to(out)}"]
+               if cmp_paths else []),
              f"demo wall time: {wall:.1f}s")
-    sess.emit({"results": str(js), "report": str(paths["html"]), "wall_seconds": wall, **s})
+    sess.emit({"results": str(final / js.relative_to(out)), "report": str(html_path),
+               "wall_seconds": wall, **s})
     code = EXIT_OK
     for _, res, _ in entries:
         code = max(code, _report_violations(res))
@@ -525,8 +803,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=int(os.environ.get("BOUNDKIT_THREADS", 1)),
                    help="CPU threads for torch (default 1, or $BOUNDKIT_THREADS: small models "
                    "run fastest single-threaded, and much faster on a busy machine)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (data split, attacks, "
-                   "training); default 0")
+    g.add_argument("--seed", type=int, default=0, help="random seed of the algorithms "
+                   "(attacks, training initialisation); default 0. It never changes a data "
+                   "set's train/test split, which is fixed by the data set")
 
 
 def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -545,9 +824,18 @@ def _model(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, metavar="FILE",
                    help="model file: .safetensors with its sidecar .json (as written by "
-                   "'boundkit train'), a .pt state dict with --arch, TorchScript (.ts) or .onnx")
+                   "'boundkit train'), a .pt state dict with --arch, .onnx, or TorchScript "
+                   "(only with --trust-code)")
     g.add_argument("--arch", default=None, metavar="NAME",
                    help="zoo architecture of a state dict (see boundkit.models.ZOO)")
+    _trust(g)
+
+
+def _trust(g: Any) -> None:
+    g.add_argument("--trust-code", action="store_true",
+                   help="allow model files that carry their own code (TorchScript archives): "
+                   "loading one RUNS code written by the file's author, with your rights. Only "
+                   "for files you trust; never needed for .safetensors, state dicts or .onnx")
 
 
 def _attack_opts(p: argparse.ArgumentParser) -> None:
@@ -637,6 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model files (same input shape)")
     p.add_argument("--arch", default=None, metavar="NAME",
                    help="zoo architecture for state-dict files without a sidecar")
+    _trust(p)
     _data(p)
     p.add_argument("--method", default="both", choices=("sound", "sound-local", "peck2017", "both"))
     _attack_opts(p)
@@ -692,30 +981,49 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()
     text = msg[0] if msg else type(exc).__name__
-    if isinstance(exc, KeyError) and text.startswith(("'", '"')):
-        text = text[1:-1]
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        text = f"{exc.filename}: {exc.strerror}"
     return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``boundkit`` console script; returns the exit status."""
+    """Entry point of the ``boundkit`` console script; returns the exit status.
+
+    Errors boundkit recognises (:class:`~boundkit.errors.BoundkitError`: bad files, data,
+    arguments, devices) and operating-system errors on the user's paths (permission denied,
+    read-only or full disk) print one line and exit 2; Ctrl-C, at any point, exits 130 with
+    nothing half-written. Anything else is a bug in boundkit and keeps its traceback.
+    """
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    command = next((a for a in argv if not a.startswith("-")), "")
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(f"boundkit {command}: interrupted; no results were written (an existing --out "
+              "is left as it was)".replace("boundkit :", "boundkit:"), file=sys.stderr,
+              flush=True)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
     from boundkit.errors import BoundkitError
 
-    sess = Session(args)
+    sess = Session(args, argv)
     try:
-        if getattr(args, "threads", None):
+        if getattr(args, "threads", None) is not None:
             import torch
 
-            if args.threads < 1:
-                raise ValueError(f"--threads must be positive, got {args.threads}")
+            from boundkit.validate import check_int
+
+            check_int("--threads", args.threads, maximum=4096)
             torch.set_num_threads(args.threads)
         return int(args.func(sess))
-    except (BoundkitError, OSError, ValueError, KeyError) as exc:
+    except (BoundkitError, OSError) as exc:
         print(f"boundkit {args.command}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
 

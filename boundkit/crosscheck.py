@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from boundkit.errors import BoundkitError, InputShapeError
+from boundkit.errors import BadArgumentError, BoundkitError, InputShapeError
+from boundkit.validate import check_call
 
 __all__ = ["CrosscheckResult", "Violation", "crosscheck", "locate_violation", "recheck_float64"]
 
@@ -413,6 +414,21 @@ def _find_violations(
     return out
 
 
+def _check_names(methods: Any, attack: Any) -> None:
+    """Fail before any work on a misspelt method or attack (not after the certificates)."""
+    from boundkit.attacks import ATTACKS
+
+    known = ("sound", "sound-local", "peck2017")
+    if isinstance(methods, str) or not all(isinstance(m, str) for m in methods):
+        raise BadArgumentError(f"methods must be a sequence of names such as ('sound',), got "
+                               f"{methods!r}")
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise BadArgumentError(f"unknown certification method(s) {bad}; choose from {known}")
+    if not isinstance(attack, str):
+        raise BadArgumentError(f"attack must be a name of {sorted(ATTACKS)}, got {attack!r}")
+
+
 def crosscheck(
     model: nn.Module,
     x: torch.Tensor,
@@ -457,6 +473,9 @@ def crosscheck(
     from boundkit.attacks import attack as run_attack
     from boundkit.bounds.engine import certify, graph_for
 
+    check_call(model, x, device=device, box=box,
+               counts={"attack_budget": attack_budget, "chunk_size": chunk_size})
+    _check_names(methods, attack)
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise InputShapeError("x must be a batch tensor [N, ...]")
     n = x.shape[0]

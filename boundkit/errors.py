@@ -50,3 +50,19 @@ class SoundnessViolation(BoundkitError):
 class FidelityError(ModelError):
     """The captured graph does not compute what the model computes (checked on the inputs
     being certified before any certificate is returned)."""
+
+
+class BadArgumentError(BoundkitError, ValueError):
+    """An argument is out of range or of the wrong type (a budget <= 0, a negative count...)."""
+
+
+class DeviceError(BoundkitError, ValueError):
+    """The requested device does not exist on this machine (e.g. ``cuda`` without CUDA)."""
+
+
+class OutputPathError(BoundkitError, ValueError):
+    """An output path would overwrite an input (the model, its sidecar, the data) or mix runs."""
+
+
+class UntrustedCodeError(ModelFileError):
+    """A model file would execute its own code and the user did not allow it."""

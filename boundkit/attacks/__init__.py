@@ -55,6 +55,7 @@ from boundkit.attacks.lbfgs import LBFGS
 from boundkit.attacks.pdpgd import PDGD, PDPGD
 from boundkit.attacks.refine import BoundaryRefiner
 from boundkit.errors import InputShapeError, ModelError, TrainingModeError
+from boundkit.validate import check_call
 
 __all__ = [
     "ALMA",
@@ -175,6 +176,7 @@ def attack(
     AttackResult (tensors on ``device``; ``x_adv`` in the model's dtype).
     """
     t0 = time.perf_counter()
+    check_call(model, x, device=device, box=box, counts=dict(budget=budget, batch_size=batch_size))
     _check_model(model)
     x = _check_input(x, box)
     dev = torch.device(device) if device is not None else model_device(model)

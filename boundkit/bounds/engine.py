@@ -37,6 +37,7 @@ from boundkit.graph.cache import graph_for as cached_graph
 from boundkit.graph.capture import capture as capture_graph
 from boundkit.graph.fidelity import check_fidelity
 from boundkit.graph.graph import MERGE_OPS, Graph, Node
+from boundkit.validate import check_call
 
 
 def graph_for(model: nn.Module, x: torch.Tensor, device: torch.device | str | None) -> Graph:
@@ -376,6 +377,7 @@ def certify(
         UnsupportedLayerError: a node without a rule for ``method`` (named in the message).
         TrainingModeError, NonFiniteParameterError, InputShapeError: bad model or input.
     """
+    check_call(model, x, device=device, counts={"batch_size": batch_size}, run=graph is None)
     if not isinstance(x, torch.Tensor):
         raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 2:

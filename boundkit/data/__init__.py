@@ -1,6 +1,6 @@
 """Data loaders: tensors in [0, 1] for the thesis's data sets and for a user's own files.
 
-``load_dataset(name, root=None, split="test", *, download=True, seed=0)`` returns
+``load_dataset(name, root=None, split="test", *, download=True, split_seed=SPLIT_SEED)`` returns
 ``(x, y)``: ``x`` float32 in [0, 1] (NCHW images or ``[N, d]`` tabular rows), ``y`` int64.
 The data home is ``root``, else ``$BOUNDKIT_DATA``, else ``~/.cache/boundkit``. See
 ``docs/models_and_data.md`` for sources, splits and scaling.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from boundkit.data._common import (
     ENV_VAR,
+    SPLIT_SEED,
     SPLITS,
     DatasetError,
     DatasetFormatError,
@@ -34,6 +35,7 @@ __all__ = [
     "DATASETS",
     "ENV_VAR",
     "SPLITS",
+    "SPLIT_SEED",
     "DatasetError",
     "DatasetFormatError",
     "DatasetNotFoundError",

@@ -22,12 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boundkit.errors import BoundkitError
+from boundkit.errors import BadArgumentError, BoundkitError
 
 ENV_VAR = "BOUNDKIT_DATA"
 DEFAULT_HOME = Path("~/.cache/boundkit")
 SPLITS = ("train", "val", "test", "all")
 DOWNLOAD_TIMEOUT_S = 30.0
+#: The seed of every data set's train/test/validation partition (UCI sets, digits, the 10k
+#: MNIST npz). It belongs to the data set, not to a run: a run's ``--seed`` seeds the
+#: algorithms (initialisation, attacks) and never moves images between train and test, so a
+#: model trained with any seed is evaluated on images it never saw.
+SPLIT_SEED = 0
 
 
 class DatasetError(BoundkitError):
@@ -81,12 +86,22 @@ def _fetch(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
         shutil.copyfileobj(resp, out)
 
 
-def _missing_message(dataset: str, files: Sequence[RemoteFile], home: Path, why: str) -> str:
-    lines = [f"{dataset}: {why}.", f"Put these files in {home} (or pass root=..., or set "
-             f"${ENV_VAR} to the folder that holds them):"]
+def _missing_message(dataset: str, files: Sequence[RemoteFile], home: Path, why: str,
+                     hint: str = "", details: Sequence[str] = ()) -> str:
+    """A complete first line (what is missing, why, where to put it: what a one-line CLI
+    error shows), then one line per file with its source and checksum, then details."""
+    names = ", ".join(f.filename for f in files)
+    first = (f"{dataset}: {why}; put {names} in {home} (or pass --data-root DIR / root=..., "
+             f"or set ${ENV_VAR} to the folder that holds them)")
+    if hint:
+        first += f" {hint}"
+    lines = [first]
     for f in files:
         src = f.urls[0] if f.urls else "(no public source)"
         lines.append(f"  - {f.filename}  (from {src}, sha256 {f.sha256})")
+    if details:
+        lines.append("  tried:")
+        lines += [f"    {d}" for d in details]
     return "\n".join(lines)
 
 
@@ -107,23 +122,27 @@ def ensure_files(
     missing = [f for f, p in zip(files, paths) if not p.is_file()]
     if not missing:
         return paths
-    hint = f"\n{extra_hint}" if extra_hint else ""
+    hint = extra_hint
     if not download:
         raise DatasetNotFoundError(
-            _missing_message(dataset, missing, home, "files missing and download=False") + hint
+            _missing_message(dataset, missing, home, "files missing and download=False", hint)
         )
     try:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DatasetNotFoundError(
-            _missing_message(dataset, missing, home, f"cannot create the data folder ({exc})")
-            + hint
-        ) from exc
+        raise DatasetNotFoundError(_missing_message(
+            dataset, missing, home,
+            f"cannot create the data folder ({exc.strerror or exc})", hint)) from None
     for f in missing:
         errors: list[str] = []
         dest = home / f.filename
         for url in f.urls:
-            fd, tmp_name = tempfile.mkstemp(prefix=f.filename + ".", suffix=".part", dir=home)
+            try:
+                fd, tmp_name = tempfile.mkstemp(prefix=f.filename + ".", suffix=".part", dir=home)
+            except OSError as exc:
+                raise DatasetNotFoundError(_missing_message(
+                    dataset, missing, home,
+                    f"cannot write to the data folder ({exc.strerror or exc})", hint)) from None
             os.close(fd)
             tmp = Path(tmp_name)
             try:
@@ -140,17 +159,17 @@ def ensure_files(
                 if tmp.exists():
                     tmp.unlink()
         if not dest.is_file():
-            why = "could not download the missing files (offline?); tried:\n    " + "\n    ".join(
-                errors
-            )
-            raise DatasetNotFoundError(_missing_message(dataset, missing, home, why) + hint)
+            why = "files missing and could not be downloaded (offline?"
+            why += ", or a checksum mismatch)" if any("checksum" in e for e in errors) else ")"
+            raise DatasetNotFoundError(
+                _missing_message(dataset, missing, home, why, hint, errors))
     return paths
 
 
 def check_split(split: str) -> str:
     """Validate a split name."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise BadArgumentError(f"split must be one of {SPLITS}, got {split!r}")
     return split
 
 

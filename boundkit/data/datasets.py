@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from boundkit.data._common import (
+    SPLIT_SEED,
     DatasetFormatError,
     DatasetNotFoundError,
     RemoteFile,
@@ -29,12 +30,13 @@ from boundkit.data._common import (
     split_indices_70_20_10,
     to_tensors,
 )
+from boundkit.errors import BadArgumentError
 
 PathLike = str | os.PathLike[str]
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
-#: Seed-independent shuffle used for the 10k MNIST npz (8,000 train / 2,000 test) when
-#: ``seed=0``; other seeds give other (equally deterministic) partitions.
+#: The 10k MNIST npz is shuffled with ``SPLIT_SEED`` (8,000 train / 2,000 test); another
+#: ``split_seed`` gives another (equally deterministic) partition.
 MNIST_NPZ = "mnist-10k.npz"
 MNIST_NPZ_TRAIN = 8000
 
@@ -113,7 +115,10 @@ def _mnist_idx_arrays(paths: tuple[tuple[str, str], ...]) -> dict[str, np.ndarra
 
 @lru_cache(maxsize=4)
 def _npz_arrays(path: str, mtime: float) -> tuple[np.ndarray, np.ndarray]:
+    from boundkit.data.user import check_npz_headers
+
     try:
+        check_npz_headers(Path(path))
         with np.load(path, allow_pickle=False) as data:
             if "x" not in data.files or "y" not in data.files:
                 raise DatasetFormatError(f"{path} must hold arrays 'x' and 'y', has {data.files}")
@@ -394,18 +399,30 @@ def load_dataset(
     split: str = "test",
     *,
     download: bool = True,
-    seed: int = 0,
+    split_seed: int = SPLIT_SEED,
+    seed: int | None = None,
 ) -> Tensors:
     """Load a named data set: one of ``mnist, cifar10, iris, wine, digits, spambase``.
 
     Returns ``(x, y)`` with ``x`` float32 in [0, 1] and ``y`` int64. ``split`` is one of
-    ``train, val, test, all`` (MNIST and CIFAR-10 have no ``val``). ``seed`` selects the
-    deterministic shuffle (UCI sets, digits and the 10k MNIST npz).
+    ``train, val, test, all`` (MNIST and CIFAR-10 have no ``val``). ``split_seed`` selects the
+    deterministic partition of the UCI sets, digits and the 10k MNIST npz; it defaults to the
+    data set's own :data:`~boundkit.data.SPLIT_SEED` and is *not* a run's seed (a run with
+    another ``--seed`` sees the same test images). ``seed`` is the older name of
+    ``split_seed``.
     """
+    if not isinstance(name, str):
+        raise DatasetFormatError(f"a data set name must be a string, got {type(name).__name__}")
     key = name.lower().replace("-", "").replace("_", "")
     if key not in LOADERS:
-        raise ValueError(f"unknown data set {name!r}; known: {sorted(LOADERS)}")
-    return LOADERS[key](root, split, download=download, seed=seed)
+        raise BadArgumentError(f"unknown data set {name!r}; known: {sorted(LOADERS)} (or a "
+                               ".npz/.pt file)")
+    if seed is not None:
+        if split_seed != SPLIT_SEED and split_seed != seed:
+            raise BadArgumentError(f"seed={seed} and split_seed={split_seed} disagree (seed is the "
+                             "older name of split_seed)")
+        split_seed = seed
+    return LOADERS[key](root, split, download=download, seed=split_seed)
 
 
 __all__ = [

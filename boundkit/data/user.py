@@ -19,7 +19,48 @@ PathLike = str | os.PathLike[str]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+#: the most elements a user data file may announce for one array (about 16 GB of float32)
+MAX_ELEMENTS = 2**32
+
+
+def check_npz_headers(path: Path) -> None:
+    """Check the ``.npy`` headers inside an ``.npz`` before numpy allocates anything: each
+    array's announced ``shape x itemsize`` must fit in the bytes the archive holds for it (a
+    hostile header cannot make the loader allocate memory the file does not back)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                count = 1
+                for d in shape:
+                    count *= int(d)
+                if count > MAX_ELEMENTS or count * dtype.itemsize > info.file_size:
+                    raise DatasetFormatError(
+                        f"{path}: array {info.filename[:-4]!r} announces shape {tuple(shape)} "
+                        f"({count * dtype.itemsize} bytes) but the archive holds "
+                        f"{info.file_size} bytes for it: corrupt or hostile file"
+                    )
+    except DatasetFormatError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise DatasetFormatError(f"{path} is not a readable .npz file: {exc}") from None
+
+
 def _as_x(x: torch.Tensor, path: Path, check_range: bool) -> torch.Tensor:
+    if x.dim() < 2:
+        raise DatasetFormatError(f"{path}: 'x' must be [N, ...] with at least 2 dims (one sample "
+                                 f"per row), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise DatasetFormatError(f"{path}: 'x' holds no samples (shape {tuple(x.shape)})")
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0)
     if not (x.is_floating_point() or x.dtype in (torch.int64, torch.int32, torch.int16)):
@@ -65,19 +106,22 @@ def load_tensor_file(
         raise DatasetNotFoundError(f"no such data file: {p}")
     suffix = p.suffix.lower()
     if suffix == ".npz":
+        check_npz_headers(p)
         try:
             with np.load(p, allow_pickle=False) as data:
                 if "x" not in data.files or "y" not in data.files:
                     raise DatasetFormatError(f"{p} must hold arrays 'x' and 'y', has {data.files}")
                 xa, ya = data["x"], data["y"]
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, KeyError, MemoryError) as exc:
             if isinstance(exc, DatasetFormatError):
                 raise
             raise DatasetFormatError(
                 f"{p} is not a readable .npz of numeric arrays (object arrays are refused): {exc}"
             ) from exc
-        if xa.dtype == object or ya.dtype == object:
-            raise DatasetFormatError(f"{p}: object arrays are not supported")
+        for key, arr in (("x", xa), ("y", ya)):
+            if arr.dtype.kind not in "biuf":
+                raise DatasetFormatError(f"{p}: '{key}' has unsupported dtype {arr.dtype} "
+                                         "(numbers only)")
         x = torch.from_numpy(np.ascontiguousarray(xa))
         y = torch.from_numpy(np.ascontiguousarray(ya))
     elif suffix in (".pt", ".pth"):
@@ -89,8 +133,10 @@ def load_tensor_file(
                 f"than tensors and plain containers (possibly code); boundkit never loads such "
                 f"files unsafely. Save a dict {{'x': tensor, 'y': tensor}} instead. ({exc})"
             ) from exc
-        except (RuntimeError, OSError, EOFError) as exc:
-            raise DatasetFormatError(f"{p} is not a readable torch file: {exc}") from exc
+        except (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError, TypeError,
+                AttributeError, MemoryError) as exc:  # torch reports garbage in many ways
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatasetFormatError(f"{p} is not a readable torch file: {first}") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("x"), torch.Tensor) or not (
             isinstance(obj.get("y"), torch.Tensor)
         ):

@@ -14,6 +14,7 @@ from boundkit.errors import BoundkitError, InputShapeError
 from boundkit.exact.convert import AffineReluNet, to_affine_relu
 from boundkit.exact.qp import min_norm_point
 from boundkit.exact.search import SearchBudgetExceeded, exact_search, pattern_affine
+from boundkit.validate import check_call
 
 DEFAULT_MAX_NEURONS = 32
 DEFAULT_MAX_REGIONS = 5000
@@ -189,6 +190,8 @@ def exact_radius(
     ``on_budget="nan"`` such a sample gets radius NaN (and the other samples are still
     solved) instead: a NaN is "unknown", never a bound.
     """
+    check_call(model, x, device=device, counts={"max_neurons": max_neurons,
+                                                "max_regions": max_regions})
     if not isinstance(x, torch.Tensor):
         raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 2 or x.shape[0] == 0:

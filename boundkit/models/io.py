@@ -10,9 +10,17 @@ Trust model
   classes, functions) is refused; boundkit never falls back to unsafe unpickling.
 * TorchScript archives: ``torch.jit.load`` compiles and runs the archive's own code graph
   (the serialized ``forward``), so a malicious archive can do whatever TorchScript can do
-  (e.g. file I/O through registered ops). Loading one is opt-in: pass
-  ``allow_torchscript=True`` or use the ``.ts`` / ``.torchscript`` extension, and only for
-  files you trust. TorchScript modules cannot be traced by ``torch.fx``.
+  (e.g. file I/O through registered ops). Loading one is opt-in, by the caller only:
+  ``trust_code=True`` (``--trust-code`` on the command line). A file name never grants
+  trust: a ``.ts`` suffix is chosen by the file's author. TorchScript modules cannot be
+  traced by ``torch.fx``.
+* Architectures come from boundkit's zoo, named by the explicit ``arch`` argument, the
+  safetensors header (written by :func:`save_model`) or the sidecar JSON. When two of them
+  disagree (name or ``arch_kwargs``) loading is refused: the weights would be read as another
+  network. The architecture is first built on PyTorch's ``meta`` device (no memory), its
+  size checked against :data:`MAX_PARAMETERS` and its tensor shapes against the file's
+  header, and only then materialised: a 400-byte sidecar cannot make the loader allocate
+  gigabytes.
 * ONNX (``.onnx``): converted with the optional ``onnx2torch`` package into standard torch
   modules; the ONNX protobuf describes a graph of standard operators, no Python code.
 """
@@ -25,6 +33,7 @@ import pickle
 import struct
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,13 @@ from boundkit.models.zoo import ZOO, build_model
 
 FORMAT = "boundkit-v1"
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript")
+#: the most parameters + buffers (elements) an architecture may have before it is built
+MAX_PARAMETERS = 2**30
+#: the largest safetensors JSON header read (the format's own reference limit is 100 MB)
+MAX_HEADER_BYTES = 100 * 2**20
+#: ceilings on a sidecar's arch_kwargs: integers per value, and how many numbers in all
+MAX_KWARG_INT = 2**24
+MAX_KWARG_NUMBERS = 4096
 PathLike = str | os.PathLike[str]
 
 
@@ -94,8 +110,20 @@ def save_model(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"meta must be JSON-serialisable: {exc}") from exc
     p.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(p), metadata={"arch": arch, "format": FORMAT})
-    sidecar_path(p).write_text(text + "\n")
+    # both files are written next to their targets, then renamed: a crash or Ctrl-C never
+    # leaves half a file, nor new weights with an old sidecar
+    tmp_w = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp_s = p.with_name(f".{sidecar_path(p).name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp_w), metadata={"arch": arch, "format": FORMAT,
+                                                 "arch_kwargs": json.dumps(kwargs, sort_keys=True)})
+        tmp_s.write_text(text + "\n")
+        os.replace(tmp_w, p)
+        os.replace(tmp_s, sidecar_path(p))
+    finally:
+        for t in (tmp_w, tmp_s):
+            if t.exists():
+                t.unlink()
     return p
 
 
@@ -115,65 +143,251 @@ def _check_finite(items: Any, source: str) -> None:
                 )
 
 
-def _check_state_dict(model: nn.Module, sd: dict[str, Any], source: str) -> None:
-    """Compare tensor names, shapes and dtype kinds with ``model``; name every mismatch."""
-    expected = model.state_dict()
-    not_tensors = sorted(k for k, v in sd.items() if not isinstance(v, torch.Tensor))
-    if not_tensors:
-        raise ModelFileError(f"{source}: entries that are not tensors: {not_tensors}")
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
+_ST_ITEMSIZE = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a tensor of a file or of an architecture is, without its values."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    floating: bool
+
+
+def _specs_of(sd: dict[str, Any]) -> dict[str, TensorSpec]:
+    return {
+        k: TensorSpec(tuple(v.shape), str(v.dtype).replace("torch.", ""), v.is_floating_point())
+        for k, v in sd.items()
+        if isinstance(v, torch.Tensor)
+    }
+
+
+def _bad_st(path: Path, why: str) -> ModelFileError:
+    return ModelFileError(f"{path} is not a readable safetensors file: {why}")
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """The tensor specs and ``__metadata__`` of a safetensors file, read from its JSON header
+    only (nothing is allocated), with every field checked: header size (at most
+    :data:`MAX_HEADER_BYTES` and inside the file), dtypes, shapes, and data offsets that lie
+    inside the file and match ``prod(shape) * itemsize``."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise _bad_st(path, f"{size} bytes, truncated")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            raise _bad_st(path, f"header announces {n} bytes (limit "
+                          f"{MAX_HEADER_BYTES}): corrupt or hostile file")
+        if n > size - 8:
+            raise _bad_st(path, f"header announces {n} bytes but the file "
+                          f"has {size - 8} after the length field: truncated")
+        raw = fh.read(n)
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad_st(path, f"header is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise _bad_st(path, "header is not a JSON object")
+    meta = doc.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
+        raise _bad_st(path, "__metadata__ must map strings to strings")
+    data_len = size - 8 - n
+    specs: dict[str, TensorSpec] = {}
+    for name, entry in doc.items():
+        if not isinstance(entry, dict):
+            raise _bad_st(path, f"header entry {name!r} is not an object")
+        dt, shape, offs = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dt not in _ST_ITEMSIZE:
+            raise _bad_st(path, f"tensor {name!r} has unsupported dtype {dt!r}")
+        if not (isinstance(shape, list) and all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape
+        )):
+            raise _bad_st(path, f"tensor {name!r} has an invalid shape {shape!r}")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(
+            isinstance(o, int) and not isinstance(o, bool) for o in offs
+        ) and 0 <= offs[0] <= offs[1] <= data_len):
+            raise _bad_st(path, f"tensor {name!r} has data offsets {offs!r} outside "
+                          f"the file's {data_len} data bytes (truncated or corrupt)")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel * _ST_ITEMSIZE[dt] != offs[1] - offs[0]:
+            raise _bad_st(path, f"tensor {name!r} of shape {shape} ({dt}) needs "
+                          f"{numel * _ST_ITEMSIZE[dt]} bytes, the file gives it "
+                          f"{offs[1] - offs[0]}")
+        specs[name] = TensorSpec(tuple(shape), dt, dt.startswith(("F", "BF")))
+    return specs, meta
+
+
+def _check_specs(expected: dict[str, TensorSpec], got: dict[str, TensorSpec], source: str,
+                 arch: str) -> None:
+    """Compare tensor names, shapes and dtype kinds of a file with an architecture."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
     shapes = [
-        f"{k}: file {tuple(sd[k].shape)}, architecture {tuple(expected[k].shape)}"
+        f"{k}: file {got[k].shape}, architecture {expected[k].shape}"
         for k in expected
-        if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)
+        if k in got and got[k].shape != expected[k].shape
     ]
     kinds = [
-        f"{k}: file dtype {sd[k].dtype}, architecture {expected[k].dtype}"
+        f"{k}: file dtype {got[k].dtype}, architecture {expected[k].dtype}"
         for k in expected
-        if k in sd and sd[k].is_floating_point() != expected[k].is_floating_point()
+        if k in got and got[k].floating != expected[k].floating
     ]
     problems = []
     if missing:
-        problems.append(f"missing tensors {missing}")
+        problems.append(f"missing tensors {missing[:10]}{'...' if len(missing) > 10 else ''}")
     if unexpected:
-        problems.append(f"unexpected tensors {unexpected}")
+        problems.append(
+            f"unexpected tensors {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
     if shapes:
-        problems.append("mis-shaped tensors [" + "; ".join(shapes) + "]")
+        problems.append("mis-shaped tensors [" + "; ".join(shapes[:10]) + "]")
     if kinds:
-        problems.append("wrong dtype kind [" + "; ".join(kinds) + "]")
+        problems.append("wrong dtype kind [" + "; ".join(kinds[:10]) + "]")
     if problems:
-        raise ModelFileError(f"{source} does not match the architecture: " + ", ".join(problems))
-    float_dtypes = {v.dtype for v in sd.values() if v.is_floating_point()}
+        raise ModelFileError(
+            f"{source} does not match the architecture {arch!r}: " + ", ".join(problems))
+    float_dtypes = {v.dtype for v in got.values() if v.floating}
     if len(float_dtypes) > 1:
         raise ModelFileError(
-            f"{source}: floating tensors have mixed dtypes {sorted(map(str, float_dtypes))}"
+            f"{source}: floating tensors have mixed dtypes {sorted(float_dtypes)}"
         )
+
+
+def _check_state_dict(model: nn.Module, sd: dict[str, Any], source: str,
+                      arch: str = "") -> None:
+    """Compare tensor names, shapes and dtype kinds with ``model``; name every mismatch."""
+    not_tensors = sorted(k for k, v in sd.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ModelFileError(f"{source}: entries that are not tensors: {not_tensors[:10]}")
+    _check_specs(_specs_of(model.state_dict()), _specs_of(sd), source,
+                 arch or type(model).__name__)
+
+
+def _check_kwargs(kwargs: Any, source: str) -> dict[str, Any]:
+    """``arch_kwargs`` from a file: a JSON object of plain values, with no number above
+    :data:`MAX_KWARG_INT` and at most :data:`MAX_KWARG_NUMBERS` numbers in all."""
+    if not isinstance(kwargs, dict):
+        raise ModelFileError(f"{source}: 'arch_kwargs' must be an object, got "
+                             f"{type(kwargs).__name__}")
+    count = 0
+
+    def walk(v: Any, where: str) -> None:
+        nonlocal count
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            return
+        if isinstance(v, (int, float)):
+            count += 1
+            if count > MAX_KWARG_NUMBERS:
+                raise ModelFileError(f"{source}: arch_kwargs hold more than "
+                              f"{MAX_KWARG_NUMBERS} numbers")
+            if abs(v) > MAX_KWARG_INT:
+                raise ModelFileError(f"{source}: arch_kwargs {where} = {v} exceeds the ceiling "
+                              f"{MAX_KWARG_INT}")
+            return
+        if isinstance(v, list):
+            for i, e in enumerate(v):
+                walk(e, f"{where}[{i}]")
+            return
+        if isinstance(v, dict):
+            for k, e in v.items():
+                walk(e, f"{where}.{k}")
+            return
+        raise ModelFileError(f"{source}: arch_kwargs {where} has unsupported type "
+                             f"{type(v).__name__}")
+
+    for k, v in kwargs.items():
+        walk(v, k)
+    return kwargs
+
+
+def _meta_build(arch: str, arch_kwargs: dict[str, Any], source: str) -> nn.Module:
+    """Build ``arch`` on the ``meta`` device (no memory) and check its size."""
+    if arch not in ZOO:
+        raise ModelFileError(f"{source}: unknown architecture {arch!r}; known: {sorted(ZOO)}")
+    _check_kwargs(arch_kwargs, source)
+    try:
+        with torch.device("meta"):
+            model = ZOO[arch].builder(**arch_kwargs)
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelFileError(
+            f"{source}: bad arch_kwargs {arch_kwargs} for {arch!r}: {exc}"
+        ) from None
+    total = sum(t.numel() for t in list(model.parameters()) + list(model.buffers()))
+    if total > MAX_PARAMETERS:
+        raise ModelFileError(
+            f"{source}: architecture {arch!r} with arch_kwargs {arch_kwargs} has {total:,} "
+            f"parameters, above the ceiling of {MAX_PARAMETERS:,}: refused before allocating"
+        )
+    return model
 
 
 def _instantiate(
     arch: str, arch_kwargs: dict[str, Any], sd: dict[str, Any], source: str, device: Any
 ) -> nn.Module:
-    if arch not in ZOO:
-        raise ModelFileError(f"{source}: unknown architecture {arch!r}; known: {sorted(ZOO)}")
-    try:
-        model = build_model(arch, **arch_kwargs)
-    except TypeError as exc:
-        raise ModelFileError(
-            f"{source}: bad arch_kwargs {arch_kwargs} for {arch!r}: {exc}"
-        ) from exc
-    _check_state_dict(model, sd, source)
+    ref = _meta_build(arch, arch_kwargs, source)
+    _check_state_dict(ref, sd, source, arch)
     _check_finite(sd.items(), source)
+    model = build_model(arch, **arch_kwargs)
     model.load_state_dict(sd, strict=True, assign=True)
     if device is not None:
         model.to(device)
     return model.eval()
 
 
+def _resolve_arch(
+    path: Path,
+    arch: str | None,
+    arch_kwargs: dict[str, Any] | None,
+    side: dict[str, Any] | None,
+    header_arch: str | None,
+    header_kwargs: dict[str, Any] | None,
+) -> tuple[str | None, dict[str, Any]]:
+    """The architecture of a weights file from every source that names one; two sources
+    that disagree (name or arch_kwargs) are an error, never a silent choice."""
+    names = [(what, v) for what, v in (
+        ("arch argument", arch),
+        ("file header", header_arch),
+        (f"sidecar {sidecar_path(path).name}", (side or {}).get("arch")),
+    ) if v is not None]
+    distinct = {v for _, v in names}
+    if len(distinct) > 1:
+        raise ModelFileError(
+            f"{path}: the architecture is named differently by "
+            + ", ".join(f"the {what} ({v!r})" for what, v in names)
+            + "; refusing to read these weights as another network (fix or remove the sidecar, "
+            "or drop the arch argument)"
+        )
+    name = names[0][1] if names else None
+    if arch_kwargs is not None:
+        return name, _check_kwargs(dict(arch_kwargs), "arch_kwargs argument")
+    side_kw = (side or {}).get("arch_kwargs")
+    if side_kw is not None:
+        _check_kwargs(side_kw, f"sidecar {sidecar_path(path)}")
+    if header_kwargs is not None and side_kw is not None and header_kwargs != side_kw:
+        raise ModelFileError(
+            f"{path}: the sidecar's arch_kwargs {side_kw} disagree with the file header's "
+            f"{header_kwargs}; refusing to guess which network these weights are"
+        )
+    kw = header_kwargs if header_kwargs is not None else side_kw
+    return name, dict(kw or {})
+
+
 def _read_sidecar(path: Path) -> dict[str, Any] | None:
     side = sidecar_path(path)
     if not side.is_file():
         return None
+    if side.stat().st_size > 10 * 2**20:
+        raise ModelFileError(f"sidecar {side} is {side.stat().st_size} bytes: not a boundkit "
+                             "sidecar (they are under a few kB)")
     try:
         doc = json.loads(side.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -186,11 +400,20 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
         raise ModelFileError(f"sidecar {side} does not name an architecture ('arch')")
     if not isinstance(doc.get("arch_kwargs", {}), dict):
         raise ModelFileError(f"sidecar {side}: 'arch_kwargs' must be an object")
+    if not isinstance(doc.get("meta", {}), dict):
+        raise ModelFileError(f"sidecar {side}: 'meta' must be an object")
     entry = ZOO.get(doc["arch"])
     if entry is not None and "num_classes" in doc and doc["num_classes"] != entry.num_classes:
         raise ModelFileError(
             f"sidecar {side}: num_classes {doc['num_classes']} but {doc['arch']!r} has "
             f"{entry.num_classes}"
+        )
+    if entry is not None and "input_shape" in doc and doc["arch_kwargs"] in ({}, None) and (
+        list(doc["input_shape"] or []) != list(entry.input_shape)
+    ):
+        raise ModelFileError(
+            f"sidecar {side}: input_shape {doc['input_shape']} but {doc['arch']!r} takes "
+            f"{list(entry.input_shape)}"
         )
     return doc
 
@@ -224,6 +447,7 @@ def _torchscript_zip(path: Path) -> bool:
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
+    read_safetensors_header(path)  # checked before the library allocates anything
     try:
         tensors: dict[str, torch.Tensor] = {}
         with safe_open(str(path), framework="pt", device="cpu") as fh:
@@ -231,7 +455,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             for k in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
                 tensors[k] = fh.get_tensor(k)
     except Exception as exc:  # safetensors raises its own SafetensorError and others
-        raise ModelFileError(f"{path} is not a readable safetensors file: {exc}") from exc
+        raise _bad_st(path, f"{exc}") from exc
     return tensors, meta
 
 
@@ -307,27 +531,51 @@ def _load_onnx(path: Path, device: Any) -> nn.Module:
     return _finish_module(model, f"ONNX {path}", device)
 
 
+def read_model_meta(path: PathLike) -> dict[str, Any]:
+    """The ``meta`` of a model's sidecar (data set, split, seed...), ``{}`` without one."""
+    try:
+        side = _read_sidecar(Path(path))
+    except ModelFileError:
+        return {}
+    return dict((side or {}).get("meta") or {})
+
+
 def load_model(
     path: PathLike,
     *,
     arch: str | None = None,
     device: str | torch.device | None = None,
+    trust_code: bool = False,
     allow_torchscript: bool = False,
     arch_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Load a model safely, in eval mode.
 
-    Accepts a ``.safetensors`` file with its sidecar JSON (or ``arch`` given); a ``.pt`` /
-    ``.pth`` state dict (``torch.load(weights_only=True)``) with ``arch`` (or a sidecar, or
-    an ``"arch"`` entry in the checkpoint dict); a TorchScript archive when
-    ``allow_torchscript=True`` or the suffix is ``.ts``/``.torchscript`` (this runs the
-    archive's code graph: trusted files only); an ``.onnx`` file via onnx2torch.
+    Accepts a ``.safetensors`` file with its sidecar JSON (or ``arch`` given, or the
+    architecture written in its header by :func:`save_model`); a ``.pt`` / ``.pth`` state
+    dict (``torch.load(weights_only=True)``) with ``arch`` (or a sidecar, or an ``"arch"``
+    entry in the checkpoint dict); a TorchScript archive only with ``trust_code=True``
+    (``allow_torchscript`` is its older name; this runs the archive's code graph: trusted
+    files only; the file's name or suffix never grants it); an ``.onnx`` file via onnx2torch.
+
+    The architecture is checked before any memory is allocated for it: every source that
+    names it (``arch``, header, sidecar) must agree, its size must stay under
+    :data:`MAX_PARAMETERS`, and its tensor names and shapes must match the file's header.
 
     Raises :class:`boundkit.errors.ModelFileError` naming the problem: unreadable or not a
-    model, unknown architecture, missing/unexpected/mis-shaped tensors, NaN/inf weights
-    (:class:`NonFiniteWeightsError`, also a ``NonFiniteParameterError``), a refused pickle.
+    model, unknown architecture, disagreeing sidecar, missing/unexpected/mis-shaped tensors,
+    NaN/inf weights (:class:`NonFiniteWeightsError`, also a ``NonFiniteParameterError``), a
+    refused pickle, code that was not trusted (:class:`~boundkit.errors.UntrustedCodeError`);
+    :class:`~boundkit.errors.DeviceError` for a device this machine does not have.
     """
+    from boundkit.errors import UntrustedCodeError
+    from boundkit.validate import check_device
+
+    device = check_device(device)
+    trust = bool(trust_code or allow_torchscript)
     p = Path(path)
+    if p.is_dir():
+        raise ModelFileError(f"{p} is a directory, not a model file")
     if not p.is_file():
         raise ModelFileError(f"no such model file: {p}")
     suffix = p.suffix.lower()
@@ -335,39 +583,51 @@ def load_model(
         with open(p, "rb") as fh:
             magic = fh.read(4)
     except OSError as exc:
-        raise ModelFileError(f"{p} cannot be read: {exc}") from exc
+        raise ModelFileError(f"{p} cannot be read: {exc.strerror or exc}") from None
+    if not magic:
+        raise ModelFileError(f"{p} is empty (0 bytes): not a model file")
 
     if suffix == ".onnx":
         return _load_onnx(p, device)
     if magic.startswith(b"PK") and _torchscript_zip(p):
-        if not (allow_torchscript or suffix in TORCHSCRIPT_SUFFIXES):
-            raise ModelFileError(
-                f"{p} is a TorchScript archive. Loading it runs the code graph stored in the "
-                "file; if you trust it, pass allow_torchscript=True (or name it *.ts). "
-                "Otherwise ask for a state dict or safetensors weights plus an architecture."
+        if not trust:
+            raise UntrustedCodeError(
+                f"{p} is a TorchScript archive: loading it runs the code stored in the file. "
+                "Only if you trust its author, pass --trust-code (trust_code=True in Python); "
+                "otherwise ask for safetensors weights plus an architecture"
             )
         return _load_torchscript(p, device)
     if suffix in TORCHSCRIPT_SUFFIXES:
         raise ModelFileError(f"{p} has a TorchScript suffix but is not a TorchScript archive")
 
     side = _read_sidecar(p)
-    kwargs = dict(arch_kwargs if arch_kwargs is not None else (side or {}).get("arch_kwargs", {}))
     if suffix == ".safetensors" or (not magic.startswith(b"PK") and _is_safetensors(p)):
-        sd, meta = _load_safetensors(p)
-        name = arch or (side or {}).get("arch") or meta.get("arch")
+        specs, header = read_safetensors_header(p)
+        header_kwargs = None
+        if "arch_kwargs" in header:
+            try:
+                header_kwargs = json.loads(header["arch_kwargs"])
+            except json.JSONDecodeError:
+                raise ModelFileError(f"{p}: header arch_kwargs are not valid JSON") from None
+        name, kwargs = _resolve_arch(p, arch, arch_kwargs, side, header.get("arch"),
+                                     header_kwargs)
         if name is None:
             raise ModelFileError(
-                f"{p}: no architecture given: pass arch=... (one of {sorted(ZOO)}) or keep the "
-                f"sidecar {sidecar_path(p).name} next to the weights"
+                f"{p}: no architecture given: pass arch=... (--arch; one of {sorted(ZOO)}) or "
+                f"keep the sidecar {sidecar_path(p).name} next to the weights"
             )
+        _check_specs(_specs_of(_meta_build(name, kwargs, str(p)).state_dict()), specs, str(p),
+                     name)
+        sd, _ = _load_safetensors(p)
         return _instantiate(name, kwargs, sd, str(p), device)
     if suffix in (".pt", ".pth", ".bin", ".ckpt") or magic.startswith(b"PK"):
         obj = _load_torch_pickle(p)
         sd, hint = _unwrap_checkpoint(obj, p)
-        name = arch or (side or {}).get("arch") or hint
+        name, kwargs = _resolve_arch(p, arch, arch_kwargs, side, hint, None)
         if name is None:
             raise ModelFileError(
-                f"{p}: a state dict needs an architecture: pass arch=... (one of {sorted(ZOO)})"
+                f"{p}: a state dict needs an architecture: pass arch=... (--arch; one of "
+                f"{sorted(ZOO)})"
             )
         return _instantiate(name, kwargs, sd, str(p), device)
     raise ModelFileError(
@@ -376,4 +636,14 @@ def load_model(
     )
 
 
-__all__ = ["FORMAT", "NonFiniteWeightsError", "load_model", "save_model", "sidecar_path"]
+__all__ = [
+    "FORMAT",
+    "MAX_PARAMETERS",
+    "NonFiniteWeightsError",
+    "TensorSpec",
+    "load_model",
+    "read_model_meta",
+    "read_safetensors_header",
+    "save_model",
+    "sidecar_path",
+]

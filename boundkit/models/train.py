@@ -58,6 +58,9 @@ def train_model(
     (optional) is ``callable(model, x_batch, logits) -> scalar`` added to the loss (e.g. the
     output-margin penalty of §4.4; return the negated bonus to maximise a margin).
     """
+    from boundkit.validate import check_device
+
+    device = check_device(device)  # a clear DeviceError for cuda without CUDA
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
     if epochs < 0 or batch_size < 1:
@@ -139,7 +142,7 @@ def train_zoo_model(
     where the data set has one), and writes ``out_dir/NAME.safetensors`` plus the sidecar
     ``NAME.json`` whose ``meta`` records the settings, accuracies and wall time.
     """
-    from boundkit.data import load_dataset
+    from boundkit.data import SPLIT_SEED, load_dataset
     from boundkit.data._common import DatasetFormatError
     from boundkit.models.io import save_model
 
@@ -149,10 +152,11 @@ def train_zoo_model(
     epochs = entry.epochs if epochs is None else epochs
     lr = entry.lr if lr is None else lr
     batch_size = entry.batch_size if batch_size is None else batch_size
-    x_tr, y_tr = load_dataset(entry.dataset, data_root, "train", download=download, seed=seed)
-    x_te, y_te = load_dataset(entry.dataset, data_root, "test", download=download, seed=seed)
+    # the split is the data set's (SPLIT_SEED), never the run's seed
+    x_tr, y_tr = load_dataset(entry.dataset, data_root, "train", download=download)
+    x_te, y_te = load_dataset(entry.dataset, data_root, "test", download=download)
     try:
-        x_va, y_va = load_dataset(entry.dataset, data_root, "val", download=download, seed=seed)
+        x_va, y_va = load_dataset(entry.dataset, data_root, "val", download=download)
     except DatasetFormatError:
         x_va = y_va = None
     model = build_model(name, seed=seed)
@@ -177,6 +181,7 @@ def train_zoo_model(
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": seed,
+        "trained_on": {"data": entry.dataset, "split": "train", "split_seed": SPLIT_SEED},
         "n_train": int(x_tr.shape[0]),
         "n_test": int(x_te.shape[0]),
         "train_accuracy": accuracy(model, x_tr, y_tr),

@@ -50,12 +50,13 @@ def test_70_20_10_proportions_and_disjoint(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
-def test_deterministic_and_seed_dependent(name: str) -> None:
-    a = load_dataset(name, split="test", seed=0)
-    b = load_dataset(name, split="test", seed=0)
-    c = load_dataset(name, split="test", seed=1)
+def test_deterministic_and_split_seed_dependent(name: str) -> None:
+    a = load_dataset(name, split="test")
+    b = load_dataset(name, split="test", split_seed=0)
+    c = load_dataset(name, split="test", split_seed=1)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
+    assert torch.equal(load_dataset(name, split="test", seed=1)[0], c[0])  # the older name
 
 
 def test_tabular_scaling_uses_training_minmax() -> None:

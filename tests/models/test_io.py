@@ -190,15 +190,18 @@ def test_torchscript_is_opt_in(tmp_path: Path) -> None:
     scripted = torch.jit.script(model)
     p = tmp_path / "m.pt"
     scripted.save(str(p))
-    with pytest.raises(ModelFileError, match="allow_torchscript=True"):
+    with pytest.raises(ModelFileError, match="--trust-code"):
         load_model(p)
-    loaded = load_model(p, allow_torchscript=True)
+    loaded = load_model(p, trust_code=True)
     x = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+    assert not load_model(p, allow_torchscript=True).training  # the older name
     ts = tmp_path / "m.ts"
     scripted.save(str(ts))
-    assert not load_model(ts).training
+    with pytest.raises(ModelFileError, match="--trust-code"):  # a suffix grants no trust
+        load_model(ts)
+    assert not load_model(ts, trust_code=True).training
     fake = tmp_path / "fake.ts"
     fake.write_bytes(b"nope")
     with pytest.raises(ModelFileError, match="not a TorchScript archive"):
@@ -213,7 +216,7 @@ def test_torchscript_nan_refused(tmp_path: Path) -> None:
     p = tmp_path / "m.ts"
     torch.jit.script(model).save(str(p))
     with pytest.raises(ModelFileError, match="fc2.weight"):
-        load_model(p)
+        load_model(p, trust_code=True)
 
 
 def test_onnx_missing_dependency_or_bad_file(tmp_path: Path) -> None:
