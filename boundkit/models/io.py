@@ -13,8 +13,10 @@ Trust model
   (e.g. file I/O through registered ops). Loading one is opt-in: pass
   ``allow_torchscript=True`` or use the ``.ts`` / ``.torchscript`` extension, and only for
   files you trust. TorchScript modules cannot be traced by ``torch.fx``.
-* ONNX (``.onnx``): converted with the optional ``onnx2torch`` package into standard torch
-  modules; the ONNX protobuf describes a graph of standard operators, no Python code.
+* ONNX (``.onnx``): read with the optional ``onnx`` package by boundkit's own importer
+  (:mod:`boundkit.models.onnx`) into standard torch layers; the protobuf describes a graph of
+  standard operators, nothing in it is executed, sizes are checked before decoding, and the
+  result is compared with onnxruntime when that is installed.
 """
 
 from __future__ import annotations
@@ -292,19 +294,10 @@ def _load_torchscript(path: Path, device: Any) -> nn.Module:
     return _finish_module(model, f"TorchScript {path}", device)
 
 
-def _load_onnx(path: Path, device: Any) -> nn.Module:
-    try:
-        from onnx2torch import convert
-    except ImportError as exc:
-        raise ModelFileError(
-            f"{path}: loading ONNX models needs the optional package onnx2torch "
-            "(pip install 'boundkit[onnx]')"
-        ) from exc
-    try:
-        model = convert(str(path))
-    except Exception as exc:  # onnx / onnx2torch raise many types
-        raise ModelFileError(f"{path} could not be converted from ONNX: {exc}") from exc
-    return _finish_module(model, f"ONNX {path}", device)
+def _load_onnx(path: Path, device: Any, **onnx_options: Any) -> nn.Module:
+    from boundkit.models.onnx import load_onnx
+
+    return _finish_module(load_onnx(path, device=device, **onnx_options), f"ONNX {path}", device)
 
 
 def load_model(
@@ -314,6 +307,7 @@ def load_model(
     device: str | torch.device | None = None,
     allow_torchscript: bool = False,
     arch_kwargs: dict[str, Any] | None = None,
+    onnx_options: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Load a model safely, in eval mode.
 
@@ -321,7 +315,9 @@ def load_model(
     ``.pth`` state dict (``torch.load(weights_only=True)``) with ``arch`` (or a sidecar, or
     an ``"arch"`` entry in the checkpoint dict); a TorchScript archive when
     ``allow_torchscript=True`` or the suffix is ``.ts``/``.torchscript`` (this runs the
-    archive's code graph: trusted files only); an ``.onnx`` file via onnx2torch.
+    archive's code graph: trusted files only); an ``.onnx`` file with boundkit's importer
+    (``onnx_options`` are passed to :func:`boundkit.models.onnx.load_onnx`: ``layout``,
+    ``input_shape``, ``normalize``, ``check``).
 
     Raises :class:`boundkit.errors.ModelFileError` naming the problem: unreadable or not a
     model, unknown architecture, missing/unexpected/mis-shaped tensors, NaN/inf weights
@@ -337,8 +333,8 @@ def load_model(
     except OSError as exc:
         raise ModelFileError(f"{p} cannot be read: {exc}") from exc
 
-    if suffix == ".onnx":
-        return _load_onnx(p, device)
+    if suffix == ".onnx" or (onnx_options and not magic.startswith(b"PK")):
+        return _load_onnx(p, device, **(onnx_options or {}))
     if magic.startswith(b"PK") and _torchscript_zip(p):
         if not (allow_torchscript or suffix in TORCHSCRIPT_SUFFIXES):
             raise ModelFileError(
