@@ -383,6 +383,7 @@ class _Importer:
         if f is None:
             raise self.fail(node, "cannot fold this operator on constants")
         out = f(node, args, a)
+        out = [np.asarray(o) for o in out] if isinstance(out, list) else np.asarray(out)
         outs = out if isinstance(out, list) else [out]
         for o in outs:
             if isinstance(o, np.ndarray) and o.size > MAX_ELEMENTS:
