@@ -65,7 +65,8 @@ def classifier(
 
 def export(model: torch.nn.Module, in_shape: Sequence[int], path: Path) -> Path:
     """``torch.onnx.export`` (the TorchScript exporter: no onnxscript needed), batch axis
-    dynamic."""
+    dynamic, no constant folding (so that batch norms stay separate nodes and the shape
+    arithmetic of ``view(x.size(0), -1)`` is left for the importer to fold)."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -73,6 +74,7 @@ def export(model: torch.nn.Module, in_shape: Sequence[int], path: Path) -> Path:
             model.eval(), (torch.zeros(1, *in_shape),), buf, dynamo=False,
             input_names=["x"], output_names=["logits"],
             dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}}, opset_version=13,
+            do_constant_folding=False,
         )
     path.write_bytes(buf.getvalue())
     return path
