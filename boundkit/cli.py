@@ -78,13 +78,14 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model_arg(path: str, arch: str | None, device: str | None):
+def load_model_arg(path: str, arch: str | None, device: str | None, layout: str = "nchw"):
     """Load ``--model`` (and check the weights); raises ModelFileError with the reason."""
     from boundkit.errors import BoundkitError, ModelFileError
     from boundkit.models.io import load_model
 
+    onnx = {"layout": layout} if path.lower().endswith(".onnx") else None
     try:
-        return load_model(path, arch=arch, device=device)
+        return load_model(path, arch=arch, device=device, onnx_options=onnx)
     except BoundkitError:
         raise
     except Exception as exc:  # a file the loaders choke on is still a bad input
@@ -111,11 +112,16 @@ def load_data_arg(data: str, root: str | None, split: str, n: int | None, seed: 
     return x, y, np.arange(x.shape[0])
 
 
-def _model_for_data(model: Any, x: Any):
-    """Cast the data to the model's dtype / device and check that the model runs on it."""
+def _model_for_data(model: Any, x: Any, a: Any = None):
+    """``--normalize`` and the input grouping of an ONNX model; cast the data to the model's
+    dtype / device and check that the model runs on it. Returns ``(model, x)``."""
     import torch
 
     from boundkit.errors import InputShapeError
+    from boundkit.models.preprocess import parse_normalize, prepare_model
+
+    norm = getattr(a, "normalize", None)
+    model = prepare_model(model, x.shape[1:], normalize=parse_normalize(norm) if norm else None)
 
     p = next(iter(model.parameters()), None)
     if p is not None:
@@ -130,7 +136,7 @@ def _model_for_data(model: Any, x: Any):
     if out.dim() != 2:
         raise InputShapeError(f"the model maps data of shape {list(x.shape)} to an output of "
                               f"shape {list(out.shape)}, not logits [N, C]")
-    return x
+    return model, x
 
 
 # ------------------------------------------------------------------------------ documents
@@ -256,9 +262,9 @@ def cmd_certify(sess: Session) -> int:
     from boundkit.report.io import write_json
 
     a = sess.args
-    model = load_model_arg(a.model, a.arch, a.device)
+    model = load_model_arg(a.model, a.arch, a.device, a.layout)
     x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
-    x = _model_for_data(model, x)
+    model, x = _model_for_data(model, x, a)
     certs = {}
     with sess.bar(x.shape[0] * len(_methods(a.method)), "certify") as bar:
         for m in _methods(a.method):
@@ -281,9 +287,9 @@ def cmd_attack(sess: Session) -> int:
     from boundkit.report.io import write_json
 
     a = sess.args
-    model = load_model_arg(a.model, a.arch, a.device)
+    model = load_model_arg(a.model, a.arch, a.device, a.layout)
     x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
-    x = _model_for_data(model, x)
+    model, x = _model_for_data(model, x, a)
     parts = []
     with sess.bar(x.shape[0], f"attack {a.attack}") as bar:
         for s in range(0, x.shape[0], 64):
@@ -303,9 +309,9 @@ def cmd_crosscheck(sess: Session) -> int:
     from boundkit.report import render_report, write_json
 
     a = sess.args
-    model = load_model_arg(a.model, a.arch, a.device)
+    model = load_model_arg(a.model, a.arch, a.device, a.layout)
     x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
-    x = _model_for_data(model, x)
+    model, x = _model_for_data(model, x, a)
     meta = {"model": a.model, "data": a.data, "split": a.split, "attack": a.attack,
             "budget": a.budget if a.budget is not None else "default"}
     res = _run_crosscheck(sess, model, x, y, idx, _methods(a.method), a.attack, a.budget,
@@ -374,8 +380,8 @@ def cmd_compare(sess: Session) -> int:
     entries = []
     bad = False
     for name, path in zip(names, a.models):
-        model = load_model_arg(path, a.arch, a.device)
-        xm = _model_for_data(model, x_all)
+        model = load_model_arg(path, a.arch, a.device, a.layout)
+        model, xm = _model_for_data(model, x_all, a)
         acc = accuracy(model, xm, y_all)
         res = _run_crosscheck(sess, model, xm[: len(idx)], y_all[: len(idx)], idx,
                               _methods(a.method), a.attack, a.budget, False, name,
@@ -548,6 +554,16 @@ def _model(p: argparse.ArgumentParser) -> None:
                    "'boundkit train'), a .pt state dict with --arch, TorchScript (.ts) or .onnx")
     g.add_argument("--arch", default=None, metavar="NAME",
                    help="zoo architecture of a state dict (see boundkit.models.ZOO)")
+    _input_opts(g)
+
+
+def _input_opts(g: Any) -> None:
+    g.add_argument("--normalize", default=None, metavar="MEAN,STD",
+                   help="prepend (x - mean) / std to the model, so that certificates and "
+                   "attacks are in the data's [0, 1] space: 'mean,std' or C means then C stds")
+    g.add_argument("--layout", default="nchw", choices=("nchw", "nhwc"),
+                   help="input layout of an .onnx file (nhwc: channels-last, e.g. TensorFlow "
+                   "exports; the data stays NCHW)")
 
 
 def _attack_opts(p: argparse.ArgumentParser) -> None:
@@ -637,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model files (same input shape)")
     p.add_argument("--arch", default=None, metavar="NAME",
                    help="zoo architecture for state-dict files without a sidecar")
+    _input_opts(p)
     _data(p)
     p.add_argument("--method", default="both", choices=("sound", "sound-local", "peck2017", "both"))
     _attack_opts(p)

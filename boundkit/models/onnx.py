@@ -55,7 +55,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import nn
 
 from boundkit.errors import ModelFileError
@@ -258,7 +257,7 @@ class _Importer:
         for t in g.initializer:
             self.values[t.name] = self.tensor(t)
             init_names.add(t.name)
-        for t in getattr(g, "sparse_initializer", []):
+        if len(getattr(g, "sparse_initializer", [])):
             raise OnnxImportError(f"{self.source}: sparse initialisers are not supported")
         inputs = [i for i in g.input if i.name not in init_names]
         if len(inputs) != 1:
@@ -361,9 +360,6 @@ class _Importer:
             outs = handler(node, k)
         if not isinstance(outs, list):
             outs = [outs]
-        used = [o for o in node.output if o]
-        if len(used) > len(outs) or any(o == "" for o in node.output[: len(outs)] if False):
-            pass
         for i, name in enumerate(node.output):
             if not name:
                 continue
@@ -1075,8 +1071,9 @@ _NP_BINARY = {
 
 @dataclass(frozen=True)
 class OnnxCheck:
-    """Outcome of the comparison with onnxruntime: ``max_rel_error`` is
-    :math:`\\max_i\\|f(x_i)-g(x_i)\\|_\\infty/\\max_i\\|g(x_i)\\|_\\infty` over ``n`` random inputs."""
+    """Outcome of the comparison with onnxruntime over ``n`` random inputs:
+    ``max_rel_error`` is
+    :math:`\\max_i\\|f(x_i)-g(x_i)\\|_\\infty/\\max_i\\|g(x_i)\\|_\\infty`."""
 
     n: int
     max_abs_error: float
@@ -1206,6 +1203,7 @@ def load_onnx(
         from boundkit.models.preprocess import normalize as _normalize
 
         model = _normalize(model, normalize[0], normalize[1], module_shape)
+    model.boundkit_input_shape = tuple(int(s) for s in module_shape)
     if device is not None:
         model.to(device)
     return model.eval()

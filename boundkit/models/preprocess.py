@@ -113,6 +113,26 @@ def _ordered(**mods: nn.Module):  # noqa: ANN202 - an OrderedDict for nn.Sequent
     return OrderedDict(mods)
 
 
+def prepare_model(
+    model: nn.Module,
+    data_shape: Sequence[int],
+    *,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> nn.Module:
+    """Fit ``model`` to data of per-sample shape ``data_shape``: regroup the input when the
+    model declares another grouping of the same elements (``boundkit_input_shape``, set by
+    the ONNX importer), then prepend the normalisation ``(mean, std)`` if given."""
+    from boundkit.models.onnx import adapt_input_shape
+
+    shape = tuple(int(s) for s in data_shape)
+    declared = getattr(model, "boundkit_input_shape", None)
+    if declared is not None and tuple(declared) != shape:
+        model = adapt_input_shape(model, declared, shape, "the model")
+    if normalize is not None:
+        model = globals()["normalize"](model, normalize[0], normalize[1], shape)
+    return model
+
+
 def parse_normalize(text: str) -> tuple[list[float], list[float]]:
     """``"mean,std"`` or ``"m1,...,mC,s1,...,sC"`` (as in ``--normalize``) -> (means, stds)."""
     try:
@@ -129,4 +149,6 @@ def parse_normalize(text: str) -> tuple[list[float], list[float]]:
     return vals[:half], vals[half:]
 
 
-__all__ = ["InputReshape", "normalization_layer", "normalize", "parse_normalize"]
+__all__ = [
+    "InputReshape", "normalization_layer", "normalize", "parse_normalize", "prepare_model",
+]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +232,7 @@ def test_onnx_extra_never_pulls_another_torch() -> None:
     """The extras' packages do not depend on torch / torchvision (so installing them on the
     CPU torch leaves it in place), onnx2torch is gone, and importing the importer loads
     neither torchvision nor onnx2torch."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     names = [re.split(r"[<>=!~\[ ]", r)[0].lower() for r in extras["onnx"]]
