@@ -123,6 +123,7 @@ class _Importer:
         self.onnx_input_shape: tuple[int, ...] = ()
         self.fixed_batch: int | None = None
         self.skip: set[int] = set()
+        self.pending_pads: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ errors/helpers
     def fail(self, node: Any, why: str) -> OnnxImportError:
@@ -579,15 +580,16 @@ class _Importer:
         first, rest = s[0], s[1:]
         full = (self.fixed_batch, *v.shape)
         if not allowzero:
+            if any(t == 0 and i + 1 >= len(full) for i, t in enumerate(rest)):
+                raise self.fail(node, f"target {s} copies a dimension the input does not have")
             rest = [full[i + 1] if t == 0 else t for i, t in enumerate(rest)]
-        if first == _BATCH or (first == 0 and not allowzero):
-            pass
-        elif first == -1 and all(t > 0 for t in rest):
-            if math.prod(rest) != v.numel:
-                raise self.fail(node, f"target {s} does not keep the batch dimension")
-        elif self.fixed_batch is not None and first == self.fixed_batch and -1 not in rest:
-            pass
-        else:
+        keeps_batch = (
+            first == _BATCH
+            or (first == 0 and not allowzero)
+            or (self.fixed_batch is not None and first == self.fixed_batch)
+            or (first == -1 and -1 not in rest and all(t > 0 for t in rest))
+        )
+        if not keeps_batch:
             raise self.fail(node, f"target shape {s} does not keep the batch dimension first")
         if any(t == _BATCH for t in rest):
             raise self.fail(node, f"target shape {s} moves the batch dimension")
@@ -773,11 +775,10 @@ class _Importer:
         box = [begin[2], begin[3], end[2], end[3]]
         nxt = self.only_consumer(node.output[0])
         if nxt is not None and nxt.op_type == "Conv" and nxt.input[0] == node.output[0]:
-            self.pending_pad = (node.output[0], box)
+            # folded into that convolution's padding (its only consumer)
+            self.pending_pads[node.output[0]] = box
             return self.real(v, node)
         return self.zero_pad(node, v, box)
-
-    pending_pad: tuple[str, list[int]] | None = None
 
     def op_Conv(self, node: Any, k: int) -> _Dyn:
         v = self.dyn(node, 0)
@@ -795,10 +796,9 @@ class _Importer:
         if ks != tuple(w.shape[2:]):
             raise self.fail(node, f"kernel_shape {ks} differs from the kernel {w.shape}")
         pads = self._pads(node, a, ks)
-        if self.pending_pad is not None and self.pending_pad[0] == node.input[0]:
-            extra = self.pending_pad[1]
+        extra = self.pending_pads.pop(node.input[0], None)
+        if extra is not None:
             pads = [p + q for p, q in zip(pads, extra)]
-            self.pending_pad = None
         x = self.materialize(v, node)
         if pads[0] != pads[2] or pads[1] != pads[3]:
             pv = self.zero_pad(node, _Dyn(x, v.shape, v.shape), pads)

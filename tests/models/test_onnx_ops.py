@@ -309,3 +309,21 @@ def test_arithmetic_on_the_batch_size_is_refused(tmp_path: Path) -> None:
     p = classifier(tmp_path, body, (3, 2), "h", 6, {"two": np.array(2, dtype=np.int64)})
     with pytest.raises(Exception, match=r"batch_times_two.*Mul.*batch"):
         load_onnx(p)
+
+
+def test_fixed_batch_reshape_and_parallel_pads_into_convs(tmp_path: Path) -> None:
+    """A fixed batch of one with Reshape [1, -1]; two Pad -> Conv branches whose pads fold
+    into their own convolution (topological order interleaves them)."""
+    pads = np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64)
+    body = [
+        N("Pad", ["x", "pads"], ["p1"]), N("Pad", ["x", "pads2"], ["p2"]),
+        N("Conv", ["p1", "w"], ["c1"]), N("Conv", ["p2", "w"], ["c2"]),
+        N("Add", ["c1", "c2"], ["a"]), N("Reshape", ["a", "shape"], ["h"]),
+    ]
+    inits = {"pads": pads, "pads2": pads.copy(), "w": rand(2, 2, 3, 3),
+             "shape": np.array([1, -1], dtype=np.int64)}
+    p = classifier(tmp_path, body, (2, 4, 4), "h", 32, inits, batch=1)
+    model = _check(p, (2, 4, 4))
+    assert not any(n.startswith("pad") for n, _ in model.named_modules())
+    x = torch.rand(3, 2, 4, 4)
+    assert model(x).shape == (3, 3)
