@@ -1011,6 +1011,9 @@ class _Importer:
                 raise self.fail(node, f"adding tensors of shapes {list(x.shape)} and "
                                 f"{list(y.shape)} (broadcasting between inputs)")
             a, b = self.materialize(x, node), self.materialize(y, node)
+            if a is b:  # x + x: a scaling by 2 (torch.fx would see one input, i.e. a shift)
+                return self.scale_shift(_Dyn(a, x.shape, x.shape), np.asarray(2.0), None,
+                                        node, "double")
             return _Dyn(self.graph.call_function(torch.add, (a, b)), x.shape, x.shape)
         self._out_broadcast(node, x, y)
         return self.scale_shift(x, None, y, node, "add_const")

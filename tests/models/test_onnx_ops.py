@@ -327,3 +327,15 @@ def test_fixed_batch_reshape_and_parallel_pads_into_convs(tmp_path: Path) -> Non
     assert not any(n.startswith("pad") for n, _ in model.named_modules())
     x = torch.rand(3, 2, 4, 4)
     assert model(x).shape == (3, 3)
+
+
+def test_adding_a_tensor_to_itself_is_a_scaling_by_two(tmp_path: Path) -> None:
+    """``h + h`` must not reach capture as an add with one distinct input (which it would
+    treat as a 1-Lipschitz shift): the importer emits a scaling by 2."""
+    body = [N("Gemm", ["x", "w"], ["z"], transB=1), N("Relu", ["z"], ["r"]),
+            N("Add", ["r", "r"], ["h"])]
+    p = classifier(tmp_path, body, (4,), "h", 6, {"w": rand(6, 4)})
+    model = _check(p, (4,))
+    g = capture(model, (4,))
+    assert not [n for n in g if n.op == "identity" and n.attrs.get("shift")]
+    assert not [n for n in g if n.op == "add" and len(n.inputs) < 2]
