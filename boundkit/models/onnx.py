@@ -75,13 +75,13 @@ class OnnxImportError(ModelFileError):
     """An ONNX file boundkit cannot import (unsupported node, bad attribute, too large...)."""
 
 
-def _require_onnx() -> Any:
+def _require_onnx(source: str = "") -> Any:
     try:
         import onnx
     except ImportError:
         raise ModelFileError(
-            "loading ONNX models needs the optional package 'onnx' "
-            "(pip install 'boundkit[onnx]')"
+            f"{source + ': ' if source else ''}loading ONNX models needs the optional package "
+            "'onnx' (pip install 'boundkit[onnx]')"
         ) from None
     return onnx
 
@@ -1159,8 +1159,8 @@ def load_onnx(
         ModelFileError (:class:`OnnxImportError`): unreadable file, unsupported node (named
             with its op type and the file), mismatch with onnxruntime.
     """
-    onnx = _require_onnx()
     p = Path(path)
+    onnx = _require_onnx(str(p))
     layout = layout.lower()
     if layout not in ("nchw", "nhwc"):
         raise ModelFileError(f"unknown layout {layout!r}; use 'nchw' or 'nhwc'")
@@ -1191,7 +1191,16 @@ def load_onnx(
         except ImportError:
             check = False
     if check:
-        res = compare_with_onnxruntime(gm, p, check_samples, layout=layout)
+        try:
+            res = compare_with_onnxruntime(gm, p, check_samples, layout=layout)
+        except ModelFileError:
+            raise
+        except Exception as exc:  # onnxruntime refuses the file (its own validation)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise OnnxImportError(
+                f"{p}: onnxruntime cannot run the file for the load-time check "
+                f"({type(exc).__name__}: {first}); pass check=False to skip it"
+            ) from None
         if not res.max_rel_error <= rtol:
             raise OnnxImportError(
                 f"{p}: the imported model differs from onnxruntime by {res.max_rel_error:.3g} "

@@ -339,3 +339,49 @@ def test_adding_a_tensor_to_itself_is_a_scaling_by_two(tmp_path: Path) -> None:
     g = capture(model, (4,))
     assert not [n for n in g if n.op == "identity" and n.attrs.get("shift")]
     assert not [n for n in g if n.op == "add" and len(n.inputs) < 2]
+
+
+# ----------------------------------------------------------------------------- properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _view_chains(draw: st.DrawFn) -> tuple[list, dict, tuple[int, ...], int]:
+    """Random Transpose / Reshape / Flatten / Relu / Tanh / Add-constant chains on a small
+    [N, 2, 3, 4] input, ending in a Gemm (the transposes must fold or be permuted exactly)."""
+    shape = [2, 3, 4]
+    nodes, inits, cur = [], {}, "x"
+    for i in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["T", "R", "F", "relu", "tanh", "add"]))
+        out = f"v{i}"
+        if kind == "T":
+            perm = draw(st.permutations(range(len(shape))))
+            nodes.append(N("Transpose", [cur], [out], perm=[0, *[p + 1 for p in perm]]))
+            shape = [shape[p] for p in perm]
+        elif kind == "R":
+            new = draw(st.sampled_from([[24], [6, 4], [4, 6], [2, 12], [3, 8], [2, 3, 4],
+                                        [4, 3, 2], [2, 2, 6]]))
+            inits[f"s{i}"] = np.array([-1, *new], dtype=np.int64)
+            nodes.append(N("Reshape", [cur, f"s{i}"], [out]))
+            shape = list(new)
+        elif kind == "F":
+            nodes.append(N("Flatten", [cur], [out], axis=1))
+            shape = [24]
+        elif kind == "add":
+            inits[f"c{i}"] = rand(*shape)
+            nodes.append(N("Add", [cur, f"c{i}"], [out]))
+        else:
+            nodes.append(N("Relu" if kind == "relu" else "Tanh", [cur], [out]))
+        cur = out
+    nodes.append(N("Identity", [cur], ["h"]))
+    return nodes, inits, (2, 3, 4), 24
+
+
+@settings(max_examples=15, deadline=None)
+@given(chain=_view_chains())
+def test_any_regrouping_chain_matches_onnxruntime(chain, tmp_path_factory) -> None:
+    nodes, inits, in_shape, numel = chain
+    tmp = tmp_path_factory.mktemp("chain")
+    _check(classifier(tmp, nodes, in_shape, "h", numel, inits), in_shape)
