@@ -364,6 +364,8 @@ class _Importer:
         for i, name in enumerate(node.output):
             if not name:
                 continue
+            if name in self.values and self.values[name] is not outs[min(i, len(outs) - 1)]:
+                raise self.fail(node, f"output {name!r} is already defined (not a valid graph)")
             if i >= len(outs):
                 if self.consumers.get(name) or name == self.out_name:
                     raise self.fail(node, f"output {i} ({name!r}) is not supported")
@@ -738,6 +740,7 @@ class _Importer:
         (every output is a copy of one input or zero: an isometric embedding)."""
         c, h, w = self._spatial(node, v)
         t, l_, b, r = pads
+        self._bound(node, c * (h + t + b) * (w + l_ + r), "padded tensor")
         ph, pw = max(t, b), max(l_, r)
         kh, kw = 2 * ph - t - b + 1, 2 * pw - l_ - r + 1
         conv = nn.Conv2d(c, c, (kh, kw), padding=(ph, pw), groups=c, bias=False)
@@ -805,6 +808,7 @@ class _Importer:
             x, (c, h, wd), pads = pv.node, pv.shape, [0, 0, 0, 0]
         strides = tuple(int(s) for s in a.get("strides", (1, 1)))
         dil = tuple(int(s) for s in a.get("dilations", (1, 1)))
+        self._bound(node, w.shape[0] * (h + 2 * pads[0]) * (wd + 2 * pads[1]), "output")
         if any(s < 1 for s in strides + dil):
             raise self.fail(node, f"strides {strides} / dilations {dil}")
         conv = nn.Conv2d(c, w.shape[0], ks, stride=strides, padding=(pads[0], pads[1]),
@@ -816,6 +820,11 @@ class _Importer:
         out = self.add_module("conv", conv, x)
         shape = self._out_shape(node, conv, (c, h, wd))
         return _Dyn(out, shape, shape)
+
+    def _bound(self, node: Any, numel: int, what: str) -> None:
+        if numel > MAX_ELEMENTS:
+            raise self.fail(node, f"the {what} would hold {numel} elements per sample (too "
+                            f"large; limit {MAX_ELEMENTS})")
 
     def _out_shape(self, node: Any, module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
         try:

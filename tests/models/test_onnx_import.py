@@ -252,3 +252,22 @@ def test_loaded_arrays_are_checked_for_non_finite_values(tmp_path: Path) -> None
     p = classifier(tmp_path, [N("Relu", ["x"], ["h"])], (4,), "h", 4, {"bad": w})
     with pytest.raises(ModelFileError, match="NaN"):
         load_onnx(p)
+
+
+def test_huge_pads_are_refused_before_allocating(tmp_path: Path) -> None:
+    huge = 1 << 20
+    inits = {"pads": np.array([0, 0, huge, 0, 0, 0, 0, huge], dtype=np.int64)}
+    body = [N("Pad", ["x", "pads"], ["p"], name="big_pad"),
+            N("MaxPool", ["p"], ["h"], kernel_shape=[2, 2])]
+    with pytest.raises(ModelFileError, match=r"big_pad.*too large"):
+        load_onnx(classifier(tmp_path, body, (2, 4, 4), "h", 8, inits))
+    body = [N("Conv", ["x", "w"], ["h"], pads=[huge] * 4, name="big_conv")]
+    with pytest.raises(ModelFileError, match=r"big_conv.*too large"):
+        load_onnx(classifier(tmp_path, body, (2, 4, 4), "h", 8, {"w": rand(2, 2, 3, 3)},
+                             name="c.onnx"))
+
+
+def test_a_value_defined_twice_is_refused(tmp_path: Path) -> None:
+    body = [N("Relu", ["x"], ["h"]), N("Tanh", ["x"], ["h"], name="again")]
+    with pytest.raises(ModelFileError, match=r"again.*already defined"):
+        load_onnx(classifier(tmp_path, body, (4,), "h", None), check=False)
