@@ -122,13 +122,15 @@ class Inputs:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def load_model_arg(path: str, arch: str | None, device: Any, trust_code: bool = False):
-    """Load ``--model`` safely (``boundkit.models.io.load_model``). Every problem the loader
-    recognises is a :class:`~boundkit.errors.BoundkitError` naming the file; anything else
-    is a bug and surfaces as one."""
+def load_model_arg(path: str, arch: str | None, device: Any, trust_code: bool = False,
+                   layout: str = "nchw"):
+    """Load ``--model`` safely (``boundkit.models.io.load_model``; ``layout`` for ``.onnx``
+    files). Every problem the loader recognises is a :class:`~boundkit.errors.BoundkitError`
+    naming the file; anything else is a bug and surfaces as one."""
     from boundkit.models.io import load_model
 
-    return load_model(path, arch=arch, device=device, trust_code=trust_code)
+    onnx = {"layout": layout} if str(path).lower().endswith(".onnx") else None
+    return load_model(path, arch=arch, device=device, trust_code=trust_code, onnx_options=onnx)
 
 
 def load_data_arg(data: str, root: str | None, split: str, n: int | None) -> Data:
@@ -160,18 +162,22 @@ def load_data_arg(data: str, root: str | None, split: str, n: int | None) -> Dat
     return Data(x, y, np.arange(x.shape[0]), prov, file, home if file is None else None)
 
 
-def _model_for_data(model: Any, x: Any):
-    """Cast the data to the model's dtype / device and check that the model maps it to
-    logits ``[N, C]`` (a one-line error naming the shape otherwise)."""
+def _model_for_data(model: Any, x: Any, a: Any = None):
+    """``--normalize`` and the input grouping of an ONNX model; cast the data to the model's
+    dtype / device and check that the model maps it to logits ``[N, C]`` (a one-line error
+    naming the shape otherwise). Returns ``(model, x)``."""
+    from boundkit.models.preprocess import parse_normalize, prepare_model
     from boundkit.validate import check_batch, check_runs
 
     check_batch(x, name="--data")
+    norm = getattr(a, "normalize", None)
+    model = prepare_model(model, x.shape[1:], normalize=parse_normalize(norm) if norm else None)
     check_runs(model, x, what="the model")
     p = next((t for t in list(model.parameters()) + list(model.buffers())
               if t.is_floating_point()), None)
     if p is not None:
         x = x.to(device=p.device, dtype=p.dtype)
-    return x
+    return model, x
 
 
 def _trained_on(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -344,8 +350,9 @@ def preamble(sess: Session, model_path: str, data: Data | None = None,
     inputs = [mpath] + ([data.file] if data.file is not None else [])
     for out, is_dir in outputs:
         check_outputs(Path(out), inputs, is_dir=is_dir, data_home=data.home)
-    model = load_model_arg(model_path, a.arch, device, getattr(a, "trust_code", False))
-    x = _model_for_data(model, data.x)
+    model = load_model_arg(model_path, a.arch, device, getattr(a, "trust_code", False),
+                           getattr(a, "layout", "nchw"))
+    model, x = _model_for_data(model, data.x, a)
     warning = _check_not_training_data(mpath, data)
     if warning:
         print(f"boundkit {a.command}: {warning}", file=sys.stderr, flush=True)
@@ -659,7 +666,7 @@ def cmd_train(sess: Session) -> int:
         test = train if train.file is not None else load_data_arg(a.data, a.data_root, "test",
                                                                   None)
         model = build_model(a.name, seed=a.seed)
-        x = _model_for_data(model, train.x)
+        _, x = _model_for_data(model, train.x)
         epochs = a.epochs if a.epochs is not None else entry.epochs
         train_model(model, x, train.y, epochs=epochs, lr=entry.lr,
                     batch_size=entry.batch_size, seed=a.seed, device=device)
@@ -829,6 +836,7 @@ def _model(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", default=None, metavar="NAME",
                    help="zoo architecture of a state dict (see boundkit.models.ZOO)")
     _trust(g)
+    _input_opts(g)
 
 
 def _trust(g: Any) -> None:
@@ -836,6 +844,15 @@ def _trust(g: Any) -> None:
                    help="allow model files that carry their own code (TorchScript archives): "
                    "loading one RUNS code written by the file's author, with your rights. Only "
                    "for files you trust; never needed for .safetensors, state dicts or .onnx")
+
+
+def _input_opts(g: Any) -> None:
+    g.add_argument("--normalize", default=None, metavar="MEAN,STD",
+                   help="prepend (x - mean) / std to the model, so that certificates and "
+                   "attacks are in the data's [0, 1] space: 'mean,std' or C means then C stds")
+    g.add_argument("--layout", default="nchw", choices=("nchw", "nhwc"),
+                   help="input layout of an .onnx file (nhwc: channels-last, e.g. TensorFlow "
+                   "exports; the data stays NCHW)")
 
 
 def _attack_opts(p: argparse.ArgumentParser) -> None:
@@ -926,6 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, metavar="NAME",
                    help="zoo architecture for state-dict files without a sidecar")
     _trust(p)
+    _input_opts(p)
     _data(p)
     p.add_argument("--method", default="both", choices=("sound", "sound-local", "peck2017", "both"))
     _attack_opts(p)

@@ -4,7 +4,9 @@
   layers (logits out, eval mode).
 * :func:`train_model`, :func:`train_zoo_model`, :func:`accuracy`: deterministic training.
 * :func:`save_model` / :func:`load_model`: safetensors + JSON sidecar, ``weights_only`` state
-  dicts, opt-in TorchScript, optional ONNX; nothing from a model file is executed by default.
+  dicts, opt-in TorchScript; nothing from a model file is executed by default.
+* :func:`load_onnx`: boundkit's native ONNX importer (needs the ``onnx`` extra).
+* :func:`normalize`: prepend ``(x - mean) / std`` to any model, as data.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import importlib
 from typing import Any
 
 from boundkit.models.io import NonFiniteWeightsError, load_model, save_model
+from boundkit.models.onnx import OnnxImportError, load_onnx
+from boundkit.models.preprocess import normalize
 from boundkit.models.zoo import ZOO, ZooEntry, build_model, cifar_nin_small, lenet5, linear, mlp
 
 # Imported lazily so that ``python -m boundkit.models.train`` does not find the module
@@ -31,6 +35,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ZOO",
     "NonFiniteWeightsError",
+    "OnnxImportError",
     "ZooEntry",
     "accuracy",
     "build_model",
@@ -38,7 +43,9 @@ __all__ = [
     "lenet5",
     "linear",
     "load_model",
+    "load_onnx",
     "mlp",
+    "normalize",
     "save_model",
     "train_model",
     "train_zoo_model",

@@ -21,8 +21,10 @@ Trust model
   size checked against :data:`MAX_PARAMETERS` and its tensor shapes against the file's
   header, and only then materialised: a 400-byte sidecar cannot make the loader allocate
   gigabytes.
-* ONNX (``.onnx``): converted with the optional ``onnx2torch`` package into standard torch
-  modules; the ONNX protobuf describes a graph of standard operators, no Python code.
+* ONNX (``.onnx``): read with the optional ``onnx`` package by boundkit's own importer
+  (:mod:`boundkit.models.onnx`) into standard torch layers; the protobuf describes a graph of
+  standard operators, nothing in it is executed, sizes are checked before decoding, and the
+  result is compared with onnxruntime when that is installed.
 """
 
 from __future__ import annotations
@@ -516,19 +518,10 @@ def _load_torchscript(path: Path, device: Any) -> nn.Module:
     return _finish_module(model, f"TorchScript {path}", device)
 
 
-def _load_onnx(path: Path, device: Any) -> nn.Module:
-    try:
-        from onnx2torch import convert
-    except ImportError as exc:
-        raise ModelFileError(
-            f"{path}: loading ONNX models needs the optional package onnx2torch "
-            "(pip install 'boundkit[onnx]')"
-        ) from exc
-    try:
-        model = convert(str(path))
-    except Exception as exc:  # onnx / onnx2torch raise many types
-        raise ModelFileError(f"{path} could not be converted from ONNX: {exc}") from exc
-    return _finish_module(model, f"ONNX {path}", device)
+def _load_onnx(path: Path, device: Any, **onnx_options: Any) -> nn.Module:
+    from boundkit.models.onnx import load_onnx
+
+    return _finish_module(load_onnx(path, device=device, **onnx_options), f"ONNX {path}", device)
 
 
 def read_model_meta(path: PathLike) -> dict[str, Any]:
@@ -548,6 +541,7 @@ def load_model(
     trust_code: bool = False,
     allow_torchscript: bool = False,
     arch_kwargs: dict[str, Any] | None = None,
+    onnx_options: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Load a model safely, in eval mode.
 
@@ -556,7 +550,9 @@ def load_model(
     dict (``torch.load(weights_only=True)``) with ``arch`` (or a sidecar, or an ``"arch"``
     entry in the checkpoint dict); a TorchScript archive only with ``trust_code=True``
     (``allow_torchscript`` is its older name; this runs the archive's code graph: trusted
-    files only; the file's name or suffix never grants it); an ``.onnx`` file via onnx2torch.
+    files only; the file's name or suffix never grants it); an ``.onnx`` file with boundkit's
+    importer (``onnx_options`` are passed to :func:`boundkit.models.onnx.load_onnx`:
+    ``layout``, ``input_shape``, ``normalize``, ``check``).
 
     The architecture is checked before any memory is allocated for it: every source that
     names it (``arch``, header, sidecar) must agree, its size must stay under
@@ -587,8 +583,8 @@ def load_model(
     if not magic:
         raise ModelFileError(f"{p} is empty (0 bytes): not a model file")
 
-    if suffix == ".onnx":
-        return _load_onnx(p, device)
+    if suffix == ".onnx" or (onnx_options and not magic.startswith(b"PK")):
+        return _load_onnx(p, device, **(onnx_options or {}))
     if magic.startswith(b"PK") and _torchscript_zip(p):
         if not trust:
             raise UntrustedCodeError(

@@ -1,0 +1,1262 @@
+"""A native ONNX importer: an ONNX classifier -> a plain ``torch.fx.GraphModule`` of
+standard torch layers, which :func:`boundkit.graph.capture` turns into the same typed graph
+as a hand-written model.
+
+Reads the file with the ``onnx`` package only (``pip install 'boundkit[onnx]'``): no
+onnx2torch, no torchvision, nothing from the file is executed. The protobuf is parsed,
+tensor sizes are checked against :data:`MAX_ELEMENTS` before any tensor is decoded,
+external-data tensors (file references) are refused, and the torch module is generated
+from boundkit's own layer choices.
+
+Supported operators (anything else is refused with an error naming the node, its op type
+and the file):
+
+=========================================  ==================================================
+ONNX                                       torch
+=========================================  ==================================================
+Gemm, MatMul (+ Add of a constant)         ``nn.Linear`` (bias folded)
+Conv (2-D, symmetric pads; asymmetric      ``nn.Conv2d`` (a zero ``Pad`` in front is folded
+pads via an explicit zero pad)             into its padding when the result is symmetric)
+MaxPool, AveragePool, GlobalAveragePool    ``nn.MaxPool2d``, ``nn.AvgPool2d``
+BatchNormalization                         ``nn.BatchNorm1d/2d`` (eval statistics)
+LRN (odd size)                             ``nn.LocalResponseNorm``
+Relu, Sigmoid, Tanh, Softplus              the same modules
+LeakyRelu(a)                               ``a*x + (1-a)*relu(x)`` (an add of two branches)
+Softmax, LogSoftmax (last node only)       the same modules
+Flatten, Reshape, Squeeze, Unsqueeze       regrouping views (``reshape``) that keep the batch
+Transpose (batch axis fixed)               folded into the next ``Gemm``/``MatMul`` columns
+                                           or cancelled by another transpose; otherwise a
+                                           permutation ``nn.Linear`` (exact, norm 1), at most
+                                           :data:`MAX_PERMUTATION` elements
+Pad (constant 0)                           folded, or a depthwise one-hot ``nn.Conv2d``
+Add/Sub/Mul/Div by a constant              per-element affine as an eval ``BatchNorm``
+Add of two tensors, Concat                 ``torch.add`` (residual), ``torch.cat``
+Identity, Dropout                          nothing
+=========================================  ==================================================
+
+Constant subgraphs (initialisers, ``Constant``, ``Shape`` of a tensor whose shape is known,
+``Gather``, ``Cast``, ``Slice``, ``Concat``, arithmetic...) are folded with numpy; the batch
+dimension is tracked symbolically so that ``x.view(x.size(0), -1)`` exports fold correctly.
+
+When ``onnxruntime`` is installed the imported model is compared with it on random inputs
+at load time (``check=True``, the default) and refused beyond a relative error of ``rtol``
+(``1e-5``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+
+from boundkit.errors import ModelFileError
+
+PathLike = str | os.PathLike[str]
+
+#: largest tensor (elements) the importer decodes from a file or builds for a layer
+MAX_ELEMENTS = 1 << 28
+#: largest per-sample tensor a stand-alone transpose may permute (as a dense matrix)
+MAX_PERMUTATION = 4096
+#: largest file the importer reads (bytes); protobuf itself is limited to 2 GiB
+MAX_FILE_BYTES = 1 << 31
+#: the symbolic batch size inside folded shape arithmetic
+_BATCH = -(1 << 40) - 7
+
+
+class OnnxImportError(ModelFileError):
+    """An ONNX file boundkit cannot import (unsupported node, bad attribute, too large...)."""
+
+
+def _require_onnx(source: str = "") -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise ModelFileError(
+            f"{source + ': ' if source else ''}loading ONNX models needs the optional package "
+            "'onnx' (pip install 'boundkit[onnx]')"
+        ) from None
+    return onnx
+
+
+# ----------------------------------------------------------------------------- values
+
+
+@dataclass
+class _Dyn:
+    """A value that depends on the input: ``node`` holds a materialised tensor with
+    per-sample shape ``base_shape``; the value itself has per-sample shape ``shape`` and
+    element ``j`` (row-major) equal to ``base.flat[idx[j]]`` (``idx=None``: the identity)."""
+
+    node: torch.fx.Node
+    base_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    idx: np.ndarray | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class _Importer:
+    def __init__(self, model: Any, source: str, layout: str) -> None:
+        import onnx
+
+        self.onnx = onnx
+        self.model = model
+        self.source = source
+        self.layout = layout
+        self.root = nn.Module()
+        self.graph = torch.fx.Graph()
+        self.values: dict[str, _Dyn | np.ndarray] = {}
+        self.counter: dict[str, int] = {}
+        self.consumers: dict[str, list[Any]] = {}
+        self.out_name = ""
+        self.input_name = ""
+        self.onnx_input_shape: tuple[int, ...] = ()
+        self.fixed_batch: int | None = None
+        self.skip: set[int] = set()
+        self.pending_pads: dict[str, list[int]] = {}
+
+    # ------------------------------------------------------------------ errors/helpers
+    def fail(self, node: Any, why: str) -> OnnxImportError:
+        name = node.name or f"#{self._index(node)}"
+        return OnnxImportError(f"{self.source}: node {name!r} (op {node.op_type}): {why}")
+
+    def _index(self, node: Any) -> int:
+        for i, n in enumerate(self.model.graph.node):
+            if n is node:
+                return i
+        return -1
+
+    def fresh(self, kind: str) -> str:
+        i = self.counter.get(kind, 0)
+        self.counter[kind] = i + 1
+        return f"{kind}_{i}"
+
+    def add_module(self, kind: str, module: nn.Module, arg: torch.fx.Node) -> torch.fx.Node:
+        name = self.fresh(kind)
+        self.root.add_module(name, module)
+        return self.graph.call_module(name, (arg,))
+
+    def attrs(self, node: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for a in node.attribute:
+            if a.type == self.onnx.AttributeProto.TENSOR:
+                out[a.name] = self.tensor(a.t, node)
+            elif a.type in (self.onnx.AttributeProto.GRAPH, self.onnx.AttributeProto.GRAPHS):
+                raise self.fail(node, f"attribute {a.name!r} holds a subgraph (control flow)")
+            else:
+                v = self.onnx.helper.get_attribute_value(a)
+                out[a.name] = v.decode() if isinstance(v, bytes) else v
+        return out
+
+    def tensor(self, t: Any, node: Any = None) -> np.ndarray:
+        """Decode a TensorProto after checking its declared size."""
+        from onnx import numpy_helper
+
+        where = f"tensor {t.name!r}" if t.name else "a constant tensor"
+        if t.data_location == self.onnx.TensorProto.EXTERNAL or len(t.external_data):
+            raise OnnxImportError(
+                f"{self.source}: {where} refers to external data files; boundkit reads "
+                "self-contained ONNX files only"
+            )
+        dims = [int(d) for d in t.dims]
+        if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
+            raise OnnxImportError(f"{self.source}: {where} declares dims {dims} (too large)")
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception as exc:  # malformed payloads raise many types
+            raise OnnxImportError(f"{self.source}: {where} cannot be decoded: {exc}") from None
+        if arr.dtype.kind not in "biuf":
+            raise OnnxImportError(f"{self.source}: {where} has unsupported dtype {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise OnnxImportError(f"{self.source}: {where} holds NaN or infinity")
+        return np.array(arr)
+
+    def const(self, node: Any, i: int, what: str) -> np.ndarray:
+        v = self.value(node, i)
+        if not isinstance(v, np.ndarray):
+            raise self.fail(node, f"{what} (input {i}) must be a constant")
+        return v
+
+    def dyn(self, node: Any, i: int) -> _Dyn:
+        v = self.value(node, i)
+        if not isinstance(v, _Dyn):
+            raise self.fail(node, f"input {i} must depend on the model input")
+        return v
+
+    def value(self, node: Any, i: int) -> _Dyn | np.ndarray | None:
+        if i >= len(node.input) or node.input[i] == "":
+            return None
+        name = node.input[i]
+        if name not in self.values:
+            raise self.fail(node, f"input {name!r} is not defined before the node")
+        return self.values[name]
+
+    def opt_const(self, node: Any, i: int) -> np.ndarray | None:
+        v = self.value(node, i)
+        if v is not None and not isinstance(v, np.ndarray):
+            raise self.fail(node, f"input {i} must be a constant")
+        return v
+
+    # ------------------------------------------------------------------ views
+    def materialize(self, v: _Dyn, node: Any = None) -> torch.fx.Node:
+        """Emit the ops that make ``v`` a real tensor of per-sample shape ``v.shape``."""
+        if v.idx is not None and not np.array_equal(v.idx, np.arange(v.idx.size)):
+            m = v.idx.size
+            if m > MAX_PERMUTATION:
+                where = f"node {node.name!r} (op {node.op_type})" if node is not None else "a node"
+                raise OnnxImportError(
+                    f"{self.source}: {where} needs a transposed tensor of {m} elements that "
+                    f"cannot be folded into a linear layer (limit {MAX_PERMUTATION})"
+                )
+            flat = self.reshape(v.node, v.base_shape, (m,))
+            w = torch.zeros(m, m)
+            w[torch.arange(m), torch.as_tensor(v.idx)] = 1.0
+            lin = nn.Linear(m, m, bias=False)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+            out = self.add_module("permute", lin, flat)
+            return self.reshape(out, (m,), v.shape)
+        return self.reshape(v.node, v.base_shape, v.shape)
+
+    def reshape(
+        self, n: torch.fx.Node, src: tuple[int, ...], dst: tuple[int, ...]
+    ) -> torch.fx.Node:
+        if tuple(src) == tuple(dst):
+            return n
+        if len(dst) == 1:
+            return self.graph.call_function(torch.flatten, (n, 1))
+        return self.graph.call_method("reshape", (n, -1, *dst))
+
+    def real(self, v: _Dyn, node: Any = None) -> _Dyn:
+        n = self.materialize(v, node)
+        return _Dyn(n, v.shape, v.shape)
+
+    def view(self, v: _Dyn, shape: Sequence[int]) -> _Dyn:
+        shape = tuple(int(s) for s in shape)
+        assert math.prod(shape) == v.numel
+        return _Dyn(v.node, v.base_shape, shape, v.idx)
+
+    def unary(self, v: _Dyn, module: nn.Module, kind: str) -> _Dyn:
+        """An element-wise op commutes with any regrouping/permutation: apply it to the
+        base tensor and keep the view."""
+        return _Dyn(self.add_module(kind, module, v.node), v.base_shape, v.shape, v.idx)
+
+    # ------------------------------------------------------------------ the walk
+    def run(self) -> tuple[torch.fx.GraphModule, tuple[int, ...], tuple[int, ...]]:
+        g = self.model.graph
+        init_names = set()
+        for t in g.initializer:
+            self.values[t.name] = self.tensor(t)
+            init_names.add(t.name)
+        if len(getattr(g, "sparse_initializer", [])):
+            raise OnnxImportError(f"{self.source}: sparse initialisers are not supported")
+        inputs = [i for i in g.input if i.name not in init_names]
+        if len(inputs) != 1:
+            raise OnnxImportError(
+                f"{self.source}: the graph has {len(inputs)} inputs "
+                f"{[i.name for i in inputs]}; a classifier takes exactly one"
+            )
+        if len(g.output) != 1:
+            raise OnnxImportError(
+                f"{self.source}: the graph has {len(g.output)} outputs; a classifier returns "
+                "one logit tensor"
+            )
+        inp = inputs[0]
+        self.input_name = inp.name
+        self.out_name = g.output[0].name
+        shape = self._declared_shape(inp)
+        self.onnx_input_shape = shape
+        x = self.graph.placeholder("x")
+        if self.layout == "nhwc":
+            if len(shape) != 3:
+                raise OnnxImportError(
+                    f"{self.source}: layout 'nhwc' needs an image input [N, H, W, C], the "
+                    f"file declares [N, {', '.join(map(str, shape))}]"
+                )
+            h, w, c = shape
+            # the module takes NCHW; the ONNX value is its NHWC view
+            idx = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+            self.values[inp.name] = _Dyn(x, (c, h, w), shape, idx)
+            module_shape: tuple[int, ...] = (c, h, w)
+        else:
+            self.values[inp.name] = _Dyn(x, shape, shape)
+            module_shape = shape
+        for node in g.node:
+            if node.domain not in ("", "ai.onnx"):
+                raise self.fail(node, f"operator domain {node.domain!r} is not standard ONNX")
+            self.consumers_count(node)
+        nodes = list(g.node)
+        self.nodes = nodes
+        for k, node in enumerate(nodes):
+            if k in self.skip:
+                continue
+            self.step(k, node)
+        if self.out_name not in self.values:
+            raise OnnxImportError(f"{self.source}: the graph output {self.out_name!r} is never set")
+        out = self.values[self.out_name]
+        if not isinstance(out, _Dyn):
+            raise OnnxImportError(f"{self.source}: the output does not depend on the input")
+        if len(out.shape) != 1:
+            raise OnnxImportError(
+                f"{self.source}: the output has per-sample shape {list(out.shape)}; a classifier "
+                "returns logits [N, C]"
+            )
+        self.graph.output(self.materialize(out))
+        gm = torch.fx.GraphModule(self.root, self.graph, class_name="OnnxModel")
+        return gm.eval(), module_shape, shape
+
+    def consumers_count(self, node: Any) -> None:
+        for name in node.input:
+            self.consumers.setdefault(name, []).append(node)
+
+    def only_consumer(self, name: str) -> Any | None:
+        c = self.consumers.get(name, [])
+        if len(c) == 1 and name != self.out_name:
+            return c[0]
+        return None
+
+    def _declared_shape(self, inp: Any) -> tuple[int, ...]:
+        tt = inp.type.tensor_type
+        if not inp.type.HasField("tensor_type") or not tt.HasField("shape"):
+            raise OnnxImportError(f"{self.source}: input {inp.name!r} has no declared shape")
+        if tt.elem_type not in (self.onnx.TensorProto.FLOAT, self.onnx.TensorProto.DOUBLE):
+            raise OnnxImportError(f"{self.source}: input {inp.name!r} is not a float tensor")
+        dims = []
+        for d in tt.shape.dim:
+            dims.append(int(d.dim_value) if d.HasField("dim_value") else None)
+        if len(dims) < 2:
+            raise OnnxImportError(
+                f"{self.source}: input {inp.name!r} has shape {dims}; expected [N, ...]"
+            )
+        rest = dims[1:]
+        if any(d is None or d <= 0 for d in rest):
+            raise OnnxImportError(
+                f"{self.source}: input {inp.name!r} has symbolic or empty non-batch dims {dims}"
+            )
+        if math.prod(rest) > MAX_ELEMENTS:
+            raise OnnxImportError(f"{self.source}: input {inp.name!r} is too large: {dims}")
+        self.fixed_batch = dims[0]
+        return tuple(int(d) for d in rest)  # type: ignore[arg-type]
+
+    def step(self, k: int, node: Any) -> None:
+        op = node.op_type
+        args = [self.value(node, i) for i in range(len(node.input))]
+        present = [a for a in args if a is not None]
+        if op not in ("Shape", "Size") and all(isinstance(a, np.ndarray) for a in present):
+            outs = self.fold(node, args)
+        else:
+            handler = getattr(self, f"op_{op}", None)
+            if handler is None:
+                raise self.fail(node, "this operator is not supported by boundkit's importer")
+            outs = handler(node, k)
+        if not isinstance(outs, list):
+            outs = [outs]
+        for i, name in enumerate(node.output):
+            if not name:
+                continue
+            if name in self.values and self.values[name] is not outs[min(i, len(outs) - 1)]:
+                raise self.fail(node, f"output {name!r} is already defined (not a valid graph)")
+            if i >= len(outs):
+                if self.consumers.get(name) or name == self.out_name:
+                    raise self.fail(node, f"output {i} ({name!r}) is not supported")
+                continue
+            self.values[name] = outs[i]
+
+    # ------------------------------------------------------------------ constant folding
+    def fold(self, node: Any, args: list[Any]) -> Any:
+        op = node.op_type
+        a = self.attrs(node)
+        f = getattr(self, f"fold_{op}", None)
+        if f is None and op in _NP_BINARY:
+            f = self._fold_binary
+        if f is None:
+            raise self.fail(node, "cannot fold this operator on constants")
+        out = f(node, args, a)
+        out = [np.asarray(o) for o in out] if isinstance(out, list) else np.asarray(out)
+        outs = out if isinstance(out, list) else [out]
+        for o in outs:
+            if isinstance(o, np.ndarray) and o.size > MAX_ELEMENTS:
+                raise self.fail(node, f"folded constant of shape {o.shape} is too large")
+        return out
+
+    def _no_batch(self, node: Any, *arrs: Any) -> None:
+        for x in arrs:
+            if isinstance(x, np.ndarray) and x.dtype.kind in "iu" and (x == _BATCH).any():
+                raise self.fail(node, "arithmetic on the batch size is not supported")
+
+    def _fold_binary(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        x, y = args[0], args[1]
+        self._no_batch(node, x, y)
+        fn = _NP_BINARY[node.op_type]
+        if node.op_type == "Div" and x.dtype.kind in "iu":
+            return np.trunc(x / y).astype(x.dtype)
+        return np.asarray(fn(x, y)).astype(np.result_type(x, y))
+
+    def fold_Constant(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        if "value" in a:
+            return np.asarray(a["value"])
+        for key, dt in (("value_float", np.float32), ("value_int", np.int64)):
+            if key in a:
+                return np.asarray(a[key], dtype=dt)
+        for key, dt in (("value_floats", np.float32), ("value_ints", np.int64)):
+            if key in a:
+                return np.asarray(a[key], dtype=dt)
+        raise self.fail(node, f"unsupported Constant attributes {sorted(a)}")
+
+    def fold_Identity(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        return args[0]
+
+    fold_Dropout = fold_Identity
+
+    def fold_Cast(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        from onnx import helper
+
+        dt = helper.tensor_dtype_to_np_dtype(int(a["to"]))
+        return args[0].astype(dt)
+
+    def fold_Neg(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        self._no_batch(node, args[0])
+        return -args[0]
+
+    def fold_Sqrt(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        return np.sqrt(args[0])
+
+    def fold_Reciprocal(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        return (1.0 / args[0]).astype(args[0].dtype)
+
+    def fold_Shape(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        return np.asarray(args[0].shape, dtype=np.int64)
+
+    def fold_Gather(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        data, ind = args[0], args[1]
+        axis = int(a.get("axis", 0))
+        try:
+            return np.take(data, ind.astype(np.int64), axis=axis)
+        except IndexError as exc:
+            raise self.fail(node, str(exc)) from None
+
+    def _axes(self, node: Any, args: list[Any], a: dict[str, Any]) -> list[int] | None:
+        if len(args) > 1 and args[1] is not None:
+            return [int(v) for v in np.asarray(args[1]).ravel()]
+        if "axes" in a:
+            return [int(v) for v in a["axes"]]
+        return None
+
+    def fold_Unsqueeze(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        x = args[0]
+        axes = self._axes(node, args, a) or []
+        r = x.ndim + len(axes)
+        for ax in sorted(v % r for v in axes):
+            x = np.expand_dims(x, ax)
+        return x
+
+    def fold_Squeeze(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        x = args[0]
+        axes = self._axes(node, args, a)
+        if axes is None:
+            return np.squeeze(x)
+        return np.squeeze(x, axis=tuple(v % x.ndim for v in axes))
+
+    def fold_Concat(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        return np.concatenate([x for x in args if x is not None], axis=int(a["axis"]))
+
+    def fold_Reshape(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        x, s = args[0], [int(v) for v in args[1].ravel()]
+        if not int(a.get("allowzero", 0)):
+            s = [x.shape[i] if v == 0 else v for i, v in enumerate(s)]
+        return x.reshape(s)
+
+    def fold_Flatten(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        ax = int(a.get("axis", 1)) % max(args[0].ndim, 1)
+        return args[0].reshape(math.prod(args[0].shape[:ax]), -1)
+
+    def fold_Transpose(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        perm = a.get("perm")
+        return np.transpose(args[0], perm)
+
+    def fold_Slice(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        x = args[0]
+        if len(args) >= 3:
+            starts, ends = args[1].ravel(), args[2].ravel()
+            axes = args[3].ravel() if len(args) > 3 and args[3] is not None else None
+            steps = args[4].ravel() if len(args) > 4 and args[4] is not None else None
+        else:
+            starts, ends = np.asarray(a["starts"]), np.asarray(a["ends"])
+            axes = np.asarray(a["axes"]) if "axes" in a else None
+            steps = None
+        if axes is None:
+            axes = np.arange(len(starts))
+        if steps is None:
+            steps = np.ones(len(starts), dtype=np.int64)
+        sl = [slice(None)] * x.ndim
+        for s, e, ax, st in zip(starts, ends, axes, steps):
+            big = np.iinfo(np.int64).max // 2
+            e = None if e >= big else (None if (st < 0 and e <= -big) else int(e))
+            sl[int(ax) % x.ndim] = slice(int(s), e, int(st))
+        return x[tuple(sl)]
+
+    def fold_ConstantOfShape(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        shape = [int(v) for v in args[0].ravel()]
+        self._no_batch(node, args[0])
+        if any(s < 0 for s in shape) or math.prod(shape) > MAX_ELEMENTS:
+            raise self.fail(node, f"bad shape {shape}")
+        v = a.get("value", np.zeros(1, dtype=np.float32))
+        return np.full(shape, v.ravel()[0], dtype=v.dtype)
+
+    def fold_Range(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        self._no_batch(node, *args)
+        n = math.ceil((float(args[1]) - float(args[0])) / float(args[2]))
+        if n > MAX_ELEMENTS:
+            raise self.fail(node, "range too large")
+        return np.arange(args[0], args[1], args[2]).astype(args[0].dtype)
+
+    # ------------------------------------------------------------------ dynamic ops
+    def op_Shape(self, node: Any, k: int) -> np.ndarray:
+        v = self.value(node, 0)
+        if isinstance(v, np.ndarray):
+            return np.asarray(v.shape, dtype=np.int64)
+        full = np.asarray([_BATCH, *v.shape], dtype=np.int64)  # type: ignore[union-attr]
+        a = self.attrs(node)
+        start, end = int(a.get("start", 0)), a.get("end")
+        return full[start : (int(end) if end is not None else None)]
+
+    def op_Identity(self, node: Any, k: int) -> _Dyn:
+        return self.dyn(node, 0)
+
+    def op_Dropout(self, node: Any, k: int) -> _Dyn:
+        for i in range(1, len(node.output)):
+            if node.output[i] and self.consumers.get(node.output[i]):
+                raise self.fail(node, "the dropout mask output is used")
+        return self.dyn(node, 0)
+
+    def op_Relu(self, node: Any, k: int) -> _Dyn:
+        return self.unary(self.dyn(node, 0), nn.ReLU(), "relu")
+
+    def op_Sigmoid(self, node: Any, k: int) -> _Dyn:
+        return self.unary(self.dyn(node, 0), nn.Sigmoid(), "sigmoid")
+
+    def op_Tanh(self, node: Any, k: int) -> _Dyn:
+        return self.unary(self.dyn(node, 0), nn.Tanh(), "tanh")
+
+    def op_Softplus(self, node: Any, k: int) -> _Dyn:
+        # torch's Softplus switches to the identity above `threshold` (error < 2e-9 at 20);
+        # a large threshold keeps the function ONNX's log(1 + exp(x)) to float precision.
+        return self.unary(self.dyn(node, 0), nn.Softplus(beta=1.0, threshold=20.0), "softplus")
+
+    def op_LeakyRelu(self, node: Any, k: int) -> _Dyn:
+        alpha = float(self.attrs(node).get("alpha", 0.01))
+        v = self.real(self.dyn(node, 0), node)
+        if alpha == 0.0:
+            return self.unary(v, nn.ReLU(), "relu")
+        lin = self.scale_shift(v, np.asarray(alpha), None, node, "leaky_linear")
+        r = self.unary(v, nn.ReLU(), "relu")
+        r = self.scale_shift(r, np.asarray(1.0 - alpha), None, node, "leaky_relu")
+        out = self.graph.call_function(torch.add, (lin.node, r.node))
+        return _Dyn(out, v.shape, v.shape)
+
+    def op_Flatten(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        ax = int(self.attrs(node).get("axis", 1))
+        r = len(v.shape) + 1
+        ax = ax % r if ax < 0 else ax
+        if ax != 1:
+            raise self.fail(node, f"Flatten at axis {ax} would mix the batch dimension")
+        return self.view(v, (v.numel,))
+
+    def op_Reshape(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        s = [int(t) for t in self.const(node, 1, "the target shape").ravel()]
+        allowzero = int(self.attrs(node).get("allowzero", 0))
+        if not s:
+            raise self.fail(node, "empty target shape")
+        first, rest = s[0], s[1:]
+        full = (self.fixed_batch, *v.shape)
+        if not allowzero:
+            if any(t == 0 and i + 1 >= len(full) for i, t in enumerate(rest)):
+                raise self.fail(node, f"target {s} copies a dimension the input does not have")
+            rest = [full[i + 1] if t == 0 else t for i, t in enumerate(rest)]
+        keeps_batch = (
+            first == _BATCH
+            or (first == 0 and not allowzero)
+            or (self.fixed_batch is not None and first == self.fixed_batch)
+            or (first == -1 and -1 not in rest and all(t > 0 for t in rest))
+        )
+        if not keeps_batch:
+            raise self.fail(node, f"target shape {s} does not keep the batch dimension first")
+        if any(t == _BATCH for t in rest):
+            raise self.fail(node, f"target shape {s} moves the batch dimension")
+        if rest.count(-1) > 1 or any(t < -1 or (t == 0 and allowzero) for t in rest):
+            raise self.fail(node, f"bad target shape {s}")
+        if -1 in rest:
+            known = math.prod(t for t in rest if t != -1)
+            if known == 0 or v.numel % known:
+                raise self.fail(node, f"target {s} does not fit {v.numel} elements per sample")
+            rest = [v.numel // known if t == -1 else t for t in rest]
+        if math.prod(rest) != v.numel:
+            raise self.fail(
+                node, f"target {s} does not fit per-sample shape {list(v.shape)}"
+            )
+        return self.view(v, rest)
+
+    def op_Squeeze(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        axes = self._axes(node, [None, self.opt_const(node, 1)], self.attrs(node))
+        r = len(v.shape) + 1
+        if axes is None:
+            axes = [i + 1 for i, d in enumerate(v.shape) if d == 1]
+        axes = [a % r for a in axes]
+        if 0 in axes:
+            raise self.fail(node, "squeezing the batch dimension")
+        if any(v.shape[a - 1] != 1 for a in axes):
+            raise self.fail(node, f"axes {axes} are not of size 1 in {list(v.shape)}")
+        return self.view(v, [d for i, d in enumerate(v.shape) if i + 1 not in axes])
+
+    def op_Unsqueeze(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        axes = self._axes(node, [None, self.opt_const(node, 1)], self.attrs(node)) or []
+        r = len(v.shape) + 1 + len(axes)
+        axes = sorted(a % r for a in axes)
+        if 0 in axes:
+            raise self.fail(node, "unsqueezing before the batch dimension")
+        shape = [None, *v.shape]
+        for a in axes:
+            shape.insert(a, 1)
+        return self.view(v, shape[1:])  # type: ignore[arg-type]
+
+    def op_Transpose(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        r = len(v.shape) + 1
+        perm = self.attrs(node).get("perm") or list(reversed(range(r)))
+        perm = [int(p) % r for p in perm]
+        if sorted(perm) != list(range(r)) or perm[0] != 0:
+            raise self.fail(node, f"perm {perm} moves the batch dimension")
+        base = v.idx if v.idx is not None else np.arange(v.numel)
+        p = [q - 1 for q in perm[1:]]
+        idx = base.reshape(v.shape).transpose(p).ravel()
+        shape = tuple(v.shape[q] for q in p)
+        return _Dyn(v.node, v.base_shape, shape, idx)
+
+    # ---- linear layers
+    def linear(
+        self, node: Any, v: _Dyn, w: np.ndarray, b: np.ndarray | None
+    ) -> _Dyn:
+        """``y = x @ w.T + b`` on a flat value; a pending permutation is folded into w."""
+        if len(v.shape) != 1:
+            raise self.fail(
+                node, f"a matrix product on a tensor of per-sample shape {list(v.shape)} "
+                "(only [N, K] inputs are supported)"
+            )
+        out_f, in_f = w.shape
+        if in_f != v.numel:
+            raise self.fail(node, f"weight {list(w.shape)} does not fit input {list(v.shape)}")
+        if v.idx is not None:
+            w2 = np.empty_like(w)
+            w2[:, v.idx] = w  # y = sum_j w[:, j] base[idx[j]]
+            w = w2
+        x = self.reshape(v.node, v.base_shape, (v.numel,))
+        lin = nn.Linear(in_f, out_f, bias=b is not None)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+            if b is not None:
+                lin.bias.copy_(torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)))
+        return _Dyn(self.add_module("linear", lin, x), (out_f,), (out_f,))
+
+    def _float(self, node: Any, arr: np.ndarray, what: str) -> np.ndarray:
+        if arr.dtype.kind != "f":
+            raise self.fail(node, f"{what} has dtype {arr.dtype}, expected float")
+        return arr.astype(np.float64)
+
+    def op_Gemm(self, node: Any, k: int) -> _Dyn:
+        a = self.attrs(node)
+        if int(a.get("transA", 0)):
+            raise self.fail(node, "transA=1 (the input transposed) is not supported")
+        v = self.dyn(node, 0)
+        w = self._float(node, self.const(node, 1, "the weight B"), "B")
+        if w.ndim != 2:
+            raise self.fail(node, f"B has shape {list(w.shape)}")
+        w = w if int(a.get("transB", 0)) else w.T
+        w = w * float(a.get("alpha", 1.0))
+        c = self.opt_const(node, 2)
+        b = None
+        if c is not None:
+            c = self._float(node, c, "C") * float(a.get("beta", 1.0))
+            try:
+                b = np.broadcast_to(c, (1, w.shape[0])).reshape(-1).copy()
+            except ValueError:
+                raise self.fail(node, f"bias C of shape {list(c.shape)} is per-sample") from None
+        return self.linear(node, v, w, b)
+
+    def op_MatMul(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        w = self._float(node, self.const(node, 1, "the right-hand matrix"), "the matrix")
+        if w.ndim != 2:
+            raise self.fail(node, f"right-hand matrix has shape {list(w.shape)}")
+        b = None
+        nxt = self.only_consumer(node.output[0])
+        if nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
+            other = nxt.input[1] if nxt.input[0] == node.output[0] else nxt.input[0]
+            c = self.values.get(other)
+            if isinstance(c, np.ndarray) and c.dtype.kind == "f":
+                try:
+                    b = np.broadcast_to(c.astype(np.float64), (1, w.shape[1])).reshape(-1)
+                    b = b.copy()
+                except ValueError:
+                    b = None
+                if b is not None:
+                    j = self.nodes.index(nxt)
+                    self.skip.add(j)
+                    out = self.linear(node, v, w.T, b)
+                    self.values[nxt.output[0]] = out
+                    return out
+        return self.linear(node, v, w.T, None)
+
+    # ---- convolution, pooling, padding
+    def _spatial(self, node: Any, v: _Dyn) -> tuple[int, int, int]:
+        if len(v.shape) != 3:
+            raise self.fail(node, f"expects an image [N, C, H, W], got [N, {list(v.shape)}]")
+        return v.shape  # type: ignore[return-value]
+
+    def _pads(self, node: Any, a: dict[str, Any], ks: Sequence[int]) -> list[int]:
+        auto = a.get("auto_pad", "NOTSET")
+        if auto not in ("NOTSET", "VALID"):
+            raise self.fail(node, f"auto_pad={auto!r}; export with explicit pads")
+        pads = [int(p) for p in a.get("pads", [0] * (2 * len(ks)))]
+        if len(pads) != 4 or any(p < 0 for p in pads):
+            raise self.fail(node, f"pads {pads} (2-D, non-negative expected)")
+        return pads
+
+    def zero_pad(self, node: Any, v: _Dyn, pads: list[int]) -> _Dyn:
+        """Zero padding [top, left, bottom, right] as a depthwise conv with one-hot kernels
+        (every output is a copy of one input or zero: an isometric embedding)."""
+        c, h, w = self._spatial(node, v)
+        t, l_, b, r = pads
+        self._bound(node, c * (h + t + b) * (w + l_ + r), "padded tensor")
+        ph, pw = max(t, b), max(l_, r)
+        kh, kw = 2 * ph - t - b + 1, 2 * pw - l_ - r + 1
+        conv = nn.Conv2d(c, c, (kh, kw), padding=(ph, pw), groups=c, bias=False)
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.weight[:, 0, ph - t, pw - l_] = 1.0
+        n = self.add_module("pad", conv, self.materialize(v, node))
+        shape = (c, h + t + b, w + l_ + r)
+        return _Dyn(n, shape, shape)
+
+    def op_Pad(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        a = self.attrs(node)
+        mode = a.get("mode", "constant")
+        if mode != "constant":
+            raise self.fail(node, f"mode {mode!r}; only constant zero padding is supported")
+        pads = self.opt_const(node, 1)
+        pads = [int(p) for p in (pads.ravel() if pads is not None else a.get("pads", []))]
+        value = self.opt_const(node, 2)
+        cval = float(value.ravel()[0]) if value is not None and value.size else float(
+            a.get("value", 0.0)
+        )
+        if cval != 0.0:
+            raise self.fail(node, f"constant value {cval}; only zero padding is supported")
+        if self.opt_const(node, 3) is not None:
+            raise self.fail(node, "the axes input is not supported")
+        r = len(v.shape) + 1
+        if len(pads) != 2 * r or any(p < 0 for p in pads):
+            raise self.fail(node, f"pads {pads} (non-negative, 2 per axis expected)")
+        if not any(pads):
+            return v
+        begin, end = pads[:r], pads[r:]
+        if r != 4 or begin[0] or end[0] or begin[1] or end[1]:
+            raise self.fail(node, f"pads {pads}: only the two spatial axes of [N, C, H, W]")
+        box = [begin[2], begin[3], end[2], end[3]]
+        nxt = self.only_consumer(node.output[0])
+        if nxt is not None and nxt.op_type == "Conv" and nxt.input[0] == node.output[0]:
+            # folded into that convolution's padding (its only consumer)
+            self.pending_pads[node.output[0]] = box
+            return self.real(v, node)
+        return self.zero_pad(node, v, box)
+
+    def op_Conv(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        a = self.attrs(node)
+        w = self._float(node, self.const(node, 1, "the kernel"), "the kernel")
+        b = self.opt_const(node, 2)
+        if w.ndim != 4:
+            raise self.fail(node, f"only 2-D convolutions (kernel of shape {list(w.shape)})")
+        c, h, wd = self._spatial(node, v)
+        groups = int(a.get("group", 1))
+        if groups < 1 or c % groups or w.shape[0] % groups or w.shape[1] * groups != c:
+            raise self.fail(node, f"kernel {list(w.shape)} and group {groups} do not fit {c} "
+                            "input channels")
+        ks = tuple(int(s) for s in a.get("kernel_shape", w.shape[2:]))
+        if ks != tuple(w.shape[2:]):
+            raise self.fail(node, f"kernel_shape {ks} differs from the kernel {w.shape}")
+        pads = self._pads(node, a, ks)
+        extra = self.pending_pads.pop(node.input[0], None)
+        if extra is not None:
+            pads = [p + q for p, q in zip(pads, extra)]
+        x = self.materialize(v, node)
+        if pads[0] != pads[2] or pads[1] != pads[3]:
+            pv = self.zero_pad(node, _Dyn(x, v.shape, v.shape), pads)
+            x, (c, h, wd), pads = pv.node, pv.shape, [0, 0, 0, 0]
+        strides = tuple(int(s) for s in a.get("strides", (1, 1)))
+        dil = tuple(int(s) for s in a.get("dilations", (1, 1)))
+        self._bound(node, w.shape[0] * (h + 2 * pads[0]) * (wd + 2 * pads[1]), "output")
+        if any(s < 1 for s in strides + dil):
+            raise self.fail(node, f"strides {strides} / dilations {dil}")
+        conv = nn.Conv2d(c, w.shape[0], ks, stride=strides, padding=(pads[0], pads[1]),
+                         dilation=dil, groups=groups, bias=b is not None)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+            if b is not None:
+                conv.bias.copy_(torch.from_numpy(self._float(node, b, "bias").astype(np.float32)))
+        out = self.add_module("conv", conv, x)
+        shape = self._out_shape(node, conv, (c, h, wd))
+        return _Dyn(out, shape, shape)
+
+    def _bound(self, node: Any, numel: int, what: str) -> None:
+        if numel > MAX_ELEMENTS:
+            raise self.fail(node, f"the {what} would hold {numel} elements per sample (too "
+                            f"large; limit {MAX_ELEMENTS})")
+
+    def _out_shape(self, node: Any, module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+        try:
+            with torch.no_grad():
+                y = module(torch.zeros(1, *shape))
+        except RuntimeError as exc:
+            raise self.fail(node, f"does not fit input [N, {list(shape)}]: {exc}") from None
+        if any(s <= 0 for s in y.shape):
+            raise self.fail(node, "empty output")
+        return tuple(y.shape[1:])
+
+    def _pool_args(self, node: Any, v: _Dyn) -> tuple[Any, ...]:
+        a = self.attrs(node)
+        self._spatial(node, v)
+        ks = tuple(int(s) for s in a["kernel_shape"])
+        if len(ks) != 2:
+            raise self.fail(node, f"kernel_shape {ks}: only 2-D pooling")
+        pads = self._pads(node, a, ks)
+        if pads[0] != pads[2] or pads[1] != pads[3]:
+            raise self.fail(node, f"asymmetric pads {pads}")
+        strides = tuple(int(s) for s in a.get("strides", (1, 1)))
+        ceil = bool(int(a.get("ceil_mode", 0)))
+        return a, ks, (pads[0], pads[1]), strides, ceil
+
+    def op_MaxPool(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        a, ks, pads, strides, ceil = self._pool_args(node, v)
+        if len(node.output) > 1 and node.output[1] and self.consumers.get(node.output[1]):
+            raise self.fail(node, "the Indices output is used")
+        dil = tuple(int(s) for s in a.get("dilations", (1, 1)))
+        if pads[0] > ks[0] // 2 or pads[1] > ks[1] // 2:
+            raise self.fail(node, f"pads {pads} larger than half the kernel {ks}")
+        pool = nn.MaxPool2d(ks, strides, pads, dil, ceil_mode=ceil)
+        out = self.add_module("maxpool", pool, self.materialize(v, node))
+        shape = self._out_shape(node, pool, v.shape)
+        return _Dyn(out, shape, shape)
+
+    def op_AveragePool(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        a, ks, pads, strides, ceil = self._pool_args(node, v)
+        if tuple(int(s) for s in a.get("dilations", (1, 1))) != (1, 1):
+            raise self.fail(node, "dilated average pooling")
+        if pads[0] > ks[0] // 2 or pads[1] > ks[1] // 2:
+            raise self.fail(node, f"pads {pads} larger than half the kernel {ks}")
+        include = bool(int(a.get("count_include_pad", 0)))
+        pool = nn.AvgPool2d(ks, strides, pads, ceil_mode=ceil, count_include_pad=include)
+        out = self.add_module("avgpool", pool, self.materialize(v, node))
+        shape = self._out_shape(node, pool, v.shape)
+        return _Dyn(out, shape, shape)
+
+    def op_GlobalAveragePool(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        c, h, w = self._spatial(node, v)
+        pool = nn.AvgPool2d((h, w), (h, w))
+        out = self.add_module("avgpool", pool, self.materialize(v, node))
+        return _Dyn(out, (c, 1, 1), (c, 1, 1))
+
+    # ---- normalisation layers
+    def op_BatchNormalization(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        a = self.attrs(node)
+        if int(a.get("training_mode", 0)):
+            raise self.fail(node, "training_mode=1 (batch statistics)")
+        for i in range(1, len(node.output)):
+            if node.output[i] and self.consumers.get(node.output[i]):
+                raise self.fail(node, "training outputs (running statistics) are used")
+        scale, bias, mean, var = (
+            self._float(node, self.const(node, i, what), what)
+            for i, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))
+        )
+        c = v.shape[0] if v.shape else 0
+        if any(t.shape != (c,) for t in (scale, bias, mean, var)):
+            raise self.fail(node, f"parameters do not have {c} channels")
+        if (var < 0).any():
+            raise self.fail(node, "negative running variance")
+        eps = float(a.get("epsilon", 1e-5))
+        bn = self._bn(node, len(v.shape), c, eps)
+        with torch.no_grad():
+            for t, arr in ((bn.weight, scale), (bn.bias, bias), (bn.running_mean, mean),
+                           (bn.running_var, var)):
+                t.copy_(torch.from_numpy(arr.astype(np.float32)))
+        out = self.add_module("batchnorm", bn, self.materialize(v, node))
+        return _Dyn(out, v.shape, v.shape)
+
+    def _bn(self, node: Any, ndim: int, c: int, eps: float) -> nn.Module:
+        if ndim == 3:
+            return nn.BatchNorm2d(c, eps=eps).eval()
+        if ndim in (1, 2):
+            return nn.BatchNorm1d(c, eps=eps).eval()
+        raise self.fail(node, f"per-channel layer on a tensor of {ndim} dims per sample")
+
+    def op_LRN(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        a = self.attrs(node)
+        size = int(a["size"])
+        if size < 1 or size % 2 == 0:
+            raise self.fail(node, f"size {size}: only odd sizes (torch's window differs "
+                            "from ONNX's for even sizes)")
+        self._spatial(node, v)
+        lrn = nn.LocalResponseNorm(size, float(a.get("alpha", 1e-4)), float(a.get("beta", 0.75)),
+                                   float(a.get("bias", 1.0)))
+        out = self.add_module("lrn", lrn, self.materialize(v, node))
+        return _Dyn(out, v.shape, v.shape)
+
+    def _squash(self, node: Any, module: nn.Module, kind: str) -> _Dyn:
+        v = self.dyn(node, 0)
+        if node.output[0] != self.out_name:
+            raise self.fail(node, f"{node.op_type} is supported only as the last node")
+        ax = int(self.attrs(node).get("axis", -1 if self._opset() >= 13 else 1))
+        if len(v.shape) != 1 or ax not in (1, -1):
+            raise self.fail(node, f"axis {ax} on per-sample shape {list(v.shape)}")
+        return _Dyn(self.add_module(kind, module, self.materialize(v, node)), v.shape, v.shape)
+
+    def _opset(self) -> int:
+        for o in self.model.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                return int(o.version)
+        return 13
+
+    def op_Softmax(self, node: Any, k: int) -> _Dyn:
+        return self._squash(node, nn.Softmax(dim=1), "softmax")
+
+    def op_LogSoftmax(self, node: Any, k: int) -> _Dyn:
+        return self._squash(node, nn.LogSoftmax(dim=1), "log_softmax")
+
+    # ---- element-wise arithmetic
+    def scale_shift(
+        self, v: _Dyn, scale: np.ndarray | None, shift: np.ndarray | None, node: Any, kind: str
+    ) -> _Dyn:
+        """``v * scale + shift`` with constants broadcast against the value (not the batch)."""
+        shape = v.shape
+        s = np.ones(shape) if scale is None else scale.astype(np.float64)
+        t = np.zeros(shape) if shift is None else shift.astype(np.float64)
+        r = len(shape) + 1
+        for arr in (s, t):
+            if arr.ndim > r or (arr.ndim == r and arr.shape[0] != 1):
+                raise self.fail(node, f"constant of shape {list(arr.shape)} would broadcast "
+                                "over the batch")
+        try:
+            s = np.broadcast_to(s.reshape(s.shape[-len(shape):] if s.ndim >= r else s.shape),
+                                shape)
+            t = np.broadcast_to(t.reshape(t.shape[-len(shape):] if t.ndim >= r else t.shape),
+                                shape)
+        except ValueError:
+            raise self.fail(node, f"constant does not broadcast to [N, {list(shape)}]") from None
+        x = self.materialize(v, node)
+        c = shape[0]
+        per_channel = all(
+            np.array_equal(arr, np.broadcast_to(arr.reshape(c, *arr.shape[1:])[
+                (slice(None),) + (slice(0, 1),) * (len(shape) - 1)], shape))
+            for arr in (s, t)
+        )
+        if per_channel and len(shape) <= 3:
+            sc = s.reshape(c, -1)[:, 0]
+            sh = t.reshape(c, -1)[:, 0]
+            bn = self._bn(node, len(shape), c, 0.0)
+            src, dst = x, shape
+        else:
+            m = math.prod(shape)
+            sc, sh = s.reshape(-1), t.reshape(-1)
+            bn = nn.BatchNorm1d(m, eps=0.0).eval()
+            src, dst = self.reshape(x, shape, (m,)), (m,)
+        with torch.no_grad():
+            bn.weight.copy_(torch.from_numpy(sc.astype(np.float32)))
+            bn.bias.copy_(torch.from_numpy(sh.astype(np.float32)))
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0)
+        out = self.add_module(kind, bn, src)
+        return _Dyn(self.reshape(out, dst, shape), shape, shape)
+
+    def _binary(self, node: Any) -> tuple[Any, Any, bool]:
+        x, y = self.value(node, 0), self.value(node, 1)
+        swapped = isinstance(x, np.ndarray)
+        if swapped:
+            x, y = y, x
+        if isinstance(y, np.ndarray):
+            y = self._float(node, y, "the constant")
+        return x, y, swapped
+
+    def _out_broadcast(self, node: Any, v: _Dyn, c: np.ndarray) -> None:
+        try:
+            b = np.broadcast_shapes((1, *v.shape), c.shape)
+        except ValueError:
+            raise self.fail(node, f"constant {list(c.shape)} does not broadcast") from None
+        if tuple(b[1:]) != tuple(v.shape) or len(b) != len(v.shape) + 1:
+            raise self.fail(node, f"constant {list(c.shape)} would change the shape "
+                            f"[N, {list(v.shape)}]")
+
+    def op_Add(self, node: Any, k: int) -> _Dyn:
+        x, y, _ = self._binary(node)
+        if isinstance(y, _Dyn):
+            if x.shape != y.shape:
+                raise self.fail(node, f"adding tensors of shapes {list(x.shape)} and "
+                                f"{list(y.shape)} (broadcasting between inputs)")
+            a, b = self.materialize(x, node), self.materialize(y, node)
+            if a is b:  # x + x: a scaling by 2 (torch.fx would see one input, i.e. a shift)
+                return self.scale_shift(_Dyn(a, x.shape, x.shape), np.asarray(2.0), None,
+                                        node, "double")
+            return _Dyn(self.graph.call_function(torch.add, (a, b)), x.shape, x.shape)
+        self._out_broadcast(node, x, y)
+        return self.scale_shift(x, None, y, node, "add_const")
+
+    def op_Sub(self, node: Any, k: int) -> _Dyn:
+        x, y, swapped = self._binary(node)
+        if isinstance(y, _Dyn):
+            raise self.fail(node, "subtracting two input-dependent tensors is not supported")
+        self._out_broadcast(node, x, y)
+        if swapped:  # c - x
+            return self.scale_shift(x, -np.ones(1), y, node, "sub_const")
+        return self.scale_shift(x, None, -y, node, "sub_const")
+
+    def op_Mul(self, node: Any, k: int) -> _Dyn:
+        x, y, _ = self._binary(node)
+        if isinstance(y, _Dyn):
+            raise self.fail(node, "multiplying two input-dependent tensors is not supported")
+        self._out_broadcast(node, x, y)
+        return self.scale_shift(x, y, None, node, "mul_const")
+
+    def op_Div(self, node: Any, k: int) -> _Dyn:
+        x, y, swapped = self._binary(node)
+        if isinstance(y, _Dyn) or swapped:
+            raise self.fail(node, "division by an input-dependent tensor is not supported")
+        if (y == 0).any():
+            raise self.fail(node, "division by zero")
+        self._out_broadcast(node, x, y)
+        return self.scale_shift(x, 1.0 / y, None, node, "div_const")
+
+    def op_Concat(self, node: Any, k: int) -> _Dyn:
+        parts = [self.value(node, i) for i in range(len(node.input))]
+        if any(not isinstance(p, _Dyn) for p in parts):
+            raise self.fail(node, "concatenating constants with input-dependent tensors")
+        r = len(parts[0].shape) + 1  # type: ignore[union-attr]
+        ax = int(self.attrs(node)["axis"]) % r
+        if ax == 0:
+            raise self.fail(node, "concatenation along the batch dimension")
+        shapes = [p.shape for p in parts]  # type: ignore[union-attr]
+        if any(len(s) != r - 1 for s in shapes) or any(
+            s[:ax - 1] + s[ax:] != shapes[0][:ax - 1] + shapes[0][ax:] for s in shapes
+        ):
+            raise self.fail(node, f"shapes {shapes} do not concatenate on axis {ax}")
+        nodes = [self.materialize(p, node) for p in parts]  # type: ignore[arg-type]
+        shape = list(shapes[0])
+        shape[ax - 1] = sum(s[ax - 1] for s in shapes)
+        out = self.graph.call_function(torch.cat, (nodes,), {"dim": ax})
+        return _Dyn(out, tuple(shape), tuple(shape))
+
+
+_NP_BINARY = {
+    "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
+    "Max": np.maximum, "Min": np.minimum, "Pow": np.power,
+}
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """Outcome of the comparison with onnxruntime over ``n`` random inputs:
+    ``max_rel_error`` is
+    :math:`\\max_i\\|f(x_i)-g(x_i)\\|_\\infty/\\max_i\\|g(x_i)\\|_\\infty`."""
+
+    n: int
+    max_abs_error: float
+    max_rel_error: float
+
+
+def compare_with_onnxruntime(
+    model: nn.Module,
+    path: PathLike,
+    n: int = 64,
+    *,
+    layout: str = "nchw",
+    seed: int = 0,
+) -> OnnxCheck:
+    """Run ``model`` (the importer's module, ONNX input layout unless ``layout='nhwc'``)
+    and onnxruntime on the same ``n`` random inputs (uniform in [0, 1] and standard normal,
+    half each) and return the largest errors."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else None for d in inp.shape]
+    rest = [int(d) for d in shape[1:]]  # type: ignore[arg-type]
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([
+        rng.random((n - n // 2, *rest)), rng.standard_normal((n // 2, *rest)),
+    ]).astype(np.float32 if "float)" in inp.type or inp.type == "tensor(float)" else np.float64)
+    step = shape[0] if shape[0] is not None else n
+    outs = [sess.run(None, {inp.name: x[s : s + step]})[0] for s in range(0, n, step)]
+    ref = np.concatenate(outs).reshape(n, -1).astype(np.float64)
+    xt = torch.from_numpy(x)
+    if layout == "nhwc":
+        xt = xt.permute(0, 3, 1, 2).contiguous()
+    p = next(iter(model.parameters()), None)
+    with torch.no_grad():
+        got = model(xt.to(p.dtype if p is not None else torch.float32)).double().numpy()
+    got = got.reshape(n, -1)
+    if got.shape != ref.shape:
+        raise ModelFileError(f"{path}: output shape {got.shape} differs from onnxruntime's "
+                             f"{ref.shape}")
+    abs_err = float(np.abs(got - ref).max())
+    scale = float(np.abs(ref).max())
+    return OnnxCheck(n, abs_err, abs_err / scale if scale > 0 else abs_err)
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+def load_onnx(
+    path: PathLike,
+    *,
+    layout: str = "nchw",
+    input_shape: Sequence[int] | None = None,
+    normalize: tuple[Any, Any] | None = None,
+    check: bool = True,
+    check_samples: int = 64,
+    rtol: float = 1e-5,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Import an ONNX classifier as a torch module boundkit can certify and attack.
+
+    Args:
+        path: the ``.onnx`` file (self-contained; external data is refused).
+        layout: ``"nchw"`` (default) or ``"nhwc"``: the file's image input is channels-last;
+            the returned module then takes ``[N, C, H, W]`` like every boundkit data set
+            (the file's own leading ``Transpose`` cancels out).
+        input_shape: the per-sample shape the returned module should take when it differs
+            from the file's (same elements, regrouped row-major, e.g. ``(1, 28, 28)`` for a
+            net declaring ``[1, 784, 1]``).
+        normalize: ``(mean, std)``, scalars or one per channel: prepend ``(x - mean) / std``
+            so that inputs are the pixels in ``[0, 1]`` (for nets whose normalisation lived
+            in their training code).
+        check: compare with onnxruntime (when installed) on ``check_samples`` random inputs
+            and refuse a relative error above ``rtol``.
+        device: where the module lives.
+
+    Raises:
+        ModelFileError (:class:`OnnxImportError`): unreadable file, unsupported node (named
+            with its op type and the file), mismatch with onnxruntime.
+    """
+    p = Path(path)
+    onnx = _require_onnx(str(p))
+    layout = layout.lower()
+    if layout not in ("nchw", "nhwc"):
+        raise ModelFileError(f"unknown layout {layout!r}; use 'nchw' or 'nhwc'")
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise ModelFileError(f"{p} cannot be read: {exc}") from None
+    if size > MAX_FILE_BYTES:
+        raise ModelFileError(f"{p} is {size} bytes; the importer reads at most {MAX_FILE_BYTES}")
+    try:
+        proto = onnx.load_model_from_string(p.read_bytes())
+    except Exception as exc:  # protobuf's DecodeError and others
+        raise ModelFileError(f"{p} is not a readable ONNX file: {exc}") from None
+    if not proto.HasField("graph") or not len(proto.graph.node):
+        raise ModelFileError(f"{p} is not an ONNX model (no graph)")
+    if len(proto.functions):
+        raise ModelFileError(f"{p} defines local functions; boundkit does not import them")
+    imp = _Importer(proto, str(p), layout)
+    gm, module_shape, _ = imp.run()
+    try:
+        with torch.no_grad():
+            gm(torch.zeros(2, *module_shape))
+    except Exception as exc:  # shapes inconsistent with the file's declarations
+        raise OnnxImportError(f"{p}: the imported graph does not run: {exc}") from None
+    if check:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            check = False
+    if check:
+        try:
+            res = compare_with_onnxruntime(gm, p, check_samples, layout=layout)
+        except ModelFileError:
+            raise
+        except Exception as exc:  # onnxruntime refuses the file (its own validation)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise OnnxImportError(
+                f"{p}: onnxruntime cannot run the file for the load-time check "
+                f"({type(exc).__name__}: {first}); pass check=False to skip it"
+            ) from None
+        if not res.max_rel_error <= rtol:
+            raise OnnxImportError(
+                f"{p}: the imported model differs from onnxruntime by {res.max_rel_error:.3g} "
+                f"relative (max abs {res.max_abs_error:.3g}) on {res.n} random inputs, above "
+                f"{rtol:g}; refusing it"
+            )
+    model: nn.Module = gm
+    if input_shape is not None:
+        model = adapt_input_shape(model, module_shape, input_shape, str(p))
+        module_shape = tuple(int(s) for s in input_shape)
+    if normalize is not None:
+        from boundkit.models.preprocess import normalize as _normalize
+
+        model = _normalize(model, normalize[0], normalize[1], module_shape)
+    model.boundkit_input_shape = tuple(int(s) for s in module_shape)
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def adapt_input_shape(
+    model: nn.Module, model_shape: Sequence[int], data_shape: Sequence[int], source: str = ""
+) -> nn.Module:
+    """Prepend a row-major regrouping so that ``model`` (taking ``model_shape`` per sample)
+    accepts ``data_shape``. Allowed when the two agree after dropping size-1 dimensions, or
+    when the model's input is flat (one dimension of size > 1): regrouping never reorders."""
+    from boundkit.models.preprocess import InputReshape
+
+    ms, ds = tuple(int(s) for s in model_shape), tuple(int(s) for s in data_shape)
+    if ms == ds:
+        return model
+    squeeze = tuple(s for s in ms if s != 1), tuple(s for s in ds if s != 1)
+    if math.prod(ms) != math.prod(ds) or not (squeeze[0] == squeeze[1] or len(squeeze[0]) <= 1):
+        raise ModelFileError(
+            f"{source}: the model takes per-sample shape {list(ms)}, the data has {list(ds)}; "
+            "they are not the same elements regrouped (for channels-last files use layout "
+            "'nhwc')"
+        )
+    return nn.Sequential(InputReshape(ms), model).eval()
+
+
+__all__ = [
+    "MAX_ELEMENTS",
+    "MAX_PERMUTATION",
+    "OnnxCheck",
+    "OnnxImportError",
+    "adapt_input_shape",
+    "compare_with_onnxruntime",
+    "load_onnx",
+]
