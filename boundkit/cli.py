@@ -227,9 +227,16 @@ def _summary_table(summary: dict[str, Any]) -> list[str]:
 
 
 def _run_crosscheck(sess: Session, model: Any, x: Any, y: Any, idx: Any, methods, attack: str,
-                    budget: int | None, exact: bool, desc: str, meta: dict) -> Any:
+                    budget: int | None, exact: bool, desc: str, meta: dict,
+                    path: str | None = None) -> Any:
     from boundkit.crosscheck import crosscheck
 
+    if getattr(sess.args, "cluster", None):
+        from boundkit.distributed.cli import cluster_crosscheck
+
+        res = cluster_crosscheck(sess, path, x, y, idx, methods, attack, budget, exact, desc)
+        res.meta.update(meta)
+        return res
     n = x.shape[0]
     total = n * (len(methods) + 1 + int(exact))
     with sess.bar(total, desc) as bar:
@@ -260,12 +267,17 @@ def cmd_certify(sess: Session) -> int:
     x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
     x = _model_for_data(model, x)
     certs = {}
-    with sess.bar(x.shape[0] * len(_methods(a.method)), "certify") as bar:
-        for m in _methods(a.method):
-            t0 = time.perf_counter()
-            certs[m] = certify(model, x, m, device=a.device)
-            bar.set_postfix_str(f"{m} {time.perf_counter() - t0:.1f}s")
-            bar.update(x.shape[0])
+    if a.cluster:
+        from boundkit.distributed.cli import cluster_certify
+
+        certs = cluster_certify(sess, x, _methods(a.method))
+    else:
+        with sess.bar(x.shape[0] * len(_methods(a.method)), "certify") as bar:
+            for m in _methods(a.method):
+                t0 = time.perf_counter()
+                certs[m] = certify(model, x, m, device=a.device)
+                bar.set_postfix_str(f"{m} {time.perf_counter() - t0:.1f}s")
+                bar.update(x.shape[0])
     meta = {"model": a.model, "data": a.data, "split": a.split}
     doc = certificate_doc(certs, y, idx, meta)
     out = write_json(doc, a.out)
@@ -285,11 +297,16 @@ def cmd_attack(sess: Session) -> int:
     x, y, idx = load_data_arg(a.data, a.data_root, a.split, a.n, a.seed)
     x = _model_for_data(model, x)
     parts = []
-    with sess.bar(x.shape[0], f"attack {a.attack}") as bar:
-        for s in range(0, x.shape[0], 64):
-            parts.append(attack(model, x[s : s + 64], a.attack, budget=a.budget,
-                                device=a.device, seed=a.seed))
-            bar.update(parts[-1].norm.shape[0])
+    if a.cluster:
+        from boundkit.distributed.cli import cluster_attack
+
+        parts.append(cluster_attack(sess, x))
+    else:
+        with sess.bar(x.shape[0], f"attack {a.attack}") as bar:
+            for s in range(0, x.shape[0], 64):
+                parts.append(attack(model, x[s : s + 64], a.attack, budget=a.budget,
+                                    device=a.device, seed=a.seed))
+                bar.update(parts[-1].norm.shape[0])
     res = AttackResult.concat(parts)
     doc = attack_doc(res, y, idx, {"model": a.model, "data": a.data, "split": a.split})
     out = write_json(doc, a.out)
@@ -309,7 +326,7 @@ def cmd_crosscheck(sess: Session) -> int:
     meta = {"model": a.model, "data": a.data, "split": a.split, "attack": a.attack,
             "budget": a.budget if a.budget is not None else "default"}
     res = _run_crosscheck(sess, model, x, y, idx, _methods(a.method), a.attack, a.budget,
-                          a.exact, "crosscheck", meta)
+                          a.exact, "crosscheck", meta, path=a.model)
     out = Path(a.out)
     js = write_json(res, out / "results.json")
     paths = render_report(js, out) if not a.no_report else {}
@@ -379,7 +396,7 @@ def cmd_compare(sess: Session) -> int:
         acc = accuracy(model, xm, y_all)
         res = _run_crosscheck(sess, model, xm[: len(idx)], y_all[: len(idx)], idx,
                               _methods(a.method), a.attack, a.budget, False, name,
-                              {"model": path, "data": a.data, "split": a.split})
+                              {"model": path, "data": a.data, "split": a.split}, path=path)
         bad |= res.has_bug
         _report_violations(res)
         entries.append((name, res, acc))
@@ -561,6 +578,12 @@ def _attack_opts(p: argparse.ArgumentParser) -> None:
                    "attacks' own settings (strong but slow)")
 
 
+def _cluster(p: argparse.ArgumentParser) -> None:
+    from boundkit.distributed.cli import add_cluster_args
+
+    add_cluster_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``boundkit`` command."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -590,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="certification method (default sound; both runs sound and peck2017)")
     p.add_argument("--out", default="certify.json", help="results JSON (default certify.json)")
     _common(p)
+    _cluster(p)
     p.set_defaults(func=cmd_certify)
 
     p = sub.add_parser(
@@ -603,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     _attack_opts(p)
     p.add_argument("--out", default="attack.json", help="results JSON (default attack.json)")
     _common(p)
+    _cluster(p)
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser(
@@ -624,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     _common(p)
+    _cluster(p)
     p.set_defaults(func=cmd_crosscheck)
 
     p = sub.add_parser(
@@ -643,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     _common(p)
+    _cluster(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
