@@ -141,7 +141,7 @@ class RayExecutor:
         import logging
 
         common = {"include_dashboard": False, "log_to_driver": False,
-                  "configure_logging": True, "logging_level": logging.WARNING}
+                  "configure_logging": True, "logging_level": logging.ERROR}
         try:
             if self.address is None:
                 # loopback only: the node address is 127.0.0.1 and every server binds to it
@@ -216,10 +216,10 @@ class RayExecutor:
             ray = self.connect()
             cap = self.capacity(job)
             n_chunks = max(1, math.ceil(n / job.chunk))
-            per_shard = math.ceil(n_chunks / (self.shards or 4 * cap))  # chunks per shard
-            for g in gaps:
-                k = math.ceil(math.ceil(len(g) / job.chunk) / per_shard)
-                todo += plan_shards(n, job.chunk, k, start=g.start, stop=g.stop)
+            target = self.shards or 4 * cap  # shards of the whole run
+            for g in gaps:  # each gap gets its share of the target
+                k = math.ceil(target * math.ceil(len(g) / job.chunk) / n_chunks - 1e-9)
+                todo += plan_shards(n, job.chunk, max(1, k), start=g.start, stop=g.stop)
         self.stats = RunStats(key=key, shards_total=len(kept) + len(todo),
                               shards_reused=len(kept), samples=n)
         tick = self.progress or (lambda k: None)
@@ -267,7 +267,7 @@ class RayExecutor:
                     tick(len(s))
         except BaseException:  # KeyboardInterrupt included: stop the shards still running
             for ref in running:
-                ray.cancel(ref, force=True)
+                ray.cancel(ref, force=False)  # the worker process survives
             if store is not None:
                 store.clean_temporary()
             raise
