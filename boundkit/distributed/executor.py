@@ -149,8 +149,11 @@ class RayExecutor:
                 from ray._private import ray_constants
 
                 ray_constants.ENABLE_RAY_CLUSTER = False
+                # workers at the driver's priority (Ray's default niceness 15 starves them
+                # on a busy machine: 4x slower than the same work in-process here)
                 ray.init(num_cpus=self.workers or os.cpu_count() or 1, num_gpus=None,
-                         _node_ip_address="127.0.0.1", **common)
+                         _node_ip_address="127.0.0.1", _system_config={"worker_niceness": 0},
+                         **common)
                 self._started = True
             else:
                 ray.init(address=self.address, **common)
@@ -247,7 +250,7 @@ class RayExecutor:
         queue = list(todo)
         running: dict[Any, tuple[Shard, float]] = {}
         out: dict[Shard, dict[str, Any]] = {}
-        in_flight = max(cap, 1) + 1  # one queued per worker keeps them busy
+        in_flight = max(cap, 1)  # at most `workers` shards at once
         try:
             while queue or running:
                 while queue and len(running) < in_flight:
