@@ -22,7 +22,7 @@ parallel efficiency, throughput(ray-2) / (2 * throughput(ray-1)), capped at 1).
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/scale.py                     # ~5 minutes
+    OMP_NUM_THREADS=1 python benchmarks/scale.py                     # ~6 minutes on 2 cores
     OMP_NUM_THREADS=1 python benchmarks/scale.py --n 64 --repeats 1  # quick look
 
 Models are trained once with the repo's training script and cached under ``runs/``
@@ -82,10 +82,10 @@ def load() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="mlp_mnist")
-    ap.add_argument("--n", type=int, default=256, help="samples of the scaling workload")
-    ap.add_argument("--budget", type=int, default=100, help="attack budget of the workload")
+    ap.add_argument("--n", type=int, default=128, help="samples of the scaling workload")
+    ap.add_argument("--budget", type=int, default=30, help="attack budget of the workload")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--cost-samples", type=int, default=8)
+    ap.add_argument("--cost-samples", type=int, default=16)
     ap.add_argument("--cost-models", nargs="*", default=["lenet5", "cifar_nin_small"])
     ap.add_argument("--epochs", type=int, default=1, help="epochs of the cost models if "
                     "they must be trained")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from boundkit.distributed.executor import RayExecutor, parse_cluster
+from boundkit.distributed.executor import DistributedError, RayExecutor, parse_cluster
 from boundkit.distributed.tasks import Job, ModelSource, merge_attack, merge_certificates
 
 __all__ = ["CLI_CHUNK", "add_cluster_args", "cluster_attack", "cluster_certify",
@@ -60,6 +60,12 @@ def _run(sess: Any, job: Job, source: ModelSource, x: Any, y: Any, idx: Any, des
             return ex.run(job, source, x, y, idx,
                           key_extra={"data": getattr(sess.args, "data", None),
                                      "split": getattr(sess.args, "split", None)})
+    except KeyboardInterrupt:
+        st = ex.stats
+        kept = st.shards_reused + st.shards_computed
+        raise DistributedError(
+            f"interrupted: {kept} of {st.shards_total} shards are complete and kept; run the "
+            "same command again to compute the rest") from None
     finally:
         ex.shutdown()
 

@@ -263,9 +263,9 @@ class RayExecutor:
                     s, t0 = running.pop(ref)
                     payload = self._get(ray, ref, s)
                     self.stats.shard_seconds.append(time.perf_counter() - t0)
-                    self.stats.shards_computed += 1
                     if store is not None:
                         store.write(s, payload)
+                    self.stats.shards_computed += 1
                     out[s] = payload
                     tick(len(s))
         except BaseException:  # KeyboardInterrupt included: stop the shards still running
