@@ -66,8 +66,7 @@ def _run(sess: Any, job: Job, source: ModelSource, x: Any, y: Any, idx: Any, des
         raise DistributedError(
             f"interrupted: {kept} of {st.shards_total} shards are complete and kept; run the "
             "same command again to compute the rest") from None
-    finally:
-        ex.shutdown()
+    # a local instance stays up for the next model of `compare`; Ray stops it at exit
 
 
 def cluster_certify(sess: Any, x: Any, methods: tuple[str, ...]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from boundkit.distributed.tasks import (
     merge_certificates,
     merge_crosscheck,
     run_shard,
+    warm_worker,
 )
 from boundkit.errors import BoundkitError, InputShapeError
 
@@ -189,6 +190,18 @@ class RayExecutor:
         if job.cuda and n < 1:
             raise DistributedError("the run's device is CUDA but the Ray cluster has no GPU")
         return max(1, int(n))
+
+    def warm_up(self, model: nn.Module | ModelSource, device: str | None = None,
+                hold_s: float = 2.0) -> list[int]:
+        """Start every worker and load the model in each (imports of torch and boundkit
+        included), so that timings that follow measure the work only. Returns the workers'
+        process ids (distinct unless a task outlived ``hold_s``)."""
+        ray = self.connect()
+        cpu_job = Job("certify", device=_dev(device))
+        n = self.capacity(cpu_job)
+        task = ray.remote(warm_worker).options(num_cpus=1, num_gpus=1 if cpu_job.cuda else 0)
+        ref = ray.put(_source(model))
+        return sorted(ray.get([task.remote(ref, _dev(device), hold_s) for _ in range(n)]))
 
     # -- running ------------------------------------------------------------------------
     def run(self, job: Job, source: ModelSource, x: torch.Tensor, y: torch.Tensor | None,

@@ -253,6 +253,16 @@ MERGE = {"certify": None, "attack": merge_attack, "crosscheck": merge_crosscheck
 
 
 # ------------------------------------------------------------------------------ the task
+def warm_worker(source: ModelSource, device: str | None, hold_s: float) -> int:
+    """Load the model in this worker (imports included) and hold the worker ``hold_s``
+    seconds, so that concurrent warm-ups land on distinct workers; returns the pid."""
+    import time
+
+    source.load(device)
+    time.sleep(hold_s)
+    return os.getpid()
+
+
 def run_shard(job: Job, source: ModelSource, x: torch.Tensor, y: torch.Tensor | None,
               index: torch.Tensor, start: int, stop: int) -> dict[str, Any]:
     """Compute samples ``[start, stop)`` of ``job`` (a whole number of chunks) and return
