@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+# loopback only and no usage report, before Ray is imported (boundkit sets them as well)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray")
 
 N = 40  # chunks of 16 in the Python API tests: 3 chunks, the last one partial
