@@ -157,7 +157,16 @@ class RayExecutor:
                          **common)
                 self._started = True
             else:
+                host = _probe(self.address, min(self.timeout_s, 15.0))
+                if host is not None and (host == "localhost" or host.startswith("127.")):
+                    # keep a loopback cluster on loopback (Ray would swap in the LAN address)
+                    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+                    from ray._private import ray_constants
+
+                    ray_constants.ENABLE_RAY_CLUSTER = False
                 ray.init(address=self.address, **common)
+        except DistributedError:
+            raise
         except Exception as exc:  # Ray's own errors: connection refused, bad address...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             where = "start a local Ray instance" if self.address is None else \
@@ -345,6 +354,27 @@ class RayExecutor:
                   seed=int(seed), threads=self.threads)
         index = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
         return merge_crosscheck(self.run(job, _source(model), x, y, index))
+
+
+def _probe(address: str, timeout: float) -> str | None:
+    """For a ``HOST:PORT`` address, check within ``timeout`` seconds that something listens
+    there (Ray itself would retry for minutes); returns the host (None for ``auto`` or
+    ``ray://`` addresses, which Ray resolves itself)."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DistributedError(f"cannot join the Ray cluster at {address}: expected HOST:PORT, "
+                               "auto or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise DistributedError(f"cannot join the Ray cluster at {address}: "
+                               f"{exc.strerror or exc}") from None
+    return host
 
 
 def _source(model: nn.Module | ModelSource) -> ModelSource:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 import torch
@@ -83,3 +84,17 @@ def test_bad_cluster_spec_is_a_one_line_error(tmp_path, capsys):
     code = main(["certify", "--model", str(tmp_path / "none.safetensors"), "--data", "digits",
                  "--cluster", "spark", "--out", str(tmp_path / "c.json")])
     assert code == EXIT_BAD_INPUT
+
+
+def test_unreachable_cluster_is_a_quick_one_line_error():
+    pytest.importorskip("ray")
+    import ray
+
+    from boundkit.distributed import DistributedError, RayExecutor
+
+    if ray.is_initialized():
+        pytest.skip("a Ray instance is already up in this process")
+    t0 = time.monotonic()
+    with pytest.raises(DistributedError, match="cannot join the Ray cluster at 127.0.0.1:1"):
+        RayExecutor("127.0.0.1:1", timeout_s=5).connect()
+    assert time.monotonic() - t0 < 10
