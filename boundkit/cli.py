@@ -340,6 +340,16 @@ def preamble(sess: Session, model_path: str, data: Data | None = None,
     from boundkit.validate import check_device, check_int
 
     a = sess.args
+    if getattr(a, "cluster", None) and (
+        getattr(a, "normalize", None) or getattr(a, "layout", "nchw") != "nchw"
+        or getattr(a, "trust_code", False) or str(model_path).lower().endswith(".onnx")
+    ):
+        from boundkit.errors import BadArgumentError
+
+        raise BadArgumentError(
+            "--cluster runs safetensors / state-dict models as they are: it cannot yet be "
+            "combined with --normalize, --layout, --trust-code or an .onnx model"
+        )
     for opt in ("budget", "epochs"):
         check_int(f"--{opt}", getattr(a, opt, None), allow_none=True,
                   minimum=0 if opt == "epochs" else 1)
@@ -457,9 +467,16 @@ def _summary_table(summary: dict[str, Any]) -> list[str]:
 
 
 def _run_crosscheck(sess: Session, model: Any, x: Any, y: Any, idx: Any, methods, attack: str,
-                    budget: int | None, exact: bool, desc: str, meta: dict) -> Any:
+                    budget: int | None, exact: bool, desc: str, meta: dict,
+                    path: str | None = None) -> Any:
     from boundkit.crosscheck import crosscheck
 
+    if getattr(sess.args, "cluster", None):
+        from boundkit.distributed.cli import cluster_crosscheck
+
+        res = cluster_crosscheck(sess, path, x, y, idx, methods, attack, budget, exact, desc)
+        res.meta.update(meta)
+        return res
     n = x.shape[0]
     total = n * (len(methods) + 1 + int(exact))
     with sess.bar(total, desc) as bar:
@@ -489,12 +506,17 @@ def cmd_certify(sess: Session) -> int:
     inp = preamble(sess, a.model, outputs=[(a.out, False)], method=a.method)
     x = inp.x
     certs = {}
-    with sess.bar(x.shape[0] * len(_methods(a.method)), "certify") as bar:
-        for m in _methods(a.method):
-            t0 = time.perf_counter()
-            certs[m] = certify(inp.model, x, m, device=inp.device)
-            bar.set_postfix_str(f"{m} {time.perf_counter() - t0:.1f}s")
-            bar.update(x.shape[0])
+    if a.cluster:
+        from boundkit.distributed.cli import cluster_certify
+
+        certs = cluster_certify(sess, x, _methods(a.method))
+    else:
+        with sess.bar(x.shape[0] * len(_methods(a.method)), "certify") as bar:
+            for m in _methods(a.method):
+                t0 = time.perf_counter()
+                certs[m] = certify(inp.model, x, m, device=inp.device)
+                bar.set_postfix_str(f"{m} {time.perf_counter() - t0:.1f}s")
+                bar.update(x.shape[0])
     meta = {"model": a.model, "data": a.data, "split": inp.provenance["split"],
             "provenance": inp.provenance}
     doc = certificate_doc(certs, inp.y, inp.indices, meta)
@@ -514,11 +536,16 @@ def cmd_attack(sess: Session) -> int:
     inp = preamble(sess, a.model, outputs=[(a.out, False)], method=a.attack, budget=a.budget)
     x = inp.x
     parts = []
-    with sess.bar(x.shape[0], f"attack {a.attack}") as bar:
-        for s in range(0, x.shape[0], 64):
-            parts.append(attack(inp.model, x[s : s + 64], a.attack, budget=a.budget,
-                                device=inp.device, seed=a.seed))
-            bar.update(parts[-1].norm.shape[0])
+    if a.cluster:
+        from boundkit.distributed.cli import cluster_attack
+
+        parts.append(cluster_attack(sess, x))
+    else:
+        with sess.bar(x.shape[0], f"attack {a.attack}") as bar:
+            for s in range(0, x.shape[0], 64):
+                parts.append(attack(inp.model, x[s : s + 64], a.attack, budget=a.budget,
+                                    device=inp.device, seed=a.seed))
+                bar.update(parts[-1].norm.shape[0])
     res = AttackResult.concat(parts)
     doc = attack_doc(res, inp.y, inp.indices, {"model": a.model, "data": a.data,
                                                "split": inp.provenance["split"],
@@ -540,7 +567,7 @@ def cmd_crosscheck(sess: Session) -> int:
             "attack": a.attack, "budget": a.budget if a.budget is not None else "default",
             "provenance": inp.provenance}
     res = _run_crosscheck(sess, inp.model, inp.x, inp.y, inp.indices, _methods(a.method),
-                          a.attack, a.budget, a.exact, "crosscheck", meta)
+                          a.attack, a.budget, a.exact, "crosscheck", meta, path=a.model)
     out = Path(a.out)
     with staged_dir(out, inp.provenance) as tmp:
         write_json(res, tmp / "results.json")
@@ -616,7 +643,7 @@ def cmd_compare(sess: Session) -> int:
         res = _run_crosscheck(sess, inp.model, inp.x[:n], inp.y[:n], idx,
                               _methods(a.method), a.attack, a.budget, False, name,
                               {"model": path, "data": a.data, "split": a.split,
-                               "provenance": inp.provenance})
+                               "provenance": inp.provenance}, path=path)
         bad |= res.has_bug
         _report_violations(res)
         entries.append((name, res, acc))
@@ -866,6 +893,12 @@ def _attack_opts(p: argparse.ArgumentParser) -> None:
                    "attacks' own settings (strong but slow)")
 
 
+def _cluster(p: argparse.ArgumentParser) -> None:
+    from boundkit.distributed.cli import add_cluster_args
+
+    add_cluster_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``boundkit`` command."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -895,6 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="certification method (default sound; both runs sound and peck2017)")
     p.add_argument("--out", default="certify.json", help="results JSON (default certify.json)")
     _common(p)
+    _cluster(p)
     p.set_defaults(func=cmd_certify)
 
     p = sub.add_parser(
@@ -908,6 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     _attack_opts(p)
     p.add_argument("--out", default="attack.json", help="results JSON (default attack.json)")
     _common(p)
+    _cluster(p)
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser(
@@ -929,6 +964,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     _common(p)
+    _cluster(p)
     p.set_defaults(func=cmd_crosscheck)
 
     p = sub.add_parser(
@@ -950,6 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     _common(p)
+    _cluster(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(

@@ -444,6 +444,7 @@ def crosscheck(
     chunk_size: int = 128,
     progress: Callable[[str, int], None] | None = None,
     seed: int = 0,
+    executor: Any = None,
 ) -> CrosscheckResult:
     """Certify and attack ``x``, and compare the two per sample.
 
@@ -465,6 +466,9 @@ def crosscheck(
         chunk_size: samples per attack chunk (a progress tick per chunk).
         progress: optional callback ``(stage, samples_done)`` for progress bars.
         seed: the attack's random seed.
+        executor: run on a cluster instead, e.g. a
+            :class:`boundkit.distributed.RayExecutor` (shards of whole ``chunk_size``
+            chunks; the result is identical to the local one; ``progress`` is ignored).
 
     Returns:
         a :class:`CrosscheckResult`. It does not raise on violations: check
@@ -476,6 +480,10 @@ def crosscheck(
     check_call(model, x, device=device, box=box,
                counts={"attack_budget": attack_budget, "chunk_size": chunk_size})
     _check_names(methods, attack)
+    if executor is not None:
+        return executor.crosscheck(
+            model, x, methods=methods, attack=attack, attack_budget=attack_budget, y=y, box=box,
+            device=device, exact=exact, indices=indices, chunk_size=chunk_size, seed=seed)
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise InputShapeError("x must be a batch tensor [N, ...]")
     n = x.shape[0]

@@ -353,6 +353,7 @@ def certify(
     batch_size: int = 1024,
     trace: bool = True,
     graph: Graph | None = None,
+    executor: Any = None,
 ) -> Certificate:
     """Certify the L2 robustness of ``model`` at every sample of ``x``.
 
@@ -369,6 +370,8 @@ def certify(
         batch_size: samples per chunk (bounds memory; results do not depend on it).
         trace: keep the per-node bounds (``Certificate.trace``).
         graph: a graph from :func:`boundkit.capture` to reuse.
+        executor: run on a cluster instead, e.g. a
+            :class:`boundkit.distributed.RayExecutor` (identical radii and traces).
 
     Returns:
         a :class:`~boundkit.Certificate`.
@@ -382,6 +385,8 @@ def certify(
         raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 2:
         raise InputShapeError(f"x must be a batch [N, ...], got shape {tuple(x.shape)}")
+    if executor is not None:
+        return executor.certify(model, x, method, device=device)
     if graph is None:
         graph = graph_for(model, x, device)
     else:
