@@ -76,7 +76,7 @@ class DeepFool(Attack):
         criterion: Criterion,
         *,
         box: Box,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         k = x.ndim
         n = x.shape[0]
@@ -119,12 +119,14 @@ class DeepFool(Attack):
                 break
             idx, diffs, grads = idx[keep], diffs[keep], grads[keep]
             gnorm = grads.flatten(2).norm(p=2, dim=2)
-            dist = diffs.abs() / (gnorm + 1e-8)
+            dist = diffs.abs() / gnorm.clamp_min(1e-30)
             best = dist.argmin(1)
             f_l = diffs.gather(1, best[:, None]).squeeze(1)
             w_l = grads[torch.arange(idx.numel(), device=x.device), best]
             gn_l = gnorm.gather(1, best[:, None]).squeeze(1)
-            r = atleast_kd((f_l.abs() + 1e-4) / (gn_l**2 + 1e-12), k) * w_l
+            # (scale-free: no absolute floor on the gradient norm; logits are not rescaled)
+            floor = torch.finfo(gn_l.dtype).tiny ** 0.5
+            r = atleast_kd((f_l.abs() + 1e-4) / gn_l.clamp_min(floor) ** 2, k) * w_l
             total[idx] = total[idx] + r
             x_adv[idx] = clip_to_box(x[idx] + (1.0 + self.overshoot) * total[idx], box)
         return x_adv
