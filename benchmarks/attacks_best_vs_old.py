@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load(name, args.model_dir)
         x, y = select(model, args.data_root, args.n_samples)
         new_ens = A.BestEnsemble()
-        jobs = {"old": lambda: old.attack(model, x, "best"),
-                "new": lambda: A.attack(model, x, new_ens)}
+        jobs = {"old": lambda m=model, x=x: old.attack(m, x, "best"),
+                "new": lambda m=model, x=x, e=new_ens: A.attack(m, x, e)}
         res: dict[str, dict[str, Any]] = {}
         for rep in range(args.repeats):
             for k, fn in jobs.items():

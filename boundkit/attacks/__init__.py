@@ -39,7 +39,6 @@ from boundkit.attacks.base import (
     Criterion,
     Misclassification,
     TargetedMisclassification,
-    atleast_kd,
     model_device,
     model_dtype,
     verify,

@@ -291,7 +291,7 @@ def test_best_fallback_leaves_samples_without_a_start_as_failures():
 
 
 def test_best_default_pool_is_uniform_in_the_box_and_breaks_dead_zone_samples():
-    x = torch.full((3, 40), 0.3)
+    x = torch.full((3, 400), 0.3)  # in 400 dimensions the members fail (see above)
     x[:, 0] = torch.tensor([0.1, 0.12, 0.14])
     res = A.attack(DeadZone().eval(), x, "best", budget=20, seed=0)
     assert bool(res.success.all())
