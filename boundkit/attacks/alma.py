@@ -41,7 +41,9 @@ the objective is ``||delta|| / unit + P2(DLR)`` and RMSProp's running average st
 
 Deviations: the multiplier update and the gradient use the closed-form derivative of P2
 (the gradient of ``L_k`` is ``delta / ||delta|| + P2'(DLR) grad DLR``, the same as
-back-propagating ``L_k``); success is decided
+back-propagating ``L_k``); the logit tolerance is relative to the DLR's normaliser
+(``DLR = margin / scale + tol``; adv-lib adds ``tol`` logits to the margin, which dominates
+the margin of a model with tiny logits); success is decided
 by the criterion (arg-max), not by the sign of the DLR; the targeted DLR adds the tolerance
 on the same side as the untargeted one (adv-lib subtracts it, accepting points within
 ``tol`` of the boundary); with fewer than 3 (4 for targeted) classes the normaliser falls
@@ -85,7 +87,8 @@ def p2_derivative(y: Tensor, rho: Tensor, mu: Tensor) -> Tensor:
 
 
 def dlr_margin(logits: Tensor, criterion: Criterion, tol: float) -> Tensor:
-    """Difference of logits ratio: positive while not adversarial."""
+    """Difference of logits ratio plus ``tol``: positive while not adversarial (and until
+    the margin is ``tol`` times the normaliser past the boundary)."""
     c = logits.shape[1]
     top = logits.topk(min(c, 4), dim=1).values
     if criterion.targeted and c >= 4:
@@ -94,7 +97,10 @@ def dlr_margin(logits: Tensor, criterion: Criterion, tol: float) -> Tensor:
         scale = top[:, 0] - top[:, 2]
     else:
         scale = torch.ones_like(top[:, 0])
-    return (criterion.margin(logits) + tol) / (scale + 1e-8)
+    # tolerance relative to the normaliser (adv-lib adds an absolute 1e-4 logits, which
+    # swamps the margin of a model with tiny logits): invariant to rescaling the logits
+    scale = scale.clamp_min(torch.finfo(scale.dtype).tiny)
+    return criterion.margin(logits) / scale + tol
 
 
 class ALMA(Attack):
@@ -112,7 +118,8 @@ class ALMA(Attack):
     tau: required relative decrease of the DLR between checks (0.95).
     rho_growth: gamma, the penalty parameter's growth factor (1.2).
     alpha: EMA weight of the multiplier, RMSProp smoothing and momentum (0.9).
-    logit_tolerance: added to the logit difference (1e-4).
+    logit_tolerance: added to the DLR, i.e. to the logit difference in units of the DLR's
+        normaliser (1e-4).
     refine_steps: final bisection steps along ``x -> x_adv`` (boundkit addition).
     """
 

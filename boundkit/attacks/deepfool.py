@@ -83,6 +83,9 @@ class DeepFool(Attack):
         with torch.no_grad():
             logits0 = model(x)
         n_classes = logits0.shape[1]
+        # the step's 1e-4 push past the boundary, in units of each sample's logit spread
+        # (1e-4 logits in the paper's code: too much for a model with tiny logits)
+        spread = (logits0.amax(1) - logits0.amin(1)).clamp_min(torch.finfo(x.dtype).tiny)
         labels = criterion.labels
         if criterion.targeted:
             classes = labels[:, None]
@@ -126,7 +129,8 @@ class DeepFool(Attack):
             gn_l = gnorm.gather(1, best[:, None]).squeeze(1)
             # (scale-free: no absolute floor on the gradient norm; logits are not rescaled)
             floor = torch.finfo(gn_l.dtype).tiny ** 0.5
-            r = atleast_kd((f_l.abs() + 1e-4) / gn_l.clamp_min(floor) ** 2, k) * w_l
+            push = 1e-4 * spread[idx]
+            r = atleast_kd((f_l.abs() + push) / gn_l.clamp_min(floor) ** 2, k) * w_l
             total[idx] = total[idx] + r
             x_adv[idx] = clip_to_box(x[idx] + (1.0 + self.overshoot) * total[idx], box)
         return x_adv

@@ -21,7 +21,9 @@ expensive ensemble, see ``docs/attacks.md`` and ``benchmarks/attacks_best_vs_old
 * ``ddn`` 300 steps (cold start: a different trajectory for the samples where the
   linearisation-based members share a poor local optimum);
 
-each followed by the boundary refinement (10 iterations, 3 candidate classes).  ``budget``
+each followed by the boundary refinement (10 iterations, 3 candidate classes): for the
+untargeted members only on the samples where the member's result is within
+``refine_window`` (1.1) of the best so far.  ``budget``
 (gradient steps per sample per member) replaces the members' own step counts.  Every member
 is scale-free (:func:`~boundkit.attacks.base.problem_scale`), so the ensemble is too.
 
@@ -67,13 +69,15 @@ class Member:
 
     ``attack``: registry name; ``options``: its constructor options; ``target_rank``: run
     targeted at the ``r``-th most likely other class (untargeted criteria only); ``warm_start``:
-    start from the ensemble's best point so far (attacks with an ``init`` option).
+    start from the ensemble's best point so far (attacks with an ``init`` option); ``gated``:
+    run only on the samples that are not *settled* yet (see :class:`BestEnsemble`).
     """
 
     attack: str
     options: dict[str, Any] = field(default_factory=dict)
     target_rank: int | None = None
     warm_start: bool = False
+    gated: bool = False
 
     @property
     def label(self) -> str:
@@ -92,11 +96,12 @@ class MemberReport:
     seconds: float = 0.0
 
 
+_ALMA = {"init_lr_distance": 0.1}
 DEFAULT_MEMBERS: tuple[Member, ...] = (
     Member("deepfool"),
-    Member("alma", {"steps": 300, "init_lr_distance": 0.1}, target_rank=1),
+    Member("alma", {"steps": 300, **_ALMA}, target_rank=1),
     Member("fmn", {"steps": 300}, warm_start=True),
-    Member("alma", {"steps": 200, "init_lr_distance": 0.1}, target_rank=2),
+    Member("alma", {"steps": 200, **_ALMA}, target_rank=2),
     Member("ddn", {"steps": 300}),
 )
 
@@ -160,6 +165,17 @@ class BestEnsemble(Attack):
     refine_boundary_steps: iterations of the boundary refinement applied to each member's
         verified result (10; 0 disables it).
     refine_candidates: classes linearised per refinement iteration (3).
+    refine_window: an untargeted member's candidate is refined only where its norm is
+        within this factor of the best norm so far (1.1; ``inf`` refines every candidate):
+        elsewhere the refinement, which shrinks such points by a few per cent, cannot win.
+        Targeted members' candidates (on another class's boundary, which the refinement
+        can leave for a much closer one) are always refined.
+    settle_members, settle_tolerance: a sample is *settled* when at least ``settle_members``
+        (2) different cold-started members (no ``warm_start``: independent searches)
+        reached, each with its own or its refined candidate, a norm
+        within ``settle_tolerance`` (1e-3, relative) of the best so far: independent
+        searches from different starts agree, so the sample sits at a local optimum they
+        all find.  Gated members run only on the samples not settled.
     budget: if given, the ``steps``-like options of every member implied by this budget
         (overrides the member's own step options).
     fallback_pool: start points for samples no member broke (see :func:`start_from_pool`):
@@ -176,6 +192,9 @@ class BestEnsemble(Attack):
         members: Sequence[Member | str | tuple[str, dict[str, Any]]] | None = None,
         refine_boundary_steps: int = 10,
         refine_candidates: int = 3,
+        refine_window: float = 1.1,
+        settle_members: int = 2,
+        settle_tolerance: float = 1e-3,
         budget: int | None = None,
         refine_steps: int = 10,
         fallback_pool: Tensor | str | None = "uniform",
@@ -196,6 +215,9 @@ class BestEnsemble(Attack):
                              f"not {fallback_pool!r}")
         self.refine_boundary_steps = int(refine_boundary_steps)
         self.refine_candidates = int(refine_candidates)
+        self.refine_window = float(refine_window)
+        self.settle_members = int(settle_members)
+        self.settle_tolerance = float(settle_tolerance)
         self.budget = budget
         self.fallback_pool = fallback_pool
         self.fallback_pool_size = int(fallback_pool_size)
@@ -253,39 +275,77 @@ class BestEnsemble(Attack):
         best_norm = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
         source = torch.full((n,), -1, dtype=torch.long, device=x.device)
         names: list[str] = []
+        owner: list[int] = []  # index into report of each candidate set in names
         report: list[MemberReport] = []
         refiner = BoundaryRefiner(steps=self.refine_boundary_steps,
                                   candidates=self.refine_candidates)
 
-        def consider(cand: Tensor, name: str, rep: MemberReport) -> None:
+        def consider(cand: Tensor, name: str, rep: MemberReport) -> Tensor:
+            """Verify, keep what improves; return the verified norms of ``cand``."""
             nonlocal best_norm, source
             ok, norm, _ = verify(model, x, cand, criterion, box)
             before = best_norm
             best_norm = keep_best(best, best_norm, cand, norm, ok)
             better = best_norm < before
             names.append(name)
+            owner.append(len(report))
             source = torch.where(better, torch.full_like(source, len(names) - 1), source)
+            return norm
+
+        def refine(cand: Tensor, norm: Tensor, name: str, rep: MemberReport,
+                   window: float) -> Tensor:
+            """Boundary refinement where it can still win: only candidates within
+            ``window`` of the best norm so far are refined; returns the verified norms of
+            the refined points (``inf`` where none was made)."""
+            none = torch.full_like(norm, float("inf"))
+            if self.refine_boundary_steps <= 0:
+                return none
+            idx = (norm <= best_norm * window).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                return none
+            out = cand.clone()
+            out[idx] = refiner(model, x[idx], cand[idx], criterion.subset(idx), box)
+            return consider(out, name + "+refine", rep)
 
         clean_logits: Tensor | None = None
+        member_norms: list[Tensor] = []  # per member: its best verified norm per sample
+        k = x.ndim
         for member in self.members:
             t0 = time.perf_counter()
-            rep = MemberReport(member.label, samples_run=n)
-            crit = criterion
-            if member.target_rank is not None and not criterion.targeted:
-                if clean_logits is None:
-                    with torch.no_grad():
-                        clean_logits = model(x)
-                masked = clean_logits.scatter(1, criterion.labels[:, None], float("-inf"))
-                r = min(int(member.target_rank), masked.shape[1] - 1)
-                crit = TargetedMisclassification(masked.topk(r, dim=1).indices[:, r - 1])
-            init = None
-            if member.warm_start:
-                init = torch.where(torch.isfinite(best_norm).reshape(-1, *[1] * (x.ndim - 1)),
-                                   best, x)
-            cand = self.build(member, init)(model, x, crit, box=box, seed=seed)
-            consider(cand, member.label, rep)
-            if self.refine_boundary_steps > 0:
-                consider(refiner(model, x, cand, criterion, box), member.label + "+refine", rep)
+            if member.gated and member_norms:
+                # only cold-started members are independent searches (a warm start returns
+                # at most its start's norm, so it always "agrees")
+                near = torch.stack(member_norms) <= best_norm * (1 + self.settle_tolerance)
+                settled = near.sum(0) >= self.settle_members
+                idx = (~settled).nonzero().squeeze(1)
+            else:
+                idx = torch.arange(n, device=x.device)
+            rep = MemberReport(member.label, samples_run=int(idx.numel()))
+            own = torch.full_like(best_norm, float("inf"))
+            if idx.numel():
+                xs, crit = x[idx], criterion.subset(idx)
+                if member.target_rank is not None and not criterion.targeted:
+                    if clean_logits is None:
+                        with torch.no_grad():
+                            clean_logits = model(x)
+                    masked = clean_logits[idx].scatter(1, crit.labels[:, None], float("-inf"))
+                    r = min(int(member.target_rank), masked.shape[1] - 1)
+                    crit = TargetedMisclassification(masked.topk(r, dim=1).indices[:, r - 1])
+                init = None
+                if member.warm_start:
+                    have = torch.isfinite(best_norm[idx]).reshape(-1, *[1] * (k - 1))
+                    init = torch.where(have, best[idx], xs)
+                cand = x.clone()
+                cand[idx] = self.build(member, init)(model, xs, crit, box=box, seed=seed)
+                # a targeted candidate sits on another class's boundary: the refinement
+                # (which linearises the closest classes) can move it far, so it is always
+                # refined
+                window = self.refine_window if member.target_rank is None else float("inf")
+                norm = consider(cand, member.label, rep)
+                own = torch.minimum(own, norm)
+                own = torch.minimum(own, refine(cand, norm, member.label, rep, window))
+            if not member.warm_start:
+                member_norms.append(own)
             rep.seconds = time.perf_counter() - t0
             report.append(rep)
         failed = ~torch.isfinite(best_norm)
@@ -297,17 +357,13 @@ class BestEnsemble(Attack):
             cand = x.clone()
             cand[fidx] = start_from_pool(model, x[fidx], criterion.subset(fidx), pool, box=box,
                                          steps=self.fallback_steps, seed=seed)
-            consider(cand, "pool-start+fmn", rep)
-            if self.refine_boundary_steps > 0:
-                consider(refiner(model, x, cand, criterion, box), "pool-start+fmn+refine", rep)
+            refine(cand, consider(cand, "pool-start+fmn", rep), "pool-start+fmn", rep,
+                   float("inf"))
             rep.seconds = time.perf_counter() - t0
             report.append(rep)
         # wins per member (refined or not)
-        for i, name in enumerate(names):
-            base = name.removesuffix("+refine")
-            for rep in report:
-                if rep.name == base:
-                    rep.samples_won += int((source == i).sum())
+        for i, o in enumerate(owner):
+            report[o].samples_won += int((source == i).sum())
         self.report = report
         self._sources = [names[i] if i >= 0 else "" for i in source.tolist()]
         return best
