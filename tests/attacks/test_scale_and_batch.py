@@ -4,7 +4,8 @@
   returns ``s`` times the norm it returns for ``f`` at ``x`` (issue #13: within 1 %).
 * A sample's result does not depend on the batch it is attacked in (issue #15).
 * On small ReLU networks whose decision boundary is far from the inputs (inputs in
-  [0.2, 0.8], no box, exact radius 12-26), ``best`` is within 5 % of the exact radius.
+  [0.2, 0.8], no box, exact radius about 15-50, tiny logits on half of them), ``best`` is
+  within 5 % of the exact radius on at least 95 % of the samples.
 """
 
 from __future__ import annotations
@@ -85,20 +86,28 @@ def test_sample_result_does_not_depend_on_its_batch(method):
 
 
 def far_boundary_case(seed: int) -> tuple[nn.Module, torch.Tensor]:
-    """A small ReLU net whose first layer is scaled by 1/40: from inputs in [0.2, 0.8] the
-    decision boundary lies tens of units away (no box)."""
+    """A small 4-10-10-3 ReLU net whose first layer is divided by 20: from inputs in
+    [0.2, 0.8] the decision boundary lies tens of units away (no box).  For even seeds the
+    output layer is also multiplied by 1e-4 (tiny logits: absolute logit tolerances of the
+    attacks would swamp the margin)."""
     net = relu_net((4, 10, 10, 3), seed=seed)
     with torch.no_grad():
-        net[0].weight.div_(40.0)
+        net[0].weight.div_(20.0)
+        if seed % 2 == 0:
+            net[4].weight.mul_(1e-4)
+            net[4].bias.mul_(1e-4)
     x = torch.rand(12, 4, generator=torch.Generator().manual_seed(100 + seed)) * 0.6 + 0.2
     return net, x
 
 
 def test_best_on_far_boundary_nets_within_5pct_of_exact():
+    """4 samples of each of two nets (the exact search dominates the time; the benchmark
+    ``benchmarks/attacks_far_boundary.py`` runs 5 nets x 12 samples with default budgets)."""
     exact_mod = pytest.importorskip("boundkit.exact")
     ratios = []
     for seed in (0, 1):
         net, x = far_boundary_case(seed)
+        x = x[:4]
         ex = exact_mod.exact_radius(net, x, box=None)
         res = A.attack(net, x, "best", box=None, budget=150)
         fin = torch.isfinite(ex)
