@@ -80,8 +80,9 @@ def main() -> None:
             train_model(m, x_tr, y_tr, epochs=args.epochs, batch_size=32, seed=s)
             accs.append(accuracy(m, x_te, y_te))
             per["exact"].append(bk.exact_radius(m, x).cpu())
+            # no box: the fallback's start points are the training inputs (explicit pool)
             per["best"].append(bk.attack(m, x, "best", box=None, budget=args.budget,
-                                         seed=s).norm.cpu())
+                                         seed=s, fallback_pool=x_tr).norm.cpu())
             per["fgs"].append(bk.attack(m, x, "fgs", box=None).norm.cpu())
             for meth in ("peck2017", "sound"):
                 c = bk.certify(m, x, meth)

@@ -245,9 +245,9 @@ def attack_stacked(net: StackedNet, xi: torch.Tensor, method: str, **kw: Any) ->
 
     t0 = time.perf_counter()
     if method == "best":
-        # the ensemble's own fallback starts from other batch inputs, i.e. from points of
-        # other stacked classifiers: replaced by the same fallback within each classifier
-        kw = {"batch_fallback": False, **kw}
+        # no box, so no default pool; the fallback runs below with the stacked inputs as its
+        # pool, grouped by classifier (a start point must belong to the same classifier)
+        kw = {"fallback_pool": None, **kw}
     res = bk.attack(net, xi, method, box=None, **kw)
     x_adv, success = res.x_adv.clone(), res.success.clone()
     moved = (x_adv[:, -1] != xi[:, -1]) & success
@@ -276,33 +276,26 @@ def attack_stacked(net: StackedNet, xi: torch.Tensor, method: str, **kw: Any) ->
 
 def _fallback_within_classifier(net: StackedNet, xi: torch.Tensor, x_adv: torch.Tensor,
                                 success: torch.Tensor, steps: int) -> None:
-    """The ``best`` ensemble's batch fallback, restricted to one classifier: for a sample no
-    member broke (saturated units, zero gradients), FMN starts from the nearest sample *of the
-    same stacked classifier* that it assigns another class (the ensemble's own fallback looks
-    at the whole batch, whose other classifiers are other functions).  Updates ``x_adv`` and
-    ``success`` in place for the failed samples on which FMN finds a verified adversarial
+    """The ``best`` ensemble's fallback (:func:`boundkit.attacks.ensemble.start_from_pool`)
+    with the stacked inputs as the pool, grouped by classifier: a sample no member broke
+    starts FMN from the nearest input *of its own classifier* that it assigns another class.
+    Updates ``x_adv`` and ``success`` in place where that gives a verified adversarial
     example (the float64 check of :func:`attack_stacked` still applies to them)."""
-    import boundkit as bk
+    from boundkit.attacks.base import Misclassification, verify
+    from boundkit.attacks.ensemble import start_from_pool
 
     failed = (~success).nonzero().squeeze(1)
     if failed.numel() == 0:
         return
     with torch.no_grad():
         pred = net(xi).argmax(1)
-    idx = xi[:, -1]
-    same = idx[failed][:, None] == idx[None, :]
-    other = pred[failed][:, None] != pred[None, :]
-    dist = torch.cdist(xi[failed, :-1].double(), xi[:, :-1].double())
-    dist = dist.masked_fill(~(same & other), math.inf)
-    dmin, j = dist.min(1)
-    have = torch.isfinite(dmin)
-    if not bool(have.any()):
-        return
-    sel = failed[have]
-    r = bk.attack(net, xi[sel], "fmn", box=None, y=pred[sel], steps=steps,
-                  init=xi[j[have]])
-    x_adv[sel] = torch.where(r.success[:, None], r.x_adv, x_adv[sel])
-    success[sel] |= r.success
+    crit = Misclassification(pred[failed])
+    group = xi[:, -1].round().long()
+    cand = start_from_pool(net, xi[failed], crit, xi, box=None, steps=steps,
+                           groups=group[failed], pool_groups=group)
+    ok, _, _ = verify(net, xi[failed], cand, crit, None)
+    x_adv[failed] = torch.where(ok[:, None], cand, x_adv[failed])
+    success[failed] |= ok
 
 
 def certify_stacked(net: StackedNet, x: torch.Tensor, per_model: int, method: str) -> torch.Tensor:

@@ -39,10 +39,8 @@ from boundkit.attacks.base import (
     Criterion,
     Misclassification,
     TargetedMisclassification,
-    atleast_kd,
     model_device,
     model_dtype,
-    seed_generator,
     verify,
 )
 from boundkit.attacks.cw import CarliniWagner
@@ -168,7 +166,9 @@ def attack(
     device: where to run; default the device of the model's parameters.  The model must
         already be there (it is not moved).
     batch_size: samples per chunk (default: about 2**20 input elements per chunk).
-    seed: seed of the random generator used by the attacks (e.g. DDN's zero-gradient case).
+    seed: seed of the attacks' random draws (e.g. DDN's zero-gradient case); draws are keyed
+        by the seed and each sample's own values, so a sample's result does not depend on
+        the batch, the chunk or its position in them.
     options: hyperparameters of the attack's constructor (see each attack's docstring).
 
     Returns
@@ -230,25 +230,16 @@ def attack(
     norm = torch.where(done, 0.0, math.inf).to(torch.float64)
     adv_label = label.clone()
     found_by = ["clean" if d else "" for d in done.tolist()]
-    gen = seed_generator(seed, dev)
     todo = (~done).nonzero().squeeze(1)
     for start in range(0, todo.numel(), bs):
         idx = todo[start : start + bs]
-        xs, cs = x[idx], crit.subset(idx)
-        if isinstance(atk, BestEnsemble):
-            xa, ok, nm, lab, src = atk.attack_with_sources(model, xs, cs, box=box, generator=gen)
-            ok2, nm2, lab2 = verify(model, xs, xa, cs, box)  # re-verify the merged batch
-            # keep only what verifies in this batch too
-            src = [s if o else "" for s, o in zip(src, ok2.tolist())]
-            ok, nm, lab = ok2, nm2, lab2
-        else:
-            xa, ok, nm, lab = atk.attack(model, xs, cs, box=box, generator=gen)
-            src = [name if o else "" for o in ok.tolist()]
-        x_adv[idx] = torch.where(atleast_kd(ok, x.ndim), xa, xs)
-        success[idx] = ok
-        norm[idx] = nm
-        adv_label[idx] = torch.where(ok, lab, label[idx])
-        for j, s in zip(idx.tolist(), src):
+        xs = x[idx]
+        v = atk.attack(model, xs, crit.subset(idx), box=box, seed=seed)
+        x_adv[idx] = v.x_adv
+        success[idx] = v.success
+        norm[idx] = v.norm
+        adv_label[idx] = torch.where(v.success, v.adv_label, label[idx])
+        for j, s in zip(idx.tolist(), v.found_by):
             found_by[j] = s
     return AttackResult(
         x_adv=x_adv,

@@ -33,9 +33,17 @@ Defaults (paper's L2 settings, as in the authors' adv-lib): ``steps = 1000``, pe
 ``alpha = 0.9`` (EMA of mu, RMSProp smoothing and momentum), ``lr_init = 0.1``,
 ``lr_reduction = 0.01``, logit tolerance ``1e-4``.  ``init_lr_distance`` is off by default.
 
+Scale: ``lr_init``, ``init_lr_distance`` and the distance term are in units of
+:func:`~boundkit.attacks.base.problem_scale` (the box width, 1 on ``[0, 1]`` where they are
+the paper's values; without a box the linear estimate of the distance to the boundary):
+the objective is ``||delta|| / unit + P2(DLR)`` and RMSProp's running average starts at
+``1 / unit^2``, so the iterates are invariant to rescaling the input space.
+
 Deviations: the multiplier update and the gradient use the closed-form derivative of P2
 (the gradient of ``L_k`` is ``delta / ||delta|| + P2'(DLR) grad DLR``, the same as
-back-propagating ``L_k``); success is decided
+back-propagating ``L_k``); the logit tolerance is relative to the DLR's normaliser
+(``DLR = margin / scale + tol``; adv-lib adds ``tol`` logits to the margin, which dominates
+the margin of a model with tiny logits); success is decided
 by the criterion (arg-max), not by the sign of the DLR; the targeted DLR adds the tolerance
 on the same side as the untargeted one (adv-lib subtracts it, accepting points within
 ``tol`` of the boundary); with fewer than 3 (4 for targeted) classes the normaliser falls
@@ -49,7 +57,17 @@ import math
 import torch
 from torch import Tensor, nn
 
-from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd, keep_best, l2_norms
+from boundkit.attacks.base import (
+    Attack,
+    Box,
+    Criterion,
+    atleast_kd,
+    keep_best,
+    keyed_normal,
+    l2_norms,
+    problem_scale,
+    sample_keys,
+)
 
 __all__ = ["ALMA", "p2_penalty"]
 
@@ -69,7 +87,8 @@ def p2_derivative(y: Tensor, rho: Tensor, mu: Tensor) -> Tensor:
 
 
 def dlr_margin(logits: Tensor, criterion: Criterion, tol: float) -> Tensor:
-    """Difference of logits ratio: positive while not adversarial."""
+    """Difference of logits ratio plus ``tol``: positive while not adversarial (and until
+    the margin is ``tol`` times the normaliser past the boundary)."""
     c = logits.shape[1]
     top = logits.topk(min(c, 4), dim=1).values
     if criterion.targeted and c >= 4:
@@ -78,7 +97,10 @@ def dlr_margin(logits: Tensor, criterion: Criterion, tol: float) -> Tensor:
         scale = top[:, 0] - top[:, 2]
     else:
         scale = torch.ones_like(top[:, 0])
-    return (criterion.margin(logits) + tol) / (scale + 1e-8)
+    # tolerance relative to the normaliser (adv-lib adds an absolute 1e-4 logits, which
+    # swamps the margin of a model with tiny logits): invariant to rescaling the logits
+    scale = scale.clamp_min(torch.finfo(scale.dtype).tiny)
+    return criterion.margin(logits) / scale + tol
 
 
 class ALMA(Attack):
@@ -96,7 +118,8 @@ class ALMA(Attack):
     tau: required relative decrease of the DLR between checks (0.95).
     rho_growth: gamma, the penalty parameter's growth factor (1.2).
     alpha: EMA weight of the multiplier, RMSProp smoothing and momentum (0.9).
-    logit_tolerance: added to the logit difference (1e-4).
+    logit_tolerance: added to the DLR, i.e. to the logit difference in units of the DLR's
+        normaliser (1e-4).
     refine_steps: final bisection steps along ``x -> x_adv`` (boundkit addition).
     """
 
@@ -131,29 +154,31 @@ class ALMA(Attack):
         self.alpha = float(alpha)
         self.logit_tolerance = float(logit_tolerance)
 
-    def _initial_lr(self, x: Tensor, g: Tensor, box: Box) -> Tensor:
-        """Step size ``lr`` with ``||clip(x - lr g) - x|| = init_lr_distance`` (line search)."""
-        target = self.init_lr_distance
-        gn = l2_norms(g).clamp_min(1e-30)
+    def _initial_lr(self, x: Tensor, direction: Tensor, distance: Tensor, box: Box) -> Tensor:
+        """Step ``lr`` with ``||clip(x - lr d) - x|| = distance`` (per sample; line search).
+
+        Without the box ``lr = distance / ||d||``; clipping only shortens the step, so that
+        value brackets the answer from below and doubling finds the upper end.
+        """
+        lo = distance / l2_norms(direction).clamp_min(1e-30)
         if box is None:
-            return target / gn
+            return lo
         k = x.ndim
 
         def dist(lr: Tensor) -> Tensor:
-            return l2_norms((x - atleast_kd(lr, k) * g).clamp(box[0], box[1]) - x)
+            return l2_norms((x - atleast_kd(lr, k) * direction).clamp(box[0], box[1]) - x)
 
-        hi = torch.ones_like(gn)
-        lo = torch.zeros_like(gn)
-        up = dist(hi) > target
+        hi = lo.clone()
+        up = dist(hi) >= distance
         for _ in range(60):
             if bool(up.all()):
                 break
             lo = torch.where(up, lo, hi)
             hi = torch.where(up, hi, hi * 2)
-            up = dist(hi) > target
+            up = dist(hi) >= distance
         for _ in range(20):
             mid = (lo + hi) / 2
-            larger = dist(mid) > target
+            larger = dist(mid) > distance
             lo, hi = torch.where(larger, lo, mid), torch.where(larger, mid, hi)
         return (lo + hi) / 2
 
@@ -164,17 +189,20 @@ class ALMA(Attack):
         criterion: Criterion,
         *,
         box: Box,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         k = x.ndim
         n = x.shape[0]
         steps = self.steps
         a = self.alpha
         opts = {"dtype": x.dtype, "device": x.device}
+        unit = problem_scale(model, x, criterion, box)
+        u_k = atleast_kd(unit, k)
         delta = torch.zeros_like(x)
-        square_avg = torch.ones_like(x)
+        # RMSProp's running average starts at 1 (adv-lib) in units of problem_scale
+        square_avg = (1 / u_k**2).expand_as(x).clone()
         buf = torch.zeros_like(x)
-        lr = torch.full((n,), self.lr_init, **opts)
+        lr = self.lr_init * unit
         mu = torch.full((n,), self.mu_init, **opts)
         rho = torch.full((n,), self.rho_init, **opts)
         best_norm = torch.full((n,), math.inf, **opts)
@@ -197,30 +225,32 @@ class ALMA(Attack):
                     prev = y
                 if i:
                     mu = (a * mu + (1 - a) * p2_derivative(y, rho, mu)).clamp_(1e-6, 1e12)
-                # d/d delta of ||delta|| + P2(DLR, rho, mu) = delta / ||delta|| + P2' grad DLR
+                # d/d delta of ||delta|| / unit + P2(DLR, rho, mu)
+                #   = delta / (||delta|| unit) + P2' grad DLR
                 weight = p2_derivative(y, rho, mu)
             (g,) = torch.autograd.grad(dlr, x_in, grad_outputs=weight, materialize_grads=True)
             with torch.no_grad():
                 dnorm = l2_norms(delta)
                 if i:
-                    g.addcmul_(delta, atleast_kd(1 / dnorm.clamp_min(1e-30), k))
+                    g.addcmul_(delta, 1 / (atleast_kd(dnorm.clamp_min(1e-30), k) * u_k))
                 is_adv = criterion.is_adversarial(logits)
                 best_norm = keep_best(best, best_norm, x_in.detach(), dnorm, is_adv)
                 step_found = torch.where(~found & is_adv, torch.full_like(step_found, i),
                                          step_found)
                 found |= is_adv
                 if i == 0 and self.init_lr_distance is not None:
-                    zero = l2_norms(g) <= 1e-6
+                    # the first step moves the point by init_lr_distance (x unit); the line
+                    # search runs on the dimensionless direction g * unit
+                    zero = l2_norms(g) * unit <= 1e-6
                     if bool(zero.any()):
-                        r = torch.randn(g.shape, generator=generator, device=g.device,
-                                        dtype=g.dtype)
-                        r = r / atleast_kd(l2_norms(r).clamp_min(1e-30), k)
+                        r = keyed_normal(sample_keys(x, seed), g.shape[1:], 0, g.dtype)
+                        r = r / atleast_kd(l2_norms(r).clamp_min(1e-30) * unit, k)
                         g = torch.where(atleast_kd(zero, k), r, g)
-                    lr = self._initial_lr(x, g, box)
+                    lr = self._initial_lr(x, g * u_k, self.init_lr_distance * unit, box)
                 expo = (i - step_found).clamp_min(0) / (steps - step_found)
                 step_lr = lr * self.lr_reduction**expo
                 square_avg.mul_(a).addcmul_(g, g, value=1 - a)
-                buf.mul_(a).addcdiv_(g, square_avg.sqrt().add_(1e-8))
+                buf.mul_(a).addcdiv_(g, square_avg.sqrt().add_(1e-8 / u_k))
                 delta = delta - atleast_kd(step_lr, k) * buf
                 if box is not None:
                     delta = (x + delta).clamp_(box[0], box[1]).sub_(x)

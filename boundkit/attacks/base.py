@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,6 +39,7 @@ Box = tuple[float, float] | None
 
 __all__ = [
     "AttackResult",
+    "Verified",
     "Attack",
     "Box",
     "Criterion",
@@ -48,12 +48,15 @@ __all__ = [
     "l2_norms",
     "clip_to_box",
     "box_diameter",
+    "problem_scale",
     "verify",
     "keep_best",
     "boundary_bisection",
     "model_dtype",
     "model_device",
     "atleast_kd",
+    "sample_keys",
+    "keyed_normal",
 ]
 
 
@@ -165,6 +168,22 @@ class AttackResult:
         }
 
 
+@dataclass
+class Verified:
+    """One attack's verified result on a batch (what :meth:`Attack.attack` returns).
+
+    ``x_adv`` (the input where ``success`` is False), ``success``, ``norm`` (float64, ``+inf``
+    on failure), ``adv_label`` (model's class at ``x_adv``), ``found_by`` (per sample, ``""``
+    on failure) as in :class:`AttackResult`.
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    norm: Tensor
+    adv_label: Tensor
+    found_by: list[str]
+
+
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
@@ -199,12 +218,42 @@ def clip_to_box(x: Tensor, box: Box) -> Tensor:
     return x.clamp(box[0], box[1])
 
 
-def box_diameter(x: Tensor, box: Box, default: float = 100.0) -> Tensor:
-    """Largest L2 distance from each sample to a point of the box (``default`` if no box)."""
+def box_diameter(x: Tensor, box: Box, default: float | Tensor = 100.0) -> Tensor:
+    """Largest L2 distance from each sample to a point of the box (``default`` if no box;
+    a ``[N]`` tensor default, e.g. a multiple of :func:`problem_scale`, keeps it scale-free)."""
     if box is None:
-        return torch.full((x.shape[0],), default, dtype=x.dtype, device=x.device)
+        return torch.as_tensor(default, dtype=x.dtype, device=x.device).expand(
+            x.shape[0]).clone()
     far = torch.maximum(x - box[0], box[1] - x)
     return l2_norms(far)
+
+
+@torch.no_grad()
+def problem_scale(model: nn.Module, x: Tensor, criterion: Criterion, box: Box) -> Tensor:
+    """Per-sample length unit of the attack problem, ``[N]`` in the dtype of ``x``.
+
+    Every absolute step size and initial radius of the attacks is a multiple of this unit, so
+    that their results are invariant to a rescaling of the input space: for ``g(z) = f(z / s)``
+    attacked at ``s x`` (box scaled alike) the unit is ``s`` times the unit for ``f`` at
+    ``x``, and every iterate is ``s`` times the corresponding one.
+
+    * With a box ``(lo, hi)``: its width ``hi - lo`` (so MNIST's ``[0, 1]`` gives 1, the
+      setting the papers' step sizes were tuned for).
+    * Without a box: the linear (DeepFool / FMN) estimate of the distance to the decision
+      boundary, ``|m(x)| / ||grad m(x)||`` with ``m`` the criterion's margin; where that is 0
+      or not finite (zero gradient, or ``x`` on the boundary) the root mean square of ``x``,
+      and 1 where that is 0 too.
+    """
+    n = x.shape[0]
+    if box is not None:
+        return torch.full((n,), float(box[1] - box[0]), dtype=x.dtype, device=x.device)
+    logits, g = logits_and_grad(model, x, criterion.margin)
+    m = criterion.margin(logits).abs()
+    est = m / l2_norms(g)
+    rms = x.flatten(1).pow(2).mean(1).sqrt()
+    good = torch.isfinite(est) & (est > 0)
+    unit = torch.where(good, est, rms)
+    return torch.where(unit > 0, unit, torch.ones_like(unit)).to(x.dtype)
 
 
 def model_dtype(model: nn.Module, fallback: torch.dtype = torch.float32) -> torch.dtype:
@@ -389,7 +438,7 @@ class Attack(ABC):
         criterion: Criterion,
         *,
         box: Box,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         """Return candidate adversarial points for the batch ``x`` (same shape and dtype)."""
 
@@ -406,14 +455,14 @@ class Attack(ABC):
         criterion: Criterion,
         *,
         box: Box = (0.0, 1.0),
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         """Raw result: the attack's candidates, clipped to the box and bisected to the boundary.
 
         Not verified: use :func:`verify` (or :meth:`attack`) before trusting any of them.
         """
         x = x.detach()
-        x_adv = self.run(model, x, criterion, box=box, generator=generator).detach()
+        x_adv = self.run(model, x, criterion, box=box, seed=seed).detach()
         x_adv = clip_to_box(x_adv, box).to(x.dtype)
         return boundary_bisection(model, x, x_adv, criterion, self.refine_steps)
 
@@ -424,13 +473,20 @@ class Attack(ABC):
         criterion: Criterion,
         *,
         box: Box = (0.0, 1.0),
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Run and verify: ``(x_adv, success, norm, adv_label)`` (see :func:`verify`)."""
-        x_adv = self(model, x, criterion, box=box, generator=generator)
+        seed: int = 0,
+    ) -> Verified:
+        """Run and verify once (see :func:`verify`); failures get ``x_adv = x``."""
+        x_adv = self(model, x, criterion, box=box, seed=seed)
         success, norm, adv_label = verify(model, x, x_adv, criterion, box)
         x_adv = torch.where(atleast_kd(success, x.ndim), x_adv, x)
-        return x_adv, success, norm, adv_label
+        sources = self.sources(x.shape[0])
+        found_by = [s if ok else "" for s, ok in zip(sources, success.tolist())]
+        return Verified(x_adv, success, norm, adv_label, found_by)
+
+    def sources(self, n: int) -> list[str]:
+        """What produced each of the ``n`` candidates of the last :meth:`run` (the attack's
+        name; the ensemble names its winning member per sample)."""
+        return [self.name] * n
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -480,7 +536,43 @@ def as_list(x: Sequence[str] | str) -> list[str]:
     return [x] if isinstance(x, str) else list(x)
 
 
-def seed_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed if seed is not None else np.random.SeedSequence().entropy % 2**63))
-    return g
+_M64 = (1 << 63) - 1  # splitmix-style mixing in int64 (wrapping arithmetic), sign bit masked
+
+
+def _mix(z: Tensor) -> Tensor:
+    """An integer hash (splitmix64's finaliser, on non-negative int64, wrapping)."""
+    z = z & _M64
+    z = ((z ^ (z >> 30)) * -4658895280553007687) & _M64
+    z = ((z ^ (z >> 27)) * -7723592293110705685) & _M64
+    return z ^ (z >> 31)
+
+
+def sample_keys(x: Tensor, seed: int) -> Tensor:
+    """One ``int64`` key per sample, a hash of ``seed`` and of the sample's own values.
+
+    Random draws of the attacks are functions of (key, step, element) only
+    (:func:`keyed_normal`), so a sample gets the same random numbers, and so the same result,
+    whatever batch or chunk it is attacked in, and whatever its position there.
+    """
+    flat = x.detach().flatten(1).double()
+    d = flat.shape[1]
+    # fixed, irrational-spaced weights: a different value per coordinate, then the float64 bits
+    w = torch.arange(1, d + 1, dtype=torch.float64, device=x.device).mul_(0.6180339887498949)
+    w = w.frac_().add_(0.5)
+    h = (flat * w).sum(1).add_(flat.abs().sum(1) * 1e-3)
+    bits = h.view(torch.int64)
+    return _mix(bits ^ _mix(torch.full_like(bits, int(seed) & _M64)))
+
+
+def keyed_normal(keys: Tensor, shape: torch.Size | tuple[int, ...], step: int,
+                 dtype: torch.dtype) -> Tensor:
+    """Standard normal draws ``[len(keys), *shape]`` determined by ``(keys[i], step)`` only
+    (counter-based: hash of key, step and element index; Box-Muller on two hashed uniforms)."""
+    n, m = keys.shape[0], int(torch.Size(shape).numel())
+    idx = torch.arange(2 * m, dtype=torch.int64, device=keys.device)
+    base = _mix(keys[:, None] * 1000003 + (int(step) + 1) * 7919)
+    z = _mix(base + idx[None, :] * -7046029254386353131)
+    u = ((z >> 10) & ((1 << 53) - 1)).double().add_(0.5).div_(float(1 << 53))
+    u1, u2 = u[:, :m], u[:, m:]
+    out = (-2 * u1.log()).sqrt_() * torch.cos(2 * math.pi * u2)
+    return out.reshape(n, *shape).to(dtype)

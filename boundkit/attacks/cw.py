@@ -13,8 +13,18 @@ iteration of any search step is kept.
 
 Defaults (paper / reference code): ``binary_search_steps = 9``, ``steps = 10000``,
 ``learning_rate = 0.01``, ``initial_const = 1e-3``, ``confidence (kappa) = 0``,
-``abort_early = True`` (stop a search step when the summed loss has not improved by 0.01 %
+``abort_early = True`` (stop a search step when the loss has not improved by 0.01 %
 over the last ``steps // 10`` iterations).
+
+Scale: the distance term is ``||x' - x||^2 / unit^2`` and, without a box, the optimisation
+variable is ``x' / unit``, with ``unit`` = :func:`~boundkit.attacks.base.problem_scale` (the
+box width, 1 on ``[0, 1]`` where this is the paper's objective): the attack is invariant to
+rescaling the input space.
+
+Batch independence: the early abort is decided per sample (Carlini's code and Foolbox decide
+it on the loss summed over the batch, which makes a sample's result depend on its batch): a
+sample whose loss stalled is frozen for the rest of the search step, and the step ends when
+every sample has stalled.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd
+from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd, problem_scale
 
 __all__ = ["CarliniWagner"]
 
@@ -81,11 +91,13 @@ class CarliniWagner(Attack):
         criterion: Criterion,
         *,
         box: Box,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         k = x.ndim
         n = x.shape[0]
         dev, dt = x.device, x.dtype
+        unit = problem_scale(model, x, criterion, box)
+        inv_u2 = unit.pow(-2)
         if box is not None:
             lo, hi = box
             span = hi - lo
@@ -98,10 +110,12 @@ class CarliniWagner(Attack):
             w0 = _atanh(((x - lo) / span * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6) * 0.999999)
         else:
 
-            def to_x(w: Tensor) -> Tensor:
-                return w
+            u_k = atleast_kd(unit, k)
 
-            w0 = x.clone()
+            def to_x(w: Tensor) -> Tensor:
+                return w * u_k
+
+            w0 = x / u_k
         x0 = to_x(w0).detach()  # x as represented in tanh space (up to rounding)
 
         const = torch.full((n,), self.initial_const, dtype=dt, device=dev)
@@ -115,7 +129,8 @@ class CarliniWagner(Attack):
             m = torch.zeros_like(w)
             v = torch.zeros_like(w)
             found = torch.zeros(n, dtype=torch.bool, device=dev)
-            prev = math.inf
+            prev = torch.full((n,), math.inf, dtype=dt, device=dev)
+            running = torch.ones(n, dtype=torch.bool, device=dev)
             check_every = max(1, self.steps // 10)
             for t in range(1, self.steps + 1):
                 wg = w.requires_grad_(True)
@@ -124,12 +139,12 @@ class CarliniWagner(Attack):
                     logits = model(xa)
                     marg = criterion.margin(logits)
                     d2 = (xa - x0).flatten(1).pow(2).sum(1)
-                    loss = d2 + const * marg.clamp_min(-self.confidence)
+                    loss = d2 * inv_u2 + const * marg.clamp_min(-self.confidence)
                     total = loss.sum()
                     (g,) = torch.autograd.grad(total, wg, materialize_grads=True)
                 with torch.no_grad():
                     xa = xa.detach()
-                    is_adv = criterion.is_adversarial(logits)
+                    is_adv = criterion.is_adversarial(logits) & running
                     # ||x' - x0|| ranks candidates (x0 is x up to the tanh round trip, ~1e-6);
                     # the returned example's true norm is measured again by the verification
                     norm = d2.detach().sqrt()
@@ -142,15 +157,18 @@ class CarliniWagner(Attack):
                     m.mul_(b1).add_(g, alpha=1 - b1)
                     v.mul_(b2).addcmul_(g, g, value=1 - b2)
                     bc1, bc2 = 1 - b1**t, math.sqrt(1 - b2**t)
-                    w.addcdiv_(m, v.sqrt().div_(bc2).add_(eps_adam),
+                    step = m / v.sqrt().div_(bc2).add_(eps_adam)
+                    w.addcmul_(step, atleast_kd(running.to(dt), k),
                                value=-self.learning_rate / bc1)
                     # checked at the first step and every tenth of the steps after it, as
-                    # in Carlini's code and Foolbox (the first check only records the loss)
+                    # in Carlini's code and Foolbox (the first check only records the
+                    # loss), per sample: a stalled sample is frozen
                     if self.abort_early and (t - 1) % check_every == 0:
-                        tv = float(total)
-                        if tv > prev * 0.9999:
+                        lv = loss.detach()
+                        running &= ~(lv > prev * 0.9999)
+                        prev = torch.where(running, lv, prev)
+                        if not bool(running.any()):
                             break
-                        prev = tv
             # binary search on the constant
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))

@@ -16,6 +16,11 @@ The best (smallest) adversarial perturbation seen at any step is returned.
 
 Defaults (paper): ``steps = 100`` (the paper reports 100 and 1,000), ``init_epsilon = 1``,
 ``gamma = 0.05``, ``alpha = 1`` with cosine annealing to ``alpha_final = 0.01``.
+
+Scale: ``init_epsilon``, ``alpha`` and ``alpha_final`` are in units of
+:func:`~boundkit.attacks.base.problem_scale` (the box width, 1 on ``[0, 1]`` where they are
+the paper's values; without a box the linear estimate of the distance to the boundary), so
+the attack is invariant to rescaling the input space.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ from boundkit.attacks.base import (
     atleast_kd,
     box_diameter,
     keep_best,
+    keyed_normal,
     l2_norms,
+    problem_scale,
+    sample_keys,
 )
 
 __all__ = ["DDN"]
@@ -80,15 +88,17 @@ class DDN(Attack):
         criterion: Criterion,
         *,
         box: Box,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         k = x.ndim
         n = x.shape[0]
         labels = criterion.labels
         sign = -1.0 if criterion.targeted else 1.0
-        worst = box_diameter(x, box)
+        unit = problem_scale(model, x, criterion, box)
+        keys = sample_keys(x, seed)
+        worst = box_diameter(x, box, default=100 * unit)
         delta = torch.zeros_like(x) if self.init is None else (self.init - x).detach().clone()
-        eps = torch.full((n,), self.init_epsilon, dtype=x.dtype, device=x.device)
+        eps = self.init_epsilon * unit
         if self.init is not None:
             eps = torch.where(l2_norms(delta) > 0, l2_norms(delta), eps)
         best_norm = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
@@ -110,14 +120,13 @@ class DDN(Attack):
                 gn = l2_norms(g)
                 zero = gn == 0
                 if bool(zero.any()):
-                    g[zero] = torch.randn(
-                        g[zero].shape, generator=generator, device=g.device, dtype=g.dtype
-                    )
+                    # a random direction, keyed by the sample and the step (batch-independent)
+                    g[zero] = keyed_normal(keys[zero], g.shape[1:], i, g.dtype)
                     gn = l2_norms(g)
-                delta = delta.addcmul_(atleast_kd(sign * alpha / gn, k), g)
+                delta = delta.addcmul_(atleast_kd(sign * alpha * unit / gn, k), g)
                 eps = torch.where(is_adv, eps * (1 - self.gamma), eps * (1 + self.gamma))
                 eps = torch.minimum(eps, worst)
-                dn = l2_norms(delta).clamp_min(1e-12)
+                dn = l2_norms(delta).clamp_min(1e-12 * unit)
                 delta.mul_(atleast_kd(eps / dn, k))
                 if box is not None:
                     delta = (x + delta).clamp_(box[0], box[1]).sub_(x)

@@ -4,7 +4,9 @@ At the current iterate ``x_i`` every candidate class ``k`` (the ``candidates`` c
 the largest clean logits, all classes by default) is linearised:
 ``f'_k = f_k(x_i) - f_y(x_i)``, ``w'_k = grad f_k(x_i) - grad f_y(x_i)``.  The closest
 linearised boundary is ``l = argmin_k |f'_k| / ||w'_k||`` and the step is
-``r_i = (|f'_l| + 1e-4) / ||w'_l||^2 * w'_l``.  The total perturbation is scaled by
+``r_i = (|f'_l| + eta) / ||w'_l||^2 * w'_l`` (``eta``: 1e-4 logits in the paper's code,
+here 1e-5 of the sample's clean logit spread ``max_k f_k(x) - min_k f_k(x)``, which is
+invariant to rescaling the logits).  The total perturbation is scaled by
 ``1 + overshoot``: ``x_{i+1} = clip(x + (1 + overshoot) * sum r_i)``.  Samples stop as soon
 as they are adversarial.
 
@@ -76,13 +78,17 @@ class DeepFool(Attack):
         criterion: Criterion,
         *,
         box: Box,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         k = x.ndim
         n = x.shape[0]
         with torch.no_grad():
             logits0 = model(x)
         n_classes = logits0.shape[1]
+        # the step's push past the boundary: 1e-5 of each sample's clean logit spread (about
+        # the paper code's absolute 1e-4 logits on MNIST-sized logits, but scale-free: 1e-4
+        # logits swamps the margin of a model with tiny logits)
+        spread = (logits0.amax(1) - logits0.amin(1)).clamp_min(torch.finfo(x.dtype).tiny)
         labels = criterion.labels
         if criterion.targeted:
             classes = labels[:, None]
@@ -119,12 +125,15 @@ class DeepFool(Attack):
                 break
             idx, diffs, grads = idx[keep], diffs[keep], grads[keep]
             gnorm = grads.flatten(2).norm(p=2, dim=2)
-            dist = diffs.abs() / (gnorm + 1e-8)
+            dist = diffs.abs() / gnorm.clamp_min(1e-30)
             best = dist.argmin(1)
             f_l = diffs.gather(1, best[:, None]).squeeze(1)
             w_l = grads[torch.arange(idx.numel(), device=x.device), best]
             gn_l = gnorm.gather(1, best[:, None]).squeeze(1)
-            r = atleast_kd((f_l.abs() + 1e-4) / (gn_l**2 + 1e-12), k) * w_l
+            # (scale-free: no absolute floor on the gradient norm; logits are not rescaled)
+            floor = torch.finfo(gn_l.dtype).tiny ** 0.5
+            push = 1e-5 * spread[idx]
+            r = atleast_kd((f_l.abs() + push) / gn_l.clamp_min(floor) ** 2, k) * w_l
             total[idx] = total[idx] + r
             x_adv[idx] = clip_to_box(x[idx] + (1.0 + self.overshoot) * total[idx], box)
         return x_adv

@@ -39,6 +39,7 @@ from boundkit.attacks.base import (
     clip_to_box,
     l2_norms,
     logits_and_grad,
+    problem_scale,
 )
 
 __all__ = ["FGS", "FGV"]
@@ -73,7 +74,7 @@ class _GradientLineSearch(Attack):
         criterion: Criterion,
         *,
         box: Box,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         k = x.ndim
         sign = -1.0 if criterion.targeted else 1.0
@@ -82,10 +83,22 @@ class _GradientLineSearch(Attack):
             model, x, lambda z: F.cross_entropy(z, labels, reduction="none")
         )
         s = sign * self._direction(g)
-        upper = self._max_eps(x, box)
-        lower = torch.zeros_like(upper)
         with torch.no_grad():
-            ok = criterion.is_adversarial(model(clip_to_box(x + atleast_kd(upper, k) * s, box)))
+            if box is None and self.max_epsilon is None:
+                # no domain: start at the problem's length unit and double until adversarial
+                # (at most 2**40 times it), which keeps the search scale-free
+                upper = problem_scale(model, x, criterion, box)
+                ok = criterion.is_adversarial(model(x + atleast_kd(upper, k) * s))
+                for _ in range(40):
+                    if bool(ok.all()):
+                        break
+                    upper = torch.where(ok, upper, upper * 2)
+                    ok = criterion.is_adversarial(model(x + atleast_kd(upper, k) * s))
+            else:
+                upper = self._max_eps(x, box)
+                ok = criterion.is_adversarial(
+                    model(clip_to_box(x + atleast_kd(upper, k) * s, box)))
+            lower = torch.zeros_like(upper)
             for _ in range(self.steps):
                 mid = (lower + upper) / 2
                 adv = criterion.is_adversarial(model(clip_to_box(x + atleast_kd(mid, k) * s, box)))
@@ -101,7 +114,8 @@ class FGS(_GradientLineSearch):
     Parameters
     ----------
     steps: bisection steps on ``eps`` (20: bracket ``M / 2**20``).
-    max_epsilon: upper end ``M`` of the search (default: box width, or 1.0 without a box).
+    max_epsilon: upper end ``M`` of the search (default: box width; without a box, the
+        problem's length unit doubled until ``x + M s`` is adversarial).
     refine_steps: final bisection along the straight segment ``x -> x_adv`` (boundkit
         addition; it helps where clipping bent the FGS path).
     """
@@ -115,7 +129,7 @@ class FGS(_GradientLineSearch):
         if self.max_epsilon is not None:
             m = float(self.max_epsilon)
         else:
-            m = 1.0 if box is None else float(box[1] - box[0])
+            m = float(box[1] - box[0])  # box None: doubling search in run
         return torch.full((x.shape[0],), m, dtype=x.dtype, device=x.device)
 
 
@@ -126,7 +140,8 @@ class FGV(_GradientLineSearch):
     ----------
     steps: bisection steps on ``eps``.
     max_epsilon: upper end ``M`` of the search, in L2 units of the (unit-normalised)
-        gradient step (default: the largest distance from x to a corner of the box).
+        gradient step (default: the largest distance from x to a corner of the box; without
+        a box, the problem's length unit doubled until ``x + M s`` is adversarial).
     """
 
     name = "fgv"
@@ -138,4 +153,4 @@ class FGV(_GradientLineSearch):
         if self.max_epsilon is not None:
             return torch.full((x.shape[0],), float(self.max_epsilon), dtype=x.dtype,
                               device=x.device)
-        return box_diameter(x, box)
+        return box_diameter(x, box)  # box None: doubling search in run

@@ -21,6 +21,11 @@ Defaults (paper, L2): ``steps = 1000`` (its experiments), ``alpha_init = 1.0``,
 from ``x`` (``init=None``).  ``init="deepfool"`` (or a tensor of adversarial starting
 points, as the paper allows) starts from a DeepFool point brought to the boundary by
 bisection, with ``eps`` its norm.
+
+Scale: the step sizes ``alpha`` are in units of :func:`~boundkit.attacks.base.problem_scale`
+(the box width, 1 on ``[0, 1]``; without a box the linear estimate of the distance to the
+boundary); the norm budget's first value is the linear estimate itself.  The attack is
+invariant to rescaling the input space.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from boundkit.attacks.base import (
     box_diameter,
     keep_best,
     l2_norms,
+    problem_scale,
 )
 
 __all__ = ["FMN"]
@@ -104,11 +110,12 @@ class FMN(Attack):
         criterion: Criterion,
         *,
         box: Box,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         k = x.ndim
         n = x.shape[0]
-        worst = box_diameter(x, box)
+        unit = problem_scale(model, x, criterion, box)
+        worst = box_diameter(x, box, default=100 * unit)
         start = self._start(model, x, criterion, box)
         best_norm = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
         best = x.clone()
@@ -150,8 +157,8 @@ class FMN(Attack):
                     torch.where(found, eps * (1 + gamma), to_boundary),
                 )
                 eps = torch.minimum(eps, worst)
-                delta.addcmul_(atleast_kd(-alpha / gn, k), g)
-                dn = l2_norms(delta).clamp_min(1e-12)
+                delta.addcmul_(atleast_kd(-alpha * unit / gn, k), g)
+                dn = l2_norms(delta).clamp_min(1e-12 * unit)
                 delta.mul_(atleast_kd(torch.clamp(eps / dn, max=1.0), k))
                 if box is not None:
                     # x + delta in the box <=> lo - x <= delta <= hi - x (bounds set once)

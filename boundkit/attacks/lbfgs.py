@@ -20,6 +20,11 @@ constants), which is exactly separable.  scipy runs on the CPU in float64; the m
 evaluated in its own dtype on its own device.  Suited to small batches (the quasi-Newton
 memory couples the line searches of the samples).
 
+Scale: the problem is solved in ``u = z / unit`` with ``unit`` =
+:func:`~boundkit.attacks.base.problem_scale` (the box width, 1 on ``[0, 1]``; without a box
+the linear estimate of the distance to the boundary), i.e. ``c ||r / unit||^2 + loss``: the
+attack is invariant to rescaling the input space.
+
 Defaults: ``initial_const = 1e-2``, ``search_steps = 10``, ``max_iter = 150`` L-BFGS-B
 iterations per search step (Szegedy et al. give no numbers; these follow Foolbox's
 L-BFGS attack).
@@ -36,7 +41,7 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 from torch import Tensor, nn
 
-from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd
+from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd, problem_scale
 
 __all__ = ["LBFGS"]
 
@@ -85,27 +90,31 @@ class LBFGS(Attack):
         criterion: Criterion,
         *,
         box: Box,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         k = x.ndim
         n = x.shape[0]
         shape = x.shape
         dev, dt = x.device, x.dtype
-        x64 = x.detach().double().cpu().numpy().reshape(-1)
+        # optimised in units of problem_scale: u = z / unit (scale-free; unit = 1 on [0, 1])
+        unit = atleast_kd(problem_scale(model, x, criterion, box).double(), k)
+        unit_el = unit.expand(shape).cpu().numpy().reshape(-1)
+        unit_dev = unit.to(dev)
+        x64 = x.detach().double().cpu().numpy().reshape(-1) / unit_el
         if box is not None:
-            bounds = np.stack([np.full_like(x64, box[0]), np.full_like(x64, box[1])], 1)
+            bounds = np.stack([box[0] / unit_el, box[1] / unit_el], 1)
         else:
             bounds = None
 
-        def evaluate(z: np.ndarray, c: np.ndarray) -> tuple[float, np.ndarray]:
-            zt = torch.from_numpy(z.reshape(shape)).to(device=dev, dtype=dt).requires_grad_(True)
+        def evaluate(u: np.ndarray, c: np.ndarray) -> tuple[float, np.ndarray]:
+            ut = torch.from_numpy(u.reshape(shape)).to(dev).requires_grad_(True)
             with torch.enable_grad():
-                logits = model(zt)
-                r2 = (zt.double() - torch.from_numpy(x64.reshape(shape)).to(dev)).pow(2)
+                logits = model((ut * unit_dev).to(dt))
+                r2 = (ut - torch.from_numpy(x64.reshape(shape)).to(dev)).pow(2)
                 obj = (torch.from_numpy(c).to(dev) * r2.flatten(1).sum(1)).sum()
                 obj = obj + self._loss(logits, criterion).double().sum()
-                (g,) = torch.autograd.grad(obj, zt, materialize_grads=True)
-            return float(obj.detach()), g.detach().double().cpu().numpy().reshape(-1)
+                (g,) = torch.autograd.grad(obj, ut, materialize_grads=True)
+            return float(obj.detach()), g.detach().cpu().numpy().reshape(-1)
 
         c = np.full(n, self.initial_const)
         good = np.zeros(n)  # largest constant known to give an adversarial minimiser
@@ -122,7 +131,7 @@ class LBFGS(Attack):
                 bounds=bounds,
                 options={"maxiter": self.max_iter},
             )
-            z = torch.from_numpy(res.x.reshape(shape)).to(device=dev, dtype=dt)
+            z = (torch.from_numpy(res.x.reshape(shape)).to(dev) * unit_dev).to(dt)
             with torch.no_grad():
                 adv = criterion.is_adversarial(model(z))
             norm = (z.double() - x.double()).flatten(1).norm(dim=1)

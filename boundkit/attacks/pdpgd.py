@@ -25,6 +25,12 @@ Defaults (thesis, Section 5.4): ``steps = 500``; primal learning rate from
 1 % of its initial value; dual learning rate ``0.1``; initial regularisation weight of the
 norm 0.01 (i.e. ``lambda_1 / lambda_2 = 0.01``); EMA of the dual variable (factor 0.9 here,
 the thesis does not give it).  ``r_0 = 0``.
+
+Scale: the primal step sizes and the norm term are in units of
+:func:`~boundkit.attacks.base.problem_scale` (the box width, 1 on ``[0, 1]``; without a box
+the linear estimate of the distance to the boundary): the r-player minimises
+``lambda_1 ||r|| / unit + lambda_2 max(0, m(x + r))`` with steps ``lr * unit``, which makes
+the attack invariant to rescaling the input space.
 """
 
 from __future__ import annotations
@@ -34,7 +40,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from boundkit.attacks.base import Attack, Box, Criterion, atleast_kd, keep_best, l2_norms
+from boundkit.attacks.base import (
+    Attack,
+    Box,
+    Criterion,
+    atleast_kd,
+    keep_best,
+    l2_norms,
+    problem_scale,
+)
 
 __all__ = ["PDGD", "PDPGD"]
 
@@ -70,11 +84,13 @@ class _PrimalDual(Attack):
         criterion: Criterion,
         *,
         box: Box,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> Tensor:
         k = x.ndim
         n = x.shape[0]
         dev, dt = x.device, x.dtype
+        unit = problem_scale(model, x, criterion, box)
+        u_k = atleast_kd(unit, k)
         r = torch.zeros_like(x)
         # lambda = lambda_2 / lambda_1 (constraint weight over norm weight), log domain
         log_lam = torch.full((n,), -math.log(self.initial_norm_weight), dtype=dt, device=dev)
@@ -99,18 +115,20 @@ class _PrimalDual(Attack):
                 norm = l2_norms(r)
                 best_norm = keep_best(best, best_norm, x_in.detach(), norm, is_adv)
                 if self.proximal:
-                    gn = l2_norms(g).clamp_min(1e-12)
-                    v = r - lr * atleast_kd(w_con, k) * g / atleast_kd(gn, k)
-                    vn = l2_norms(v).clamp_min(1e-12)
-                    shrink = (1 - lr * w_norm.flatten() / vn).clamp_min(0)
+                    gn = l2_norms(g).clamp_min(1e-12 / unit)
+                    v = r - lr * u_k * atleast_kd(w_con, k) * g / atleast_kd(gn, k)
+                    vn = l2_norms(v).clamp_min(1e-12 * unit)
+                    shrink = (1 - lr * unit * w_norm.flatten() / vn).clamp_min(0)
                     r = v * atleast_kd(shrink, k)
                 else:
                     rn = atleast_kd(l2_norms(r), k)
-                    g = g + w_norm * r / torch.sqrt(rn**2 + 1e-12)
+                    # the norm term ||r|| / unit (its gradient scales like the hinge's)
+                    g = g + w_norm * r / (torch.sqrt(rn**2 + 1e-12 * u_k**2) * u_k)
                     t = i + 1
                     m1.mul_(b1).add_(g, alpha=1 - b1)
                     m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    r = r - lr * (m1 / (1 - b1**t)) / ((m2 / (1 - b2**t)).sqrt() + 1e-8)
+                    r = r - lr * u_k * (m1 / (1 - b1**t)) / (
+                        (m2 / (1 - b2**t)).sqrt() + 1e-8 / u_k)
                 if box is not None:
                     r = (x + r).clamp_(box[0], box[1]) - x
                 log_lam = log_lam + self.dual_lr * torch.where(is_adv, -1.0, 1.0).to(dt)

@@ -107,7 +107,7 @@ class Liar(A.Attack):
 
     name = "liar"
 
-    def run(self, model, x, criterion, *, box, generator=None):
+    def run(self, model, x, criterion, *, box, seed=0):
         return torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
 
 
@@ -198,7 +198,7 @@ def test_budget_sets_steps():
     assert A.DDN.budget_to_options(7) == {"steps": 7}
     assert A.CarliniWagner.budget_to_options(90) == {"steps": 10}
     ens = A.BestEnsemble(budget=5)
-    assert all(getattr(a, "steps", 5) in (5,) for _, a in ens.build_members())
+    assert all(getattr(ens.build(m), "steps", 5) == 5 for m in ens.members)
 
 
 def test_lbfgs_and_pdgd_find_adversarials():
@@ -226,7 +226,8 @@ def test_alma_matches_its_initial_step_distance():
 
     x = torch.rand(5, 6, dtype=torch.float64)
     g = torch.randn(5, 6, dtype=torch.float64)
-    lr = ALMA(init_lr_distance=0.3)._initial_lr(x, g, (0.0, 1.0))
+    lr = ALMA(init_lr_distance=0.3)._initial_lr(x, g, torch.full((5,), 0.3, dtype=x.dtype),
+                                                (0.0, 1.0))
     d = ((x - lr[:, None] * g).clamp(0, 1) - x).norm(dim=1)
     assert torch.allclose(d, torch.full_like(d, 0.3), atol=1e-4)
 
@@ -259,15 +260,15 @@ class DeadZone(nn.Module):
         return torch.cat([torch.zeros_like(z), z], 1)
 
 
-def test_best_falls_back_on_batch_points_where_gradients_vanish():
+def test_best_falls_back_on_pool_points_where_gradients_vanish():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(12, 40, generator=g) * 0.4 + 0.3  # every coordinate in [0.3, 0.7]
     x[:8, 0] = torch.linspace(0.1, 0.5, 8)  # class 0, in the zero-gradient zone
     x[8:, 0] = 0.9  # class 1
     model = DeadZone().eval()
     opts = {"budget": 30, "seed": 0}
-    no_fb = A.attack(model, x, "best", batch_fallback=False, **opts)
-    res = A.attack(model, x, "best", **opts)
+    no_fb = A.attack(model, x, "best", fallback_pool=None, **opts)
+    res = A.attack(model, x, "best", fallback_pool=x[8:], **opts)
     exact = 0.65 - x[:8, 0].double()
     nearest = torch.cdist(x[:8].double(), x[8:].double()).min(1).values
     stuck = ~no_fb.success[:8]  # the members alone are stuck in the dead zone
@@ -275,7 +276,7 @@ def test_best_falls_back_on_batch_points_where_gradients_vanish():
     assert bool(res.success.all())
     assert bool((res.norm[:8] >= exact * (1 - 1e-6)).all())  # never below the exact radius
     assert bool((res.norm[:8][stuck] <= nearest[stuck] + 1e-9).all())  # never worse than start
-    assert all(f.startswith("batch-start") for f, s in zip(res.found_by[:8], stuck) if s)
+    assert all(f.startswith("pool-start") for f, s in zip(res.found_by[:8], stuck) if s)
     # FMN shrinks the start towards the exact minimal perturbation
     assert float((res.norm[:8][stuck] / nearest[stuck]).max()) < 0.9
 
@@ -283,7 +284,49 @@ def test_best_falls_back_on_batch_points_where_gradients_vanish():
 def test_best_fallback_leaves_samples_without_a_start_as_failures():
     x = torch.full((3, 400), 0.3)
     x[:, 0] = torch.tensor([0.1, 0.12, 0.14])  # all class 0: the batch holds no start
-    res = A.attack(DeadZone().eval(), x, "best", budget=20, seed=0)
-    assert not any(f.startswith("batch-start") for f in res.found_by)
+    res = A.attack(DeadZone().eval(), x, "best", budget=20, seed=0, fallback_pool=x)
+    assert not any(f.startswith("pool-start") for f in res.found_by)
     assert bool((~res.success).any())  # the members fail in 400 dimensions ...
     assert all(f == "" for f, s in zip(res.found_by, res.success) if not s)  # ... and say so
+
+
+def test_best_default_pool_is_uniform_in_the_box_and_breaks_dead_zone_samples():
+    x = torch.full((3, 400), 0.3)  # in 400 dimensions the members fail (see above)
+    x[:, 0] = torch.tensor([0.1, 0.12, 0.14])
+    res = A.attack(DeadZone().eval(), x, "best", budget=20, seed=0)
+    assert bool(res.success.all())
+    assert all(f.startswith("pool-start") for f in res.found_by)
+    assert bool((res.norm >= (0.65 - x[:, 0].double()) * (1 - 1e-6)).all())
+
+
+def test_pool_fallback_respects_groups():
+    """A start point must come from the sample's own group (e.g. its stacked classifier)."""
+    from boundkit.attacks.base import Misclassification
+    from boundkit.attacks.ensemble import start_from_pool
+
+    model = DeadZone().eval()
+    x = torch.full((2, 5), 0.3)
+    pool = torch.full((2, 5), 0.3)
+    pool[:, 0] = torch.tensor([0.9, 0.7])  # both class 1; the farther one is in group 0
+    crit = Misclassification(torch.zeros(2, dtype=torch.long))
+    out = start_from_pool(model, x, crit, pool, box=(0.0, 1.0), steps=0,
+                          groups=torch.tensor([0, 1]), pool_groups=torch.tensor([0, 1]))
+    assert abs(float(out[0, 0]) - 0.9) < 0.26  # bisected towards x from 0.9, in group 0
+    assert model(out).argmax(1).tolist() == [1, 1]
+    with pytest.raises(ValueError, match="pool_groups"):
+        start_from_pool(model, x, crit, pool, box=None, groups=torch.tensor([0, 1]))
+
+
+def test_best_is_an_attack_with_one_interface():
+    ens = A.BestEnsemble(members=["deepfool", ("ddn", {"steps": 20})], fallback_pool=None)
+    assert isinstance(ens, A.Attack)
+    model = relu_net((6, 10, 3), seed=7)
+    x = torch.rand(5, 6)
+    from boundkit.attacks.base import Misclassification
+
+    crit = Misclassification(model(x).argmax(1))
+    v = ens.attack(model, x, crit, box=(0.0, 1.0))
+    assert v.found_by == ens.sources(5) or all(f == "" or f in ens.sources(5)
+                                               for f in v.found_by)
+    assert [m.name for m in ens.report] == ["deepfool", "ddn"]
+    assert sum(m.samples_won for m in ens.report) == int(v.success.sum())
