@@ -19,8 +19,10 @@ _LAZY = {
     "Certificate": "boundkit.bounds.certificate",
     "register_rule": "boundkit.bounds.registry",
     "available_methods": "boundkit.bounds.registry",
+    "Method": "boundkit.bounds.method",
+    "register_method": "boundkit.bounds.method",
     # graph
-    "capture": "boundkit.graph.capture",
+    "capture": "boundkit.bounds.engine",
     "Graph": "boundkit.graph.graph",
     "Node": "boundkit.graph.graph",
     # attacks

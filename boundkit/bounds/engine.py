@@ -1,24 +1,13 @@
-r"""The bound engine: ``certify(model, x, method)``.
+"""The bound engine: ``certify(model, x, method)``.
 
-Both methods start from the logit margins at ``x`` and carry a bound on the size of a
-class-changing perturbation back to the input, node by node (thesis Algorithm 5.1).
-
-* ``"peck2017"``: the thesis's formulas as published, a backward chain of
-  :class:`~boundkit.bounds.registry.BackwardRule` (output: Lemma 3.5; fully-connected
-  block: Theorem 4.2; convolution 5.1; pooling 5.3; batch norm 5.6; LRN 5.9; flatten
-  5.2.5). Several do not hold (``docs/theory/peck2017.md``): these numbers are *not*
-  certificates.
-* ``"sound"`` (default): every stage contributes a proven modulus of continuity
-  (:mod:`boundkit.bounds.modulus`); moduli compose forward over the graph (sums over a
-  residual ``add``, quadrature over ``cat``), and the radius is
-  :math:`\sup\{t:\omega_{x\to h}(t)<\kappa_h\}` with :math:`\kappa_h` the per-class-pair
-  margin bound at the input :math:`h` of the affine tail (:mod:`boundkit.bounds.output`).
-  Float64 rounding is bounded and subtracted (:mod:`boundkit.bounds.numerics`).
+Captures the model (cached per model), checks the input, asks the method registry
+(:mod:`boundkit.bounds.method`) for the method, and runs it chunk by chunk. The engine names
+no method: each lives in its own module (``sound``, ``local``, ``peck2017``, ``crown``) on the
+generic walkers of :mod:`boundkit.bounds.walk`.
 """
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any
 
@@ -26,13 +15,11 @@ import torch
 import torch.nn as nn
 
 from boundkit.bounds.certificate import Certificate
-from boundkit.bounds.mlp import FC_ACTIVATIONS, SMOOTH_OPS, PeckBlock, SmoothBlock, find_blocks
-from boundkit.bounds.modulus import Modulus
-from boundkit.bounds.output import PeckOutput, SoundOutput
-from boundkit.bounds.registry import BackwardRule, SoundRule, get_rule
-from boundkit.errors import InputShapeError, UnsupportedLayerError
-from boundkit.graph.capture import capture
-from boundkit.graph.graph import Graph, Node
+from boundkit.bounds.method import BatchResult, Method, get_method, method_names
+from boundkit.bounds.registry import custom_module_ops
+from boundkit.errors import InputShapeError
+from boundkit.graph.capture import capture as capture_graph
+from boundkit.graph.graph import Graph
 
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[Any, Graph]] = weakref.WeakKeyDictionary()
 
@@ -61,6 +48,15 @@ def graph_for(model: nn.Module, x: torch.Tensor, device: torch.device | str | No
     return graph
 
 
+def capture(
+    model: nn.Module, example: torch.Tensor | tuple[int, ...], *,
+    device: torch.device | str | None = None,
+) -> Graph:
+    """:func:`boundkit.graph.capture.capture` with the module classes users registered
+    rules for (:func:`boundkit.register_rule`) as leaf nodes."""
+    return capture_graph(model, example, device=device, leaf_modules=custom_module_ops())
+
+
 def check_input(graph: Graph, x: torch.Tensor) -> None:
     """Clear errors for inputs that do not fit the captured model."""
     if not isinstance(x, torch.Tensor):
@@ -78,270 +74,16 @@ def check_input(graph: Graph, x: torch.Tensor) -> None:
         raise InputShapeError("x contains NaN or infinite values")
 
 
-# ---------------------------------------------------------------------------- plans
-class _NodeStage:
-    """A single node with its rule."""
-
-    def __init__(self, node: Node, rule: Any) -> None:
-        self.node = node
-        self.nodes = [node]
-        self.rule = rule
-
-    def needs(self, graph: Graph) -> set[str]:
-        return self.rule.needs(self.node, graph)
-
-
-def _rule(node: Node, method: str) -> Any:
-    rule = get_rule(node.op, method)
-    if rule is None:
-        what = node.attrs.get("module_type", node.target)
-        raise UnsupportedLayerError(
-            node.name, node.op if node.op != "unknown" else what, method,
-            f"module path {node.target!r}: no rule for this node kind; register one with "
-            "boundkit.register_rule",
-        )
-    return rule
-
-
-def _plan_sound(graph: Graph) -> dict[str, Any]:
-    out = SoundOutput(graph)
-    covered = {n.name for n in out.tail}
-    upstream = [n for n in graph.upstream() if n.name not in covered and n.op != "input"]
-    # group (Linear, smooth activation) runs along single-consumer chains
-    blocks: list[list[Node]] = []
-    i = 0
-    while i < len(upstream):
-        run: list[Node] = []
-        j = i
-        while j + 1 < len(upstream):
-            lin, act = upstream[j], upstream[j + 1]
-            ok = (
-                lin.op == "linear"
-                and act.op in SMOOTH_OPS
-                and act.inputs == [lin.name]
-                and graph.consumers(lin.name) == [act.name]
-                and (not run or lin.inputs == [run[-1].name])
-                and (not run or graph.consumers(run[-1].name) == [lin.name])
-            )
-            if not ok:
-                break
-            run += [lin, act]
-            j += 2
-        if run:
-            blocks.append(run)
-            i = j
-        else:
-            i += 1
-    in_block = {n.name: b for b in blocks for n in b}
-    stages: list[Any] = []
-    seen: set[str] = set()
-    for n in upstream:
-        if n.name in seen:
-            continue
-        if n.name in in_block:
-            b = in_block[n.name]
-            stages.append(SmoothBlock(b))
-            seen.update(x.name for x in b)
-        else:
-            stages.append(_NodeStage(n, _rule(n, "sound")))
-            seen.add(n.name)
-    for n in upstream:  # nodes inside smooth blocks still need their own rule (rounding)
-        _rule(n, "sound")
-    return {"output": out, "stages": stages}
-
-
-def _plan_peck(graph: Graph) -> dict[str, Any]:
-    chain = graph.path_to_logits()
-    if chain is None:
-        merge = next((n for n in graph.upstream() if len(n.inputs) > 1), graph.logits)
-        raise UnsupportedLayerError(
-            merge.name, merge.op, "peck2017",
-            "the thesis's backward pass (Algorithm 5.1) handles chains only; "
-            "use method='sound' for residual or concatenating graphs",
-        )
-    out = PeckOutput(graph)
-    body = chain[1:-1]  # without input and the output linear
-    stages: list[Any] = []
-    blocks = find_blocks(body, FC_ACTIVATIONS)
-    tail_block = blocks[-1] if blocks and blocks[-1][-1] is body[-1] else None
-    rest = body[: len(body) - len(tail_block)] if tail_block else body
-    for n in rest:
-        stages.append(_NodeStage(n, _rule(n, "peck2017")))
-    if tail_block:
-        stages.append(PeckBlock(tail_block))
-    return {"output": out, "stages": stages}
-
-
-def _plan(graph: Graph, method: str) -> dict[str, Any]:
-    key = ("plan", method)
-    if key not in graph.cache:
-        if method == "sound":
-            graph.cache[key] = _plan_sound(graph)
-        elif method == "peck2017":
-            graph.cache[key] = _plan_peck(graph)
-        else:
-            raise ValueError(f"unknown method {method!r}; choose 'sound' or 'peck2017'")
-    return graph.cache[key]
-
-
-# ---------------------------------------------------------------------------- passes
-def _rounding_errors(
-    graph: Graph, norms: dict[str, torch.Tensor], bsz: int
-) -> dict[str, torch.Tensor]:
-    """Per-node upper bounds on the L2 error of the float64 forward pass at x."""
-    dev = graph.device
-    err: dict[str, torch.Tensor] = {}
-    for n in graph.upstream():
-        if n.op == "input":
-            err[n.name] = torch.zeros(bsz, dtype=torch.float64, device=dev)
-            continue
-        rule = _rule(n, "sound")
-        assert isinstance(rule, SoundRule)
-        ins = [err[i] for i in n.inputs]
-        lip = rule.lipschitz(n, graph)
-        if n.op == "cat":
-            carried = torch.sqrt(sum(e * e for e in ins))
-        elif n.op == "add":
-            carried = ins[0] + (lip * ins[1] if len(ins) > 1 else 0.0)
-        else:
-            carried = lip * ins[0] if ins else torch.zeros(bsz, dtype=torch.float64, device=dev)
-        in_norm = norms[n.inputs[0]] if n.inputs else torch.zeros_like(carried)
-        inj = rule.rounding(n, graph, in_norm, norms[n.name])
-        dev_bound = getattr(rule, "deviation", None)
-        extra = dev_bound(n, graph) if dev_bound is not None else 0.0
-        err[n.name] = (carried + inj + extra) * (1 + 1e-6)
-    return err
-
-
-def _stage_modulus(stage: Any, graph: Graph, acts: dict[str, torch.Tensor]) -> Modulus:
-    if isinstance(stage, SmoothBlock):
-        return stage.modulus(graph, acts)
-    return stage.rule.modulus(stage.node, graph, acts)
-
-
-def _compose_forward(
-    graph: Graph,
-    stages: list[Any],
-    mods: dict[str, Modulus],
-    source: str,
-) -> dict[str, Modulus]:
-    """Moduli from the output of ``source`` to every stage output, moving ``source`` alone."""
-    omega: dict[str, Modulus] = {source: Modulus.identity()}
-    for st in stages:
-        first, last = st.nodes[0], st.nodes[-1]
-        if first.op in ("add", "cat"):
-            parts = [omega.get(i) for i in first.inputs]
-            if all(p is None for p in parts):
-                continue
-            parts = [p if p is not None else Modulus.zero() for p in parts]
-            if first.op == "add":
-                alpha = abs(float(first.attrs.get("alpha", 1.0)))
-                total = parts[0]
-                for p in parts[1:]:
-                    total = total + p.scale(alpha)
-                omega[last.name] = total
-            else:
-                omega[last.name] = Modulus.euclid(parts)
-            continue
-        inner = omega.get(first.inputs[0])
-        if inner is None:
-            continue
-        omega[last.name] = mods[last.name].compose(inner)
-    return omega
-
-
-def _certify_sound(
-    graph: Graph,
-    xb: torch.Tensor,
-    plan: dict[str, Any],
-    want_trace: bool,
-    extra_needs: set[str] | None = None,
-) -> tuple[Any, ...]:
-    """(radius, label, runner-up, margin, trace, activations); the activations include the
-    rounding bounds as ``__err__<node>`` and the nodes of ``extra_needs``."""
-    out: SoundOutput = plan["output"]
-    stages = plan["stages"]
-    needs: set[str] = set(extra_needs or ())
-    for st in stages:
-        needs |= st.needs(graph)
-    acts, norms = graph.activations_and_norms(xb, needs | {out.start.name})
-    bsz = xb.shape[0]
-    err = _rounding_errors(graph, norms, bsz)
-    for name, e in err.items():
-        acts[f"__err__{name}"] = e
-    logits = acts[graph.logits.name]
-    kappa, label, runner, margin = out.kappa(graph, logits, err[graph.logits.name])
-    mods = {}
-    for st in stages:
-        if st.nodes[0].op in ("add", "cat"):
-            continue
-        mods[st.nodes[-1].name] = _stage_modulus(st, graph, acts)
-    source = graph.input.name
-    omega = _compose_forward(graph, stages, mods, source)
-    target = out.start.name
-    if target == source:
-        radius = kappa
-    elif target in omega:
-        radius = omega[target].inverse(kappa)
-    else:  # the logits do not depend on the input
-        radius = torch.full_like(kappa, math.inf)
-    trace: dict[str, torch.Tensor] = {}
-    if want_trace:
-        trace[source] = radius
-        chain = graph.path_to_logits() is not None
-        if chain:
-            # backward: kappa at a stage's input = inverse of its modulus at its output's kappa
-            k = kappa
-            trace_rev = [(target, kappa)]
-            for st in reversed(stages):
-                k = mods[st.nodes[-1].name].inverse(k)
-                trace_rev.append((st.nodes[0].inputs[0], k))
-            for name, val in reversed(trace_rev):
-                if name != source:
-                    trace[name] = val
-        else:
-            for st in stages:
-                v = st.nodes[-1].name
-                om = _compose_forward(graph, stages, mods, v)
-                trace[v] = om[target].inverse(kappa) if target in om else kappa
-            trace[target] = kappa
-    return radius, label, runner, margin, trace, acts
-
-
-def _certify_peck(
-    graph: Graph, xb: torch.Tensor, plan: dict[str, Any], want_trace: bool
-) -> tuple[torch.Tensor, ...]:
-    out: PeckOutput = plan["output"]
-    stages = plan["stages"]
-    needs: set[str] = set()
-    for st in stages:
-        needs |= st.needs(graph)
-    acts = graph.activations(xb, needs)
-    logits = acts[graph.logits.name]
-    kappa, label, runner, margin = out.kappa(graph, logits)
-    trace_rev = [(out.start.name, kappa)]
-    k = kappa
-    for st in reversed(stages):
-        if isinstance(st, PeckBlock):
-            k = st.backward(graph, k, acts)
-        else:
-            rule = st.rule
-            assert isinstance(rule, BackwardRule)
-            k = rule.backward(st.node, graph, k, acts)
-        trace_rev.append((st.nodes[0].inputs[0], k))
-    trace = {name: val for name, val in reversed(trace_rev)} if want_trace else {}
-    return k, label, runner, margin, trace
-
-
 def certify(
     model: nn.Module,
     x: torch.Tensor,
-    method: str = "sound",
+    method: str | Method = "sound",
     *,
     device: torch.device | str | None = None,
     batch_size: int = 1024,
     trace: bool = True,
     graph: Graph | None = None,
+    **options: Any,
 ) -> Certificate:
     """Certify the L2 robustness of ``model`` at every sample of ``x``.
 
@@ -349,15 +91,18 @@ def certify(
         model: a classifier in eval mode returning logits ``[N, C]`` (a final softmax or
             log-softmax is allowed).
         x: inputs ``[N, *input_shape]`` (any float dtype; computations are float64).
-        method: ``"sound"`` (default; a proven lower bound on the minimal class-changing
-            perturbation), ``"sound-local"`` (``sound`` refined by ReLU stability on the
-            certified ball, :mod:`boundkit.bounds.local`: tighter on ReLU networks, costs
-            per-sample eigen-solves) or ``"peck2017"`` (the thesis's formulas, not a
-            guarantee).
+        method: a registered method name (``boundkit.available_methods()``) or a
+            :class:`~boundkit.bounds.method.Method`. Built in: ``"sound"`` (default; proven
+            moduli of continuity), ``"sound-local"`` (``sound`` refined by ReLU stability on
+            the ball), ``"crown"`` (linear relaxation bounds propagated backwards, radius by
+            a per-sample search), ``"alpha"`` (``crown`` with optimised ReLU lower slopes)
+            and ``"peck2017"`` (the thesis's formulas, not a guarantee).
         device: where to compute (default: the model's device).
         batch_size: samples per chunk (bounds memory; results do not depend on it).
         trace: keep the per-node bounds (``Certificate.trace``).
         graph: a graph from :func:`boundkit.capture` to reuse.
+        **options: method options (e.g. ``box=(0.0, 1.0)`` or ``box=None`` for ``crown``);
+            an option the method does not know is an error.
 
     Returns:
         a :class:`~boundkit.Certificate`.
@@ -375,44 +120,44 @@ def certify(
     elif device is not None and graph.device != torch.device(device):
         graph.to(device)
     check_input(graph, x)
-    if method not in ("sound", "sound-local", "peck2017"):
-        raise ValueError(
-            f"unknown method {method!r}; choose 'sound', 'sound-local' or 'peck2017'"
+    meth = method if isinstance(method, Method) else get_method(method)
+    unknown = set(options) - set(meth.options())
+    if unknown:
+        raise TypeError(
+            f"method {meth.name!r} takes no option(s) {sorted(unknown)}; "
+            f"it accepts {list(meth.options()) or 'none'}"
         )
-    base = "sound" if method == "sound-local" else method
-    plan = _plan(graph, base)
-    parts: list[tuple[Any, ...]] = []
+    plans = graph.cache.setdefault(_PLANS, {})
+    if meth.name not in plans or plans[meth.name][0] is not meth:
+        plans[meth.name] = (meth, meth.prepare(graph))
+    plan = plans[meth.name][1]
+    parts: list[BatchResult] = []
     for s in range(0, x.shape[0], batch_size):
         xb = x[s : s + batch_size].to(graph.device)
-        if method == "sound-local":
-            from boundkit.bounds.local import local_needs, refine
-
-            part = _certify_sound(graph, xb, plan, trace, local_needs(graph, plan["output"]))
-            part = (refine(graph, plan["output"], part[5], part[0]), *part[1:5])
-        elif base == "sound":
-            part = _certify_sound(graph, xb, plan, trace)[:5]
-        else:
-            part = _certify_peck(graph, xb, plan, trace)
-        parts.append(part)
-    radius = torch.cat([p[0] for p in parts]).to(torch.float64)
-    if base == "sound":
-        radius = torch.nan_to_num(radius, nan=0.0).clamp_min(0.0)
-    label = torch.cat([p[1] for p in parts])
-    runner = torch.cat([p[2] for p in parts])
-    margin = torch.cat([p[3] for p in parts])
+        parts.append(meth.run(graph, xb, plan, trace=trace, **options))
+    radius = torch.cat([p.radius for p in parts]).to(torch.float64)
     tr: dict[str, torch.Tensor] = {}
     if trace:
-        for name in parts[0][4]:
-            tr[name] = torch.cat([p[4][name] for p in parts])
+        for name in parts[0].trace:
+            tr[name] = torch.cat([p.trace[name] for p in parts])
         order = {n.name: i for i, n in enumerate(graph.nodes)}
         tr = dict(sorted(tr.items(), key=lambda kv: order.get(kv[0], 0)))
+    info: dict[str, Any] = {"nodes": len(graph), "num_classes": graph.num_classes,
+                            "guarantee": meth.is_guarantee}
+    for key in parts[0].info:
+        info[key] = torch.cat([p.info[key] for p in parts])
     return Certificate(
         radius=radius,
-        label=label,
-        runner_up=runner,
-        margin=margin,
+        label=torch.cat([p.label for p in parts]),
+        runner_up=torch.cat([p.runner_up for p in parts]),
+        margin=torch.cat([p.margin for p in parts]),
         trace=tr,
-        method=method,
+        method=meth.name,
         node_ops={n: graph[n].op for n in tr},
-        info={"nodes": len(graph), "num_classes": graph.num_classes},
+        info=info,
     )
+
+
+#: key of the per-graph plan cache (method name -> (method object, plan))
+_PLANS = "method_plans"
+__all__ = ["capture", "certify", "check_input", "graph_for", "method_names"]

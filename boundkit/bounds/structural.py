@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import UNIT_ROUNDOFF
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
 from boundkit.graph.graph import Graph, Node
@@ -32,11 +33,13 @@ class IdentityRule(LipschitzRule):
 
 
 class MergeRule(LipschitzRule):
-    """Marker rule for ``add`` / ``cat``: Lipschitz 1 in each input; the engine combines
-    the input moduli (``add``: sum, scaled by ``|alpha|``; ``cat``: in quadrature)."""
+    """``add`` / ``cat``: Lipschitz 1 in each input (``|alpha|`` for the scaled summand);
+    combines the moduli and rounding errors of its inputs."""
 
     def compute_lipschitz(self, node: Node, graph: Graph) -> float:
         return float(abs(node.attrs.get("alpha", 1.0))) if node.op == "add" else 1.0
+
+    merges = True
 
     def rounding(
         self, node: Node, graph: Graph, in_norm: torch.Tensor, out_norm: torch.Tensor
@@ -44,6 +47,24 @@ class MergeRule(LipschitzRule):
         if node.op == "cat":
             return torch.zeros_like(out_norm)
         return 2 * UNIT_ROUNDOFF * out_norm
+
+    def carry_error(self, node: Node, graph: Graph, ins: list[torch.Tensor]) -> torch.Tensor:
+        """``cat``: errors add in quadrature; ``add`` (``a + alpha b``): ``e_a + |alpha| e_b``."""
+        if node.op == "cat":
+            return torch.sqrt(sum(e * e for e in ins))  # type: ignore[return-value]
+        lip = self.lipschitz(node, graph)
+        return ins[0] + (lip * ins[1] if len(ins) > 1 else 0.0)
+
+    def combine(self, node: Node, graph: Graph, parts: list[Modulus]) -> Modulus:
+        """``add``: moduli add (the second scaled by ``|alpha|``); ``cat``: in quadrature
+        (``docs/theory/engine.md``)."""
+        if node.op == "cat":
+            return Modulus.euclid(parts)
+        alpha = abs(float(node.attrs.get("alpha", 1.0)))
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p.scale(alpha)
+        return total
 
 
 class IdentityBackward(BackwardRule):

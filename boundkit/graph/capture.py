@@ -13,6 +13,7 @@ import copy
 import io
 import math
 import operator
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -191,6 +192,7 @@ def capture(
     example: torch.Tensor | tuple[int, ...],
     *,
     device: torch.device | str | None = None,
+    leaf_modules: Mapping[type[nn.Module], str] | None = None,
 ) -> Graph:
     """Trace ``model`` into a :class:`Graph`.
 
@@ -199,6 +201,9 @@ def capture(
             (a final softmax / log-softmax is allowed and ignored for the argmax).
         example: an example batch ``[N, *input_shape]`` or the input shape without batch.
         device: where the float64 evaluator lives (default: the model's device).
+        leaf_modules: extra module classes captured as one node each, with their op name
+            (the bound rules' registry passes the classes users registered rules for; the
+            graph itself knows no bound method).
 
     Raises:
         TrainingModeError, NonFiniteParameterError: see :func:`check_model`.
@@ -241,8 +246,7 @@ def capture(
             f"{type(exc).__name__}: {exc}"
         ) from exc
 
-    from boundkit.bounds.registry import custom_module_ops  # (bounds imports graph)
-
+    extra_ops = dict(leaf_modules or {})
     modules = dict(gm.named_modules())
     nodes: list[Node] = []
     names: set[str] = set()
@@ -274,7 +278,7 @@ def capture(
             target = "input"
         elif fx_node.op == "call_module":
             module = modules[fx_node.target]
-            op = _MODULE_OPS.get(type(module)) or custom_module_ops().get(type(module), "unknown")
+            op = _MODULE_OPS.get(type(module)) or extra_ops.get(type(module), "unknown")
             target = str(fx_node.target)
             if op != "unknown":
                 try:
