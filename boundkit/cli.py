@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from boundkit.bounds.method import is_guarantee, method_names
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_VIOLATION = 0, 2, 3
 
 MAIN_EPILOG = """\
@@ -158,7 +160,7 @@ def certificate_doc(certs: dict[str, Any], y: Any, indices: Any, meta: dict) -> 
     for m, c in certs.items():
         summary["methods"][m] = {"median_radius": _median(c.radius.cpu().numpy()),
                                  "min_radius": float(c.radius.min()),
-                                 "sound": m != "peck2017"}
+                                 "sound": is_guarantee(m)}
     return {
         "kind": "certify",
         "meta": meta,
@@ -586,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model(p)
     _data(p)
     p.add_argument("--method", default="sound",
-                   choices=("sound", "sound-local", "peck2017", "both"),
+                   choices=(*method_names(), "both"),
                    help="certification method (default sound; both runs sound and peck2017)")
     p.add_argument("--out", default="certify.json", help="results JSON (default certify.json)")
     _common(p)
@@ -616,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report.md, report.html and figures (scatter, cdf, waterfall).")
     _model(p)
     _data(p)
-    p.add_argument("--method", default="both", choices=("sound", "sound-local", "peck2017", "both"),
+    p.add_argument("--method", default="both", choices=(*method_names(), "both"),
                    help="certification method(s) (default both)")
     _attack_opts(p)
     p.add_argument("--exact", action="store_true",
@@ -638,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, metavar="NAME",
                    help="zoo architecture for state-dict files without a sidecar")
     _data(p)
-    p.add_argument("--method", default="both", choices=("sound", "sound-local", "peck2017", "both"))
+    p.add_argument("--method", default="both", choices=(*method_names(), "both"))
     _attack_opts(p)
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")

@@ -15,6 +15,13 @@ import torch
 from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import UNIT_ROUNDOFF
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
+from boundkit.bounds.relaxation import (
+    Interval,
+    LinearBounds,
+    RelaxationRule,
+    RelaxContext,
+    _dot,
+)
 from boundkit.graph.graph import Graph, Node
 
 
@@ -81,3 +88,68 @@ for _op in ("flatten", "reshape", "identity"):
     register_rule(_op, "peck2017", IdentityBackward())
 for _op in ("add", "cat"):
     register_rule(_op, "sound", MergeRule())
+
+
+# ------------------------------------------------------------------ linear relaxations
+class ReshapeRelaxation(RelaxationRule):
+    """``crown``: flatten / reshape / identity move entries without arithmetic: the
+    coefficients are reshaped back (exact)."""
+
+    def supports(self, node: Node) -> bool:
+        return not node.attrs.get("shift") and len(node.inputs) == 1
+
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        n = ins[0].lo.shape[0]
+        return Interval(ins[0].lo.reshape(n, *node.out_shape),
+                        ins[0].hi.reshape(n, *node.out_shape))
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        n, s = lb.A.shape[:2]
+        a_in = lb.A.reshape(n, s, *node.in_shapes[0])
+        return [lb.then(a_in, 0.0, 0.0, ctx.intervals[node.name].mag)]
+
+
+class MergeRelaxation(RelaxationRule):
+    r"""``crown``: ``add`` (:math:`h=a+\alpha b`) passes :math:`A` and :math:`\alpha A` to its
+    inputs; ``cat`` splits :math:`A` along the concatenated axis. The backward walk sums
+    the contributions where the branches fork."""
+
+    def supports(self, node: Node) -> bool:
+        return len(node.inputs) == 2 if node.op == "add" else len(node.inputs) >= 1
+
+    def _dim(self, node: Node) -> int:
+        d = int(node.attrs.get("dim", 0))
+        return d - 1 if d > 0 else d + len(node.out_shape)  # without the batch axis
+
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        if node.op == "cat":
+            d = self._dim(node) + 1
+            return Interval(torch.cat([i.lo for i in ins], d), torch.cat([i.hi for i in ins], d))
+        alpha = float(node.attrs.get("alpha", 1.0))
+        a, b = ins
+        lo = a.lo + (alpha * b.lo if alpha >= 0 else alpha * b.hi)
+        hi = a.hi + (alpha * b.hi if alpha >= 0 else alpha * b.lo)
+        e = 4 * UNIT_ROUNDOFF * (a.mag + abs(alpha) * b.mag)
+        return Interval(lo - e, hi + e)
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        mag_out = ctx.intervals[node.name].mag
+        zero = torch.zeros_like(lb.err)
+        if node.op == "cat":
+            d = self._dim(node) + 2
+            sizes = [s[d - 2] for s in node.in_shapes]
+            parts = torch.split(lb.A, sizes, dim=d)
+            first = lb.then(parts[0].contiguous(), 0.0, 0.0, mag_out)
+            return [first] + [LinearBounds(p.contiguous(), zero, zero) for p in parts[1:]]
+        alpha = float(node.attrs.get("alpha", 1.0))
+        first = lb.then(lb.A, 0.0, 0.0, mag_out)
+        scaled = lb.A * alpha
+        err = zero if alpha == 1.0 else UNIT_ROUNDOFF * _dot(
+            scaled.abs(), ctx.interval_in(node, 1).mag)
+        return [first, LinearBounds(scaled, zero, err)]
+
+
+for _op in ("flatten", "reshape", "identity"):
+    register_rule(_op, "crown", ReshapeRelaxation())
+for _op in ("add", "cat"):
+    register_rule(_op, "crown", MergeRelaxation())
