@@ -84,6 +84,14 @@ def plan_crown(graph: Graph) -> CrownPlan:
 
 
 @dataclass
+class SubsetPass:
+    """The activations of a sample subset (what :class:`CrownRun` reads of the sound pass
+    when no node needs the sound fallback)."""
+
+    acts: dict[str, torch.Tensor]
+
+
+@dataclass
 class Concrete:
     """A concretised bound family: ``f_s >= c_s - eps * nu_s`` for every eps up to the
     radius the relaxation was built for ([N, S] each)."""
@@ -136,6 +144,18 @@ class CrownRun:
             if fallback else {})
         self.fallback = fallback
         self.slopes: dict[str, torch.Tensor] = {}
+
+    def subset(self, idx: torch.Tensor) -> CrownRun | None:
+        """The same run restricted to samples ``idx`` (``None`` when it cannot be split:
+        per-sample moduli of fallback nodes)."""
+        if self.omega:
+            return None
+        sub = object.__new__(CrownRun)
+        sub.graph, sub.plan, sub.box = self.graph, self.plan, self.box
+        sub.x0, sub.in_box, sub.n = self.x0[idx], self.in_box[idx], int(idx.numel())
+        sub.sound = SubsetPass({k: v[idx] for k, v in self.sound.acts.items()})
+        sub.omega, sub.fallback, sub.slopes = {}, self.fallback, {}
+        return sub
 
     # ------------------------------------------------------------------ intervals
     def _input_interval(self, eps: torch.Tensor) -> Interval:
@@ -264,8 +284,14 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
         todo = active & ~(hi <= lo * (1 + rtol))
         if not bool(todo.any()):
             break
-        eps = torch.where(todo, eps, lo)  # finished samples re-check their certified radius
-        r = run.certified(eps, label)
+        idx = torch.nonzero(todo).flatten()
+        sub = run.subset(idx) if idx.numel() < lo.numel() else None
+        if sub is None:
+            eps = torch.where(todo, eps, lo)  # finished samples re-check their radius
+            r = run.certified(eps, label)
+        else:
+            r = lo.clone()
+            r[idx] = sub.certified(eps[idx], label[idx])
         full = r >= eps
         lo = torch.where(todo, torch.maximum(lo, r), lo)
         hi = torch.where(todo & ~full, torch.minimum(hi, eps), hi)
