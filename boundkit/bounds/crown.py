@@ -77,7 +77,10 @@ def plan_crown(graph: Graph) -> CrownPlan:
         src = n.inputs[0]
         if graph[src].op == "input":
             continue
-        mode = "unstable" if n.op == "relu" else "all"
+        # a ReLU's stable neurons need no better bounds, unless a max pooling reads its
+        # output (its relaxation uses the bounds of every input)
+        feeds_max = any(graph[c].op == "maxpool2d" for c in graph.consumers(n.name))
+        mode = "unstable" if n.op == "relu" and not feeds_max else "all"
         if refine.get(src) != "all":
             refine[src] = mode
     return CrownPlan(sp, nodes, rules, refine)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``<a[n, s], v[n]>`` over the node dimensions: [N, S, *shape] x [N, *shape] -> [N, S]."""
-    return (a.flatten(2) * v.flatten(1).unsqueeze(1)).sum(2)
+    return torch.bmm(a.flatten(2), v.flatten(1).unsqueeze(2)).squeeze(2)
 
 
 @dataclass
