@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-import boundkit as bk  # noqa: E402  (this checkout's boundkit)
 from _models import DEFAULT_DATA, REPO, trained  # noqa: E402
 
+import boundkit as bk  # noqa: E402  (this checkout's boundkit)
 from boundkit.data import load_dataset  # noqa: E402
 
 
@@ -161,8 +161,9 @@ def run_model(name: str, n: int, data_root: Path, cache: Path) -> tuple[list[str
         "peak_rss_gb_after_crown": rss_gb,
     }
     lines = [
-        f"| {name} ({n}) | {stats['median_ratio_crown']:.3f} | {stats['median_ratio_crown_nobox']:.3f}"
-        f" | {stats['q10_ratio_crown_nobox']:.3f} | {stats['median_ratio_sound']:.3f} | "
+        f"| {name} ({n}) | {stats['median_ratio_crown']:.3f} | "
+        f"{stats['median_ratio_crown_nobox']:.3f} | {stats['q10_ratio_crown_nobox']:.3f} | "
+        f"{stats['median_ratio_sound']:.3f} | "
         f"{t_crown * 1e3:.0f} ms | {t_free * 1e3:.0f} ms | {t_lirpa * 1e3:.0f} ms | "
         f"{t_crown / t_lirpa:.2f}x | {viol} |"
     ]
