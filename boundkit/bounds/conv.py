@@ -247,5 +247,10 @@ class ConvRelaxation(AffineRelaxation):
     def fan(self, node: Node) -> int:
         return int(node.params["weight"][0].numel())
 
+    def square_apply(self, node: Node, v: torch.Tensor, sign: int) -> torch.Tensor | None:
+        w = node.params["weight"]
+        part = w.clamp(min=0) if sign > 0 else w.clamp(max=0)
+        return F.conv2d(v, part * part, None, **self._kw(node))
+
 
 register_rule("conv2d", "crown", ConvRelaxation())

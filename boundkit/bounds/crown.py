@@ -40,6 +40,7 @@ from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma, round_down
 from boundkit.bounds.output import margins
 from boundkit.bounds.relaxation import (
+    AffineRelaxation,
     Interval,
     LinearBounds,
     RelaxationRule,
@@ -196,8 +197,42 @@ class CrownRun:
                 ctx.intervals[node.name] = self._refine(node, ctx, eps, iv, mode)
         return ctx
 
+    def _first_layer(self, node: Node, eps: torch.Tensor) -> Interval | None:
+        r"""Closed-form bounds of an affine node reading the input: the backward walk from
+        :math:`\pm e_j` would end at :math:`\pm L_j` at once, so
+        :math:`h_j\in(Lx_0+c)_j\pm\varepsilon\|\mu_j\|` with :math:`\|\mu_j\|^2` the sum of
+        :math:`L_{ji}^2` over the coordinates the box does not block (the concretisation of
+        ``docs/theory/linear_relaxation.md``), each side with its own mask."""
+        rule = self.plan.rules[node.name]
+        if not isinstance(rule, AffineRelaxation) or node.inputs != [self.graph.input.name]:
+            return None
+        x0 = self.x0
+        ones = torch.ones_like(x0)
+        if self.box is not None:
+            inb = self.in_box.reshape(-1, *([1] * (x0.dim() - 1)))
+            free_lo = torch.where(inb & (x0 <= self.box[0]), 0.0, 1.0).to(x0.dtype)
+            free_hi = torch.where(inb & (x0 >= self.box[1]), 0.0, 1.0).to(x0.dtype)
+        else:
+            free_lo = free_hi = ones
+        sq = [rule.square_apply(node, v, sg) for v, sg in
+              ((free_lo, 1), (free_hi, -1), (free_lo, -1), (free_hi, 1))]
+        if any(t is None for t in sq):
+            return None
+        k = rule.fan(node)
+        grow = 1 + float(gamma(k + 4)) + 1e-15
+        nu_up = torch.sqrt((sq[0] + sq[1]).clamp(min=0)) * grow  # spec +e_j: lower bound
+        nu_dn = torch.sqrt((sq[2] + sq[3]).clamp(min=0)) * grow  # spec -e_j: upper bound
+        c = rule.const(node)
+        centre = rule.apply(node, x0) + (c if c is not None else 0.0)
+        err = rule._rounding(node, x0.abs()) * (1 + 1e-8) + 1e-15 * centre.abs() + 1e-300
+        e = eps.reshape(-1, *([1] * (centre.dim() - 1)))
+        return Interval(centre - e * nu_up - err, centre + e * nu_dn + err)
+
     def _refine(self, node: Node, ctx: RelaxContext, eps: torch.Tensor, iv: Interval,
                 mode: str) -> Interval:
+        closed = self._first_layer(node, eps)
+        if closed is not None:
+            return iv.meet(closed)
         lo, hi = iv.lo.flatten(1), iv.hi.flatten(1)
         mask = (lo < 0) & (hi > 0) if mode == "unstable" else torch.ones_like(lo, dtype=torch.bool)
         k = int(mask.sum(1).max()) if mask.numel() else 0

@@ -89,5 +89,10 @@ class LinearRelaxation(AffineRelaxation):
     def fan(self, node: Node) -> int:
         return int(node.params["weight"].shape[1])
 
+    def square_apply(self, node: Node, v: torch.Tensor, sign: int) -> torch.Tensor | None:
+        w = node.params["weight"]
+        part = w.clamp(min=0) if sign > 0 else w.clamp(max=0)
+        return v @ (part * part).T
+
 
 register_rule("linear", "crown", LinearRelaxation())

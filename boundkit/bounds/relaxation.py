@@ -159,6 +159,12 @@ class AffineRelaxation(RelaxationRule):
     @abstractmethod
     def fan(self, node: Node) -> int: ...
 
+    def square_apply(self, node: Node, v: torch.Tensor, sign: int) -> torch.Tensor | None:
+        r""":math:`(L^{\pm})^{\circ 2}v` (the squared positive (``sign=1``) or negative part of
+        ``L``, applied to ``v``), or ``None`` when not available: lets a node reading the
+        network input be bounded in closed form."""
+        return None
+
     def _rounding(self, node: Node, mag_in: torch.Tensor) -> torch.Tensor:
         r""":math:`\gamma_{k+2}(|L||z| + |c|)` element-wise [N, *out] (Higham 2002, eq. 3.13),
         plus the error of the computed parameters."""
