@@ -19,6 +19,8 @@ _LAZY = {
     "Certificate": "boundkit.bounds.certificate",
     "register_rule": "boundkit.bounds.registry",
     "available_methods": "boundkit.bounds.registry",
+    "Method": "boundkit.bounds.method",
+    "register_method": "boundkit.bounds.method",
     # graph
     "capture": "boundkit.bounds.engine",
     "Graph": "boundkit.graph.graph",

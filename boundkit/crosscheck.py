@@ -42,7 +42,14 @@ from boundkit.validate import check_call
 __all__ = ["CrosscheckResult", "Violation", "crosscheck", "locate_violation", "recheck_float64"]
 
 #: methods whose violations are expected (the bound is not a guarantee)
-UNSOUND_METHODS = frozenset({"peck2017"})
+
+
+def _unsound(method: str) -> bool:
+    """True for a method whose radius is not a guarantee (from the method registry)."""
+    from boundkit.bounds.method import is_guarantee
+
+    return not is_guarantee(method)
+
 
 
 @dataclass
@@ -205,7 +212,7 @@ class CrosscheckResult:
                 "min_ratio": float(fin.min()) if fin.size else math.nan,
                 "max_ratio": float(fin.max()) if fin.size else math.nan,
                 "violations": int(sum(v.method == m for v in self.violations)),
-                "sound": m not in UNSOUND_METHODS,
+                "sound": not _unsound(m),
             }
         if self.exact is not None:
             fin = self.exact[np.isfinite(self.exact)]
@@ -239,7 +246,7 @@ class CrosscheckResult:
             for m in self.radius:
                 row[f"violation_{m}"] = bool(masks[m][k])
             row["violation"] = any(bool(masks[m][k]) for m in self.radius
-                                   if m not in UNSOUND_METHODS)
+                                   if not _unsound(m))
             rows.append(row)
         return rows
 
@@ -407,7 +414,7 @@ def _find_violations(
                     layer_op=ops[j],
                     bottleneck=bns[j],
                     source=source,
-                    bug=method not in UNSOUND_METHODS,
+                    bug=not _unsound(method),
                     node_ratios=ratios[j],
                 )
             )

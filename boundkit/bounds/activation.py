@@ -25,7 +25,9 @@ from functools import cache
 
 import torch
 
+from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
+from boundkit.bounds.relaxation import Interval, LinearBounds, RelaxationRule, RelaxContext
 from boundkit.graph.graph import Graph, Node
 
 
@@ -139,3 +141,119 @@ register_rule("relu", "sound", ReLURule())
 for _op in ("tanh", "sigmoid", "softplus"):
     register_rule(_op, "sound", SmoothActivationRule())
 register_rule("relu", "peck2017", ReLUKeepRule())
+
+
+# ------------------------------------------------------------------ linear relaxations
+class ReLURelaxation(RelaxationRule):
+    r"""``crown``/``alpha``: on :math:`[l,u]` with :math:`l<0<u`,
+    :math:`\alpha z\le\mathrm{ReLU}(z)\le\frac{u}{u-l}(z-l)` for any :math:`\alpha\in[0,1]`
+    (CROWN, Zhang et al. 2018; the upper line is the chord; ``docs/theory/
+    linear_relaxation.md`` §ReLU). ``crown`` takes :math:`\alpha=1` when :math:`u>-l`, else 0;
+    ``alpha`` optimises it per neuron and specification. Stable neurons are exact."""
+
+    nonlinear = True
+
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        return Interval(ins[0].lo.clamp(min=0), ins[0].hi.clamp(min=0))
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        iv = ctx.interval_in(node)
+        lo, hi = iv.lo.unsqueeze(1), iv.hi.unsqueeze(1)
+        on, off = lo >= 0, hi <= 0
+        unstable = ~(on | off)
+        denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+        up = torch.where(unstable, hi / denom, on.to(hi.dtype))  # upper slope
+        # the rounded chord lies above ReLU once lifted by delta (endpoint check, §ReLU)
+        delta = torch.where(unstable, 4 * UNIT_ROUNDOFF * (hi - lo) * 2, torch.zeros_like(hi))
+        up_off = torch.where(unstable, -up * lo + delta, torch.zeros_like(hi))
+        slope = ctx.slopes.get(f"{ctx.spec}:{node.name}")
+        if slope is None:
+            low = (hi > -lo).to(hi.dtype).expand_as(lb.A)
+        else:
+            low = slope
+        low = torch.where(on, torch.ones_like(low), torch.where(off, torch.zeros_like(low), low))
+        pos, neg = lb.A.clamp(min=0), lb.A.clamp(max=0)
+        a_in = pos * low + neg * up
+        add = (neg * up_off).flatten(2).sum(2)
+        mag = iv.mag.unsqueeze(1)
+        k = lb.A[0, 0].numel()
+        err = (2 * UNIT_ROUNDOFF * (a_in.abs() * mag).flatten(2).sum(2)
+               + float(gamma(k + 2)) * (neg.abs() * up_off.abs()).flatten(2).sum(2))
+        return [lb.then(a_in, add, err, ctx.intervals[node.name].mag)]
+
+
+def _smooth(node: Node, z: torch.Tensor) -> torch.Tensor:
+    if node.op == "tanh":
+        return torch.tanh(z)
+    if node.op == "sigmoid":
+        return torch.sigmoid(z)
+    beta = float(node.attrs.get("beta", 1.0))
+    return torch.nn.functional.softplus(beta * z) / beta  # the smooth function (no threshold)
+
+
+def _critical_points(node: Node, k: torch.Tensor) -> list[torch.Tensor]:
+    """All z with g'(z) = k (NaN where none)."""
+    if node.op == "tanh":
+        t = torch.sqrt(1 - k)
+        return [torch.atanh(t), torch.atanh(-t)]
+    if node.op == "sigmoid":
+        r = torch.sqrt(1 - 4 * k)
+        s1, s2 = (1 + r) / 2, (1 - r) / 2
+        return [torch.log(s1 / (1 - s1)), torch.log(s2 / (1 - s2))]
+    beta = float(node.attrs.get("beta", 1.0))
+    return [torch.log(k / (1 - k)) / beta]
+
+
+def smooth_relaxation(node: Node, lo: torch.Tensor, hi: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""``(k, b_lo, b_hi)`` with :math:`kz+b_{lo}\le g(z)\le kz+b_{hi}` on :math:`[lo,hi]`:
+    :math:`k` the chord slope, the offsets the extremes of :math:`g(z)-kz`, attained at an
+    end point or where :math:`g'=k` (all such points are enumerated in closed form), widened
+    by a margin covering libm and the rounding of the candidates (§Smooth activations)."""
+    width = hi - lo
+    flat = width <= 1e-9 * (1 + lo.abs())
+    mid = (lo + hi) / 2
+    safe_w = torch.where(flat, torch.ones_like(width), width)
+    k = torch.where(flat, torch.zeros_like(width), (_smooth(node, hi) - _smooth(node, lo)) / safe_w)
+    # any slope is valid: the offsets are exact extremes for the slope actually used
+    cands = [lo, hi] + [torch.nan_to_num(c, nan=0.0).clamp(lo, hi) for c in _critical_points(
+        node, k.clamp(1e-300, 1.0 if node.op != "sigmoid" else 0.25))]
+    g = torch.stack([_smooth(node, z) - k * z for z in cands])
+    b_lo, b_hi = g.amin(0), g.amax(0)
+    scale = torch.stack([_smooth(node, z).abs() + (k * z).abs() for z in cands]).amax(0)
+    margin = 1e-12 * scale + 1e-300
+    if node.op == "softplus":
+        margin = margin + softplus_threshold_jump(node)
+    del mid
+    return k, b_lo - margin, b_hi + margin
+
+
+class SmoothRelaxation(RelaxationRule):
+    """``crown``: tanh, sigmoid, softplus by parallel lines around the chord (see
+    :func:`smooth_relaxation`)."""
+
+    nonlinear = True
+
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        lo, hi = _smooth(node, ins[0].lo), _smooth(node, ins[0].hi)
+        e = 8 * UNIT_ROUNDOFF * torch.maximum(lo.abs(), hi.abs()) + 1e-300
+        if node.op == "softplus":
+            e = e + softplus_threshold_jump(node)
+        return Interval(lo - e, hi + e)
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        iv = ctx.interval_in(node)
+        k, b_lo, b_hi = (t.unsqueeze(1) for t in smooth_relaxation(node, iv.lo, iv.hi))
+        pos, neg = lb.A.clamp(min=0), lb.A.clamp(max=0)
+        a_in = lb.A * k
+        terms = pos * b_lo + neg * b_hi
+        add = terms.flatten(2).sum(2)
+        kk = lb.A[0, 0].numel()
+        err = (UNIT_ROUNDOFF * (a_in.abs() * iv.mag.unsqueeze(1)).flatten(2).sum(2)
+               + float(gamma(kk + 2)) * terms.abs().flatten(2).sum(2))
+        return [lb.then(a_in, add, err, ctx.intervals[node.name].mag)]
+
+
+register_rule("relu", "crown", ReLURelaxation())
+for _op in ("tanh", "sigmoid", "softplus"):
+    register_rule(_op, "crown", SmoothRelaxation())

@@ -22,6 +22,7 @@ import torch
 
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, inflate
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
+from boundkit.bounds.relaxation import AffineRelaxation
 from boundkit.graph.graph import Graph, Node
 
 
@@ -95,3 +96,37 @@ class BatchNormPeck(BackwardRule):
 
 register_rule("batchnorm", "sound", BatchNormRule())
 register_rule("batchnorm", "peck2017", BatchNormPeck())
+
+
+class BatchNormRelaxation(AffineRelaxation):
+    r"""``crown``: eval-mode batch norm is the per-channel affine map
+    :math:`h = s z + t`, :math:`s=\gamma/\sqrt{\sigma^2+\epsilon}`,
+    :math:`t=\beta-\mu s`. The computed :math:`\hat s,\hat t` err by at most
+    :math:`4u|s|` and :math:`4u(|\beta|+|\mu s|)` (a handful of rounded operations), charged
+    through ``const_error`` and ``const_mag``."""
+
+    def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return z * _per_element(node, bn_scale_shift(node)[0])
+
+    def transpose(self, node: Node, a: torch.Tensor) -> torch.Tensor:
+        return a * _per_element(node, bn_scale_shift(node)[0])
+
+    def abs_apply(self, node: Node, m: torch.Tensor) -> torch.Tensor:
+        return m * _per_element(node, bn_scale_shift(node)[0].abs())
+
+    def const(self, node: Node) -> torch.Tensor | None:
+        return _per_element(node, bn_scale_shift(node)[1])[0].expand(node.out_shape)
+
+    def const_mag(self, node: Node) -> torch.Tensor | None:
+        scale, _ = bn_scale_shift(node)
+        mag = node.params["bias"].abs() + (node.params["running_mean"] * scale).abs()
+        return _per_element(node, mag)[0].expand(node.out_shape)
+
+    def const_error(self, node: Node) -> float:
+        return 8 * UNIT_ROUNDOFF
+
+    def fan(self, node: Node) -> int:
+        return 2
+
+
+register_rule("batchnorm", "crown", BatchNormRelaxation())

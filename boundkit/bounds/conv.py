@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from boundkit.bounds.linear import spectral_norm
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma, inflate
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
+from boundkit.bounds.relaxation import AffineRelaxation
 from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.graph import Graph, Node
 
@@ -204,3 +205,52 @@ class ConvFrobenius(BackwardRule):
 
 register_rule("conv2d", "sound", ConvRule())
 register_rule("conv2d", "peck2017", ConvFrobenius())
+
+
+class ConvRelaxation(AffineRelaxation):
+    """``crown``: a convolution (any stride, padding, dilation, groups) is linear; its
+    transpose is the transposed convolution with the output padding that restores the
+    input size (docs/theory/linear_relaxation.md §Affine nodes)."""
+
+    def supports(self, node: Node) -> bool:
+        return "padding_mode" not in node.attrs
+
+    def _kw(self, node: Node) -> dict:
+        a = node.attrs
+        return dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
+                    groups=a["groups"])
+
+    def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(z, node.params["weight"], None, **self._kw(node))
+
+    def transpose(self, node: Node, a: torch.Tensor) -> torch.Tensor:
+        w = node.params["weight"]
+        at = node.attrs
+        in_hw = node.in_shapes[0][1:]
+        out_hw = node.out_shape[1:]
+        opad = tuple(
+            in_hw[i] - ((out_hw[i] - 1) * at["stride"][i] - 2 * at["padding"][i]
+                        + at["dilation"][i] * (w.shape[2 + i] - 1) + 1)
+            for i in range(2)
+        )
+        return F.conv_transpose2d(a, w, None, stride=at["stride"], padding=at["padding"],
+                                  output_padding=opad, groups=at["groups"],
+                                  dilation=at["dilation"])
+
+    def abs_apply(self, node: Node, m: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(m, node.params["weight"].abs(), None, **self._kw(node))
+
+    def const(self, node: Node) -> torch.Tensor | None:
+        b = node.params.get("bias")
+        return None if b is None else b.reshape(-1, 1, 1).expand(node.out_shape)
+
+    def fan(self, node: Node) -> int:
+        return int(node.params["weight"][0].numel())
+
+    def square_apply(self, node: Node, v: torch.Tensor, sign: int) -> torch.Tensor | None:
+        w = node.params["weight"]
+        part = w.clamp(min=0) if sign > 0 else w.clamp(max=0)
+        return F.conv2d(v, part * part, None, **self._kw(node))
+
+
+register_rule("conv2d", "crown", ConvRelaxation())

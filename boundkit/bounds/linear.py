@@ -18,6 +18,7 @@ import torch
 
 from boundkit.bounds.numerics import gamma, inflate
 from boundkit.bounds.registry import LipschitzRule, register_rule
+from boundkit.bounds.relaxation import AffineRelaxation
 from boundkit.graph.graph import Graph, Node
 
 
@@ -67,3 +68,31 @@ class LinearRule(LipschitzRule):
 
 
 register_rule("linear", "sound", LinearRule())
+
+
+class LinearRelaxation(AffineRelaxation):
+    """``crown``: :math:`h = Wz + b` is its own linear bound (docs/theory/linear_relaxation.md
+    §Affine nodes)."""
+
+    def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return z @ node.params["weight"].T
+
+    def transpose(self, node: Node, a: torch.Tensor) -> torch.Tensor:
+        return a @ node.params["weight"]
+
+    def abs_apply(self, node: Node, m: torch.Tensor) -> torch.Tensor:
+        return m @ node.params["weight"].abs().T
+
+    def const(self, node: Node) -> torch.Tensor | None:
+        return node.params.get("bias")
+
+    def fan(self, node: Node) -> int:
+        return int(node.params["weight"].shape[1])
+
+    def square_apply(self, node: Node, v: torch.Tensor, sign: int) -> torch.Tensor | None:
+        w = node.params["weight"]
+        part = w.clamp(min=0) if sign > 0 else w.clamp(max=0)
+        return v @ (part * part).T
+
+
+register_rule("linear", "crown", LinearRelaxation())

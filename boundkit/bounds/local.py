@@ -32,13 +32,16 @@ global norm and a Gershgorin bound on the masked Gram matrix (both upper bounds)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from boundkit.bounds.linear import spectral_norm
+from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.bounds.numerics import inflate, round_down
 from boundkit.bounds.output import SoundOutput
 from boundkit.bounds.registry import get_rule
+from boundkit.bounds.sound import RoundingErrors, SoundPlan, finalize_radius, plan_sound, sound_pass
 from boundkit.graph.graph import Graph, Node
 
 #: ReLU layers up to this width get exact masked spectral norms (per-sample eigensolves)
@@ -89,11 +92,12 @@ def refine(
     graph: Graph,
     out: SoundOutput,
     acts: dict[str, torch.Tensor],
+    err: RoundingErrors,
     base_radius: torch.Tensor,
     steps: int = 30,
 ) -> torch.Tensor:
     """The sound-local radius (never below ``base_radius``), from the activations and
-    rounding bounds (``__err__<node>``) of the sound pass at the same inputs."""
+    rounding bounds of the sound pass at the same inputs."""
     split = relu_pairs(graph, out)
     if split is None:
         return base_radius
@@ -105,7 +109,6 @@ def refine(
             return base_radius
         prefix_lip *= rule.lipschitz(n, graph)  # type: ignore[union-attr]
     bsz = base_radius.shape[0]
-    err = {name[len("__err__"):]: v for name, v in acts.items() if name.startswith("__err__")}
     logits = acts[graph.logits.name]
     a_rows = out.jacobian(graph)
     # the computed rows of A err by at most jacobian_error each; a pair difference by twice
@@ -191,3 +194,24 @@ def _interval_lipschitz(
         lo, hi = gc - gr, gc + gr
     mag = torch.maximum(lo.abs(), hi.abs())
     return inflate(mag.norm(dim=2), rtol=1e-8)
+
+
+class SoundLocalMethod(Method):
+    """``sound`` refined by ReLU stability on the certified ball (see module docstring)."""
+
+    name = "sound-local"
+    is_guarantee = True
+    description = "sound refined by ReLU stability on the ball (tighter on ReLU nets)"
+
+    def prepare(self, graph: Graph) -> SoundPlan:
+        return plan_sound(graph)
+
+    def run(self, graph: Graph, x: torch.Tensor, plan: Any, *, trace: bool,
+            **options: Any) -> BatchResult:
+        sp = sound_pass(graph, x, plan, trace, local_needs(graph, plan.output))
+        res = sp.result
+        res.radius = refine(graph, plan.output, sp.acts, sp.errors, res.radius)
+        return finalize_radius(res)
+
+
+register_method(SoundLocalMethod())

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import ELEMENTWISE_ULPS, UNIT_ROUNDOFF, inflate
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
+from boundkit.bounds.state import rounding_error
 from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.graph import Graph, Node
 
@@ -88,7 +89,7 @@ class LRNRule(LipschitzRule):
         smax = window_sum_sq(x, n).reshape(x.shape[0], -1).max(dim=1).values
         # the computed input differs from the exact one by at most its rounding bound e
         # (in L2, hence in every window): sqrt(S) <= sqrt(S_hat) + e
-        e_in = acts.get(f"__err__{node.inputs[0]}")
+        e_in = rounding_error(acts, node.inputs[0])
         root = torch.sqrt(smax) * (1 + 1e-12) + (e_in if e_in is not None else 0.0)
         c = float(inflate(2 * beta * alpha / (math.sqrt(n) * k ** (beta + 1))))
         base = float(inflate(k ** (-beta)))

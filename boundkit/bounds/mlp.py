@@ -37,6 +37,7 @@ from boundkit.bounds.activation import sound_bounds, thesis_table_4_1
 from boundkit.bounds.linear import schur_bound, spectral_norm
 from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import gamma, inflate
+from boundkit.bounds.state import rounding_error
 from boundkit.graph.graph import Graph, Node
 
 SMOOTH_OPS = frozenset({"tanh", "sigmoid", "softplus"})
@@ -115,11 +116,24 @@ def jacobian_norm(
     return sigma
 
 
-class SmoothBlock:
-    """Sound stage for a run of (Linear, smooth activation) pairs."""
+class Stage:
+    """A run of nodes handled as one step by a walker (``name``: the value it produces,
+    ``inputs``: the values it reads)."""
 
     def __init__(self, nodes: list[Node]) -> None:
         self.nodes = nodes
+
+    @property
+    def name(self) -> str:
+        return self.nodes[-1].name
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.nodes[0].inputs
+
+
+class SmoothBlock(Stage):
+    """Sound stage for a run of (Linear, smooth activation) pairs."""
 
     def needs(self, graph: Graph) -> set[str]:
         return {lin.name for lin, _ in _layers(self.nodes)}
@@ -162,7 +176,7 @@ class SmoothBlock:
         err_t = torch.zeros_like(jn)
         norms, a_s, b_s = c["norms"], c["A"], c["B"]
         for i, (lin, _) in enumerate(layers):
-            e_z = acts.get(f"__err__{lin.name}")
+            e_z = rounding_error(acts, lin.name)
             if e_z is None:
                 continue
             before = math.prod(a * v for a, v in zip(a_s[:i], norms[:i]))
@@ -187,11 +201,8 @@ def algorithm_4_1(nodes: list[Node], table: dict[str, tuple[float, float]]) -> f
     return m_prev
 
 
-class PeckBlock:
+class PeckBlock(Stage):
     """peck2017 stage: Theorem 4.2 over the fully-connected block before the output."""
-
-    def __init__(self, nodes: list[Node]) -> None:
-        self.nodes = nodes
 
     def needs(self, graph: Graph) -> set[str]:
         return {lin.name for lin, _ in _layers(self.nodes)}

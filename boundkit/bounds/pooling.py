@@ -30,9 +30,18 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-from boundkit.bounds.numerics import inflate
+from boundkit.bounds.numerics import gamma, inflate
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
+from boundkit.bounds.relaxation import (
+    AffineRelaxation,
+    Interval,
+    LinearBounds,
+    RelaxationRule,
+    RelaxContext,
+    _dot,
+)
 from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.graph import Graph, Node
 
@@ -152,3 +161,94 @@ class PoolingPeck(BackwardRule):
 for _op in ("maxpool2d", "avgpool2d", "lppool2d"):
     register_rule(_op, "sound", PoolingRule())
     register_rule(_op, "peck2017", PoolingPeck())
+
+
+def _avg(node: Node, z: torch.Tensor) -> torch.Tensor:
+    a = node.attrs
+    return F.avg_pool2d(z, a["kernel_size"], a["stride"], a.get("padding", (0, 0)),
+                        a.get("ceil_mode", False), a.get("count_include_pad", True),
+                        a.get("divisor_override"))
+
+
+class AvgPoolRelaxation(AffineRelaxation):
+    """``crown``: average pooling is linear with non-negative weights; its transpose is the
+    gradient of the pooling (computed by autograd, exact up to the charged rounding)."""
+
+    def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return _avg(node, z)
+
+    def transpose(self, node: Node, a: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            z = torch.zeros((a.shape[0], *node.in_shapes[0]), dtype=a.dtype, device=a.device,
+                            requires_grad=True)
+            (g,) = torch.autograd.grad(_avg(node, z), z, a)
+        return g
+
+    def abs_apply(self, node: Node, m: torch.Tensor) -> torch.Tensor:
+        return _avg(node, m)
+
+    def fan(self, node: Node) -> int:
+        return int(math.prod(node.attrs["kernel_size"])) + 2
+
+
+class MaxPoolRelaxation(RelaxationRule):
+    r"""``crown``: in each window with input bounds :math:`[l_i,u_i]`, let :math:`j` maximise
+    :math:`l_j`. Always :math:`\max_i z_i\ge z_j`; if :math:`l_j\ge\max_{i\ne j}u_i` the max
+    *is* :math:`z_j`, otherwise :math:`\max_i z_i\le\max_i u_i`
+    (docs/theory/linear_relaxation.md §Max pooling). Exact in floating point (no arithmetic
+    besides the sums of overlapping windows, charged)."""
+
+    nonlinear = True
+
+    def supports(self, node: Node) -> bool:
+        return not node.attrs.get("ceil_mode", False)
+
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        a = node.attrs
+        def mp(t: torch.Tensor) -> torch.Tensor:
+            return F.max_pool2d(t, a["kernel_size"], a["stride"], a["padding"], a["dilation"])
+        return Interval(mp(ins[0].lo), mp(ins[0].hi))
+
+    def _windows(self, node: Node, t: torch.Tensor) -> torch.Tensor:
+        a = node.attrs
+        p = a["padding"]
+        t = F.pad(t, (p[1], p[1], p[0], p[0]), value=-math.inf)
+        n, c = t.shape[:2]
+        cols = F.unfold(t.reshape(n * c, 1, *t.shape[2:]), a["kernel_size"],
+                        dilation=a["dilation"], stride=a["stride"])
+        return cols.reshape(n, c, cols.shape[1], cols.shape[2])  # [N, C, k, L]
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        a = node.attrs
+        iv = ctx.interval_in(node)
+        lo_w, hi_w = self._windows(node, iv.lo), self._windows(node, iv.hi)
+        best = lo_w.argmax(2, keepdim=True)  # [N, C, 1, L]
+        l_best = lo_w.gather(2, best)
+        others = hi_w.scatter(2, best, -math.inf).amax(2, keepdim=True)
+        stable = (l_best >= others).squeeze(2)  # [N, C, L]
+        u_max = hi_w.amax(2)  # [N, C, L]
+        n, s = lb.A.shape[:2]
+        c = node.out_shape[0]
+        A = lb.A.reshape(n, s, c, -1)  # [N, S, C, L]
+        pos, neg = A.clamp(min=0), A.clamp(max=0)
+        coef = pos + torch.where(stable.unsqueeze(1), neg, torch.zeros_like(neg))
+        add = (torch.where(stable.unsqueeze(1), torch.zeros_like(neg), neg)
+               * u_max.unsqueeze(1)).flatten(2).sum(2)
+        k = lo_w.shape[2]
+        cols = torch.zeros(n, s, c, k, coef.shape[-1], dtype=A.dtype, device=A.device)
+        cols.scatter_(3, best.unsqueeze(1).expand(n, s, c, 1, -1), coef.unsqueeze(3))
+        p = a["padding"]
+        in_hw = node.in_shapes[0][1:]
+        padded = (in_hw[0] + 2 * p[0], in_hw[1] + 2 * p[1])
+        a_in = F.fold(cols.reshape(n * s * c, k, -1), padded, a["kernel_size"],
+                      dilation=a["dilation"], stride=a["stride"])
+        a_in = a_in.reshape(n, s, c, *padded)[..., p[0]:p[0] + in_hw[0], p[1]:p[1] + in_hw[1]]
+        mag_in = iv.mag
+        overlap = float(gamma(k + 1))
+        err = overlap * _dot(a_in.abs(), mag_in) + float(gamma(A[0, 0].numel() + 1)) * (
+            neg.abs() * u_max.abs().unsqueeze(1)).flatten(2).sum(2)
+        return [lb.then(a_in.contiguous(), add, err, ctx.intervals[node.name].mag)]
+
+
+register_rule("avgpool2d", "crown", AvgPoolRelaxation())
+register_rule("maxpool2d", "crown", MaxPoolRelaxation())

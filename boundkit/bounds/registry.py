@@ -27,9 +27,6 @@ from boundkit.bounds.numerics import ELEMENTWISE_ULPS, UNIT_ROUNDOFF
 if TYPE_CHECKING:
     from boundkit.graph.graph import Graph, Node
 
-METHODS = ("sound", "sound-local", "peck2017")
-
-
 class Rule(ABC):  # noqa: B024 (abstract methods live in the subclasses)
     """Base class of every rule. ``needs`` lists the node names whose float64 activations
     the rule reads (by default none); ``prepare`` computes per-model constants once."""
@@ -65,6 +62,23 @@ class SoundRule(Rule):
         if self.exact_arithmetic:
             return torch.zeros_like(out_norm)
         return ELEMENTWISE_ULPS * UNIT_ROUNDOFF * out_norm
+
+    def input_norm(self, node: Node, graph: Graph, norms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The per-sample input magnitude :meth:`rounding` is given (default: the L2 norm of
+        the first input; merges override)."""
+        return norms[node.inputs[0]]
+
+    def carry_error(self, node: Node, graph: Graph, ins: list[torch.Tensor]) -> torch.Tensor:
+        """Bound on the output error caused by errors ``ins`` [N] already in the inputs
+        (default: the Lipschitz constant times the first input's; merges override)."""
+        return self.lipschitz(node, graph) * ins[0]
+
+    #: True for rules of merge nodes (``add``, ``cat``) that combine input moduli
+    merges: bool = False
+
+    def combine(self, node: Node, graph: Graph, parts: list[Modulus]) -> Modulus:
+        """For a merge node: the modulus of its output from the moduli of its inputs."""
+        raise NotImplementedError
 
 
 class LipschitzRule(SoundRule):
@@ -104,7 +118,11 @@ def register_rule(
         node_type: an op kind (``"relu"``, ``"conv2d"``...) or an ``nn.Module`` subclass.
             A module class is captured as a node whose op is the class name in lower case,
             so a model using it can be certified once a rule exists.
-        method: ``"sound"`` or ``"peck2017"`` (or a new method name of your own).
+        method: the rule kind a method reads: ``"sound"`` (a :class:`SoundRule`, also
+            used by ``sound-local``, and by ``crown``/``alpha`` for nodes without a linear
+            relaxation), ``"peck2017"`` (a :class:`BackwardRule`), ``"crown"`` (a
+            :class:`~boundkit.bounds.relaxation.RelaxationRule`), or the rule kind of a
+            method you registered with :func:`boundkit.register_method`.
         rule: a :class:`SoundRule` for sound-style methods, a :class:`BackwardRule` for
             thesis-style ones.
         replace: allow overriding an existing rule.
@@ -141,15 +159,32 @@ def get_rule(op: str, method: str) -> Rule | None:
     return _RULES.get((op, method))
 
 
+def require_rule(node: Node, method: str) -> Rule:
+    """The rule for ``node`` under ``method``, or an :class:`UnsupportedLayerError` naming
+    the node."""
+    from boundkit.errors import UnsupportedLayerError
+
+    rule = get_rule(node.op, method)
+    if rule is None:
+        what = node.attrs.get("module_type", node.target)
+        raise UnsupportedLayerError(
+            node.name, node.op if node.op != "unknown" else what, method,
+            f"module path {node.target!r}: no rule for this node kind; register one with "
+            "boundkit.register_rule",
+        )
+    return rule
+
+
 def custom_module_ops() -> dict[type[nn.Module], str]:
     """Module classes registered by users, with the op name they are captured as."""
     return dict(_MODULE_OPS)
 
 
 def available_methods() -> tuple[str, ...]:
-    """Names of the certification methods."""
-    _load_builtin_rules()
-    return tuple(sorted({m for _, m in _RULES} | set(METHODS)))
+    """Names of the registered certification methods (:mod:`boundkit.bounds.method`)."""
+    from boundkit.bounds.method import method_names
+
+    return method_names()
 
 
 _LOADED = False

@@ -14,8 +14,16 @@ import math
 
 import torch
 
+from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma, inflate
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
+from boundkit.bounds.relaxation import (
+    Interval,
+    LinearBounds,
+    RelaxationRule,
+    RelaxContext,
+    _dot,
+)
 from boundkit.graph.graph import Graph, Node
 
 
@@ -28,7 +36,7 @@ class IdentityRule(LipschitzRule):
     def rounding(
         self, node: Node, graph: Graph, in_norm: torch.Tensor, out_norm: torch.Tensor
     ) -> torch.Tensor:
-        if node.attrs.get("shift"):
+        if node.attrs.get("shift") is not None:
             return UNIT_ROUNDOFF * out_norm  # one rounded addition per element
         return torch.zeros_like(out_norm)
 
@@ -49,23 +57,49 @@ def merge_factors(node: Node) -> list[float]:
 
 
 class MergeRule(LipschitzRule):
-    """``add`` / ``cat``: the engine combines the input moduli with :func:`merge_factors`
-    (``add``: weighted sum; ``cat``: quadrature); the Lipschitz constant is the largest
-    factor."""
+    """``add`` / ``cat``: combines the moduli and rounding errors of its inputs with
+    :func:`merge_factors` (``add``: weighted sum; ``cat``: quadrature); its Lipschitz
+    constant in each input is the largest factor."""
 
     def compute_lipschitz(self, node: Node, graph: Graph) -> float:
         return max(merge_factors(node))
 
+    merges = True
+
+    def input_norm(self, node: Node, graph: Graph, norms: dict[str, torch.Tensor]) -> torch.Tensor:
+        r""":math:`\sum_i|c_i|\sqrt{r_i}\|x_i\|+\|s\|`, the magnitude of the summed terms."""
+        total = sum(f * norms[i] for f, i in zip(merge_factors(node), node.inputs))
+        shift = node.attrs.get("shift")
+        if shift is not None:
+            total = total + float(shift.broadcast_to(node.out_shape).norm())
+        return total
+
     def rounding(
         self, node: Node, graph: Graph, in_norm: torch.Tensor, out_norm: torch.Tensor
     ) -> torch.Tensor:
-        r"""For a merge, ``in_norm`` is :math:`\sum_i|c_i|\sqrt{r_i}\|x_i\|+\|s\|` (the
-        engine passes it): ``add`` of :math:`k` scaled terms and a shift errs by at most
-        :math:`\gamma_{k+1}` times the sum of the terms' magnitudes (Higham 2002, eq. 4.4);
-        ``cat`` copies."""
+        r"""``add`` of :math:`k` scaled terms and a shift errs by at most
+        :math:`\gamma_{k+2}` times the sum of the terms' magnitudes (``in_norm``, Higham
+        2002, eq. 4.4); ``cat`` copies."""
         if node.op == "cat":
             return torch.zeros_like(out_norm)
         return gamma(len(node.inputs) + 2) * in_norm
+
+    def carry_error(self, node: Node, graph: Graph, ins: list[torch.Tensor]) -> torch.Tensor:
+        """``cat``: errors add in quadrature; ``add``: weighted by :func:`merge_factors`."""
+        if node.op == "cat":
+            return torch.sqrt(sum(e * e for e in ins))  # type: ignore[return-value]
+        return sum(f * e for f, e in zip(merge_factors(node), ins))  # type: ignore[return-value]
+
+    def combine(self, node: Node, graph: Graph, parts: list[Modulus]) -> Modulus:
+        """``add``: moduli add, scaled by :func:`merge_factors`; ``cat``: in quadrature
+        (``docs/theory/engine.md``)."""
+        if node.op == "cat":
+            return Modulus.euclid(parts)
+        scaled = [p.scale(f) for p, f in zip(parts, merge_factors(node))]
+        total = scaled[0]
+        for p in scaled[1:]:
+            total = total + p
+        return total
 
 
 class IdentityBackward(BackwardRule):
@@ -82,3 +116,112 @@ for _op in ("flatten", "reshape", "identity"):
     register_rule(_op, "peck2017", IdentityBackward())
 for _op in ("add", "cat"):
     register_rule(_op, "sound", MergeRule())
+
+
+# ------------------------------------------------------------------ linear relaxations
+class ReshapeRelaxation(RelaxationRule):
+    """``crown``: flatten / reshape / identity move entries without arithmetic: the
+    coefficients are reshaped back (exact)."""
+
+    def supports(self, node: Node) -> bool:
+        return node.attrs.get("shift") is None and len(node.inputs) == 1
+
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        n = ins[0].lo.shape[0]
+        return Interval(ins[0].lo.reshape(n, *node.out_shape),
+                        ins[0].hi.reshape(n, *node.out_shape))
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        n, s = lb.A.shape[:2]
+        a_in = lb.A.reshape(n, s, *node.in_shapes[0])
+        return [lb.then(a_in, 0.0, 0.0, ctx.intervals[node.name].mag)]
+
+
+class MergeRelaxation(RelaxationRule):
+    r"""``crown``: ``add`` (:math:`h=\sum_ic_iB_i(x_i)+s`, :math:`B_i` broadcasting input
+    :math:`i` to the output) passes :math:`c_iB_i^\top A` to input :math:`i` (the
+    coefficients of the broadcast copies summed) and :math:`\langle A,s\rangle` to the bias;
+    ``cat`` splits :math:`A` along the concatenated axis. The backward walk sums the
+    contributions where the branches fork (an input used twice receives both)."""
+
+    def _dim(self, node: Node) -> int:
+        d = int(node.attrs.get("dim", 0))
+        return d - 1 if d > 0 else d + len(node.out_shape)  # without the batch axis
+
+    @staticmethod
+    def _terms(node: Node) -> list[tuple[float, tuple[int, ...]]]:
+        coeffs = node.attrs.get("coeffs", (1.0,) * len(node.inputs))
+        return [(float(c), tuple(s)) for c, s in zip(coeffs, node.in_shapes)]
+
+    @staticmethod
+    def _expand(v: torch.Tensor, shape: tuple[int, ...], out: tuple[int, ...]) -> torch.Tensor:
+        """``v`` [N, *shape] broadcast to [N, *out] (torch's rules, batch axis kept)."""
+        pad = (1,) * (len(out) - len(shape))
+        return v.reshape(v.shape[0], *pad, *shape).expand(v.shape[0], *out)
+
+    @staticmethod
+    def _reduce(a: torch.Tensor, shape: tuple[int, ...], out: tuple[int, ...]) -> torch.Tensor:
+        """Sum the coefficients ``a`` [N, S, *out] of the broadcast copies: [N, S, *shape]."""
+        pad = (1,) * (len(out) - len(shape))
+        full = (*pad, *shape)
+        dims = [2 + k for k, (f, o) in enumerate(zip(full, out)) if f == 1 and o != 1]
+        if dims:
+            a = a.sum(dim=dims, keepdim=True)
+        return a.reshape(*a.shape[:2], *shape)
+
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        if node.op == "cat":
+            d = self._dim(node) + 1
+            return Interval(torch.cat([i.lo for i in ins], d), torch.cat([i.hi for i in ins], d))
+        out = tuple(node.out_shape)
+        lo = hi = mag = 0.0
+        for (c, shape), iv in zip(self._terms(node), ins):
+            a, b = self._expand(iv.lo, shape, out), self._expand(iv.hi, shape, out)
+            lo = lo + (c * a if c >= 0 else c * b)
+            hi = hi + (c * b if c >= 0 else c * a)
+            mag = mag + abs(c) * torch.maximum(a.abs(), b.abs())
+        shift = node.attrs.get("shift")
+        if shift is not None:
+            s = shift.to(lo).broadcast_to(out)
+            lo, hi, mag = lo + s, hi + s, mag + s.abs()
+        e = float(gamma(len(node.inputs) + 2)) * mag
+        return Interval(lo - e, hi + e)
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        mag_out = ctx.intervals[node.name].mag
+        zero = torch.zeros_like(lb.err)
+        if node.op == "cat":
+            d = self._dim(node) + 2
+            sizes = [s[d - 2] for s in node.in_shapes]
+            parts = torch.split(lb.A, sizes, dim=d)
+            first = lb.then(parts[0].contiguous(), 0.0, 0.0, mag_out)
+            return [first] + [LinearBounds(p.contiguous(), zero, zero) for p in parts[1:]]
+        out = tuple(node.out_shape)
+        shift = node.attrs.get("shift")
+        bias: torch.Tensor | float = 0.0
+        err = zero
+        if shift is not None:
+            s = shift.to(lb.A).broadcast_to(out)
+            bias = _dot(lb.A, s.expand(lb.A.shape[0], *out))
+            # <A, s> summed over numel(out) terms: gamma_numel <|A|, |s|>
+            err = err + float(gamma(math.prod(out) + 1)) * _dot(
+                lb.A.abs(), s.abs().expand(lb.A.shape[0], *out))
+        coeffs: list[torch.Tensor] = []
+        for k, (c, shape) in enumerate(self._terms(node)):
+            reduced = self._reduce(lb.A, shape, out)
+            a_k = reduced if c == 1.0 else reduced * c
+            reps = max(math.prod(out) // max(math.prod(shape), 1), 1)
+            if c != 1.0 or reps > 1:
+                # summing reps copies and scaling by c: gamma_{reps+1} |c| <B^T|A|, |x_k|>
+                mag_k = self._reduce(lb.A.abs(), shape, out)
+                err = err + float(gamma(reps + 1)) * abs(c) * _dot(
+                    mag_k, ctx.interval_in(node, k).mag)
+            coeffs.append(a_k)
+        first = lb.then(coeffs[0], bias, err, mag_out)
+        return [first] + [LinearBounds(a, zero, zero) for a in coeffs[1:]]
+
+
+for _op in ("flatten", "reshape", "identity"):
+    register_rule(_op, "crown", ReshapeRelaxation())
+for _op in ("add", "cat"):
+    register_rule(_op, "crown", MergeRelaxation())

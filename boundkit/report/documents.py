@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from boundkit.bounds.method import is_guarantee
 from boundkit.report.figures import (
     plot_cdf,
     plot_comparison,
@@ -74,7 +75,7 @@ def summary_lines(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     if "accuracy" in s:
         rows.append(["accuracy on these samples", f"{s['accuracy']:.1%}"])
     for m, d in s.get("methods", {}).items():
-        tag = "" if d.get("sound", m != "peck2017") else " (not a guarantee)"
+        tag = "" if d.get("sound", is_guarantee(m)) else " (not a guarantee)"
         rows.append([f"median certified radius, {m}{tag}", d.get("median_radius")])
         if d.get("median_ratio") is not None and not _isnan(d.get("median_ratio")):
             rows.append([f"median ratio radius / attack norm, {m}", d.get("median_ratio")])

@@ -28,9 +28,12 @@ from boundkit.report.io import read_json  # noqa: E402
 __all__ = ["plot_comparison", "plot_cdf", "plot_scatter", "plot_waterfall", "pick_sample"]
 
 PathLike = str | Path
-COLORS = {"sound": "#1f77b4", "peck2017": "#ff7f0e", "exact": "#2ca02c", "attack": "#d62728"}
+COLORS = {"sound": "#1f77b4", "peck2017": "#ff7f0e", "exact": "#2ca02c", "attack": "#d62728",
+          "sound-local": "#17becf", "crown": "#9467bd"}
 LABELS = {
     "sound": "certified, sound (guarantee)",
+    "sound-local": "certified, sound-local (guarantee)",
+    "crown": "certified, crown (guarantee)",
     "peck2017": "Peck 2017 formula (not a guarantee)",
 }
 

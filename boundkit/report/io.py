@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from boundkit.bounds.method import is_guarantee
 from boundkit.errors import BoundkitError
 
 __all__ = [
@@ -282,7 +283,7 @@ def rows_from_results(doc: dict[str, Any]) -> list[dict[str, Any]]:
     viol: dict[str, set[int]] = {}
     for v in doc.get("violations", []):
         viol.setdefault(v["method"], set()).add(int(v["index"]))
-    sound_methods = [m for m in s.get("radius", {}) if m != "peck2017"]
+    sound_methods = [m for m in s.get("radius", {}) if is_guarantee(m)]
     rows = []
     for k in range(n):
         idx = int(s["index"][k])

@@ -1,0 +1,210 @@
+r"""Linear relaxation bounds: the state and the rule interface of ``crown`` and ``alpha``.
+
+For a scalar function of the network (a logit margin, or one neuron for an intermediate
+bound) the backward walk carries a :class:`LinearBounds` at node :math:`h`:
+
+.. math::  f(x) \ge \langle A, h(x)\rangle + b - e \qquad\text{for every } x \in \mathcal{B},
+
+where :math:`\mathcal{B}` is the L2 ball around :math:`x_0` (intersected with the input box),
+:math:`b` the constant gathered so far and :math:`e\ge0` a proven bound on all rounding errors
+committed so far (``docs/theory/linear_relaxation.md``). Each node's
+:class:`RelaxationRule` maps the bound at its output to one at each input; at a fork the
+contributions add (:func:`boundkit.bounds.walk.backward`). At the input the bound is
+concretised over :math:`\mathcal{B}` by the dual norm.
+
+Every rule also gives an interval transfer (``interval``) used for the cheap intermediate
+bounds, refined by backward passes at the inputs of ReLUs and smooth activations.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma
+from boundkit.bounds.registry import Rule
+
+if TYPE_CHECKING:
+    from boundkit.graph.graph import Graph, Node
+
+
+def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``<a[n, s], v[n]>`` over the node dimensions: [N, S, *shape] x [N, *shape] -> [N, S]."""
+    return torch.bmm(a.flatten(2), v.flatten(1).unsqueeze(2)).squeeze(2)
+
+
+@dataclass
+class Interval:
+    """Element-wise bounds ``lo <= h(x) <= hi`` [N, *shape] valid on the whole ball."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    @property
+    def mag(self) -> torch.Tensor:
+        """An upper bound on ``|h(x)|``."""
+        return torch.maximum(self.lo.abs(), self.hi.abs())
+
+    def widen(self, e: torch.Tensor | float) -> Interval:
+        return Interval(self.lo - e, self.hi + e)
+
+    def meet(self, other: Interval) -> Interval:
+        return Interval(torch.maximum(self.lo, other.lo), torch.minimum(self.hi, other.hi))
+
+
+@dataclass
+class LinearBounds:
+    r"""``f >= <A, h> + bias - err`` over the ball (A [N, S, *shape]; bias, err [N, S]).
+
+    ``forks`` counts the floating-point additions that produced ``A`` at a fork; the next
+    rule charges :math:`\gamma_{\text{forks}}\langle|A|, |h|\rangle` for them."""
+
+    A: torch.Tensor
+    bias: torch.Tensor
+    err: torch.Tensor
+    forks: int = 0
+
+    def __add__(self, other: LinearBounds) -> LinearBounds:
+        bias = self.bias + other.bias
+        err = self.err + other.err + 2 * UNIT_ROUNDOFF * (self.bias.abs() + other.bias.abs())
+        return LinearBounds(self.A + other.A, bias, err, self.forks + other.forks + 1)
+
+    def charge_forks(self, mag: torch.Tensor) -> torch.Tensor:
+        """Rounding of the additions that formed ``A`` at a fork: [N, S]."""
+        if self.forks == 0:
+            return torch.zeros_like(self.err)
+        return float(gamma(self.forks + 1)) * _dot(self.A.abs(), mag)
+
+    def then(self, A: torch.Tensor, add_bias: torch.Tensor | float,
+             add_err: torch.Tensor | float, mag_out: torch.Tensor) -> LinearBounds:
+        """The bound at the input of a node: new coefficients ``A``, the node's constant
+        ``add_bias`` and rounding ``add_err``; charges the pending fork additions."""
+        bias = self.bias + add_bias
+        err = (self.err + add_err + self.charge_forks(mag_out)
+               + UNIT_ROUNDOFF * (self.bias.abs() + torch.as_tensor(add_bias).abs()))
+        return LinearBounds(A, bias, err)
+
+
+@dataclass
+class RelaxContext:
+    """What rules read during one bound computation (one batch, one epsilon per sample)."""
+
+    graph: Graph
+    acts: dict[str, torch.Tensor]
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    #: optimisable lower slopes of unstable ReLUs (``alpha``), node name -> [N, S, *shape]
+    slopes: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: node name -> which backward spec is running ("final" or a node name)
+    spec: str = "final"
+
+    def interval_in(self, node: Node, i: int = 0) -> Interval:
+        return self.intervals[node.inputs[i]]
+
+
+class RelaxationRule(Rule):
+    """One node's linear relaxation (a ``"crown"`` rule, used by ``crown`` and ``alpha``)."""
+
+    #: True for nodes whose relaxation depends on the bounds of their input (ReLU, tanh...):
+    #: the engine refines those input bounds by backward passes
+    nonlinear: bool = False
+
+    def supports(self, node: Node) -> bool:
+        """False for a configuration this rule does not relax (the node then goes through
+        the ``sound`` modulus, like a node without a rule)."""
+        return True
+
+    @abstractmethod
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        """Sound element-wise bounds of the output from bounds of the inputs."""
+
+    @abstractmethod
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        """The bound at the output -> one bound per input (docs/theory/linear_relaxation.md)."""
+
+
+class AffineRelaxation(RelaxationRule):
+    r"""Base of affine nodes :math:`h = L(z) + c` (linear, convolution, batch norm,
+    average pooling): :math:`\langle A, h\rangle = \langle L^\top A, z\rangle +
+    \langle A, c\rangle`, exact in real arithmetic. Subclasses give :math:`L` (``apply``),
+    :math:`L^\top` (``transpose``), :math:`c` (``const``, [*out] or ``None``),
+    :math:`|L|` (``abs_apply``) and the fan-in of one output (``fan``)."""
+
+    @abstractmethod
+    def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def transpose(self, node: Node, a: torch.Tensor) -> torch.Tensor:
+        """[M, *out] -> [M, *in]."""
+
+    @abstractmethod
+    def abs_apply(self, node: Node, m: torch.Tensor) -> torch.Tensor:
+        """:math:`|L|\\,m` for m >= 0: [N, *in] -> [N, *out]."""
+
+    def const(self, node: Node) -> torch.Tensor | None:
+        return None
+
+    def const_error(self, node: Node) -> float:
+        """Relative error of the computed parameters of ``L`` and ``c`` (default: none, they
+        are the model's own float64 values)."""
+        return 0.0
+
+    def const_mag(self, node: Node) -> torch.Tensor | None:
+        """An upper bound on ``|c|`` and on the terms ``c`` was computed from."""
+        c = self.const(node)
+        return None if c is None else c.abs()
+
+    @abstractmethod
+    def fan(self, node: Node) -> int: ...
+
+    def square_apply(self, node: Node, v: torch.Tensor, sign: int) -> torch.Tensor | None:
+        r""":math:`(L^{\pm})^{\circ 2}v` (the squared positive (``sign=1``) or negative part of
+        ``L``, applied to ``v``), or ``None`` when not available: lets a node reading the
+        network input be bounded in closed form."""
+        return None
+
+    def _rounding(self, node: Node, mag_in: torch.Tensor) -> torch.Tensor:
+        r""":math:`\gamma_{k+2}(|L||z| + |c|)` element-wise [N, *out] (Higham 2002, eq. 3.13),
+        plus the error of the computed parameters."""
+        c = self.const_mag(node)
+        absval = self.abs_apply(node, mag_in)
+        if c is not None:
+            absval = absval + c
+        return (float(gamma(self.fan(node) + 2)) + self.const_error(node)) * absval
+
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        iv = ins[0]
+        mid, rad = (iv.lo + iv.hi) / 2, (iv.hi - iv.lo) / 2
+        c = self.const(node)
+        centre = self.apply(node, mid) + (c if c is not None else 0.0)
+        radius = self.abs_apply(node, rad)
+        e = self._rounding(node, iv.mag) * 2 + float(gamma(4)) * (centre.abs() + radius)
+        return Interval(centre - radius - e, centre + radius + e)
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        n, s = lb.A.shape[:2]
+        a_in = self.transpose(node, lb.A.reshape(n * s, *lb.A.shape[2:]))
+        a_in = a_in.reshape(n, s, *a_in.shape[1:])
+        c = self.const(node)
+        mag_in = ctx.interval_in(node).mag
+        err = _dot(lb.A.abs(), self._rounding(node, mag_in))
+        add: torch.Tensor | float = 0.0
+        if c is not None:
+            cc = c.expand(n, *c.shape)
+            add = _dot(lb.A, cc)
+            err = err + float(gamma(c.numel() + 1)) * _dot(lb.A.abs(), cc.abs())
+        mag_out = ctx.intervals[node.name].mag
+        return [lb.then(a_in, add, err, mag_out)]
+
+
+def relaxation_rule(node: Node) -> RelaxationRule | None:
+    """The ``crown`` rule of a node, or ``None`` when it has none (or does not support this
+    configuration): the node is then bounded through the ``sound`` modulus."""
+    from boundkit.bounds.registry import get_rule
+
+    rule = get_rule(node.op, "crown")
+    if isinstance(rule, RelaxationRule) and rule.supports(node):
+        return rule
+    return None

@@ -1,0 +1,191 @@
+"""``crown``: sound (exact oracle, adversarial searches in float64), never below ``sound``,
+batch-independent, and accepting every model ``sound`` accepts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import boundkit as bk
+from boundkit.testing import adversarial_search, inputs_for, random_network, small_relu_mlps
+
+FAST = settings(max_examples=12, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _x(model: nn.Module, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((n, *model.boundkit_input_shape), generator=gen)
+
+
+@FAST
+@given(model=small_relu_mlps(max_hidden=8), data=st.data())
+def test_crown_never_exceeds_the_exact_radius_on_small_relu_mlps(model, data) -> None:
+    x = data.draw(inputs_for(model, n=(1, 3)))
+    for box in (None, (0.0, 1.0)):
+        cert = bk.certify(model, x, "crown", box=box)
+        exact = bk.exact_radius(model, x, box=box)
+        assert bool((cert.radius <= exact * (1 + 1e-9)).all()), (box, cert.radius, exact)
+
+
+_KINDS = [("conv2d", "relu", "maxpool2d"), ("conv2d", "tanh", "avgpool2d"),
+          ("conv2d", "batchnorm", "sigmoid"), ("conv2d", "lrn", "relu"),
+          ("linear", "softplus"), ("linear", "tanh"), ("linear", "sigmoid")]
+
+
+@pytest.mark.parametrize("kinds", _KINDS, ids=["-".join(k) for k in _KINDS])
+@pytest.mark.parametrize("seed", range(3))
+def test_no_adversarial_example_inside_the_crown_ball(kinds, seed) -> None:
+    model = random_network(seed, layer_kinds=kinds, depth=2, width=8, scales=[1.5])
+    x = _x(model, 4, seed)
+    cert = bk.certify(model, x, "crown")
+    sound = bk.certify(model, x, "sound").radius
+    assert bool((cert.radius >= sound).all())
+    _, norm = adversarial_search(model, x, steps=60, box=(0.0, 1.0), seed=seed)
+    assert bool((cert.radius <= norm * (1 + 1e-9)).all()), (cert.radius, norm)
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=2, dilation=2, groups=2)
+        self.bn = nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + torch.relu(self.bn(self.conv(x)))
+        return self.fc(torch.flatten(h, 1))
+
+
+class _Cat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(5, 4)
+        self.b = nn.Linear(5, 3)
+        self.out = nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(torch.cat([self.a(x), torch.relu(self.b(x))], dim=1)))
+
+
+@pytest.mark.parametrize("cls,shape", [(_Residual, (2, 6, 6)), (_Cat, (5,))])
+@pytest.mark.parametrize("seed", range(3))
+def test_no_adversarial_example_inside_the_crown_ball_on_residual_and_cat_graphs(
+        cls, shape, seed) -> None:
+    torch.manual_seed(seed)
+    model = cls().eval()
+    if isinstance(model, _Residual):
+        with torch.no_grad():
+            model.bn.running_mean.uniform_(-0.3, 0.3)
+            model.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.rand((4, *shape), generator=torch.Generator().manual_seed(seed))
+    cert = bk.certify(model, x, "crown")
+    assert bool((cert.radius >= bk.certify(model, x, "sound").radius).all())
+    _, norm = adversarial_search(model, x, steps=60, box=(0.0, 1.0), seed=seed)
+    assert bool((cert.radius <= norm * (1 + 1e-9)).all()), (cert.radius, norm)
+
+
+def test_intermediate_bounds_contain_sampled_activations_for_strided_dilated_grouped_conv():
+    from boundkit.bounds.crown import CrownRun, plan_crown
+    from boundkit.bounds.engine import graph_for
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=2, dilation=2, groups=2),
+                          nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(4, 4, 2),
+                          nn.Tanh(), nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(2, 2, 9, 9, generator=torch.Generator().manual_seed(1)).double()
+    g = graph_for(model, x, None)
+    run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
+    eps = torch.tensor([0.3, 0.5], dtype=torch.float64)
+    ctx = run.intervals(eps)
+    gen = torch.Generator().manual_seed(2)
+    for i in range(2):
+        d = torch.randn(500, 2, 9, 9, generator=gen, dtype=torch.float64)
+        d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * eps[i]
+        acts = g.activations((x[i : i + 1] + d).clamp(0, 1))
+        for n in g.upstream():
+            iv = ctx.intervals[n.name]
+            assert bool(((acts[n.name] >= iv.lo[i]) & (acts[n.name] <= iv.hi[i])).all()), n.name
+
+
+def test_radius_of_a_sample_alone_equals_its_radius_inside_a_batch() -> None:
+    model = random_network(4, layer_kinds=("conv2d", "relu", "maxpool2d"), depth=2, scales=[2])
+    x = _x(model, 6, 0)
+    batch = bk.certify(model, x, "crown").radius
+    for i in (0, 3, 5):
+        alone = bk.certify(model, x[i : i + 1], "crown").radius
+        torch.testing.assert_close(alone, batch[i : i + 1], rtol=1e-9, atol=0.0)
+    split = bk.certify(model, x, "crown", batch_size=4).radius
+    torch.testing.assert_close(split, batch, rtol=1e-9, atol=0.0)
+
+
+def test_crown_is_at_least_sound_and_says_where_sound_won() -> None:
+    model = random_network(1, layer_kinds=("linear", "relu"), depth=2, width=10)
+    x = _x(model, 8, 1)
+    cert = bk.certify(model, x, "crown")
+    sound = bk.certify(model, x, "sound").radius
+    assert bool((cert.radius >= sound).all())
+    assert cert.info["from_sound"].dtype == torch.bool
+    assert bool((cert.radius[cert.info["from_sound"]] == sound[cert.info["from_sound"]]).all())
+
+
+def test_the_box_only_tightens() -> None:
+    model = random_network(2, layer_kinds=("linear", "relu"), depth=2, width=10)
+    x = _x(model, 6, 2)
+    x[:, :2] = 0.0
+    boxed = bk.certify(model, x, "crown").radius
+    free = bk.certify(model, x, "crown", box=None).radius
+    assert bool((boxed >= free * (1 - 1e-3)).all())
+
+
+def test_bad_options_are_one_line_errors() -> None:
+    model = random_network(0, layer_kinds=("linear", "relu"))
+    x = _x(model, 2, 0)
+    with pytest.raises(ValueError, match="box"):
+        bk.certify(model, x, "crown", box=(1.0, 0.0))
+    with pytest.raises(ValueError, match="box"):
+        bk.certify(model, x, "crown", box="unit")
+    with pytest.raises(TypeError, match="no option"):
+        bk.certify(model, x, "sound", box=None)
+    with pytest.raises(ValueError, match="unknown method"):
+        bk.certify(model, x, "crown2")
+
+
+def test_a_user_registered_method_works_end_to_end() -> None:
+    from boundkit.bounds.method import BatchResult, Method, register_method, unregister_method
+
+    class Zero(Method):
+        name = "zero-test"
+        description = "radius 0 (a trivially true certificate)"
+
+        def run(self, graph, x, plan, *, trace, **options):
+            logits = graph.activations(x)[graph.logits.name]
+            label = logits.argmax(1)
+            z = torch.zeros(x.shape[0], dtype=torch.float64)
+            return BatchResult(z, label, label, z)
+
+    register_method(Zero())
+    try:
+        model = random_network(0, layer_kinds=("linear", "relu"))
+        cert = bk.certify(model, _x(model, 3, 0), "zero-test")
+        assert cert.method == "zero-test" and bool((cert.radius == 0).all())
+        assert "zero-test" in bk.available_methods()
+        from boundkit.bounds.method import is_guarantee
+
+        assert is_guarantee("zero-test") and not is_guarantee("peck2017")
+    finally:
+        unregister_method("zero-test")
+
+
+def test_misclassified_or_tied_samples_get_radius_zero_not_nan() -> None:
+    model = nn.Sequential(nn.Linear(3, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.zero_()
+    cert = bk.certify(model, torch.rand(2, 3), "crown")
+    assert bool((cert.radius == 0).all()) and not any(math.isnan(v) for v in cert.radius.tolist())
