@@ -567,6 +567,9 @@ class ComposedNet(nn.Module):
                               / math.sqrt(max(prm[0].numel(), 1)))
             self.layers.append(mod)
         self.head = nn.Linear(feat if feat is not None else c * h * w, num_classes)
+        with torch.no_grad():
+            for prm in self.head.parameters():
+                prm.copy_(torch.randn(prm.shape, generator=gen) / math.sqrt(prm[0].numel()))
         self.flat_at_end = feat is None
         self.eval()
 

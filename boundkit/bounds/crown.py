@@ -175,7 +175,9 @@ class CrownRun:
     def _fallback_interval(self, node: Node, eps: torch.Tensor) -> Interval:
         h0 = self.sound.acts[node.name]
         om = self.omega.get(node.name)
-        spread = om(eps) * (1 + 1e-9) if om is not None else torch.zeros_like(eps)
+        # a node without a modulus from the input (none was composed up to it) is bounded
+        # by nothing: an infinite interval, so crown falls back on sound for that sample
+        spread = om(eps) * (1 + 1e-9) if om is not None else torch.full_like(eps, math.inf)
         spread = spread + self.sound.errors[node.name] * (1 + 1e-9)
         s = spread.reshape(-1, *([1] * (h0.dim() - 1)))
         return Interval(h0 - s, h0 + s)

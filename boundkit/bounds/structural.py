@@ -123,20 +123,34 @@ for _op in ("add", "cat"):
 # ------------------------------------------------------------------ linear relaxations
 class ReshapeRelaxation(RelaxationRule):
     """``crown``: flatten / reshape / identity move entries without arithmetic: the
-    coefficients are reshaped back (exact)."""
+    coefficients are reshaped back (exact); a constant shift :math:`h=x+s` adds
+    :math:`\langle A,s\rangle` to the bias (its rounding charged)."""
 
     def supports(self, node: Node) -> bool:
-        return node.attrs.get("shift") is None and len(node.inputs) == 1
+        return len(node.inputs) == 1
 
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         n = ins[0].lo.shape[0]
-        return Interval(ins[0].lo.reshape(n, *node.out_shape),
-                        ins[0].hi.reshape(n, *node.out_shape))
+        lo = ins[0].lo.reshape(n, *node.out_shape)
+        hi = ins[0].hi.reshape(n, *node.out_shape)
+        shift = node.attrs.get("shift")
+        if shift is None:
+            return Interval(lo, hi)
+        s = shift.to(lo).broadcast_to(node.out_shape)
+        lo, hi = lo + s, hi + s
+        e = UNIT_ROUNDOFF * torch.maximum(lo.abs(), hi.abs())
+        return Interval(lo - e, hi + e)
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         n, s = lb.A.shape[:2]
         a_in = lb.A.reshape(n, s, *node.in_shapes[0])
-        return [lb.then(a_in, 0.0, 0.0, ctx.intervals[node.name].mag)]
+        shift = node.attrs.get("shift")
+        if shift is None:
+            return [lb.then(a_in, 0.0, 0.0, ctx.intervals[node.name].mag)]
+        sh = shift.to(lb.A).broadcast_to(node.out_shape).expand(n, *node.out_shape)
+        bias = _dot(lb.A, sh)
+        err = float(gamma(node.out_numel + 1)) * _dot(lb.A.abs(), sh.abs())
+        return [lb.then(a_in, bias, err, ctx.intervals[node.name].mag)]
 
 
 class MergeRelaxation(RelaxationRule):
