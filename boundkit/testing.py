@@ -629,7 +629,7 @@ class ComposedNet(nn.Module):
         return self._act(kind, form, p, mod, g)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x
+        h = x.clone()  # in-place forms must not write into the caller's tensor
         for (kind, form, p), mod in zip(self.steps, self.layers):
             if kind in ("avgpool", "maxpool") and p.get("skip"):
                 continue

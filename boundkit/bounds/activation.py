@@ -112,6 +112,20 @@ class ReLURule(LipschitzRule):
         return 1.0
 
 
+class LeakyReLURule(LipschitzRule):
+    r"""LeakyReLU :math:`g(z)=z` for :math:`z\ge0`, :math:`sz` otherwise, is piecewise linear
+    with slopes 1 and :math:`s`, hence :math:`\max(1,|s|)`-Lipschitz (on a segment crossing 0
+    split at 0); one rounded product per negative entry: error :math:`\le u|g(z)|`."""
+
+    def compute_lipschitz(self, node: Node, graph: Graph) -> float:
+        return max(1.0, abs(float(node.attrs["negative_slope"])))
+
+    def rounding(
+        self, node: Node, graph: Graph, in_norm: torch.Tensor, out_norm: torch.Tensor
+    ) -> torch.Tensor:
+        return UNIT_ROUNDOFF * out_norm
+
+
 class SmoothActivationRule(LipschitzRule):
     """tanh, sigmoid, softplus: Lipschitz with :math:`A=\\sup|g'|` (mean value theorem)."""
 
@@ -138,6 +152,7 @@ class ReLUKeepRule(BackwardRule):
 
 
 register_rule("relu", "sound", ReLURule())
+register_rule("leaky_relu", "sound", LeakyReLURule())
 for _op in ("tanh", "sigmoid", "softplus"):
     register_rule(_op, "sound", SmoothActivationRule())
 register_rule("relu", "peck2017", ReLUKeepRule())

@@ -21,8 +21,9 @@ from boundkit.graph.cache import check_graph
 from boundkit.graph.cache import graph_for as cached_graph
 from boundkit.graph.capture import capture as capture_graph
 from boundkit.graph.fidelity import check_fidelity
-from boundkit.validate import check_call
 from boundkit.graph.graph import Graph
+from boundkit.validate import check_call
+
 
 def graph_for(model: nn.Module, x: torch.Tensor, device: torch.device | str | None) -> Graph:
     """The graph of ``model`` (:func:`boundkit.graph.cache.graph_for`: reused while the

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from boundkit.bounds.numerics import underflow_error, unsafe_range
 from boundkit.bounds import walk
 from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.bounds.mlp import SMOOTH_OPS, SmoothBlock, Stage
 from boundkit.bounds.modulus import Modulus
+from boundkit.bounds.numerics import underflow_error, unsafe_range
 from boundkit.bounds.output import SoundOutput
 from boundkit.bounds.registry import SoundRule, require_rule
 from boundkit.bounds.state import Activations

@@ -124,7 +124,7 @@ for _op in ("add", "cat"):
 class ReshapeRelaxation(RelaxationRule):
     """``crown``: flatten / reshape / identity move entries without arithmetic: the
     coefficients are reshaped back (exact); a constant shift :math:`h=x+s` adds
-    :math:`\langle A,s\rangle` to the bias (its rounding charged)."""
+    :math:`\\langle A,s\rangle` to the bias (its rounding charged)."""
 
     def supports(self, node: Node) -> bool:
         return len(node.inputs) == 1

@@ -391,3 +391,17 @@ def test_random_compositions_are_refused_or_certified_soundly(model, seed):
     with torch.no_grad():
         want = __import__("copy").deepcopy(model).double()(x.double())
     torch.testing.assert_close(graph.activations(x)[graph.output], want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("slope", [0.01, -0.5, 1.5])
+def test_leaky_relu_in_every_form_is_certified_soundly(slope):
+    for act in (nn.LeakyReLU(slope), lambda h: F.leaky_relu(h, slope),
+                lambda h: F.leaky_relu(h, negative_slope=slope)):
+        m = Fn(lambda s, h, act=act: act(h))
+        if isinstance(act, nn.Module):
+            m.act = act
+            m.body = lambda s, h: s.act(h)
+        m = _seeded(m)
+        node = next(n for n in bk.capture(m, (4,)) if n.op == "leaky_relu")
+        assert node.attrs["negative_slope"] == slope
+        assert_graph_is_model_and_sound(m, _x((4,)))
