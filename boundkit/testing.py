@@ -577,8 +577,10 @@ class ComposedNet(nn.Module):
         F = nn.functional
         b, t, s = p.get("beta"), p.get("threshold"), p.get("slope")
         forms: dict[str, list[Callable[[], torch.Tensor]]] = {
-            "relu": [lambda: mod(h), lambda: F.relu(h), lambda: torch.relu(h),
-                     lambda: h.relu(), lambda: F.relu(h, True), lambda: F.relu(h, inplace=True)],
+            # in-place forms act on a copy, so that autograd (attacks) can still differentiate
+            "relu": [lambda: mod(h.clone() if mod.inplace else h), lambda: F.relu(h),
+                     lambda: torch.relu(h), lambda: h.relu(), lambda: F.relu(h.clone(), True),
+                     lambda: F.relu(h.clone(), inplace=True)],
             "tanh": [lambda: mod(h), lambda: torch.tanh(h), lambda: h.tanh()],
             "sigmoid": [lambda: mod(h), lambda: torch.sigmoid(h), lambda: h.sigmoid()],
             "softplus": [lambda: mod(h), lambda: F.softplus(h, b, t),

@@ -67,6 +67,7 @@ def certify(
     batch_size: int = 1024,
     trace: bool = True,
     graph: Graph | None = None,
+    executor: Any = None,
     **options: Any,
 ) -> Certificate:
     """Certify the L2 robustness of ``model`` at every sample of ``x``.
@@ -85,6 +86,8 @@ def certify(
         batch_size: samples per chunk (bounds memory; results do not depend on it).
         trace: keep the per-node bounds (``Certificate.trace``).
         graph: a graph from :func:`boundkit.capture` to reuse.
+        executor: run on a cluster instead, e.g. a
+            :class:`boundkit.distributed.RayExecutor` (identical radii and traces).
         **options: method options (e.g. ``box=(0.0, 1.0)`` or ``box=None`` for ``crown``);
             an option the method does not know is an error.
 
@@ -100,6 +103,8 @@ def certify(
         raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 2:
         raise InputShapeError(f"x must be a batch [N, ...], got shape {tuple(x.shape)}")
+    if executor is not None:
+        return executor.certify(model, x, method, device=device, **options)
     if graph is None:
         graph = graph_for(model, x, device)
     else:

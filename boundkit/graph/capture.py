@@ -216,6 +216,12 @@ def check_hidden_code(model: nn.Module) -> None:
     """
     from torch.nn.modules import module as module_mod
 
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnsupportedLayerError(
+            type(model).__name__, "torchscript",
+            why="a TorchScript module cannot be traced by torch.fx: certify the nn.Module it "
+            "was scripted from (attacks run on TorchScript)",
+        )
     for kind in ("_global_forward_hooks", "_global_forward_pre_hooks"):
         if getattr(module_mod, kind, None):
             raise UnsupportedLayerError(
@@ -223,7 +229,10 @@ def check_hidden_code(model: nn.Module) -> None:
                 why=f"a global forward hook is registered ({kind}); its effect on the "
                 "outputs is invisible to a trace: remove it before certifying",
             )
-    if type(model).__call__ is not nn.Module.__call__:
+    # a GraphModule's class wraps __call__ only to report errors in the generated code
+    if type(model).__call__ is not nn.Module.__call__ and not isinstance(
+        model, torch.fx.GraphModule
+    ):
         raise UnsupportedLayerError(
             type(model).__name__, "__call__",
             why="the model class overrides __call__, which a trace of forward does not see",
