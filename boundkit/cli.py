@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from boundkit.bounds.method import is_guarantee, method_names
+from boundkit.data._common import sha256_of
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_VIOLATION, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -89,16 +90,6 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class Data:
     """``--data`` loaded: the first ``--n`` samples of a split, and where they came from."""
@@ -149,7 +140,7 @@ def load_data_arg(data: str, root: str | None, split: str, n: int | None) -> Dat
     home = None
     if p.suffix.lower() in (".npz", ".pt", ".pth") or p.is_file():
         x, y = load_tensor_file(p)
-        prov = {"data": str(p), "data_sha256": _sha256(p), "split": "file"}
+        prov = {"data": str(p), "data_sha256": sha256_of(p), "split": "file"}
         file = p
     else:
         from boundkit.data import data_home
@@ -322,10 +313,10 @@ def provenance(sess: Session, model_path: Path | None, data: Data | None, /,
                             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if model_path is not None:
         prov["model"] = str(model_path)
-        prov["model_sha256"] = _sha256(model_path)
+        prov["model_sha256"] = sha256_of(model_path)
         side = sidecar_path(model_path)
         if side.is_file():
-            prov["sidecar_sha256"] = _sha256(side)
+            prov["sidecar_sha256"] = sha256_of(side)
     if data is not None:
         prov.update(data.provenance)
     prov.update({k: v for k, v in extra.items() if v is not None})
@@ -726,7 +717,7 @@ def cmd_report(sess: Session) -> int:
     doc = read_json(p)
     check_outputs(Path(a.out), [p], is_dir=True)
     out = Path(a.out)
-    with staged_dir(out, {"command": "report", "results": str(p), "results_sha256": _sha256(p),
+    with staged_dir(out, {"command": "report", "results": str(p), "results_sha256": sha256_of(p),
                           "source": (doc.get("meta") or {}).get("provenance")}) as tmp:
         paths = render_report(doc, tmp)
     paths = {k: out / v.relative_to(tmp) for k, v in paths.items()}

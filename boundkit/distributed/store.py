@@ -27,16 +27,7 @@ import torch
 
 from boundkit.distributed.plan import Shard
 
-__all__ = ["ShardStore", "default_shard_root", "job_key", "sha256_file", "sha256_tensors"]
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["ShardStore", "default_shard_root", "job_key", "sha256_tensors"]
 
 
 def sha256_tensors(*tensors: torch.Tensor | None) -> str:
