@@ -27,7 +27,13 @@ import torch
 
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
-from boundkit.bounds.relaxation import Interval, LinearBounds, RelaxationRule, RelaxContext
+from boundkit.bounds.relaxation import (
+    Interval,
+    LinearBounds,
+    RelaxationRule,
+    RelaxContext,
+    _dot,
+)
 from boundkit.graph.graph import Graph, Node
 
 
@@ -182,18 +188,18 @@ class ReLURelaxation(RelaxationRule):
         delta = torch.where(unstable, 4 * UNIT_ROUNDOFF * (hi - lo) * 2, torch.zeros_like(hi))
         up_off = torch.where(unstable, -up * lo + delta, torch.zeros_like(hi))
         slope = ctx.slopes.get(f"{ctx.spec}:{node.name}")
-        if slope is None:
-            low = (hi > -lo).to(hi.dtype).expand_as(lb.A)
-        else:
-            low = slope
-        low = torch.where(on, torch.ones_like(low), torch.where(off, torch.zeros_like(low), low))
-        pos, neg = lb.A.clamp(min=0), lb.A.clamp(max=0)
-        a_in = pos * low + neg * up
-        add = (neg * up_off).flatten(2).sum(2)
-        mag = iv.mag.unsqueeze(1)
-        k = lb.A[0, 0].numel()
-        err = (2 * UNIT_ROUNDOFF * (a_in.abs() * mag).flatten(2).sum(2)
-               + float(gamma(k + 2)) * (neg.abs() * up_off.abs()).flatten(2).sum(2))
+        if slope is None:  # one lower slope per neuron: [N, 1, *shape]
+            low = torch.where(on, 1.0, torch.where(off, 0.0, (hi > -lo).to(hi.dtype)))
+        else:  # per specification [N, S, *shape]
+            low = torch.where(on, 1.0, torch.where(off, 0.0, slope))
+        A = lb.A
+        a_in = torch.where(A > 0, low, up) * A
+        # the chord's offsets enter through the negative coefficients; every term is <= 0,
+        # so the sum of their magnitudes is |add| up to the sum's own rounding
+        add = _dot(A.clamp(max=0), up_off.squeeze(1))
+        k = A[0, 0].numel()
+        err = (2 * UNIT_ROUNDOFF * _dot(a_in.abs(), iv.mag)
+               + 2 * float(gamma(k + 2)) * add.abs())
         return [lb.then(a_in, add, err, ctx.intervals[node.name].mag)]
 
 

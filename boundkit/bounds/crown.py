@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from boundkit.bounds import walk
 from boundkit.bounds.method import BatchResult, Method, register_method
@@ -53,6 +54,8 @@ from boundkit.graph.graph import Graph, Node
 
 #: default input box: pixels in [0, 1]
 DEFAULT_BOX = (0.0, 1.0)
+#: the most elements (per tensor) a refinement's backward walk holds: 2^24 float64, 128 MiB
+CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass
@@ -63,7 +66,12 @@ class CrownPlan:
     sound: SoundPlan
     nodes: list[Node]
     rules: dict[str, RelaxationRule | None]
-    refine: dict[str, str]  # node -> "unstable" (ReLU input) or "all" (smooth input)
+    #: node -> "unstable" (ReLU input), "live" (ReLU into a max pooling) or "all"
+    refine: dict[str, str]
+
+
+#: refinement modes, from the fewest neurons refined to all of them
+_REFINE_ORDER = ("unstable", "live", "all")
 
 
 def plan_crown(graph: Graph) -> CrownPlan:
@@ -79,11 +87,21 @@ def plan_crown(graph: Graph) -> CrownPlan:
         if graph[src].op == "input":
             continue
         # a ReLU's stable neurons need no better bounds, unless a max pooling reads its
-        # output (its relaxation uses the bounds of every input)
-        feeds_max = any(graph[c].op == "maxpool2d" for c in graph.consumers(n.name))
-        mode = "unstable" if n.op == "relu" and not feeds_max else "all"
-        if refine.get(src) != "all":
-            refine[src] = mode
+        # output (its relaxation uses the bounds of every input); when max poolings are all
+        # that read it, only the neurons that can reach a window's maximum ("live")
+        outs = graph.consumers(n.name)
+        pools = [c for c in outs if graph[c].op == "maxpool2d"]
+        if n.op != "relu":
+            mode = "all"
+        elif not pools:
+            mode = "unstable"
+        elif len(pools) == len(outs) == 1 and graph.consumers(src) == [n.name]:
+            mode = "live"
+        else:
+            mode = "all"
+        prev = refine.get(src)
+        refine[src] = mode if prev is None else _REFINE_ORDER[
+            max(_REFINE_ORDER.index(prev), _REFINE_ORDER.index(mode))]
     return CrownPlan(sp, nodes, rules, refine)
 
 
@@ -236,26 +254,76 @@ class CrownRun:
         if closed is not None:
             return iv.meet(closed)
         lo, hi = iv.lo.flatten(1), iv.hi.flatten(1)
-        mask = (lo < 0) & (hi > 0) if mode == "unstable" else torch.ones_like(lo, dtype=torch.bool)
+        if mode == "unstable":
+            mask = (lo < 0) & (hi > 0)
+        elif mode == "live":
+            mask = self._live(node, iv).flatten(1)
+        else:
+            mask = torch.ones_like(lo, dtype=torch.bool)
         k = int(mask.sum(1).max()) if mask.numel() else 0
         if k == 0:
             return iv
         idx = mask.to(torch.int8).topk(k, dim=1, sorted=False).indices  # [N, K]
         valid = mask.gather(1, idx)
-        m = lo.shape[1]
-        eye = torch.zeros(self.n, k, m, dtype=lo.dtype, device=lo.device)
-        eye.scatter_(2, idx.unsqueeze(2), 1.0)
-        spec = torch.cat([eye, -eye], 1).reshape(self.n, 2 * k, *node.out_shape)
-        ctx.spec = node.name
-        conc = self.backward(node, spec, ctx)
-        ctx.spec = "final"
-        bound = conc.at(eps)
-        new_lo, new_hi = bound[:, :k], -bound[:, k:]
+        # the walk's coefficient tensors are [N, 2 * chunk, *shape]: chunks of neurons keep
+        # the largest under CHUNK_ELEMENTS (memory), same bounds
+        per = max(1, CHUNK_ELEMENTS // (2 * self.n * self._widest()))
+        pieces = [self._neuron_bounds(node, ctx, eps, idx[:, j:j + per])
+                  for j in range(0, k, per)]
+        new_lo = torch.cat([p[0] for p in pieces], 1)
+        new_hi = torch.cat([p[1] for p in pieces], 1)
         lo2 = lo.scatter(1, idx, torch.where(valid, torch.maximum(lo.gather(1, idx), new_lo),
                                              lo.gather(1, idx)))
         hi2 = hi.scatter(1, idx, torch.where(valid, torch.minimum(hi.gather(1, idx), new_hi),
                                              hi.gather(1, idx)))
         return Interval(lo2.reshape(iv.lo.shape), hi2.reshape(iv.hi.shape))
+
+    def _widest(self) -> int:
+        """The largest node (elements per sample) a backward walk passes."""
+        return max(math.prod(n.out_shape) for n in self.plan.nodes)
+
+    def _neuron_bounds(self, node: Node, ctx: RelaxContext, eps: torch.Tensor,
+                       idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Lower and upper bounds [N, K] of the neurons ``idx`` [N, K] of ``node`` over the
+        balls: one backward walk from :math:`\pm e_j`."""
+        k = idx.shape[1]
+        m = math.prod(node.out_shape)
+        eye = torch.zeros(self.n, k, m, dtype=self.x0.dtype, device=self.x0.device)
+        eye.scatter_(2, idx.unsqueeze(2), 1.0)
+        spec = torch.cat([eye, -eye], 1).reshape(self.n, 2 * k, *node.out_shape)
+        ctx.spec = node.name
+        try:
+            bound = self.backward(node, spec, ctx).at(eps)
+        finally:
+            ctx.spec = "final"
+        return bound[:, :k], -bound[:, k:]
+
+    def _live(self, node: Node, iv: Interval) -> torch.Tensor:
+        r"""The neurons of ``node`` (read by one ReLU, read by one max pooling) whose bounds
+        can change the pooling's relaxation: not dead (:math:`u>0`) and not dominated,
+        :math:`\mathrm{relu}(u_i)\ge\min_{w\ni i}\max_{i'\in w}\mathrm{relu}(l_{i'})`. A
+        dominated neuron is never a window's maximum, nor its best lower bound, nor its
+        largest upper bound, and refining bounds only raises the right-hand side and lowers
+        :math:`u_i` (docs/theory/linear_relaxation.md §Refined neurons)."""
+        graph = self.graph
+        relu = graph[graph.consumers(node.name)[0]]
+        pool = graph[graph.consumers(relu.name)[0]]
+        a = pool.attrs
+        lo_r, hi_r = iv.lo.clamp(min=0), iv.hi.clamp(min=0)
+        best = F.max_pool2d(lo_r, a["kernel_size"], a["stride"], a["padding"], a["dilation"])
+        p = a["padding"]
+        n, c, h, w = lo_r.shape
+        padded = (h + 2 * p[0], w + 2 * p[1])
+        pos = torch.arange(padded[0] * padded[1], dtype=lo_r.dtype, device=lo_r.device)
+        pos_w = F.unfold(pos.reshape(1, 1, *padded), a["kernel_size"], dilation=a["dilation"],
+                         stride=a["stride"])[0].long()  # [k, L]
+        k, nw = pos_w.shape
+        vals = (-best.reshape(n, c, 1, nw)).expand(n, c, k, nw).reshape(n, c, k * nw)
+        neg_thr = torch.full((n, c, padded[0] * padded[1]), -math.inf, dtype=lo_r.dtype,
+                             device=lo_r.device)
+        neg_thr.scatter_reduce_(2, pos_w.reshape(1, 1, -1).expand(n, c, -1), vals, "amax")
+        thr = -neg_thr.reshape(n, c, *padded)[..., p[0]:p[0] + h, p[1]:p[1] + w]
+        return (iv.hi > 0) & (hi_r >= thr)
 
     # ------------------------------------------------------------------ backward
     def backward(self, target: Node, spec: torch.Tensor, ctx: RelaxContext) -> Concrete:
@@ -299,46 +367,113 @@ class CrownRun:
         spec = eye[label].unsqueeze(1) - eye.unsqueeze(0)  # [N, C, C]: e_y - e_j
         return spec.reshape(self.n, c, *self.graph.logits.out_shape)
 
+    def evaluate(self, eps: torch.Tensor, label: torch.Tensor) -> RadiusStep:
+        """Build the relaxation for the balls of radii ``eps`` and read it (:class:`RadiusStep`)."""
+        ctx = self.intervals(eps)
+        return radius_step(self.backward(self.graph.logits, self.margin_spec(label), ctx),
+                           eps, label)
+
     def certified(self, eps: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """A radius certified by the relaxation built for ``eps`` (<= eps) [N]."""
-        ctx = self.intervals(eps)
-        conc = self.backward(self.graph.logits, self.margin_spec(label), ctx)
-        own = torch.nn.functional.one_hot(label, conc.c.shape[1]).bool()
-        ratio = torch.where(conc.c > 0, torch.where(conc.nu > 0, conc.c / conc.nu,
-                                                    torch.full_like(conc.c, math.inf)),
-                            torch.zeros_like(conc.c))
-        ratio = torch.where(own, torch.full_like(ratio, math.inf), ratio)
-        r = round_down(ratio.min(1).values, 8)
-        return torch.minimum(r, eps)
+        return self.evaluate(eps, label).certified
+
+
+@dataclass
+class RadiusStep:
+    r"""What one relaxation, built for the balls of radii ``eps`` [N], says: the margins
+    :math:`f_y-f_j\ge c_j-\varepsilon'\nu_j` for every :math:`\varepsilon'\le\varepsilon`.
+
+    ``phi``: :math:`\min_{j\ne y}c_j/\nu_j`, unrounded, possibly negative; ``bound``: the
+    margin bound at ``eps`` itself, :math:`\min_{j\ne y}(c_j-\varepsilon\nu_j)`; ``certified``:
+    :math:`\min(\varepsilon,\varphi)` with the quotient rounded down (8 ulps cover its one
+    rounding), 0 where :math:`\varphi\le0`."""
+
+    eps: torch.Tensor
+    phi: torch.Tensor
+    bound: torch.Tensor
+    certified: torch.Tensor
+
+
+def radius_step(conc: Concrete, eps: torch.Tensor, label: torch.Tensor) -> RadiusStep:
+    own = torch.nn.functional.one_hot(label, conc.c.shape[1]).bool()
+    nu = conc.nu
+    safe = torch.where(nu > 0, nu, torch.ones_like(nu))
+    inf = torch.full_like(nu, math.inf)
+    r = torch.where(nu > 0, conc.c / safe, torch.where(conc.c > 0, inf, -inf))
+    phi = torch.where(own, inf, r).min(1).values
+    bound = torch.where(own, inf, conc.at(eps)).min(1).values
+    cert = torch.minimum(round_down(phi.clamp(min=0.0), 8), eps)
+    return RadiusStep(eps, phi, bound, cert)
 
 
 def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: torch.Tensor,
-                  rtol: float = 1e-3, max_steps: int = 40) -> torch.Tensor:
-    """Per-sample monotone search (module docstring): ``lo`` is certified on entry and only
-    grows; ``hi`` is the smallest radius at which the relaxation failed."""
+                  rtol: float = 1e-3, max_steps: int = 40, first: float = 2.0
+                  ) -> torch.Tensor:
+    r"""Per-sample radius search for the root of :math:`m(\varepsilon)`, the margin bound of
+    the relaxation built for radius :math:`\varepsilon` (:class:`RadiusStep`; decreasing in
+    practice, :math:`m(0)` the margin at :math:`x_0`).
+
+    Every step certifies :math:`\min(\varepsilon,\varphi(\varepsilon))`, so ``lo``
+    (certified on entry, e.g. the ``sound`` radius) only grows whatever :math:`m` does;
+    ``hi`` is the smallest radius whose relaxation failed. The next radius estimates the
+    root by regula falsi on the last passing and failing radii (Illinois variant: an end
+    kept twice has its value halved; Dowell & Jarratt 1971), before any failure by the
+    chord from the previous pass, capped by :math:`\varphi` (the root lies below
+    :math:`\varphi(\varepsilon)` of a pass). It aims just above the estimate (a failure
+    there still certifies :math:`\varphi`, close below the root) or, once ``hi`` is close
+    above it, just below (a pass closes the bracket). Outside the bracket: the geometric
+    mean, or growth by 4x while nothing failed. Stops at ``hi <= lo (1 + rtol)`` per
+    sample; ``first``: the first radius tried is ``first * lo``."""
+    n = lo.numel()
     lo = lo.clone()
     hi = torch.full_like(lo, math.inf)
     active = margin > 0
-    eps = torch.where(lo > 0, lo * 2.0, torch.full_like(lo, 1e-2))
+    nan = torch.full_like(lo, math.nan)
+    # pass end a (m >= 0) with the previous pass p (the chord before any failure), fail end b
+    ea, ma = torch.zeros_like(lo), margin.clone()
+    ep, mp = nan.clone(), nan.clone()
+    eb, mb = nan.clone(), nan.clone()
+    phia = torch.full_like(lo, math.inf)
+    side = torch.zeros(n, dtype=torch.int8, device=lo.device)  # last end moved: +1 a, -1 b
+    eps = torch.where(lo > 0, lo * first, torch.full_like(lo, 1e-2))
     for _ in range(max_steps):
         todo = active & ~(hi <= lo * (1 + rtol))
         if not bool(todo.any()):
             break
         idx = torch.nonzero(todo).flatten()
-        sub = run.subset(idx) if idx.numel() < lo.numel() else None
+        sub = run.subset(idx) if idx.numel() < n else None
         if sub is None:
-            eps = torch.where(todo, eps, lo)  # finished samples re-check their radius
-            r = run.certified(eps, label)
+            st = run.evaluate(torch.where(todo, eps, lo.clamp(min=1e-300)), label)
+            phi, m, cert = st.phi[idx], st.bound[idx], st.certified[idx]
         else:
-            r = lo.clone()
-            r[idx] = sub.certified(eps[idx], label[idx])
-        full = r >= eps
-        lo = torch.where(todo, torch.maximum(lo, r), lo)
-        hi = torch.where(todo & ~full, torch.minimum(hi, eps), hi)
-        grow = torch.where(lo > 0, lo * 4.0, eps * 4.0)
-        eps = torch.where(torch.isinf(hi), grow, torch.where(
-            hi > lo * 2, torch.sqrt(lo * hi).clamp(min=lo * 1.0001), (lo + hi) / 2))
-        eps = torch.where(lo > 0, eps, torch.where(torch.isinf(hi), eps, hi / 8))
+            st = sub.evaluate(eps[idx], label[idx])
+            phi, m, cert = st.phi, st.bound, st.certified
+        e = eps[idx]
+        ok = cert >= e
+        lo[idx] = torch.maximum(lo[idx], cert)
+        hi[idx] = torch.where(ok, hi[idx], torch.minimum(hi[idx], e))
+        a_e, a_m, p_e, p_m = ea[idx], ma[idx], ep[idx], mp[idx]
+        b_e, b_m, sd, ph = eb[idx], mb[idx], side[idx], phia[idx]
+        a_m = torch.where(~ok & (sd == -1), a_m / 2, a_m)
+        b_m = torch.where(ok & (sd == 1), b_m / 2, b_m)
+        p_e, p_m = torch.where(ok, a_e, p_e), torch.where(ok, a_m, p_m)
+        a_e, a_m, ph = torch.where(ok, e, a_e), torch.where(ok, m, a_m), torch.where(ok, phi, ph)
+        b_e, b_m = torch.where(ok, b_e, e), torch.where(ok, b_m, m)
+        sd = torch.where(ok, torch.ones_like(sd), -torch.ones_like(sd))
+        ea[idx], ma[idx], ep[idx], mp[idx] = a_e, a_m, p_e, p_m
+        eb[idx], mb[idx], side[idx], phia[idx] = b_e, b_m, sd, ph
+        # root estimate
+        bracket = a_e + a_m * (b_e - a_e) / (a_m - b_m)
+        chord = torch.where(p_m > a_m, a_e + a_m * (a_e - p_e) / (p_m - a_m),
+                            torch.full_like(a_e, math.inf))
+        est = torch.where(torch.isfinite(b_e), bracket, torch.minimum(chord, ph))
+        l, h = lo[idx], hi[idx]
+        below = h <= est * (1 + 0.75 * rtol)
+        target = torch.where(below, est * (1 - 0.25 * rtol), est * (1 + 0.5 * rtol))
+        inside = torch.isfinite(target) & (target > l * (1 + 0.1 * rtol)) & (target < h)
+        fallback = torch.where(torch.isinf(h), torch.where(l > 0, l * 4, e * 4),
+                               torch.where(l > 0, torch.sqrt(l * h), h / 8))
+        eps[idx] = torch.where(inside, target, fallback)
     return lo
 
 

@@ -235,13 +235,18 @@ class MaxPoolRelaxation(RelaxationRule):
         add = (torch.where(stable.unsqueeze(1), torch.zeros_like(neg), neg)
                * u_max.unsqueeze(1)).flatten(2).sum(2)
         k = lo_w.shape[2]
-        cols = torch.zeros(n, s, c, k, coef.shape[-1], dtype=A.dtype, device=A.device)
-        cols.scatter_(3, best.unsqueeze(1).expand(n, s, c, 1, -1), coef.unsqueeze(3))
+        # each window's coefficient lands on its best input: a scatter-add over the flat
+        # (padded) input positions, summing where windows overlap
         p = a["padding"]
         in_hw = node.in_shapes[0][1:]
         padded = (in_hw[0] + 2 * p[0], in_hw[1] + 2 * p[1])
-        a_in = F.fold(cols.reshape(n * s * c, k, -1), padded, a["kernel_size"],
-                      dilation=a["dilation"], stride=a["stride"])
+        pos_map = torch.arange(padded[0] * padded[1], dtype=lo_w.dtype, device=lo_w.device)
+        pos_w = F.unfold(pos_map.reshape(1, 1, *padded), a["kernel_size"],
+                         dilation=a["dilation"], stride=a["stride"])[0]  # [k, L]
+        flat = pos_w.unsqueeze(0).unsqueeze(0).expand(n, c, -1, -1).gather(2, best)
+        flat = flat.squeeze(2).long().unsqueeze(1).expand(n, s, c, -1)  # [N, S, C, L]
+        a_in = torch.zeros(n, s, c, padded[0] * padded[1], dtype=A.dtype, device=A.device)
+        a_in.scatter_add_(3, flat, coef)
         a_in = a_in.reshape(n, s, c, *padded)[..., p[0]:p[0] + in_hw[0], p[1]:p[1] + in_hw[1]]
         mag_in = iv.mag
         overlap = float(gamma(k + 1))
