@@ -172,12 +172,20 @@ class CrownRun:
         per-sample moduli of fallback nodes)."""
         if self.omega:
             return None
-        sub = object.__new__(CrownRun)
+        sub = object.__new__(type(self))
         sub.graph, sub.plan, sub.box = self.graph, self.plan, self.box
         sub.x0, sub.in_box, sub.n = self.x0[idx], self.in_box[idx], int(idx.numel())
         sub.sound = SubsetPass({k: v[idx] for k, v in self.sound.acts.items()})
         sub.omega, sub.fallback, sub.slopes = {}, self.fallback, {}
+        self._subset_state(sub, idx)
         return sub
+
+    def _subset_state(self, sub: CrownRun, idx: torch.Tensor) -> None:
+        """Hook: a subclass copies its own per-sample state to ``sub`` (rows ``idx``)."""
+
+    def absorb(self, sub: CrownRun, idx: torch.Tensor) -> None:
+        """Hook: take back the per-sample state ``sub`` (rows ``idx`` of this run) updated,
+        so a sample's state does not depend on which subsets it was evaluated in."""
 
     # ------------------------------------------------------------------ intervals
     def _input_interval(self, eps: torch.Tensor) -> Interval:
@@ -447,6 +455,7 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
             phi, m, cert = st.phi[idx], st.bound[idx], st.certified[idx]
         else:
             st = sub.evaluate(eps[idx], label[idx])
+            run.absorb(sub, idx)
             phi, m, cert = st.phi, st.bound, st.certified
         e = eps[idx]
         ok = cert >= e
@@ -495,7 +504,7 @@ class CrownMethod(Method):
         box = options.get("box", DEFAULT_BOX)
         box = _check_box(box)
         x0 = x.to(device=graph.device, dtype=torch.float64)
-        run = CrownRun(graph, plan, x0, box)
+        run = self.make_run(graph, plan, x0, box, options)
         base = run.sound.result
         sound_r = torch.nan_to_num(base.radius, nan=0.0).clamp_min(0.0)
         label, m = margins(run.sound.acts[graph.logits.name])
@@ -507,9 +516,24 @@ class CrownMethod(Method):
                           {"from_sound": sound_r >= r}, outputs=base.outputs, unsafe=base.unsafe)
         return res
 
+    def make_run(self, graph: Graph, plan: CrownPlan, x0: torch.Tensor,
+                 box: tuple[float, float] | None, options: dict[str, Any]) -> CrownRun:
+        return CrownRun(graph, plan, x0, box)
+
     def search(self, run: CrownRun, label: torch.Tensor, lo: torch.Tensor,
                margin: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
-        return search_radius(run, label, lo, margin, float(options.get("rtol", 1e-3)))
+        return search_radius(run, label, lo, margin, check_rtol(options.get("rtol", 1e-3)))
+
+
+def check_rtol(rtol: Any) -> float:
+    """The search's relative tolerance: a number in (0, 1)."""
+    try:
+        value = float(rtol)
+    except (TypeError, ValueError):
+        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    return value
 
 
 def _check_box(box: Any) -> tuple[float, float] | None:

@@ -1,0 +1,110 @@
+"""``alpha`` (CROWN with optimised ReLU slopes) and the parts of ``crown`` it relies on:
+never below ``crown``, never above the exact radius or an adversarial example, batch
+independent, options checked; ``crown``'s live-neuron refinement changes no bound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import boundkit as bk
+from boundkit.bounds import crown as crown_mod
+from boundkit.testing import adversarial_search, inputs_for, random_network, small_relu_mlps
+
+FAST = settings(max_examples=10, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _x(model: nn.Module, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((n, *model.boundkit_input_shape), generator=gen)
+
+
+@FAST
+@given(model=small_relu_mlps(max_hidden=8), data=st.data())
+def test_alpha_lies_between_crown_and_the_exact_radius_on_small_relu_mlps(model, data) -> None:
+    x = data.draw(inputs_for(model, n=(1, 3)))
+    for box in (None, (0.0, 1.0)):
+        a = bk.certify(model, x, "alpha", box=box, iterations=8).radius
+        c = bk.certify(model, x, "crown", box=box).radius
+        exact = bk.exact_radius(model, x, box=box)
+        assert bool((a >= c).all()), (a, c)
+        assert bool((a <= exact * (1 + 1e-9)).all()), (box, a, exact)
+
+
+@pytest.mark.parametrize("kinds", [("conv2d", "relu", "maxpool2d"), ("linear", "relu"),
+                                   ("conv2d", "relu", "avgpool2d")])
+@pytest.mark.parametrize("seed", range(2))
+def test_no_adversarial_example_inside_the_alpha_ball(kinds, seed) -> None:
+    model = random_network(seed, layer_kinds=kinds, depth=3, width=12, scales=[1.5])
+    x = _x(model, 4, seed)
+    a = bk.certify(model, x, "alpha", iterations=10).radius
+    c = bk.certify(model, x, "crown").radius
+    assert bool((a >= c).all())
+    _, norm = adversarial_search(model, x, steps=60, box=(0.0, 1.0), seed=seed)
+    assert bool((a <= norm * (1 + 1e-9)).all()), (a, norm)
+
+
+def test_alpha_improves_on_crown_on_a_net_with_unstable_relus() -> None:
+    model = random_network(3, layer_kinds=("linear", "relu"), depth=3, width=24, scales=[2.0])
+    x = _x(model, 8, 3)
+    a = bk.certify(model, x, "alpha", box=None).radius
+    c = bk.certify(model, x, "crown", box=None).radius
+    assert bool((a >= c).all())
+    assert float((a / c.clamp_min(1e-300)).max()) > 1.001  # the slopes do something
+
+
+def test_alpha_radius_of_a_sample_alone_equals_its_radius_inside_a_batch() -> None:
+    model = random_network(4, layer_kinds=("linear", "relu"), depth=2, width=12)
+    x = _x(model, 5, 4)
+    batch = bk.certify(model, x, "alpha", iterations=6).radius
+    for i in (0, 4):
+        alone = bk.certify(model, x[i : i + 1], "alpha", iterations=6).radius
+        torch.testing.assert_close(alone, batch[i : i + 1], rtol=1e-9, atol=0.0)
+
+
+def test_alpha_options_are_checked_in_one_line() -> None:
+    model = random_network(0, layer_kinds=("linear", "relu"))
+    x = _x(model, 2, 0)
+    for bad in ({"iterations": 0}, {"iterations": 2.5}, {"lr": -1.0}, {"lr": "fast"},
+                {"rtol": 0.0}, {"rtol": 2.0}, {"box": (1.0, 0.0)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            bk.certify(model, x, "alpha", **bad)
+    with pytest.raises(TypeError, match="no option"):
+        bk.certify(model, x, "alpha", steps=3)
+
+
+def test_alpha_is_a_registered_guarantee() -> None:
+    from boundkit.bounds.method import is_guarantee
+
+    assert "alpha" in bk.available_methods() and is_guarantee("alpha")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_live_refinement_gives_the_same_radii_as_refining_every_neuron(seed, monkeypatch) -> None:
+    model = random_network(seed, layer_kinds=("conv2d", "relu", "maxpool2d"), depth=3,
+                           width=8, scales=[1.5])
+    x = _x(model, 4, seed)
+    live = bk.certify(model, x, "crown").radius
+    plan = crown_mod.plan_crown
+
+    def all_modes(graph):
+        p = plan(graph)
+        p.refine = {k: ("all" if v == "live" else v) for k, v in p.refine.items()}
+        return p
+
+    monkeypatch.setattr(crown_mod, "plan_crown", all_modes)
+    full = bk.certify(model, x, "crown").radius
+    torch.testing.assert_close(live, full, rtol=1e-12, atol=0.0)
+
+
+def test_chunked_refinement_gives_the_same_radii(monkeypatch) -> None:
+    model = random_network(5, layer_kinds=("conv2d", "relu", "maxpool2d"), depth=3, width=8)
+    x = _x(model, 3, 5)
+    whole = bk.certify(model, x, "crown").radius
+    monkeypatch.setattr(crown_mod, "CHUNK_ELEMENTS", 64)
+    chunked = bk.certify(model, x, "crown").radius
+    torch.testing.assert_close(whole, chunked, rtol=1e-12, atol=0.0)
