@@ -166,32 +166,57 @@ register_rule("relu", "peck2017", ReLUKeepRule())
 
 # ------------------------------------------------------------------ linear relaxations
 class ReLURelaxation(RelaxationRule):
-    r"""``crown``/``alpha``: on :math:`[l,u]` with :math:`l<0<u`,
-    :math:`\alpha z\le\mathrm{ReLU}(z)\le\frac{u}{u-l}(z-l)` for any :math:`\alpha\in[0,1]`
-    (CROWN, Zhang et al. 2018; the upper line is the chord; ``docs/theory/
-    linear_relaxation.md`` §ReLU). ``crown`` takes :math:`\alpha=1` when :math:`u>-l`, else 0;
-    ``alpha`` optimises it per neuron and specification. Stable neurons are exact."""
+    r"""``crown``/``alpha``: ReLU and LeakyReLU :math:`g(z)=\max(z,sz)` with negative slope
+    :math:`s\le1` (:math:`s=0` for ReLU), a convex function. On :math:`[l,u]` with
+    :math:`l<0<u`, :math:`\alpha z\le g(z)\le g(l)+\frac{u-sl}{u-l}(z-l)` for any
+    :math:`\alpha\in[s,1]` (CROWN, Zhang et al. 2018: the lower line is a supporting line
+    at 0, the upper line the chord; ``docs/theory/linear_relaxation.md`` §ReLU). ``crown``
+    takes :math:`\alpha=1` when :math:`u>-l`, else :math:`s`; ``alpha`` optimises it per
+    neuron and specification. Stable neurons are exact (slope 1 or :math:`s`)."""
 
     nonlinear = True
 
+    def slope(self, node: Node) -> float:
+        """The negative slope :math:`s` (0 for ReLU)."""
+        return float(node.attrs.get("negative_slope", 0.0)) if node.op == "leaky_relu" else 0.0
+
+    def supports(self, node: Node) -> bool:
+        return self.slope(node) <= 1.0  # above 1 the function is concave (sound modulus)
+
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
-        return Interval(ins[0].lo.clamp(min=0), ins[0].hi.clamp(min=0))
+        s = self.slope(node)
+        lo, hi = ins[0].lo, ins[0].hi
+        if s == 0.0:
+            return Interval(lo.clamp(min=0), hi.clamp(min=0))
+        # g is increasing for s >= 0; for s < 0 its minimum over [l, u] is g(0) = 0 when
+        # l < 0 < u; each product s*z is one rounding, widened by u|s z|
+        g_lo, g_hi = torch.maximum(lo, s * lo), torch.maximum(hi, s * hi)
+        if s < 0:
+            new_lo = torch.where(hi <= 0, g_hi, torch.where(lo >= 0, g_lo, torch.zeros_like(lo)))
+            new_hi = torch.maximum(g_lo, g_hi)
+        else:
+            new_lo, new_hi = g_lo, g_hi
+        e = UNIT_ROUNDOFF * torch.maximum(new_lo.abs(), new_hi.abs()) + 1e-300
+        return Interval(new_lo - e, new_hi + e)
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        s = self.slope(node)
         iv = ctx.interval_in(node)
         lo, hi = iv.lo.unsqueeze(1), iv.hi.unsqueeze(1)
         on, off = lo >= 0, hi <= 0
         unstable = ~(on | off)
         denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
-        up = torch.where(unstable, hi / denom, on.to(hi.dtype))  # upper slope
-        # the rounded chord lies above ReLU once lifted by delta (endpoint check, §ReLU)
-        delta = torch.where(unstable, 4 * UNIT_ROUNDOFF * (hi - lo) * 2, torch.zeros_like(hi))
-        up_off = torch.where(unstable, -up * lo + delta, torch.zeros_like(hi))
+        # upper slope: the chord's on unstable neurons, 1 or s on stable ones
+        up = torch.where(unstable, (hi - s * lo) / denom, torch.where(on, 1.0, s))
+        # the rounded chord lies above g once lifted by delta (endpoint check, §ReLU)
+        lift = 8.0 if s == 0.0 else 20.0 * max(1.0, abs(s))
+        delta = torch.where(unstable, lift * UNIT_ROUNDOFF * (hi - lo), torch.zeros_like(hi))
+        up_off = torch.where(unstable, (s - up) * lo + delta, torch.zeros_like(hi))
         slope = ctx.slopes.get(f"{ctx.spec}:{node.name}")
         if slope is None:  # one lower slope per neuron: [N, 1, *shape]
-            low = torch.where(on, 1.0, torch.where(off, 0.0, (hi > -lo).to(hi.dtype)))
-        else:  # per specification [N, S, *shape]
-            low = torch.where(on, 1.0, torch.where(off, 0.0, slope))
+            low = torch.where(on, 1.0, torch.where(off | (hi <= -lo), s, 1.0))
+        else:  # per specification [N, S, *shape], any value in [s, 1] is valid
+            low = torch.where(on, 1.0, torch.where(off, s, slope.clamp(min=s, max=1.0)))
         A = lb.A
         a_in = torch.where(A > 0, low, up) * A
         # the chord's offsets enter through the negative coefficients; every term is <= 0,
@@ -276,5 +301,6 @@ class SmoothRelaxation(RelaxationRule):
 
 
 register_rule("relu", "crown", ReLURelaxation())
+register_rule("leaky_relu", "crown", ReLURelaxation())
 for _op in ("tanh", "sigmoid", "softplus"):
     register_rule(_op, "crown", SmoothRelaxation())

@@ -77,11 +77,17 @@ class AlphaRun(CrownRun):
         spec = self.margin_spec(label)
         s = spec.shape[1]
         params: dict[str, torch.Tensor] = {}
+        floor: dict[str, float] = {}
         for name in self._relus():
             key = f"{FINAL}:{name}"
-            iv = ctx.intervals[self.graph[name].inputs[0]]
-            # crown's choice, 1 where u > -l, unless a slope was optimised at another radius
-            start = (iv.hi > -iv.lo).to(iv.hi.dtype).unsqueeze(1).expand(
+            node = self.graph[name]
+            rule = self.plan.rules[name]
+            assert isinstance(rule, ReLURelaxation)
+            floor[key] = rule.slope(node)
+            iv = ctx.intervals[node.inputs[0]]
+            # crown's choice (1 where u > -l, else the negative slope), unless a slope was
+            # optimised at another radius
+            start = torch.where(iv.hi > -iv.lo, 1.0, floor[key]).unsqueeze(1).expand(
                 self.n, s, *iv.hi.shape[1:])
             warm = self.params.get(key)
             if warm is not None:
@@ -107,10 +113,11 @@ class AlphaRun(CrownRun):
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    for p in params.values():
-                        p.clamp_(0.0, 1.0)
-        # the bound used: recomputed without gradients from the best slopes, in [0, 1]
-        self.params = {k: v.clamp(0.0, 1.0) for k, v in best.items()}
+                    for k, p in params.items():
+                        p.clamp_(floor[k], 1.0)
+        # the bound used: recomputed without gradients from the best slopes (the rule
+        # clamps them into [s, 1] again)
+        self.params = {k: v.clamp(floor[k], 1.0) for k, v in best.items()}
         with torch.no_grad():
             ctx.slopes = self.params
             conc = self.backward(self.graph.logits, spec, ctx)

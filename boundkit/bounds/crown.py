@@ -91,11 +91,12 @@ def plan_crown(graph: Graph) -> CrownPlan:
         # that read it, only the neurons that can reach a window's maximum ("live")
         outs = graph.consumers(n.name)
         pools = [c for c in outs if graph[c].op == "maxpool2d"]
-        if n.op != "relu":
+        if n.op not in ("relu", "leaky_relu"):
             mode = "all"
         elif not pools:
             mode = "unstable"
-        elif len(pools) == len(outs) == 1 and graph.consumers(src) == [n.name]:
+        elif (n.op == "relu" and len(pools) == len(outs) == 1
+              and graph.consumers(src) == [n.name]):
             mode = "live"
         else:
             mode = "all"

@@ -108,3 +108,62 @@ def test_chunked_refinement_gives_the_same_radii(monkeypatch) -> None:
     monkeypatch.setattr(crown_mod, "CHUNK_ELEMENTS", 64)
     chunked = bk.certify(model, x, "crown").radius
     torch.testing.assert_close(whole, chunked, rtol=1e-12, atol=0.0)
+
+
+def _leaky_net(slope: float, seed: int, conv: bool) -> nn.Module:
+    torch.manual_seed(seed)
+    if conv:
+        model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.LeakyReLU(slope), nn.MaxPool2d(2),
+                              nn.Flatten(), nn.Linear(16, 12), nn.LeakyReLU(slope),
+                              nn.Linear(12, 3))
+        model.boundkit_input_shape = (2, 6, 6)
+    else:
+        model = nn.Sequential(nn.Linear(5, 16), nn.LeakyReLU(slope), nn.Linear(16, 16),
+                              nn.LeakyReLU(slope), nn.Linear(16, 3))
+        model.boundkit_input_shape = (5,)
+    return model.eval()
+
+
+@pytest.mark.parametrize("slope", [-0.5, 0.0, 0.1, 0.3, 1.0, 2.0])
+@pytest.mark.parametrize("conv", [False, True])
+def test_no_adversarial_example_inside_the_crown_or_alpha_ball_of_leaky_relu_nets(
+        slope, conv) -> None:
+    model = _leaky_net(slope, 7, conv)
+    x = _x(model, 4, 7)
+    c = bk.certify(model, x, "crown").radius
+    a = bk.certify(model, x, "alpha", iterations=8).radius
+    sound = bk.certify(model, x, "sound").radius
+    assert bool((c >= sound).all()) and bool((a >= c).all())
+    _, norm = adversarial_search(model, x, steps=80, box=(0.0, 1.0), seed=7)
+    assert bool((a <= norm * (1 + 1e-9)).all()), (a, norm)
+
+
+@pytest.mark.parametrize("slope", [-0.5, 0.2, 0.9])
+def test_leaky_relu_intermediate_bounds_contain_sampled_activations(slope) -> None:
+    from boundkit.bounds.crown import CrownRun, plan_crown
+    from boundkit.bounds.engine import graph_for
+
+    model = _leaky_net(slope, 3, True)
+    x = _x(model, 2, 3).double()
+    g = graph_for(model, x, None)
+    run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
+    eps = torch.tensor([0.4, 0.8], dtype=torch.float64)
+    ctx = run.intervals(eps)
+    gen = torch.Generator().manual_seed(4)
+    for i in range(2):
+        d = torch.randn(400, *x.shape[1:], generator=gen, dtype=torch.float64)
+        d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * eps[i]
+        acts = g.activations((x[i : i + 1] + d).clamp(0, 1))
+        for n in g.upstream():
+            iv = ctx.intervals[n.name]
+            assert bool(((acts[n.name] >= iv.lo[i]) & (acts[n.name] <= iv.hi[i])).all()), n.name
+
+
+def test_leaky_relu_with_slope_zero_certifies_as_relu() -> None:
+    leaky = _leaky_net(0.0, 2, True)
+    relu = _leaky_net(0.0, 2, True)
+    relu[1], relu[5] = nn.ReLU(), nn.ReLU()
+    relu.eval()
+    x = _x(leaky, 3, 2)
+    torch.testing.assert_close(bk.certify(leaky, x, "crown").radius,
+                               bk.certify(relu, x, "crown").radius, rtol=1e-3, atol=0.0)
