@@ -55,9 +55,18 @@ def _lirpa():
     return auto_LiRPA
 
 
+#: auto_LiRPA's options: dense intermediate bounds; CROWN-Optimized (alpha-CROWN) with 20
+#: iterations at lr 0.1 (REFERENCE-NUMBERS), its sparse alphas off (they crash in 0.3)
+LIRPA_OPTS = {"sparse_intermediate_bounds": False, "sparse_features_alpha": False,
+              "sparse_spec_alpha": False,
+              "optimize_bound_args": {"iteration": 20, "lr_alpha": 0.1}}
+
+
 def lirpa_radius(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor,
-                 upper: torch.Tensor, steps: int = 15) -> torch.Tensor:
-    """auto_LiRPA CROWN radius per sample: bisection on [0, upper] (certified end)."""
+                 upper: torch.Tensor, steps: int = 15, method: str = "CROWN",
+                 lower: torch.Tensor | None = None) -> torch.Tensor:
+    """auto_LiRPA radius per sample (``method`` "CROWN" or "CROWN-Optimized"): bisection on
+    [lower, upper] (``lower``: a certified radius, default 0)."""
     al = _lirpa()
     from auto_LiRPA.perturbations import PerturbationLpNorm
 
@@ -76,20 +85,21 @@ def lirpa_radius(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor,
     if x.dim() > 2:
         # conv nets: auto_LiRPA's "matrix" conv mode fails on torch 2.13 and its "patches"
         # mode takes one scalar epsilon, so each sample is bisected on its own
+        low = torch.zeros(n) if lower is None else lower
         return torch.cat([_lirpa_one(al, model, x[i:i + 1], label[i:i + 1], upper[i:i + 1],
-                                     steps) for i in range(n)])
-    bm = al.BoundedModule(model, torch.zeros_like(x[:1]), device="cpu",
-                          bound_opts={"sparse_intermediate_bounds": False})
+                                     steps, method, float(low[i])) for i in range(n)])
+    bm = al.BoundedModule(model, torch.zeros_like(x[:1]), device="cpu", bound_opts=LIRPA_OPTS)
     eye = torch.eye(c)
     spec = eye[label].unsqueeze(1) - eye.unsqueeze(0)  # [N, C, C]
     others = [torch.cat([torch.arange(0, int(y)), torch.arange(int(y) + 1, c)]) for y in label]
     spec = torch.stack([spec[i, others[i]] for i in range(n)])  # [N, C-1, C]
-    lo, hi = torch.zeros(n), upper.float().clone()
+    lo = torch.zeros(n) if lower is None else lower.float().clone()
+    hi = upper.float().clone()
     for _ in range(steps):
         mid = (lo + hi) / 2
         ptb = PerSampleL2(norm=2, eps=mid.reshape(-1, *([1] * (x.dim() - 1))))
         xb = al.BoundedTensor(x, ptb)
-        lb, _ = bm.compute_bounds(x=(xb,), C=spec, method="CROWN")
+        lb, _ = bm.compute_bounds(x=(xb,), C=spec, method=method)
         ok = lb.min(1).values > 0
         lo = torch.where(ok, mid, lo)
         hi = torch.where(ok, hi, mid)
@@ -97,75 +107,92 @@ def lirpa_radius(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor,
 
 
 def _lirpa_one(al, model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor,  # noqa: ANN001
-               upper: torch.Tensor, steps: int) -> torch.Tensor:
+               upper: torch.Tensor, steps: int, method: str, lower: float) -> torch.Tensor:
     from auto_LiRPA.perturbations import PerturbationLpNorm
 
     c = int(model(x).shape[1])
-    bm = al.BoundedModule(model, torch.zeros_like(x), device="cpu",
-                          bound_opts={"sparse_intermediate_bounds": False})
+    bm = al.BoundedModule(model, torch.zeros_like(x), device="cpu", bound_opts=LIRPA_OPTS)
     others = torch.cat([torch.arange(0, int(label)), torch.arange(int(label) + 1, c)])
     eye = torch.eye(c)
     spec = (eye[label] - eye[others]).unsqueeze(0)  # [1, C-1, C]
-    lo, hi = 0.0, float(upper)
+    lo, hi = lower, float(upper)
     for _ in range(steps):
         mid = (lo + hi) / 2
         xb = al.BoundedTensor(x, PerturbationLpNorm(norm=2, eps=mid))
-        lb, _ = bm.compute_bounds(x=(xb,), C=spec, method="CROWN")
+        lb, _ = bm.compute_bounds(x=(xb,), C=spec, method=method)
         lo, hi = (mid, hi) if float(lb.min()) > 0 else (lo, mid)
     return torch.tensor([lo], dtype=torch.float64)
 
 
-def run_model(name: str, n: int, data_root: Path, cache: Path) -> tuple[list[str], dict]:
+def _timed(fn):  # noqa: ANN001, ANN202
+    """``fn()`` and its process CPU time in seconds (1 thread: robust to other load)."""
+    t0 = time.process_time()
+    out = fn()
+    return out, time.process_time() - t0
+
+
+def run_model(name: str, n: int, data_root: Path, cache: Path, lirpa_alpha: bool
+              ) -> tuple[list[str], dict]:
     model = trained(name, data_root, cache)
     x_all, y_all = load_dataset("mnist", data_root, "test")
     with torch.no_grad():
         pred = model(x_all[:2000]).argmax(1)
     idx = torch.nonzero(pred == y_all[:2000]).flatten()[:n]
     x, label = x_all[idx].float(), y_all[idx]
-    t0 = time.perf_counter()
-    sound = bk.certify(model, x, "sound").radius
-    t_sound = (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
-    crown = bk.certify(model, x, "crown")
-    t_crown = (time.perf_counter() - t0) / n
+    radius: dict[str, torch.Tensor] = {}
+    secs: dict[str, float] = {}
+    radius["sound"], secs["sound"] = _timed(lambda: bk.certify(model, x, "sound").radius)
+    crown, secs["crown"] = _timed(lambda: bk.certify(model, x, "crown"))
+    radius["crown"] = crown.radius
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    t0 = time.perf_counter()
-    crown_free = bk.certify(model, x, "crown", box=None).radius
-    t_free = (time.perf_counter() - t0) / n
+    radius["crown_nobox"], secs["crown_nobox"] = _timed(
+        lambda: bk.certify(model, x, "crown", box=None).radius)
+    radius["alpha"], secs["alpha"] = _timed(lambda: bk.certify(model, x, "alpha").radius)
+    radius["alpha_nobox"], secs["alpha_nobox"] = _timed(
+        lambda: bk.certify(model, x, "alpha", box=None).radius)
     upper = bk.attack(model, x, "deepfool").norm
     upper = torch.where(torch.isfinite(upper), upper, torch.full_like(upper, 10.0))
     # the bisection's upper end must fail: DeepFool's point is adversarial, so it does
-    t0 = time.perf_counter()
-    lirpa = lirpa_radius(model, x, label, upper * 1.001)
-    t_lirpa = (time.perf_counter() - t0) / n
+    radius["lirpa"], secs["lirpa"] = _timed(lambda: lirpa_radius(model, x, label, upper * 1.001))
+    if lirpa_alpha:  # started from its CROWN radius, as in REFERENCE-NUMBERS
+        radius["lirpa_alpha"], secs["lirpa_alpha"] = _timed(lambda: lirpa_radius(
+            model, x, label, upper * 1.001, method="CROWN-Optimized", lower=radius["lirpa"]))
     # soundness: every certificate below a verified adversarial example's norm
-    viol = int((crown.radius > upper).sum()) + int((crown_free > upper).sum())
-    ok = lirpa > 0
-    ratio = (crown.radius[ok] / lirpa[ok]).numpy()
-    ratio_free = (crown_free[ok] / lirpa[ok]).numpy()
-    ratio_sound = (sound[ok] / lirpa[ok]).numpy()
+    ours = ("crown", "crown_nobox", "alpha", "alpha_nobox", "sound")
+    viol = sum(int((radius[k] > upper).sum()) for k in ours)
+    ok = radius["lirpa"] > 0
+    ref = radius["lirpa"][ok]
+    med = {k: float(np.median((v[ok] / ref).numpy())) for k, v in radius.items()}
+    per = {k: v / n for k, v in secs.items()}
     stats = {
         "n": n, "lirpa_zero": int((~ok).sum()),
-        "median_ratio_crown": float(np.median(ratio)),
-        "median_ratio_crown_nobox": float(np.median(ratio_free)),
-        "median_ratio_sound": float(np.median(ratio_sound)),
-        "q10_ratio_crown_nobox": float(np.quantile(ratio_free, 0.1)),
-        "median_radius": {"crown": float(crown.radius.median()),
-                          "crown_nobox": float(crown_free.median()),
-                          "lirpa": float(lirpa.median()), "sound": float(sound.median()),
-                          "deepfool": float(upper.median())},
-        "time_per_sample_s": {"crown": t_crown, "crown_nobox": t_free, "lirpa": t_lirpa,
-                              "sound": t_sound},
+        "median_ratio_to_lirpa_crown": med,
+        "q10_ratio_crown_nobox": float(np.quantile((radius["crown_nobox"][ok] / ref).numpy(),
+                                                   0.1)),
+        "median_radius": {k: float(v.median()) for k, v in radius.items()}
+        | {"deepfool": float(upper.median())},
+        "cpu_s_per_sample": per,
         "from_sound": int(crown.info["from_sound"].sum()),
         "violations_vs_deepfool": viol,
         "peak_rss_gb_after_crown": rss_gb,
     }
+    if lirpa_alpha:
+        la = radius["lirpa_alpha"][ok]
+        stats["median_ratio_to_lirpa_alpha"] = {
+            k: float(np.median((radius[k][ok] / la).numpy())) for k in ("alpha", "alpha_nobox")}
+
+    def cell(k: str) -> str:
+        return f"{med[k]:.3f}" if k in med else "-"
+
+    def ms(k: str) -> str:
+        return f"{per[k] * 1e3:.0f}" if k in per else "-"
+
+    la_time = f"{per['alpha'] / per['lirpa_alpha']:.2f}x" if lirpa_alpha else "-"
     lines = [
-        f"| {name} ({n}) | {stats['median_ratio_crown']:.3f} | "
-        f"{stats['median_ratio_crown_nobox']:.3f} | {stats['q10_ratio_crown_nobox']:.3f} | "
-        f"{stats['median_ratio_sound']:.3f} | "
-        f"{t_crown * 1e3:.0f} ms | {t_free * 1e3:.0f} ms | {t_lirpa * 1e3:.0f} ms | "
-        f"{t_crown / t_lirpa:.2f}x | {viol} |"
+        f"| {name} ({n}) | {cell('crown')} | {cell('crown_nobox')} | {cell('alpha')} | "
+        f"{cell('alpha_nobox')} | {cell('lirpa_alpha')} | {cell('sound')} | "
+        f"{ms('crown')} | {ms('alpha')} | {ms('lirpa')} | {ms('lirpa_alpha')} | "
+        f"{per['crown'] / per['lirpa']:.2f}x | {la_time} | {viol} |"
     ]
     return lines, stats
 
@@ -176,6 +203,8 @@ def main() -> None:
     ap.add_argument("--n-cnn", type=int, default=None,
                     help="samples for conv nets (default --n)")
     ap.add_argument("--models", nargs="+", default=["mlp_mnist", "small_cnn"])
+    ap.add_argument("--lirpa-alpha", nargs="*", default=["mlp_mnist"],
+                    help="models on which auto_LiRPA's CROWN-Optimized also runs (slow)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "models")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "crown_vs_lirpa.md")
@@ -185,35 +214,45 @@ def main() -> None:
     rows, all_stats = [], {}
     for name in args.models:
         n = args.n if name.startswith("mlp") or args.n_cnn is None else args.n_cnn
-        lines, stats = run_model(name, n, args.data, args.cache)
+        lines, stats = run_model(name, n, args.data, args.cache, name in args.lirpa_alpha)
         rows += lines
         all_stats[name] = stats
         print(name, stats, flush=True)
+    cmd = " ".join(["python benchmarks/crown_vs_lirpa.py", *sys.argv[1:]])
     doc = [
-        "# boundkit `crown` vs auto_LiRPA 0.3 CROWN (L2)", "",
-        f"Generated by `python benchmarks/crown_vs_lirpa.py --n {args.n}"
-        f"{'' if args.n_cnn is None else f' --n-cnn {args.n_cnn}'}` "
-        f"({time.strftime('%Y-%m-%d')}, {args.threads} thread(s), same process, same samples: "
-        "the first n correctly classified MNIST test images, n per model below).", "",
+        "# boundkit `crown` and `alpha` vs auto_LiRPA 0.3 CROWN and CROWN-Optimized (L2)", "",
+        f"Generated by `{cmd}` ({time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), same process, same samples: the first n correctly "
+        "classified MNIST test images, n per model below).", "",
         "Ratios are per-sample radius / auto_LiRPA CROWN radius (15-step bisection on "
-        "[0, DeepFool norm]), medians over samples. `crown` uses the input box [0, 1]; "
-        "`crown, no box` is the same mathematics as auto_LiRPA's L2 CROWN (which ignores the "
-        "box). Times are wall-clock per sample over the whole batch (boundkit: float64 with "
-        "rounding margins, radius to 1e-3 relative; auto_LiRPA: float32).", "",
-        "| model (n) | crown / LiRPA | crown no box / LiRPA | q10 no box | sound / LiRPA | "
-        "crown time | crown no box time | LiRPA time | crown / LiRPA time | "
-        "violations (radius > DeepFool) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "[0, DeepFool norm]), medians over samples; auto_LiRPA CROWN-Optimized (alpha-CROWN, "
+        "20 iterations, lr 0.1) is bisected from its CROWN radius. `crown` and `alpha` use the "
+        "input box [0, 1]; `no box` is the same mathematics as auto_LiRPA's L2 bounds (which "
+        "ignore the box). Times are process CPU time per sample over the whole batch (one "
+        "thread; boundkit: float64 with rounding margins, radius to 1e-3 relative; auto_LiRPA: "
+        "float32).", "",
+        "| model (n) | crown | crown no box | alpha | alpha no box | LiRPA alpha | sound | "
+        "crown ms | alpha ms | LiRPA ms | LiRPA alpha ms | crown / LiRPA time | "
+        "alpha / LiRPA alpha time | violations (radius > DeepFool) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows, "",
-        "Median radii and details:", "",
+        "Details:", "",
     ]
     for name, s in all_stats.items():
-        doc.append(f"- {name}: median radius {s['median_radius']}; crown kept the sound radius "
-                   f"on {s['from_sound']} samples; auto_LiRPA radius 0 on {s['lirpa_zero']}; "
+        doc.append(f"- {name}: median radius {_fmt(s['median_radius'])}; q10 of crown no box / "
+                   f"LiRPA {s['q10_ratio_crown_nobox']:.3f}; crown kept the sound radius on "
+                   f"{s['from_sound']} samples; auto_LiRPA radius 0 on {s['lirpa_zero']}; "
                    f"peak RSS after the crown batch {s['peak_rss_gb_after_crown']:.2f} GB.")
+        if "median_ratio_to_lirpa_alpha" in s:
+            doc.append(f"  Median per-sample ratio to auto_LiRPA CROWN-Optimized: "
+                       f"{_fmt(s['median_ratio_to_lirpa_alpha'])}.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(doc) + "\n")
     print("\n".join(doc))
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in d.items())
 
 
 if __name__ == "__main__":

@@ -32,28 +32,40 @@ from boundkit.bounds.crown import (
     search_radius,
 )
 from boundkit.bounds.method import register_method
-from boundkit.graph.graph import Graph
+from boundkit.bounds.relaxation import FINAL_SPEC, Interval, RelaxContext
+from boundkit.graph.graph import Graph, Node
 
 #: the key prefix of the final walk's slopes in ``RelaxContext.slopes``
-FINAL = "final"
+FINAL = FINAL_SPEC
+
+
+#: the most slopes (per sample) one (refined node, ReLU) pair may hold: 2 M_node M_relu
+INTERMEDIATE_SLOPES = 1 << 20
 
 
 class AlphaRun(CrownRun):
-    """A :class:`CrownRun` whose final walk uses optimised ReLU lower slopes (once
-    :attr:`optimise` is set)."""
+    """A :class:`CrownRun` whose backward walks use optimised ReLU lower slopes (once
+    :attr:`optimise` is set): the final walk's (one slope per margin and neuron) and those
+    of the walks refining intermediate bounds (one per bounded neuron, side and ReLU
+    neuron) where that pair holds at most :data:`INTERMEDIATE_SLOPES` per sample."""
 
     def __init__(self, graph: Graph, plan: CrownPlan, x0: torch.Tensor,
                  box: tuple[float, float] | None, iterations: int, lr: float) -> None:
         super().__init__(graph, plan, x0, box)
         self.iterations, self.lr = iterations, lr
         self.optimise = False
-        #: warm start: slopes per final-walk ReLU, [N, S, *shape] in [0, 1]
+        #: slopes per walk and ReLU ("final:relu" [N, S, *shape], "node:relu" [N, 2M,
+        #: *shape]) in [s, 1]; NaN rows were never optimised (warm start across radii)
         self.params: dict[str, torch.Tensor] = {}
+        #: the live (gradient-carrying) slopes of the iteration running
+        self._live_params: dict[str, torch.Tensor] = {}
+        self._floor: dict[str, float] = {}
 
     def _subset_state(self, sub: CrownRun, idx: torch.Tensor) -> None:
         assert isinstance(sub, AlphaRun)
         sub.iterations, sub.lr, sub.optimise = self.iterations, self.lr, self.optimise
         sub.params = {k: v[idx] for k, v in self.params.items()}
+        sub._live_params, sub._floor = {}, dict(self._floor)
 
     def absorb(self, sub: CrownRun, idx: torch.Tensor) -> None:
         assert isinstance(sub, AlphaRun)
@@ -65,64 +77,123 @@ class AlphaRun(CrownRun):
                                   device=v.device)
                 self.params[k] = mine
             mine[idx] = v
+        self._floor.update(sub._floor)
 
-    def _relus(self) -> list[str]:
-        return [n.name for n in self.plan.nodes
-                if isinstance(self.plan.rules.get(n.name), ReLURelaxation)]
+    def _start(self, key: str, relu: Node, ctx: RelaxContext, rows: int) -> torch.Tensor:
+        """The first slopes of a walk's ReLU: the warm start, else crown's choice (1 where
+        u > -l, else the negative slope) [N, rows, *shape], as a leaf to optimise."""
+        rule = self.plan.rules[relu.name]
+        assert isinstance(rule, ReLURelaxation)
+        self._floor[key] = rule.slope(relu)
+        iv = ctx.intervals[relu.inputs[0]]
+        start = torch.where(iv.hi > -iv.lo, 1.0, self._floor[key]).unsqueeze(1).expand(
+            self.n, rows, *iv.hi.shape[1:])
+        warm = self.params.get(key)
+        if warm is not None:
+            start = torch.where(torch.isnan(warm), start, warm)
+        return start.detach().clone().requires_grad_(True)
+
+    def walk_slopes(self, node: Node, idx: torch.Tensor, ctx: RelaxContext
+                    ) -> dict[str, torch.Tensor]:
+        if not self.optimise:
+            return {}
+        m = math.prod(node.out_shape)
+        rows = torch.cat([idx, idx + m], 1)  # lower bounds, then upper bounds
+        out = {}
+        for relu in self._relus():
+            key = f"{node.name}:{relu.name}"
+            size = math.prod(relu.out_shape)
+            if relu.name not in self._upstream(node) or 2 * m * size > INTERMEDIATE_SLOPES:
+                continue
+            p = self._live_params.get(key)
+            if p is None:
+                p = self._live_params[key] = self._start(key, relu, ctx, 2 * m)
+            index = rows.reshape(*rows.shape, *([1] * len(relu.out_shape)))
+            out[key] = p.gather(1, index.expand(-1, -1, *relu.out_shape))
+        return out
+
+    def _relus(self) -> list[Node]:
+        return [n for n in self.plan.nodes if isinstance(self.plan.rules.get(n.name),
+                                                         ReLURelaxation)]
+
+    def _upstream(self, node: Node) -> set[str]:
+        names = {n.name for n in self.plan.nodes}
+        order = [n.name for n in self.plan.nodes]
+        return set(order[:order.index(node.name)]) & names
+
+    def _bound(self, eps: torch.Tensor, spec: torch.Tensor) -> tuple[RelaxContext, torch.Tensor]:
+        """One pass with the live slopes: intervals, then the margins' bound at ``eps``."""
+        ctx = self.intervals(eps)
+        s = spec.shape[1]
+        for relu in self._relus():
+            key = f"{FINAL}:{relu.name}"
+            if key not in self._live_params:
+                self._live_params[key] = self._start(key, relu, ctx, s)
+            ctx.slopes[key] = self._live_params[key]
+        return ctx, self.backward(self.graph.logits, spec, ctx).at(eps)
 
     def evaluate(self, eps: torch.Tensor, label: torch.Tensor) -> RadiusStep:
-        if not self.optimise:
+        if not self.optimise or not self._relus():
             return super().evaluate(eps, label)
-        ctx = self.intervals(eps)
         spec = self.margin_spec(label)
-        s = spec.shape[1]
-        params: dict[str, torch.Tensor] = {}
-        floor: dict[str, float] = {}
-        for name in self._relus():
-            key = f"{FINAL}:{name}"
-            node = self.graph[name]
-            rule = self.plan.rules[name]
-            assert isinstance(rule, ReLURelaxation)
-            floor[key] = rule.slope(node)
-            iv = ctx.intervals[node.inputs[0]]
-            # crown's choice (1 where u > -l, else the negative slope), unless a slope was
-            # optimised at another radius
-            start = torch.where(iv.hi > -iv.lo, 1.0, floor[key]).unsqueeze(1).expand(
-                self.n, s, *iv.hi.shape[1:])
-            warm = self.params.get(key)
-            if warm is not None:
-                start = torch.where(torch.isnan(warm), start, warm)
-            params[key] = start.detach().clone().requires_grad_(True)
-        if not params:
-            return super().evaluate(eps, label)
-        best = {k: v.detach().clone() for k, v in params.items()}
-        best_val = torch.full((self.n, s), -math.inf, dtype=spec.dtype, device=spec.device)
-        opt = torch.optim.Adam(list(params.values()), lr=self.lr)
+        own = torch.nn.functional.one_hot(label, spec.shape[1]).bool()
+        self._live_params = {}
+        self.frozen = {}
+        self.slopes = {}
         with torch.enable_grad():
-            for _ in range(self.iterations):
-                ctx.slopes = params
-                val = self.backward(self.graph.logits, spec, ctx).at(eps)
+            # a first pass creates the slopes; intervals no slope reaches are kept as they are
+            _, val = self._bound(eps, spec)
+            self.frozen = self._unaffected(eps)
+            params = self._live_params
+            opt = torch.optim.Adam(list(params.values()), lr=self.lr)
+            best_val = torch.full((self.n,), -math.inf, dtype=spec.dtype, device=spec.device)
+            best = {k: v.detach().clone() for k, v in params.items()}
+            for it in range(self.iterations + 1):
+                if it > 0:
+                    _, val = self._bound(eps, spec)
                 with torch.no_grad():
-                    better = val > best_val
-                    best_val = torch.where(better, val, best_val)
+                    score = torch.where(own, math.inf, val).min(1).values
+                    better = score > best_val
+                    best_val = torch.where(better, score, best_val)
                     for k, p in params.items():
-                        m = better.reshape(*better.shape, *([1] * (p.dim() - 2)))
+                        m = better.reshape(-1, *([1] * (p.dim() - 1)))
                         best[k] = torch.where(m, p.detach(), best[k])
-                loss = -torch.where(torch.isfinite(val), val, torch.zeros_like(val)).sum()
+                if it == self.iterations:
+                    break
+                loss = -torch.where(torch.isfinite(val) & ~own, val, torch.zeros_like(val)).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
                     for k, p in params.items():
-                        p.clamp_(floor[k], 1.0)
-        # the bound used: recomputed without gradients from the best slopes (the rule
-        # clamps them into [s, 1] again)
-        self.params = {k: v.clamp(floor[k], 1.0) for k, v in best.items()}
+                        p.clamp_(self._floor[k], 1.0)
+        # the bound used: recomputed without gradients from each sample's best slopes (the
+        # rule clamps them into [s, 1] again)
+        self.params = {k: v.clamp(self._floor[k], 1.0) for k, v in best.items()}
+        self._live_params = dict(self.params)
+        self.frozen = {}
         with torch.no_grad():
-            ctx.slopes = self.params
+            ctx, _ = self._bound(eps, spec)
             conc = self.backward(self.graph.logits, spec, ctx)
-        ctx.slopes = self.slopes
+        self._live_params = {}
         return radius_step(conc, eps, label)
+
+    def _unaffected(self, eps: torch.Tensor) -> dict[str, Interval]:
+        """The intervals of the nodes before the first one whose refinement uses slopes,
+        computed once without gradients."""
+        keyed = {k.split(":")[0] for k in self._live_params if not k.startswith(FINAL + ":")}
+        order = [n.name for n in self.plan.nodes if n.op != "input"]
+        first = min((order.index(n) for n in keyed), default=len(order))
+        if first == 0:
+            return {}
+        with torch.no_grad():
+            live, self._live_params = self._live_params, {}
+            optimise, self.optimise = self.optimise, False
+            try:
+                ctx = self.intervals(eps)
+            finally:
+                self._live_params, self.optimise = live, optimise
+        return {n: ctx.intervals[n] for n in order[:first]}
 
 
 class AlphaMethod(CrownMethod):

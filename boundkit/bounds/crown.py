@@ -41,6 +41,7 @@ from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma, round_down
 from boundkit.bounds.output import margins
 from boundkit.bounds.relaxation import (
+    FINAL_SPEC,
     AffineRelaxation,
     Interval,
     LinearBounds,
@@ -167,6 +168,8 @@ class CrownRun:
             if fallback else {})
         self.fallback = fallback
         self.slopes: dict[str, torch.Tensor] = {}
+        #: intervals to reuse as they are (set by a subclass for one radius at a time)
+        self.frozen: dict[str, Interval] = {}
 
     def subset(self, idx: torch.Tensor) -> CrownRun | None:
         """The same run restricted to samples ``idx`` (``None`` when it cannot be split:
@@ -177,7 +180,7 @@ class CrownRun:
         sub.graph, sub.plan, sub.box = self.graph, self.plan, self.box
         sub.x0, sub.in_box, sub.n = self.x0[idx], self.in_box[idx], int(idx.numel())
         sub.sound = SubsetPass({k: v[idx] for k, v in self.sound.acts.items()})
-        sub.omega, sub.fallback, sub.slopes = {}, self.fallback, {}
+        sub.omega, sub.fallback, sub.slopes, sub.frozen = {}, self.fallback, {}, {}
         self._subset_state(sub, idx)
         return sub
 
@@ -214,6 +217,10 @@ class CrownRun:
         ctx.intervals[self.graph.input.name] = self._input_interval(eps)
         for node in self.plan.nodes:
             if node.op == "input":
+                continue
+            kept = self.frozen.get(node.name)
+            if kept is not None:  # computed before for this very eps (alpha's iterations)
+                ctx.intervals[node.name] = kept
                 continue
             rule = self.plan.rules[node.name]
             if rule is None:
@@ -301,11 +308,22 @@ class CrownRun:
         eye.scatter_(2, idx.unsqueeze(2), 1.0)
         spec = torch.cat([eye, -eye], 1).reshape(self.n, 2 * k, *node.out_shape)
         ctx.spec = node.name
+        installed = self.walk_slopes(node, idx, ctx)
+        ctx.slopes.update(installed)
         try:
             bound = self.backward(node, spec, ctx).at(eps)
         finally:
-            ctx.spec = "final"
+            ctx.spec = FINAL_SPEC
+            for key in installed:
+                del ctx.slopes[key]
         return bound[:, :k], -bound[:, k:]
+
+    def walk_slopes(self, node: Node, idx: torch.Tensor, ctx: RelaxContext
+                    ) -> dict[str, torch.Tensor]:
+        """Hook: ReLU lower slopes for the walk bounding neurons ``idx`` [N, K] of ``node``
+        (keys ``"node:relu"``, values [N, 2K, *relu shape]: the K lower then the K upper
+        bounds); none for ``crown``."""
+        return {}
 
     def _live(self, node: Node, iv: Interval) -> torch.Tensor:
         r"""The neurons of ``node`` (read by one ReLU, read by one max pooling) whose bounds

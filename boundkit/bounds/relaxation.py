@@ -88,6 +88,10 @@ class LinearBounds:
         return LinearBounds(A, bias, err)
 
 
+#: ``RelaxContext.spec`` of the walk bounding the margins (not a valid node name)
+FINAL_SPEC = "<final>"
+
+
 @dataclass
 class RelaxContext:
     """What rules read during one bound computation (one batch, one epsilon per sample)."""
@@ -97,8 +101,8 @@ class RelaxContext:
     intervals: dict[str, Interval] = field(default_factory=dict)
     #: optimisable lower slopes of unstable ReLUs (``alpha``), node name -> [N, S, *shape]
     slopes: dict[str, torch.Tensor] = field(default_factory=dict)
-    #: node name -> which backward spec is running ("final" or a node name)
-    spec: str = "final"
+    #: which backward walk is running: FINAL_SPEC (the margins) or a refined node's name
+    spec: str = "<final>"
 
     def interval_in(self, node: Node, i: int = 0) -> Interval:
         return self.intervals[node.inputs[i]]
