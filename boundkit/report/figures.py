@@ -29,13 +29,18 @@ __all__ = ["plot_comparison", "plot_cdf", "plot_scatter", "plot_waterfall", "pic
 
 PathLike = str | Path
 COLORS = {"sound": "#1f77b4", "peck2017": "#ff7f0e", "exact": "#2ca02c", "attack": "#d62728",
-          "sound-local": "#17becf", "crown": "#9467bd"}
-LABELS = {
-    "sound": "certified, sound (guarantee)",
-    "sound-local": "certified, sound-local (guarantee)",
-    "crown": "certified, crown (guarantee)",
-    "peck2017": "Peck 2017 formula (not a guarantee)",
-}
+          "sound-local": "#17becf", "crown": "#9467bd", "alpha": "#8c564b"}
+
+
+def method_label(name: str) -> str:
+    """A legend label for a method, from the method registry (whether it is a guarantee)."""
+    from boundkit.bounds.method import is_guarantee, method_names
+
+    if name not in method_names():
+        return name
+    kind = "guarantee" if is_guarantee(name) else "not a guarantee"
+    what = "Peck 2017 formula" if name == "peck2017" else f"certified, {name}"
+    return f"{what} ({kind})"
 
 
 def _arr(v: Any) -> np.ndarray:
@@ -72,7 +77,7 @@ def plot_scatter(results: Any, path: PathLike) -> Path:
         y = _arr(r)
         ok = np.isfinite(xn) & (xn > 0) & np.isfinite(y) & (y > 0)
         allv.append(_positive(y))
-        ax.scatter(xn[ok], y[ok], s=16, alpha=0.65, color=COLORS.get(m), label=LABELS.get(m, m),
+        ax.scatter(xn[ok], y[ok], s=16, alpha=0.65, color=COLORS.get(m), label=method_label(m),
                    edgecolors="none")
         bad = np.array([(m, i) in viol for i in index]) & ok
         if bad.any():
@@ -112,7 +117,7 @@ def plot_cdf(results: Any, path: PathLike) -> Path:
     s = doc["samples"]
     series: list[tuple[str, np.ndarray, str, str]] = []
     for m, r in s.get("radius", {}).items():
-        series.append((LABELS.get(m, m), _arr(r), COLORS.get(m, "C4"), "-"))
+        series.append((method_label(m), _arr(r), COLORS.get(m, "C4"), "-"))
     if s.get("exact") is not None:
         series.append(("exact radius", _arr(s["exact"]), COLORS["exact"], "-"))
     for a, r in s.get("attack_norm", {}).items():
@@ -197,7 +202,7 @@ def plot_waterfall(
         ax.set_xlabel("layer (input on the left; labels: factor lost across the layer)")
         idx = s["index"][k]
         r0 = vals[0] if vals.size else math.nan
-        ax.set_title(f"{LABELS.get(m, m)}\nsample {idx}: certified radius {r0:.3g}", fontsize=9)
+        ax.set_title(f"{method_label(m)}\nsample {idx}: certified radius {r0:.3g}", fontsize=9)
         ax.grid(True, axis="y", which="both", alpha=0.25)
         if attack_norms:
             ax.legend(fontsize=7, loc="upper left")
@@ -219,7 +224,7 @@ def plot_comparison(results: Any, path: PathLike) -> Path:
     methods: list[str] = []
     for m in models:
         methods += [k for k in m.get("median_radius", {}) if k not in methods]
-    series = [(LABELS.get(k, k), [m.get("median_radius", {}).get(k, math.nan) for m in models],
+    series = [(method_label(k), [m.get("median_radius", {}).get(k, math.nan) for m in models],
                COLORS.get(k, "C4")) for k in methods]
     series.append(("median attack norm (upper bound)",
                    [m.get("median_attack_norm", math.nan) for m in models], COLORS["attack"]))
