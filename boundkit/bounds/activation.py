@@ -164,15 +164,21 @@ class ReLURelaxation(RelaxationRule):
     :math:`\alpha z\le\mathrm{ReLU}(z)\le\frac{u}{u-l}(z-l)` for any :math:`\alpha\in[0,1]`
     (CROWN, Zhang et al. 2018; the upper line is the chord; ``docs/theory/
     linear_relaxation.md`` §ReLU). ``crown`` takes :math:`\alpha=1` when :math:`u>-l`, else 0;
-    ``alpha`` optimises it per neuron and specification. Stable neurons are exact."""
+    ``alpha`` optimises it per neuron and specification. Stable neurons are exact. With
+    ``ctx.splits`` (:class:`~boundkit.bounds.relaxation.Splits`) the input interval is first
+    intersected with the node's splits: forced-active neurons are then the identity,
+    forced-inactive ones zero."""
 
     nonlinear = True
 
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
-        return Interval(ins[0].lo.clamp(min=0), ins[0].hi.clamp(min=0))
+        iv = ins[0] if ctx.splits is None else ctx.splits.constrain(node.name, ins[0])
+        return Interval(iv.lo.clamp(min=0), iv.hi.clamp(min=0))
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         iv = ctx.interval_in(node)
+        if ctx.splits is not None:  # branch-and-bound splits (relaxation.Splits)
+            iv = ctx.splits.constrain(node.name, iv)
         lo, hi = iv.lo.unsqueeze(1), iv.hi.unsqueeze(1)
         on, off = lo >= 0, hi <= 0
         unstable = ~(on | off)
