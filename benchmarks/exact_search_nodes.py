@@ -2,23 +2,31 @@
 
 Used to compare versions of ``boundkit/exact/search.py`` (e.g. before/after a change of the
 pruning bounds): ``python benchmarks/exact_search_nodes.py --out before.json`` then
-``--compare before.json``. One CPU thread; times are wall-clock per net (all samples).
+``--compare before.json`` (``BOUNDKIT_SRC=/path/to/tree`` runs another tree's boundkit).
+One CPU thread; times are wall-clock per net (all samples).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "exact"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "exact"))
+# this checkout's boundkit, or the one under $BOUNDKIT_SRC (e.g. an older commit's tree)
+sys.path.insert(0, os.environ.get("BOUNDKIT_SRC", str(ROOT)))
 from helpers_exact import mlp  # noqa: E402
 
+import boundkit  # noqa: E402
 from boundkit.exact import exact_radius  # noqa: E402
+
+print("boundkit from", boundkit.__file__, flush=True)
 
 CASES = [  # (sizes, seed, samples, box)
     ((2, 6, 3), 0, 3, None),
