@@ -250,8 +250,8 @@ class NetCrown:
         return out
 
 
-#: nodes evaluated per engine call (the popped node and queued ones prefetched)
-CROWN_BATCH = 16
+#: nodes popped per round of the branch-and-bound (their linear bounds: one engine call)
+CROWN_BATCH = 32
 
 
 def _halfspace_dist(a: np.ndarray, v: float) -> float:
@@ -363,61 +363,19 @@ def exact_search(
     )
     counter = itertools.count()
     heap: list[tuple[float, int, int, _Node]] = [(0.0, 0, next(counter), root)]
-    engine = crown if crown is not None else NetCrown(net)
-    run = engine.run(x)
 
-    def needs_crown(nd: _Node) -> bool:
-        return nd.crown_fixed != nd.nfixed or best < 0.98 * nd.crown_rho
-
-    def crown_batch(first: _Node) -> None:
-        # The bounds of `first` at radius `best`, and of the queued nodes likely popped next
-        # that will need them at the same radius (a prefetch: used only while `best` and
-        # their fixed signs are unchanged, so the search takes the same decisions as with
-        # one engine call per node).
+    def _expand(node: _Node, lb_in: float, has_bounds: bool, res: NodeBounds | None,
+                rho: float) -> None:
+        """Prune, fix or split a popped node; ``res``: its fresh linear bounds over
+        ``B(x, rho)`` (``rho >= best``), ``None`` for an empty node, if ``has_bounds``."""
         cut = best * (1.0 - rtol)
-        batch = [first]
-        for _, _, _, nd in sorted(heap[: 2 * CROWN_BATCH]):
-            if len(batch) >= CROWN_BATCH:
-                break
-            hit = nd.extra.get("crown")
-            if (nd is first or nd.lb >= cut or not needs_crown(nd)
-                    or (hit is not None and hit[0] == best and hit[1] == nd.nfixed)):
-                continue
-            batch.append(nd)
-        outs = engine.bounds(run, c, best, [nd.signs for nd in batch])
-        for nd, out in zip(batch, outs):
-            nd.extra["crown"] = (best, nd.nfixed, out)
-    nodes = 0
-    max_nodes = 20 * max_regions
-    while heap:
-        lb_key, _, _, node = heapq.heappop(heap)
-        cut = best * (1.0 - rtol)
-        if node.lb >= cut:
-            if lb_key >= cut:
-                break  # best-first: every remaining node is at least as far
-            continue
-        nodes += 1
-        if (nodes > max_nodes or regions > max_regions
-                or (deadline is not None and time.perf_counter() > deadline)):
-            raise SearchBudgetExceeded(regions, nodes)
-        lb_in = node.lb
-        if node.point is None:
-            r = min_norm_point(node.rows_a, node.rows_h)
-            if r is None:
-                continue
-            node.point = r
-            node.lb = max(node.lb, float(np.linalg.norm(r)))
-            if node.lb >= cut:
-                continue
-        if np.isfinite(best) and needs_crown(node):
-            cached = node.extra.get("crown")
-            if cached is None or cached[0] != best or cached[1] != node.nfixed:
-                crown_batch(node)
-            res = node.extra.pop("crown")[2]
+        if node.lb >= cut:  # `best` improved earlier in the round
+            return
+        if has_bounds:
             if res is None:
-                continue
+                return
             node.bounds, m_w, m_b = res.pre, res.m_w, res.m_b
-            node.crown_rho, node.crown_fixed = best, node.nfixed
+            node.crown_rho, node.crown_fixed = rho, node.nfixed
             dist = np.inf
             for k in range(net.num_classes):
                 if k == c:
@@ -433,19 +391,19 @@ def exact_search(
                 )
                 if rk is not None:
                     dist = min(dist, float(np.linalg.norm(rk)))
-            if dist >= best:
-                continue
+            if dist >= best:  # the bounds hold on B(x, rho), rho >= best
+                return
             node.lb = max(node.lb, dist)
             if node.lb >= cut:
-                continue
+                return
         if node.lb > lb_in * (1 + 1e-12) and heap and node.lb > heap[0][0]:
             heapq.heappush(heap, (node.lb, -node.nfixed, next(counter), node))
-            continue
+            return
 
         if node.layer == nl:
             pat = [s > 0 for s in node.signs]
             solve_leaf(pat, node.rows_a, node.rows_h, node.pre_w, node.pre_b, node.lb)
-            continue
+            return
 
         # Fix every neuron of the current layer whose other side cannot hold a better point.
         i = node.layer
@@ -475,7 +433,7 @@ def exact_search(
             new_a.append(sg * node.pre_w[j])
             new_h.append(-sg * v)
         if s is None:
-            continue
+            return
         if new_a:
             node.rows_a = np.vstack([node.rows_a, np.array(new_a)])
             node.rows_h = np.append(node.rows_h, new_h)
@@ -487,7 +445,7 @@ def exact_search(
         if split:
             if node.point is None:
                 heapq.heappush(heap, (node.lb, -node.nfixed, next(counter), node))
-                continue
+                return
             _, j = min(split)
             v = float(v_all[j])
             for sg in (1, -1):
@@ -512,7 +470,7 @@ def exact_search(
                 )
                 if child.lb < cut:
                     heapq.heappush(heap, (child.lb, -child.nfixed, next(counter), child))
-            continue
+            return
         # Layer complete: move on to the next layer (or the logits).
         act = (s > 0).astype(np.float64)
         m_w, m_b = act[:, None] * node.pre_w, act * node.pre_b
@@ -520,4 +478,47 @@ def exact_search(
         node.pre_b = net.weights[i + 1] @ m_b + net.biases[i + 1]
         node.layer = i + 1
         heapq.heappush(heap, (node.lb, -node.nfixed, next(counter), node))
+
+    engine = crown if crown is not None else NetCrown(net)
+    run = engine.run(x)
+    nodes = 0
+    max_nodes = 20 * max_regions
+    while heap:
+        # One round: up to CROWN_BATCH nodes popped in best-first order; those whose linear
+        # bounds are missing or stale get them from one engine call at rho = best. Every
+        # node with lb < cut is expanded whatever the order while `best` is unchanged, so a
+        # round only adds the few nodes a better `best` found inside it would have pruned.
+        todo: list[tuple[_Node, float]] = []
+        while heap and len(todo) < CROWN_BATCH:
+            cut = best * (1.0 - rtol)
+            if heap[0][0] >= cut:
+                break  # best-first: every remaining node is at least as far
+            node = heapq.heappop(heap)[3]
+            if node.lb >= cut:
+                continue
+            nodes += 1
+            if (nodes > max_nodes or regions > max_regions
+                    or (deadline is not None and time.perf_counter() > deadline)):
+                raise SearchBudgetExceeded(regions, nodes)
+            lb_in = node.lb
+            if node.point is None:
+                r = min_norm_point(node.rows_a, node.rows_h)
+                if r is None:
+                    continue
+                node.point = r
+                node.lb = max(node.lb, float(np.linalg.norm(r)))
+                if node.lb >= cut:
+                    continue
+            todo.append((node, lb_in))
+        if not todo:
+            break
+        rho = best
+        need = [nd for nd, _ in todo if np.isfinite(rho) and (
+            nd.crown_fixed != nd.nfixed or rho < 0.98 * nd.crown_rho)]
+        outs = engine.bounds(run, c, rho, [nd.signs for nd in need]) if need else []
+        fresh = {id(nd): out for nd, out in zip(need, outs)}
+        for node, lb_in in todo:
+            _expand(node, lb_in, id(node) in fresh, fresh.get(id(node)), rho)
     return SearchResult(best, best_r, best_k, best_pat, regions, nodes)
+
+
