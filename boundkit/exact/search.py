@@ -18,16 +18,18 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
 
+from boundkit.bounds import walk
+from boundkit.bounds.crown import CrownRun, plan_crown
+from boundkit.bounds.numerics import gamma
+from boundkit.bounds.relaxation import LinearBounds, Splits
 from boundkit.exact.convert import AffineReluNet
 from boundkit.exact.qp import min_norm_point
-
-if TYPE_CHECKING:
-    from boundkit.bounds.crown import CrownRun
+from boundkit.graph.capture import capture
 
 
 class SearchBudgetExceeded(Exception):
@@ -163,7 +165,7 @@ class NodeBounds:
 
 
 class NetCrown:
-    """The engine's CROWN (:mod:`boundkit.bounds.crown`) on the graph of an
+    r"""The engine's CROWN (:mod:`boundkit.bounds.crown`) on the graph of an
     :class:`AffineReluNet`: the graph and plan are built once per network, the sound pass
     once per sample (:meth:`run`), and :meth:`bounds` evaluates a batch of nodes at once,
     each with its split constraints (:class:`boundkit.bounds.relaxation.Splits`).
@@ -171,14 +173,9 @@ class NetCrown:
     Everything is the engine's float64 arithmetic with its rounding margins; the only step
     done here is reading the margin bound at the input before its concretisation
     (``f_c - f_{c'} >= <A, z> + bias - err``), whose evaluation in numpy is charged by
-    :math:`\\gamma_{d+3}(|A||x| + |bias| + err)`."""
+    :math:`\gamma_{d+3}(|A||x| + |bias| + err)`."""
 
     def __init__(self, net: AffineReluNet) -> None:
-        from torch import nn
-
-        from boundkit.bounds.crown import plan_crown
-        from boundkit.graph.capture import capture
-
         layers: list[nn.Module] = []
         for w, b in zip(net.weights, net.biases):
             lin = nn.Linear(w.shape[1], w.shape[0], dtype=torch.float64)
@@ -201,18 +198,12 @@ class NetCrown:
 
     def run(self, x: np.ndarray) -> CrownRun:
         """The engine's run for one sample (its sound pass), to be subset per batch."""
-        from boundkit.bounds.crown import CrownRun
-
         return CrownRun(self.graph, self.plan, torch.from_numpy(x)[None], None)
 
     def bounds(self, run: CrownRun, c: int, rho: float,
                signs: list[list[np.ndarray]]) -> list[NodeBounds | None]:
         """:class:`NodeBounds` over ``B(x, rho)`` for each node's ``signs`` (per hidden layer:
         +1 active, -1 inactive, 0 free), ``None`` where the node has no point in the ball."""
-        from boundkit.bounds import walk
-        from boundkit.bounds.numerics import gamma
-        from boundkit.bounds.relaxation import LinearBounds, Splits
-
         nb = len(signs)
         sub = run.subset(torch.zeros(nb, dtype=torch.long))
         if sub is None:
