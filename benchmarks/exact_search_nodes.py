@@ -3,7 +3,8 @@
 Used to compare versions of ``boundkit/exact/search.py`` (e.g. before/after a change of the
 pruning bounds): ``python benchmarks/exact_search_nodes.py --out before.json`` then
 ``--compare before.json`` (``BOUNDKIT_SRC=/path/to/tree`` runs another tree's boundkit).
-One CPU thread; times are wall-clock per net (all samples).
+One CPU thread; times per net (all samples), best of --repeat: wall-clock and CPU
+(process) time, the latter steadier on a shared machine.
 """
 
 from __future__ import annotations
@@ -50,18 +51,19 @@ def run(repeat: int) -> list[dict]:
                         dtype=torch.float64)
         if box is not None:
             x = x.clamp(box[0] + 0.1, box[1] - 0.1)
-        times = []
+        times, cpu = [], []
         for _ in range(repeat):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             res = exact_radius(model, x, box=box, return_details=True, max_regions=20000)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         out.append({"sizes": list(sizes), "seed": seed, "box": box,
                     "radius": [float(v) for v in res.radius],
                     "nodes": [int(v) for v in res.nodes],
                     "regions": [int(v) for v in res.regions],
-                    "time_s": min(times)})
+                    "time_s": min(times), "cpu_s": min(cpu)})
         print(f"{sizes} box={box}: nodes {out[-1]['nodes']} regions {out[-1]['regions']} "
-              f"time {min(times):.3f}s", flush=True)
+              f"time {min(times):.3f}s cpu {min(cpu):.3f}s", flush=True)
     return out
 
 
@@ -76,15 +78,19 @@ def main() -> None:
         a.out.write_text(json.dumps(res, indent=1))
     if a.compare:
         old = json.loads(a.compare.read_text())
-        print("| net | box | nodes before | nodes after | time before | time after | "
+        print("| net | box | nodes before | nodes after | CPU before | CPU after | "
               "max rel. radius diff |")
         print("|---|---|---|---|---|---|---|")
+        tot = [0, 0, 0.0, 0.0]
         for o, r in zip(old, res):
             diff = max(abs(p - q) / max(abs(p), 1e-300) if p != q else 0.0
                        for p, q in zip(o["radius"], r["radius"]))
             print(f"| {'-'.join(map(str, r['sizes']))} s{r['seed']} | {r['box']} | "
-                  f"{sum(o['nodes'])} | {sum(r['nodes'])} | {o['time_s']:.3f} s | "
-                  f"{r['time_s']:.3f} s | {diff:.1e} |")
+                  f"{sum(o['nodes'])} | {sum(r['nodes'])} | {o['cpu_s']:.3f} s | "
+                  f"{r['cpu_s']:.3f} s | {diff:.1e} |")
+            tot = [tot[0] + sum(o["nodes"]), tot[1] + sum(r["nodes"]), tot[2] + o["cpu_s"],
+                   tot[3] + r["cpu_s"]]
+        print(f"| total | | {tot[0]} | {tot[1]} | {tot[2]:.3f} s | {tot[3]:.3f} s | |")
 
 
 if __name__ == "__main__":

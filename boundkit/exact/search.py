@@ -241,8 +241,9 @@ class NetCrown:
         return out
 
 
-#: nodes popped per round of the branch-and-bound (their linear bounds: one engine call)
-CROWN_BATCH = 32
+#: most nodes popped per round of the branch-and-bound (their linear bounds: one engine
+#: call); see the loop of :func:`exact_search`
+CROWN_BATCH = 16
 
 
 def _halfspace_dist(a: np.ndarray, v: float) -> float:
@@ -474,13 +475,17 @@ def exact_search(
     run = engine.run(x)
     nodes = 0
     max_nodes = 20 * max_regions
+    round_best, size = np.nan, 1  # `best` when the previous round started, its size
     while heap:
-        # One round: up to CROWN_BATCH nodes popped in best-first order; those whose linear
-        # bounds are missing or stale get them from one engine call at rho = best. Every
-        # node with lb < cut is expanded whatever the order while `best` is unchanged, so a
-        # round only adds the few nodes a better `best` found inside it would have pruned.
+        # One round: `size` nodes popped in best-first order; those whose linear bounds are
+        # missing or stale get them from one engine call at rho = best (an engine call
+        # costs about the same for 1 or 16 nodes). Expanding a round's nodes before the
+        # children of the first can cost nodes that a better `best` found on the way would
+        # have pruned, so `size` restarts at 1 whenever `best` improved, then doubles.
         todo: list[tuple[_Node, float]] = []
-        while heap and len(todo) < CROWN_BATCH:
+        size = min(2 * size, CROWN_BATCH) if best == round_best else 1
+        round_best = best
+        while heap and len(todo) < size:
             cut = best * (1.0 - rtol)
             if heap[0][0] >= cut:
                 break  # best-first: every remaining node is at least as far
