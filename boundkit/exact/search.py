@@ -166,8 +166,8 @@ class NodeBounds:
 
 class NetCrown:
     r"""The engine's CROWN (:mod:`boundkit.bounds.crown`) on the graph of an
-    :class:`AffineReluNet`: the graph and plan are built once per network, the sound pass
-    once per sample (:meth:`run`), and :meth:`bounds` evaluates a batch of nodes at once,
+    :class:`AffineReluNet`: the graph and plan are built once per network (on first use), the
+    sound pass once per sample (:meth:`run`), and :meth:`bounds` evaluates a batch of nodes at once,
     each with its split constraints (:class:`boundkit.bounds.relaxation.Splits`).
 
     Everything is the engine's float64 arithmetic with its rounding margins; the only step
@@ -176,6 +176,12 @@ class NetCrown:
     :math:`\gamma_{d+3}(|A||x| + |bias| + err)`."""
 
     def __init__(self, net: AffineReluNet) -> None:
+        self.net = net
+        self._built = False  # the graph is captured on the first run (many searches end
+        # before they need linear bounds)
+
+    def _build(self) -> None:
+        net = self.net
         layers: list[nn.Module] = []
         for w, b in zip(net.weights, net.biases):
             lin = nn.Linear(w.shape[1], w.shape[0], dtype=torch.float64)
@@ -184,7 +190,6 @@ class NetCrown:
                 lin.bias.copy_(torch.from_numpy(b))
             layers += [lin, nn.ReLU()]
         model = nn.Sequential(*layers[:-1]).eval()
-        self.net = net
         self.graph = capture(model, (net.in_dim,), device="cpu")
         self.plan = plan_crown(self.graph)
         self.relus = [n.name for n in self.graph if n.op == "relu"]
@@ -195,9 +200,12 @@ class NetCrown:
         ):
             raise AssertionError("the captured graph is not the AffineReluNet's chain")
         self._order = order
+        self._built = True
 
     def run(self, x: np.ndarray) -> CrownRun:
         """The engine's run for one sample (its sound pass), to be subset per batch."""
+        if not self._built:
+            self._build()
         return CrownRun(self.graph, self.plan, torch.from_numpy(x)[None], None)
 
     def bounds(self, run: CrownRun, c: int, rho: float,
@@ -472,7 +480,7 @@ def exact_search(
         heapq.heappush(heap, (node.lb, -node.nfixed, next(counter), node))
 
     engine = crown if crown is not None else NetCrown(net)
-    run = engine.run(x)
+    run: CrownRun | None = None  # the engine's pass for x, made on first use
     nodes = 0
     max_nodes = 20 * max_regions
     round_best, size = np.nan, 1  # `best` when the previous round started, its size
@@ -511,7 +519,10 @@ def exact_search(
         rho = best
         need = [nd for nd, _ in todo if np.isfinite(rho) and (
             nd.crown_fixed != nd.nfixed or rho < 0.98 * nd.crown_rho)]
-        outs = engine.bounds(run, c, rho, [nd.signs for nd in need]) if need else []
+        outs: list[NodeBounds | None] = []
+        if need:
+            run = engine.run(x) if run is None else run
+            outs = engine.bounds(run, c, rho, [nd.signs for nd in need])
         fresh = {id(nd): out for nd, out in zip(need, outs)}
         for node, lb_in in todo:
             _expand(node, lb_in, id(node) in fresh, fresh.get(id(node)), rho)
