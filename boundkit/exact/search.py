@@ -251,7 +251,7 @@ class NetCrown:
 
 #: most nodes popped per round of the branch-and-bound (their linear bounds: one engine
 #: call); see the loop of :func:`exact_search`
-CROWN_BATCH = 16
+CROWN_BATCH = 32
 
 
 def _halfspace_dist(a: np.ndarray, v: float) -> float:
