@@ -381,6 +381,9 @@ def exact_search(
                 if k == c:
                     continue
                 mv = float(m_w[k] @ x + m_b[k])
+                if not (np.isfinite(mv) and np.isfinite(m_w[k]).all()):
+                    dist = 0.0  # no information (values beyond the engine's float range)
+                    continue
                 dk = _halfspace_dist(m_w[k], mv)
                 if dk >= min(dist, cut) or node.rows_a.shape[0] == 0:
                     dist = min(dist, dk)
