@@ -172,7 +172,10 @@ class ReLURelaxation(RelaxationRule):
     :math:`\alpha\in[s,1]` (CROWN, Zhang et al. 2018: the lower line is a supporting line
     at 0, the upper line the chord; ``docs/theory/linear_relaxation.md`` §ReLU). ``crown``
     takes :math:`\alpha=1` when :math:`u>-l`, else :math:`s`; ``alpha`` optimises it per
-    neuron and specification. Stable neurons are exact (slope 1 or :math:`s`)."""
+    neuron and specification. Stable neurons are exact (slope 1 or :math:`s`).
+    With ``ctx.splits`` (:class:`~boundkit.bounds.relaxation.Splits`) the input interval is
+    first intersected with the node's splits: forced-active neurons are then the identity,
+    forced-inactive ones the line :math:`sz`."""
 
     nonlinear = True
 
@@ -185,7 +188,8 @@ class ReLURelaxation(RelaxationRule):
 
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         s = self.slope(node)
-        lo, hi = ins[0].lo, ins[0].hi
+        iv = ins[0] if ctx.splits is None else ctx.splits.constrain(node.name, ins[0])
+        lo, hi = iv.lo, iv.hi
         if s == 0.0:
             return Interval(lo.clamp(min=0), hi.clamp(min=0))
         # g is increasing for s >= 0; for s < 0 its minimum over [l, u] is g(0) = 0 when
@@ -202,6 +206,8 @@ class ReLURelaxation(RelaxationRule):
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         s = self.slope(node)
         iv = ctx.interval_in(node)
+        if ctx.splits is not None:  # branch-and-bound splits (relaxation.Splits)
+            iv = ctx.splits.constrain(node.name, iv)
         lo, hi = iv.lo.unsqueeze(1), iv.hi.unsqueeze(1)
         on, off = lo >= 0, hi <= 0
         unstable = ~(on | off)

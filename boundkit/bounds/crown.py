@@ -47,6 +47,7 @@ from boundkit.bounds.relaxation import (
     LinearBounds,
     RelaxationRule,
     RelaxContext,
+    Splits,
     _dot,
     relaxation_rule,
 )
@@ -151,6 +152,11 @@ def concretise(lb: LinearBounds, x0: torch.Tensor, box: tuple[float, float] | No
 class CrownRun:
     """One batch: intervals and backward walks for per-sample radii ``eps`` [N]."""
 
+    #: optional branch-and-bound split constraints on ReLU nodes, one row per sample: all
+    #: bounds then hold on the part of the ball satisfying them (``relaxation.Splits``);
+    #: set on the run (or on a :meth:`subset`, which does not inherit them) by the caller
+    splits: Splits | None = None
+
     def __init__(self, graph: Graph, plan: CrownPlan, x0: torch.Tensor,
                  box: tuple[float, float] | None) -> None:
         self.graph, self.plan, self.x0, self.box = graph, plan, x0, box
@@ -213,7 +219,8 @@ class CrownRun:
         return Interval(h0 - s, h0 + s)
 
     def intervals(self, eps: torch.Tensor) -> RelaxContext:
-        ctx = RelaxContext(self.graph, self.sound.acts, slopes=self.slopes)
+        ctx = RelaxContext(self.graph, self.sound.acts, slopes=self.slopes,
+                           splits=self.splits)
         ctx.intervals[self.graph.input.name] = self._input_interval(eps)
         for node in self.plan.nodes:
             if node.op == "input":

@@ -103,9 +103,51 @@ class RelaxContext:
     slopes: dict[str, torch.Tensor] = field(default_factory=dict)
     #: which backward walk is running: FINAL_SPEC (the margins) or a refined node's name
     spec: str = "<final>"
+    #: branch-and-bound split constraints on ReLU nodes (:class:`Splits`), or ``None``
+    splits: Splits | None = None
 
     def interval_in(self, node: Node, i: int = 0) -> Interval:
         return self.intervals[node.inputs[i]]
+
+
+@dataclass
+class Splits:
+    r"""Split constraints of a branch-and-bound node on ReLU neurons.
+
+    ``signs`` maps a ReLU node's name to a tensor [N, *shape] (the ReLU's input shape, one
+    row per sample of the batch): ``+1`` forces the neuron active (its input :math:`y\ge0`),
+    ``-1`` inactive (:math:`y\le0`), ``0`` leaves it free. ReLU nodes not in the map are
+    unconstrained. With splits in the :class:`RelaxContext`, every interval and linear bound
+    holds on :math:`\mathcal{B}\cap S`, :math:`S` the set of inputs satisfying all the
+    splits (not on the whole ball): the ReLU's input interval is intersected with the
+    split (:meth:`constrain`), so a forced-active neuron is relaxed exactly by the identity
+    and a forced-inactive one by zero, and every later interval is bounded over
+    :math:`\mathcal{B}\cap S` only. Where the intersection is empty (:meth:`empty`),
+    :math:`\mathcal{B}\cap S=\emptyset` and every bound of that sample holds vacuously.
+    """
+
+    signs: dict[str, torch.Tensor]
+
+    def constrain(self, relu: str, iv: Interval) -> Interval:
+        """The input interval ``iv`` of ReLU node ``relu`` intersected with its splits."""
+        s = self.signs.get(relu)
+        if s is None:
+            return iv
+        s = s.reshape(iv.lo.shape)
+        return Interval(torch.where(s > 0, iv.lo.clamp(min=0), iv.lo),
+                        torch.where(s < 0, iv.hi.clamp(max=0), iv.hi))
+
+    def empty(self, ctx: RelaxContext) -> torch.Tensor:
+        """[N] bool: samples whose constrained set is proven empty (a split contradicts the
+        sound interval of its neuron over the ball)."""
+        out: torch.Tensor | None = None
+        for name in self.signs:
+            iv = self.constrain(name, ctx.interval_in(ctx.graph[name]))
+            e = (iv.lo > iv.hi).flatten(1).any(1)
+            out = e if out is None else out | e
+        if out is None:
+            raise ValueError("Splits.empty needs at least one split ReLU node")
+        return out
 
 
 class RelaxationRule(Rule):

@@ -13,7 +13,12 @@ from torch import nn
 from boundkit.errors import BoundkitError, InputShapeError
 from boundkit.exact.convert import AffineReluNet, to_affine_relu
 from boundkit.exact.qp import min_norm_point
-from boundkit.exact.search import SearchBudgetExceeded, exact_search, pattern_affine
+from boundkit.exact.search import (
+    NetCrown,
+    SearchBudgetExceeded,
+    exact_search,
+    pattern_affine,
+)
 from boundkit.validate import check_call
 
 DEFAULT_MAX_NEURONS = 32
@@ -227,6 +232,7 @@ def exact_radius(
     adv = np.full(n, -1, dtype=np.int64)
     regions = np.zeros(n, dtype=np.int64)
     nodes = np.zeros(n, dtype=np.int64)
+    crown = NetCrown(net) if net.num_hidden > 0 else None  # the B&B's bounds, one graph
     for idx in range(n):
         xi = xs[idx]
         bx = _parse_box(box, in_shape, xi)
@@ -246,7 +252,7 @@ def exact_radius(
             continue
         deadline = None if time_limit is None else time.perf_counter() + time_limit
         try:
-            res = exact_search(net, xi, bx, rtol, max_regions, deadline)
+            res = exact_search(net, xi, bx, rtol, max_regions, deadline, crown)
         except SearchBudgetExceeded as exc:
             if on_budget == "nan":
                 radius[idx] = math.nan

@@ -20,9 +20,16 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from torch import nn
 
+from boundkit.bounds import walk
+from boundkit.bounds.crown import CrownRun, plan_crown
+from boundkit.bounds.numerics import gamma
+from boundkit.bounds.relaxation import LinearBounds, Splits
 from boundkit.exact.convert import AffineReluNet
 from boundkit.exact.qp import min_norm_point
+from boundkit.graph.capture import capture
 
 
 class SearchBudgetExceeded(Exception):
@@ -143,61 +150,108 @@ def ray_first_crossing(
     return None
 
 
-def _crown(
-    net: AffineReluNet, x: np.ndarray, rho: float, signs: list[np.ndarray], c: int
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray] | None:
-    """Linear-relaxation (CROWN, Zhang et al. 2018) bounds over ``B(x, rho)`` inside a node.
+@dataclass
+class NodeBounds:
+    """The engine's linear bounds over ``B(x, rho)`` inside one branch-and-bound node.
 
-    Returns per-layer pre-activation intervals and a linear upper bound
-    ``f_{c'}(z) - f_c(z) <= A[c'] z + a0[c']`` valid for every ``z`` in the ball whose
-    activation pattern agrees with the fixed ``signs``; ``None`` if no such ``z`` exists.
-    Fixed-active neurons get the relaxation ``relu(y) = y`` with ``y >= 0``, fixed-inactive
-    ones ``relu(y) = 0`` with ``y <= 0``, unstable ones the triangle upper bound
-    ``u (y - l) / (u - l)`` and lower bound ``alpha y`` (``alpha`` in {0, 1}).
-    """
-    ws, bs = net.weights, net.biases
-    nl = len(ws) - 1
-    bounds: list[tuple[np.ndarray, np.ndarray]] = []
-    su_l, iu_l, sl_l = [], [], []
-    k_cls = net.num_classes
-    for k in range(nl + 1):
-        if k < nl:
-            n = ws[k].shape[0]
-            lam = np.vstack([np.eye(n), -np.eye(n)])
-        else:
-            lam = np.delete(np.eye(k_cls), c, axis=0)
-            lam[:, c] -= 1.0
-        a = lam @ ws[k]
-        a0 = lam @ bs[k]
-        for i in range(k - 1, -1, -1):
-            pos = a >= 0
-            a0 = a0 + (np.where(pos, a, 0.0) * iu_l[i]).sum(axis=1)
-            a = np.where(pos, a * su_l[i], a * sl_l[i])
-            a0 = a0 + a @ bs[i]
-            a = a @ ws[i]
-        if k == nl:
-            full = np.insert(a, c, 0.0, axis=0)
-            full0 = np.insert(a0, c, -np.inf, axis=0)
-            return bounds, full, full0
-        ub = a @ x + a0 + rho * np.linalg.norm(a, axis=1)
-        u, l = ub[:n], -ub[n:]
-        s = signs[k]
-        l = np.where(s > 0, np.maximum(l, 0.0), l)
-        u = np.where(s < 0, np.minimum(u, 0.0), u)
-        if np.any(l > u):
-            return None
-        bounds.append((l, u))
-        act = (s > 0) | ((s == 0) & (l >= 0))
-        dead = (s < 0) | ((s == 0) & (u <= 0))
-        unst = ~act & ~dead
-        den = np.where(unst, u - l, 1.0)
-        su = np.where(act, 1.0, np.where(unst, u / den, 0.0))
-        iu = np.where(unst, -l * u / den, 0.0)
-        sl = np.where(act, 1.0, np.where(unst & (u >= -l), 1.0, 0.0))
-        su_l.append(su)
-        iu_l.append(iu)
-        sl_l.append(sl)
-    raise AssertionError("unreachable")
+    ``pre[i]`` are sound intervals ``(l, u)`` of the pre-activations of hidden layer ``i``
+    (valid on the ball part of the node; not intersected with the node's own splits), and
+    ``f_{c'}(z) - f_c(z) <= m_w[c'] @ z + m_b[c']`` for every ``z`` of the ball whose
+    activation pattern agrees with the node's fixed signs (row ``c`` unused)."""
+
+    pre: list[tuple[np.ndarray, np.ndarray]]
+    m_w: np.ndarray
+    m_b: np.ndarray
+
+
+class NetCrown:
+    r"""The engine's CROWN (:mod:`boundkit.bounds.crown`) on the graph of an
+    :class:`AffineReluNet`: the graph and plan are built once per network (on first use), the
+    sound pass once per sample (:meth:`run`), and :meth:`bounds` evaluates a batch of nodes at once,
+    each with its split constraints (:class:`boundkit.bounds.relaxation.Splits`).
+
+    Everything is the engine's float64 arithmetic with its rounding margins; the only step
+    done here is reading the margin bound at the input before its concretisation
+    (``f_c - f_{c'} >= <A, z> + bias - err``), whose evaluation in numpy is charged by
+    :math:`\gamma_{d+3}(|A||x| + |bias| + err)`."""
+
+    def __init__(self, net: AffineReluNet) -> None:
+        self.net = net
+        self._built = False  # the graph is captured on the first run (many searches end
+        # before they need linear bounds)
+
+    def _build(self) -> None:
+        net = self.net
+        layers: list[nn.Module] = []
+        for w, b in zip(net.weights, net.biases):
+            lin = nn.Linear(w.shape[1], w.shape[0], dtype=torch.float64)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(w))
+                lin.bias.copy_(torch.from_numpy(b))
+            layers += [lin, nn.ReLU()]
+        model = nn.Sequential(*layers[:-1]).eval()
+        self.graph = capture(model, (net.in_dim,), device="cpu")
+        self.plan = plan_crown(self.graph)
+        self.relus = [n.name for n in self.graph if n.op == "relu"]
+        self.pre = [self.graph[r].inputs[0] for r in self.relus]
+        order = [n for n in self.plan.nodes if n.op != "input"]
+        if len(self.relus) != len(net.weights) - 1 or any(
+            self.plan.rules[n.name] is None for n in order
+        ):
+            raise AssertionError("the captured graph is not the AffineReluNet's chain")
+        self._order = order
+        self._built = True
+
+    def run(self, x: np.ndarray) -> CrownRun:
+        """The engine's run for one sample (its sound pass), to be subset per batch."""
+        if not self._built:
+            self._build()
+        return CrownRun(self.graph, self.plan, torch.from_numpy(x)[None], None)
+
+    def bounds(self, run: CrownRun, c: int, rho: float,
+               signs: list[list[np.ndarray]]) -> list[NodeBounds | None]:
+        """:class:`NodeBounds` over ``B(x, rho)`` for each node's ``signs`` (per hidden layer:
+        +1 active, -1 inactive, 0 free), ``None`` where the node has no point in the ball."""
+        nb = len(signs)
+        sub = run.subset(torch.zeros(nb, dtype=torch.long))
+        if sub is None:
+            raise AssertionError("an AffineReluNet graph has no fallback node")
+        sub.splits = Splits({
+            r: torch.from_numpy(np.stack([s[i] for s in signs]))
+            for i, r in enumerate(self.relus)
+        })
+        eps = torch.full((nb,), float(rho), dtype=torch.float64)
+        ctx = sub.intervals(eps)
+        empty = sub.splits.empty(ctx).tolist()
+        spec = sub.margin_spec(torch.full((nb,), c, dtype=torch.long))  # e_c - e_k
+        zero = torch.zeros(spec.shape[:2], dtype=torch.float64)
+        rules = self.plan.rules
+        state = walk.backward(
+            self._order, {self.graph.logits.name: LinearBounds(spec, zero, zero)},
+            lambda n, lb: rules[n.name].backward(n, ctx, lb))
+        lb = state[self.graph.input.name]
+        x0 = sub.x0
+        a = lb.A.reshape(nb, spec.shape[1], -1)
+        err = lb.err + lb.charge_forks(x0.abs())
+        d = a.shape[2]
+        slack = float(gamma(d + 3)) * (
+            (a.abs() * x0.abs().unsqueeze(1)).sum(2) + lb.bias.abs() + err) + 1e-300
+        # f_k - f_c <= -(<A_k, z> + bias_k - err_k) = m_w[k] z + m_b[k]
+        m_w = (-a).numpy()
+        m_b = (-lb.bias + err + slack).numpy()
+        pre = [(ctx.intervals[p].lo.numpy(), ctx.intervals[p].hi.numpy()) for p in self.pre]
+        out: list[NodeBounds | None] = []
+        for j in range(nb):
+            if empty[j]:
+                out.append(None)
+                continue
+            out.append(NodeBounds([(lo[j], hi[j]) for lo, hi in pre], m_w[j], m_b[j]))
+        return out
+
+
+#: most nodes popped per round of the branch-and-bound (their linear bounds: one engine
+#: call); see the loop of :func:`exact_search`
+CROWN_BATCH = 32
 
 
 def _halfspace_dist(a: np.ndarray, v: float) -> float:
@@ -215,11 +269,14 @@ def exact_search(
     rtol: float,
     max_regions: int,
     deadline: float | None = None,
+    crown: NetCrown | None = None,
 ) -> SearchResult:
     """Exact ``rho(x)`` (to relative ``rtol``) by best-first branch-and-bound; see module doc.
 
     Raises :class:`SearchBudgetExceeded` beyond ``max_regions`` regions (``20 max_regions``
     nodes) or, if given, once ``time.perf_counter()`` passes ``deadline`` (checked per node).
+    ``crown``: the network's :class:`NetCrown` (built here when not given; pass it to share
+    the captured graph between the samples of a network).
     """
     d = net.in_dim
     nl = len(net.weights) - 1
@@ -306,41 +363,27 @@ def exact_search(
     )
     counter = itertools.count()
     heap: list[tuple[float, int, int, _Node]] = [(0.0, 0, next(counter), root)]
-    nodes = 0
-    max_nodes = 20 * max_regions
-    while heap:
-        lb_key, _, _, node = heapq.heappop(heap)
+
+    def _expand(node: _Node, lb_in: float, has_bounds: bool, res: NodeBounds | None,
+                rho: float) -> None:
+        """Prune, fix or split a popped node; ``res``: its fresh linear bounds over
+        ``B(x, rho)`` (``rho >= best``), ``None`` for an empty node, if ``has_bounds``."""
         cut = best * (1.0 - rtol)
-        if node.lb >= cut:
-            if lb_key >= cut:
-                break  # best-first: every remaining node is at least as far
-            continue
-        nodes += 1
-        if (nodes > max_nodes or regions > max_regions
-                or (deadline is not None and time.perf_counter() > deadline)):
-            raise SearchBudgetExceeded(regions, nodes)
-        lb_in = node.lb
-        if node.point is None:
-            r = min_norm_point(node.rows_a, node.rows_h)
-            if r is None:
-                continue
-            node.point = r
-            node.lb = max(node.lb, float(np.linalg.norm(r)))
-            if node.lb >= cut:
-                continue
-        if np.isfinite(best) and (
-            node.crown_fixed != node.nfixed or best < 0.98 * node.crown_rho
-        ):
-            res = _crown(net, x, best, node.signs, c)
+        if node.lb >= cut:  # `best` improved earlier in the round
+            return
+        if has_bounds:
             if res is None:
-                continue
-            node.bounds, m_w, m_b = res
-            node.crown_rho, node.crown_fixed = best, node.nfixed
+                return
+            node.bounds, m_w, m_b = res.pre, res.m_w, res.m_b
+            node.crown_rho, node.crown_fixed = rho, node.nfixed
             dist = np.inf
             for k in range(net.num_classes):
                 if k == c:
                     continue
                 mv = float(m_w[k] @ x + m_b[k])
+                if not (np.isfinite(mv) and np.isfinite(m_w[k]).all()):
+                    dist = 0.0  # no information (values beyond the engine's float range)
+                    continue
                 dk = _halfspace_dist(m_w[k], mv)
                 if dk >= min(dist, cut) or node.rows_a.shape[0] == 0:
                     dist = min(dist, dk)
@@ -351,19 +394,19 @@ def exact_search(
                 )
                 if rk is not None:
                     dist = min(dist, float(np.linalg.norm(rk)))
-            if dist >= best:
-                continue
+            if dist >= best:  # the bounds hold on B(x, rho), rho >= best
+                return
             node.lb = max(node.lb, dist)
             if node.lb >= cut:
-                continue
+                return
         if node.lb > lb_in * (1 + 1e-12) and heap and node.lb > heap[0][0]:
             heapq.heappush(heap, (node.lb, -node.nfixed, next(counter), node))
-            continue
+            return
 
         if node.layer == nl:
             pat = [s > 0 for s in node.signs]
             solve_leaf(pat, node.rows_a, node.rows_h, node.pre_w, node.pre_b, node.lb)
-            continue
+            return
 
         # Fix every neuron of the current layer whose other side cannot hold a better point.
         i = node.layer
@@ -393,7 +436,7 @@ def exact_search(
             new_a.append(sg * node.pre_w[j])
             new_h.append(-sg * v)
         if s is None:
-            continue
+            return
         if new_a:
             node.rows_a = np.vstack([node.rows_a, np.array(new_a)])
             node.rows_h = np.append(node.rows_h, new_h)
@@ -405,7 +448,7 @@ def exact_search(
         if split:
             if node.point is None:
                 heapq.heappush(heap, (node.lb, -node.nfixed, next(counter), node))
-                continue
+                return
             _, j = min(split)
             v = float(v_all[j])
             for sg in (1, -1):
@@ -430,7 +473,7 @@ def exact_search(
                 )
                 if child.lb < cut:
                     heapq.heappush(heap, (child.lb, -child.nfixed, next(counter), child))
-            continue
+            return
         # Layer complete: move on to the next layer (or the logits).
         act = (s > 0).astype(np.float64)
         m_w, m_b = act[:, None] * node.pre_w, act * node.pre_b
@@ -438,4 +481,54 @@ def exact_search(
         node.pre_b = net.weights[i + 1] @ m_b + net.biases[i + 1]
         node.layer = i + 1
         heapq.heappush(heap, (node.lb, -node.nfixed, next(counter), node))
+
+    engine = crown if crown is not None else NetCrown(net)
+    run: CrownRun | None = None  # the engine's pass for x, made on first use
+    nodes = 0
+    max_nodes = 20 * max_regions
+    round_best, size = np.nan, 1  # `best` when the previous round started, its size
+    while heap:
+        # One round: `size` nodes popped in best-first order; those whose linear bounds are
+        # missing or stale get them from one engine call at rho = best (an engine call
+        # costs about the same for 1 or 16 nodes). Expanding a round's nodes before the
+        # children of the first can cost nodes that a better `best` found on the way would
+        # have pruned, so `size` restarts at 1 whenever `best` improved, then doubles.
+        todo: list[tuple[_Node, float]] = []
+        size = min(2 * size, CROWN_BATCH) if best == round_best else 1
+        round_best = best
+        while heap and len(todo) < size:
+            cut = best * (1.0 - rtol)
+            if heap[0][0] >= cut:
+                break  # best-first: every remaining node is at least as far
+            node = heapq.heappop(heap)[3]
+            if node.lb >= cut:
+                continue
+            nodes += 1
+            if (nodes > max_nodes or regions > max_regions
+                    or (deadline is not None and time.perf_counter() > deadline)):
+                raise SearchBudgetExceeded(regions, nodes)
+            lb_in = node.lb
+            if node.point is None:
+                r = min_norm_point(node.rows_a, node.rows_h)
+                if r is None:
+                    continue
+                node.point = r
+                node.lb = max(node.lb, float(np.linalg.norm(r)))
+                if node.lb >= cut:
+                    continue
+            todo.append((node, lb_in))
+        if not todo:
+            break
+        rho = best
+        need = [nd for nd, _ in todo if np.isfinite(rho) and (
+            nd.crown_fixed != nd.nfixed or rho < 0.98 * nd.crown_rho)]
+        outs: list[NodeBounds | None] = []
+        if need:
+            run = engine.run(x) if run is None else run
+            outs = engine.bounds(run, c, rho, [nd.signs for nd in need])
+        fresh = {id(nd): out for nd, out in zip(need, outs)}
+        for node, lb_in in todo:
+            _expand(node, lb_in, id(node) in fresh, fresh.get(id(node)), rho)
     return SearchResult(best, best_r, best_k, best_pat, regions, nodes)
+
+
