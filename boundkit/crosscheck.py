@@ -424,8 +424,9 @@ def _find_violations(
 def _check_names(methods: Any, attack: Any) -> None:
     """Fail before any work on a misspelt method or attack (not after the certificates)."""
     from boundkit.attacks import ATTACKS
+    from boundkit.bounds.method import method_names
 
-    known = ("sound", "sound-local", "peck2017")
+    known = method_names()
     if isinstance(methods, str) or not all(isinstance(m, str) for m in methods):
         raise BadArgumentError(f"methods must be a sequence of names such as ('sound',), got "
                                f"{methods!r}")
@@ -458,14 +459,15 @@ def crosscheck(
     Args:
         model: a classifier in eval mode (logits ``[N, C]``).
         x: inputs ``[N, *input_shape]`` inside ``box``.
-        methods: certification methods (``"sound"``, ``"peck2017"``).
+        methods: certification methods (names of ``boundkit.available_methods()``).
         attack: an attack name of :data:`boundkit.attacks.ATTACKS` (default ``"best"``).
         attack_budget: gradient steps per sample (per member for ``best``); None: defaults.
         y: true labels (recorded, and used for the accuracy in the summary). The attack
             always targets a change of the *prediction*, which is what a certificate
             bounds.
-        box: the input domain of the attack (certificates ignore it, so their radius is
-            a lower bound on the box-constrained distance as well).
+        box: the input domain of the attack; methods with a ``box`` option (``crown``,
+            ``alpha``) certify within it, the others ignore it (their radius bounds the
+            box-constrained distance as well).
         device: where to compute.
         exact: also compute the exact minimal radius (small ReLU networks only; when the
             model is too large or unsupported, ``exact_note`` says why and ``exact`` is None).
@@ -483,6 +485,7 @@ def crosscheck(
     """
     from boundkit.attacks import attack as run_attack
     from boundkit.bounds.engine import certify, graph_for
+    from boundkit.bounds.method import get_method
 
     check_call(model, x, device=device, box=box,
                counts={"attack_budget": attack_budget, "chunk_size": chunk_size})
@@ -503,7 +506,9 @@ def crosscheck(
     graph = graph_for(model, x, device)
     for m in methods:
         t0 = time.perf_counter()
-        certs[m] = certify(model, x, m, device=device, graph=graph)
+        # a method bounding the box-constrained distance (crown, alpha) gets the attack's box
+        opts = {"box": box} if "box" in get_method(m).options() else {}
+        certs[m] = certify(model, x, m, device=device, graph=graph, **opts)
         seconds[f"certify_{m}"] = time.perf_counter() - t0
         tick(f"certify {m}", n)
     label = next(iter(certs.values())).label.detach().cpu() if certs else None

@@ -205,3 +205,17 @@ def test_mnist_from_shared_data(tmp_path: Path, capsys):
     doc = json.loads(out.read_text())
     assert len(doc["samples"]["radius"]["sound"]) == 5
     assert torch.tensor(doc["samples"]["radius"]["sound"]).ge(0).all()
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha"])
+def test_crosscheck_with_a_linear_relaxation_method(method: str, mlp_file: Path,
+                                                    tmp_path: Path, capsys):
+    out = tmp_path / method
+    code = main(["crosscheck", "--model", str(mlp_file), "--data", "digits", "--n", "6",
+                 "--budget", "10", "--method", method, "--out", str(out)])
+    assert code == EXIT_OK
+    text = capsys.readouterr().out
+    assert "soundness violations: 0" in text
+    rows = (out / "results.csv").read_text().splitlines()
+    assert f"radius_{method}" in rows[0]
+    _nonempty(out / "scatter.png")
