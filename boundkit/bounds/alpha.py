@@ -18,6 +18,7 @@ the one used. Intermediate bounds are those of ``crown``.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -222,19 +223,35 @@ class AlphaMethod(CrownMethod):
         return search_radius(run, label, torch.maximum(r, lo), margin, rtol, first=1.05)
 
 
+#: the largest accepted ``iterations`` and ``lr`` (slopes live in [s, 1]: larger steps only
+#: jump between the ends)
+MAX_ITERATIONS = 10_000
+MAX_LR = 10.0
+
+
 def _check_iterations(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"iterations must be a positive integer, got {value!r}")
-    return value
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise ValueError(f"iterations must be an integer in [1, {MAX_ITERATIONS}], got "
+                         f"{value!r}") from None
+    if not 1 <= n <= MAX_ITERATIONS:
+        raise ValueError(f"iterations must be an integer in [1, {MAX_ITERATIONS}], got {n}")
+    return n
 
 
 def _check_lr(value: Any) -> float:
+    message = f"lr must be a number in (0, {MAX_LR:g}], got {value!r}"
+    if isinstance(value, bool):
+        raise ValueError(message)
     try:
         lr = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"lr must be a positive number, got {value!r}") from None
-    if not (lr > 0.0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {value!r}")
+        raise ValueError(message) from None
+    if not 0.0 < lr <= MAX_LR:
+        raise ValueError(message)
     return lr
 
 

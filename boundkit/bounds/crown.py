@@ -554,6 +554,8 @@ class CrownMethod(Method):
 def check_rtol(rtol: Any) -> float:
     """The search's relative tolerance: a number in (0, 1)."""
     try:
+        if isinstance(rtol, bool):
+            raise TypeError
         value = float(rtol)
     except (TypeError, ValueError):
         raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}") from None

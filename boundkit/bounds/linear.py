@@ -32,10 +32,19 @@ def spectral_norm(w: torch.Tensor) -> float:
     w = w.to(torch.float64)
     if w.numel() == 0:
         return 0.0
-    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
-    lam = float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0.0))
+    top = float(w.abs().max())
+    if top == 0.0:
+        return 0.0
+    # scale by a power of two (exact) so that the Gram matrix neither overflows nor underflows
+    scale = 2.0 ** math.ceil(math.log2(top))
+    ws = w / scale
+    gram = ws @ ws.T if ws.shape[0] <= ws.shape[1] else ws.T @ ws
+    try:
+        lam = float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0.0))
+    except torch.linalg.LinAlgError:  # no convergence: the Frobenius norm bounds it above
+        lam = float(gram.diagonal().sum())
     k = max(w.shape)
-    return float(inflate(math.sqrt(lam * (1.0 + float(gamma(k)) * 2.0))))
+    return float(inflate(math.sqrt(lam * (1.0 + float(gamma(k)) * 2.0)) * scale))
 
 
 def schur_bound(w: torch.Tensor) -> float:

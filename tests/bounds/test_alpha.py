@@ -167,3 +167,26 @@ def test_leaky_relu_with_slope_zero_certifies_as_relu() -> None:
     x = _x(leaky, 3, 2)
     torch.testing.assert_close(bk.certify(leaky, x, "crown").radius,
                                bk.certify(relu, x, "crown").radius, rtol=1e-3, atol=0.0)
+
+
+def test_absurd_alpha_options_are_refused_not_run() -> None:
+    import numpy as np
+
+    model = random_network(0, layer_kinds=("linear", "relu"))
+    x = _x(model, 2, 0)
+    for bad in ({"lr": 1e39}, {"lr": True}, {"iterations": 10**30}, {"rtol": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            bk.certify(model, x, "alpha", **bad)
+    r = bk.certify(model, x, "alpha", iterations=np.int64(3)).radius
+    assert bool((r >= 0).all())
+
+
+def test_huge_weights_get_a_certificate_not_a_linear_algebra_error() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    with torch.no_grad():
+        model[0].weight.mul_(1e200)
+    model.boundkit_input_shape = (4,)
+    x = _x(model, 2, 1).double()
+    for method in ("sound", "crown"):
+        cert = bk.certify(model, x, method)
+        assert bool(torch.isfinite(cert.radius).all()) and bool((cert.radius >= 0).all())
