@@ -213,16 +213,20 @@ class ReLURelaxation(RelaxationRule):
         unstable = ~(on | off)
         denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
         # upper slope: the chord's on unstable neurons, 1 or s on stable ones
-        up = torch.where(unstable, (hi - s * lo) / denom, torch.where(on, 1.0, s))
+        # slopes as float64 tensors: torch.where of two Python scalars would round s to
+        # float32 (a slope of 0.0099999998 for 0.01: an invalid line)
+        one, sv = torch.ones_like(hi), torch.full_like(hi, s)
+        up = torch.where(unstable, (hi - s * lo) / denom, torch.where(on, one, sv))
         # the rounded chord lies above g once lifted by delta (endpoint check, §ReLU)
         lift = 8.0 if s == 0.0 else 20.0 * max(1.0, abs(s))
         delta = torch.where(unstable, lift * UNIT_ROUNDOFF * (hi - lo), torch.zeros_like(hi))
         up_off = torch.where(unstable, (s - up) * lo + delta, torch.zeros_like(hi))
         slope = ctx.slopes.get(f"{ctx.spec}:{node.name}")
         if slope is None:  # one lower slope per neuron: [N, 1, *shape]
-            low = torch.where(on, 1.0, torch.where(off | (hi <= -lo), s, 1.0))
+            low = torch.where(on | ~(off | (hi <= -lo)), one, sv)
         else:  # per specification [N, S, *shape], any value in [s, 1] is valid
-            low = torch.where(on, 1.0, torch.where(off, s, slope.clamp(min=s, max=1.0)))
+            low = torch.where(on, one, torch.where(off, sv, slope.to(hi.dtype).clamp(
+                min=s, max=1.0)))
         A = lb.A
         a_in = torch.where(A > 0, low, up) * A
         # the chord's offsets enter through the negative coefficients; every term is <= 0,

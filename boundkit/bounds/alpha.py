@@ -87,7 +87,8 @@ class AlphaRun(CrownRun):
         assert isinstance(rule, ReLURelaxation)
         self._floor[key] = rule.slope(relu)
         iv = ctx.intervals[relu.inputs[0]]
-        start = torch.where(iv.hi > -iv.lo, 1.0, self._floor[key]).unsqueeze(1).expand(
+        start = torch.where(iv.hi > -iv.lo, torch.ones_like(iv.hi),
+                            torch.full_like(iv.hi, self._floor[key])).unsqueeze(1).expand(
             self.n, rows, *iv.hi.shape[1:])
         warm = self.params.get(key)
         if warm is not None:

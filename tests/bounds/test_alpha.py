@@ -190,3 +190,54 @@ def test_huge_weights_get_a_certificate_not_a_linear_algebra_error() -> None:
     for method in ("sound", "crown"):
         cert = bk.certify(model, x, method)
         assert bool(torch.isfinite(cert.radius).all()) and bool((cert.radius >= 0).all())
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha"])
+def test_crown_on_a_leaky_net_that_is_linear_on_the_ball_never_exceeds_its_exact_radius(
+        method) -> None:
+    # every LeakyReLU neuron is off on the whole ball (large negative bias), so the network
+    # is the affine map W2 (s W1 x + s b1) + b2 there and its radius has a closed form; a
+    # slope rounded anywhere (e.g. 0.01 to float32) shows up as a radius above it
+    torch.manual_seed(0)
+    s = 0.01
+    model = nn.Sequential(nn.Linear(5, 7), nn.LeakyReLU(s), nn.Linear(7, 3)).double().eval()
+    with torch.no_grad():
+        model[0].bias.fill_(-1e4)
+    model.boundkit_input_shape = (5,)
+    x = torch.rand(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    w = model[2].weight @ (s * model[0].weight)
+    logits = model(x)
+    y = logits.argmax(1)
+    exact = torch.full((4,), float("inf"), dtype=torch.float64)
+    for j in range(3):
+        g = (w[y] - w[j]).norm(dim=1)
+        m = logits.gather(1, y[:, None]).squeeze(1) - logits[:, j]
+        exact = torch.where(y == j, exact, torch.minimum(exact, m / g))
+    r = bk.certify(model, x, method, box=None).radius
+    assert bool((r <= exact).all()), (r, exact)
+    assert bool((r >= exact * (1 - 1e-6)).all()), (r, exact)
+
+
+@pytest.mark.parametrize("slope", [0.01, 0.1, -0.3])
+def test_the_leaky_relu_relaxation_uses_the_float64_slope_exactly(slope) -> None:
+    from boundkit.bounds.engine import graph_for
+    from boundkit.bounds.relaxation import Interval, LinearBounds, RelaxContext, relaxation_rule
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(slope), nn.Linear(4, 2)).double().eval()
+    x = torch.rand(1, 3, dtype=torch.float64)
+    g = graph_for(model, x, None)
+    node = next(n for n in g.nodes if n.op == "leaky_relu")
+    ctx = RelaxContext(g, g.activations(x))
+    lo = torch.tensor([[-3.0, -2.0, 1.0, -1.0]], dtype=torch.float64)  # off, off, on, unstable
+    hi = torch.tensor([[-1.0, -0.5, 2.0, 3.0]], dtype=torch.float64)
+    ctx.intervals[node.inputs[0]] = Interval(lo, hi)
+    ctx.intervals[node.name] = Interval(torch.minimum(lo, slope * lo), hi)
+    zero = torch.zeros(1, 2, dtype=torch.float64)
+    A = torch.tensor([[[1.0, -1.0, 1.0, 1.0], [-1.0, 1.0, -1.0, -1.0]]], dtype=torch.float64)
+    out = relaxation_rule(node).backward(node, ctx, LinearBounds(A, zero, zero))[0]
+    s = torch.tensor(slope, dtype=torch.float64)
+    assert out.A[0, 0, 0] == s and out.A[0, 0, 1] == -s and out.A[0, 0, 2] == 1.0
+    assert out.A[0, 1, 0] == -s and out.A[0, 1, 2] == -1.0
+    assert out.A[0, 0, 3] == 1.0  # u > -l: the lower line of slope 1
+    chord = (3.0 - slope * -1.0) / 4.0
+    assert out.A[0, 1, 3] == -torch.tensor(chord, dtype=torch.float64)
