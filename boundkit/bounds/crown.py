@@ -68,12 +68,9 @@ class CrownPlan:
     sound: SoundPlan
     nodes: list[Node]
     rules: dict[str, RelaxationRule | None]
-    #: node -> "unstable" (ReLU input), "live" (ReLU into a max pooling) or "all"
+    #: node -> "unstable" (ReLU input), "live" (ReLU into a max pooling), "pool" (read by a
+    #: max pooling) or "all"
     refine: dict[str, str]
-
-
-#: refinement modes, from the fewest neurons refined to all of them
-_REFINE_ORDER = ("unstable", "live", "all")
 
 
 def plan_crown(graph: Graph) -> CrownPlan:
@@ -83,10 +80,18 @@ def plan_crown(graph: Graph) -> CrownPlan:
     refine: dict[str, str] = {}
     for n in nodes:
         r = rules.get(n.name)
-        if r is None or not r.nonlinear or n.op == "maxpool2d":
+        if r is None or not r.nonlinear:
             continue
         src = n.inputs[0]
         if graph[src].op == "input":
+            continue
+        if n.op == "maxpool2d":
+            # a max pooling reading a ReLU: that ReLU's input is refined (below); reading
+            # anything else (a convolution, as in LeNet-5): its live inputs are refined
+            if graph[src].op in ("relu", "leaky_relu"):
+                continue
+            mode = "pool" if graph.consumers(src) == [n.name] else "all"
+            refine[src] = _merge_modes(refine.get(src), mode)
             continue
         # a ReLU's stable neurons need no better bounds, unless a max pooling reads its
         # output (its relaxation uses the bounds of every input); when max poolings are all
@@ -102,10 +107,13 @@ def plan_crown(graph: Graph) -> CrownPlan:
             mode = "live"
         else:
             mode = "all"
-        prev = refine.get(src)
-        refine[src] = mode if prev is None else _REFINE_ORDER[
-            max(_REFINE_ORDER.index(prev), _REFINE_ORDER.index(mode))]
+        refine[src] = _merge_modes(refine.get(src), mode)
     return CrownPlan(sp, nodes, rules, refine)
+
+
+def _merge_modes(prev: str | None, mode: str) -> str:
+    """The refinement of a node two consumers ask for: the same mode, else all neurons."""
+    return mode if prev is None or prev == mode else "all"
 
 
 @dataclass
@@ -279,8 +287,8 @@ class CrownRun:
         lo, hi = iv.lo.flatten(1), iv.hi.flatten(1)
         if mode == "unstable":
             mask = (lo < 0) & (hi > 0)
-        elif mode == "live":
-            mask = self._live(node, iv).flatten(1)
+        elif mode in ("live", "pool"):
+            mask = self._live(node, iv, through_relu=mode == "live").flatten(1)
         else:
             mask = torch.ones_like(lo, dtype=torch.bool)
         k = int(mask.sum(1).max()) if mask.numel() else 0
@@ -332,18 +340,24 @@ class CrownRun:
         bounds); none for ``crown``."""
         return {}
 
-    def _live(self, node: Node, iv: Interval) -> torch.Tensor:
-        r"""The neurons of ``node`` (read by one ReLU, read by one max pooling) whose bounds
-        can change the pooling's relaxation: not dead (:math:`u>0`) and not dominated,
+    def _live(self, node: Node, iv: Interval, through_relu: bool = True) -> torch.Tensor:
+        r"""The neurons of ``node`` (read by one ReLU read by one max pooling, or, without
+        ``through_relu``, read by the max pooling itself: relu below is then the identity
+        and no neuron is dead) whose bounds can change the pooling's relaxation: not dead
+        (:math:`u>0`) and not dominated,
         :math:`\mathrm{relu}(u_i)\ge\min_{w\ni i}\max_{i'\in w}\mathrm{relu}(l_{i'})`. A
         dominated neuron is never a window's maximum, nor its best lower bound, nor its
         largest upper bound, and refining bounds only raises the right-hand side and lowers
         :math:`u_i` (docs/theory/linear_relaxation.md §Refined neurons)."""
         graph = self.graph
-        relu = graph[graph.consumers(node.name)[0]]
-        pool = graph[graph.consumers(relu.name)[0]]
+        if through_relu:
+            relu = graph[graph.consumers(node.name)[0]]
+            pool = graph[graph.consumers(relu.name)[0]]
+            lo_r, hi_r = iv.lo.clamp(min=0), iv.hi.clamp(min=0)
+        else:  # the pooling reads the node itself
+            pool = graph[graph.consumers(node.name)[0]]
+            lo_r, hi_r = iv.lo, iv.hi
         a = pool.attrs
-        lo_r, hi_r = iv.lo.clamp(min=0), iv.hi.clamp(min=0)
         best = F.max_pool2d(lo_r, a["kernel_size"], a["stride"], a["padding"], a["dilation"])
         p = a["padding"]
         n, c, h, w = lo_r.shape
@@ -357,7 +371,8 @@ class CrownRun:
                              device=lo_r.device)
         neg_thr.scatter_reduce_(2, pos_w.reshape(1, 1, -1).expand(n, c, -1), vals, "amax")
         thr = -neg_thr.reshape(n, c, *padded)[..., p[0]:p[0] + h, p[1]:p[1] + w]
-        return (iv.hi > 0) & (hi_r >= thr)
+        live = hi_r >= thr
+        return live & (iv.hi > 0) if through_relu else live
 
     # ------------------------------------------------------------------ backward
     def backward(self, target: Node, spec: torch.Tensor, ctx: RelaxContext) -> Concrete:
