@@ -51,6 +51,7 @@ __all__ = [
     "problem_scale",
     "verify",
     "keep_best",
+    "Plateau",
     "boundary_bisection",
     "model_dtype",
     "model_device",
@@ -199,6 +200,40 @@ def keep_best(best: Tensor, best_norm: Tensor, cand: Tensor, norm: Tensor,
         return best_norm
     best[better] = cand[better]
     return torch.where(better, norm, best_norm)
+
+
+class Plateau:
+    """Per-sample convergence stopping of an iterative attack.
+
+    Every ``window`` steps a sample whose best adversarial norm so far is finite and has not
+    decreased by a relative ``tolerance`` since the previous check has *converged*: the
+    attack drops it from its working batch and returns its best point so far.  The rule
+    reads only the sample's own trajectory (so a sample's result does not depend on its
+    batch) and is relative (so it is scale-free).  ``window <= 0`` disables it.
+
+    ``index`` holds the positions (in the attack's input batch) of the samples still running.
+    """
+
+    def __init__(self, window: int, tolerance: float, best_norm: Tensor) -> None:
+        self.window = int(window)
+        self.tolerance = float(tolerance)
+        self.index = torch.arange(best_norm.shape[0], device=best_norm.device)
+        self.ref = best_norm.clone()
+
+    def check(self, step: int, best_norm: Tensor) -> Tensor | None:
+        """After step ``step`` (0-based): the mask of the running samples that converged, or
+        None when there is none (or it is not a check step)."""
+        if self.window <= 0 or (step + 1) % self.window:
+            return None
+        stop = torch.isfinite(best_norm) & (best_norm > self.ref * (1 - self.tolerance))
+        self.ref = best_norm.clone()
+        return stop if bool(stop.any()) else None
+
+    def drop(self, stop: Tensor) -> Tensor | None:
+        """Remove the samples of ``stop``; the mask of those kept, or None when none is left."""
+        keep = ~stop
+        self.index, self.ref = self.index[keep], self.ref[keep]
+        return keep if self.index.numel() else None
 
 
 def atleast_kd(t: Tensor, k: int) -> Tensor:
