@@ -263,13 +263,11 @@ class ALMA(Attack):
                 delta = delta - atleast_kd(step_lr, k) * buf
                 if box is not None:
                     delta = (x + delta).clamp_(box[0], box[1]).sub_(x)
-                stop = plateau.check(i, best_norm)
-                if stop is not None:
-                    # converged samples leave the batch with their best point so far
-                    out[plateau.index[stop]] = best[stop]
-                    keep = plateau.drop(stop)
-                    if keep is None:
-                        return out
+                # converged samples leave the batch with their best point so far
+                keep = plateau.converged(i, best_norm, best, out)
+                if plateau.done:
+                    return out
+                if keep is not None:
                     (x, delta, square_avg, buf, lr, mu, rho, best_norm, best, found,
                      step_found, prev, unit, u_k) = (
                         t[keep] for t in (x, delta, square_avg, buf, lr, mu, rho, best_norm,
@@ -279,5 +277,5 @@ class ALMA(Attack):
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))
             keep_best(best, best_norm, x_last, l2_norms(delta), is_adv)
-        out[plateau.index] = best
+        plateau.finish(best, out)
         return out

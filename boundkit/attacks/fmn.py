@@ -172,13 +172,11 @@ class FMN(Attack):
                 if box is not None:
                     # x + delta in the box <=> lo - x <= delta <= hi - x (bounds set once)
                     delta.clamp_(min=d_lo, max=d_hi)
-                stop = plateau.check(i, best_norm)
-                if stop is not None:
-                    # converged samples leave the batch with their best point so far
-                    out[plateau.index[stop]] = best[stop]
-                    keep = plateau.drop(stop)
-                    if keep is None:
-                        return out
+                # converged samples leave the batch with their best point so far
+                keep = plateau.converged(i, best_norm, best, out)
+                if plateau.done:
+                    return out
+                if keep is not None:
                     x, delta, eps, best, best_norm, found, unit, worst = (
                         t[keep] for t in (x, delta, eps, best, best_norm, found, unit, worst))
                     criterion = criterion.subset(keep)
@@ -188,5 +186,5 @@ class FMN(Attack):
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))
             keep_best(best, best_norm, x_last, l2_norms(delta), is_adv)
-        out[plateau.index] = best
+        plateau.finish(best, out)
         return out

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from boundkit.attacks.base import (
+    MIN_ROWS,
     Box,
     Criterion,
     atleast_kd,
@@ -124,6 +125,7 @@ class BoundaryRefiner:
         norm = l2_norms(xb - xs)
         trust = torch.ones(m, dtype=x.dtype, device=x.device)
         stall = torch.zeros(m, dtype=torch.long, device=x.device)
+        frozen = torch.zeros(m, dtype=torch.bool, device=x.device)
         run = torch.arange(m, device=x.device)  # positions in idx_all still refined
         xb_all = xb
         for _ in range(self.steps):
@@ -172,6 +174,7 @@ class BoundaryRefiner:
                     found |= adv
                 trust = torch.where(found, (trust * 2).clamp(max=1.0), trust / 2)
                 before = norm.clone()
+                found &= ~frozen
                 if bool(found.any()):
                     fi = found.nonzero().squeeze(1)
                     new = boundary_bisection(
@@ -185,18 +188,23 @@ class BoundaryRefiner:
                 if self.stop_tolerance > 0:
                     small = norm > before * (1 - self.stop_tolerance)
                     stall = torch.where(small, stall + 1, torch.zeros_like(stall))
-                    done = stall >= self.stop_patience
+                    done = (stall >= self.stop_patience) & ~frozen
                     if bool(done.any()):
-                        xb_all[run[done]] = xb[done]
-                        keep = ~done
-                        run = run[keep]
-                        if run.numel() == 0:
+                        # converged samples leave the batch (or, below MIN_ROWS rows,
+                        # stay frozen: see base.MIN_ROWS)
+                        live = ~(frozen | done)
+                        if not bool(live.any()):
                             break
-                        xs, xb, norm, trust, stall = (t[keep] for t in (xs, xb, norm, trust,
-                                                                         stall))
-                        crit = crit.subset(keep)
+                        if int(live.sum()) < MIN_ROWS:
+                            frozen = frozen | done
+                            continue
+                        xb_all[run[~live]] = xb[~live]
+                        run = run[live]
+                        xs, xb, norm, trust, stall, frozen = (
+                            t[live] for t in (xs, xb, norm, trust, stall, frozen))
+                        crit = crit.subset(live)
                         m = xs.shape[0]
-        if run.numel():
+        if run.numel() and xb is not xb_all:
             xb_all[run] = xb
         out[idx_all] = xb_all
         return out
