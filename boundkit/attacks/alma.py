@@ -61,6 +61,7 @@ from boundkit.attacks.base import (
     Attack,
     Box,
     Criterion,
+    Plateau,
     atleast_kd,
     keep_best,
     keyed_normal,
@@ -120,6 +121,8 @@ class ALMA(Attack):
     alpha: EMA weight of the multiplier, RMSProp smoothing and momentum (0.9).
     logit_tolerance: added to the DLR, i.e. to the logit difference in units of the DLR's
         normaliser (1e-4).
+    stop_window, stop_tolerance: per-sample convergence stopping (off with ``stop_window``
+        0): see :class:`~boundkit.attacks.base.Plateau`.
     refine_steps: final bisection steps along ``x -> x_adv`` (boundkit addition).
     """
 
@@ -139,10 +142,14 @@ class ALMA(Attack):
         rho_growth: float = 1.2,
         alpha: float = 0.9,
         logit_tolerance: float = 1e-4,
+        stop_window: int = 0,
+        stop_tolerance: float = 1e-3,
         refine_steps: int = 10,
     ) -> None:
         super().__init__(refine_steps=refine_steps)
         self.steps = int(steps)
+        self.stop_window = int(stop_window)
+        self.stop_tolerance = float(stop_tolerance)
         self.lr_init = float(lr_init)
         self.lr_reduction = float(lr_reduction)
         self.init_lr_distance = None if init_lr_distance is None else float(init_lr_distance)
@@ -210,6 +217,8 @@ class ALMA(Attack):
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         step_found = torch.full((n,), float(steps + 1), **opts)
         prev = torch.zeros(n, **opts)
+        out = x.clone()
+        plateau = Plateau(self.stop_window, self.stop_tolerance, best_norm)
         for i in range(steps):
             x_in = (x + delta).requires_grad_(True)
             with torch.enable_grad():
@@ -254,8 +263,19 @@ class ALMA(Attack):
                 delta = delta - atleast_kd(step_lr, k) * buf
                 if box is not None:
                     delta = (x + delta).clamp_(box[0], box[1]).sub_(x)
+                # converged samples leave the batch with their best point so far
+                keep = plateau.converged(i, best_norm, best, out)
+                if plateau.done:
+                    return out
+                if keep is not None:
+                    (x, delta, square_avg, buf, lr, mu, rho, best_norm, best, found,
+                     step_found, prev, unit, u_k) = (
+                        t[keep] for t in (x, delta, square_avg, buf, lr, mu, rho, best_norm,
+                                          best, found, step_found, prev, unit, u_k))
+                    criterion = criterion.subset(keep)
         with torch.no_grad():
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))
             keep_best(best, best_norm, x_last, l2_norms(delta), is_adv)
-        return best
+        plateau.finish(best, out)
+        return out

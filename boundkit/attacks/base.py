@@ -51,6 +51,8 @@ __all__ = [
     "problem_scale",
     "verify",
     "keep_best",
+    "Plateau",
+    "MIN_ROWS",
     "boundary_bisection",
     "model_dtype",
     "model_device",
@@ -199,6 +201,66 @@ def keep_best(best: Tensor, best_norm: Tensor, cand: Tensor, norm: Tensor,
         return best_norm
     best[better] = cand[better]
     return torch.where(better, norm, best_norm)
+
+
+#: smallest working batch an attack shrinks to: BLAS kernels compute a row of a 2- or 3-row
+#: product differently from a row of a larger one (and depending on the memory alignment,
+#: so from process to process); below this many rows, converged samples stay in the batch,
+#: frozen, instead of leaving it
+MIN_ROWS = 4
+
+
+class Plateau:
+    """Per-sample convergence stopping of an iterative attack.
+
+    Every ``window`` steps a sample whose best adversarial norm so far is finite and has not
+    decreased by a relative ``tolerance`` since the previous check has *converged*: its best
+    point so far is its result, and the attack drops it from its working batch (or, when
+    fewer than :data:`MIN_ROWS` samples would be left, keeps computing it but ignores it).
+    The rule reads only the sample's own trajectory (so a sample's result does not depend on
+    its batch) and is relative (so it is scale-free).  ``window <= 0`` disables it.
+
+    Use: ``keep = plateau.converged(step, best_norm, best, out)`` after each step (``out``:
+    the attack's result for its whole input batch, written for the converged samples); when
+    ``plateau.done`` every sample has converged; when ``keep`` is not None the attack keeps
+    only those rows of its state.  At the end ``plateau.finish(best, out)``.  ``index``: the
+    positions (in the input batch) of the rows of the working batch.
+    """
+
+    def __init__(self, window: int, tolerance: float, best_norm: Tensor) -> None:
+        self.window = int(window)
+        self.tolerance = float(tolerance)
+        self.index = torch.arange(best_norm.shape[0], device=best_norm.device)
+        self.ref = best_norm.clone()
+        self.frozen = torch.zeros_like(best_norm, dtype=torch.bool)
+        self.done = False
+
+    def converged(self, step: int, best_norm: Tensor, best: Tensor, out: Tensor) -> Tensor | None:
+        """After step ``step`` (0-based): write the samples that converged into ``out``;
+        return the rows to keep when the working batch shrinks (else None)."""
+        if self.window <= 0 or (step + 1) % self.window:
+            return None
+        stop = (torch.isfinite(best_norm) & (best_norm > self.ref * (1 - self.tolerance))
+                & ~self.frozen)
+        self.ref = best_norm.clone()
+        if not bool(stop.any()):
+            return None
+        out[self.index[stop]] = best[stop]
+        live = ~(self.frozen | stop)
+        n_live = int(live.sum())
+        if n_live == 0:
+            self.done = True
+            return None
+        if n_live < MIN_ROWS:
+            self.frozen |= stop
+            return None
+        self.index, self.ref, self.frozen = self.index[live], self.ref[live], self.frozen[live]
+        return live
+
+    def finish(self, best: Tensor, out: Tensor) -> None:
+        """Write the samples still running into ``out``."""
+        live = ~self.frozen
+        out[self.index[live]] = best[live]
 
 
 def atleast_kd(t: Tensor, k: int) -> Tensor:

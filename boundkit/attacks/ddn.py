@@ -35,6 +35,7 @@ from boundkit.attacks.base import (
     Attack,
     Box,
     Criterion,
+    Plateau,
     atleast_kd,
     box_diameter,
     keep_best,
@@ -57,6 +58,8 @@ class DDN(Attack):
     gamma: multiplicative norm update factor (paper: 0.05).
     alpha: initial step size, cosine-annealed to ``alpha_final`` (paper: 1.0 -> 0.01).
     init: optional ``[N, ...]`` starting points (``None``: start at ``x``).
+    stop_window, stop_tolerance: per-sample convergence stopping (off with ``stop_window``
+        0): see :class:`~boundkit.attacks.base.Plateau`.
     refine_steps: final bisection steps along ``x -> x_adv`` (boundkit addition).
     """
 
@@ -71,10 +74,14 @@ class DDN(Attack):
         alpha: float = 1.0,
         alpha_final: float = 0.01,
         init: Tensor | None = None,
+        stop_window: int = 0,
+        stop_tolerance: float = 1e-3,
         refine_steps: int = 10,
     ) -> None:
         super().__init__(refine_steps=refine_steps)
         self.steps = int(steps)
+        self.stop_window = int(stop_window)
+        self.stop_tolerance = float(stop_tolerance)
         self.init_epsilon = float(init_epsilon)
         self.gamma = float(gamma)
         self.alpha = float(alpha)
@@ -103,6 +110,8 @@ class DDN(Attack):
             eps = torch.where(l2_norms(delta) > 0, l2_norms(delta), eps)
         best_norm = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
         best = x.clone()
+        out = x.clone()
+        plateau = Plateau(self.stop_window, self.stop_tolerance, best_norm)
         steps = self.steps
         for i in range(steps):
             cos = 0.5 * (1 + math.cos(math.pi * (i + 1) / steps))
@@ -130,9 +139,19 @@ class DDN(Attack):
                 delta.mul_(atleast_kd(eps / dn, k))
                 if box is not None:
                     delta = (x + delta).clamp_(box[0], box[1]).sub_(x)
+                # converged samples leave the batch with their best point so far
+                keep = plateau.converged(i, best_norm, best, out)
+                if plateau.done:
+                    return out
+                if keep is not None:
+                    x, delta, eps, best, best_norm, unit, keys, worst, labels = (
+                        t[keep] for t in (x, delta, eps, best, best_norm, unit, keys, worst,
+                                          labels))
+                    criterion = criterion.subset(keep)
         # the last iterate has not been checked yet
         with torch.no_grad():
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))
             keep_best(best, best_norm, x_last, l2_norms(delta), is_adv)
-        return best
+        plateau.finish(best, out)
+        return out

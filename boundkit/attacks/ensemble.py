@@ -11,21 +11,34 @@ previous members stopped instead of starting over; a member with ``target_rank``
 untargeted one).  ``report`` holds, per member, the samples it ran on, the samples it won and
 its wall time (:class:`MemberReport`).
 
-Default members (chosen on undefended MNIST networks against the previous, 3.4x more
-expensive ensemble, see ``docs/attacks.md`` and ``benchmarks/attacks_best_vs_old.py``):
+Default members (chosen on undefended MNIST networks against the previous ensemble, about
+4x more expensive, see ``docs/attacks.md`` and ``benchmarks/attacks_best_vs_old.py``): the
+cheap linearisation-based members first, whose refined points seed the warm-started FMN,
+then cold-started searches on other trajectories:
 
 * ``deepfool`` (all classes, 50 steps, overshoot 0.02);
+* ``deepfool`` targeted at the second and at the third most likely other class (a few
+  linearisation steps each: after the refinement, the local optimum on those classes'
+  boundaries, which the untargeted members miss on a few samples);
 * ``alma`` 300 steps targeted at the most likely other class (first step 0.1 x unit);
 * ``fmn`` 300 steps warm-started from the best point so far;
 * ``alma`` 200 steps targeted at the second most likely other class;
-* ``ddn`` 300 steps (cold start: a different trajectory for the samples where the
-  linearisation-based members share a poor local optimum);
+* ``ddn`` 300 steps and untargeted ``alma`` 300 steps (cold starts: other trajectories for
+  the samples where the previous members share a poor local optimum);
 
-each followed by the boundary refinement (10 iterations, 3 candidate classes): for the
-untargeted members only on the samples where the member's result is within
-``refine_window`` (1.1) of the best so far.  ``budget``
-(gradient steps per sample per member) replaces the members' own step counts.  Every member
-is scale-free (:func:`~boundkit.attacks.base.problem_scale`), so the ensemble is too.
+the ALMA and DDN members with per-sample convergence stopping
+(:class:`~boundkit.attacks.base.Plateau`; per sample, so batch-independent): a sample leaves
+the member once its best norm has not decreased by 1e-4 (relative) over 50 steps, or, for
+the last two members, by 1e-3 over 30 steps; each member
+followed by the boundary refinement (10 iterations, 3 candidate classes, a sample stops
+when two iterations in a row shrink it by less than 1e-4): for the untargeted members only
+on the samples where the member's result is within ``refine_window`` (1.1) of the best so
+far.  The final bisection along ``x -> x_adv`` takes 12 steps (10 for the single attacks):
+it leaves at most 2.4e-4 of the norm above the boundary instead of 1e-3, and stays well
+clear of the float32 rounding of the boundary (a 16-step bisection lands points that a
+float64 re-check can reject).  ``budget`` (gradient steps per
+sample per member) replaces the members' own step counts.  Every member is scale-free
+(:func:`~boundkit.attacks.base.problem_scale`), so the ensemble is too.
 
 **Fallback from a pool of start points** (``fallback_pool``): gradient-based members can all
 fail on a sample whose neighbourhood has zero gradients (dead ReLUs, saturated units, a
@@ -97,12 +110,21 @@ class MemberReport:
 
 
 _ALMA = {"init_lr_distance": 0.1}
+#: per-sample convergence stopping of the cold-started iterative members (base.Plateau):
+#: tight for those whose points seed FMN or that win only after long runs, loose for the
+#: last two, which only need to reach another local optimum's basin (the refinement
+#: finishes the job)
+_STOP = {"stop_window": 50, "stop_tolerance": 1e-4}
+_STOP_LOOSE = {"stop_window": 30, "stop_tolerance": 1e-3}
 DEFAULT_MEMBERS: tuple[Member, ...] = (
     Member("deepfool"),
-    Member("alma", {"steps": 300, **_ALMA}, target_rank=1),
+    Member("deepfool", target_rank=2),
+    Member("deepfool", target_rank=3),
+    Member("alma", {"steps": 300, **_ALMA, **_STOP}, target_rank=1),
     Member("fmn", {"steps": 300}, warm_start=True),
-    Member("alma", {"steps": 200, **_ALMA}, target_rank=2),
-    Member("ddn", {"steps": 300}),
+    Member("alma", {"steps": 200, **_ALMA, **_STOP}, target_rank=2),
+    Member("ddn", {"steps": 300, **_STOP_LOOSE}),
+    Member("alma", {"steps": 300, **_ALMA, **_STOP_LOOSE}),
 )
 
 
@@ -170,12 +192,16 @@ class BestEnsemble(Attack):
         elsewhere the refinement, which shrinks such points by a few per cent, cannot win.
         Targeted members' candidates (on another class's boundary, which the refinement
         can leave for a much closer one) are always refined.
+    refine_stop_tolerance: the refinement stops on a sample once its norm decreased by less
+        than this (relative) in two consecutive iterations (1e-4; 0 runs every iteration):
+        most samples reach their local optimum in two or three iterations.
     settle_members, settle_tolerance: a sample is *settled* when at least ``settle_members``
         (2) different cold-started members (no ``warm_start``: independent searches)
         reached, each with its own or its refined candidate, a norm
         within ``settle_tolerance`` (1e-3, relative) of the best so far: independent
         searches from different starts agree, so the sample sits at a local optimum they
         all find.  Gated members run only on the samples not settled.
+    refine_steps: bisection steps of the final boundary bisection (12).
     budget: if given, the ``steps``-like options of every member implied by this budget
         (overrides the member's own step options).
     fallback_pool: start points for samples no member broke (see :func:`start_from_pool`):
@@ -193,10 +219,11 @@ class BestEnsemble(Attack):
         refine_boundary_steps: int = 10,
         refine_candidates: int = 3,
         refine_window: float = 1.1,
+        refine_stop_tolerance: float = 1e-4,
         settle_members: int = 2,
         settle_tolerance: float = 1e-3,
         budget: int | None = None,
-        refine_steps: int = 10,
+        refine_steps: int = 12,
         fallback_pool: Tensor | str | None = "uniform",
         fallback_pool_size: int = 256,
         fallback_seed: int = 0,
@@ -216,6 +243,7 @@ class BestEnsemble(Attack):
         self.refine_boundary_steps = int(refine_boundary_steps)
         self.refine_candidates = int(refine_candidates)
         self.refine_window = float(refine_window)
+        self.refine_stop_tolerance = float(refine_stop_tolerance)
         self.settle_members = int(settle_members)
         self.settle_tolerance = float(settle_tolerance)
         self.budget = budget
@@ -278,7 +306,8 @@ class BestEnsemble(Attack):
         owner: list[int] = []  # index into report of each candidate set in names
         report: list[MemberReport] = []
         refiner = BoundaryRefiner(steps=self.refine_boundary_steps,
-                                  candidates=self.refine_candidates)
+                                  candidates=self.refine_candidates,
+                                  stop_tolerance=self.refine_stop_tolerance)
 
         def consider(cand: Tensor, name: str, rep: MemberReport) -> Tensor:
             """Verify, keep what improves; return the verified norms of ``cand``."""
@@ -308,7 +337,8 @@ class BestEnsemble(Attack):
             return consider(out, name + "+refine", rep)
 
         clean_logits: Tensor | None = None
-        member_norms: list[Tensor] = []  # per member: its best verified norm per sample
+        member_norms: list[Tensor] = []  # per cold member: its best verified norm per sample
+        own_norms: list[Tensor] = []  # per member: its best verified norm per sample
         k = x.ndim
         for member in self.members:
             t0 = time.perf_counter()
@@ -346,6 +376,7 @@ class BestEnsemble(Attack):
                 own = torch.minimum(own, refine(cand, norm, member.label, rep, window))
             if not member.warm_start:
                 member_norms.append(own)
+            own_norms.append(own)
             rep.seconds = time.perf_counter() - t0
             report.append(rep)
         failed = ~torch.isfinite(best_norm)
@@ -365,5 +396,6 @@ class BestEnsemble(Attack):
         for i, o in enumerate(owner):
             report[o].samples_won += int((source == i).sum())
         self.report = report
+        self._member_norms = own_norms
         self._sources = [names[i] if i >= 0 else "" for i in source.tolist()]
         return best

@@ -40,6 +40,7 @@ from boundkit.attacks.base import (
     Attack,
     Box,
     Criterion,
+    Plateau,
     atleast_kd,
     boundary_bisection,
     box_diameter,
@@ -60,6 +61,8 @@ class FMN(Attack):
     alpha_init, alpha_final: step size, cosine-annealed (paper: 1.0 -> alpha_init / 100).
     gamma_init, gamma_final: norm update factor, cosine-annealed (paper: 0.05 -> 0.001).
     init: ``None`` (start at x), ``"deepfool"``, or a tensor of starting points.
+    stop_window, stop_tolerance: per-sample convergence stopping (off with ``stop_window``
+        0): see :class:`~boundkit.attacks.base.Plateau`.
     refine_steps: final bisection steps along ``x -> x_adv`` (boundkit addition).
     """
 
@@ -74,10 +77,14 @@ class FMN(Attack):
         gamma_init: float = 0.05,
         gamma_final: float = 0.001,
         init: str | Tensor | None = None,
+        stop_window: int = 0,
+        stop_tolerance: float = 1e-3,
         refine_steps: int = 10,
     ) -> None:
         super().__init__(refine_steps=refine_steps)
         self.steps = int(steps)
+        self.stop_window = int(stop_window)
+        self.stop_tolerance = float(stop_tolerance)
         self.alpha_init = float(alpha_init)
         self.alpha_final = float(alpha_init / 100 if alpha_final is None else alpha_final)
         self.gamma_init = float(gamma_init)
@@ -133,6 +140,8 @@ class FMN(Attack):
             found = ok.clone()
         if box is not None:
             d_lo, d_hi = box[0] - x, box[1] - x
+        out = x.clone()
+        plateau = Plateau(self.stop_window, self.stop_tolerance, best_norm)
         steps = self.steps
         for i in range(steps):
             cos = 0.5 * (1 + math.cos(math.pi * i / steps))
@@ -163,8 +172,19 @@ class FMN(Attack):
                 if box is not None:
                     # x + delta in the box <=> lo - x <= delta <= hi - x (bounds set once)
                     delta.clamp_(min=d_lo, max=d_hi)
+                # converged samples leave the batch with their best point so far
+                keep = plateau.converged(i, best_norm, best, out)
+                if plateau.done:
+                    return out
+                if keep is not None:
+                    x, delta, eps, best, best_norm, found, unit, worst = (
+                        t[keep] for t in (x, delta, eps, best, best_norm, found, unit, worst))
+                    criterion = criterion.subset(keep)
+                    if box is not None:
+                        d_lo, d_hi = d_lo[keep], d_hi[keep]
         with torch.no_grad():
             x_last = x + delta
             is_adv = criterion.is_adversarial(model(x_last))
             keep_best(best, best_norm, x_last, l2_norms(delta), is_adv)
-        return best
+        plateau.finish(best, out)
+        return out

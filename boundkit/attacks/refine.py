@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from boundkit.attacks.base import (
+    MIN_ROWS,
     Box,
     Criterion,
     atleast_kd,
@@ -85,6 +86,10 @@ class BoundaryRefiner:
     overshoot: relative overshoot of the projection (0.02, as DeepFool's).
     bisection_steps: forward passes of the bisection that lands each candidate on the
         boundary (10).
+    stop_tolerance, stop_patience: per-sample stopping (off with ``stop_tolerance`` 0): a
+        sample whose norm decreased by less than ``stop_tolerance`` (relative) in each of
+        ``stop_patience`` consecutive iterations has converged and is not refined further
+        (a per-sample rule: its result does not depend on the batch).
     """
 
     def __init__(
@@ -94,8 +99,12 @@ class BoundaryRefiner:
         candidates: int = 3,
         overshoot: float = 0.02,
         bisection_steps: int = 10,
+        stop_tolerance: float = 0.0,
+        stop_patience: int = 2,
     ) -> None:
         self.steps = int(steps)
+        self.stop_tolerance = float(stop_tolerance)
+        self.stop_patience = int(stop_patience)
         self.candidates = int(candidates)
         self.overshoot = float(overshoot)
         self.bisection_steps = int(bisection_steps)
@@ -115,8 +124,12 @@ class BoundaryRefiner:
         m = xs.shape[0]
         norm = l2_norms(xb - xs)
         trust = torch.ones(m, dtype=x.dtype, device=x.device)
-        labels = crit.labels
+        stall = torch.zeros(m, dtype=torch.long, device=x.device)
+        frozen = torch.zeros(m, dtype=torch.bool, device=x.device)
+        run = torch.arange(m, device=x.device)  # positions in idx_all still refined
+        xb_all = xb
         for _ in range(self.steps):
+            labels = crit.labels
             with torch.no_grad():
                 logits = model(xb)
             if crit.targeted:
@@ -160,16 +173,38 @@ class BoundaryRefiner:
                     cand = torch.where(atleast_kd(adv, k), c_t, cand)
                     found |= adv
                 trust = torch.where(found, (trust * 2).clamp(max=1.0), trust / 2)
-                if not bool(found.any()):
-                    continue
-                fi = found.nonzero().squeeze(1)
-                new = boundary_bisection(
-                    model, xs[fi], cand[fi], crit.subset(fi), self.bisection_steps
-                )
-                new_norm = l2_norms(new - xs[fi])
-                better = new_norm < norm[fi]
-                upd = fi[better]
-                xb[upd] = new[better]
-                norm[upd] = new_norm[better]
-        out[idx_all] = xb
+                before = norm.clone()
+                found &= ~frozen
+                if bool(found.any()):
+                    fi = found.nonzero().squeeze(1)
+                    new = boundary_bisection(
+                        model, xs[fi], cand[fi], crit.subset(fi), self.bisection_steps
+                    )
+                    new_norm = l2_norms(new - xs[fi])
+                    better = new_norm < norm[fi]
+                    upd = fi[better]
+                    xb[upd] = new[better]
+                    norm[upd] = new_norm[better]
+                if self.stop_tolerance > 0:
+                    small = norm > before * (1 - self.stop_tolerance)
+                    stall = torch.where(small, stall + 1, torch.zeros_like(stall))
+                    done = (stall >= self.stop_patience) & ~frozen
+                    if bool(done.any()):
+                        # converged samples leave the batch (or, below MIN_ROWS rows,
+                        # stay frozen: see base.MIN_ROWS)
+                        live = ~(frozen | done)
+                        if not bool(live.any()):
+                            break
+                        if int(live.sum()) < MIN_ROWS:
+                            frozen = frozen | done
+                            continue
+                        xb_all[run[~live]] = xb[~live]
+                        run = run[live]
+                        xs, xb, norm, trust, stall, frozen = (
+                            t[live] for t in (xs, xb, norm, trust, stall, frozen))
+                        crit = crit.subset(live)
+                        m = xs.shape[0]
+        if run.numel() and xb is not xb_all:
+            xb_all[run] = xb
+        out[idx_all] = xb_all
         return out

@@ -116,3 +116,22 @@ def test_best_on_far_boundary_nets_within_5pct_of_exact():
     r = torch.cat(ratios)
     assert float(r.min()) >= 1 - 1e-5  # never below the exact radius
     assert float((r <= 1.05).double().mean()) >= 0.95
+
+
+@pytest.mark.parametrize("method", ["fmn", "alma", "ddn"])
+def test_convergence_stopping_is_per_sample(method):
+    """With per-sample convergence stopping (``stop_window``) a sample's result still does
+    not depend on its batch, and stopping never makes a sample fail."""
+    f = _net64(3)
+    x = torch.rand(6, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    opts = {"steps": 60, "stop_window": 5, "stop_tolerance": 1e-3}
+    if method == "alma":
+        opts["init_lr_distance"] = 0.1
+    whole = A.attack(f, x, method, box=None, **opts)
+    full = A.attack(f, x, method, box=None, **{**opts, "stop_window": 0})
+    assert bool((whole.success >= full.success).all())
+    for i in (0, 4):
+        alone = A.attack(f, x[i : i + 1], method, box=None, **opts)
+        assert bool(alone.success[0]) == bool(whole.success[i])
+        if bool(alone.success[0]):
+            torch.testing.assert_close(alone.norm[0], whole.norm[i], rtol=1e-6, atol=0.0)
