@@ -163,6 +163,8 @@ class AlphaRun(CrownRun):
                 if it == self.iterations:
                     break
                 loss = -torch.where(torch.isfinite(val) & ~own, val, torch.zeros_like(val)).sum()
+                if not loss.requires_grad:  # no slope reaches the bound (all stable, or cut)
+                    break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -241,3 +241,15 @@ def test_the_leaky_relu_relaxation_uses_the_float64_slope_exactly(slope) -> None
     assert out.A[0, 0, 3] == 1.0  # u > -l: the lower line of slope 1
     chord = (3.0 - slope * -1.0) / 4.0
     assert out.A[0, 1, 3] == -torch.tensor(chord, dtype=torch.float64)
+
+
+def test_alpha_on_a_net_whose_relus_never_reach_the_bound_runs_without_gradients() -> None:
+    # LRN between the ReLU and the head has no linear relaxation: the walk stops there (a
+    # sound-modulus interval), so no slope reaches the margins and nothing is optimised
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.LocalResponseNorm(2),
+                          nn.Flatten(), nn.Linear(48, 3)).eval()
+    model.boundkit_input_shape = (2, 6, 6)
+    x = _x(model, 3, 0)
+    a = bk.certify(model, x, "alpha", iterations=3).radius
+    c = bk.certify(model, x, "crown").radius
+    assert bool((a >= c).all())
