@@ -45,6 +45,7 @@ __all__ = [
     "assert_sound",
     "check_rule_soundness",
     "inputs_for",
+    "random_inputs",
     "random_network",
     "small_networks",
     "small_relu_mlps",
@@ -179,6 +180,13 @@ def small_relu_mlps(max_hidden: int = 12) -> Any:
     """Hypothesis strategy: ReLU MLPs on ``[N, 5]`` with at most ``2 * max_hidden`` hidden
     neurons (small enough for :func:`boundkit.exact_radius`)."""
     return small_networks(("linear", "relu"), max_depth=2, max_width=max_hidden)
+
+
+def random_inputs(model: nn.Module, n: int, seed: int) -> torch.Tensor:
+    """``n`` inputs in [0, 1] of the model's ``boundkit_input_shape``, deterministic in
+    ``seed`` (the plain-test counterpart of :func:`inputs_for`)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((n, *model.boundkit_input_shape), generator=gen)
 
 
 def inputs_for(

@@ -12,15 +12,18 @@ from hypothesis import strategies as st
 from torch import nn
 
 import boundkit as bk
-from boundkit.testing import adversarial_search, inputs_for, random_network, small_relu_mlps
+from boundkit.testing import (
+    adversarial_search,
+    inputs_for,
+    random_inputs,
+    random_network,
+    small_relu_mlps,
+)
 
 FAST = settings(max_examples=12, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-
-def _x(model: nn.Module, n: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand((n, *model.boundkit_input_shape), generator=gen)
+_x = random_inputs
 
 
 @FAST
