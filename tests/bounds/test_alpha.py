@@ -86,17 +86,31 @@ def test_alpha_is_a_registered_guarantee() -> None:
     assert "alpha" in bk.available_methods() and is_guarantee("alpha")
 
 
+def _conv_pool_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)  # LeNet-5's pattern: a max pooling reading a convolution
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.MaxPool2d(2, 1), nn.Conv2d(4, 4, 2),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 6), nn.ReLU(),
+                          nn.Linear(6, 3)).eval()
+    model.boundkit_input_shape = (2, 6, 6)
+    return model
+
+
 @pytest.mark.parametrize("seed", range(3))
-def test_live_refinement_gives_the_same_radii_as_refining_every_neuron(seed, monkeypatch) -> None:
-    model = random_network(seed, layer_kinds=("conv2d", "relu", "maxpool2d"), depth=3,
-                           width=8, scales=[1.5])
+@pytest.mark.parametrize("pool_reads", ["relu", "conv"])
+def test_live_refinement_gives_the_same_radii_as_refining_every_neuron(
+        seed, pool_reads, monkeypatch) -> None:
+    if pool_reads == "relu":
+        model = random_network(seed, layer_kinds=("conv2d", "relu", "maxpool2d"), depth=3,
+                               width=8, scales=[1.5])
+    else:
+        model = _conv_pool_net(seed)
     x = _x(model, 4, seed)
     live = bk.certify(model, x, "crown").radius
     plan = crown_mod.plan_crown
 
     def all_modes(graph):
         p = plan(graph)
-        p.refine = {k: ("all" if v == "live" else v) for k, v in p.refine.items()}
+        p.refine = {k: ("all" if v in ("live", "pool") else v) for k, v in p.refine.items()}
         return p
 
     monkeypatch.setattr(crown_mod, "plan_crown", all_modes)
