@@ -119,9 +119,9 @@ class AlphaRun(CrownRun):
                                                          ReLURelaxation)]
 
     def _upstream(self, node: Node) -> set[str]:
-        names = {n.name for n in self.plan.nodes}
+        """The nodes before ``node`` in the plan's topological order."""
         order = [n.name for n in self.plan.nodes]
-        return set(order[:order.index(node.name)]) & names
+        return set(order[:order.index(node.name)])
 
     def _bound(self, eps: torch.Tensor, spec: torch.Tensor) -> tuple[RelaxContext, torch.Tensor]:
         """One pass with the live slopes: intervals, then the margins' bound at ``eps``."""
