@@ -12,8 +12,8 @@ from the README and the sha256 is checked against the file):
 3. on the first ``--n`` correctly classified test images: every method of
    :func:`boundkit.bounds.available_methods` (whatever the registry holds when it runs) and
    the ``best`` attack; radius / attack-norm ratios, times, and violations (a certified
-   radius above the norm of a verified adversarial example; the methods of
-   :data:`boundkit.crosscheck.UNSOUND_METHODS` are not guarantees and are counted apart).
+   radius above the norm of a verified adversarial example; methods the registry does not
+   mark as guarantees are counted apart).
 
     python benchmarks/real_networks.py [--n 100] [--check 1000] \
         [--out docs/results/real_networks.md]
@@ -35,7 +35,7 @@ import torch
 import boundkit as bk
 from boundkit.attacks import attack
 from boundkit.bounds import available_methods, certify
-from boundkit.crosscheck import UNSOUND_METHODS
+from boundkit.bounds.method import is_guarantee
 from boundkit.data import load_dataset
 from boundkit.models import load_onnx
 from boundkit.models.onnx import compare_with_onnxruntime
@@ -122,7 +122,7 @@ def run_network(entry: dict[str, str], args: argparse.Namespace) -> dict:
             "median_ratio": float(np.median(ratio)) if ratio.size else float("nan"),
             "seconds": dt,
             "violations": viol,
-            "guarantee": m not in UNSOUND_METHODS,
+            "guarantee": is_guarantee(m),
         }
         print(f"  {m}: median radius {methods[m]['median_radius']:.4g}, ratio "
               f"{methods[m]['median_ratio']:.4g}, {dt:.2f}s, violations {viol}", flush=True)
