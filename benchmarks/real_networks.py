@@ -105,7 +105,7 @@ def run_network(entry: dict[str, str], args: argparse.Namespace) -> dict:
     norm = adv.norm.double()
     found = adv.success & torch.isfinite(norm)
     methods = {}
-    for m in available_methods():
+    for m in args.methods or available_methods():
         t0 = time.perf_counter()
         try:
             cert = certify(model, x, m)
@@ -219,7 +219,12 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=None)
     ap.add_argument("--data-root", default=str(DEFAULT_DATA))
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "real_networks.md"))
+    ap.add_argument("--methods", nargs="*", default=None,
+                    help="certification methods (default: every registered one)")
     args = ap.parse_args()
+    unknown_methods = [m for m in args.methods or () if m not in available_methods()]
+    if unknown_methods:
+        ap.error(f"unknown method(s) {unknown_methods}; choose from {available_methods()}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     entries = [e for e in readme_entries(NETWORKS) if e["file"] in SETUP]
     unknown = [e["file"] for e in readme_entries(NETWORKS) if e["file"] not in SETUP]
