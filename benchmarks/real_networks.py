@@ -145,8 +145,10 @@ def render(results: list[dict], args: argparse.Namespace, cmd: str) -> str:
         f"Python {platform.python_version()}, {torch.get_num_threads()} torch thread(s)).",
         "",
         "Each network is imported with `boundkit.models.load_onnx` (the `onnx` package only), "
-        f"compared with onnxruntime on {args.check} random inputs, then certified with every "
-        "method of `boundkit.bounds.available_methods()` and attacked with `best` on the first "
+        f"compared with onnxruntime on {args.check} random inputs, then certified with "
+        + ("every method of `boundkit.bounds.available_methods()`" if not args.methods else
+           f"the methods {', '.join(args.methods)}")
+        + " and attacked with `best` on the first "
         f"{args.n} correctly classified test images. Radii and attack norms are L2 in [0, 1] "
         "pixel space (the CIFAR net's normalisation is prepended as data). A violation is a "
         "certified radius above the norm of a verified adversarial example.",
