@@ -45,6 +45,7 @@ __all__ = [
     "assert_sound",
     "check_rule_soundness",
     "inputs_for",
+    "assert_crown_intervals_contain_samples",
     "random_inputs",
     "random_network",
     "small_networks",
@@ -187,6 +188,30 @@ def random_inputs(model: nn.Module, n: int, seed: int) -> torch.Tensor:
     ``seed`` (the plain-test counterpart of :func:`inputs_for`)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.rand((n, *model.boundkit_input_shape), generator=gen)
+
+
+def assert_crown_intervals_contain_samples(model: nn.Module, x: torch.Tensor,
+                                           eps: torch.Tensor, *, samples: int = 500,
+                                           seed: int = 2) -> None:
+    """Every node's ``crown`` interval over the ball of radius ``eps[i]`` around ``x[i]``
+    (box [0, 1]) contains the node's value at ``samples`` points on the sphere (clamped into
+    the box) around each sample; ``AssertionError`` names the first node where one is
+    outside."""
+    from boundkit.bounds.crown import CrownRun, plan_crown
+    from boundkit.bounds.engine import graph_for
+
+    x = x.double()
+    g = graph_for(model, x, None)
+    ctx = CrownRun(g, plan_crown(g), x, (0.0, 1.0)).intervals(eps.double())
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(x.shape[0]):
+        d = torch.randn(samples, *x.shape[1:], generator=gen, dtype=torch.float64)
+        d = d / d.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1))) * eps[i]
+        acts = g.activations((x[i : i + 1] + d).clamp(0, 1))
+        for n in g.upstream():
+            iv = ctx.intervals[n.name]
+            inside = (acts[n.name] >= iv.lo[i]) & (acts[n.name] <= iv.hi[i])
+            assert bool(inside.all()), f"sample {i}: a value outside the interval of {n.name}"
 
 
 def inputs_for(

@@ -141,7 +141,6 @@ class AlphaRun(CrownRun):
         own = torch.nn.functional.one_hot(label, spec.shape[1]).bool()
         self._live_params = {}
         self.frozen = {}
-        self.slopes = {}
         with torch.enable_grad():
             # a first pass creates the slopes; intervals no slope reaches are kept as they are
             _, val = self._bound(eps, spec)

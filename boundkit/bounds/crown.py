@@ -181,7 +181,6 @@ class CrownRun:
             compose_moduli(graph, plan.sound.stages, sp.moduli, graph.input.name)
             if fallback else {})
         self.fallback = fallback
-        self.slopes: dict[str, torch.Tensor] = {}
         #: intervals to reuse as they are (set by a subclass for one radius at a time)
         self.frozen: dict[str, Interval] = {}
 
@@ -194,7 +193,7 @@ class CrownRun:
         sub.graph, sub.plan, sub.box = self.graph, self.plan, self.box
         sub.x0, sub.in_box, sub.n = self.x0[idx], self.in_box[idx], int(idx.numel())
         sub.sound = SubsetPass({k: v[idx] for k, v in self.sound.acts.items()})
-        sub.omega, sub.fallback, sub.slopes, sub.frozen = {}, self.fallback, {}, {}
+        sub.omega, sub.fallback, sub.frozen = {}, self.fallback, {}
         self._subset_state(sub, idx)
         return sub
 
@@ -227,8 +226,7 @@ class CrownRun:
         return Interval(h0 - s, h0 + s)
 
     def intervals(self, eps: torch.Tensor) -> RelaxContext:
-        ctx = RelaxContext(self.graph, self.sound.acts, slopes=self.slopes,
-                           splits=self.splits)
+        ctx = RelaxContext(self.graph, self.sound.acts, splits=self.splits)
         ctx.intervals[self.graph.input.name] = self._input_interval(eps)
         for node in self.plan.nodes:
             if node.op == "input":

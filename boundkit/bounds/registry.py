@@ -77,8 +77,10 @@ class SoundRule(Rule):
     merges: bool = False
 
     def combine(self, node: Node, graph: Graph, parts: list[Modulus]) -> Modulus:
-        """For a merge node: the modulus of its output from the moduli of its inputs."""
-        raise NotImplementedError
+        """For a merge node (``merges = True``): the modulus of its output from the moduli
+        of its inputs. Only merge rules are asked; a merge rule must define it."""
+        raise TypeError(f"{type(self).__name__} sets merges = True but does not define "
+                        "combine(node, graph, parts)")
 
 
 class LipschitzRule(SoundRule):

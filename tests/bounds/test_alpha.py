@@ -14,6 +14,7 @@ import boundkit as bk
 from boundkit.bounds import crown as crown_mod
 from boundkit.testing import (
     adversarial_search,
+    assert_crown_intervals_contain_samples,
     inputs_for,
     random_inputs,
     random_network,
@@ -157,23 +158,9 @@ def test_no_adversarial_example_inside_the_crown_or_alpha_ball_of_leaky_relu_net
 
 @pytest.mark.parametrize("slope", [-0.5, 0.2, 0.9])
 def test_leaky_relu_intermediate_bounds_contain_sampled_activations(slope) -> None:
-    from boundkit.bounds.crown import CrownRun, plan_crown
-    from boundkit.bounds.engine import graph_for
-
     model = _leaky_net(slope, 3, True)
-    x = _x(model, 2, 3).double()
-    g = graph_for(model, x, None)
-    run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
-    eps = torch.tensor([0.4, 0.8], dtype=torch.float64)
-    ctx = run.intervals(eps)
-    gen = torch.Generator().manual_seed(4)
-    for i in range(2):
-        d = torch.randn(400, *x.shape[1:], generator=gen, dtype=torch.float64)
-        d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * eps[i]
-        acts = g.activations((x[i : i + 1] + d).clamp(0, 1))
-        for n in g.upstream():
-            iv = ctx.intervals[n.name]
-            assert bool(((acts[n.name] >= iv.lo[i]) & (acts[n.name] <= iv.hi[i])).all()), n.name
+    assert_crown_intervals_contain_samples(model, _x(model, 2, 3),
+                                           torch.tensor([0.4, 0.8]), samples=400, seed=4)
 
 
 def test_leaky_relu_with_slope_zero_certifies_as_relu() -> None:

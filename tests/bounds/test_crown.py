@@ -14,6 +14,7 @@ from torch import nn
 import boundkit as bk
 from boundkit.testing import (
     adversarial_search,
+    assert_crown_intervals_contain_samples,
     inputs_for,
     random_inputs,
     random_network,
@@ -94,26 +95,12 @@ def test_no_adversarial_example_inside_the_crown_ball_on_residual_and_cat_graphs
 
 
 def test_intermediate_bounds_contain_sampled_activations_for_strided_dilated_grouped_conv():
-    from boundkit.bounds.crown import CrownRun, plan_crown
-    from boundkit.bounds.engine import graph_for
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=2, dilation=2, groups=2),
                           nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(4, 4, 2),
                           nn.Tanh(), nn.Flatten(), nn.Linear(16, 3)).eval()
     x = torch.rand(2, 2, 9, 9, generator=torch.Generator().manual_seed(1)).double()
-    g = graph_for(model, x, None)
-    run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
-    eps = torch.tensor([0.3, 0.5], dtype=torch.float64)
-    ctx = run.intervals(eps)
-    gen = torch.Generator().manual_seed(2)
-    for i in range(2):
-        d = torch.randn(500, 2, 9, 9, generator=gen, dtype=torch.float64)
-        d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * eps[i]
-        acts = g.activations((x[i : i + 1] + d).clamp(0, 1))
-        for n in g.upstream():
-            iv = ctx.intervals[n.name]
-            assert bool(((acts[n.name] >= iv.lo[i]) & (acts[n.name] <= iv.hi[i])).all()), n.name
+    assert_crown_intervals_contain_samples(model, x, torch.tensor([0.3, 0.5]))
 
 
 def test_radius_of_a_sample_alone_equals_its_radius_inside_a_batch() -> None:
