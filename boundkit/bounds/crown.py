@@ -56,8 +56,11 @@ from boundkit.graph.graph import Graph, Node
 
 #: default input box: pixels in [0, 1]
 DEFAULT_BOX = (0.0, 1.0)
-#: the most elements (per tensor) a refinement's backward walk holds: 2^24 float64, 128 MiB
-CHUNK_ELEMENTS = 1 << 24
+#: the most elements (per tensor) a refinement's backward walk holds: 2^19 float64, 4 MiB
+#: (larger tensors are mmapped fresh on every allocation: page faults cost more than the sums)
+CHUNK_ELEMENTS = 1 << 19
+#: single-input nodes that only move values (the first-layer closed form looks through them)
+_EXACT_RESHAPES = ("flatten", "reshape", "identity")
 
 
 @dataclass
@@ -133,25 +136,40 @@ class Concrete:
     nu: torch.Tensor
 
     def at(self, eps: torch.Tensor) -> torch.Tensor:
-        return self.c - eps.unsqueeze(1) * self.nu
+        r"""A lower bound of :math:`c_s-\varepsilon\nu_s` as a float64 number: the product
+        and the difference each round by at most :math:`u` relative, covered by
+        :math:`4u(|c|+\varepsilon\nu)`."""
+        t = eps.unsqueeze(1) * self.nu
+        return self.c - t - 4 * UNIT_ROUNDOFF * (self.c.abs() + t)
 
 
 def concretise(lb: LinearBounds, x0: torch.Tensor, box: tuple[float, float] | None,
                in_box: torch.Tensor) -> Concrete:
-    """The dual-norm concretisation of ``lb`` at the input (module docstring), with the
-    rounding of every step charged (docs/theory/linear_relaxation.md §Concretisation)."""
-    A = lb.A
-    ax0 = _dot(A, x0)
-    if box is not None:
-        x = x0.unsqueeze(1)
-        blocked = ((x <= box[0]) & (A > 0)) | ((x >= box[1]) & (A < 0))
-        blocked = blocked & in_box.reshape(-1, *([1] * (A.dim() - 1)))
-        mu = torch.where(blocked, torch.zeros_like(A), A)
+    r"""The dual-norm concretisation of ``lb`` at the input (module docstring), with the
+    rounding of every step charged (docs/theory/linear_relaxation.md §Concretisation).
+
+    :math:`\|\mu\|^2=\sum_i(A_i^+)^2f^-_i+(A_i^-)^2f^+_i`, with :math:`f^-_i=0` where
+    :math:`x_{0,i}` sits on the lower face of the box (a positive coefficient is blocked
+    there) and :math:`f^+_i=0` on the upper face, else 1: sums of non-negative terms, one
+    batched product each."""
+    A = lb.A.flatten(2)
+    x = x0.flatten(1).unsqueeze(2)
+    ax0 = torch.bmm(A, x).squeeze(2)
+    pos, neg = A.clamp(min=0), A.clamp(max=0)
+    dot_err = float(gamma(A.shape[2] + 1)) * torch.bmm(pos - neg, x.abs()).squeeze(2)
+    if box is not None and bool(in_box.any()):
+        inb = in_box.unsqueeze(1)
+        free_lo = (~((x0.flatten(1) <= box[0]) & inb)).to(A.dtype).unsqueeze(2)
+        free_hi = (~((x0.flatten(1) >= box[1]) & inb)).to(A.dtype).unsqueeze(2)
+        nu2 = (torch.bmm(pos * pos, free_lo) + torch.bmm(neg * neg, free_hi)).squeeze(2)
     else:
-        mu = A
-    d = A[0, 0].numel()
-    nu = mu.flatten(2).norm(dim=2) * (1 + float(gamma(d + 2)) + 1e-15)
-    dot_err = float(gamma(d + 1)) * _dot(A.abs(), x0.abs())
+        nu2 = torch.bmm(A * A, torch.ones_like(x)).squeeze(2)
+    d = A.shape[2]
+    # gamma_{d+2}: d products and sums, the root; the floor covers squares that underflow
+    # (each loses at most 2^-1074, so the norm at most sqrt(d) 2^-537); the clamp only
+    # raises nu and keeps the root's gradient finite (alpha) where the coefficients vanish
+    nu = (nu2.clamp(min=2.0 ** -1000).sqrt() * (1 + float(gamma(d + 2)) + 1e-15)
+          + math.sqrt(d) * 2.0 ** -537)
     c = (ax0 + lb.bias - lb.err * (1 + 1e-8) - dot_err * (1 + 1e-8)
          - 1e-15 * (ax0.abs() + lb.bias.abs()) - 1e-300)
     return Concrete(c, nu)
@@ -247,15 +265,22 @@ class CrownRun:
         return ctx
 
     def _first_layer(self, node: Node, eps: torch.Tensor) -> Interval | None:
-        r"""Closed-form bounds of an affine node reading the input: the backward walk from
+        r"""Closed-form bounds of an affine node reading the input (directly or through
+        reshapes, which move no value): the backward walk from
         :math:`\pm e_j` would end at :math:`\pm L_j` at once, so
         :math:`h_j\in(Lx_0+c)_j\pm\varepsilon\|\mu_j\|` with :math:`\|\mu_j\|^2` the sum of
         :math:`L_{ji}^2` over the coordinates the box does not block (the concretisation of
         ``docs/theory/linear_relaxation.md``), each side with its own mask."""
         rule = self.plan.rules[node.name]
-        if not isinstance(rule, AffineRelaxation) or node.inputs != [self.graph.input.name]:
+        if not isinstance(rule, AffineRelaxation) or len(node.inputs) != 1:
             return None
-        x0 = self.x0
+        src = self.graph[node.inputs[0]]
+        while src.op in _EXACT_RESHAPES and len(src.inputs) == 1:
+            src = self.graph[src.inputs[0]]  # a flatten before the first linear layer
+        if src.name != self.graph.input.name:
+            return None
+        in_shape = (self.n, *self.graph[node.inputs[0]].out_shape)
+        x0 = self.x0.reshape(in_shape)
         ones = torch.ones_like(x0)
         if self.box is not None:
             inb = self.in_box.reshape(-1, *([1] * (x0.dim() - 1)))
