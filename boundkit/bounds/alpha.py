@@ -70,6 +70,7 @@ class AlphaRun(CrownRun):
 
     def absorb(self, sub: CrownRun, idx: torch.Tensor) -> None:
         assert isinstance(sub, AlphaRun)
+        super().absorb(sub, idx)
         for k, v in sub.params.items():
             mine = self.params.get(k)
             if mine is None:

@@ -175,6 +175,30 @@ def concretise(lb: LinearBounds, x0: torch.Tensor, box: tuple[float, float] | No
     return Concrete(c, nu)
 
 
+@dataclass
+class Remembered:
+    r"""Bounds of a refined node that hold on every ball of radius up to ``radius`` [N]
+    (``-inf`` rows: none): :math:`h\ge` ``lo.at(eps)`` and :math:`-h\ge` ``neg_hi.at(eps)``
+    for every :math:`\varepsilon\le` ``radius`` ([N, M] each; a relaxation built for a ball
+    holds on every smaller one, docs/theory/linear_relaxation.md §The radius)."""
+
+    radius: torch.Tensor
+    lo: Concrete
+    neg_hi: Concrete
+
+    def rows(self, idx: torch.Tensor) -> Remembered:
+        return Remembered(self.radius[idx], Concrete(self.lo.c[idx], self.lo.nu[idx]),
+                          Concrete(self.neg_hi.c[idx], self.neg_hi.nu[idx]))
+
+    def recall(self, eps: torch.Tensor, shape: torch.Size) -> Interval:
+        """The remembered bounds at radii ``eps`` [N], infinite where they do not hold."""
+        ok = (eps <= self.radius).unsqueeze(1)
+        inf = torch.full_like(self.lo.c, math.inf)
+        lo = torch.where(ok, self.lo.at(eps), -inf)
+        hi = torch.where(ok, -self.neg_hi.at(eps), inf)
+        return Interval(lo.reshape(shape), hi.reshape(shape))
+
+
 class CrownRun:
     """One batch: intervals and backward walks for per-sample radii ``eps`` [N]."""
 
@@ -201,6 +225,10 @@ class CrownRun:
         self.fallback = fallback
         #: intervals to reuse as they are (set by a subclass for one radius at a time)
         self.frozen: dict[str, Interval] = {}
+        #: refined nodes' bounds kept from a failed step, valid on every smaller ball
+        self.memory: dict[str, Remembered] = {}
+        #: the last evaluation's refined bounds, until :meth:`remember` keeps them
+        self.pending: dict[str, Remembered] = {}
 
     def subset(self, idx: torch.Tensor) -> CrownRun | None:
         """The same run restricted to samples ``idx`` (``None`` when it cannot be split:
@@ -212,6 +240,8 @@ class CrownRun:
         sub.x0, sub.in_box, sub.n = self.x0[idx], self.in_box[idx], int(idx.numel())
         sub.sound = SubsetPass({k: v[idx] for k, v in self.sound.acts.items()})
         sub.omega, sub.fallback, sub.frozen = {}, self.fallback, {}
+        sub.memory = {k: m.rows(idx) for k, m in self.memory.items()}
+        sub.pending = {}
         self._subset_state(sub, idx)
         return sub
 
@@ -219,8 +249,41 @@ class CrownRun:
         """Hook: a subclass copies its own per-sample state to ``sub`` (rows ``idx``)."""
 
     def absorb(self, sub: CrownRun, idx: torch.Tensor) -> None:
-        """Hook: take back the per-sample state ``sub`` (rows ``idx`` of this run) updated,
-        so a sample's state does not depend on which subsets it was evaluated in."""
+        """Take back the per-sample state ``sub`` (rows ``idx`` of this run) updated, so a
+        sample's state does not depend on which subsets it was evaluated in (a subclass
+        extends it for its own state)."""
+        for k, m in sub.memory.items():
+            mine = self.memory.get(k)
+            if mine is None:
+                none = torch.full((self.n,), -math.inf, dtype=m.radius.dtype,
+                                  device=m.radius.device)
+                blank = Concrete(torch.zeros((self.n, *m.lo.c.shape[1:]), dtype=m.lo.c.dtype,
+                                             device=m.lo.c.device),
+                                 torch.zeros((self.n, *m.lo.c.shape[1:]), dtype=m.lo.c.dtype,
+                                             device=m.lo.c.device))
+                mine = self.memory[k] = Remembered(none, blank,
+                                                   Concrete(blank.c.clone(), blank.nu.clone()))
+            mine.radius[idx] = m.radius
+            mine.lo.c[idx], mine.lo.nu[idx] = m.lo.c, m.lo.nu
+            mine.neg_hi.c[idx], mine.neg_hi.nu[idx] = m.neg_hi.c, m.neg_hi.nu
+
+    def remember(self, keep: torch.Tensor) -> None:
+        """Keep the last evaluation's refined bounds for the samples ``keep`` [N] (bool):
+        those whose step failed, so every later radius tried lies below it. Kept bounds
+        only ever serve radii up to the one they were built for."""
+        for k, p in self.pending.items():
+            m = self.memory.get(k)
+            if m is None:
+                r = torch.where(keep, p.radius, torch.full_like(p.radius, -math.inf))
+                self.memory[k] = Remembered(r, p.lo, p.neg_hi)
+                continue
+            take = keep & (p.radius < m.radius) | keep & ~torch.isfinite(m.radius)
+            t = take.unsqueeze(1)
+            m.radius = torch.where(take, p.radius, m.radius)
+            m.lo = Concrete(torch.where(t, p.lo.c, m.lo.c), torch.where(t, p.lo.nu, m.lo.nu))
+            m.neg_hi = Concrete(torch.where(t, p.neg_hi.c, m.neg_hi.c),
+                                torch.where(t, p.neg_hi.nu, m.neg_hi.nu))
+        self.pending = {}
 
     # ------------------------------------------------------------------ intervals
     def _input_interval(self, eps: torch.Tensor) -> Interval:
@@ -261,6 +324,9 @@ class CrownRun:
             ctx.intervals[node.name] = iv
             mode = self.plan.refine.get(node.name)
             if mode is not None:
+                kept = self.memory.get(node.name) if self.splits is None else None
+                if kept is not None:  # bounds of a failed step at a larger radius
+                    iv = iv.meet(kept.recall(eps, iv.lo.shape))
                 ctx.intervals[node.name] = self._refine(node, ctx, eps, iv, mode)
         return ctx
 
@@ -324,22 +390,47 @@ class CrownRun:
         per = max(1, CHUNK_ELEMENTS // (2 * self.n * self._widest()))
         pieces = [self._neuron_bounds(node, ctx, eps, idx[:, j:j + per])
                   for j in range(0, k, per)]
-        new_lo = torch.cat([p[0] for p in pieces], 1)
-        new_hi = torch.cat([p[1] for p in pieces], 1)
-        lo2 = lo.scatter(1, idx, torch.where(valid, torch.maximum(lo.gather(1, idx), new_lo),
-                                             lo.gather(1, idx)))
-        hi2 = hi.scatter(1, idx, torch.where(valid, torch.minimum(hi.gather(1, idx), new_hi),
-                                             hi.gather(1, idx)))
+        # each piece is [N, 2 k_piece]: its lower bounds, then its upper bounds
+        halves = [(p, p.c.shape[1] // 2) for p in pieces]
+        c = torch.cat([p.c[:, :h] for p, h in halves] + [p.c[:, h:] for p, h in halves], 1)
+        nu = torch.cat([p.nu[:, :h] for p, h in halves] + [p.nu[:, h:] for p, h in halves], 1)
+        walked = Concrete(c, nu).at(eps)  # [N, 2K]: lower bounds of h, then of -h
+        new_lo, new_hi = walked[:, :k], -walked[:, k:]
+        old_lo, old_hi = lo.gather(1, idx), hi.gather(1, idx)
+        win_lo = valid & (new_lo > old_lo)
+        win_hi = valid & (new_hi < old_hi)
+        lo2 = lo.scatter(1, idx, torch.where(win_lo, new_lo, old_lo))
+        hi2 = hi.scatter(1, idx, torch.where(win_hi, new_hi, old_hi))
+        if self.splits is None:
+            self._keep_pending(node, eps, lo2, hi2, idx, win_lo, win_hi, c, nu)
         return Interval(lo2.reshape(iv.lo.shape), hi2.reshape(iv.hi.shape))
+
+    def _keep_pending(self, node: Node, eps: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                      idx: torch.Tensor, win_lo: torch.Tensor, win_hi: torch.Tensor,
+                      c: torch.Tensor, nu: torch.Tensor) -> None:
+        """The refined bounds of ``node`` as functions of the radius, for :meth:`remember`:
+        a walk's :math:`c-\varepsilon\nu` where it won, else the bound at ``eps`` itself (a
+        constant, valid on every smaller ball)."""
+        k = idx.shape[1]
+        lo_c, hi_c = lo.detach().clone(), (-hi).detach().clone()
+        lo_nu, hi_nu = torch.zeros_like(lo_c), torch.zeros_like(hi_c)
+        c, nu = c.detach(), nu.detach()
+        lo_c.scatter_(1, idx, torch.where(win_lo, c[:, :k], lo_c.gather(1, idx)))
+        lo_nu.scatter_(1, idx, torch.where(win_lo, nu[:, :k], lo_nu.gather(1, idx)))
+        hi_c.scatter_(1, idx, torch.where(win_hi, c[:, k:], hi_c.gather(1, idx)))
+        hi_nu.scatter_(1, idx, torch.where(win_hi, nu[:, k:], hi_nu.gather(1, idx)))
+        self.pending[node.name] = Remembered(eps.detach().clone(), Concrete(lo_c, lo_nu),
+                                             Concrete(hi_c, hi_nu))
 
     def _widest(self) -> int:
         """The largest node (elements per sample) a backward walk passes."""
         return max(math.prod(n.out_shape) for n in self.plan.nodes)
 
     def _neuron_bounds(self, node: Node, ctx: RelaxContext, eps: torch.Tensor,
-                       idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Lower and upper bounds [N, K] of the neurons ``idx`` [N, K] of ``node`` over the
-        balls: one backward walk from :math:`\pm e_j`."""
+                       idx: torch.Tensor) -> Concrete:
+        r"""Bounds of the neurons ``idx`` [N, K] of ``node`` over the balls, as functions of
+        the radius [N, 2K] (lower bounds of :math:`h_j`, then of :math:`-h_j`): one backward
+        walk from :math:`\pm e_j`."""
         k = idx.shape[1]
         m = math.prod(node.out_shape)
         eye = torch.zeros(self.n, k, m, dtype=self.x0.dtype, device=self.x0.device)
@@ -349,12 +440,11 @@ class CrownRun:
         installed = self.walk_slopes(node, idx, ctx)
         ctx.slopes.update(installed)
         try:
-            bound = self.backward(node, spec, ctx).at(eps)
+            return self.backward(node, spec, ctx)
         finally:
             ctx.spec = FINAL_SPEC
             for key in installed:
                 del ctx.slopes[key]
-        return bound[:, :k], -bound[:, k:]
 
     def walk_slopes(self, node: Node, idx: torch.Tensor, ctx: RelaxContext
                     ) -> dict[str, torch.Tensor]:
@@ -516,9 +606,11 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
         sub = run.subset(idx) if idx.numel() < n else None
         if sub is None:
             st = run.evaluate(torch.where(todo, eps, lo.clamp(min=1e-300)), label)
+            run.remember(todo & (st.certified < st.eps))
             phi, m, cert = st.phi[idx], st.bound[idx], st.certified[idx]
         else:
             st = sub.evaluate(eps[idx], label[idx])
+            sub.remember(st.certified < st.eps)
             run.absorb(sub, idx)
             phi, m, cert = st.phi, st.bound, st.certified
         e = eps[idx]

@@ -179,3 +179,98 @@ def test_misclassified_or_tied_samples_get_radius_zero_not_nan() -> None:
         model[0].bias.zero_()
     cert = bk.certify(model, torch.rand(2, 3), "crown")
     assert bool((cert.radius == 0).all()) and not any(math.isnan(v) for v in cert.radius.tolist())
+
+
+def _run_after_a_failed_step(model: nn.Module, x: torch.Tensor, big: float):
+    """A crown run of ``model`` at ``x`` that evaluated radius ``big`` (failing) and kept
+    its refined bounds, with the graph."""
+    from boundkit.bounds.crown import CrownRun, plan_crown
+    from boundkit.bounds.engine import graph_for
+    from boundkit.bounds.output import margins
+
+    x = x.double()
+    g = graph_for(model, x, None)
+    run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
+    label, _ = margins(run.sound.acts[g.logits.name])
+    step = run.evaluate(torch.full((x.shape[0],), big, dtype=torch.float64), label)
+    run.remember(step.certified < step.eps)
+    return run, g, step
+
+
+def test_bounds_kept_from_a_failed_step_serve_only_smaller_radii() -> None:
+    model = random_network(5, layer_kinds=("linear", "relu"), depth=3, width=12)
+    x = _x(model, 4, 5)
+    run, _, step = _run_after_a_failed_step(model, x, 2.0)
+    assert bool((step.certified < step.eps).all()), "the step at radius 2 should fail"
+    assert run.memory, "a failed step keeps the refined bounds"
+    for kept in run.memory.values():
+        shape = (x.shape[0], kept.lo.c.shape[1])
+        above = kept.recall(torch.full((x.shape[0],), 2.5, dtype=torch.float64), shape)
+        assert bool(torch.isinf(above.lo).all() and torch.isinf(above.hi).all())
+        below = kept.recall(torch.full((x.shape[0],), 1.0, dtype=torch.float64), shape)
+        assert bool(torch.isfinite(below.lo).all() and (below.lo <= below.hi).all())
+
+
+def _neuron_extremes(g, name: str, x: torch.Tensor, eps: float, steps: int = 40
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least and largest value of every neuron of node ``name`` found by projected
+    gradient steps (one copy of ``x`` per neuron and side) on the ball of radius ``eps``
+    intersected with [0, 1]."""
+    m = math.prod(g[name].out_shape)
+    out = []
+    for sign in (1.0, -1.0):
+        z = x.expand(m, *x.shape[1:]).clone()
+        rows = torch.arange(m)
+        for _ in range(steps):
+            z.requires_grad_(True)
+            v = g.activations(z)[name].flatten(1)[rows, rows]
+            (grad,) = torch.autograd.grad((sign * v).sum(), z)
+            with torch.no_grad():
+                gn = grad.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (z.dim() - 1)))
+                z = z - 0.25 * eps * grad / gn
+                d = z - x
+                dn = d.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (z.dim() - 1)))
+                z = (x + d * torch.clamp(eps / dn, max=1.0)).clamp(0, 1)
+        with torch.no_grad():
+            out.append(g.activations(z)[name].flatten(1)[rows, rows])
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("kinds", [("linear", "relu"), ("conv2d", "relu", "maxpool2d")])
+def test_kept_bounds_read_at_a_smaller_radius_contain_the_neurons_extremes(kinds) -> None:
+    from boundkit.bounds.crown import CrownRun, plan_crown
+    from boundkit.bounds.engine import graph_for
+    from boundkit.bounds.output import margins
+
+    model = random_network(6, layer_kinds=kinds, depth=2, width=16, scales=[2])
+    x = _x(model, 3, 6).double()
+    r = bk.certify(model, x, "crown").radius
+    g = graph_for(model, x, None)
+    run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
+    label, _ = margins(run.sound.acts[g.logits.name])
+    run.evaluate(r * 1.3, label)  # fails: above the radius
+    run.remember(torch.ones(3, dtype=torch.bool))
+    eps = r * 1.15
+    assert run.memory
+    walked = 0
+    for name, kept in run.memory.items():
+        iv = kept.recall(eps, (3, kept.lo.c.shape[1]))
+        walked += int((kept.lo.nu > 0).sum())
+        for i in range(3):
+            least, most = _neuron_extremes(g, name, x[i : i + 1], float(eps[i]))
+            assert bool((least >= iv.lo[i]).all() and (most <= iv.hi[i]).all()), name
+    assert walked > 0, "no kept bound depends on the radius: the test would test nothing"
+
+
+@pytest.mark.parametrize("kinds", [("linear", "relu"), ("conv2d", "relu", "maxpool2d")])
+def test_keeping_bounds_of_failed_steps_does_not_loosen_the_radius(kinds, monkeypatch) -> None:
+    from boundkit.bounds.crown import CrownRun
+
+    model = random_network(8, layer_kinds=kinds, depth=3, width=16, scales=[2])
+    x = _x(model, 6, 8)
+    kept = bk.certify(model, x, "crown").radius
+    monkeypatch.setattr(CrownRun, "remember", lambda self, keep: None)
+    fresh = bk.certify(model, x, "crown").radius
+    assert bool((fresh > 0).any())
+    # both searches stop within 1e-3 of the root of their own margin bound
+    assert bool((kept >= fresh * (1 - 2.5e-3)).all()), (kept / fresh).min()
