@@ -9,11 +9,13 @@ per-sample 15-step bisection on [0, DeepFool norm] (auto_LiRPA's L2 perturbation
 epsilon per batch; a small subclass gives it one per sample). Reports the per-sample ratio
 to auto_LiRPA and the time per sample, and writes ``docs/results/crown_vs_lirpa.md``.
 
-auto_LiRPA 0.3 (optional: ``pip install auto-LiRPA==0.3 --no-deps``) needs three import shims
-on torch 2.13 / numpy 2 (applied below): ``numpy.lib.arraysetops``, the ONNX opset helper and
-``torch._C.Node.__getitem__``.
+auto_LiRPA 0.3 (optional: ``pip install auto-LiRPA==0.3 --no-deps``) needs four shims on
+torch 2.13 / numpy 2 (applied below): ``numpy.lib.arraysetops``, the ONNX opset helper,
+``torch._C.Node.__getitem__`` and ``BoundedModule._named_members``'s ``remove_duplicate``
+argument (``BoundedModule.parameters()``, which auto_LiRPA calls for the identity patches of an
+``add`` node such as a residual connection's).
 
-    python benchmarks/crown_vs_lirpa.py [--n 100] [--models mlp_mnist small_cnn]
+    python benchmarks/crown_vs_lirpa.py [--n 100] [--models mlp_mnist small_cnn resnet_mnist]
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ def _lirpa():
     except ImportError as exc:
         raise SystemExit(f"auto_LiRPA 0.3 is needed: pip install auto-LiRPA==0.3 --no-deps "
                          f"({exc})") from None
+    bounded = auto_LiRPA.BoundedModule
+    if not getattr(bounded._named_members, "_boundkit_shim", False):
+        # torch 2 passes remove_duplicate, which 0.3's override lacks (it always removes them)
+        own = bounded._named_members
+
+        def named_members(self, get_members_fn, prefix="", recurse=True,  # noqa: ANN001, ANN202
+                          remove_duplicate=True):
+            return own(self, get_members_fn, prefix, recurse)
+
+        named_members._boundkit_shim = True  # type: ignore[attr-defined]
+        bounded._named_members = named_members
     return auto_LiRPA
 
 

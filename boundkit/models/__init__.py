@@ -1,7 +1,8 @@
 """The model zoo of Peck (2017), seeded Adam training, and safe model files.
 
-* :func:`build_model` / :data:`ZOO`: the thesis's networks as ``nn.Sequential`` of standard
-  layers (logits out, eval mode).
+* :func:`build_model` / :data:`ZOO`: the thesis's networks (and a few project additions) as
+  ``nn.Sequential`` of standard layers, or of :class:`ResidualBlock` for ``resnet_mnist``
+  (logits out, eval mode).
 * :func:`train_model`, :func:`train_zoo_model`, :func:`accuracy`: deterministic training.
 * :func:`save_model` / :func:`load_model`: safetensors + JSON sidecar, ``weights_only`` state
   dicts, opt-in TorchScript; nothing from a model file is executed by default.
@@ -17,7 +18,17 @@ from typing import Any
 from boundkit.models.io import NonFiniteWeightsError, load_model, save_model
 from boundkit.models.onnx import OnnxImportError, load_onnx
 from boundkit.models.preprocess import normalize
-from boundkit.models.zoo import ZOO, ZooEntry, build_model, cifar_nin_small, lenet5, linear, mlp
+from boundkit.models.zoo import (
+    ZOO,
+    ResidualBlock,
+    ZooEntry,
+    build_model,
+    cifar_nin_small,
+    lenet5,
+    linear,
+    mlp,
+    resnet_mnist,
+)
 
 # Imported lazily so that ``python -m boundkit.models.train`` does not find the module
 # already imported by the package (runpy's RuntimeWarning).
@@ -36,6 +47,7 @@ __all__ = [
     "ZOO",
     "NonFiniteWeightsError",
     "OnnxImportError",
+    "ResidualBlock",
     "ZooEntry",
     "accuracy",
     "build_model",
@@ -46,6 +58,7 @@ __all__ = [
     "load_onnx",
     "mlp",
     "normalize",
+    "resnet_mnist",
     "save_model",
     "train_model",
     "train_zoo_model",

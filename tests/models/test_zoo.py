@@ -7,12 +7,12 @@ import torch
 import torch.fx
 from torch import nn
 
-from boundkit.models import ZOO, build_model, lenet5
+from boundkit.models import ZOO, ResidualBlock, build_model, lenet5
 
 ALLOWED = (
     nn.Sequential, nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d,
     nn.BatchNorm1d, nn.BatchNorm2d, nn.LocalResponseNorm, nn.ReLU, nn.Tanh, nn.Sigmoid,
-    nn.Softplus, nn.Flatten, nn.Dropout,
+    nn.Softplus, nn.Flatten, nn.Dropout, ResidualBlock,
 )  # fmt: skip
 
 
