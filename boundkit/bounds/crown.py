@@ -660,6 +660,18 @@ class CrownMethod(Method):
         box = options.get("box", DEFAULT_BOX)
         box = _check_box(box)
         x0 = x.to(device=graph.device, dtype=torch.float64)
+        # samples in groups small enough that one neuron's walk fits in CHUNK_ELEMENTS
+        # (each sample's radius does not depend on its group)
+        group = max(1, CHUNK_ELEMENTS // (2 * max(math.prod(n.out_shape) for n in plan.nodes)))
+        if x0.shape[0] > group:
+            return BatchResult.cat([self._run_group(graph, x0[s:s + group], plan, box, trace,
+                                                    options)
+                                    for s in range(0, x0.shape[0], group)])
+        return self._run_group(graph, x0, plan, box, trace, options)
+
+    def _run_group(self, graph: Graph, x0: torch.Tensor, plan: CrownPlan,
+                   box: tuple[float, float] | None, trace: bool, options: dict[str, Any]
+                   ) -> BatchResult:
         run = self.make_run(graph, plan, x0, box, options)
         base = run.sound.result
         sound_r = torch.nan_to_num(base.radius, nan=0.0).clamp_min(0.0)

@@ -44,6 +44,20 @@ class BatchResult:
     outputs: torch.Tensor | None = None
     unsafe: torch.Tensor | None = None
 
+    @staticmethod
+    def cat(parts: list[BatchResult]) -> BatchResult:
+        """The results of consecutive sample groups as one batch."""
+        def opt(ts: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if any(t is None for t in ts) else torch.cat(ts)  # type: ignore[arg-type]
+
+        first = parts[0]
+        return BatchResult(
+            torch.cat([p.radius for p in parts]), torch.cat([p.label for p in parts]),
+            torch.cat([p.runner_up for p in parts]), torch.cat([p.margin for p in parts]),
+            {k: torch.cat([p.trace[k] for p in parts]) for k in first.trace},
+            {k: torch.cat([p.info[k] for p in parts]) for k in first.info},
+            opt([p.outputs for p in parts]), opt([p.unsafe for p in parts]))
+
 
 class Method(ABC):
     """A certification method.

@@ -274,3 +274,20 @@ def test_keeping_bounds_of_failed_steps_does_not_loosen_the_radius(kinds, monkey
     assert bool((fresh > 0).any())
     # both searches stop within 1e-3 of the root of their own margin bound
     assert bool((kept >= fresh * (1 - 2.5e-3)).all()), (kept / fresh).min()
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha"])
+def test_a_batch_split_into_sample_groups_gives_the_same_certificate(method, monkeypatch) -> None:
+    from boundkit.bounds import crown as crown_mod
+
+    model = random_network(9, layer_kinds=("conv2d", "relu", "maxpool2d"), depth=2, width=6)
+    x = _x(model, 5, 9)
+    opts = {"iterations": 3} if method == "alpha" else {}
+    whole = bk.certify(model, x, method, **opts)
+    widest = max(math.prod(n.out_shape) for n in bk.capture(model, x[:1]).nodes)
+    monkeypatch.setattr(crown_mod, "CHUNK_ELEMENTS", 2 * 2 * widest)  # groups of 2 samples
+    split = bk.certify(model, x, method, **opts)
+    torch.testing.assert_close(split.radius, whole.radius, rtol=1e-12, atol=0.0)
+    assert torch.equal(split.label, whole.label)
+    assert torch.equal(split.info["from_sound"], whole.info["from_sound"])
+    assert split.trace.keys() == whole.trace.keys()
