@@ -96,7 +96,8 @@ class AlphaRun(CrownRun):
             start = torch.where(torch.isnan(warm), start, warm)
         return start.detach().clone().requires_grad_(True)
 
-    def walk_slopes(self, node: Node, idx: torch.Tensor, ctx: RelaxContext
+    def walk_slopes(self, node: Node, idx: torch.Tensor, ctx: RelaxContext,
+                    windows: dict[str, tuple[tuple[int, int], tuple[int, int]]] | None = None
                     ) -> dict[str, torch.Tensor]:
         if not self.optimise:
             return {}
@@ -112,7 +113,10 @@ class AlphaRun(CrownRun):
             if p is None:
                 p = self._live_params[key] = self._start(key, relu, ctx, 2 * m)
             index = rows.reshape(*rows.shape, *([1] * len(relu.out_shape)))
-            out[key] = p.gather(1, index.expand(-1, -1, *relu.out_shape))
+            if windows is not None and relu.name in windows:  # the walk's window only
+                lo, hi = windows[relu.name]
+                p = p[..., lo[0]:hi[0], lo[1]:hi[1]]
+            out[key] = p.gather(1, index.expand(-1, -1, *p.shape[2:]))
         return out
 
     def _relus(self) -> list[Node]:

@@ -28,6 +28,7 @@ larger of the two certificates, and ``Certificate.info["from_sound"]`` says wher
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,13 @@ DEFAULT_BOX = (0.0, 1.0)
 CHUNK_ELEMENTS = 1 << 19
 #: single-input nodes that only move values (the first-layer closed form looks through them)
 _EXACT_RESHAPES = ("flatten", "reshape", "identity")
+#: ops a refinement walk can follow on a spatial window of its coefficients (every neuron
+#: of a tile depends on a window of each upstream node only)
+_WINDOWED = ("conv2d", "relu", "leaky_relu", "maxpool2d", "batchnorm", "identity")
+#: output positions per side of a tile: its neurons are refined by walks on one window
+TILE = 2
+#: windows are used where a tile's walk holds at most this fraction of a whole walk
+WINDOW_GAIN = 0.5
 
 
 @dataclass
@@ -197,6 +205,18 @@ class Remembered:
         lo = torch.where(ok, self.lo.at(eps), -inf)
         hi = torch.where(ok, -self.neg_hi.at(eps), inf)
         return Interval(lo.reshape(shape), hi.reshape(shape))
+
+
+def _moves_values_only(node: Node) -> bool:
+    """A single-input flatten, reshape or identity without a constant shift (``x - mean``
+    is captured as an identity with ``attrs["shift"]``: it changes values)."""
+    return (node.op in _EXACT_RESHAPES and len(node.inputs) == 1
+            and node.attrs.get("shift") is None)
+
+
+def _cut(iv: Interval, lo: tuple[int, int], hi: tuple[int, int]) -> Interval:
+    """The window ``[lo, hi)`` of the last two (spatial) dimensions of ``iv``."""
+    return Interval(iv.lo[..., lo[0]:hi[0], lo[1]:hi[1]], iv.hi[..., lo[0]:hi[0], lo[1]:hi[1]])
 
 
 class CrownRun:
@@ -341,7 +361,7 @@ class CrownRun:
         if not isinstance(rule, AffineRelaxation) or len(node.inputs) != 1:
             return None
         src = self.graph[node.inputs[0]]
-        while src.op in _EXACT_RESHAPES and len(src.inputs) == 1:
+        while _moves_values_only(src):
             src = self.graph[src.inputs[0]]  # a flatten before the first linear layer
         if src.name != self.graph.input.name:
             return None
@@ -380,18 +400,24 @@ class CrownRun:
             mask = self._live(node, iv, through_relu=mode == "live").flatten(1)
         else:
             mask = torch.ones_like(lo, dtype=torch.bool)
-        k = int(mask.sum(1).max()) if mask.numel() else 0
-        if k == 0:
+        if not bool(mask.any()):
             return iv
-        idx = mask.to(torch.int8).topk(k, dim=1, sorted=False).indices  # [N, K]
+        chain = self._window_chain(node)
+        if chain is None:
+            k = int(mask.sum(1).max())
+            idx = mask.to(torch.int8).topk(k, dim=1, sorted=False).indices  # [N, K]
+            # the walk's coefficient tensors are [N, 2 * chunk, *shape]: chunks of neurons
+            # keep the largest under CHUNK_ELEMENTS (memory), same bounds
+            per = max(1, CHUNK_ELEMENTS // (2 * self.n * self._widest()))
+            pieces = [(idx[:, j:j + per], self._neuron_bounds(node, ctx, eps, idx[:, j:j + per]))
+                      for j in range(0, k, per)]
+        else:
+            pieces = self._tile_bounds(node, chain, ctx, eps, mask)
+        # each piece's bounds are [N, 2 k_piece]: its lower bounds, then its upper bounds
+        idx = torch.cat([i for i, _ in pieces], 1)
+        k = idx.shape[1]
         valid = mask.gather(1, idx)
-        # the walk's coefficient tensors are [N, 2 * chunk, *shape]: chunks of neurons keep
-        # the largest under CHUNK_ELEMENTS (memory), same bounds
-        per = max(1, CHUNK_ELEMENTS // (2 * self.n * self._widest()))
-        pieces = [self._neuron_bounds(node, ctx, eps, idx[:, j:j + per])
-                  for j in range(0, k, per)]
-        # each piece is [N, 2 k_piece]: its lower bounds, then its upper bounds
-        halves = [(p, p.c.shape[1] // 2) for p in pieces]
+        halves = [(p, p.c.shape[1] // 2) for _, p in pieces]
         c = torch.cat([p.c[:, :h] for p, h in halves] + [p.c[:, h:] for p, h in halves], 1)
         nu = torch.cat([p.nu[:, :h] for p, h in halves] + [p.nu[:, h:] for p, h in halves], 1)
         walked = Concrete(c, nu).at(eps)  # [N, 2K]: lower bounds of h, then of -h
@@ -422,6 +448,157 @@ class CrownRun:
         self.pending[node.name] = Remembered(eps.detach().clone(), Concrete(lo_c, lo_nu),
                                              Concrete(hi_c, hi_nu))
 
+    def _window_chain(self, node: Node) -> list[Node] | None:
+        """The nodes from ``node`` back to the input (excluded) when the walks refining
+        ``node`` can run on spatial windows: a chain of single-input ``_WINDOWED`` nodes
+        with [C, H, W] outputs, max poolings without padding, no split constraints."""
+        if self.splits is not None or len(node.out_shape) != 3:
+            return None
+        chain: list[Node] = []
+        cur = node
+        while cur.op != "input":
+            if (cur.op not in _WINDOWED or len(cur.inputs) != 1 or len(cur.out_shape) != 3
+                    or self.plan.rules.get(cur.name) is None
+                    or cur.attrs.get("shift") is not None
+                    or (cur.op == "maxpool2d" and any(cur.attrs["padding"]))):
+                return None
+            chain.append(cur)
+            cur = self.graph[cur.inputs[0]]
+        if len(cur.out_shape) != 3:
+            return None
+        # worth it only where a tile's walk is much smaller than a whole one: the work of
+        # all tiles' walks against the whole walk's, per neuron
+        _, h, w = node.out_shape
+        tiles = [((r, c), (min(r + TILE, h), min(c + TILE, w)))
+                 for r in range(0, h, TILE) for c in range(0, w, TILE)]
+        windowed = sum(self._window_widest(chain, a, b) * (b[0] - a[0]) * (b[1] - a[1])
+                       for a, b in tiles) / (h * w)
+        whole = self._window_widest(chain, (0, 0), (h, w))
+        return chain if windowed <= WINDOW_GAIN * whole else None
+
+    @staticmethod
+    def _span(node: Node, lo: tuple[int, int], hi: tuple[int, int]
+              ) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The input window (start, end) of ``node``'s output window ``[lo, hi)``, before
+        clipping to the input (a convolution's padding lies outside)."""
+        if node.op not in ("conv2d", "maxpool2d"):
+            return lo, hi
+        a = node.attrs
+        k = (node.params["weight"].shape[2:] if node.op == "conv2d" else a["kernel_size"])
+        s, d = a["stride"], a["dilation"]
+        p = a["padding"] if node.op == "conv2d" else (0, 0)
+        start = tuple(lo[i] * s[i] - p[i] for i in range(2))
+        end = tuple((hi[i] - 1) * s[i] - p[i] + d[i] * (int(k[i]) - 1) + 1 for i in range(2))
+        return start, end  # type: ignore[return-value]
+
+    def _tile_bounds(self, node: Node, chain: list[Node], ctx: RelaxContext,
+                     eps: torch.Tensor, mask: torch.Tensor
+                     ) -> list[tuple[torch.Tensor, Concrete]]:
+        """Bounds of the neurons ``mask`` [N, M] of ``node``, tile by tile: the neurons of
+        TILE x TILE output positions (all channels) by walks on the windows they depend on
+        (docs/theory/linear_relaxation.md §Refined neurons)."""
+        c_out, h_out, w_out = node.out_shape
+        dev = mask.device
+        pieces = []
+        for r0 in range(0, h_out, TILE):
+            for c0 in range(0, w_out, TILE):
+                r1, c1 = min(r0 + TILE, h_out), min(c0 + TILE, w_out)
+                ch = torch.arange(c_out, device=dev).reshape(-1, 1, 1)
+                rr = torch.arange(r0, r1, device=dev).reshape(1, -1, 1)
+                cc = torch.arange(c0, c1, device=dev).reshape(1, 1, -1)
+                flat = (ch * h_out * w_out + rr * w_out + cc).flatten()  # the tile's neurons
+                local = mask[:, flat]
+                k = int(local.sum(1).max())
+                if k == 0:
+                    continue
+                sel = local.to(torch.int8).topk(k, dim=1, sorted=False).indices
+                idx = flat[sel]  # [N, k], distinct per row
+                per = max(1, CHUNK_ELEMENTS // (2 * self.n * max(1, self._window_widest(
+                    chain, (r0, c0), (r1, c1)))))
+                for j in range(0, k, per):
+                    part = idx[:, j:j + per]
+                    pieces.append((part, self._window_bounds(node, chain, ctx, eps, part,
+                                                             (r0, c0), (r1, c1))))
+        return pieces
+
+    def _window_widest(self, chain: list[Node], lo: tuple[int, int],
+                       hi: tuple[int, int]) -> int:
+        """The most elements per row a window walk holds along ``chain``."""
+        widest = 0
+        for v in chain:
+            start, end = self._span(v, lo, hi)
+            in_hw = v.in_shapes[0][1:]
+            widest = max(widest, v.out_shape[0] * (hi[0] - lo[0]) * (hi[1] - lo[1]),
+                         v.in_shapes[0][0] * (end[0] - start[0]) * (end[1] - start[1]))
+            lo = (max(start[0], 0), max(start[1], 0))
+            hi = (min(end[0], in_hw[0]), min(end[1], in_hw[1]))
+        return widest
+
+    def _window_bounds(self, node: Node, chain: list[Node], ctx: RelaxContext,
+                       eps: torch.Tensor, idx: torch.Tensor, lo: tuple[int, int],
+                       hi: tuple[int, int]) -> Concrete:
+        r"""As :meth:`_neuron_bounds` for neurons ``idx`` [N, K] of ``node`` inside the
+        output window ``[lo, hi)``: the walk carries coefficients on windows only. Every
+        node of ``chain`` is replaced by a copy of window shape (a convolution or pooling
+        without padding, reading its input window; padding positions are zeros, so their
+        coefficients are dropped, exactly), with the intervals and slopes cut to the
+        windows; the bound is concretised on the input window."""
+        c_out, h_out, w_out = node.out_shape
+        k = idx.shape[1]
+        h, w = hi[0] - lo[0], hi[1] - lo[1]
+        ch, rem = idx // (h_out * w_out), idx % (h_out * w_out)
+        loc = ch * (h * w) + (rem // w_out - lo[0]) * w + (rem % w_out - lo[1])
+        eye = torch.zeros(self.n, k, c_out * h * w, dtype=self.x0.dtype, device=self.x0.device)
+        eye.scatter_(2, loc.unsqueeze(2), 1.0)
+        A = torch.cat([eye, -eye], 1).reshape(self.n, 2 * k, c_out, h, w)
+        zero = torch.zeros((self.n, 2 * k), dtype=A.dtype, device=A.device)
+        lb = LinearBounds(A, zero, zero)
+        steps = []  # per node: its output window and its (unclipped, clipped) input window
+        for v in chain:
+            start, end = self._span(v, lo, hi)
+            in_hw = v.in_shapes[0][1:]
+            clo = (max(start[0], 0), max(start[1], 0))
+            chi = (min(end[0], in_hw[0]), min(end[1], in_hw[1]))
+            steps.append((v, lo, hi, start, end, clo, chi))
+            lo, hi = clo, chi
+        ctx.spec = node.name
+        installed = self.walk_slopes(node, idx, ctx,
+                                     {v.name: (a, b) for v, a, b, *_ in steps})
+        try:
+            for v, lo, hi, start, end, clo, chi in steps:
+                out_iv = _cut(ctx.intervals[v.name], lo, hi)
+                in_iv = _cut(ctx.intervals[v.inputs[0]], clo, chi)
+                pad = (clo[1] - start[1], end[1] - chi[1], clo[0] - start[0], end[0] - chi[0])
+                if any(pad):  # a convolution's zero padding inside the window
+                    in_iv = Interval(F.pad(in_iv.lo, pad), F.pad(in_iv.hi, pad))
+                attrs = dict(v.attrs)
+                if v.op == "conv2d":
+                    attrs["padding"] = (0, 0)
+                src = f"{v.name}<window"
+                vv = dataclasses.replace(
+                    v, inputs=[src], attrs=attrs,
+                    in_shapes=[(v.in_shapes[0][0], end[0] - start[0], end[1] - start[1])],
+                    out_shape=(v.out_shape[0], hi[0] - lo[0], hi[1] - lo[1]))
+                sub = RelaxContext(self.graph, {}, {v.name: out_iv, src: in_iv}, spec=ctx.spec)
+                key = f"{ctx.spec}:{v.name}"
+                if key in installed:  # already cut to the window
+                    sub.slopes[key] = installed[key]
+                elif key in ctx.slopes:
+                    sub.slopes[key] = ctx.slopes[key][..., lo[0]:hi[0], lo[1]:hi[1]]
+                rule = self.plan.rules[v.name]
+                assert rule is not None
+                (lb,) = rule.backward(vv, sub, lb)
+                if any(pad):  # drop the coefficients of the padding (constant zeros)
+                    lb = LinearBounds(lb.A[..., pad[2]:lb.A.shape[-2] - pad[3],
+                                           pad[0]:lb.A.shape[-1] - pad[1]],
+                                      lb.bias, lb.err, lb.forks)
+            lo, hi = steps[-1][5], steps[-1][6]
+        finally:
+            ctx.spec = FINAL_SPEC
+        x0 = self.x0[..., lo[0]:hi[0], lo[1]:hi[1]]
+        lb = LinearBounds(lb.A.contiguous(), lb.bias, lb.err + lb.charge_forks(x0.abs()))
+        return concretise(lb, x0, self.box, self.in_box)
+
     def _widest(self) -> int:
         """The largest node (elements per sample) a backward walk passes."""
         return max(math.prod(n.out_shape) for n in self.plan.nodes)
@@ -446,11 +623,13 @@ class CrownRun:
             for key in installed:
                 del ctx.slopes[key]
 
-    def walk_slopes(self, node: Node, idx: torch.Tensor, ctx: RelaxContext
+    def walk_slopes(self, node: Node, idx: torch.Tensor, ctx: RelaxContext,
+                    windows: dict[str, tuple[tuple[int, int], tuple[int, int]]] | None = None
                     ) -> dict[str, torch.Tensor]:
         """Hook: ReLU lower slopes for the walk bounding neurons ``idx`` [N, K] of ``node``
         (keys ``"node:relu"``, values [N, 2K, *relu shape]: the K lower then the K upper
-        bounds); none for ``crown``."""
+        bounds; with ``windows``, relu name -> (start, end), cut to those spatial windows);
+        none for ``crown``."""
         return {}
 
     def _live(self, node: Node, iv: Interval, through_relu: bool = True) -> torch.Tensor:

@@ -291,3 +291,86 @@ def test_a_batch_split_into_sample_groups_gives_the_same_certificate(method, mon
     assert torch.equal(split.label, whole.label)
     assert torch.equal(split.info["from_sound"], whole.info["from_sound"])
     assert split.trace.keys() == whole.trace.keys()
+
+
+def _padded_conv_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+                      nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2), nn.BatchNorm2d(4),
+                      nn.LeakyReLU(0.1), nn.MaxPool2d(2, stride=1),
+                      nn.Conv2d(4, 4, 3, groups=2, padding=1), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(4 * 4 * 4, 3))
+    bn = m[3]
+    bn.running_mean.uniform_(-0.2, 0.2)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    m.boundkit_input_shape = (2, 10, 10)
+    return m.eval()
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha"])
+@pytest.mark.parametrize("tile", [1, 2, 3])
+def test_walks_on_windows_give_the_radii_of_whole_walks(method, tile, monkeypatch) -> None:
+    from boundkit.bounds import crown as crown_mod
+
+    model = _padded_conv_net(11)
+    x = _x(model, 3, 11)
+    opts = {"iterations": 2} if method == "alpha" else {}
+    monkeypatch.setattr(crown_mod.CrownRun, "_window_chain", lambda self, node: None)
+    whole = bk.certify(model, x, method, **opts).radius
+    monkeypatch.undo()
+    monkeypatch.setattr(crown_mod, "WINDOW_GAIN", math.inf)  # windows wherever possible
+    monkeypatch.setattr(crown_mod, "TILE", tile)
+    windowed = bk.certify(model, x, method, **opts).radius
+    assert bool((whole > 0).all())
+    torch.testing.assert_close(windowed, whole, rtol=1e-9, atol=0.0)
+
+
+def test_window_walks_are_used_where_they_pay_and_intervals_hold() -> None:
+    from boundkit.bounds.crown import CrownRun, plan_crown
+    from boundkit.bounds.engine import graph_for
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 14 * 14, 3)).eval()
+    model.boundkit_input_shape = (1, 20, 20)
+    x = _x(model, 2, 12).double()
+    g = graph_for(model, x, None)
+    run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
+    convs = [n for n in g.upstream() if n.op == "conv2d"]
+    assert run._window_chain(convs[2]) is not None  # 5x5 receptive field of a 20x20 input
+    assert_crown_intervals_contain_samples(model, x, torch.tensor([0.3, 0.6]))
+
+
+class _Shifted(nn.Module):
+    """``fc2(relu(fc1(x - 5)))`` (or a convolution first): a constant shift before the first
+    layer, captured as an identity node with a shift."""
+
+    def __init__(self, conv: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        self.first = nn.Conv2d(1, 4, 3) if conv else nn.Linear(4, 16)
+        self.head = nn.Linear(4 * 4 * 4 if conv else 16, 3)
+        self.boundkit_input_shape = (1, 6, 6) if conv else (4,)
+        shape = self.boundkit_input_shape
+        self.register_buffer("mean", 5.0 * torch.linspace(0, 1, math.prod(shape)).reshape(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.first(x - self.mean))
+        return self.head(h.flatten(1))
+
+
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("box", [(0.0, 1.0), None])
+def test_a_shift_before_the_first_layer_is_not_looked_through(conv, box) -> None:
+    """Red team: the first-layer closed form looked through an identity node carrying
+    ``x - c`` and centred the bounds on the wrong point (radii 10x a real adversarial
+    distance)."""
+    torch.manual_seed(1)
+    model = _Shifted(conv).eval()
+    x = _x(model, 5, 1)
+    _, norm = adversarial_search(model, x, steps=80, box=box)
+    assert bool(torch.isfinite(norm).any())
+    for method in ("crown", "alpha"):
+        r = bk.certify(model, x, method, box=box).radius
+        assert bool((r <= norm * (1 + 1e-9)).all()), (method, r, norm)
