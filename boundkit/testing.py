@@ -4,12 +4,19 @@
   Linear / Conv2d / ReLU / Tanh / Sigmoid / Softplus / MaxPool2d / AvgPool2d / BatchNorm /
   LocalResponseNorm / Flatten, weights drawn across scales), :func:`small_relu_mlps`
   (small enough for the exact oracle) and :func:`inputs_for`.
+* :func:`small_relu_convnets`: small ReLU conv nets (Conv2d with stride and padding,
+  AvgPool2d, eval BatchNorm2d, Flatten, Linear) on ``[N, 1, 5, 5]`` or ``[N, 2, 4, 4]``,
+  within the exact oracle's reach; :func:`property_examples`: a property test's example
+  count that a soak profile can raise.
 * :func:`adversarial_search`: a small, strong, batched float64 search for minimal
   adversarial perturbations (a linearised line search plus DDN-style normalised gradient
   descent on the margin, each finished by a bisection along the found direction).
 * :func:`assert_sound`: certify, then compare with the exact radius (small ReLU networks)
   and with every adversarial example found; raises ``AssertionError`` naming the sample,
   the method and the layer where the bound failed.
+* :func:`check_relaxation_below_exact`, :func:`check_no_adversarial_in_relaxation_ball`,
+  :func:`check_relaxation_order`: the properties of the linear relaxations (``crown``,
+  ``alpha``), shared by the tests and ``benchmarks/relaxation_soak.py``.
 * :func:`check_rule_soundness`: test a rule registered with :func:`boundkit.register_rule`
   for your own layer, directly (its modulus of continuity on random perturbations) and end
   to end (:func:`assert_sound` on random networks containing the layer).
@@ -43,13 +50,21 @@ __all__ = [
     "composed_networks",
     "adversarial_search",
     "assert_sound",
+    "check_no_adversarial_in_relaxation_ball",
+    "check_relaxation_below_exact",
+    "check_relaxation_order",
     "check_rule_soundness",
+    "describe_case",
     "inputs_for",
     "assert_crown_intervals_contain_samples",
     "random_inputs",
     "random_network",
+    "relu_count",
     "small_networks",
+    "small_relu_convnets",
     "small_relu_mlps",
+    "property_examples",
+    "unstable_neurons",
 ]
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softplus")
@@ -181,6 +196,130 @@ def small_relu_mlps(max_hidden: int = 12) -> Any:
     """Hypothesis strategy: ReLU MLPs on ``[N, 5]`` with at most ``2 * max_hidden`` hidden
     neurons (small enough for :func:`boundkit.exact_radius`)."""
     return small_networks(("linear", "relu"), max_depth=2, max_width=max_hidden)
+
+
+def _relu_convnet(seed: int, in_shape: tuple[int, int, int],
+                  convs: Sequence[tuple[int, int, int, int, bool, bool]], hidden: int,
+                  num_classes: int, scales: Sequence[float]) -> nn.Sequential:
+    """The network of :func:`small_relu_convnets` (deterministic in its arguments).
+
+    ``convs``: ``(out_channels, kernel, stride, padding, batchnorm, avgpool)`` per block:
+    Conv2d, an optional eval BatchNorm2d, ReLU, an optional AvgPool2d(2). ``hidden``: the
+    width of a dense ReLU layer after Flatten (0: none). Weights as in
+    :func:`random_network`, layer ``i`` scaled by ``scales[i % len(scales)]``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    c, h, w = in_shape
+    layers: list[nn.Module] = []
+    for i, (out, k, stride, pad, bn, pool) in enumerate(convs):
+        k = min(k, h + 2 * pad, w + 2 * pad)
+        conv = nn.Conv2d(c, out, k, stride=stride, padding=pad)
+        _scaled_(conv, float(scales[i % len(scales)]), gen)
+        layers.append(conv)
+        c, h, w = out, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        if bn:
+            norm = nn.BatchNorm2d(c)
+            with torch.no_grad():
+                norm.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
+                norm.running_var.copy_(torch.rand(c, generator=gen) * 2 + 0.1)
+                norm.weight.copy_(torch.randn(c, generator=gen))
+                norm.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+            layers.append(norm)
+        layers.append(nn.ReLU())
+        if pool and min(h, w) >= 2:
+            layers.append(nn.AvgPool2d(2))
+            h, w = h // 2, w // 2
+    layers.append(nn.Flatten())
+    features = c * h * w
+    if hidden:
+        lin = nn.Linear(features, hidden)
+        _scaled_(lin, float(scales[len(convs) % len(scales)]), gen)
+        layers += [lin, nn.ReLU()]
+        features = hidden
+    head = nn.Linear(features, num_classes)
+    _scaled_(head, float(scales[(len(convs) + 1) % len(scales)]), gen)
+    layers.append(head)
+    model = nn.Sequential(*layers).eval()
+    model.boundkit_input_shape = in_shape  # type: ignore[attr-defined]
+    return model
+
+
+def relu_count(model: nn.Module) -> int:
+    """The number of hidden ReLU neurons of ``model`` on its ``boundkit_input_shape``."""
+    count = 0
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        nonlocal count
+        count += out[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *model.boundkit_input_shape)))
+    finally:
+        for hd in handles:
+            hd.remove()
+    return count
+
+
+def small_relu_convnets(max_relus: int = 24) -> Any:
+    """Hypothesis strategy: small eval-mode ReLU conv nets for the exact oracle.
+
+    On ``[N, 1, 5, 5]`` or ``[N, 2, 4, 4]``: one or two blocks of Conv2d (1 to 3 channels,
+    kernel 2 or 3, stride 1 or 2, padding 0 or 1), an optional eval BatchNorm2d, ReLU and
+    an optional AvgPool2d(2); Flatten; an optional dense ReLU layer; a Linear head of 2 to
+    4 classes. Per-layer weight scales are drawn log-uniformly in [0.3, 3]. Networks with
+    more than ``max_relus`` hidden ReLUs are shrunk (channels, then strides of 2, then the
+    second block, then the dense layer) until they fit, so :func:`boundkit.exact_radius` stays fast.
+    """
+    from hypothesis import strategies as st
+
+    @st.composite
+    def build(draw: Any) -> nn.Sequential:
+        seed = draw(st.integers(0, 2**31 - 1))
+        in_shape = draw(st.sampled_from([(1, 5, 5), (2, 4, 4)]))
+        blocks = draw(st.integers(1, 2))
+        convs = [(draw(st.integers(1, 3)), draw(st.sampled_from([2, 3])),
+                  draw(st.sampled_from([1, 2])), draw(st.sampled_from([0, 1])),
+                  draw(st.booleans()), draw(st.booleans())) for _ in range(blocks)]
+        hidden = draw(st.sampled_from([0, 0, 3, 6]))
+        classes = draw(st.integers(2, 4))
+        scales = [math.exp(draw(st.floats(math.log(0.3), math.log(3.0))))
+                  for _ in range(blocks + 2)]
+        while True:
+            model = _relu_convnet(seed, in_shape, convs, hidden, classes, scales)
+            if relu_count(model) <= max_relus:
+                return model
+            widest = max(range(len(convs)), key=lambda i: convs[i][0])
+            strided = [i for i, cv in enumerate(convs) if cv[2] == 1]
+            if convs[widest][0] > 1:
+                convs[widest] = (convs[widest][0] - 1, *convs[widest][1:])
+            elif strided:
+                i = strided[0]
+                convs[i] = (convs[i][0], convs[i][1], 2, *convs[i][3:])
+            elif len(convs) > 1:
+                convs.pop()
+            elif hidden:
+                hidden = 0
+            else:  # one channel, one block: make it strided
+                convs[0] = (1, convs[0][1], 2, 0, convs[0][4], True)
+
+    return build()
+
+
+def property_examples(ci_examples: int) -> int:
+    """The example count of a property test: ``ci_examples`` under the ``default``, ``ci``
+    and ``dev`` hypothesis profiles; under any other loaded profile (``soak``,
+    ``thorough``) that profile's ``max_examples``, so that ``--hypothesis-profile=soak``
+    with ``BOUNDKIT_EXAMPLES=10000`` runs 10,000 examples although the test's own
+    ``@settings(max_examples=property_examples(...))`` would otherwise win over the profile.
+    """
+    from hypothesis import settings
+
+    profile = getattr(settings, "_current_profile", None)
+    if profile in (None, "default", "ci", "dev"):
+        return ci_examples
+    return int(settings.default.max_examples)
 
 
 def random_inputs(model: nn.Module, n: int, seed: int) -> torch.Tensor:
@@ -706,3 +845,135 @@ def composed_networks(max_steps: int = 6) -> Any:
         return ComposedNet((2, 6, 6), steps, draw(st.integers(2, 4)), seed)
 
     return build()
+
+
+# ----------------------------------------------------------------------------- relaxations
+#: the ReLU-like ops whose unstable neurons :func:`unstable_neurons` counts
+_PIECEWISE_OPS = ("relu", "leaky_relu")
+
+
+def unstable_neurons(model: nn.Module, x: torch.Tensor, eps: torch.Tensor,
+                     box: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
+    """Per sample, the number of ReLU / LeakyReLU neurons whose ``crown`` input interval over
+    the ball of radius ``eps[i]`` around ``x[i]`` (within ``box``) straddles 0: the neurons
+    a linear relaxation has to approximate (0 everywhere: the property was trivial)."""
+    from boundkit.bounds.crown import CrownRun, plan_crown
+    from boundkit.bounds.engine import graph_for
+
+    x = x.detach().double()
+    g = graph_for(model, x, None)
+    nodes = [n for n in g.nodes if n.op in _PIECEWISE_OPS]
+    count = torch.zeros(x.shape[0], dtype=torch.long)
+    if not nodes:
+        return count
+    eps = torch.where(torch.isfinite(eps), eps, torch.zeros_like(eps)).double()
+    ctx = CrownRun(g, plan_crown(g), x, box).intervals(eps)
+    for n in nodes:
+        iv = ctx.intervals.get(n.inputs[0])
+        if iv is not None:
+            count += ((iv.lo < 0) & (iv.hi > 0)).flatten(1).sum(1)
+    return count
+
+
+def describe_case(model: nn.Module, x: torch.Tensor, **extra: Any) -> str:
+    """A reproducer: the model (its repr, its steps for a :class:`ComposedNet`, every
+    parameter and buffer to 17 digits) and the inputs, plus ``extra`` (e.g. the box)."""
+    with torch.no_grad():
+        state = {k: v.double().tolist() if v.is_floating_point() else v.tolist()
+                 for k, v in model.state_dict().items()}
+    parts = [f"model = {model!r}"]
+    if isinstance(model, ComposedNet):
+        parts.append(f"ComposedNet(in_shape={model.boundkit_input_shape}, "
+                     f"steps={model.steps!r})")
+    parts += [f"state_dict = {state!r}", f"x = {x.detach().double().tolist()!r}",
+              *[f"{k} = {v!r}" for k, v in extra.items()]]
+    return "\n".join(parts)
+
+
+def _radii(model: nn.Module, x: torch.Tensor, box: tuple[float, float] | None,
+           alpha_iterations: int) -> dict[str, torch.Tensor]:
+    return {
+        "sound": _certify(model, x, "sound").radius,
+        "crown": _certify(model, x, "crown", box=box).radius,
+        "alpha": _certify(model, x, "alpha", box=box, iterations=alpha_iterations).radius,
+    }
+
+
+def _certify(model: nn.Module, x: torch.Tensor, method: str, **options: Any) -> Any:
+    """``boundkit.certify`` (imported late: this module is imported by the package)."""
+    from boundkit import certify
+
+    return certify(model, x, method, **options)
+
+
+def check_relaxation_order(model: nn.Module, x: torch.Tensor, *,
+                           alpha_iterations: int = 5,
+                           radii: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Property: ``alpha >= crown >= sound`` for every sample (box [0, 1]).
+
+    ``radii`` (from :func:`check_relaxation_below_exact` or
+    :func:`check_no_adversarial_in_relaxation_ball`) avoids certifying again. Returns the
+    radii; raises ``AssertionError`` with a reproducer (:func:`describe_case`) otherwise.
+    """
+    r = radii if radii is not None else _radii(model, x, (0.0, 1.0), alpha_iterations)
+    bad = (r["crown"] < r["sound"]) | (r["alpha"] < r["crown"])
+    if bool(bad.any()):
+        raise AssertionError(
+            f"alpha >= crown >= sound fails for samples {bad.nonzero().flatten().tolist()}: "
+            f"sound {r['sound'].tolist()} crown {r['crown'].tolist()} "
+            f"alpha {r['alpha'].tolist()}\n" + describe_case(model, x))
+    return r
+
+
+def check_relaxation_below_exact(model: nn.Module, x: torch.Tensor,
+                                 box: tuple[float, float] | None, *,
+                                 alpha_iterations: int = 5,
+                                 time_limit: float = 5.0) -> dict[str, Any]:
+    """Property: ``crown`` and ``alpha`` never exceed :func:`boundkit.exact_radius` (same
+    ``box``) on a network the exact oracle accepts.
+
+    A sample whose exact search runs past ``time_limit`` seconds gets an exact radius NaN
+    ("unknown") and is not compared; the returned dict counts them (``unknown``) along with
+    the radii (``sound``, ``crown``, ``alpha``, ``exact``). Raises ``AssertionError`` with a
+    reproducer on a violation.
+    """
+    from boundkit import exact_radius
+
+    r = _radii(model, x, box, alpha_iterations)
+    exact = exact_radius(model, x, box=box, time_limit=time_limit, on_budget="nan")
+    known = ~torch.isnan(exact)
+    for method in ("crown", "alpha"):
+        bad = known & (r[method] > exact * (1 + 1e-9))
+        if bool(bad.any()):
+            raise AssertionError(
+                f"{method} radius {r[method].tolist()} > exact radius {exact.tolist()} "
+                f"(samples {bad.nonzero().flatten().tolist()})\n"
+                + describe_case(model, x, box=box))
+    return {**r, "exact": exact, "unknown": int((~known).sum())}
+
+
+def check_no_adversarial_in_relaxation_ball(model: nn.Module, x: torch.Tensor, *,
+                                            alpha_iterations: int = 5, steps: int = 40,
+                                            seed: int = 0) -> dict[str, Any] | None:
+    """Property: no adversarial example found by :func:`adversarial_search` (float64, box
+    [0, 1]) lies inside the ``crown`` or ``alpha`` ball (box [0, 1]).
+
+    Returns None when capture refuses the model (``UnsupportedLayerError``), else the radii
+    and the adversarial distances (``adversarial``). Raises ``AssertionError`` with a
+    reproducer on a violation.
+    """
+    from boundkit.errors import UnsupportedLayerError
+
+    try:
+        r = _radii(model, x, (0.0, 1.0), alpha_iterations)
+    except UnsupportedLayerError:
+        return None
+    _, norm = adversarial_search(model, x, steps=steps, box=(0.0, 1.0), seed=seed)
+    for method in ("crown", "alpha"):
+        bad = r[method] > norm * (1 + 1e-9)
+        if bool(bad.any()):
+            raise AssertionError(
+                f"{method} radius {r[method].tolist()} > adversarial distance "
+                f"{norm.tolist()} (samples {bad.nonzero().flatten().tolist()}, search seed "
+                f"{seed}, steps {steps})\n" + describe_case(model, x))
+    return {**r, "adversarial": norm}
