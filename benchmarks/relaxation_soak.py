@@ -87,7 +87,8 @@ def _sample_inputs(model: torch.nn.Module, n: int, s: int) -> torch.Tensor:
 def _report(a: argparse.Namespace, t: Tally, wall: float, done: bool) -> str:
     cmd = ("OMP_NUM_THREADS=1 python benchmarks/relaxation_soak.py "
            f"--examples {a.examples} --per-net {a.per_net} --alpha-iterations "
-           f"{a.alpha_iterations} --steps {a.steps} --seed {a.seed}")
+           f"{a.alpha_iterations} --steps {a.steps} --seed {a.seed} --slice {a.slice}"
+           + (f" --max-minutes {a.max_minutes:g}" if a.max_minutes is not None else ""))
     rows = []
     for p in PROPERTIES:
         c = t.c[p]
@@ -146,6 +147,7 @@ def main() -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop (and say so in the report) after this wall time")
     p.add_argument("--report-every", type=int, default=100, help="networks")
+    p.add_argument("--slice", type=int, default=100, help="networks per turn of a property")
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "relaxation_soak.md"))
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -180,7 +182,6 @@ def main() -> None:
 
     exact_nets = st.one_of(small_relu_mlps(max_hidden=6), small_relu_convnets(max_relus=12))
 
-    @given(exact_nets, st.sampled_from([None, (0.0, 1.0)]), st.integers(0, 2**31 - 1))
     def exact(model: torch.nn.Module, box: tuple[float, float] | None, s: int) -> None:
         if t.c["exact"]["samples"] >= a.examples or over_time():
             return
@@ -204,7 +205,6 @@ def main() -> None:
 
     adv_nets = st.one_of(small_networks(max_depth=2, max_width=8), composed_networks(5))
 
-    @given(adv_nets, st.integers(0, 2**31 - 1))
     def adversarial(model: torch.nn.Module, s: int) -> None:
         if t.c["adversarial"]["samples"] >= a.examples or over_time():
             return
@@ -229,13 +229,25 @@ def main() -> None:
         t.seconds["adversarial"] += time.time() - start
         progress()
 
-    # each slice draws the networks still missing (refusals do not count), from its own seed
-    for offset, (prop, fn) in enumerate((("exact", exact), ("adversarial", adversarial))):
-        k = 0
-        while t.c[prop]["samples"] < a.examples and not over_time():
+    # the properties take turns, --slice networks at a time (so that a run cut short by
+    # --max-minutes has counts for both); each slice draws the networks still missing
+    # (refusals do not count) from its own seed
+    runs = {"exact": given(exact_nets, st.sampled_from([None, (0.0, 1.0)]),
+                           st.integers(0, 2**31 - 1)),
+            "adversarial": given(adv_nets, st.integers(0, 2**31 - 1))}
+    bodies = {"exact": exact, "adversarial": adversarial}
+    k = 0
+    while not over_time():
+        todo = [q for q in runs if t.c[q]["samples"] < a.examples]
+        if not todo:
+            break
+        for offset, prop in enumerate(runs):
+            if prop not in todo or over_time():
+                continue
             missing = -(-(a.examples - t.c[prop]["samples"]) // a.per_net)
-            seed(a.seed * 1000 + 100 * offset + k)(budget(missing)(fn))()
-            k += 1
+            seed(a.seed * 1_000_003 + 100_000 * offset + k)(
+                budget(min(missing, a.slice))(runs[prop](bodies[prop])))()
+        k += 1
     t.seconds["order"] = t.seconds["exact"] + t.seconds["adversarial"]
     wall = time.time() - t0
     report = _report(a, t, wall, not stop[0])

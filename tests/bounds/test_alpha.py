@@ -16,12 +16,13 @@ from boundkit.testing import (
     adversarial_search,
     assert_crown_intervals_contain_samples,
     inputs_for,
+    property_examples,
     random_inputs,
     random_network,
     small_relu_mlps,
 )
 
-FAST = settings(max_examples=10, deadline=None,
+FAST = settings(max_examples=property_examples(10), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 _x = random_inputs
