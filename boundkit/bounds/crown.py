@@ -156,30 +156,35 @@ def concretise(lb: LinearBounds, x0: torch.Tensor, box: tuple[float, float] | No
     r"""The dual-norm concretisation of ``lb`` at the input (module docstring), with the
     rounding of every step charged (docs/theory/linear_relaxation.md §Concretisation).
 
-    :math:`\|\mu\|^2=\sum_i(A_i^+)^2f^-_i+(A_i^-)^2f^+_i`, with :math:`f^-_i=0` where
-    :math:`x_{0,i}` sits on the lower face of the box (a positive coefficient is blocked
-    there) and :math:`f^+_i=0` on the upper face, else 1: sums of non-negative terms, one
-    batched product each."""
+    :math:`\mu` is :math:`A` clamped to :math:`(-\infty,0]` where :math:`x_{0,i}` sits on
+    the lower face of the box (a positive coefficient is blocked there) and to
+    :math:`[0,\infty)` on the upper face: one pass over :math:`A`, then two norms."""
     A = lb.A.flatten(2)
-    x = x0.flatten(1).unsqueeze(2)
-    ax0 = torch.bmm(A, x).squeeze(2)
-    pos, neg = A.clamp(min=0), A.clamp(max=0)
-    dot_err = float(gamma(A.shape[2] + 1)) * torch.bmm(pos - neg, x.abs()).squeeze(2)
+    x = x0.flatten(1)
+    ax0 = torch.bmm(A, x.unsqueeze(2)).squeeze(2)
+    a_norm = torch.linalg.vector_norm(A, dim=2)
     if box is not None and bool(in_box.any()):
         inb = in_box.unsqueeze(1)
-        free_lo = (~((x0.flatten(1) <= box[0]) & inb)).to(A.dtype).unsqueeze(2)
-        free_hi = (~((x0.flatten(1) >= box[1]) & inb)).to(A.dtype).unsqueeze(2)
-        nu2 = (torch.bmm(pos * pos, free_lo) + torch.bmm(neg * neg, free_hi)).squeeze(2)
+        inf = torch.full_like(x, math.inf)
+        cap_hi = torch.where((x <= box[0]) & inb, torch.zeros_like(x), inf).unsqueeze(1)
+        cap_lo = torch.where((x >= box[1]) & inb, torch.zeros_like(x), -inf).unsqueeze(1)
+        mu_norm = torch.linalg.vector_norm(torch.clamp(A, min=cap_lo, max=cap_hi), dim=2)
     else:
-        nu2 = torch.bmm(A * A, torch.ones_like(x)).squeeze(2)
+        mu_norm = a_norm
     d = A.shape[2]
+    # the rounding of <A, x0> is at most gamma_{d+1} <|A|, |x0|> <= gamma_{d+1} |A| |x0|
+    # (Cauchy-Schwarz; the norms' own rounding is covered by the factor)
+    dot_err = float(gamma(d + 1)) * a_norm * torch.linalg.vector_norm(x, dim=1).unsqueeze(1)
     # gamma_{d+2}: d products and sums, the root; the floor covers squares that underflow
-    # (each loses at most 2^-1074, so the norm at most sqrt(d) 2^-537); the clamp only
-    # raises nu and keeps the root's gradient finite (alpha) where the coefficients vanish
-    nu = (nu2.clamp(min=2.0 ** -1000).sqrt() * (1 + float(gamma(d + 2)) + 1e-15)
-          + math.sqrt(d) * 2.0 ** -537)
-    c = (ax0 + lb.bias - lb.err * (1 + 1e-8) - dot_err * (1 + 1e-8)
+    # (each loses at most 2^-1074, so the norm at most sqrt(d) 2^-537)
+    nu = mu_norm * (1 + float(gamma(d + 2)) + 1e-15) + math.sqrt(d) * 2.0 ** -537
+    c = (ax0 + lb.bias - lb.err * (1 + 1e-8) - dot_err * (1 + 1e-6)
          - 1e-15 * (ax0.abs() + lb.bias.abs()) - 1e-300)
+    # an overflow anywhere (huge weights) leaves no bound: -inf, which always holds
+    bad = ~(torch.isfinite(c) & torch.isfinite(nu))
+    if bool(bad.any()):
+        c = torch.where(bad, -math.inf, c)
+        nu = torch.where(bad, torch.zeros_like(nu), nu)
     return Concrete(c, nu)
 
 
