@@ -82,6 +82,9 @@ class CrownPlan:
     #: node -> "unstable" (ReLU input), "live" (ReLU into a max pooling), "pool" (read by a
     #: max pooling) or "all"
     refine: dict[str, str]
+    #: refined node -> the chain its walks follow on windows, or None (filled when first
+    #: asked; depends on TILE and WINDOW_GAIN as they were then)
+    windows: dict[str, list[Node] | None] = dataclasses.field(default_factory=dict)
 
 
 def plan_crown(graph: Graph) -> CrownPlan:
@@ -457,7 +460,14 @@ class CrownRun:
         """The nodes from ``node`` back to the input (excluded) when the walks refining
         ``node`` can run on spatial windows: a chain of single-input ``_WINDOWED`` nodes
         with [C, H, W] outputs, max poolings without padding, no split constraints."""
-        if self.splits is not None or len(node.out_shape) != 3:
+        if self.splits is not None:
+            return None
+        if node.name not in self.plan.windows:
+            self.plan.windows[node.name] = self._plan_window_chain(node)
+        return self.plan.windows[node.name]
+
+    def _plan_window_chain(self, node: Node) -> list[Node] | None:
+        if len(node.out_shape) != 3:
             return None
         chain: list[Node] = []
         cur = node
