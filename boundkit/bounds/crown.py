@@ -82,9 +82,10 @@ class CrownPlan:
     #: node -> "unstable" (ReLU input), "live" (ReLU into a max pooling), "pool" (read by a
     #: max pooling) or "all"
     refine: dict[str, str]
-    #: refined node -> the chain its walks follow on windows, or None (filled when first
-    #: asked; depends on TILE and WINDOW_GAIN as they were then)
-    windows: dict[str, list[Node] | None] = dataclasses.field(default_factory=dict)
+    #: (refined node, TILE, WINDOW_GAIN) -> the chain its walks follow on windows, or None
+    #: (filled when first asked)
+    windows: dict[tuple[str, int, float], list[Node] | None] = dataclasses.field(
+        default_factory=dict)
 
 
 def plan_crown(graph: Graph) -> CrownPlan:
@@ -177,7 +178,9 @@ def concretise(lb: LinearBounds, x0: torch.Tensor, box: tuple[float, float] | No
     d = A.shape[2]
     # the rounding of <A, x0> is at most gamma_{d+1} <|A|, |x0|> <= gamma_{d+1} |A| |x0|
     # (Cauchy-Schwarz; the norms' own rounding is covered by the factor)
-    dot_err = float(gamma(d + 1)) * a_norm * torch.linalg.vector_norm(x, dim=1).unsqueeze(1)
+    # (and the floor for squares that underflow inside the norm, below)
+    dot_err = (float(gamma(d + 1)) * (a_norm + math.sqrt(d) * 2.0 ** -537)
+               * torch.linalg.vector_norm(x, dim=1).unsqueeze(1))
     # gamma_{d+2}: d products and sums, the root; the floor covers squares that underflow
     # (each loses at most 2^-1074, so the norm at most sqrt(d) 2^-537)
     nu = mu_norm * (1 + float(gamma(d + 2)) + 1e-15) + math.sqrt(d) * 2.0 ** -537
@@ -462,9 +465,10 @@ class CrownRun:
         with [C, H, W] outputs, max poolings without padding, no split constraints."""
         if self.splits is not None:
             return None
-        if node.name not in self.plan.windows:
-            self.plan.windows[node.name] = self._plan_window_chain(node)
-        return self.plan.windows[node.name]
+        key = (node.name, TILE, WINDOW_GAIN)
+        if key not in self.plan.windows:
+            self.plan.windows[key] = self._plan_window_chain(node)
+        return self.plan.windows[key]
 
     def _plan_window_chain(self, node: Node) -> list[Node] | None:
         if len(node.out_shape) != 3:
@@ -574,6 +578,10 @@ class CrownRun:
             in_hw = v.in_shapes[0][1:]
             clo = (max(start[0], 0), max(start[1], 0))
             chi = (min(end[0], in_hw[0]), min(end[1], in_hw[1]))
+            if chi[0] <= clo[0] or chi[1] <= clo[1]:
+                # the tile reads only padding there (its neurons are constants on the
+                # ball): the whole walk handles it
+                return self._neuron_bounds(node, ctx, eps, idx)
             steps.append((v, lo, hi, start, end, clo, chi))
             lo, hi = clo, chi
         ctx.spec = node.name

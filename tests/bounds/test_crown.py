@@ -324,7 +324,49 @@ def test_walks_on_windows_give_the_radii_of_whole_walks(method, tile, monkeypatc
     monkeypatch.setattr(crown_mod, "TILE", tile)
     windowed = bk.certify(model, x, method, **opts).radius
     assert bool((whole > 0).all())
-    torch.testing.assert_close(windowed, whole, rtol=1e-9, atol=0.0)
+    # the same bounds up to the order of the sums; the searches may then part by ulps at a
+    # pass/fail decision, and each stops within its tolerance of its own root
+    torch.testing.assert_close(windowed, whole, rtol=2e-3, atol=0.0)
+
+
+@pytest.mark.parametrize("tile", [1, 2, 3])
+def test_walks_on_windows_give_the_intervals_of_whole_walks(tile, monkeypatch) -> None:
+    from boundkit.bounds import crown as crown_mod
+    from boundkit.bounds.crown import CrownRun, plan_crown
+    from boundkit.bounds.engine import graph_for
+
+    model = _padded_conv_net(12)
+    x = _x(model, 3, 12).double()
+    g = graph_for(model, x, None)
+    eps = torch.tensor([0.05, 0.2, 0.5], dtype=torch.float64)
+    monkeypatch.setattr(crown_mod.CrownRun, "_window_chain", lambda self, node: None)
+    whole = CrownRun(g, plan_crown(g), x, (0.0, 1.0)).intervals(eps).intervals
+    monkeypatch.undo()
+    monkeypatch.setattr(crown_mod, "WINDOW_GAIN", math.inf)
+    monkeypatch.setattr(crown_mod, "TILE", tile)
+    run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
+    windowed = run.intervals(eps).intervals
+    assert any(run._window_chain(n) for n in g.upstream() if n.name in run.plan.refine)
+    for name, iv in whole.items():
+        for a, b in ((windowed[name].lo, iv.lo), (windowed[name].hi, iv.hi)):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_a_tile_reading_only_padding_is_bounded_not_a_shape_error() -> None:
+    """Red team: a 1x1 convolution with padding 2 has corner tiles whose input window is
+    all padding; the window walk crashed on the empty window."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 1, padding=2),
+                              nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(32, 3)).double().eval()
+        x = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+        _, norm = adversarial_search(model, x, steps=60, box=(0.0, 1.0))
+        for method, opts in (("crown", {}), ("alpha", {"iterations": 3, "rtol": 0.05})):
+            if method == "alpha" and seed < 2:
+                continue  # no adversarial example in the box there: alpha searches long
+            r = bk.certify(model, x, method, **opts).radius
+            assert bool((r >= 0).all() and (r <= norm * (1 + 1e-9)).all()), (seed, method, r)
 
 
 def test_window_walks_are_used_where_they_pay_and_intervals_hold() -> None:
