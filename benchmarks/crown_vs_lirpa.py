@@ -261,7 +261,9 @@ def main() -> None:
         "input box [0, 1]; `no box` is the same mathematics as auto_LiRPA's L2 bounds (which "
         "ignore the box). Times are process CPU time per sample over the whole batch (one "
         "thread; boundkit: float64 with rounding margins, radius to 1e-3 relative; auto_LiRPA: "
-        "float32).", "",
+        "float32). auto_LiRPA 0.3's CROWN-Optimized cannot run on max pooling (a TypeError "
+        "in `operators/pooling.py` `init_opt_parameters` under torch 2): no `LiRPA alpha` on "
+        "the small CNN and LeNet-5.", "",
         "| model (n) | crown | crown no box | alpha | alpha no box | LiRPA alpha | sound | "
         "crown ms | alpha ms | LiRPA ms | LiRPA alpha ms | crown / LiRPA time | "
         "alpha / LiRPA alpha time | violations (radius > DeepFool) |",
