@@ -285,15 +285,12 @@ class CrownRun:
         extends it for its own state)."""
         for k, m in sub.memory.items():
             mine = self.memory.get(k)
-            if mine is None:
-                none = torch.full((self.n,), -math.inf, dtype=m.radius.dtype,
-                                  device=m.radius.device)
-                blank = Concrete(torch.zeros((self.n, *m.lo.c.shape[1:]), dtype=m.lo.c.dtype,
-                                             device=m.lo.c.device),
-                                 torch.zeros((self.n, *m.lo.c.shape[1:]), dtype=m.lo.c.dtype,
-                                             device=m.lo.c.device))
-                mine = self.memory[k] = Remembered(none, blank,
-                                                   Concrete(blank.c.clone(), blank.nu.clone()))
+            if mine is None:  # nothing kept for the other rows: radius -inf
+                shape = (self.n, *m.lo.c.shape[1:])
+                mine = self.memory[k] = Remembered(
+                    m.radius.new_full((self.n,), -math.inf),
+                    Concrete(m.lo.c.new_zeros(shape), m.lo.c.new_zeros(shape)),
+                    Concrete(m.lo.c.new_zeros(shape), m.lo.c.new_zeros(shape)))
             mine.radius[idx] = m.radius
             mine.lo.c[idx], mine.lo.nu[idx] = m.lo.c, m.lo.nu
             mine.neg_hi.c[idx], mine.neg_hi.nu[idx] = m.neg_hi.c, m.neg_hi.nu
@@ -567,9 +564,7 @@ class CrownRun:
         h, w = hi[0] - lo[0], hi[1] - lo[1]
         ch, rem = idx // (h_out * w_out), idx % (h_out * w_out)
         loc = ch * (h * w) + (rem // w_out - lo[0]) * w + (rem % w_out - lo[1])
-        eye = torch.zeros(self.n, k, c_out * h * w, dtype=self.x0.dtype, device=self.x0.device)
-        eye.scatter_(2, loc.unsqueeze(2), 1.0)
-        A = torch.cat([eye, -eye], 1).reshape(self.n, 2 * k, c_out, h, w)
+        A = self._unit_spec(loc, (c_out, h, w))
         zero = torch.zeros((self.n, 2 * k), dtype=A.dtype, device=A.device)
         lb = LinearBounds(A, zero, zero)
         steps = []  # per node: its output window and its (unclipped, clipped) input window
@@ -622,6 +617,14 @@ class CrownRun:
         lb = LinearBounds(lb.A.contiguous(), lb.bias, lb.err + lb.charge_forks(x0.abs()))
         return concretise(lb, x0, self.box, self.in_box)
 
+    def _unit_spec(self, idx: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        r"""The specifications :math:`+e_j` then :math:`-e_j` for the flat positions ``idx``
+        [N, K] of a tensor of ``shape``: [N, 2K, *shape]."""
+        eye = torch.zeros(self.n, idx.shape[1], math.prod(shape), dtype=self.x0.dtype,
+                          device=self.x0.device)
+        eye.scatter_(2, idx.unsqueeze(2), 1.0)
+        return torch.cat([eye, -eye], 1).reshape(self.n, 2 * idx.shape[1], *shape)
+
     def _widest(self) -> int:
         """The largest node (elements per sample) a backward walk passes."""
         return max(math.prod(n.out_shape) for n in self.plan.nodes)
@@ -631,11 +634,7 @@ class CrownRun:
         r"""Bounds of the neurons ``idx`` [N, K] of ``node`` over the balls, as functions of
         the radius [N, 2K] (lower bounds of :math:`h_j`, then of :math:`-h_j`): one backward
         walk from :math:`\pm e_j`."""
-        k = idx.shape[1]
-        m = math.prod(node.out_shape)
-        eye = torch.zeros(self.n, k, m, dtype=self.x0.dtype, device=self.x0.device)
-        eye.scatter_(2, idx.unsqueeze(2), 1.0)
-        spec = torch.cat([eye, -eye], 1).reshape(self.n, 2 * k, *node.out_shape)
+        spec = self._unit_spec(idx, node.out_shape)
         ctx.spec = node.name
         installed = self.walk_slopes(node, idx, ctx)
         ctx.slopes.update(installed)
