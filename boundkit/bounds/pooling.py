@@ -248,11 +248,18 @@ class MaxPoolRelaxation(RelaxationRule):
         a_in = torch.zeros(n, s, c, padded[0] * padded[1], dtype=A.dtype, device=A.device)
         a_in.scatter_add_(3, flat, coef)
         a_in = a_in.reshape(n, s, c, *padded)[..., p[0]:p[0] + in_hw[0], p[1]:p[1] + in_hw[1]]
-        mag_in = iv.mag
-        overlap = float(gamma(k + 1))
-        err = overlap * _dot(a_in.abs(), mag_in) + float(gamma(A[0, 0].numel() + 1)) * (
-            neg.abs() * u_max.abs().unsqueeze(1)).flatten(2).sum(2)
+        err = float(gamma(A[0, 0].numel() + 1)) * _dot(neg.abs(), u_max.abs())
+        if _overlapping(node):  # sums where windows share an input
+            err = err + float(gamma(k + 1)) * _dot(a_in.abs(), iv.mag)
         return [lb.then(a_in.contiguous(), add, err, ctx.intervals[node.name].mag)]
+
+
+def _overlapping(node: Node) -> bool:
+    """Whether two windows of a pooling can share an input position (a stride below the
+    dilated kernel's extent, in either dimension)."""
+    a = node.attrs
+    return any(a["stride"][i] < a["dilation"][i] * (a["kernel_size"][i] - 1) + 1
+               for i in range(2))
 
 
 register_rule("avgpool2d", "crown", AvgPoolRelaxation())

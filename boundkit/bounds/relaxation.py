@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 
 
 def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``<a[n, s], v[n]>`` over the node dimensions: [N, S, *shape] x [N, *shape] -> [N, S]."""
-    return torch.bmm(a.flatten(2), v.flatten(1).unsqueeze(2)).squeeze(2)
+    """``<a[n, s], v[n]>`` over the node dimensions: [N, S, *shape] x [N, *shape] -> [N, S].
+
+    Written as the row vector ``v^T`` times ``a^T``: float64 ``bmm`` against a column
+    vector is up to 8x slower on CPU (a sum of the same products: the same rounding bound)."""
+    return torch.bmm(v.flatten(1).unsqueeze(1), a.flatten(2).transpose(1, 2)).squeeze(1)
 
 
 @dataclass
@@ -235,12 +238,14 @@ class AffineRelaxation(RelaxationRule):
         a_in = a_in.reshape(n, s, *a_in.shape[1:])
         c = self.const(node)
         mag_in = ctx.interval_in(node).mag
-        err = _dot(lb.A.abs(), self._rounding(node, mag_in))
+        # the node's own rounding, and that of <A, c> (gamma_{|c|+1} <|A|, |c|>): one dot
+        weight = self._rounding(node, mag_in)
         add: torch.Tensor | float = 0.0
         if c is not None:
             cc = c.expand(n, *c.shape)
             add = _dot(lb.A, cc)
-            err = err + float(gamma(c.numel() + 1)) * _dot(lb.A.abs(), cc.abs())
+            weight = weight + float(gamma(c.numel() + 1)) * cc.abs()
+        err = _dot(lb.A.abs(), weight)
         mag_out = ctx.intervals[node.name].mag
         return [lb.then(a_in, add, err, mag_out)]
 
