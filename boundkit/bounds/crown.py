@@ -69,6 +69,9 @@ _WINDOWED = ("conv2d", "relu", "leaky_relu", "maxpool2d", "batchnorm", "identity
 TILE = 2
 #: windows are used where a tile's walk holds at most this fraction of a whole walk
 WINDOW_GAIN = 0.5
+#: the most elements of a node's table of unit transposes (``CrownRun._unit_table``):
+#: 2^21 float64, 16 MiB
+UNIT_TABLE = 1 << 21
 
 
 @dataclass
@@ -86,6 +89,10 @@ class CrownPlan:
     #: (filled when first asked)
     windows: dict[tuple[str, int, float], list[Node] | None] = dataclasses.field(
         default_factory=dict)
+    #: (node, out shape, in shape, padding) -> its unit transposes, or None (filled when
+    #: first asked; window copies of a node have their own)
+    units: dict[tuple[str, tuple[int, ...], tuple[int, ...], str], torch.Tensor | None] = (
+        dataclasses.field(default_factory=dict))
 
 
 def plan_crown(graph: Graph) -> CrownPlan:
@@ -564,9 +571,6 @@ class CrownRun:
         h, w = hi[0] - lo[0], hi[1] - lo[1]
         ch, rem = idx // (h_out * w_out), idx % (h_out * w_out)
         loc = ch * (h * w) + (rem // w_out - lo[0]) * w + (rem % w_out - lo[1])
-        A = self._unit_spec(loc, (c_out, h, w))
-        zero = torch.zeros((self.n, 2 * k), dtype=A.dtype, device=A.device)
-        lb = LinearBounds(A, zero, zero)
         steps = []  # per node: its output window and its (unclipped, clipped) input window
         for v in chain:
             start, end = self._span(v, lo, hi)
@@ -582,6 +586,7 @@ class CrownRun:
         ctx.spec = node.name
         installed = self.walk_slopes(node, idx, ctx,
                                      {v.name: (a, b) for v, a, b, *_ in steps})
+        lb: LinearBounds | None = None  # the unit specifications, then the walk's bound
         try:
             for v, lo, hi, start, end, clo, chi in steps:
                 out_iv = _cut(ctx.intervals[v.name], lo, hi)
@@ -605,7 +610,18 @@ class CrownRun:
                     sub.slopes[key] = ctx.slopes[key][..., lo[0]:hi[0], lo[1]:hi[1]]
                 rule = self.plan.rules[v.name]
                 assert rule is not None
-                (lb,) = rule.backward(vv, sub, lb)
+                if lb is None:  # the first step: read off the unit table where there is one
+                    table = self._unit_table(vv)
+                    if table is not None:
+                        assert isinstance(rule, AffineRelaxation)
+                        lb = rule.unit_backward(vv, sub, loc, table)
+                    else:
+                        zero = torch.zeros((self.n, 2 * k), dtype=self.x0.dtype,
+                                           device=self.x0.device)
+                        lb = LinearBounds(self._unit_spec(loc, (c_out, h, w)), zero, zero)
+                        (lb,) = rule.backward(vv, sub, lb)
+                else:
+                    (lb,) = rule.backward(vv, sub, lb)
                 if any(pad):  # drop the coefficients of the padding (constant zeros)
                     lb = LinearBounds(lb.A[..., pad[2]:lb.A.shape[-2] - pad[3],
                                            pad[0]:lb.A.shape[-1] - pad[1]],
@@ -625,6 +641,26 @@ class CrownRun:
         eye.scatter_(2, idx.unsqueeze(2), 1.0)
         return torch.cat([eye, -eye], 1).reshape(self.n, 2 * idx.shape[1], *shape)
 
+    def _unit_table(self, node: Node) -> torch.Tensor | None:
+        r""":math:`L^\top e_j` for every output :math:`j` of an affine single-input node
+        (as it stands: a window copy has its own) [M, *in], so the first step of a walk
+        from :math:`\pm e_j` is a gather (planned once per model and shape); ``None`` for
+        other nodes and past ``UNIT_TABLE`` elements."""
+        rule = self.plan.rules.get(node.name)
+        if not isinstance(rule, AffineRelaxation) or len(node.inputs) != 1:
+            return None
+        key = (node.name, tuple(node.out_shape), tuple(node.in_shapes[0]),
+               repr(node.attrs.get("padding")))
+        if key not in self.plan.units:
+            m, k = math.prod(node.out_shape), math.prod(node.in_shapes[0])
+            table = None
+            if m * k <= UNIT_TABLE:
+                per = max(1, CHUNK_ELEMENTS // max(m, k))
+                table = torch.cat([rule.unit_rows(node, slice(j, j + per), self.x0.dtype,
+                                                  self.x0.device) for j in range(0, m, per)])
+            self.plan.units[key] = table
+        return self.plan.units[key]
+
     def _widest(self) -> int:
         """The largest node (elements per sample) a backward walk passes."""
         return max(math.prod(n.out_shape) for n in self.plan.nodes)
@@ -634,12 +670,17 @@ class CrownRun:
         r"""Bounds of the neurons ``idx`` [N, K] of ``node`` over the balls, as functions of
         the radius [N, 2K] (lower bounds of :math:`h_j`, then of :math:`-h_j`): one backward
         walk from :math:`\pm e_j`."""
-        spec = self._unit_spec(idx, node.out_shape)
         ctx.spec = node.name
         installed = self.walk_slopes(node, idx, ctx)
         ctx.slopes.update(installed)
         try:
-            return self.backward(node, spec, ctx)
+            table = self._unit_table(node)
+            if table is not None:  # the first step read off the table
+                rule = self.plan.rules[node.name]
+                assert isinstance(rule, AffineRelaxation)
+                return self.walk_from(self.graph[node.inputs[0]],
+                                      rule.unit_backward(node, ctx, idx, table), ctx)
+            return self.backward(node, self._unit_spec(idx, node.out_shape), ctx)
         finally:
             ctx.spec = FINAL_SPEC
             for key in installed:
@@ -692,9 +733,16 @@ class CrownRun:
     def backward(self, target: Node, spec: torch.Tensor, ctx: RelaxContext) -> Concrete:
         """Concretised lower bounds of ``<spec_s, target(x)>`` over the ball."""
         zero = torch.zeros(spec.shape[:2], dtype=spec.dtype, device=spec.device)
+        return self.walk_from(target, LinearBounds(spec, zero, zero), ctx)
+
+    def walk_from(self, target: Node, seed: LinearBounds, ctx: RelaxContext) -> Concrete:
+        """Concretised lower bounds of ``<seed.A_s, target(x)> + seed.bias_s`` over the ball
+        (``seed.err`` charged): the walk from ``target`` (the input itself too) to the
+        input."""
+        zero = torch.zeros_like(seed.bias)
         cut_bias, cut_err = zero.clone(), zero.clone()
         order = [n for n in self.plan.nodes if n.op != "input"]
-        stop = order.index(target) + 1
+        steps = order[:order.index(target) + 1] if target.op != "input" else []
         rules = self.plan.rules
 
         def transfer(node: Node, lb: LinearBounds) -> list[LinearBounds | None]:
@@ -712,12 +760,11 @@ class CrownRun:
                 return [None] * len(node.inputs)
             return list(rule.backward(node, ctx, lb))
 
-        seed = LinearBounds(spec, zero, zero)
-        state = walk.backward(order[:stop], {target.name: seed}, transfer)
+        state = walk.backward(steps, {target.name: seed}, transfer)
         lb_in = state.get(self.graph.input.name)
         if lb_in is None:
-            lb_in = LinearBounds(torch.zeros((*spec.shape[:2], *self.x0.shape[1:]),
-                                             dtype=spec.dtype, device=spec.device), zero, zero)
+            lb_in = LinearBounds(torch.zeros((*seed.bias.shape, *self.x0.shape[1:]),
+                                             dtype=zero.dtype, device=zero.device), zero, zero)
         lb_in = LinearBounds(lb_in.A, lb_in.bias + cut_bias,
                              lb_in.err + cut_err + UNIT_ROUNDOFF * cut_bias.abs(),
                              lb_in.forks)

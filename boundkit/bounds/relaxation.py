@@ -18,6 +18,7 @@ bounds, refined by backward passes at the inputs of ReLUs and smooth activations
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -232,22 +233,57 @@ class AffineRelaxation(RelaxationRule):
         e = self._rounding(node, iv.mag) * 2 + float(gamma(4)) * (centre.abs() + radius)
         return Interval(centre - radius - e, centre + radius + e)
 
+    def _charges(self, node: Node, ctx: RelaxContext) -> torch.Tensor:
+        r"""Per output [N, *out]: the rounding a coefficient :math:`a` is charged,
+        :math:`|a|` times this (the node's own rounding, and that of :math:`\langle A,
+        c\rangle`, :math:`\gamma_{|c|+1}|c|`)."""
+        weight = self._rounding(node, ctx.interval_in(node).mag)
+        c = self.const(node)
+        if c is not None:
+            weight = weight + float(gamma(c.numel() + 1)) * c.abs()
+        return weight
+
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         n, s = lb.A.shape[:2]
         a_in = self.transpose(node, lb.A.reshape(n * s, *lb.A.shape[2:]))
         a_in = a_in.reshape(n, s, *a_in.shape[1:])
         c = self.const(node)
-        mag_in = ctx.interval_in(node).mag
-        # the node's own rounding, and that of <A, c> (gamma_{|c|+1} <|A|, |c|>): one dot
-        weight = self._rounding(node, mag_in)
         add: torch.Tensor | float = 0.0
         if c is not None:
-            cc = c.expand(n, *c.shape)
-            add = _dot(lb.A, cc)
-            weight = weight + float(gamma(c.numel() + 1)) * cc.abs()
-        err = _dot(lb.A.abs(), weight)
+            add = _dot(lb.A, c.expand(n, *c.shape))
+        err = _dot(lb.A.abs(), self._charges(node, ctx))
         mag_out = ctx.intervals[node.name].mag
         return [lb.then(a_in, add, err, mag_out)]
+
+    def unit_rows(self, node: Node, rows: slice, dtype: torch.dtype,
+                  device: torch.device) -> torch.Tensor:
+        r""":math:`L^\top e_j` for the flat outputs ``j`` in ``rows``: [len, *in] (exact:
+        every entry is one parameter of :math:`L`, times 1, plus zeros)."""
+        m = math.prod(node.out_shape)
+        j = torch.arange(m, device=device)[rows]
+        eye = torch.zeros(j.numel(), m, dtype=dtype, device=device)
+        eye[torch.arange(j.numel(), device=device), j] = 1.0
+        return self.transpose(node, eye.reshape(j.numel(), *node.out_shape))
+
+    def unit_backward(self, node: Node, ctx: RelaxContext, idx: torch.Tensor,
+                      table: torch.Tensor) -> LinearBounds:
+        r"""What :meth:`backward` gives for the specifications :math:`+e_j` then
+        :math:`-e_j` (``j`` in ``idx`` [N, K]), read off ``table`` (:meth:`unit_rows` of
+        every output) with no transpose: :math:`A'=\pm L^\top e_j`, bias :math:`\pm c_j`,
+        rounding the charge of output :math:`j` (the dot products with a unit vector are
+        exact)."""
+        rows = table[idx]  # [N, K, *in]
+        charge = self._charges(node, ctx).flatten(1)
+        charge = charge.expand(idx.shape[0], -1).gather(1, idx)
+        c = self.const(node)
+        if c is None:
+            bias = torch.zeros(idx.shape[0], 2 * idx.shape[1], dtype=rows.dtype,
+                               device=rows.device)
+        else:
+            cj = c.flatten()[idx]
+            bias = torch.cat([cj, -cj], 1)
+        err = torch.cat([charge, charge], 1) + UNIT_ROUNDOFF * bias.abs()
+        return LinearBounds(torch.cat([rows, -rows], 1), bias, err)
 
 
 def relaxation_rule(node: Node) -> RelaxationRule | None:
