@@ -224,14 +224,21 @@ class ReLURelaxation(RelaxationRule):
         slope = ctx.slopes.get(f"{ctx.spec}:{node.name}")
         if slope is None:  # one lower slope per neuron: [N, 1, *shape]
             low = torch.where(on | ~(off | (hi <= -lo)), one, sv)
-        else:  # per specification [N, S, *shape], any value in [s, 1] is valid
-            low = torch.where(on, one, torch.where(off, sv, slope.to(hi.dtype).clamp(
-                min=s, max=1.0)))
+        else:  # per specification [N, S, *shape], any value in [s, 1] is valid: the
+            # stable neurons' slope, plus the free slope times 1 on the unstable ones (one
+            # of the two terms is an exact zero)
+            fixed = torch.where(on, one, torch.where(off, sv, torch.zeros_like(hi)))
+            low = torch.addcmul(fixed, slope.to(hi.dtype).clamp(min=s, max=1.0),
+                                unstable.to(hi.dtype))
         A = lb.A
-        a_in = torch.where(A > 0, low, up) * A
+        # slope * a with the lower slope where a > 0, the upper one where a < 0: one of the
+        # two products is an exact zero, so each coefficient is one rounded product (and
+        # no element-wise select over [N, S, ...], which is slow on CPU)
+        pos, neg = torch.clamp_min(A, 0), torch.clamp_max(A, 0)
+        a_in = torch.addcmul(pos * low, neg, up)
         # the chord's offsets enter through the negative coefficients; every term is <= 0,
         # so the sum of their magnitudes is |add| up to the sum's own rounding
-        add = _dot(A.clamp(max=0), up_off.squeeze(1))
+        add = _dot(neg, up_off.squeeze(1))
         k = A[0, 0].numel()
         err = (2 * UNIT_ROUNDOFF * _dot(a_in.abs(), iv.mag)
                + 2 * float(gamma(k + 2)) * add.abs())

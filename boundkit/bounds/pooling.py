@@ -230,10 +230,11 @@ class MaxPoolRelaxation(RelaxationRule):
         n, s = lb.A.shape[:2]
         c = node.out_shape[0]
         A = lb.A.reshape(n, s, c, -1)  # [N, S, C, L]
-        pos, neg = A.clamp(min=0), A.clamp(max=0)
-        coef = pos + torch.where(stable.unsqueeze(1), neg, torch.zeros_like(neg))
-        add = (torch.where(stable.unsqueeze(1), torch.zeros_like(neg), neg)
-               * u_max.unsqueeze(1)).flatten(2).sum(2)
+        pos, neg = torch.clamp_min(A, 0), torch.clamp_max(A, 0)
+        # negative coefficients follow z_j on stable windows (times 1 or 0: exact, and no
+        # element-wise select over [N, S, ...], slow on CPU); elsewhere the constant u_max
+        coef = torch.addcmul(pos, neg, stable.unsqueeze(1).to(A.dtype))
+        add = _dot(neg, torch.where(stable, torch.zeros_like(u_max), u_max))
         k = lo_w.shape[2]
         # each window's coefficient lands on its best input: a scatter-add over the flat
         # (padded) input positions, summing where windows overlap
