@@ -209,8 +209,8 @@ register_rule("conv2d", "peck2017", ConvFrobenius())
 
 class ConvRelaxation(AffineRelaxation):
     """``crown``: a convolution (any stride, padding, dilation, groups) is linear; its
-    transpose is the transposed convolution with the output padding that restores the
-    input size (docs/theory/linear_relaxation.md §Affine nodes)."""
+    transpose is its gradient with respect to the input, at the input's own size
+    (docs/theory/linear_relaxation.md §Affine nodes)."""
 
     def supports(self, node: Node) -> bool:
         return "padding_mode" not in node.attrs
