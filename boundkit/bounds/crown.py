@@ -237,6 +237,35 @@ def _cut(iv: Interval, lo: tuple[int, int], hi: tuple[int, int]) -> Interval:
     return Interval(iv.lo[..., lo[0]:hi[0], lo[1]:hi[1]], iv.hi[..., lo[0]:hi[0], lo[1]:hi[1]])
 
 
+@dataclass(frozen=True)
+class WindowStep:
+    """One node of a window walk: its output window ``[lo, hi)`` and its input window,
+    ``[start, end)`` before clipping to the input (a convolution's padding lies outside)
+    and ``[clo, chi)`` after."""
+
+    node: Node
+    lo: tuple[int, int]
+    hi: tuple[int, int]
+    start: tuple[int, int]
+    end: tuple[int, int]
+    clo: tuple[int, int]
+    chi: tuple[int, int]
+
+    @property
+    def widest(self) -> int:
+        """The most elements per row the walk holds at this node."""
+        n = self.node
+        return max(n.out_shape[0] * (self.hi[0] - self.lo[0]) * (self.hi[1] - self.lo[1]),
+                   n.in_shapes[0][0] * (self.end[0] - self.start[0])
+                   * (self.end[1] - self.start[1]))
+
+    @property
+    def pad(self) -> tuple[int, int, int, int]:
+        """The padding inside the unclipped input window (left, right, top, bottom)."""
+        return (self.clo[1] - self.start[1], self.end[1] - self.chi[1],
+                self.clo[0] - self.start[0], self.end[0] - self.chi[0])
+
+
 class CrownRun:
     """One batch: intervals and backward walks for per-sample radii ``eps`` [N]."""
 
@@ -421,9 +450,7 @@ class CrownRun:
         if chain is None:
             k = int(mask.sum(1).max())
             idx = mask.to(torch.int8).topk(k, dim=1, sorted=False).indices  # [N, K]
-            # the walk's coefficient tensors are [N, 2 * chunk, *shape]: chunks of neurons
-            # keep the largest under CHUNK_ELEMENTS (memory), same bounds
-            per = max(1, CHUNK_ELEMENTS // (2 * self.n * self._widest()))
+            per = self._per_walk(self._widest())
             pieces = [(idx[:, j:j + per], self._neuron_bounds(node, ctx, eps, idx[:, j:j + per]))
                       for j in range(0, k, per)]
         else:
@@ -494,9 +521,15 @@ class CrownRun:
         _, h, w = node.out_shape
         tiles = [((r, c), (min(r + TILE, h), min(c + TILE, w)))
                  for r in range(0, h, TILE) for c in range(0, w, TILE)]
-        windowed = sum(self._window_widest(chain, a, b) * (b[0] - a[0]) * (b[1] - a[1])
-                       for a, b in tiles) / (h * w)
-        whole = self._window_widest(chain, (0, 0), (h, w))
+        full = self._window_steps(chain, (0, 0), (h, w))
+        if full is None:
+            return None
+        whole = max(st.widest for st in full)
+
+        def widest(lo: tuple[int, int], hi: tuple[int, int]) -> int:
+            steps = self._window_steps(chain, lo, hi)  # None: walked whole
+            return whole if steps is None else max(st.widest for st in steps)
+        windowed = sum(widest(a, b) * (b[0] - a[0]) * (b[1] - a[1]) for a, b in tiles) / (h * w)
         return chain if windowed <= WINDOW_GAIN * whole else None
 
     @staticmethod
@@ -536,62 +569,61 @@ class CrownRun:
                     continue
                 sel = local.to(torch.int8).topk(k, dim=1, sorted=False).indices
                 idx = flat[sel]  # [N, k], distinct per row
-                per = max(1, CHUNK_ELEMENTS // (2 * self.n * max(1, self._window_widest(
-                    chain, (r0, c0), (r1, c1)))))
+                steps = self._window_steps(chain, (r0, c0), (r1, c1))
+                per = self._per_walk(max(st.widest for st in steps) if steps
+                                     else self._widest())
                 for j in range(0, k, per):
                     part = idx[:, j:j + per]
-                    pieces.append((part, self._window_bounds(node, chain, ctx, eps, part,
-                                                             (r0, c0), (r1, c1))))
+                    pieces.append((part, self._neuron_bounds(node, ctx, eps, part)
+                                   if steps is None else
+                                   self._window_bounds(node, steps, ctx, part)))
         return pieces
 
-    def _window_widest(self, chain: list[Node], lo: tuple[int, int],
-                       hi: tuple[int, int]) -> int:
-        """The most elements per row a window walk holds along ``chain``."""
-        widest = 0
-        for v in chain:
-            start, end = self._span(v, lo, hi)
-            in_hw = v.in_shapes[0][1:]
-            widest = max(widest, v.out_shape[0] * (hi[0] - lo[0]) * (hi[1] - lo[1]),
-                         v.in_shapes[0][0] * (end[0] - start[0]) * (end[1] - start[1]))
-            lo = (max(start[0], 0), max(start[1], 0))
-            hi = (min(end[0], in_hw[0]), min(end[1], in_hw[1]))
-        return widest
+    def _per_walk(self, widest: int) -> int:
+        """Neurons per refinement walk: its coefficient tensors are [N, 2 * chunk, widest]
+        at most, kept under CHUNK_ELEMENTS (memory; the same bounds in any chunks)."""
+        return max(1, CHUNK_ELEMENTS // (2 * self.n * max(1, widest)))
 
-    def _window_bounds(self, node: Node, chain: list[Node], ctx: RelaxContext,
-                       eps: torch.Tensor, idx: torch.Tensor, lo: tuple[int, int],
-                       hi: tuple[int, int]) -> Concrete:
-        r"""As :meth:`_neuron_bounds` for neurons ``idx`` [N, K] of ``node`` inside the
-        output window ``[lo, hi)``: the walk carries coefficients on windows only. Every
-        node of ``chain`` is replaced by a copy of window shape (a convolution or pooling
-        without padding, reading its input window; padding positions are zeros, so their
-        coefficients are dropped, exactly), with the intervals and slopes cut to the
-        windows; the bound is concretised on the input window."""
-        c_out, h_out, w_out = node.out_shape
-        k = idx.shape[1]
-        h, w = hi[0] - lo[0], hi[1] - lo[1]
-        ch, rem = idx // (h_out * w_out), idx % (h_out * w_out)
-        loc = ch * (h * w) + (rem // w_out - lo[0]) * w + (rem % w_out - lo[1])
-        steps = []  # per node: its output window and its (unclipped, clipped) input window
+    def _window_steps(self, chain: list[Node], lo: tuple[int, int], hi: tuple[int, int]
+                      ) -> list[WindowStep] | None:
+        """The windows of a walk along ``chain`` from the output window ``[lo, hi)`` of its
+        first node, or ``None`` where a window lies wholly in a convolution's padding (the
+        tile's neurons are constants on the ball: the whole walk handles them)."""
+        steps = []
         for v in chain:
             start, end = self._span(v, lo, hi)
             in_hw = v.in_shapes[0][1:]
             clo = (max(start[0], 0), max(start[1], 0))
             chi = (min(end[0], in_hw[0]), min(end[1], in_hw[1]))
             if chi[0] <= clo[0] or chi[1] <= clo[1]:
-                # the tile reads only padding there (its neurons are constants on the
-                # ball): the whole walk handles it
-                return self._neuron_bounds(node, ctx, eps, idx)
-            steps.append((v, lo, hi, start, end, clo, chi))
+                return None
+            steps.append(WindowStep(v, lo, hi, start, end, clo, chi))
             lo, hi = clo, chi
+        return steps
+
+    def _window_bounds(self, node: Node, steps: list[WindowStep], ctx: RelaxContext,
+                       idx: torch.Tensor) -> Concrete:
+        r"""As :meth:`_neuron_bounds` for neurons ``idx`` [N, K] of ``node`` inside the
+        output window of ``steps[0]``: the walk carries coefficients on windows only. Every
+        node of the chain is replaced by a copy of window shape (a convolution or pooling
+        without padding, reading its input window; padding positions are zeros, so their
+        coefficients are dropped, exactly), with the intervals and slopes cut to the
+        windows; the bound is concretised on the input window."""
+        c_out, h_out, w_out = node.out_shape
+        k = idx.shape[1]
+        lo, hi = steps[0].lo, steps[0].hi
+        h, w = hi[0] - lo[0], hi[1] - lo[1]
+        ch, rem = idx // (h_out * w_out), idx % (h_out * w_out)
+        loc = ch * (h * w) + (rem // w_out - lo[0]) * w + (rem % w_out - lo[1])
         ctx.spec = node.name
         installed = self.walk_slopes(node, idx, ctx,
-                                     {v.name: (a, b) for v, a, b, *_ in steps})
+                                     {st.node.name: (st.lo, st.hi) for st in steps})
         lb: LinearBounds | None = None  # the unit specifications, then the walk's bound
         try:
-            for v, lo, hi, start, end, clo, chi in steps:
+            for st in steps:
+                v, lo, hi, start, end, pad = st.node, st.lo, st.hi, st.start, st.end, st.pad
                 out_iv = _cut(ctx.intervals[v.name], lo, hi)
-                in_iv = _cut(ctx.intervals[v.inputs[0]], clo, chi)
-                pad = (clo[1] - start[1], end[1] - chi[1], clo[0] - start[0], end[0] - chi[0])
+                in_iv = _cut(ctx.intervals[v.inputs[0]], st.clo, st.chi)
                 if any(pad):  # a convolution's zero padding inside the window
                     in_iv = Interval(F.pad(in_iv.lo, pad), F.pad(in_iv.hi, pad))
                 attrs = dict(v.attrs)
@@ -626,9 +658,10 @@ class CrownRun:
                     lb = LinearBounds(lb.A[..., pad[2]:lb.A.shape[-2] - pad[3],
                                            pad[0]:lb.A.shape[-1] - pad[1]],
                                       lb.bias, lb.err, lb.forks)
-            lo, hi = steps[-1][5], steps[-1][6]
+            lo, hi = steps[-1].clo, steps[-1].chi
         finally:
             ctx.spec = FINAL_SPEC
+        assert lb is not None
         x0 = self.x0[..., lo[0]:hi[0], lo[1]:hi[1]]
         lb = LinearBounds(lb.A.contiguous(), lb.bias, lb.err + lb.charge_forks(x0.abs()))
         return concretise(lb, x0, self.box, self.in_box)
