@@ -227,7 +227,8 @@ class AlphaMethod(CrownMethod):
         r = super().search(run, label, lo, margin, options)
         run.optimise = True
         rtol = float(options.get("rtol", 1e-3))
-        return search_radius(run, label, torch.maximum(r, lo), margin, rtol, first=1.05)
+        return search_radius(run, label, torch.maximum(r, lo), margin, rtol, first=1.05,
+                             reach=run.reach)
 
 
 #: the largest accepted ``iterations`` and ``lr`` (slopes live in [s, 1]: larger steps only

@@ -297,6 +297,21 @@ class CrownRun:
         #: the last evaluation's refined bounds, until :meth:`remember` keeps them
         self.pending: dict[str, Remembered] = {}
 
+    @property
+    def reach(self) -> torch.Tensor:
+        r"""Per sample [N], a radius whose ball holds the whole box: the distance from
+        :math:`x_0` to the box's farthest corner, rounded up (``inf`` without the box or for
+        a sample outside it). A relaxation that passes at a radius this large certifies
+        every point of the box."""
+        if self.box is None:
+            return torch.full((self.n,), math.inf, dtype=self.x0.dtype, device=self.x0.device)
+        flat = self.x0.flatten(1)
+        far = torch.maximum(flat - self.box[0], self.box[1] - flat)
+        d = flat.shape[1]
+        # the subtractions round up by the factor (1 + u), the norm by gamma_{d+2}
+        r = torch.linalg.vector_norm(far, dim=1) * (1 + 2 * float(gamma(d + 4))) + 1e-300
+        return torch.where(self.in_box, r, torch.full_like(r, math.inf))
+
     def subset(self, idx: torch.Tensor) -> CrownRun | None:
         """The same run restricted to samples ``idx`` (``None`` when it cannot be split:
         per-sample moduli of fallback nodes)."""
@@ -858,8 +873,8 @@ CLOSE_MARGIN = 0.25
 
 
 def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: torch.Tensor,
-                  rtol: float = 1e-3, max_steps: int = 40, first: float = 2.0
-                  ) -> torch.Tensor:
+                  rtol: float = 1e-3, max_steps: int = 40, first: float = 2.0,
+                  reach: torch.Tensor | None = None) -> torch.Tensor:
     r"""Per-sample radius search for the root of :math:`m(\varepsilon)`, the margin bound of
     the relaxation built for radius :math:`\varepsilon` (:class:`RadiusStep`; decreasing in
     practice, piecewise smooth with jumps where a neuron's relaxation changes, :math:`m(0)`
@@ -878,7 +893,8 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
     :math:`\varphi`, close below the root) or, once ``hi`` is close above it, just below.
     Outside the bracket: the geometric mean, or growth by 4x while nothing failed. Stops
     at ``hi <= lo (1 + rtol)`` per sample; ``first``: the first radius tried is
-    ``first * lo``."""
+    ``first * lo``. ``reach`` [N] (:attr:`CrownRun.reach`): no larger radius is tried, and a
+    pass at it certifies the whole box: the radius is then ``inf``."""
     n = lo.numel()
     lo = lo.clone()
     hi = torch.full_like(lo, math.inf)
@@ -889,7 +905,9 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
     x1, y1, x0, y0 = torch.zeros_like(lo), margin.clone(), nan.clone(), nan.clone()
     ea, ma, eb, mb = torch.zeros_like(lo), margin.clone(), nan.clone(), nan.clone()
     phia = torch.full_like(lo, math.inf)
-    eps = torch.where(lo > 0, lo * first, torch.full_like(lo, 1e-2))
+    if reach is None:
+        reach = torch.full_like(lo, math.inf)
+    eps = torch.where(lo > 0, lo * first, torch.full_like(lo, 1e-2)).minimum(reach)
     for _ in range(max_steps):
         todo = active & ~(hi <= lo * (1 + rtol))
         if not bool(todo.any()):
@@ -907,6 +925,8 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
             phi, m, cert = st.phi, st.bound, st.certified
         e = eps[idx]
         ok = cert >= e
+        # a pass on a ball holding the whole box certifies every radius
+        cert = torch.where(ok & (e >= reach[idx]), math.inf, cert)
         lo[idx] = torch.maximum(lo[idx], cert)
         hi[idx] = torch.where(ok, hi[idx], torch.minimum(hi[idx], e))
         p, q = x1[idx], y1[idx]
@@ -935,7 +955,7 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
         usable = torch.isfinite(target) & (target > l * (1 + 0.1 * rtol)) & (target < h)
         fallback = torch.where(torch.isinf(h), torch.where(l > 0, l * 4, e * 4),
                                torch.where(l > 0, torch.sqrt(l * h), h / 8))
-        eps[idx] = torch.where(usable, target, fallback)
+        eps[idx] = torch.where(usable, target, fallback).minimum(reach[idx])
     return lo
 
 
@@ -987,7 +1007,8 @@ class CrownMethod(Method):
 
     def search(self, run: CrownRun, label: torch.Tensor, lo: torch.Tensor,
                margin: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
-        return search_radius(run, label, lo, margin, check_rtol(options.get("rtol", 1e-3)))
+        return search_radius(run, label, lo, margin, check_rtol(options.get("rtol", 1e-3)),
+                             reach=run.reach)
 
 
 def check_rtol(rtol: Any) -> float:

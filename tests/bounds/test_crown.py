@@ -417,3 +417,43 @@ def test_a_shift_before_the_first_layer_is_not_looked_through(conv, box) -> None
     for method in ("crown", "alpha"):
         r = bk.certify(model, x, method, box=box).radius
         assert bool((r <= norm * (1 + 1e-9)).all()), (method, r, norm)
+
+
+def _constant_on_the_box() -> nn.Module:
+    """Class 0 everywhere in [0, 1]^16 (the ReLUs are off on the whole box), not outside:
+    far enough along -x the hidden units switch on and class 1 wins."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        m[1].weight.fill_(-0.01)
+        m[1].bias.fill_(-1.0)  # h = relu(-0.01 sum(x) - 1) = 0 for x >= 0
+        m[3].weight.zero_()
+        m[3].weight[1].fill_(1.0)
+        m[3].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    return m.eval()
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha"])
+def test_a_class_constant_on_the_box_is_certified_on_the_whole_box(method) -> None:
+    model = _constant_on_the_box()
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    cert = bk.certify(model, x, method)
+    assert bool(torch.isinf(cert.radius).all()), cert.radius
+    # without the box the class changes along -(1, ..., 1): a finite radius, sound
+    free = bk.certify(model, x, method, box=None)
+    t = (x.flatten(1).sum(1) + 113.0) / 16  # sum(x) < -112.5: 8 relu(-0.01 sum - 1) > 1
+    far = x - t.reshape(-1, 1, 1, 1)
+    assert bool((model(far).argmax(1) == 1).all())
+    assert bool((free.radius <= 4 * t).all()), (free.radius, 4 * t)
+
+
+def test_a_pass_on_a_ball_smaller_than_the_box_is_not_the_whole_box() -> None:
+    # the same net with its boundary inside the box: class 1 once sum(x) > 2.25
+    model = _constant_on_the_box()
+    with torch.no_grad():
+        model[1].weight.fill_(0.5)  # h = relu(0.5 sum(x) - 1), 8 h > 1
+    x = torch.full((2, 1, 4, 4), 0.05)
+    exact = (2.25 - 0.8) / 4  # along (1, ..., 1) / 4, inside the box
+    for method in ("crown", "alpha"):
+        cert = bk.certify(model, x, method)
+        assert bool((cert.radius <= exact * (1 + 1e-9)).all()), (method, cert.radius)
