@@ -157,6 +157,11 @@ class AlphaRun(CrownRun):
             for it in range(self.iterations + 1):
                 if it > 0:
                     _, val = self._bound(eps, spec)
+                    # a walk first needed now (the slopes moved an interval across 0):
+                    # its slopes start where a first pass would have started them
+                    for k in params.keys() - best.keys():
+                        best[k] = params[k].detach().clone()
+                        opt.add_param_group({"params": [params[k]]})
                 with torch.no_grad():
                     score = torch.where(own, math.inf, val).min(1).values
                     better = score > best_val

@@ -258,3 +258,26 @@ def test_alpha_on_a_net_whose_relus_never_reach_the_bound_runs_without_gradients
     a = bk.certify(model, x, "alpha", iterations=3).radius
     c = bk.certify(model, x, "crown").radius
     assert bool((a >= c).all())
+
+
+@pytest.mark.parametrize("seed", [5, 87, 136])
+def test_a_refinement_walk_first_needed_in_a_later_iteration_gets_its_own_slopes(seed) -> None:
+    # found by the relaxation soak: the optimised slopes move an interval across 0, so a
+    # node first needs a refinement walk (and slopes of its own) after the first pass
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2), nn.ReLU(), nn.AvgPool2d(2, 2),
+                          nn.Conv2d(1, 1, 3, padding=1), nn.BatchNorm2d(1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 3))
+    with torch.no_grad():
+        bn = model[4]
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    model.eval()
+    x = torch.rand(4, 1, 6, 6)
+    a = bk.certify(model, x, "alpha", box=None, iterations=5).radius
+    c = bk.certify(model, x, "crown", box=None).radius
+    assert bool((a >= c * (1 - 1e-3)).all()), (a, c)
+    _, norm = adversarial_search(model, x, steps=60)
+    assert bool((a <= norm).all()), (a, norm)
