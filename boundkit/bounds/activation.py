@@ -21,6 +21,7 @@ bound, :math:`\|\mathrm{ReLU}(X)\|_F\le\|X\|_F` (thesis Lemma A.2(4)).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -203,11 +204,10 @@ class ReLURelaxation(RelaxationRule):
         e = UNIT_ROUNDOFF * torch.maximum(new_lo.abs(), new_hi.abs()) + 1e-300
         return Interval(new_lo - e, new_hi + e)
 
-    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+    def lines(self, node: Node, iv: Interval) -> ReLULines:
+        """The relaxation's lines on the input interval ``iv`` (split constraints applied
+        by the caller)."""
         s = self.slope(node)
-        iv = ctx.interval_in(node)
-        if ctx.splits is not None:  # branch-and-bound splits (relaxation.Splits)
-            iv = ctx.splits.constrain(node.name, iv)
         lo, hi = iv.lo.unsqueeze(1), iv.hi.unsqueeze(1)
         on, off = lo >= 0, hi <= 0
         unstable = ~(on | off)
@@ -221,28 +221,57 @@ class ReLURelaxation(RelaxationRule):
         lift = 8.0 if s == 0.0 else 20.0 * max(1.0, abs(s))
         delta = torch.where(unstable, lift * UNIT_ROUNDOFF * (hi - lo), torch.zeros_like(hi))
         up_off = torch.where(unstable, (s - up) * lo + delta, torch.zeros_like(hi))
+        return ReLULines(
+            up=up, up_off=up_off.squeeze(1),
+            low=torch.where(on | ~(off | (hi <= -lo)), one, sv),
+            fixed=torch.where(on, one, torch.where(off, sv, torch.zeros_like(hi))),
+            unstable=unstable.to(hi.dtype), mag=iv.mag)
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        s = self.slope(node)
+        raw = ctx.interval_in(node)
+
+        def make() -> ReLULines:
+            # branch-and-bound splits (relaxation.Splits) first
+            iv = raw if ctx.splits is None else ctx.splits.constrain(node.name, raw)
+            return self.lines(node, iv)
+        ln = ctx.derived(f"relu-lines:{node.name}", raw, make)
         slope = ctx.slopes.get(f"{ctx.spec}:{node.name}")
         if slope is None:  # one lower slope per neuron: [N, 1, *shape]
-            low = torch.where(on | ~(off | (hi <= -lo)), one, sv)
+            low = ln.low
         else:  # per specification [N, S, *shape], any value in [s, 1] is valid: the
             # stable neurons' slope, plus the free slope times 1 on the unstable ones (one
             # of the two terms is an exact zero)
-            fixed = torch.where(on, one, torch.where(off, sv, torch.zeros_like(hi)))
-            low = torch.addcmul(fixed, slope.to(hi.dtype).clamp(min=s, max=1.0),
-                                unstable.to(hi.dtype))
+            low = torch.addcmul(ln.fixed, slope.to(ln.up.dtype).clamp(min=s, max=1.0),
+                                ln.unstable)
         A = lb.A
         # slope * a with the lower slope where a > 0, the upper one where a < 0: one of the
         # two products is an exact zero, so each coefficient is one rounded product (and
         # no element-wise select over [N, S, ...], which is slow on CPU)
         pos, neg = torch.clamp_min(A, 0), torch.clamp_max(A, 0)
-        a_in = torch.addcmul(pos * low, neg, up)
+        a_in = torch.addcmul(pos * low, neg, ln.up)
         # the chord's offsets enter through the negative coefficients; every term is <= 0,
         # so the sum of their magnitudes is |add| up to the sum's own rounding
-        add = _dot(neg, up_off.squeeze(1))
+        add = _dot(neg, ln.up_off)
         k = A[0, 0].numel()
-        err = (2 * UNIT_ROUNDOFF * _dot(a_in.abs(), iv.mag)
+        err = (2 * UNIT_ROUNDOFF * _dot(a_in.abs(), ln.mag)
                + 2 * float(gamma(k + 2)) * add.abs())
         return [lb.then(a_in, add, err, ctx.intervals[node.name].mag)]
+
+
+@dataclass
+class ReLULines:
+    """The lines of a ReLU relaxation on one input interval, per neuron: the upper slope
+    and offset (``up`` [N, 1, *shape], ``up_off`` [N, *shape]), ``crown``'s lower slope
+    (``low``), the lower slope of stable neurons (``fixed``, 0 on unstable ones), 1.0 on
+    unstable neurons (``unstable``) and the bound on ``|z|`` (``mag`` [N, *shape])."""
+
+    up: torch.Tensor
+    up_off: torch.Tensor
+    low: torch.Tensor
+    fixed: torch.Tensor
+    unstable: torch.Tensor
+    mag: torch.Tensor
 
 
 def _smooth(node: Node, z: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ per channel (:math:`t=\sqrt{t_ht_w}` for rectangles) and :math:`q^2=k_hk_w`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -218,26 +219,17 @@ class MaxPoolRelaxation(RelaxationRule):
                         dilation=a["dilation"], stride=a["stride"])
         return cols.reshape(n, c, cols.shape[1], cols.shape[2])  # [N, C, k, L]
 
-    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+    def lines(self, node: Node, iv: Interval) -> PoolLines:
+        """Each window's selected input and whether it is the maximum on the whole set, on
+        the input interval ``iv``."""
         a = node.attrs
-        iv = ctx.interval_in(node)
         lo_w, hi_w = self._windows(node, iv.lo), self._windows(node, iv.hi)
         best = lo_w.argmax(2, keepdim=True)  # [N, C, 1, L]
         l_best = lo_w.gather(2, best)
         others = hi_w.scatter(2, best, -math.inf).amax(2, keepdim=True)
         stable = (l_best >= others).squeeze(2)  # [N, C, L]
         u_max = hi_w.amax(2)  # [N, C, L]
-        n, s = lb.A.shape[:2]
-        c = node.out_shape[0]
-        A = lb.A.reshape(n, s, c, -1)  # [N, S, C, L]
-        pos, neg = torch.clamp_min(A, 0), torch.clamp_max(A, 0)
-        # negative coefficients follow z_j on stable windows (times 1 or 0: exact, and no
-        # element-wise select over [N, S, ...], slow on CPU); elsewhere the constant u_max
-        coef = torch.addcmul(pos, neg, stable.unsqueeze(1).to(A.dtype))
-        add = _dot(neg, torch.where(stable, torch.zeros_like(u_max), u_max))
-        k = lo_w.shape[2]
-        # each window's coefficient lands on its best input: a scatter-add over the flat
-        # (padded) input positions, summing where windows overlap
+        n, c = lo_w.shape[:2]
         p = a["padding"]
         in_hw = node.in_shapes[0][1:]
         padded = (in_hw[0] + 2 * p[0], in_hw[1] + 2 * p[1])
@@ -245,14 +237,49 @@ class MaxPoolRelaxation(RelaxationRule):
         pos_w = F.unfold(pos_map.reshape(1, 1, *padded), a["kernel_size"],
                          dilation=a["dilation"], stride=a["stride"])[0]  # [k, L]
         flat = pos_w.unsqueeze(0).unsqueeze(0).expand(n, c, -1, -1).gather(2, best)
-        flat = flat.squeeze(2).long().unsqueeze(1).expand(n, s, c, -1)  # [N, S, C, L]
+        return PoolLines(flat=flat.squeeze(2).long(), stable=stable.unsqueeze(1).to(iv.lo.dtype),
+                         const=torch.where(stable, torch.zeros_like(u_max), u_max),
+                         u_abs=u_max.abs(), kernel=lo_w.shape[2], mag=iv.mag)
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        iv = ctx.interval_in(node)
+        ln = ctx.derived(f"maxpool-lines:{node.name}", iv, lambda: self.lines(node, iv))
+        n, s = lb.A.shape[:2]
+        c = node.out_shape[0]
+        A = lb.A.reshape(n, s, c, -1)  # [N, S, C, L]
+        pos, neg = torch.clamp_min(A, 0), torch.clamp_max(A, 0)
+        # negative coefficients follow z_j on stable windows (times 1 or 0: exact, and no
+        # element-wise select over [N, S, ...], slow on CPU); elsewhere the constant u_max
+        coef = torch.addcmul(pos, neg, ln.stable)
+        add = _dot(neg, ln.const)
+        # each window's coefficient lands on its best input: a scatter-add over the flat
+        # (padded) input positions, summing where windows overlap
+        p = node.attrs["padding"]
+        in_hw = node.in_shapes[0][1:]
+        padded = (in_hw[0] + 2 * p[0], in_hw[1] + 2 * p[1])
         a_in = torch.zeros(n, s, c, padded[0] * padded[1], dtype=A.dtype, device=A.device)
-        a_in.scatter_add_(3, flat, coef)
+        a_in.scatter_add_(3, ln.flat.unsqueeze(1).expand(n, s, c, -1), coef)
         a_in = a_in.reshape(n, s, c, *padded)[..., p[0]:p[0] + in_hw[0], p[1]:p[1] + in_hw[1]]
-        err = float(gamma(A[0, 0].numel() + 1)) * _dot(neg.abs(), u_max.abs())
+        err = float(gamma(A[0, 0].numel() + 1)) * _dot(neg.abs(), ln.u_abs)
         if _overlapping(node):  # sums where windows share an input
-            err = err + float(gamma(k + 1)) * _dot(a_in.abs(), iv.mag)
+            err = err + float(gamma(ln.kernel + 1)) * _dot(a_in.abs(), ln.mag)
         return [lb.then(a_in.contiguous(), add, err, ctx.intervals[node.name].mag)]
+
+
+@dataclass
+class PoolLines:
+    """A max pooling's relaxation on one input interval, per window: the flat (padded)
+    input position of its selected input (``flat`` [N, C, L]), 1.0 where that input is the
+    maximum on the whole set (``stable`` [N, 1, C, L]), the constant upper bound used
+    elsewhere (``const``: u_max, 0 on stable windows), ``|u_max|``, the kernel size and
+    the bound on ``|z|`` (``mag``)."""
+
+    flat: torch.Tensor
+    stable: torch.Tensor
+    const: torch.Tensor
+    u_abs: torch.Tensor
+    kernel: int
+    mag: torch.Tensor
 
 
 def _overlapping(node: Node) -> bool:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -30,6 +31,8 @@ from boundkit.bounds.registry import Rule
 
 if TYPE_CHECKING:
     from boundkit.graph.graph import Graph, Node
+
+T = TypeVar("T")
 
 
 def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -109,9 +112,22 @@ class RelaxContext:
     spec: str = "<final>"
     #: branch-and-bound split constraints on ReLU nodes (:class:`Splits`), or ``None``
     splits: Splits | None = None
+    #: what rules derive from an interval, reused by later walks of the same pass
+    #: (:meth:`derived`)
+    memo: dict[str, tuple[Interval, Any]] = field(default_factory=dict)
 
     def interval_in(self, node: Node, i: int = 0) -> Interval:
         return self.intervals[node.inputs[i]]
+
+    def derived(self, key: str, iv: Interval, make: Callable[[], T]) -> T:
+        """``make()``, computed once per ``key`` while ``iv`` is the very interval object
+        it was computed from (a refined interval is a new object: computed again)."""
+        hit = self.memo.get(key)
+        if hit is not None and hit[0] is iv:
+            return hit[1]
+        value = make()
+        self.memo[key] = (iv, value)
+        return value
 
 
 @dataclass
