@@ -900,9 +900,9 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
     hi = torch.full_like(lo, math.inf)
     active = margin > 0
     nan = torch.full_like(lo, math.nan)
-    # the last two radii tried (x1 the latest; (0, m(0)) before any), the pass end a
+    # the last radius tried and its margin bound ((0, m(0)) before any), the pass end a
     # (m >= 0) and the fail end b
-    x1, y1, x0, y0 = torch.zeros_like(lo), margin.clone(), nan.clone(), nan.clone()
+    x1, y1 = torch.zeros_like(lo), margin.clone()
     ea, ma, eb, mb = torch.zeros_like(lo), margin.clone(), nan.clone(), nan.clone()
     phia = torch.full_like(lo, math.inf)
     if reach is None:
@@ -929,8 +929,8 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
         cert = torch.where(ok & (e >= reach[idx]), math.inf, cert)
         lo[idx] = torch.maximum(lo[idx], cert)
         hi[idx] = torch.where(ok, hi[idx], torch.minimum(hi[idx], e))
-        p, q = x1[idx], y1[idx]
-        x0[idx], y0[idx], x1[idx], y1[idx] = p, q, e, m
+        p, q = x1[idx], y1[idx]  # the secant runs through (p, q) and (e, m)
+        x1[idx], y1[idx] = e, m
         a_e, a_m = torch.where(ok, e, ea[idx]), torch.where(ok, m, ma[idx])
         b_e, b_m = torch.where(ok, eb[idx], e), torch.where(ok, mb[idx], m)
         ph = torch.where(ok, phi, phia[idx])
