@@ -161,6 +161,18 @@ class Concrete:
         t = eps.unsqueeze(1) * self.nu
         return self.c - t - 4 * UNIT_ROUNDOFF * (self.c.abs() + t)
 
+    def rows(self, idx: torch.Tensor) -> Concrete:
+        return Concrete(self.c[idx], self.nu[idx])
+
+    def where(self, take: torch.Tensor, other: Concrete) -> Concrete:
+        """``other``'s rows where ``take`` [N], this one's elsewhere."""
+        t = take.unsqueeze(1)
+        return Concrete(torch.where(t, other.c, self.c), torch.where(t, other.nu, self.nu))
+
+    def put(self, idx: torch.Tensor, other: Concrete) -> None:
+        """Rows ``idx`` replaced by ``other``'s, in place."""
+        self.c[idx], self.nu[idx] = other.c, other.nu
+
 
 def concretise(lb: LinearBounds, x0: torch.Tensor, box: tuple[float, float] | None,
                in_box: torch.Tensor) -> Concrete:
@@ -213,8 +225,7 @@ class Remembered:
     neg_hi: Concrete
 
     def rows(self, idx: torch.Tensor) -> Remembered:
-        return Remembered(self.radius[idx], Concrete(self.lo.c[idx], self.lo.nu[idx]),
-                          Concrete(self.neg_hi.c[idx], self.neg_hi.nu[idx]))
+        return Remembered(self.radius[idx], self.lo.rows(idx), self.neg_hi.rows(idx))
 
     def recall(self, eps: torch.Tensor, shape: torch.Size) -> Interval:
         """The remembered bounds at radii ``eps`` [N], infinite where they do not hold."""
@@ -235,6 +246,13 @@ def _moves_values_only(node: Node) -> bool:
 def _cut(iv: Interval, lo: tuple[int, int], hi: tuple[int, int]) -> Interval:
     """The window ``[lo, hi)`` of the last two (spatial) dimensions of ``iv``."""
     return Interval(iv.lo[..., lo[0]:hi[0], lo[1]:hi[1]], iv.hi[..., lo[0]:hi[0], lo[1]:hi[1]])
+
+
+def _tiles(h: int, w: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The TILE x TILE output windows ``((r0, c0), (r1, c1))`` covering an h x w map, row by
+    row (the last ones cut at the border)."""
+    return [((r, c), (min(r + TILE, h), min(c + TILE, w)))
+            for r in range(0, h, TILE) for c in range(0, w, TILE)]
 
 
 @dataclass(frozen=True)
@@ -343,8 +361,8 @@ class CrownRun:
                     Concrete(m.lo.c.new_zeros(shape), m.lo.c.new_zeros(shape)),
                     Concrete(m.lo.c.new_zeros(shape), m.lo.c.new_zeros(shape)))
             mine.radius[idx] = m.radius
-            mine.lo.c[idx], mine.lo.nu[idx] = m.lo.c, m.lo.nu
-            mine.neg_hi.c[idx], mine.neg_hi.nu[idx] = m.neg_hi.c, m.neg_hi.nu
+            mine.lo.put(idx, m.lo)
+            mine.neg_hi.put(idx, m.neg_hi)
 
     def remember(self, keep: torch.Tensor) -> None:
         """Keep the last evaluation's refined bounds for the samples ``keep`` [N] (bool):
@@ -357,11 +375,8 @@ class CrownRun:
                 self.memory[k] = Remembered(r, p.lo, p.neg_hi)
                 continue
             take = keep & (p.radius < m.radius) | keep & ~torch.isfinite(m.radius)
-            t = take.unsqueeze(1)
             m.radius = torch.where(take, p.radius, m.radius)
-            m.lo = Concrete(torch.where(t, p.lo.c, m.lo.c), torch.where(t, p.lo.nu, m.lo.nu))
-            m.neg_hi = Concrete(torch.where(t, p.neg_hi.c, m.neg_hi.c),
-                                torch.where(t, p.neg_hi.nu, m.neg_hi.nu))
+            m.lo, m.neg_hi = m.lo.where(take, p.lo), m.neg_hi.where(take, p.neg_hi)
         self.pending = {}
 
     # ------------------------------------------------------------------ intervals
@@ -534,8 +549,6 @@ class CrownRun:
         # worth it only where a tile's walk is much smaller than a whole one: the work of
         # all tiles' walks against the whole walk's, per neuron
         _, h, w = node.out_shape
-        tiles = [((r, c), (min(r + TILE, h), min(c + TILE, w)))
-                 for r in range(0, h, TILE) for c in range(0, w, TILE)]
         full = self._window_steps(chain, (0, 0), (h, w))
         if full is None:
             return None
@@ -544,7 +557,8 @@ class CrownRun:
         def widest(lo: tuple[int, int], hi: tuple[int, int]) -> int:
             steps = self._window_steps(chain, lo, hi)  # None: walked whole
             return whole if steps is None else max(st.widest for st in steps)
-        windowed = sum(widest(a, b) * (b[0] - a[0]) * (b[1] - a[1]) for a, b in tiles) / (h * w)
+        windowed = sum(widest(a, b) * (b[0] - a[0]) * (b[1] - a[1])
+                       for a, b in _tiles(h, w)) / (h * w)
         return chain if windowed <= WINDOW_GAIN * whole else None
 
     @staticmethod
@@ -570,28 +584,24 @@ class CrownRun:
         (docs/theory/linear_relaxation.md §Refined neurons)."""
         c_out, h_out, w_out = node.out_shape
         dev = mask.device
+        ch = torch.arange(c_out, device=dev).reshape(-1, 1, 1) * (h_out * w_out)
         pieces = []
-        for r0 in range(0, h_out, TILE):
-            for c0 in range(0, w_out, TILE):
-                r1, c1 = min(r0 + TILE, h_out), min(c0 + TILE, w_out)
-                ch = torch.arange(c_out, device=dev).reshape(-1, 1, 1)
-                rr = torch.arange(r0, r1, device=dev).reshape(1, -1, 1)
-                cc = torch.arange(c0, c1, device=dev).reshape(1, 1, -1)
-                flat = (ch * h_out * w_out + rr * w_out + cc).flatten()  # the tile's neurons
-                local = mask[:, flat]
-                k = int(local.sum(1).max())
-                if k == 0:
-                    continue
-                sel = local.to(torch.int8).topk(k, dim=1, sorted=False).indices
-                idx = flat[sel]  # [N, k], distinct per row
-                steps = self._window_steps(chain, (r0, c0), (r1, c1))
-                per = self._per_walk(max(st.widest for st in steps) if steps
-                                     else self._widest())
-                for j in range(0, k, per):
-                    part = idx[:, j:j + per]
-                    pieces.append((part, self._neuron_bounds(node, ctx, eps, part)
-                                   if steps is None else
-                                   self._window_bounds(node, steps, ctx, part)))
+        for (r0, c0), (r1, c1) in _tiles(h_out, w_out):
+            rr = torch.arange(r0, r1, device=dev).reshape(1, -1, 1)
+            cc = torch.arange(c0, c1, device=dev).reshape(1, 1, -1)
+            flat = (ch + rr * w_out + cc).flatten()  # the tile's neurons
+            local = mask[:, flat]
+            k = int(local.sum(1).max())
+            if k == 0:
+                continue
+            sel = local.to(torch.int8).topk(k, dim=1, sorted=False).indices
+            idx = flat[sel]  # [N, k], distinct per row
+            steps = self._window_steps(chain, (r0, c0), (r1, c1))
+            per = self._per_walk(max(st.widest for st in steps) if steps else self._widest())
+            for j in range(0, k, per):
+                part = idx[:, j:j + per]
+                pieces.append((part, self._neuron_bounds(node, ctx, eps, part)
+                               if steps is None else self._window_bounds(node, steps, ctx, part)))
         return pieces
 
     def _per_walk(self, widest: int) -> int:
@@ -624,8 +634,7 @@ class CrownRun:
         without padding, reading its input window; padding positions are zeros, so their
         coefficients are dropped, exactly), with the intervals and slopes cut to the
         windows; the bound is concretised on the input window."""
-        c_out, h_out, w_out = node.out_shape
-        k = idx.shape[1]
+        _, h_out, w_out = node.out_shape
         lo, hi = steps[0].lo, steps[0].hi
         h, w = hi[0] - lo[0], hi[1] - lo[1]
         ch, rem = idx // (h_out * w_out), idx % (h_out * w_out)
@@ -657,16 +666,8 @@ class CrownRun:
                     sub.slopes[key] = ctx.slopes[key][..., lo[0]:hi[0], lo[1]:hi[1]]
                 rule = self.plan.rules[v.name]
                 assert rule is not None
-                if lb is None:  # the first step: read off the unit table where there is one
-                    table = self._unit_table(vv)
-                    if table is not None:
-                        assert isinstance(rule, AffineRelaxation)
-                        lb = rule.unit_backward(vv, sub, loc, table)
-                    else:
-                        zero = torch.zeros((self.n, 2 * k), dtype=self.x0.dtype,
-                                           device=self.x0.device)
-                        lb = LinearBounds(self._unit_spec(loc, (c_out, h, w)), zero, zero)
-                        (lb,) = rule.backward(vv, sub, lb)
+                if lb is None:
+                    lb = self._unit_step(vv, sub, loc)
                 else:
                     (lb,) = rule.backward(vv, sub, lb)
                 if any(pad):  # drop the coefficients of the padding (constant zeros)
@@ -677,8 +678,13 @@ class CrownRun:
         finally:
             ctx.spec = FINAL_SPEC
         assert lb is not None
-        x0 = self.x0[..., lo[0]:hi[0], lo[1]:hi[1]]
-        lb = LinearBounds(lb.A.contiguous(), lb.bias, lb.err + lb.charge_forks(x0.abs()))
+        return self._at_input(LinearBounds(lb.A.contiguous(), lb.bias, lb.err, lb.forks),
+                              self.x0[..., lo[0]:hi[0], lo[1]:hi[1]])
+
+    def _at_input(self, lb: LinearBounds, x0: torch.Tensor) -> Concrete:
+        """A bound reaching the input (``x0``: the input, or the window of it ``lb`` is on),
+        its pending fork additions charged, concretised over the ball."""
+        lb = LinearBounds(lb.A, lb.bias, lb.err + lb.charge_forks(x0.abs()))
         return concretise(lb, x0, self.box, self.in_box)
 
     def _unit_spec(self, idx: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -722,17 +728,30 @@ class CrownRun:
         installed = self.walk_slopes(node, idx, ctx)
         ctx.slopes.update(installed)
         try:
-            table = self._unit_table(node)
-            if table is not None:  # the first step read off the table
-                rule = self.plan.rules[node.name]
-                assert isinstance(rule, AffineRelaxation)
+            if self.plan.rules[node.name] is not None and len(node.inputs) == 1:
                 return self.walk_from(self.graph[node.inputs[0]],
-                                      rule.unit_backward(node, ctx, idx, table), ctx)
+                                      self._unit_step(node, ctx, idx), ctx)
             return self.backward(node, self._unit_spec(idx, node.out_shape), ctx)
         finally:
             ctx.spec = FINAL_SPEC
             for key in installed:
                 del ctx.slopes[key]
+
+    def _unit_step(self, node: Node, ctx: RelaxContext, idx: torch.Tensor) -> LinearBounds:
+        r"""The first step of the walks from :math:`\pm e_j` (``j`` in ``idx`` [N, K]):
+        through the node's own rule (it has one, and one input) to the bound at its input,
+        read off the node's unit table where there is one."""
+        rule = self.plan.rules[node.name]
+        assert rule is not None
+        table = self._unit_table(node)
+        if table is not None:
+            assert isinstance(rule, AffineRelaxation)
+            return rule.unit_backward(node, ctx, idx, table)
+        zero = torch.zeros((self.n, 2 * idx.shape[1]), dtype=self.x0.dtype,
+                           device=self.x0.device)
+        (lb,) = rule.backward(node, ctx, LinearBounds(self._unit_spec(idx, node.out_shape),
+                                                      zero, zero))
+        return lb
 
     def walk_slopes(self, node: Node, idx: torch.Tensor, ctx: RelaxContext,
                     windows: dict[str, tuple[tuple[int, int], tuple[int, int]]] | None = None
@@ -813,11 +832,9 @@ class CrownRun:
         if lb_in is None:
             lb_in = LinearBounds(torch.zeros((*seed.bias.shape, *self.x0.shape[1:]),
                                              dtype=zero.dtype, device=zero.device), zero, zero)
-        lb_in = LinearBounds(lb_in.A, lb_in.bias + cut_bias,
-                             lb_in.err + cut_err + UNIT_ROUNDOFF * cut_bias.abs(),
-                             lb_in.forks)
-        lb_in.err = lb_in.err + lb_in.charge_forks(self.x0.abs())
-        return concretise(lb_in, self.x0, self.box, self.in_box)
+        return self._at_input(LinearBounds(
+            lb_in.A, lb_in.bias + cut_bias, lb_in.err + cut_err + UNIT_ROUNDOFF * cut_bias.abs(),
+            lb_in.forks), self.x0)
 
     def margin_spec(self, label: torch.Tensor) -> torch.Tensor:
         c = self.graph.num_classes
