@@ -574,40 +574,55 @@ def cmd_crosscheck(sess: Session) -> int:
 
 
 def _compare_doc(entries: list[tuple[str, Any, float]], rank_by: str) -> dict[str, Any]:
+    """The ``compare`` document: models ranked by median certified radius (``rank_by``),
+    each adjacent pair labelled "decided by proof" or "undecided at this budget"
+    (:mod:`boundkit.ranking`), with the per-sample fractions behind each label."""
+    import numpy as np
+
+    from boundkit.ranking import ModelBounds, rank
+
+    bounds = {name: ModelBounds(name, np.asarray(res.radius.get(rank_by, np.full(len(res),
+                                                                                  np.nan))),
+                                np.asarray(res.attack_norm))
+              for name, res, _ in entries}
+    order, verdicts = rank(list(bounds.values()))
+    byname = {name: (res, acc) for name, res, acc in entries}
     models = []
-    for name, res, acc in entries:
+    for b in order:
+        res, acc = byname[b.name]
         s = res.summary()
         models.append({
-            "name": name,
+            "name": b.name,
             "accuracy": acc,
             "median_radius": {m: d["median_radius"] for m, d in s["methods"].items()},
             "median_ratio": {m: d["median_ratio"] for m, d in s["methods"].items()},
             "median_attack_norm": s["median_attack_norm"],
+            "median_interval": [b.median_certified, b.median_attack],
             "attack_success_rate": s["attack_success_rate"],
             "soundness_bugs": s["soundness_bugs"],
         })
-
-    def key(m: dict) -> tuple[float, float]:
-        r = m["median_radius"].get(rank_by, math.nan)
-        a = m["median_attack_norm"]
-        return (-(r if r == r else -math.inf), -(a if a == a else -math.inf))
-
-    order = sorted(range(len(models)), key=lambda i: key(models[i]))
     return {
         "kind": "compare",
         "rank_by": f"median certified radius ({rank_by}), then median attack norm",
-        "models": [models[i] for i in order],
-        "results": {entries[i][0]: entries[i][1].to_dict() for i in order},
+        "models": models,
+        "ranking": [v.to_dict() for v in verdicts],
+        "results": {b.name: byname[b.name][0].to_dict() for b in order},
     }
 
 
 def _compare_lines(doc: dict[str, Any]) -> list[str]:
     lines = [f"{'rank':>4}  {'model':<24} {'accuracy':>8}  {'certified (median)':>30}  "
              f"{'attack (median)':>15}"]
+    verdicts = doc.get("ranking", [])
     for r, m in enumerate(doc["models"], 1):
         cert = ", ".join(f"{k} {v:.3g}" for k, v in m["median_radius"].items())
         lines.append(f"{r:>4}  {m['name']:<24} {m['accuracy']:>8.1%}  {cert:>30}  "
                      f"{m['median_attack_norm']:>15.4g}")
+        if r - 1 < len(verdicts):
+            v = verdicts[r - 1]
+            lines.append(f"{'':>6}{'above the next: ' + v['label']:<40} (per sample: "
+                         f"{v['samples_decided']:.0%} proven, {v['samples_reversed']:.0%} "
+                         "proven the other way)")
     return lines
 
 

@@ -43,10 +43,6 @@ class ModelFileError(ModelError):
     """A model file could not be read safely: not a model, wrong shapes, unknown architecture."""
 
 
-class SoundnessViolation(BoundkitError):
-    """A certified radius exceeded the norm of a verified adversarial perturbation."""
-
-
 class FidelityError(ModelError):
     """The captured graph does not compute what the model computes (checked on the inputs
     being certified before any certificate is returned)."""

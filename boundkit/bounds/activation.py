@@ -33,6 +33,7 @@ from boundkit.bounds.relaxation import (
     LinearBounds,
     RelaxationRule,
     RelaxContext,
+    SlopeKey,
     _dot,
 )
 from boundkit.graph.graph import Graph, Node
@@ -236,7 +237,7 @@ class ReLURelaxation(RelaxationRule):
             iv = raw if ctx.splits is None else ctx.splits.constrain(node.name, raw)
             return self.lines(node, iv)
         ln = ctx.derived(f"relu-lines:{node.name}", raw, make)
-        slope = ctx.slopes.get(f"{ctx.spec}:{node.name}")
+        slope = ctx.slopes.get(SlopeKey(ctx.spec, node.name))
         if slope is None:  # one lower slope per neuron: [N, 1, *shape]
             low = ln.low
         else:  # per specification [N, S, *shape], any value in [s, 1] is valid: the

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,19 +30,33 @@ from boundkit.bounds.crown import (
     CrownPlan,
     CrownRun,
     RadiusStep,
+    Samples,
+    Scratch,
     radius_step,
     search_radius,
 )
 from boundkit.bounds.method import register_method
-from boundkit.bounds.relaxation import FINAL_SPEC, Interval, RelaxContext
+from boundkit.bounds.relaxation import FINAL_SPEC, Interval, RelaxContext, SlopeKey
 from boundkit.graph.graph import Graph, Node
-
-#: the key prefix of the final walk's slopes in ``RelaxContext.slopes``
-FINAL = FINAL_SPEC
-
 
 #: the most slopes (per sample) one (refined node, ReLU) pair may hold: 2 M_node M_relu
 INTERMEDIATE_SLOPES = 1 << 20
+
+
+@dataclass
+class AlphaSamples(Samples):
+    """``crown``'s per-sample state and the slopes found so far."""
+
+    #: slopes per walk and ReLU ([N, S, *shape] for the final walk, [N, 2M, *shape] for a
+    #: refined node's) in [s, 1]; NaN rows were never optimised (warm start across radii)
+    params: dict[SlopeKey, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class AlphaScratch(Scratch):
+    """``crown``'s scratch and the live (gradient-carrying) slopes of the iteration running."""
+
+    live: dict[SlopeKey, torch.Tensor] = field(default_factory=dict)
 
 
 class AlphaRun(CrownRun):
@@ -50,38 +65,35 @@ class AlphaRun(CrownRun):
     of the walks refining intermediate bounds (one per bounded neuron, side and ReLU
     neuron) where that pair holds at most :data:`INTERMEDIATE_SLOPES` per sample."""
 
+    samples_type = AlphaSamples
+    samples: AlphaSamples
+    scratch: AlphaScratch
+
     def __init__(self, graph: Graph, plan: CrownPlan, x0: torch.Tensor,
                  box: tuple[float, float] | None, iterations: int, lr: float) -> None:
         super().__init__(graph, plan, x0, box)
         self.iterations, self.lr = iterations, lr
         self.optimise = False
-        #: slopes per walk and ReLU ("final:relu" [N, S, *shape], "node:relu" [N, 2M,
-        #: *shape]) in [s, 1]; NaN rows were never optimised (warm start across radii)
-        self.params: dict[str, torch.Tensor] = {}
-        #: the live (gradient-carrying) slopes of the iteration running
-        self._live_params: dict[str, torch.Tensor] = {}
-        self._floor: dict[str, float] = {}
+        #: each slope's floor (the ReLU's negative slope), shared by derived runs
+        self._floor: dict[SlopeKey, float] = {}
 
-    def _subset_state(self, sub: CrownRun, idx: torch.Tensor) -> None:
-        assert isinstance(sub, AlphaRun)
-        sub.iterations, sub.lr, sub.optimise = self.iterations, self.lr, self.optimise
-        sub.params = {k: v[idx] for k, v in self.params.items()}
-        sub._live_params, sub._floor = {}, dict(self._floor)
+    def new_scratch(self) -> AlphaScratch:
+        return AlphaScratch()
 
     def absorb(self, sub: CrownRun, idx: torch.Tensor) -> None:
         assert isinstance(sub, AlphaRun)
         super().absorb(sub, idx)
-        for k, v in sub.params.items():
-            mine = self.params.get(k)
+        params = self.samples.params
+        for k, v in sub.samples.params.items():
+            mine = params.get(k)
             if mine is None:
                 # rows never optimised stay NaN: they start from crown's choice
                 mine = torch.full((self.n, *v.shape[1:]), math.nan, dtype=v.dtype,
                                   device=v.device)
-                self.params[k] = mine
+                params[k] = mine
             mine[idx] = v
-        self._floor.update(sub._floor)
 
-    def _start(self, key: str, relu: Node, ctx: RelaxContext, rows: int) -> torch.Tensor:
+    def _start(self, key: SlopeKey, relu: Node, ctx: RelaxContext, rows: int) -> torch.Tensor:
         """The first slopes of a walk's ReLU: the warm start, else crown's choice (1 where
         u > -l, else the negative slope) [N, rows, *shape], as a leaf to optimise."""
         rule = self.plan.rules[relu.name]
@@ -91,27 +103,27 @@ class AlphaRun(CrownRun):
         start = torch.where(iv.hi > -iv.lo, torch.ones_like(iv.hi),
                             torch.full_like(iv.hi, self._floor[key])).unsqueeze(1).expand(
             self.n, rows, *iv.hi.shape[1:])
-        warm = self.params.get(key)
+        warm = self.samples.params.get(key)
         if warm is not None:
             start = torch.where(torch.isnan(warm), start, warm)
         return start.detach().clone().requires_grad_(True)
 
     def walk_slopes(self, node: Node, idx: torch.Tensor, ctx: RelaxContext,
                     windows: dict[str, tuple[tuple[int, int], tuple[int, int]]] | None = None
-                    ) -> dict[str, torch.Tensor]:
+                    ) -> dict[SlopeKey, torch.Tensor]:
         if not self.optimise:
             return {}
         m = math.prod(node.out_shape)
         rows = torch.cat([idx, idx + m], 1)  # lower bounds, then upper bounds
         out = {}
         for relu in self._relus():
-            key = f"{node.name}:{relu.name}"
+            key = SlopeKey(node.name, relu.name)
             size = math.prod(relu.out_shape)
             if relu.name not in self._upstream(node) or 2 * m * size > INTERMEDIATE_SLOPES:
                 continue
-            p = self._live_params.get(key)
+            p = self.scratch.live.get(key)
             if p is None:
-                p = self._live_params[key] = self._start(key, relu, ctx, 2 * m)
+                p = self.scratch.live[key] = self._start(key, relu, ctx, 2 * m)
             index = rows.reshape(*rows.shape, *([1] * len(relu.out_shape)))
             if windows is not None and relu.name in windows:  # the walk's window only
                 lo, hi = windows[relu.name]
@@ -133,10 +145,10 @@ class AlphaRun(CrownRun):
         ctx = self.intervals(eps)
         s = spec.shape[1]
         for relu in self._relus():
-            key = f"{FINAL}:{relu.name}"
-            if key not in self._live_params:
-                self._live_params[key] = self._start(key, relu, ctx, s)
-            ctx.slopes[key] = self._live_params[key]
+            key = SlopeKey(FINAL_SPEC, relu.name)
+            if key not in self.scratch.live:
+                self.scratch.live[key] = self._start(key, relu, ctx, s)
+            ctx.slopes[key] = self.scratch.live[key]
         return ctx, self.backward(self.graph.logits, spec, ctx).at(eps)
 
     def evaluate(self, eps: torch.Tensor, label: torch.Tensor) -> RadiusStep:
@@ -144,13 +156,13 @@ class AlphaRun(CrownRun):
             return super().evaluate(eps, label)
         spec = self.margin_spec(label)
         own = torch.nn.functional.one_hot(label, spec.shape[1]).bool()
-        self._live_params = {}
-        self.frozen = {}
+        self.scratch.live = {}
+        self.scratch.frozen = {}
         with torch.enable_grad():
             # a first pass creates the slopes; intervals no slope reaches are kept as they are
             _, val = self._bound(eps, spec)
-            self.frozen = self._unaffected(eps)
-            params = self._live_params
+            self.scratch.frozen = self._unaffected(eps)
+            params = self.scratch.live
             opt = torch.optim.Adam(list(params.values()), lr=self.lr)
             best_val = torch.full((self.n,), -math.inf, dtype=spec.dtype, device=spec.device)
             best = {k: v.detach().clone() for k, v in params.items()}
@@ -182,30 +194,30 @@ class AlphaRun(CrownRun):
                         p.clamp_(self._floor[k], 1.0)
         # the bound used: recomputed without gradients from each sample's best slopes (the
         # rule clamps them into [s, 1] again)
-        self.params = {k: v.clamp(self._floor[k], 1.0) for k, v in best.items()}
-        self._live_params = dict(self.params)
-        self.frozen = {}
+        self.samples.params = {k: v.clamp(self._floor[k], 1.0) for k, v in best.items()}
+        self.scratch.live = dict(self.samples.params)
+        self.scratch.frozen = {}
         with torch.no_grad():
             ctx, _ = self._bound(eps, spec)
             conc = self.backward(self.graph.logits, spec, ctx)
-        self._live_params = {}
+        self.scratch.live = {}
         return radius_step(conc, eps, label)
 
     def _unaffected(self, eps: torch.Tensor) -> dict[str, Interval]:
         """The intervals of the nodes before the first one whose refinement uses slopes,
         computed once without gradients."""
-        keyed = {k.split(":")[0] for k in self._live_params if not k.startswith(FINAL + ":")}
+        keyed = {k.spec for k in self.scratch.live if k.spec != FINAL_SPEC}
         order = [n.name for n in self.plan.nodes if n.op != "input"]
         first = min((order.index(n) for n in keyed), default=len(order))
         if first == 0:
             return {}
         with torch.no_grad():
-            live, self._live_params = self._live_params, {}
+            live, self.scratch.live = self.scratch.live, {}
             optimise, self.optimise = self.optimise, False
             try:
                 ctx = self.intervals(eps)
             finally:
-                self._live_params, self.optimise = live, optimise
+                self.scratch.live, self.optimise = live, optimise
         return {n: ctx.intervals[n] for n in order[:first]}
 
 

@@ -22,6 +22,9 @@ class SampleStatus(IntEnum):
     #: some value left float64's analysed range (subnormal, overflowing or non-finite
     #: intermediates, ``docs/theory/numerics.md``): radius 0
     UNSAFE_NUMERICS = 3
+    #: the model's own dtype overflows on this input (its output is not finite where the
+    #: float64 graph's is): radius 0, nothing is certified about what the model outputs
+    MODEL_OVERFLOWS = 4
 
     def describe(self) -> str:
         return {
@@ -29,6 +32,7 @@ class SampleStatus(IntEnum):
             SampleStatus.MODEL_DISAGREES: "the model's own dtype predicts another class: 0",
             SampleStatus.MODEL_NEAR_TIE: "within the model's rounding of a tie: 0",
             SampleStatus.UNSAFE_NUMERICS: "values outside float64's analysed range: 0",
+            SampleStatus.MODEL_OVERFLOWS: "the model's own dtype overflows on this input: 0",
         }[self]
 
 

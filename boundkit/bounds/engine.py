@@ -83,7 +83,9 @@ def certify(
             a per-sample search), ``"alpha"`` (``crown`` with optimised ReLU lower slopes)
             and ``"peck2017"`` (the thesis's formulas, not a guarantee).
         device: where to compute (default: the model's device).
-        batch_size: samples per chunk (bounds memory; results do not depend on it).
+        batch_size: samples per chunk (bounds memory). A radius depends on it only through
+            the order of floating-point sums in the matrix and convolution kernels (a few
+            ulps; every value is a certificate: docs/distributed.md, "per sample").
         trace: keep the per-node bounds (``Certificate.trace``).
         graph: a graph from :func:`boundkit.capture` to reuse.
         executor: run on a cluster instead, e.g. a
@@ -174,6 +176,7 @@ def _sample_status(
     status = torch.full(fid.model_label.shape, int(SampleStatus.OK), dtype=torch.int8)
     status[fid.near_tie.cpu()] = SampleStatus.MODEL_NEAR_TIE
     status[~fid.agrees.cpu()] = SampleStatus.MODEL_DISAGREES
+    status[fid.overflows.cpu()] = SampleStatus.MODEL_OVERFLOWS
     if part.unsafe is not None:
         status[part.unsafe.cpu()] = SampleStatus.UNSAFE_NUMERICS
     return status, fid.model_label.cpu()

@@ -126,12 +126,6 @@ def method_names() -> tuple[str, ...]:
     return tuple(_METHODS)
 
 
-def guarantee_methods() -> frozenset[str]:
-    """Names of the methods whose radius is a proven certificate."""
-    _load_builtin_methods()
-    return frozenset(n for n, m in _METHODS.items() if m.is_guarantee)
-
-
 def is_guarantee(name: str) -> bool:
     """True for a registered method whose radius is a certificate (unknown names: False)."""
     _load_builtin_methods()

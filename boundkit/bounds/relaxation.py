@@ -22,7 +22,7 @@ import math
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 import torch
 
@@ -54,9 +54,6 @@ class Interval:
     def mag(self) -> torch.Tensor:
         """An upper bound on ``|h(x)|``."""
         return torch.maximum(self.lo.abs(), self.hi.abs())
-
-    def widen(self, e: torch.Tensor | float) -> Interval:
-        return Interval(self.lo - e, self.hi + e)
 
     def meet(self, other: Interval) -> Interval:
         return Interval(torch.maximum(self.lo, other.lo), torch.minimum(self.hi, other.hi))
@@ -96,7 +93,16 @@ class LinearBounds:
 
 
 #: ``RelaxContext.spec`` of the walk bounding the margins (not a valid node name)
-FINAL_SPEC = "<final>"
+FINAL_SPEC: Final = "<final>"
+
+
+class SlopeKey(NamedTuple):
+    """Where a ReLU's optimisable lower slopes live in :attr:`RelaxContext.slopes`: the walk
+    they serve (``spec``: :data:`FINAL_SPEC` for the margins, else the refined node's name)
+    and the ReLU node."""
+
+    spec: str
+    relu: str
 
 
 @dataclass
@@ -106,10 +112,10 @@ class RelaxContext:
     graph: Graph
     acts: dict[str, torch.Tensor]
     intervals: dict[str, Interval] = field(default_factory=dict)
-    #: optimisable lower slopes of unstable ReLUs (``alpha``), node name -> [N, S, *shape]
-    slopes: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: optimisable lower slopes of unstable ReLUs (``alpha``) [N, S, *shape], by walk and ReLU
+    slopes: dict[SlopeKey, torch.Tensor] = field(default_factory=dict)
     #: which backward walk is running: FINAL_SPEC (the margins) or a refined node's name
-    spec: str = "<final>"
+    spec: str = FINAL_SPEC
     #: branch-and-bound split constraints on ReLU nodes (:class:`Splits`), or ``None``
     splits: Splits | None = None
     #: what rules derive from an interval, reused by later walks of the same pass
@@ -147,6 +153,10 @@ class Splits:
     """
 
     signs: dict[str, torch.Tensor]
+
+    def rows(self, idx: torch.Tensor) -> Splits:
+        """The constraints of samples ``idx``."""
+        return Splits({k: v[idx] for k, v in self.signs.items()})
 
     def constrain(self, relu: str, iv: Interval) -> Interval:
         """The input interval ``iv`` of ReLU node ``relu`` intersected with its splits."""

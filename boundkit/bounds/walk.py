@@ -14,17 +14,9 @@ nodes. The walkers know no method and no op.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 S = TypeVar("S")
-
-
-class Step(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def inputs(self) -> list[str]: ...
 
 
 def forward(

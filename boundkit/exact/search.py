@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -66,7 +66,6 @@ class _Node:
     crown_rho: float = np.inf
     crown_fixed: int = -1
     nfixed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def pattern_affine(

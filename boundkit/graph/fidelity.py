@@ -44,6 +44,10 @@ class Fidelity:
         near_tie: bool [N], the graph's top-two margin is within the model's rounding band.
         discrepancy: float64 [N], :math:`\\max_j|z^{\\mathrm{model}}_{ij}-z^{64}_{ij}|`.
         tolerance: float64 [N], the largest discrepancy accepted.
+        overflows: bool [N], the model's own dtype overflows on the sample: its output is
+            not finite where the float64 graph's is, and some float64 value of the graph
+            lies beyond the dtype's largest number (not a mismatch: the model computes
+            nothing meaningful there).
     """
 
     model_label: torch.Tensor
@@ -51,6 +55,7 @@ class Fidelity:
     near_tie: torch.Tensor
     discrepancy: torch.Tensor
     tolerance: torch.Tensor
+    overflows: torch.Tensor
 
 
 def model_dtype_eps(dtype: torch.dtype) -> float:
@@ -94,6 +99,8 @@ def check_fidelity(
     disc = (z - out64).abs().amax(1)
     tol = math.sqrt(eps) * scale
     bad = ~(disc <= tol)  # NaN in the model's output is a mismatch too
+    overflows = _overflows(graph, x, z, out64, bad)
+    bad &= ~overflows
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         where = locate_divergence(model, graph, x[i : i + 1], dtype)
@@ -107,11 +114,33 @@ def check_fidelity(
     band = 4 * disc + 8 * eps * scale
     return Fidelity(
         model_label=model_label,
-        agrees=model_label == out64.argmax(1),
+        agrees=(model_label == out64.argmax(1)) & ~overflows,
         near_tie=(top2[:, 0] - top2[:, 1]) <= band,
         discrepancy=disc,
         tolerance=tol,
+        overflows=overflows,
     )
+
+
+def _overflows(graph: Graph, x: torch.Tensor, z: torch.Tensor, out64: torch.Tensor,
+               bad: torch.Tensor) -> torch.Tensor:
+    """[N] bool: among the samples ``bad``, those whose model output ``z`` is not finite
+    while the graph's ``out64`` is, and where some float64 value of the graph exceeds the
+    model dtype's largest finite number (the model's dtype overflowed)."""
+    dtype = graph.model_dtype
+    out = torch.zeros_like(bad)
+    if dtype == torch.float64 or not dtype.is_floating_point:
+        return out
+    cand = bad & ~torch.isfinite(z).all(1) & torch.isfinite(out64).all(1)
+    if not bool(cand.any()):
+        return out
+    idx = cand.nonzero().flatten()
+    big = float(torch.finfo(dtype).max)
+    beyond = torch.zeros(idx.numel(), dtype=torch.bool, device=bad.device)
+    for v in graph.activations(x[idx].to(torch.float64)).values():
+        beyond |= (v.reshape(idx.numel(), -1).abs() > big).any(1).to(bad.device)
+    out[idx] = beyond
+    return out
 
 
 def locate_divergence(model: nn.Module, graph: Graph, x: torch.Tensor, dtype: torch.dtype) -> str:

@@ -155,14 +155,22 @@ def _blocks(doc: dict[str, Any], out: Path) -> list[dict]:
         for m in models:
             methods += [k for k in m.get("median_radius", {}) if k not in methods]
         header += [f"median certified ({k})" for k in methods]
-        header += ["median attack norm", "soundness bugs"]
+        header += ["median attack norm", "soundness bugs", "order with the next"]
+        verdicts = doc.get("ranking", [])
         rows = []
         for rank, m in enumerate(models, 1):
+            v = verdicts[rank - 1] if rank - 1 < len(verdicts) else None
             rows.append([rank, m["name"], m.get("accuracy")]
                         + [m.get("median_radius", {}).get(k) for k in methods]
-                        + [m.get("median_attack_norm"), m.get("soundness_bugs", 0)])
-        blocks.append({"p": f"Models ranked by {doc.get('rank_by', 'median certified radius')}; "
-                             "same samples for every model."})
+                        + [m.get("median_attack_norm"), m.get("soundness_bugs", 0),
+                           "" if v is None else
+                           f"{v['label']} ({v['samples_decided']:.0%} of samples proven)"])
+        blocks.append({"p": f"Models listed by {doc.get('rank_by', 'median certified radius')}; "
+                             "same samples for every model. An order is decided by proof only "
+                             "where one model's median certified radius exceeds the next "
+                             "one's median attack norm (the true distances lie between the "
+                             "two); otherwise it is undecided at this budget: the bounds, not "
+                             "the models, may be what differs."})
         blocks.append({"table": (header, rows)})
         blocks.append({"img": plot_comparison(doc, out / "comparison.png"),
                        "caption": EXPLAIN["comparison"]})

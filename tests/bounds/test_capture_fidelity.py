@@ -405,3 +405,20 @@ def test_leaky_relu_in_every_form_is_certified_soundly(slope):
         node = next(n for n in bk.capture(m, (4,)) if n.op == "leaky_relu")
         assert node.attrs["negative_slope"] == slope
         assert_graph_is_model_and_sound(m, _x((4,)))
+
+
+@pytest.mark.parametrize("method", ["sound", "crown"])
+def test_a_float32_model_that_overflows_on_one_sample_gets_radius_0_there_only(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with torch.no_grad():  # float32 logits of about 1e38: scaled inputs overflow to inf
+        model[0].weight.mul_(1e19)
+        model[2].weight.mul_(1e19)
+    x = torch.rand(5, 4)
+    x[1] *= 1000
+    assert not torch.isfinite(model(x)[1]).all() and torch.isfinite(model(x)[[0, 2, 3, 4]]).all()
+    cert = bk.certify(model, x, method)
+    assert int(cert.status[1]) == SampleStatus.MODEL_OVERFLOWS
+    assert float(cert.radius[1]) == 0.0 and "overflows" in cert.reasons()[1]
+    others = [0, 2, 3, 4]
+    assert bool((cert.status[others] != SampleStatus.MODEL_OVERFLOWS).all())

@@ -203,8 +203,8 @@ def test_bounds_kept_from_a_failed_step_serve_only_smaller_radii() -> None:
     x = _x(model, 4, 5)
     run, _, step = _run_after_a_failed_step(model, x, 2.0)
     assert bool((step.certified < step.eps).all()), "the step at radius 2 should fail"
-    assert run.memory, "a failed step keeps the refined bounds"
-    for kept in run.memory.values():
+    assert run.samples.kept, "a failed step keeps the refined bounds"
+    for kept in run.samples.kept.values():
         shape = (x.shape[0], kept.lo.c.shape[1])
         above = kept.recall(torch.full((x.shape[0],), 2.5, dtype=torch.float64), shape)
         assert bool(torch.isinf(above.lo).all() and torch.isinf(above.hi).all())
@@ -252,9 +252,9 @@ def test_kept_bounds_read_at_a_smaller_radius_contain_the_neurons_extremes(kinds
     run.evaluate(r * 1.3, label)  # fails: above the radius
     run.remember(torch.ones(3, dtype=torch.bool))
     eps = r * 1.15
-    assert run.memory
+    assert run.samples.kept
     walked = 0
-    for name, kept in run.memory.items():
+    for name, kept in run.samples.kept.items():
         iv = kept.recall(eps, (3, kept.lo.c.shape[1]))
         walked += int((kept.lo.nu > 0).sum())
         for i in range(3):
@@ -279,14 +279,14 @@ def test_keeping_bounds_of_failed_steps_does_not_loosen_the_radius(kinds, monkey
 
 @pytest.mark.parametrize("method", ["crown", "alpha"])
 def test_a_batch_split_into_sample_groups_gives_the_same_certificate(method, monkeypatch) -> None:
-    from boundkit.bounds import crown as crown_mod
+    from boundkit.bounds.crown import plan as planning
 
     model = random_network(9, layer_kinds=("conv2d", "relu", "maxpool2d"), depth=2, width=6)
     x = _x(model, 5, 9)
     opts = {"iterations": 3} if method == "alpha" else {}
     whole = bk.certify(model, x, method, **opts)
     widest = max(math.prod(n.out_shape) for n in bk.capture(model, x[:1]).nodes)
-    monkeypatch.setattr(crown_mod, "CHUNK_ELEMENTS", 2 * 2 * widest)  # groups of 2 samples
+    monkeypatch.setattr(planning, "CHUNK_ELEMENTS", 2 * 2 * widest)  # groups of 2 samples
     split = bk.certify(model, x, method, **opts)
     torch.testing.assert_close(split.radius, whole.radius, rtol=1e-12, atol=0.0)
     assert torch.equal(split.label, whole.label)
@@ -312,16 +312,16 @@ def _padded_conv_net(seed: int) -> nn.Module:
 @pytest.mark.parametrize("method", ["crown", "alpha"])
 @pytest.mark.parametrize("tile", [1, 2, 3])
 def test_walks_on_windows_give_the_radii_of_whole_walks(method, tile, monkeypatch) -> None:
-    from boundkit.bounds import crown as crown_mod
+    from boundkit.bounds.crown import windows
 
     model = _padded_conv_net(11)
     x = _x(model, 3, 11)
     opts = {"iterations": 2} if method == "alpha" else {}
-    monkeypatch.setattr(crown_mod.CrownRun, "_window_chain", lambda self, node: None)
+    monkeypatch.setattr(windows.Windows, "chain", lambda self, run, node: None)
     whole = bk.certify(model, x, method, **opts).radius
     monkeypatch.undo()
-    monkeypatch.setattr(crown_mod, "WINDOW_GAIN", math.inf)  # windows wherever possible
-    monkeypatch.setattr(crown_mod, "TILE", tile)
+    monkeypatch.setattr(windows, "WINDOW_GAIN", math.inf)  # windows wherever possible
+    monkeypatch.setattr(windows, "TILE", tile)
     windowed = bk.certify(model, x, method, **opts).radius
     assert bool((whole > 0).all())
     # the same bounds up to the order of the sums; the searches may then part by ulps at a
@@ -331,22 +331,21 @@ def test_walks_on_windows_give_the_radii_of_whole_walks(method, tile, monkeypatc
 
 @pytest.mark.parametrize("tile", [1, 2, 3])
 def test_walks_on_windows_give_the_intervals_of_whole_walks(tile, monkeypatch) -> None:
-    from boundkit.bounds import crown as crown_mod
-    from boundkit.bounds.crown import CrownRun, plan_crown
+    from boundkit.bounds.crown import CrownRun, plan_crown, windows
     from boundkit.bounds.engine import graph_for
 
     model = _padded_conv_net(12)
     x = _x(model, 3, 12).double()
     g = graph_for(model, x, None)
     eps = torch.tensor([0.05, 0.2, 0.5], dtype=torch.float64)
-    monkeypatch.setattr(crown_mod.CrownRun, "_window_chain", lambda self, node: None)
+    monkeypatch.setattr(windows.Windows, "chain", lambda self, run, node: None)
     whole = CrownRun(g, plan_crown(g), x, (0.0, 1.0)).intervals(eps).intervals
     monkeypatch.undo()
-    monkeypatch.setattr(crown_mod, "WINDOW_GAIN", math.inf)
-    monkeypatch.setattr(crown_mod, "TILE", tile)
+    monkeypatch.setattr(windows, "WINDOW_GAIN", math.inf)
+    monkeypatch.setattr(windows, "TILE", tile)
     run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
     windowed = run.intervals(eps).intervals
-    assert any(run._window_chain(n) for n in g.upstream() if n.name in run.plan.refine)
+    assert any(windows.WINDOWS.chain(run, n) for n in g.upstream() if n.name in run.plan.refine)
     for name, iv in whole.items():
         for a, b in ((windowed[name].lo, iv.lo), (windowed[name].hi, iv.hi)):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
@@ -370,7 +369,7 @@ def test_a_tile_reading_only_padding_is_bounded_not_a_shape_error() -> None:
 
 
 def test_window_walks_are_used_where_they_pay_and_intervals_hold() -> None:
-    from boundkit.bounds.crown import CrownRun, plan_crown
+    from boundkit.bounds.crown import CrownRun, plan_crown, windows
     from boundkit.bounds.engine import graph_for
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
@@ -381,7 +380,8 @@ def test_window_walks_are_used_where_they_pay_and_intervals_hold() -> None:
     g = graph_for(model, x, None)
     run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
     convs = [n for n in g.upstream() if n.op == "conv2d"]
-    assert run._window_chain(convs[2]) is not None  # 5x5 receptive field of a 20x20 input
+    # a 5x5 receptive field of a 20x20 input
+    assert windows.WINDOWS.chain(run, convs[2]) is not None
     assert_crown_intervals_contain_samples(model, x, torch.tensor([0.3, 0.6]))
 
 
