@@ -375,28 +375,55 @@ def inputs_for(
 
 
 # ----------------------------------------------------------------------------- search
-def _margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    own = logits.gather(1, label[:, None]).squeeze(1)
-    other = logits.clone()
-    other.scatter_(1, label[:, None], -math.inf)
-    return own - other.max(1).values
+class _Best:
+    """The smallest adversarial points found so far per sample, each shrunk towards ``x``
+    by a bisection and re-verified in float64 before it is kept."""
+
+    def __init__(self, m64: nn.Module, x: torch.Tensor, label: torch.Tensor) -> None:
+        from boundkit.attacks.base import Misclassification
+
+        self.m64, self.x, self.crit = m64, x, Misclassification(label)
+        self.point = x.clone()
+        self.norm = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+
+    def keep(self, cand: torch.Tensor) -> None:
+        from boundkit.attacks.base import boundary_bisection
+
+        with torch.no_grad():
+            cand = boundary_bisection(self.m64, self.x, cand, self.crit, steps=40)
+            adv = self.crit.is_adversarial(self.m64(cand))
+        nrm = (cand - self.x).flatten(1).norm(dim=1)
+        better = adv & (nrm < self.norm)
+        self.point = torch.where(better.view((-1,) + (1,) * (self.x.dim() - 1)), cand,
+                                 self.point)
+        self.norm = torch.where(better, nrm, self.norm)
 
 
-def _bisect(m64: nn.Module, x: torch.Tensor, xa: torch.Tensor, label: torch.Tensor,
-            ok: torch.Tensor, steps: int = 40) -> torch.Tensor:
-    """Shrink adversarial points ``xa`` (where ``ok``) towards ``x`` while they stay
-    adversarial; returns the adversarial end of the final bracket."""
-    lo = torch.zeros(x.shape[0], dtype=x.dtype)
-    hi = torch.ones_like(lo)
-    d = xa - x
+def _linearised_line_search(m64: nn.Module, x: torch.Tensor, label: torch.Tensor,
+                            best: _Best, clip: Callable[[torch.Tensor], torch.Tensor]
+                            ) -> torch.Tensor:
+    """Points along the linearised direction to each of the (up to 9) most likely other
+    classes, at 1, 1.05, 1.5, 3 and 10 times the linearised distance, offered to ``best``;
+    returns the smallest linearised distance per sample."""
     shape = (-1,) + (1,) * (x.dim() - 1)
-    with torch.no_grad():
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            adv = m64(x + mid.view(shape) * d).argmax(1) != label
-            hi = torch.where(adv & ok, mid, hi)
-            lo = torch.where(adv & ok, lo, mid)
-    return x + hi.view(shape) * d
+    z = x.clone().requires_grad_(True)
+    logits = m64(z)
+    others = logits.detach().clone()
+    others.scatter_(1, label[:, None], -math.inf)
+    k_top = min(9, logits.shape[1] - 1)
+    top = others.topk(k_top, dim=1).indices
+    own = logits.gather(1, label[:, None]).squeeze(1)
+    d_lin = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+    for r in range(k_top):
+        gap = own - logits.gather(1, top[:, r : r + 1]).squeeze(1)
+        (g,) = torch.autograd.grad(gap.sum(), z, retain_graph=r < k_top - 1)
+        gn = g.flatten(1).norm(dim=1).clamp_min(1e-300)
+        dist = (gap.detach() / gn).clamp_min(1e-8)
+        d_lin = torch.minimum(d_lin, dist)
+        direction = -g / gn.view(shape)
+        for f in (1.0, 1.05, 1.5, 3.0, 10.0):
+            best.keep(clip(x + (f * dist).view(shape) * direction))
+    return d_lin
 
 
 def adversarial_search(
@@ -421,70 +448,37 @@ def adversarial_search(
     """
     m64 = copy.deepcopy(model).double().eval()
     x = x.detach().double()
-    n = x.shape[0]
     shape = (-1,) + (1,) * (x.dim() - 1)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         label = m64(x).argmax(1)
-    best = x.clone()
-    best_norm = torch.full((n,), math.inf, dtype=torch.float64)
+    best = _Best(m64, x, label)
 
     def clip(z: torch.Tensor) -> torch.Tensor:
         return z if box is None else z.clamp(box[0], box[1])
 
-    def keep(cand: torch.Tensor) -> None:
-        nonlocal best, best_norm
-        with torch.no_grad():
-            adv = m64(cand).argmax(1) != label
-        cand = _bisect(m64, x, cand, label, adv)
-        with torch.no_grad():
-            adv = m64(cand).argmax(1) != label
-        nrm = (cand - x).flatten(1).norm(dim=1)
-        better = adv & (nrm < best_norm)
-        best = torch.where(better.view(shape), cand, best)
-        best_norm = torch.where(better, nrm, best_norm)
-
-    # (1) linearised line search towards each of the (up to 9) most likely other classes
-    z = x.clone().requires_grad_(True)
-    logits = m64(z)
-    others = logits.detach().clone()
-    others.scatter_(1, label[:, None], -math.inf)
-    k_top = min(9, logits.shape[1] - 1)
-    top = others.topk(k_top, dim=1).indices
-    own = logits.gather(1, label[:, None]).squeeze(1)
-    d_lin = torch.full((n,), math.inf, dtype=torch.float64)
-    for r in range(k_top):
-        gap = own - logits.gather(1, top[:, r : r + 1]).squeeze(1)
-        (g,) = torch.autograd.grad(gap.sum(), z, retain_graph=r < k_top - 1)
-        gn = g.flatten(1).norm(dim=1).clamp_min(1e-300)
-        dist = (gap.detach() / gn).clamp_min(1e-8)
-        d_lin = torch.minimum(d_lin, dist)
-        direction = -g / gn.view(shape)
-        for f in (1.0, 1.05, 1.5, 3.0, 10.0):
-            keep(clip(x + (f * dist).view(shape) * direction))
-
-    # (2) DDN-style descent with an adaptive radius
+    d_lin = _linearised_line_search(m64, x, label, best, clip)
+    # DDN-style descent with an adaptive radius
     eps = 2.0 * d_lin
     alpha = 0.3 * d_lin
     delta = 1e-3 * d_lin.view(shape) * torch.randn(x.shape, generator=gen, dtype=torch.float64)
     for t in range(steps):
         delta.requires_grad_(True)
-        logits = m64(clip(x + delta))
-        marg = _margin(logits, label)
+        marg = best.crit.margin(m64(clip(x + delta)))
         (g,) = torch.autograd.grad(marg.sum(), delta)
         with torch.no_grad():
             adv = marg < 0
             if adv.any():
-                keep(clip(x + delta.detach()))
+                best.keep(clip(x + delta.detach()))
             eps = torch.where(adv, eps * 0.93, eps * 1.07)
-            eps = torch.minimum(eps, torch.where(torch.isfinite(best_norm), best_norm, eps))
+            eps = torch.minimum(eps, torch.where(torch.isfinite(best.norm), best.norm, eps))
             gn = g.flatten(1).norm(dim=1).clamp_min(1e-300)
             step = alpha * (0.5 * (1 + math.cos(math.pi * t / max(steps, 1))) + 0.01)
             delta = delta.detach() - (step / gn).view(shape) * g
             dn = delta.flatten(1).norm(dim=1).clamp_min(1e-300)
             delta = delta * (eps / dn).clamp(max=1.0).view(shape)
-    keep(clip(x + delta.detach()))
-    return best, best_norm
+    best.keep(clip(x + delta.detach()))
+    return best.point, best.norm
 
 
 # ----------------------------------------------------------------------------- checks
@@ -509,8 +503,8 @@ def assert_sound(
     Returns ``{"certificate", "upper", "source"}``: the certificate, the smallest upper
     bound per sample and where it came from.
     """
-    from boundkit.bounds.engine import certify, graph_for
-    from boundkit.crosscheck import locate_violation, recheck_float64
+    from boundkit.bounds.engine import certify
+    from boundkit.crosscheck import recheck_float64
     from boundkit.errors import BoundkitError
 
     cert = certify(model, x, method)
@@ -554,21 +548,32 @@ def assert_sound(
     radius = cert.radius.cpu().double()
     bad = (radius > upper * (1 + rtol)).nonzero().flatten()
     if bad.numel():
-        try:
-            graph = graph_for(model, x, None)
-            sub = copy.copy(cert)
-            sub.trace = {k: v[bad] for k, v in cert.trace.items()}
-            layers, ops, _ = locate_violation(graph, sub, x.detach()[bad].cpu(), points[bad])
-        except Exception:  # the report must not hide the violation itself
-            layers, ops = ["?"] * bad.numel(), [""] * bad.numel()
-        lines = [
-            f"sample {i}, method {method!r}: certified radius {float(radius[i]):.6g} > "
-            f"{source[i]} upper bound {float(upper[i]):.6g}; bound fails at layer "
-            f"{layers[j]!r} ({ops[j]})"
-            for j, i in enumerate(bad.tolist())
-        ]
-        raise AssertionError("certificate is not sound:\n" + "\n".join(lines))
+        raise AssertionError(_violations(model, x, cert, method, bad, upper, points, source))
     return {"certificate": cert, "upper": upper, "source": source}
+
+
+def _violations(model: nn.Module, x: torch.Tensor, cert: Any, method: str, bad: torch.Tensor,
+                upper: torch.Tensor, points: torch.Tensor, source: list[str]) -> str:
+    """The message of :func:`assert_sound` for the samples ``bad``: each sample's radius,
+    the upper bound it exceeds and the layer whose bound fails at the adversarial point."""
+    from boundkit.bounds.engine import graph_for
+    from boundkit.crosscheck import locate_violation
+
+    try:
+        graph = graph_for(model, x, None)
+        sub = copy.copy(cert)
+        sub.trace = {k: v[bad] for k, v in cert.trace.items()}
+        layers, ops, _ = locate_violation(graph, sub, x.detach()[bad].cpu(), points[bad])
+    except Exception:  # the report must not hide the violation itself
+        layers, ops = ["?"] * bad.numel(), [""] * bad.numel()
+    radius = cert.radius.cpu().double()
+    lines = [
+        f"sample {i}, method {method!r}: certified radius {float(radius[i]):.6g} > "
+        f"{source[i]} upper bound {float(upper[i]):.6g}; bound fails at layer "
+        f"{layers[j]!r} ({ops[j]})"
+        for j, i in enumerate(bad.tolist())
+    ]
+    return "certificate is not sound:\n" + "\n".join(lines)
 
 
 def check_rule_soundness(

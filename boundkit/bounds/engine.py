@@ -16,13 +16,12 @@ import torch.nn as nn
 from boundkit.bounds.certificate import Certificate, SampleStatus
 from boundkit.bounds.method import BatchResult, Method, get_method, method_names
 from boundkit.bounds.registry import custom_module_ops
-from boundkit.errors import InputShapeError
 from boundkit.graph.cache import check_graph
 from boundkit.graph.cache import graph_for as cached_graph
 from boundkit.graph.capture import capture as capture_graph
 from boundkit.graph.fidelity import check_fidelity
 from boundkit.graph.graph import Graph
-from boundkit.validate import check_call
+from boundkit.validate import check_batch, check_call
 
 
 def graph_for(model: nn.Module, x: torch.Tensor, device: torch.device | str | None) -> Graph:
@@ -39,23 +38,6 @@ def capture(
     """:func:`boundkit.graph.capture.capture` with the module classes users registered
     rules for (:func:`boundkit.register_rule`) as leaf nodes."""
     return capture_graph(model, example, device=device, leaf_modules=custom_module_ops())
-
-
-def check_input(graph: Graph, x: torch.Tensor) -> None:
-    """Clear errors for inputs that do not fit the captured model."""
-    if not isinstance(x, torch.Tensor):
-        raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise InputShapeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    if tuple(x.shape[1:]) != graph.input_shape:
-        raise InputShapeError(
-            f"x has shape {tuple(x.shape)}, the model expects [N, "
-            f"{', '.join(map(str, graph.input_shape))}]"
-        )
-    if x.shape[0] == 0:
-        raise InputShapeError("x is an empty batch")
-    if not torch.isfinite(x).all():
-        raise InputShapeError("x contains NaN or infinite values")
 
 
 def certify(
@@ -101,10 +83,6 @@ def certify(
         TrainingModeError, NonFiniteParameterError, InputShapeError: bad model or input.
     """
     check_call(model, x, device=device, counts={"batch_size": batch_size}, run=graph is None)
-    if not isinstance(x, torch.Tensor):
-        raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise InputShapeError(f"x must be a batch [N, ...], got shape {tuple(x.shape)}")
     if executor is not None:
         return executor.certify(model, x, method, device=device, **options)
     if graph is None:
@@ -113,18 +91,8 @@ def certify(
         check_graph(graph, model)
         if device is not None and graph.device != torch.device(device):
             graph.to(device)
-    check_input(graph, x)
-    meth = method if isinstance(method, Method) else get_method(method)
-    unknown = set(options) - set(meth.options())
-    if unknown:
-        raise TypeError(
-            f"method {meth.name!r} takes no option(s) {sorted(unknown)}; "
-            f"it accepts {list(meth.options()) or 'none'}"
-        )
-    plans = graph.cache.setdefault(_PLANS, {})
-    if meth.name not in plans or plans[meth.name][0] is not meth:
-        plans[meth.name] = (meth, meth.prepare(graph))
-    plan = plans[meth.name][1]
+    check_batch(x, shape=graph.input_shape)
+    meth, plan = _method_plan(graph, method, options)
     parts: list[BatchResult] = []
     statuses: list[torch.Tensor] = []
     model_labels: list[torch.Tensor] = []
@@ -135,7 +103,30 @@ def certify(
         parts.append(part)
         statuses.append(status)
         model_labels.append(model_label)
-    status = torch.cat(statuses)
+    return _certificate(graph, meth, parts, torch.cat(statuses), torch.cat(model_labels), trace)
+
+
+def _method_plan(graph: Graph, method: str | Method, options: dict[str, Any]
+                 ) -> tuple[Method, Any]:
+    """The method object (options checked against it) and its plan for ``graph``, prepared
+    once per graph and method object."""
+    meth = method if isinstance(method, Method) else get_method(method)
+    unknown = set(options) - set(meth.options())
+    if unknown:
+        raise TypeError(
+            f"method {meth.name!r} takes no option(s) {sorted(unknown)}; "
+            f"it accepts {list(meth.options()) or 'none'}"
+        )
+    plans = graph.cache.setdefault(_PLANS, {})
+    if meth.name not in plans or plans[meth.name][0] is not meth:
+        plans[meth.name] = (meth, meth.prepare(graph))
+    return meth, plans[meth.name][1]
+
+
+def _certificate(graph: Graph, meth: Method, parts: list[BatchResult], status: torch.Tensor,
+                 model_label: torch.Tensor, trace: bool) -> Certificate:
+    """The batches' results as one :class:`Certificate`: radius 0 wherever the sample's
+    status is not OK, the trace in graph order."""
     radius = torch.cat([p.radius for p in parts]).to(torch.float64)
     radius = torch.where(status.to(radius.device) != SampleStatus.OK, 0.0, radius)
     tr: dict[str, torch.Tensor] = {}
@@ -158,7 +149,7 @@ def certify(
         node_ops={n: graph[n].op for n in tr},
         info=info,
         status=status,
-        model_label=torch.cat(model_labels),
+        model_label=model_label,
         is_guarantee=meth.is_guarantee,
     )
 
@@ -184,4 +175,4 @@ def _sample_status(
 
 #: key of the per-graph plan cache (method name -> (method object, plan))
 _PLANS = "method_plans"
-__all__ = ["capture", "certify", "check_input", "graph_for", "method_names"]
+__all__ = ["capture", "certify", "graph_for", "method_names"]

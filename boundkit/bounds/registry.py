@@ -63,6 +63,12 @@ class SoundRule(Rule):
             return torch.zeros_like(out_norm)
         return ELEMENTWISE_ULPS * UNIT_ROUNDOFF * out_norm
 
+    def deviation(self, node: Node, graph: Graph) -> float:
+        """An upper bound on the L2 distance between what torch computes for this node and
+        the function the rule bounds, counted at x and at x + r (default: 0, they are the
+        same function; softplus's threshold jump is not)."""
+        return 0.0
+
     def input_norm(self, node: Node, graph: Graph, norms: dict[str, torch.Tensor]) -> torch.Tensor:
         """The per-sample input magnitude :meth:`rounding` is given (default: the L2 norm of
         the first input; merges override)."""

@@ -241,7 +241,7 @@ class AffineRelaxation(RelaxationRule):
         network input be bounded in closed form."""
         return None
 
-    def _rounding(self, node: Node, mag_in: torch.Tensor) -> torch.Tensor:
+    def rounding_bound(self, node: Node, mag_in: torch.Tensor) -> torch.Tensor:
         r""":math:`\gamma_{k+2}(|L||z| + |c|)` element-wise [N, *out] (Higham 2002, eq. 3.13),
         plus the error of the computed parameters."""
         c = self.const_mag(node)
@@ -256,14 +256,14 @@ class AffineRelaxation(RelaxationRule):
         c = self.const(node)
         centre = self.apply(node, mid) + (c if c is not None else 0.0)
         radius = self.abs_apply(node, rad)
-        e = self._rounding(node, iv.mag) * 2 + float(gamma(4)) * (centre.abs() + radius)
+        e = self.rounding_bound(node, iv.mag) * 2 + float(gamma(4)) * (centre.abs() + radius)
         return Interval(centre - radius - e, centre + radius + e)
 
     def _charges(self, node: Node, ctx: RelaxContext) -> torch.Tensor:
         r"""Per output [N, *out]: the rounding a coefficient :math:`a` is charged,
         :math:`|a|` times this (the node's own rounding, and that of :math:`\langle A,
         c\rangle`, :math:`\gamma_{|c|+1}|c|`)."""
-        weight = self._rounding(node, ctx.interval_in(node).mag)
+        weight = self.rounding_bound(node, ctx.interval_in(node).mag)
         c = self.const(node)
         if c is not None:
             weight = weight + float(gamma(c.numel() + 1)) * c.abs()

@@ -130,9 +130,7 @@ def rounding_errors(graph: Graph, norms: dict[str, torch.Tensor], bsz: int) -> R
         carried = rule.carry_error(n, graph, given) if given else zero.clone()
         in_norm = rule.input_norm(n, graph, norms) if n.inputs else torch.zeros_like(carried)
         inj = rule.rounding(n, graph, in_norm, norms[n.name]) + underflow_error(n)
-        dev_bound = getattr(rule, "deviation", None)
-        extra = dev_bound(n, graph) if dev_bound is not None else 0.0
-        return (carried + inj + extra) * (1 + 1e-6)
+        return (carried + inj + rule.deviation(n, graph)) * (1 + 1e-6)
 
     nodes = [n for n in graph.upstream() if n.op != "input"]
     return RoundingErrors(walk.forward(nodes, {graph.input.name: zero}, transfer))

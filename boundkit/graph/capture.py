@@ -46,12 +46,11 @@ from torch.fx.passes.shape_prop import ShapeProp
 from boundkit.errors import (
     InputShapeError,
     ModelError,
-    NonFiniteParameterError,
-    TrainingModeError,
     UnsupportedLayerError,
 )
 from boundkit.graph.fingerprint import model_fingerprint
 from boundkit.graph.graph import Graph, Node
+from boundkit.validate import check_model
 
 _MODULE_OPS: dict[type[nn.Module], str] = {
     nn.Linear: "linear",
@@ -178,32 +177,6 @@ _METHOD_SIGS: dict[str, _Sig] = {
     "clone": _sig("identity", "self memory_format", None),
 }
 _RESHAPE_METHODS = frozenset({"view", "reshape"})
-
-
-def check_model(model: nn.Module) -> None:
-    """Refuse models that cannot give a meaningful certificate.
-
-    Raises:
-        ModelError: ``model`` is not an ``nn.Module``.
-        TrainingModeError: the model or a submodule is in training mode (batch norm would
-            use batch statistics and dropout would be random).
-        NonFiniteParameterError: a parameter or buffer holds NaN or infinity.
-    """
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
-    if training:
-        raise TrainingModeError(
-            f"the model is in training mode (submodules {training[:5]}"
-            f"{'...' if len(training) > 5 else ''}); call model.eval() first: batch norm and "
-            "dropout behave differently in training mode, so no certificate would hold"
-        )
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            bad = int((~torch.isfinite(t)).sum())
-            raise NonFiniteParameterError(
-                f"parameter {name!r} holds {bad} non-finite value(s) (NaN or inf)"
-            )
 
 
 def check_hidden_code(model: nn.Module) -> None:

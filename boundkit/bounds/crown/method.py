@@ -15,6 +15,7 @@ from boundkit.bounds.crown.search import search_radius
 from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.bounds.output import margins
 from boundkit.graph.graph import Graph
+from boundkit.validate import check_box
 
 
 class CrownMethod(Method):
@@ -33,7 +34,7 @@ class CrownMethod(Method):
     def run(self, graph: Graph, x: torch.Tensor, plan: Any, *, trace: bool,
             **options: Any) -> BatchResult:
         box = options.get("box", DEFAULT_BOX)
-        box = _check_box(box)
+        box = check_box(box)
         x0 = x.to(device=graph.device, dtype=torch.float64)
         # samples in groups small enough that one neuron's walk fits in CHUNK_ELEMENTS
         # (each sample's radius does not depend on its group)
@@ -81,18 +82,6 @@ def check_rtol(rtol: Any) -> float:
     if not 0.0 < value < 1.0:
         raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
     return value
-
-
-def _check_box(box: Any) -> tuple[float, float] | None:
-    if box is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise ValueError(f"box must be a pair (low, high) or None, got {box!r}") from None
-    if not (lo < hi) or math.isnan(lo) or math.isnan(hi):
-        raise ValueError(f"box must satisfy low < high, got {box!r}")
-    return lo, hi
 
 
 register_method(CrownMethod())

@@ -280,7 +280,7 @@ class CrownRun:
         nu_dn = torch.sqrt((sq[2] + sq[3]).clamp(min=0)) * grow  # spec -e_j: upper bound
         c = rule.const(node)
         centre = rule.apply(node, x0) + (c if c is not None else 0.0)
-        err = rule._rounding(node, x0.abs()) * (1 + 1e-8) + 1e-15 * centre.abs() + 1e-300
+        err = rule.rounding_bound(node, x0.abs()) * (1 + 1e-8) + 1e-15 * centre.abs() + 1e-300
         e = eps.reshape(-1, *([1] * (centre.dim() - 1)))
         return Interval(centre - e * nu_up - err, centre + e * nu_dn + err)
 
