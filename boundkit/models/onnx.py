@@ -601,6 +601,16 @@ class _Importer:
         gm = torch.fx.GraphModule(self.root, self.graph, class_name="OnnxModel")
         return gm.eval(), module_shape, shape
 
+    def activation_bytes(self) -> int:
+        """Bytes (float32) of one sample's materialised activations: every distinct tensor
+        the values of the graph are views of, twice (for the layers' internal
+        intermediates: the branches of a LeakyRelu, a padding in front of a convolution)."""
+        seen: dict[int, int] = {}
+        for v in self.values.values():
+            if isinstance(v, _Dyn):
+                seen[id(v.node)] = max(seen.get(id(v.node), 0), math.prod(v.base_shape))
+        return 2 * 4 * sum(seen.values())
+
     def consumers_count(self, node: Any) -> None:
         for name in node.input:
             self.consumers.setdefault(name, []).append(node)
@@ -1712,7 +1722,7 @@ def load_onnx(
     gm, module_shape, _ = imp.run()
     # the load-time checks run the graph: size one sample's activations first (shapes from
     # fake tensors, nothing allocated) and run as many samples at once as the budget allows
-    per_sample = _activation_bytes(gm, module_shape, str(p))
+    per_sample = imp.activation_bytes()
     imp.check_size(None, per_sample, 2, "the activations of one sample (float32, all layers)")
     left = max(limits.max_total_bytes - imp.used_bytes, per_sample)
     batch = max(1, min(check_samples, left // max(4 * per_sample, 1)))
@@ -1755,28 +1765,6 @@ def load_onnx(
     if device is not None:
         model.to(device)
     return model.eval()
-
-
-def _activation_bytes(gm: torch.fx.GraphModule, shape: Sequence[int], source: str) -> int:
-    """Bytes of one sample's activations over every node of ``gm`` (float32), from fake
-    tensors: shapes only, nothing allocated."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
-
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    try:
-        with mode:
-            x = torch.empty(1, *shape)
-        FakeTensorProp(gm, mode).propagate(x)
-    except Exception as exc:  # shapes inconsistent with the file's declarations
-        raise OnnxImportError(f"{source}: the imported graph does not run: {_first(exc)}"
-                              ) from None
-    total = 0
-    for n in gm.graph.nodes:
-        v = n.meta.get("val")
-        if isinstance(v, torch.Tensor):
-            total += v.numel() * 4
-    return total
 
 
 def adapt_input_shape(
