@@ -1015,7 +1015,8 @@ class CrownMethod(Method):
         radius = torch.maximum(r, sound_r)
         res = BatchResult(radius, base.label, base.runner_up, base.margin,
                           {graph.input.name: radius} if trace else {},
-                          {"from_sound": sound_r >= r}, outputs=base.outputs, unsafe=base.unsafe)
+                          {"from_sound": sound_r >= r}, outputs=base.outputs, unsafe=base.unsafe,
+                          outside_box=None if box is None else ~run.in_box)
         return res
 
     def make_run(self, graph: Graph, plan: CrownPlan, x0: torch.Tensor,

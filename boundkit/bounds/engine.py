@@ -135,7 +135,7 @@ def certify(
         model_labels.append(model_label)
     status = torch.cat(statuses)
     radius = torch.cat([p.radius for p in parts]).to(torch.float64)
-    radius = torch.where(status.to(radius.device) != SampleStatus.OK, 0.0, radius)
+    radius = torch.where(SampleStatus.zeroed(status).to(radius.device), 0.0, radius)
     tr: dict[str, torch.Tensor] = {}
     if trace:
         for name in parts[0].trace:
@@ -144,6 +144,9 @@ def certify(
         tr = dict(sorted(tr.items(), key=lambda kv: order.get(kv[0], 0)))
     info: dict[str, Any] = {"nodes": len(graph), "num_classes": graph.num_classes,
                             "guarantee": meth.is_guarantee}
+    if "box" in meth.options():  # the box the samples were checked against (reasons())
+        box = options.get("box", getattr(meth, "default_box", (0.0, 1.0)))
+        info["box"] = None if box is None else (float(box[0]), float(box[1]))
     for key in parts[0].info:
         info[key] = torch.cat([p.info[key] for p in parts])
     return Certificate(
@@ -176,6 +179,8 @@ def _sample_status(
     status[~fid.agrees.cpu()] = SampleStatus.MODEL_DISAGREES
     if part.unsafe is not None:
         status[part.unsafe.cpu()] = SampleStatus.UNSAFE_NUMERICS
+    if part.outside_box is not None:  # reported, radius kept (the ball without the box)
+        status[part.outside_box.cpu() & (status == SampleStatus.OK)] = SampleStatus.OUTSIDE_BOX
     return status, fid.model_label.cpu()
 
 
