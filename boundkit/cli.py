@@ -65,6 +65,8 @@ class Session:
     def __init__(self, args: argparse.Namespace, argv: Sequence[str] = ()) -> None:
         self.args = args
         self.argv = list(argv)
+        #: the provenance of the model being analysed (set by :func:`preamble`)
+        self.provenance: dict[str, Any] | None = None
         self.quiet: bool = getattr(args, "quiet", False)
         self.json: bool = getattr(args, "json", False)
         self.bar = _progress_factory(self.quiet)
@@ -333,6 +335,10 @@ def preamble(sess: Session, model_path: str, data: Data | None = None,
     from boundkit.validate import check_device, check_int
 
     a = sess.args
+    if hasattr(a, "cluster"):
+        from boundkit.distributed.cli import check_cluster_args
+
+        check_cluster_args(a)  # before anything is loaded or started
     if getattr(a, "cluster", None) and (
         getattr(a, "normalize", None) or getattr(a, "layout", "nchw") != "nchw"
         or getattr(a, "trust_code", False) or str(model_path).lower().endswith(".onnx")
@@ -363,6 +369,7 @@ def preamble(sess: Session, model_path: str, data: Data | None = None,
     prov = provenance(sess, mpath, data, **extra)
     if warning:
         prov["evaluated_on_training_data"] = True
+    sess.provenance = prov  # a cluster run records its reused shards here
     return Inputs(model, mpath, x, data.y, data.indices, device, prov)
 
 
