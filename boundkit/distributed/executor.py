@@ -198,7 +198,7 @@ class RayExecutor:
             f"join the Ray cluster at {self.address}"
         t0 = time.monotonic()
         _bounded(lambda: self._init(ray, common), self.timeout_s,
-                 f"cannot {where}: Ray did not come up within {self.timeout_s:g} s")
+                 f"cannot {where}: Ray did not come up within {self.timeout_s:g} s", park=True)
         if self.address is None:
             self._started = True
         # a cluster whose workers never register accepts tasks and never runs them: run one
@@ -410,8 +410,7 @@ class RayExecutor:
         from boundkit.bounds.method import Method
 
         single = isinstance(method, (str, Method))
-        methods = (method,) if single else tuple(method)
-        _check_methods(methods, options)
+        methods = _check_methods((method,) if single else tuple(method), options)
         job = Job("certify", methods=methods, device=_dev(device), chunk=chunk,
                   threads=self.threads, options=tuple(sorted(options.items())))
         parts = self.run(job, _source(model), x, None, np.arange(x.shape[0]))
@@ -453,27 +452,35 @@ def _noop() -> int:
     return os.getpid()
 
 
-def _bounded(fn: Callable[[], Any], timeout: float, message: str) -> Any:
+def _bounded(fn: Callable[[], Any], timeout: float, message: str, *, park: bool = False
+             ) -> Any:
     """``fn()`` in a helper thread while this thread waits in short steps: a Ctrl-C stops the
     wait at once (KeyboardInterrupt), and ``fn`` taking longer than ``timeout`` seconds is a
-    :class:`DistributedError` with ``message``; ``fn``'s own exception is re-raised."""
+    :class:`DistributedError` with ``message``; ``fn``'s own exception is re-raised.
+
+    ``park``: the helper thread then stays alive (idle) until the process ends. Ray starts
+    its node processes with ``PR_SET_PDEATHSIG``, which kills them when the *thread* that
+    started them exits: the thread that ran ``ray.init`` must outlive the Ray instance."""
     import threading
 
     box: dict[str, Any] = {}
+    done = threading.Event()
 
     def target() -> None:
         try:
             box["value"] = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             box["error"] = exc
+        done.set()
+        if park:
+            threading.Event().wait()
 
     th = threading.Thread(target=target, name="bk-ray-start", daemon=True)
     th.start()
     end = time.monotonic() + timeout
-    while th.is_alive():
+    while not done.wait(0.1):
         if time.monotonic() > end:
             raise DistributedError(message)
-        th.join(0.1)
     if "error" in box:
         raise box["error"]
     return box.get("value")
@@ -486,36 +493,42 @@ def _whole(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _check_methods(methods: Sequence[Any], options: dict[str, Any]) -> None:
+def _check_methods(methods: Sequence[Any], options: dict[str, Any]) -> tuple[Any, ...]:
     """As :func:`boundkit.certify` checks them: registered names or Method objects, and only
-    options every method takes (a one-line error otherwise). A Method class defined outside
-    an importable module is shipped to the workers by value."""
+    options every method takes (a one-line error otherwise). Returns what the job ships: the
+    names of boundkit's own methods, and the Method objects of the others (a name registered
+    in this process only means nothing to a worker); a Method class from outside boundkit is
+    shipped to the workers by value."""
     import sys
 
     from boundkit.bounds.method import Method, get_method
 
     if not methods:
         raise BadArgumentError("no certification method given")
+    out: list[Any] = []
     for m in methods:
         if isinstance(m, str):
             meth = get_method(m)
         elif isinstance(m, Method):
             meth = m
-            mod = type(m).__module__
-            if not mod.startswith("boundkit.") and mod in sys.modules:
-                try:
-                    from ray import cloudpickle
-
-                    cloudpickle.register_pickle_by_value(sys.modules[mod])
-                except (ImportError, ValueError):  # already by value, or Ray absent
-                    pass
         else:
             raise BadArgumentError(f"method must be a name or a Method, got "
                                    f"{type(m).__name__}")
+        mod = type(meth).__module__
+        own = mod.startswith("boundkit.")
+        if not own and mod in sys.modules:
+            try:
+                from ray import cloudpickle
+
+                cloudpickle.register_pickle_by_value(sys.modules[mod])
+            except (ImportError, ValueError):  # already by value, or Ray absent
+                pass
         unknown = set(options) - set(meth.options())
         if unknown:
             raise TypeError(f"method {meth.name!r} takes no option(s) {sorted(unknown)}; it "
                             f"accepts {list(meth.options()) or 'none'}")
+        out.append(m if isinstance(m, Method) or not own else meth.name)
+    return tuple(out)
 
 
 def _probe(address: str, timeout: float) -> str | None:
