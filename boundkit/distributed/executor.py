@@ -527,7 +527,7 @@ def _check_methods(methods: Sequence[Any], options: dict[str, Any]) -> tuple[Any
         if unknown:
             raise TypeError(f"method {meth.name!r} takes no option(s) {sorted(unknown)}; it "
                             f"accepts {list(meth.options()) or 'none'}")
-        out.append(m if isinstance(m, Method) or not own else meth.name)
+        out.append(m if isinstance(m, Method) or own else meth)
     return tuple(out)
 
 
