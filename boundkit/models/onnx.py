@@ -1648,6 +1648,10 @@ def compare_with_onnxruntime(
     if got.shape != ref.shape:
         raise ModelFileError(f"{path}: output shape {got.shape} differs from onnxruntime's "
                              f"{ref.shape}")
+    for what, v in (("onnxruntime's", ref), ("the imported model's", got)):
+        if not np.isfinite(v).all():
+            raise OnnxImportError(f"{path}: {what} logits are NaN or infinite on the random "
+                                  "check inputs (the graph overflows); refusing it")
     abs_err = float(np.abs(got - ref).max())
     scale = float(np.abs(ref).max())
     return OnnxCheck(n, abs_err, abs_err / scale if scale > 0 else abs_err)

@@ -265,3 +265,13 @@ def test_bombs_under_1_mb_never_peak_above_1_gb(tmp_path: Path) -> None:
     for p in paths:
         assert "too large" in out[str(p)], out[str(p)]
     assert out["peak_mib"] < 1024, out
+
+
+def test_a_graph_that_overflows_is_refused_by_name_not_as_a_nan_difference(tmp_path: Path
+                                                                           ) -> None:
+    nodes = [N("Mul", ["x", "big"], ["h1"], name="m1"), N("Mul", ["h1", "big"], ["h2"], name="m2"),
+             N("Gemm", ["h2", "hw", "hb"], ["y"], transB=1, name="head")]
+    p = hostile(tmp_path, nodes, {"big": np.asarray(1e30, np.float32), **HEAD_INITS})
+    with pytest.raises(ModelFileError, match=r"logits are NaN or infinite on the random check "
+                       r"inputs \(the graph overflows\)"):
+        load_onnx(p)
