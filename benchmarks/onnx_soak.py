@@ -166,7 +166,7 @@ def _dyn_node(g: Gen, x: str, op: str, c: int) -> str:
             ins = [g.const(np.asarray([g.small_int()], np.int64)) for _ in range(4)]
             return g.node(op, [x, *ins], **attrs)
         return g.node(op, [x], **attrs)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # a value numpy or onnx cannot encode
         return g.node("Relu", [x])
 
 
@@ -276,11 +276,17 @@ def generate(kind: str, rng: np.random.Generator, valid: bytes) -> bytes:
     elif kind in ("fold", "bomb"):
         big = kind == "bomb"
         in_shape = (4,)
-        vals = [g.const(g.value(tuple(int(rng.choice([1, 2, 3, 1 << 14 if big else 4]))
-                                      for _ in range(rng.integers(0, 3)))))
-                for _ in range(3)]
+        vals = []
+        for _ in range(3):  # constants of at most 2^14 elements (the file stays small)
+            shape = [int(rng.choice([1, 2, 3, 4])) for _ in range(rng.integers(0, 3))]
+            if big and shape:
+                shape[int(rng.integers(len(shape)))] = 1 << 14
+            vals.append(g.const(g.value(tuple(shape))))
         for _ in range(int(rng.integers(1, 8))):
-            vals.append(_fold_node(g, vals, big))
+            try:
+                vals.append(_fold_node(g, vals, big))
+            except (ValueError, TypeError, OverflowError):  # not encodable: draw again
+                continue
         head = g.const(g.value((3, 4)))
         if rng.random() < 0.5:  # the folded constant feeds the network
             head = g.node("Add", [head, vals[-1]])
