@@ -238,3 +238,23 @@ def test_a_start_that_never_comes_up_is_interrupted(tmp_path: Path, stop: str) -
     else:
         assert code == EXIT_INTERRUPTED and len(err) == 1 and "interrupted" in err[0], err
         assert time.monotonic() - t0 < 30  # not the 100 s of the timeout
+
+
+def test_a_multi_line_ray_error_comes_out_whole_on_one_line(monkeypatch) -> None:
+    """Ray's connection errors span lines ("To fix this, either: 1. ... 2. ..."): the
+    error keeps all of it, on one line."""
+    ray = pytest.importorskip("ray")
+    from boundkit.distributed import DistributedError, RayExecutor
+
+    def refuse(*a, **k):
+        raise ConnectionError("Could not find any running Ray instance.\nTo fix this, "
+                              "either:\n  1. start one with `ray start --head`,\n  2. or pass "
+                              "no address to start a local instance.")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(DistributedError) as err:
+        RayExecutor("auto", timeout_s=10).connect()
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("cannot join the Ray cluster at auto: Could not")
+    assert "To fix this, either: 1. start one with `ray start --head`, 2. or pass no" in msg
