@@ -410,7 +410,11 @@ def certificate_doc(certs: dict[str, Any], y: Any, indices: Any, meta: dict) -> 
     for m, c in certs.items():
         summary["methods"][m] = {"median_radius": _median(c.radius.cpu().numpy()),
                                  "min_radius": float(c.radius.min()),
-                                 "sound": is_guarantee(m)}
+                                 "sound": is_guarantee(m),
+                                 # samples whose radius is not (only) the method's bound,
+                                 # e.g. n_outside_box (Certificate.reasons())
+                                 **{k: int(v) for k, v in c.summary().items()
+                                    if k.startswith("n_") and k != "n" and v}}
     return {
         "kind": "certify",
         "meta": meta,
@@ -419,6 +423,7 @@ def certificate_doc(certs: dict[str, Any], y: Any, indices: Any, meta: dict) -> 
             "label": None if y_np is None else y_np.tolist(),
             "prediction": pred.tolist(),
             "radius": {m: c.radius.cpu().tolist() for m, c in certs.items()},
+            "status": {m: c.to_dict()["status"] for m, c in certs.items()},
             "attack_norm": {},
         },
         "traces": traces,
