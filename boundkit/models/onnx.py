@@ -95,6 +95,8 @@ MIN_OPSET, MAX_OPSET = 7, 25
 MAX_PERMUTATION = 4096
 #: largest file the importer reads (bytes); protobuf itself is limited to 2 GiB
 MAX_FILE_BYTES = 1 << 31
+#: most nodes of a graph the importer reads (real classifiers have hundreds to a few thousand)
+MAX_NODES = 20_000
 #: the symbolic batch size inside folded shape arithmetic
 _BATCH = -(1 << 40) - 7
 
@@ -289,6 +291,8 @@ class _Importer:
         self.skip: set[int] = set()
         self.pending_pads: dict[str, list[int]] = {}
         self._attr_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
+        self.nodes: list[Any] = []
+        self.node_pos: dict[int, int] = {}
 
     # ------------------------------------------------------------------ errors/helpers
     def fail(self, node: Any, why: str) -> OnnxImportError:
@@ -321,10 +325,7 @@ class _Importer:
         self.used_bytes += self.check_size(node, numel, itemsize, what)
 
     def _index(self, node: Any) -> int:
-        for i, n in enumerate(self.model.graph.node):
-            if n is node:
-                return i
-        return -1
+        return self.node_pos.get(id(node), -1)
 
     def fresh(self, kind: str) -> str:
         i = self.counter.get(kind, 0)
@@ -577,12 +578,16 @@ class _Importer:
         else:
             self.values[inp.name] = _Dyn(x, shape, shape)
             module_shape = shape
-        for node in g.node:
+        nodes = list(g.node)
+        if len(nodes) > MAX_NODES:
+            raise OnnxImportError(f"{self.source}: the graph has {len(nodes)} nodes; the importer "
+                                  f"reads at most {MAX_NODES}")
+        self.nodes = nodes
+        self.node_pos = {id(n): i for i, n in enumerate(nodes)}
+        for node in nodes:
             if node.domain not in ("", "ai.onnx"):
                 raise self.fail(node, f"operator domain {node.domain!r} is not standard ONNX")
             self.consumers_count(node)
-        nodes = list(g.node)
-        self.nodes = nodes
         for k, node in enumerate(nodes):
             if k in self.skip:
                 continue
@@ -1144,6 +1149,7 @@ class _Importer:
                             f"[N, {', '.join(map(str, v.shape))}]")
         if perm[0] != 0:
             raise self.fail(node, f"perm {perm} moves the batch dimension")
+        self.charge(node, 2 * v.numel, 8, "the index of a transposed view")
         base = v.idx if v.idx is not None else np.arange(v.numel)
         p = [q - 1 for q in perm[1:]]
         idx = base.reshape(v.shape).transpose(p).ravel()
@@ -1222,7 +1228,7 @@ class _Importer:
                 except ValueError:
                     b = None
                 if b is not None:
-                    j = self.nodes.index(nxt)
+                    j = self._index(nxt)
                     self.skip.add(j)
                     out = self.linear(node, v, w.T, b)
                     self.values[nxt.output[0]] = out
@@ -1795,6 +1801,7 @@ def adapt_input_shape(
 __all__ = [
     "ATTRIBUTES",
     "MAX_ELEMENTS",
+    "MAX_NODES",
     "MAX_OPSET",
     "MAX_PERMUTATION",
     "MAX_TENSOR_BYTES",

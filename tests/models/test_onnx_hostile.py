@@ -275,3 +275,27 @@ def test_a_graph_that_overflows_is_refused_by_name_not_as_a_nan_difference(tmp_p
     with pytest.raises(ModelFileError, match=r"logits are NaN or infinite on the random check "
                        r"inputs \(the graph overflows\)"):
         load_onnx(p)
+
+
+def test_a_graph_of_too_many_nodes_is_refused_before_the_walk(tmp_path: Path) -> None:
+    k = onnx_mod.MAX_NODES + 1
+    nodes = [N("Identity", ["x" if i == 0 else f"i{i - 1}"], [f"i{i}"]) for i in range(k)]
+    nodes.append(N("Gemm", [f"i{k - 1}", "hw", "hb"], ["y"], transB=1, name="head"))
+    p = hostile(tmp_path, nodes, HEAD_INITS)
+    with pytest.raises(ModelFileError, match=rf"the graph has {k + 1} nodes; the importer "
+                       rf"reads at most {onnx_mod.MAX_NODES}"):
+        load_onnx(p)
+
+
+def test_chained_transposes_are_charged(tmp_path: Path) -> None:
+    """Each transposed view of the input keeps an index of its elements: a chain of them on
+    a large input reaches the budget instead of memory."""
+    nodes = [N("Transpose", ["x" if i == 0 else f"t{i - 1}"], [f"t{i}"], perm=[0, 2, 1],
+               name=f"tp{i}") for i in range(40)]
+    nodes.append(N("Flatten", ["t39"], ["f"], axis=1))
+    nodes.append(N("Gemm", ["f", "hw", "hb"], ["y"], transB=1, name="head"))
+    p = hostile(tmp_path, nodes, {"hw": np.zeros((3, 1 << 22), np.float32)[:, :1],
+                                  "hb": rand(3)}, in_shape=(1 << 11, 1 << 11))
+    with pytest.raises(ModelFileError, match=r"'tp\d+' \(op Transpose\): the index of a "
+                       r"transposed view is too large.*max_total_bytes"):
+        load_onnx(p, check=False)
