@@ -216,7 +216,10 @@ class ShardStore:
                               "those samples")
 
         try:
-            if ev.stat().st_size > MAX_EVIDENCE_BYTES:
+            st = ev.stat()
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or flood
+                raise bad(f"has an evidence file {ev.name} that is not a regular file")
+            if st.st_size > MAX_EVIDENCE_BYTES:
                 raise bad("has an oversized evidence file")
             doc = json.loads(ev.read_bytes())
             head, mac = doc["header"], doc["hmac_sha256"]
@@ -234,7 +237,10 @@ class ShardStore:
                 raise bad(f"belongs to another {k.replace('_', ' ')} ({head.get(k)!r}, this "
                           f"run: {v!r})")
         try:
-            size = pt.stat().st_size
+            st = pt.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise bad("is not a regular file")
+            size = st.st_size
             if size != head.get("bytes") or size > MAX_SHARD_BYTES:
                 raise bad(f"has {size} bytes, its evidence says {head.get('bytes')}")
             blob = pt.read_bytes()

@@ -1711,9 +1711,14 @@ def load_onnx(
     if layout not in ("nchw", "nhwc"):
         raise ModelFileError(f"unknown layout {layout!r}; use 'nchw' or 'nhwc'")
     try:
-        size = p.stat().st_size
+        st = p.stat()
     except OSError as exc:
         raise ModelFileError(f"{p} cannot be read: {exc}") from None
+    import stat as _stat
+
+    if not _stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        raise ModelFileError(f"{p} is not a regular file")
+    size = st.st_size
     if size > MAX_FILE_BYTES:
         raise ModelFileError(f"{p} is {size} bytes; the importer reads at most {MAX_FILE_BYTES}")
     limits = OnnxLimits.for_file(size, max_tensor_bytes, max_total_bytes)

@@ -258,3 +258,20 @@ def test_a_multi_line_ray_error_comes_out_whole_on_one_line(monkeypatch) -> None
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("cannot join the Ray cluster at auto: Could not")
     assert "To fix this, either: 1. start one with `ray start --head`, 2. or pass no" in msg
+
+
+def test_a_fifo_in_place_of_a_shard_or_its_evidence_never_blocks(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    pt = store.write(Shard(0, 5), {"certificates": {"sound": _cert(5)}})
+    ev = pt.with_suffix(".json")
+    saved = ev.read_bytes()
+    ev.unlink()
+    os.mkfifo(ev)
+    with pytest.raises(ShardError, match="not a regular file"):
+        store.read(Shard(0, 5))
+    ev.unlink()
+    ev.write_bytes(saved)
+    pt.unlink()
+    os.mkfifo(pt)
+    with pytest.raises(ShardError, match="is not a regular file"):
+        store.read(Shard(0, 5))

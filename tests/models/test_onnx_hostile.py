@@ -299,3 +299,12 @@ def test_chained_transposes_are_charged(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match=r"'tp\d+' \(op Transpose\): the index of a "
                        r"transposed view is too large.*max_total_bytes"):
         load_onnx(p, check=False)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match="is not a regular file"):
+        load_onnx(fifo)
