@@ -67,7 +67,10 @@ def check_counts(workers: Any, shards: Any, *, local: bool) -> None:
 
     check_int("--workers", workers, allow_none=True, maximum=MAX_WORKERS)
     check_int("--shards", shards, allow_none=True, maximum=MAX_SHARDS)
-    cpus = os.cpu_count() or 1
+    try:  # the CPUs this process may run on (a container's limit), else the machine's
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
     if local and workers is not None and workers > cpus:
         raise BadArgumentError(f"--workers {workers} exceeds the {cpus} CPUs of this machine "
                                "(a local Ray instance runs one shard per CPU)")

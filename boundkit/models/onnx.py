@@ -51,7 +51,8 @@ load-time checks) is counted against two limits, both settable in :func:`load_on
   that is larger): everything the import holds at once (tensors are never freed during an
   import, so this bounds its peak, on top of the interpreter and torch themselves).
 
-The opset of the standard domain must lie in [:data:`MIN_OPSET`, :data:`MAX_OPSET`], and every
+A graph has at most :data:`MAX_NODES` nodes. The opset of the standard domain must lie in
+[:data:`MIN_OPSET`, :data:`MAX_OPSET`] (each op must exist in it), and every
 attribute of every node is checked against :data:`ATTRIBUTES` (the attributes the importer
 implements for that op, their types and ranges; a float attribute must be finite). Every
 failure is an :class:`OnnxImportError` naming the file, the node, its op and the reason.
