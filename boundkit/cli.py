@@ -65,6 +65,8 @@ class Session:
     def __init__(self, args: argparse.Namespace, argv: Sequence[str] = ()) -> None:
         self.args = args
         self.argv = list(argv)
+        #: the provenance of the model being analysed (set by :func:`preamble`)
+        self.provenance: dict[str, Any] | None = None
         self.quiet: bool = getattr(args, "quiet", False)
         self.json: bool = getattr(args, "json", False)
         self.bar = _progress_factory(self.quiet)
@@ -116,13 +118,15 @@ class Inputs:
 
 
 def load_model_arg(path: str, arch: str | None, device: Any, trust_code: bool = False,
-                   layout: str = "nchw"):
-    """Load ``--model`` safely (``boundkit.models.io.load_model``; ``layout`` for ``.onnx``
-    files). Every problem the loader recognises is a :class:`~boundkit.errors.BoundkitError`
-    naming the file; anything else is a bug and surfaces as one."""
+                   layout: str = "nchw", onnx_limits: dict[str, Any] | None = None):
+    """Load ``--model`` safely (``boundkit.models.io.load_model``; ``layout`` and the
+    memory limits ``onnx_limits`` for ``.onnx`` files). Every problem the loader recognises
+    is a :class:`~boundkit.errors.BoundkitError` naming the file; anything else is a bug and
+    surfaces as one."""
     from boundkit.models.io import load_model
 
-    onnx = {"layout": layout} if str(path).lower().endswith(".onnx") else None
+    onnx = {"layout": layout, **(onnx_limits or {})} if str(path).lower().endswith(".onnx") \
+        else None
     return load_model(path, arch=arch, device=device, trust_code=trust_code, onnx_options=onnx)
 
 
@@ -333,6 +337,10 @@ def preamble(sess: Session, model_path: str, data: Data | None = None,
     from boundkit.validate import check_device, check_int
 
     a = sess.args
+    if hasattr(a, "cluster"):
+        from boundkit.distributed.cli import check_cluster_args
+
+        check_cluster_args(a)  # before anything is loaded or started
     if getattr(a, "cluster", None) and (
         getattr(a, "normalize", None) or getattr(a, "layout", "nchw") != "nchw"
         or getattr(a, "trust_code", False) or str(model_path).lower().endswith(".onnx")
@@ -353,8 +361,18 @@ def preamble(sess: Session, model_path: str, data: Data | None = None,
     inputs = [mpath] + ([data.file] if data.file is not None else [])
     for out, is_dir in outputs:
         check_outputs(Path(out), inputs, is_dir=is_dir, data_home=data.home)
+    limits = {}
+    for k in ("tensor", "total"):
+        v = getattr(a, f"onnx_max_{k}_mib", None)
+        if v is not None:
+            if not 0 < v < 1 << 30:
+                from boundkit.errors import BadArgumentError
+
+                raise BadArgumentError(f"--onnx-max-{k}-mib must be a positive number of MiB "
+                                       f"below 2^30, got {v:g}")
+            limits[f"max_{k}_bytes"] = max(1, int(v * (1 << 20)))
     model = load_model_arg(model_path, a.arch, device, getattr(a, "trust_code", False),
-                           getattr(a, "layout", "nchw"))
+                           getattr(a, "layout", "nchw"), limits)
     model, x = _model_for_data(model, data.x, a)
     warning = _check_not_training_data(mpath, data)
     if warning:
@@ -363,6 +381,7 @@ def preamble(sess: Session, model_path: str, data: Data | None = None,
     prov = provenance(sess, mpath, data, **extra)
     if warning:
         prov["evaluated_on_training_data"] = True
+    sess.provenance = prov  # a cluster run records its reused shards here
     return Inputs(model, mpath, x, data.y, data.indices, device, prov)
 
 
@@ -391,7 +410,11 @@ def certificate_doc(certs: dict[str, Any], y: Any, indices: Any, meta: dict) -> 
     for m, c in certs.items():
         summary["methods"][m] = {"median_radius": _median(c.radius.cpu().numpy()),
                                  "min_radius": float(c.radius.min()),
-                                 "sound": is_guarantee(m)}
+                                 "sound": is_guarantee(m),
+                                 # samples whose radius is not (only) the method's bound,
+                                 # e.g. n_outside_box (Certificate.reasons())
+                                 **{k: int(v) for k, v in c.summary().items()
+                                    if k.startswith("n_") and k != "n" and v}}
     return {
         "kind": "certify",
         "meta": meta,
@@ -400,6 +423,7 @@ def certificate_doc(certs: dict[str, Any], y: Any, indices: Any, meta: dict) -> 
             "label": None if y_np is None else y_np.tolist(),
             "prediction": pred.tolist(),
             "radius": {m: c.radius.cpu().tolist() for m, c in certs.items()},
+            "status": {m: c.to_dict()["status"] for m, c in certs.items()},
             "attack_norm": {},
         },
         "traces": traces,
@@ -888,6 +912,12 @@ def _input_opts(g: Any) -> None:
     g.add_argument("--layout", default="nchw", choices=("nchw", "nhwc"),
                    help="input layout of an .onnx file (nhwc: channels-last, e.g. TensorFlow "
                    "exports; the data stays NCHW)")
+    g.add_argument("--onnx-max-tensor-mib", type=float, default=None, metavar="MIB",
+                   help="largest tensor an .onnx import may decode, fold or build (default "
+                   "128, or 4x the file's size)")
+    g.add_argument("--onnx-max-total-mib", type=float, default=None, metavar="MIB",
+                   help="memory budget of a whole .onnx import (default 384, or 8x the "
+                   "file's size)")
 
 
 def _attack_opts(p: argparse.ArgumentParser) -> None:

@@ -22,9 +22,26 @@ class SampleStatus(IntEnum):
     #: some value left float64's analysed range (subnormal, overflowing or non-finite
     #: intermediates, ``docs/theory/numerics.md``): radius 0
     UNSAFE_NUMERICS = 3
+    #: the sample lies outside the method's input box (``box=`` of ``crown``/``alpha``): the
+    #: box says nothing about it, so its radius is the method's bound over the whole L2 ball
+    #: (as with ``box=None``), sound but possibly smaller than the box would allow; the
+    #: radius is kept
+    OUTSIDE_BOX = 4
     #: the model's own dtype overflows on this input (its output is not finite where the
     #: float64 graph's is): radius 0, nothing is certified about what the model outputs
-    MODEL_OVERFLOWS = 4
+    MODEL_OVERFLOWS = 5
+
+    @property
+    def zeroes_radius(self) -> bool:
+        """Whether a sample with this status gets radius 0."""
+        return self in (SampleStatus.MODEL_DISAGREES, SampleStatus.MODEL_NEAR_TIE,
+                        SampleStatus.UNSAFE_NUMERICS, SampleStatus.MODEL_OVERFLOWS)
+
+    @staticmethod
+    def zeroed(status: torch.Tensor) -> torch.Tensor:
+        """bool [N]: the samples whose status sets their radius to 0."""
+        return torch.isin(status, torch.tensor([int(s) for s in SampleStatus if s.zeroes_radius],
+                                               dtype=status.dtype, device=status.device))
 
     def describe(self) -> str:
         return {
@@ -32,6 +49,8 @@ class SampleStatus(IntEnum):
             SampleStatus.MODEL_DISAGREES: "the model's own dtype predicts another class: 0",
             SampleStatus.MODEL_NEAR_TIE: "within the model's rounding of a tie: 0",
             SampleStatus.UNSAFE_NUMERICS: "values outside float64's analysed range: 0",
+            SampleStatus.OUTSIDE_BOX: "outside the method's input box: certified over the whole "
+                                      "L2 ball without the box (as with box=None)",
             SampleStatus.MODEL_OVERFLOWS: "the model's own dtype overflows on this input: 0",
         }[self]
 
@@ -53,8 +72,9 @@ class Certificate:
             order, from the input (equal to ``radius``) to the margin stage.
         method: the method that produced it.
         node_ops: node name -> op kind, for the nodes of ``trace``.
-        status: int8 [N], a :class:`SampleStatus` per sample; every status but ``OK`` sets
-            the radius to 0 (see :meth:`reasons`).
+        status: int8 [N], a :class:`SampleStatus` per sample; ``MODEL_DISAGREES``,
+            ``MODEL_NEAR_TIE`` and ``UNSAFE_NUMERICS`` set the radius to 0, ``OUTSIDE_BOX``
+            keeps the method's radius over the whole ball (see :meth:`reasons`).
         model_label: int64 [N], the class the model itself predicts in its own dtype.
         is_guarantee: False for methods whose numbers are not proven (``peck2017``).
     """
@@ -78,8 +98,19 @@ class Certificate:
             self.model_label = self.label.clone()
 
     def reasons(self) -> list[str]:
-        """Per sample, why its radius is what it is (:meth:`SampleStatus.describe`)."""
-        return [SampleStatus(int(s)).describe() for s in self.status.tolist()]
+        """Per sample, why its radius is what it is (:meth:`SampleStatus.describe`), with the
+        radius when the status does not set it to 0 and the box when one was used."""
+        box = self.info.get("box")
+        out = []
+        for s, r in zip(self.status.tolist(), self.radius.tolist()):
+            st = SampleStatus(int(s))
+            text = st.describe()
+            if st == SampleStatus.OUTSIDE_BOX:
+                where = f" {list(box)}" if isinstance(box, (tuple, list)) else ""
+                text = (f"outside the method's input box{where}: radius {r:.6g}, certified over "
+                        "the whole L2 ball without the box (as with box=None)")
+            out.append(text)
+        return out
 
     def __len__(self) -> int:
         return int(self.radius.shape[0])
@@ -136,13 +167,17 @@ class Certificate:
             "is_guarantee": self.is_guarantee,
             "status": [SampleStatus(int(v)).name for v in self.status.tolist()],
             "model_label": self.model_label.tolist(),
-            "info": {k: v for k, v in self.info.items() if isinstance(v, (int, float, str))},
+            "info": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.info.items()
+                     if isinstance(v, (int, float, str, tuple))},
         }
 
     def __repr__(self) -> str:
         s = self.summary()
-        flagged = int(sum(v for k, v in s.items() if k.startswith("n_") and k != "n"))
+        flagged = int(sum(v for k, v in s.items() if k.startswith("n_") and k != "n"
+                          and k != "n_outside_box"))
         extra = f", {flagged} set to 0 (see reasons())" if flagged else ""
+        if s.get("n_outside_box"):
+            extra += f", {int(s['n_outside_box'])} outside the box (see reasons())"
         kind = "" if self.is_guarantee else ", NOT a guarantee"
         return (
             f"Certificate(method={self.method!r}{kind}, n={len(self)}, median radius "

@@ -103,7 +103,8 @@ def certify(
         parts.append(part)
         statuses.append(status)
         model_labels.append(model_label)
-    return _certificate(graph, meth, parts, torch.cat(statuses), torch.cat(model_labels), trace)
+    return _certificate(graph, meth, options, parts, torch.cat(statuses),
+                        torch.cat(model_labels), trace)
 
 
 def _method_plan(graph: Graph, method: str | Method, options: dict[str, Any]
@@ -123,12 +124,13 @@ def _method_plan(graph: Graph, method: str | Method, options: dict[str, Any]
     return meth, plans[meth.name][1]
 
 
-def _certificate(graph: Graph, meth: Method, parts: list[BatchResult], status: torch.Tensor,
-                 model_label: torch.Tensor, trace: bool) -> Certificate:
+def _certificate(graph: Graph, meth: Method, options: dict[str, Any],
+                 parts: list[BatchResult], status: torch.Tensor, model_label: torch.Tensor,
+                 trace: bool) -> Certificate:
     """The batches' results as one :class:`Certificate`: radius 0 wherever the sample's
-    status is not OK, the trace in graph order."""
+    status says so (:meth:`SampleStatus.zeroed`), the trace in graph order."""
     radius = torch.cat([p.radius for p in parts]).to(torch.float64)
-    radius = torch.where(status.to(radius.device) != SampleStatus.OK, 0.0, radius)
+    radius = torch.where(SampleStatus.zeroed(status).to(radius.device), 0.0, radius)
     tr: dict[str, torch.Tensor] = {}
     if trace:
         for name in parts[0].trace:
@@ -137,6 +139,9 @@ def _certificate(graph: Graph, meth: Method, parts: list[BatchResult], status: t
         tr = dict(sorted(tr.items(), key=lambda kv: order.get(kv[0], 0)))
     info: dict[str, Any] = {"nodes": len(graph), "num_classes": graph.num_classes,
                             "guarantee": meth.is_guarantee}
+    if "box" in meth.options():  # the box the samples were checked against (reasons())
+        box = options.get("box", meth.default_box)
+        info["box"] = None if box is None else (float(box[0]), float(box[1]))
     for key in parts[0].info:
         info[key] = torch.cat([p.info[key] for p in parts])
     return Certificate(
@@ -170,6 +175,8 @@ def _sample_status(
     status[fid.overflows.cpu()] = SampleStatus.MODEL_OVERFLOWS
     if part.unsafe is not None:
         status[part.unsafe.cpu()] = SampleStatus.UNSAFE_NUMERICS
+    if part.outside_box is not None:  # reported, radius kept (the ball without the box)
+        status[part.outside_box.cpu() & (status == SampleStatus.OK)] = SampleStatus.OUTSIDE_BOX
     return status, fid.model_label.cpu()
 
 

@@ -33,6 +33,9 @@ class BatchResult:
             with the model's own forward; the engine computes it when a method leaves it).
         unsafe: bool [N], samples whose values left float64's analysed range
             (:func:`~boundkit.bounds.numerics.unsafe_range`; their radius becomes 0).
+        outside_box: bool [N], samples outside the method's input box (their radius is
+            the method's bound without the box; the certificate says so per sample), or
+            None for a method without a box.
     """
 
     radius: torch.Tensor
@@ -43,6 +46,7 @@ class BatchResult:
     info: dict[str, torch.Tensor] = field(default_factory=dict)
     outputs: torch.Tensor | None = None
     unsafe: torch.Tensor | None = None
+    outside_box: torch.Tensor | None = None
 
     @staticmethod
     def cat(parts: list[BatchResult]) -> BatchResult:
@@ -56,7 +60,8 @@ class BatchResult:
             torch.cat([p.runner_up for p in parts]), torch.cat([p.margin for p in parts]),
             {k: torch.cat([p.trace[k] for p in parts]) for k in first.trace},
             {k: torch.cat([p.info[k] for p in parts]) for k in first.info},
-            opt([p.outputs for p in parts]), opt([p.unsafe for p in parts]))
+            opt([p.outputs for p in parts]), opt([p.unsafe for p in parts]),
+            opt([p.outside_box for p in parts]))
 
 
 class Method(ABC):
@@ -74,6 +79,8 @@ class Method(ABC):
     is_guarantee: bool = True
     #: one line for ``--help`` and the docs
     description: str = ""
+    #: for a method with a ``box`` option: the input box used when none is passed
+    default_box: tuple[float, float] | None = None
 
     def prepare(self, graph: Graph) -> Any:
         """Per-model state (a plan), computed once per graph and cached by the engine."""

@@ -19,11 +19,12 @@ from boundkit.distributed.executor import (
     DistributedError,
     RayExecutor,
     RunStats,
+    check_counts,
     parse_cluster,
     require_ray,
 )
 from boundkit.distributed.plan import Shard, plan_shards, remaining_ranges
-from boundkit.distributed.store import ShardStore, job_key
+from boundkit.distributed.store import ShardError, ShardStore, job_key, shard_secret
 from boundkit.distributed.tasks import Job, ModelSource, run_shard
 
 __all__ = [
@@ -33,11 +34,14 @@ __all__ = [
     "RayExecutor",
     "RunStats",
     "Shard",
+    "ShardError",
     "ShardStore",
+    "check_counts",
     "job_key",
     "parse_cluster",
     "plan_shards",
     "remaining_ranges",
     "require_ray",
     "run_shard",
+    "shard_secret",
 ]

@@ -28,6 +28,7 @@ from boundkit.errors import ModelFileError
 __all__ = [
     "Job",
     "ModelSource",
+    "check_payload",
     "merge_attack",
     "merge_certificates",
     "merge_crosscheck",
@@ -43,11 +44,14 @@ class Job:
 
     ``kind``: ``certify`` (every method of ``methods``), ``attack`` (``attack`` on chunks of
     ``chunk`` samples, each call seeded with ``seed``, as the command line does) or
-    ``crosscheck`` (:func:`boundkit.crosscheck` with ``chunk_size=chunk``).
+    ``crosscheck`` (:func:`boundkit.crosscheck` with ``chunk_size=chunk``). ``methods``
+    holds registered names or :class:`~boundkit.bounds.method.Method` objects (shipped to
+    the workers by value); ``options`` the certificate methods' options (e.g. ``box``), as
+    sorted ``(name, value)`` pairs.
     """
 
     kind: str
-    methods: tuple[str, ...] = ("sound",)
+    methods: tuple[Any, ...] = ("sound",)
     attack: str = "best"
     budget: int | None = None
     seed: int = 0
@@ -56,6 +60,7 @@ class Job:
     exact: bool = False
     box: tuple[float, float] | None = (0.0, 1.0)
     threads: int = 1
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -67,9 +72,20 @@ class Job:
     def cuda(self) -> bool:
         return self.device is not None and torch.device(self.device).type == "cuda"
 
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        return tuple(m if isinstance(m, str) else m.name for m in self.methods)
+
     def describe(self) -> dict[str, Any]:
-        """The options as a JSON-ready dict (part of the job's key)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "threads"}
+        """The options as a JSON-ready dict (part of the job's key): a Method object is
+        described by its name, class and state (``repr`` of its ``__dict__``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("threads", "methods", "options")}
+        out["methods"] = [m if isinstance(m, str) else
+                          f"{m.name}:{type(m).__module__}.{type(m).__qualname__}:"
+                          f"{sorted(vars(m).items())!r}" for m in self.methods]
+        out["options"] = [[k, repr(v)] for k, v in self.options]
+        return out
 
 
 # ------------------------------------------------------------------------------ the model
@@ -154,8 +170,11 @@ def certificate_payload(c: Any) -> dict[str, Any]:
     return {
         "radius": _cpu(c.radius), "label": _cpu(c.label), "runner_up": _cpu(c.runner_up),
         "margin": _cpu(c.margin), "trace": {k: _cpu(v) for k, v in c.trace.items()},
+        "status": _cpu(c.status), "model_label": _cpu(c.model_label),
+        "is_guarantee": bool(c.is_guarantee),
         "method": c.method, "node_ops": dict(c.node_ops),
-        "info": {k: v for k, v in c.info.items() if isinstance(v, (int, float, str, bool))},
+        "info": {k: (list(v) if isinstance(v, tuple) else v) for k, v in c.info.items()
+                 if isinstance(v, (int, float, str, bool, tuple))},
     }
 
 
@@ -164,6 +183,7 @@ def merge_certificates(parts: list[dict[str, Any]]) -> Any:
     from boundkit.bounds.certificate import Certificate
 
     first = parts[0]
+    info = {k: (tuple(v) if isinstance(v, list) else v) for k, v in first["info"].items()}
     return Certificate(
         radius=torch.cat([p["radius"] for p in parts]),
         label=torch.cat([p["label"] for p in parts]),
@@ -172,8 +192,90 @@ def merge_certificates(parts: list[dict[str, Any]]) -> Any:
         trace={k: torch.cat([p["trace"][k] for p in parts]) for k in first["trace"]},
         method=first["method"],
         node_ops=dict(first["node_ops"]),
-        info=dict(first["info"]),
+        info=info,
+        status=torch.cat([p["status"] for p in parts]) if "status" in first else None,
+        model_label=torch.cat([p["model_label"] for p in parts])
+        if "model_label" in first else None,
+        is_guarantee=bool(first.get("is_guarantee", True)),
     )
+
+
+# ------------------------------------------------------------------------------ checks
+_CERT_KEYS = ("radius", "label", "runner_up", "margin", "status", "model_label")
+_ATTACK_KEYS = ("x_adv", "norm", "success", "label", "adv_label")
+_CROSS_KEYS = ("index", "label", "radius", "attack_norm", "attack_success", "certificates")
+
+
+def check_payload(job: Job, payload: Any, n: int, index: torch.Tensor | None = None,
+                  sample_shape: tuple[int, ...] | None = None) -> str | None:
+    """Why a shard's payload cannot be the results of ``job`` on ``n`` samples (the indices
+    ``index`` for a cross-check, samples of shape ``sample_shape`` for an attack), or None.
+    Checks the structure the merge functions read: every per-sample tensor has ``n`` rows,
+    the lists have ``n`` entries, the methods are the job's."""
+    def per_sample(t: Any, what: str, rows_only: bool = True) -> str | None:
+        if not isinstance(t, torch.Tensor):
+            return f"{what} is {type(t).__name__}, not a tensor"
+        if t.dim() == 0 or t.shape[0] != n or (rows_only and t.dim() != 1):
+            return f"{what} has shape {list(t.shape)} for {n} samples"
+        return None
+
+    def cert(c: Any, m: str) -> str | None:
+        if not isinstance(c, dict):
+            return f"the certificate of {m!r} is not a dict"
+        for k in _CERT_KEYS:
+            why = per_sample(c.get(k), f"{m}.{k}")
+            if why:
+                return why
+        if c["radius"].dtype != torch.float64 or bool((c["radius"] < 0).any()) or \
+                bool(torch.isnan(c["radius"]).any()):
+            return f"{m}.radius is not a float64 tensor of radii >= 0"
+        trace = c.get("trace")
+        if not isinstance(trace, dict):
+            return f"{m}.trace is not a dict"
+        for k, v in trace.items():
+            why = per_sample(v, f"{m}.trace[{k!r}]")
+            if why:
+                return why
+        return None
+
+    if not isinstance(payload, dict):
+        return "the payload is not a dict"
+    names = job.method_names
+    if job.kind == "certify":
+        certs = payload.get("certificates")
+        if not isinstance(certs, dict) or sorted(certs) != sorted(names):
+            return f"it holds certificates of {sorted(certs) if isinstance(certs, dict) else None}"\
+                f", the job's methods are {sorted(names)}"
+        return next((w for m in names if (w := cert(certs[m], m))), None)
+    if job.kind == "attack":
+        for k in _ATTACK_KEYS:
+            why = per_sample(payload.get(k), k, rows_only=k != "x_adv")
+            if why:
+                return why
+        if sample_shape is not None and tuple(payload["x_adv"].shape[1:]) != sample_shape:
+            return f"x_adv has shape {list(payload['x_adv'].shape)}, the samples {sample_shape}"
+        if not isinstance(payload.get("found_by"), list) or len(payload["found_by"]) != n:
+            return f"found_by does not list {n} samples"
+        return None
+    for k in _CROSS_KEYS:
+        if k not in payload:
+            return f"{k} is missing"
+    for k in ("index", "label", "attack_norm", "attack_success"):
+        why = per_sample(payload[k], k)
+        if why:
+            return why
+    if index is not None and not torch.equal(payload["index"].to(torch.int64), index):
+        return "its sample indices are not this range's"
+    if not isinstance(payload["radius"], dict) or sorted(payload["radius"]) != sorted(names):
+        return f"it holds radii of other methods than {sorted(names)}"
+    for m in names:
+        why = per_sample(payload["radius"][m], f"radius[{m!r}]") or \
+            cert(payload["certificates"].get(m), m)
+        if why:
+            return why
+    if not isinstance(payload.get("found_by"), list) or len(payload["found_by"]) != n:
+        return f"found_by does not list {n} samples"
+    return None
 
 
 _ATTACK_FIELDS = ("x_adv", "norm", "success", "label", "adv_label", "target", "y")
@@ -276,9 +378,10 @@ def run_shard(job: Job, source: ModelSource, x: torch.Tensor, y: torch.Tensor | 
     if job.kind == "certify":
         from boundkit.bounds.engine import certify
 
-        return {"certificates": {m: certificate_payload(certify(model, xs, m,
-                                                                device=job.device))
-                                 for m in job.methods}}
+        opts = dict(job.options)
+        return {"certificates": {name: certificate_payload(certify(model, xs, m,
+                                                                   device=job.device, **opts))
+                                 for name, m in zip(job.method_names, job.methods)}}
     if job.kind == "attack":
         from boundkit.attacks import attack
 

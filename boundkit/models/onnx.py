@@ -38,6 +38,25 @@ Constant subgraphs (initialisers, ``Constant``, ``Shape`` of a tensor whose shap
 ``Gather``, ``Cast``, ``Slice``, ``Concat``, arithmetic...) are folded with numpy; the batch
 dimension is tracked symbolically so that ``x.view(x.size(0), -1)`` exports fold correctly.
 
+Hostile files (``docs/robustness.md``): the importer never allocates what it has not
+sized. Every tensor it decodes (initialisers, ``Constant`` attributes), folds (the result of
+each constant-folded node is sized from its inputs' shapes before numpy computes it) or
+materialises (layer weights, padding and permutation matrices, the activations of the
+load-time checks) is counted against two limits, both settable in :func:`load_onnx` (and
+``load_model(..., onnx_options={...})``):
+
+* ``max_tensor_bytes`` (default :data:`MAX_TENSOR_BYTES`, 128 MiB, or 4x the file's size
+  when that is larger): the largest single tensor;
+* ``max_total_bytes`` (default :data:`MAX_TOTAL_BYTES`, 384 MiB, or 8x the file's size when
+  that is larger): everything the import holds at once (tensors are never freed during an
+  import, so this bounds its peak, on top of the interpreter and torch themselves).
+
+A graph has at most :data:`MAX_NODES` nodes. The opset of the standard domain must lie in
+[:data:`MIN_OPSET`, :data:`MAX_OPSET`] (each op must exist in it), and every
+attribute of every node is checked against :data:`ATTRIBUTES` (the attributes the importer
+implements for that op, their types and ranges; a float attribute must be finite). Every
+failure is an :class:`OnnxImportError` naming the file, the node, its op and the reason.
+
 When ``onnxruntime`` is installed the imported model is compared with it on random inputs
 at load time (``check=True``, the default) and refused beyond a relative error of ``rtol``
 (``1e-5``).
@@ -63,16 +82,147 @@ PathLike = str | os.PathLike[str]
 
 #: largest tensor (elements) the importer decodes from a file or builds for a layer
 MAX_ELEMENTS = 1 << 28
+#: default per-tensor limit (bytes) of anything decoded, folded or materialised
+MAX_TENSOR_BYTES = 128 << 20
+#: default budget (bytes) of everything one import decodes, folds and materialises
+MAX_TOTAL_BYTES = 384 << 20
+#: the defaults grow with the file: per tensor 4x, in total 8x the file's bytes
+TENSOR_BYTES_PER_FILE_BYTE, TOTAL_BYTES_PER_FILE_BYTE = 4, 8
+#: the opsets of the standard domain the importer implements
+#: (22 to 25 changed the schemas of the implemented ops only by adding element types, which
+#: the importer refuses by dtype, or attributes, which it refuses by name)
+MIN_OPSET, MAX_OPSET = 7, 25
 #: largest per-sample tensor a stand-alone transpose may permute (as a dense matrix)
 MAX_PERMUTATION = 4096
 #: largest file the importer reads (bytes); protobuf itself is limited to 2 GiB
 MAX_FILE_BYTES = 1 << 31
+#: most nodes of a graph the importer reads (real classifiers have hundreds to a few thousand)
+MAX_NODES = 20_000
 #: the symbolic batch size inside folded shape arithmetic
 _BATCH = -(1 << 40) - 7
 
 
 class OnnxImportError(ModelFileError):
     """An ONNX file boundkit cannot import (unsupported node, bad attribute, too large...)."""
+
+
+@dataclass(frozen=True)
+class OnnxLimits:
+    """Memory limits of one import (bytes): ``max_tensor_bytes`` per tensor decoded, folded
+    or materialised, ``max_total_bytes`` for all of them together."""
+
+    max_tensor_bytes: int = MAX_TENSOR_BYTES
+    max_total_bytes: int = MAX_TOTAL_BYTES
+
+    @classmethod
+    def for_file(cls, file_bytes: int, max_tensor_bytes: int | None = None,
+                 max_total_bytes: int | None = None) -> OnnxLimits:
+        """The defaults for a file of ``file_bytes`` bytes, overridden where given."""
+        from boundkit.validate import check_int
+
+        for name, v in (("max_tensor_bytes", max_tensor_bytes),
+                        ("max_total_bytes", max_total_bytes)):
+            check_int(name, v, allow_none=True, minimum=1, maximum=1 << 50)
+        per = max(MAX_TENSOR_BYTES, TENSOR_BYTES_PER_FILE_BYTE * file_bytes)
+        tot = max(MAX_TOTAL_BYTES, TOTAL_BYTES_PER_FILE_BYTE * file_bytes)
+        return cls(int(max_tensor_bytes) if max_tensor_bytes is not None else per,
+                   int(max_total_bytes) if max_total_bytes is not None else tot)
+
+
+# ----------------------------------------------------------------------------- attributes
+# One entry per op: attribute name -> (ONNX attribute type, check of the decoded value, which
+# returns why the value is refused or None). An attribute the op's entry does not list is
+# refused ("not implemented"); ``REQUIRED`` lists those that must be present. A new op adds
+# its entry here and inherits the checks (tests/models/test_onnx_hostile.py enforces that
+# every handler has one).
+_A_INT, _A_FLOAT, _A_STRING, _A_TENSOR, _A_INTS, _A_FLOATS = 2, 1, 3, 4, 7, 6
+
+
+def _between(lo: int | None = None, hi: int | None = None) -> Any:
+    def check(v: Any) -> str | None:
+        vals = v if isinstance(v, list) else [v]
+        if any((lo is not None and x < lo) or (hi is not None and x > hi) for x in vals):
+            rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            return f"{v} is outside {rng}"
+        return None
+    return check
+
+
+def _one_of(*choices: Any) -> Any:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"{v!r} is not one of {list(choices)}"
+    return check
+
+
+def _any(v: Any) -> str | None:
+    return None
+
+
+def _dims(n: int | None = None, lo: int = 0) -> Any:
+    def check(v: Any) -> str | None:
+        if n is not None and len(v) != n:
+            return f"{v} does not have {n} values"
+        return _between(lo, 1 << 20)(v)
+    return check
+
+
+def _ratio(v: Any) -> str | None:
+    return None if 0.0 <= v < 1.0 else f"{v} is outside [0, 1)"
+
+
+def _pos_float(v: Any) -> str | None:
+    return None if v >= 0.0 else f"{v} is negative"
+
+
+_BOOL = (_A_INT, _one_of(0, 1))
+_AXIS = (_A_INT, _between(-64, 64))
+_AUTO_PAD = (_A_STRING, _one_of("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
+_POOL = {"auto_pad": _AUTO_PAD, "kernel_shape": (_A_INTS, _dims(lo=1)),
+         "pads": (_A_INTS, _dims(lo=0)), "strides": (_A_INTS, _dims(lo=1)),
+         "dilations": (_A_INTS, _dims(lo=1)), "ceil_mode": _BOOL}
+
+ATTRIBUTES: dict[str, dict[str, tuple[int, Any]]] = {
+    "Constant": {"value": (_A_TENSOR, _any), "value_float": (_A_FLOAT, _any),
+                 "value_floats": (_A_FLOATS, _any), "value_int": (_A_INT, _any),
+                 "value_ints": (_A_INTS, _any)},
+    "Identity": {}, "Relu": {}, "Sigmoid": {}, "Tanh": {}, "Softplus": {}, "Neg": {},
+    "Sqrt": {}, "Reciprocal": {}, "MatMul": {}, "Range": {}, "Size": {},
+    "GlobalAveragePool": {},
+    "Add": {}, "Sub": {}, "Mul": {}, "Div": {}, "Max": {}, "Min": {}, "Pow": {},
+    "Dropout": {"seed": (_A_INT, _any), "ratio": (_A_FLOAT, _ratio), "is_test": _BOOL},
+    "Cast": {"to": (_A_INT, _any), "saturate": _BOOL},
+    "Shape": {"start": _AXIS, "end": _AXIS},
+    "Gather": {"axis": _AXIS},
+    "Squeeze": {"axes": (_A_INTS, _between(-64, 64))},
+    "Unsqueeze": {"axes": (_A_INTS, _between(-64, 64))},
+    "Concat": {"axis": _AXIS},
+    "Reshape": {"allowzero": _BOOL},
+    "Flatten": {"axis": _AXIS},
+    "Transpose": {"perm": (_A_INTS, _between(0, 64))},
+    "Slice": {"starts": (_A_INTS, _any), "ends": (_A_INTS, _any), "axes": (_A_INTS, _any)},
+    "ConstantOfShape": {"value": (_A_TENSOR, _any)},
+    "LeakyRelu": {"alpha": (_A_FLOAT, _any)},
+    "Gemm": {"alpha": (_A_FLOAT, _any), "beta": (_A_FLOAT, _any), "transA": _BOOL,
+             "transB": _BOOL},
+    "Conv": {"auto_pad": _AUTO_PAD, "dilations": (_A_INTS, _dims(lo=1)),
+             "group": (_A_INT, _between(1, 1 << 20)), "kernel_shape": (_A_INTS, _dims(lo=1)),
+             "pads": (_A_INTS, _dims(lo=0)), "strides": (_A_INTS, _dims(lo=1))},
+    "MaxPool": {**_POOL, "storage_order": (_A_INT, _one_of(0))},
+    "AveragePool": {**_POOL, "count_include_pad": _BOOL},
+    "BatchNormalization": {"epsilon": (_A_FLOAT, _pos_float), "momentum": (_A_FLOAT, _any),
+                           "training_mode": _BOOL, "spatial": (_A_INT, _one_of(1)),
+                           "is_test": _BOOL},
+    "LRN": {"alpha": (_A_FLOAT, _any), "beta": (_A_FLOAT, _any), "bias": (_A_FLOAT, _any),
+            "size": (_A_INT, _between(1, 1 << 16))},
+    "Softmax": {"axis": _AXIS}, "LogSoftmax": {"axis": _AXIS},
+    "Pad": {"mode": (_A_STRING, _one_of("constant", "reflect", "edge", "wrap")),
+            "pads": (_A_INTS, _between(0, 1 << 20)), "value": (_A_FLOAT, _any)},
+}
+#: attributes an op cannot do without
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "Cast": ("to",), "Concat": ("axis",), "LRN": ("size",), "MaxPool": ("kernel_shape",),
+    "AveragePool": ("kernel_shape",),
+}
 
 
 def _require_onnx(source: str = "") -> Any:
@@ -84,6 +234,20 @@ def _require_onnx(source: str = "") -> Any:
             "'onnx' (pip install 'boundkit[onnx]')"
         ) from None
     return onnx
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.4g} MiB"
+
+
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+_ATTR_TYPE_NAMES = {1: "FLOAT", 2: "INT", 3: "STRING", 4: "TENSOR", 5: "GRAPH", 6: "FLOATS",
+                    7: "INTS", 8: "STRINGS", 9: "TENSORS", 10: "GRAPHS", 11: "SPARSE_TENSOR",
+                    12: "SPARSE_TENSORS", 13: "TYPE_PROTO", 14: "TYPE_PROTOS"}
 
 
 # ----------------------------------------------------------------------------- values
@@ -106,13 +270,16 @@ class _Dyn:
 
 
 class _Importer:
-    def __init__(self, model: Any, source: str, layout: str) -> None:
+    def __init__(self, model: Any, source: str, layout: str,
+                 limits: OnnxLimits | None = None) -> None:
         import onnx
 
         self.onnx = onnx
         self.model = model
         self.source = source
         self.layout = layout
+        self.limits = limits or OnnxLimits()
+        self.used_bytes = 0
         self.root = nn.Module()
         self.graph = torch.fx.Graph()
         self.values: dict[str, _Dyn | np.ndarray] = {}
@@ -124,17 +291,42 @@ class _Importer:
         self.fixed_batch: int | None = None
         self.skip: set[int] = set()
         self.pending_pads: dict[str, list[int]] = {}
+        self._attr_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
+        self.nodes: list[Any] = []
+        self.node_pos: dict[int, int] = {}
 
     # ------------------------------------------------------------------ errors/helpers
     def fail(self, node: Any, why: str) -> OnnxImportError:
+        if node is None:
+            return OnnxImportError(f"{self.source}: {why}")
         name = node.name or f"#{self._index(node)}"
         return OnnxImportError(f"{self.source}: node {name!r} (op {node.op_type}): {why}")
 
+    # ------------------------------------------------------------------ sizing
+    def check_size(self, node: Any, numel: int, itemsize: int, what: str) -> int:
+        """Refuse, before it is allocated, a tensor of ``numel`` elements of ``itemsize``
+        bytes that exceeds the per-tensor limit or what is left of the total budget;
+        returns its size in bytes. Every decode, fold and materialisation calls it."""
+        numel, nbytes = int(numel), int(numel) * int(itemsize)
+        lim = self.limits
+        if numel < 0:
+            raise self.fail(node, f"{what} has a negative size")
+        if nbytes > lim.max_tensor_bytes:
+            raise self.fail(node, f"{what} is too large: {_mib(nbytes)} ({numel} elements), "
+                            f"above the per-tensor limit of {_mib(lim.max_tensor_bytes)} "
+                            "(max_tensor_bytes)")
+        if self.used_bytes + nbytes > lim.max_total_bytes:
+            raise self.fail(node, f"{what} is too large: {_mib(nbytes)} with "
+                            f"{_mib(self.used_bytes)} already held, above the import's budget of "
+                            f"{_mib(lim.max_total_bytes)} (max_total_bytes)")
+        return nbytes
+
+    def charge(self, node: Any, numel: int, itemsize: int, what: str) -> None:
+        """:meth:`check_size`, then count the tensor as held until the import ends."""
+        self.used_bytes += self.check_size(node, numel, itemsize, what)
+
     def _index(self, node: Any) -> int:
-        for i, n in enumerate(self.model.graph.node):
-            if n is node:
-                return i
-        return -1
+        return self.node_pos.get(id(node), -1)
 
     def fresh(self, kind: str) -> str:
         i = self.counter.get(kind, 0)
@@ -142,50 +334,119 @@ class _Importer:
         return f"{kind}_{i}"
 
     def add_module(self, kind: str, module: nn.Module, arg: torch.fx.Node) -> torch.fx.Node:
+        # the builders check their tensors' sizes before building (check_size); the built
+        # module's parameters and buffers are held until the end of the import
+        held = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        self.charge(None, held, 1, f"the parameters of a {kind} layer")
         name = self.fresh(kind)
         self.root.add_module(name, module)
         return self.graph.call_module(name, (arg,))
 
     def attrs(self, node: Any) -> dict[str, Any]:
+        """The node's attributes, decoded (tensors sized first) and checked against
+        :data:`ATTRIBUTES` (cached per node)."""
+        cached = self._attr_cache.get(id(node))
+        if cached is not None and cached[0] is node:
+            return cached[1]
         out: dict[str, Any] = {}
+        spec = ATTRIBUTES.get(node.op_type)
         for a in node.attribute:
-            if a.type == self.onnx.AttributeProto.TENSOR:
-                out[a.name] = self.tensor(a.t, node)
-            elif a.type in (self.onnx.AttributeProto.GRAPH, self.onnx.AttributeProto.GRAPHS):
+            if a.type in (self.onnx.AttributeProto.GRAPH, self.onnx.AttributeProto.GRAPHS):
                 raise self.fail(node, f"attribute {a.name!r} holds a subgraph (control flow)")
-            else:
+            if a.name in out:
+                raise self.fail(node, f"attribute {a.name!r} is given twice")
+            if spec is not None and a.name not in spec:
+                raise self.fail(node, f"attribute {a.name!r} is not implemented for "
+                                f"{node.op_type} (known: {sorted(spec) or 'none'})")
+            if spec is not None and a.type != spec[a.name][0]:
+                raise self.fail(node, f"attribute {a.name!r} has type "
+                                f"{_ATTR_TYPE_NAMES.get(a.type, a.type)}, expected "
+                                f"{_ATTR_TYPE_NAMES.get(spec[a.name][0])}")
+            if a.type == self.onnx.AttributeProto.TENSOR:
+                v = self.tensor(a.t, node)
+            elif a.type in (_A_INT, _A_FLOAT, _A_STRING, _A_INTS, _A_FLOATS):
+                if a.type in (_A_INTS, _A_FLOATS):
+                    n = len(a.ints) if a.type == _A_INTS else len(a.floats)
+                    self.charge(node, n, 8, f"attribute {a.name!r}")
                 v = self.onnx.helper.get_attribute_value(a)
-                out[a.name] = v.decode() if isinstance(v, bytes) else v
+                v = v.decode(errors="replace") if isinstance(v, bytes) else v
+                v = list(v) if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and \
+                    not isinstance(v, str) else v
+            else:
+                raise self.fail(node, f"attribute {a.name!r} has type "
+                                f"{_ATTR_TYPE_NAMES.get(a.type, a.type)}, which the importer "
+                                "does not read")
+            if a.type in (_A_FLOAT, _A_FLOATS) and not np.isfinite(
+                    np.asarray(v, dtype=np.float64)).all():
+                raise self.fail(node, f"attribute {a.name!r} = {v} is not finite")
+            if spec is not None:
+                why = spec[a.name][1](v)
+                if why:
+                    raise self.fail(node, f"attribute {a.name!r}: {why}")
+            out[a.name] = v
+        for req in REQUIRED.get(node.op_type, ()):
+            if req not in out:
+                raise self.fail(node, f"the required attribute {req!r} is missing")
+        self._attr_cache[id(node)] = (node, out)
         return out
 
     def tensor(self, t: Any, node: Any = None) -> np.ndarray:
-        """Decode a TensorProto after checking its declared size."""
-        from onnx import numpy_helper
+        """Decode a TensorProto after checking its declared size against the limits and
+        against the bytes that actually back it."""
+        from onnx import helper, numpy_helper
 
-        where = f"tensor {t.name!r}" if t.name else "a constant tensor"
+        if node is None:
+            where = f"initialiser {t.name!r}"
+        else:
+            where = f"the tensor attribute{' ' + repr(t.name) if t.name else ''}"
         if t.data_location == self.onnx.TensorProto.EXTERNAL or len(t.external_data):
-            raise OnnxImportError(
-                f"{self.source}: {where} refers to external data files; boundkit reads "
-                "self-contained ONNX files only"
-            )
+            raise self.fail(node, f"{where} refers to external data files; boundkit reads "
+                            "self-contained ONNX files only")
+        if t.HasField("segment"):
+            raise self.fail(node, f"{where} is a segment of a tensor (not supported)")
         dims = [int(d) for d in t.dims]
-        if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
-            raise OnnxImportError(f"{self.source}: {where} declares dims {dims} (too large)")
+        if any(d < 0 for d in dims) or len(dims) > 64:
+            raise self.fail(node, f"{where} declares dims {dims}")
+        numel = math.prod(dims)
+        if numel > MAX_ELEMENTS:
+            raise self.fail(node, f"{where} declares dims {dims} (too large)")
+        try:
+            dt = np.dtype(helper.tensor_dtype_to_np_dtype(int(t.data_type)))
+        except Exception:  # unknown data type code
+            raise self.fail(node, f"{where} has unknown data type {t.data_type}") from None
+        if dt.kind not in "biuf" or dt.itemsize > 8:
+            raise self.fail(node, f"{where} has unsupported dtype {dt}")
+        self.charge(node, numel, max(dt.itemsize, 1), where)
+        if t.HasField("raw_data"):
+            held = len(t.raw_data) // max(dt.itemsize, 1)
+            if len(t.raw_data) != numel * dt.itemsize:
+                held = -1 if held == numel else held
+        else:
+            held = max(len(t.float_data), len(t.int32_data), len(t.int64_data),
+                       len(t.double_data), len(t.uint64_data))
+        if held != numel:
+            raise self.fail(node, f"{where} declares dims {dims} ({numel} values) but holds "
+                            f"{held}")
         try:
             arr = numpy_helper.to_array(t)
         except Exception as exc:  # malformed payloads raise many types
-            raise OnnxImportError(f"{self.source}: {where} cannot be decoded: {exc}") from None
+            raise self.fail(node, f"{where} cannot be decoded: {_first(exc)}") from None
         if arr.dtype.kind not in "biuf":
-            raise OnnxImportError(f"{self.source}: {where} has unsupported dtype {arr.dtype}")
+            raise self.fail(node, f"{where} has unsupported dtype {arr.dtype}")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise OnnxImportError(f"{self.source}: {where} holds NaN or infinity")
-        return np.array(arr)
+            raise self.fail(node, f"{where} holds NaN or infinity")
+        return arr if arr.flags.writeable else arr.copy()
 
     def const(self, node: Any, i: int, what: str) -> np.ndarray:
         v = self.value(node, i)
         if not isinstance(v, np.ndarray):
             raise self.fail(node, f"{what} (input {i}) must be a constant")
         return v
+
+    def named(self, node: Any, i: int, what: str) -> str:
+        """``what 'tensor name'`` for messages about input ``i``."""
+        name = node.input[i] if i < len(node.input) else ""
+        return f"{what} {name!r}" if name else what
 
     def dyn(self, node: Any, i: int) -> _Dyn:
         v = self.value(node, i)
@@ -219,6 +480,7 @@ class _Importer:
                     f"cannot be folded into a linear layer (limit {MAX_PERMUTATION})"
                 )
             flat = self.reshape(v.node, v.base_shape, (m,))
+            self.check_size(node, 2 * m * m, 4, "a permutation matrix")
             w = torch.zeros(m, m)
             w[torch.arange(m), torch.as_tensor(v.idx)] = 1.0
             lin = nn.Linear(m, m, bias=False)
@@ -252,10 +514,36 @@ class _Importer:
         return _Dyn(self.add_module(kind, module, v.node), v.base_shape, v.shape, v.idx)
 
     # ------------------------------------------------------------------ the walk
+    def check_opset(self) -> int:
+        """The opset of the standard domain, which must lie in [MIN_OPSET, MAX_OPSET]."""
+        found = [int(o.version) for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        if not found:
+            raise OnnxImportError(f"{self.source}: the file declares no opset for the standard "
+                                  "ONNX domain")
+        if len(set(found)) > 1:
+            raise OnnxImportError(f"{self.source}: the file declares opsets {found} for the "
+                                  "standard ONNX domain")
+        if not MIN_OPSET <= found[0] <= MAX_OPSET:
+            raise OnnxImportError(
+                f"{self.source}: opset {found[0]} is not one the importer implements "
+                f"({MIN_OPSET} to {MAX_OPSET}); re-export the model with an opset in that range")
+        return found[0]
+
+    def check_schema(self, node: Any) -> None:
+        """The op exists in the file's opset (e.g. ``Range`` needs opset 11)."""
+        opset = self.check_opset()
+        try:
+            self.onnx.defs.get_schema(node.op_type, opset, "")
+        except Exception:  # onnx's SchemaError
+            raise self.fail(node, f"{node.op_type} does not exist in opset {opset}") from None
+
     def run(self) -> tuple[torch.fx.GraphModule, tuple[int, ...], tuple[int, ...]]:
         g = self.model.graph
+        self.check_opset()
         init_names = set()
         for t in g.initializer:
+            if t.name in init_names:
+                raise OnnxImportError(f"{self.source}: initialiser {t.name!r} is defined twice")
             self.values[t.name] = self.tensor(t)
             init_names.add(t.name)
         if len(getattr(g, "sparse_initializer", [])):
@@ -291,12 +579,16 @@ class _Importer:
         else:
             self.values[inp.name] = _Dyn(x, shape, shape)
             module_shape = shape
-        for node in g.node:
+        nodes = list(g.node)
+        if len(nodes) > MAX_NODES:
+            raise OnnxImportError(f"{self.source}: the graph has {len(nodes)} nodes; the importer "
+                                  f"reads at most {MAX_NODES}")
+        self.nodes = nodes
+        self.node_pos = {id(n): i for i, n in enumerate(nodes)}
+        for node in nodes:
             if node.domain not in ("", "ai.onnx"):
                 raise self.fail(node, f"operator domain {node.domain!r} is not standard ONNX")
             self.consumers_count(node)
-        nodes = list(g.node)
-        self.nodes = nodes
         for k, node in enumerate(nodes):
             if k in self.skip:
                 continue
@@ -314,6 +606,16 @@ class _Importer:
         self.graph.output(self.materialize(out))
         gm = torch.fx.GraphModule(self.root, self.graph, class_name="OnnxModel")
         return gm.eval(), module_shape, shape
+
+    def activation_bytes(self) -> int:
+        """Bytes (float32) of one sample's materialised activations: every distinct tensor
+        the values of the graph are views of, twice (for the layers' internal
+        intermediates: the branches of a LeakyRelu, a padding in front of a convolution)."""
+        seen: dict[int, int] = {}
+        for v in self.values.values():
+            if isinstance(v, _Dyn):
+                seen[id(v.node)] = max(seen.get(id(v.node), 0), math.prod(v.base_shape))
+        return 2 * 4 * sum(seen.values())
 
     def consumers_count(self, node: Any) -> None:
         for name in node.input:
@@ -345,6 +647,7 @@ class _Importer:
             )
         if math.prod(rest) > MAX_ELEMENTS:
             raise OnnxImportError(f"{self.source}: input {inp.name!r} is too large: {dims}")
+        self.check_size(None, math.prod(rest), 8, f"one sample of input {inp.name!r} {dims}")
         self.fixed_batch = dims[0]
         return tuple(int(d) for d in rest)  # type: ignore[arg-type]
 
@@ -352,13 +655,21 @@ class _Importer:
         op = node.op_type
         args = [self.value(node, i) for i in range(len(node.input))]
         present = [a for a in args if a is not None]
-        if op not in ("Shape", "Size") and all(isinstance(a, np.ndarray) for a in present):
-            outs = self.fold(node, args)
-        else:
-            handler = getattr(self, f"op_{op}", None)
-            if handler is None:
-                raise self.fail(node, "this operator is not supported by boundkit's importer")
-            outs = handler(node, k)
+        folding = op not in ("Shape", "Size") and all(isinstance(a, np.ndarray) for a in present)
+        handler = self.fold if folding else getattr(self, f"op_{op}", None)
+        if handler is None:
+            raise self.fail(node, "this operator is not supported by boundkit's importer")
+        self.check_schema(node)
+        self.attrs(node)  # the attributes are checked for every node, used or not
+        try:
+            with np.errstate(all="ignore"):
+                outs = self.fold(node, args) if folding else handler(node, k)
+        except ModelFileError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError,
+                RuntimeError, AssertionError, MemoryError) as exc:
+            # a combination of shapes and attributes no check above anticipated: still named
+            raise self.fail(node, f"cannot be imported ({_first(exc)})") from None
         if not isinstance(outs, list):
             outs = [outs]
         for i, name in enumerate(node.output):
@@ -374,6 +685,9 @@ class _Importer:
 
     # ------------------------------------------------------------------ constant folding
     def fold(self, node: Any, args: list[Any]) -> Any:
+        """Fold a node whose inputs are all constants: size the result from the inputs'
+        shapes (:meth:`fold_size`) and charge it before numpy computes it; refuse a result
+        holding NaN or infinity (a weight divided by zero, an overflow...)."""
         op = node.op_type
         a = self.attrs(node)
         f = getattr(self, f"fold_{op}", None)
@@ -381,13 +695,219 @@ class _Importer:
             f = self._fold_binary
         if f is None:
             raise self.fail(node, "cannot fold this operator on constants")
+        for i, x in enumerate(args):
+            if x is not None and not isinstance(x, np.ndarray):
+                raise self.fail(node, f"input {i} is not a tensor")
+        numel, itemsize = self.fold_size(node, args, a)
+        nbytes = self.check_size(node, numel, itemsize, "the folded result")
         out = f(node, args, a)
         out = [np.asarray(o) for o in out] if isinstance(out, list) else np.asarray(out)
         outs = out if isinstance(out, list) else [out]
-        for o in outs:
-            if isinstance(o, np.ndarray) and o.size > MAX_ELEMENTS:
-                raise self.fail(node, f"folded constant of shape {o.shape} is too large")
+        inputs = [x for x in args if x is not None]
+        for i, o in enumerate(outs):
+            if o.nbytes > max(nbytes, 64):
+                raise self.fail(node, f"folded result of shape {list(o.shape)} is larger than "
+                                "sized (an importer bug; please report it)")
+            if o.dtype.kind not in "biuf":
+                raise self.fail(node, f"folded result has unsupported dtype {o.dtype}")
+            if o.dtype.kind == "f" and not np.isfinite(o).all():
+                raise self.fail(node, f"folding output {node.output[i]!r} gives NaN or infinity "
+                                "(e.g. a division by zero or an overflow in the graph's "
+                                "constants)")
+            if not any(np.may_share_memory(o, x) for x in inputs):
+                self.charge(node, o.nbytes, 1, "the folded result")
         return out
+
+    def fold_size(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        """(elements, bytes per element) of a fold's result, computed from the inputs'
+        shapes and the attributes only, with the checks that make the fold well defined.
+        An op without a ``size_<Op>`` method is element-wise or smaller: at most its
+        largest input, at 8 bytes per element."""
+        fn = getattr(self, f"size_{node.op_type}", None)
+        if fn is None and node.op_type in _NP_BINARY:
+            fn = self.size_binary
+        if fn is not None:
+            return fn(node, args, a)
+        sizes = [x.size for x in args if x is not None]
+        return (max(sizes) if sizes else 1), 8
+
+    def _rank_axis(self, node: Any, ax: int, r: int, what: str = "axis") -> int:
+        if not -r <= ax < r:
+            raise self.fail(node, f"{what} {ax} is out of range for a tensor of rank {r}")
+        return ax % r
+
+    def _ints_input(self, node: Any, x: Any, what: str) -> list[int]:
+        if x is None:
+            raise self.fail(node, f"{what} is missing")
+        if x.dtype.kind not in "iu" or x.ndim > 1:
+            raise self.fail(node, f"{what} must be a 1-D integer tensor, got {x.dtype} of shape "
+                            f"{list(x.shape)}")
+        return [int(v) for v in x.ravel()]
+
+    def size_binary(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        if len(args) != 2 or args[0] is None or args[1] is None:
+            raise self.fail(node, f"expects 2 inputs, got {len(args)}")
+        x, y = args
+        try:
+            shape = np.broadcast_shapes(x.shape, y.shape)
+        except ValueError:
+            raise self.fail(node, f"constants of shapes {list(x.shape)} and {list(y.shape)} do "
+                            "not broadcast") from None
+        if node.op_type == "Div" and (y == 0).any():
+            raise self.fail(node, f"{self.named(node, 1, 'the divisor')} holds zeros (division "
+                            f"by zero of {self.named(node, 0, 'the constant')})")
+        return math.prod(shape), np.result_type(x, y).itemsize
+
+    def size_Constant(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        return 0, 1  # the attribute was sized when it was decoded
+
+    def size_Identity(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        return 0, 1  # no copy
+
+    size_Dropout = size_Identity
+
+    def size_Shape(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        return 64, 8
+
+    def size_Cast(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        from onnx import helper
+
+        try:
+            dt = np.dtype(helper.tensor_dtype_to_np_dtype(int(a["to"])))
+        except Exception:
+            raise self.fail(node, f"cast to unknown data type {a['to']}") from None
+        if dt.kind not in "biuf" or dt.itemsize > 8:
+            raise self.fail(node, f"cast to unsupported dtype {dt}")
+        return args[0].size, dt.itemsize
+
+    def size_Gather(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        data, ind = args[0], args[1] if len(args) > 1 else None
+        if ind is None or ind.dtype.kind not in "iu":
+            raise self.fail(node, "the indices must be an integer tensor")
+        if data.ndim == 0:
+            raise self.fail(node, "gathering from a scalar")
+        ax = self._rank_axis(node, int(a.get("axis", 0)), data.ndim)
+        d = data.shape[ax]
+        if ind.size and (ind.min() < -d or ind.max() >= d):
+            raise self.fail(node, f"indices outside [-{d}, {d - 1}] on axis {ax}")
+        return data.size // max(d, 1) * ind.size if d else 0, data.itemsize
+
+    def size_Concat(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        parts = [x for x in args if x is not None]
+        if not parts:
+            raise self.fail(node, "nothing to concatenate")
+        r = parts[0].ndim
+        if r == 0 or any(x.ndim != r for x in parts):
+            raise self.fail(node, f"inputs of ranks {[x.ndim for x in parts]} (equal ranks >= 1 "
+                            "expected)")
+        ax = self._rank_axis(node, int(a["axis"]), r)
+        rest = [x.shape[:ax] + x.shape[ax + 1:] for x in parts]
+        if any(t != rest[0] for t in rest):
+            raise self.fail(node, f"shapes {[list(x.shape) for x in parts]} do not concatenate "
+                            f"on axis {ax}")
+        return sum(x.size for x in parts), max(x.itemsize for x in parts)
+
+    def size_ConstantOfShape(self, node: Any, args: list[Any], a: dict[str, Any]
+                             ) -> tuple[int, int]:
+        shape = self._ints_input(node, args[0] if args else None, "the shape")
+        self._no_batch(node, args[0])
+        if any(s < 0 for s in shape) or len(shape) > 64:
+            raise self.fail(node, f"bad shape {shape}")
+        v = a.get("value")
+        if v is not None and v.size != 1:
+            raise self.fail(node, f"the value attribute holds {v.size} elements (one expected)")
+        return math.prod(shape), 4 if v is None else v.itemsize
+
+    def size_Range(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        if len(args) != 3 or any(x is None or x.size != 1 for x in args):
+            raise self.fail(node, "start, limit and delta must be three scalars")
+        self._no_batch(node, *args)
+        start, limit, delta = (float(x.ravel()[0]) for x in args)
+        if delta == 0:
+            raise self.fail(node, "delta is 0 (an infinite range)")
+        if not all(math.isfinite(v) for v in (start, limit, delta)):
+            raise self.fail(node, "start, limit and delta must be finite")
+        return max(0, math.ceil((limit - start) / delta)), max(args[0].itemsize, 1)
+
+    def size_Reshape(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        x = args[0]
+        s = self._ints_input(node, args[1] if len(args) > 1 else None, "the target shape")
+        allowzero = int(a.get("allowzero", 0))
+        if not allowzero:
+            if any(v == 0 and i >= x.ndim for i, v in enumerate(s)):
+                raise self.fail(node, f"target {s} copies a dimension the input "
+                                f"{list(x.shape)} does not have")
+            s = [x.shape[i] if v == 0 else v for i, v in enumerate(s)]
+        if s.count(-1) > 1 or any(v < -1 for v in s):
+            raise self.fail(node, f"bad target shape {s}")
+        known = math.prod(v for v in s if v != -1)
+        if (-1 in s and (known == 0 or x.size % known)) or (-1 not in s and known != x.size):
+            raise self.fail(node, f"target shape {s} does not fit {x.size} elements "
+                            f"(shape {list(x.shape)})")
+        return x.size, x.itemsize
+
+    def size_Transpose(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        x, perm = args[0], a.get("perm")
+        if perm is not None and sorted(int(p) for p in perm) != list(range(x.ndim)):
+            raise self.fail(node, f"perm {list(perm)} is not a permutation of the {x.ndim} "
+                            "axes")
+        return x.size, x.itemsize
+
+    def size_Flatten(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        x = args[0]
+        ax = int(a.get("axis", 1))
+        if not -x.ndim <= ax <= x.ndim:
+            raise self.fail(node, f"axis {ax} is out of range for a tensor of rank {x.ndim}")
+        return x.size, x.itemsize
+
+    def size_Squeeze(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        x = args[0]
+        axes = self._axes(node, args, a)
+        if axes is not None:
+            axes = [self._rank_axis(node, v, x.ndim) for v in axes]
+            if len(set(axes)) != len(axes) or any(x.shape[v] != 1 for v in axes):
+                raise self.fail(node, f"axes {axes} are not distinct axes of size 1 in "
+                                f"{list(x.shape)}")
+        return x.size, x.itemsize
+
+    def size_Unsqueeze(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        x = args[0]
+        axes = self._axes(node, args, a) or []
+        r = x.ndim + len(axes)
+        axes = [self._rank_axis(node, v, r) for v in axes]
+        if len(set(axes)) != len(axes):
+            raise self.fail(node, f"axes {axes} repeat an axis")
+        return x.size, x.itemsize
+
+    def size_Slice(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        x = args[0]
+        starts, ends, axes, steps = self._slice_args(node, args, a)
+        if not len(starts) == len(ends) == len(axes) == len(steps):
+            raise self.fail(node, f"starts {starts}, ends {ends}, axes {axes} and steps "
+                            f"{steps} differ in length")
+        if any(st == 0 for st in steps):
+            raise self.fail(node, f"steps {steps} hold a 0")
+        axes = [self._rank_axis(node, v, x.ndim) for v in axes]
+        if len(set(axes)) != len(axes):
+            raise self.fail(node, f"axes {axes} repeat an axis")
+        return x.size, x.itemsize
+
+    def _slice_args(self, node: Any, args: list[Any], a: dict[str, Any]
+                    ) -> tuple[list[int], list[int], list[int], list[int]]:
+        if len(args) >= 3:
+            starts = self._ints_input(node, args[1], "starts")
+            ends = self._ints_input(node, args[2], "ends")
+            axes = self._ints_input(node, args[3], "axes") if len(args) > 3 and \
+                args[3] is not None else list(range(len(starts)))
+            steps = self._ints_input(node, args[4], "steps") if len(args) > 4 and \
+                args[4] is not None else [1] * len(starts)
+        else:
+            if "starts" not in a or "ends" not in a:
+                raise self.fail(node, "starts and ends are missing")
+            starts, ends = [int(v) for v in a["starts"]], [int(v) for v in a["ends"]]
+            axes = [int(v) for v in a["axes"]] if "axes" in a else list(range(len(starts)))
+            steps = [1] * len(starts)
+        return starts, ends, axes, steps
 
     def _no_batch(self, node: Any, *arrs: Any) -> None:
         for x in arrs:
@@ -400,7 +920,7 @@ class _Importer:
         fn = _NP_BINARY[node.op_type]
         if node.op_type == "Div" and x.dtype.kind in "iu":
             return np.trunc(x / y).astype(x.dtype)
-        return np.asarray(fn(x, y)).astype(np.result_type(x, y))
+        return np.asarray(fn(x, y)).astype(np.result_type(x, y), copy=False)
 
     def fold_Constant(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
         if "value" in a:
@@ -486,18 +1006,7 @@ class _Importer:
 
     def fold_Slice(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
         x = args[0]
-        if len(args) >= 3:
-            starts, ends = args[1].ravel(), args[2].ravel()
-            axes = args[3].ravel() if len(args) > 3 and args[3] is not None else None
-            steps = args[4].ravel() if len(args) > 4 and args[4] is not None else None
-        else:
-            starts, ends = np.asarray(a["starts"]), np.asarray(a["ends"])
-            axes = np.asarray(a["axes"]) if "axes" in a else None
-            steps = None
-        if axes is None:
-            axes = np.arange(len(starts))
-        if steps is None:
-            steps = np.ones(len(starts), dtype=np.int64)
+        starts, ends, axes, steps = self._slice_args(node, args, a)  # checked by size_Slice
         sl = [slice(None)] * x.ndim
         for s, e, ax, st in zip(starts, ends, axes, steps):
             big = np.iinfo(np.int64).max // 2
@@ -506,19 +1015,13 @@ class _Importer:
         return x[tuple(sl)]
 
     def fold_ConstantOfShape(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
-        shape = [int(v) for v in args[0].ravel()]
-        self._no_batch(node, args[0])
-        if any(s < 0 for s in shape) or math.prod(shape) > MAX_ELEMENTS:
-            raise self.fail(node, f"bad shape {shape}")
+        shape = [int(v) for v in args[0].ravel()]  # checked by size_ConstantOfShape
         v = a.get("value", np.zeros(1, dtype=np.float32))
         return np.full(shape, v.ravel()[0], dtype=v.dtype)
 
     def fold_Range(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
-        self._no_batch(node, *args)
-        n = math.ceil((float(args[1]) - float(args[0])) / float(args[2]))
-        if n > MAX_ELEMENTS:
-            raise self.fail(node, "range too large")
-        return np.arange(args[0], args[1], args[2]).astype(args[0].dtype)
+        start, limit, delta = (x.ravel()[0] for x in args)  # checked by size_Range
+        return np.arange(start, limit, delta, dtype=args[0].dtype)
 
     # ------------------------------------------------------------------ dynamic ops
     def op_Shape(self, node: Any, k: int) -> np.ndarray:
@@ -568,6 +1071,8 @@ class _Importer:
         v = self.dyn(node, 0)
         ax = int(self.attrs(node).get("axis", 1))
         r = len(v.shape) + 1
+        if not -r <= ax <= r:
+            raise self.fail(node, f"axis {ax} is out of range for a tensor of rank {r}")
         ax = ax % r if ax < 0 else ax
         if ax != 1:
             raise self.fail(node, f"Flatten at axis {ax} would mix the batch dimension")
@@ -614,7 +1119,7 @@ class _Importer:
         r = len(v.shape) + 1
         if axes is None:
             axes = [i + 1 for i, d in enumerate(v.shape) if d == 1]
-        axes = [a % r for a in axes]
+        axes = [self._rank_axis(node, a, r) for a in axes]
         if 0 in axes:
             raise self.fail(node, "squeezing the batch dimension")
         if any(v.shape[a - 1] != 1 for a in axes):
@@ -625,7 +1130,9 @@ class _Importer:
         v = self.dyn(node, 0)
         axes = self._axes(node, [None, self.opt_const(node, 1)], self.attrs(node)) or []
         r = len(v.shape) + 1 + len(axes)
-        axes = sorted(a % r for a in axes)
+        axes = sorted(self._rank_axis(node, a, r) for a in axes)
+        if len(set(axes)) != len(axes):
+            raise self.fail(node, f"axes {axes} repeat an axis")
         if 0 in axes:
             raise self.fail(node, "unsqueezing before the batch dimension")
         shape = [None, *v.shape]
@@ -637,9 +1144,13 @@ class _Importer:
         v = self.dyn(node, 0)
         r = len(v.shape) + 1
         perm = self.attrs(node).get("perm") or list(reversed(range(r)))
-        perm = [int(p) % r for p in perm]
-        if sorted(perm) != list(range(r)) or perm[0] != 0:
+        perm = [int(p) for p in perm]
+        if sorted(perm) != list(range(r)):
+            raise self.fail(node, f"perm {perm} is not a permutation of the {r} axes of "
+                            f"[N, {', '.join(map(str, v.shape))}]")
+        if perm[0] != 0:
             raise self.fail(node, f"perm {perm} moves the batch dimension")
+        self.charge(node, 2 * v.numel, 8, "the index of a transposed view")
         base = v.idx if v.idx is not None else np.arange(v.numel)
         p = [q - 1 for q in perm[1:]]
         idx = base.reshape(v.shape).transpose(p).ravel()
@@ -659,6 +1170,8 @@ class _Importer:
         out_f, in_f = w.shape
         if in_f != v.numel:
             raise self.fail(node, f"weight {list(w.shape)} does not fit input {list(v.shape)}")
+        self.check_size(node, out_f * in_f, 8 + 4, "the linear layer's weight")
+        self._bound(node, out_f, "output")
         if v.idx is not None:
             w2 = np.empty_like(w)
             w2[:, v.idx] = w  # y = sum_j w[:, j] base[idx[j]]
@@ -674,6 +1187,7 @@ class _Importer:
     def _float(self, node: Any, arr: np.ndarray, what: str) -> np.ndarray:
         if arr.dtype.kind != "f":
             raise self.fail(node, f"{what} has dtype {arr.dtype}, expected float")
+        self.check_size(node, arr.size, 8, f"a float64 copy of {what}")
         return arr.astype(np.float64)
 
     def op_Gemm(self, node: Any, k: int) -> _Dyn:
@@ -682,8 +1196,9 @@ class _Importer:
             raise self.fail(node, "transA=1 (the input transposed) is not supported")
         v = self.dyn(node, 0)
         w = self._float(node, self.const(node, 1, "the weight B"), "B")
-        if w.ndim != 2:
-            raise self.fail(node, f"B has shape {list(w.shape)}")
+        if w.ndim != 2 or w.size == 0:
+            raise self.fail(node, f"{self.named(node, 1, 'the weight B')} has shape "
+                            f"{list(w.shape)} (a non-empty matrix expected)")
         w = w if int(a.get("transB", 0)) else w.T
         w = w * float(a.get("alpha", 1.0))
         c = self.opt_const(node, 2)
@@ -699,8 +1214,9 @@ class _Importer:
     def op_MatMul(self, node: Any, k: int) -> _Dyn:
         v = self.dyn(node, 0)
         w = self._float(node, self.const(node, 1, "the right-hand matrix"), "the matrix")
-        if w.ndim != 2:
-            raise self.fail(node, f"right-hand matrix has shape {list(w.shape)}")
+        if w.ndim != 2 or w.size == 0:
+            raise self.fail(node, f"{self.named(node, 1, 'the right-hand matrix')} has shape "
+                            f"{list(w.shape)} (a non-empty matrix expected)")
         b = None
         nxt = self.only_consumer(node.output[0])
         if nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
@@ -713,7 +1229,7 @@ class _Importer:
                 except ValueError:
                     b = None
                 if b is not None:
-                    j = self.nodes.index(nxt)
+                    j = self._index(nxt)
                     self.skip.add(j)
                     out = self.linear(node, v, w.T, b)
                     self.values[nxt.output[0]] = out
@@ -790,6 +1306,9 @@ class _Importer:
         b = self.opt_const(node, 2)
         if w.ndim != 4:
             raise self.fail(node, f"only 2-D convolutions (kernel of shape {list(w.shape)})")
+        if w.size == 0:
+            raise self.fail(node, f"{self.named(node, 1, 'the kernel')} has shape "
+                            f"{list(w.shape)} (empty)")
         c, h, wd = self._spatial(node, v)
         groups = int(a.get("group", 1))
         if groups < 1 or c % groups or w.shape[0] % groups or w.shape[1] * groups != c:
@@ -811,6 +1330,7 @@ class _Importer:
         self._bound(node, w.shape[0] * (h + 2 * pads[0]) * (wd + 2 * pads[1]), "output")
         if any(s < 1 for s in strides + dil):
             raise self.fail(node, f"strides {strides} / dilations {dil}")
+        self.check_size(node, w.size, 4, "the convolution's kernel")
         conv = nn.Conv2d(c, w.shape[0], ks, stride=strides, padding=(pads[0], pads[1]),
                          dilation=dil, groups=groups, bias=b is not None)
         with torch.no_grad():
@@ -822,18 +1342,25 @@ class _Importer:
         return _Dyn(out, shape, shape)
 
     def _bound(self, node: Any, numel: int, what: str) -> None:
-        if numel > MAX_ELEMENTS:
-            raise self.fail(node, f"the {what} would hold {numel} elements per sample (too "
-                            f"large; limit {MAX_ELEMENTS})")
+        """One sample of an activation, at float64 width, within the per-tensor limit."""
+        self.check_size(node, numel, 8, f"one sample of the {what}")
 
     def _out_shape(self, node: Any, module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The layer's per-sample output shape, computed on PyTorch's ``meta`` device (shapes
+        only: nothing is allocated or computed), then sized."""
+        from torch.func import functional_call
+
+        meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta")
+                for k, v in module.state_dict().items()}
         try:
             with torch.no_grad():
-                y = module(torch.zeros(1, *shape))
-        except RuntimeError as exc:
-            raise self.fail(node, f"does not fit input [N, {list(shape)}]: {exc}") from None
+                y = functional_call(module, meta, (torch.empty(1, *shape, device="meta"),))
+        except (RuntimeError, ValueError) as exc:
+            raise self.fail(node, f"does not fit input [N, {list(shape)}]: "
+                            f"{_first(exc)}") from None
         if any(s <= 0 for s in y.shape):
             raise self.fail(node, "empty output")
+        self._bound(node, math.prod(y.shape[1:]), "output")
         return tuple(y.shape[1:])
 
     def _pool_args(self, node: Any, v: _Dyn) -> tuple[Any, ...]:
@@ -939,10 +1466,7 @@ class _Importer:
         return _Dyn(self.add_module(kind, module, self.materialize(v, node)), v.shape, v.shape)
 
     def _opset(self) -> int:
-        for o in self.model.opset_import:
-            if o.domain in ("", "ai.onnx"):
-                return int(o.version)
-        return 13
+        return self.check_opset()
 
     def op_Softmax(self, node: Any, k: int) -> _Dyn:
         return self._squash(node, nn.Softmax(dim=1), "softmax")
@@ -956,6 +1480,7 @@ class _Importer:
     ) -> _Dyn:
         """``v * scale + shift`` with constants broadcast against the value (not the batch)."""
         shape = v.shape
+        self.check_size(node, 4 * math.prod(shape), 8, "the per-element scale and shift")
         s = np.ones(shape) if scale is None else scale.astype(np.float64)
         t = np.zeros(shape) if shift is None else shift.astype(np.float64)
         r = len(shape) + 1
@@ -1057,7 +1582,7 @@ class _Importer:
         if any(not isinstance(p, _Dyn) for p in parts):
             raise self.fail(node, "concatenating constants with input-dependent tensors")
         r = len(parts[0].shape) + 1  # type: ignore[union-attr]
-        ax = int(self.attrs(node)["axis"]) % r
+        ax = self._rank_axis(node, int(self.attrs(node)["axis"]), r)
         if ax == 0:
             raise self.fail(node, "concatenation along the batch dimension")
         shapes = [p.shape for p in parts]  # type: ignore[union-attr]
@@ -1099,10 +1624,11 @@ def compare_with_onnxruntime(
     *,
     layout: str = "nchw",
     seed: int = 0,
+    batch: int | None = None,
 ) -> OnnxCheck:
     """Run ``model`` (the importer's module, ONNX input layout unless ``layout='nhwc'``)
     and onnxruntime on the same ``n`` random inputs (uniform in [0, 1] and standard normal,
-    half each) and return the largest errors."""
+    half each; at most ``batch`` at a time) and return the largest errors."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -1115,19 +1641,24 @@ def compare_with_onnxruntime(
     x = np.concatenate([
         rng.random((n - n // 2, *rest)), rng.standard_normal((n // 2, *rest)),
     ]).astype(np.float32 if "float)" in inp.type or inp.type == "tensor(float)" else np.float64)
-    step = shape[0] if shape[0] is not None else n
+    step = shape[0] if shape[0] is not None else min(n, batch or n)
     outs = [sess.run(None, {inp.name: x[s : s + step]})[0] for s in range(0, n, step)]
     ref = np.concatenate(outs).reshape(n, -1).astype(np.float64)
     xt = torch.from_numpy(x)
     if layout == "nhwc":
         xt = xt.permute(0, 3, 1, 2).contiguous()
     p = next(iter(model.parameters()), None)
+    dt = p.dtype if p is not None else torch.float32
     with torch.no_grad():
-        got = model(xt.to(p.dtype if p is not None else torch.float32)).double().numpy()
-    got = got.reshape(n, -1)
+        got = torch.cat([model(xt[s : s + step].to(dt)).double() for s in range(0, n, step)])
+    got = got.numpy().reshape(n, -1)
     if got.shape != ref.shape:
         raise ModelFileError(f"{path}: output shape {got.shape} differs from onnxruntime's "
                              f"{ref.shape}")
+    for what, v in (("onnxruntime's", ref), ("the imported model's", got)):
+        if not np.isfinite(v).all():
+            raise OnnxImportError(f"{path}: {what} logits are NaN or infinite on the random "
+                                  "check inputs (the graph overflows); refusing it")
     abs_err = float(np.abs(got - ref).max())
     scale = float(np.abs(ref).max())
     return OnnxCheck(n, abs_err, abs_err / scale if scale > 0 else abs_err)
@@ -1146,6 +1677,8 @@ def load_onnx(
     check_samples: int = 64,
     rtol: float = 1e-5,
     device: str | torch.device | None = None,
+    max_tensor_bytes: int | None = None,
+    max_total_bytes: int | None = None,
 ) -> nn.Module:
     """Import an ONNX classifier as a torch module boundkit can certify and attack.
 
@@ -1163,10 +1696,15 @@ def load_onnx(
         check: compare with onnxruntime (when installed) on ``check_samples`` random inputs
             and refuse a relative error above ``rtol``.
         device: where the module lives.
+        max_tensor_bytes: the largest tensor the import may decode, fold or materialise
+            (default :data:`MAX_TENSOR_BYTES` or 4x the file's size, whichever is larger).
+        max_total_bytes: the budget of everything the import holds, the activations of its
+            checks included (default :data:`MAX_TOTAL_BYTES` or 8x the file's size).
 
     Raises:
-        ModelFileError (:class:`OnnxImportError`): unreadable file, unsupported node (named
-            with its op type and the file), mismatch with onnxruntime.
+        ModelFileError (:class:`OnnxImportError`): unreadable file, unsupported node, opset
+            or attribute, a tensor beyond the limits (each named with the node, its op type
+            and the file), mismatch with onnxruntime.
     """
     p = Path(path)
     onnx = _require_onnx(str(p))
@@ -1174,11 +1712,20 @@ def load_onnx(
     if layout not in ("nchw", "nhwc"):
         raise ModelFileError(f"unknown layout {layout!r}; use 'nchw' or 'nhwc'")
     try:
-        size = p.stat().st_size
+        st = p.stat()
     except OSError as exc:
         raise ModelFileError(f"{p} cannot be read: {exc}") from None
+    import stat as _stat
+
+    if not _stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        raise ModelFileError(f"{p} is not a regular file")
+    size = st.st_size
     if size > MAX_FILE_BYTES:
         raise ModelFileError(f"{p} is {size} bytes; the importer reads at most {MAX_FILE_BYTES}")
+    limits = OnnxLimits.for_file(size, max_tensor_bytes, max_total_bytes)
+    from boundkit.validate import check_int
+
+    check_int("check_samples", check_samples, maximum=1 << 16)
     try:
         proto = onnx.load_model_from_string(p.read_bytes())
     except Exception as exc:  # protobuf's DecodeError and others
@@ -1187,13 +1734,19 @@ def load_onnx(
         raise ModelFileError(f"{p} is not an ONNX model (no graph)")
     if len(proto.functions):
         raise ModelFileError(f"{p} defines local functions; boundkit does not import them")
-    imp = _Importer(proto, str(p), layout)
+    imp = _Importer(proto, str(p), layout, limits)
     gm, module_shape, _ = imp.run()
+    # the load-time checks run the graph: size one sample's activations first (shapes from
+    # fake tensors, nothing allocated) and run as many samples at once as the budget allows
+    per_sample = imp.activation_bytes()
+    imp.check_size(None, per_sample, 2, "the activations of one sample (float32, all layers)")
+    left = max(limits.max_total_bytes - imp.used_bytes, per_sample)
+    batch = max(1, min(check_samples, left // max(4 * per_sample, 1)))
     try:
         with torch.no_grad():
-            gm(torch.zeros(2, *module_shape))
+            gm(torch.zeros(min(2, batch), *module_shape))
     except Exception as exc:  # shapes inconsistent with the file's declarations
-        raise OnnxImportError(f"{p}: the imported graph does not run: {exc}") from None
+        raise OnnxImportError(f"{p}: the imported graph does not run: {_first(exc)}") from None
     if check:
         try:
             import onnxruntime  # noqa: F401
@@ -1201,7 +1754,7 @@ def load_onnx(
             check = False
     if check:
         try:
-            res = compare_with_onnxruntime(gm, p, check_samples, layout=layout)
+            res = compare_with_onnxruntime(gm, p, check_samples, layout=layout, batch=batch)
         except ModelFileError:
             raise
         except Exception as exc:  # onnxruntime refuses the file (its own validation)
@@ -1252,10 +1805,17 @@ def adapt_input_shape(
 
 
 __all__ = [
+    "ATTRIBUTES",
     "MAX_ELEMENTS",
+    "MAX_NODES",
+    "MAX_OPSET",
     "MAX_PERMUTATION",
+    "MAX_TENSOR_BYTES",
+    "MAX_TOTAL_BYTES",
+    "MIN_OPSET",
     "OnnxCheck",
     "OnnxImportError",
+    "OnnxLimits",
     "adapt_input_shape",
     "compare_with_onnxruntime",
     "load_onnx",

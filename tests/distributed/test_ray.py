@@ -301,3 +301,93 @@ def test_sigint_on_cli_driver_keeps_complete_shards_and_a_rerun_finishes(cluster
     assert main([*args, "--out", str(tmp_path / "ray.json")]) == EXIT_OK
     assert main([*local, "--out", str(tmp_path / "local.json")]) == EXIT_OK
     assert _json(tmp_path / "ray.json") == _json(tmp_path / "local.json")
+
+
+# ------------------------------------------------------------------------------ issue #26
+def _half_sound_method():
+    from boundkit.bounds.method import BatchResult, Method, get_method
+
+    class HalfSound(Method):
+        name = "test-half-sound"
+        description = "half of sound's radius (a test method)"
+
+        def prepare(self, graph):
+            return get_method("sound").prepare(graph)
+
+        def run(self, graph, x, plan, *, trace, **options):
+            r = get_method("sound").run(graph, x, plan, trace=False)
+            return BatchResult(r.radius / 2, r.label, r.runner_up, r.margin, {}, {},
+                               outputs=r.outputs, unsafe=r.unsafe)
+
+    return HalfSound()
+
+
+def test_certify_on_ray_takes_every_option_and_custom_methods(cluster, models, data, tmp_path):
+    """The reported bug: ``box=None`` through the executor was a TypeError. Options, statuses
+    (samples outside a box), and a registered custom method equal the local run's."""
+    from boundkit import certify
+    from boundkit.bounds.certificate import SampleStatus
+    from boundkit.bounds.method import register_method, unregister_method
+
+    model = _load(models["digits_mlp"])
+    x = data[0][:8]
+    from boundkit.distributed import RayExecutor
+
+    ex = RayExecutor(workers=1, shard_dir=False)  # the call of the report
+    for box in (None, (0.2, 0.6)):
+        got = certify(model, x, "crown", box=box, executor=ex)
+        ref = certify(model, x, "crown", box=box)
+        assert torch.equal(got.radius, ref.radius) and torch.equal(got.status, ref.status)
+    assert (got.status == SampleStatus.OUTSIDE_BOX).all()  # digits pixels leave [0.2, 0.6]
+    assert "outside the method's input box [0.2, 0.6]" in got.reasons()[0]
+    method = _half_sound_method()
+    register_method(method, replace=True)
+    try:
+        ref = certify(model, x, "test-half-sound")
+        for m in ("test-half-sound", method):  # by name (registered here only) or object
+            got = certify(model, x, m, executor=ex)
+            assert torch.equal(got.radius, ref.radius) and got.method == "test-half-sound"
+    finally:
+        unregister_method("test-half-sound")
+    with pytest.raises(TypeError, match=r"method 'sound' takes no option\(s\) \['box'\]"):
+        certify(model, x, "sound", box=None, executor=ex)
+
+
+def test_tampered_or_cut_kept_shards_are_refused_and_reuse_is_recorded(cluster, models,
+                                                                       tmp_path, capsys):
+    """``--keep-shards``: a re-run reuses the shards and says so in results.json; a shard
+    whose radii were multiplied by 100, or cut to 2 radii, stops the re-run with one line
+    naming it (exit 2), never a result."""
+    import io
+
+    from boundkit.cli import EXIT_BAD_INPUT, EXIT_OK, main
+
+    shards = tmp_path / "shards"
+    args = ["certify", "--model", str(models["digits_mlp"]), "--data", "digits", "--n", "80",
+            "--quiet", "--cluster", f"ray={cluster}", "--shards", "2", "--keep-shards",
+            "--shard-dir", str(shards)]
+    assert main([*args, "--out", str(tmp_path / "a.json")]) == EXIT_OK
+    first = json.loads((tmp_path / "a.json").read_text())["meta"]["provenance"]["cluster"]
+    assert first["shards_reused"] == 0 and first["reused_samples"] == []
+    assert main([*args, "--out", str(tmp_path / "b.json")]) == EXIT_OK
+    doc = json.loads((tmp_path / "b.json").read_text())
+    again = doc["meta"]["provenance"]["cluster"]
+    assert again["shards_reused"] == 2 and again["reused_samples"] == list(range(80))
+    files = sorted(shards.rglob("shard-*.pt"))
+    assert len(files) == 2
+    payload = torch.load(files[1], weights_only=True)
+    original = files[1].read_bytes()
+    for tamper in ("times_100", "cut"):
+        c = payload["certificates"]["sound"]
+        bad = dict(c, radius=c["radius"] * 100) if tamper == "times_100" else \
+            dict(c, radius=c["radius"][:2])
+        buf = io.BytesIO()
+        torch.save({"certificates": {"sound": bad}}, buf)
+        files[1].write_bytes(buf.getvalue())
+        capsys.readouterr()
+        assert main([*args, "--out", str(tmp_path / "c.json")]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(files[1]) in err[0] and "SHA-256" in err[0], err
+        assert not (tmp_path / "c.json").exists()
+    files[1].write_bytes(original)
+    assert main([*args, "--out", str(tmp_path / "c.json")]) == EXIT_OK

@@ -85,3 +85,30 @@ def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+
+
+def hostile(
+    tmp: Path,
+    nodes: Sequence[object],
+    inits: dict[str, np.ndarray] | None = None,
+    *,
+    out: str = "y",
+    in_shape: Sequence[int] = (4,),
+    opset: int | None = 13,
+    name: str = "hostile.onnx",
+) -> Path:
+    """A file as a hostile user would write it: ``nodes`` as given (no checker), input
+    ``x [N, *in_shape]``, output ``out``; ``opset=None`` declares none."""
+    graph = helper.make_graph(
+        list(nodes), "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v), name=k)
+                     for k, v in (inits or {}).items()],
+    )
+    ops = [] if opset is None else [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=ops)
+    model.ir_version = 8
+    p = tmp / name
+    p.write_bytes(model.SerializeToString())
+    return p

@@ -77,3 +77,25 @@ def test_cli_bad_normalize_is_a_one_line_error(tmp_path: Path, capsys, text: str
     assert code == EXIT_BAD_INPUT
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "normali" in err[0], err
+
+
+def test_cli_onnx_memory_limits_and_per_sample_status(tmp_path: Path, capsys) -> None:
+    """``--onnx-max-total-mib`` / ``--onnx-max-tensor-mib`` reach the importer (a too small
+    budget is the one-line exit-2 error naming the limit); results list each sample's
+    status."""
+    p = classifier(tmp_path, [N("Flatten", ["x"], ["h"], axis=1)], (1, 4, 4), "h", 16)
+    data, _ = _data(tmp_path)
+    base = ["certify", "--model", str(p), "--data", str(data), "--quiet"]
+    out = tmp_path / "c.json"
+    assert main([*base, "--out", str(out), "--onnx-max-total-mib", "64"]) == EXIT_OK
+    doc = json.loads(out.read_text())
+    assert doc["samples"]["status"] == {"sound": ["OK"] * 6}
+    for opt, limit in (("--onnx-max-total-mib", "max_total_bytes"),
+                       ("--onnx-max-tensor-mib", "max_tensor_bytes")):
+        capsys.readouterr()
+        assert main([*base, "--out", str(tmp_path / "d.json"), opt, "0.0001"]) == \
+            EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and limit in err[0] and str(p) in err[0], err
+    assert main([*base, "--out", str(tmp_path / "d.json"), "--onnx-max-total-mib", "-1"]) == \
+        EXIT_BAD_INPUT

@@ -29,6 +29,7 @@ from boundkit.models.preprocess import parse_normalize  # noqa: E402
 
 ROOT = Path(__file__).parents[2]
 N = helper.make_node
+OPSET = [helper.make_opsetid("", 13)]
 
 
 class _Net(nn.Module):
@@ -115,7 +116,7 @@ def test_external_data_references_are_refused(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializer=[t])
     p = tmp_path / "ext.onnx"
-    p.write_bytes(helper.make_model(graph).SerializeToString())
+    p.write_bytes(helper.make_model(graph, opset_imports=OPSET).SerializeToString())
     with pytest.raises(ModelFileError, match="external data"):
         load_onnx(p)
 
@@ -127,14 +128,14 @@ def test_declared_sizes_are_bounded_before_decoding(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializer=[t])
     p = tmp_path / "huge.onnx"
-    p.write_bytes(helper.make_model(graph).SerializeToString())
+    p.write_bytes(helper.make_model(graph, opset_imports=OPSET).SerializeToString())
     with pytest.raises(ModelFileError, match="too large"):
         load_onnx(p)
     graph = helper.make_graph(
         [N("Relu", ["x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1 << 20, 1 << 20])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
-    p.write_bytes(helper.make_model(graph).SerializeToString())
+    p.write_bytes(helper.make_model(graph, opset_imports=OPSET).SerializeToString())
     with pytest.raises(ModelFileError, match="too large"):
         load_onnx(p)
 
@@ -145,14 +146,14 @@ def test_a_model_with_two_inputs_or_a_symbolic_shape_is_refused(tmp_path: Path) 
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3]) for n in "xz"],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
     p = tmp_path / "two.onnx"
-    p.write_bytes(helper.make_model(graph).SerializeToString())
+    p.write_bytes(helper.make_model(graph, opset_imports=OPSET).SerializeToString())
     with pytest.raises(ModelFileError, match="2 inputs"):
         load_onnx(p)
     graph = helper.make_graph(
         [N("Relu", ["x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "C"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
-    p.write_bytes(helper.make_model(graph).SerializeToString())
+    p.write_bytes(helper.make_model(graph, opset_imports=OPSET).SerializeToString())
     with pytest.raises(ModelFileError, match="symbolic"):
         load_onnx(p)
 

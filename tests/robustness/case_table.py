@@ -2,7 +2,8 @@
 
 Run from the repository root: ``python tests/robustness/case_table.py`` prints the Markdown
 table; ``--write`` also replaces the table in ``docs/robustness.md``. The cases are the test
-ids pytest collects in ``tests/robustness`` (one parametrisation = one case), so the table
+ids pytest collects in ``tests/robustness`` and in the hostile-input tests of the ONNX
+importer and the cluster mode (``EXTRA``; one parametrisation = one case), so the table
 cannot drift from the suite.
 """
 
@@ -80,7 +81,21 @@ CLASS = {
     "test_help_documents_trust_code": "structure",
 }
 CLASSES = ["tensors", "models", "files", "arguments", "interruption", "environment",
-           "outputs", "data splits", "structure"]
+           "outputs", "data splits", "structure", "cluster"]
+#: hostile-input tests outside tests/robustness (issue #26): ONNX files, cluster options,
+#: kept shards, the executor's options
+EXTRA = [
+    "tests/models/test_onnx_hostile.py",
+    "tests/distributed/test_evidence.py",
+    "tests/distributed/test_ray.py::test_certify_on_ray_takes_every_option_and_custom_methods",
+    "tests/distributed/test_ray.py::"
+    "test_tampered_or_cut_kept_shards_are_refused_and_reuse_is_recorded",
+]
+CLASS.update({
+    "test_samples_outside_the_box_are_reported_with_their_radius": "tensors",
+    "test_the_whole_ball_radius_of_an_outside_sample_holds": "tensors",
+    "test_methods_without_a_box_report_nothing_of_the_kind": "tensors",
+})
 API = ["certify", "attack", "crosscheck", "exact_radius", "load_model", "load_tensor_file",
        "read_json"]
 CLI = ["certify", "attack", "crosscheck", "compare", "train", "report", "demo"]
@@ -92,6 +107,13 @@ def classify(test_id: str, params: dict) -> tuple[str, list[str]]:
     """(class, entry point columns) of one collected test and its parameters."""
     path, _, rest = test_id.partition("::")
     func = rest.partition("[")[0]
+    if path.endswith("test_box_status.py"):
+        return "tensors", ["`bk.certify`"]
+    if path.endswith("test_onnx_hostile.py"):
+        return "files", ["`bk.load_model`"]
+    if path.startswith("tests/distributed/"):
+        cli = "option" in func or "comes_up" in func or "tampered" in func
+        return "cluster", ["`boundkit certify`" if cli else "`bk.certify`"]
     cli = "test_cli" in path
     if path.endswith("test_files.py"):
         cls = CLASS.get(func, "files")
@@ -146,8 +168,8 @@ def collect() -> list[tuple[str, dict]]:
     os.chdir(ROOT)
     here = str(Path(__file__).resolve().parent)
     sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(here)]
-    code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests/robustness"],
-                       plugins=[rec])
+    code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests/robustness",
+                        *EXTRA], plugins=[rec])
     if code != 0:
         raise SystemExit(f"collection failed ({code})")
     return rec.rows

@@ -25,6 +25,8 @@ class CrownMethod(Method):
     is_guarantee = True
     description = "linear relaxation bounds (CROWN) backwards over the graph, L2 ball and box"
 
+    default_box = DEFAULT_BOX
+
     def options(self) -> tuple[str, ...]:
         return ("box", "rtol")
 
@@ -33,7 +35,7 @@ class CrownMethod(Method):
 
     def run(self, graph: Graph, x: torch.Tensor, plan: Any, *, trace: bool,
             **options: Any) -> BatchResult:
-        box = options.get("box", DEFAULT_BOX)
+        box = options.get("box", self.default_box)
         box = check_box(box)
         x0 = x.to(device=graph.device, dtype=torch.float64)
         # samples in groups small enough that one neuron's walk fits in CHUNK_ELEMENTS
@@ -59,7 +61,8 @@ class CrownMethod(Method):
         return BatchResult(radius, base.label, base.runner_up, base.margin,
                            {graph.input.name: radius} if trace else {},
                            {"from_sound": sound_r >= r}, outputs=base.outputs,
-                           unsafe=base.unsafe)
+                           unsafe=base.unsafe,
+                           outside_box=None if box is None else ~run.in_box)
 
     def make_run(self, graph: Graph, plan: CrownPlan, x0: torch.Tensor,
                  box: tuple[float, float] | None, options: dict[str, Any]) -> CrownRun:
