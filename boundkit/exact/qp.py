@@ -14,8 +14,8 @@ The NNLS solution is then *polished*: on the active set ``S`` (rows with ``u_i >
 tight rows) we take the minimum-norm solution of ``A_S r = b_S`` and accept it iff it is
 feasible and its multipliers ``lam_S`` (with ``A_S^T lam_S = r``) are non-negative, i.e. iff
 it satisfies the KKT conditions of the convex problem, which makes it the exact optimum up to
-float64 rounding.  Rows are normalised to unit norm first, so all tolerances are in units of
-distance.
+float64 rounding.  Every row is first divided by its own norm (:func:`unit_rows`), so all
+tolerances are in units of distance and no row is judged by another row's scale.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ FEAS_TOL = 1e-9
 def min_norm_point(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     """Return ``argmin ||r|| s.t. a @ r >= b`` (float64), or ``None`` if infeasible.
 
-    ``a``: ``[m, n]``, ``b``: ``[m]``.  Rows of ``a`` that are (numerically) zero are
-    constraints ``0 >= b_i`` and are checked directly.  Feasibility of the returned point is
+    ``a``: ``[m, n]``, ``b``: ``[m]``.  Rows of ``a`` that are exactly zero are
+    constraints ``0 >= b_i`` and are checked directly; every other row is divided by its own
+    norm (:func:`unit_rows`).  Feasibility of the returned point is
     verified to ``FEAS_TOL * (1 + ||r||)`` on unit-normalised rows; a polyhedron whose points
     all violate some constraint by more than that is reported as empty.
     """
@@ -39,14 +40,9 @@ def min_norm_point(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     n = a.shape[1]
     if a.shape[0] == 0:
         return np.zeros(n)
-    norms = np.linalg.norm(a, axis=1)
-    scale = max(float(norms.max()), 1e-300)
-    zero = norms <= 1e-13 * scale
-    if np.any(b[zero] > FEAS_TOL * max(1.0, scale)):
+    a, b, ok = unit_rows(a, b)
+    if not ok:
         return None
-    keep = ~zero
-    a = a[keep] / norms[keep, None]
-    b = b[keep] / norms[keep]
     if a.shape[0] == 0 or np.all(b <= 0.0):
         return np.zeros(n)
     e = np.vstack([a.T, b[None, :]])
@@ -62,6 +58,33 @@ def min_norm_point(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     if viol > FEAS_TOL * (1.0 + float(np.linalg.norm(r))):
         return None
     return r
+
+
+def unit_rows(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``a r >= b`` with every row divided by its own norm: ``(a_i / ||a_i||) r >= b_i / ||a_i||``.
+
+    The same halfspace, now written in units of distance (``b_i / ||a_i||`` is the signed
+    distance from ``r = 0`` to its boundary), whatever the scale each row came with; the
+    tolerances of :func:`min_norm_point` are therefore the same for a row of norm ``1e-20``
+    and one of norm ``1e20``.  Only exactly zero rows (``0 >= b_i``) are dropped: they are
+    checked directly, and ``ok`` is False if one is violated (the polyhedron is empty).
+    Rows whose norm underflows or overflows in the division are rescaled by a power of two
+    first (exact).
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    amax = np.abs(a).max(axis=1, initial=0.0) if a.size else np.zeros(a.shape[0])
+    zero = amax == 0.0
+    if np.any(b[zero] > 0.0):
+        return a[:0], b[:0], False
+    keep = ~zero
+    a, b, amax = a[keep], b[keep], amax[keep]
+    # exact power-of-two prescaling so that the norm below neither underflows nor overflows
+    _, e = np.frexp(amax)
+    a = np.ldexp(a, -e[:, None])
+    b = np.ldexp(b, -e)
+    norms = np.linalg.norm(a, axis=1)
+    return a / norms[:, None], b / norms, True
 
 
 def _polish(a: np.ndarray, b: np.ndarray, r: np.ndarray, u: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,16 +29,24 @@ from boundkit.bounds.crown import CrownRun, plan_crown
 from boundkit.bounds.numerics import gamma
 from boundkit.bounds.relaxation import LinearBounds, Splits
 from boundkit.exact.convert import AffineReluNet
-from boundkit.exact.qp import min_norm_point
+from boundkit.exact.qp import min_norm_point, unit_rows
 from boundkit.graph.capture import capture
 
 
 class SearchBudgetExceeded(Exception):
-    """Internal: the branch-and-bound exceeded its node or region budget."""
+    """Internal: the branch-and-bound exceeded its node, region or time budget (``what``)."""
 
-    def __init__(self, regions: int, nodes: int) -> None:
-        super().__init__(f"{regions} regions, {nodes} nodes")
-        self.regions, self.nodes = regions, nodes
+    def __init__(self, regions: int, nodes: int, what: str = "max_regions") -> None:
+        super().__init__(f"{what}: {regions} regions, {nodes} nodes")
+        self.regions, self.nodes, self.what = regions, nodes, what
+
+
+#: ``verify(r)`` re-runs the user's model at ``x + r``: 0 if it is not strictly adversarial
+#: in float64, 1 if it is in float64 only, 2 if also in the model's own dtype
+Verifier = Callable[[np.ndarray], int]
+
+#: the witness of a radius ``R`` has norm ``<= (1 + WITNESS_SLACK) R``
+WITNESS_SLACK = 1e-6
 
 
 @dataclass
@@ -50,6 +59,9 @@ class SearchResult:
     pattern: list[np.ndarray] | None  # activation pattern of the region attaining r*
     regions: int  # leaf regions (full activation patterns) whose QP was solved
     nodes: int  # branch-and-bound nodes processed
+    witness: np.ndarray | None = None  # verified strictly adversarial point near r*
+    witness_level: int = 0  # the verifier's answer for `witness` (see `Verifier`)
+    untrusted: float = np.inf  # smallest QP distance whose witness failed verification
 
 
 @dataclass
@@ -88,6 +100,72 @@ def pattern_affine(
     a = np.vstack(rows_a) if rows_a else np.zeros((0, d))
     h = np.concatenate(rows_h) if rows_h else np.zeros(0)
     return a, h, f_w, f_b
+
+
+def find_witness(
+    net: AffineReluNet,
+    x: np.ndarray,
+    pattern: list[np.ndarray],
+    k: int,
+    c: int,
+    radius: float,
+    r_star: np.ndarray,
+    box: tuple[np.ndarray, np.ndarray] | None,
+    verify: Verifier | None,
+) -> tuple[np.ndarray | None, int]:
+    """A strictly adversarial perturbation of norm ``<= (1 + WITNESS_SLACK) radius``, checked
+    by ``verify`` (the user's model re-run at ``x + r``), and the verifier's level.
+
+    Candidates, in order: ``(1 + WITNESS_SLACK) r*`` (no QP; enough where the boundary is
+    smooth at ``r*``), then the region-``pattern`` QP with every constraint (unit rows) and
+    the class-``k`` margin tightened by ``eta = radius 10^-e``, ``e = 7..12``.  The first
+    candidate the verifier passes in both float64 and the model's dtype is returned, else the
+    first it passes in float64; ``(None, 0)`` if none passes: the region's answer is then
+    not trusted.  Without ``verify`` the float64 :class:`AffineReluNet` decides (level 1).
+    """
+    if radius == 0.0:
+        return r_star.copy(), 2
+    first: np.ndarray | None = None
+
+    def level(r: np.ndarray) -> int:
+        if box is not None and (np.any(x + r < box[0]) or np.any(x + r > box[1])):
+            return 0
+        if verify is not None:
+            return verify(r)
+        logits = net.forward((x + r)[None])[0]
+        return int(np.delete(logits, c).max() > logits[c])
+
+    cand = r_star * (1 + WITNESS_SLACK)
+    lv = level(cand)
+    if lv == 2:
+        return cand, 2
+    if lv == 1:
+        first = cand
+    a, h, f_w, f_b = pattern_affine(net, pattern, x)
+    g_w = f_w[k] - f_w[c]
+    g_v = float(g_w @ x + f_b[k] - f_b[c])
+    rows = [a, g_w[None]]
+    rhs = [h, np.array([-g_v])]
+    if box is not None:
+        lo, hi = box
+        eye = np.eye(x.size)
+        fl, fh = np.isfinite(lo), np.isfinite(hi)
+        rows += [eye[fl], -eye[fh]]
+        rhs += [(lo - x)[fl], (x - hi)[fh]]
+    a_all, h_all, ok = unit_rows(np.vstack(rows), np.concatenate(rhs))
+    if not ok:
+        return (first, 1) if first is not None else (None, 0)
+    for e in range(7, 13):
+        eta = radius * 10.0 ** (-e)
+        r = min_norm_point(a_all, h_all + eta)
+        if r is None or np.linalg.norm(r) > (1 + WITNESS_SLACK) * radius:
+            continue
+        lv = level(r)
+        if lv == 2:
+            return r, 2
+        if lv == 1 and first is None:
+            first = r
+    return (first, 1) if first is not None else (None, 0)
 
 
 def region_pattern(net: AffineReluNet, z: np.ndarray) -> list[np.ndarray]:
@@ -267,26 +345,38 @@ def exact_search(
     x: np.ndarray,
     box: tuple[np.ndarray, np.ndarray] | None,
     rtol: float,
-    max_regions: int,
+    max_regions: int | None,
     deadline: float | None = None,
     crown: NetCrown | None = None,
+    *,
+    c: int | None = None,
+    verify: Verifier | None = None,
 ) -> SearchResult:
     """Exact ``rho(x)`` (to relative ``rtol``) by best-first branch-and-bound; see module doc.
 
     Raises :class:`SearchBudgetExceeded` beyond ``max_regions`` regions (``20 max_regions``
-    nodes) or, if given, once ``time.perf_counter()`` passes ``deadline`` (checked per node).
-    ``crown``: the network's :class:`NetCrown` (built here when not given; pass it to share
-    the captured graph between the samples of a network).
+    nodes; None: no limit) or, if given, once ``time.perf_counter()`` passes ``deadline``
+    (checked per node, per ray and per improvement).  ``crown``: the network's
+    :class:`NetCrown` (built here when not given; pass it to share the captured graph
+    between the samples of a network).  ``c``: the class of ``x`` (default: the argmax of
+    ``net``).  Every candidate that would improve the radius is first given a witness by
+    :func:`find_witness` checked by ``verify``; a candidate without one does not count
+    (the search goes on) and its distance is kept in ``SearchResult.untrusted``: if that is
+    below the radius found, the radius is not the exact one and the caller must say so.
     """
     d = net.in_dim
     nl = len(net.weights) - 1
     logits = net.forward(x[None])[0]
-    c = int(np.argmax(logits))
+    if c is None:
+        c = int(np.argmax(logits))
     gaps = logits - logits[c]
     gaps[c] = -np.inf
     if gaps.max() >= 0:
         k = int(np.argmax(gaps))
-        return SearchResult(0.0, np.zeros(d), k, region_pattern(net, x), 0, 0)
+        return SearchResult(0.0, np.zeros(d), k, region_pattern(net, x), 0, 0, np.zeros(d), 2)
+
+    def over_time() -> bool:
+        return deadline is not None and time.perf_counter() > deadline
 
     if box is not None:
         lo, hi = box
@@ -301,11 +391,15 @@ def exact_search(
     best_r: np.ndarray | None = None
     best_k = -1
     best_pat: list[np.ndarray] | None = None
+    best_w: np.ndarray | None = None
+    best_lv = 0
+    untrusted = np.inf
     regions = 0
+    nodes = 0
 
     def solve_leaf(pat: list[np.ndarray], a: np.ndarray, h: np.ndarray,
                    f_w: np.ndarray, f_b: np.ndarray, lb: float) -> None:
-        nonlocal best, best_r, best_k, best_pat, regions
+        nonlocal best, best_r, best_k, best_pat, best_w, best_lv, untrusted, regions
         regions += 1
         g_w = f_w - f_w[c]
         g_v = g_w @ x + (f_b - f_b[c])
@@ -321,7 +415,14 @@ def exact_search(
                 continue
             rn = float(np.linalg.norm(r))
             if rn < best:
+                if over_time():
+                    raise SearchBudgetExceeded(regions, nodes, "time_limit")
+                w, lv = find_witness(net, x, pat, int(k), c, rn, r, box, verify)
+                if w is None:
+                    untrusted = min(untrusted, rn)
+                    continue
                 best, best_r, best_k, best_pat = rn, r, int(k), [p.copy() for p in pat]
+                best_w, best_lv = w, lv
 
     # Upper bound: exact first crossings along a few rays (then the exact QP of that region).
     pat0 = region_pattern(net, x)
@@ -340,6 +441,8 @@ def exact_search(
                 tl = np.where(u < 0, (box[0] - x) / u, np.inf)
                 th = np.where(u > 0, (box[1] - x) / u, np.inf)
             t_cap = float(min(np.nanmin(tl), np.nanmin(th)))
+        if over_time():
+            raise SearchBudgetExceeded(regions, 0, "time_limit")
         hit = ray_first_crossing(net, x, u, c, t_cap)
         if hit is None:
             continue
@@ -349,7 +452,8 @@ def exact_search(
     solve_leaf(pat0, np.vstack([base_a, a0]), np.append(base_h, h0), fw0, fb0, 0.0)
 
     if nl == 0:
-        return SearchResult(best, best_r, best_k, best_pat, regions, 0)
+        return SearchResult(best, best_r, best_k, best_pat, regions, 0, best_w, best_lv,
+                            untrusted)
 
     root = _Node(
         lb=0.0,
@@ -418,7 +522,7 @@ def exact_search(
         split: list[tuple[float, int]] = []
         for j in np.flatnonzero(s == 0):
             v, nj = float(v_all[j]), float(norms[j])
-            if nj <= 1e-13 * max(1.0, float(np.abs(node.pre_w).max(initial=0.0))):
+            if nj == 0.0:  # a constant neuron on this node: its sign is that of v
                 s[j] = 1 if v >= 0 else -1
                 continue
             d_act = max(0.0, -v) / nj
@@ -484,8 +588,8 @@ def exact_search(
 
     engine = crown if crown is not None else NetCrown(net)
     run: CrownRun | None = None  # the engine's pass for x, made on first use
-    nodes = 0
-    max_nodes = 20 * max_regions
+    max_nodes = np.inf if max_regions is None else 20 * max_regions
+    max_reg = np.inf if max_regions is None else max_regions
     round_best, size = np.nan, 1  # `best` when the previous round started, its size
     while heap:
         # One round: `size` nodes popped in best-first order; those whose linear bounds are
@@ -504,9 +608,10 @@ def exact_search(
             if node.lb >= cut:
                 continue
             nodes += 1
-            if (nodes > max_nodes or regions > max_regions
-                    or (deadline is not None and time.perf_counter() > deadline)):
-                raise SearchBudgetExceeded(regions, nodes)
+            if nodes > max_nodes or regions > max_reg:
+                raise SearchBudgetExceeded(regions, nodes, "max_regions")
+            if over_time():
+                raise SearchBudgetExceeded(regions, nodes, "time_limit")
             lb_in = node.lb
             if node.point is None:
                 r = min_norm_point(node.rows_a, node.rows_h)
@@ -529,6 +634,7 @@ def exact_search(
         fresh = {id(nd): out for nd, out in zip(need, outs)}
         for node, lb_in in todo:
             _expand(node, lb_in, id(node) in fresh, fresh.get(id(node)), rho)
-    return SearchResult(best, best_r, best_k, best_pat, regions, nodes)
+    return SearchResult(best, best_r, best_k, best_pat, regions, nodes, best_w, best_lv,
+                        untrusted)
 
 
