@@ -268,7 +268,7 @@ def exact_radius(
             logits = net.weights[0] @ (xi + pert[idx]) + net.biases[0]
             logits[pred[idx]] = -np.inf
             adv[idx] = int(np.argmax(logits))
-            w = pert[idx] * (1 + WITNESS_SLACK)
+            w = pert[idx] * (1 + WITNESS_SLACK / 2)
             lv = 2 if radius[idx] == 0.0 else verify(w)
             if lv == 0:
                 reason[idx] = (f"the closed-form minimiser (distance {radius[idx]:.17g}) "

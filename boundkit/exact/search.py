@@ -116,7 +116,7 @@ def find_witness(
     """A strictly adversarial perturbation of norm ``<= (1 + WITNESS_SLACK) radius``, checked
     by ``verify`` (the user's model re-run at ``x + r``), and the verifier's level.
 
-    Candidates, in order: ``(1 + WITNESS_SLACK) r*`` (no QP; enough where the boundary is
+    Candidates, in order: ``(1 + WITNESS_SLACK / 2) r*`` (no QP; enough where the boundary is
     smooth at ``r*``), then the region-``pattern`` QP with every constraint (unit rows) and
     the class-``k`` margin tightened by ``eta = radius 10^-e``, ``e = 7..12``.  The first
     candidate the verifier passes in both float64 and the model's dtype is returned, else the
@@ -127,16 +127,18 @@ def find_witness(
         return r_star.copy(), 2
     first: np.ndarray | None = None
 
+    def inbox(r: np.ndarray) -> np.ndarray:
+        # the QP's point is inside the box up to the rounding of x + (lo - x)
+        return r if box is None else np.clip(x + r, box[0], box[1]) - x
+
     def level(r: np.ndarray) -> int:
-        if box is not None and (np.any(x + r < box[0]) or np.any(x + r > box[1])):
-            return 0
         if verify is not None:
             return verify(r)
         logits = net.forward((x + r)[None])[0]
         return int(np.delete(logits, c).max() > logits[c])
 
-    cand = r_star * (1 + WITNESS_SLACK)
-    lv = level(cand)
+    cand = inbox(r_star * (1 + WITNESS_SLACK / 2))
+    lv = level(cand) if np.linalg.norm(cand) <= (1 + WITNESS_SLACK) * radius else 0
     if lv == 2:
         return cand, 2
     if lv == 1:
@@ -144,21 +146,18 @@ def find_witness(
     a, h, f_w, f_b = pattern_affine(net, pattern, x)
     g_w = f_w[k] - f_w[c]
     g_v = float(g_w @ x + f_b[k] - f_b[c])
-    rows = [a, g_w[None]]
-    rhs = [h, np.array([-g_v])]
-    if box is not None:
-        lo, hi = box
-        eye = np.eye(x.size)
-        fl, fh = np.isfinite(lo), np.isfinite(hi)
-        rows += [eye[fl], -eye[fh]]
-        rhs += [(lo - x)[fl], (x - hi)[fh]]
-    a_all, h_all, ok = unit_rows(np.vstack(rows), np.concatenate(rhs))
+    a_all, h_all, ok = unit_rows(np.vstack([a, g_w[None]]), np.append(h, -g_v))
     if not ok:
         return (first, 1) if first is not None else (None, 0)
+    blo, bhi = (None, None) if box is None else (box[0] - x, box[1] - x)
     for e in range(7, 13):
+        # the region's rows and the margin tightened; the box is closed, its faces allowed
         eta = radius * 10.0 ** (-e)
-        r = min_norm_point(a_all, h_all + eta)
-        if r is None or np.linalg.norm(r) > (1 + WITNESS_SLACK) * radius:
+        r = min_norm_point(a_all, h_all + eta, blo, bhi)
+        if r is None:
+            continue
+        r = inbox(r)
+        if np.linalg.norm(r) > (1 + WITNESS_SLACK) * radius:
             continue
         lv = level(r)
         if lv == 2:
@@ -378,14 +377,11 @@ def exact_search(
     def over_time() -> bool:
         return deadline is not None and time.perf_counter() > deadline
 
-    if box is not None:
-        lo, hi = box
-        fin_lo, fin_hi = np.isfinite(lo), np.isfinite(hi)
-        eye = np.eye(d)
-        base_a = np.vstack([eye[fin_lo], -eye[fin_hi]])
-        base_h = np.concatenate([(lo - x)[fin_lo], (x - hi)[fin_hi]])
-    else:
-        base_a, base_h = np.zeros((0, d)), np.zeros(0)
+    # the box enters every QP as bounds on r (not as rows: see boundkit/exact/qp.py)
+    blo, bhi = (None, None) if box is None else (box[0] - x, box[1] - x)
+
+    def qp(a: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+        return min_norm_point(a, h, blo, bhi)
 
     best = np.inf
     best_r: np.ndarray | None = None
@@ -410,7 +406,7 @@ def exact_search(
             cut = best * (1.0 - rtol)
             if max(lb, _halfspace_dist(g_w[k], float(g_v[k]))) >= cut:
                 continue
-            r = min_norm_point(np.vstack([a, g_w[k][None]]), np.append(h, -g_v[k]))
+            r = qp(np.vstack([a, g_w[k][None]]), np.append(h, -g_v[k]))
             if r is None:
                 continue
             rn = float(np.linalg.norm(r))
@@ -448,8 +444,8 @@ def exact_search(
             continue
         _, _, pat = hit
         a, h, f_w, f_b = pattern_affine(net, pat, x)
-        solve_leaf(pat, np.vstack([base_a, a]), np.append(base_h, h), f_w, f_b, 0.0)
-    solve_leaf(pat0, np.vstack([base_a, a0]), np.append(base_h, h0), fw0, fb0, 0.0)
+        solve_leaf(pat, a, h, f_w, f_b, 0.0)
+    solve_leaf(pat0, a0, h0, fw0, fb0, 0.0)
 
     if nl == 0:
         return SearchResult(best, best_r, best_k, best_pat, regions, 0, best_w, best_lv,
@@ -459,8 +455,8 @@ def exact_search(
         lb=0.0,
         signs=[np.zeros(w.shape[0], dtype=np.int8) for w in net.weights[:-1]],
         layer=0,
-        rows_a=base_a,
-        rows_h=base_h,
+        rows_a=np.zeros((0, d)),
+        rows_h=np.zeros(0),
         pre_w=net.weights[0].copy(),
         pre_b=net.biases[0].copy(),
         point=np.zeros(d),
@@ -489,13 +485,11 @@ def exact_search(
                     dist = 0.0  # no information (values beyond the engine's float range)
                     continue
                 dk = _halfspace_dist(m_w[k], mv)
-                if dk >= min(dist, cut) or node.rows_a.shape[0] == 0:
+                if dk >= min(dist, cut) or (node.rows_a.shape[0] == 0 and box is None):
                     dist = min(dist, dk)
                     continue
                 # distance to (node polyhedron) n (relaxed class-k half-space)
-                rk = min_norm_point(
-                    np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv)
-                )
+                rk = qp(np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv))
                 if rk is not None:
                     dist = min(dist, float(np.linalg.norm(rk)))
             if dist >= best:  # the bounds hold on B(x, rho), rho >= best
@@ -614,7 +608,7 @@ def exact_search(
                 raise SearchBudgetExceeded(regions, nodes, "time_limit")
             lb_in = node.lb
             if node.point is None:
-                r = min_norm_point(node.rows_a, node.rows_h)
+                r = qp(node.rows_a, node.rows_h)
                 if r is None:
                     continue
                 node.point = r
