@@ -167,6 +167,40 @@ def find_witness(
     return (first, 1) if first is not None else (None, 0)
 
 
+#: most steps and most flipped neurons per step of the region descent (``walk``)
+WALK_STEPS, WALK_BRANCH = 50, 16
+
+
+def deepfool_point(net: AffineReluNet, x: np.ndarray, c: int,
+                   box: tuple[np.ndarray, np.ndarray] | None, steps: int = 50,
+                   overshoot: float = 0.02) -> np.ndarray | None:
+    """An adversarial point found by DeepFool (Moosavi-Dezfooli et al., CVPR 2016) on the
+    exact region-wise linearisation: from ``z``, step to the nearest linearised class
+    boundary ``(1 + overshoot)`` times, clipped to the box; ``None`` if none in ``steps``.
+    Only used as a starting region for upper bounds."""
+    z = x.copy()
+    for _ in range(steps):
+        pat = region_pattern(net, z)
+        _, _, f_w, f_b = pattern_affine(net, pat, x)
+        logits = f_w @ z + f_b
+        g_v = logits - logits[c]
+        g_v[c] = -np.inf
+        if g_v.max() >= 0:
+            return z
+        g_w = f_w - f_w[c]
+        nrm = np.linalg.norm(g_w, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dist = np.where(nrm > 0, -g_v / nrm, np.inf)
+        dist[c] = np.inf
+        k = int(np.argmin(dist))
+        if not np.isfinite(dist[k]):
+            return None
+        z = z + (1 + overshoot) * (-g_v[k] / nrm[k] ** 2) * g_w[k]
+        if box is not None:
+            z = np.clip(z, box[0], box[1])
+    return None
+
+
 def region_pattern(net: AffineReluNet, z: np.ndarray) -> list[np.ndarray]:
     """Activation pattern (``pre >= 0`` counts as active) of the point ``z``."""
     out, h = [], z
@@ -394,12 +428,16 @@ def exact_search(
     nodes = 0
 
     def solve_leaf(pat: list[np.ndarray], a: np.ndarray, h: np.ndarray,
-                   f_w: np.ndarray, f_b: np.ndarray, lb: float) -> None:
+                   f_w: np.ndarray, f_b: np.ndarray, lb: float
+                   ) -> tuple[float, np.ndarray | None]:
+        """The QPs of the region ``pat`` (classes that may beat ``best``); updates ``best``;
+        returns the smallest distance found in the region and its point."""
         nonlocal best, best_r, best_k, best_pat, best_w, best_lv, untrusted, regions
         regions += 1
         g_w = f_w - f_w[c]
         g_v = g_w @ x + (f_b - f_b[c])
         order = np.argsort(-g_v)
+        leaf, leaf_r = np.inf, None
         for k in order:
             if k == c:
                 continue
@@ -410,6 +448,8 @@ def exact_search(
             if r is None:
                 continue
             rn = float(np.linalg.norm(r))
+            if rn < leaf:
+                leaf, leaf_r = rn, r
             if rn < best:
                 if over_time():
                     raise SearchBudgetExceeded(regions, nodes, "time_limit")
@@ -419,6 +459,39 @@ def exact_search(
                     continue
                 best, best_r, best_k, best_pat = rn, r, int(k), [p.copy() for p in pat]
                 best_w, best_lv = w, lv
+        return leaf, leaf_r
+
+    sizes = np.cumsum([0, *net.hidden_sizes])
+
+    def walk(pat: list[np.ndarray], r: np.ndarray | None) -> None:
+        """Descent over regions for a smaller upper bound: from a region's minimiser ``r``,
+        flip each neuron whose boundary ``r`` lies on (the region across that face) and move
+        to the neighbour that lowered ``best`` most; stop at a local minimum.  Only upper
+        bounds come from here (each a verified leaf QP), so it changes no lower bound."""
+        for _ in range(WALK_STEPS):
+            if r is None or nl == 0:
+                return
+            a, h, _, _ = pattern_affine(net, pat, x)
+            nrm = np.linalg.norm(a, axis=1)
+            rn = float(np.linalg.norm(r))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                slack = (a @ r - h) / nrm
+            tight = np.flatnonzero((nrm > 0) & (slack <= 1e-9 * (1.0 + rn)))
+            before, step = best, None
+            for t in tight[:WALK_BRANCH]:
+                if over_time():
+                    raise SearchBudgetExceeded(regions, nodes, "time_limit")
+                layer = int(np.searchsorted(sizes, t, side="right")) - 1
+                nb = [p.copy() for p in pat]
+                nb[layer][t - sizes[layer]] = ~nb[layer][t - sizes[layer]]
+                a2, h2, f2, b2 = pattern_affine(net, nb, x)
+                old = best
+                _, r2 = solve_leaf(nb, a2, h2, f2, b2, 0.0)
+                if best < old:
+                    step = (nb, r2)
+            if step is None or not best < before:
+                return
+            pat, r = step
 
     # Upper bound: exact first crossings along a few rays (then the exact QP of that region).
     pat0 = region_pattern(net, x)
@@ -444,8 +517,13 @@ def exact_search(
             continue
         _, _, pat = hit
         a, h, f_w, f_b = pattern_affine(net, pat, x)
-        solve_leaf(pat, a, h, f_w, f_b, 0.0)
-    solve_leaf(pat0, a0, h0, fw0, fb0, 0.0)
+        walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1])
+    walk(pat0, solve_leaf(pat0, a0, h0, fw0, fb0, 0.0)[1])
+    z = deepfool_point(net, x, c, box)
+    if z is not None:
+        pat = region_pattern(net, z)
+        a, h, f_w, f_b = pattern_affine(net, pat, x)
+        walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1])
 
     if nl == 0:
         return SearchResult(best, best_r, best_k, best_pat, regions, 0, best_w, best_lv,
@@ -467,7 +545,8 @@ def exact_search(
     def _expand(node: _Node, lb_in: float, has_bounds: bool, res: NodeBounds | None,
                 rho: float) -> None:
         """Prune, fix or split a popped node; ``res``: its fresh linear bounds over
-        ``B(x, rho)`` (``rho >= best``), ``None`` for an empty node, if ``has_bounds``."""
+        ``B(x, rho)`` (``rho >= best (1 - rtol)``, the cut when the round started; the cut
+        only decreases), ``None`` for an empty node, if ``has_bounds``."""
         cut = best * (1.0 - rtol)
         if node.lb >= cut:  # `best` improved earlier in the round
             return
@@ -492,7 +571,9 @@ def exact_search(
                 rk = qp(np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv))
                 if rk is not None:
                     dist = min(dist, float(np.linalg.norm(rk)))
-            if dist >= best:  # the bounds hold on B(x, rho), rho >= best
+            # the bounds hold on B(x, rho), rho >= the current cut: adversarial points of the
+            # node are >= dist away inside the ball and > rho away outside it
+            if dist >= rho:
                 return
             node.lb = max(node.lb, dist)
             if node.lb >= cut:
@@ -503,7 +584,11 @@ def exact_search(
 
         if node.layer == nl:
             pat = [s > 0 for s in node.signs]
-            solve_leaf(pat, node.rows_a, node.rows_h, node.pre_w, node.pre_b, node.lb)
+            old = best
+            _, r_leaf = solve_leaf(pat, node.rows_a, node.rows_h, node.pre_w, node.pre_b,
+                                   node.lb)
+            if best < old:
+                walk(pat, r_leaf)
             return
 
         # Fix every neuron of the current layer whose other side cannot hold a better point.
@@ -587,7 +672,7 @@ def exact_search(
     round_best, size = np.nan, 1  # `best` when the previous round started, its size
     while heap:
         # One round: `size` nodes popped in best-first order; those whose linear bounds are
-        # missing or stale get them from one engine call at rho = best (an engine call
+        # missing or stale get them from one engine call at rho = the cut (an engine call
         # costs about the same for 1 or 16 nodes). Expanding a round's nodes before the
         # children of the first can cost nodes that a better `best` found on the way would
         # have pruned, so `size` restarts at 1 whenever `best` improved, then doubles.
@@ -618,7 +703,8 @@ def exact_search(
             todo.append((node, lb_in))
         if not todo:
             break
-        rho = best
+        # only adversarial points closer than the cut matter: the ball need be no larger
+        rho = best * (1.0 - rtol)
         need = [nd for nd, _ in todo if np.isfinite(rho) and (
             nd.crown_fixed != nd.nfixed or rho < 0.98 * nd.crown_rho)]
         outs: list[NodeBounds | None] = []

