@@ -72,9 +72,12 @@ def main() -> None:
             ok = ("ok" if adv and float(crown[i]) <= r * (1 + 1e-9)
                   and r * (1 - a.rtol) <= float(upper[i]) * (1 + 1e-9) else "VIOLATION")
         rows.append((int(idx[i]), float(crown[i]), r, float(upper[i]), wall, cpu,
-                     int(res.nodes[0]), int(res.regions[0]), res.reason[0], ok))
+                     int(res.nodes[0]), int(res.regions[0]), res.reason[0], ok,
+                     float(res.lower[0]), float(res.upper[0])))
         print(rows[-1], flush=True)
     done = [rw for rw in rows if math.isfinite(rw[2])]
+    bad_hi = sum(rw[11] * (1 - a.rtol) > rw[3] * (1 + 1e-9) or rw[10] < rw[1] * (1 - 1e-9)
+                 for rw in rows if math.isfinite(rw[11]))
     lines = [
         f"# exact_radius on {a.model} (box [0, 1], time limit {a.time_limit:g} s per sample, "
         f"rtol {a.rtol:g})",
@@ -85,16 +88,21 @@ def main() -> None:
         "",
         f"Finished within the limit: **{len(done)} / {len(rows)}** samples; "
         f"violations (crown <= exact <= attack, witness adversarial in float64): "
-        f"{sum(rw[9] == 'VIOLATION' for rw in rows)}.",
+        f"{sum(rw[9] == 'VIOLATION' for rw in rows)}; search upper end above the attack "
+        f"(beyond rtol) or lower end below crown: {bad_hi}.",
         "",
-        "| test index | crown | exact | best attack | crown / attack | exact / attack | "
-        "wall s | CPU s | nodes | regions | check / reason |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Columns `lower` / `upper`: the interval the exact search reached (`upper`: its "
+        "smallest witnessed distance; `lower`: the smallest bound of its open nodes).",
+        "",
+        "| test index | crown | exact | lower | upper | best attack | crown / attack | "
+        "lower / attack | upper / attack | wall s | CPU s | nodes | regions | "
+        "check / reason |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for t, cr, ex, up, wall, cpu, nodes, regions, reason, ok in rows:
-        lines.append(f"| {t} | {cr:.4f} | {ex:.6f} | {up:.4f} | {cr / up:.3f} | "
-                     f"{ex / up:.4f} | {wall:.1f} | {cpu:.1f} | {nodes} | {regions} | "
-                     f"{ok or reason} |")
+    for t, cr, ex, up, wall, cpu, nodes, regions, reason, ok, lo, hi in rows:
+        lines.append(f"| {t} | {cr:.4f} | {ex:.6f} | {lo:.4f} | {hi:.6f} | {up:.6f} | "
+                     f"{cr / up:.3f} | {lo / up:.3f} | {hi / up:.6f} | {wall:.1f} | "
+                     f"{cpu:.1f} | {nodes} | {regions} | {ok or reason.split(';')[0]} |")
     if done:
         lines += ["", f"Median exact / attack over the finished samples: "
                   f"{np.median([rw[2] / rw[3] for rw in done]):.4f}; "

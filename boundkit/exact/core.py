@@ -51,6 +51,11 @@ class ExactResult:
     whose radius is unknown (``radius = NaN``): ``reason[n]`` then says why (the time limit,
     the region budget with ``on_budget="nan"``, or a candidate region closer than the
     radius whose witness failed verification); it is ``""`` for every answered row.
+    ``lower[n] <= rho(x_n) <= upper[n]`` is what is known in every case: ``(1 - rtol) R``
+    and ``R`` for an answered row; for a search stopped by its budget, the smallest bound
+    of its open nodes (float64 QP distances and the engine's CROWN: the search's bound,
+    not a rounding-charged certificate; 0 if it stopped before branching) and the smallest
+    distance with a verified witness (inf if none).
     """
 
     radius: torch.Tensor  # [N] float64
@@ -62,6 +67,8 @@ class ExactResult:
     nodes: torch.Tensor  # [N] int64, branch-and-bound nodes processed
     witness_native: torch.Tensor | None = None  # [N] bool, witness adversarial in model dtype
     reason: tuple[str, ...] = ()  # [N] why the radius is NaN ("" where it is not)
+    lower: torch.Tensor | None = None  # [N] float64, the search's bound: lower <= rho
+    upper: torch.Tensor | None = None  # [N] float64, witnessed distance: rho <= upper
 
 
 def exact_radius_linear(
@@ -249,6 +256,8 @@ def exact_radius(
     nodes = np.zeros(n, dtype=np.int64)
     native = np.zeros(n, dtype=bool)
     reason = [""] * n
+    lower = np.zeros(n)
+    upper = np.full(n, np.inf)
     crown = NetCrown(canon) if net.num_hidden > 0 else None  # the B&B's bounds, one graph
     make_verify = _model_verifier(model, x)
     for idx in range(n):
@@ -262,6 +271,7 @@ def exact_radius(
             )
             radius[idx] = float(rad[0])
             regions[idx] = 1
+            lower[idx] = upper[idx] = radius[idx]
             if not math.isfinite(radius[idx]):
                 continue
             pert[idx] = r[0].numpy()
@@ -272,9 +282,10 @@ def exact_radius(
             lv = 2 if radius[idx] == 0.0 else verify(w)
             if lv == 0:
                 reason[idx] = (f"the closed-form minimiser (distance {radius[idx]:.17g}) "
-                               "pushed out by 1e-6 is not adversarial when the model is re-run "
+                               "pushed out by 5e-7 is not adversarial when the model is re-run "
                                "in float64")
                 radius[idx] = math.nan
+                upper[idx] = math.inf
                 adv[idx] = -1
                 pert[idx] = np.nan
                 continue
@@ -290,8 +301,10 @@ def exact_radius(
             if on_budget == "nan":
                 radius[idx] = math.nan
                 regions[idx], nodes[idx] = exc.regions, exc.nodes
+                lower[idx], upper[idx] = exc.lower, exc.upper
                 reason[idx] = (f"the search went past {what} ({exc.regions} regions, "
-                               f"{exc.nodes} nodes)")
+                               f"{exc.nodes} nodes); {exc.lower:.6g} <= radius <= "
+                               f"{exc.upper:.6g}")
                 continue
             raise ExactSizeError(
                 f"sample {idx}: the exact search went past {what} ({exc.regions} regions, "
@@ -301,6 +314,7 @@ def exact_radius(
             ) from None
         regions[idx], nodes[idx] = res.regions, res.nodes
         if res.untrusted < res.radius * (1.0 - rtol):
+            upper[idx] = res.radius
             radius[idx] = math.nan
             reason[idx] = (
                 f"a region at distance {res.untrusted:.17g} (below the best confirmed "
@@ -308,6 +322,7 @@ def exact_radius(
                 "confirms as adversarial: its answer is not trusted")
             continue
         radius[idx] = res.radius
+        lower[idx], upper[idx] = res.radius * (1.0 - rtol), res.radius
         if res.perturbation is not None and res.witness is not None:
             pert[idx] = res.perturbation
             adv[idx] = res.adv_class
@@ -327,4 +342,6 @@ def exact_radius(
         nodes=torch.from_numpy(nodes).to(out_device),
         witness_native=torch.from_numpy(native).to(out_device),
         reason=tuple(reason),
+        lower=torch.from_numpy(lower).to(out_device),
+        upper=torch.from_numpy(upper).to(out_device),
     )

@@ -34,11 +34,17 @@ from boundkit.graph.capture import capture
 
 
 class SearchBudgetExceeded(Exception):
-    """Internal: the branch-and-bound exceeded its node, region or time budget (``what``)."""
+    """Internal: the branch-and-bound exceeded its node, region or time budget (``what``).
 
-    def __init__(self, regions: int, nodes: int, what: str = "max_regions") -> None:
+    ``lower <= rho(x) <= upper`` where it stopped: ``upper`` the smallest distance with a
+    verified witness (inf if none), ``lower`` the smallest bound of the nodes still open
+    (0 before the branch-and-bound started)."""
+
+    def __init__(self, regions: int, nodes: int, what: str = "max_regions",
+                 lower: float = 0.0, upper: float = np.inf) -> None:
         super().__init__(f"{what}: {regions} regions, {nodes} nodes")
         self.regions, self.nodes, self.what = regions, nodes, what
+        self.lower, self.upper = lower, upper
 
 
 #: ``verify(r)`` re-runs the user's model at ``x + r``: 0 if it is not strictly adversarial
@@ -411,6 +417,14 @@ def exact_search(
     def over_time() -> bool:
         return deadline is not None and time.perf_counter() > deadline
 
+    floor = 0.0  # smallest bound of the nodes taken off the queue and not yet finished
+    heap: list[tuple[float, int, int, _Node]] = []  # (bound, -fixed, tie, node)
+
+    def budget(what: str) -> SearchBudgetExceeded:
+        open_min = heap[0][0] if heap else np.inf
+        lower = min(floor, open_min, best * (1.0 - rtol))
+        return SearchBudgetExceeded(regions, nodes, what, max(lower, 0.0), best)
+
     # the box enters every QP as bounds on r (not as rows: see boundkit/exact/qp.py)
     blo, bhi = (None, None) if box is None else (box[0] - x, box[1] - x)
 
@@ -452,7 +466,7 @@ def exact_search(
                 leaf, leaf_r = rn, r
             if rn < best:
                 if over_time():
-                    raise SearchBudgetExceeded(regions, nodes, "time_limit")
+                    raise budget("time_limit")
                 w, lv = find_witness(net, x, pat, int(k), c, rn, r, box, verify)
                 if w is None:
                     untrusted = min(untrusted, rn)
@@ -480,7 +494,7 @@ def exact_search(
             before, step = best, None
             for t in tight[:WALK_BRANCH]:
                 if over_time():
-                    raise SearchBudgetExceeded(regions, nodes, "time_limit")
+                    raise budget("time_limit")
                 layer = int(np.searchsorted(sizes, t, side="right")) - 1
                 nb = [p.copy() for p in pat]
                 nb[layer][t - sizes[layer]] = ~nb[layer][t - sizes[layer]]
@@ -511,7 +525,7 @@ def exact_search(
                 th = np.where(u > 0, (box[1] - x) / u, np.inf)
             t_cap = float(min(np.nanmin(tl), np.nanmin(th)))
         if over_time():
-            raise SearchBudgetExceeded(regions, 0, "time_limit")
+            raise budget("time_limit")
         hit = ray_first_crossing(net, x, u, c, t_cap)
         if hit is None:
             continue
@@ -540,7 +554,7 @@ def exact_search(
         point=np.zeros(d),
     )
     counter = itertools.count()
-    heap: list[tuple[float, int, int, _Node]] = [(0.0, 0, next(counter), root)]
+    heap.append((0.0, 0, next(counter), root))
 
     def _expand(node: _Node, lb_in: float, has_bounds: bool, res: NodeBounds | None,
                 rho: float) -> None:
@@ -677,20 +691,22 @@ def exact_search(
         # children of the first can cost nodes that a better `best` found on the way would
         # have pruned, so `size` restarts at 1 whenever `best` improved, then doubles.
         todo: list[tuple[_Node, float]] = []
+        floor = np.inf
         size = min(2 * size, CROWN_BATCH) if best == round_best else 1
         round_best = best
         while heap and len(todo) < size:
             cut = best * (1.0 - rtol)
             if heap[0][0] >= cut:
                 break  # best-first: every remaining node is at least as far
-            node = heapq.heappop(heap)[3]
+            key, _, _, node = heapq.heappop(heap)
+            floor = min(floor, key)
             if node.lb >= cut:
                 continue
             nodes += 1
             if nodes > max_nodes or regions > max_reg:
-                raise SearchBudgetExceeded(regions, nodes, "max_regions")
+                raise budget("max_regions")
             if over_time():
-                raise SearchBudgetExceeded(regions, nodes, "time_limit")
+                raise budget("time_limit")
             lb_in = node.lb
             if node.point is None:
                 r = qp(node.rows_a, node.rows_h)

@@ -84,6 +84,8 @@ def test_time_limit_lifts_the_neuron_limit_and_finishes_small_input_nets() -> No
         exact_radius(model, x)
     res = exact_radius(model, x, time_limit=60.0, on_budget="nan", return_details=True)
     assert res.reason == ("",)
+    assert torch.equal(res.upper, res.radius)
+    torch.testing.assert_close(res.lower, res.radius * (1 - 1e-6))
     brute = polar_brute_force(model, x[0], n_dirs=1000, n_steps=1000)
     assert float(res.radius[0]) <= brute * (1 + 1e-9)
     assert brute <= float(res.radius[0]) * (1 + 2e-2) + 1e-9
@@ -98,6 +100,7 @@ def test_time_limit_zero_gives_nan_with_the_reason() -> None:
     assert torch.isnan(res.radius).all()
     assert all("time_limit=0.0 s" in r for r in res.reason)
     assert (res.adversarial_class == -1).all()
+    assert (res.lower == 0).all() and torch.isinf(res.upper).all()  # stopped before anything
     with pytest.raises(ExactSizeError, match="time_limit"):
         exact_radius(model, x, time_limit=0.0)
 
@@ -121,3 +124,17 @@ def test_bad_time_limit_is_a_one_line_error(bad: object) -> None:
     model = mlp((2, 3, 2), 0)
     with pytest.raises(ValueError, match="time_limit"):
         exact_radius(model, torch.zeros(1, 2, dtype=torch.float64), time_limit=bad)
+
+
+def test_a_stopped_search_reports_the_interval_it_reached() -> None:
+    """Stopped by the region budget mid-search: NaN, and lower <= exact <= upper with the
+    upper end witnessed (the exact radius from an unlimited run)."""
+    model = mlp((4, 8, 8, 8, 3), 13)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    ref = exact_radius(model, x, max_regions=20000)
+    res = exact_radius(model, x, max_regions=4, on_budget="nan", return_details=True)
+    stopped = torch.isnan(res.radius)
+    assert stopped.any()
+    assert (res.lower[stopped] <= ref[stopped] * (1 + 1e-9)).all()
+    assert (ref[stopped] <= res.upper[stopped] * (1 + 1e-9)).all()
+    assert all("<= radius <=" in res.reason[i] for i in stopped.nonzero().flatten().tolist())
