@@ -171,3 +171,25 @@ def test_canonical_net_has_unit_hidden_rows_and_the_same_decisions() -> None:
     assert (a.argmax(1) == b.argmax(1)).all()
     ratio = a / b
     assert math.isclose(float(ratio.min()), float(ratio.max()), rel_tol=1e-9)
+
+
+def test_float32_model_witness_is_checked_in_both_dtypes() -> None:
+    """A float32 model: the radius is the float64 function's, its witness is adversarial in
+    float64, and ``witness_native`` is true exactly where the float32 model agrees."""
+    model = mlp((4, 6, 5, 3), 8).float()
+    x = torch.rand(4, 4, generator=torch.Generator().manual_seed(8))
+    res = exact_radius(model, x, box=(0.0, 1.0), return_details=True)
+    fin = torch.isfinite(res.radius)
+    assert fin.any()
+    _check_witness(copy.deepcopy(model).double(), x.double(), res)
+    with torch.no_grad():
+        out = model((x.double() + res.witness).float())
+    c = res.predicted_class
+    m32 = out.scatter(1, c[:, None], -math.inf).max(1).values - out.gather(1, c[:, None])[:, 0]
+    assert torch.equal(res.witness_native[fin], (m32 > 0)[fin])
+
+
+def test_layer_scales_that_overflow_float64_are_a_clear_error() -> None:
+    model = rescaled(mlp((3, 4, 3), 0), [1e200, 1e200])
+    with pytest.raises(bk.errors.BoundkitError, match="finite|float64"):
+        exact_radius(model, torch.zeros(1, 3, dtype=torch.float64))
