@@ -224,14 +224,15 @@ def exact_radii(model, x, name: str, args) -> dict[str, Any] | None:
     """Exact minimal perturbations (box [0, 1]) when the model is within the exact oracle's
     size limit, else ``None``; cached in ``--cache-dir`` like the reference rows."""
     from boundkit.errors import UnsupportedLayerError
-    from boundkit.exact import ExactSizeError, exact_radius
+    from boundkit.exact import DEFAULT_MAX_NEURONS, ExactSizeError, exact_radius
 
     cfile = (Path(args.cache_dir) / f"{name}-{len(x)}-exact.pt") if args.cache_dir else None
     if cfile is not None and cfile.exists():
         return torch.load(cfile)
     t = time.perf_counter()
     try:  # support and size checks only (max pooling, > 32 ReLUs): no search
-        exact_radius(model, x[:1], box=(0.0, 1.0), time_limit=0.0, on_budget="nan")
+        exact_radius(model, x[:1], box=(0.0, 1.0), time_limit=0.0, on_budget="nan",
+                     max_neurons=DEFAULT_MAX_NEURONS)  # a time limit alone lifts the size limit
     except (ExactSizeError, UnsupportedLayerError):
         return None
     # a sample over the region or time budget gets NaN (left out, reported), the rest of

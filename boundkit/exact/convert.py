@@ -4,8 +4,12 @@ The result is ``f(z) = W_L relu(W_{L-1} ... relu(W_0 z + b_0) ... ) + b_L`` with
 flattened input.  Every maximal run of affine modules between two ReLUs (``Linear``,
 ``Conv2d``, ``AvgPool2d``, ``BatchNorm`` in eval mode, ``Flatten``, ``Identity``, ``Dropout``
 in eval mode) is merged into one matrix by pushing the standard basis through it in float64:
-for an affine map ``g``, ``b = g(0)`` and column ``j`` of ``W`` is ``g(e_j) - g(0)``, which
-is exact up to float64 rounding because ``g`` is affine.
+for an affine map ``g = l + g(0)`` with linear part ``l``, ``b = g(0)`` and column ``j`` of
+``W`` is ``l(e_j)``, computed by the same modules with their offsets set to zero (a Linear's
+or Conv2d's bias, a BatchNorm's running mean and shift).  Not ``g(e_j) - g(0)``: where the
+offset is much larger than the weights (a layer whose bias carries the product of the earlier
+layers' scales) that difference cancels catastrophically - a bias ``1e15`` times the weights
+leaves no correct digit of ``W``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,41 @@ class AffineReluNet:
         """Total number of hidden ReLU neurons."""
         return int(sum(self.hidden_sizes))
 
+    def canonical(self) -> AffineReluNet:
+        """The same decision function with every hidden neuron's input row of unit norm.
+
+        ReLU is positively homogeneous, ``relu(s y) = s relu(y)`` for ``s > 0``, so dividing
+        row ``j`` of ``(W_i, b_i)`` by ``s_j > 0`` and multiplying column ``j`` of ``W_{i+1}``
+        by ``s_j`` leaves ``f`` unchanged; dividing the last layer by one ``s > 0`` scales
+        every logit alike and leaves ``argmax f`` (and every margin's sign) unchanged.  With
+        ``s_j = ||W_i[j]||`` (``|b_i[j]|`` for a constant neuron) every activation region and
+        every decision boundary is the same set, but the pre-activations are distances-like
+        numbers of order one whatever the layers' scales: a net whose layers are multiplied
+        by positive factors over many orders of magnitude has (up to rounding) the same
+        canonical form, so the search's geometry cannot depend on them.  Only exact zeros
+        are left alone (a dead row stays zero).
+        """
+        ws = [w.copy() for w in self.weights]
+        bs = [b.copy() for b in self.biases]
+        for i in range(len(ws) - 1):
+            nrm = np.linalg.norm(ws[i], axis=1)
+            s = np.where(nrm > 0, nrm, np.abs(bs[i]))
+            s = np.where(s > 0, s, 1.0)
+            ws[i] /= s[:, None]
+            bs[i] /= s
+            ws[i + 1] *= s[None, :]
+        top = float(np.linalg.norm(ws[-1], axis=1).max(initial=0.0))
+        top = top if top > 0 else float(np.abs(bs[-1]).max(initial=0.0))
+        if top > 0 and np.isfinite(top):
+            ws[-1] /= top
+            bs[-1] /= top
+        for w, b in zip(ws, bs):
+            if not (np.isfinite(w).all() and np.isfinite(b).all()):
+                raise NonFiniteParameterError(
+                    "the model's layers are not representable in float64 once rescaled "
+                    "(a product of layer scales overflows)")
+        return AffineReluNet(tuple(ws), tuple(bs), self.in_shape)
+
     def forward(self, z: np.ndarray) -> np.ndarray:
         """Logits for a batch ``z`` of shape ``[B, d]``."""
         h = np.asarray(z, dtype=np.float64)
@@ -131,6 +170,19 @@ def _check_leaf(path: str, m: nn.Module, is_last: bool) -> None:
         )
 
 
+def _linear_part(m: nn.Module) -> nn.Module:
+    """A copy of the affine module ``m`` with its offset set to zero (its linear part)."""
+    lin = copy.deepcopy(m)
+    with torch.no_grad():
+        if isinstance(lin, (nn.Linear, nn.Conv2d)) and lin.bias is not None:
+            lin.bias.zero_()
+        if isinstance(lin, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            lin.running_mean.zero_()
+            if lin.bias is not None:
+                lin.bias.zero_()
+    return lin
+
+
 def _segment_affine(
     mods: list[nn.Module], in_shape: tuple[int, ...], path: str
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
@@ -143,7 +195,7 @@ def _segment_affine(
             outb = basis
             for m in mods:
                 out0 = m(out0)
-                outb = m(outb)
+                outb = _linear_part(m)(outb)
     except (RuntimeError, ValueError, IndexError) as exc:
         raise InputShapeError(
             f"an input of per-sample shape {tuple(in_shape)} does not fit the model at "
@@ -151,7 +203,7 @@ def _segment_affine(
         ) from exc
     out_shape = tuple(out0.shape[1:])
     b = out0.reshape(-1).numpy().copy()
-    w = (outb - out0).reshape(d, -1).numpy().T.copy()
+    w = outb.reshape(d, -1).numpy().T.copy()
     return w, b, out_shape
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,19 +13,23 @@ import torch
 from torch import nn
 
 from boundkit.errors import BoundkitError, InputShapeError
-from boundkit.exact.convert import AffineReluNet, to_affine_relu
-from boundkit.exact.qp import min_norm_point
+from boundkit.exact.convert import to_affine_relu
 from boundkit.exact.search import (
+    WITNESS_SLACK,
     NetCrown,
     SearchBudgetExceeded,
+    Verifier,
     exact_search,
-    pattern_affine,
 )
 from boundkit.validate import check_call
 
+#: without ``time_limit``, the largest number of hidden ReLUs ``exact_radius`` accepts
 DEFAULT_MAX_NEURONS = 32
+#: without ``time_limit``, the most leaf regions a search may solve per sample
 DEFAULT_MAX_REGIONS = 5000
-WITNESS_SLACK = 1e-6
+
+__all__ = ["DEFAULT_MAX_NEURONS", "DEFAULT_MAX_REGIONS", "WITNESS_SLACK", "ExactResult",
+           "ExactSizeError", "exact_radius", "exact_radius_linear"]
 
 
 class ExactSizeError(BoundkitError):
@@ -37,9 +43,19 @@ class ExactResult:
     ``radius[n] = min ||r||`` over perturbations with ``argmax f(x_n + r) != c_n`` (ties count).
     ``perturbation[n]`` attains it (it lies on the decision boundary); ``witness[n]`` is a
     point with ``argmax f(x_n + witness[n]) != c_n`` *strictly* and
-    ``||witness[n]|| <= (1 + 1e-6) radius[n]`` (pushed slightly inside the adversarial region).
+    ``||witness[n]|| <= (1 + 1e-6) radius[n]`` (pushed slightly inside the adversarial region),
+    verified by re-running the model in float64 at ``x_n + witness[n]``;
+    ``witness_native[n]`` says whether it is also strictly adversarial when the model runs in
+    its own dtype (a float32 model rounds the input and its arithmetic).
     Rows with no class change anywhere (``radius = inf``) hold NaN and class -1, as do rows
-    whose search went over budget with ``on_budget="nan"`` (``radius = NaN``: unknown).
+    whose radius is unknown (``radius = NaN``): ``reason[n]`` then says why (the time limit,
+    the region budget with ``on_budget="nan"``, or a candidate region closer than the
+    radius whose witness failed verification); it is ``""`` for every answered row.
+    ``lower[n] <= rho(x_n) <= upper[n]`` is what is known in every case: ``(1 - rtol) R``
+    and ``R`` for an answered row; for a search stopped by its budget, the smallest bound
+    of its open nodes (float64 QP distances and the engine's CROWN: the search's bound,
+    not a rounding-charged certificate; 0 if it stopped before branching) and the smallest
+    distance with a verified witness (inf if none).
     """
 
     radius: torch.Tensor  # [N] float64
@@ -49,6 +65,10 @@ class ExactResult:
     adversarial_class: torch.Tensor  # [N] int64
     regions: torch.Tensor  # [N] int64, leaf activation regions whose QP was solved
     nodes: torch.Tensor  # [N] int64, branch-and-bound nodes processed
+    witness_native: torch.Tensor | None = None  # [N] bool, witness adversarial in model dtype
+    reason: tuple[str, ...] = ()  # [N] why the radius is NaN ("" where it is not)
+    lower: torch.Tensor | None = None  # [N] float64, the search's bound: lower <= rho
+    upper: torch.Tensor | None = None  # [N] float64, witnessed distance: rho <= upper
 
 
 def exact_radius_linear(
@@ -96,50 +116,6 @@ def exact_radius_linear(
     return radius, -coef[:, None] * dwk
 
 
-def _witness(
-    net: AffineReluNet,
-    x: np.ndarray,
-    pattern: list[np.ndarray],
-    k: int,
-    c: int,
-    radius: float,
-    r_star: np.ndarray,
-    box: tuple[np.ndarray, np.ndarray] | None,
-) -> np.ndarray:
-    """A strictly adversarial perturbation of norm ``<= (1 + WITNESS_SLACK) * radius``.
-
-    Solves the region-``pattern`` QP with every constraint tightened by ``eta`` (unit rows),
-    so that the class-``k`` margin is ``>= eta > 0``; tries decreasing ``eta``.
-    """
-    if radius == 0.0:
-        return r_star.copy()
-    a, h, f_w, f_b = pattern_affine(net, pattern, x)
-    g_w = f_w[k] - f_w[c]
-    g_v = float(g_w @ x + f_b[k] - f_b[c])
-    rows = [a, g_w[None]]
-    rhs = [h, np.array([-g_v])]
-    if box is not None:
-        lo, hi = box
-        eye = np.eye(x.size)
-        fl, fh = np.isfinite(lo), np.isfinite(hi)
-        rows += [eye[fl], -eye[fh]]
-        rhs += [(lo - x)[fl], (x - hi)[fh]]
-    a_all = np.vstack(rows)
-    h_all = np.concatenate(rhs)
-    nrm = np.linalg.norm(a_all, axis=1)
-    keep = nrm > 0
-    a_all, h_all = a_all[keep] / nrm[keep, None], h_all[keep] / nrm[keep]
-    for e in range(7, 13):
-        eta = radius * 10.0 ** (-e)
-        r = min_norm_point(a_all, h_all + eta)
-        if r is None or np.linalg.norm(r) > (1 + WITNESS_SLACK) * radius:
-            continue
-        logits = net.forward((x + r)[None])[0]
-        if logits[k] > logits[c]:
-            return r
-    return r_star * (1 + WITNESS_SLACK)
-
-
 def _parse_box(
     box: tuple | None, shape: tuple[int, ...], x: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -164,14 +140,44 @@ def _parse_box(
     return lo, hi
 
 
+def _model_verifier(model: nn.Module, x: torch.Tensor) -> Callable[[int, np.ndarray, int],
+                                                                     Verifier]:
+    """``make(n, x_n, c)`` -> ``verify(r)`` for :func:`exact_search`: the user's model re-run
+    at ``x_n + r`` in float64 (a copy) and in its own dtype on its own device; 0 if the
+    float64 run is not strictly adversarial (``max_{k != c} f_k > f_c``), 1 if only it is,
+    2 if both are."""
+    m64 = copy.deepcopy(model).to("cpu", torch.float64).eval()
+    par = next((t for t in model.parameters() if t.is_floating_point()), None)
+    dtype = par.dtype if par is not None else (x.dtype if x.is_floating_point()
+                                               else torch.float32)
+    dev = par.device if par is not None else x.device
+    shape = tuple(x.shape[1:])
+
+    def strict(out: torch.Tensor, c: int) -> bool:
+        o = out.reshape(-1).double()
+        rest = torch.cat([o[:c], o[c + 1:]])
+        return bool(rest.max() > o[c])
+
+    def make(n: int, xn: np.ndarray, c: int) -> Verifier:
+        def verify(r: np.ndarray) -> int:
+            z = torch.from_numpy(xn + r).reshape(1, *shape)
+            with torch.no_grad():
+                if not strict(m64(z), c):
+                    return 0
+                return 2 if strict(model(z.to(dev, dtype)), c) else 1
+        return verify
+
+    return make
+
+
 def exact_radius(
     model: nn.Module,
     x: torch.Tensor,
     *,
     box: tuple | None = None,
     rtol: float = 1e-6,
-    max_neurons: int = DEFAULT_MAX_NEURONS,
-    max_regions: int = DEFAULT_MAX_REGIONS,
+    max_neurons: int | None = None,
+    max_regions: int | None = None,
     time_limit: float | None = None,
     on_budget: str = "raise",
     return_details: bool = False,
@@ -181,19 +187,27 @@ def exact_radius(
 
     ``model``: an eval-mode ``nn.Sequential`` of Linear / Conv2d / AvgPool2d / BatchNorm
     (eval) / Flatten / Identity / Dropout (eval) / ReLU (optionally ending in Softmax or
-    LogSoftmax), with at most ``max_neurons`` hidden ReLUs.  ``x``: ``[N, *in_shape]``.
-    ``box=(lo, hi)`` restricts ``x + r`` to ``lo <= x + r <= hi`` (the boxed radius is ``>=``
-    the unconstrained one).  Linear models use the closed form
-    ``min_{c'} (f_c - f_{c'}) / ||w_c - w_{c'}||``; ReLU models a best-first branch-and-bound
-    over activation regions with one convex QP per region (``docs/exact.md``).  The returned
-    radius ``R`` satisfies ``(1 - rtol) R <= rho <= R`` (``R`` is attained by ``perturbation``).
+    LogSoftmax).  ``x``: ``[N, *in_shape]``.  ``box=(lo, hi)`` restricts ``x + r`` to
+    ``lo <= x + r <= hi`` (the boxed radius is ``>=`` the unconstrained one).  Linear models
+    use the closed form ``min_{c'} (f_c - f_{c'}) / ||w_c - w_{c'}||``; ReLU models a
+    best-first branch-and-bound over activation regions with one convex QP per region, on the
+    net's canonical form (every hidden neuron's input row of unit norm: the same decision
+    function whatever the layers' positive scales; ``docs/exact.md``).  The returned radius
+    ``R`` satisfies ``(1 - rtol) R <= rho <= R`` (``R`` is attained by ``perturbation``), and
+    every finite ``R`` comes with a witness the model itself confirms (re-run in float64).
+
+    Budgets: ``time_limit`` seconds per sample (None = none).  Without a time limit the
+    model may have at most ``max_neurons`` hidden ReLUs (default 32) and a search at most
+    ``max_regions`` leaf regions (default 5000); with one, both default to no limit, so the
+    exact radius can be asked of real-sized networks and each sample either finishes in time
+    or is reported unknown.  A sample over budget raises :class:`ExactSizeError`, or with
+    ``on_budget="nan"`` gets radius NaN (the other samples are still solved) and its reason
+    in ``ExactResult.reason``.  A sample whose answer cannot be confirmed (a candidate region
+    closer than the radius found had no witness the model confirms) is NaN with its reason in
+    either mode: a NaN is "unknown", never a bound.
 
     Returns a float64 tensor ``[N]`` (``inf`` where no perturbation changes the class), or an
-    :class:`ExactResult` with ``return_details=True``.  Raises :class:`ExactSizeError` above
-    ``max_neurons`` hidden ReLUs or when the search for a sample exceeds ``max_regions``
-    regions or ``time_limit`` seconds (per sample; None = no limit).  With
-    ``on_budget="nan"`` such a sample gets radius NaN (and the other samples are still
-    solved) instead: a NaN is "unknown", never a bound.
+    :class:`ExactResult` with ``return_details=True``.
     """
     check_call(model, x, device=device, counts={"max_neurons": max_neurons,
                                                 "max_regions": max_regions})
@@ -209,19 +223,27 @@ def exact_radius(
         raise ValueError(f"rtol must be in [0, 1), got {rtol}")
     if on_budget not in ("raise", "nan"):
         raise ValueError(f"on_budget must be 'raise' or 'nan', got {on_budget!r}")
-    if time_limit is not None and not time_limit >= 0:
-        raise ValueError(f"time_limit must be >= 0 seconds or None, got {time_limit}")
+    if time_limit is not None and not (isinstance(time_limit, (int, float))
+                                       and not isinstance(time_limit, bool)
+                                       and 0 <= time_limit < math.inf):
+        raise ValueError(f"time_limit must be a finite number of seconds >= 0 or None, "
+                         f"got {time_limit!r}")
+    if time_limit is None:
+        max_neurons = DEFAULT_MAX_NEURONS if max_neurons is None else max_neurons
+        max_regions = DEFAULT_MAX_REGIONS if max_regions is None else max_regions
     out_device = torch.device(device) if device is not None else x.device
     in_shape = tuple(int(s) for s in x.shape[1:])
     net = to_affine_relu(model, in_shape)
     if net.in_dim != math.prod(in_shape):
         raise InputShapeError(f"model input size {net.in_dim} != prod{in_shape}")
-    if net.num_hidden > max_neurons:
+    if max_neurons is not None and net.num_hidden > max_neurons:
         raise ExactSizeError(
             f"the model has {net.num_hidden} hidden ReLU neurons (layers {net.hidden_sizes}); "
             f"exact_radius is limited to max_neurons={max_neurons} because the number of "
-            "activation regions grows exponentially. Use bk.certify / bk.attack for bounds."
+            "activation regions grows exponentially. Pass time_limit= (seconds per sample) "
+            "to try it anyway, or use bk.certify / bk.attack for bounds."
         )
+    canon = net.canonical() if net.num_hidden > 0 else net
     xs = x.detach().to("cpu", torch.float64).reshape(x.shape[0], -1).numpy()
     n = xs.shape[0]
     d = xs.shape[1]
@@ -232,47 +254,80 @@ def exact_radius(
     adv = np.full(n, -1, dtype=np.int64)
     regions = np.zeros(n, dtype=np.int64)
     nodes = np.zeros(n, dtype=np.int64)
-    crown = NetCrown(net) if net.num_hidden > 0 else None  # the B&B's bounds, one graph
+    native = np.zeros(n, dtype=bool)
+    reason = [""] * n
+    lower = np.zeros(n)
+    upper = np.full(n, np.inf)
+    crown = NetCrown(canon) if net.num_hidden > 0 else None  # the B&B's bounds, one graph
+    make_verify = _model_verifier(model, x)
     for idx in range(n):
         xi = xs[idx]
         bx = _parse_box(box, in_shape, xi)
         pred[idx] = int(np.argmax(net.forward(xi[None])[0]))
+        verify = make_verify(idx, xi, int(pred[idx]))
         if net.num_hidden == 0 and bx is None:
             rad, r = exact_radius_linear(
                 net.weights[0], net.biases[0], xi[None], return_perturbation=True
             )
             radius[idx] = float(rad[0])
-            if math.isfinite(radius[idx]):
-                pert[idx] = r[0].numpy()
-                logits = net.weights[0] @ (xi + pert[idx]) + net.biases[0]
-                logits[pred[idx]] = -np.inf
-                adv[idx] = int(np.argmax(logits))
-                wit[idx] = pert[idx] * (1 + WITNESS_SLACK)
             regions[idx] = 1
+            lower[idx] = upper[idx] = radius[idx]
+            if not math.isfinite(radius[idx]):
+                continue
+            pert[idx] = r[0].numpy()
+            logits = net.weights[0] @ (xi + pert[idx]) + net.biases[0]
+            logits[pred[idx]] = -np.inf
+            adv[idx] = int(np.argmax(logits))
+            w = pert[idx] * (1 + WITNESS_SLACK / 2)
+            lv = 2 if radius[idx] == 0.0 else verify(w)
+            if lv == 0:
+                reason[idx] = (f"the closed-form minimiser (distance {radius[idx]:.17g}) "
+                               "pushed out by 5e-7 is not adversarial when the model is re-run "
+                               "in float64")
+                radius[idx] = math.nan
+                upper[idx] = math.inf
+                adv[idx] = -1
+                pert[idx] = np.nan
+                continue
+            wit[idx], native[idx] = w, lv == 2
             continue
         deadline = None if time_limit is None else time.perf_counter() + time_limit
         try:
-            res = exact_search(net, xi, bx, rtol, max_regions, deadline, crown)
+            res = exact_search(canon, xi, bx, rtol, max_regions, deadline, crown,
+                               c=int(pred[idx]), verify=verify)
         except SearchBudgetExceeded as exc:
+            what = (f"time_limit={time_limit} s" if exc.what == "time_limit"
+                    else f"max_regions={max_regions}")
             if on_budget == "nan":
                 radius[idx] = math.nan
                 regions[idx], nodes[idx] = exc.regions, exc.nodes
+                lower[idx], upper[idx] = exc.lower, exc.upper
+                reason[idx] = (f"the search went past {what} ({exc.regions} regions, "
+                               f"{exc.nodes} nodes); {exc.lower:.6g} <= radius <= "
+                               f"{exc.upper:.6g}")
                 continue
             raise ExactSizeError(
-                f"sample {idx}: the exact search exceeded max_regions={max_regions} or "
-                f"time_limit={time_limit} s ({exc.regions} regions, {exc.nodes} nodes) for a "
-                f"model with {net.num_hidden} hidden ReLUs; raise the budget, use a smaller "
-                "model, or pass on_budget='nan' to skip such samples"
+                f"sample {idx}: the exact search went past {what} ({exc.regions} regions, "
+                f"{exc.nodes} nodes) for a model with {net.num_hidden} hidden ReLUs; raise "
+                "the budget, use a smaller model, or pass on_budget='nan' to skip such "
+                "samples"
             ) from None
-        radius[idx] = res.radius
         regions[idx], nodes[idx] = res.regions, res.nodes
-        if res.perturbation is not None and res.pattern is not None:
+        if res.untrusted < res.radius * (1.0 - rtol):
+            upper[idx] = res.radius
+            radius[idx] = math.nan
+            reason[idx] = (
+                f"a region at distance {res.untrusted:.17g} (below the best confirmed "
+                f"{res.radius:.17g}) had no witness that the model, re-run in float64, "
+                "confirms as adversarial: its answer is not trusted")
+            continue
+        radius[idx] = res.radius
+        lower[idx], upper[idx] = res.radius * (1.0 - rtol), res.radius
+        if res.perturbation is not None and res.witness is not None:
             pert[idx] = res.perturbation
             adv[idx] = res.adv_class
-            wit[idx] = _witness(
-                net, xi, res.pattern, res.adv_class, int(pred[idx]), res.radius,
-                res.perturbation, bx,
-            )
+            wit[idx] = res.witness
+            native[idx] = res.witness_level == 2
     rad_t = torch.from_numpy(radius).to(out_device)
     if not return_details:
         return rad_t
@@ -285,4 +340,8 @@ def exact_radius(
         adversarial_class=torch.from_numpy(adv).to(out_device),
         regions=torch.from_numpy(regions).to(out_device),
         nodes=torch.from_numpy(nodes).to(out_device),
+        witness_native=torch.from_numpy(native).to(out_device),
+        reason=tuple(reason),
+        lower=torch.from_numpy(lower).to(out_device),
+        upper=torch.from_numpy(upper).to(out_device),
     )

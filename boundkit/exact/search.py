@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,16 +29,30 @@ from boundkit.bounds.crown import CrownRun, plan_crown
 from boundkit.bounds.numerics import gamma
 from boundkit.bounds.relaxation import LinearBounds, Splits
 from boundkit.exact.convert import AffineReluNet
-from boundkit.exact.qp import min_norm_point
+from boundkit.exact.qp import min_norm_point, unit_rows
 from boundkit.graph.capture import capture
 
 
 class SearchBudgetExceeded(Exception):
-    """Internal: the branch-and-bound exceeded its node or region budget."""
+    """Internal: the branch-and-bound exceeded its node, region or time budget (``what``).
 
-    def __init__(self, regions: int, nodes: int) -> None:
-        super().__init__(f"{regions} regions, {nodes} nodes")
-        self.regions, self.nodes = regions, nodes
+    ``lower <= rho(x) <= upper`` where it stopped: ``upper`` the smallest distance with a
+    verified witness (inf if none), ``lower`` the smallest bound of the nodes still open
+    (0 before the branch-and-bound started)."""
+
+    def __init__(self, regions: int, nodes: int, what: str = "max_regions",
+                 lower: float = 0.0, upper: float = np.inf) -> None:
+        super().__init__(f"{what}: {regions} regions, {nodes} nodes")
+        self.regions, self.nodes, self.what = regions, nodes, what
+        self.lower, self.upper = lower, upper
+
+
+#: ``verify(r)`` re-runs the user's model at ``x + r``: 0 if it is not strictly adversarial
+#: in float64, 1 if it is in float64 only, 2 if also in the model's own dtype
+Verifier = Callable[[np.ndarray], int]
+
+#: the witness of a radius ``R`` has norm ``<= (1 + WITNESS_SLACK) R``
+WITNESS_SLACK = 1e-6
 
 
 @dataclass
@@ -50,6 +65,9 @@ class SearchResult:
     pattern: list[np.ndarray] | None  # activation pattern of the region attaining r*
     regions: int  # leaf regions (full activation patterns) whose QP was solved
     nodes: int  # branch-and-bound nodes processed
+    witness: np.ndarray | None = None  # verified strictly adversarial point near r*
+    witness_level: int = 0  # the verifier's answer for `witness` (see `Verifier`)
+    untrusted: float = np.inf  # smallest QP distance whose witness failed verification
 
 
 @dataclass
@@ -87,6 +105,105 @@ def pattern_affine(
     a = np.vstack(rows_a) if rows_a else np.zeros((0, d))
     h = np.concatenate(rows_h) if rows_h else np.zeros(0)
     return a, h, f_w, f_b
+
+
+def find_witness(
+    net: AffineReluNet,
+    x: np.ndarray,
+    pattern: list[np.ndarray],
+    k: int,
+    c: int,
+    radius: float,
+    r_star: np.ndarray,
+    box: tuple[np.ndarray, np.ndarray] | None,
+    verify: Verifier | None,
+) -> tuple[np.ndarray | None, int]:
+    """A strictly adversarial perturbation of norm ``<= (1 + WITNESS_SLACK) radius``, checked
+    by ``verify`` (the user's model re-run at ``x + r``), and the verifier's level.
+
+    Candidates, in order: ``(1 + WITNESS_SLACK / 2) r*`` (no QP; enough where the boundary is
+    smooth at ``r*``), then the region-``pattern`` QP with every constraint (unit rows) and
+    the class-``k`` margin tightened by ``eta = radius 10^-e``, ``e = 7..12``.  The first
+    candidate the verifier passes in both float64 and the model's dtype is returned, else the
+    first it passes in float64; ``(None, 0)`` if none passes: the region's answer is then
+    not trusted.  Without ``verify`` the float64 :class:`AffineReluNet` decides (level 1).
+    """
+    if radius == 0.0:
+        return r_star.copy(), 2
+    first: np.ndarray | None = None
+
+    def inbox(r: np.ndarray) -> np.ndarray:
+        # the QP's point is inside the box up to the rounding of x + (lo - x)
+        return r if box is None else np.clip(x + r, box[0], box[1]) - x
+
+    def level(r: np.ndarray) -> int:
+        if verify is not None:
+            return verify(r)
+        logits = net.forward((x + r)[None])[0]
+        return int(np.delete(logits, c).max() > logits[c])
+
+    cand = inbox(r_star * (1 + WITNESS_SLACK / 2))
+    lv = level(cand) if np.linalg.norm(cand) <= (1 + WITNESS_SLACK) * radius else 0
+    if lv == 2:
+        return cand, 2
+    if lv == 1:
+        first = cand
+    a, h, f_w, f_b = pattern_affine(net, pattern, x)
+    g_w = f_w[k] - f_w[c]
+    g_v = float(g_w @ x + f_b[k] - f_b[c])
+    a_all, h_all, ok = unit_rows(np.vstack([a, g_w[None]]), np.append(h, -g_v))
+    if not ok:
+        return (first, 1) if first is not None else (None, 0)
+    blo, bhi = (None, None) if box is None else (box[0] - x, box[1] - x)
+    for e in range(7, 13):
+        # the region's rows and the margin tightened; the box is closed, its faces allowed
+        eta = radius * 10.0 ** (-e)
+        r = min_norm_point(a_all, h_all + eta, blo, bhi)
+        if r is None:
+            continue
+        r = inbox(r)
+        if np.linalg.norm(r) > (1 + WITNESS_SLACK) * radius:
+            continue
+        lv = level(r)
+        if lv == 2:
+            return r, 2
+        if lv == 1 and first is None:
+            first = r
+    return (first, 1) if first is not None else (None, 0)
+
+
+#: most steps and most flipped neurons per step of the region descent (``walk``)
+WALK_STEPS, WALK_BRANCH = 50, 16
+
+
+def deepfool_point(net: AffineReluNet, x: np.ndarray, c: int,
+                   box: tuple[np.ndarray, np.ndarray] | None, steps: int = 50,
+                   overshoot: float = 0.02) -> np.ndarray | None:
+    """An adversarial point found by DeepFool (Moosavi-Dezfooli et al., CVPR 2016) on the
+    exact region-wise linearisation: from ``z``, step to the nearest linearised class
+    boundary ``(1 + overshoot)`` times, clipped to the box; ``None`` if none in ``steps``.
+    Only used as a starting region for upper bounds."""
+    z = x.copy()
+    for _ in range(steps):
+        pat = region_pattern(net, z)
+        _, _, f_w, f_b = pattern_affine(net, pat, x)
+        logits = f_w @ z + f_b
+        g_v = logits - logits[c]
+        g_v[c] = -np.inf
+        if g_v.max() >= 0:
+            return z
+        g_w = f_w - f_w[c]
+        nrm = np.linalg.norm(g_w, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dist = np.where(nrm > 0, -g_v / nrm, np.inf)
+        dist[c] = np.inf
+        k = int(np.argmin(dist))
+        if not np.isfinite(dist[k]):
+            return None
+        z = z + (1 + overshoot) * (-g_v[k] / nrm[k] ** 2) * g_w[k]
+        if box is not None:
+            z = np.clip(z, box[0], box[1])
+    return None
 
 
 def region_pattern(net: AffineReluNet, z: np.ndarray) -> list[np.ndarray]:
@@ -266,61 +383,128 @@ def exact_search(
     x: np.ndarray,
     box: tuple[np.ndarray, np.ndarray] | None,
     rtol: float,
-    max_regions: int,
+    max_regions: int | None,
     deadline: float | None = None,
     crown: NetCrown | None = None,
+    *,
+    c: int | None = None,
+    verify: Verifier | None = None,
 ) -> SearchResult:
     """Exact ``rho(x)`` (to relative ``rtol``) by best-first branch-and-bound; see module doc.
 
     Raises :class:`SearchBudgetExceeded` beyond ``max_regions`` regions (``20 max_regions``
-    nodes) or, if given, once ``time.perf_counter()`` passes ``deadline`` (checked per node).
-    ``crown``: the network's :class:`NetCrown` (built here when not given; pass it to share
-    the captured graph between the samples of a network).
+    nodes; None: no limit) or, if given, once ``time.perf_counter()`` passes ``deadline``
+    (checked per node, per ray and per improvement).  ``crown``: the network's
+    :class:`NetCrown` (built here when not given; pass it to share the captured graph
+    between the samples of a network).  ``c``: the class of ``x`` (default: the argmax of
+    ``net``).  Every candidate that would improve the radius is first given a witness by
+    :func:`find_witness` checked by ``verify``; a candidate without one does not count
+    (the search goes on) and its distance is kept in ``SearchResult.untrusted``: if that is
+    below the radius found, the radius is not the exact one and the caller must say so.
     """
     d = net.in_dim
     nl = len(net.weights) - 1
     logits = net.forward(x[None])[0]
-    c = int(np.argmax(logits))
+    if c is None:
+        c = int(np.argmax(logits))
     gaps = logits - logits[c]
     gaps[c] = -np.inf
     if gaps.max() >= 0:
         k = int(np.argmax(gaps))
-        return SearchResult(0.0, np.zeros(d), k, region_pattern(net, x), 0, 0)
+        return SearchResult(0.0, np.zeros(d), k, region_pattern(net, x), 0, 0, np.zeros(d), 2)
 
-    if box is not None:
-        lo, hi = box
-        fin_lo, fin_hi = np.isfinite(lo), np.isfinite(hi)
-        eye = np.eye(d)
-        base_a = np.vstack([eye[fin_lo], -eye[fin_hi]])
-        base_h = np.concatenate([(lo - x)[fin_lo], (x - hi)[fin_hi]])
-    else:
-        base_a, base_h = np.zeros((0, d)), np.zeros(0)
+    def over_time() -> bool:
+        return deadline is not None and time.perf_counter() > deadline
+
+    floor = 0.0  # smallest bound of the nodes taken off the queue and not yet finished
+    heap: list[tuple[float, int, int, _Node]] = []  # (bound, -fixed, tie, node)
+
+    def budget(what: str) -> SearchBudgetExceeded:
+        open_min = heap[0][0] if heap else np.inf
+        lower = min(floor, open_min, best * (1.0 - rtol))
+        return SearchBudgetExceeded(regions, nodes, what, max(lower, 0.0), best)
+
+    # the box enters every QP as bounds on r (not as rows: see boundkit/exact/qp.py)
+    blo, bhi = (None, None) if box is None else (box[0] - x, box[1] - x)
+
+    def qp(a: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+        return min_norm_point(a, h, blo, bhi)
 
     best = np.inf
     best_r: np.ndarray | None = None
     best_k = -1
     best_pat: list[np.ndarray] | None = None
+    best_w: np.ndarray | None = None
+    best_lv = 0
+    untrusted = np.inf
     regions = 0
+    nodes = 0
 
     def solve_leaf(pat: list[np.ndarray], a: np.ndarray, h: np.ndarray,
-                   f_w: np.ndarray, f_b: np.ndarray, lb: float) -> None:
-        nonlocal best, best_r, best_k, best_pat, regions
+                   f_w: np.ndarray, f_b: np.ndarray, lb: float
+                   ) -> tuple[float, np.ndarray | None]:
+        """The QPs of the region ``pat`` (classes that may beat ``best``); updates ``best``;
+        returns the smallest distance found in the region and its point."""
+        nonlocal best, best_r, best_k, best_pat, best_w, best_lv, untrusted, regions
         regions += 1
         g_w = f_w - f_w[c]
         g_v = g_w @ x + (f_b - f_b[c])
         order = np.argsort(-g_v)
+        leaf, leaf_r = np.inf, None
         for k in order:
             if k == c:
                 continue
             cut = best * (1.0 - rtol)
             if max(lb, _halfspace_dist(g_w[k], float(g_v[k]))) >= cut:
                 continue
-            r = min_norm_point(np.vstack([a, g_w[k][None]]), np.append(h, -g_v[k]))
+            r = qp(np.vstack([a, g_w[k][None]]), np.append(h, -g_v[k]))
             if r is None:
                 continue
             rn = float(np.linalg.norm(r))
+            if rn < leaf:
+                leaf, leaf_r = rn, r
             if rn < best:
+                if over_time():
+                    raise budget("time_limit")
+                w, lv = find_witness(net, x, pat, int(k), c, rn, r, box, verify)
+                if w is None:
+                    untrusted = min(untrusted, rn)
+                    continue
                 best, best_r, best_k, best_pat = rn, r, int(k), [p.copy() for p in pat]
+                best_w, best_lv = w, lv
+        return leaf, leaf_r
+
+    sizes = np.cumsum([0, *net.hidden_sizes])
+
+    def walk(pat: list[np.ndarray], r: np.ndarray | None) -> None:
+        """Descent over regions for a smaller upper bound: from a region's minimiser ``r``,
+        flip each neuron whose boundary ``r`` lies on (the region across that face) and move
+        to the neighbour that lowered ``best`` most; stop at a local minimum.  Only upper
+        bounds come from here (each a verified leaf QP), so it changes no lower bound."""
+        for _ in range(WALK_STEPS):
+            if r is None or nl == 0:
+                return
+            a, h, _, _ = pattern_affine(net, pat, x)
+            nrm = np.linalg.norm(a, axis=1)
+            rn = float(np.linalg.norm(r))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                slack = (a @ r - h) / nrm
+            tight = np.flatnonzero((nrm > 0) & (slack <= 1e-9 * (1.0 + rn)))
+            before, step = best, None
+            for t in tight[:WALK_BRANCH]:
+                if over_time():
+                    raise budget("time_limit")
+                layer = int(np.searchsorted(sizes, t, side="right")) - 1
+                nb = [p.copy() for p in pat]
+                nb[layer][t - sizes[layer]] = ~nb[layer][t - sizes[layer]]
+                a2, h2, f2, b2 = pattern_affine(net, nb, x)
+                old = best
+                _, r2 = solve_leaf(nb, a2, h2, f2, b2, 0.0)
+                if best < old:
+                    step = (nb, r2)
+            if step is None or not best < before:
+                return
+            pat, r = step
 
     # Upper bound: exact first crossings along a few rays (then the exact QP of that region).
     pat0 = region_pattern(net, x)
@@ -339,34 +523,43 @@ def exact_search(
                 tl = np.where(u < 0, (box[0] - x) / u, np.inf)
                 th = np.where(u > 0, (box[1] - x) / u, np.inf)
             t_cap = float(min(np.nanmin(tl), np.nanmin(th)))
+        if over_time():
+            raise budget("time_limit")
         hit = ray_first_crossing(net, x, u, c, t_cap)
         if hit is None:
             continue
         _, _, pat = hit
         a, h, f_w, f_b = pattern_affine(net, pat, x)
-        solve_leaf(pat, np.vstack([base_a, a]), np.append(base_h, h), f_w, f_b, 0.0)
-    solve_leaf(pat0, np.vstack([base_a, a0]), np.append(base_h, h0), fw0, fb0, 0.0)
+        walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1])
+    walk(pat0, solve_leaf(pat0, a0, h0, fw0, fb0, 0.0)[1])
+    z = deepfool_point(net, x, c, box)
+    if z is not None:
+        pat = region_pattern(net, z)
+        a, h, f_w, f_b = pattern_affine(net, pat, x)
+        walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1])
 
     if nl == 0:
-        return SearchResult(best, best_r, best_k, best_pat, regions, 0)
+        return SearchResult(best, best_r, best_k, best_pat, regions, 0, best_w, best_lv,
+                            untrusted)
 
     root = _Node(
         lb=0.0,
         signs=[np.zeros(w.shape[0], dtype=np.int8) for w in net.weights[:-1]],
         layer=0,
-        rows_a=base_a,
-        rows_h=base_h,
+        rows_a=np.zeros((0, d)),
+        rows_h=np.zeros(0),
         pre_w=net.weights[0].copy(),
         pre_b=net.biases[0].copy(),
         point=np.zeros(d),
     )
     counter = itertools.count()
-    heap: list[tuple[float, int, int, _Node]] = [(0.0, 0, next(counter), root)]
+    heap.append((0.0, 0, next(counter), root))
 
     def _expand(node: _Node, lb_in: float, has_bounds: bool, res: NodeBounds | None,
                 rho: float) -> None:
         """Prune, fix or split a popped node; ``res``: its fresh linear bounds over
-        ``B(x, rho)`` (``rho >= best``), ``None`` for an empty node, if ``has_bounds``."""
+        ``B(x, rho)`` (``rho >= best (1 - rtol)``, the cut when the round started; the cut
+        only decreases), ``None`` for an empty node, if ``has_bounds``."""
         cut = best * (1.0 - rtol)
         if node.lb >= cut:  # `best` improved earlier in the round
             return
@@ -384,16 +577,16 @@ def exact_search(
                     dist = 0.0  # no information (values beyond the engine's float range)
                     continue
                 dk = _halfspace_dist(m_w[k], mv)
-                if dk >= min(dist, cut) or node.rows_a.shape[0] == 0:
+                if dk >= min(dist, cut) or (node.rows_a.shape[0] == 0 and box is None):
                     dist = min(dist, dk)
                     continue
                 # distance to (node polyhedron) n (relaxed class-k half-space)
-                rk = min_norm_point(
-                    np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv)
-                )
+                rk = qp(np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv))
                 if rk is not None:
                     dist = min(dist, float(np.linalg.norm(rk)))
-            if dist >= best:  # the bounds hold on B(x, rho), rho >= best
+            # the bounds hold on B(x, rho), rho >= the current cut: adversarial points of the
+            # node are >= dist away inside the ball and > rho away outside it
+            if dist >= rho:
                 return
             node.lb = max(node.lb, dist)
             if node.lb >= cut:
@@ -404,7 +597,11 @@ def exact_search(
 
         if node.layer == nl:
             pat = [s > 0 for s in node.signs]
-            solve_leaf(pat, node.rows_a, node.rows_h, node.pre_w, node.pre_b, node.lb)
+            old = best
+            _, r_leaf = solve_leaf(pat, node.rows_a, node.rows_h, node.pre_w, node.pre_b,
+                                   node.lb)
+            if best < old:
+                walk(pat, r_leaf)
             return
 
         # Fix every neuron of the current layer whose other side cannot hold a better point.
@@ -417,7 +614,7 @@ def exact_search(
         split: list[tuple[float, int]] = []
         for j in np.flatnonzero(s == 0):
             v, nj = float(v_all[j]), float(norms[j])
-            if nj <= 1e-13 * max(1.0, float(np.abs(node.pre_w).max(initial=0.0))):
+            if nj == 0.0:  # a constant neuron on this node: its sign is that of v
                 s[j] = 1 if v >= 0 else -1
                 continue
             d_act = max(0.0, -v) / nj
@@ -483,32 +680,35 @@ def exact_search(
 
     engine = crown if crown is not None else NetCrown(net)
     run: CrownRun | None = None  # the engine's pass for x, made on first use
-    nodes = 0
-    max_nodes = 20 * max_regions
+    max_nodes = np.inf if max_regions is None else 20 * max_regions
+    max_reg = np.inf if max_regions is None else max_regions
     round_best, size = np.nan, 1  # `best` when the previous round started, its size
     while heap:
         # One round: `size` nodes popped in best-first order; those whose linear bounds are
-        # missing or stale get them from one engine call at rho = best (an engine call
+        # missing or stale get them from one engine call at rho = the cut (an engine call
         # costs about the same for 1 or 16 nodes). Expanding a round's nodes before the
         # children of the first can cost nodes that a better `best` found on the way would
         # have pruned, so `size` restarts at 1 whenever `best` improved, then doubles.
         todo: list[tuple[_Node, float]] = []
+        floor = np.inf
         size = min(2 * size, CROWN_BATCH) if best == round_best else 1
         round_best = best
         while heap and len(todo) < size:
             cut = best * (1.0 - rtol)
             if heap[0][0] >= cut:
                 break  # best-first: every remaining node is at least as far
-            node = heapq.heappop(heap)[3]
+            key, _, _, node = heapq.heappop(heap)
+            floor = min(floor, key)
             if node.lb >= cut:
                 continue
             nodes += 1
-            if (nodes > max_nodes or regions > max_regions
-                    or (deadline is not None and time.perf_counter() > deadline)):
-                raise SearchBudgetExceeded(regions, nodes)
+            if nodes > max_nodes or regions > max_reg:
+                raise budget("max_regions")
+            if over_time():
+                raise budget("time_limit")
             lb_in = node.lb
             if node.point is None:
-                r = min_norm_point(node.rows_a, node.rows_h)
+                r = qp(node.rows_a, node.rows_h)
                 if r is None:
                     continue
                 node.point = r
@@ -518,7 +718,8 @@ def exact_search(
             todo.append((node, lb_in))
         if not todo:
             break
-        rho = best
+        # only adversarial points closer than the cut matter: the ball need be no larger
+        rho = best * (1.0 - rtol)
         need = [nd for nd, _ in todo if np.isfinite(rho) and (
             nd.crown_fixed != nd.nfixed or rho < 0.98 * nd.crown_rho)]
         outs: list[NodeBounds | None] = []
@@ -528,6 +729,7 @@ def exact_search(
         fresh = {id(nd): out for nd, out in zip(need, outs)}
         for node, lb_in in todo:
             _expand(node, lb_in, id(node) in fresh, fresh.get(id(node)), rho)
-    return SearchResult(best, best_r, best_k, best_pat, regions, nodes)
+    return SearchResult(best, best_r, best_k, best_pat, regions, nodes, best_w, best_lv,
+                        untrusted)
 
 
