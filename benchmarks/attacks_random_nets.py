@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         by_text = ", ".join(f"{k} {v}" for k, v in by.most_common())
         if not bool(fin.any()):
             lines.append(f"| {seed} | {'-'.join(map(str, SIZES[seed % len(SIZES)]))} | "
-                         f"{'yes' if dead else ''} | {len(x)} (0) | - | {int(res.success.sum())} | - | - "
+                         f"{'yes' if dead else ''} | {len(x)} (0) | - | "
+                         f"{int(res.success.sum())} | - | - "
                          f"| - | {sec:.1f} | {by_text} |")
             continue
         for i in (~res.success & fin).nonzero().flatten().tolist():
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(lines[-1], flush=True)
     r = torch.cat(ratios)
     lines += ["", f"Within 5 % of exact on {int((r <= 1.05).sum())} of {len(r)} samples "
-              f"({float((r <= 1.05).double().mean()):.1%}); misses: {int((~torch.isfinite(r)).sum())}"
+              f"({float((r <= 1.05).double().mean()):.1%}); "
+              f"misses: {int((~torch.isfinite(r)).sum())}"
               f" ({dict(misses) or 'none'}); never below exact (1 - 1e-6): "
               f"{bool((r >= 1 - 1e-6).all())}; median ratio {float(r.median()):.5f}."]
     text = "\n".join(lines)

@@ -162,3 +162,53 @@ def bk_errors():
     import boundkit.errors as e
 
     return e
+
+
+def test_crosscheck_passes_its_samples_as_starts_and_counts_missing_upper_ends(tmp_path):
+    """Issue #25: the samples a cross-check holds are start points of ``best``; samples
+    without an adversarial example are counted by reason in the summary and the report."""
+    from boundkit.attacks.base import Outcome
+    from boundkit.report import render_report
+
+    torch.manual_seed(3)
+    x = torch.rand(6, 8) * 0.6 + 0.2
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():  # every first-layer ReLU off around x[0]: zero gradient there
+        w = model[0].weight
+        model[0].bias.copy_(-(w @ x[0]) - 0.5 * w.norm(dim=1))
+    seen = {}
+    import boundkit.attacks as attacks
+
+    real = attacks.attack
+
+    def spy(*a, **kw):
+        seen["reference"] = kw.get("reference")
+        return real(*a, **kw)
+
+    attacks.attack = spy
+    try:
+        res = bk.crosscheck(model, x, attack_budget=20, box=None)
+    finally:
+        attacks.attack = real
+    assert seen["reference"] is x
+    assert res.attack_success.all() and len(res.attack_outcome) == 6
+    assert res.summary()["attack_missing"] == {}
+    const = nn.Sequential(nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        const[0].weight.zero_()
+        const[0].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    res = bk.crosscheck(const, x[:3], attack_budget=10)
+    assert not res.attack_success.any()
+    assert res.attack_outcome == [Outcome.ZERO_GRADIENT] * 3
+    assert res.summary()["attack_missing"] == {"zero gradient everywhere tried": 3}
+    assert res.to_rows()[0]["attack_outcome"] == "zero gradient everywhere tried"
+    p = write_json(res, tmp_path / "results.json")
+    doc = read_json(p)
+    assert doc["samples"]["attack_outcome"] == ["zero gradient everywhere tried"] * 3
+    paths = render_report(p, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "samples without an upper end" in md and "zero gradient everywhere tried: 3" in md
+    doc["samples"]["attack_outcome"][0] = "gave up"
+    write_json(doc, tmp_path / "bad.json")
+    with pytest.raises(bk_errors().ResultsFileError, match="attack_outcome"):
+        read_json(tmp_path / "bad.json")

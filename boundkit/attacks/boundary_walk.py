@@ -53,7 +53,8 @@ class BoundaryWalk(Attack):
     queries: sign queries per iteration for the direction estimate (48).
     delta_scale: query radius relative to the current norm (0.01).
     halvings: geometric step halvings before giving up on an iteration (10).
-    bisection_steps: binary-search steps back onto the boundary (14).
+    bisection_steps: binary-search steps back onto the boundary (12: a finer one lands
+        within float32 rounding of it, where another batch can classify differently).
     init: adversarial start points ``[N, ...]`` (bisected onto the boundary first); None:
         :func:`~boundkit.attacks.starts.line_search_starts` finds them.
     refine_steps: final bisection along ``x -> x_adv``.
@@ -68,7 +69,7 @@ class BoundaryWalk(Attack):
         queries: int = 48,
         delta_scale: float = 0.01,
         halvings: int = 10,
-        bisection_steps: int = 14,
+        bisection_steps: int = 12,
         init: Tensor | None = None,
         refine_steps: int = 10,
     ) -> None:
@@ -101,7 +102,7 @@ class BoundaryWalk(Attack):
     ) -> Tensor:
         from boundkit.attacks.starts import line_search_starts
 
-        n, k = x.shape[0], x.ndim
+        k = x.ndim
         if self.init is not None:
             start = self.init.to(x)
         else:
@@ -110,8 +111,8 @@ class BoundaryWalk(Attack):
             start = line_search_starts(model, x, criterion, box=box, unit=unit,
                                        seed=seed).start
         ok = criterion.is_adversarial(model(start))
-        xb = torch.where(atleast_kd(ok, k), boundary_bisection(model, x, start, criterion, 24),
-                         x)
+        xb = torch.where(atleast_kd(ok, k),
+                         boundary_bisection(model, x, start, criterion, self.bisection_steps), x)
         best = xb.clone()
         best_norm = torch.where(ok, l2_norms(xb - x), torch.full_like(l2_norms(x), math.inf))
         idx = ok.nonzero().squeeze(1)

@@ -244,7 +244,7 @@ class BestEnsemble(Attack):
         reference: Tensor | None = None,
         rescue: bool = True,
         walk_steps: int = 40,
-        restarts: int = 32,
+        restarts: int = 64,
         restart_window: float = 1.1,
     ) -> None:
         super().__init__(refine_steps=refine_steps)
@@ -327,7 +327,7 @@ class BestEnsemble(Attack):
         if not bool(have_best.any()):
             return
         t0 = time.perf_counter()
-        n, k = x.shape[0], x.ndim
+        k = x.ndim
         idx = have_best.nonzero().squeeze(1)
         rep = MemberReport("restart", samples_run=int(idx.numel()))
         pts, have = sphere_starts(model, x[idx], criterion.subset(idx), best_norm[idx],
@@ -467,7 +467,9 @@ class BestEnsemble(Attack):
             t0 = time.perf_counter()
             rep = MemberReport("start+fmn", samples_run=int(hidx.numel()))
             cand = x.clone()
-            cand[sel] = FMN(steps=self.fallback_steps, init=best[sel].clone())(
+            init = torch.where(atleast_kd(torch.isfinite(best_norm[sel]), k), best[sel],
+                               start[hidx])
+            cand[sel] = FMN(steps=self.fallback_steps, init=init)(
                 model, xh, ch, box=box, seed=seed)
             refine(cand, consider(cand, "start+fmn", rep), "start+fmn", rep, float("inf"))
             rep.seconds = time.perf_counter() - t0
