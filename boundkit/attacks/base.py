@@ -61,6 +61,7 @@ __all__ = [
     "model_device",
     "atleast_kd",
     "sample_keys",
+    "scale_free_keys",
     "keyed_normal",
 ]
 
@@ -724,6 +725,15 @@ def sample_keys(x: Tensor, seed: int) -> Tensor:
     h = (flat * w).sum(1).add_(flat.abs().sum(1) * 1e-3)
     bits = h.view(torch.int64)
     return _mix(bits ^ _mix(torch.full_like(bits, int(seed) & _M64)))
+
+
+def scale_free_keys(x: Tensor, unit: Tensor, seed: int) -> Tensor:
+    """:func:`sample_keys` of ``x / unit`` rounded to ``1/4096``: the same keys for ``s x``
+    with unit ``s * unit`` (a rescaled problem, :func:`problem_scale`), although ``s x / (s
+    unit)`` and ``x / unit`` differ in their last bits; only a coordinate within rounding of
+    a cell's edge (probability about ``1e-12`` per coordinate) can tell them apart."""
+    q = torch.round(x.double() / atleast_kd(unit.double(), x.ndim) * 4096.0)
+    return sample_keys(q, seed)
 
 
 def keyed_normal(keys: Tensor, shape: torch.Size | tuple[int, ...], step: int,

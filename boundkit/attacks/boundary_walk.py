@@ -38,7 +38,7 @@ from boundkit.attacks.base import (
     keyed_normal,
     l2_norms,
     problem_scale,
-    sample_keys,
+    scale_free_keys,
 )
 
 __all__ = ["BoundaryWalk"]
@@ -103,11 +103,11 @@ class BoundaryWalk(Attack):
         from boundkit.attacks.starts import line_search_starts
 
         k = x.ndim
+        with torch.enable_grad():
+            unit = problem_scale(model, x, criterion, box)
         if self.init is not None:
             start = self.init.to(x)
         else:
-            with torch.enable_grad():
-                unit = problem_scale(model, x, criterion, box)
             start = line_search_starts(model, x, criterion, box=box, unit=unit,
                                        seed=seed).start
         ok = criterion.is_adversarial(model(start))
@@ -119,7 +119,7 @@ class BoundaryWalk(Attack):
         if idx.numel() == 0 or self.steps == 0:
             return best
         xs, xb, crit = x[idx], xb[idx], criterion.subset(idx)
-        keys = sample_keys(xs, seed)
+        keys = scale_free_keys(xs, unit[idx], seed)
         m = xs.shape[0]
         b = self.queries
         sub_best, sub_norm = best[idx].clone(), best_norm[idx].clone()

@@ -40,17 +40,23 @@ float64 re-check can reject).  ``budget`` (gradient steps per
 sample per member) replaces the members' own step counts.  Every member is scale-free
 (:func:`~boundkit.attacks.base.problem_scale`), so the ensemble is too.
 
-**Fallback from a pool of start points** (``fallback_pool``): gradient-based members can all
-fail on a sample whose neighbourhood has zero gradients (dead ReLUs, saturated units, a
-constant region).  For every sample no member made adversarial, :func:`start_from_pool`
-takes the nearest point of the pool that already satisfies that sample's criterion
-(untargeted: a point the model assigns another class; targeted: one it assigns the target),
-optionally only among pool points of the sample's own group, bisects the segment onto the
-decision boundary and lets FMN shrink it.  The pool is explicit so that a sample's result
-never depends on the batch it is attacked in: a tensor given by the caller (e.g. training
-inputs), or by default (``"uniform"``) ``fallback_pool_size`` points drawn uniformly from the
-box by their own generator (seed ``fallback_seed``); without a box and without a pool there
-is no fallback.
+**Reference data** (``reference=``, or :meth:`BestEnsemble.using_reference`): for each
+sample the nearest reference point in a class satisfying its criterion, bisected onto the
+boundary, is the first candidate (``"reference"``): an upper bound at once, which the members
+(FMN's warm start first) shrink.
+
+**Random restarts** (``restarts`` directions): around each sample's best norm ``rho``,
+adversarial points on spheres of radius ``rho``, ``1.5 rho``, ``2.5 rho`` are bisected onto
+the boundary and refined (``"restart"``); FMN continues from the promising ones
+(``"restart+fmn"``): other pieces of the boundary than the one the members converged to.
+
+**Rescue** (``rescue=True``) for the samples no member broke (gradient members that start at
+a zero gradient never move): starts found without gradients (reference data, the uniform pool
+``fallback_pool``, rays along class gradients and random directions, Carlini-Wagner as the
+last resort), bisected onto the boundary (``"start"``), then the decision-based
+:class:`~boundkit.attacks.boundary_walk.BoundaryWalk` (``"boundary"``) and FMN
+(``"start+fmn"``).  Where nothing is found, :meth:`BestEnsemble.outcomes` says why
+(:class:`~boundkit.attacks.base.Outcome`).  See ``docs/attacks.md`` (issue #25).
 """
 
 from __future__ import annotations
@@ -217,10 +223,17 @@ class BestEnsemble(Attack):
     refine_steps: bisection steps of the final boundary bisection (12).
     budget: if given, the ``steps``-like options of every member implied by this budget
         (overrides the member's own step options).
-    fallback_pool: start points for samples no member broke (see :func:`start_from_pool`):
-        a tensor ``[P, ...]``, ``"uniform"`` (``fallback_pool_size`` points uniform in the
-        box, drawn with seed ``fallback_seed``; nothing without a box) or None (no fallback).
-    fallback_steps: FMN steps of that fallback (1000; ``budget`` overrides it).
+    fallback_pool: start points of the rescue for samples no member broke: a tensor
+        ``[P, ...]``, ``"uniform"`` (``fallback_pool_size`` points uniform in the box, drawn
+        with seed ``fallback_seed``; nothing without a box) or None.
+    fallback_steps: FMN steps of the rescue (1000; ``budget`` overrides it), a third of it
+        for the restarts' FMN, and the steps per constant of its Carlini-Wagner last resort.
+    reference: reference data ``[P, ...]`` (see the module docstring); None by default.
+    rescue: run the rescue (True); without it a failure is ``ZERO_GRADIENT`` where the
+        gradient at ``x`` vanishes, else ``BUDGET_SPENT``.
+    walk_steps: iterations of the rescue's boundary walk (40; ``budget // 8`` with a budget).
+    restarts: random directions of the sphere restarts (64; 0 disables them).
+    restart_window: FMN continues from a restart within this factor of the best (1.1).
     """
 
     name = "best"
@@ -330,8 +343,10 @@ class BestEnsemble(Attack):
         k = x.ndim
         idx = have_best.nonzero().squeeze(1)
         rep = MemberReport("restart", samples_run=int(idx.numel()))
+        with torch.enable_grad():
+            unit = problem_scale(model, x[idx], criterion.subset(idx), box)
         pts, have = sphere_starts(model, x[idx], criterion.subset(idx), best_norm[idx],
-                                  box=box, seed=seed, directions=self.restarts)
+                                  box=box, unit=unit, seed=seed, directions=self.restarts)
         starts = x.clone()
         start_norm = torch.full_like(best_norm, float("inf"))
         for r in range(pts.shape[0]):

@@ -42,7 +42,7 @@ from boundkit.attacks.base import (
     keyed_normal,
     l2_norms,
     logits_and_grad,
-    sample_keys,
+    scale_free_keys,
 )
 
 __all__ = ["StartSearch", "bisect_to_boundary", "line_search_starts", "nearest_reference",
@@ -171,7 +171,7 @@ def line_search_starts(
     Forward passes: one per radius on ``n x rays`` points.
     """
     n, k = x.shape[0], x.ndim
-    keys = sample_keys(x, seed)
+    keys = scale_free_keys(x, unit, seed)
     with torch.enable_grad():
         dirs, seen = _rays(model, x, criterion, keys, n_random, gradient_classes)
     nr = dirs.shape[1]
@@ -203,7 +203,11 @@ def line_search_starts(
         if bool(adv.any()):
             dist = l2_norms((pts - xs[:, None]).flatten(0, 1)).reshape(-1, nr)
             dist = dist.masked_fill(~adv, math.inf)
-            dmin, j = dist.min(1)
+            dmin = dist.min(1).values
+            # without a box every ray point of a radius is at the same distance up to
+            # rounding, which depends on the batch: ties (1e-9 relative) go to the first ray
+            near = dist <= dmin[:, None] * (1 + 1e-9)
+            j = (near.long() * torch.arange(nr, 0, -1, device=x.device)).argmax(1)
             hit = torch.isfinite(dmin)
             rows = idx[hit]
             start[rows] = pts[hit.nonzero().squeeze(1), j[hit]]
@@ -221,6 +225,7 @@ def sphere_starts(
     radius: Tensor,
     *,
     box: Box,
+    unit: Tensor,
     seed: int = 0,
     directions: int = 32,
     scales: tuple[float, ...] = (1.0, 1.5, 2.5),
@@ -231,14 +236,16 @@ def sphere_starts(
     For each sample, ``directions`` random unit directions ``u`` (keyed by the sample) and
     the points ``x + s * radius * u`` (clipped to the box) for ``s`` in ``scales``; the
     adversarial ones at the smallest scale that has any, up to ``keep`` per sample, in the
-    order of the directions.  An attack that converged to a local optimum of the distance
-    on one piece of the boundary gets starts on the other pieces within reach (in low
+    order of the directions (keyed by ``x / unit``, ``unit`` the problem's length unit, so
+    a rescaled problem draws the same directions).  An attack that converged to a local
+    optimum of the distance on one piece of the boundary gets starts on the other pieces
+    within reach (in low
     dimension the directions cover the sphere; in high dimension few random points are
     adversarial and this costs ``len(scales)`` forward passes per direction and sample).
     Returns ``(points [keep, n, ...], have bool [keep, n])`` (rows without a point hold ``x``).
     """
     n, k = x.shape[0], x.ndim
-    keys = sample_keys(x, seed + 104729)
+    keys = scale_free_keys(x, unit, seed + 104729)
     u = keyed_normal(keys, (directions, *x.shape[1:]), 0, x.dtype)
     u = u / atleast_kd(l2_norms(u.flatten(0, 1)).reshape(n, directions), k + 1)
     pts = x.new_empty((keep, *x.shape)).copy_(x.expand(keep, *x.shape))

@@ -206,13 +206,14 @@ def test_sphere_starts_are_adversarial_and_batch_independent():
     x = torch.rand(5, 4) * 0.6 + 0.2
     crit = Misclassification(model(x).argmax(1))
     rad = torch.full((5,), 3.0)
-    pts, have = sphere_starts(model, x, crit, rad, box=None, seed=1)
+    unit = torch.ones(5)
+    pts, have = sphere_starts(model, x, crit, rad, box=None, unit=unit, seed=1)
     with torch.no_grad():
         for r in range(pts.shape[0]):
             adv = crit.is_adversarial(model(pts[r]))
             assert bool(adv[have[r]].all())
     pts1, have1 = sphere_starts(model, x[2:3], crit.subset(slice(2, 3)), rad[2:3], box=None,
-                                seed=1)
+                                unit=unit[2:3], seed=1)
     assert torch.equal(have1[:, 0], have[:, 2])
     assert torch.allclose(pts1[:, 0][have1[:, 0]], pts[:, 2][have[:, 2]])
 
