@@ -157,7 +157,7 @@ def line_search_starts(
     box: Box,
     unit: Tensor,
     seed: int = 0,
-    n_random: int = 16,
+    n_random: int = 64,
     gradient_classes: int = 9,
     factor: float = 2.0,
     reach: float = 1e4,
