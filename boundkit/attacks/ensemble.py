@@ -647,11 +647,12 @@ class BestEnsemble(Attack):
             own_norms.append(own)
             rep.seconds = time.perf_counter() - t0
             report.append(rep)
+        self._outcome = self._rescue(model, x, criterion, box, seed, best, best_norm,
+                                     consider, refine, report)
+        # after the rescue, so that rescued samples get restarts too
         if self.restarts > 0 and x[0].numel() <= self.restart_max_dim:
             self._sphere_restarts(model, x, criterion, box, seed, best, best_norm, consider,
                                   refine, report)
-        self._outcome = self._rescue(model, x, criterion, box, seed, best, best_norm,
-                                     consider, refine, report)
         # wins per member (refined or not)
         for i, o in enumerate(owner):
             report[o].samples_won += int((source == i).sum())
