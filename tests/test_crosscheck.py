@@ -193,22 +193,25 @@ def test_crosscheck_passes_its_samples_as_starts_and_counts_missing_upper_ends(t
     assert seen["reference"] is x
     assert res.attack_success.all() and len(res.attack_outcome) == 6
     assert res.summary()["attack_missing"] == {}
-    const = nn.Sequential(nn.Linear(8, 3)).eval()
+    # class 0 everywhere in the box [0, 1] (a gap of at least 0.9), with a gradient
+    flat = nn.Sequential(nn.Linear(8, 3)).eval()
     with torch.no_grad():
-        const[0].weight.zero_()
-        const[0].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
-    res = bk.crosscheck(const, x[:3], attack_budget=10)
+        flat[0].weight.copy_(torch.linspace(-1e-3, 1e-3, 24).reshape(3, 8))
+        flat[0].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    res = bk.crosscheck(flat, x[:3], attack_budget=10)
     assert not res.attack_success.any()
-    assert res.attack_outcome == [Outcome.ZERO_GRADIENT] * 3
-    assert res.summary()["attack_missing"] == {"zero gradient everywhere tried": 3}
-    assert res.to_rows()[0]["attack_outcome"] == "zero gradient everywhere tried"
+    assert res.attack_outcome == [Outcome.NO_OTHER_CLASS] * 3
+    assert res.summary()["attack_missing"] == {"no other class found": 3}
+    assert res.to_rows()[0]["attack_outcome"] == "no other class found"
     p = write_json(res, tmp_path / "results.json")
     doc = read_json(p)
-    assert doc["samples"]["attack_outcome"] == ["zero gradient everywhere tried"] * 3
+    assert doc["samples"]["attack_outcome"] == ["no other class found"] * 3
     paths = render_report(p, tmp_path)
     md = paths["markdown"].read_text()
-    assert "samples without an upper end" in md and "zero gradient everywhere tried: 3" in md
+    assert "samples without an upper end" in md and "no other class found: 3" in md
     doc["samples"]["attack_outcome"][0] = "gave up"
     write_json(doc, tmp_path / "bad.json")
-    with pytest.raises(bk_errors().ResultsFileError, match="attack_outcome"):
+    from boundkit.report.io import ResultsFileError
+
+    with pytest.raises(ResultsFileError, match="attack_outcome"):
         read_json(tmp_path / "bad.json")

@@ -430,7 +430,7 @@ class BestEnsemble(Attack):
         start = xs.clone()
         sdist = torch.full((m,), float("inf"), dtype=torch.float64, device=x.device)
         pool = self.pool(x, box)
-        for data, pred in ((self.reference, None), (pool, None)):
+        for data in (self.reference, pool):
             if data is None:
                 continue
             pred = (self._reference_pred(model, box) if data is self.reference
