@@ -69,19 +69,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--exact-timeout", type=float, default=60.0)
+    p.add_argument("--old-commit", default=None,
+                   help="also run `best` as of this commit (e.g. eeb5b97, before issue #25)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    runs = {"new": lambda m, x: A.attack(m, x, "best", box=None)}
+    if args.old_commit:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from attacks_best_vs_old import import_old_attacks
+
+        old = import_old_attacks(args.old_commit)
+        runs[f"old ({args.old_commit[:7]})"] = lambda m, x: old.attack(m, x, "best", box=None)
     torch.set_num_threads(args.threads)
     lines = ["# `best` on small random ReLU nets (default init, inputs in [0.2, 0.8], no box)",
              "", f"Command: `python benchmarks/attacks_random_nets.py "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}`  ",
              f"torch {torch.__version__}, {args.threads} thread(s). Nets with a dead first "
              "layer at their first sample: every third (`dead`).", "",
-             "| net | sizes | dead | samples (exact finished) | exact min-max | found | "
+             "| net | sizes | dead | samples (exact finished) | exact min-max | ensemble | found | "
              "within 5 % | median norm / exact | max | seconds | found by |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    ratios: list[Tensor] = []
-    misses: collections.Counter[str] = collections.Counter()
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios: dict[str, list[Tensor]] = {k: [] for k in runs}
+    misses: dict[str, collections.Counter[str]] = {k: collections.Counter() for k in runs}
     for seed in range(args.nets):
         dead = seed % 3 == 2
         case = dead_first_layer_case if dead else random_case
@@ -89,36 +98,37 @@ def main(argv: list[str] | None = None) -> int:
         ex = exact_radius(net, x, box=None, time_limit=args.exact_timeout,
                           on_budget="nan").double()
         fin = ~ex.isnan() & torch.isfinite(ex)
-        t = time.perf_counter()
-        res = A.attack(net, x, "best", box=None)
-        sec = time.perf_counter() - t
-        r = res.norm[fin] / ex[fin]
-        ratios.append(r)
-        by = collections.Counter(f.split("+")[0] or "none" for f in res.found_by)
-        by_text = ", ".join(f"{k} {v}" for k, v in by.most_common())
-        if not bool(fin.any()):
-            lines.append(f"| {seed} | {'-'.join(map(str, SIZES[seed % len(SIZES)]))} | "
-                         f"{'yes' if dead else ''} | {len(x)} (0) | - | "
-                         f"{int(res.success.sum())} | - | - "
-                         f"| - | {sec:.1f} | {by_text} |")
-            continue
-        for i in (~res.success & fin).nonzero().flatten().tolist():
-            misses[res.outcome[i].value] += 1
-        by = collections.Counter(f.split("+")[0] or "none" for f in res.found_by)
-        by_text = ", ".join(f"{k} {v}" for k, v in by.most_common())
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            res = fn(net, x)
+            sec = time.perf_counter() - t
+            r = res.norm[fin] / ex[fin]
+            ratios[name].append(r)
+            for i in (~res.success & fin).nonzero().flatten().tolist():
+                outcome = getattr(res, "outcome", None)
+                misses[name][outcome[i].value if outcome else "?"] += 1
+            by = collections.Counter(f.split("+")[0] or "none" for f in res.found_by)
+            by_text = ", ".join(f"{k} {v}" for k, v in by.most_common())
+            head = (f"| {seed} | {'-'.join(map(str, SIZES[seed % len(SIZES)]))} | "
+                    f"{'yes' if dead else ''} | {len(x)} ({int(fin.sum())}) | ")
+            if not bool(fin.any()):
+                lines.append(head + f"- | {name} | {int(res.success.sum())} | - | - | - | "
+                             f"{sec:.1f} | {by_text} |")
+            else:
+                lines.append(
+                    head + f"{float(ex[fin].min()):.3g}-{float(ex[fin].max()):.3g} | {name} | "
+                    f"{int(res.success.sum())} | {int((r <= 1.05).sum())} | "
+                    f"{float(r.median()):.4f} | {float(r.max()):.3g} | {sec:.1f} | {by_text} |")
+            print(lines[-1], flush=True)
+    lines.append("")
+    for name, rs in ratios.items():
+        r = torch.cat(rs)
         lines.append(
-            f"| {seed} | {'-'.join(map(str, SIZES[seed % len(SIZES)]))} | {'yes' if dead else ''} "
-            f"| {len(x)} ({int(fin.sum())}) | {float(ex[fin].min()):.3g}-"
-            f"{float(ex[fin].max()):.3g} | {int(res.success.sum())} | "
-            f"{int((r <= 1.05).sum())} | {float(r.median()):.4f} | {float(r.max()):.3g} | "
-            f"{sec:.1f} | {by_text} |")
-        print(lines[-1], flush=True)
-    r = torch.cat(ratios)
-    lines += ["", f"Within 5 % of exact on {int((r <= 1.05).sum())} of {len(r)} samples "
-              f"({float((r <= 1.05).double().mean()):.1%}); "
-              f"misses: {int((~torch.isfinite(r)).sum())}"
-              f" ({dict(misses) or 'none'}); never below exact (1 - 1e-6): "
-              f"{bool((r >= 1 - 1e-6).all())}; median ratio {float(r.median()):.5f}."]
+            f"- {name}: within 5 % of exact on {int((r <= 1.05).sum())} of {len(r)} samples "
+            f"({float((r <= 1.05).double().mean()):.1%}); misses: "
+            f"{int((~torch.isfinite(r)).sum())} ({dict(misses[name]) or 'none'}); never below "
+            f"exact (1 - 1e-6): {bool((r >= 1 - 1e-6).all())}; median ratio "
+            f"{float(r.median()):.5f}.")
     text = "\n".join(lines)
     print(text)
     if args.out:
