@@ -94,12 +94,23 @@ def nearest_reference(
     """
     n = x.shape[0]
     reference = reference.to(device=x.device, dtype=x.dtype)
-    ok = criterion.accepts(pred) & (pred >= 0)[None, :]
-    dist = torch.cdist(x.flatten(1).double(), reference.flatten(1).double())
-    ok &= dist > 0
-    dist = dist.masked_fill(~ok, math.inf)
+    pred = pred.to(x.device)
+    xf = x.flatten(1).double()
     kk = min(k, reference.shape[0])
-    d, j = dist.topk(kk, dim=1, largest=False) if kk else (dist[:, :0], dist[:, :0].long())
+    # running k nearest over chunks of the reference data (memory n x chunk, not n x P)
+    d = torch.full((n, 0), math.inf, dtype=torch.float64, device=x.device)
+    j = torch.zeros((n, 0), dtype=torch.long, device=x.device)
+    for s0 in range(0, reference.shape[0], _REF_CHUNK):
+        part = reference[s0 : s0 + _REF_CHUNK].flatten(1).double()
+        p_part = pred[s0 : s0 + _REF_CHUNK]
+        dist = torch.cdist(xf, part)
+        ok = criterion.accepts(p_part) & (p_part >= 0)[None, :] & (dist > 0)
+        dist = dist.masked_fill(~ok, math.inf)
+        d = torch.cat([d, dist], 1)
+        j = torch.cat([j, torch.arange(s0, s0 + part.shape[0], device=x.device).expand(n, -1)],
+                      1)
+        d, pos = d.topk(min(kk, d.shape[1]), dim=1, largest=False)
+        j = j.gather(1, pos)
     pts = x.new_empty((k, *x.shape))
     have = torch.zeros(k, n, dtype=torch.bool, device=x.device)
     for r in range(k):
