@@ -450,7 +450,8 @@ class BestEnsemble(Attack):
         start = torch.where(atleast_kd(take, k), ls.start, start)
         sdist = torch.where(take, d, sdist)
         have = torch.isfinite(sdist)
-        nidx = (~have).nonzero().squeeze(1)
+        # (not where every gradient looked at was zero: CW would not move either)
+        nidx = (~have & ls.gradient_seen).nonzero().squeeze(1)
         if nidx.numel() and self.fallback_steps > 0:
             # last resort where no ray and no data point is adversarial: Carlini-Wagner, whose
             # Adam steps (per-coordinate normalised) move where normalised-gradient steps
