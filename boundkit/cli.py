@@ -440,6 +440,7 @@ def attack_doc(res: Any, y: Any, indices: Any, meta: dict) -> dict[str, Any]:
         "attack": res.method,
         "attack_success_rate": res.success_rate(),
         "median_attack_norm": _median(res.norm.cpu().numpy()[res.success.cpu().numpy()]),
+        "attack_missing": {o.value: c for o, c in res.missing().items()},
         "seconds": res.seconds,
     }
     if y_np is not None:
@@ -455,6 +456,7 @@ def attack_doc(res: Any, y: Any, indices: Any, meta: dict) -> dict[str, Any]:
             "attack_norm": {res.method: res.norm.cpu().tolist()},
             "attack_success": res.success.cpu().tolist(),
             "found_by": list(res.found_by),
+            "attack_outcome": [o.value for o in res.outcome or []],
         },
         "summary": summary,
     }
@@ -477,6 +479,11 @@ def _summary_table(summary: dict[str, Any]) -> list[str]:
     if summary.get("attack"):
         lines.append(f"  attack {summary['attack']}: success {summary['attack_success_rate']:.1%},"
                      f" median norm {summary['median_attack_norm']:.4g}")
+        missing = summary.get("attack_missing") or {}
+        if missing:
+            why = ", ".join(f"{k}: {v}" for k, v in missing.items())
+            lines.append(f"  samples without an upper end (no adversarial example): "
+                         f"{sum(missing.values())} ({why})")
     if "soundness_bugs" in summary:
         lines.append(f"  soundness violations: {summary['soundness_bugs']}  "
                      f"(peck2017 violations, expected: {summary['expected_violations']})")
@@ -485,7 +492,7 @@ def _summary_table(summary: dict[str, Any]) -> list[str]:
 
 def _run_crosscheck(sess: Session, model: Any, x: Any, y: Any, idx: Any, methods, attack: str,
                     budget: int | None, exact: bool, desc: str, meta: dict,
-                    path: str | None = None) -> Any:
+                    path: str | None = None, reference: Any = None) -> Any:
     from boundkit.crosscheck import crosscheck
 
     if getattr(sess.args, "cluster", None):
@@ -501,7 +508,7 @@ def _run_crosscheck(sess: Session, model: Any, x: Any, y: Any, idx: Any, methods
             model, x, methods=methods, attack=attack, attack_budget=budget, y=y,
             device=sess.args.device, exact=exact, indices=idx, seed=sess.args.seed,
             progress=lambda stage, k: (bar.set_postfix_str(stage), bar.update(k)),
-            chunk_size=64,
+            chunk_size=64, reference=reference,
         )
     res.meta.update(meta)
     return res
@@ -560,8 +567,10 @@ def cmd_attack(sess: Session) -> int:
     else:
         with sess.bar(x.shape[0], f"attack {a.attack}") as bar:
             for s in range(0, x.shape[0], 64):
+                # best: every sample loaded is a start point for the others
                 parts.append(attack(inp.model, x[s : s + 64], a.attack, budget=a.budget,
-                                    device=inp.device, seed=a.seed))
+                                    device=inp.device, seed=a.seed,
+                                    reference=x if a.attack == "best" else None))
                 bar.update(parts[-1].norm.shape[0])
     res = AttackResult.concat(parts)
     doc = attack_doc(res, inp.y, inp.indices, {"model": a.model, "data": a.data,
@@ -623,6 +632,7 @@ def _compare_doc(entries: list[tuple[str, Any, float]], rank_by: str) -> dict[st
             "median_attack_norm": s["median_attack_norm"],
             "median_interval": [b.median_certified, b.median_attack],
             "attack_success_rate": s["attack_success_rate"],
+            "attack_missing": s.get("attack_missing", {}),
             "soundness_bugs": s["soundness_bugs"],
         })
     return {
@@ -675,7 +685,8 @@ def cmd_compare(sess: Session) -> int:
         res = _run_crosscheck(sess, inp.model, inp.x[:n], inp.y[:n], idx,
                               _methods(a.method), a.attack, a.budget, False, name,
                               {"model": path, "data": a.data, "split": a.split,
-                               "provenance": inp.provenance}, path=path)
+                               "provenance": inp.provenance}, path=path,
+                              reference=inp.x)  # the whole split: starts for `best`
         bad |= res.has_bug
         _report_violations(res)
         entries.append((name, res, acc))

@@ -135,6 +135,8 @@ class CrosscheckResult:
         attack_success: bool [N].
         found_by: which attack found each sample's adversarial example.
         attack: the attack name.
+        attack_outcome: per sample :class:`~boundkit.attacks.base.Outcome` of the attack
+            (``FOUND`` / ``CLEAN``, or why there is no upper end).
         exact: float64 [N] exact minimal radius, or None (``exact_note`` says why).
         violations: list of :class:`Violation`.
         certificates: method -> :class:`~boundkit.Certificate` (for traces and plots).
@@ -150,6 +152,7 @@ class CrosscheckResult:
     attack_success: np.ndarray
     found_by: list[str]
     attack: str
+    attack_outcome: list[Any] = field(default_factory=list)
     exact: np.ndarray | None = None
     exact_note: str = ""
     violations: list[Violation] = field(default_factory=list)
@@ -194,6 +197,7 @@ class CrosscheckResult:
             "attack": self.attack,
             "attack_success_rate": float(self.attack_success.mean()) if n else math.nan,
             "median_attack_norm": _median(self.attack_norm[self.attack_success]),
+            "attack_missing": self.attack_missing(),
             "methods": {},
             "violations": len(self.violations),
             "soundness_bugs": len(self.bugs),
@@ -223,6 +227,16 @@ class CrosscheckResult:
                 out["methods"][m]["median_ratio_to_exact"] = _median(q)
         return out
 
+    def attack_missing(self) -> dict[str, int]:
+        """Samples without an upper end (no verified adversarial example), counted by the
+        attack's reason (:class:`~boundkit.attacks.base.Outcome` values; failures whose
+        reason was not recorded count as ``"not recorded"``)."""
+        out: dict[str, int] = {}
+        for k in np.flatnonzero(~self.attack_success):
+            o = self.attack_outcome[k].value if k < len(self.attack_outcome) else "not recorded"
+            out[o] = out.get(o, 0) + 1
+        return out
+
     def to_rows(self) -> list[dict[str, Any]]:
         """One dict per sample (for CSV): index, label, prediction, radii, norm, ratios,
         violation flags."""
@@ -239,6 +253,8 @@ class CrosscheckResult:
                 row[f"radius_{m}"] = float(self.radius[m][k])
             row[f"attack_norm_{self.attack}"] = float(self.attack_norm[k])
             row["found_by"] = self.found_by[k]
+            if self.attack_outcome:
+                row["attack_outcome"] = self.attack_outcome[k].value
             if self.exact is not None:
                 row["exact_radius"] = float(self.exact[k])
             for m in self.radius:
@@ -272,6 +288,8 @@ class CrosscheckResult:
                 "attack_norm": {self.attack: self.attack_norm.astype(float).tolist()},
                 "attack_success": self.attack_success.astype(bool).tolist(),
                 "found_by": list(self.found_by),
+                **({"attack_outcome": [o.value for o in self.attack_outcome]}
+                   if self.attack_outcome else {}),
                 "exact": None if self.exact is None else self.exact.astype(float).tolist(),
                 "ratio": {m: self.ratio(m).astype(float).tolist() for m in self.radius},
             },
@@ -453,6 +471,7 @@ def crosscheck(
     progress: Callable[[str, int], None] | None = None,
     seed: int = 0,
     executor: Any = None,
+    reference: torch.Tensor | None = None,
 ) -> CrosscheckResult:
     """Certify and attack ``x``, and compare the two per sample.
 
@@ -475,6 +494,11 @@ def crosscheck(
         chunk_size: samples per attack chunk (a progress tick per chunk).
         progress: optional callback ``(stage, samples_done)`` for progress bars.
         seed: the attack's random seed.
+        reference: start points for the ``best`` attack (see :func:`boundkit.attack`): by
+            default ``x`` itself, every sample held here (a sample's nearest neighbour of
+            another class, bisected onto the boundary, is an upper bound at once); pass a
+            larger set (e.g. the whole test split) for closer starts.  Ignored by the other
+            attacks.
         executor: run on a cluster instead, e.g. a
             :class:`boundkit.distributed.RayExecutor` (shards of whole ``chunk_size``
             chunks; the result is identical to the local one; ``progress`` is ignored).
@@ -515,15 +539,18 @@ def crosscheck(
 
     t0 = time.perf_counter()
     x_adv_parts, norm_parts, ok_parts, found_by = [], [], [], []
+    outcome: list[Any] = []
+    ref = (x if reference is None else reference) if attack == "best" else None
     for s in range(0, n, chunk_size):
         res = run_attack(
             model, x[s : s + chunk_size], attack, budget=attack_budget, box=box,
-            device=device, seed=seed,
+            device=device, seed=seed, reference=ref,
         )
         x_adv_parts.append(res.x_adv.detach().cpu())
         norm_parts.append(res.norm.detach().cpu().to(torch.float64))
         ok_parts.append(res.success.detach().cpu())
         found_by += list(res.found_by)
+        outcome += list(res.outcome or [])
         if label is None:
             label = res.label.detach().cpu()
         tick(f"attack {attack}", min(chunk_size, n - s))
@@ -578,6 +605,7 @@ def crosscheck(
         attack_success=_np(attack_ok).astype(bool),
         found_by=found_by,
         attack=attack,
+        attack_outcome=outcome,
         exact=exact_arr,
         exact_note=note,
         violations=violations,

@@ -162,3 +162,56 @@ def bk_errors():
     import boundkit.errors as e
 
     return e
+
+
+def test_crosscheck_passes_its_samples_as_starts_and_counts_missing_upper_ends(tmp_path):
+    """Issue #25: the samples a cross-check holds are start points of ``best``; samples
+    without an adversarial example are counted by reason in the summary and the report."""
+    from boundkit.attacks.base import Outcome
+    from boundkit.report import render_report
+
+    torch.manual_seed(3)
+    x = torch.rand(6, 8) * 0.6 + 0.2
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():  # every first-layer ReLU off around x[0]: zero gradient there
+        w = model[0].weight
+        model[0].bias.copy_(-(w @ x[0]) - 0.5 * w.norm(dim=1))
+    seen = {}
+    import boundkit.attacks as attacks
+
+    real = attacks.attack
+
+    def spy(*a, **kw):
+        seen["reference"] = kw.get("reference")
+        return real(*a, **kw)
+
+    attacks.attack = spy
+    try:
+        res = bk.crosscheck(model, x, attack_budget=20, box=None)
+    finally:
+        attacks.attack = real
+    assert seen["reference"] is x
+    assert res.attack_success.all() and len(res.attack_outcome) == 6
+    assert res.summary()["attack_missing"] == {}
+    # class 0 everywhere in the box [0, 1] (a gap of at least 0.9), with a gradient
+    flat = nn.Sequential(nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        flat[0].weight.copy_(torch.linspace(-1e-3, 1e-3, 24).reshape(3, 8))
+        flat[0].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    res = bk.crosscheck(flat, x[:3], attack_budget=10)
+    assert not res.attack_success.any()
+    assert res.attack_outcome == [Outcome.NO_OTHER_CLASS] * 3
+    assert res.summary()["attack_missing"] == {"no other class found": 3}
+    assert res.to_rows()[0]["attack_outcome"] == "no other class found"
+    p = write_json(res, tmp_path / "results.json")
+    doc = read_json(p)
+    assert doc["samples"]["attack_outcome"] == ["no other class found"] * 3
+    paths = render_report(p, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "samples without an upper end" in md and "no other class found: 3" in md
+    doc["samples"]["attack_outcome"][0] = "gave up"
+    write_json(doc, tmp_path / "bad.json")
+    from boundkit.report.io import ResultsFileError
+
+    with pytest.raises(ResultsFileError, match="attack_outcome"):
+        read_json(tmp_path / "bad.json")

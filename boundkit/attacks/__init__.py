@@ -18,12 +18,14 @@ Attacks (registry :data:`ATTACKS`, one module each):
 ``pdgd``       primal-dual gradient descent (Matyasko, thesis Ch. 5, Algorithm 2)
 ``pdpgd``      primal-dual proximal gradient descent, L2 prox (Matyasko, Algorithm 3)
 ``alma``       augmented Lagrangian L2 attack (Rony et al. 2021)
+``boundary``   decision-based boundary walk, HopSkipJump-like (Chen et al. 2020): no gradient
 ``best``       ensemble keeping the smallest verified perturbation per sample
 =============  ===========================================================================
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -38,11 +40,13 @@ from boundkit.attacks.base import (
     Box,
     Criterion,
     Misclassification,
+    Outcome,
     TargetedMisclassification,
     model_device,
     model_dtype,
     verify,
 )
+from boundkit.attacks.boundary_walk import BoundaryWalk
 from boundkit.attacks.cw import CarliniWagner
 from boundkit.attacks.ddn import DDN
 from boundkit.attacks.deepfool import DeepFool
@@ -62,6 +66,7 @@ __all__ = [
     "AttackResult",
     "BestEnsemble",
     "BoundaryRefiner",
+    "BoundaryWalk",
     "CarliniWagner",
     "Criterion",
     "DDN",
@@ -71,6 +76,7 @@ __all__ = [
     "FMN",
     "LBFGS",
     "Misclassification",
+    "Outcome",
     "PDGD",
     "PDPGD",
     "TargetedMisclassification",
@@ -80,7 +86,8 @@ __all__ = [
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
-    for cls in (FGS, FGV, LBFGS, DeepFool, CarliniWagner, DDN, FMN, PDGD, PDPGD, ALMA, BestEnsemble)
+    for cls in (FGS, FGV, LBFGS, DeepFool, CarliniWagner, DDN, FMN, PDGD, PDPGD, ALMA,
+                BoundaryWalk, BestEnsemble)
 }
 
 #: elements (batch x features) per chunk when ``batch_size`` is not given: 1,337 MNIST
@@ -122,6 +129,21 @@ def _check_input(x: Any, box: Box) -> Tensor:
     return x
 
 
+def _check_reference(reference: Any, x: Tensor, box: Box) -> Tensor:
+    """Reference data: a finite floating tensor ``[P, *x.shape[1:]]`` (points outside the box
+    are allowed and never used as starts)."""
+    if not isinstance(reference, Tensor):
+        raise InputShapeError(f"reference must be a torch.Tensor, got {type(reference).__name__}")
+    if not reference.is_floating_point():
+        raise InputShapeError(f"reference must be a floating-point tensor, got {reference.dtype}")
+    if reference.ndim != x.ndim or tuple(reference.shape[1:]) != tuple(x.shape[1:]):
+        raise InputShapeError(f"reference must have shape [P, {', '.join(map(str, x.shape[1:]))}]"
+                              f" like x, got {tuple(reference.shape)}")
+    if not bool(torch.isfinite(reference).all()):
+        raise InputShapeError("reference contains NaN or infinite values")
+    return reference
+
+
 def _labels(v: Any, n: int, what: str, device: torch.device) -> Tensor:
     t = torch.as_tensor(v, device=device)
     if t.ndim == 0:
@@ -145,6 +167,7 @@ def attack(
     device: torch.device | str | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    reference: Tensor | None = None,
     **options: Any,
 ) -> AttackResult:
     """Find small L2 adversarial perturbations of ``x`` for ``model`` and verify them.
@@ -169,11 +192,17 @@ def attack(
     seed: seed of the attacks' random draws (e.g. DDN's zero-gradient case); draws are keyed
         by the seed and each sample's own values, so a sample's result does not depend on
         the batch, the chunk or its position in them.
+    reference: optional data ``[P, ...]`` shaped like ``x`` (``best`` only), e.g. the test
+        images a caller already holds: for each sample the nearest point the model puts in
+        another class (targeted: in the target class), bisected onto the boundary, is an
+        upper bound at once, which the members shrink; and a start where they all fail.
+        A sample's result then depends on ``reference`` (never on the batch).
     options: hyperparameters of the attack's constructor (see each attack's docstring).
 
     Returns
     -------
-    AttackResult (tensors on ``device``; ``x_adv`` in the model's dtype).
+    AttackResult (tensors on ``device``; ``x_adv`` in the model's dtype); ``outcome`` says per
+    sample whether an example was found and, where not, why (:class:`Outcome`).
     """
     t0 = time.perf_counter()
     check_call(model, x, device=device, box=box, counts=dict(budget=budget, batch_size=batch_size))
@@ -199,6 +228,10 @@ def attack(
         opts.update(options)
         atk = cls(**opts)
         name = method
+    if reference is not None:
+        if not isinstance(atk, BestEnsemble):
+            raise ValueError(f"reference= is used by the 'best' ensemble only, not by {name!r}")
+        reference = _check_reference(reference, x, box).detach().to(device=dev, dtype=dtype)
 
     # clean predictions (chunked)
     per = max(1, x[0].numel()) if n else 1
@@ -230,17 +263,22 @@ def attack(
     norm = torch.where(done, 0.0, math.inf).to(torch.float64)
     adv_label = label.clone()
     found_by = ["clean" if d else "" for d in done.tolist()]
+    outcome = [Outcome.CLEAN if d else Outcome.NOT_RECORDED for d in done.tolist()]
     todo = (~done).nonzero().squeeze(1)
-    for start in range(0, todo.numel(), bs):
-        idx = todo[start : start + bs]
-        xs = x[idx]
-        v = atk.attack(model, xs, crit.subset(idx), box=box, seed=seed)
-        x_adv[idx] = v.x_adv
-        success[idx] = v.success
-        norm[idx] = v.norm
-        adv_label[idx] = torch.where(v.success, v.adv_label, label[idx])
-        for j, s in zip(idx.tolist(), v.found_by):
-            found_by[j] = s
+    ctx = (atk.using_reference(reference) if reference is not None
+           else contextlib.nullcontext())
+    with ctx:
+        for start in range(0, todo.numel(), bs):
+            idx = todo[start : start + bs]
+            xs = x[idx]
+            v = atk.attack(model, xs, crit.subset(idx), box=box, seed=seed)
+            x_adv[idx] = v.x_adv
+            success[idx] = v.success
+            norm[idx] = v.norm
+            adv_label[idx] = torch.where(v.success, v.adv_label, label[idx])
+            for j, s, o in zip(idx.tolist(), v.found_by, v.outcome):
+                found_by[j] = s
+                outcome[j] = o
     return AttackResult(
         x_adv=x_adv,
         norm=norm,
@@ -253,4 +291,5 @@ def attack(
         target=tgt,
         y=y_used,
         seconds=time.perf_counter() - t0,
+        outcome=outcome,
     )

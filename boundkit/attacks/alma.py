@@ -238,6 +238,7 @@ class ALMA(Attack):
                 #   = delta / (||delta|| unit) + P2' grad DLR
                 weight = p2_derivative(y, rho, mu)
             (g,) = torch.autograd.grad(dlr, x_in, grad_outputs=weight, materialize_grads=True)
+            g = g.contiguous()  # may be an expanded (aliased) tensor
             with torch.no_grad():
                 dnorm = l2_norms(delta)
                 if i:

@@ -26,6 +26,7 @@ Conventions
 
 from __future__ import annotations
 
+import enum
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ Box = tuple[float, float] | None
 
 __all__ = [
     "AttackResult",
+    "Outcome",
     "Verified",
     "Attack",
     "Box",
@@ -50,6 +52,7 @@ __all__ = [
     "box_diameter",
     "problem_scale",
     "verify",
+    "zero_gradient",
     "keep_best",
     "Plateau",
     "MIN_ROWS",
@@ -58,6 +61,7 @@ __all__ = [
     "model_device",
     "atleast_kd",
     "sample_keys",
+    "scale_free_keys",
     "keyed_normal",
 ]
 
@@ -65,6 +69,39 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # result
 # --------------------------------------------------------------------------------------
+
+
+class Outcome(enum.Enum):
+    """What an attack knows about one sample (``AttackResult.outcome``).
+
+    ``FOUND`` and ``CLEAN`` come with a verified adversarial example; the others say why
+    there is none:
+
+    * ``NO_OTHER_CLASS``: no point of another class (for a targeted attack: of the target)
+      among every start point tried (reference data, random points of the box, line searches
+      along random and gradient directions out to the box's far side, or without a box to
+      ``10**4`` times the problem's length unit), and no gradient step got there either: at
+      this budget the box looks like one class around the sample.
+    * ``ZERO_GRADIENT``: the gradient of the margin was zero at the sample and at every
+      point the attack tried (a constant region: dead ReLUs, saturated units), and no start
+      point of another class was found.
+    * ``BUDGET_SPENT``: gradients were there but the steps ran out before any iterate was
+      adversarial.
+    * ``NOT_RECORDED``: a failure whose reason the producer did not record (results rebuilt
+      from files or shards written without it).
+    """
+
+    FOUND = "found"
+    CLEAN = "clean"
+    NO_OTHER_CLASS = "no other class found"
+    ZERO_GRADIENT = "zero gradient everywhere tried"
+    BUDGET_SPENT = "budget spent"
+    NOT_RECORDED = "not recorded"
+
+    @property
+    def has_example(self) -> bool:
+        return self in (Outcome.FOUND, Outcome.CLEAN)
+
 
 
 @dataclass
@@ -96,6 +133,10 @@ class AttackResult:
         the labels the criterion used (``int64 [N]``), i.e. ``label`` unless ``y`` was passed.
     seconds:
         wall time of the whole call.
+    outcome:
+        ``list[Outcome]`` of length N: ``FOUND`` / ``CLEAN`` with an example, else why
+        there is none (:class:`Outcome`); derived from ``success`` and ``found_by`` (failures
+        ``NOT_RECORDED``) when not given.
     """
 
     x_adv: Tensor
@@ -110,9 +151,32 @@ class AttackResult:
     y: Tensor | None = None
     seconds: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
+    outcome: list[Outcome] | None = None
+
+    def __post_init__(self) -> None:
+        ok = self.success.tolist()
+        if self.outcome is None:
+            self.outcome = [
+                (Outcome.CLEAN if f == "clean" else Outcome.FOUND) if s else Outcome.NOT_RECORDED
+                for s, f in zip(ok, self.found_by)]
+        else:
+            self.outcome = [Outcome(o) for o in self.outcome]
+            if len(self.outcome) != len(ok):
+                raise ValueError(f"outcome has {len(self.outcome)} entries for {len(ok)} samples")
+            bad = [i for i, (s, o) in enumerate(zip(ok, self.outcome)) if s != o.has_example]
+            if bad:
+                raise ValueError(f"outcome disagrees with success at samples {bad[:5]}")
 
     def __len__(self) -> int:
         return int(self.norm.shape[0])
+
+    def missing(self) -> dict[Outcome, int]:
+        """Samples without an adversarial example, counted by reason (empty when none)."""
+        out: dict[Outcome, int] = {}
+        for o in self.outcome or []:
+            if not o.has_example:
+                out[o] = out.get(o, 0) + 1
+        return out
 
     @classmethod
     def concat(cls, parts: list[AttackResult]) -> AttackResult:
@@ -138,6 +202,7 @@ class AttackResult:
             y=cat("y"),
             seconds=sum(p.seconds for p in parts),
             extras=dict(first.extras),
+            outcome=[o for p in parts for o in (p.outcome or [])],
         )
 
     def median_norm(self) -> float:
@@ -161,6 +226,7 @@ class AttackResult:
             "norm": self.norm.cpu().numpy().tolist(),
             "success": self.success.cpu().numpy().tolist(),
             "found_by": list(self.found_by),
+            "outcome": [o.value for o in self.outcome or []],
             "label": self.label.cpu().numpy().tolist(),
             "adv_label": self.adv_label.cpu().numpy().tolist(),
             "target": None if self.target is None else self.target.cpu().numpy().tolist(),
@@ -176,7 +242,7 @@ class Verified:
 
     ``x_adv`` (the input where ``success`` is False), ``success``, ``norm`` (float64, ``+inf``
     on failure), ``adv_label`` (model's class at ``x_adv``), ``found_by`` (per sample, ``""``
-    on failure) as in :class:`AttackResult`.
+    on failure), ``outcome`` (per sample :class:`Outcome`) as in :class:`AttackResult`.
     """
 
     x_adv: Tensor
@@ -184,6 +250,7 @@ class Verified:
     norm: Tensor
     adv_label: Tensor
     found_by: list[str]
+    outcome: list[Outcome] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------
@@ -261,6 +328,16 @@ class Plateau:
         """Write the samples still running into ``out``."""
         live = ~self.frozen
         out[self.index[live]] = best[live]
+
+
+def zero_gradient(model: nn.Module, x: Tensor, criterion: Criterion) -> Tensor:
+    """``bool [N]``: where the gradient of the criterion's margin at ``x`` is exactly zero
+    (or not finite): a gradient step from there goes nowhere, so an attack that stops
+    there has not converged, it has stalled (dead ReLUs, saturated units, a constant
+    region of the network)."""
+    _, g = logits_and_grad(model, x, criterion.margin)
+    gn = l2_norms(g)
+    return ~(torch.isfinite(gn) & (gn > 0))
 
 
 def atleast_kd(t: Tensor, k: int) -> Tensor:
@@ -366,6 +443,13 @@ class Criterion(ABC):
     @abstractmethod
     def margin(self, logits: Tensor) -> Tensor:
         """A score that is positive exactly where the criterion is not yet met."""
+
+    def accepts(self, pred: Tensor) -> Tensor:
+        """``bool [N, P]``: whether a point the model assigns class ``pred[j]`` satisfies
+        the criterion of sample ``i`` (untargeted: another class than ``labels[i]``;
+        targeted: ``labels[i]`` itself)."""
+        same = pred.to(self.labels.device)[None, :] == self.labels[:, None]
+        return same if self.targeted else ~same
 
     def _own(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Logit of ``labels`` and the largest other logit."""
@@ -538,12 +622,29 @@ class Attack(ABC):
         seed: int = 0,
     ) -> Verified:
         """Run and verify once (see :func:`verify`); failures get ``x_adv = x``."""
-        x_adv = self(model, x, criterion, box=box, seed=seed)
-        success, norm, adv_label = verify(model, x, x_adv, criterion, box)
-        x_adv = torch.where(atleast_kd(success, x.ndim), x_adv, x)
+        x_raw = self(model, x, criterion, box=box, seed=seed)
+        success, norm, adv_label = verify(model, x, x_raw, criterion, box)
+        x_adv = torch.where(atleast_kd(success, x.ndim), x_raw, x)
         sources = self.sources(x.shape[0])
         found_by = [s if ok else "" for s, ok in zip(sources, success.tolist())]
-        return Verified(x_adv, success, norm, adv_label, found_by)
+        outcome = self.outcomes(model, x, x_raw, criterion, success)
+        return Verified(x_adv, success, norm, adv_label, found_by, outcome)
+
+    def outcomes(self, model: nn.Module, x: Tensor, x_raw: Tensor, criterion: Criterion,
+                 success: Tensor) -> list[Outcome]:
+        """Per sample :class:`Outcome` of the last run: ``FOUND`` where ``success``; for a
+        failure ``ZERO_GRADIENT`` where the margin's gradient vanishes both at ``x`` and at
+        the attack's last candidate ``x_raw`` (the attack never moved), else
+        ``BUDGET_SPENT``.  The ensemble overrides this with what its start search saw."""
+        out = [Outcome.FOUND if ok else Outcome.BUDGET_SPENT for ok in success.tolist()]
+        fail = (~success).nonzero().squeeze(1)
+        if fail.numel():
+            c = criterion.subset(fail)
+            flat = zero_gradient(model, x[fail], c) & zero_gradient(model, x_raw[fail], c)
+            for i, z in zip(fail.tolist(), flat.tolist()):
+                if z:
+                    out[i] = Outcome.ZERO_GRADIENT
+        return out
 
     def sources(self, n: int) -> list[str]:
         """What produced each of the ``n`` candidates of the last :meth:`run` (the attack's
@@ -624,6 +725,15 @@ def sample_keys(x: Tensor, seed: int) -> Tensor:
     h = (flat * w).sum(1).add_(flat.abs().sum(1) * 1e-3)
     bits = h.view(torch.int64)
     return _mix(bits ^ _mix(torch.full_like(bits, int(seed) & _M64)))
+
+
+def scale_free_keys(x: Tensor, unit: Tensor, seed: int) -> Tensor:
+    """:func:`sample_keys` of ``x / unit`` rounded to ``1/4096``: the same keys for ``s x``
+    with unit ``s * unit`` (a rescaled problem, :func:`problem_scale`), although ``s x / (s
+    unit)`` and ``x / unit`` differ in their last bits; only a coordinate within rounding of
+    a cell's edge (probability about ``1e-12`` per coordinate) can tell them apart."""
+    q = torch.round(x.double() / atleast_kd(unit.double(), x.ndim) * 4096.0)
+    return sample_keys(q, seed)
 
 
 def keyed_normal(keys: Tensor, shape: torch.Size | tuple[int, ...], step: int,

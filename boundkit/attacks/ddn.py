@@ -121,6 +121,7 @@ class DDN(Attack):
                 logits = model(x_in)
                 loss = F.cross_entropy(logits, labels, reduction="sum")
                 (g,) = torch.autograd.grad(loss, x_in, materialize_grads=True)
+                g = g.contiguous()  # may be an expanded (aliased) tensor
             with torch.no_grad():
                 is_adv = criterion.is_adversarial(logits)
                 norm = l2_norms(delta)

@@ -284,7 +284,7 @@ _ATTACK_FIELDS = ("x_adv", "norm", "success", "label", "adv_label", "target", "y
 def attack_payload(res: Any) -> dict[str, Any]:
     out: dict[str, Any] = {k: _cpu(getattr(res, k)) for k in _ATTACK_FIELDS}
     out.update(found_by=list(res.found_by), method=res.method, targeted=bool(res.targeted),
-               seconds=float(res.seconds))
+               seconds=float(res.seconds), outcome=[o.value for o in res.outcome or []])
     return out
 
 
@@ -309,6 +309,7 @@ def crosscheck_payload(res: Any) -> dict[str, Any]:
         "radius": {m: t(r) for m, r in res.radius.items()},
         "attack_norm": t(res.attack_norm), "attack_success": t(res.attack_success),
         "found_by": list(res.found_by), "attack": res.attack, "exact": t(res.exact),
+        "attack_outcome": [o.value for o in res.attack_outcome],
         "exact_note": res.exact_note, "violations": viol,
         "certificates": {m: certificate_payload(c) for m, c in res.certificates.items()},
         "seconds": {k: float(v) for k, v in res.seconds.items()},
@@ -318,6 +319,7 @@ def crosscheck_payload(res: Any) -> dict[str, Any]:
 def merge_crosscheck(parts: list[dict[str, Any]]) -> Any:
     """One :class:`~boundkit.CrosscheckResult` from the payloads of consecutive shards
     (violations in the order :func:`boundkit.crosscheck` sorts them)."""
+    from boundkit.attacks.base import Outcome
     from boundkit.crosscheck import CrosscheckResult, Violation
 
     def cat(key: str) -> np.ndarray | None:
@@ -342,6 +344,7 @@ def merge_crosscheck(parts: list[dict[str, Any]]) -> Any:
         attack_success=cat("attack_success"),
         found_by=[f for p in parts for f in p["found_by"]],
         attack=first["attack"],
+        attack_outcome=[Outcome(o) for p in parts for o in p.get("attack_outcome", [])],
         exact=exact,
         exact_note=notes[0] if notes else "",
         violations=violations,
@@ -396,5 +399,7 @@ def run_shard(job: Job, source: ModelSource, x: torch.Tensor, y: torch.Tensor | 
         y=None if y is None else y[start:stop], box=job.box, device=job.device,
         exact=job.exact, indices=index[start:stop].numpy(), chunk_size=job.chunk,
         seed=job.seed,
+        # as a local cross-check: every sample held is a start point for `best`
+        reference=x.to(xs) if job.attack == "best" else None,
     )
     return crosscheck_payload(res)

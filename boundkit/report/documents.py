@@ -86,6 +86,11 @@ def summary_lines(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         rows.append([f"attack success rate ({s['attack']})",
                      f"{s.get('attack_success_rate', math.nan):.1%}"])
         rows.append([f"median attack norm ({s['attack']})", s.get("median_attack_norm")])
+        missing = s.get("attack_missing")
+        if missing is not None:
+            why = ", ".join(f"{k}: {v}" for k, v in missing.items())
+            rows.append([f"samples without an upper end ({s['attack']} found no adversarial "
+                         "example)", f"{sum(missing.values())}" + (f" ({why})" if why else "")])
     if "median_exact_radius" in s:
         rows.append(["median exact radius", s["median_exact_radius"]])
     if "soundness_bugs" in s:
@@ -155,14 +160,19 @@ def _blocks(doc: dict[str, Any], out: Path) -> list[dict]:
         for m in models:
             methods += [k for k in m.get("median_radius", {}) if k not in methods]
         header += [f"median certified ({k})" for k in methods]
-        header += ["median attack norm", "soundness bugs", "order with the next"]
+        header += ["median attack norm", "samples without an upper end", "soundness bugs",
+                   "order with the next"]
         verdicts = doc.get("ranking", [])
         rows = []
         for rank, m in enumerate(models, 1):
+            missing = m.get("attack_missing") or {}
+            why = ", ".join(f"{k}: {v}" for k, v in missing.items())
             v = verdicts[rank - 1] if rank - 1 < len(verdicts) else None
             rows.append([rank, m["name"], m.get("accuracy")]
                         + [m.get("median_radius", {}).get(k) for k in methods]
-                        + [m.get("median_attack_norm"), m.get("soundness_bugs", 0),
+                        + [m.get("median_attack_norm"),
+                           f"{sum(missing.values())}" + (f" ({why})" if why else ""),
+                           m.get("soundness_bugs", 0),
                            "" if v is None else
                            f"{v['label']} ({v['samples_decided']:.0%} of samples proven)"])
         blocks.append({"p": f"Models listed by {doc.get('rank_by', 'median certified radius')}; "

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from boundkit.attacks.base import Outcome
 from boundkit.bounds.method import is_guarantee
 from boundkit.errors import BoundkitError
 
@@ -140,6 +141,12 @@ def _check_summary(s: Any, where: str) -> None:
     for key in ("n", "soundness_bugs", "expected_violations"):
         if key in s and not (isinstance(s[key], int) and not isinstance(s[key], bool)):
             raise ResultsFileError(f"{where}: summary.{key} must be an integer")
+    missing = s.get("attack_missing", {})
+    if not (isinstance(missing, dict) and all(
+            k in _OUTCOMES and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in missing.items())):
+        raise ResultsFileError(f"{where}: summary.attack_missing must map attack outcomes to "
+                               "counts")
     if "attack" in s and not isinstance(s["attack"], (str, type(None))):
         raise ResultsFileError(f"{where}: summary.attack must be a name")
     methods = s.get("methods", {})
@@ -151,6 +158,10 @@ def _check_summary(s: Any, where: str) -> None:
                                      "median_ratio_to_exact") if k in d
         ):
             raise ResultsFileError(f"{where}: summary.methods.{m} must hold distances")
+
+
+#: the attack outcomes a results file may name (``boundkit.attacks.base.Outcome`` values)
+_OUTCOMES = tuple(o.value for o in Outcome)
 
 
 def _check_list(v: Any, n: int, where: str, item: Any, what: str) -> None:
@@ -193,6 +204,9 @@ def _check_single(doc: Any, where: str) -> None:
     if "found_by" in s:
         _check_list(s["found_by"], n, f"{where}: samples.found_by",
                     lambda e: isinstance(e, str), "strings")
+    if "attack_outcome" in s:
+        _check_list(s["attack_outcome"], n, f"{where}: samples.attack_outcome",
+                    lambda e: e in _OUTCOMES, f"attack outcomes ({', '.join(_OUTCOMES)})")
     viol = doc.get("violations", [])
     if not isinstance(viol, list):
         raise ResultsFileError(f"{where}: 'violations' must be a list")
@@ -296,6 +310,8 @@ def rows_from_results(doc: dict[str, Any]) -> list[dict[str, Any]]:
             row[f"attack_norm_{a}"] = _num(r[k])
         if s.get("found_by"):
             row["found_by"] = s["found_by"][k]
+        if s.get("attack_outcome"):
+            row["attack_outcome"] = s["attack_outcome"][k]
         if s.get("exact") is not None:
             row["exact_radius"] = _num(s["exact"][k])
         for m, r in s.get("ratio", {}).items():

@@ -30,6 +30,7 @@ OPTS = {
     "fgs": {},
     "fgv": {},
     "lbfgs": {"max_iter": 10, "search_steps": 3},
+    "boundary": {"steps": 10},
     "best": {"budget": 10},
 }
 
