@@ -1,0 +1,645 @@
+r"""Branch and bound on the ReLUs that can switch: ``bk.verify`` and the ``bab`` method.
+
+A *domain* is a sample with split constraints on some of its unstable ReLU neurons
+(:class:`~boundkit.bounds.relaxation.Splits`: :math:`y_i\ge0` or :math:`y_i\le0` on the
+neuron's input) and the set :math:`\mathcal{B}\cap S` of the ball's points that satisfy
+them. A domain is bounded on the ``crown`` engine (:class:`~boundkit.bounds.crown.CrownRun`)
+under its splits: every interval and linear bound then holds on
+:math:`\mathcal{B}\cap S` (the split neuron's interval is clamped to its side, so it is
+relaxed exactly), and a domain whose constraints contradict the sound interval of their
+neuron is empty: proven. On top of that, the final walk carries
+
+* optimised lower slopes :math:`\alpha\in[s,1]` of the unstable ReLUs (alpha-CROWN), and
+* beta multipliers :math:`\beta_i\ge0` of the split constraints (beta-CROWN, Wang et al.
+  2021): on :math:`S`, :math:`\sigma_i y_i\ge0` (:math:`\sigma_i=\pm1` the split's side), so
+  any bound :math:`f\ge\langle a,y\rangle+c` also gives
+  :math:`f\ge\langle a-\beta\odot\sigma,y\rangle+c` there, with the rounding of the
+  subtraction charged (``docs/theory/branch_and_bound.md``).
+
+Both are parameters of the bound, chosen by projected gradient ascent; every iterate is a
+valid bound, and per margin the best iterate is kept. A domain is proven when every margin
+:math:`f_y-f_j`, :math:`j\ne y`, has a positive lower bound (margins proven in an ancestor
+stay proven: the child's set is a subset). Otherwise one unstable neuron is split, chosen by
+a BaBSR-style score (Bunel et al. 2020): the bound loses
+:math:`|a_i^-|\,\frac{-l_iu_i}{u_i-l_i}` to the intercept of the neuron's upper line
+(:math:`a_i^-` the negative part of its backward coefficient for the margins still open),
+which the split removes. The domains of all samples are bounded together in batches
+(one engine call per batch, no per-domain loop).
+
+``verify`` says per sample: *verified* (every domain proven: no perturbation of L2 norm
+below the radius, inside the box, changes the class), *falsified* (a counterexample inside
+the ball and the box, checked by re-running the model in its own dtype) or *unknown*
+(budget spent, with the reason).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from boundkit.bounds.activation import ReLURelaxation
+from boundkit.bounds.crown import CrownPlan, CrownRun, plan_crown
+from boundkit.bounds.numerics import UNIT_ROUNDOFF
+from boundkit.bounds.output import margins
+from boundkit.bounds.relaxation import (
+    FINAL_SPEC,
+    LinearBounds,
+    RelaxContext,
+    Splits,
+    _dot,
+)
+from boundkit.errors import BadArgumentError, UnsupportedLayerError
+from boundkit.graph.graph import Graph, Node
+
+VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
+
+
+class SplitReLU(ReLURelaxation):
+    r"""The ``crown`` ReLU rule plus, on the final walk only, the beta terms of the split
+    constraints: :math:`a' = a-\beta\odot\sigma` at the ReLU's input, :math:`\beta\ge0`,
+    :math:`\sigma\in\{-1,0,1\}` the split sides (0: no split, no term). The subtraction
+    rounds by at most :math:`u|a'|(1+2u)` per entry; :math:`2u\langle|a'|,|y|\rangle`
+    (computed, its own rounding included) is charged. The walk's coefficients at the ReLU's
+    output are recorded for the branching score. One instance per branch-and-bound plan."""
+
+    def __init__(self) -> None:
+        #: relu name -> (beta [D, C, *shape] (clamped to >= 0 here), sides [D, 1, *shape])
+        self.beta: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        #: relu name -> the final walk's coefficients at the ReLU's output [D, C, *shape]
+        self.record: dict[str, torch.Tensor] = {}
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        (out,) = super().backward(node, ctx, lb)
+        if ctx.spec != FINAL_SPEC:
+            return [out]
+        self.record[node.name] = lb.A.detach()
+        term = self.beta.get(node.name)
+        if term is None:
+            return [out]
+        beta, side = term
+        A = out.A - beta.clamp(min=0.0) * side  # beta * (+-1 or 0): exact
+        mag = ctx.interval_in(node).mag
+        charge = 2 * UNIT_ROUNDOFF * _dot(A.abs(), mag)
+        return [LinearBounds(A, out.bias, out.err + charge, out.forks)]
+
+
+@dataclass
+class BabPlan:
+    """Per-model plan: the ``crown`` plan with this plan's own :class:`SplitReLU` rule on
+    every ReLU, and the ReLU nodes that can be split."""
+
+    crown: CrownPlan
+    rule: SplitReLU
+    relus: list[Node]
+
+
+def plan_bab(graph: Graph) -> BabPlan:
+    """The plan, refusing (naming the node) a model with a nonlinearity branch and bound
+    cannot split, or a node bounded through the ``sound`` modulus (its bound is no linear
+    function the splits could refine)."""
+    base = plan_crown(graph)
+    rule = SplitReLU()
+    rules = dict(base.rules)
+    relus = []
+    for n in base.nodes:
+        if n.op == "input":
+            continue
+        r = base.rules[n.name]
+        if r is None:
+            raise UnsupportedLayerError(n.name, n.op, "bab",
+                                        "no linear relaxation (bounded through the sound "
+                                        "modulus), so it cannot be branched on")
+        if r.nonlinear:
+            if not isinstance(r, ReLURelaxation):
+                raise UnsupportedLayerError(n.name, n.op, "bab",
+                                            "branch and bound splits ReLU and LeakyReLU "
+                                            "neurons only")
+            rules[n.name] = rule
+            relus.append(n)
+    return BabPlan(dataclasses.replace(base, rules=rules), rule, relus)
+
+
+@dataclass
+class Domains:
+    """A batch of domains (D rows): the sample each belongs to, its split sides per ReLU
+    (relu name -> int8 [D, *shape]), the margins proven in an ancestor (bool [D, C]) and the
+    warm start of its slopes and multipliers (relu name -> [D, C, *shape], or empty)."""
+
+    sample: torch.Tensor
+    signs: dict[str, torch.Tensor]
+    done: torch.Tensor
+    alpha: dict[str, torch.Tensor] = field(default_factory=dict)
+    beta: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.sample.numel())
+
+    def rows(self, idx: torch.Tensor) -> Domains:
+        return Domains(self.sample[idx], {k: v[idx] for k, v in self.signs.items()},
+                       self.done[idx], {k: v[idx] for k, v in self.alpha.items()},
+                       {k: v[idx] for k, v in self.beta.items()})
+
+    @staticmethod
+    def cat(parts: list[Domains]) -> Domains:
+        parts = [p for p in parts if len(p)]
+        first = parts[0]
+
+        def join(key: str) -> dict[str, torch.Tensor]:
+            ds = [getattr(p, key) for p in parts]
+            if any(set(d) != set(ds[0]) for d in ds):
+                return {}
+            return {k: torch.cat([d[k] for d in ds]) for k in ds[0]}
+        return Domains(torch.cat([p.sample for p in parts]), join("signs"),
+                       torch.cat([p.done for p in parts]), join("alpha"), join("beta"))
+
+
+@dataclass
+class Bounded:
+    """What bounding a batch of domains gives: the best lower bound per margin [D, C]
+    (``+inf`` at the own class), the proven domains [D] (every margin positive, or empty),
+    the branching score per ReLU (name -> [D, M], ``-inf`` where the neuron cannot be
+    split) and the optimised slopes and multipliers (warm start of the children)."""
+
+    lower: torch.Tensor
+    proven: torch.Tensor
+    done: torch.Tensor
+    scores: dict[str, torch.Tensor]
+    alpha: dict[str, torch.Tensor]
+    beta: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BabOptions:
+    """Typed options of the search (checked at the boundary by :func:`check_options`)."""
+
+    #: seconds of bounding per sample (the batch's wall time is charged to its samples in
+    #: proportion to their domains in it)
+    time_budget: float = 5.0
+    #: domains bounded per sample, at most
+    max_domains: int = 20_000
+    #: domains per engine call
+    batch: int = 128
+    #: gradient steps on the slopes and multipliers per batch (0: plain crown with splits)
+    iterations: int = 8
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    #: keep the slopes and multipliers of a domain for its children while the kept
+    #: tensors hold at most this many elements
+    warm_elements: int = 1 << 26
+
+
+def check_options(time_budget: Any, max_domains: Any, batch: Any, iterations: Any
+                  ) -> BabOptions:
+    """:class:`BabOptions` from user values (a one-line ``BadArgumentError`` otherwise)."""
+    from boundkit.validate import check_int, check_positive
+
+    t = check_positive("time_budget", time_budget, maximum=1e7)
+    d = check_int("max_domains", max_domains)
+    b = check_int("batch", batch, maximum=1 << 16)
+    i = check_int("iterations", iterations, minimum=0, maximum=10_000)
+    assert t is not None and d is not None and b is not None and i is not None
+    return BabOptions(time_budget=t, max_domains=d, batch=b, iterations=i)
+
+
+class BranchAndBound:
+    """The search for one batch of samples at radii ``eps`` [N] (the samples' labels
+    ``label`` [N]), on a :class:`CrownRun` built with the plan's rules."""
+
+    def __init__(self, graph: Graph, plan: BabPlan, run: CrownRun, label: torch.Tensor,
+                 eps: torch.Tensor, options: BabOptions) -> None:
+        self.graph, self.plan, self.run, self.label, self.eps = graph, plan, run, label, eps
+        self.opt = options
+        self.n = run.n
+        self.shapes = {r.name: tuple(r.in_shapes[0]) for r in plan.relus}
+
+    # ------------------------------------------------------------------ bounding
+    def bound(self, dom: Domains) -> Bounded:
+        """Bound every domain of ``dom`` (one engine call, then the optimisation of the
+        final walk's slopes and multipliers)."""
+        sub = self.run.subset(dom.sample)
+        if sub is None:  # plan_bab refuses the nodes that would prevent it
+            raise AssertionError("branch and bound needs a run that can be subset")
+        splits = Splits(dom.signs)
+        sub.splits = splits
+        eps = self.eps[dom.sample]
+        label = self.label[dom.sample]
+        with torch.no_grad():
+            ctx = sub.intervals(eps)
+            empty = splits.empty(ctx) if dom.signs else torch.zeros(
+                len(dom), dtype=torch.bool, device=eps.device)
+        spec = sub.margin_spec(label)
+        own = torch.nn.functional.one_hot(label, spec.shape[1]).bool()
+        open_ = ~(own | dom.done)
+        rule = self.plan.rule
+        d, c = spec.shape[:2]
+        alphas: dict[str, torch.Tensor] = {}
+        betas: dict[str, torch.Tensor] = {}
+        sides: dict[str, torch.Tensor] = {}
+        for relu in self.plan.relus:
+            iv = ctx.interval_in(relu)
+            shape = iv.lo.shape[1:]
+            start = torch.where(iv.hi > -iv.lo, 1.0, 0.0).to(iv.lo.dtype).unsqueeze(1)
+            warm = dom.alpha.get(relu.name)
+            a0 = warm if warm is not None else start.expand(d, c, *shape)
+            alphas[relu.name] = a0.detach().clone().requires_grad_(self.opt.iterations > 0)
+            s = dom.signs.get(relu.name)
+            if s is not None and bool((s != 0).any()):
+                sides[relu.name] = s.to(iv.lo.dtype).unsqueeze(1)
+                wb = dom.beta.get(relu.name)
+                b0 = wb if wb is not None else torch.zeros(d, c, *shape, dtype=iv.lo.dtype,
+                                                            device=iv.lo.device)
+                betas[relu.name] = b0.detach().clone().requires_grad_(self.opt.iterations > 0)
+        floor = {r.name: rule.slope(r) for r in self.plan.relus}
+        best = torch.full((d, c), -math.inf, dtype=spec.dtype, device=spec.device)
+        best_a = {k: v.detach().clone() for k, v in alphas.items()}
+        best_b = {k: v.detach().clone() for k, v in betas.items()}
+        params = list(alphas.values()) + list(betas.values())
+        optim = None
+        if self.opt.iterations > 0 and params:
+            optim = torch.optim.Adam([
+                {"params": list(alphas.values()), "lr": self.opt.lr_alpha},
+                {"params": list(betas.values()), "lr": self.opt.lr_beta}])
+        try:
+            for it in range(self.opt.iterations + 1):
+                rule.beta = {k: (betas[k], sides[k]) for k in betas}
+                for k, a in alphas.items():
+                    ctx.slopes[f"{FINAL_SPEC}:{k}"] = a
+                with torch.set_grad_enabled(optim is not None and it < self.opt.iterations):
+                    val = sub.backward(self.graph.logits, spec, ctx).at(eps)
+                with torch.no_grad():
+                    v = torch.where(own, math.inf, val.detach())
+                    # every iterate is a valid bound: keep the best per margin
+                    better = v > best
+                    best = torch.where(better, v, best)
+                    # warm start of the children: the iterate best on the worst open margin
+                    score = torch.where(open_, v, math.inf).min(1).values
+                    prev = torch.where(open_, best, math.inf).min(1).values
+                    take = (score >= prev).reshape(-1, 1)
+                    for k, a in alphas.items():
+                        t = take.reshape(-1, *([1] * (a.dim() - 1)))
+                        best_a[k] = torch.where(t, a.detach(), best_a[k])
+                    for k, b in betas.items():
+                        t = take.reshape(-1, *([1] * (b.dim() - 1)))
+                        best_b[k] = torch.where(t, b.detach(), best_b[k])
+                if optim is None or it == self.opt.iterations:
+                    break
+                # push the open margins that are not proven yet
+                w = open_ & (v <= 0) & torch.isfinite(val)
+                loss = -torch.where(w, val, torch.zeros_like(val)).sum()
+                if not loss.requires_grad:
+                    break
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                with torch.no_grad():
+                    for k, a in alphas.items():
+                        a.clamp_(floor[k], 1.0)
+                    for b in betas.values():
+                        b.clamp_(min=0.0)
+            record = dict(rule.record)
+        finally:
+            rule.beta, rule.record = {}, {}
+        done = dom.done | (best > 0)
+        proven = empty | (done | own).all(1)
+        scores = self._scores(ctx, splits, dom, record, ~(done | own))
+        return Bounded(best, proven, done, scores, best_a, best_b)
+
+    def _scores(self, ctx: RelaxContext, splits: Splits, dom: Domains,
+                record: dict[str, torch.Tensor], open_: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        r"""BaBSR-style score per neuron [D, M]: :math:`\sum_j|a_{ji}^-|\frac{-l_iu_i}
+        {u_i-l_i}` over the open margins :math:`j`, plus a small
+        :math:`10^{-3}\sum_j|a_{ji}|(u_i-l_i)` to rank neurons the intercepts do not reach;
+        ``-inf`` on stable or already split neurons."""
+        out = {}
+        w = open_.to(ctx.acts[self.graph.logits.name].dtype).unsqueeze(2)  # [D, C, 1]
+        for relu in self.plan.relus:
+            iv = splits.constrain(relu.name, ctx.interval_in(relu))
+            lo, hi = iv.lo.flatten(1), iv.hi.flatten(1)
+            s = dom.signs.get(relu.name)
+            free = (lo < 0) & (hi > 0)
+            if s is not None:
+                free &= s.flatten(1) == 0
+            a = record.get(relu.name)
+            if a is None:
+                out[relu.name] = torch.full_like(lo, -math.inf)
+                continue
+            a = a.flatten(2)
+            width = torch.where(free, hi - lo, torch.ones_like(hi))
+            inter = torch.where(free, -lo * hi / width, torch.zeros_like(hi)).unsqueeze(1)
+            sc = (w * ((-a).clamp(min=0) * inter + 1e-3 * a.abs() * width.unsqueeze(1))).sum(1)
+            out[relu.name] = torch.where(free, sc + 1e-300, torch.full_like(sc, -math.inf))
+        return out
+
+    # ------------------------------------------------------------------ branching
+    def branch(self, dom: Domains, b: Bounded) -> tuple[Domains, torch.Tensor]:
+        """Two children per domain of ``dom`` (every domain here unproven), split on its
+        best-scored neuron; and the domains [D] with no neuron left to split."""
+        names = list(b.scores)
+        flat = torch.cat([b.scores[k] for k in names], 1)
+        best, pos = flat.max(1)
+        stuck = ~torch.isfinite(best)
+        sizes = [b.scores[k].shape[1] for k in names]
+        starts = torch.tensor([0, *sizes], device=pos.device).cumsum(0)
+        dev = dom.sample.device
+        keep = torch.nonzero(~stuck).flatten()
+        d = int(keep.numel())
+        signs = {}
+        for i, k in enumerate(names):
+            shape = self.shapes[k]
+            s = dom.signs.get(k)
+            s = (torch.zeros(len(dom), math.prod(shape), dtype=torch.int8, device=dev)
+                 if s is None else s.flatten(1))[keep]
+            local = pos[keep] - starts[i]
+            hit = (local >= 0) & (local < sizes[i])
+            rows = torch.nonzero(hit).flatten()
+            plus, minus = s.clone(), s.clone()
+            plus[rows, local[rows]] = 1
+            minus[rows, local[rows]] = -1
+            signs[k] = torch.cat([plus, minus]).reshape(2 * d, *shape)
+        warm = 4 * sum(v[keep].numel() for v in b.alpha.values())  # alpha and beta, x2
+        alpha: dict[str, torch.Tensor] = {}
+        beta: dict[str, torch.Tensor] = {}
+        if warm <= self.opt.warm_elements:
+            alpha = {k: v[keep].repeat(2, *([1] * (v.dim() - 1))) for k, v in b.alpha.items()}
+            for k in names:  # every ReLU with a split gets multipliers (zeros where new)
+                old = b.beta.get(k)
+                if old is None:
+                    old = torch.zeros_like(b.alpha[k])
+                beta[k] = old[keep].repeat(2, *([1] * (old.dim() - 1)))
+            beta = {k: v for k, v in beta.items() if bool((signs[k] != 0).any())}
+        two = lambda t: t[keep].repeat(2, *([1] * (t.dim() - 1)))  # noqa: E731
+        return Domains(two(dom.sample), signs, two(b.done), alpha, beta), stuck
+
+    # ------------------------------------------------------------------ the loop
+    def solve(self, active: torch.Tensor) -> tuple[list[str], list[str], torch.Tensor,
+                                                   torch.Tensor]:
+        """Run the search on the samples ``active`` [N] (bool). Returns per sample the
+        status (``VERIFIED``/``UNKNOWN``, or ``""`` for samples not active), the reason,
+        the domains bounded and the seconds charged."""
+        dev = self.eps.device
+        n = self.n
+        status = ["" for _ in range(n)]
+        reason = ["" for _ in range(n)]
+        count = torch.zeros(n, dtype=torch.long)
+        spent = torch.zeros(n, dtype=torch.float64)
+        closed = ~active.cpu()
+        idx = torch.nonzero(active).flatten().to(dev)
+        c = self.graph.num_classes
+        pending = Domains(idx, {}, torch.zeros(idx.numel(), c, dtype=torch.bool, device=dev))
+        while len(pending):
+            take = torch.arange(min(self.opt.batch, len(pending)), device=dev)
+            batch, pending = pending.rows(take), pending.rows(
+                torch.arange(take.numel(), len(pending), device=dev))
+            t0 = time.perf_counter()
+            b = self.bound(batch)
+            dt = time.perf_counter() - t0
+            per = torch.bincount(batch.sample.cpu(), minlength=n)
+            count += per
+            spent += dt * per.to(torch.float64) / len(batch)
+            open_ = torch.nonzero(~b.proven).flatten()
+            kids = None
+            if open_.numel():
+                kids, stuck = self.branch(batch.rows(open_), dataclasses.replace(
+                    b, scores={k: v[open_] for k, v in b.scores.items()},
+                    alpha={k: v[open_] for k, v in b.alpha.items()},
+                    beta={k: v[open_] for k, v in b.beta.items()}, done=b.done[open_]))
+                for s in batch.sample[open_][stuck].unique().tolist():
+                    if not closed[s]:
+                        closed[s] = True
+                        status[s], reason[s] = UNKNOWN, (
+                            "a subproblem with every ReLU on the ball split or stable was "
+                            "not proven (the relaxation of its affine pieces is not tight)")
+            # budgets
+            over_t = (spent >= self.opt.time_budget) & ~closed
+            over_d = (count >= self.opt.max_domains) & ~closed
+            for s in torch.nonzero(over_t | over_d).flatten().tolist():
+                closed[s] = True
+                status[s] = UNKNOWN
+                reason[s] = (f"time budget of {self.opt.time_budget:g} s spent" if over_t[s]
+                             else f"{self.opt.max_domains} subproblems bounded")
+            parts = [pending] if kids is None else [pending, kids]
+            pending = Domains.cat(parts) if any(len(p) for p in parts) else pending
+            if len(pending):
+                alive = ~closed.to(dev)[pending.sample]
+                if not bool(alive.all()):
+                    pending = pending.rows(torch.nonzero(alive).flatten())
+            # samples with no domain left are proven
+            left = torch.bincount(pending.sample.cpu(), minlength=n) if len(pending) else (
+                torch.zeros(n, dtype=torch.long))
+            for s in torch.nonzero((left == 0) & ~closed).flatten().tolist():
+                closed[s] = True
+                status[s] = VERIFIED
+        return status, reason, count, spent
+
+
+# ---------------------------------------------------------------------- counterexamples
+def pgd_counterexample(model: nn.Module, x: torch.Tensor, label: torch.Tensor,
+                       radius: torch.Tensor, box: tuple[float, float] | None,
+                       steps: int = 40, restarts: int = 2, seed: int = 0
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Projected gradient ascent on the largest competing margin
+    :math:`\max_{j\ne y}f_j-f_y` inside the L2 ball of radius ``radius`` [N] (shrunk by
+    :math:`10^{-6}` relative so the point lies strictly inside) and the box, in the model's
+    own dtype (Madry et al. 2018). Returns ``(found [N], x_adv, norm [N])``: ``found`` only
+    where the model, re-run on exactly ``x_adv``, predicts another class and the float64
+    norm of ``x_adv - x`` is below the radius (:func:`boundkit.attacks.base.verify`)."""
+    from boundkit.attacks.base import Misclassification
+    from boundkit.attacks.base import verify as check_adv
+
+    dtype = next((p.dtype for p in model.parameters()), x.dtype)
+    dev = next((p.device for p in model.parameters()), x.device)
+    x = x.to(device=dev, dtype=dtype)
+    label = label.to(dev)
+    r = radius.to(device=dev, dtype=torch.float64) * (1 - 1e-6)
+    crit = Misclassification(label)
+    found = torch.zeros(x.shape[0], dtype=torch.bool, device=dev)
+    best = x.clone()
+    norm = torch.full((x.shape[0],), math.inf, dtype=torch.float64, device=dev)
+    view = (-1, *([1] * (x.dim() - 1)))
+    rr = r.to(dtype).reshape(view)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def project(d: torch.Tensor) -> torch.Tensor:
+        nrm = d.flatten(1).norm(dim=1).reshape(view)
+        d = d * torch.clamp(rr / nrm.clamp_min(1e-30), max=1.0)
+        if box is not None:
+            d = (x + d).clamp(box[0], box[1]) - x
+        return d
+
+    for rs in range(restarts):
+        noise = torch.randn(x.shape, generator=gen).to(device=dev, dtype=dtype)
+        delta = project(noise * rr * (0.5 if rs else 0.0))
+        step = rr * 2.5 / steps
+        for _ in range(steps):
+            delta = delta.detach().requires_grad_(True)
+            logits = model(x + delta)
+            own = logits.gather(1, label.unsqueeze(1)).squeeze(1)
+            other = logits.scatter(1, label.unsqueeze(1), -math.inf).max(1).values
+            (other - own).sum().backward()
+            g = delta.grad
+            assert g is not None
+            gn = g.flatten(1).norm(dim=1).reshape(view).clamp_min(1e-30)
+            with torch.no_grad():
+                delta = project(delta + step * g / gn)
+                cand = x + delta
+                ok, nm, _ = check_adv(model, x, cand, crit, box)
+                ok &= nm < radius.to(dev)
+                new = ok & ~found
+                best[new] = cand[new]
+                norm[new] = nm[new]
+                found |= ok
+            if bool(found.all()):
+                break
+    return found, best, norm
+
+
+# ---------------------------------------------------------------------- bk.verify
+@dataclass
+class VerifyResult:
+    """Per sample: ``status`` (``"verified"``: no perturbation of L2 norm below ``radius``
+    inside the box changes the class; ``"falsified"``: ``counterexample`` does, checked on
+    the model; ``"unknown"``), the ``reason``, the class ``label``, the counterexample and
+    its float64 norm (the clean input and ``inf`` where none), the subproblems bounded and
+    the seconds charged."""
+
+    radius: torch.Tensor
+    label: torch.Tensor
+    status: list[str]
+    reason: list[str]
+    counterexample: torch.Tensor
+    counterexample_norm: torch.Tensor
+    domains: torch.Tensor
+    seconds: torch.Tensor
+
+    @property
+    def verified(self) -> torch.Tensor:
+        return torch.tensor([s == VERIFIED for s in self.status])
+
+    @property
+    def falsified(self) -> torch.Tensor:
+        return torch.tensor([s == FALSIFIED for s in self.status])
+
+
+def bab_plan(graph: Graph) -> BabPlan:
+    """The graph's :class:`BabPlan`, cached on the graph."""
+    plan = graph.cache.get("bab_plan")
+    if plan is None:
+        plan = graph.cache["bab_plan"] = plan_bab(graph)
+    return plan
+
+
+def verify_graph(model: nn.Module, graph: Graph, x: torch.Tensor, radius: torch.Tensor,
+                 box: tuple[float, float] | None, options: BabOptions,
+                 attack_steps: int = 40) -> VerifyResult:
+    """:func:`verify` on a captured graph (inputs checked by the caller)."""
+    plan = bab_plan(graph)
+    x0 = x.to(device=graph.device, dtype=torch.float64)
+    radius = radius.to(device=graph.device, dtype=torch.float64)
+    n = x0.shape[0]
+    run = CrownRun(graph, plan.crown, x0, box)
+    label, _ = margins(run.sound.acts[graph.logits.name])
+    with torch.no_grad():
+        model_label = model(x.to(next((p.device for p in model.parameters()), x.device),
+                                next((p.dtype for p in model.parameters()), x.dtype))
+                            ).argmax(1).to(label.device)
+    status = ["" for _ in range(n)]
+    reason = ["" for _ in range(n)]
+    cex = x.clone()
+    cex_norm = torch.full((n,), math.inf, dtype=torch.float64)
+    domains = torch.zeros(n, dtype=torch.long)
+    seconds = torch.zeros(n, dtype=torch.float64)
+    disagree = (model_label != label).cpu()
+    outside = torch.zeros(n, dtype=torch.bool)
+    if box is not None:
+        flat = x0.flatten(1)
+        outside = ~((flat >= box[0]) & (flat <= box[1])).all(1).cpu()
+    for i in range(n):
+        if disagree[i]:
+            status[i], reason[i] = UNKNOWN, ("the float64 graph and the model disagree on "
+                                             "the class at x (a near tie)")
+        elif outside[i]:
+            status[i], reason[i] = UNKNOWN, "x lies outside the box"
+        elif float(radius[i]) == 0.0:
+            status[i], reason[i] = VERIFIED, "radius 0: the ball of smaller norms is {x}"
+    todo = torch.tensor([s == "" for s in status])
+    if bool(todo.any()):
+        t0 = time.perf_counter()
+        sel = torch.nonzero(todo).flatten()
+        found, xa, nm = pgd_counterexample(model, x[sel], label[sel.to(label.device)],
+                                           radius[sel.to(radius.device)], box, steps=attack_steps)
+        dt = (time.perf_counter() - t0) / max(1, sel.numel())
+        for j, i in enumerate(sel.tolist()):
+            seconds[i] += dt
+            if bool(found[j]):
+                status[i], reason[i] = FALSIFIED, "projected gradient attack inside the ball"
+                cex[i] = xa[j].to(cex.dtype).to(cex.device)
+                cex_norm[i] = float(nm[j])
+    todo = torch.tensor([s == "" for s in status])
+    if bool(todo.any()):
+        bb = BranchAndBound(graph, plan, run, label, radius, options)
+        st, why, cnt, sec = bb.solve(todo.to(radius.device))
+        for i in torch.nonzero(todo).flatten().tolist():
+            status[i], reason[i] = st[i], why[i] or "every subproblem proven"
+        domains += cnt
+        seconds += sec
+    return VerifyResult(radius.cpu(), label.cpu(), status, reason, cex, cex_norm, domains,
+                        seconds)
+
+
+def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
+           box: tuple[float, float] | None = (0.0, 1.0), time_budget: float = 5.0,
+           max_domains: int = 20_000, batch: int = 128, iterations: int = 8,
+           device: torch.device | str | None = None) -> VerifyResult:
+    r"""Is every input within L2 distance ``radius`` of ``x`` classified like ``x``?
+
+    Per sample: ``"verified"`` (no perturbation of norm below ``radius`` inside ``box``
+    changes the class: every subproblem of the branch and bound proven), ``"falsified"``
+    (a counterexample inside the ball and the box, checked by re-running the model in its
+    own dtype) or ``"unknown"`` (budget spent; ``reason`` says which). ``radius``: a number
+    or one per sample [N], finite and >= 0. ``time_budget``: seconds of bounding per sample
+    (samples are bounded together; each batch's time is charged to its samples);
+    ``max_domains``: subproblems per sample; ``batch``: subproblems per engine call;
+    ``iterations``: gradient steps on the slopes and beta multipliers per batch.
+
+    Models: ReLU / LeakyReLU networks of any affine layers (linear, convolution, batch
+    norm, average pooling, residual additions); a node branch and bound cannot split (max
+    pooling, smooth activations, nodes without a linear relaxation) is refused by name.
+    """
+    from boundkit.bounds.engine import check_input, graph_for
+    from boundkit.validate import check_box, check_call
+
+    box = check_box(box)
+    check_call(model, x, device=device)
+    opts = check_options(time_budget, max_domains, batch, iterations)
+    n = x.shape[0]
+    r = _check_radius(radius, n)
+    graph = graph_for(model, x, device)
+    check_input(graph, x)
+    return verify_graph(model, graph, x, r, box, opts)
+
+
+def _check_radius(radius: Any, n: int) -> torch.Tensor:
+    """``radius`` as float64 [n]: a finite number >= 0, or one per sample."""
+    if isinstance(radius, bool):
+        raise BadArgumentError("radius must be a number or a tensor [N], got a bool")
+    if isinstance(radius, (int, float)):
+        r = torch.full((n,), float(radius), dtype=torch.float64)
+    elif isinstance(radius, torch.Tensor):
+        r = radius.detach().to(device="cpu", dtype=torch.float64).flatten()
+        if r.numel() == 1:
+            r = r.expand(n).clone()
+        if r.numel() != n:
+            raise BadArgumentError(f"radius has {r.numel()} values for {n} samples")
+    else:
+        raise BadArgumentError(f"radius must be a number or a tensor [N], got "
+                               f"{type(radius).__name__}")
+    if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
+        raise BadArgumentError("radius must be finite and >= 0")
+    return r
