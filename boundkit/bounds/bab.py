@@ -45,6 +45,7 @@ import torch.nn as nn
 
 from boundkit.bounds.activation import ReLURelaxation
 from boundkit.bounds.crown import CrownPlan, CrownRun, plan_crown
+from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.bounds.numerics import UNIT_ROUNDOFF
 from boundkit.bounds.output import margins
 from boundkit.bounds.relaxation import (
@@ -97,6 +98,8 @@ class BabPlan:
     crown: CrownPlan
     rule: SplitReLU
     relus: list[Node]
+    #: the plain ``crown`` plan (for the ``crown`` / ``alpha`` start of the radius search)
+    base: CrownPlan
 
 
 def plan_bab(graph: Graph) -> BabPlan:
@@ -122,7 +125,7 @@ def plan_bab(graph: Graph) -> BabPlan:
                                             "neurons only")
             rules[n.name] = rule
             relus.append(n)
-    return BabPlan(dataclasses.replace(base, rules=rules), rule, relus)
+    return BabPlan(dataclasses.replace(base, rules=rules), rule, relus, base)
 
 
 @dataclass
@@ -147,16 +150,50 @@ class Domains:
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
+        """The domains of ``parts`` in order. Split sides and multipliers missing from a
+        part are zeros (no split, no term); warm slopes are kept only where every part has
+        them."""
         parts = [p for p in parts if len(p)]
-        first = parts[0]
 
-        def join(key: str) -> dict[str, torch.Tensor]:
+        def join(key: str, fill: bool) -> dict[str, torch.Tensor]:
             ds = [getattr(p, key) for p in parts]
-            if any(set(d) != set(ds[0]) for d in ds):
+            keys = set().union(*ds)
+            if not fill and any(set(d) != keys for d in ds):
                 return {}
-            return {k: torch.cat([d[k] for d in ds]) for k in ds[0]}
-        return Domains(torch.cat([p.sample for p in parts]), join("signs"),
-                       torch.cat([p.done for p in parts]), join("alpha"), join("beta"))
+            out = {}
+            for k in keys:
+                like = next(d[k] for d in ds if k in d)
+                out[k] = torch.cat([d[k] if k in d else like.new_zeros(len(p), *like.shape[1:])
+                                    for d, p in zip(ds, parts)])
+            return out
+        return Domains(torch.cat([p.sample for p in parts]), join("signs", True),
+                       torch.cat([p.done for p in parts]), join("alpha", False),
+                       join("beta", True))
+
+
+class _Adam:
+    """Adam (Kingma and Ba 2015) on a few leaf tensors, each with its learning rate
+    (``torch.optim.Adam`` imports ``torch._dynamo`` on first use: seconds)."""
+
+    def __init__(self, groups: list[tuple[torch.Tensor, float]], b1: float = 0.9,
+                 b2: float = 0.999) -> None:
+        self.groups, self.b1, self.b2, self.t = groups, b1, b2, 0
+        self.m = [torch.zeros_like(p) for p, _ in groups]
+        self.v = [torch.zeros_like(p) for p, _ in groups]
+
+    def step(self, loss: torch.Tensor) -> None:
+        ps = [p for p, _ in self.groups]
+        grads = torch.autograd.grad(loss, ps, allow_unused=True)
+        self.t += 1
+        with torch.no_grad():
+            for i, ((p, lr), g) in enumerate(zip(self.groups, grads)):
+                if g is None:
+                    continue
+                self.m[i].mul_(self.b1).add_(g, alpha=1 - self.b1)
+                self.v[i].mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+                mh = self.m[i] / (1 - self.b1 ** self.t)
+                vh = self.v[i] / (1 - self.b2 ** self.t)
+                p.sub_(lr * mh / (vh.sqrt() + 1e-8))
 
 
 @dataclass
@@ -262,9 +299,8 @@ class BranchAndBound:
         params = list(alphas.values()) + list(betas.values())
         optim = None
         if self.opt.iterations > 0 and params:
-            optim = torch.optim.Adam([
-                {"params": list(alphas.values()), "lr": self.opt.lr_alpha},
-                {"params": list(betas.values()), "lr": self.opt.lr_beta}])
+            optim = _Adam([(a, self.opt.lr_alpha) for a in alphas.values()]
+                          + [(b, self.opt.lr_beta) for b in betas.values()])
         try:
             for it in range(self.opt.iterations + 1):
                 rule.beta = {k: (betas[k], sides[k]) for k in betas}
@@ -294,9 +330,7 @@ class BranchAndBound:
                 loss = -torch.where(w, val, torch.zeros_like(val)).sum()
                 if not loss.requires_grad:
                     break
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
+                optim.step(loss)
                 with torch.no_grad():
                     for k, a in alphas.items():
                         a.clamp_(floor[k], 1.0)
@@ -378,13 +412,17 @@ class BranchAndBound:
         return Domains(two(dom.sample), signs, two(b.done), alpha, beta), stuck
 
     # ------------------------------------------------------------------ the loop
-    def solve(self, active: torch.Tensor) -> tuple[list[str], list[str], torch.Tensor,
-                                                   torch.Tensor]:
-        """Run the search on the samples ``active`` [N] (bool). Returns per sample the
-        status (``VERIFIED``/``UNKNOWN``, or ``""`` for samples not active), the reason,
-        the domains bounded and the seconds charged."""
+    def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None
+              ) -> tuple[list[str], list[str], torch.Tensor, torch.Tensor]:
+        """Run the search on the samples ``active`` [N] (bool), each with ``budget`` [N]
+        seconds (default: the options' ``time_budget``). Returns per sample the status
+        (``VERIFIED``/``UNKNOWN``, or ``""`` for samples not active), the reason, the
+        domains bounded and the seconds charged."""
         dev = self.eps.device
         n = self.n
+        if budget is None:
+            budget = torch.full((n,), self.opt.time_budget, dtype=torch.float64)
+        budget = budget.to(device="cpu", dtype=torch.float64)
         status = ["" for _ in range(n)]
         reason = ["" for _ in range(n)]
         count = torch.zeros(n, dtype=torch.long)
@@ -417,12 +455,12 @@ class BranchAndBound:
                             "a subproblem with every ReLU on the ball split or stable was "
                             "not proven (the relaxation of its affine pieces is not tight)")
             # budgets
-            over_t = (spent >= self.opt.time_budget) & ~closed
+            over_t = (spent >= budget) & ~closed
             over_d = (count >= self.opt.max_domains) & ~closed
             for s in torch.nonzero(over_t | over_d).flatten().tolist():
                 closed[s] = True
                 status[s] = UNKNOWN
-                reason[s] = (f"time budget of {self.opt.time_budget:g} s spent" if over_t[s]
+                reason[s] = (f"time budget of {float(budget[s]):.3g} s spent" if over_t[s]
                              else f"{self.opt.max_domains} subproblems bounded")
             parts = [pending] if kids is None else [pending, kids]
             pending = Domains.cat(parts) if any(len(p) for p in parts) else pending
@@ -535,20 +573,24 @@ def bab_plan(graph: Graph) -> BabPlan:
     return plan
 
 
-def verify_graph(model: nn.Module, graph: Graph, x: torch.Tensor, radius: torch.Tensor,
+def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius: torch.Tensor,
                  box: tuple[float, float] | None, options: BabOptions,
-                 attack_steps: int = 40) -> VerifyResult:
-    """:func:`verify` on a captured graph (inputs checked by the caller)."""
-    plan = bab_plan(graph)
+                 attack_steps: int = 40, budget: torch.Tensor | None = None,
+                 plan: BabPlan | None = None) -> VerifyResult:
+    """:func:`verify` on a captured graph (inputs checked by the caller). Without
+    ``model`` no counterexample is searched (and the labels are the graph's)."""
+    plan = bab_plan(graph) if plan is None else plan
     x0 = x.to(device=graph.device, dtype=torch.float64)
     radius = radius.to(device=graph.device, dtype=torch.float64)
     n = x0.shape[0]
     run = CrownRun(graph, plan.crown, x0, box)
     label, _ = margins(run.sound.acts[graph.logits.name])
-    with torch.no_grad():
-        model_label = model(x.to(next((p.device for p in model.parameters()), x.device),
-                                next((p.dtype for p in model.parameters()), x.dtype))
-                            ).argmax(1).to(label.device)
+    model_label = label
+    if model is not None:
+        with torch.no_grad():
+            model_label = model(x.to(next((p.device for p in model.parameters()), x.device),
+                                    next((p.dtype for p in model.parameters()), x.dtype))
+                                ).argmax(1).to(label.device)
     status = ["" for _ in range(n)]
     reason = ["" for _ in range(n)]
     cex = x.clone()
@@ -569,7 +611,7 @@ def verify_graph(model: nn.Module, graph: Graph, x: torch.Tensor, radius: torch.
         elif float(radius[i]) == 0.0:
             status[i], reason[i] = VERIFIED, "radius 0: the ball of smaller norms is {x}"
     todo = torch.tensor([s == "" for s in status])
-    if bool(todo.any()):
+    if model is not None and attack_steps > 0 and bool(todo.any()):
         t0 = time.perf_counter()
         sel = torch.nonzero(todo).flatten()
         found, xa, nm = pgd_counterexample(model, x[sel], label[sel.to(label.device)],
@@ -584,7 +626,7 @@ def verify_graph(model: nn.Module, graph: Graph, x: torch.Tensor, radius: torch.
     todo = torch.tensor([s == "" for s in status])
     if bool(todo.any()):
         bb = BranchAndBound(graph, plan, run, label, radius, options)
-        st, why, cnt, sec = bb.solve(todo.to(radius.device))
+        st, why, cnt, sec = bb.solve(todo.to(radius.device), budget)
         for i in torch.nonzero(todo).flatten().tolist():
             status[i], reason[i] = st[i], why[i] or "every subproblem proven"
         domains += cnt
@@ -616,7 +658,7 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     from boundkit.validate import check_box, check_call
 
     box = check_box(box)
-    check_call(model, x, device=device)
+    check_call(model, x, device=device, box=box)
     opts = check_options(time_budget, max_domains, batch, iterations)
     n = x.shape[0]
     r = _check_radius(radius, n)
@@ -643,3 +685,125 @@ def _check_radius(radius: Any, n: int) -> torch.Tensor:
     if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
         raise BadArgumentError("radius must be finite and >= 0")
     return r
+
+
+# ---------------------------------------------------------------------- the bab method
+class _GraphModel(nn.Module):
+    """The captured graph as a module (float64 logits), for the attack giving the upper
+    end of the search when the user gives none (the model itself is not at hand in a
+    :class:`~boundkit.bounds.method.Method`)."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        self.graph = graph
+        self.register_buffer("_anchor", torch.zeros((), dtype=torch.float64,
+                                                    device=graph.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph.activations(x, [self.graph.logits.name])[self.graph.logits.name]
+
+
+#: the search stops where the bracket is this tight, relative
+BAB_RTOL = 1e-2
+
+
+class BabMethod(Method):
+    r"""The largest radius :func:`verify` proves, searched per sample between a start radius
+    (``crown``'s, or ``alpha``'s) and an upper end (``upper``: e.g. the norms of verified
+    adversarial examples; default the ``best`` attack's on the graph): bisection, each step
+    one branch and bound at the midpoint for all samples together, with half the time left.
+    ``time_budget`` (seconds per sample) covers the start radius and the search, not the
+    attack run when no ``upper`` is given.
+    Anytime: the radius returned is the largest one proven (or the start's), a certificate
+    whatever the budget. ``info``: ``upper`` (the end searched against), ``ratio``
+    (certified / upper), ``domains``."""
+
+    name = "bab"
+    is_guarantee = True
+    description = ("branch and bound on ReLU splits (beta-CROWN style) raising the crown "
+                   "radius toward the attack norm (time_budget per sample)")
+
+    def options(self) -> tuple[str, ...]:
+        return ("box", "time_budget", "upper", "start", "max_domains", "batch", "iterations",
+                "rtol")
+
+    def prepare(self, graph: Graph) -> BabPlan:
+        return bab_plan(graph)
+
+    def run(self, graph: Graph, x: torch.Tensor, plan: Any, *, trace: bool,
+            **options: Any) -> BatchResult:
+        from boundkit.bounds.crown import _check_box
+        from boundkit.bounds.method import get_method
+        from boundkit.validate import check_positive
+
+        assert isinstance(plan, BabPlan)
+        box = _check_box(options.get("box", (0.0, 1.0)))
+        opts = check_options(options.get("time_budget", 2.0), options.get("max_domains", 20_000),
+                             options.get("batch", 128), options.get("iterations", 8))
+        rtol = check_positive("rtol", options.get("rtol", BAB_RTOL), maximum=0.5)
+        assert rtol is not None
+        start = options.get("start", "crown")
+        if start not in ("crown", "alpha"):
+            raise BadArgumentError(f"start must be 'crown' or 'alpha', got {start!r}")
+        t_start = time.perf_counter()
+        x0 = x.to(device=graph.device, dtype=torch.float64)
+        n = x0.shape[0]
+        base = get_method(start).run(graph, x0, plan.base, trace=False, box=box)
+        t_base = time.perf_counter() - t_start
+        lo = base.radius.to(torch.float64).clone()
+        upper = options.get("upper")
+        if upper is None:
+            from boundkit.attacks import attack
+
+            hi = attack(_GraphModel(graph).eval(), x0, "best", box=box).norm.to(lo.device)
+        else:
+            hi = _check_upper(upper, n).to(lo.device)
+        hi = hi.to(torch.float64)
+        searched = hi.clone()
+        budget = torch.full((n,), opts.time_budget, dtype=torch.float64)
+        budget -= t_base / n  # the start radius counts, the attack does not
+        domains = torch.zeros(n, dtype=torch.long)
+        top = hi.clone()  # the smallest radius not proven (unknown or falsified)
+        while True:
+            active = (torch.isfinite(lo) & (lo < top / (1 + rtol))
+                      & (budget > 0.02 * opts.time_budget) & (base.margin > 0).to(lo.device))
+            if not bool(active.any()):
+                break
+            eps = torch.where(torch.isfinite(top), (lo + top) / 2,
+                              torch.where(lo > 0, lo * 1.5, torch.full_like(lo, 1e-3)))
+            eps = torch.where(active, eps, torch.zeros_like(eps))
+            share = torch.where(budget < 0.1 * opts.time_budget, budget, budget / 2)
+            t0 = time.perf_counter()
+            res = verify_graph(None, graph, x0, eps, box, opts, budget=share, plan=plan)
+            wall = time.perf_counter() - t0
+            ok = res.verified.to(lo.device) & active
+            lo = torch.where(ok, torch.maximum(lo, eps), lo)
+            top = torch.where(active & ~ok, torch.minimum(top, eps), top)
+            domains += res.domains
+            # every active sample pays at least its share of the step's wall time
+            spent = torch.maximum(res.seconds, torch.full_like(res.seconds,
+                                                             wall / max(1, int(active.sum()))))
+            budget -= torch.where(active.cpu(), spent, torch.zeros_like(spent))
+        ratio = torch.where(searched > 0, lo / searched, torch.full_like(lo, math.nan))
+        return BatchResult(lo, base.label, base.runner_up, base.margin,
+                           {graph.input.name: lo} if trace else {},
+                           {"upper": searched, "ratio": ratio, "domains": domains,
+                            "from_start": lo <= base.radius},
+                           outputs=base.outputs, unsafe=base.unsafe)
+
+
+def _check_upper(upper: Any, n: int) -> torch.Tensor:
+    """The upper ends of the search, float64 [n], each > 0 (``inf`` allowed)."""
+    if isinstance(upper, bool) or not isinstance(upper, (int, float, torch.Tensor)):
+        raise BadArgumentError("upper must be a number or a tensor [N] of radii")
+    u = torch.as_tensor(upper, dtype=torch.float64).detach().cpu().flatten()
+    if u.numel() == 1:
+        u = u.expand(n).clone()
+    if u.numel() != n:
+        raise BadArgumentError(f"upper has {u.numel()} values for {n} samples")
+    if bool(torch.isnan(u).any()) or bool((u <= 0).any()):
+        raise BadArgumentError("upper must be > 0 (inf allowed) for every sample")
+    return u
+
+
+register_method(BabMethod())
