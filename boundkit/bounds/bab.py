@@ -50,6 +50,7 @@ from boundkit.bounds.numerics import UNIT_ROUNDOFF
 from boundkit.bounds.output import margins
 from boundkit.bounds.relaxation import (
     FINAL_SPEC,
+    Interval,
     LinearBounds,
     RelaxContext,
     Splits,
@@ -139,14 +140,22 @@ class Domains:
     done: torch.Tensor
     alpha: dict[str, torch.Tensor] = field(default_factory=dict)
     beta: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: bounds of the ReLU inputs known so far (an ancestor's, valid on a superset of the
+    #: domain's set): node name -> [D, *shape] each, or empty
+    lo: dict[str, torch.Tensor] = field(default_factory=dict)
+    hi: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: splits made since the intermediate bounds were last recomputed [D], or None (0)
+    age: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.sample.numel())
 
     def rows(self, idx: torch.Tensor) -> Domains:
-        return Domains(self.sample[idx], {k: v[idx] for k, v in self.signs.items()},
-                       self.done[idx], {k: v[idx] for k, v in self.alpha.items()},
-                       {k: v[idx] for k, v in self.beta.items()})
+        def sel(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v[idx] for k, v in d.items()}
+        return Domains(self.sample[idx], sel(self.signs), self.done[idx], sel(self.alpha),
+                       sel(self.beta), sel(self.lo), sel(self.hi),
+                       None if self.age is None else self.age[idx])
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
@@ -166,9 +175,11 @@ class Domains:
                 out[k] = torch.cat([d[k] if k in d else like.new_zeros(len(p), *like.shape[1:])
                                     for d, p in zip(ds, parts)])
             return out
+        ages = [p.age if p.age is not None else torch.zeros_like(p.sample) for p in parts]
         return Domains(torch.cat([p.sample for p in parts]), join("signs", True),
                        torch.cat([p.done for p in parts]), join("alpha", False),
-                       join("beta", True))
+                       join("beta", True), join("lo", False), join("hi", False),
+                       torch.cat(ages))
 
 
 class _Adam:
@@ -209,6 +220,11 @@ class Bounded:
     scores: dict[str, torch.Tensor]
     alpha: dict[str, torch.Tensor]
     beta: dict[str, torch.Tensor]
+    #: the ReLU inputs' bounds used (node name -> [D, *shape])
+    lo: dict[str, torch.Tensor]
+    hi: dict[str, torch.Tensor]
+    #: whether the intermediate bounds were recomputed
+    fresh: bool = True
 
 
 @dataclass(frozen=True)
@@ -229,10 +245,14 @@ class BabOptions:
     #: keep the slopes and multipliers of a domain for its children while the kept
     #: tensors hold at most this many elements
     warm_elements: int = 1 << 26
+    #: recompute the intermediate bounds (the refinement walks, under the splits) once a
+    #: domain is this many splits from its last recomputation (1: always; else the
+    #: ancestor's bounds are reused, valid on the larger set)
+    refresh: int = 1
 
 
-def check_options(time_budget: Any, max_domains: Any, batch: Any, iterations: Any
-                  ) -> BabOptions:
+def check_options(time_budget: Any, max_domains: Any, batch: Any, iterations: Any,
+                  refresh: Any = 1) -> BabOptions:
     """:class:`BabOptions` from user values (a one-line ``BadArgumentError`` otherwise)."""
     from boundkit.validate import check_int, check_positive
 
@@ -240,8 +260,10 @@ def check_options(time_budget: Any, max_domains: Any, batch: Any, iterations: An
     d = check_int("max_domains", max_domains)
     b = check_int("batch", batch, maximum=1 << 16)
     i = check_int("iterations", iterations, minimum=0, maximum=10_000)
+    f = check_int("refresh", refresh, maximum=1 << 20)
     assert t is not None and d is not None and b is not None and i is not None
-    return BabOptions(time_budget=t, max_domains=d, batch=b, iterations=i)
+    assert f is not None
+    return BabOptions(time_budget=t, max_domains=d, batch=b, iterations=i, refresh=f)
 
 
 class BranchAndBound:
@@ -266,8 +288,16 @@ class BranchAndBound:
         sub.splits = splits
         eps = self.eps[dom.sample]
         label = self.label[dom.sample]
+        pre = [r.inputs[0] for r in self.plan.relus]
+        fresh = (not dom.lo or dom.age is None
+                 or bool((dom.age >= self.opt.refresh).any()))
+        if not fresh:  # an ancestor's bounds hold on this domain's (smaller) set
+            sub.frozen = {k: Interval(dom.lo[k], dom.hi[k]) for k in pre}
         with torch.no_grad():
             ctx = sub.intervals(eps)
+            if fresh and dom.lo:  # both hold: keep the tighter of each
+                for k in pre:
+                    ctx.intervals[k] = ctx.intervals[k].meet(Interval(dom.lo[k], dom.hi[k]))
             empty = splits.empty(ctx) if dom.signs else torch.zeros(
                 len(dom), dtype=torch.bool, device=eps.device)
         spec = sub.margin_spec(label)
@@ -342,7 +372,9 @@ class BranchAndBound:
         done = dom.done | (best > 0)
         proven = empty | (done | own).all(1)
         scores = self._scores(ctx, splits, dom, record, ~(done | own))
-        return Bounded(best, proven, done, scores, best_a, best_b)
+        return Bounded(best, proven, done, scores, best_a, best_b,
+                       {k: ctx.intervals[k].lo for k in pre}, {k: ctx.intervals[k].hi for k in pre},
+                       fresh)
 
     def _scores(self, ctx: RelaxContext, splits: Splits, dom: Domains,
                 record: dict[str, torch.Tensor], open_: torch.Tensor
@@ -409,7 +441,10 @@ class BranchAndBound:
                 beta[k] = old[keep].repeat(2, *([1] * (old.dim() - 1)))
             beta = {k: v for k, v in beta.items() if bool((signs[k] != 0).any())}
         two = lambda t: t[keep].repeat(2, *([1] * (t.dim() - 1)))  # noqa: E731
-        return Domains(two(dom.sample), signs, two(b.done), alpha, beta), stuck
+        age = (torch.zeros_like(dom.sample) if b.fresh or dom.age is None else dom.age) + 1
+        return Domains(two(dom.sample), signs, two(b.done), alpha, beta,
+                       {k: two(v) for k, v in b.lo.items()}, {k: two(v) for k, v in b.hi.items()},
+                       two(age)), stuck
 
     # ------------------------------------------------------------------ the loop
     def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None
@@ -447,7 +482,9 @@ class BranchAndBound:
                 kids, stuck = self.branch(batch.rows(open_), dataclasses.replace(
                     b, scores={k: v[open_] for k, v in b.scores.items()},
                     alpha={k: v[open_] for k, v in b.alpha.items()},
-                    beta={k: v[open_] for k, v in b.beta.items()}, done=b.done[open_]))
+                    beta={k: v[open_] for k, v in b.beta.items()}, done=b.done[open_],
+                    lo={k: v[open_] for k, v in b.lo.items()},
+                    hi={k: v[open_] for k, v in b.hi.items()}))
                 for s in batch.sample[open_][stuck].unique().tolist():
                     if not closed[s]:
                         closed[s] = True
@@ -638,7 +675,7 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
 def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
            box: tuple[float, float] | None = (0.0, 1.0), time_budget: float = 5.0,
            max_domains: int = 20_000, batch: int = 128, iterations: int = 8,
-           device: torch.device | str | None = None) -> VerifyResult:
+           refresh: int = 1, device: torch.device | str | None = None) -> VerifyResult:
     r"""Is every input within L2 distance ``radius`` of ``x`` classified like ``x``?
 
     Per sample: ``"verified"`` (no perturbation of norm below ``radius`` inside ``box``
@@ -648,7 +685,9 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     or one per sample [N], finite and >= 0. ``time_budget``: seconds of bounding per sample
     (samples are bounded together; each batch's time is charged to its samples);
     ``max_domains``: subproblems per sample; ``batch``: subproblems per engine call;
-    ``iterations``: gradient steps on the slopes and beta multipliers per batch.
+    ``iterations``: gradient steps on the slopes and beta multipliers per batch;
+    ``refresh``: recompute the intermediate bounds under the splits every ``refresh``
+    splits (1: every subproblem; larger reuses an ancestor's, cheaper and looser).
 
     Models: ReLU / LeakyReLU networks of any affine layers (linear, convolution, batch
     norm, average pooling, residual additions); a node branch and bound cannot split (max
@@ -659,7 +698,7 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
 
     box = check_box(box)
     check_call(model, x, device=device, box=box)
-    opts = check_options(time_budget, max_domains, batch, iterations)
+    opts = check_options(time_budget, max_domains, batch, iterations, refresh)
     n = x.shape[0]
     r = _check_radius(radius, n)
     graph = graph_for(model, x, device)
@@ -725,7 +764,7 @@ class BabMethod(Method):
 
     def options(self) -> tuple[str, ...]:
         return ("box", "time_budget", "upper", "start", "max_domains", "batch", "iterations",
-                "rtol")
+                "refresh", "rtol")
 
     def prepare(self, graph: Graph) -> BabPlan:
         return bab_plan(graph)
@@ -739,7 +778,8 @@ class BabMethod(Method):
         assert isinstance(plan, BabPlan)
         box = _check_box(options.get("box", (0.0, 1.0)))
         opts = check_options(options.get("time_budget", 2.0), options.get("max_domains", 20_000),
-                             options.get("batch", 128), options.get("iterations", 8))
+                             options.get("batch", 128), options.get("iterations", 8),
+                             options.get("refresh", 1))
         rtol = check_positive("rtol", options.get("rtol", BAB_RTOL), maximum=0.5)
         assert rtol is not None
         start = options.get("start", "crown")
