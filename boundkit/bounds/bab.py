@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from boundkit.bounds.activation import ReLURelaxation
-from boundkit.bounds.crown import CrownPlan, CrownRun, plan_crown
+from boundkit.bounds.crown import Concrete, CrownPlan, CrownRun, plan_crown, radius_step
 from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.bounds.numerics import UNIT_ROUNDOFF
 from boundkit.bounds.output import margins
@@ -146,6 +146,8 @@ class Domains:
     hi: dict[str, torch.Tensor] = field(default_factory=dict)
     #: splits made since the intermediate bounds were last recomputed [D], or None (0)
     age: torch.Tensor | None = None
+    #: a radius each domain's set is proven for (an ancestor's bound), or None
+    radius: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.sample.numel())
@@ -155,7 +157,8 @@ class Domains:
             return {k: v[idx] for k, v in d.items()}
         return Domains(self.sample[idx], sel(self.signs), self.done[idx], sel(self.alpha),
                        sel(self.beta), sel(self.lo), sel(self.hi),
-                       None if self.age is None else self.age[idx])
+                       None if self.age is None else self.age[idx],
+                       None if self.radius is None else self.radius[idx])
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
@@ -176,10 +179,13 @@ class Domains:
                                     for d, p in zip(ds, parts)])
             return out
         ages = [p.age if p.age is not None else torch.zeros_like(p.sample) for p in parts]
+        rads = [p.radius if p.radius is not None else torch.zeros(len(p), dtype=torch.float64,
+                                                                  device=p.sample.device)
+                for p in parts]
         return Domains(torch.cat([p.sample for p in parts]), join("signs", True),
                        torch.cat([p.done for p in parts]), join("alpha", False),
                        join("beta", True), join("lo", False), join("hi", False),
-                       torch.cat(ages))
+                       torch.cat(ages), torch.cat(rads))
 
 
 class _Adam:
@@ -225,6 +231,9 @@ class Bounded:
     hi: dict[str, torch.Tensor]
     #: whether the intermediate bounds were recomputed
     fresh: bool = True
+    #: per domain, a radius up to which its set holds no class change [D] (its own
+    #: bound's, or an ancestor's)
+    radius: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -324,6 +333,7 @@ class BranchAndBound:
                 betas[relu.name] = b0.detach().clone().requires_grad_(self.opt.iterations > 0)
         floor = {r.name: rule.slope(r) for r in self.plan.relus}
         best = torch.full((d, c), -math.inf, dtype=spec.dtype, device=spec.device)
+        best_c, best_nu = torch.full_like(best, -math.inf), torch.zeros_like(best)
         best_a = {k: v.detach().clone() for k, v in alphas.items()}
         best_b = {k: v.detach().clone() for k, v in betas.items()}
         params = list(alphas.values()) + list(betas.values())
@@ -337,12 +347,15 @@ class BranchAndBound:
                 for k, a in alphas.items():
                     ctx.slopes[f"{FINAL_SPEC}:{k}"] = a
                 with torch.set_grad_enabled(optim is not None and it < self.opt.iterations):
-                    val = sub.backward(self.graph.logits, spec, ctx).at(eps)
+                    conc = sub.backward(self.graph.logits, spec, ctx)
+                    val = conc.at(eps)
                 with torch.no_grad():
                     v = torch.where(own, math.inf, val.detach())
                     # every iterate is a valid bound: keep the best per margin
                     better = v > best
                     best = torch.where(better, v, best)
+                    best_c = torch.where(better, conc.c.detach(), best_c)
+                    best_nu = torch.where(better, conc.nu.detach(), best_nu)
                     # warm start of the children: the iterate best on the worst open margin
                     score = torch.where(open_, v, math.inf).min(1).values
                     prev = torch.where(open_, best, math.inf).min(1).values
@@ -371,10 +384,18 @@ class BranchAndBound:
             rule.beta, rule.record = {}, {}
         done = dom.done | (best > 0)
         proven = empty | (done | own).all(1)
+        # the radius each domain certifies on its own (docs/theory: the radius): the
+        # margins still open, from the iterate kept for each
+        inf = torch.full_like(best_c, math.inf)
+        rs = radius_step(Concrete(torch.where(done | own, inf, best_c),
+                                  torch.where(done | own, torch.zeros_like(best_nu), best_nu)),
+                         eps, label)
+        radius = torch.where(empty | proven, eps, rs.certified)
+        radius = torch.maximum(radius, dom.radius) if dom.radius is not None else radius
         scores = self._scores(ctx, splits, dom, record, ~(done | own))
         return Bounded(best, proven, done, scores, best_a, best_b,
                        {k: ctx.intervals[k].lo for k in pre}, {k: ctx.intervals[k].hi for k in pre},
-                       fresh)
+                       fresh, radius)
 
     def _scores(self, ctx: RelaxContext, splits: Splits, dom: Domains,
                 record: dict[str, torch.Tensor], open_: torch.Tensor
@@ -444,15 +465,16 @@ class BranchAndBound:
         age = (torch.zeros_like(dom.sample) if b.fresh or dom.age is None else dom.age) + 1
         return Domains(two(dom.sample), signs, two(b.done), alpha, beta,
                        {k: two(v) for k, v in b.lo.items()}, {k: two(v) for k, v in b.hi.items()},
-                       two(age)), stuck
+                       two(age), None if b.radius is None else two(b.radius)), stuck
 
     # ------------------------------------------------------------------ the loop
-    def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None
-              ) -> tuple[list[str], list[str], torch.Tensor, torch.Tensor]:
+    def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None,
+              initial: Domains | None = None) -> Solved:
         """Run the search on the samples ``active`` [N] (bool), each with ``budget`` [N]
-        seconds (default: the options' ``time_budget``). Returns per sample the status
-        (``VERIFIED``/``UNKNOWN``, or ``""`` for samples not active), the reason, the
-        domains bounded and the seconds charged."""
+        seconds (default: the options' ``time_budget``), from their root domains or from
+        ``initial`` (a cover of the active samples' balls by domains, e.g. the open
+        leaves of a search at a larger radius: their bounds hold here too). Domains are
+        bounded smallest certified radius first."""
         dev = self.eps.device
         n = self.n
         if budget is None:
@@ -462,11 +484,44 @@ class BranchAndBound:
         reason = ["" for _ in range(n)]
         count = torch.zeros(n, dtype=torch.long)
         spent = torch.zeros(n, dtype=torch.float64)
+        eps = self.eps.to(device="cpu", dtype=torch.float64)
+        certified = torch.zeros(n, dtype=torch.float64)
         closed = ~active.cpu()
-        idx = torch.nonzero(active).flatten().to(dev)
         c = self.graph.num_classes
-        pending = Domains(idx, {}, torch.zeros(idx.numel(), c, dtype=torch.bool, device=dev))
+        roots = active.clone().to(dev)
+        parts0 = []
+        if initial is not None and len(initial):
+            parts0.append(initial.rows(torch.nonzero(active.to(dev)[initial.sample]).flatten()))
+            roots[initial.sample] = False
+        idx = torch.nonzero(roots).flatten()
+        parts0.append(Domains(idx, {}, torch.zeros(idx.numel(), c, dtype=torch.bool,
+                                                   device=dev)))
+        pending = Domains.cat(parts0) if any(len(p) for p in parts0) else parts0[-1]
+        frontier: list[Domains] = []
+
+        def close(samples: list[int], front: Domains, why: str | None) -> None:
+            """Close ``samples`` as unknown (``why``) or verified (None); their certified
+            radius: the smallest over the domains of ``front`` still open, capped at eps."""
+            if not samples:
+                return
+            if len(front) and front.radius is not None:
+                low = torch.full((n,), math.inf, dtype=torch.float64).scatter_reduce(
+                    0, front.sample.cpu(), front.radius.cpu(), "amin")
+            else:
+                low = torch.full((n,), 0.0 if len(front) else math.inf, dtype=torch.float64)
+            sel = torch.tensor(samples)
+            certified[sel] = torch.minimum(eps[sel], low[sel]).clamp(min=0.0)
+            for s_ in samples:
+                closed[s_] = True
+                status[s_], reason[s_] = (VERIFIED, "") if why is None else (UNKNOWN, why)
+            if why is not None and len(front):
+                mine = torch.isin(front.sample.cpu(), sel).to(dev)
+                if bool(mine.any()):
+                    frontier.append(front.rows(torch.nonzero(mine).flatten()))
+
         while len(pending):
+            if pending.radius is not None and len(pending) > self.opt.batch:
+                pending = pending.rows(torch.argsort(pending.radius, stable=True))
             take = torch.arange(min(self.opt.batch, len(pending)), device=dev)
             batch, pending = pending.rows(take), pending.rows(
                 torch.arange(take.numel(), len(pending), device=dev))
@@ -477,30 +532,33 @@ class BranchAndBound:
             count += per
             spent += dt * per.to(torch.float64) / len(batch)
             open_ = torch.nonzero(~b.proven).flatten()
-            kids = None
+            kids, stuck_rows = None, None
             if open_.numel():
                 kids, stuck = self.branch(batch.rows(open_), dataclasses.replace(
                     b, scores={k: v[open_] for k, v in b.scores.items()},
                     alpha={k: v[open_] for k, v in b.alpha.items()},
                     beta={k: v[open_] for k, v in b.beta.items()}, done=b.done[open_],
                     lo={k: v[open_] for k, v in b.lo.items()},
-                    hi={k: v[open_] for k, v in b.hi.items()}))
-                for s in batch.sample[open_][stuck].unique().tolist():
-                    if not closed[s]:
-                        closed[s] = True
-                        status[s], reason[s] = UNKNOWN, (
-                            "a subproblem with every ReLU on the ball split or stable was "
-                            "not proven (the relaxation of its affine pieces is not tight)")
-            # budgets
+                    hi={k: v[open_] for k, v in b.hi.items()},
+                    radius=None if b.radius is None else b.radius[open_]))
+                if bool(stuck.any()):
+                    rows = open_[stuck]
+                    stuck_rows = dataclasses.replace(batch.rows(rows), radius=b.radius[rows])
+            parts = [p for p in (pending, kids, stuck_rows) if p is not None and len(p)]
+            front = Domains.cat(parts) if parts else pending
+            if stuck_rows is not None:
+                close(sorted(set(stuck_rows.sample.tolist()) - set(
+                    torch.nonzero(closed).flatten().tolist())), front,
+                    "a subproblem with every ReLU on the ball split or stable was not proven "
+                    "(the relaxation of its affine pieces is not tight enough)")
             over_t = (spent >= budget) & ~closed
             over_d = (count >= self.opt.max_domains) & ~closed
-            for s in torch.nonzero(over_t | over_d).flatten().tolist():
-                closed[s] = True
-                status[s] = UNKNOWN
-                reason[s] = (f"time budget of {float(budget[s]):.3g} s spent" if over_t[s]
-                             else f"{self.opt.max_domains} subproblems bounded")
-            parts = [pending] if kids is None else [pending, kids]
-            pending = Domains.cat(parts) if any(len(p) for p in parts) else pending
+            close(torch.nonzero(over_t).flatten().tolist(), front,
+                  "the time budget was spent")
+            close(torch.nonzero(over_d & ~over_t).flatten().tolist(), front,
+                  f"{self.opt.max_domains} subproblems bounded")
+            parts = [p for p in (pending, kids) if p is not None and len(p)]
+            pending = Domains.cat(parts) if parts else pending
             if len(pending):
                 alive = ~closed.to(dev)[pending.sample]
                 if not bool(alive.all()):
@@ -508,10 +566,25 @@ class BranchAndBound:
             # samples with no domain left are proven
             left = torch.bincount(pending.sample.cpu(), minlength=n) if len(pending) else (
                 torch.zeros(n, dtype=torch.long))
-            for s in torch.nonzero((left == 0) & ~closed).flatten().tolist():
-                closed[s] = True
-                status[s] = VERIFIED
-        return status, reason, count, spent
+            close(torch.nonzero((left == 0) & ~closed).flatten().tolist(), pending, None)
+        rest = Domains.cat(frontier) if frontier else None
+        return Solved(status, reason, count, spent, certified, rest)
+
+
+@dataclass
+class Solved:
+    """What :meth:`BranchAndBound.solve` found, per sample [N]: ``status``
+    (``VERIFIED``/``UNKNOWN``, ``""`` for samples not searched), ``reason``, the domains
+    bounded, the seconds charged, the ``certified`` radius (``eps`` where verified; else
+    the smallest radius certified by the open domains, capped at eps: a certificate
+    too), and the open domains of the unknown samples (``frontier``)."""
+
+    status: list[str]
+    reason: list[str]
+    domains: torch.Tensor
+    seconds: torch.Tensor
+    certified: torch.Tensor
+    frontier: Domains | None
 
 
 # ---------------------------------------------------------------------- counterexamples
@@ -581,8 +654,8 @@ class VerifyResult:
     """Per sample: ``status`` (``"verified"``: no perturbation of L2 norm below ``radius``
     inside the box changes the class; ``"falsified"``: ``counterexample`` does, checked on
     the model; ``"unknown"``), the ``reason``, the class ``label``, the counterexample and
-    its float64 norm (the clean input and ``inf`` where none), the subproblems bounded and
-    the seconds charged."""
+    its float64 norm (the clean input and ``inf`` where none), the subproblems bounded,
+    the seconds charged and the radius certified on the way."""
 
     radius: torch.Tensor
     label: torch.Tensor
@@ -592,6 +665,12 @@ class VerifyResult:
     counterexample_norm: torch.Tensor
     domains: torch.Tensor
     seconds: torch.Tensor
+    #: per sample, a radius proven on the way: ``radius`` where verified; where unknown,
+    #: the smallest radius the open subproblems certify (their bounds hold on every
+    #: smaller ball), possibly 0; 0 where falsified
+    certified: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    #: the open subproblems of the unknown samples (a :class:`Domains`, or None)
+    frontier: Any = None
 
     @property
     def verified(self) -> torch.Tensor:
@@ -613,9 +692,11 @@ def bab_plan(graph: Graph) -> BabPlan:
 def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius: torch.Tensor,
                  box: tuple[float, float] | None, options: BabOptions,
                  attack_steps: int = 40, budget: torch.Tensor | None = None,
-                 plan: BabPlan | None = None) -> VerifyResult:
+                 plan: BabPlan | None = None, initial: Domains | None = None
+                 ) -> VerifyResult:
     """:func:`verify` on a captured graph (inputs checked by the caller). Without
-    ``model`` no counterexample is searched (and the labels are the graph's)."""
+    ``model`` no counterexample is searched (and the labels are the graph's); ``initial``:
+    domains to start from (:meth:`BranchAndBound.solve`)."""
     plan = bab_plan(graph) if plan is None else plan
     x0 = x.to(device=graph.device, dtype=torch.float64)
     radius = radius.to(device=graph.device, dtype=torch.float64)
@@ -634,6 +715,8 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
     cex_norm = torch.full((n,), math.inf, dtype=torch.float64)
     domains = torch.zeros(n, dtype=torch.long)
     seconds = torch.zeros(n, dtype=torch.float64)
+    certified = torch.zeros(n, dtype=torch.float64)
+    frontier = None
     disagree = (model_label != label).cpu()
     outside = torch.zeros(n, dtype=torch.bool)
     if box is not None:
@@ -663,13 +746,15 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
     todo = torch.tensor([s == "" for s in status])
     if bool(todo.any()):
         bb = BranchAndBound(graph, plan, run, label, radius, options)
-        st, why, cnt, sec = bb.solve(todo.to(radius.device), budget)
+        sol = bb.solve(todo.to(radius.device), budget, initial)
         for i in torch.nonzero(todo).flatten().tolist():
-            status[i], reason[i] = st[i], why[i] or "every subproblem proven"
-        domains += cnt
-        seconds += sec
+            status[i], reason[i] = sol.status[i], sol.reason[i] or "every subproblem proven"
+            certified[i] = sol.certified[i]
+        domains += sol.domains
+        seconds += sol.seconds
+        frontier = sol.frontier
     return VerifyResult(radius.cpu(), label.cpu(), status, reason, cex, cex_norm, domains,
-                        seconds)
+                        seconds, certified, frontier)
 
 
 def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
@@ -804,6 +889,9 @@ class BabMethod(Method):
         budget -= t_base / n  # the start radius counts, the attack does not
         domains = torch.zeros(n, dtype=torch.long)
         top = hi.clone()  # the smallest radius not proven (unknown or falsified)
+        # the open domains of the last unknown answer, and the radius they were built for
+        frontier: Domains | None = None
+        built = torch.zeros(n, dtype=torch.float64)
         while True:
             active = (torch.isfinite(lo) & (lo < top / (1 + rtol))
                       & (budget > 0.02 * opts.time_budget) & (base.margin > 0).to(lo.device))
@@ -814,10 +902,22 @@ class BabMethod(Method):
             eps = torch.where(active, eps, torch.zeros_like(eps))
             share = torch.where(budget < 0.1 * opts.time_budget, budget, budget / 2)
             t0 = time.perf_counter()
-            res = verify_graph(None, graph, x0, eps, box, opts, budget=share, plan=plan)
+            initial = None
+            if frontier is not None:  # its bounds hold on the smaller balls tried now
+                keep = (active.cpu() & (eps.cpu() <= built))[frontier.sample.cpu()]
+                initial = frontier.rows(torch.nonzero(keep.to(frontier.sample.device)).flatten())
+            res = verify_graph(None, graph, x0, eps, box, opts, budget=share, plan=plan,
+                               initial=initial)
             wall = time.perf_counter() - t0
             ok = res.verified.to(lo.device) & active
-            lo = torch.where(ok, torch.maximum(lo, eps), lo)
+            # a verified radius, or the radius the open subproblems certify
+            got = torch.where(ok, eps, res.certified.to(lo.device))
+            lo = torch.where(active, torch.maximum(lo, got), lo)
+            if res.frontier is not None and len(res.frontier):
+                frontier = res.frontier
+                built = torch.where(active.cpu(), eps.cpu(), built)
+            else:
+                frontier = None
             top = torch.where(active & ~ok, torch.minimum(top, eps), top)
             domains += res.domains
             # every active sample pays at least its share of the step's wall time
