@@ -468,13 +468,10 @@ class BranchAndBound:
                        two(age), None if b.radius is None else two(b.radius)), stuck
 
     # ------------------------------------------------------------------ the loop
-    def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None,
-              initial: Domains | None = None) -> Solved:
+    def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None) -> Solved:
         """Run the search on the samples ``active`` [N] (bool), each with ``budget`` [N]
-        seconds (default: the options' ``time_budget``), from their root domains or from
-        ``initial`` (a cover of the active samples' balls by domains, e.g. the open
-        leaves of a search at a larger radius: their bounds hold here too). Domains are
-        bounded smallest certified radius first."""
+        seconds (default: the options' ``time_budget``), from their root domains; domains
+        are bounded smallest certified radius first."""
         dev = self.eps.device
         n = self.n
         if budget is None:
@@ -488,36 +485,26 @@ class BranchAndBound:
         certified = torch.zeros(n, dtype=torch.float64)
         closed = ~active.cpu()
         c = self.graph.num_classes
-        roots = active.clone().to(dev)
-        parts0 = []
-        if initial is not None and len(initial):
-            parts0.append(initial.rows(torch.nonzero(active.to(dev)[initial.sample]).flatten()))
-            roots[initial.sample] = False
-        idx = torch.nonzero(roots).flatten()
-        parts0.append(Domains(idx, {}, torch.zeros(idx.numel(), c, dtype=torch.bool,
-                                                   device=dev)))
-        pending = Domains.cat(parts0) if any(len(p) for p in parts0) else parts0[-1]
-        frontier: list[Domains] = []
+        idx = torch.nonzero(active).flatten().to(dev)
+        pending = Domains(idx, {}, torch.zeros(idx.numel(), c, dtype=torch.bool, device=dev))
 
-        def close(samples: list[int], front: Domains, why: str | None) -> None:
+        def close(samples: list[int], front: list[Domains], why: str | None) -> None:
             """Close ``samples`` as unknown (``why``) or verified (None); their certified
-            radius: the smallest over the domains of ``front`` still open, capped at eps."""
+            radius: the smallest over the open domains ``front``, capped at eps."""
             if not samples:
                 return
-            if len(front) and front.radius is not None:
-                low = torch.full((n,), math.inf, dtype=torch.float64).scatter_reduce(
-                    0, front.sample.cpu(), front.radius.cpu(), "amin")
-            else:
-                low = torch.full((n,), 0.0 if len(front) else math.inf, dtype=torch.float64)
+            low = torch.full((n,), math.inf, dtype=torch.float64)
+            for f in front:
+                if not len(f):
+                    continue
+                r = (f.radius if f.radius is not None
+                     else torch.zeros(len(f), dtype=torch.float64))
+                low = low.scatter_reduce(0, f.sample.cpu(), r.cpu(), "amin")
             sel = torch.tensor(samples)
             certified[sel] = torch.minimum(eps[sel], low[sel]).clamp(min=0.0)
             for s_ in samples:
                 closed[s_] = True
                 status[s_], reason[s_] = (VERIFIED, "") if why is None else (UNKNOWN, why)
-            if why is not None and len(front):
-                mine = torch.isin(front.sample.cpu(), sel).to(dev)
-                if bool(mine.any()):
-                    frontier.append(front.rows(torch.nonzero(mine).flatten()))
 
         while len(pending):
             if pending.radius is not None and len(pending) > self.opt.batch:
@@ -544,8 +531,7 @@ class BranchAndBound:
                 if bool(stuck.any()):
                     rows = open_[stuck]
                     stuck_rows = dataclasses.replace(batch.rows(rows), radius=b.radius[rows])
-            parts = [p for p in (pending, kids, stuck_rows) if p is not None and len(p)]
-            front = Domains.cat(parts) if parts else pending
+            front = [p for p in (pending, kids, stuck_rows) if p is not None and len(p)]
             if stuck_rows is not None:
                 close(sorted(set(stuck_rows.sample.tolist()) - set(
                     torch.nonzero(closed).flatten().tolist())), front,
@@ -566,9 +552,8 @@ class BranchAndBound:
             # samples with no domain left are proven
             left = torch.bincount(pending.sample.cpu(), minlength=n) if len(pending) else (
                 torch.zeros(n, dtype=torch.long))
-            close(torch.nonzero((left == 0) & ~closed).flatten().tolist(), pending, None)
-        rest = Domains.cat(frontier) if frontier else None
-        return Solved(status, reason, count, spent, certified, rest)
+            close(torch.nonzero((left == 0) & ~closed).flatten().tolist(), [], None)
+        return Solved(status, reason, count, spent, certified)
 
 
 @dataclass
@@ -577,14 +562,13 @@ class Solved:
     (``VERIFIED``/``UNKNOWN``, ``""`` for samples not searched), ``reason``, the domains
     bounded, the seconds charged, the ``certified`` radius (``eps`` where verified; else
     the smallest radius certified by the open domains, capped at eps: a certificate
-    too), and the open domains of the unknown samples (``frontier``)."""
+    too)."""
 
     status: list[str]
     reason: list[str]
     domains: torch.Tensor
     seconds: torch.Tensor
     certified: torch.Tensor
-    frontier: Domains | None
 
 
 # ---------------------------------------------------------------------- counterexamples
@@ -669,8 +653,6 @@ class VerifyResult:
     #: the smallest radius the open subproblems certify (their bounds hold on every
     #: smaller ball), possibly 0; 0 where falsified
     certified: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-    #: the open subproblems of the unknown samples (a :class:`Domains`, or None)
-    frontier: Any = None
 
     @property
     def verified(self) -> torch.Tensor:
@@ -692,11 +674,9 @@ def bab_plan(graph: Graph) -> BabPlan:
 def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius: torch.Tensor,
                  box: tuple[float, float] | None, options: BabOptions,
                  attack_steps: int = 40, budget: torch.Tensor | None = None,
-                 plan: BabPlan | None = None, initial: Domains | None = None
-                 ) -> VerifyResult:
+                 plan: BabPlan | None = None) -> VerifyResult:
     """:func:`verify` on a captured graph (inputs checked by the caller). Without
-    ``model`` no counterexample is searched (and the labels are the graph's); ``initial``:
-    domains to start from (:meth:`BranchAndBound.solve`)."""
+    ``model`` no counterexample is searched (and the labels are the graph's)."""
     plan = bab_plan(graph) if plan is None else plan
     x0 = x.to(device=graph.device, dtype=torch.float64)
     radius = radius.to(device=graph.device, dtype=torch.float64)
@@ -716,7 +696,6 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
     domains = torch.zeros(n, dtype=torch.long)
     seconds = torch.zeros(n, dtype=torch.float64)
     certified = torch.zeros(n, dtype=torch.float64)
-    frontier = None
     disagree = (model_label != label).cpu()
     outside = torch.zeros(n, dtype=torch.bool)
     if box is not None:
@@ -746,15 +725,14 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
     todo = torch.tensor([s == "" for s in status])
     if bool(todo.any()):
         bb = BranchAndBound(graph, plan, run, label, radius, options)
-        sol = bb.solve(todo.to(radius.device), budget, initial)
+        sol = bb.solve(todo.to(radius.device), budget)
         for i in torch.nonzero(todo).flatten().tolist():
             status[i], reason[i] = sol.status[i], sol.reason[i] or "every subproblem proven"
             certified[i] = sol.certified[i]
         domains += sol.domains
         seconds += sol.seconds
-        frontier = sol.frontier
     return VerifyResult(radius.cpu(), label.cpu(), status, reason, cex, cex_norm, domains,
-                        seconds, certified, frontier)
+                        seconds, certified)
 
 
 def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
@@ -829,6 +807,9 @@ class _GraphModel(nn.Module):
 
 #: the search stops where the bracket is this tight, relative
 BAB_RTOL = 1e-2
+#: the first radius tried lies this fraction of the way from the start radius to the
+#: upper end (with a third of the budget); then bisection with half of what is left
+FIRST_STEP = 0.3
 
 
 class BabMethod(Method):
@@ -889,35 +870,26 @@ class BabMethod(Method):
         budget -= t_base / n  # the start radius counts, the attack does not
         domains = torch.zeros(n, dtype=torch.long)
         top = hi.clone()  # the smallest radius not proven (unknown or falsified)
-        # the open domains of the last unknown answer, and the radius they were built for
-        frontier: Domains | None = None
-        built = torch.zeros(n, dtype=torch.float64)
+        first = True
         while True:
             active = (torch.isfinite(lo) & (lo < top / (1 + rtol))
                       & (budget > 0.02 * opts.time_budget) & (base.margin > 0).to(lo.device))
             if not bool(active.any()):
                 break
-            eps = torch.where(torch.isfinite(top), (lo + top) / 2,
+            frac = FIRST_STEP if first else 0.5
+            eps = torch.where(torch.isfinite(top), lo + frac * (top - lo),
                               torch.where(lo > 0, lo * 1.5, torch.full_like(lo, 1e-3)))
             eps = torch.where(active, eps, torch.zeros_like(eps))
-            share = torch.where(budget < 0.1 * opts.time_budget, budget, budget / 2)
+            share = torch.where(budget < 0.1 * opts.time_budget, budget,
+                                budget / (3 if first else 2))
+            first = False
             t0 = time.perf_counter()
-            initial = None
-            if frontier is not None:  # its bounds hold on the smaller balls tried now
-                keep = (active.cpu() & (eps.cpu() <= built))[frontier.sample.cpu()]
-                initial = frontier.rows(torch.nonzero(keep.to(frontier.sample.device)).flatten())
-            res = verify_graph(None, graph, x0, eps, box, opts, budget=share, plan=plan,
-                               initial=initial)
+            res = verify_graph(None, graph, x0, eps, box, opts, budget=share, plan=plan)
             wall = time.perf_counter() - t0
             ok = res.verified.to(lo.device) & active
             # a verified radius, or the radius the open subproblems certify
             got = torch.where(ok, eps, res.certified.to(lo.device))
             lo = torch.where(active, torch.maximum(lo, got), lo)
-            if res.frontier is not None and len(res.frontier):
-                frontier = res.frontier
-                built = torch.where(active.cpu(), eps.cpu(), built)
-            else:
-                frontier = None
             top = torch.where(active & ~ok, torch.minimum(top, eps), top)
             domains += res.domains
             # every active sample pays at least its share of the step's wall time
