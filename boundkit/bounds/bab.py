@@ -160,6 +160,15 @@ class Domains:
                        None if self.age is None else self.age[idx],
                        None if self.radius is None else self.radius[idx])
 
+    def slice(self, a: int, b: int) -> Domains:
+        """Rows ``a:b`` as views (no copy)."""
+        def sel(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v[a:b] for k, v in d.items()}
+        return Domains(self.sample[a:b], sel(self.signs), self.done[a:b], sel(self.alpha),
+                       sel(self.beta), sel(self.lo), sel(self.hi),
+                       None if self.age is None else self.age[a:b],
+                       None if self.radius is None else self.radius[a:b])
+
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
         """The domains of ``parts`` in order. Split sides and multipliers missing from a
@@ -486,7 +495,12 @@ class BranchAndBound:
         closed = ~active.cpu()
         c = self.graph.num_classes
         idx = torch.nonzero(active).flatten().to(dev)
-        pending = Domains(idx, {}, torch.zeros(idx.numel(), c, dtype=torch.bool, device=dev))
+        # the open domains: chunks (one per branching round) with a priority key each, the
+        # smallest certified radius relative to its sample's eps (popped smallest first,
+        # by slicing: no copy of the pool per round)
+        pool: list[tuple[float, Domains]] = [(0.0, Domains(
+            idx, {}, torch.zeros(idx.numel(), c, dtype=torch.bool, device=dev)))]
+        left = torch.bincount(idx.cpu(), minlength=n)
 
         def close(samples: list[int], front: list[Domains], why: str | None) -> None:
             """Close ``samples`` as unknown (``why``) or verified (None); their certified
@@ -499,25 +513,31 @@ class BranchAndBound:
                     continue
                 r = (f.radius if f.radius is not None
                      else torch.zeros(len(f), dtype=torch.float64))
-                low = low.scatter_reduce(0, f.sample.cpu(), r.cpu(), "amin")
+                low = low.scatter_reduce(0, f.sample.cpu(), r.cpu().to(torch.float64), "amin")
             sel = torch.tensor(samples)
             certified[sel] = torch.minimum(eps[sel], low[sel]).clamp(min=0.0)
             for s_ in samples:
                 closed[s_] = True
                 status[s_], reason[s_] = (VERIFIED, "") if why is None else (UNKNOWN, why)
 
-        while len(pending):
-            if pending.radius is not None and len(pending) > self.opt.batch:
-                pending = pending.rows(torch.argsort(pending.radius, stable=True))
-            take = torch.arange(min(self.opt.batch, len(pending)), device=dev)
-            batch, pending = pending.rows(take), pending.rows(
-                torch.arange(take.numel(), len(pending), device=dev))
+        while pool:
             t0 = time.perf_counter()
+            # a batch from the chunks with the smallest keys
+            pool.sort(key=lambda kv: kv[0])
+            parts, size = [], 0
+            while pool and size < self.opt.batch:
+                key, chunk = pool.pop(0)
+                need = self.opt.batch - size
+                if len(chunk) > need:
+                    pool.insert(0, (key, chunk.slice(need, len(chunk))))
+                    chunk = chunk.slice(0, need)
+                parts.append(chunk)
+                size += len(chunk)
+            batch = parts[0] if len(parts) == 1 else Domains.cat(parts)
             b = self.bound(batch)
-            dt = time.perf_counter() - t0
             per = torch.bincount(batch.sample.cpu(), minlength=n)
             count += per
-            spent += dt * per.to(torch.float64) / len(batch)
+            left -= per
             open_ = torch.nonzero(~b.proven).flatten()
             kids, stuck_rows = None, None
             if open_.numel():
@@ -531,7 +551,15 @@ class BranchAndBound:
                 if bool(stuck.any()):
                     rows = open_[stuck]
                     stuck_rows = dataclasses.replace(batch.rows(rows), radius=b.radius[rows])
-            front = [p for p in (pending, kids, stuck_rows) if p is not None and len(p)]
+                if len(kids):
+                    rel = kids.radius.cpu() / eps[kids.sample.cpu()] if kids.radius is not None \
+                        else torch.zeros(1)
+                    pool.append((float(rel.min()), kids))
+                    left += torch.bincount(kids.sample.cpu(), minlength=n)
+            # the whole round's wall time, charged to the batch's samples by their share
+            dt = time.perf_counter() - t0
+            spent += dt * per.to(torch.float64) / len(batch)
+            front = [d for _, d in pool] + ([] if stuck_rows is None else [stuck_rows])
             if stuck_rows is not None:
                 close(sorted(set(stuck_rows.sample.tolist()) - set(
                     torch.nonzero(closed).flatten().tolist())), front,
@@ -543,16 +571,19 @@ class BranchAndBound:
                   "the time budget was spent")
             close(torch.nonzero(over_d & ~over_t).flatten().tolist(), front,
                   f"{self.opt.max_domains} subproblems bounded")
-            parts = [p for p in (pending, kids) if p is not None and len(p)]
-            pending = Domains.cat(parts) if parts else pending
-            if len(pending):
-                alive = ~closed.to(dev)[pending.sample]
+            # drop the domains of closed samples
+            gone = closed.to(dev)
+            kept = []
+            for key, d in pool:
+                alive = ~gone[d.sample]
                 if not bool(alive.all()):
-                    pending = pending.rows(torch.nonzero(alive).flatten())
+                    left -= torch.bincount(d.sample[~alive].cpu(), minlength=n)
+                    d = d.rows(torch.nonzero(alive).flatten())
+                if len(d):
+                    kept.append((key, d))
+            pool = kept
             # samples with no domain left are proven
-            left = torch.bincount(pending.sample.cpu(), minlength=n) if len(pending) else (
-                torch.zeros(n, dtype=torch.long))
-            close(torch.nonzero((left == 0) & ~closed).flatten().tolist(), [], None)
+            close(torch.nonzero((left <= 0) & ~closed).flatten().tolist(), [], None)
         return Solved(status, reason, count, spent, certified)
 
 
