@@ -9,7 +9,7 @@ The upper end of every search is the ``best`` attack's norm (run once per model,
 counted in the budgets). A radius above a verified attack norm is a violation (counted).
 
     BOUNDKIT_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/bab.py \\
-        [--n 20] [--budgets 1 5] [--models mlp_mnist mnist-net_256x2] \\
+        [--n 20] [--budgets 1 2 5] [--models mlp_mnist mnist-net_256x2] \\
         [--out docs/results/bab.md]
 """
 
@@ -118,9 +118,9 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("--budgets", type=float, nargs="+", default=[1.0, 5.0])
+    ap.add_argument("--budgets", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     ap.add_argument("--models", nargs="+", default=["mlp_mnist", "mnist-net_256x2"])
-    ap.add_argument("--refresh", type=int, default=1000)
+    ap.add_argument("--refresh", type=int, default=1 << 20)
     ap.add_argument("--iterations", type=int, default=0)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "models")
