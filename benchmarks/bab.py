@@ -8,7 +8,7 @@ Models: the MNIST MLP 784-100-100-10 of ``../shared/REFERENCE-NUMBERS.md`` (trai
 The upper end of every search is the ``best`` attack's norm (run once per model, not
 counted in the budgets). A radius above a verified attack norm is a violation (counted).
 
-    BOUNDKIT_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/bab.py \\
+    BOUNDKIT_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/bab.py [--networks DIR] \\
         [--n 20] [--budgets 1 2 5] [--models mlp_mnist mnist-net_256x2] \\
         [--out docs/results/bab.md]
 """
@@ -31,12 +31,10 @@ import boundkit as bk  # noqa: E402  (this checkout's boundkit)
 from boundkit.data import load_dataset  # noqa: E402
 from boundkit.models import load_onnx  # noqa: E402
 
-NETWORKS = REPO / ".." / "shared" / "networks"
 
-
-def load(name: str, data_root: Path, cache: Path) -> torch.nn.Module:
-    if name.endswith(".onnx") or (NETWORKS / f"{name}.onnx").exists():
-        path = NETWORKS / (name if name.endswith(".onnx") else f"{name}.onnx")
+def load(name: str, data_root: Path, cache: Path, networks: Path) -> torch.nn.Module:
+    if name.endswith(".onnx") or (networks / f"{name}.onnx").exists():
+        path = networks / (name if name.endswith(".onnx") else f"{name}.onnx")
         return load_onnx(path, check=False, input_shape=(1, 28, 28), normalize=None).eval()
     return trained(name, data_root, cache)
 
@@ -50,7 +48,7 @@ def first_correct(model: torch.nn.Module, data_root: Path, n: int) -> torch.Tens
 
 
 def run_model(name: str, args: argparse.Namespace) -> dict:
-    model = load(name, args.data_root, args.cache)
+    model = load(name, args.data_root, args.cache, args.networks)
     x = first_correct(model, args.data_root, args.n)
     n = x.shape[0]
     torch.manual_seed(0)
@@ -124,6 +122,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=0)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "models")
+    ap.add_argument("--networks", type=Path, default=REPO / ".." / "shared" / "networks",
+                    help="folder of the ONNX networks (default ../shared/networks)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
