@@ -331,7 +331,9 @@ class BranchAndBound:
         alphas: dict[str, torch.Tensor] = {}
         betas: dict[str, torch.Tensor] = {}
         sides: dict[str, torch.Tensor] = {}
-        for relu in self.plan.relus:
+        # without optimisation steps the walk uses crown's own slopes and no multiplier
+        # (no per-margin parameters to hold)
+        for relu in self.plan.relus if self.opt.iterations > 0 else []:
             iv = ctx.interval_in(relu)
             shape = iv.lo.shape[1:]
             start = torch.where(iv.hi > -iv.lo, 1.0, 0.0).to(iv.lo.dtype).unsqueeze(1)
@@ -467,7 +469,7 @@ class BranchAndBound:
         warm = 4 * sum(v[keep].numel() for v in b.alpha.values())  # alpha and beta, x2
         alpha: dict[str, torch.Tensor] = {}
         beta: dict[str, torch.Tensor] = {}
-        if warm <= self.opt.warm_elements:
+        if b.alpha and warm <= self.opt.warm_elements:
             alpha = {k: v[keep].repeat(2, *([1] * (v.dim() - 1))) for k, v in b.alpha.items()}
             for k in names:  # every ReLU with a split gets multipliers (zeros where new)
                 old = b.beta.get(k)
@@ -570,6 +572,8 @@ class BranchAndBound:
                     torch.nonzero(closed).flatten().tolist())), front,
                     "a subproblem with every ReLU on the ball split or stable was not proven "
                     "(the relaxation of its affine pieces is not tight enough)")
+            # samples with no domain left are proven (before any budget closes them)
+            close(torch.nonzero((left <= 0) & ~closed).flatten().tolist(), [], None)
             over_t = (spent >= budget) & ~closed
             over_d = (count >= self.opt.max_domains) & ~closed
             close(torch.nonzero(over_t).flatten().tolist(), front,
@@ -587,8 +591,6 @@ class BranchAndBound:
                 if len(d):
                     kept.append((key, d))
             pool = kept
-            # samples with no domain left are proven
-            close(torch.nonzero((left <= 0) & ~closed).flatten().tolist(), [], None)
         return Solved(status, reason, count, spent, certified)
 
 
