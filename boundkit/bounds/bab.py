@@ -245,6 +245,9 @@ class Bounded:
     radius: torch.Tensor | None = None
 
 
+#: optimisation steps on a domain with no neuron left to split before it is given up
+STUCK_ITERATIONS = 30
+
 #: ``refresh`` value meaning "never recompute the intermediate bounds below the root"
 NEVER = 1 << 20
 
@@ -301,9 +304,10 @@ class BranchAndBound:
         self.shapes = {r.name: tuple(r.in_shapes[0]) for r in plan.relus}
 
     # ------------------------------------------------------------------ bounding
-    def bound(self, dom: Domains) -> Bounded:
-        """Bound every domain of ``dom`` (one engine call, then the optimisation of the
-        final walk's slopes and multipliers)."""
+    def bound(self, dom: Domains, iterations: int | None = None) -> Bounded:
+        """Bound every domain of ``dom`` (one engine call, then ``iterations`` (default:
+        the options') optimisation steps on the final walk's slopes and multipliers)."""
+        iters = self.opt.iterations if iterations is None else iterations
         sub = self.run.subset(dom.sample)
         if sub is None:  # plan_bab refuses the nodes that would prevent it
             raise AssertionError("branch and bound needs a run that can be subset")
@@ -333,20 +337,20 @@ class BranchAndBound:
         sides: dict[str, torch.Tensor] = {}
         # without optimisation steps the walk uses crown's own slopes and no multiplier
         # (no per-margin parameters to hold)
-        for relu in self.plan.relus if self.opt.iterations > 0 else []:
+        for relu in self.plan.relus if iters > 0 else []:
             iv = ctx.interval_in(relu)
             shape = iv.lo.shape[1:]
             start = torch.where(iv.hi > -iv.lo, 1.0, 0.0).to(iv.lo.dtype).unsqueeze(1)
             warm = dom.alpha.get(relu.name)
             a0 = warm if warm is not None else start.expand(d, c, *shape)
-            alphas[relu.name] = a0.detach().clone().requires_grad_(self.opt.iterations > 0)
+            alphas[relu.name] = a0.detach().clone().requires_grad_(iters > 0)
             s = dom.signs.get(relu.name)
             if s is not None and bool((s != 0).any()):
                 sides[relu.name] = s.to(iv.lo.dtype).unsqueeze(1)
                 wb = dom.beta.get(relu.name)
                 b0 = wb if wb is not None else torch.zeros(d, c, *shape, dtype=iv.lo.dtype,
                                                             device=iv.lo.device)
-                betas[relu.name] = b0.detach().clone().requires_grad_(self.opt.iterations > 0)
+                betas[relu.name] = b0.detach().clone().requires_grad_(iters > 0)
         floor = {r.name: rule.slope(r) for r in self.plan.relus}
         best = torch.full((d, c), -math.inf, dtype=spec.dtype, device=spec.device)
         best_c, best_nu = torch.full_like(best, -math.inf), torch.zeros_like(best)
@@ -354,15 +358,15 @@ class BranchAndBound:
         best_b = {k: v.detach().clone() for k, v in betas.items()}
         params = list(alphas.values()) + list(betas.values())
         optim = None
-        if self.opt.iterations > 0 and params:
+        if iters > 0 and params:
             optim = _Adam([(a, self.opt.lr_alpha) for a in alphas.values()]
                           + [(b, self.opt.lr_beta) for b in betas.values()])
         try:
-            for it in range(self.opt.iterations + 1):
+            for it in range(iters + 1):
                 rule.beta = {k: (betas[k], sides[k]) for k in betas}
                 for k, a in alphas.items():
                     ctx.slopes[f"{FINAL_SPEC}:{k}"] = a
-                with torch.set_grad_enabled(optim is not None and it < self.opt.iterations):
+                with torch.set_grad_enabled(optim is not None and it < iters):
                     conc = sub.backward(self.graph.logits, spec, ctx)
                     val = conc.at(eps)
                 with torch.no_grad():
@@ -382,7 +386,7 @@ class BranchAndBound:
                     for k, b in betas.items():
                         t = take.reshape(-1, *([1] * (b.dim() - 1)))
                         best_b[k] = torch.where(t, b.detach(), best_b[k])
-                if optim is None or it == self.opt.iterations:
+                if optim is None or it == iters:
                     break
                 # push the open margins that are not proven yet
                 w = open_ & (v <= 0) & torch.isfinite(val)
@@ -556,8 +560,15 @@ class BranchAndBound:
                     hi={k: v[open_] for k, v in b.hi.items()},
                     radius=None if b.radius is None else b.radius[open_]))
                 if bool(stuck.any()):
+                    # nothing left to split: the multipliers of the splits are what can
+                    # still prove it (the network is affine on the domain's set)
                     rows = open_[stuck]
-                    stuck_rows = dataclasses.replace(batch.rows(rows), radius=b.radius[rows])
+                    sd = batch.rows(rows)
+                    b2 = self.bound(sd, max(self.opt.iterations, STUCK_ITERATIONS))
+                    still = torch.nonzero(~b2.proven).flatten()
+                    if still.numel():
+                        rad = torch.maximum(b.radius[rows], b2.radius)
+                        stuck_rows = dataclasses.replace(sd.rows(still), radius=rad[still])
                 if len(kids):
                     rel = kids.radius.cpu() / eps[kids.sample.cpu()] if kids.radius is not None \
                         else torch.zeros(1)
