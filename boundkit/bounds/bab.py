@@ -686,9 +686,9 @@ def pgd_counterexample(model: nn.Module, x: torch.Tensor, label: torch.Tensor,
 class VerifyResult:
     """Per sample: ``status`` (``"verified"``: no perturbation of L2 norm below ``radius``
     inside the box changes the class; ``"falsified"``: ``counterexample`` does, checked on
-    the model; ``"unknown"``), the ``reason``, the class ``label``, the counterexample and
-    its float64 norm (the clean input and ``inf`` where none), the subproblems bounded,
-    the seconds charged and the radius certified on the way."""
+    the model; ``"unknown"``), the ``reason``, the class ``label``, the counterexample (in
+    the model's dtype) and its float64 norm (the clean input and ``inf`` where none), the
+    subproblems bounded, the seconds charged and the radius certified on the way."""
 
     radius: torch.Tensor
     label: torch.Tensor
@@ -740,7 +740,9 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
                                 ).argmax(1).to(label.device)
     status = ["" for _ in range(n)]
     reason = ["" for _ in range(n)]
-    cex = x.clone()
+    # counterexamples in the model's dtype: the very points the model was re-run on
+    mdtype = x.dtype if model is None else next((p.dtype for p in model.parameters()), x.dtype)
+    cex = x.detach().to(mdtype).clone()
     cex_norm = torch.full((n,), math.inf, dtype=torch.float64)
     domains = torch.zeros(n, dtype=torch.long)
     seconds = torch.zeros(n, dtype=torch.float64)
@@ -769,7 +771,7 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
             seconds[i] += dt
             if bool(found[j]):
                 status[i], reason[i] = FALSIFIED, "projected gradient attack inside the ball"
-                cex[i] = xa[j].to(cex.dtype).to(cex.device)
+                cex[i] = xa[j].to(cex.device)
                 cex_norm[i] = float(nm[j])
     todo = torch.tensor([s == "" for s in status])
     if bool(todo.any()):

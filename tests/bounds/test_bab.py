@@ -231,9 +231,16 @@ def test_verify_trivial_cases_and_budgets() -> None:
     x = torch.rand(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     res = verify(model, x, 0.0)
     assert res.status == ["verified"] * 3
-    big = verify(model, x, 50.0, time_budget=0.2)
+    big = verify(model, x.float(), 50.0, time_budget=0.2)  # a float32 batch, float64 model
     assert all(s in ("falsified", "unknown") for s in big.status)
     assert "falsified" in big.status
+    assert big.counterexample.dtype == torch.float64  # the point the model was run on
+    for i, s in enumerate(big.status):
+        if s == "falsified":
+            xa = big.counterexample[i:i + 1]
+            assert int(model(xa).argmax(1)) != int(model(x[i:i + 1].float().double()).argmax(1))
+            assert float((xa - x[i:i + 1].float().double()).norm()) == float(
+                big.counterexample_norm[i])
     exact = bk.exact_radius(model, x, box=(0.0, 1.0))
     tight = verify(model, x, exact * 0.999999, time_budget=0.05, max_domains=2)
     for s, why in zip(tight.status, tight.reason):
