@@ -44,9 +44,9 @@ import torch
 import torch.nn as nn
 
 from boundkit.bounds.activation import ReLURelaxation
-from boundkit.bounds.crown import Concrete, CrownPlan, CrownRun, plan_crown, radius_step
+from boundkit.bounds.crown import CrownPlan, CrownRun, plan_crown
 from boundkit.bounds.method import BatchResult, Method, register_method
-from boundkit.bounds.numerics import UNIT_ROUNDOFF
+from boundkit.bounds.numerics import UNIT_ROUNDOFF, round_down
 from boundkit.bounds.output import margins
 from boundkit.bounds.relaxation import (
     FINAL_SPEC,
@@ -148,6 +148,9 @@ class Domains:
     age: torch.Tensor | None = None
     #: a radius each domain's set is proven for (an ancestor's bound), or None
     radius: torch.Tensor | None = None
+    #: the one competing class each domain is about ([D]; then ``done`` is [D, 1]), or
+    #: None: every margin of the sample
+    cls: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.sample.numel())
@@ -158,7 +161,8 @@ class Domains:
         return Domains(self.sample[idx], sel(self.signs), self.done[idx], sel(self.alpha),
                        sel(self.beta), sel(self.lo), sel(self.hi),
                        None if self.age is None else self.age[idx],
-                       None if self.radius is None else self.radius[idx])
+                       None if self.radius is None else self.radius[idx],
+                       None if self.cls is None else self.cls[idx])
 
     def slice(self, a: int, b: int) -> Domains:
         """Rows ``a:b`` as views (no copy)."""
@@ -167,7 +171,8 @@ class Domains:
         return Domains(self.sample[a:b], sel(self.signs), self.done[a:b], sel(self.alpha),
                        sel(self.beta), sel(self.lo), sel(self.hi),
                        None if self.age is None else self.age[a:b],
-                       None if self.radius is None else self.radius[a:b])
+                       None if self.radius is None else self.radius[a:b],
+                       None if self.cls is None else self.cls[a:b])
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
@@ -191,10 +196,24 @@ class Domains:
         rads = [p.radius if p.radius is not None else torch.zeros(len(p), dtype=torch.float64,
                                                                   device=p.sample.device)
                 for p in parts]
+        cls = None if any(p.cls is None for p in parts) else torch.cat([p.cls for p in parts])
         return Domains(torch.cat([p.sample for p in parts]), join("signs", True),
                        torch.cat([p.done for p in parts]), join("alpha", False),
                        join("beta", True), join("lo", False), join("hi", False),
-                       torch.cat(ages), torch.cat(rads))
+                       torch.cat(ages), torch.cat(rads), cls)
+
+
+def domain_radius(c: torch.Tensor, nu: torch.Tensor, closed: torch.Tensor, eps: torch.Tensor
+                  ) -> torch.Tensor:
+    r"""The radius a domain's bounds :math:`c_j-\varepsilon'\nu_j` (relaxation built for
+    radius ``eps`` [D]) certify, over the margins not ``closed`` [D, C]:
+    :math:`\min(\varepsilon,\min_j c_j/\nu_j)`, the quotient rounded down by 8 ulps
+    (its one rounding), 0 where negative (as :func:`boundkit.bounds.crown.radius_step`)."""
+    safe = torch.where(nu > 0, nu, torch.ones_like(nu))
+    inf = torch.full_like(nu, math.inf)
+    r = torch.where(nu > 0, c / safe, torch.where(c > 0, inf, -inf))
+    phi = torch.where(closed, inf, r).min(1).values
+    return torch.minimum(round_down(phi.clamp(min=0.0), 8), eps)
 
 
 class _Adam:
@@ -275,6 +294,9 @@ class BabOptions:
     #: domain is this many splits from its last recomputation (1: always; else the
     #: ancestor's bounds are reused, valid on the larger set; the default: the root's)
     refresh: int = NEVER
+    #: one domain per (sample, competing class): a one-row final walk each, and splits
+    #: chosen for that margin alone
+    per_class: bool = True
 
 
 def check_options(time_budget: Any, max_domains: Any, batch: Any, iterations: Any,
@@ -327,8 +349,14 @@ class BranchAndBound:
                     ctx.intervals[k] = ctx.intervals[k].meet(Interval(dom.lo[k], dom.hi[k]))
             empty = splits.empty(ctx) if dom.signs else torch.zeros(
                 len(dom), dtype=torch.bool, device=eps.device)
-        spec = sub.margin_spec(label)
-        own = torch.nn.functional.one_hot(label, spec.shape[1]).bool()
+        if dom.cls is None:
+            spec = sub.margin_spec(label)
+            own = torch.nn.functional.one_hot(label, spec.shape[1]).bool()
+        else:  # the one margin f_y - f_cls
+            eye = torch.eye(self.graph.num_classes, dtype=torch.float64, device=eps.device)
+            spec = (eye[label] - eye[dom.cls]).reshape(len(dom), 1,
+                                                       *self.graph.logits.out_shape)
+            own = torch.zeros(len(dom), 1, dtype=torch.bool, device=eps.device)
         open_ = ~(own | dom.done)
         rule = self.plan.rule
         d, c = spec.shape[:2]
@@ -406,11 +434,8 @@ class BranchAndBound:
         proven = empty | (done | own).all(1)
         # the radius each domain certifies on its own (docs/theory: the radius): the
         # margins still open, from the iterate kept for each
-        inf = torch.full_like(best_c, math.inf)
-        rs = radius_step(Concrete(torch.where(done | own, inf, best_c),
-                                  torch.where(done | own, torch.zeros_like(best_nu), best_nu)),
-                         eps, label)
-        radius = torch.where(empty | proven, eps, rs.certified)
+        radius = torch.where(empty | proven, eps,
+                             domain_radius(best_c, best_nu, done | own, eps))
         radius = torch.maximum(radius, dom.radius) if dom.radius is not None else radius
         scores = self._scores(ctx, splits, dom, record, ~(done | own))
         return Bounded(best, proven, done, scores, best_a, best_b,
@@ -485,7 +510,8 @@ class BranchAndBound:
         age = (torch.zeros_like(dom.sample) if b.fresh or dom.age is None else dom.age) + 1
         return Domains(two(dom.sample), signs, two(b.done), alpha, beta,
                        {k: two(v) for k, v in b.lo.items()}, {k: two(v) for k, v in b.hi.items()},
-                       two(age), None if b.radius is None else two(b.radius)), stuck
+                       two(age), None if b.radius is None else two(b.radius),
+                       None if dom.cls is None else two(dom.cls)), stuck
 
     # ------------------------------------------------------------------ the loop
     def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None) -> Solved:
@@ -506,12 +532,19 @@ class BranchAndBound:
         closed = ~active.cpu()
         c = self.graph.num_classes
         idx = torch.nonzero(active).flatten().to(dev)
+        root = Domains(idx, {}, torch.zeros(idx.numel(), c, dtype=torch.bool, device=dev))
+        if self.opt.per_class:  # one domain per competing class
+            lab = self.label[idx]
+            cls = torch.arange(c, device=dev).repeat(idx.numel())
+            smp = idx.repeat_interleave(c)
+            other = cls != lab.repeat_interleave(c)
+            root = Domains(smp[other], {}, torch.zeros(int(other.sum()), 1, dtype=torch.bool,
+                                                       device=dev), cls=cls[other])
         # the open domains: chunks (one per branching round) with a priority key each, the
         # smallest certified radius relative to its sample's eps (popped smallest first,
         # by slicing: no copy of the pool per round)
-        pool: list[tuple[float, Domains]] = [(0.0, Domains(
-            idx, {}, torch.zeros(idx.numel(), c, dtype=torch.bool, device=dev)))]
-        left = torch.bincount(idx.cpu(), minlength=n)
+        pool: list[tuple[float, Domains]] = [(0.0, root)]
+        left = torch.bincount(root.sample.cpu(), minlength=n)
 
         def close(samples: list[int], front: list[Domains], why: str | None) -> None:
             """Close ``samples`` as unknown (``why``) or verified (None); their certified

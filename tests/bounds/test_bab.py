@@ -97,7 +97,7 @@ def test_bab_closes_most_of_the_gap_on_a_small_mlp() -> None:
 
 
 def check_domain_bounds(seed: int, leak: float = 0.0, iterations: int = 15,
-                        refresh: int = 1) -> int:
+                        refresh: int = 1, per_class: bool = False) -> int:
     """Random split sides on the neurons (some infeasible), beta multipliers optimised,
     then 4,000 points of each ball: at every point that satisfies its domain's splits
     every margin is above the domain's bound. Returns the feasible points checked."""
@@ -126,7 +126,11 @@ def check_domain_bounds(seed: int, leak: float = 0.0, iterations: int = 15,
         s.scatter_(1, pick, torch.where(y.gather(1, pick) >= 0, 1, -1).to(torch.int8))
         s[::4, pick[0, 0]] *= -1
         signs[r.name] = s.reshape(d, *r.in_shapes[0])
-    dom = Domains(sample, signs, torch.zeros(d, 3, dtype=torch.bool))
+    if per_class:  # one competing class per domain: its margin alone
+        cls = (label[sample] + 1 + torch.arange(d) % 2) % 3
+        dom = Domains(sample, signs, torch.zeros(d, 1, dtype=torch.bool), cls=cls)
+    else:
+        dom = Domains(sample, signs, torch.zeros(d, 3, dtype=torch.bool))
     b = bb.bound(dom)
     # points of each ball inside the box, and their pre-activations
     m = 4000
@@ -143,18 +147,23 @@ def check_domain_bounds(seed: int, leak: float = 0.0, iterations: int = 15,
     logits = acts[graph.logits.name].reshape(d, m, 3)
     lab = label[sample]
     marg = logits.gather(2, lab.reshape(d, 1, 1).expand(d, m, 1)) - logits  # [d, m, 3]
-    low = b.lower.unsqueeze(1).expand(d, m, 3)
+    lower = b.lower
+    if per_class:  # the bound of margin cls, +inf for the others
+        lower = torch.full((d, 3), torch.inf, dtype=torch.float64).scatter(
+            1, cls.unsqueeze(1), b.lower)
+    low = lower.unsqueeze(1).expand(d, m, 3)
     viol = (marg < low) & ok.reshape(d, m, 1) & torch.isfinite(low)
     assert not bool(viol.any()), float((low - marg)[viol].max())
     return int(ok.sum())
 
 
+@pytest.mark.parametrize("per_class", [False, True])
 @pytest.mark.parametrize("leak", [0.0, 0.1])
 @pytest.mark.parametrize("seed", range(3))
 def test_every_domain_bound_holds_on_the_sampled_points_that_satisfy_its_splits(
-        seed, leak) -> None:
+        seed, leak, per_class) -> None:
     """The soundness of the split handling itself (beta multipliers included)."""
-    assert check_domain_bounds(seed, leak) > 0  # some domains are feasible
+    assert check_domain_bounds(seed, leak, per_class=per_class) > 0  # some are feasible
 
 
 @pytest.mark.slow
@@ -164,7 +173,8 @@ def test_soak_domain_bounds_and_verify_against_the_exact_radius() -> None:
     MLPs against the exact radius."""
     for seed in range(300):
         check_domain_bounds(1000 + seed, 0.1 if seed % 2 else 0.0,
-                            iterations=10, refresh=1 if seed % 3 else 1 << 20)
+                            iterations=10, refresh=1 if seed % 3 else 1 << 20,
+                            per_class=seed % 4 < 2)
     gen = torch.Generator().manual_seed(7)
     answers = 0
     seed = 0
