@@ -171,10 +171,13 @@ def test_soak_domain_bounds_and_verify_against_the_exact_radius() -> None:
     """Soak: 300 nets x 24 domains x 4,000 points for the domain bounds (both ReLU kinds,
     with and without recomputed intermediate bounds), and 5,000 verify answers on tiny
     MLPs against the exact radius."""
+    points = 0
     for seed in range(300):
-        check_domain_bounds(1000 + seed, 0.1 if seed % 2 else 0.0,
-                            iterations=10, refresh=1 if seed % 3 else 1 << 20,
-                            per_class=seed % 4 < 2)
+        points += check_domain_bounds(1000 + seed, 0.1 if seed % 2 else 0.0,
+                                      iterations=10, refresh=1 if seed % 3 else 1 << 20,
+                                      per_class=seed % 4 < 2)
+        if seed % 50 == 49:
+            print(f"soak: {seed + 1} nets, {points} feasible points, 0 violations", flush=True)
     gen = torch.Generator().manual_seed(7)
     answers = 0
     seed = 0
@@ -195,6 +198,8 @@ def test_soak_domain_bounds_and_verify_against_the_exact_radius() -> None:
                 xa = res.counterexample[i:i + 1]
                 assert int(model(xa).argmax(1)) != int(model(x[i:i + 1]).argmax(1))
         answers += 25
+        if answers % 500 == 0:
+            print(f"soak: {answers} verify answers, 0 violations", flush=True)
 
 
 def test_residual_network_with_dead_and_always_on_relus_is_never_over_certified() -> None:
