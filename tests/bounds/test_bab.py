@@ -90,7 +90,8 @@ def test_bab_closes_most_of_the_gap_on_a_small_mlp() -> None:
     x = torch.rand(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = bk.exact_radius(model, x, box=(0.0, 1.0))
     c = bk.certify(model, x, "crown").radius
-    b = bk.certify(model, x, "bab", upper=exact, time_budget=1.0).radius
+    # the subproblem budget binds, not the clock (a loaded machine gives the same answer)
+    b = bk.certify(model, x, "bab", upper=exact, time_budget=60.0, max_domains=300).radius
     assert bool((b <= exact * (1 + 1e-9)).all())
     assert float((b / exact).median()) >= 0.95
     assert float((b - c).sum()) > 0
