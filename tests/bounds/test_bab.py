@@ -33,7 +33,7 @@ from boundkit.testing import (
     small_relu_mlps,
 )
 
-FAST = settings(max_examples=property_examples(8), deadline=None,
+FAST = settings(max_examples=property_examples(6), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -70,7 +70,7 @@ def test_verified_radius_never_above_exact_and_falsified_examples_are_adversaria
                 assert bool(((xa >= box[0]) & (xa <= box[1])).all())
 
 
-@settings(max_examples=property_examples(4), deadline=None,
+@settings(max_examples=property_examples(3), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(model=small_relu_convnets(max_relus=16), data=st.data())
 def test_bab_radius_lies_between_crown_and_exact_on_small_convnets(model, data) -> None:
