@@ -33,6 +33,8 @@ _LAZY = {
     "CrosscheckResult": "boundkit.crosscheck",
     # exact ground truth
     "exact_radius": "boundkit.exact",
+    "verify": "boundkit.bounds.bab",
+    "VerifyResult": "boundkit.bounds.bab",
     # models and data
     "load_model": "boundkit.models.io",
     "save_model": "boundkit.models.io",

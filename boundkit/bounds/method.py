@@ -116,7 +116,7 @@ def unregister_method(name: str) -> None:
 
 
 def _load_builtin_methods() -> None:
-    from boundkit.bounds import alpha, crown, local, peck2017, sound  # noqa: F401  (register)
+    from boundkit.bounds import alpha, bab, crown, local, peck2017, sound  # noqa: F401  (register)
 
 
 def get_method(name: str) -> Method:

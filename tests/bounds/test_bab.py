@@ -1,0 +1,292 @@
+"""Branch and bound (``bk.verify`` and the ``bab`` method): never verifies beyond the
+exact radius, its counterexamples are adversarial on the model, every domain's bound holds
+on the points of the ball satisfying its splits (beta terms included), the ``bab`` radius
+lies between ``crown``'s and the exact one, odd models are handled or refused by name, bad
+arguments get one-line errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import boundkit as bk
+from boundkit.bounds.bab import (
+    BabOptions,
+    BranchAndBound,
+    Domains,
+    bab_plan,
+    verify,
+)
+from boundkit.bounds.crown import CrownRun
+from boundkit.bounds.output import margins
+from boundkit.errors import BadArgumentError, UnsupportedLayerError
+from boundkit.testing import (
+    adversarial_search,
+    inputs_for,
+    property_examples,
+    small_relu_convnets,
+    small_relu_mlps,
+)
+
+FAST = settings(max_examples=property_examples(6), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _mlp(seed: int, sizes: tuple[int, ...] = (4, 16, 16, 3), leak: float = 0.0
+         ) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.LeakyReLU(leak) if leak else nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).double().eval()
+
+
+@FAST
+@given(model=small_relu_mlps(max_hidden=10), data=st.data(),
+       factor=st.sampled_from([0.5, 0.9, 0.98, 1.02, 1.5]),
+       box=st.sampled_from([None, (0.0, 1.0)]))
+def test_verified_radius_never_above_exact_and_falsified_examples_are_adversarial(
+        model, data, factor, box) -> None:
+    x = data.draw(inputs_for(model, n=(1, 3)))
+    exact = bk.exact_radius(model, x, box=box)  # (1 - 1e-6) R <= rho <= R
+    r = torch.where(torch.isfinite(exact), exact * factor, torch.ones_like(exact))
+    res = verify(model, x, r, box=box, time_budget=0.5, max_domains=400)
+    for i, s in enumerate(res.status):
+        assert s in ("verified", "falsified", "unknown"), s
+        # the radius certified on the way (unknown answers too) is a certificate
+        assert float(res.certified[i]) <= float(exact[i]) * (1 + 1e-9)
+        if s == "verified":
+            assert float(r[i]) <= float(exact[i]) * (1 + 1e-9), (r[i], exact[i], res.reason[i])
+        if s == "falsified":
+            xa = res.counterexample[i:i + 1].to(x.dtype)
+            assert int(model(xa).argmax(1)) != int(model(x[i:i + 1]).argmax(1))
+            assert float((xa - x[i:i + 1]).double().norm()) < float(r[i])
+            if box is not None:
+                assert bool(((xa >= box[0]) & (xa <= box[1])).all())
+
+
+@settings(max_examples=property_examples(3), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(model=small_relu_convnets(max_relus=16), data=st.data())
+def test_bab_radius_lies_between_crown_and_exact_on_small_convnets(model, data) -> None:
+    x = data.draw(inputs_for(model, n=(1, 2)))
+    exact = bk.exact_radius(model, x, box=(0.0, 1.0))
+    upper = torch.where(torch.isfinite(exact), exact, torch.ones_like(exact))
+    c = bk.certify(model, x, "crown").radius
+    b = bk.certify(model, x, "bab", upper=upper, time_budget=0.2)
+    assert bool((b.radius >= c).all()), (b.radius, c)
+    assert bool((b.radius <= exact * (1 + 1e-9)).all()), (b.radius, exact)
+    fin = torch.isfinite(exact)
+    assert bool((b.info["ratio"][fin] <= 1 + 1e-9).all())
+
+
+def test_bab_closes_most_of_the_gap_on_a_small_mlp() -> None:
+    model = _mlp(0)
+    x = torch.rand(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = bk.exact_radius(model, x, box=(0.0, 1.0))
+    c = bk.certify(model, x, "crown").radius
+    # the subproblem budget binds, not the clock (a loaded machine gives the same answer)
+    b = bk.certify(model, x, "bab", upper=exact, time_budget=60.0, max_domains=300).radius
+    assert bool((b <= exact * (1 + 1e-9)).all())
+    assert float((b / exact).median()) >= 0.95
+    assert float((b - c).sum()) > 0
+
+
+def check_domain_bounds(seed: int, leak: float = 0.0, iterations: int = 15,
+                        refresh: int = 1, per_class: bool = False) -> int:
+    """Random split sides on the neurons (some infeasible), beta multipliers optimised,
+    then 4,000 points of each ball: at every point that satisfies its domain's splits
+    every margin is above the domain's bound. Returns the feasible points checked."""
+    model = _mlp(seed, (5, 12, 12, 3), leak)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, 5, generator=gen, dtype=torch.float64)
+    eps = torch.full((3,), 0.3, dtype=torch.float64)
+    graph = bk.capture(model, x)
+    plan = bab_plan(graph)
+    run = CrownRun(graph, plan.crown, x, (0.0, 1.0))
+    label, _ = margins(run.sound.acts[graph.logits.name])
+    bb = BranchAndBound(graph, plan, run, label, eps,
+                        BabOptions(iterations=iterations, lr_beta=0.5, refresh=refresh))
+    d = 24
+    sample = torch.arange(d) % 3
+    # sides: the pattern of a random point of the ball on 3 random neurons per layer
+    # (feasible), one side flipped in every fourth domain (maybe infeasible)
+    u = torch.randn(d, 5, generator=gen, dtype=torch.float64)
+    anchor = (x[sample] + 0.25 * u / u.norm(dim=1, keepdim=True)).clamp(0, 1)
+    pre = graph.activations(anchor)
+    signs = {}
+    for r in plan.relus:
+        y = pre[r.inputs[0]].reshape(d, -1)
+        pick = torch.rand(y.shape, generator=gen).argsort(1)[:, :3]
+        s = torch.zeros(y.shape, dtype=torch.int8)
+        s.scatter_(1, pick, torch.where(y.gather(1, pick) >= 0, 1, -1).to(torch.int8))
+        s[::4, pick[0, 0]] *= -1
+        signs[r.name] = s.reshape(d, *r.in_shapes[0])
+    if per_class:  # one competing class per domain: its margin alone
+        cls = (label[sample] + 1 + torch.arange(d) % 2) % 3
+        dom = Domains(sample, signs, torch.zeros(d, 1, dtype=torch.bool), cls=cls)
+    else:
+        dom = Domains(sample, signs, torch.zeros(d, 3, dtype=torch.bool))
+    b = bb.bound(dom)
+    # points of each ball inside the box, and their pre-activations
+    m = 4000
+    dirs = torch.randn(d, m, 5, generator=gen, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=2, keepdim=True)
+    rad = torch.rand(d, m, 1, generator=gen, dtype=torch.float64) ** 0.2 * 0.3
+    pts = (x[sample].unsqueeze(1) + dirs * rad).clamp(0, 1).reshape(-1, 5)
+    acts = graph.activations(pts)
+    ok = torch.ones(d * m, dtype=torch.bool)
+    for r in plan.relus:
+        y = acts[r.inputs[0]].reshape(d * m, -1)
+        s = signs[r.name].reshape(d, 1, -1).expand(d, m, -1).reshape(d * m, -1)
+        ok &= ((s >= 0) | (y <= 0)).all(1) & ((s <= 0) | (y >= 0)).all(1)
+    logits = acts[graph.logits.name].reshape(d, m, 3)
+    lab = label[sample]
+    marg = logits.gather(2, lab.reshape(d, 1, 1).expand(d, m, 1)) - logits  # [d, m, 3]
+    lower = b.lower
+    if per_class:  # the bound of margin cls, +inf for the others
+        lower = torch.full((d, 3), torch.inf, dtype=torch.float64).scatter(
+            1, cls.unsqueeze(1), b.lower)
+    low = lower.unsqueeze(1).expand(d, m, 3)
+    viol = (marg < low) & ok.reshape(d, m, 1) & torch.isfinite(low)
+    assert not bool(viol.any()), float((low - marg)[viol].max())
+    return int(ok.sum())
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+@pytest.mark.parametrize("leak", [0.0, 0.1])
+@pytest.mark.parametrize("seed", range(3))
+def test_every_domain_bound_holds_on_the_sampled_points_that_satisfy_its_splits(
+        seed, leak, per_class) -> None:
+    """The soundness of the split handling itself (beta multipliers included)."""
+    assert check_domain_bounds(seed, leak, per_class=per_class) > 0  # some are feasible
+
+
+@pytest.mark.slow
+def test_soak_domain_bounds_and_verify_against_the_exact_radius() -> None:
+    """Soak: 300 nets x 24 domains x 4,000 points for the domain bounds (both ReLU kinds,
+    with and without recomputed intermediate bounds), and 5,000 verify answers on tiny
+    MLPs against the exact radius."""
+    points = 0
+    for seed in range(300):
+        points += check_domain_bounds(1000 + seed, 0.1 if seed % 2 else 0.0,
+                                      iterations=10, refresh=1 if seed % 3 else 1 << 20,
+                                      per_class=seed % 4 < 2)
+        if seed % 50 == 49:
+            print(f"soak: {seed + 1} nets, {points} feasible points, 0 violations", flush=True)
+    gen = torch.Generator().manual_seed(7)
+    answers = 0
+    seed = 0
+    while answers < 5000:
+        model = _mlp(2000 + seed, (3, 8, 8, 3))
+        seed += 1
+        x = torch.rand(25, 3, generator=gen, dtype=torch.float64)
+        exact = bk.exact_radius(model, x, box=(0.0, 1.0))
+        fin = torch.isfinite(exact)
+        f = 0.9 + 0.2 * torch.rand(25, generator=gen, dtype=torch.float64)
+        r = torch.where(fin, exact * f, torch.ones_like(exact))
+        res = verify(model, x, r, time_budget=0.05, max_domains=100)
+        for i, s_ in enumerate(res.status):
+            if s_ == "verified":
+                assert float(r[i]) <= float(exact[i]) * (1 + 1e-9), (seed, i)
+            assert float(res.certified[i]) <= float(exact[i]) * (1 + 1e-9), (seed, i)
+            if s_ == "falsified":
+                xa = res.counterexample[i:i + 1]
+                assert int(model(xa).argmax(1)) != int(model(x[i:i + 1]).argmax(1))
+        answers += 25
+        if answers % 500 == 0:
+            print(f"soak: {answers} verify answers, 0 violations", flush=True)
+
+
+def test_residual_network_with_dead_and_always_on_relus_is_never_over_certified() -> None:
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+            with torch.no_grad():
+                self.a.bias[:2] = -50.0  # dead
+                self.a.bias[2:4] = 50.0  # always on
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.a(x))
+            return self.c(h + torch.relu(self.b(h)))
+
+    torch.manual_seed(1)
+    model = Res().double().eval()
+    x = torch.rand(5, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, norm = adversarial_search(model, x, steps=80, box=(0.0, 1.0), seed=0)
+    c = bk.certify(model, x, "crown").radius
+    b = bk.certify(model, x, "bab", upper=norm, time_budget=0.5)
+    assert bool((b.radius >= c).all())
+    assert bool((b.radius <= norm * (1 + 1e-9)).all()), (b.radius, norm)
+    r = torch.where(torch.isfinite(b.radius), b.radius, torch.zeros_like(b.radius))
+    res = verify(model, x, r, time_budget=0.5)
+    assert "falsified" not in res.status  # nothing adversarial inside a certificate
+
+
+@pytest.mark.parametrize("act,op", [(nn.MaxPool2d(2), "maxpool2d"), (nn.Tanh(), "tanh")])
+def test_unsplittable_nonlinearities_are_refused_by_name(act, op) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), act, nn.Flatten(),
+                          nn.LazyLinear(3)).eval()
+    x = torch.rand(2, 1, 6, 6)
+    model(x)
+    with pytest.raises(UnsupportedLayerError, match=op):
+        verify(model, x, 0.1)
+    with pytest.raises(UnsupportedLayerError, match=op):
+        bk.certify(model, x, "bab", upper=1.0)
+
+
+def test_verify_trivial_cases_and_budgets() -> None:
+    model = _mlp(2)
+    x = torch.rand(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    res = verify(model, x, 0.0)
+    assert res.status == ["verified"] * 3
+    big = verify(model, x.float(), 50.0, time_budget=0.2)  # a float32 batch, float64 model
+    assert all(s in ("falsified", "unknown") for s in big.status)
+    assert "falsified" in big.status
+    assert big.counterexample.dtype == torch.float64  # the point the model was run on
+    for i, s in enumerate(big.status):
+        if s == "falsified":
+            xa = big.counterexample[i:i + 1]
+            assert int(model(xa).argmax(1)) != int(model(x[i:i + 1].float().double()).argmax(1))
+            assert float((xa - x[i:i + 1].float().double()).norm()) == float(
+                big.counterexample_norm[i])
+    exact = bk.exact_radius(model, x, box=(0.0, 1.0))
+    tight = verify(model, x, exact * 0.999999, time_budget=0.05, max_domains=2)
+    for s, why in zip(tight.status, tight.reason):
+        assert s != "falsified"
+        if s == "unknown":
+            assert "budget" in why or "subproblems" in why, why
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"radius": -1.0}, "radius"), ({"radius": math.nan}, "radius"),
+    ({"radius": torch.ones(5)}, "radius"), ({"radius": "1"}, "radius"),
+    ({"radius": 0.1, "time_budget": 0}, "time_budget"),
+    ({"radius": 0.1, "max_domains": 0}, "max_domains"),
+    ({"radius": 0.1, "box": (1.0, 0.0)}, "box"),
+])
+def test_bad_arguments_get_one_line_errors(kwargs, match) -> None:
+    model = _mlp(3)
+    x = torch.rand(2, 4, dtype=torch.float64)
+    r = kwargs.pop("radius")
+    with pytest.raises(BadArgumentError, match=match):
+        verify(model, x, r, **kwargs)
+
+
+def test_bab_method_options_are_checked_and_registered() -> None:
+    assert "bab" in bk.bounds.method.method_names()
+    model = _mlp(4)
+    x = torch.rand(2, 4, dtype=torch.float64)
+    with pytest.raises(BadArgumentError, match="upper"):
+        bk.certify(model, x, "bab", upper=-1.0)
+    with pytest.raises(BadArgumentError, match="start"):
+        bk.certify(model, x, "bab", upper=1.0, start="sound")
+    with pytest.raises(TypeError, match="steps"):
+        bk.certify(model, x, "bab", steps=3)
