@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from boundkit.bounds.activation import ReLURelaxation
-from boundkit.bounds.crown import CrownPlan, CrownRun, plan_crown
+from boundkit.bounds.crown import DEFAULT_BOX, CrownPlan, CrownRun, plan_crown
 from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, round_down
 from boundkit.bounds.output import margins
@@ -53,6 +53,7 @@ from boundkit.bounds.relaxation import (
     Interval,
     LinearBounds,
     RelaxContext,
+    SlopeKey,
     Splits,
     _dot,
 )
@@ -345,7 +346,7 @@ class BranchAndBound:
         fresh = (not dom.lo or dom.age is None
                  or bool((dom.age >= self.opt.refresh).any()))
         if not fresh:  # an ancestor's bounds hold on this domain's (smaller) set
-            sub.frozen = {k: Interval(dom.lo[k], dom.hi[k]) for k in pre}
+            sub.scratch.frozen = {k: Interval(dom.lo[k], dom.hi[k]) for k in pre}
         with torch.no_grad():
             ctx = sub.intervals(eps)
             if fresh and dom.lo:  # both hold: keep the tighter of each
@@ -397,7 +398,7 @@ class BranchAndBound:
             for it in range(iters + 1):
                 rule.beta = {k: (betas[k], sides[k]) for k in betas}
                 for k, a in alphas.items():
-                    ctx.slopes[f"{FINAL_SPEC}:{k}"] = a
+                    ctx.slopes[SlopeKey(FINAL_SPEC, k)] = a
                 with torch.set_grad_enabled(optim is not None and it < iters):
                     conc = sub.backward(self.graph.logits, spec, ctx)
                     val = conc.at(eps)
@@ -845,8 +846,8 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     norm, average pooling, residual additions); a node branch and bound cannot split (max
     pooling, smooth activations, nodes without a linear relaxation) is refused by name.
     """
-    from boundkit.bounds.engine import check_input, graph_for
-    from boundkit.validate import check_box, check_call
+    from boundkit.bounds.engine import graph_for
+    from boundkit.validate import check_batch, check_box, check_call
 
     box = check_box(box)
     check_call(model, x, device=device, box=box)
@@ -854,7 +855,7 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     n = x.shape[0]
     r = _check_radius(radius, n)
     graph = graph_for(model, x, device)
-    check_input(graph, x)
+    check_batch(x, shape=graph.input_shape)
     return verify_graph(model, graph, x, r, box, opts)
 
 
@@ -918,6 +919,7 @@ class BabMethod(Method):
     is_guarantee = True
     description = ("branch and bound on ReLU splits (beta-CROWN style) raising the crown "
                    "radius toward the attack norm (time_budget per sample)")
+    default_box = DEFAULT_BOX
 
     def options(self) -> tuple[str, ...]:
         return ("box", "time_budget", "upper", "start", "max_domains", "batch", "iterations",
@@ -928,12 +930,11 @@ class BabMethod(Method):
 
     def run(self, graph: Graph, x: torch.Tensor, plan: Any, *, trace: bool,
             **options: Any) -> BatchResult:
-        from boundkit.bounds.crown import _check_box
         from boundkit.bounds.method import get_method
-        from boundkit.validate import check_positive
+        from boundkit.validate import check_box, check_positive
 
         assert isinstance(plan, BabPlan)
-        box = _check_box(options.get("box", (0.0, 1.0)))
+        box = check_box(options.get("box", self.default_box))
         opts = check_options(options.get("time_budget", 2.0), options.get("max_domains", 20_000),
                              options.get("batch", 512), options.get("iterations", 0),
                              options.get("refresh", NEVER))
@@ -987,7 +988,8 @@ class BabMethod(Method):
             spent = torch.maximum(res.seconds, torch.full_like(res.seconds,
                                                              wall / max(1, int(active.sum()))))
             budget -= torch.where(active.cpu(), spent, torch.zeros_like(spent))
-        ratio = torch.where(searched > 0, lo / searched, torch.full_like(lo, math.nan))
+        ratio = torch.where((searched > 0) & torch.isfinite(searched), lo / searched,
+                            torch.full_like(lo, math.nan))
         return BatchResult(lo, base.label, base.runner_up, base.margin,
                            {graph.input.name: lo} if trace else {},
                            {"upper": searched, "ratio": ratio, "domains": domains,
