@@ -129,6 +129,11 @@ class SoundOutput:
             elif n.op in ("batchnorm", "avgpool2d"):
                 prod *= get_rule(n.op, "sound").lipschitz(n, graph)  # type: ignore[union-attr]
                 fan += 2 if n.op == "batchnorm" else math.prod(n.attrs["kernel_size"])
+            elif n.op in ("adaptive_avgpool2d", "mean"):
+                from boundkit.bounds.average import window_size
+
+                prod *= get_rule(n.op, "sound").lipschitz(n, graph)  # type: ignore[union-attr]
+                fan += window_size(n)
         return float(gamma(fan)) * prod
 
     def kappa(

@@ -199,6 +199,7 @@ def _load_builtin_rules() -> None:
     _LOADED = True
     from boundkit.bounds import (  # noqa: F401  (imports register the rules)
         activation,
+        average,
         batchnorm,
         conv,
         linear,

@@ -58,6 +58,7 @@ _MODULE_OPS: dict[type[nn.Module], str] = {
     nn.Conv2d: "conv2d",
     nn.MaxPool2d: "maxpool2d",
     nn.AvgPool2d: "avgpool2d",
+    nn.AdaptiveAvgPool2d: "adaptive_avgpool2d",
     nn.LPPool2d: "lppool2d",
     nn.BatchNorm1d: "batchnorm",
     nn.BatchNorm2d: "batchnorm",
@@ -158,6 +159,8 @@ _FUNCTION_SIGS: dict[Any, _Sig] = {
     torch.concatenate: _sig("cat", "tensors dim", 0),
     F.max_pool2d: _sig("maxpool2d", _POOL_MAX, None, 0, 1, False, False),
     F.avg_pool2d: _sig("avgpool2d", _POOL_AVG, None, 0, False, True, None),
+    F.adaptive_avg_pool2d: _sig("adaptive_avgpool2d", "input output_size"),
+    torch.mean: _sig("mean", "input dim keepdim dtype", None, False, None),
 }
 
 _METHOD_SIGS: dict[str, _Sig] = {
@@ -176,6 +179,7 @@ _METHOD_SIGS: dict[str, _Sig] = {
     "sub_": _sig("sub", "self other alpha", 1, inplace=True),
     "contiguous": _sig("identity", "self memory_format", None),
     "clone": _sig("identity", "self memory_format", None),
+    "mean": _sig("mean", "self dim keepdim dtype", None, False, None),
 }
 _RESHAPE_METHODS = frozenset({"view", "reshape"})
 
@@ -479,11 +483,20 @@ class _Capture:
             fx_node, op, inputs, target=str(fx_node.target), module=m, params=params, attrs=attrs
         )
         self.check_input_rank(self.nodes[-1])
+        self.resolve_output_size(self.nodes[-1])
+
+    @staticmethod
+    def resolve_output_size(node: Node) -> None:
+        """An adaptive pooling's ``output_size`` as torch resolved it (an int, a pair, a
+        ``None`` entry keeping the input's size): read off the propagated output shape."""
+        if node.op == "adaptive_avgpool2d":
+            node.attrs["output_size"] = tuple(int(s) for s in node.out_shape[-2:])
 
     def check_input_rank(self, node: Node) -> None:
         """Layers whose rules assume a vector or an image get exactly that."""
         need = {"linear": (1,), "conv2d": (3,), "maxpool2d": (3,), "avgpool2d": (3,),
-                "lppool2d": (3,), "lrn": (3,), "batchnorm": (1, 2, 3)}.get(node.op)
+                "lppool2d": (3,), "lrn": (3,), "batchnorm": (1, 2, 3),
+                "adaptive_avgpool2d": (3,)}.get(node.op)
         if need is None or not node.in_shapes:
             return
         rank = len(node.in_shapes[0])
@@ -549,6 +562,8 @@ class _Capture:
             attrs = {"dim": a["dim"]}
         elif op == "flatten":
             attrs = {"start_dim": int(a["start_dim"]), "end_dim": int(a["end_dim"])}
+        elif op == "mean":
+            attrs = self.mean_attrs(fx_node, a)
         elif op == "maxpool2d":
             if a["return_indices"]:
                 raise UnsupportedLayerError(fx_node.name, op, why="return_indices=True")
@@ -562,6 +577,35 @@ class _Capture:
             )
         self.add_node(fx_node, op, inputs, attrs=attrs)
         self.check_input_rank(self.nodes[-1])
+        self.resolve_output_size(self.nodes[-1])
+
+    def mean_attrs(self, fx_node: torch.fx.Node, a: dict[str, Any]) -> dict[str, Any]:
+        """``torch.mean(input, dim, keepdim)``: the reduced dimensions as non-negative
+        indices of the batched tensor (never the batch dimension), and ``keepdim``."""
+        src = a.get("input", a.get("self"))
+        rank = len(self.shape(src)) if isinstance(src, torch.fx.Node) else 0
+        dim = a["dim"]
+        if a["dtype"] is not None:
+            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dtype={a['dtype']!r}")
+        if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+            raise UnsupportedLayerError(
+                fx_node.name, "mean",
+                why="it averages over every dimension, the batch included: pass dim=",
+            )
+        dims = dim if isinstance(dim, (list, tuple)) else (dim,)
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dim={dim!r}")
+        norm = sorted({d + rank if d < 0 else d for d in dims})
+        if len(norm) != len(dims) or any(not 0 <= d < rank for d in norm):
+            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dim={dim!r}")
+        if 0 in norm:
+            raise UnsupportedLayerError(
+                fx_node.name, "mean", why="it averages over the batch dimension"
+            )
+        keepdim = a["keepdim"]
+        if not isinstance(keepdim, bool):
+            raise UnsupportedLayerError(fx_node.name, "mean", why=f"keepdim={keepdim!r}")
+        return {"dims": tuple(norm), "keepdim": keepdim}
 
     def arith(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
         r"""``input + alpha * other`` (``-`` for ``sub``): :math:`\sum_i c_i x_i + s` over the

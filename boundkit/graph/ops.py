@@ -63,6 +63,14 @@ def _avgpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     )
 
 
+def _adaptive_avgpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(xs[0], node.attrs["output_size"])
+
+
+def _mean(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.mean(xs[0], dim=node.attrs["dims"], keepdim=node.attrs["keepdim"])
+
+
 def _lppool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.lp_pool2d(xs[0], a["p"], a["kernel_size"], a["stride"], a["ceil_mode"])
@@ -128,6 +136,8 @@ EVALUATORS: dict[str, Evaluator] = {
     "maxpool2d": _maxpool2d,
     "avgpool2d": _avgpool2d,
     "lppool2d": _lppool2d,
+    "adaptive_avgpool2d": _adaptive_avgpool2d,
+    "mean": _mean,
     "lrn": _lrn,
     "relu": lambda n, xs: torch.relu(xs[0]),
     "leaky_relu": _leaky_relu,
