@@ -204,6 +204,7 @@ def _load_builtin_rules() -> None:
         conv,
         linear,
         lrn,
+        modern_activations,
         pooling,
         structural,
     )

@@ -68,6 +68,10 @@ _MODULE_OPS: dict[type[nn.Module], str] = {
     nn.Tanh: "tanh",
     nn.Sigmoid: "sigmoid",
     nn.Softplus: "softplus",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.ELU: "elu",
+    nn.Hardtanh: "hardtanh",
     nn.Flatten: "flatten",
     nn.Dropout: "identity",
     nn.Dropout1d: "identity",
@@ -142,6 +146,13 @@ _FUNCTION_SIGS: dict[Any, _Sig] = {
     F.sigmoid: _sig("sigmoid", "input"),
     F.softplus: _sig("softplus", "input beta threshold", 1.0, 20.0),
     torch.flatten: _sig("flatten", "input start_dim end_dim", 0, -1),
+    F.gelu: _sig("gelu", "input approximate", "none"),
+    F.silu: _sig("silu", "input inplace", False),
+    F.elu: _sig("elu", "input alpha inplace", 1.0, False),
+    F.hardtanh: _sig("hardtanh", "input min_val max_val inplace", -1.0, 1.0, False),
+    F.relu6: _sig("relu6", "input inplace", False),
+    torch.clamp: _sig("clamp", "input min max", None, None),
+    torch.clip: _sig("clamp", "input min max", None, None),
     F.dropout: _sig("identity", _DROPOUT, 0.5, True, False),
     F.dropout1d: _sig("identity", _DROPOUT, 0.5, True, False),
     F.dropout2d: _sig("identity", _DROPOUT, 0.5, True, False),
@@ -180,6 +191,8 @@ _METHOD_SIGS: dict[str, _Sig] = {
     "contiguous": _sig("identity", "self memory_format", None),
     "clone": _sig("identity", "self memory_format", None),
     "mean": _sig("mean", "self dim keepdim dtype", None, False, None),
+    "clamp": _sig("clamp", "self min max", None, None),
+    "clip": _sig("clamp", "self min max", None, None),
 }
 _RESHAPE_METHODS = frozenset({"view", "reshape"})
 
@@ -356,6 +369,8 @@ def _module_params(node: str, op: str, m: nn.Module) -> tuple[dict[str, torch.Te
         a.update(_softplus_attrs(node, m.beta, m.threshold))
     elif op == "leaky_relu":
         a["negative_slope"] = float(m.negative_slope)
+    elif op in ("gelu", "elu", "hardtanh"):
+        a.update(activation_attrs(node, op, vars(m)))
     elif op == "flatten":
         a.update(start_dim=int(m.start_dim), end_dim=int(m.end_dim))
     elif op in ("softmax", "log_softmax"):
@@ -372,6 +387,31 @@ def _pool_attrs(op: str, kernel: Any, stride: Any, padding: Any, ceil: Any) -> d
         padding=_pair(padding),
         ceil_mode=bool(ceil),
     )
+
+
+def activation_attrs(node: str, op: str, a: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of GELU (``approximate``), ELU (``alpha``) and Hardtanh
+    (``min_val``, ``max_val``), checked: what boundkit has a proven rule for."""
+    def refuse(why: str) -> UnsupportedLayerError:
+        return UnsupportedLayerError(node, op, why=why)
+
+    if op == "gelu":
+        if a["approximate"] not in ("none", "tanh"):
+            raise refuse(f"approximate={a['approximate']!r}")
+        return {"approximate": a["approximate"]}
+    if op == "elu":
+        alpha = a["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(
+                alpha):
+            raise refuse(f"alpha={alpha!r}: a finite number is supported")
+        return {"alpha": float(alpha)}
+    lo, hi = a["min_val"], a["max_val"]
+    for v in (lo, hi):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise refuse(f"min_val={lo!r}, max_val={hi!r}: finite numbers are supported")
+    if lo > hi:
+        raise refuse(f"min_val={lo!r} > max_val={hi!r}")
+    return {"min_val": float(lo), "max_val": float(hi)}
 
 
 def _softplus_attrs(node: str, beta: Any, threshold: Any) -> dict[str, float]:
@@ -558,6 +598,17 @@ class _Capture:
             attrs = _softplus_attrs(fx_node.name, a["beta"], a["threshold"])
         elif op == "leaky_relu":
             attrs = {"negative_slope": float(a["negative_slope"])}
+        elif op == "relu6":
+            op, attrs = "hardtanh", {"min_val": 0.0, "max_val": 6.0}
+        elif op == "clamp":
+            if a["min"] is None or a["max"] is None:
+                inputs = self.tensor_inputs(list(fx_node.all_input_nodes))
+                self.add_node(fx_node, "unknown", inputs)
+                return
+            op, attrs = "hardtanh", activation_attrs(
+                fx_node.name, "hardtanh", {"min_val": a["min"], "max_val": a["max"]})
+        elif op in ("gelu", "elu", "hardtanh"):
+            attrs = activation_attrs(fx_node.name, op, a)
         elif op in ("softmax", "log_softmax"):
             attrs = {"dim": a["dim"]}
         elif op == "flatten":

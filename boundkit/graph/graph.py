@@ -27,7 +27,9 @@ AFFINE_OPS = frozenset(
     {"linear", "conv2d", "batchnorm", "avgpool2d", "flatten", "reshape", "identity",
      "adaptive_avgpool2d", "mean"}
 )
-ACTIVATION_OPS = frozenset({"relu", "leaky_relu", "tanh", "sigmoid", "softplus"})
+ACTIVATION_OPS = frozenset(
+    {"relu", "leaky_relu", "tanh", "sigmoid", "softplus", "gelu", "silu", "elu", "hardtanh"}
+)
 POOL_OPS = frozenset({"maxpool2d", "avgpool2d", "lppool2d", "adaptive_avgpool2d"})
 OUTPUT_SQUASH_OPS = frozenset({"softmax", "log_softmax"})
 MERGE_OPS = frozenset({"add", "cat"})

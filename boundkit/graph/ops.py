@@ -89,6 +89,18 @@ def _leaky_relu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.leaky_relu(xs[0], node.attrs["negative_slope"])
 
 
+def _gelu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.gelu(xs[0], approximate=node.attrs["approximate"])
+
+
+def _elu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.elu(xs[0], node.attrs["alpha"])
+
+
+def _hardtanh(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.hardtanh(xs[0], node.attrs["min_val"], node.attrs["max_val"])
+
+
 def _reshape(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return xs[0].reshape(xs[0].shape[0], *node.out_shape)
 
@@ -144,6 +156,10 @@ EVALUATORS: dict[str, Evaluator] = {
     "tanh": lambda n, xs: torch.tanh(xs[0]),
     "sigmoid": lambda n, xs: torch.sigmoid(xs[0]),
     "softplus": _softplus,
+    "gelu": _gelu,
+    "silu": lambda n, xs: F.silu(xs[0]),
+    "elu": _elu,
+    "hardtanh": _hardtanh,
     "flatten": _reshape,
     "reshape": _reshape,
     "identity": _identity,
