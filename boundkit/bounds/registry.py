@@ -202,6 +202,7 @@ def _load_builtin_rules() -> None:
         average,
         batchnorm,
         conv,
+        groupsort,
         linear,
         lrn,
         modern_activations,

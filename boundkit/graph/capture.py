@@ -282,7 +282,7 @@ def module_op(m: nn.Module, leaf_modules: Mapping[type[nn.Module], str]) -> str 
         return leaf_modules[t]
     if t in _MODULE_OPS:
         return _MODULE_OPS[t]
-    for base, op in _MODULE_OPS.items():
+    for base, op in {**_MODULE_OPS, **_layer_ops()}.items():
         if isinstance(m, base):
             for cls in t.__mro__:
                 if cls is base:
@@ -291,6 +291,14 @@ def module_op(m: nn.Module, leaf_modules: Mapping[type[nn.Module], str]) -> str 
                 if own - _HARMLESS_METHODS:
                     return None
     return None
+
+
+def _layer_ops() -> dict[type[nn.Module], str]:
+    """boundkit's own layers (:mod:`boundkit.models.layers`), imported when first asked
+    (the package is loaded by then)."""
+    from boundkit.models.layers import GroupSort
+
+    return {GroupSort: "groupsort"}
 
 
 class _Tracer(torch.fx.Tracer):
@@ -371,6 +379,10 @@ def _module_params(node: str, op: str, m: nn.Module) -> tuple[dict[str, torch.Te
         a["negative_slope"] = float(m.negative_slope)
     elif op in ("gelu", "elu", "hardtanh"):
         a.update(activation_attrs(node, op, vars(m)))
+    elif op == "groupsort":
+        if m.layout not in ("consecutive", "strided") or int(m.group_size) < 1:
+            raise refuse(f"group_size={m.group_size!r}, layout={m.layout!r}")
+        a.update(group_size=int(m.group_size), layout=str(m.layout), dim=int(m.dim))
     elif op == "flatten":
         a.update(start_dim=int(m.start_dim), end_dim=int(m.end_dim))
     elif op in ("softmax", "log_softmax"):
@@ -528,9 +540,22 @@ class _Capture:
     @staticmethod
     def resolve_output_size(node: Node) -> None:
         """An adaptive pooling's ``output_size`` as torch resolved it (an int, a pair, a
-        ``None`` entry keeping the input's size): read off the propagated output shape."""
+        ``None`` entry keeping the input's size): read off the propagated output shape; a
+        GroupSort's ``dim`` as an index of the batched tensor (only the features' axis, 1,
+        is supported)."""
         if node.op == "adaptive_avgpool2d":
             node.attrs["output_size"] = tuple(int(s) for s in node.out_shape[-2:])
+        if node.op == "groupsort":
+            rank = len(node.in_shapes[0]) + 1
+            dim = node.attrs["dim"]
+            dim = dim + rank if dim < 0 else dim
+            if dim != 1:
+                raise UnsupportedLayerError(
+                    node.name, "groupsort",
+                    why=f"dim={node.attrs['dim']}: groups along the features' axis (dim=1) "
+                    "are supported",
+                )
+            node.attrs["dim"] = 1
 
     def check_input_rank(self, node: Node) -> None:
         """Layers whose rules assume a vector or an image get exactly that."""

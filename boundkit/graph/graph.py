@@ -28,7 +28,8 @@ AFFINE_OPS = frozenset(
      "adaptive_avgpool2d", "mean"}
 )
 ACTIVATION_OPS = frozenset(
-    {"relu", "leaky_relu", "tanh", "sigmoid", "softplus", "gelu", "silu", "elu", "hardtanh"}
+    {"relu", "leaky_relu", "tanh", "sigmoid", "softplus", "gelu", "silu", "elu", "hardtanh",
+     "groupsort"}
 )
 POOL_OPS = frozenset({"maxpool2d", "avgpool2d", "lppool2d", "adaptive_avgpool2d"})
 OUTPUT_SQUASH_OPS = frozenset({"softmax", "log_softmax"})

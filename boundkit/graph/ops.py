@@ -101,6 +101,13 @@ def _hardtanh(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.hardtanh(xs[0], node.attrs["min_val"], node.attrs["max_val"])
 
 
+def _groupsort(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    from boundkit.models.layers import group_sort
+
+    a = node.attrs
+    return group_sort(xs[0], a["group_size"], a["layout"], 1)
+
+
 def _reshape(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return xs[0].reshape(xs[0].shape[0], *node.out_shape)
 
@@ -160,6 +167,7 @@ EVALUATORS: dict[str, Evaluator] = {
     "silu": lambda n, xs: F.silu(xs[0]),
     "elu": _elu,
     "hardtanh": _hardtanh,
+    "groupsort": _groupsort,
     "flatten": _reshape,
     "reshape": _reshape,
     "identity": _identity,
