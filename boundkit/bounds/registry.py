@@ -203,9 +203,11 @@ def _load_builtin_rules() -> None:
         batchnorm,
         conv,
         groupsort,
+        layernorm,
         linear,
         lrn,
         modern_activations,
         pooling,
         structural,
+        upsampling,
     )

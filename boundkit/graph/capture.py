@@ -56,6 +56,9 @@ from boundkit.graph.graph import Graph, Node
 _MODULE_OPS: dict[type[nn.Module], str] = {
     nn.Linear: "linear",
     nn.Conv2d: "conv2d",
+    nn.ConvTranspose2d: "conv_transpose2d",
+    nn.Upsample: "resize",
+    nn.LayerNorm: "layernorm",
     nn.MaxPool2d: "maxpool2d",
     nn.AvgPool2d: "avgpool2d",
     nn.AdaptiveAvgPool2d: "adaptive_avgpool2d",
@@ -133,6 +136,7 @@ def _sig(op: str, spec: str, *defaults: Any, inplace: bool = False) -> _Sig:
 _POOL_MAX = "input kernel_size stride padding dilation ceil_mode return_indices"
 _POOL_AVG = "input kernel_size stride padding ceil_mode count_include_pad divisor_override"
 _DROPOUT = "input p training inplace"
+_RESIZE = "input size scale_factor mode align_corners recompute_scale_factor antialias"
 
 _FUNCTION_SIGS: dict[Any, _Sig] = {
     F.relu: _sig("relu", "input inplace", False),
@@ -151,6 +155,9 @@ _FUNCTION_SIGS: dict[Any, _Sig] = {
     F.elu: _sig("elu", "input alpha inplace", 1.0, False),
     F.hardtanh: _sig("hardtanh", "input min_val max_val inplace", -1.0, 1.0, False),
     F.relu6: _sig("relu6", "input inplace", False),
+    F.interpolate: _sig("resize", _RESIZE, None, None, "nearest", None, None, False),
+    F.upsample: _sig("resize", _RESIZE, None, None, "nearest", None, None, False),
+    F.layer_norm: _sig("layernorm", "input normalized_shape weight bias eps", None, None, 1e-5),
     torch.clamp: _sig("clamp", "input min max", None, None),
     torch.clip: _sig("clamp", "input min max", None, None),
     F.dropout: _sig("identity", _DROPOUT, 0.5, True, False),
@@ -379,6 +386,28 @@ def _module_params(node: str, op: str, m: nn.Module) -> tuple[dict[str, torch.Te
         a["negative_slope"] = float(m.negative_slope)
     elif op in ("gelu", "elu", "hardtanh"):
         a.update(activation_attrs(node, op, vars(m)))
+    elif op == "conv_transpose2d":
+        if isinstance(m.padding, str) or m.padding_mode != "zeros":
+            raise refuse(f"padding={m.padding!r}, padding_mode={m.padding_mode!r}: only "
+                         "explicit zero padding is supported")
+        p["weight"] = m.weight.detach().double()
+        if m.bias is not None:
+            p["bias"] = m.bias.detach().double()
+        a.update(
+            stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation),
+            output_padding=_pair(m.output_padding), groups=int(m.groups),
+        )
+    elif op == "resize":
+        a.update(resize_attrs(node, {
+            "size": m.size, "scale_factor": m.scale_factor, "mode": m.mode,
+            "align_corners": m.align_corners,
+            "recompute_scale_factor": m.recompute_scale_factor, "antialias": False}))
+    elif op == "layernorm":
+        shape = tuple(int(d) for d in m.normalized_shape)
+        w = m.weight if m.weight is not None else torch.ones(shape)
+        b = m.bias if m.bias is not None else torch.zeros(shape)
+        p["weight"], p["bias"] = w.detach().double(), b.detach().double()
+        a.update(normalized_shape=shape, eps=_positive_eps(node, m.eps))
     elif op == "groupsort":
         if m.layout not in ("consecutive", "strided") or int(m.group_size) < 1:
             raise refuse(f"group_size={m.group_size!r}, layout={m.layout!r}")
@@ -424,6 +453,36 @@ def activation_attrs(node: str, op: str, a: Mapping[str, Any]) -> dict[str, Any]
     if lo > hi:
         raise refuse(f"min_val={lo!r} > max_val={hi!r}")
     return {"min_val": float(lo), "max_val": float(hi)}
+
+
+#: resize modes whose weights are all non-negative (``bicubic`` has negative lobes)
+RESIZE_MODES = frozenset({"nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area"})
+
+
+def resize_attrs(node: str, a: Mapping[str, Any]) -> dict[str, Any]:
+    """``F.interpolate``'s arguments, kept as given (the evaluation calls it with them), for
+    the modes with non-negative weights and without antialiasing."""
+    if a["mode"] not in RESIZE_MODES:
+        raise UnsupportedLayerError(
+            node, "resize", why=f"mode={a['mode']!r}: supported modes are "
+            f"{sorted(RESIZE_MODES)} (non-negative interpolation weights)")
+    if a["antialias"]:
+        raise UnsupportedLayerError(node, "resize", why="antialias=True")
+    for k in ("size", "scale_factor"):
+        if isinstance(a[k], torch.fx.Node):
+            raise UnsupportedLayerError(node, "resize", why=f"{k} computed in forward")
+    size, sf = a["size"], a["scale_factor"]
+    return {"size": tuple(size) if isinstance(size, list) else size,
+            "scale_factor": tuple(sf) if isinstance(sf, list) else sf, "mode": a["mode"],
+            "align_corners": a["align_corners"],
+            "recompute_scale_factor": a["recompute_scale_factor"]}
+
+
+def _positive_eps(node: str, eps: Any) -> float:
+    eps = float(eps)
+    if not (eps > 0 and math.isfinite(eps)):
+        raise UnsupportedLayerError(node, "layernorm", why=f"eps={eps!r}: must be positive")
+    return eps
 
 
 def _softplus_attrs(node: str, beta: Any, threshold: Any) -> dict[str, float]:
@@ -561,7 +620,7 @@ class _Capture:
         """Layers whose rules assume a vector or an image get exactly that."""
         need = {"linear": (1,), "conv2d": (3,), "maxpool2d": (3,), "avgpool2d": (3,),
                 "lppool2d": (3,), "lrn": (3,), "batchnorm": (1, 2, 3),
-                "adaptive_avgpool2d": (3,)}.get(node.op)
+                "adaptive_avgpool2d": (3,), "conv_transpose2d": (3,)}.get(node.op)
         if need is None or not node.in_shapes:
             return
         rank = len(node.in_shapes[0])
@@ -634,6 +693,11 @@ class _Capture:
                 fx_node.name, "hardtanh", {"min_val": a["min"], "max_val": a["max"]})
         elif op in ("gelu", "elu", "hardtanh"):
             attrs = activation_attrs(fx_node.name, op, a)
+        elif op == "resize":
+            attrs = resize_attrs(fx_node.name, a)
+        elif op == "layernorm":
+            self.layer_norm(fx_node, a, inputs)
+            return
         elif op in ("softmax", "log_softmax"):
             attrs = {"dim": a["dim"]}
         elif op == "flatten":
@@ -654,6 +718,19 @@ class _Capture:
         self.add_node(fx_node, op, inputs, attrs=attrs)
         self.check_input_rank(self.nodes[-1])
         self.resolve_output_size(self.nodes[-1])
+
+    def layer_norm(self, fx_node: torch.fx.Node, a: dict[str, Any], inputs: list[str]) -> None:
+        """``F.layer_norm`` with constant (module attribute or absent) weight and bias."""
+        ns = a["normalized_shape"]
+        shape = (int(ns),) if isinstance(ns, int) else tuple(int(d) for d in ns)
+        params = {}
+        for k, default in (("weight", 1.0), ("bias", 0.0)):
+            v = a[k]
+            t = torch.full(shape, default, dtype=torch.float64) if v is None else (
+                self.constant(fx_node, v))
+            params[k] = t.expand(shape).clone()
+        attrs = {"normalized_shape": shape, "eps": _positive_eps(fx_node.name, a["eps"])}
+        self.add_node(fx_node, "layernorm", inputs, params=params, attrs=attrs)
 
     def mean_attrs(self, fx_node: torch.fx.Node, a: dict[str, Any]) -> dict[str, Any]:
         """``torch.mean(input, dim, keepdim)``: the reduced dimensions as non-negative

@@ -25,7 +25,7 @@ _null = contextlib.nullcontext
 # bound methods with an error that names the node.
 AFFINE_OPS = frozenset(
     {"linear", "conv2d", "batchnorm", "avgpool2d", "flatten", "reshape", "identity",
-     "adaptive_avgpool2d", "mean"}
+     "adaptive_avgpool2d", "mean", "conv_transpose2d", "resize"}
 )
 ACTIVATION_OPS = frozenset(
     {"relu", "leaky_relu", "tanh", "sigmoid", "softplus", "gelu", "silu", "elu", "hardtanh",
@@ -40,7 +40,7 @@ KNOWN_OPS = (
     | POOL_OPS
     | OUTPUT_SQUASH_OPS
     | MERGE_OPS
-    | frozenset({"input", "lrn", "unknown"})
+    | frozenset({"input", "lrn", "layernorm", "unknown"})
 )
 
 

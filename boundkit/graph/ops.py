@@ -40,6 +40,26 @@ def _conv2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     )
 
 
+def _conv_transpose2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    a = node.attrs
+    return F.conv_transpose2d(
+        xs[0], node.params["weight"], node.params.get("bias"), a["stride"], a["padding"],
+        a["output_padding"], a["groups"], a["dilation"],
+    )
+
+
+def _resize(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    a = node.attrs
+    return F.interpolate(xs[0], a["size"], a["scale_factor"], a["mode"], a["align_corners"],
+                         a["recompute_scale_factor"])
+
+
+def _layernorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    p = node.params
+    return F.layer_norm(xs[0], node.attrs["normalized_shape"], p["weight"], p["bias"],
+                        node.attrs["eps"])
+
+
 def _batchnorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     p = node.params
     return F.batch_norm(
@@ -152,6 +172,9 @@ EVALUATORS: dict[str, Evaluator] = {
     "linear": _linear,
     "conv2d": _conv2d,
     "batchnorm": _batchnorm,
+    "conv_transpose2d": _conv_transpose2d,
+    "resize": _resize,
+    "layernorm": _layernorm,
     "maxpool2d": _maxpool2d,
     "avgpool2d": _avgpool2d,
     "lppool2d": _lppool2d,
