@@ -72,7 +72,8 @@ def main() -> None:
         "",
         f"`python analyses/issue24_zoo.py --runs RUNS --n {a.n}"
         + (f" --n-resnet {a.n_resnet}" if a.n_resnet else "")
-        + f" --budget {a.budget}` (first test images, box [0, 1], one CPU thread,"
+        + f" --budget {a.budget} --names {' '.join(a.names)}` (first test images, box [0, 1],"
+        " one CPU thread,"
         f" torch {torch.__version__}).",
         "",
         "| model | data | epochs | test acc. | images | crown median | attack median | "
