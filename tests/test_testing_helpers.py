@@ -72,7 +72,7 @@ def test_check_rule_soundness_catches_wrong_rule():
 
 def test_missing_rule_is_reported():
     with pytest.raises(AssertionError, match="no rule registered"):
-        check_rule_soundness(nn.ELU, n_networks=1)
+        check_rule_soundness(nn.Mish, n_networks=1)
 
 
 # ------------------------------------------------------------------------- assert_sound

@@ -21,6 +21,7 @@ bound, :math:`\|\mathrm{ReLU}(X)\|_F\le\|X\|_F` (thesis Lemma A.2(4)).
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from dataclasses import dataclass
 from functools import cache
 
@@ -321,11 +322,58 @@ def smooth_relaxation(node: Node, lo: torch.Tensor, hi: torch.Tensor
     return k, b_lo - margin, b_hi + margin
 
 
-class SmoothRelaxation(RelaxationRule):
-    """``crown``: tanh, sigmoid, softplus by parallel lines around the chord (see
-    :func:`smooth_relaxation`)."""
+@dataclass
+class Lines:
+    r"""Sound lines of an activation :math:`g` on its input interval, per neuron:
+    :math:`k_{lo}z+b_{lo}\le g(z)\le k_{hi}z+b_{hi}` for every :math:`z` in the interval
+    (``[N, *shape]`` tensors; ``k_hi is k_lo`` for parallel lines)."""
+
+    k_lo: torch.Tensor
+    b_lo: torch.Tensor
+    k_hi: torch.Tensor
+    b_hi: torch.Tensor
+
+
+class LinesRelaxation(RelaxationRule):
+    r"""Base of the element-wise activations that *state their lines*: a subclass gives
+    :meth:`lines` (sound lower and upper lines over the input interval, rounding of their
+    own computation included) and :meth:`interval`; this class turns them into the
+    backward step with its rounding charge (auto_LiRPA's ``BoundActivation`` pattern;
+    ``docs/theory/linear_relaxation.md`` §Activations that state their lines).
+
+    For a coefficient :math:`a` on :math:`g(z)`: :math:`a\,g(z)\ge a^+(k_{lo}z+b_{lo})
+    +a^-(k_{hi}z+b_{hi})`, so the new coefficient is :math:`a^+k_{lo}+a^-k_{hi}` (one rounded
+    product: the other term is an exact zero) and the constant
+    :math:`\sum a^+b_{lo}+a^-b_{hi}`; charged :math:`2u\langle|a'|,|z|\rangle` (``u`` with
+    parallel lines, one product) and :math:`\gamma_{k+2}` of the constant's terms."""
 
     nonlinear = True
+
+    @abstractmethod
+    def lines(self, node: Node, iv: Interval) -> Lines:
+        """Sound lines on the input interval ``iv`` (``[N, *shape]``)."""
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        iv = ctx.interval_in(node)
+        ln = ctx.derived(f"lines:{node.name}", iv, lambda: self.lines(node, iv))
+        k_lo, b_lo = ln.k_lo.unsqueeze(1), ln.b_lo.unsqueeze(1)
+        k_hi, b_hi = ln.k_hi.unsqueeze(1), ln.b_hi.unsqueeze(1)
+        pos, neg = lb.A.clamp(min=0), lb.A.clamp(max=0)
+        if ln.k_hi is ln.k_lo:
+            a_in, ulps = lb.A * k_lo, 1
+        else:
+            a_in, ulps = torch.addcmul(pos * k_lo, neg, k_hi), 2
+        terms = pos * b_lo + neg * b_hi
+        add = terms.flatten(2).sum(2)
+        kk = lb.A[0, 0].numel()
+        err = (ulps * UNIT_ROUNDOFF * (a_in.abs() * iv.mag.unsqueeze(1)).flatten(2).sum(2)
+               + float(gamma(kk + 2)) * terms.abs().flatten(2).sum(2))
+        return [lb.then(a_in, add, err, ctx.intervals[node.name].mag)]
+
+
+class SmoothRelaxation(LinesRelaxation):
+    """``crown``: tanh, sigmoid, softplus by parallel lines around the chord (see
+    :func:`smooth_relaxation`)."""
 
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         lo, hi = _smooth(node, ins[0].lo), _smooth(node, ins[0].hi)
@@ -334,17 +382,9 @@ class SmoothRelaxation(RelaxationRule):
             e = e + softplus_threshold_jump(node)
         return Interval(lo - e, hi + e)
 
-    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
-        iv = ctx.interval_in(node)
-        k, b_lo, b_hi = (t.unsqueeze(1) for t in smooth_relaxation(node, iv.lo, iv.hi))
-        pos, neg = lb.A.clamp(min=0), lb.A.clamp(max=0)
-        a_in = lb.A * k
-        terms = pos * b_lo + neg * b_hi
-        add = terms.flatten(2).sum(2)
-        kk = lb.A[0, 0].numel()
-        err = (UNIT_ROUNDOFF * (a_in.abs() * iv.mag.unsqueeze(1)).flatten(2).sum(2)
-               + float(gamma(kk + 2)) * terms.abs().flatten(2).sum(2))
-        return [lb.then(a_in, add, err, ctx.intervals[node.name].mag)]
+    def lines(self, node: Node, iv: Interval) -> Lines:
+        k, b_lo, b_hi = smooth_relaxation(node, iv.lo, iv.hi)
+        return Lines(k, b_lo, k, b_hi)
 
 
 register_rule("relu", "crown", ReLURelaxation())

@@ -129,6 +129,18 @@ class SoundOutput:
             elif n.op in ("batchnorm", "avgpool2d"):
                 prod *= get_rule(n.op, "sound").lipschitz(n, graph)  # type: ignore[union-attr]
                 fan += 2 if n.op == "batchnorm" else math.prod(n.attrs["kernel_size"])
+            elif n.op == "conv_transpose2d":
+                w = n.params["weight"]
+                prod *= schur_bound_conv(w)
+                fan += (w.shape[0] + w.shape[1]) * w.shape[2] * w.shape[3]
+            elif n.op == "resize":
+                prod *= get_rule(n.op, "sound").lipschitz(n, graph)  # type: ignore[union-attr]
+                fan += math.prod(n.in_shapes[0][1:])
+            elif n.op in ("adaptive_avgpool2d", "mean"):
+                from boundkit.bounds.average import window_size
+
+                prod *= get_rule(n.op, "sound").lipschitz(n, graph)  # type: ignore[union-attr]
+                fan += window_size(n)
         return float(gamma(fan)) * prod
 
     def kappa(

@@ -205,10 +205,15 @@ def _load_builtin_rules() -> None:
     _LOADED = True
     from boundkit.bounds import (  # noqa: F401  (imports register the rules)
         activation,
+        average,
         batchnorm,
         conv,
+        groupsort,
+        layernorm,
         linear,
         lrn,
+        modern_activations,
         pooling,
         structural,
+        upsampling,
     )

@@ -55,8 +55,12 @@ from boundkit.validate import check_model
 _MODULE_OPS: dict[type[nn.Module], str] = {
     nn.Linear: "linear",
     nn.Conv2d: "conv2d",
+    nn.ConvTranspose2d: "conv_transpose2d",
+    nn.Upsample: "resize",
+    nn.LayerNorm: "layernorm",
     nn.MaxPool2d: "maxpool2d",
     nn.AvgPool2d: "avgpool2d",
+    nn.AdaptiveAvgPool2d: "adaptive_avgpool2d",
     nn.LPPool2d: "lppool2d",
     nn.BatchNorm1d: "batchnorm",
     nn.BatchNorm2d: "batchnorm",
@@ -66,6 +70,10 @@ _MODULE_OPS: dict[type[nn.Module], str] = {
     nn.Tanh: "tanh",
     nn.Sigmoid: "sigmoid",
     nn.Softplus: "softplus",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.ELU: "elu",
+    nn.Hardtanh: "hardtanh",
     nn.Flatten: "flatten",
     nn.Dropout: "identity",
     nn.Dropout1d: "identity",
@@ -127,6 +135,7 @@ def _sig(op: str, spec: str, *defaults: Any, inplace: bool = False) -> _Sig:
 _POOL_MAX = "input kernel_size stride padding dilation ceil_mode return_indices"
 _POOL_AVG = "input kernel_size stride padding ceil_mode count_include_pad divisor_override"
 _DROPOUT = "input p training inplace"
+_RESIZE = "input size scale_factor mode align_corners recompute_scale_factor antialias"
 
 _FUNCTION_SIGS: dict[Any, _Sig] = {
     F.relu: _sig("relu", "input inplace", False),
@@ -140,6 +149,16 @@ _FUNCTION_SIGS: dict[Any, _Sig] = {
     F.sigmoid: _sig("sigmoid", "input"),
     F.softplus: _sig("softplus", "input beta threshold", 1.0, 20.0),
     torch.flatten: _sig("flatten", "input start_dim end_dim", 0, -1),
+    F.gelu: _sig("gelu", "input approximate", "none"),
+    F.silu: _sig("silu", "input inplace", False),
+    F.elu: _sig("elu", "input alpha inplace", 1.0, False),
+    F.hardtanh: _sig("hardtanh", "input min_val max_val inplace", -1.0, 1.0, False),
+    F.relu6: _sig("relu6", "input inplace", False),
+    F.interpolate: _sig("resize", _RESIZE, None, None, "nearest", None, None, False),
+    F.upsample: _sig("resize", _RESIZE, None, None, "nearest", None, None, False),
+    F.layer_norm: _sig("layernorm", "input normalized_shape weight bias eps", None, None, 1e-5),
+    torch.clamp: _sig("clamp", "input min max", None, None),
+    torch.clip: _sig("clamp", "input min max", None, None),
     F.dropout: _sig("identity", _DROPOUT, 0.5, True, False),
     F.dropout1d: _sig("identity", _DROPOUT, 0.5, True, False),
     F.dropout2d: _sig("identity", _DROPOUT, 0.5, True, False),
@@ -157,6 +176,8 @@ _FUNCTION_SIGS: dict[Any, _Sig] = {
     torch.concatenate: _sig("cat", "tensors dim", 0),
     F.max_pool2d: _sig("maxpool2d", _POOL_MAX, None, 0, 1, False, False),
     F.avg_pool2d: _sig("avgpool2d", _POOL_AVG, None, 0, False, True, None),
+    F.adaptive_avg_pool2d: _sig("adaptive_avgpool2d", "input output_size"),
+    torch.mean: _sig("mean", "input dim keepdim dtype", None, False, None),
 }
 
 _METHOD_SIGS: dict[str, _Sig] = {
@@ -175,6 +196,9 @@ _METHOD_SIGS: dict[str, _Sig] = {
     "sub_": _sig("sub", "self other alpha", 1, inplace=True),
     "contiguous": _sig("identity", "self memory_format", None),
     "clone": _sig("identity", "self memory_format", None),
+    "mean": _sig("mean", "self dim keepdim dtype", None, False, None),
+    "clamp": _sig("clamp", "self min max", None, None),
+    "clip": _sig("clamp", "self min max", None, None),
 }
 _RESHAPE_METHODS = frozenset({"view", "reshape"})
 
@@ -238,7 +262,7 @@ def module_op(m: nn.Module, leaf_modules: Mapping[type[nn.Module], str]) -> str 
         return leaf_modules[t]
     if t in _MODULE_OPS:
         return _MODULE_OPS[t]
-    for base, op in _MODULE_OPS.items():
+    for base, op in {**_MODULE_OPS, **_layer_ops()}.items():
         if isinstance(m, base):
             for cls in t.__mro__:
                 if cls is base:
@@ -247,6 +271,14 @@ def module_op(m: nn.Module, leaf_modules: Mapping[type[nn.Module], str]) -> str 
                 if own - _HARMLESS_METHODS:
                     return None
     return None
+
+
+def _layer_ops() -> dict[type[nn.Module], str]:
+    """boundkit's own layers (:mod:`boundkit.models.layers`), imported when first asked
+    (the package is loaded by then)."""
+    from boundkit.models.layers import GroupSort
+
+    return {GroupSort: "groupsort"}
 
 
 class _Tracer(torch.fx.Tracer):
@@ -325,6 +357,34 @@ def _module_params(node: str, op: str, m: nn.Module) -> tuple[dict[str, torch.Te
         a.update(_softplus_attrs(node, m.beta, m.threshold))
     elif op == "leaky_relu":
         a["negative_slope"] = float(m.negative_slope)
+    elif op in ("gelu", "elu", "hardtanh"):
+        a.update(activation_attrs(node, op, vars(m)))
+    elif op == "conv_transpose2d":
+        if isinstance(m.padding, str) or m.padding_mode != "zeros":
+            raise refuse(f"padding={m.padding!r}, padding_mode={m.padding_mode!r}: only "
+                         "explicit zero padding is supported")
+        p["weight"] = m.weight.detach().double()
+        if m.bias is not None:
+            p["bias"] = m.bias.detach().double()
+        a.update(
+            stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation),
+            output_padding=_pair(m.output_padding), groups=int(m.groups),
+        )
+    elif op == "resize":
+        a.update(resize_attrs(node, {
+            "size": m.size, "scale_factor": m.scale_factor, "mode": m.mode,
+            "align_corners": m.align_corners,
+            "recompute_scale_factor": m.recompute_scale_factor, "antialias": False}))
+    elif op == "layernorm":
+        shape = tuple(int(d) for d in m.normalized_shape)
+        w = m.weight if m.weight is not None else torch.ones(shape)
+        b = m.bias if m.bias is not None else torch.zeros(shape)
+        p["weight"], p["bias"] = w.detach().double(), b.detach().double()
+        a.update(normalized_shape=shape, eps=_positive_eps(node, m.eps))
+    elif op == "groupsort":
+        if m.layout not in ("consecutive", "strided") or int(m.group_size) < 1:
+            raise refuse(f"group_size={m.group_size!r}, layout={m.layout!r}")
+        a.update(group_size=int(m.group_size), layout=str(m.layout), dim=int(m.dim))
     elif op == "flatten":
         a.update(start_dim=int(m.start_dim), end_dim=int(m.end_dim))
     elif op in ("softmax", "log_softmax"):
@@ -341,6 +401,61 @@ def _pool_attrs(op: str, kernel: Any, stride: Any, padding: Any, ceil: Any) -> d
         padding=_pair(padding),
         ceil_mode=bool(ceil),
     )
+
+
+def activation_attrs(node: str, op: str, a: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of GELU (``approximate``), ELU (``alpha``) and Hardtanh
+    (``min_val``, ``max_val``), checked: what boundkit has a proven rule for."""
+    def refuse(why: str) -> UnsupportedLayerError:
+        return UnsupportedLayerError(node, op, why=why)
+
+    if op == "gelu":
+        if a["approximate"] not in ("none", "tanh"):
+            raise refuse(f"approximate={a['approximate']!r}")
+        return {"approximate": a["approximate"]}
+    if op == "elu":
+        alpha = a["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(
+                alpha):
+            raise refuse(f"alpha={alpha!r}: a finite number is supported")
+        return {"alpha": float(alpha)}
+    lo, hi = a["min_val"], a["max_val"]
+    for v in (lo, hi):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise refuse(f"min_val={lo!r}, max_val={hi!r}: finite numbers are supported")
+    if lo > hi:
+        raise refuse(f"min_val={lo!r} > max_val={hi!r}")
+    return {"min_val": float(lo), "max_val": float(hi)}
+
+
+#: resize modes whose weights are all non-negative (``bicubic`` has negative lobes)
+RESIZE_MODES = frozenset({"nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area"})
+
+
+def resize_attrs(node: str, a: Mapping[str, Any]) -> dict[str, Any]:
+    """``F.interpolate``'s arguments, kept as given (the evaluation calls it with them), for
+    the modes with non-negative weights and without antialiasing."""
+    if a["mode"] not in RESIZE_MODES:
+        raise UnsupportedLayerError(
+            node, "resize", why=f"mode={a['mode']!r}: supported modes are "
+            f"{sorted(RESIZE_MODES)} (non-negative interpolation weights)")
+    if a["antialias"]:
+        raise UnsupportedLayerError(node, "resize", why="antialias=True")
+    for k in ("size", "scale_factor"):
+        if isinstance(a[k], torch.fx.Node):
+            raise UnsupportedLayerError(node, "resize", why=f"{k} computed in forward")
+    size, sf = a["size"], a["scale_factor"]
+    return {"size": tuple(size) if isinstance(size, list) else size,
+            "scale_factor": tuple(sf) if isinstance(sf, list) else sf, "mode": a["mode"],
+            "align_corners": a["align_corners"],
+            "recompute_scale_factor": a["recompute_scale_factor"]}
+
+
+def _positive_eps(node: str, eps: Any) -> float:
+    eps = float(eps)
+    if not (eps > 0 and math.isfinite(eps)):
+        raise UnsupportedLayerError(node, "layernorm", why=f"eps={eps!r}: must be positive")
+    return eps
 
 
 def _softplus_attrs(node: str, beta: Any, threshold: Any) -> dict[str, float]:
@@ -452,11 +567,33 @@ class _Capture:
             fx_node, op, inputs, target=str(fx_node.target), module=m, params=params, attrs=attrs
         )
         self.check_input_rank(self.nodes[-1])
+        self.resolve_output_size(self.nodes[-1])
+
+    @staticmethod
+    def resolve_output_size(node: Node) -> None:
+        """An adaptive pooling's ``output_size`` as torch resolved it (an int, a pair, a
+        ``None`` entry keeping the input's size): read off the propagated output shape; a
+        GroupSort's ``dim`` as an index of the batched tensor (only the features' axis, 1,
+        is supported)."""
+        if node.op == "adaptive_avgpool2d":
+            node.attrs["output_size"] = tuple(int(s) for s in node.out_shape[-2:])
+        if node.op == "groupsort":
+            rank = len(node.in_shapes[0]) + 1
+            dim = node.attrs["dim"]
+            dim = dim + rank if dim < 0 else dim
+            if dim != 1:
+                raise UnsupportedLayerError(
+                    node.name, "groupsort",
+                    why=f"dim={node.attrs['dim']}: groups along the features' axis (dim=1) "
+                    "are supported",
+                )
+            node.attrs["dim"] = 1
 
     def check_input_rank(self, node: Node) -> None:
         """Layers whose rules assume a vector or an image get exactly that."""
         need = {"linear": (1,), "conv2d": (3,), "maxpool2d": (3,), "avgpool2d": (3,),
-                "lppool2d": (3,), "lrn": (3,), "batchnorm": (1, 2, 3)}.get(node.op)
+                "lppool2d": (3,), "lrn": (3,), "batchnorm": (1, 2, 3),
+                "adaptive_avgpool2d": (3,), "conv_transpose2d": (3,)}.get(node.op)
         if need is None or not node.in_shapes:
             return
         rank = len(node.in_shapes[0])
@@ -518,10 +655,28 @@ class _Capture:
             attrs = _softplus_attrs(fx_node.name, a["beta"], a["threshold"])
         elif op == "leaky_relu":
             attrs = {"negative_slope": float(a["negative_slope"])}
+        elif op == "relu6":
+            op, attrs = "hardtanh", {"min_val": 0.0, "max_val": 6.0}
+        elif op == "clamp":
+            if a["min"] is None or a["max"] is None:
+                inputs = self.tensor_inputs(list(fx_node.all_input_nodes))
+                self.add_node(fx_node, "unknown", inputs)
+                return
+            op, attrs = "hardtanh", activation_attrs(
+                fx_node.name, "hardtanh", {"min_val": a["min"], "max_val": a["max"]})
+        elif op in ("gelu", "elu", "hardtanh"):
+            attrs = activation_attrs(fx_node.name, op, a)
+        elif op == "resize":
+            attrs = resize_attrs(fx_node.name, a)
+        elif op == "layernorm":
+            self.layer_norm(fx_node, a, inputs)
+            return
         elif op in ("softmax", "log_softmax"):
             attrs = {"dim": a["dim"]}
         elif op == "flatten":
             attrs = {"start_dim": int(a["start_dim"]), "end_dim": int(a["end_dim"])}
+        elif op == "mean":
+            attrs = self.mean_attrs(fx_node, a)
         elif op == "maxpool2d":
             if a["return_indices"]:
                 raise UnsupportedLayerError(fx_node.name, op, why="return_indices=True")
@@ -535,6 +690,48 @@ class _Capture:
             )
         self.add_node(fx_node, op, inputs, attrs=attrs)
         self.check_input_rank(self.nodes[-1])
+        self.resolve_output_size(self.nodes[-1])
+
+    def layer_norm(self, fx_node: torch.fx.Node, a: dict[str, Any], inputs: list[str]) -> None:
+        """``F.layer_norm`` with constant (module attribute or absent) weight and bias."""
+        ns = a["normalized_shape"]
+        shape = (int(ns),) if isinstance(ns, int) else tuple(int(d) for d in ns)
+        params = {}
+        for k, default in (("weight", 1.0), ("bias", 0.0)):
+            v = a[k]
+            t = torch.full(shape, default, dtype=torch.float64) if v is None else (
+                self.constant(fx_node, v))
+            params[k] = t.expand(shape).clone()
+        attrs = {"normalized_shape": shape, "eps": _positive_eps(fx_node.name, a["eps"])}
+        self.add_node(fx_node, "layernorm", inputs, params=params, attrs=attrs)
+
+    def mean_attrs(self, fx_node: torch.fx.Node, a: dict[str, Any]) -> dict[str, Any]:
+        """``torch.mean(input, dim, keepdim)``: the reduced dimensions as non-negative
+        indices of the batched tensor (never the batch dimension), and ``keepdim``."""
+        src = a.get("input", a.get("self"))
+        rank = len(self.shape(src)) if isinstance(src, torch.fx.Node) else 0
+        dim = a["dim"]
+        if a["dtype"] is not None:
+            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dtype={a['dtype']!r}")
+        if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+            raise UnsupportedLayerError(
+                fx_node.name, "mean",
+                why="it averages over every dimension, the batch included: pass dim=",
+            )
+        dims = dim if isinstance(dim, (list, tuple)) else (dim,)
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dim={dim!r}")
+        norm = sorted({d + rank if d < 0 else d for d in dims})
+        if len(norm) != len(dims) or any(not 0 <= d < rank for d in norm):
+            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dim={dim!r}")
+        if 0 in norm:
+            raise UnsupportedLayerError(
+                fx_node.name, "mean", why="it averages over the batch dimension"
+            )
+        keepdim = a["keepdim"]
+        if not isinstance(keepdim, bool):
+            raise UnsupportedLayerError(fx_node.name, "mean", why=f"keepdim={keepdim!r}")
+        return {"dims": tuple(norm), "keepdim": keepdim}
 
     def arith(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
         r"""``input + alpha * other`` (``-`` for ``sub``): :math:`\sum_i c_i x_i + s` over the

@@ -24,10 +24,14 @@ _null = contextlib.nullcontext
 # Node kinds boundkit knows. Anything else is captured as op "unknown" and refused by the
 # bound methods with an error that names the node.
 AFFINE_OPS = frozenset(
-    {"linear", "conv2d", "batchnorm", "avgpool2d", "flatten", "reshape", "identity"}
+    {"linear", "conv2d", "batchnorm", "avgpool2d", "flatten", "reshape", "identity",
+     "adaptive_avgpool2d", "mean", "conv_transpose2d", "resize"}
 )
-ACTIVATION_OPS = frozenset({"relu", "leaky_relu", "tanh", "sigmoid", "softplus"})
-POOL_OPS = frozenset({"maxpool2d", "avgpool2d", "lppool2d"})
+ACTIVATION_OPS = frozenset(
+    {"relu", "leaky_relu", "tanh", "sigmoid", "softplus", "gelu", "silu", "elu", "hardtanh",
+     "groupsort"}
+)
+POOL_OPS = frozenset({"maxpool2d", "avgpool2d", "lppool2d", "adaptive_avgpool2d"})
 OUTPUT_SQUASH_OPS = frozenset({"softmax", "log_softmax"})
 MERGE_OPS = frozenset({"add", "cat"})
 KNOWN_OPS = (
@@ -36,7 +40,7 @@ KNOWN_OPS = (
     | POOL_OPS
     | OUTPUT_SQUASH_OPS
     | MERGE_OPS
-    | frozenset({"input", "lrn", "unknown"})
+    | frozenset({"input", "lrn", "layernorm", "unknown"})
 )
 
 

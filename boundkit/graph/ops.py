@@ -40,6 +40,26 @@ def _conv2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     )
 
 
+def _conv_transpose2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    a = node.attrs
+    return F.conv_transpose2d(
+        xs[0], node.params["weight"], node.params.get("bias"), a["stride"], a["padding"],
+        a["output_padding"], a["groups"], a["dilation"],
+    )
+
+
+def _resize(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    a = node.attrs
+    return F.interpolate(xs[0], a["size"], a["scale_factor"], a["mode"], a["align_corners"],
+                         a["recompute_scale_factor"])
+
+
+def _layernorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    p = node.params
+    return F.layer_norm(xs[0], node.attrs["normalized_shape"], p["weight"], p["bias"],
+                        node.attrs["eps"])
+
+
 def _batchnorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     p = node.params
     return F.batch_norm(
@@ -63,6 +83,14 @@ def _avgpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     )
 
 
+def _adaptive_avgpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(xs[0], node.attrs["output_size"])
+
+
+def _mean(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.mean(xs[0], dim=node.attrs["dims"], keepdim=node.attrs["keepdim"])
+
+
 def _lppool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.lp_pool2d(xs[0], a["p"], a["kernel_size"], a["stride"], a["ceil_mode"])
@@ -79,6 +107,25 @@ def _softplus(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _leaky_relu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.leaky_relu(xs[0], node.attrs["negative_slope"])
+
+
+def _gelu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.gelu(xs[0], approximate=node.attrs["approximate"])
+
+
+def _elu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.elu(xs[0], node.attrs["alpha"])
+
+
+def _hardtanh(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.hardtanh(xs[0], node.attrs["min_val"], node.attrs["max_val"])
+
+
+def _groupsort(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    from boundkit.models.layers import group_sort
+
+    a = node.attrs
+    return group_sort(xs[0], a["group_size"], a["layout"], 1)
 
 
 def _reshape(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -125,15 +172,25 @@ EVALUATORS: dict[str, Evaluator] = {
     "linear": _linear,
     "conv2d": _conv2d,
     "batchnorm": _batchnorm,
+    "conv_transpose2d": _conv_transpose2d,
+    "resize": _resize,
+    "layernorm": _layernorm,
     "maxpool2d": _maxpool2d,
     "avgpool2d": _avgpool2d,
     "lppool2d": _lppool2d,
+    "adaptive_avgpool2d": _adaptive_avgpool2d,
+    "mean": _mean,
     "lrn": _lrn,
     "relu": lambda n, xs: torch.relu(xs[0]),
     "leaky_relu": _leaky_relu,
     "tanh": lambda n, xs: torch.tanh(xs[0]),
     "sigmoid": lambda n, xs: torch.sigmoid(xs[0]),
     "softplus": _softplus,
+    "gelu": _gelu,
+    "silu": lambda n, xs: F.silu(xs[0]),
+    "elu": _elu,
+    "hardtanh": _hardtanh,
+    "groupsort": _groupsort,
     "flatten": _reshape,
     "reshape": _reshape,
     "identity": _identity,

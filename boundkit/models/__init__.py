@@ -16,6 +16,7 @@ import importlib
 from typing import Any
 
 from boundkit.models.io import NonFiniteWeightsError, load_model, save_model
+from boundkit.models.layers import GroupSort, MaxMin
 from boundkit.models.onnx import OnnxImportError, load_onnx
 from boundkit.models.preprocess import normalize
 from boundkit.models.zoo import (
@@ -45,6 +46,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ZOO",
+    "GroupSort",
+    "MaxMin",
     "NonFiniteWeightsError",
     "OnnxImportError",
     "ResidualBlock",

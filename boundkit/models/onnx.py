@@ -1056,6 +1056,97 @@ class _Importer:
         # a large threshold keeps the function ONNX's log(1 + exp(x)) to float precision.
         return self.unary(self.dyn(node, 0), nn.Softplus(beta=1.0, threshold=20.0), "softplus")
 
+    # ---- activations of issue 24 (GELU, SiLU, ELU, Clip) and their export patterns
+    def op_Gelu(self, node: Any, k: int) -> _Dyn:
+        approx = self.attrs(node).get("approximate", "none")
+        approx = approx.decode() if isinstance(approx, bytes) else str(approx)
+        if approx not in ("none", "tanh"):
+            raise self.fail(node, f"approximate={approx!r}")
+        return self.unary(self.dyn(node, 0), nn.GELU(approximate=approx), "gelu")
+
+    def op_Elu(self, node: Any, k: int) -> _Dyn:
+        alpha = float(self.attrs(node).get("alpha", 1.0))
+        if not math.isfinite(alpha):
+            raise self.fail(node, f"alpha={alpha}")
+        return self.unary(self.dyn(node, 0), nn.ELU(alpha=alpha), "elu")
+
+    def op_Clip(self, node: Any, k: int) -> _Dyn:
+        a = self.attrs(node)
+        lo = self.opt_const(node, 1) if len(node.input) > 1 else a.get("min")
+        hi = self.opt_const(node, 2) if len(node.input) > 2 else a.get("max")
+        lo = None if lo is None else float(np.asarray(lo).reshape(-1)[0])
+        hi = None if hi is None else float(np.asarray(hi).reshape(-1)[0])
+        v = self.dyn(node, 0)
+        if lo is not None and hi is None and lo == 0.0:
+            return self.unary(v, nn.ReLU(), "relu")
+        if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            raise self.fail(node, f"Clip(min={lo}, max={hi}): two finite bounds (or min=0) "
+                            "are supported")
+        return self.unary(v, nn.Hardtanh(lo, hi), "hardtanh")
+
+    def _producers(self) -> dict[str, tuple[int, Any]]:
+        if not hasattr(self, "_producer_map"):
+            self._producer_map = {o: (i, n) for i, n in enumerate(self.nodes) for o in n.output}
+        return self._producer_map
+
+    def _const_input(self, node: Any, other: str) -> float | None:
+        """The scalar constant operand of a binary ``node`` whose other operand is named
+        ``other`` (``None`` when it is not such a node)."""
+        if node is None or len(node.input) != 2 or other not in node.input:
+            return None
+        name = node.input[1 - list(node.input).index(other)]
+        c = self.values.get(name)
+        prod = self._producers().get(name, (None, None))[1]
+        if c is None and prod is not None and prod.op_type == "Constant":
+            c = self.fold(prod, [])  # a Constant written after its first reader
+        if not isinstance(c, np.ndarray) or c.size != 1:
+            return None
+        return float(c.reshape(-1)[0])
+
+    def op_Erf(self, node: Any, k: int) -> _Dyn:
+        """GELU as exporters write it: ``x * 0.5 * (1 + erf(x / sqrt 2))`` (the ``Div`` or
+        ``Mul`` by a constant, ``Erf``, ``Add 1``, two ``Mul`` in either order)."""
+        why = "Erf is supported only inside GELU's pattern x * 0.5 * (1 + erf(x / sqrt(2)))"
+        prods = self._producers()
+        scaled = prods.get(node.input[0], (None, None))[1]
+        if scaled is None or scaled.op_type not in ("Div", "Mul"):
+            raise self.fail(node, why)
+        x_name = scaled.input[0] if isinstance(self.values.get(scaled.input[0]), _Dyn) else (
+            scaled.input[1])
+        c = self._const_input(scaled, x_name)
+        r2 = math.sqrt(2.0)
+        if c is None or not math.isclose(c if scaled.op_type == "Div" else 1 / c, r2,
+                                         rel_tol=1e-6):
+            raise self.fail(node, why)
+        add = self.only_consumer(node.output[0])
+        if add is None or add.op_type != "Add" or not math.isclose(
+                self._const_input(add, node.output[0]) or 0.0, 1.0, rel_tol=1e-7):
+            raise self.fail(node, why)
+        mul = self.only_consumer(add.output[0])
+        if mul is None or mul.op_type != "Mul" or len(mul.input) != 2:
+            raise self.fail(node, why)
+        other = mul.input[1 - list(mul.input).index(add.output[0])]
+        chain = [add, mul]
+        if other == x_name:  # x * (1 + erf), then * 0.5
+            half = self.only_consumer(mul.output[0])
+            if half is None or half.op_type != "Mul" or not math.isclose(
+                    self._const_input(half, mul.output[0]) or 0.0, 0.5, rel_tol=1e-7):
+                raise self.fail(node, why)
+            chain.append(half)
+        else:  # (x * 0.5) * (1 + erf)
+            hx = prods.get(other, (None, None))[1]
+            if hx is None or hx.op_type != "Mul" or not math.isclose(
+                    self._const_input(hx, x_name) or 0.0, 0.5, rel_tol=1e-7):
+                raise self.fail(node, why)
+        v = self.values[x_name]
+        if not isinstance(v, _Dyn):
+            raise self.fail(node, why)
+        out = self.unary(v, nn.GELU(), "gelu")
+        for n in chain:
+            self.skip.add(self._producers()[n.output[0]][0])
+        self.values[chain[-1].output[0]] = out
+        return out
+
     def op_LeakyRelu(self, node: Any, k: int) -> _Dyn:
         alpha = float(self.attrs(node).get("alpha", 0.01))
         v = self.real(self.dyn(node, 0), node)
@@ -1409,6 +1500,123 @@ class _Importer:
         out = self.add_module("avgpool", pool, self.materialize(v, node))
         return _Dyn(out, (c, 1, 1), (c, 1, 1))
 
+    def op_ReduceMean(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        a = self.attrs(node)
+        axes = a.get("axes")
+        if axes is None and len(node.input) > 1:
+            axes = self.opt_const(node, 1)
+        if axes is None or len(np.asarray(axes).reshape(-1)) == 0:
+            raise self.fail(node, "no axes: the mean would run over the batch too")
+        r = len(v.shape) + 1
+        dims = sorted({int(d) % r for d in np.asarray(axes).reshape(-1)})
+        if 0 in dims:
+            raise self.fail(node, "a mean over the batch axis")
+        keep = bool(int(a.get("keepdims", 1)))
+        x = self.materialize(v, node)
+        out = self.graph.call_method("mean", (x,), {"dim": tuple(dims), "keepdim": keep})
+        if keep:
+            shape = tuple(1 if i in dims else s for i, s in enumerate(v.shape, 1))
+        else:
+            shape = tuple(s for i, s in enumerate(v.shape, 1) if i not in dims)
+        return _Dyn(out, shape, shape)
+
+    def op_ConvTranspose(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        a = self.attrs(node)
+        w = self._float(node, self.const(node, 1, "the kernel"), "the kernel")
+        b = self.opt_const(node, 2)
+        if w.ndim != 4:
+            raise self.fail(node, f"only 2-D transposed convolutions (kernel {list(w.shape)})")
+        c, h, wd = self._spatial(node, v)
+        groups = int(a.get("group", 1))
+        if groups < 1 or w.shape[0] != c or c % groups:
+            raise self.fail(node, f"kernel {list(w.shape)} and group {groups} do not fit {c} "
+                            "input channels")
+        if "output_shape" in a:
+            raise self.fail(node, "output_shape: export with pads and output_padding")
+        pads = self._pads(node, a, w.shape[2:])
+        if pads[0] != pads[2] or pads[1] != pads[3]:
+            raise self.fail(node, f"asymmetric pads {pads}")
+        strides = tuple(int(s) for s in a.get("strides", (1, 1)))
+        dil = tuple(int(s) for s in a.get("dilations", (1, 1)))
+        opad = tuple(int(s) for s in a.get("output_padding", (0, 0)))
+        if any(s < 1 for s in strides + dil) or any(o < 0 for o in opad):
+            raise self.fail(node, f"strides {strides} / dilations {dil} / output_padding {opad}")
+        conv = nn.ConvTranspose2d(c, w.shape[1] * groups, tuple(w.shape[2:]), stride=strides,
+                                  padding=(pads[0], pads[1]), output_padding=opad,
+                                  groups=groups, bias=b is not None, dilation=dil)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+            if b is not None:
+                conv.bias.copy_(torch.from_numpy(self._float(node, b, "bias").astype(np.float32)))
+        shape = self._out_shape(node, conv, (c, h, wd))
+        self._bound(node, math.prod(shape), "output")
+        out = self.add_module("convtranspose", conv, self.materialize(v, node))
+        return _Dyn(out, shape, shape)
+
+    def op_Resize(self, node: Any, k: int) -> _Dyn:
+        """``Resize`` as exporters write ``nn.Upsample`` / ``F.interpolate``: nearest with
+        asymmetric coordinates and floor rounding, or linear with (pytorch_)half_pixel or
+        align_corners coordinates; scales or sizes on the two spatial axes."""
+        v = self.dyn(node, 0)
+        a = self.attrs(node)
+        dec = {k2: (x.decode() if isinstance(x, bytes) else x) for k2, x in a.items()}
+        mode = dec.get("mode", "nearest")
+        ctm = dec.get("coordinate_transformation_mode", "half_pixel")
+        c, h, wd = self._spatial(node, v)
+        scales = self.opt_const(node, 2) if len(node.input) > 2 else None
+        sizes = self.opt_const(node, 3) if len(node.input) > 3 else None
+        if scales is not None and scales.size == 0:
+            scales = None
+        if int(a.get("antialias", 0)) or "axes" in a:
+            raise self.fail(node, "antialias / axes are not supported")
+        if mode == "nearest" and ctm == "asymmetric" and dec.get("nearest_mode",
+                                                                 "round_prefer_floor") == "floor":
+            kw: dict[str, Any] = {"mode": "nearest"}
+        elif mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel"):
+            kw = {"mode": "bilinear", "align_corners": False}
+        elif mode == "linear" and ctm == "align_corners":
+            kw = {"mode": "bilinear", "align_corners": True}
+        else:
+            raise self.fail(node, f"mode={mode!r} with coordinate_transformation_mode={ctm!r}"
+                            f" and nearest_mode={dec.get('nearest_mode')!r} is not supported")
+        if scales is not None:
+            sc = [float(t) for t in scales.reshape(-1)]
+            if len(sc) != 4 or sc[0] != 1 or sc[1] != 1 or min(sc[2:]) <= 0:
+                raise self.fail(node, f"scales {sc}: only the two spatial axes may scale")
+            up = nn.Upsample(scale_factor=(sc[2], sc[3]), **kw)
+        elif sizes is not None:
+            sz = [int(t) for t in sizes.reshape(-1)]
+            if len(sz) != 4 or sz[1] != c or min(sz[2:]) < 1:
+                raise self.fail(node, f"sizes {sz}: only the two spatial axes may change")
+            up = nn.Upsample(size=(sz[2], sz[3]), **kw)
+        else:
+            raise self.fail(node, "neither scales nor sizes")
+        shape = self._out_shape(node, up, (c, h, wd))
+        self._bound(node, math.prod(shape), "output")
+        out = self.add_module("resize", up, self.materialize(v, node))
+        return _Dyn(out, shape, shape)
+
+    def op_LayerNormalization(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        a = self.attrs(node)
+        r = len(v.shape) + 1
+        axis = int(a.get("axis", -1)) % r
+        if axis == 0:
+            raise self.fail(node, "normalisation over the batch axis")
+        shape = tuple(v.shape[axis - 1:])
+        scale = self._float(node, self.const(node, 1, "the scale"), "the scale")
+        bias = self.opt_const(node, 2)
+        ln = nn.LayerNorm(shape, eps=float(a.get("epsilon", 1e-5)))
+        with torch.no_grad():
+            ln.weight.copy_(torch.from_numpy(np.broadcast_to(scale, shape).astype(np.float32)))
+            b = np.zeros(shape) if bias is None else np.broadcast_to(
+                self._float(node, bias, "bias"), shape)
+            ln.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float32)))
+        out = self.add_module("layernorm", ln, self.materialize(v, node))
+        return _Dyn(out, v.shape, v.shape)
+
     # ---- normalisation layers
     def op_BatchNormalization(self, node: Any, k: int) -> _Dyn:
         v = self.dyn(node, 0)
@@ -1564,9 +1772,24 @@ class _Importer:
     def op_Mul(self, node: Any, k: int) -> _Dyn:
         x, y, _ = self._binary(node)
         if isinstance(y, _Dyn):
+            silu = self._silu(node)
+            if silu is not None:
+                return silu
             raise self.fail(node, "multiplying two input-dependent tensors is not supported")
         self._out_broadcast(node, x, y)
         return self.scale_shift(x, y, None, node, "mul_const")
+
+    def _silu(self, node: Any) -> _Dyn | None:
+        """``x * Sigmoid(x)`` (SiLU / swish as exported): one node, or ``None``."""
+        prods = self._producers()
+        for i in (0, 1):
+            sig = prods.get(node.input[i], (None, None))[1]
+            if (sig is not None and sig.op_type == "Sigmoid"
+                    and sig.input[0] == node.input[1 - i]):
+                v = self.values[node.input[1 - i]]
+                if isinstance(v, _Dyn):
+                    return self.unary(v, nn.SiLU(), "silu")
+        return None
 
     def op_Div(self, node: Any, k: int) -> _Dyn:
         x, y, swapped = self._binary(node)

@@ -40,6 +40,8 @@ _ACTS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
     "softplus": nn.Softplus,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
 }
 
 
@@ -209,6 +211,91 @@ def resnet_mnist(channels: int = 8, blocks: int = 1, hidden: int = 64) -> nn.Seq
         ("relu_fc", nn.ReLU()),
         ("fc2", nn.Linear(hidden, 10)),
     )
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock``: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + s(x))``
+    with 3x3 convolutions without bias, eval batch norm, and the shortcut ``s`` the identity
+    or, when the stride or the width changes, torchvision's ``downsample``: a 1x1
+    convolution with that stride followed by batch norm."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                          nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output (same as torchvision's ``BasicBlock.forward``)."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+def cifar_resnet(widths: tuple[int, ...] = (8, 16, 32), blocks: int = 1,
+                 num_classes: int = 10) -> nn.Sequential:
+    """A CIFAR ResNet in torchvision's shape (project addition, issue 24): stem
+    ``Conv(3, w0, 3, p1, no bias)``-BN-ReLU, then per stage ``blocks`` :class:`BasicBlock` s
+    (the first of every stage after the first with stride 2 and a 1x1 downsampling
+    shortcut), ``AdaptiveAvgPool2d(1)``, ``Flatten``, ``Linear(w_last, num_classes)``.
+    The defaults (three stages, one block each) match the size of VNN-COMP's
+    ``sri_resnet_a`` family."""
+    if not widths or blocks < 1:
+        raise ValueError("cifar_resnet needs at least one stage and one block per stage")
+    layers: list[tuple[str, nn.Module]] = [
+        ("conv1", nn.Conv2d(3, widths[0], 3, padding=1, bias=False)),
+        ("bn1", nn.BatchNorm2d(widths[0])),
+        ("relu", nn.ReLU()),
+    ]
+    cin = widths[0]
+    for i, w in enumerate(widths):
+        for j in range(blocks):
+            stride = 2 if i > 0 and j == 0 else 1
+            layers.append((f"layer{i + 1}_{j}", BasicBlock(cin, w, stride)))
+            cin = w
+    layers += [("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+               ("fc", nn.Linear(cin, num_classes))]
+    return _seq(*layers)
+
+
+def smooth_mlp(sizes: tuple[int, ...] = (784, 128, 64, 10)) -> nn.Sequential:
+    """An MLP with the activations of current transformers' MLP blocks (project addition,
+    issue 24): ``Flatten``, then ``Linear``-GELU, ``Linear``-SiLU alternating, a final
+    ``Linear``. (The gated form ``a * silu(b)`` needs products of two activations, which
+    boundkit does not bound yet.)"""
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    for i in range(len(sizes) - 1):
+        layers.append((f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1])))
+        if i < len(sizes) - 2:
+            layers.append((f"act{i + 1}", nn.GELU() if i % 2 == 0 else nn.SiLU()))
+    return _seq(*layers)
+
+
+def maxmin_mlp(sizes: tuple[int, ...] = (784, 128, 128, 10)) -> nn.Sequential:
+    """A MaxMin network of the L2 1-Lipschitz literature (project addition, issue 24;
+    Anil et al. 2019): ``Flatten``, ``Linear``-:class:`~boundkit.models.layers.MaxMin`
+    layers with orthogonally initialised weights, a final ``Linear``. Trained here without
+    an orthogonality constraint, so it is not 1-Lipschitz after training; MaxMin keeps the
+    gradient norm of every layer."""
+    from boundkit.models.layers import MaxMin
+
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    for i in range(len(sizes) - 1):
+        fc = nn.Linear(sizes[i], sizes[i + 1])
+        nn.init.orthogonal_(fc.weight)
+        nn.init.zeros_(fc.bias)
+        layers.append((f"fc{i + 1}", fc))
+        if i < len(sizes) - 2:
+            layers.append((f"maxmin{i + 1}", MaxMin()))
+    return _seq(*layers)
 
 
 @dataclass(frozen=True)
@@ -435,6 +522,37 @@ def _entries() -> list[ZooEntry]:
             "cifar10",
             "cifar_nin_small + BatchNorm2d",
             "§5.1.2, §5.4",
+            epochs=10,
+        ),
+        ZooEntry(
+            "resnet_cifar",
+            cifar_resnet,
+            (3, 32, 32),
+            10,
+            "cifar10",
+            "torchvision-shaped ResNet: stem + 3 BasicBlocks (8/16/32 maps, BN, 1x1 "
+            "downsampling) + AdaptiveAvgPool2d(1) + FC10",
+            "project addition (issue 24)",
+            epochs=2,
+        ),
+        ZooEntry(
+            "smooth_mlp_mnist",
+            smooth_mlp,
+            (1, 28, 28),
+            10,
+            "mnist",
+            "784-128-64-10, GELU then SiLU",
+            "project addition (issue 24)",
+            epochs=10,
+        ),
+        ZooEntry(
+            "maxmin_mnist",
+            maxmin_mlp,
+            (1, 28, 28),
+            10,
+            "mnist",
+            "784-128-128-10, MaxMin activations, orthogonal initialisation",
+            "project addition (issue 24)",
             epochs=10,
         ),
         ZooEntry(

@@ -7,12 +7,14 @@ import torch
 import torch.fx
 from torch import nn
 
-from boundkit.models import ZOO, ResidualBlock, build_model, lenet5
+from boundkit.models import ZOO, GroupSort, ResidualBlock, build_model, lenet5
+from boundkit.models.zoo import BasicBlock
 
 ALLOWED = (
     nn.Sequential, nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d,
     nn.BatchNorm1d, nn.BatchNorm2d, nn.LocalResponseNorm, nn.ReLU, nn.Tanh, nn.Sigmoid,
     nn.Softplus, nn.Flatten, nn.Dropout, ResidualBlock,
+    nn.AdaptiveAvgPool2d, nn.GELU, nn.SiLU, BasicBlock, GroupSort,
 )  # fmt: skip
 
 
@@ -100,3 +102,21 @@ def test_bn_variant_has_batchnorm_after_each_conv() -> None:
     for i, m in enumerate(kids):
         if isinstance(m, nn.Conv2d):
             assert isinstance(kids[i + 1], nn.BatchNorm2d)
+
+
+def test_issue24_entries_have_the_promised_layers_and_certify() -> None:
+    import boundkit as bk
+
+    res = build_model("resnet_cifar", seed=0)
+    blocks = [m for m in res.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 3 and sum(b.downsample is not None for b in blocks) == 2
+    assert isinstance(res.avgpool, nn.AdaptiveAvgPool2d)
+    assert any(isinstance(m, nn.GELU) for m in build_model("smooth_mlp_mnist").modules())
+    mm = build_model("maxmin_mnist", seed=0)
+    assert any(isinstance(m, GroupSort) for m in mm.modules())
+    w = mm.fc2.weight.detach()
+    torch.testing.assert_close(w @ w.T, torch.eye(128), atol=1e-5, rtol=0)  # orthogonal init
+    x = torch.rand(2, 1, 28, 28)
+    for name in ("smooth_mlp_mnist", "maxmin_mnist"):
+        cert = bk.certify(build_model(name, seed=0), x, "crown")
+        assert (cert.radius > 0).all()
