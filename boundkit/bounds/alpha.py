@@ -28,7 +28,9 @@ from boundkit.bounds.crown import (
     CrownMethod,
     CrownPlan,
     CrownRun,
+    RadiusSearch,
     RadiusStep,
+    check_rtol,
     radius_step,
     search_radius,
 )
@@ -39,6 +41,10 @@ from boundkit.graph.graph import Graph, Node
 #: the key prefix of the final walk's slopes in ``RelaxContext.slopes``
 FINAL = FINAL_SPEC
 
+
+#: the tolerance of the ``crown`` search whose radius starts the optimised search (looser
+#: than the default rtol: it only needs a good start)
+START_RTOL = 1e-2
 
 #: the most slopes (per sample) one (refined node, ReLU) pair may hold: 2 M_node M_relu
 INTERMEDIATE_SLOPES = 1 << 20
@@ -227,13 +233,21 @@ class AlphaMethod(CrownMethod):
                         _check_lr(options.get("lr", 0.1)))
 
     def search(self, run: CrownRun, label: torch.Tensor, lo: torch.Tensor,
-               margin: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+               margin: torch.Tensor, options: dict[str, Any]) -> RadiusSearch:
+        """The ``crown`` search to ``START_RTOL`` whatever rtol, then the optimised one from
+        its radius, to rtol; the larger of the two radii. Neither search's radii depend on
+        rtol (nor, then, the state the second starts from), so the radius never shrinks as
+        rtol tightens."""
         assert isinstance(run, AlphaRun)
-        r = super().search(run, label, lo, margin, options)
+        rtol = check_rtol(options.get("rtol", 1e-3))
+        crown = search_radius(run, label, lo, margin, START_RTOL, reach=run.reach)
         run.optimise = True
-        rtol = float(options.get("rtol", 1e-3))
-        return search_radius(run, label, torch.maximum(r, lo), margin, rtol, first=1.05,
-                             reach=run.reach)
+        found = search_radius(run, label, torch.maximum(crown.radius, lo), margin, rtol,
+                              first=1.05, reach=run.reach)
+        return RadiusSearch(torch.maximum(found.radius, crown.radius),
+                            found.fail,
+                            found.evaluations + crown.evaluations,
+                            found.capped | crown.capped)
 
 
 #: the largest accepted ``iterations`` and ``lr`` (slopes live in [s, 1]: larger steps only

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -885,48 +886,85 @@ def radius_step(conc: Concrete, eps: torch.Tensor, label: torch.Tensor) -> Radiu
 #: the extrapolated root (m is concave in practice: the chord overshoots)
 EXTRAPOLATE = 0.8
 #: a radius that closes the bracket on one outcome is tried when the root estimate lies at
-#: least this many rtol inside it
+#: least this many aim widths inside it
 CLOSE_MARGIN = 0.25
+#: the relative width the search aims to close the bracket to in one step (``min(AIM,
+#: width / 4)``): it does not depend on rtol, so the radii tried are the same for every
+#: rtol and a tighter rtol only searches longer (docs/theory/linear_relaxation.md §The radius)
+AIM = 1e-3
+#: an interpolation step that leaves more than this fraction of the bracket's log-width is
+#: followed by a bisection in log space (at least one halving every two steps)
+SHRINK = 0.5
+#: the most relaxations the search evaluates per sample; a sample stopped by it before its
+#: bracket closed to rtol is reported (``RadiusSearch.capped``)
+MAX_EVALUATIONS = 64
+
+
+@dataclass
+class RadiusSearch:
+    """What :func:`search_radius` found, per sample [N]: ``radius`` certified (the largest
+    radius certified by any step, at least the ``lo`` it started from); ``fail`` the smallest
+    radius whose relaxation failed (``inf``: none tried; the search stops once ``fail <=
+    radius (1 + rtol)``); ``evaluations`` the relaxations evaluated; ``capped`` where the
+    evaluation limit stopped the search before the bracket closed to rtol."""
+
+    radius: torch.Tensor
+    fail: torch.Tensor
+    evaluations: torch.Tensor
+    capped: torch.Tensor
 
 
 def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: torch.Tensor,
-                  rtol: float = 1e-3, max_steps: int = 40, first: float = 2.0,
-                  reach: torch.Tensor | None = None) -> torch.Tensor:
+                  rtol: float = 1e-3, max_evaluations: int = MAX_EVALUATIONS,
+                  first: float = 2.0, reach: torch.Tensor | None = None) -> RadiusSearch:
     r"""Per-sample radius search for the root of :math:`m(\varepsilon)`, the margin bound of
     the relaxation built for radius :math:`\varepsilon` (:class:`RadiusStep`; decreasing in
-    practice, piecewise smooth with jumps where a neuron's relaxation changes, :math:`m(0)`
-    the margin at :math:`x_0`).
+    practice but not always, piecewise smooth with jumps where a neuron's relaxation
+    changes, on deep networks a cliff of several orders of magnitude; :math:`m(0)` the
+    margin at :math:`x_0`).
 
     Every step certifies :math:`\min(\varepsilon,\varphi(\varepsilon))`, so ``lo``
     (certified on entry, e.g. the ``sound`` radius) only grows whatever :math:`m` does;
-    ``hi`` is the smallest radius whose relaxation failed. The root is estimated by the
-    secant through the last two radii tried, kept if it falls inside the bracket of the
-    largest pass and the smallest failure, else by regula falsi on those two; before any
-    failure, the step goes ``EXTRAPOLATE`` of the way to the secant's root, capped by
-    :math:`\varphi` of the last pass (the root lies below it). The radius tried next:
-    one that closes the bracket on one outcome (``lo (1 + rtol)``, closed by a failure, or
-    ``hi / (1 + rtol)``, closed by a pass) when the estimate lies ``CLOSE_MARGIN`` rtol
+    ``hi`` is the smallest radius whose relaxation failed. Before any failure the step goes
+    ``EXTRAPOLATE`` of the way to the secant's root (else grows 4x). Once bracketed, the
+    root is estimated by the secant through the last two radii tried where it falls inside
+    ``(lo, hi)``, else by regula falsi on the pass and fail ends with the Illinois rule (the
+    value of an end kept twice in a row is halved), capped by :math:`\varphi` of the pass
+    end (the root lies below it where :math:`m` decreases). The radius tried: one that
+    closes the bracket to the aim width :math:`\tau=\min(`AIM`, w/4)` (w: the bracket's
+    relative width) on one outcome when the estimate lies ``CLOSE_MARGIN`` :math:`\tau`
     inside it, else just above the estimate (a failure there still certifies
-    :math:`\varphi`, close below the root) or, once ``hi`` is close above it, just below.
-    Outside the bracket: the geometric mean, or growth by 4x while nothing failed. Stops
-    at ``hi <= lo (1 + rtol)`` per sample; ``first``: the first radius tried is
-    ``first * lo``. ``reach`` [N] (:attr:`CrownRun.reach`): no larger radius is tried, and a
-    pass at it certifies the whole box: the radius is then ``inf``."""
+    :math:`\varphi`) or, once ``hi`` is close above it, just below. An interpolation step
+    that leaves more than ``SHRINK`` of the bracket's log-width (a cliff of :math:`m`: the
+    estimate sits next to the pass end) is followed by a bisection in log space, so the
+    log-width at least halves every two steps; an unusable estimate bisects at once.
+
+    The radii tried do not depend on ``rtol``: it only decides when a sample stops
+    (``hi <= lo (1 + rtol)``), so a tighter rtol continues the same sequence and never
+    returns a smaller radius. A sample stops after ``max_evaluations`` evaluations at the
+    latest (``RadiusSearch.capped``). ``first``: the first radius tried is ``first * lo``
+    (1e-2 where ``lo`` is 0). ``reach`` [N] (:attr:`CrownRun.reach`): no larger radius is
+    tried, and a pass at it certifies the whole box: the radius is then ``inf``."""
     n = lo.numel()
     lo = lo.clone()
     hi = torch.full_like(lo, math.inf)
     active = margin > 0
     nan = torch.full_like(lo, math.nan)
-    # the last radius tried and its margin bound ((0, m(0)) before any), the pass end a
-    # (m >= 0) and the fail end b
+    evals = torch.zeros(n, dtype=torch.long, device=lo.device)
+    # the last radius tried and its margin bound ((0, m(0)) before any); the pass end a
+    # (the largest radius that passed, its m and phi) and the fail end b (the smallest that
+    # failed); fa, fb: the ends' values as regula falsi uses them (Illinois-halved)
     x1, y1 = torch.zeros_like(lo), margin.clone()
-    ea, ma, eb, mb = torch.zeros_like(lo), margin.clone(), nan.clone(), nan.clone()
+    ea, fa, eb, fb = torch.zeros_like(lo), margin.clone(), nan.clone(), nan.clone()
     phia = torch.full_like(lo, math.inf)
+    side = torch.zeros(n, dtype=torch.int8, device=lo.device)  # end replaced last: +1 a, -1 b
+    bisect = torch.zeros(n, dtype=torch.bool, device=lo.device)
     if reach is None:
         reach = torch.full_like(lo, math.inf)
     eps = torch.where(lo > 0, lo * first, torch.full_like(lo, 1e-2)).minimum(reach)
-    for _ in range(max_steps):
-        todo = active & ~(hi <= lo * (1 + rtol))
+    while True:
+        open_ = active & ~(hi <= lo * (1 + rtol))
+        todo = open_ & (evals < max_evaluations)
         if not bool(todo.any()):
             break
         idx = torch.nonzero(todo).flatten()
@@ -940,40 +978,54 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
             sub.remember(st.certified < st.eps)
             run.absorb(sub, idx)
             phi, m, cert = st.phi, st.bound, st.certified
+        evals[idx] += 1
         e = eps[idx]
+        l0, h0 = lo[idx], hi[idx]
+        width0 = torch.log(h0 / l0)  # inf while unbracketed or lo = 0
         ok = cert >= e
         # a pass on a ball holding the whole box certifies every radius
         cert = torch.where(ok & (e >= reach[idx]), math.inf, cert)
-        lo[idx] = torch.maximum(lo[idx], cert)
-        hi[idx] = torch.where(ok, hi[idx], torch.minimum(hi[idx], e))
+        l, h = torch.maximum(l0, cert), torch.where(ok, h0, torch.minimum(h0, e))
+        lo[idx], hi[idx] = l, h
+        # the ends, with the Illinois rule: an end kept on two steps in a row is halved
+        sd = side[idx]
+        a_e, b_e = torch.where(ok, e, ea[idx]), torch.where(ok, eb[idx], e)
+        a_f = torch.where(ok, m, torch.where(sd == -1, 0.5 * fa[idx], fa[idx]))
+        b_f = torch.where(ok, torch.where(sd == 1, 0.5 * fb[idx], fb[idx]), m)
+        ph = torch.where(ok, phi, phia[idx])
+        ea[idx], fa[idx], eb[idx], fb[idx], phia[idx] = a_e, a_f, b_e, b_f, ph
+        side[idx] = torch.where(ok, 1, -1).to(torch.int8)
+        # the rate guarantee: an interpolation step that did not shrink the log-width enough
+        # is followed by a bisection
+        was_bisect = bisect[idx]
+        width = torch.log(h / l)
+        bisect[idx] = ~was_bisect & torch.isfinite(width0) & (width > SHRINK * width0)
+        # root estimate
         p, q = x1[idx], y1[idx]  # the secant runs through (p, q) and (e, m)
         x1[idx], y1[idx] = e, m
-        a_e, a_m = torch.where(ok, e, ea[idx]), torch.where(ok, m, ma[idx])
-        b_e, b_m = torch.where(ok, eb[idx], e), torch.where(ok, mb[idx], m)
-        ph = torch.where(ok, phi, phia[idx])
-        ea[idx], ma[idx], eb[idx], mb[idx], phia[idx] = a_e, a_m, b_e, b_m, ph
-        # root estimate
         secant = torch.where(q != m, e - m * (e - p) / (m - q), torch.full_like(e, math.nan))
-        bracketed = torch.isfinite(b_e)
-        inside = torch.isfinite(secant) & (secant > a_e) & (secant < b_e)
-        falsi = a_e + a_m * (b_e - a_e) / (a_m - b_m)
+        bracketed = torch.isfinite(h)
+        inside = torch.isfinite(secant) & (secant > l) & (secant < h)
+        falsi = a_e + a_f * (b_e - a_e) / (a_f - b_f)
         ahead = a_e + EXTRAPOLATE * (secant - a_e)
         est = torch.where(bracketed, torch.where(inside, secant, falsi),
-                          torch.where(torch.isfinite(ahead) & (ahead > a_e),
-                                      torch.minimum(ahead, ph), torch.full_like(e, math.inf)))
-        l, h = lo[idx], hi[idx]
-        below = h <= est * (1 + 0.75 * rtol)
-        target = torch.where(below, est * (1 - 0.25 * rtol), est * (1 + 0.5 * rtol))
-        close_fail = l * (1 + rtol) * (1 - 1e-9)  # a failure at or below it closes
-        close_pass = h / (1 + rtol) * (1 + 1e-9)  # a pass at or above it closes
-        target = torch.where(close_fail >= est * (1 + CLOSE_MARGIN * rtol), close_fail,
-                             torch.where(close_pass <= est * (1 - CLOSE_MARGIN * rtol),
+                          torch.where(torch.isfinite(ahead) & (ahead > a_e), ahead,
+                                      torch.full_like(e, math.inf))).minimum(ph)
+        tau = torch.where(bracketed & (l > 0), (h / l - 1) / 4, torch.full_like(l, AIM))
+        tau = tau.clamp(max=AIM)
+        below = h <= est * (1 + 0.75 * tau)
+        target = torch.where(below, est * (1 - 0.25 * tau), est * (1 + 0.5 * tau))
+        close_fail = l * (1 + tau) * (1 - 1e-9)  # a failure at or below it closes to tau
+        close_pass = h / (1 + tau) * (1 + 1e-9)  # a pass at or above it closes to tau
+        target = torch.where(close_fail >= est * (1 + CLOSE_MARGIN * tau), close_fail,
+                             torch.where(close_pass <= est * (1 - CLOSE_MARGIN * tau),
                                          close_pass, target))
-        usable = torch.isfinite(target) & (target > l * (1 + 0.1 * rtol)) & (target < h)
+        usable = (torch.isfinite(target) & (target > l * (1 + 0.1 * tau)) & (target < h)
+                  & ~bisect[idx])
         fallback = torch.where(torch.isinf(h), torch.where(l > 0, l * 4, e * 4),
                                torch.where(l > 0, torch.sqrt(l * h), h / 8))
         eps[idx] = torch.where(usable, target, fallback).minimum(reach[idx])
-    return lo
+    return RadiusSearch(lo, hi, evals, open_)
 
 
 class CrownMethod(Method):
@@ -1011,11 +1063,21 @@ class CrownMethod(Method):
         sound_r = torch.nan_to_num(base.radius, nan=0.0).clamp_min(0.0)
         label, m = margins(run.sound.acts[graph.logits.name])
         margin = m.min(1).values
-        r = self.search(run, label, sound_r, margin, options)
+        found = self.search(run, label, sound_r, margin, options)
+        r = found.radius
+        capped = int(found.capped.sum())
+        if capped:
+            warnings.warn(f"{self.name}: the radius search stopped at its limit of "
+                          f"{MAX_EVALUATIONS} relaxations on {capped} sample(s) before "
+                          "closing to rtol; their radii are certified, but may lie further "
+                          "below what the relaxation certifies (info['search_capped'])",
+                          RuntimeWarning, stacklevel=2)
         radius = torch.maximum(r, sound_r)
         res = BatchResult(radius, base.label, base.runner_up, base.margin,
                           {graph.input.name: radius} if trace else {},
-                          {"from_sound": sound_r >= r}, outputs=base.outputs, unsafe=base.unsafe)
+                          {"from_sound": sound_r >= r, "search_capped": found.capped,
+                           "search_evaluations": found.evaluations},
+                          outputs=base.outputs, unsafe=base.unsafe)
         return res
 
     def make_run(self, graph: Graph, plan: CrownPlan, x0: torch.Tensor,
@@ -1023,7 +1085,7 @@ class CrownMethod(Method):
         return CrownRun(graph, plan, x0, box)
 
     def search(self, run: CrownRun, label: torch.Tensor, lo: torch.Tensor,
-               margin: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+               margin: torch.Tensor, options: dict[str, Any]) -> RadiusSearch:
         return search_radius(run, label, lo, margin, check_rtol(options.get("rtol", 1e-3)),
                              reach=run.reach)
 

@@ -323,6 +323,16 @@ def _entries() -> list[ZooEntry]:
             "REFERENCE-NUMBERS.md (Ch. 4 style MLP)",
         ),
         ZooEntry(
+            "mlp_mnist_deep",
+            part(mlp, sizes=[784, *[200] * 8, 10], activation="relu", flatten=True),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "784-200x8-10 ReLU (9 linear layers)",
+            "project addition (a deep MLP: the shape of VNN-COMP's mnist 9x200 networks)",
+            epochs=5,
+        ),
+        ZooEntry(
             "mlp_mnist_tanh",
             part(mlp, sizes=[784, 100, 100, 10], activation="tanh", flatten=True),
             (1, 28, 28),
