@@ -204,5 +204,6 @@ def _load_builtin_rules() -> None:
         linear,
         lrn,
         pooling,
+        scale,
         structural,
     )

@@ -37,6 +37,7 @@ KNOWN_OPS = (
     | OUTPUT_SQUASH_OPS
     | MERGE_OPS
     | frozenset({"input", "lrn", "unknown"})
+    | frozenset({"scale"})
 )
 
 
