@@ -687,7 +687,7 @@ class _Capture:
         rounding = a.get("rounding_mode")
         if rounding is not None:
             raise UnsupportedLayerError(fx_node.name, op,
-                                        why=f"rounding_mode={rounding!r}: not an affine map")
+                                        why=f"rounding_mode={rounding!r}: not affine")
         x, y = a.get("input", a.get("self")), a["other"]
         live = [isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)]
         if all(live):
