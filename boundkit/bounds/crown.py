@@ -893,8 +893,9 @@ CLOSE_MARGIN = 0.25
 #: rtol and a tighter rtol only searches longer (docs/theory/linear_relaxation.md §The radius)
 AIM = 1e-3
 #: an interpolation step that leaves more than this fraction of the bracket's log-width is
-#: followed by a bisection in log space (at least one halving every two steps)
-SHRINK = 0.5
+#: followed by a bisection in log space: either way the log-width shrinks by at least this
+#: factor per step on average (a halving every two steps)
+SHRINK = math.sqrt(0.5)
 #: the most relaxations the search evaluates per sample; a sample stopped by it before its
 #: bracket closed to rtol is reported (``RadiusSearch.capped``)
 MAX_EVALUATIONS = 64
@@ -935,9 +936,10 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
     relative width) on one outcome when the estimate lies ``CLOSE_MARGIN`` :math:`\tau`
     inside it, else just above the estimate (a failure there still certifies
     :math:`\varphi`) or, once ``hi`` is close above it, just below. An interpolation step
-    that leaves more than ``SHRINK`` of the bracket's log-width (a cliff of :math:`m`: the
-    estimate sits next to the pass end) is followed by a bisection in log space, so the
-    log-width at least halves every two steps; an unusable estimate bisects at once.
+    that leaves more than ``SHRINK`` (:math:`1/\sqrt2`) of the bracket's log-width (a cliff
+    of :math:`m`: the estimate sits next to the pass end) is followed by a bisection in log
+    space, so the log-width at least halves every two steps; an unusable estimate bisects
+    at once.
 
     The radii tried do not depend on ``rtol``: it only decides when a sample stops
     (``hi <= lo (1 + rtol)``), so a tighter rtol continues the same sequence and never
@@ -1015,8 +1017,8 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
         tau = tau.clamp(max=AIM)
         below = h <= est * (1 + 0.75 * tau)
         target = torch.where(below, est * (1 - 0.25 * tau), est * (1 + 0.5 * tau))
-        close_fail = l * (1 + tau) * (1 - 1e-9)  # a failure at or below it closes to tau
-        close_pass = h / (1 + tau) * (1 + 1e-9)  # a pass at or above it closes to tau
+        close_fail = l * (1 + tau) * (1 - 0.01 * tau)  # a failure at or below it closes
+        close_pass = h / (1 + tau) * (1 + 0.01 * tau)  # a pass at or above it closes
         target = torch.where(close_fail >= est * (1 + CLOSE_MARGIN * tau), close_fail,
                              torch.where(close_pass <= est * (1 - CLOSE_MARGIN * tau),
                                          close_pass, target))
