@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -150,7 +151,8 @@ def _timed(fn):  # noqa: ANN001, ANN202
 
 
 #: public networks (``onnx:FILE``): the folder and the per-sample shape boundkit's data has
-NETWORKS = REPO / ".." / "shared" / "networks"
+#: (beside the data folder: ``../shared/networks``, or ``$BOUNDKIT_NETWORKS``)
+NETWORKS = Path(os.environ.get("BOUNDKIT_NETWORKS", DEFAULT_DATA.parent / "networks"))
 ONNX_SHAPES = {"mnist-net_256x2.onnx": (1, 28, 28)}
 
 

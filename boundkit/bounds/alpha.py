@@ -234,20 +234,25 @@ class AlphaMethod(CrownMethod):
 
     def search(self, run: CrownRun, label: torch.Tensor, lo: torch.Tensor,
                margin: torch.Tensor, options: dict[str, Any]) -> RadiusSearch:
-        """The ``crown`` search to ``START_RTOL`` whatever rtol, then the optimised one from
-        its radius, to rtol; the larger of the two radii. Neither search's radii depend on
-        rtol (nor, then, the state the second starts from), so the radius never shrinks as
-        rtol tightens."""
+        """The ``crown`` search to ``min(rtol, START_RTOL)``, then the optimised one to rtol,
+        from the radius the first had certified when its bracket first closed to
+        ``START_RTOL`` (``RadiusSearch.coarse``) and without the bounds the first kept from
+        its failed steps; the larger of the two radii. The radii either search tries do not
+        depend on rtol, nor does the state the second starts from, so the radius never
+        shrinks as rtol tightens, and it is never below ``crown``'s."""
         assert isinstance(run, AlphaRun)
         rtol = check_rtol(options.get("rtol", 1e-3))
-        crown = search_radius(run, label, lo, margin, START_RTOL, reach=run.reach)
+        crown = search_radius(run, label, lo, margin, min(rtol, START_RTOL), reach=run.reach,
+                              coarse=START_RTOL)
         run.optimise = True
-        found = search_radius(run, label, torch.maximum(crown.radius, lo), margin, rtol,
+        # the kept bounds depend on how far the crown search went (on rtol): start afresh
+        run.memory = {}
+        found = search_radius(run, label, torch.maximum(crown.coarse, lo), margin, rtol,
                               first=1.05, reach=run.reach)
         return RadiusSearch(torch.maximum(found.radius, crown.radius),
                             found.fail,
                             found.evaluations + crown.evaluations,
-                            found.capped | crown.capped)
+                            found.capped | crown.capped, crown.coarse)
 
 
 #: the largest accepted ``iterations`` and ``lr`` (slopes live in [s, 1]: larger steps only

@@ -913,11 +913,15 @@ class RadiusSearch:
     fail: torch.Tensor
     evaluations: torch.Tensor
     capped: torch.Tensor
+    #: the radius certified when the bracket first closed to the ``coarse`` tolerance (the
+    #: final radius where it never did): the same for every rtol up to ``coarse``
+    coarse: torch.Tensor
 
 
 def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: torch.Tensor,
                   rtol: float = 1e-3, max_evaluations: int = MAX_EVALUATIONS,
-                  first: float = 2.0, reach: torch.Tensor | None = None) -> RadiusSearch:
+                  first: float = 2.0, reach: torch.Tensor | None = None,
+                  coarse: float = 1e-2) -> RadiusSearch:
     r"""Per-sample radius search for the root of :math:`m(\varepsilon)`, the margin bound of
     the relaxation built for radius :math:`\varepsilon` (:class:`RadiusStep`; decreasing in
     practice but not always, piecewise smooth with jumps where a neuron's relaxation
@@ -946,7 +950,8 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
     returns a smaller radius. A sample stops after ``max_evaluations`` evaluations at the
     latest (``RadiusSearch.capped``). ``first``: the first radius tried is ``first * lo``
     (1e-2 where ``lo`` is 0). ``reach`` [N] (:attr:`CrownRun.reach`): no larger radius is
-    tried, and a pass at it certifies the whole box: the radius is then ``inf``."""
+    tried, and a pass at it certifies the whole box: the radius is then ``inf``.
+    ``coarse``: the tolerance of ``RadiusSearch.coarse``."""
     n = lo.numel()
     lo = lo.clone()
     hi = torch.full_like(lo, math.inf)
@@ -961,6 +966,7 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
     phia = torch.full_like(lo, math.inf)
     side = torch.zeros(n, dtype=torch.int8, device=lo.device)  # end replaced last: +1 a, -1 b
     bisect = torch.zeros(n, dtype=torch.bool, device=lo.device)
+    at_coarse = torch.full_like(lo, math.nan)
     if reach is None:
         reach = torch.full_like(lo, math.inf)
     eps = torch.where(lo > 0, lo * first, torch.full_like(lo, 1e-2)).minimum(reach)
@@ -989,6 +995,8 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
         cert = torch.where(ok & (e >= reach[idx]), math.inf, cert)
         l, h = torch.maximum(l0, cert), torch.where(ok, h0, torch.minimum(h0, e))
         lo[idx], hi[idx] = l, h
+        at_coarse[idx] = torch.where(torch.isnan(at_coarse[idx]) & (h <= l * (1 + coarse)), l,
+                                     at_coarse[idx])
         # the ends, with the Illinois rule: an end kept on two steps in a row is halved
         sd = side[idx]
         a_e, b_e = torch.where(ok, e, ea[idx]), torch.where(ok, eb[idx], e)
@@ -1027,7 +1035,7 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
         fallback = torch.where(torch.isinf(h), torch.where(l > 0, l * 4, e * 4),
                                torch.where(l > 0, torch.sqrt(l * h), h / 8))
         eps[idx] = torch.where(usable, target, fallback).minimum(reach[idx])
-    return RadiusSearch(lo, hi, evals, open_)
+    return RadiusSearch(lo, hi, evals, open_, torch.where(torch.isnan(at_coarse), lo, at_coarse))
 
 
 class CrownMethod(Method):
