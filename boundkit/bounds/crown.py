@@ -888,14 +888,19 @@ EXTRAPOLATE = 0.8
 #: a radius that closes the bracket on one outcome is tried when the root estimate lies at
 #: least this many aim widths inside it
 CLOSE_MARGIN = 0.25
-#: the relative width the search aims to close the bracket to in one step (``min(AIM,
-#: width / 4)``): it does not depend on rtol, so the radii tried are the same for every
-#: rtol and a tighter rtol only searches longer (docs/theory/linear_relaxation.md §The radius)
+#: the relative width the search aims to close the bracket to in one step (AIM while the
+#: bracket is wider, then a quarter of its width): it does not depend on rtol, so the radii
+#: tried are the same for every rtol and a tighter rtol only searches longer
+#: (docs/theory/linear_relaxation.md §The radius)
 AIM = 1e-3
-#: an interpolation step that leaves more than this fraction of the bracket's log-width is
-#: followed by a bisection in log space: either way the log-width shrinks by at least this
-#: factor per step on average (a halving every two steps)
-SHRINK = math.sqrt(0.5)
+#: an interpolation step that leaves more than this fraction of the bracket's log-width
+#: stalls: after three stalls in a row, or one that passed with m hardly below the last
+#: pass's (more than FLAT of it: m is flat, then falls off a cliff, and regula falsi keeps
+#: landing next to the pass end), the next step bisects in log space, so the log-width at
+#: least halves every four steps, every two on a cliff
+SHRINK = 0.5
+FLAT = 0.5
+STALLS = 3
 #: the most relaxations the search evaluates per sample; a sample stopped by it before its
 #: bracket closed to rtol is reported (``RadiusSearch.capped``)
 MAX_EVALUATIONS = 64
@@ -936,14 +941,17 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
     ``(lo, hi)``, else by regula falsi on the pass and fail ends with the Illinois rule (the
     value of an end kept twice in a row is halved), capped by :math:`\varphi` of the pass
     end (the root lies below it where :math:`m` decreases). The radius tried: one that
-    closes the bracket to the aim width :math:`\tau=\min(`AIM`, w/4)` (w: the bracket's
-    relative width) on one outcome when the estimate lies ``CLOSE_MARGIN`` :math:`\tau`
-    inside it, else just above the estimate (a failure there still certifies
+    closes the bracket to the aim width :math:`\tau` (``AIM`` while the bracket's relative
+    width w exceeds it, then w/4) on one outcome when the estimate lies ``CLOSE_MARGIN``
+    :math:`\tau` inside it, else just above the estimate (a failure there still certifies
     :math:`\varphi`) or, once ``hi`` is close above it, just below. An interpolation step
-    that leaves more than ``SHRINK`` (:math:`1/\sqrt2`) of the bracket's log-width (a cliff
-    of :math:`m`: the estimate sits next to the pass end) is followed by a bisection in log
-    space, so the log-width at least halves every two steps; an unusable estimate bisects
-    at once.
+    that leaves more than ``SHRINK`` of the bracket's log-width stalls; a stall whose pass
+    has :math:`m` above ``FLAT`` times the last pass's (a flat :math:`m` before a cliff:
+    regula falsi lands next to the pass end again and again), or ``STALLS`` stalls in a
+    row (single stalls are normal: a pass just above the last, next to an accurate
+    estimate, before the step that closes the bracket), is followed by a bisection in log
+    space, so the log-width at least halves every four steps (two on a cliff); an unusable
+    estimate bisects at once.
 
     The radii tried do not depend on ``rtol``: it only decides when a sample stops
     (``hi <= lo (1 + rtol)``), so a tighter rtol continues the same sequence and never
@@ -965,7 +973,8 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
     ea, fa, eb, fb = torch.zeros_like(lo), margin.clone(), nan.clone(), nan.clone()
     phia = torch.full_like(lo, math.inf)
     side = torch.zeros(n, dtype=torch.int8, device=lo.device)  # end replaced last: +1 a, -1 b
-    bisect = torch.zeros(n, dtype=torch.bool, device=lo.device)
+    stalls = torch.zeros(n, dtype=torch.int8, device=lo.device)
+    ma = margin.clone()  # m at the pass end, not halved
     at_coarse = torch.full_like(lo, math.nan)
     if reach is None:
         reach = torch.full_like(lo, math.inf)
@@ -1005,11 +1014,15 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
         ph = torch.where(ok, phi, phia[idx])
         ea[idx], fa[idx], eb[idx], fb[idx], phia[idx] = a_e, a_f, b_e, b_f, ph
         side[idx] = torch.where(ok, 1, -1).to(torch.int8)
-        # the rate guarantee: an interpolation step that did not shrink the log-width enough
-        # is followed by a bisection
-        was_bisect = bisect[idx]
+        # the rate guarantee: interpolation steps that did not shrink the log-width enough
+        # are followed by a bisection (at once where m is flat, else after STALLS)
         width = torch.log(h / l)
-        bisect[idx] = ~was_bisect & torch.isfinite(width0) & (width > SHRINK * width0)
+        stall = torch.isfinite(width0) & (width > SHRINK * width0)
+        flat = stall & ok & (ma[idx] > 0) & (m > FLAT * ma[idx])
+        ma[idx] = torch.where(ok, m, ma[idx])
+        st_n = torch.where(stall, stalls[idx] + 1, torch.zeros_like(stalls[idx]))
+        bisect = flat | (st_n >= STALLS)
+        stalls[idx] = torch.where(bisect, 0, st_n).to(torch.int8)
         # root estimate
         p, q = x1[idx], y1[idx]  # the secant runs through (p, q) and (e, m)
         x1[idx], y1[idx] = e, m
@@ -1021,8 +1034,8 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
         est = torch.where(bracketed, torch.where(inside, secant, falsi),
                           torch.where(torch.isfinite(ahead) & (ahead > a_e), ahead,
                                       torch.full_like(e, math.inf))).minimum(ph)
-        tau = torch.where(bracketed & (l > 0), (h / l - 1) / 4, torch.full_like(l, AIM))
-        tau = tau.clamp(max=AIM)
+        w = torch.where(bracketed & (l > 0), h / l - 1, torch.full_like(l, math.inf))
+        tau = torch.where(w > AIM, torch.full_like(l, AIM), w / 4)
         below = h <= est * (1 + 0.75 * tau)
         target = torch.where(below, est * (1 - 0.25 * tau), est * (1 + 0.5 * tau))
         close_fail = l * (1 + tau) * (1 - 0.01 * tau)  # a failure at or below it closes
@@ -1031,7 +1044,7 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
                              torch.where(close_pass <= est * (1 - CLOSE_MARGIN * tau),
                                          close_pass, target))
         usable = (torch.isfinite(target) & (target > l * (1 + 0.1 * tau)) & (target < h)
-                  & ~bisect[idx])
+                  & ~bisect)
         fallback = torch.where(torch.isinf(h), torch.where(l > 0, l * 4, e * 4),
                                torch.where(l > 0, torch.sqrt(l * h), h / 8))
         eps[idx] = torch.where(usable, target, fallback).minimum(reach[idx])
