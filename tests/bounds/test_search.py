@@ -26,7 +26,7 @@ from boundkit.testing import property_examples
 
 FAST = settings(max_examples=property_examples(25), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-NETS = settings(max_examples=property_examples(8), deadline=None,
+NETS = settings(max_examples=property_examples(5), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -199,13 +199,13 @@ def deep_networks(draw):
     scale = draw(st.sampled_from([1.0, 1.5, 2.5]))
     kind = draw(st.sampled_from(["narrow", "wide", "conv"]))
     if kind == "narrow":
-        model = _mlp(seed, draw(st.integers(4, 9)), draw(st.integers(3, 8)), scale)
+        model = _mlp(seed, draw(st.integers(4, 8)), draw(st.integers(3, 8)), scale)
         shape: tuple[int, ...] = (6,)
     elif kind == "wide":
-        model = _mlp(seed, draw(st.integers(3, 6)), draw(st.integers(24, 48)), scale)
+        model = _mlp(seed, draw(st.integers(3, 5)), draw(st.integers(24, 40)), scale)
         shape = (6,)
     else:
-        model = _convnet(seed, draw(st.integers(2, 4)), draw(st.integers(2, 4)), scale)
+        model = _convnet(seed, draw(st.integers(2, 3)), draw(st.integers(2, 3)), scale)
         shape = (1, 6, 6)
     x = torch.rand((1, *shape), generator=torch.Generator().manual_seed(seed + 1),
                    dtype=torch.float64)
@@ -234,7 +234,7 @@ def _scan(graph, plan, x, box, label, radii: torch.Tensor) -> torch.Tensor:
        rtol=st.sampled_from([1e-2, 1e-3]))
 def test_search_ends_within_rtol_below_the_largest_radius_a_dense_scan_certifies(
         net, box, rtol) -> None:
-    """A scan of 400 radii (geometric, from the ``sound`` radius / 10 to 4x the search's
+    """A scan of 300 radii (geometric, from the ``sound`` radius / 10 to 4x the search's
     ends) plus the failure the search ended on: the largest radius certified up to the
     first failure of the scan is at most the search's radius times 1 + rtol."""
     model, x = net
@@ -245,7 +245,7 @@ def test_search_ends_within_rtol_below_the_largest_radius_a_dense_scan_certifies
     r, fail = float(found.radius[0]), float(found.fail[0])
     top = 4 * max(r, fail if math.isfinite(fail) else r)
     bottom = max(float(sound[0]), r * 1e-6) / 10
-    grid = torch.logspace(math.log10(bottom), math.log10(top), 400, dtype=torch.float64)
+    grid = torch.logspace(math.log10(bottom), math.log10(top), 300, dtype=torch.float64)
     if math.isfinite(fail):
         grid = torch.sort(torch.cat([grid, torch.tensor([fail], dtype=torch.float64)])).values
     cert = _scan(graph, plan, x, box, label, grid)
@@ -260,14 +260,14 @@ def test_search_ends_within_rtol_below_the_largest_radius_a_dense_scan_certifies
 def test_crown_radius_never_shrinks_as_rtol_tightens_on_deep_networks(net, box) -> None:
     model, x = net
     radii = [float(_search_net(model, x, box, rtol)[-1].radius[0])
-             for rtol in (1e-1, 1e-3, 1e-4, 1e-7)]
+             for rtol in (1e-1, 1e-3, 1e-6)]
     assert radii == sorted(radii), radii
 
 
 def test_alpha_radius_never_shrinks_as_rtol_tightens() -> None:
-    model = _mlp(0, 4, 6, 1.5).float()
-    x = torch.rand((3, 6), generator=torch.Generator().manual_seed(0))
-    radii = torch.stack([bk.certify(model, x, "alpha", rtol=rtol, iterations=3).radius
+    model = _mlp(0, 3, 5, 1.5).float()
+    x = torch.rand((2, 6), generator=torch.Generator().manual_seed(0))
+    radii = torch.stack([bk.certify(model, x, "alpha", rtol=rtol, iterations=2).radius
                          for rtol in (1e-1, 1e-3, 1e-5)])
     assert bool((radii[1:] >= radii[:-1]).all()), radii
 
