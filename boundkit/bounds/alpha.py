@@ -29,15 +29,21 @@ from boundkit.bounds.crown import (
     CrownMethod,
     CrownPlan,
     CrownRun,
+    RadiusSearch,
     RadiusStep,
     Samples,
     Scratch,
+    check_rtol,
     radius_step,
     search_radius,
 )
 from boundkit.bounds.method import register_method
 from boundkit.bounds.relaxation import FINAL_SPEC, Interval, RelaxContext, SlopeKey
 from boundkit.graph.graph import Graph, Node
+
+#: the tolerance of the ``crown`` search whose radius starts the optimised search (looser
+#: than the default rtol: it only needs a good start)
+START_RTOL = 1e-2
 
 #: the most slopes (per sample) one (refined node, ReLU) pair may hold: 2 M_node M_relu
 INTERMEDIATE_SLOPES = 1 << 20
@@ -239,13 +245,26 @@ class AlphaMethod(CrownMethod):
                         _check_lr(options.get("lr", 0.1)))
 
     def search(self, run: CrownRun, label: torch.Tensor, lo: torch.Tensor,
-               margin: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+               margin: torch.Tensor, options: dict[str, Any]) -> RadiusSearch:
+        """The ``crown`` search to ``min(rtol, START_RTOL)``, then the optimised one to rtol,
+        from the radius the first had certified when its bracket first closed to
+        ``START_RTOL`` (``RadiusSearch.coarse``) and without the bounds the first kept from
+        its failed steps; the larger of the two radii. The radii either search tries do not
+        depend on rtol, nor does the state the second starts from, so the radius never
+        shrinks as rtol tightens, and it is never below ``crown``'s."""
         assert isinstance(run, AlphaRun)
-        r = super().search(run, label, lo, margin, options)
+        rtol = check_rtol(options.get("rtol", 1e-3))
+        crown = search_radius(run, label, lo, margin, min(rtol, START_RTOL), reach=run.reach,
+                              coarse=START_RTOL)
         run.optimise = True
-        rtol = float(options.get("rtol", 1e-3))
-        return search_radius(run, label, torch.maximum(r, lo), margin, rtol, first=1.05,
-                             reach=run.reach)
+        # the kept bounds depend on how far the crown search went (on rtol): start afresh
+        run.samples.kept = {}
+        found = search_radius(run, label, torch.maximum(crown.coarse, lo), margin, rtol,
+                              first=1.05, reach=run.reach)
+        return RadiusSearch(torch.maximum(found.radius, crown.radius),
+                            found.fail,
+                            found.evaluations + crown.evaluations,
+                            found.capped | crown.capped, crown.coarse)
 
 
 #: the largest accepted ``iterations`` and ``lr`` (slopes live in [s, 1]: larger steps only

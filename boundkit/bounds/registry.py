@@ -214,6 +214,7 @@ def _load_builtin_rules() -> None:
         lrn,
         modern_activations,
         pooling,
+        scale,
         structural,
         upsampling,
     )

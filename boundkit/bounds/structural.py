@@ -25,6 +25,7 @@ from boundkit.bounds.relaxation import (
     _dot,
 )
 from boundkit.graph.graph import Graph, Node
+from boundkit.graph.ops import broadcast_constant
 
 
 class IdentityRule(LipschitzRule):
@@ -73,7 +74,7 @@ class MergeRule(LipschitzRule):
         total = sum(f * norms[i] for f, i in zip(merge_factors(node), node.inputs))
         shift = node.attrs.get("shift")
         if shift is not None:
-            total = total + float(shift.broadcast_to(node.out_shape).norm())
+            total = total + float(broadcast_constant(shift, node.out_shape).norm())
         return total
 
     def rounding(
@@ -136,7 +137,7 @@ class ReshapeRelaxation(RelaxationRule):
         shift = node.attrs.get("shift")
         if shift is None:
             return Interval(lo, hi)
-        s = shift.to(lo).broadcast_to(node.out_shape)
+        s = broadcast_constant(shift.to(lo), node.out_shape)
         lo, hi = lo + s, hi + s
         e = UNIT_ROUNDOFF * torch.maximum(lo.abs(), hi.abs())
         return Interval(lo - e, hi + e)
@@ -147,7 +148,7 @@ class ReshapeRelaxation(RelaxationRule):
         shift = node.attrs.get("shift")
         if shift is None:
             return [lb.then(a_in, 0.0, 0.0, ctx.intervals[node.name].mag)]
-        sh = shift.to(lb.A).broadcast_to(node.out_shape).expand(n, *node.out_shape)
+        sh = broadcast_constant(shift.to(lb.A), node.out_shape).expand(n, *node.out_shape)
         bias = _dot(lb.A, sh)
         err = float(gamma(node.out_numel + 1)) * _dot(lb.A.abs(), sh.abs())
         return [lb.then(a_in, bias, err, ctx.intervals[node.name].mag)]
@@ -198,7 +199,7 @@ class MergeRelaxation(RelaxationRule):
             mag = mag + abs(c) * torch.maximum(a.abs(), b.abs())
         shift = node.attrs.get("shift")
         if shift is not None:
-            s = shift.to(lo).broadcast_to(out)
+            s = broadcast_constant(shift.to(lo), out)
             lo, hi, mag = lo + s, hi + s, mag + s.abs()
         e = float(gamma(len(node.inputs) + 2)) * mag
         return Interval(lo - e, hi + e)
@@ -217,7 +218,7 @@ class MergeRelaxation(RelaxationRule):
         bias: torch.Tensor | float = 0.0
         err = zero
         if shift is not None:
-            s = shift.to(lb.A).broadcast_to(out)
+            s = broadcast_constant(shift.to(lb.A), out)
             bias = _dot(lb.A, s.expand(lb.A.shape[0], *out))
             # <A, s> summed over numel(out) terms: gamma_numel <|A|, |s|>
             err = err + float(gamma(math.prod(out) + 1)) * _dot(

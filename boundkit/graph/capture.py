@@ -50,6 +50,7 @@ from boundkit.errors import (
 )
 from boundkit.graph.fingerprint import model_fingerprint
 from boundkit.graph.graph import Graph, Node
+from boundkit.graph.ops import per_sample_constant
 from boundkit.validate import check_model
 
 _MODULE_OPS: dict[type[nn.Module], str] = {
@@ -171,6 +172,13 @@ _FUNCTION_SIGS: dict[Any, _Sig] = {
     operator.sub: _sig("sub", "input other"),
     torch.sub: _sig("sub", "input other alpha", 1),
     torch.subtract: _sig("sub", "input other alpha", 1),
+    operator.mul: _sig("mul", "input other"),
+    torch.mul: _sig("mul", "input other"),
+    torch.multiply: _sig("mul", "input other"),
+    operator.truediv: _sig("div", "input other"),
+    torch.div: _sig("div", "input other rounding_mode", None),
+    torch.divide: _sig("div", "input other rounding_mode", None),
+    torch.true_divide: _sig("div", "input other"),
     torch.cat: _sig("cat", "tensors dim", 0),
     torch.concat: _sig("cat", "tensors dim", 0),
     torch.concatenate: _sig("cat", "tensors dim", 0),
@@ -194,6 +202,13 @@ _METHOD_SIGS: dict[str, _Sig] = {
     "add_": _sig("add", "self other alpha", 1, inplace=True),
     "sub": _sig("sub", "self other alpha", 1),
     "sub_": _sig("sub", "self other alpha", 1, inplace=True),
+    "mul": _sig("mul", "self other"),
+    "mul_": _sig("mul", "self other", inplace=True),
+    "multiply": _sig("mul", "self other"),
+    "div": _sig("div", "self other rounding_mode", None),
+    "div_": _sig("div", "self other rounding_mode", None, inplace=True),
+    "divide": _sig("div", "self other rounding_mode", None),
+    "true_divide": _sig("div", "self other"),
     "contiguous": _sig("identity", "self memory_format", None),
     "clone": _sig("identity", "self memory_format", None),
     "mean": _sig("mean", "self dim keepdim dtype", None, False, None),
@@ -492,22 +507,77 @@ class _Capture:
         return tuple(n.meta["tensor_meta"].shape)
 
     def constant(self, fx_node: torch.fx.Node, v: Any) -> torch.Tensor:
-        """A constant operand as a float64 tensor (a number or a module attribute)."""
+        """A constant operand as a float64 tensor: a number, a module attribute, or a value
+        computed inside ``forward`` from those alone (``1 / self.std``)."""
         if isinstance(v, bool) or v is None:
             raise UnsupportedLayerError(fx_node.name, str(fx_node.target), why=f"operand {v!r}")
         if isinstance(v, (int, float)):
             return torch.tensor(float(v), dtype=torch.float64)
-        if isinstance(v, torch.fx.Node) and v.op == "get_attr":
-            t = self.gm
-            for part in str(v.target).split("."):
-                t = getattr(t, part)
+        if isinstance(v, torch.fx.Node) and v.name not in self.names:
+            t = self.constant_value(fx_node, v)
+            if isinstance(t, (int, float)) and not isinstance(t, bool):
+                return torch.tensor(float(t), dtype=torch.float64)
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 return t.detach().to(torch.float64).clone()
         raise UnsupportedLayerError(
             fx_node.name, str(fx_node.target),
-            why="an operand is a tensor computed inside forward without the input; only "
-            "numbers and module attributes (parameters, buffers) are supported as constants",
+            why="an operand is neither the model's data nor a floating-point constant (a "
+            "number, a module attribute, or a value computed from those alone)",
         )
+
+    def constant_value(self, fx_node: torch.fx.Node, v: Any) -> Any:
+        """The value of ``v``, an fx node computed from module attributes and numbers alone
+        (evaluated once, in the float64 copy of the model); random draws are refused."""
+        if not isinstance(v, torch.fx.Node):
+            return v
+        cache = self.__dict__.setdefault("_constants", {})
+        if v.name in cache:
+            return cache[v.name]
+        if v.name in self.names or v.op == "placeholder":
+            raise UnsupportedLayerError(fx_node.name, str(fx_node.target),
+                                        why="an operand depends on the input")
+        target = str(getattr(v.target, "__name__", v.target))
+        if v.op == "get_attr":
+            t: Any = self.gm
+            for part in str(v.target).split("."):
+                t = getattr(t, part)
+        elif v.op in ("call_function", "call_method") and not any(
+                w in target for w in ("rand", "normal", "bernoulli", "multinomial", "dropout",
+                                      "poisson", "empty")):
+            args = torch.fx.node.map_arg(v.args, lambda n: self.constant_value(fx_node, n))
+            kwargs = torch.fx.node.map_arg(v.kwargs, lambda n: self.constant_value(fx_node, n))
+            with torch.no_grad():
+                if v.op == "call_function":
+                    t = v.target(*args, **kwargs)  # type: ignore[operator]
+                else:
+                    t = getattr(args[0], str(v.target))(*args[1:], **kwargs)
+        else:
+            raise UnsupportedLayerError(
+                fx_node.name, str(fx_node.target),
+                why=f"an operand is computed by {target!r} without the input; only numbers, "
+                "module attributes and deterministic functions of them are constants",
+            )
+        cache[v.name] = t
+        return t
+
+    def sample_constant(self, fx_node: torch.fx.Node, op: str, c: torch.Tensor,
+                        out: tuple[int, ...]) -> torch.Tensor:
+        """A constant operand as it acts on one sample ``[*out]``: leading axes of size 1
+        (a batch axis of 1, as in buffers shaped ``(1, C, 1, 1)``) dropped, so that it
+        broadcasts against ``out`` (torch's rules); refused when it differs between samples."""
+        shape = list(c.shape)
+        c = per_sample_constant(c, len(out))
+        try:
+            ok = c.dim() <= len(out) and tuple(torch.broadcast_shapes(c.shape, out)) == out
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why=f"a constant of shape {shape} does not broadcast to one sample's shape "
+                f"{list(out)} (a constant with a batch axis must have size 1 there)",
+            )
+        return c
 
     def refuse_inplace_alias(self, fx_node: torch.fx.Node, target: torch.fx.Node) -> None:
         """An in-place op on ``target`` is fine only if nothing reads ``target`` later."""
@@ -622,6 +692,9 @@ class _Capture:
         attrs: dict[str, Any] = {}
         if op in ("add", "sub"):
             self.arith(fx_node, op, a)
+            return
+        if op in ("mul", "div"):
+            self.scale(fx_node, op, a)
             return
         if op == "cat":
             tensors = a["tensors"]
@@ -754,6 +827,8 @@ class _Capture:
         if not inputs:
             raise UnsupportedLayerError(fx_node.name, op, why="no operand depends on the input")
         out = self.shape(fx_node)[1:]
+        if shift is not None:
+            shift = self.sample_constant(fx_node, op, shift, out)
         in_numels = [math.prod(self._sample_shape(i)) for i in inputs]
         out_numel = math.prod(out)
         if len(inputs) == 1 and coeffs == [1.0] and in_numels[0] == out_numel:
@@ -771,6 +846,45 @@ class _Capture:
             fx_node, "add", inputs,
             attrs={"coeffs": tuple(coeffs), "repeat": tuple(repeat), "shift": shift},
         )
+
+    def scale(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        r"""``input * other`` or ``input / other`` with exactly one operand computed from the
+        model's data and the other a constant (scalar, per channel, per element, any shape
+        torch broadcasts): the node ``scale``, :math:`h=B(x)\odot w` (``mul``) or
+        :math:`h=B(x)/c` (``div``), :math:`B` the broadcast to the output. The constant is
+        ``params["factor"]``; ``attrs["divide"]`` says which. A divisor that is 0 or not
+        finite, or whose reciprocal overflows, is refused."""
+        rounding = a.get("rounding_mode")
+        if rounding is not None:
+            raise UnsupportedLayerError(fx_node.name, op,
+                                        why=f"rounding_mode={rounding!r}: not affine")
+        x, y = a.get("input", a.get("self")), a["other"]
+        live = [isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)]
+        if all(live):
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why="both operands depend on the input: a product or quotient of two such "
+                "tensors is not affine and has no rule",
+            )
+        if not any(live):
+            raise UnsupportedLayerError(fx_node.name, op, why="no operand depends on the input")
+        if op == "div" and live[1]:
+            raise UnsupportedLayerError(
+                fx_node.name, op, why="it divides by a tensor that depends on the input (not "
+                "affine)")
+        tensor, const = (x, y) if live[0] else (y, x)
+        out = self.shape(fx_node)[1:]
+        c = self.sample_constant(fx_node, op, self.constant(fx_node, const), out)
+        what = "divisor" if op == "div" else "factor"
+        if not bool(torch.isfinite(c).all()):
+            raise UnsupportedLayerError(fx_node.name, op, why=f"a constant {what} is not finite")
+        if op == "div" and not bool(torch.isfinite(1.0 / c).all()):
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why="it divides by a constant that is 0 (or so small its reciprocal overflows)",
+            )
+        self.add_node(fx_node, "scale", [tensor.name], params={"factor": c},
+                      attrs={"divide": op == "div"})
 
     def call_method(self, fx_node: torch.fx.Node) -> None:
         name = str(fx_node.target)

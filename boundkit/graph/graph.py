@@ -40,7 +40,7 @@ KNOWN_OPS = (
     | POOL_OPS
     | OUTPUT_SQUASH_OPS
     | MERGE_OPS
-    | frozenset({"input", "lrn", "layernorm", "unknown"})
+    | frozenset({"input", "lrn", "layernorm", "scale", "unknown"})
 )
 
 

@@ -9,7 +9,8 @@ difference between the captured graph and the model shows up there as a mismatch
 
 Merges follow torch's broadcasting: ``add`` computes :math:`\\sum_i c_i\\,x_i + s` with the
 inputs broadcast to the output shape (batch dimension excluded), ``cat`` concatenates along
-``dim``.
+``dim``; ``scale`` multiplies its input by the constant ``params["factor"]``, or divides by it
+(``attrs["divide"]``), broadcasting as torch does.
 """
 
 from __future__ import annotations
@@ -137,6 +138,25 @@ def _identity(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return xs[0] if shift is None else xs[0] + shift.to(xs[0])
 
 
+def per_sample_constant(c: torch.Tensor, rank: int) -> torch.Tensor:
+    """A constant operand as it acts on one sample of ``rank`` dimensions: its leading axes
+    of size 1 beyond ``rank`` dropped (a buffer shaped ``(1, C, 1, 1)`` acts on a sample
+    ``[C, H, W]`` as ``(C, 1, 1)``)."""
+    while c.dim() > rank and c.shape[0] == 1:
+        c = c[0]
+    return c
+
+
+def broadcast_constant(c: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
+    """A constant operand broadcast to one sample's output shape ``[*out_shape]``."""
+    return per_sample_constant(c, len(out_shape)).broadcast_to(tuple(out_shape))
+
+
+def _scale(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    c = node.params["factor"].to(xs[0])
+    return xs[0] / c if node.attrs.get("divide") else xs[0] * c
+
+
 def _softmax(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.softmax(xs[0], node.attrs["dim"])
 
@@ -194,6 +214,7 @@ EVALUATORS: dict[str, Evaluator] = {
     "flatten": _reshape,
     "reshape": _reshape,
     "identity": _identity,
+    "scale": _scale,
     "softmax": _softmax,
     "log_softmax": _log_softmax,
     "add": _add,

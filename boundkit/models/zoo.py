@@ -90,6 +90,28 @@ def small_cnn() -> nn.Sequential:
     )
 
 
+def deep_cnn() -> nn.Sequential:
+    """A deeper MNIST conv net (6 ReLU layers, no pooling: strided convolutions):
+    Conv(1,8,3,p1)-ReLU-Conv(8,8,4,s2,p1)-ReLU-Conv(8,16,3,p1)-ReLU-Conv(16,16,4,s2,p1)-ReLU-
+    Linear(784,100)-ReLU-Linear(100,100)-ReLU-Linear(100,10)."""
+    return _seq(
+        ("conv1", nn.Conv2d(1, 8, 3, padding=1)),
+        ("relu1", nn.ReLU()),
+        ("conv2", nn.Conv2d(8, 8, 4, stride=2, padding=1)),
+        ("relu2", nn.ReLU()),
+        ("conv3", nn.Conv2d(8, 16, 3, padding=1)),
+        ("relu3", nn.ReLU()),
+        ("conv4", nn.Conv2d(16, 16, 4, stride=2, padding=1)),
+        ("relu4", nn.ReLU()),
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(784, 100)),
+        ("relu5", nn.ReLU()),
+        ("fc2", nn.Linear(100, 100)),
+        ("relu6", nn.ReLU()),
+        ("fc3", nn.Linear(100, 10)),
+    )
+
+
 def lenet5(*, lrn_after: tuple[int, ...] = (), batchnorm: bool = False) -> nn.Sequential:
     """LeNet-5 exactly as Peck (2017) §5.4 lists it, for 28x28 MNIST digits.
 
@@ -410,6 +432,16 @@ def _entries() -> list[ZooEntry]:
             "REFERENCE-NUMBERS.md (Ch. 4 style MLP)",
         ),
         ZooEntry(
+            "mlp_mnist_deep",
+            part(mlp, sizes=[784, *[200] * 8, 10], activation="relu", flatten=True),
+            (1, 28, 28),
+            10,
+            "mnist",
+            "784-200x8-10 ReLU (9 linear layers)",
+            "project addition (a deep MLP: the shape of VNN-COMP's mnist 9x200 networks)",
+            epochs=5,
+        ),
+        ZooEntry(
             "mlp_mnist_tanh",
             part(mlp, sizes=[784, 100, 100, 10], activation="tanh", flatten=True),
             (1, 28, 28),
@@ -437,6 +469,17 @@ def _entries() -> list[ZooEntry]:
             "mnist",
             "Conv(1,8,5)-ReLU-MaxPool2-Conv(8,16,5)-ReLU-MaxPool2-FC100-ReLU-FC10",
             "REFERENCE-NUMBERS.md",
+        ),
+        ZooEntry(
+            "cnn_mnist_deep",
+            deep_cnn,
+            (1, 28, 28),
+            10,
+            "mnist",
+            "Conv(1,8,3,p1)-ReLU-Conv(8,8,4,s2,p1)-ReLU-Conv(8,16,3,p1)-ReLU-"
+            "Conv(16,16,4,s2,p1)-ReLU-FC100-ReLU-FC100-ReLU-FC10",
+            "project addition (a deeper conv net: 6 ReLU layers, strided convolutions)",
+            epochs=5,
         ),
         ZooEntry(
             "resnet_mnist",

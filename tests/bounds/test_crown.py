@@ -288,7 +288,10 @@ def test_a_batch_split_into_sample_groups_gives_the_same_certificate(method, mon
     widest = max(math.prod(n.out_shape) for n in bk.capture(model, x[:1]).nodes)
     monkeypatch.setattr(planning, "CHUNK_ELEMENTS", 2 * 2 * widest)  # groups of 2 samples
     split = bk.certify(model, x, method, **opts)
-    torch.testing.assert_close(split.radius, whole.radius, rtol=1e-12, atol=0.0)
+    # alpha: groups of other sizes reassociate the batched sums of its optimised walks at the
+    # last bit, and the radii tried are estimated from those bounds (secant quotients): 1e-9
+    torch.testing.assert_close(split.radius, whole.radius,
+                               rtol=1e-12 if method == "crown" else 1e-9, atol=0.0)
     assert torch.equal(split.label, whole.label)
     assert torch.equal(split.info["from_sound"], whole.info["from_sound"])
     assert split.trace.keys() == whole.trace.keys()

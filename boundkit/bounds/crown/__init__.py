@@ -17,7 +17,7 @@ from boundkit.bounds.crown.concrete import Concrete, RadiusStep, concretise, rad
 from boundkit.bounds.crown.method import CrownMethod, check_rtol
 from boundkit.bounds.crown.plan import CHUNK_ELEMENTS, CrownPlan, Refine, plan_crown
 from boundkit.bounds.crown.run import DEFAULT_BOX, CrownRun, Samples, Scratch
-from boundkit.bounds.crown.search import search_radius
+from boundkit.bounds.crown.search import RadiusSearch, search_radius
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -26,6 +26,7 @@ __all__ = [
     "CrownMethod",
     "CrownPlan",
     "CrownRun",
+    "RadiusSearch",
     "RadiusStep",
     "Refine",
     "Samples",

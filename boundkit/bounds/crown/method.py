@@ -4,6 +4,7 @@ one :class:`CrownRun` per group, the radius searched from the ``sound`` one."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ import torch
 from boundkit.bounds.crown import plan as planning
 from boundkit.bounds.crown.plan import CrownPlan, plan_crown
 from boundkit.bounds.crown.run import DEFAULT_BOX, CrownRun
-from boundkit.bounds.crown.search import search_radius
+from boundkit.bounds.crown.search import MAX_EVALUATIONS, RadiusSearch, search_radius
 from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.bounds.output import margins
 from boundkit.graph.graph import Graph
@@ -56,12 +57,21 @@ class CrownMethod(Method):
         sound_r = torch.nan_to_num(base.radius, nan=0.0).clamp_min(0.0)
         label, m = margins(run.sound.acts[graph.logits.name])
         margin = m.min(1).values
-        r = self.search(run, label, sound_r, margin, options)
+        found = self.search(run, label, sound_r, margin, options)
+        r = found.radius
+        capped = int(found.capped.sum())
+        if capped:
+            warnings.warn(f"{self.name}: the radius search stopped at its limit of "
+                          f"{MAX_EVALUATIONS} relaxations on {capped} sample(s) before "
+                          "closing to rtol; their radii are certified, but may lie further "
+                          "below what the relaxation certifies (info['search_capped'])",
+                          RuntimeWarning, stacklevel=2)
         radius = torch.maximum(r, sound_r)
         return BatchResult(radius, base.label, base.runner_up, base.margin,
                            {graph.input.name: radius} if trace else {},
-                           {"from_sound": sound_r >= r}, outputs=base.outputs,
-                           unsafe=base.unsafe,
+                           {"from_sound": sound_r >= r, "search_capped": found.capped,
+                            "search_evaluations": found.evaluations},
+                           outputs=base.outputs, unsafe=base.unsafe,
                            outside_box=None if box is None else ~run.in_box)
 
     def make_run(self, graph: Graph, plan: CrownPlan, x0: torch.Tensor,
@@ -69,7 +79,7 @@ class CrownMethod(Method):
         return CrownRun(graph, plan, x0, box)
 
     def search(self, run: CrownRun, label: torch.Tensor, lo: torch.Tensor,
-               margin: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+               margin: torch.Tensor, options: dict[str, Any]) -> RadiusSearch:
         return search_radius(run, label, lo, margin, check_rtol(options.get("rtol", 1e-3)),
                              reach=run.reach)
 
