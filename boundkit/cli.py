@@ -25,6 +25,7 @@ from typing import Any
 
 from boundkit.bounds.method import is_guarantee, method_names
 from boundkit.data._common import sha256_of
+from boundkit.stats import median
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_VIOLATION, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -80,9 +81,9 @@ class Session:
     def emit(self, doc: dict[str, Any]) -> None:
         """Machine-readable output for --json."""
         if self.json:
-            from boundkit.report.io import encode
+            from boundkit.encoding import dumps
 
-            print(json.dumps(encode(doc), indent=1, allow_nan=False), flush=True)
+            print(dumps(doc, indent=1), flush=True)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -386,14 +387,6 @@ def preamble(sess: Session, model_path: str, data: Data | None = None,
 
 
 # ------------------------------------------------------------------------------ documents
-def _median(v: Any) -> float:
-    import numpy as np
-
-    a = np.asarray(v, dtype=float)
-    a = a[np.isfinite(a)]
-    return float(np.median(a)) if a.size else math.nan
-
-
 def certificate_doc(certs: dict[str, Any], y: Any, indices: Any, meta: dict) -> dict[str, Any]:
     """A ``kind: certify`` results document."""
     first = next(iter(certs.values()))
@@ -408,7 +401,7 @@ def certificate_doc(certs: dict[str, Any], y: Any, indices: Any, meta: dict) -> 
     if y_np is not None:
         summary["accuracy"] = float((pred == y_np).mean())
     for m, c in certs.items():
-        summary["methods"][m] = {"median_radius": _median(c.radius.cpu().numpy()),
+        summary["methods"][m] = {"median_radius": median(c.radius.cpu().numpy()),
                                  "min_radius": float(c.radius.min()),
                                  "sound": is_guarantee(m),
                                  # samples whose radius is not (only) the method's bound,
@@ -439,7 +432,7 @@ def attack_doc(res: Any, y: Any, indices: Any, meta: dict) -> dict[str, Any]:
         "n": len(res),
         "attack": res.method,
         "attack_success_rate": res.success_rate(),
-        "median_attack_norm": _median(res.norm.cpu().numpy()[res.success.cpu().numpy()]),
+        "median_attack_norm": median(res.norm.cpu().numpy()[res.success.cpu().numpy()]),
         "attack_missing": {o.value: c for o, c in res.missing().items()},
         "seconds": res.seconds,
     }

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from boundkit.errors import BadArgumentError, BoundkitError, InputShapeError
+from boundkit.stats import median
 from boundkit.validate import check_call
 
 __all__ = ["CrosscheckResult", "Violation", "crosscheck", "locate_violation", "recheck_float64"]
@@ -196,7 +197,7 @@ class CrosscheckResult:
             "n": n,
             "attack": self.attack,
             "attack_success_rate": float(self.attack_success.mean()) if n else math.nan,
-            "median_attack_norm": _median(self.attack_norm[self.attack_success]),
+            "median_attack_norm": median(self.attack_norm[self.attack_success]),
             "attack_missing": self.attack_missing(),
             "methods": {},
             "violations": len(self.violations),
@@ -209,10 +210,10 @@ class CrosscheckResult:
             ratio = self.ratio(m)
             fin = ratio[np.isfinite(ratio)]
             out["methods"][m] = {
-                "median_radius": _median(r),
+                "median_radius": median(r),
                 "mean_radius": float(np.mean(r)) if n else math.nan,
                 "min_radius": float(np.min(r)) if n else math.nan,
-                "median_ratio": _median(fin),
+                "median_ratio": median(fin),
                 "min_ratio": float(fin.min()) if fin.size else math.nan,
                 "max_ratio": float(fin.max()) if fin.size else math.nan,
                 "violations": int(sum(v.method == m for v in self.violations)),
@@ -220,11 +221,11 @@ class CrosscheckResult:
             }
         if self.exact is not None:
             fin = self.exact[np.isfinite(self.exact)]
-            out["median_exact_radius"] = _median(fin)
+            out["median_exact_radius"] = median(fin)
             for m, r in self.radius.items():
                 q = _ratio(r, self.exact)
                 q = q[np.isfinite(q)]
-                out["methods"][m]["median_ratio_to_exact"] = _median(q)
+                out["methods"][m]["median_ratio_to_exact"] = median(q)
         return out
 
     def attack_missing(self) -> dict[str, int]:
@@ -309,11 +310,6 @@ class CrosscheckResult:
             f"soundness bugs {s['soundness_bugs']}, expected violations "
             f"{s['expected_violations']})"
         )
-
-
-def _median(a: np.ndarray) -> float:
-    a = np.asarray(a, dtype=float)
-    return float(np.median(a)) if a.size else math.nan
 
 
 def recheck_float64(

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from boundkit.stats import median
+
 #: the label of an adjacent pair whose order the intervals prove
 DECIDED = "decided by proof"
 #: the label of an adjacent pair whose order they do not
@@ -44,12 +46,12 @@ class ModelBounds:
 
     @property
     def median_certified(self) -> float:
-        return _median(self.certified)
+        return median(self.certified)
 
     @property
     def median_attack(self) -> float:
         """The median of the upper ends, failures counted as ``inf`` (an upper bound)."""
-        return _median(self.attack)
+        return median(self.attack)
 
 
 @dataclass(frozen=True)
@@ -68,13 +70,6 @@ class PairVerdict:
         return {"above": self.above, "below": self.below, "label": self.label,
                 "samples_decided": self.samples_decided,
                 "samples_reversed": self.samples_reversed}
-
-
-def _median(a: np.ndarray) -> float:
-    """The median of ``a`` (NaN entries dropped; NaN when none is left; ``inf`` counts)."""
-    a = np.asarray(a, dtype=np.float64)
-    a = a[~np.isnan(a)]
-    return float(np.median(a)) if a.size else math.nan
 
 
 def rank(models: Sequence[ModelBounds]) -> tuple[list[ModelBounds], list[PairVerdict]]:

@@ -35,7 +35,7 @@ from boundkit.bounds.relaxation import (
     RelaxationRule,
     RelaxContext,
     SlopeKey,
-    _dot,
+    dot,
 )
 from boundkit.graph.graph import Graph, Node
 
@@ -254,9 +254,9 @@ class ReLURelaxation(RelaxationRule):
         a_in = torch.addcmul(pos * low, neg, ln.up)
         # the chord's offsets enter through the negative coefficients; every term is <= 0,
         # so the sum of their magnitudes is |add| up to the sum's own rounding
-        add = _dot(neg, ln.up_off)
+        add = dot(neg, ln.up_off)
         k = A[0, 0].numel()
-        err = (2 * UNIT_ROUNDOFF * _dot(a_in.abs(), ln.mag)
+        err = (2 * UNIT_ROUNDOFF * dot(a_in.abs(), ln.mag)
                + 2 * float(gamma(k + 2)) * add.abs())
         return [lb.then(a_in, add, err, ctx.intervals[node.name].mag)]
 

@@ -55,7 +55,7 @@ from boundkit.bounds.relaxation import (
     RelaxContext,
     SlopeKey,
     Splits,
-    _dot,
+    dot,
 )
 from boundkit.errors import BadArgumentError, UnsupportedLayerError
 from boundkit.graph.graph import Graph, Node
@@ -92,7 +92,7 @@ class SplitReLU(ReLURelaxation):
         beta, side = term
         A = out.A - beta.clamp(min=0.0) * side  # beta * (+-1 or 0): exact
         mag = ctx.interval_in(node).mag
-        charge = 2 * UNIT_ROUNDOFF * _dot(A.abs(), mag)
+        charge = 2 * UNIT_ROUNDOFF * dot(A.abs(), mag)
         return [LinearBounds(A, out.bias, out.err + charge, out.forks)]
 
 

@@ -41,7 +41,7 @@ from boundkit.bounds.relaxation import (
     LinearBounds,
     RelaxationRule,
     RelaxContext,
-    _dot,
+    dot,
 )
 from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.graph import Graph, Node
@@ -251,7 +251,7 @@ class MaxPoolRelaxation(RelaxationRule):
         # negative coefficients follow z_j on stable windows (times 1 or 0: exact, and no
         # element-wise select over [N, S, ...], slow on CPU); elsewhere the constant u_max
         coef = torch.addcmul(pos, neg, ln.stable)
-        add = _dot(neg, ln.const)
+        add = dot(neg, ln.const)
         # each window's coefficient lands on its best input: a scatter-add over the flat
         # (padded) input positions, summing where windows overlap
         p = node.attrs["padding"]
@@ -260,9 +260,9 @@ class MaxPoolRelaxation(RelaxationRule):
         a_in = torch.zeros(n, s, c, padded[0] * padded[1], dtype=A.dtype, device=A.device)
         a_in.scatter_add_(3, ln.flat.unsqueeze(1).expand(n, s, c, -1), coef)
         a_in = a_in.reshape(n, s, c, *padded)[..., p[0]:p[0] + in_hw[0], p[1]:p[1] + in_hw[1]]
-        err = float(gamma(A[0, 0].numel() + 1)) * _dot(neg.abs(), ln.u_abs)
+        err = float(gamma(A[0, 0].numel() + 1)) * dot(neg.abs(), ln.u_abs)
         if _overlapping(node):  # sums where windows share an input
-            err = err + float(gamma(ln.kernel + 1)) * _dot(a_in.abs(), ln.mag)
+            err = err + float(gamma(ln.kernel + 1)) * dot(a_in.abs(), ln.mag)
         return [lb.then(a_in.contiguous(), add, err, ctx.intervals[node.name].mag)]
 
 

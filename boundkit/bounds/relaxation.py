@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``<a[n, s], v[n]>`` over the node dimensions: [N, S, *shape] x [N, *shape] -> [N, S].
 
     Written as the row vector ``v^T`` times ``a^T``: float64 ``bmm`` against a column
@@ -80,7 +80,7 @@ class LinearBounds:
         """Rounding of the additions that formed ``A`` at a fork: [N, S]."""
         if self.forks == 0:
             return torch.zeros_like(self.err)
-        return float(gamma(self.forks + 1)) * _dot(self.A.abs(), mag)
+        return float(gamma(self.forks + 1)) * dot(self.A.abs(), mag)
 
     def then(self, A: torch.Tensor, add_bias: torch.Tensor | float,
              add_err: torch.Tensor | float, mag_out: torch.Tensor) -> LinearBounds:
@@ -276,8 +276,8 @@ class AffineRelaxation(RelaxationRule):
         c = self.const(node)
         add: torch.Tensor | float = 0.0
         if c is not None:
-            add = _dot(lb.A, c.expand(n, *c.shape))
-        err = _dot(lb.A.abs(), self._charges(node, ctx))
+            add = dot(lb.A, c.expand(n, *c.shape))
+        err = dot(lb.A.abs(), self._charges(node, ctx))
         mag_out = ctx.intervals[node.name].mag
         return [lb.then(a_in, add, err, mag_out)]
 

@@ -22,7 +22,7 @@ from boundkit.bounds.relaxation import (
     LinearBounds,
     RelaxationRule,
     RelaxContext,
-    _dot,
+    dot,
 )
 from boundkit.graph.graph import Graph, Node
 from boundkit.graph.ops import broadcast_constant
@@ -149,8 +149,8 @@ class ReshapeRelaxation(RelaxationRule):
         if shift is None:
             return [lb.then(a_in, 0.0, 0.0, ctx.intervals[node.name].mag)]
         sh = broadcast_constant(shift.to(lb.A), node.out_shape).expand(n, *node.out_shape)
-        bias = _dot(lb.A, sh)
-        err = float(gamma(node.out_numel + 1)) * _dot(lb.A.abs(), sh.abs())
+        bias = dot(lb.A, sh)
+        err = float(gamma(node.out_numel + 1)) * dot(lb.A.abs(), sh.abs())
         return [lb.then(a_in, bias, err, ctx.intervals[node.name].mag)]
 
 
@@ -219,9 +219,9 @@ class MergeRelaxation(RelaxationRule):
         err = zero
         if shift is not None:
             s = broadcast_constant(shift.to(lb.A), out)
-            bias = _dot(lb.A, s.expand(lb.A.shape[0], *out))
+            bias = dot(lb.A, s.expand(lb.A.shape[0], *out))
             # <A, s> summed over numel(out) terms: gamma_numel <|A|, |s|>
-            err = err + float(gamma(math.prod(out) + 1)) * _dot(
+            err = err + float(gamma(math.prod(out) + 1)) * dot(
                 lb.A.abs(), s.abs().expand(lb.A.shape[0], *out))
         coeffs: list[torch.Tensor] = []
         for k, (c, shape) in enumerate(self._terms(node)):
@@ -231,7 +231,7 @@ class MergeRelaxation(RelaxationRule):
             if c != 1.0 or reps > 1:
                 # summing reps copies and scaling by c: gamma_{reps+1} |c| <B^T|A|, |x_k|>
                 mag_k = self._reduce(lb.A.abs(), shape, out)
-                err = err + float(gamma(reps + 1)) * abs(c) * _dot(
+                err = err + float(gamma(reps + 1)) * abs(c) * dot(
                     mag_k, ctx.interval_in(node, k).mag)
             coeffs.append(a_k)
         first = lb.then(coeffs[0], bias, err, mag_out)

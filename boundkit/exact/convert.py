@@ -26,9 +26,9 @@ from boundkit.errors import (
     InputShapeError,
     ModelError,
     NonFiniteParameterError,
-    TrainingModeError,
     UnsupportedLayerError,
 )
+from boundkit.validate import check_model
 
 _AFFINE = (
     nn.Linear,
@@ -126,20 +126,6 @@ def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
     return [(prefix or type(module).__name__, module)]
 
 
-def _check_model(model: nn.Module) -> None:
-    for name, sub in model.named_modules():
-        if sub.training:
-            where = name or "<root>"
-            raise TrainingModeError(
-                f"module {where!r} ({type(sub).__name__}) is in training mode; call "
-                "model.eval() before exact_radius (dropout/batch-norm must be deterministic)"
-            )
-    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, t in items:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise NonFiniteParameterError(f"{kind} {name!r} holds NaN or infinity")
-
-
 def _check_leaf(path: str, m: nn.Module, is_last: bool) -> None:
     op = type(m).__name__
     if isinstance(m, _MONOTONE_HEAD):
@@ -216,7 +202,7 @@ def to_affine_relu(model: nn.Module, in_shape: tuple[int, ...]) -> AffineReluNet
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    _check_model(model)
+    check_model(model)
     leaves = _leaves(model, "")
     for i, (path, m) in enumerate(leaves):
         _check_leaf(path, m, is_last=all(isinstance(n, _MONOTONE_HEAD) for _, n in leaves[i:]))

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from boundkit.encoding import dumps
 from boundkit.errors import ModelFileError, NonFiniteParameterError
 from boundkit.models.zoo import ZOO, build_model
 
@@ -108,7 +109,7 @@ def save_model(
         "meta": dict(meta or {}),
     }
     try:
-        text = json.dumps(doc, indent=2, sort_keys=True)
+        text = dumps(doc, indent=2, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"meta must be JSON-serialisable: {exc}") from exc
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from boundkit.attacks.base import Outcome
 from boundkit.bounds.method import is_guarantee
+from boundkit.encoding import decode, dumps, encode
 from boundkit.errors import BoundkitError
 
 __all__ = [
@@ -42,45 +41,6 @@ class ResultsFileError(BoundkitError, ValueError):
 PathLike = str | Path
 
 
-def encode(obj: Any) -> Any:
-    """A JSON-safe copy of ``obj`` (numpy and torch scalars/arrays become lists)."""
-    if isinstance(obj, dict):
-        return {str(k): encode(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [encode(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return encode(obj.tolist())
-    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch tensors
-        return encode(obj.detach().cpu().tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        if math.isnan(f):
-            return None
-        if math.isinf(f):
-            return "inf" if f > 0 else "-inf"
-        return f
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def decode(obj: Any) -> Any:
-    """Inverse of :func:`encode` for the non-finite markers."""
-    if isinstance(obj, dict):
-        return {k: decode(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [decode(v) for v in obj]
-    if obj == "inf":
-        return math.inf
-    if obj == "-inf":
-        return -math.inf
-    return obj
-
-
 def atomic_write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename:
     readers see the old file or the new one, never half of one (a Ctrl-C or a full disk
@@ -102,7 +62,7 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 def write_json(results: Any, path: PathLike) -> Path:
     """Write a results document (a dict, or anything with ``to_dict()``) as JSON (atomically)."""
     doc = results.to_dict() if hasattr(results, "to_dict") else results
-    return atomic_write_text(path, json.dumps(encode(doc), indent=1, allow_nan=False) + "\n")
+    return atomic_write_text(path, dumps(doc, indent=1) + "\n")
 
 
 #: the largest finite number a results file may hold (a radius of 1e100 is meaningless and

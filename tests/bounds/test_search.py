@@ -14,12 +14,12 @@ from torch import nn
 
 import boundkit as bk
 from boundkit.bounds.crown import (
-    MAX_EVALUATIONS,
     CrownRun,
     RadiusStep,
     plan_crown,
     search_radius,
 )
+from boundkit.bounds.crown.search import MAX_EVALUATIONS
 from boundkit.bounds.output import margins
 from boundkit.graph.cache import graph_for
 from boundkit.testing import property_examples

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma, round_down
-from boundkit.bounds.relaxation import LinearBounds, _dot
+from boundkit.bounds.relaxation import LinearBounds, dot
 
 
 @dataclass
@@ -51,7 +51,7 @@ def concretise(lb: LinearBounds, x0: torch.Tensor, box: tuple[float, float] | No
     :math:`[0,\infty)` on the upper face: one pass over :math:`A`, then two norms."""
     A = lb.A.flatten(2)
     x = x0.flatten(1)
-    ax0 = _dot(A, x)
+    ax0 = dot(A, x)
     a_norm = torch.linalg.vector_norm(A, dim=2)
     if box is not None and bool(in_box.any()):
         inb = in_box.unsqueeze(1)

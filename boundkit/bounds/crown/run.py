@@ -44,7 +44,7 @@ from boundkit.bounds.relaxation import (
     RelaxContext,
     SlopeKey,
     Splits,
-    _dot,
+    dot,
 )
 from boundkit.bounds.sound import compose_moduli, sound_pass
 from boundkit.graph.graph import Graph, Node
@@ -414,11 +414,11 @@ class CrownRun:
             if rule is None:  # bounded through the sound modulus: constants
                 iv = ctx.intervals[node.name]
                 pos, neg = lb.A.clamp(min=0), lb.A.clamp(max=0)
-                add = _dot(pos, iv.lo) + _dot(neg, iv.hi)
+                add = dot(pos, iv.lo) + dot(neg, iv.hi)
                 d = lb.A[0, 0].numel()
                 cut_bias = cut_bias + lb.bias + add
                 cut_err = (cut_err + lb.err + lb.charge_forks(iv.mag)
-                           + float(gamma(d + 2)) * _dot(lb.A.abs(), iv.mag)
+                           + float(gamma(d + 2)) * dot(lb.A.abs(), iv.mag)
                            + UNIT_ROUNDOFF * (cut_bias.abs() + lb.bias.abs()))
                 return [None] * len(node.inputs)
             return list(rule.backward(node, ctx, lb))
