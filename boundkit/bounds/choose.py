@@ -3,9 +3,10 @@ r"""The tightest guarantee that fits a per-sample time budget (``--method auto``
 The rule, in order (``docs/user-guide.md`` §Which method by default):
 
 1. time ``crown`` on a probe of the first ``min(4, N)`` samples (one call, wall clock);
-2. if a ``bab`` method is registered and ``crown`` took at most a quarter of the budget per
-   sample: ``bab`` with ``time_budget`` = the budget (it starts from the ``crown`` radius and
-   stops at the budget, every radius on the way a certificate);
+2. if a ``bab`` method is registered, supports the model (it splits ReLUs only) and
+   ``crown`` took at most a quarter of the budget per sample: ``bab`` with ``time_budget`` =
+   the budget (it starts from the ``crown`` radius and stops at the budget, every radius on
+   the way a certificate);
 3. else, if ``crown`` took at most the budget per sample: ``crown``;
 4. else (or where ``crown`` does not support the model): ``sound``.
 
@@ -48,9 +49,10 @@ class Choice:
 
 
 def tightest_affordable(model: nn.Module, x: torch.Tensor, time_budget: float, *,
-                        device: Any = None, **options: Any) -> Choice:
+                        device: Any = None, allow_bab: bool = True, **options: Any) -> Choice:
     """The method the rule of the module docstring picks for ``model`` on ``x`` with
-    ``time_budget`` seconds per sample (``options``: passed to the probe, e.g. ``box``)."""
+    ``time_budget`` seconds per sample (``options``: passed to the probe, e.g. ``box``;
+    ``allow_bab=False`` leaves ``bab`` out, e.g. where its options cannot be passed)."""
     budget = check_positive("time_budget", time_budget)
     probe = x[:PROBE]
     t0 = time.perf_counter()
@@ -59,7 +61,7 @@ def tightest_affordable(model: nn.Module, x: torch.Tensor, time_budget: float, *
     except UnsupportedLayerError as exc:
         return Choice("sound", reason=f"crown does not support the model ({exc})")
     per = (time.perf_counter() - t0) / probe.shape[0]
-    if "bab" in method_names() and per <= BAB_SHARE * budget:
+    if allow_bab and per <= BAB_SHARE * budget and _supports(model, probe, "bab", device):
         return Choice("bab", {"time_budget": budget, **options},
                       f"crown takes {per:.3g} s per sample, at most {BAB_SHARE:g} of the "
                       f"{budget:g} s budget: branch and bound has the rest", per)
@@ -68,3 +70,17 @@ def tightest_affordable(model: nn.Module, x: torch.Tensor, time_budget: float, *
                       f"crown takes {per:.3g} s per sample, within the {budget:g} s budget", per)
     return Choice("sound", reason=f"crown takes {per:.3g} s per sample, over the {budget:g} s "
                                   "budget", crown_seconds=per)
+
+
+def _supports(model: nn.Module, x: torch.Tensor, method: str, device: Any) -> bool:
+    """Whether ``method`` is registered and plans ``model`` (no node it refuses)."""
+    if method not in method_names():
+        return False
+    from boundkit.bounds.engine import graph_for
+    from boundkit.bounds.method import get_method
+
+    try:
+        get_method(method).prepare(graph_for(model, x, device))
+    except UnsupportedLayerError:
+        return False
+    return True
