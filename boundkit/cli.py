@@ -738,7 +738,8 @@ def cmd_compare(sess: Session) -> int:
     sess.say(f"compared {len(entries)} models on {len(idx)} samples of {a.data} "
              f"(accuracy on the whole {a.split} split):", *_compare_lines(doc),
              f"  results: {js}" + (f", report: {out / paths['html'].name}" if paths else ""))
-    sess.emit({"results": str(js), "rank_by": doc["rank_by"], "models": doc["models"]})
+    sess.emit({"results": str(js), "rank_by": doc["rank_by"], "models": doc["models"],
+               "ranking": doc["ranking"]})
     return EXIT_VIOLATION if bad else EXIT_OK
 
 

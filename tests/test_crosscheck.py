@@ -215,3 +215,26 @@ def test_crosscheck_passes_its_samples_as_starts_and_counts_missing_upper_ends(t
 
     with pytest.raises(ResultsFileError, match="attack_outcome"):
         read_json(tmp_path / "bad.json")
+
+
+def test_branch_and_bound_searches_towards_the_verified_attack_norms(small):
+    model, x = small
+    res = bk.crosscheck(model, x[:4], methods=("crown", "bab"), attack_budget=20, box=None,
+                        method_options={"bab": {"time_budget": 0.2}})
+    cert = res.certificates["bab"]
+    upper = torch.as_tensor(res.attack_norm)
+    found = torch.as_tensor(res.attack_success)
+    # the upper end bab searched against is the attack's verified norm, inf where none
+    torch.testing.assert_close(cert.info["upper"][found], upper[found].to(torch.float64))
+    assert bool((cert.radius <= upper + 1e-12).all())
+    assert bool((cert.radius >= torch.as_tensor(res.radius["crown"]) - 1e-12).all())
+    assert not res.violations
+
+
+def test_method_options_cannot_go_through_an_executor(small):
+    model, x = small
+    from boundkit.errors import BadArgumentError
+
+    with pytest.raises(BadArgumentError, match="executor"):
+        bk.crosscheck(model, x[:2], methods=("bab",), executor=object(),
+                      method_options={"bab": {"time_budget": 0.1}})

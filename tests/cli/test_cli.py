@@ -115,10 +115,31 @@ def test_compare_ranks_models(mlp_file: Path, cnn_file: Path, tmp_path: Path, ca
     res = json.loads(capsys.readouterr().out)
     names = [m["name"] for m in res["models"]]
     assert sorted(names) == ["digits_cnn", "digits_mlp"]
-    med = [m["median_radius"]["sound"] for m in res["models"]]
-    assert med == sorted(med, reverse=True)
+    best = [m["median_best_certified"] for m in res["models"]]
+    assert best == sorted(best, reverse=True)
+    for m in res["models"]:  # the best certificate is at least each method's
+        assert all(m["median_best_certified"] >= v - 1e-12
+                   for v in m["median_radius"].values() if v == v)
+    (verdict,) = res["ranking"]
+    assert verdict["label"] in ("decided by proof", "undecided at this budget")
+    assert verdict["above"] == names[0] and verdict["below"] == names[1]
+    doc = json.loads((out / "results.json").read_text())
+    for name in names:  # auto: sound and the method the budget affords, with the reason
+        meta = doc["results"][name]["meta"]
+        assert meta["method_choice"]["method"] in ("bab", "crown", "sound")
+        assert meta["method_choice"]["reason"]
     _nonempty(out / "comparison.png")
     _nonempty(out / "report.html")
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf"])
+def test_a_bad_time_budget_is_a_one_line_error(bad: str, mlp_file: Path, tmp_path: Path,
+                                               capsys):
+    code = main(["crosscheck", "--model", str(mlp_file), "--data", "digits", "--n", "2",
+                 "--budget", "5", "--time-budget", bad, "--out", str(tmp_path / "t")])
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "time-budget" in err[0]
 
 
 def test_demo_quick(tmp_path: Path, capsys):
