@@ -14,8 +14,8 @@ the 8x8 digits, then report:
 * depth/width: exact radius, certified radii and test accuracy per architecture (depth 1-3,
   width 4/8/16, several seeds each).
 
-    python analyses/beyond_tightness.py
-    python analyses/beyond_tightness.py --quick
+    python -m analyses.beyond_tightness
+    python -m analyses.beyond_tightness --quick
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import time
 from collections import defaultdict
 
 import torch
-from common import (
+from torch import nn
+
+from analyses.common import (
     base_parser,
     fmt,
     md_table,
@@ -35,7 +37,6 @@ from common import (
     violations,
     write_results,
 )
-from torch import nn
 
 
 def tiny_cnn() -> nn.Sequential:

@@ -23,8 +23,6 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as ``python analyses/x.py`` from a clean checkout
-    sys.path.insert(0, str(ROOT))
 
 DEFAULT_OUT = ROOT / "docs" / "results"
 

@@ -7,7 +7,7 @@ adversarial example found by the float64 search inside the certified ball (box [
 Property 3 (``order``): ``crown`` >= ``sound`` per sample. Prints the counts and every
 violation; exits 1 on any.
 
-    python analyses/crown_soak.py --examples 10000 [--seed 0]
+    python -m analyses.crown_soak --examples 10000 [--seed 0]
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import boundkit as bk  # noqa: E402
-from boundkit.testing import adversarial_search, random_network  # noqa: E402
+import boundkit as bk
+from boundkit.testing import adversarial_search, random_network
 
 KINDS = [("linear", "relu"), ("conv2d", "relu", "maxpool2d"), ("conv2d", "tanh", "avgpool2d"),
          ("conv2d", "batchnorm", "sigmoid"), ("conv2d", "lrn", "relu"), ("linear", "softplus"),

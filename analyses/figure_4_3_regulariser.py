@@ -7,8 +7,8 @@ architectures): accuracy, adversarial error rate (fraction of samples FGS pertur
 max epsilon 1) and minimal perturbation (FGS and best attack), plus the certified radius
 of ``sound`` (and ``peck2017``) that the thesis did not have.
 
-    python analyses/figure_4_3_regulariser.py
-    python analyses/figure_4_3_regulariser.py --quick
+    python -m analyses.figure_4_3_regulariser
+    python -m analyses.figure_4_3_regulariser --quick
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 
 import torch
-from common import base_parser, md_table, plt, save_figure, setup, stats, write_results
+
+from analyses.common import base_parser, md_table, plt, save_figure, setup, stats, write_results
 
 
 def output_margin(model, xb, logits):

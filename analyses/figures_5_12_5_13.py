@@ -10,14 +10,15 @@ Plus a check against boundkit (the thesis has none): the closed form of Fig. 5.1
 on a LeNet-5 by scaling its convolution kernels and re-running ``certify(..., "peck2017")``
 and ``"sound"`` on a few MNIST test images.
 
-    python analyses/figures_5_12_5_13.py
+    python -m analyses.figures_5_12_5_13
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from common import base_parser, md_table, plt, save_figure, setup, write_results
+
+from analyses.common import base_parser, md_table, plt, save_figure, setup, write_results
 
 
 def fig_5_12(n: np.ndarray, eps: float = 0.1) -> np.ndarray:

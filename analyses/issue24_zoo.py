@@ -7,7 +7,7 @@ Train first (seconds for the MLPs, minutes for the ResNet on one core)::
     python -m boundkit.models.train maxmin_mnist --data-root ../shared/data --out runs
     python -m boundkit.models.train resnet_cifar --data-root ../shared/data --out runs
 
-then ``python analyses/issue24_zoo.py --runs runs --data-root ../shared/data --n 20``
+then ``python -m analyses.issue24_zoo --runs runs --data-root ../shared/data --n 20``
 writes ``docs/results/issue24_zoo.md``. A violation is a test image whose certified radius
 exceeds the norm of an adversarial example the attack found: it must be 0.
 """
@@ -70,7 +70,7 @@ def main() -> None:
     lines = [
         "# Issue 24 zoo entries: crown against the best attack",
         "",
-        f"`python analyses/issue24_zoo.py --runs RUNS --n {a.n}"
+        f"`python -m analyses.issue24_zoo --runs RUNS --n {a.n}"
         + (f" --n-resnet {a.n_resnet}" if a.n_resnet else "")
         + f" --budget {a.budget} --names {' '.join(a.names)}` (first test images, box [0, 1],"
         " one CPU thread,"

@@ -29,8 +29,8 @@ attack ensemble). Each section below is the script's own Markdown output (also i
 `docs/results/<name>.md`, raw numbers in `<name>.json`); the line at the end of each says
 which command and sample counts produced it.
 
-Re-run everything: `python analyses/run_all.py` (default sizes) or
-`python analyses/run_all.py --quick` (smoke run). One script: `python analyses/<name>.py
+Re-run everything: `python -m analyses.run_all` (default sizes) or
+`python -m analyses.run_all --quick` (smoke run). One script: `python -m analyses.<name>
 [--quick] [--seed S] [--out docs/results] [--data-root ../shared/data]`.
 
 | experiment | script |
@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--out", type=Path,
                    default=Path(__file__).resolve().parents[1] / "docs" / "results")
     args = p.parse_args()
-    text = HEADER + "\n".join(f"| {title} | `python analyses/{n}.py` |" for n, title in ORDER)
+    text = HEADER + "\n".join(f"| {title} | `python -m analyses.{n}` |" for n, title in ORDER)
     notes = args.out / "contradictions.md"
     if notes.exists():
         body = notes.read_text().splitlines()

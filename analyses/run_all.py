@@ -1,8 +1,8 @@
 """Run every analysis script in turn (``--quick`` and other flags are passed through).
 
-    python analyses/run_all.py            # default sizes (each script < 15 min on 2 cores)
-    python analyses/run_all.py --quick    # smoke run of everything
-    python analyses/run_all.py --only table_3_1_linear figures_5_12_5_13
+    python -m analyses.run_all            # default sizes (each script < 15 min on 2 cores)
+    python -m analyses.run_all --quick    # smoke run of everything
+    python -m analyses.run_all --only table_3_1_linear figures_5_12_5_13
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--only", nargs="+", choices=SCRIPTS, default=SCRIPTS)
     args, rest = p.parse_known_args()
-    here = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]
     failed = []
     for name in args.only:
         t0 = time.perf_counter()
         print(f"=== {name} {' '.join(rest)}", flush=True)
-        rc = subprocess.call([sys.executable, str(here / f"{name}.py"), *rest])
+        rc = subprocess.call([sys.executable, "-m", f"analyses.{name}", *rest], cwd=root)
         print(f"=== {name}: exit {rc}, {time.perf_counter() - t0:.0f} s", flush=True)
         if rc:
             failed.append(name)
-    subprocess.call([sys.executable, str(here / "make_readme.py")])
+    subprocess.call([sys.executable, "-m", "analyses.make_readme"], cwd=root)
     if failed:
         print("failed:", ", ".join(failed))
     return 1 if failed else 0

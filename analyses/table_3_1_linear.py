@@ -7,14 +7,15 @@ ensemble, for ``peck2017`` and ``sound``; violations (attack < bound); and the e
 perturbation (closed form), whose deviation from the bound must be 0 (the bound is exact for
 linear classifiers).
 
-    python analyses/table_3_1_linear.py            # full (100 x 10 per setting)
-    python analyses/table_3_1_linear.py --quick    # 10 x 10 per setting
+    python -m analyses.table_3_1_linear            # full (100 x 10 per setting)
+    python -m analyses.table_3_1_linear --quick    # 10 x 10 per setting
 """
 
 from __future__ import annotations
 
 import torch
-from common import (
+
+from analyses.common import (
     attack_stacked,
     base_parser,
     certify_stacked,

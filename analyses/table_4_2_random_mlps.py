@@ -7,14 +7,15 @@ setting: deviation ``attack - bound`` for ``peck2017`` and ``sound``, with FGS (
 Algorithm 2.1, max epsilon 1) and with the ``best`` ensemble, and violations of each method
 (a verified adversarial example smaller than the bound).
 
-    python analyses/table_4_2_random_mlps.py            # all settings at the printed sizes
-    python analyses/table_4_2_random_mlps.py --quick    # 10 MLPs per setting
+    python -m analyses.table_4_2_random_mlps            # all settings at the printed sizes
+    python -m analyses.table_4_2_random_mlps --quick    # 10 MLPs per setting
 """
 
 from __future__ import annotations
 
 import torch
-from common import (
+
+from analyses.common import (
     attack_stacked,
     base_parser,
     certify_stacked,

@@ -6,8 +6,8 @@ for ``peck2017`` and ``sound`` with FGS (thesis Algorithm 2.1, max epsilon 1) an
 ``best`` ensemble, and violations. No input box (the thesis's inputs were standardised and
 unconstrained).
 
-    python analyses/table_4_3_trained_mlps.py
-    python analyses/table_4_3_trained_mlps.py --quick
+    python -m analyses.table_4_3_trained_mlps
+    python -m analyses.table_4_3_trained_mlps --quick
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 
 import torch
-from common import (
+
+from analyses.common import (
     base_parser,
     md_table,
     plt,

@@ -8,8 +8,8 @@ scale [0, 255], max epsilon 100, no clipping, no segment refinement) and of the 
 attack (box [0, 1] in the model's units, reported on the same 255 scale); the FGS success
 rate; and the epsilon statistics of Table 5.2.
 
-    python analyses/table_5_1_cnns.py
-    python analyses/table_5_1_cnns.py --quick
+    python -m analyses.table_5_1_cnns
+    python -m analyses.table_5_1_cnns --quick
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from __future__ import annotations
 import time
 
 import torch
-from common import (
+
+from analyses.common import (
     base_parser,
     md_table,
     plt,

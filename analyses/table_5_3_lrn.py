@@ -6,15 +6,15 @@ and rate under the thesis's protocol (255 scale, max epsilon 100), the best atta
 certified radii of ``peck2017`` and ``sound``: does LRN raise robustness once the bound is
 sound and the attack strong?
 
-    python analyses/table_5_3_lrn.py
-    python analyses/table_5_3_lrn.py --quick
+    python -m analyses.table_5_3_lrn
+    python -m analyses.table_5_3_lrn --quick
 """
 
 from __future__ import annotations
 
 import time
 
-from common import (
+from analyses.common import (
     base_parser,
     md_table,
     plt,
@@ -24,7 +24,7 @@ from common import (
     trained_zoo_model,
     write_results,
 )
-from table_5_1_cnns import THESIS_5_1, THESIS_5_2, evaluate_cnn, summarise, viol_cell
+from analyses.table_5_1_cnns import THESIS_5_1, THESIS_5_2, evaluate_cnn, summarise, viol_cell
 
 # Thesis Table 5.3 (published): accuracy, min, max, mean, median, std of FGS epsilon, rate.
 # LeNet-5's row is not in Table 5.3; its epsilon statistics and rate are Tables 5.1 / 5.2.

@@ -16,7 +16,7 @@ samples, round-robin (``--repeats``, fastest time kept), and the script prints
 
 Usage (models trained once with ``boundkit train NAME --out DIR``)::
 
-    python benchmarks/attacks_best_vs_old.py --models mlp,lenet5 --n-samples 500 \
+    python -m benchmarks.attacks_best_vs_old --models mlp,lenet5 --n-samples 500 \
         --model-dir /tmp/boundkit-models --out docs/results/attacks_best_vs_old.md
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -34,11 +35,10 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import boundkit.attacks as A
+from boundkit.attacks.base import Misclassification, verify
 
-import boundkit.attacks as A  # noqa: E402
-from boundkit.attacks.base import Misclassification, verify  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OLD_COMMIT = "2fb54a1d8e19e1702b790db27a89d86d85aaae1d"
 ZOO = {"mlp": "mlp_mnist", "lenet5": "lenet5", "tiny": "mlp_mnist_tiny"}
@@ -54,8 +54,13 @@ def import_old_attacks(commit: str) -> Any:
     (tmp / "boundkit" / "attacks").rename(pkg)
     for f in pkg.glob("*.py"):
         f.write_text(re.sub(r"\bboundkit\.attacks\b", "_bk_old_attacks", f.read_text()))
-    sys.path.insert(0, str(tmp))
-    return importlib.import_module("_bk_old_attacks")
+    # loaded from its folder by file location (no sys.path entry for the temporary tree)
+    spec = importlib.util.spec_from_file_location(
+        "_bk_old_attacks", pkg / "__init__.py", submodule_search_locations=[str(pkg)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["_bk_old_attacks"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def load(name: str, model_dir: str) -> torch.nn.Module:
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     old = import_old_attacks(args.old_commit)
     lines = ["# `best`: new ensemble vs the previous one (same run)", "",
-             f"Command: `python benchmarks/attacks_best_vs_old.py "
+             f"Command: `python -m benchmarks.attacks_best_vs_old "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}`  ",
              f"torch {torch.__version__}, {args.threads} thread(s); previous ensemble = "
              f"`boundkit/attacks` at {args.old_commit[:7]}; box [0, 1]; times are the fastest "

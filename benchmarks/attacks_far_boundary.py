@@ -12,7 +12,7 @@ and, with ``--old``, the same for the previous ensemble (pinned commit, see
 
 Usage::
 
-    python benchmarks/attacks_far_boundary.py --nets 5 --old
+    python -m benchmarks.attacks_far_boundary --nets 5 --old
 """
 
 from __future__ import annotations
@@ -24,17 +24,15 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import boundkit.attacks as A
+from boundkit.exact import exact_radius
+from tests.attacks.test_scale_and_batch import far_boundary_case
 
-import boundkit.attacks as A  # noqa: E402
-from boundkit.exact import exact_radius  # noqa: E402
-from tests.attacks.test_scale_and_batch import far_boundary_case  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from attacks_best_vs_old import OLD_COMMIT, finish, import_old_attacks
+    from benchmarks.attacks_best_vs_old import OLD_COMMIT, finish, import_old_attacks
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nets", type=int, default=5)
@@ -48,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         old = import_old_attacks(OLD_COMMIT)
         runs["old"] = lambda m, x: old.attack(m, x, "best", box=None)
     lines = ["# `best` on far-boundary nets (inputs in [0.2, 0.8], no box)", "",
-             f"Command: `python benchmarks/attacks_far_boundary.py "
+             f"Command: `python -m benchmarks.attacks_far_boundary "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}`", "",
              "| net | samples (exact finished) | exact radius min-max | ensemble | success | "
              "within 5 % | median norm / exact | max | seconds |",

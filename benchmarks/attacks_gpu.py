@@ -9,7 +9,7 @@ script that also runs on CPU-only machines).
 
 Usage::
 
-    python benchmarks/attacks_gpu.py --model-dir /tmp/boundkit-models --models mlp,lenet5 \
+    python -m benchmarks.attacks_gpu --model-dir /tmp/boundkit-models --models mlp,lenet5 \
         --n-samples 1000 [--skip-references] [--out docs/results/attacks_gpu.md]
 """
 
@@ -23,13 +23,10 @@ from typing import Any
 
 import torch
 
+from benchmarks.attacks_vs_references import ours, references
+from boundkit.attacks.base import Misclassification, verify
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from attacks_vs_references import ours, references  # noqa: E402
-
-from boundkit.attacks.base import Misclassification, verify  # noqa: E402
 
 
 def run_on(device: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -62,7 +59,7 @@ def run_on(device: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 
 
 def main(argv: list[str] | None = None) -> int:
-    from attacks_best_vs_old import finish, load, select
+    from benchmarks.attacks_best_vs_old import finish, load, select
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
@@ -84,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{torch.__version__}): CPU times only, no GPU comparison.")
     print(head, flush=True)
     lines = ["# Attacks on GPU vs CPU", "", head, "",
-             f"Command: `python benchmarks/attacks_gpu.py "
+             f"Command: `python -m benchmarks.attacks_gpu "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}`", ""]
     for name in args.models.split(","):
         model = load(name, args.model_dir)

@@ -11,7 +11,7 @@ misses, the typed reason.
 
 Usage::
 
-    python benchmarks/attacks_random_nets.py --nets 10 --samples 4 \
+    python -m benchmarks.attacks_random_nets --nets 10 --samples 4 \
         --out docs/results/attacks_random_nets.md
 """
 
@@ -26,11 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import boundkit.attacks as A  # noqa: E402
-from boundkit.exact import exact_radius  # noqa: E402
+import boundkit.attacks as A
+from boundkit.exact import exact_radius
 
 SIZES = ((4, 10, 10, 3), (6, 12, 12, 3), (5, 16, 4), (4, 8, 8, 8, 5))
 
@@ -75,14 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     runs = {"new": lambda m, x: A.attack(m, x, "best", box=None)}
     if args.old_commit:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from attacks_best_vs_old import import_old_attacks
+        from benchmarks.attacks_best_vs_old import import_old_attacks
 
         old = import_old_attacks(args.old_commit)
         runs[f"old ({args.old_commit[:7]})"] = lambda m, x: old.attack(m, x, "best", box=None)
     torch.set_num_threads(args.threads)
     lines = ["# `best` on small random ReLU nets (default init, inputs in [0.2, 0.8], no box)",
-             "", f"Command: `python benchmarks/attacks_random_nets.py "
+             "", f"Command: `python -m benchmarks.attacks_random_nets "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}`  ",
              f"torch {torch.__version__}, {args.threads} thread(s). Nets with a dead first "
              "layer at their first sample: every third (`dead`).", "",

@@ -16,7 +16,7 @@ that won (``found_by``), the typed reasons of the misses (``AttackResult.outcome
 
 Usage::
 
-    python benchmarks/attacks_success.py --n 100 --model-dir /tmp/boundkit-models \
+    python -m benchmarks.attacks_success --n 100 --model-dir /tmp/boundkit-models \
         --out docs/results/attacks_success.md
 """
 
@@ -30,12 +30,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import boundkit.attacks as A
+from boundkit.data import load_dataset
 
-import boundkit.attacks as A  # noqa: E402
-from boundkit.data import load_dataset  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ONNX = {"mnist-net_256x2": ("mnist", (1, 28, 28), None),
         "cifar_base_kw": ("cifar10", (3, 32, 32),
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     lines = ["# `best`: an upper end for every sample? (default budget, box [0, 1])", "",
-             f"Command: `python benchmarks/attacks_success.py "
+             f"Command: `python -m benchmarks.attacks_success "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}`  ",
              f"torch {torch.__version__}, {args.threads} thread(s). `plain`: no reference "
              "data; `reference`: the whole test split as reference data (as the CLI's "

@@ -39,12 +39,13 @@ CUDA build.)  Foolbox additionally installs GitPython, gitdb, smmap (its own dep
 
 Usage::
 
-    python benchmarks/attacks_vs_references.py --n-samples 500 --models mlp,lenet5
+    python -m benchmarks.attacks_vs_references --n-samples 500 --models mlp,lenet5
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -56,11 +57,10 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import boundkit.attacks as A
+from boundkit.attacks.base import Misclassification, verify
 
-import boundkit.attacks as A  # noqa: E402
-from boundkit.attacks.base import Misclassification, verify  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ZOO = {"mlp": ("mlp_mnist", 10), "lenet5": ("lenet5", 5), "tiny": ("mlp_mnist_tiny", 20)}
 
@@ -191,8 +191,7 @@ def ours(model, x, y, args) -> dict[str, Callable[[], torch.Tensor]]:
 def memory_check(model_name: str, data_root: str) -> str:
     """Peak RSS of a fresh process running boundkit attacks on 1,000 MNIST samples."""
     code = f"""
-import resource, sys, torch
-sys.path.insert(0, {str(ROOT)!r})
+import resource, torch
 from boundkit.models import build_model
 from boundkit.data import load_mnist
 import boundkit.attacks as A
@@ -212,7 +211,10 @@ for meth, kw in [("deepfool", {{}}), ("ddn", {{"steps": 20}}), ("fmn", {{"steps"
     A.attack(m, x, meth, **kw)
 print(base / 1024, hwm() / 1024)
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # this checkout's boundkit in the child: PYTHONPATH, not a sys.path edit in its code
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": pythonpath})
     if r.returncode != 0:
         return f"memory check failed: {r.stderr[-500:]}"
     base, peak = map(float, r.stdout.split())
@@ -378,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.setdefault(mname, {})[key.replace("-", "_")] = int(val)
     torch.set_num_threads(args.threads)
     lines = ["# boundkit attacks vs reference implementations", "",
-             f"Command: `python benchmarks/attacks_vs_references.py "
+             f"Command: `python -m benchmarks.attacks_vs_references "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}`  ",
              f"torch {torch.__version__}, {args.threads} thread(s); DDN/FMN/PDPGD steps "
              f"{args.steps}, CW {args.cw_searches} x {args.cw_steps}, FAB 100 iterations "

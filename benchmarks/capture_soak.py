@@ -7,7 +7,7 @@ seed): certify three random inputs with each method; a refusal must be an
 (:func:`boundkit.testing.adversarial_search` in float64) and the captured graph must compute
 the model's function on the inputs. Writes ``docs/results/capture_soak.md``.
 
-    OMP_NUM_THREADS=1 python benchmarks/capture_soak.py --n 5000 --methods sound,crown
+    OMP_NUM_THREADS=1 python -m benchmarks.capture_soak --n 5000 --methods sound,crown
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import sys
 import time
 from pathlib import Path
 
@@ -23,12 +22,11 @@ import torch
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import boundkit as bk
+from boundkit.errors import UnsupportedLayerError
+from boundkit.testing import adversarial_search, composed_networks
 
-import boundkit as bk  # noqa: E402
-from boundkit.errors import UnsupportedLayerError  # noqa: E402
-from boundkit.testing import adversarial_search, composed_networks  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -84,7 +82,7 @@ def main() -> None:
     soak()
     lines = [
         "# Capture soak (issue 10)", "",
-        f"Command: `OMP_NUM_THREADS=1 python benchmarks/capture_soak.py --n {a.n} --methods "
+        f"Command: `OMP_NUM_THREADS=1 python -m benchmarks.capture_soak --n {a.n} --methods "
         f"{a.methods} --steps {a.steps} --seed {a.seed}` ({time.time() - t0:.0f} s).", "",
         "| what | count |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in sorted(counts.items())],

@@ -12,13 +12,12 @@ The per-model constants (spectral norms, FFT bounds, the affine tail's Jacobian)
 computed once per model; their cost is reported separately ("setup"). Also runs the
 peck2017 method on LeNet-5 and on the LRN and batch-norm variants.
 
-    python benchmarks/certify_speed.py [--n 10000] [--threads 2]
+    python -m benchmarks.certify_speed [--n 10000] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -27,9 +26,7 @@ import torch
 
 import boundkit as bk
 import boundkit.models.io
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import DEFAULT_DATA, REPO, trained  # noqa: E402
+from benchmarks._models import DEFAULT_DATA, REPO, trained
 
 
 def timed(fn, repeat: int = 3) -> float:
@@ -81,7 +78,7 @@ def main() -> None:
     lines = [
         "# Certification speed (LeNet-5, MNIST)",
         "",
-        f"Command: `python benchmarks/certify_speed.py --n {args.n} --threads {args.threads}`",
+        f"Command: `python -m benchmarks.certify_speed --n {args.n} --threads {args.threads}`",
         f"(best of {args.repeat}; {torch.get_num_threads()} torch threads; batch {args.batch}).",
         "",
         f"- forward pass float32 over {x.shape[0]} images: {t32:.3f} s",

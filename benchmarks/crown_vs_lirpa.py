@@ -17,8 +17,8 @@ torch 2.13 / numpy 2 (applied below): ``numpy.lib.arraysetops``, the ONNX opset 
 argument (``BoundedModule.parameters()``, which auto_LiRPA calls for the identity patches of an
 ``add`` node such as a residual connection's).
 
-    python benchmarks/crown_vs_lirpa.py [--n 100] [--models mlp_mnist small_cnn resnet_mnist]
-    python benchmarks/crown_vs_lirpa.py --n 20 --models mlp_mnist_deep onnx:mnist-net_256x2.onnx \
+    python -m benchmarks.crown_vs_lirpa [--n 100] [--models mlp_mnist small_cnn resnet_mnist]
+    python -m benchmarks.crown_vs_lirpa --n 20 --models mlp_mnist_deep onnx:mnist-net_256x2.onnx \
         --lirpa-alpha --no-alpha mlp_mnist_deep --merge
 """
 
@@ -36,11 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from _models import DEFAULT_DATA, REPO, trained  # noqa: E402
-
-import boundkit as bk  # noqa: E402  (this checkout's boundkit)
-from boundkit.data import load_dataset  # noqa: E402
+import boundkit as bk
+from benchmarks._models import DEFAULT_DATA, REPO, trained
+from boundkit.data import load_dataset
 
 
 def _lirpa():
@@ -260,7 +258,7 @@ def main() -> None:
                          "replace those of --models")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cmd = " ".join(["python benchmarks/crown_vs_lirpa.py", *sys.argv[1:]])
+    cmd = " ".join(["python -m benchmarks.crown_vs_lirpa", *sys.argv[1:]])
     store = args.out.with_suffix(".json")
     runs: dict[str, dict] = {}
     if args.merge and store.exists():

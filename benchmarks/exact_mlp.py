@@ -8,7 +8,7 @@ on_budget="nan")`` with its time, nodes, regions and the reason where it did not
 Every finite exact radius is checked against both ends (crown <= exact <= attack) and its
 witness is re-run in float64. One thread; wall-clock and process CPU time per sample.
 
-    python benchmarks/exact_mlp.py --n 10 --time-limit 60 --cache runs/models \\
+    python -m benchmarks.exact_mlp --n 10 --time-limit 60 --cache runs/models \\
         --out docs/results/exact_mlp.md
 """
 
@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import DEFAULT_DATA, REPO, trained  # noqa: E402
-
-import boundkit as bk  # noqa: E402
-from boundkit.data import load_dataset  # noqa: E402
+import boundkit as bk
+from benchmarks._models import DEFAULT_DATA, REPO, trained
+from boundkit.data import load_dataset
 
 
 def main() -> None:
@@ -83,7 +80,7 @@ def main() -> None:
         f"# exact_radius on {a.model} (box [0, 1], time limit {a.time_limit:g} s per sample, "
         f"rtol {a.rtol:g})",
         "",
-        f"Command: `python benchmarks/exact_mlp.py --n {a.n} --time-limit {a.time_limit:g} "
+        f"Command: `python -m benchmarks.exact_mlp --n {a.n} --time-limit {a.time_limit:g} "
         f"--rtol {a.rtol:g}` (1 thread; the limit is wall-clock, the CPU column is what the "
         "process got of it on a shared machine).",
         "",

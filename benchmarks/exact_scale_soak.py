@@ -7,7 +7,7 @@ original's to 1e-9 relative, every witness of both is strictly adversarial when 
 is re-run in float64, and ``crown`` (same box) never exceeds the exact radius.  Half the
 nets use the box [0, 1].  Stops after ``--examples`` samples or ``--minutes``.
 
-    python benchmarks/exact_scale_soak.py --examples 2000 --minutes 10
+    python -m benchmarks.exact_scale_soak --examples 2000 --minutes 10
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ import argparse
 import copy
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "exact"))
-from helpers_exact import margin, mlp  # noqa: E402
-
-import boundkit as bk  # noqa: E402
-from boundkit.exact import exact_radius  # noqa: E402
+import boundkit as bk
+from boundkit.exact import exact_radius
+from tests.exact.helpers_exact import margin, mlp
 
 
 def rescaled(model: torch.nn.Sequential, scales: list[float]) -> torch.nn.Sequential:
@@ -88,7 +85,7 @@ def main() -> None:
             if bool((crown[fin] > res.radius[fin] * (1 + 1e-9)).any()):
                 bad.append(f"crown {crown.tolist()} > exact {res.radius.tolist()}: {case}")
     print(f"# exact radius under layer rescaling: soak (seed {a.seed})\n")
-    print(f"Command: `python benchmarks/exact_scale_soak.py --examples {a.examples} "
+    print(f"Command: `python -m benchmarks.exact_scale_soak --examples {a.examples} "
           f"--minutes {a.minutes:g} --seed {a.seed}`\n")
     print(f"{nets} nets, {n} samples compared ({unknown} past the 20 s limit in either net); "
           f"largest relative radius difference {worst:.2e}; violations: {len(bad)}.")

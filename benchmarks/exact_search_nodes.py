@@ -1,7 +1,7 @@
 """Node counts, regions, radii and time of the exact branch-and-bound on small ReLU nets.
 
 Used to compare versions of ``boundkit/exact/search.py`` (e.g. before/after a change of the
-pruning bounds): ``python benchmarks/exact_search_nodes.py --out before.json`` then
+pruning bounds): ``python -m benchmarks.exact_search_nodes --out before.json`` then
 ``--compare before.json`` (``BOUNDKIT_SRC=/path/to/tree`` runs another tree's boundkit).
 One CPU thread; times per net (all samples), best of --repeat: wall-clock and CPU
 (process) time, the latter steadier on a shared machine.
@@ -18,14 +18,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "exact"))
-# this checkout's boundkit, or the one under $BOUNDKIT_SRC (e.g. an older commit's tree)
-sys.path.insert(0, os.environ.get("BOUNDKIT_SRC", str(ROOT)))
-from helpers_exact import mlp  # noqa: E402
-
+if os.environ.get("BOUNDKIT_SRC"):  # another tree's boundkit (an older commit) in this process
+    sys.path.insert(0, os.environ["BOUNDKIT_SRC"])
 import boundkit  # noqa: E402
 from boundkit.exact import exact_radius  # noqa: E402
+from tests.exact.helpers_exact import mlp  # noqa: E402
 
 print("boundkit from", boundkit.__file__, flush=True)
 

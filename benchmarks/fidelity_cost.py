@@ -2,24 +2,22 @@
 the ``sound`` pass and a forward pass, on LeNet-5 over 10k MNIST-shaped samples (one run,
 ratios of times measured side by side; best of ``--repeats``).
 
-    OMP_NUM_THREADS=1 python benchmarks/fidelity_cost.py --n 10000
+    OMP_NUM_THREADS=1 python -m benchmarks.fidelity_cost --n 10000
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import boundkit as bk
+from boundkit.graph.fidelity import check_fidelity
+from boundkit.graph.fingerprint import model_fingerprint
 
-import boundkit as bk  # noqa: E402
-from boundkit.graph.fidelity import check_fidelity  # noqa: E402
-from boundkit.graph.fingerprint import model_fingerprint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def best(fn, repeats: int) -> float:
@@ -75,7 +73,7 @@ def main() -> None:
     total = t["certify sound (all included)"]
     lines = [
         "# Cost of the capture checks (issue 10)", "",
-        f"Command: `OMP_NUM_THREADS=1 python benchmarks/fidelity_cost.py --n {a.n} --repeats "
+        f"Command: `OMP_NUM_THREADS=1 python -m benchmarks.fidelity_cost --n {a.n} --repeats "
         f"{a.repeats}` (LeNet-5 of the zoo, {a.n} samples, batch {bs}, "
         f"{torch.get_num_threads()} thread(s)); best of {a.repeats} per row, same run.", "",
         "| what | seconds |", "|---|---|",

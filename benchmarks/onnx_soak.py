@@ -17,7 +17,7 @@ onnxruntime and boundkit (so the child's peak RSS, ``ru_maxrss``, includes them,
 process would); a child running longer than ``--timeout`` seconds is killed and counted.
 Writes ``docs/results/onnx_soak.md``:
 
-    OMP_NUM_THREADS=1 python benchmarks/onnx_soak.py --n 330 --seed 0
+    OMP_NUM_THREADS=1 python -m benchmarks.onnx_soak --n 330 --seed 0
 """
 
 from __future__ import annotations
@@ -28,18 +28,15 @@ import os
 import resource
 import select
 import signal
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 KINDS = ("net", "chain", "fold", "bomb", "attrs", "opset", "bytes")
 N = helper.make_node
@@ -420,7 +417,7 @@ def _write(a: argparse.Namespace, rows: list[dict[str, Any]], base_peak: float,
     lines = [
         "# ONNX importer: hostile-input soak",
         "",
-        f"`OMP_NUM_THREADS=1 python benchmarks/onnx_soak.py --n {a.n} --seed {a.seed}` "
+        f"`OMP_NUM_THREADS=1 python -m benchmarks.onnx_soak --n {a.n} --seed {a.seed}` "
         f"({time.strftime('%Y-%m-%d')}, {total_s:.0f} s). {len(rows)} generated files, each "
         "loaded with `boundkit.models.load_model` (onnxruntime's comparison on) in a child "
         "forked from a parent that had imported torch, onnx, onnxruntime and boundkit "

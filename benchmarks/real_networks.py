@@ -15,7 +15,7 @@ from the README and the sha256 is checked against the file):
    radius above the norm of a verified adversarial example; methods the registry does not
    mark as guarantees are counted apart).
 
-    python benchmarks/real_networks.py [--n 100] [--check 1000] \
+    python -m benchmarks.real_networks [--n 100] [--check 1000] \
         [--out docs/results/real_networks.md]
 """
 
@@ -33,15 +33,13 @@ import numpy as np
 import torch
 
 import boundkit as bk
+from benchmarks._models import DEFAULT_DATA, REPO
 from boundkit.attacks import attack
 from boundkit.bounds import available_methods, certify
 from boundkit.bounds.method import is_guarantee
 from boundkit.data import load_dataset
 from boundkit.models import load_onnx
 from boundkit.models.onnx import compare_with_onnxruntime
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import DEFAULT_DATA, REPO  # noqa: E402
 
 NETWORKS = REPO / ".." / "shared" / "networks"
 
@@ -233,7 +231,7 @@ def main() -> None:
     if unknown:
         print(f"no data setup for {unknown}: skipped", file=sys.stderr)
     results = [run_network(e, args) for e in entries]
-    cmd = "python benchmarks/real_networks.py " + " ".join(sys.argv[1:])
+    cmd = "python -m benchmarks.real_networks " + " ".join(sys.argv[1:])
     text = render(results, args, cmd.strip())
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")

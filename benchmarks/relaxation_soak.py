@@ -18,7 +18,7 @@ at once. Every violation prints the model (repr, parameters) and the inputs. Wri
 ``docs/results/relaxation_soak.md`` (rewritten every ``--report-every`` networks, so an
 interrupted run leaves its counts); exits 1 on any violation.
 
-    OMP_NUM_THREADS=1 python benchmarks/relaxation_soak.py --examples 10000
+    OMP_NUM_THREADS=1 python -m benchmarks.relaxation_soak --examples 10000
 """
 
 from __future__ import annotations
@@ -37,10 +37,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from boundkit.testing import (  # noqa: E402
+from boundkit.testing import (
     check_no_adversarial_in_relaxation_ball,
     check_relaxation_below_exact,
     check_relaxation_order,
@@ -50,6 +47,8 @@ from boundkit.testing import (  # noqa: E402
     small_relu_mlps,
     unstable_neurons,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROPERTIES = ("exact", "adversarial", "order")
 
@@ -85,7 +84,7 @@ def _sample_inputs(model: torch.nn.Module, n: int, s: int) -> torch.Tensor:
 
 
 def _report(a: argparse.Namespace, t: Tally, wall: float, done: bool) -> str:
-    cmd = ("OMP_NUM_THREADS=1 python benchmarks/relaxation_soak.py "
+    cmd = ("OMP_NUM_THREADS=1 python -m benchmarks.relaxation_soak "
            f"--examples {a.examples} --per-net {a.per_net} --alpha-iterations "
            f"{a.alpha_iterations} --steps {a.steps} --seed {a.seed} --slice {a.slice}"
            + (f" --max-minutes {a.max_minutes:g}" if a.max_minutes is not None else ""))

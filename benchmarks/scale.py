@@ -24,8 +24,8 @@ shared machine the other jobs' load, not Ray, caps the speed-up, and the probe s
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/scale.py                     # ~8 minutes on 2 cores
-    OMP_NUM_THREADS=1 python benchmarks/scale.py --n 64 --repeats 1  # quick look
+    OMP_NUM_THREADS=1 python -m benchmarks.scale                     # ~8 minutes on 2 cores
+    OMP_NUM_THREADS=1 python -m benchmarks.scale --n 64 --repeats 1  # quick look
 
 Models are trained once with the repo's training script and cached under ``runs/``
 (``--epochs`` caps the epochs of the two cost models to keep that short).
@@ -36,22 +36,18 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _models import DEFAULT_DATA  # noqa: E402
-
-from boundkit.attacks import AttackResult, attack  # noqa: E402
-from boundkit.data import load_dataset  # noqa: E402
-from boundkit.distributed import ModelSource, RayExecutor  # noqa: E402
-from boundkit.models.io import load_model  # noqa: E402
-from boundkit.models.train import train_zoo_model  # noqa: E402
+from benchmarks._models import DEFAULT_DATA
+from boundkit.attacks import AttackResult, attack
+from boundkit.data import load_dataset
+from boundkit.distributed import ModelSource, RayExecutor
+from boundkit.models.io import load_model
+from boundkit.models.train import train_zoo_model
 
 CHUNK = 64
 
@@ -122,7 +118,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
 
-    print(f"# benchmarks/scale.py on {os.cpu_count()} cores; {load()} at start")
+    print(f"# python -m benchmarks.scale on {os.cpu_count()} cores; {load()} at start")
     path = model_file(a.model, a.data_root, a.cache, None)
     model = load_model(path).eval()
     x, _ = load_dataset("mnist", a.data_root, "test", download=False)

@@ -5,7 +5,7 @@ is given) over a batch of the first N correctly classified MNIST test images, pe
 and reports the mean per sample, the radii's median and, with ``--rtol``, the radius at
 several tolerances (the search promises a radius that never shrinks as rtol tightens).
 
-    python benchmarks/search_evaluations.py [--n 50] [--models mlp_mnist small_cnn ...] \
+    python -m benchmarks.search_evaluations [--n 50] [--models mlp_mnist small_cnn ...] \
         [--json OUT.json] [--baseline BEFORE.json --out docs/results/search_evaluations.md]
 
 Run it against another checkout (``PYTHONPATH=OTHER``) to compare searches: the counting
@@ -23,12 +23,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import DEFAULT_DATA, REPO, trained  # noqa: E402
-
-import boundkit as bk  # noqa: E402
-from boundkit.bounds.crown import CrownRun  # noqa: E402
-from boundkit.data import load_dataset  # noqa: E402
+import boundkit as bk
+from benchmarks._models import DEFAULT_DATA, REPO, trained
+from boundkit.bounds.crown import CrownRun
+from boundkit.data import load_dataset
 
 SHALLOW = ["small_cnn", "mlp_mnist_tanh", "resnet_mnist", "mlp_mnist", "lenet5"]
 
@@ -104,7 +102,7 @@ def main() -> None:
     if args.json is not None:
         args.json.write_text(json.dumps(out))
     if args.baseline is not None and args.out is not None:
-        cmd = " ".join(["python benchmarks/search_evaluations.py", *sys.argv[1:]])
+        cmd = " ".join(["python -m benchmarks.search_evaluations", *sys.argv[1:]])
         args.out.write_text(render(out, json.loads(args.baseline.read_text()),
                                    args.baseline_label, cmd))
         print(args.out.read_text())

@@ -10,13 +10,12 @@ MLP, the small CNN, and LeNet-5; the first N correctly classified test images): 
 sound radius / best-attack norm and peck2017 / best-attack norm, with the reference
 libraries' published ratios quoted from REFERENCE-NUMBERS.md for orientation.
 
-    python benchmarks/tightness.py [--nets 150] [--n 100] [--out docs/results/tightness.md]
+    python -m benchmarks.tightness [--nets 150] [--n 100] [--out docs/results/tightness.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -25,10 +24,8 @@ import torch
 import torch.nn as nn
 
 import boundkit as bk
+from benchmarks._models import DEFAULT_DATA, REPO, trained
 from boundkit.data import load_dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import DEFAULT_DATA, REPO, trained  # noqa: E402
 
 REFERENCE = {  # median certificate / best attack, from ../shared/REFERENCE-NUMBERS.md
     "mlp_mnist": {"CROWN (auto_LiRPA)": 0.584, "global Lipschitz": 0.287, "Peck Thm 4.2": 0.0026},
@@ -161,7 +158,7 @@ def main() -> None:
     lb, sb = part_b([m for m in args.models.split(",") if m], args.n, args.data_root,
                     args.cache, args.budget)
     text = "\n".join(["# Tightness of the certificates", "",
-                      f"Command: `python benchmarks/tightness.py --nets {args.nets} --n {args.n} "
+                      f"Command: `python -m benchmarks.tightness --nets {args.nets} --n {args.n} "
                       f"--models {args.models}`", ""] + la + lb)
     for name, v in sb.items():
         text += (f"\n{name}: radius > attack norm on {v['violations_sound']} samples (sound), "
