@@ -184,7 +184,7 @@ def main() -> None:
           f"of 64 costs less per sample, so the projection is conservative)")
     print("| model | data | s/sample (1 core) | 1 worker | 8 workers | 64 workers |")
     print("|---|---|---:|---:|---:|---:|")
-    from boundkit.crosscheck import crosscheck
+    from boundkit.crosschecking import crosscheck
     from boundkit.models import ZOO
 
     startup = t_start + t_warm

@@ -29,8 +29,8 @@ _LAZY = {
     "attack": "boundkit.attacks",
     "AttackResult": "boundkit.attacks.base",
     # cross-check
-    "crosscheck": "boundkit.crosscheck",
-    "CrosscheckResult": "boundkit.crosscheck",
+    "crosscheck": "boundkit.crosschecking",
+    "CrosscheckResult": "boundkit.crosschecking",
     # exact ground truth
     "exact_radius": "boundkit.exact",
     "verify": "boundkit.bounds.bab",

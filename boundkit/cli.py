@@ -521,7 +521,7 @@ def _run_crosscheck(sess: Session, model: Any, x: Any, y: Any, idx: Any, methods
                     budget: int | None, exact: bool, desc: str, meta: dict,
                     path: str | None = None, reference: Any = None,
                     time_budget: float = 1.0) -> Any:
-    from boundkit.crosscheck import crosscheck
+    from boundkit.crosschecking import crosscheck
 
     methods, method_options, choice = _resolve_auto(sess, model, x, tuple(methods), time_budget)
     if choice:

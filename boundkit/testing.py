@@ -504,7 +504,7 @@ def assert_sound(
     bound per sample and where it came from.
     """
     from boundkit.bounds.engine import certify
-    from boundkit.crosscheck import recheck_float64
+    from boundkit.crosschecking import recheck_float64
     from boundkit.errors import BoundkitError
 
     cert = certify(model, x, method)
@@ -557,7 +557,7 @@ def _violations(model: nn.Module, x: torch.Tensor, cert: Any, method: str, bad: 
     """The message of :func:`assert_sound` for the samples ``bad``: each sample's radius,
     the upper bound it exceeds and the layer whose bound fails at the adversarial point."""
     from boundkit.bounds.engine import graph_for
-    from boundkit.crosscheck import locate_violation
+    from boundkit.crosschecking import locate_violation
 
     try:
         graph = graph_for(model, x, None)

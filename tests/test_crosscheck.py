@@ -11,7 +11,7 @@ import torch.nn as nn
 
 import boundkit as bk
 from boundkit.attacks.base import AttackResult
-from boundkit.crosscheck import recheck_float64
+from boundkit.crosschecking import recheck_float64
 from boundkit.report import read_json, write_json
 
 

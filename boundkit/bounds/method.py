@@ -2,7 +2,7 @@
 
 A :class:`Method` turns a captured graph and a batch of inputs into per-sample radii. The
 engine (:func:`boundkit.certify`), the CLI's ``--method`` choices, the reports' "not a
-guarantee" labels and :mod:`boundkit.crosscheck` read this registry and name no method:
+guarantee" labels and :mod:`boundkit.crosschecking` read this registry and name no method:
 a method registered with :func:`register_method` works end to end.
 """
 

@@ -320,7 +320,7 @@ def merge_crosscheck(parts: list[dict[str, Any]]) -> Any:
     """One :class:`~boundkit.CrosscheckResult` from the payloads of consecutive shards
     (violations in the order :func:`boundkit.crosscheck` sorts them)."""
     from boundkit.attacks.base import Outcome
-    from boundkit.crosscheck import CrosscheckResult, Violation
+    from boundkit.crosschecking import CrosscheckResult, Violation
 
     def cat(key: str) -> np.ndarray | None:
         vals = [p[key] for p in parts]
@@ -392,7 +392,7 @@ def run_shard(job: Job, source: ModelSource, x: torch.Tensor, y: torch.Tensor | 
                         box=job.box, device=job.device, seed=job.seed)
                  for s in range(0, xs.shape[0], job.chunk)]
         return attack_payload(merge_attack([attack_payload(r) for r in parts]))
-    from boundkit.crosscheck import crosscheck
+    from boundkit.crosschecking import crosscheck
 
     res = crosscheck(
         model, xs, methods=job.methods, attack=job.attack, attack_budget=job.budget,

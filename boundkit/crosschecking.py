@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
-import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -627,18 +625,3 @@ def crosscheck(
         certificates=certs,
         seconds=seconds,
     )
-
-
-class _CallableModule(types.ModuleType):
-    """``boundkit.crosscheck`` is both this module and the function :func:`crosscheck`.
-
-    Importing the submodule makes Python set ``boundkit.crosscheck`` to the module, which
-    would shadow the lazily exported function; calling the module therefore calls the
-    function, so ``bk.crosscheck(model, x)`` works whatever was imported first.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> CrosscheckResult:
-        return crosscheck(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
