@@ -514,6 +514,9 @@ def _summary_table(summary: dict[str, Any]) -> list[str]:
     if "soundness_bugs" in summary:
         lines.append(f"  soundness violations: {summary['soundness_bugs']}  "
                      f"(peck2017 violations, expected: {summary['expected_violations']})")
+    if "distance_known" in summary:
+        lines.append(f"  distance known to {summary['distance_known_rtol']:.1%} (certificate "
+                     f"meets attack): {summary['distance_known']} of {summary.get('n')}")
     return lines
 
 
@@ -1012,6 +1015,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"boundkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    _io_parsers(sub, fmt)
+    _check_parsers(sub, fmt)
+    _other_parsers(sub, fmt)
+    return parser
+
+
+def _io_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """The ``certify`` and ``attack`` commands."""
     p = sub.add_parser(
         "certify", help="certified lower bounds on the L2 radius", formatter_class=fmt,
         description="Certify every sample: a radius r such that no perturbation of L2 norm "
@@ -1044,6 +1055,9 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster(p)
     p.set_defaults(func=cmd_attack)
 
+
+def _check_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """The ``crosscheck`` and ``compare`` commands."""
     p = sub.add_parser(
         "crosscheck", help="certify + attack the same samples and compare (the main job)",
         formatter_class=fmt,
@@ -1087,6 +1101,9 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster(p)
     p.set_defaults(func=cmd_compare)
 
+
+def _other_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """The ``train``, ``report`` and ``demo`` commands."""
     p = sub.add_parser(
         "train", help="train a zoo model and save it (safetensors + sidecar)",
         formatter_class=fmt,
@@ -1128,7 +1145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=None, help="attack budget")
     _common(p)
     p.set_defaults(func=cmd_demo)
-    return parser
+
 
 
 def _one_line(exc: BaseException) -> str:

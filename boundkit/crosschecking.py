@@ -43,6 +43,10 @@ __all__ = ["CrosscheckResult", "Violation", "crosscheck", "locate_violation", "r
 #: methods whose violations are expected (the bound is not a guarantee)
 
 
+#: the relative gap under which a sample's distance counts as known (``known()``)
+KNOWN_RTOL = 1e-3
+
+
 def _unsound(method: str) -> bool:
     """True for a method whose radius is not a guarantee (from the method registry)."""
     from boundkit.bounds.method import is_guarantee
@@ -170,6 +174,19 @@ class CrosscheckResult:
         """radius / attack norm per sample (NaN where the attack failed or the norm is 0)."""
         return _ratio(self.radius[method], self.attack_norm)
 
+    def best_certified(self) -> np.ndarray:
+        """Per sample, the largest radius of the guarantee methods (each is a certificate,
+        so their maximum is one); 0 where none ran."""
+        radii = [np.asarray(r) for m, r in self.radius.items() if not _unsound(m)]
+        return np.maximum.reduce(radii) if radii else np.zeros(len(self))
+
+    def known(self, rtol: float = KNOWN_RTOL) -> np.ndarray:
+        """bool [N]: samples whose distance to the decision boundary is known to ``rtol``:
+        the best certificate reaches ``(1 - rtol)`` of a verified attack's norm, so the
+        exact minimal perturbation lies in ``[(1 - rtol) norm, norm]``."""
+        norm = np.where(self.attack_success, self.attack_norm, np.inf)
+        return self.best_certified() >= (1.0 - rtol) * norm
+
     def violation_mask(self, method: str) -> np.ndarray:
         """bool [N]: samples with a verified violation of ``method``."""
         pos = {int(i): k for k, i in enumerate(self.index.tolist())}
@@ -199,6 +216,8 @@ class CrosscheckResult:
             "attack_missing": self.attack_missing(),
             "methods": {},
             "violations": len(self.violations),
+            "distance_known": int(self.known().sum()),
+            "distance_known_rtol": KNOWN_RTOL,
             "soundness_bugs": len(self.bugs),
             "expected_violations": len(self.violations) - len(self.bugs),
         }
@@ -433,6 +452,53 @@ def _find_violations(
     return out
 
 
+@dataclass
+class _Attacked:
+    """The attack's results over all chunks (on the CPU)."""
+
+    x_adv: torch.Tensor
+    norm: torch.Tensor
+    success: torch.Tensor
+    found_by: list[str]
+    outcome: list[Any]
+
+
+def _attack_chunks(model: nn.Module, x: torch.Tensor, attack: str, chunk_size: int,
+                   tick: Callable[[str, int], None], **kw: Any) -> _Attacked:
+    """:func:`boundkit.attack` on ``x`` chunk by chunk (a progress tick per chunk)."""
+    from boundkit.attacks import attack as run_attack
+
+    parts = []
+    for s in range(0, x.shape[0], chunk_size):
+        parts.append(run_attack(model, x[s : s + chunk_size], attack, **kw))
+        tick(f"attack {attack}", min(chunk_size, x.shape[0] - s))
+    return _Attacked(
+        torch.cat([r.x_adv.detach().cpu() for r in parts]),
+        torch.cat([r.norm.detach().cpu().to(torch.float64) for r in parts]),
+        torch.cat([r.success.detach().cpu() for r in parts]),
+        [f for r in parts for f in r.found_by],
+        [o for r in parts for o in (r.outcome or [])],
+    )
+
+
+def _exact_stage(model: nn.Module, graph: Any, x: torch.Tensor, label: torch.Tensor,
+                 certs: dict[str, Any], idx: np.ndarray
+                 ) -> tuple[np.ndarray | None, str, list[Violation]]:
+    """The exact radii of ``x`` (``None`` and the reason where the solver cannot), and the
+    violations their witnesses (re-checked in float64) show."""
+    from boundkit.exact import exact_radius
+
+    try:
+        ex = exact_radius(model, x, return_details=True)
+    except (BoundkitError, ValueError, NotImplementedError) as exc:
+        return None, f"exact radius not computed: {exc}", []
+    wit = x.to(torch.float64) + torch.nan_to_num(ex.witness.cpu(), nan=0.0)
+    wadv, wnorm = recheck_float64(model, x, wit, label)
+    wadv &= torch.isfinite(ex.radius.cpu())
+    found = _find_violations(model, graph, x, wit, wadv, wnorm, certs, idx, "exact")
+    return _np(ex.radius).astype(np.float64), "", found
+
+
 def _method_options(method: str, box: tuple[float, float] | None, upper: torch.Tensor,
                     given: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
     """The options ``certify`` gets for ``method``: the attack's box where the method bounds
@@ -522,7 +588,6 @@ def crosscheck(
         a :class:`CrosscheckResult`. It does not raise on violations: check
         ``result.has_bug`` (the CLI exits with status 3).
     """
-    from boundkit.attacks import attack as run_attack
     from boundkit.bounds.engine import certify, graph_for
 
     check_call(model, x, device=device, box=box,
@@ -547,24 +612,11 @@ def crosscheck(
         label = graph.activations(x, ())[graph.output].argmax(1).detach().cpu()
 
     t0 = time.perf_counter()
-    x_adv_parts, norm_parts, ok_parts, found_by = [], [], [], []
-    outcome: list[Any] = []
     ref = (x if reference is None else reference) if attack == "best" else None
-    for s in range(0, n, chunk_size):
-        res = run_attack(
-            model, x[s : s + chunk_size], attack, budget=attack_budget, box=box,
-            device=device, seed=seed, reference=ref,
-        )
-        x_adv_parts.append(res.x_adv.detach().cpu())
-        norm_parts.append(res.norm.detach().cpu().to(torch.float64))
-        ok_parts.append(res.success.detach().cpu())
-        found_by += list(res.found_by)
-        outcome += list(res.outcome or [])
-        tick(f"attack {attack}", min(chunk_size, n - s))
+    atk = _attack_chunks(model, x, attack, chunk_size, tick, budget=attack_budget, box=box,
+                         device=device, seed=seed, reference=ref)
     seconds[f"attack_{attack}"] = time.perf_counter() - t0
-    x_adv = torch.cat(x_adv_parts)
-    attack_norm = torch.cat(norm_parts)
-    attack_ok = torch.cat(ok_parts)
+    x_adv, attack_norm, attack_ok = atk.x_adv, atk.norm, atk.success
 
     # float64 re-check of every adversarial example
     x_cpu = x.detach().cpu()
@@ -585,23 +637,9 @@ def crosscheck(
     note = ""
     if exact:
         t0 = time.perf_counter()
-        try:
-            from boundkit.exact import exact_radius
-
-            ex = exact_radius(model, x_cpu, return_details=True)
-            exact_arr = _np(ex.radius).astype(np.float64)
-            wit = (x_cpu.to(torch.float64) + torch.nan_to_num(ex.witness.cpu(), nan=0.0))
-            fin = torch.isfinite(ex.radius.cpu())
-            wadv, wnorm = recheck_float64(model, x_cpu, wit, label)
-            wadv &= fin
-            flagged = {(v.index, v.method) for v in violations}
-            for v in _find_violations(
-                model, graph, x_cpu, wit, wadv, wnorm, certs, idx_arr, "exact"
-            ):
-                if (v.index, v.method) not in flagged:
-                    violations.append(v)
-        except (BoundkitError, ValueError, NotImplementedError) as exc:
-            note = f"exact radius not computed: {exc}"
+        exact_arr, note, found = _exact_stage(model, graph, x_cpu, label, certs, idx_arr)
+        flagged = {(v.index, v.method) for v in violations}
+        violations += [v for v in found if (v.index, v.method) not in flagged]
         seconds["exact"] = time.perf_counter() - t0
         tick("exact", n)
 
@@ -616,9 +654,9 @@ def crosscheck(
         radius={m: _np(c.radius).astype(np.float64) for m, c in certs.items()},
         attack_norm=_np(attack_norm).astype(np.float64),
         attack_success=_np(attack_ok).astype(bool),
-        found_by=found_by,
+        found_by=atk.found_by,
         attack=attack,
-        attack_outcome=outcome,
+        attack_outcome=atk.outcome,
         exact=exact_arr,
         exact_note=note,
         violations=violations,
