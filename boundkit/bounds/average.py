@@ -26,9 +26,8 @@ import torch
 
 from boundkit.bounds.numerics import inflate
 from boundkit.bounds.registry import LipschitzRule, register_rule
-from boundkit.bounds.relaxation import AffineRelaxation
+from boundkit.bounds.relaxation import NonNegativeLinearRelaxation
 from boundkit.graph.graph import Graph, Node
-from boundkit.graph.ops import evaluate
 
 
 def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
@@ -84,21 +83,8 @@ class AverageRule(LipschitzRule):
         return (k + 8) * 2.0**-53 * (out_norm + in_norm * self.lipschitz(node, graph))
 
 
-class AverageRelaxation(AffineRelaxation):
+class AverageRelaxation(NonNegativeLinearRelaxation):
     """``crown``: an average is linear with non-negative weights (:math:`|L|=L`)."""
-
-    def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor:
-        return evaluate(node, [z])
-
-    def transpose(self, node: Node, a: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            z = torch.zeros((a.shape[0], *node.in_shapes[0]), dtype=a.dtype, device=a.device,
-                            requires_grad=True)
-            (g,) = torch.autograd.grad(evaluate(node, [z]), z, a)
-        return g
-
-    def abs_apply(self, node: Node, m: torch.Tensor) -> torch.Tensor:
-        return evaluate(node, [m])
 
     def fan(self, node: Node) -> int:
         return window_size(node) + 2

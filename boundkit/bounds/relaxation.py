@@ -28,6 +28,7 @@ import torch
 
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma
 from boundkit.bounds.registry import Rule
+from boundkit.graph.ops import evaluate
 
 if TYPE_CHECKING:
     from boundkit.graph.graph import Graph, Node
@@ -310,6 +311,26 @@ class AffineRelaxation(RelaxationRule):
             bias = torch.cat([cj, -cj], 1)
         err = torch.cat([charge, charge], 1) + UNIT_ROUNDOFF * bias.abs()
         return LinearBounds(torch.cat([rows, -rows], 1), bias, err)
+
+
+class NonNegativeLinearRelaxation(AffineRelaxation):
+    r"""Base of linear nodes with non-negative weights and no constant (averages, resizes):
+    :math:`L` is the node's own evaluation, :math:`L^\top` its input gradient (autograd of
+    that evaluation: each entry a sum of the same products), and :math:`|L|=L`. Subclasses
+    give the fan-in (``fan``)."""
+
+    def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return evaluate(node, [z])
+
+    def transpose(self, node: Node, a: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            z = torch.zeros((a.shape[0], *node.in_shapes[0]), dtype=a.dtype, device=a.device,
+                            requires_grad=True)
+            (g,) = torch.autograd.grad(evaluate(node, [z]), z, a)
+        return g
+
+    def abs_apply(self, node: Node, m: torch.Tensor) -> torch.Tensor:
+        return self.apply(node, m)
 
 
 def relaxation_rule(node: Node) -> RelaxationRule | None:

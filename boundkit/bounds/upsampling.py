@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from boundkit.bounds.conv import conv_norm_upper_bound, schur_bound_conv
 from boundkit.bounds.numerics import gamma, inflate
 from boundkit.bounds.registry import LipschitzRule, register_rule
-from boundkit.bounds.relaxation import AffineRelaxation
+from boundkit.bounds.relaxation import AffineRelaxation, NonNegativeLinearRelaxation
 from boundkit.graph.graph import Graph, Node
 from boundkit.graph.ops import evaluate
 
@@ -110,21 +110,8 @@ def _plane(node: Node) -> int:
     return math.prod(node.in_shapes[0][1:])
 
 
-class ResizeRelaxation(AffineRelaxation):
+class ResizeRelaxation(NonNegativeLinearRelaxation):
     """``crown``: a resize is linear with non-negative weights (:math:`|L|=L`)."""
-
-    def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor:
-        return evaluate(node, [z])
-
-    def transpose(self, node: Node, a: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            z = torch.zeros((a.shape[0], *node.in_shapes[0]), dtype=a.dtype, device=a.device,
-                            requires_grad=True)
-            (g,) = torch.autograd.grad(evaluate(node, [z]), z, a)
-        return g
-
-    def abs_apply(self, node: Node, m: torch.Tensor) -> torch.Tensor:
-        return evaluate(node, [m])
 
     def fan(self, node: Node) -> int:
         return _plane(node) + 2
