@@ -32,6 +32,7 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,7 +152,17 @@ def _timed(fn):  # noqa: ANN001, ANN202
 #: public networks (``onnx:FILE``): the folder and the per-sample shape boundkit's data has
 #: (beside the data folder: ``../shared/networks``, or ``$BOUNDKIT_NETWORKS``)
 NETWORKS = Path(os.environ.get("BOUNDKIT_NETWORKS", DEFAULT_DATA.parent / "networks"))
-ONNX_SHAPES = {"mnist-net_256x2.onnx": (1, 28, 28)}
+#: file -> (data set, per-sample shape, normalisation from the networks' README)
+ONNX_NETWORKS: dict[str, tuple[str, tuple[int, ...], Any]] = {
+    "mnist-net_256x2.onnx": ("mnist", (1, 28, 28), None),
+    "cifar_base_kw.onnx": ("cifar10", (3, 32, 32),
+                           ((0.485, 0.456, 0.406), (0.225, 0.225, 0.225))),
+}
+
+
+def dataset_of(name: str) -> str:
+    """The data set a benchmark model is fed (zoo models here are MNIST models)."""
+    return ONNX_NETWORKS[name.split(":", 1)[1]][0] if name.startswith("onnx:") else "mnist"
 
 
 def load(name: str, data_root: Path, cache: Path) -> torch.nn.Module:
@@ -160,17 +171,18 @@ def load(name: str, data_root: Path, cache: Path) -> torch.nn.Module:
         from boundkit.models import load_onnx
 
         file = name.split(":", 1)[1]
-        if file not in ONNX_SHAPES:
-            raise SystemExit(f"{file}: not an MNIST network this script knows "
-                             f"({sorted(ONNX_SHAPES)})")
-        return load_onnx(NETWORKS / file, input_shape=ONNX_SHAPES[file]).eval()
+        if file not in ONNX_NETWORKS:
+            raise SystemExit(f"{file}: not a network this script knows "
+                             f"({sorted(ONNX_NETWORKS)})")
+        _, shape, normalize = ONNX_NETWORKS[file]
+        return load_onnx(NETWORKS / file, input_shape=shape, normalize=normalize).eval()
     return trained(name, data_root, cache)
 
 
 def run_model(name: str, n: int, data_root: Path, cache: Path, lirpa_alpha: bool,
               alpha: bool = True) -> tuple[list[str], dict]:
     model = load(name, data_root, cache)
-    x_all, y_all = load_dataset("mnist", data_root, "test")
+    x_all, y_all = load_dataset(dataset_of(name), data_root, "test")
     with torch.no_grad():
         pred = model(x_all[:2000]).argmax(1)
     idx = torch.nonzero(pred == y_all[:2000]).flatten()[:n]
