@@ -388,8 +388,10 @@ def run_shard(job: Job, source: ModelSource, x: torch.Tensor, y: torch.Tensor | 
     if job.kind == "attack":
         from boundkit.attacks import attack
 
+        # as the local attack command: every sample held is a start point for `best`
+        ref = x.to(xs) if job.attack == "best" else None
         parts = [attack(model, xs[s : s + job.chunk], job.attack, budget=job.budget,
-                        box=job.box, device=job.device, seed=job.seed)
+                        box=job.box, device=job.device, seed=job.seed, reference=ref)
                  for s in range(0, xs.shape[0], job.chunk)]
         return attack_payload(merge_attack([attack_payload(r) for r in parts]))
     from boundkit.crosschecking import crosscheck

@@ -217,6 +217,32 @@ ATTRIBUTES: dict[str, dict[str, tuple[int, Any]]] = {
     "Softmax": {"axis": _AXIS}, "LogSoftmax": {"axis": _AXIS},
     "Pad": {"mode": (_A_STRING, _one_of("constant", "reflect", "edge", "wrap")),
             "pads": (_A_INTS, _between(0, 1 << 20)), "value": (_A_FLOAT, _any)},
+    # issue 24's operators (their handlers check the values they support)
+    "Gelu": {"approximate": (_A_STRING, _one_of("none", "tanh"))},
+    "Elu": {"alpha": (_A_FLOAT, _any)},
+    "Clip": {"min": (_A_FLOAT, _any), "max": (_A_FLOAT, _any)},
+    "Erf": {},
+    "ReduceMean": {"axes": (_A_INTS, _between(-64, 64)), "keepdims": _BOOL,
+                   "noop_with_empty_axes": _BOOL},
+    "ConvTranspose": {"auto_pad": _AUTO_PAD, "dilations": (_A_INTS, _dims(lo=1)),
+                      "group": (_A_INT, _between(1, 1 << 20)),
+                      "kernel_shape": (_A_INTS, _dims(lo=1)),
+                      "output_padding": (_A_INTS, _dims(lo=0)),
+                      "output_shape": (_A_INTS, _dims(lo=1)), "pads": (_A_INTS, _dims(lo=0)),
+                      "strides": (_A_INTS, _dims(lo=1))},
+    "Resize": {"mode": (_A_STRING, _one_of("nearest", "linear", "cubic")),
+               "coordinate_transformation_mode": (_A_STRING, _one_of(
+                   "half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+                   "asymmetric", "tf_crop_and_resize")),
+               "nearest_mode": (_A_STRING, _one_of("round_prefer_floor", "round_prefer_ceil",
+                                                   "floor", "ceil")),
+               "antialias": _BOOL, "axes": (_A_INTS, _between(-64, 64)),
+               "cubic_coeff_a": (_A_FLOAT, _any), "exclude_outside": _BOOL,
+               "extrapolation_value": (_A_FLOAT, _any),
+               "keep_aspect_ratio_policy": (_A_STRING, _one_of("stretch", "not_larger",
+                                                               "not_smaller"))},
+    "LayerNormalization": {"axis": _AXIS, "epsilon": (_A_FLOAT, _pos_float),
+                           "stash_type": (_A_INT, _any)},
 }
 #: attributes an op cannot do without
 REQUIRED: dict[str, tuple[str, ...]] = {
