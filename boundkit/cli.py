@@ -792,8 +792,9 @@ def cmd_train(sess: Session) -> int:
         path = save_model(model, target, arch=a.name, meta=meta)
     side = json.loads(Path(path).with_suffix(".json").read_text())
     meta = side.get("meta", {})
+    acc = meta.get("test_accuracy")  # null in the sidecar: not measured (NaN)
     sess.say(f"trained {a.name} in {time.perf_counter() - t0:.1f}s: test accuracy "
-             f"{meta.get('test_accuracy', math.nan):.2%}", f"  weights: {path}")
+             f"{math.nan if acc is None else acc:.2%}", f"  weights: {path}")
     sess.emit({"path": str(path), **meta})
     return EXIT_OK
 

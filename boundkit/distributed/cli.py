@@ -131,7 +131,7 @@ def cluster_attack(sess: Any, x: Any) -> Any:
 
     a = sess.args
     job = Job("attack", attack=a.attack, budget=a.budget, seed=a.seed, device=a.device,
-              chunk=CLI_CHUNK)
+              chunk=CLI_CHUNK, reference=True)
     return merge_attack(_run(sess, job, ModelSource.from_file(a.model, a.arch), x, None,
                              np.arange(x.shape[0]), f"attack {a.attack}"))
 

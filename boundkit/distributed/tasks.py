@@ -44,7 +44,9 @@ class Job:
 
     ``kind``: ``certify`` (every method of ``methods``), ``attack`` (``attack`` on chunks of
     ``chunk`` samples, each call seeded with ``seed``, as the command line does) or
-    ``crosscheck`` (:func:`boundkit.crosscheck` with ``chunk_size=chunk``). ``methods``
+    ``crosscheck`` (:func:`boundkit.crosscheck` with ``chunk_size=chunk``); with
+    ``reference``, the ``best`` attack of an ``attack`` job gets the whole batch as reference
+    data, as the command line's attack does (a crosscheck always does). ``methods``
     holds registered names or :class:`~boundkit.bounds.method.Method` objects (shipped to
     the workers by value); ``options`` the certificate methods' options (e.g. ``box``), as
     sorted ``(name, value)`` pairs.
@@ -61,6 +63,7 @@ class Job:
     box: tuple[float, float] | None = (0.0, 1.0)
     threads: int = 1
     options: tuple[tuple[str, Any], ...] = ()
+    reference: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -388,8 +391,8 @@ def run_shard(job: Job, source: ModelSource, x: torch.Tensor, y: torch.Tensor | 
     if job.kind == "attack":
         from boundkit.attacks import attack
 
-        # as the local attack command: every sample held is a start point for `best`
-        ref = x.to(xs) if job.attack == "best" else None
+        # as the attack command: every sample held is a start point for `best`
+        ref = x.to(xs) if job.attack == "best" and job.reference else None
         parts = [attack(model, xs[s : s + job.chunk], job.attack, budget=job.budget,
                         box=job.box, device=job.device, seed=job.seed, reference=ref)
                  for s in range(0, xs.shape[0], job.chunk)]
