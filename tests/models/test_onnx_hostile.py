@@ -240,7 +240,13 @@ for path in sys.argv[1:]:
         out[path] = "loaded"
     except ModelFileError as exc:
         out[path] = str(exc)
-out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM is this process image's own high-water mark: ru_maxrss would also count the RSS of
+# the parent at fork (Linux carries the old image's mark across exec)
+try:
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+    out["peak_mib"] = int(hwm.split()[1]) / 1024
+except OSError:
+    out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
 
