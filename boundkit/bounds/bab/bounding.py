@@ -19,6 +19,7 @@ from boundkit.bounds.bab.domains import Domains, domain_radius
 from boundkit.bounds.bab.options import BabOptions
 from boundkit.bounds.crown import CrownPlan, CrownRun, plan_crown
 from boundkit.bounds.numerics import UNIT_ROUNDOFF
+from boundkit.bounds.pooling import MaxPoolRelaxation
 from boundkit.bounds.relaxation import (
     FINAL_SPEC,
     Interval,
@@ -71,12 +72,19 @@ class BabPlan:
     relus: list[Node]
     #: the plain ``crown`` plan (for the ``crown`` / ``alpha`` start of the radius search)
     base: CrownPlan
+    #: the nodes whose intervals a domain inherits from its parent (valid on the parent's
+    #: larger set): every ReLU's input and every node the ``crown`` plan refines (a max
+    #: pooling's input)
+    kept: list[str] = dataclasses.field(default_factory=list)
 
 
 def plan_bab(graph: Graph) -> BabPlan:
     """The plan, refusing (naming the node) a model with a nonlinearity branch and bound
-    cannot split, or a node bounded through the ``sound`` modulus (its bound is no linear
-    function the splits could refine)."""
+    neither splits nor keeps relaxed, or a node bounded through the ``sound`` modulus (its
+    bound is no linear function the splits could refine). Max poolings keep ``crown``'s
+    relaxation, built on each domain from its own input intervals (valid on the domain's
+    set, so sound there: ``docs/theory/branch_and_bound.md`` §Max pooling); only the ReLUs
+    are split."""
     base = plan_crown(graph)
     rule = SplitReLU()
     rules = dict(base.rules)
@@ -90,13 +98,17 @@ def plan_bab(graph: Graph) -> BabPlan:
                                         "no linear relaxation (bounded through the sound "
                                         "modulus), so it cannot be branched on")
         if r.nonlinear:
+            if isinstance(r, MaxPoolRelaxation):
+                continue
             if not isinstance(r, ReLURelaxation):
                 raise UnsupportedLayerError(n.name, n.op, "bab",
                                             "branch and bound splits ReLU and LeakyReLU "
-                                            "neurons only")
+                                            "neurons and keeps max poolings relaxed, "
+                                            "nothing else")
             rules[n.name] = rule
             relus.append(n)
-    return BabPlan(dataclasses.replace(base, rules=rules), rule, relus, base)
+    kept = list(dict.fromkeys([r.inputs[0] for r in relus] + list(base.refine)))
+    return BabPlan(dataclasses.replace(base, rules=rules), rule, relus, base, kept)
 
 
 
@@ -179,7 +191,7 @@ class Bounder:
         sub.splits = splits
         eps = self.eps[dom.sample]
         label = self.label[dom.sample]
-        pre = [r.inputs[0] for r in self.plan.relus]
+        pre = self.plan.kept
         fresh = (not dom.lo or dom.age is None
                  or bool((dom.age >= self.opt.refresh).any()))
         if not fresh:  # an ancestor's bounds hold on this domain's (smaller) set

@@ -138,8 +138,10 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     default: only the root's).
 
     Models: ReLU / LeakyReLU networks of any affine layers (linear, convolution, batch
-    norm, average pooling, residual additions); a node branch and bound cannot split (max
-    pooling, smooth activations, nodes without a linear relaxation) is refused by name.
+    norm, average pooling, residual additions) and max poolings (kept relaxed on each
+    subproblem's own intervals, not split); a node branch and bound neither splits nor
+    keeps relaxed (smooth activations, nodes without a linear relaxation) is refused by
+    name.
     """
     from boundkit.bounds.engine import graph_for
     from boundkit.validate import check_batch, check_box, check_call
