@@ -341,3 +341,19 @@ def test_bab_method_options_are_checked_and_registered() -> None:
         bk.certify(model, x, "bab", upper=1.0, start="sound")
     with pytest.raises(TypeError, match="steps"):
         bk.certify(model, x, "bab", steps=3)
+
+
+def test_bab_progress_reports_add_up_to_the_samples() -> None:
+    """The ``progress`` option (the CLI's bar): positive reports, more than one, summing to
+    the samples; a non-callable is refused in one line."""
+    model = _mlp(5)
+    x = torch.rand(4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    calls: list[float] = []
+    b = bk.certify(model, x, "bab", upper=torch.full((4,), 2.0, dtype=torch.float64),
+                   time_budget=0.3, progress=calls.append)
+    assert len(calls) > 1 and all(k > 0 for k in calls)
+    assert abs(sum(calls) - 4) < 1e-9
+    plain = bk.certify(model, x, "crown").radius
+    assert bool((b.radius >= plain).all())
+    with pytest.raises(BadArgumentError, match="progress"):
+        bk.certify(model, x, "bab", upper=1.0, progress=3)

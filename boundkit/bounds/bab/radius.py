@@ -5,6 +5,7 @@ norm); every radius returned on the way is a certificate."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,7 +54,11 @@ class BabMethod(Method):
     attack run when no ``upper`` is given.
     Anytime: the radius returned is the largest one proven (or the start's), a certificate
     whatever the budget. ``info``: ``upper`` (the end searched against), ``ratio``
-    (certified / upper), ``domains``."""
+    (certified / upper), ``domains``. ``progress``: a callable given the samples' worth of
+    budget spent since its last call (``time_budget`` seconds = one sample), after the
+    start radius and every batch of the search; the calls of one run sum to its samples
+    (budget left unused by samples that close early is given at the end): a CLI progress
+    bar counting samples."""
 
     name = "bab"
     is_guarantee = True
@@ -63,7 +68,7 @@ class BabMethod(Method):
 
     def options(self) -> tuple[str, ...]:
         return ("box", "time_budget", "upper", "start", "max_domains", "batch", "iterations",
-                "refresh", "rtol")
+                "refresh", "rtol", "progress")
 
     def prepare(self, graph: Graph) -> BabPlan:
         return bab_plan(graph)
@@ -83,6 +88,10 @@ class BabMethod(Method):
         start = options.get("start", "crown")
         if start not in ("crown", "alpha"):
             raise BadArgumentError(f"start must be 'crown' or 'alpha', got {start!r}")
+        progress = options.get("progress")
+        if progress is not None and not callable(progress):
+            raise BadArgumentError(f"progress must be a callable or None, got "
+                                   f"{type(progress).__name__}")
         t_start = _clock.now()
         x0 = x.to(device=graph.device, dtype=torch.float64)
         n = x0.shape[0]
@@ -100,6 +109,8 @@ class BabMethod(Method):
         searched = hi.clone()
         budget = torch.full((n,), opts.time_budget, dtype=torch.float64)
         budget -= t_base / n  # the start radius counts, the attack does not
+        bar = _Progress(progress, n, opts.time_budget)
+        bar.spent(t_base)
         domains = torch.zeros(n, dtype=torch.long)
         top = hi.clone()  # the smallest radius not proven (unknown or falsified)
         first = True
@@ -116,7 +127,8 @@ class BabMethod(Method):
                                 budget / (3 if first else 2))
             first = False
             t0 = _clock.now()
-            res = verify_graph(None, graph, x0, eps, box, opts, budget=share, plan=plan)
+            res = verify_graph(None, graph, x0, eps, box, opts, budget=share, plan=plan,
+                               tick=bar.spent)
             wall = _clock.now() - t0
             ok = res.verified.to(lo.device) & active
             # a verified radius, or the radius the open subproblems certify
@@ -128,6 +140,7 @@ class BabMethod(Method):
             spent = torch.maximum(res.seconds, torch.full_like(res.seconds,
                                                              wall / max(1, int(active.sum()))))
             budget -= torch.where(active.cpu(), spent, torch.zeros_like(spent))
+        bar.finish()
         ratio = torch.where((searched > 0) & torch.isfinite(searched), lo / searched,
                             torch.full_like(lo, math.nan))
         return BatchResult(lo, base.label, base.runner_up, base.margin,
@@ -135,6 +148,29 @@ class BabMethod(Method):
                            {"upper": searched, "ratio": ratio, "domains": domains,
                             "from_start": lo <= base.radius},
                            outputs=base.outputs, unsafe=base.unsafe)
+
+
+class _Progress:
+    """The ``progress`` callback of :class:`BabMethod` in units of samples: seconds spent
+    divided by the per-sample budget, the running sum capped at the samples ``n``."""
+
+    def __init__(self, callback: Callable[[float], None] | None, n: int, per: float) -> None:
+        self.callback, self.n, self.per, self.done = callback, float(n), per, 0.0
+
+    def spent(self, seconds: float) -> None:
+        """Report ``seconds`` of search (all samples together)."""
+        if self.callback is None:
+            return
+        k = min(self.n - self.done, max(0.0, seconds) / self.per)
+        if k > 0:
+            self.done += k
+            self.callback(k)
+
+    def finish(self) -> None:
+        """Report what is left of the samples (budget the closed samples did not use)."""
+        if self.callback is not None and self.done < self.n:
+            self.callback(self.n - self.done)
+            self.done = self.n
 
 
 def _check_upper(upper: Any, n: int) -> torch.Tensor:

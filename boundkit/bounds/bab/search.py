@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +31,12 @@ class BranchAndBound(Bounder):
         warm-start limit."""
         return branch(dom, b, self.shapes, self.opt.warm_elements)
 
-    def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None) -> Solved:
+    def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None,
+              tick: Callable[[float], None] | None = None) -> Solved:
         """Run the search on the samples ``active`` [N] (bool), each with ``budget`` [N]
         seconds (default: the options' ``time_budget``), from their root domains; domains
-        are bounded smallest certified radius first."""
+        are bounded smallest certified radius first. ``tick``: called after every batch
+        with the seconds it took (for progress bars)."""
         dev = self.eps.device
         n = self.n
         if budget is None:
@@ -125,6 +128,8 @@ class BranchAndBound(Bounder):
                     left += torch.bincount(kids.sample.cpu(), minlength=n)
             # the whole round's wall time, charged to the batch's samples by their share
             dt = _clock.now() - t0
+            if tick is not None:
+                tick(dt)
             spent += dt * per.to(torch.float64) / len(batch)
             front = [d for _, d in pool] + ([] if stuck_rows is None else [stuck_rows])
             if stuck_rows is not None:
