@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from boundkit.bounds.bab import options as _clock
 from boundkit.bounds.bab.bounding import BabPlan, bab_plan
-from boundkit.bounds.bab.options import NEVER, check_options
+from boundkit.bounds.bab.options import NEVER, BabOptions, check_options
 from boundkit.bounds.bab.verifying import verify_graph
 from boundkit.bounds.crown import DEFAULT_BOX
 from boundkit.bounds.method import BatchResult, Method, register_method
@@ -88,8 +88,11 @@ class BabMethod(Method):
 
         assert isinstance(plan, BabPlan)
         box = check_box(options.get("box", self.default_box))
-        opts = check_options(options.get("time_budget", 2.0), options.get("max_domains", 20_000),
-                             options.get("batch", 512), options.get("iterations", 0),
+        default = BabOptions()
+        opts = check_options(options.get("time_budget", 2.0),
+                             options.get("max_domains", default.max_domains),
+                             options.get("batch", default.batch),
+                             options.get("iterations", default.iterations),
                              options.get("refresh", NEVER))
         rtol = check_positive("rtol", options.get("rtol", BAB_RTOL), maximum=0.5)
         assert rtol is not None

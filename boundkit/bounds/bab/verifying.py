@@ -124,7 +124,7 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
 
 def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
            box: tuple[float, float] | None = (0.0, 1.0), time_budget: float = 5.0,
-           max_domains: int = 20_000, batch: int = 512, iterations: int = 0,
+           max_domains: int = 20_000, batch: int = 512, iterations: int = 3,
            refresh: int = NEVER, device: torch.device | str | None = None) -> VerifyResult:
     r"""Is every input within L2 distance ``radius`` of ``x`` classified like ``x``?
 
