@@ -194,20 +194,20 @@ def test_bab_on_max_pooling_nets_lies_between_crown_and_the_attack() -> None:
     ``verify`` at radii between never falsifies inside a certificate, and its
     counterexamples are adversarial."""
     raised = 0.0
-    for seed in range(2):
+    for seed in (0,):
         model = _pool_net(seed)
-        x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed),
+        x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(seed),
                        dtype=torch.float64)
         _, norm = adversarial_search(model, x, steps=100, box=(0.0, 1.0), seed=seed)
         c = bk.certify(model, x, "crown").radius
-        b = bk.certify(model, x, "bab", upper=norm, time_budget=60.0, max_domains=200)
+        b = bk.certify(model, x, "bab", upper=norm, time_budget=60.0, max_domains=16)
         assert bool((b.radius >= c).all()), (b.radius, c)
         assert bool((b.radius <= norm * (1 + 1e-9)).all()), (b.radius, norm)
         raised += float((b.radius - c).sum())
-        res = verify(model, x, b.radius, time_budget=60.0, max_domains=50)
+        res = verify(model, x, b.radius, time_budget=60.0, max_domains=20)
         assert "falsified" not in res.status
         res = verify(model, x, torch.where(torch.isfinite(norm), norm * 1.05, 1.0),
-                     time_budget=60.0, max_domains=50)
+                     time_budget=60.0, max_domains=20)
         for i, s_ in enumerate(res.status):
             assert s_ != "verified" or not math.isfinite(float(norm[i]))
             assert float(res.certified[i]) <= float(norm[i]) * (1 + 1e-9)
