@@ -83,14 +83,21 @@ class BranchAndBound(Bounder):
                 closed[s_] = True
                 status[s_], reason[s_] = (VERIFIED, "") if why is None else (UNKNOWN, why)
 
+        rate = 0.0  # seconds per domain of the last batch
         while pool:
             t0 = _clock.now()
-            # a batch from the chunks with the smallest keys
+            # a batch from the chunks with the smallest keys, no larger than the open
+            # samples' budget left affords at the last batch's rate (a long batch would
+            # otherwise overrun the budget: it is charged when it ends)
+            cap = self.opt.batch
+            if rate > 0:
+                left_s = float((budget - spent).clamp(min=0.0)[~closed].sum())
+                cap = max(1, min(cap, int(left_s / rate) + 1))
             pool.sort(key=lambda kv: kv[0])
             parts, size = [], 0
-            while pool and size < self.opt.batch:
+            while pool and size < cap:
                 key, chunk = pool.pop(0)
-                need = self.opt.batch - size
+                need = cap - size
                 if len(chunk) > need:
                     pool.insert(0, (key, chunk.slice(need, len(chunk))))
                     chunk = chunk.slice(0, need)
@@ -128,6 +135,7 @@ class BranchAndBound(Bounder):
                     left += torch.bincount(kids.sample.cpu(), minlength=n)
             # the whole round's wall time, charged to the batch's samples by their share
             dt = _clock.now() - t0
+            rate = dt / len(batch)
             if tick is not None:
                 tick(dt)
             spent += dt * per.to(torch.float64) / len(batch)
