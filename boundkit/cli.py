@@ -555,6 +555,43 @@ def _report_violations(res: Any) -> int:
     return EXIT_VIOLATION if res.has_bug else EXIT_OK
 
 
+class _Ticks:
+    """A progress bar's ticks for one method's run, in samples: the method's own
+    ``progress`` option where it has one (``bab``: as its time budget is spent), the rest
+    when it returns."""
+
+    def __init__(self, bar: Any, method: str) -> None:
+        self.bar, self.method, self.done = bar, method, 0.0
+
+    def option(self, method: str) -> dict[str, Any]:
+        """``{"progress": callback}`` where ``method`` takes the option, else ``{}``."""
+        from boundkit.bounds.method import get_method
+
+        return {"progress": self.tick} if "progress" in get_method(method).options() else {}
+
+    def tick(self, k: float) -> None:
+        self.done += k
+        self.bar.set_postfix_str(self.method)
+        self.bar.update(k)
+
+    def rest(self, n: int) -> None:
+        """Complete the method's ``n`` samples."""
+        if n > self.done:
+            self.bar.update(n - self.done)
+        self.done = float(n)
+
+
+def _budget_option(method: str, time_budget: float | None) -> dict[str, Any]:
+    """``{"time_budget": seconds}`` for a method with that option when one was given
+    (checked: > 0, at most an hour), else ``{}``."""
+    from boundkit.bounds.method import get_method
+    from boundkit.validate import check_positive
+
+    if time_budget is None or "time_budget" not in get_method(method).options():
+        return {}
+    return {"time_budget": check_positive("--time-budget", time_budget, maximum=3600.0)}
+
+
 # ------------------------------------------------------------------------------ commands
 def cmd_certify(sess: Session) -> int:
     from boundkit.bounds.engine import certify
@@ -572,9 +609,11 @@ def cmd_certify(sess: Session) -> int:
         with sess.bar(x.shape[0] * len(_methods(a.method)), "certify") as bar:
             for m in _methods(a.method):
                 t0 = time.perf_counter()
-                certs[m] = certify(inp.model, x, m, device=inp.device)
+                done = _Ticks(bar, m)  # bab moves the bar as its budget is spent
+                certs[m] = certify(inp.model, x, m, device=inp.device, **done.option(m),
+                                   **_budget_option(m, a.time_budget))
                 bar.set_postfix_str(f"{m} {time.perf_counter() - t0:.1f}s")
-                bar.update(x.shape[0])
+                done.rest(x.shape[0])
     meta = {"model": a.model, "data": a.data, "split": inp.provenance["split"],
             "provenance": inp.provenance}
     doc = certificate_doc(certs, inp.y, inp.indices, meta)
@@ -1037,6 +1076,9 @@ def _io_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--method", default="sound",
                    choices=(*method_names(), "both"),
                    help="certification method (default sound; both runs sound and peck2017)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="seconds per sample for methods with a time budget (bab; default: "
+                   "the method's own, 2 s for bab)")
     p.add_argument("--out", default="certify.json", help="results JSON (default certify.json)")
     _common(p)
     _cluster(p)

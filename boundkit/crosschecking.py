@@ -545,7 +545,7 @@ def crosscheck(
     exact: bool = False,
     indices: Sequence[int] | np.ndarray | None = None,
     chunk_size: int = 128,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Callable[[str, float], None] | None = None,
     seed: int = 0,
     executor: Any = None,
     reference: torch.Tensor | None = None,
@@ -570,7 +570,8 @@ def crosscheck(
             model is too large or unsupported, ``exact_note`` says why and ``exact`` is None).
         indices: sample indices to report (default ``0..N-1``).
         chunk_size: samples per attack chunk (a progress tick per chunk).
-        progress: optional callback ``(stage, samples_done)`` for progress bars.
+        progress: optional callback ``(stage, samples_done)`` for progress bars (``bab``
+            reports fractions of samples as its time budget is spent).
         seed: the attack's random seed.
         reference: start points for the ``best`` attack (see :func:`boundkit.attack`): by
             default ``x`` itself, every sample held here (a sample's nearest neighbour of
@@ -589,6 +590,7 @@ def crosscheck(
         ``result.has_bug`` (the CLI exits with status 3).
     """
     from boundkit.bounds.engine import certify, graph_for
+    from boundkit.bounds.method import get_method
 
     check_call(model, x, device=device, box=box,
                counts={"attack_budget": attack_budget, "chunk_size": chunk_size})
@@ -625,10 +627,16 @@ def crosscheck(
     upper = torch.where(adv64, norm64, torch.full_like(norm64, math.inf))
     for m in methods:
         t0 = time.perf_counter()
-        certs[m] = certify(model, x, m, device=device, graph=graph,
-                           **_method_options(m, box, upper, method_options))
+        opts = _method_options(m, box, upper, method_options)
+        ticked = [0.0]
+        if progress is not None and "progress" in get_method(m).options():
+            def part(k: float, m: str = m, ticked: list[float] = ticked) -> None:
+                ticked[0] += k  # bab: ticks as its budget is spent
+                tick(f"certify {m}", k)
+            opts = {"progress": part, **opts}
+        certs[m] = certify(model, x, m, device=device, graph=graph, **opts)
         seconds[f"certify_{m}"] = time.perf_counter() - t0
-        tick(f"certify {m}", n)
+        tick(f"certify {m}", max(0.0, n - ticked[0]))
     violations = _find_violations(
         model, graph, x_cpu, x_adv, adv64, norm64, certs, idx_arr, "attack"
     )

@@ -3,7 +3,8 @@ r"""The tightest guarantee that fits a per-sample time budget (``--method auto``
 The rule, in order (``docs/user-guide.md`` §Which method by default):
 
 1. time ``crown`` on a probe of the first ``min(4, N)`` samples (one call, wall clock);
-2. if a ``bab`` method is registered, supports the model (it splits ReLUs only) and
+2. if a ``bab`` method is registered, supports the model (it splits ReLUs and keeps
+   max poolings relaxed, nothing else) and
    ``crown`` took at most a quarter of the budget per sample: ``bab`` with ``time_budget`` =
    the budget (it starts from the ``crown`` radius and stops at the budget, every radius on
    the way a certificate);

@@ -97,14 +97,26 @@ def test_bab_closes_most_of_the_gap_on_a_small_mlp() -> None:
     assert float((b - c).sum()) > 0
 
 
+def _pool_net(seed: int) -> nn.Sequential:
+    """Conv-ReLU-MaxPool-Conv-ReLU-MaxPool (one overlapping, one padded)-Linear on
+    [1, 8, 8], 3 classes: the small CNN's pattern, with odd pooling settings."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(3, stride=1),
+                         nn.Conv2d(3, 4, 2), nn.ReLU(), nn.MaxPool2d(2, padding=1),
+                         nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).double().eval()
+
+
 def check_domain_bounds(seed: int, leak: float = 0.0, iterations: int = 15,
-                        refresh: int = 1, per_class: bool = False) -> int:
+                        refresh: int = 1, per_class: bool = False, pool: bool = False) -> int:
     """Random split sides on the neurons (some infeasible), beta multipliers optimised,
     then 4,000 points of each ball: at every point that satisfies its domain's splits
-    every margin is above the domain's bound. Returns the feasible points checked."""
-    model = _mlp(seed, (5, 12, 12, 3), leak)
+    every margin is above the domain's bound. ``pool``: a conv net with max poolings
+    (kept relaxed under the splits) instead of an MLP. Returns the feasible points
+    checked."""
+    model = _pool_net(seed) if pool else _mlp(seed, (5, 12, 12, 3), leak)
+    shape = (1, 8, 8) if pool else (5,)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(3, 5, generator=gen, dtype=torch.float64)
+    x = torch.rand(3, *shape, generator=gen, dtype=torch.float64)
     eps = torch.full((3,), 0.3, dtype=torch.float64)
     graph = bk.capture(model, x)
     plan = bab_plan(graph)
@@ -116,8 +128,9 @@ def check_domain_bounds(seed: int, leak: float = 0.0, iterations: int = 15,
     sample = torch.arange(d) % 3
     # sides: the pattern of a random point of the ball on 3 random neurons per layer
     # (feasible), one side flipped in every fourth domain (maybe infeasible)
-    u = torch.randn(d, 5, generator=gen, dtype=torch.float64)
-    anchor = (x[sample] + 0.25 * u / u.norm(dim=1, keepdim=True)).clamp(0, 1)
+    u = torch.randn(d, *shape, generator=gen, dtype=torch.float64)
+    u = u / u.flatten(1).norm(dim=1).reshape(d, *([1] * len(shape)))
+    anchor = (x[sample] + 0.25 * u).clamp(0, 1)
     pre = graph.activations(anchor)
     signs = {}
     for r in plan.relus:
@@ -135,10 +148,11 @@ def check_domain_bounds(seed: int, leak: float = 0.0, iterations: int = 15,
     b = bb.bound(dom)
     # points of each ball inside the box, and their pre-activations
     m = 4000
-    dirs = torch.randn(d, m, 5, generator=gen, dtype=torch.float64)
+    k = math.prod(shape)
+    dirs = torch.randn(d, m, k, generator=gen, dtype=torch.float64)
     dirs = dirs / dirs.norm(dim=2, keepdim=True)
-    rad = torch.rand(d, m, 1, generator=gen, dtype=torch.float64) ** 0.2 * 0.3
-    pts = (x[sample].unsqueeze(1) + dirs * rad).clamp(0, 1).reshape(-1, 5)
+    rad = torch.rand(d, m, 1, generator=gen, dtype=torch.float64) ** (1 / k) * 0.3
+    pts = (x[sample].reshape(d, 1, k) + dirs * rad).clamp(0, 1).reshape(-1, *shape)
     acts = graph.activations(pts)
     ok = torch.ones(d * m, dtype=torch.bool)
     for r in plan.relus:
@@ -167,16 +181,53 @@ def test_every_domain_bound_holds_on_the_sampled_points_that_satisfy_its_splits(
     assert check_domain_bounds(seed, leak, per_class=per_class) > 0  # some are feasible
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_every_domain_bound_holds_with_max_poolings_kept_relaxed(seed) -> None:
+    """Max poolings keep crown's relaxation on each domain's own (split) intervals."""
+    assert check_domain_bounds(seed, pool=True, per_class=seed % 2 == 1,
+                               refresh=1 if seed < 2 else 1 << 20) > 0
+
+
+def test_bab_on_max_pooling_nets_lies_between_crown_and_the_attack() -> None:
+    """On conv nets with max poolings (overlapping and padded windows): the ``bab`` radius
+    is at least ``crown``'s, never above a verified attack norm, raised on some sample;
+    ``verify`` at radii between never falsifies inside a certificate, and its
+    counterexamples are adversarial."""
+    raised = 0.0
+    for seed in (0,):
+        model = _pool_net(seed)
+        x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64)
+        _, norm = adversarial_search(model, x, steps=100, box=(0.0, 1.0), seed=seed)
+        c = bk.certify(model, x, "crown").radius
+        b = bk.certify(model, x, "bab", upper=norm, time_budget=60.0, max_domains=16)
+        assert bool((b.radius >= c).all()), (b.radius, c)
+        assert bool((b.radius <= norm * (1 + 1e-9)).all()), (b.radius, norm)
+        raised += float((b.radius - c).sum())
+        res = verify(model, x, b.radius, time_budget=60.0, max_domains=20)
+        assert "falsified" not in res.status
+        res = verify(model, x, torch.where(torch.isfinite(norm), norm * 1.05, 1.0),
+                     time_budget=60.0, max_domains=20)
+        for i, s_ in enumerate(res.status):
+            assert s_ != "verified" or not math.isfinite(float(norm[i]))
+            assert float(res.certified[i]) <= float(norm[i]) * (1 + 1e-9)
+            if s_ == "falsified":
+                xa = res.counterexample[i:i + 1]
+                assert int(model(xa).argmax(1)) != int(model(x[i:i + 1]).argmax(1))
+                assert float((xa - x[i:i + 1]).norm()) < float(norm[i]) * 1.05
+    assert raised > 0
+
+
 @pytest.mark.slow
 def test_soak_domain_bounds_and_verify_against_the_exact_radius() -> None:
     """Soak: 300 nets x 24 domains x 4,000 points for the domain bounds (both ReLU kinds,
-    with and without recomputed intermediate bounds), and 5,000 verify answers on tiny
-    MLPs against the exact radius."""
+    with and without recomputed intermediate bounds, one net in five with max poolings),
+    and 5,000 verify answers on tiny MLPs against the exact radius."""
     points = 0
     for seed in range(300):
         points += check_domain_bounds(1000 + seed, 0.1 if seed % 2 else 0.0,
                                       iterations=10, refresh=1 if seed % 3 else 1 << 20,
-                                      per_class=seed % 4 < 2)
+                                      per_class=seed % 4 < 2, pool=seed % 5 == 4)
         if seed % 50 == 49:
             print(f"soak: {seed + 1} nets, {points} feasible points, 0 violations", flush=True)
     gen = torch.Generator().manual_seed(7)
@@ -229,7 +280,7 @@ def test_residual_network_with_dead_and_always_on_relus_is_never_over_certified(
     assert "falsified" not in res.status  # nothing adversarial inside a certificate
 
 
-@pytest.mark.parametrize("act,op", [(nn.MaxPool2d(2), "maxpool2d"), (nn.Tanh(), "tanh")])
+@pytest.mark.parametrize("act,op", [(nn.Tanh(), "tanh"), (nn.Sigmoid(), "sigmoid")])
 def test_unsplittable_nonlinearities_are_refused_by_name(act, op) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), act, nn.Flatten(),
@@ -290,3 +341,19 @@ def test_bab_method_options_are_checked_and_registered() -> None:
         bk.certify(model, x, "bab", upper=1.0, start="sound")
     with pytest.raises(TypeError, match="steps"):
         bk.certify(model, x, "bab", steps=3)
+
+
+def test_bab_progress_reports_add_up_to_the_samples() -> None:
+    """The ``progress`` option (the CLI's bar): positive reports, more than one, summing to
+    the samples; a non-callable is refused in one line."""
+    model = _mlp(5)
+    x = torch.rand(4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    calls: list[float] = []
+    b = bk.certify(model, x, "bab", upper=torch.full((4,), 2.0, dtype=torch.float64),
+                   time_budget=0.3, progress=calls.append)
+    assert len(calls) > 1 and all(k > 0 for k in calls)
+    assert abs(sum(calls) - 4) < 1e-9
+    plain = bk.certify(model, x, "crown").radius
+    assert bool((b.radius >= plain).all())
+    with pytest.raises(BadArgumentError, match="progress"):
+        bk.certify(model, x, "bab", upper=1.0, progress=3)

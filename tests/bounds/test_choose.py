@@ -15,10 +15,10 @@ def _relu_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
 
 
-def _pool_cnn() -> nn.Module:
+def _tanh_cnn() -> nn.Module:
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                      nn.Linear(2 * 3 * 3, 3)).eval()
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(),
+                      nn.Linear(2 * 6 * 6, 3)).eval()
     return m
 
 
@@ -34,8 +34,8 @@ def test_without_bab_the_same_budget_chooses_crown() -> None:
 
 
 def test_a_net_bab_cannot_split_gets_crown(monkeypatch) -> None:
-    c = choose.tightest_affordable(_pool_cnn(), torch.rand(3, 1, 8, 8), 100.0)
-    assert c.method == "crown"  # max pooling: bab refuses it, crown fits the budget
+    c = choose.tightest_affordable(_tanh_cnn(), torch.rand(3, 1, 8, 8), 100.0)
+    assert c.method == "crown"  # tanh: bab refuses it, crown fits the budget
 
 
 def test_a_budget_below_crowns_time_falls_back_to_sound(monkeypatch) -> None:

@@ -1,0 +1,181 @@
+r"""``bk.verify``: per sample, *verified* (every domain of the branch and bound proven: no
+perturbation of L2 norm below the radius, inside the box, changes the class), *falsified*
+(a counterexample inside the ball and the box, checked by re-running the model in its own
+dtype) or *unknown* (budget spent, with the reason and the radius certified on the way)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from boundkit.bounds.bab import options as _clock
+from boundkit.bounds.bab.bounding import BabPlan, bab_plan
+from boundkit.bounds.bab.counterexample import pgd_counterexample
+from boundkit.bounds.bab.options import NEVER, BabOptions, check_options
+from boundkit.bounds.bab.search import FALSIFIED, UNKNOWN, VERIFIED, BranchAndBound
+from boundkit.bounds.crown import CrownRun
+from boundkit.bounds.output import margins
+from boundkit.errors import BadArgumentError
+from boundkit.graph.graph import Graph
+
+
+@dataclass
+class VerifyResult:
+    """Per sample: ``status`` (``"verified"``: no perturbation of L2 norm below ``radius``
+    inside the box changes the class; ``"falsified"``: ``counterexample`` does, checked on
+    the model; ``"unknown"``), the ``reason``, the class ``label``, the counterexample (in
+    the model's dtype) and its float64 norm (the clean input and ``inf`` where none), the
+    subproblems bounded, the seconds charged and the radius certified on the way."""
+
+    radius: torch.Tensor
+    label: torch.Tensor
+    status: list[str]
+    reason: list[str]
+    counterexample: torch.Tensor
+    counterexample_norm: torch.Tensor
+    domains: torch.Tensor
+    seconds: torch.Tensor
+    #: per sample, a radius proven on the way: ``radius`` where verified; where unknown,
+    #: the smallest radius the open subproblems certify (their bounds hold on every
+    #: smaller ball), possibly 0; 0 where falsified
+    certified: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    @property
+    def verified(self) -> torch.Tensor:
+        return torch.tensor([s == VERIFIED for s in self.status])
+
+    @property
+    def falsified(self) -> torch.Tensor:
+        return torch.tensor([s == FALSIFIED for s in self.status])
+
+
+def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius: torch.Tensor,
+                 box: tuple[float, float] | None, options: BabOptions,
+                 attack_steps: int = 40, budget: torch.Tensor | None = None,
+                 plan: BabPlan | None = None, tick: Callable[[float], None] | None = None
+                 ) -> VerifyResult:
+    """:func:`verify` on a captured graph (inputs checked by the caller). Without
+    ``model`` no counterexample is searched (and the labels are the graph's). ``tick``:
+    called with the seconds of every batch of the search (progress bars)."""
+    plan = bab_plan(graph) if plan is None else plan
+    x0 = x.to(device=graph.device, dtype=torch.float64)
+    radius = radius.to(device=graph.device, dtype=torch.float64)
+    n = x0.shape[0]
+    run = CrownRun(graph, plan.crown, x0, box)
+    label, _ = margins(run.sound.acts[graph.logits.name])
+    model_label = label
+    if model is not None:
+        with torch.no_grad():
+            model_label = model(x.to(next((p.device for p in model.parameters()), x.device),
+                                    next((p.dtype for p in model.parameters()), x.dtype))
+                                ).argmax(1).to(label.device)
+    status = ["" for _ in range(n)]
+    reason = ["" for _ in range(n)]
+    # counterexamples in the model's dtype: the very points the model was re-run on
+    mdtype = x.dtype if model is None else next((p.dtype for p in model.parameters()), x.dtype)
+    cex = x.detach().to(mdtype).clone()
+    cex_norm = torch.full((n,), math.inf, dtype=torch.float64)
+    domains = torch.zeros(n, dtype=torch.long)
+    seconds = torch.zeros(n, dtype=torch.float64)
+    certified = torch.zeros(n, dtype=torch.float64)
+    disagree = (model_label != label).cpu()
+    outside = torch.zeros(n, dtype=torch.bool)
+    if box is not None:
+        flat = x0.flatten(1)
+        outside = ~((flat >= box[0]) & (flat <= box[1])).all(1).cpu()
+    for i in range(n):
+        if disagree[i]:
+            status[i], reason[i] = UNKNOWN, ("the float64 graph and the model disagree on "
+                                             "the class at x (a near tie)")
+        elif outside[i]:
+            status[i], reason[i] = UNKNOWN, "x lies outside the box"
+        elif float(radius[i]) == 0.0:
+            status[i], reason[i] = VERIFIED, "radius 0: the ball of smaller norms is {x}"
+    todo = torch.tensor([s == "" for s in status])
+    if model is not None and attack_steps > 0 and bool(todo.any()):
+        t0 = _clock.now()
+        sel = torch.nonzero(todo).flatten()
+        found, xa, nm = pgd_counterexample(model, x[sel], label[sel.to(label.device)],
+                                           radius[sel.to(radius.device)], box, steps=attack_steps)
+        dt = (_clock.now() - t0) / max(1, sel.numel())
+        for j, i in enumerate(sel.tolist()):
+            seconds[i] += dt
+            if bool(found[j]):
+                status[i], reason[i] = FALSIFIED, "projected gradient attack inside the ball"
+                cex[i] = xa[j].to(cex.device)
+                cex_norm[i] = float(nm[j])
+    todo = torch.tensor([s == "" for s in status])
+    if bool(todo.any()):
+        bb = BranchAndBound(graph, plan, run, label, radius, options)
+        sol = bb.solve(todo.to(radius.device), budget, tick)
+        for i in torch.nonzero(todo).flatten().tolist():
+            status[i], reason[i] = sol.status[i], sol.reason[i] or "every subproblem proven"
+            certified[i] = sol.certified[i]
+        domains += sol.domains
+        seconds += sol.seconds
+    return VerifyResult(radius.cpu(), label.cpu(), status, reason, cex, cex_norm, domains,
+                        seconds, certified)
+
+
+def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
+           box: tuple[float, float] | None = (0.0, 1.0), time_budget: float = 5.0,
+           max_domains: int = 20_000, batch: int = 512, iterations: int = 3,
+           refresh: int = NEVER, device: torch.device | str | None = None) -> VerifyResult:
+    r"""Is every input within L2 distance ``radius`` of ``x`` classified like ``x``?
+
+    Per sample: ``"verified"`` (no perturbation of norm below ``radius`` inside ``box``
+    changes the class: every subproblem of the branch and bound proven), ``"falsified"``
+    (a counterexample inside the ball and the box, checked by re-running the model in its
+    own dtype) or ``"unknown"`` (budget spent; ``reason`` says which). ``radius``: a number
+    or one per sample [N], finite and >= 0. ``time_budget``: seconds of bounding per sample
+    (samples are bounded together; each batch's time is charged to its samples);
+    ``max_domains``: subproblems per sample; ``batch``: subproblems per engine call;
+    ``iterations``: gradient steps on the slopes and beta multipliers per batch;
+    ``refresh``: recompute the intermediate bounds under the splits every ``refresh``
+    splits (1: every subproblem; larger reuses an ancestor's, cheaper and looser; the
+    default: only the root's).
+
+    Models: ReLU / LeakyReLU networks of any affine layers (linear, convolution, batch
+    norm, average pooling, residual additions) and max poolings (kept relaxed on each
+    subproblem's own intervals, not split); a node branch and bound neither splits nor
+    keeps relaxed (smooth activations, nodes without a linear relaxation) is refused by
+    name.
+    """
+    from boundkit.bounds.engine import graph_for
+    from boundkit.validate import check_batch, check_box, check_call
+
+    box = check_box(box)
+    check_call(model, x, device=device, box=box)
+    opts = check_options(time_budget, max_domains, batch, iterations, refresh)
+    n = x.shape[0]
+    r = _check_radius(radius, n)
+    graph = graph_for(model, x, device)
+    check_batch(x, shape=graph.input_shape)
+    return verify_graph(model, graph, x, r, box, opts)
+
+
+def _check_radius(radius: Any, n: int) -> torch.Tensor:
+    """``radius`` as float64 [n]: a finite number >= 0, or one per sample."""
+    if isinstance(radius, bool):
+        raise BadArgumentError("radius must be a number or a tensor [N], got a bool")
+    if isinstance(radius, (int, float)):
+        r = torch.full((n,), float(radius), dtype=torch.float64)
+    elif isinstance(radius, torch.Tensor):
+        r = radius.detach().to(device="cpu", dtype=torch.float64).flatten()
+        if r.numel() == 1:
+            r = r.expand(n).clone()
+        if r.numel() != n:
+            raise BadArgumentError(f"radius has {r.numel()} values for {n} samples")
+    else:
+        raise BadArgumentError(f"radius must be a number or a tensor [N], got "
+                               f"{type(radius).__name__}")
+    if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
+        raise BadArgumentError("radius must be finite and >= 0")
+    return r
+
+
