@@ -100,7 +100,7 @@ def bisect_radius(oracle: Callable[[float, float], bool], start: float, hi: floa
         raise ValueError("bisect_radius needs start >= 0 finite, hi > 0, budget > 0, calls >= 1")
     lo, top, spent = 0.0, float(hi), 0.0
     out = Bisection(0.0, top, 0.0)
-    eps = min(start, top) if start > 0 else top / 2
+    eps = start if 0 < start < top else top / 2
     for k in range(calls):
         share = (budget - spent) / (calls - k)
         if share <= 0 or share < min_share or not lo < eps < top:
@@ -141,14 +141,23 @@ def _stub(name: str) -> types.ModuleType:
     return mod
 
 
-def import_abcrown(root: Path) -> types.ModuleType:
-    """alpha-beta-CROWN's ``abcrown`` module from the tree at ``root`` (checked first; a one-line
-    ``SystemExit`` names what is missing), with its auto_LiRPA 0.7 (not the pip-installed one)."""
+def check_tree(root: Path) -> Path:
+    """``root`` resolved, if it holds an alpha-beta-CROWN tree with :data:`REQUIRED_FILES`; else a
+    one-line ``SystemExit`` naming the problem."""
     root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise SystemExit(f"--abcrown {root}: no such folder")
     missing = [f for f in REQUIRED_FILES if not (root / f).exists()]
     if missing:
         raise SystemExit(f"--abcrown {root}: not a complete alpha-beta-CROWN tree "
-                         f"({len(missing)} required files missing, e.g. {missing[0]})")
+                         f"({len(missing)} of its files missing, e.g. {missing[0]})")
+    return root
+
+
+def import_abcrown(root: Path) -> types.ModuleType:
+    """alpha-beta-CROWN's ``abcrown`` module from the tree at ``root`` (checked first; a one-line
+    ``SystemExit`` names what is missing), with its auto_LiRPA 0.7 (not the pip-installed one)."""
+    root = check_tree(root)
     cv = root / "complete_verifier"
     loaded = sys.modules.get("auto_LiRPA")
     if loaded is not None and not str(Path(loaded.__file__).resolve()).startswith(str(root)):
@@ -279,7 +288,8 @@ def lirpa_crown_radius(model: torch.nn.Module, x: torch.Tensor, label: torch.Ten
     n = x.shape[0]
     c = int(model(x[:1]).shape[1])
     bm = auto_LiRPA.BoundedModule(model, torch.zeros_like(x[:1]), device="cpu",
-                                  bound_opts={"verbosity": 0})
+                                  bound_opts={"verbosity": 0,  # dense: plain CROWN
+                                              "sparse_intermediate_bounds": False})
     eye = torch.eye(c)
     others = torch.stack([torch.cat([torch.arange(0, int(y)), torch.arange(int(y) + 1, c)])
                           for y in label])  # [N, C-1]
@@ -296,8 +306,9 @@ def lirpa_crown_radius(model: torch.nn.Module, x: torch.Tensor, label: torch.Ten
 
 
 # ------------------------------------------------------------------ the benchmark
-def run(args: argparse.Namespace) -> dict:
-    """All rows for the MLP's first ``args.n`` correctly classified test samples."""
+def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda res: None) -> dict:
+    """All rows for the MLP's first ``args.n`` correctly classified test samples (``save``
+    gets the partial result after every row)."""
     import boundkit as bk
     import boundkit.bounds.bab as bab_mod
     from benchmarks.bab import first_correct, load
@@ -328,6 +339,12 @@ def run(args: argparse.Namespace) -> dict:
           f"({int(found.sum())} found, {t_attack / n:.2f} s/sample)", flush=True)
 
     rows: dict[str, dict] = {}
+    res = {"model": args.model, "n": n, "labels": [int(v) for v in label],
+           "attack_norm": [float(v) for v in norm], "attack_norm_box": [float(v) for v in nb],
+           "attack_norm_nobox": [float(v) for v in nf], "attack_found": int(found.sum()),
+           "attack_seconds_per_sample": t_attack / n, "rows": rows,
+           "auto_LiRPA": f"{auto_LiRPA.__version__} ({Path(auto_LiRPA.__file__).parent})",
+           "abcrown_statuses": oracle.statuses}
     t0 = clock()
     lirpa = lirpa_crown_radius(model, x, label, torch.where(found, norm, 10.0))
     t_lirpa = clock() - t0
@@ -342,6 +359,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"  {label_}: median / attack {rows[label_]['median_ratio_attack']:.4f}, "
               f"/ auto_LiRPA CROWN {rows[label_]['median_ratio_lirpa']:.4f}, "
               f"{seconds / n:.2f} s/sample, violations {rows[label_]['violations']}", flush=True)
+        save(res)
 
     record("auto_LiRPA CROWN", lirpa, t_lirpa)
     for m in ("crown", "alpha"):
@@ -356,29 +374,24 @@ def run(args: argparse.Namespace) -> dict:
         record(f"boundkit `bab` {budget:g} s", cert.radius, dt,
                median_domains=float(cert.info["domains"].double().median()))
         for calls in args.calls:
-            res = []
+            runs: list[Bisection] = []
             t0 = clock()
             for i in range(n):  # one alpha-beta-CROWN run per sample and radius: its API
                 def ask(eps: float, timeout: float, i: int = i) -> bool:
                     return oracle(x[i:i + 1], int(label[i]), eps, timeout)
 
                 if not bool(found[i]):
-                    res.append(Bisection(0.0, math.inf, 0.0))
+                    runs.append(Bisection(0.0, math.inf, 0.0))
                     continue
-                res.append(bisect_radius(ask, float(lirpa[i]), float(norm[i]), budget, calls,
+                runs.append(bisect_radius(ask, float(lirpa[i]), float(norm[i]), budget, calls,
                                          clock=clock))
             dt = clock() - t0
             record(f"alpha-beta-CROWN {budget:g} s ({calls} calls)",
-                   torch.tensor([b.radius for b in res]), dt,
-                   calls_per_sample=[[list(c) for c in b.calls] for b in res],
-                   seconds=[b.seconds for b in res])
+                   torch.tensor([b.radius for b in runs]), dt,
+                   calls_per_sample=[[list(c) for c in b.calls] for b in runs],
+                   seconds_each=[b.seconds for b in runs])
     log.close()
-    return {"model": args.model, "n": n, "labels": [int(v) for v in label],
-            "attack_norm": [float(v) for v in norm], "attack_norm_box": [float(v) for v in nb],
-            "attack_norm_nobox": [float(v) for v in nf], "attack_found": int(found.sum()),
-            "attack_seconds_per_sample": t_attack / n, "rows": rows,
-            "auto_LiRPA": f"{auto_LiRPA.__version__} ({Path(auto_LiRPA.__file__).parent})",
-            "abcrown_statuses": oracle.statuses}
+    return res
 
 
 def markdown(res: dict, args: argparse.Namespace, command: str) -> str:
@@ -440,16 +453,19 @@ def main() -> None:
     ap.add_argument("--log", type=Path, default=None, help="alpha-beta-CROWN's output goes here")
     ap.add_argument("--out", type=Path, default=None, help="markdown file (and .json beside it)")
     args = ap.parse_args()
-    if not args.abcrown.is_dir():
-        raise SystemExit(f"--abcrown {args.abcrown}: no such folder")
+    check_tree(args.abcrown)
     if args.n < 1 or any(b <= 0 for b in args.budgets) or any(c < 1 for c in args.calls):
         raise SystemExit("--n, --budgets and --calls must be positive")
     torch.set_num_threads(1)
     command = "python -m benchmarks.abcrown_side_by_side " + " ".join(sys.argv[1:])
-    res = run(args)
+
+    def save(res: dict) -> None:
+        if args.out is not None:
+            args.out.write_text(markdown(res, args, command) + "\n")
+            args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+
+    save(run(args, save))
     if args.out is not None:
-        args.out.write_text(markdown(res, args, command) + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
         print(f"wrote {args.out}", flush=True)
 
 
