@@ -467,8 +467,9 @@ NOTES = [
     "alpha-CROWN stage before branch and bound does not look at the timeout, so a call can "
     "overrun its share; the overrun is charged to it (its time column can exceed the budget) "
     "and leaves less for its later calls.",
-    "- alpha-beta-CROWN has no L2 attack (PGD skipped), so it never answers `unsafe` here; a "
-    "radius it cannot prove within the share is `unknown`, counted as not verified.",
+    "- alpha-beta-CROWN has no L2 attack (PGD skipped): a radius it cannot prove within the "
+    "share is `unknown` (or `unsafe` where its branch and bound meets a counterexample), "
+    "counted as not verified either way.",
     "- Soundness of the columns: boundkit's radii are float64 with rounding charged; "
     "auto_LiRPA's and alpha-beta-CROWN's are float32 bounds without rounding accounted for "
     "(as they ship). The violations column checks every radius against verified adversarial "
