@@ -26,8 +26,20 @@ alpha-beta-CROWN's own timeout checks (``time.time()`` in its modules) are point
 clock by monkeypatching, so on a loaded machine both sides get the same CPU time.
 
     BOUNDKIT_DATA=../shared/data OMP_NUM_THREADS=1 python -m benchmarks.abcrown_side_by_side \
-        --abcrown /work/abcrown [--n 10] [--budgets 8 20] [--calls 7] \
+        --abcrown DIR [--n 10] [--budgets 8 20] [--calls 7 3] \
         [--out docs/results/abcrown_side_by_side.md]
+    python -m benchmarks.abcrown_side_by_side --render docs/results/abcrown_side_by_side.json
+
+A complete tree from git mirrors of the two repositories (the mirrors may lack some large
+model / data blobs, which this benchmark does not read; ``git archive`` stops at the first, so
+the files are written one by one)::
+
+    D=/tmp/abcrown-8250d5f; mkdir -p $D/auto_LiRPA
+    (cd AUTO_LIRPA_MIRROR && git archive 9d100ec | tar -x -C $D/auto_LiRPA)
+    cd ABCROWN_MIRROR && git ls-tree -r 8250d5f | while read mode type sha path; do
+      mkdir -p "$D/$(dirname "$path")"
+      if [ "$mode" = 120000 ]; then ln -sfn "$(git cat-file blob $sha)" "$D/$path"
+      else git cat-file blob $sha > "$D/$path" 2>/dev/null || rm -f "$D/$path"; fi; done
 """
 
 from __future__ import annotations
