@@ -37,6 +37,7 @@ the files are written one by one)::
     D=/tmp/abcrown-8250d5f; mkdir -p $D/auto_LiRPA
     (cd AUTO_LIRPA_MIRROR && git archive 9d100ec | tar -x -C $D/auto_LiRPA)
     cd ABCROWN_MIRROR && git ls-tree -r 8250d5f | while read mode type sha path; do
+      [ "$type" = blob ] || continue  # the auto_LiRPA submodule: above
       mkdir -p "$D/$(dirname "$path")"
       if [ "$mode" = 120000 ]; then ln -sfn "$(git cat-file blob $sha)" "$D/$path"
       else git cat-file blob $sha > "$D/$path" 2>/dev/null || rm -f "$D/$path"; fi; done
