@@ -403,6 +403,22 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda res: Non
                    torch.tensor([b.radius for b in runs]), dt,
                    calls_per_sample=[[list(c) for c in b.calls] for b in runs],
                    seconds_each=[b.seconds for b in runs])
+    if args.check_above:
+        # red team of the reference: just outside a verified adversarial example, any "safe"
+        # from alpha-beta-CROWN is a false certificate
+        eps = norm * (1 + 1e-3)
+        answers = []
+        t0 = clock()
+        for i in range(n):
+            if bool(found[i]):
+                answers.append(oracle(x[i:i + 1], int(label[i]), float(eps[i]),
+                                      args.check_above))
+        res["check_above"] = {"timeout": args.check_above, "radius_over_attack": 1 + 1e-3,
+                              "calls": len(answers), "false_safe": int(sum(answers)),
+                              "seconds_per_sample": (clock() - t0) / max(1, len(answers))}
+        print(f"  alpha-beta-CROWN at 1.001 x the attack norm: {sum(answers)} of "
+              f"{len(answers)} answered safe (must be 0)", flush=True)
+        save(res)
     log.close()
     return res
 
@@ -467,6 +483,12 @@ def markdown(res: dict) -> str:
     for i in range(res["n"]):
         lines.append(f"| {i} | {norm[i]:.4f} | " + " | ".join(
             f"{row['radius'][i]:.4f}" for row in res["rows"].values()) + " |")
+    chk = res.get("check_above")
+    if chk:
+        lines += ["", f"Red team of alpha-beta-CROWN: asked at {chk['radius_over_attack']:g} x "
+                  f"each attack norm (timeout {chk['timeout']:g} s), it answered safe on "
+                  f"{chk['false_safe']} of {chk['calls']} samples (a safe answer there would be "
+                  "a false certificate)."]
     st = res["abcrown_statuses"]
     kinds = {s: st.count(s) for s in sorted(set(st))}
     lines += ["", "alpha-beta-CROWN's answers over all its calls: "
@@ -503,7 +525,10 @@ def main() -> None:
     ap.add_argument("--abcrown", type=Path, default=None,
                     help="the alpha-beta-CROWN source tree (the folder holding complete_verifier/)")
     ap.add_argument("--n", type=int, default=10)
-    ap.add_argument("--budgets", type=float, nargs="+", default=[8.0],
+    ap.add_argument("--check-above", type=float, default=0.0, metavar="SECONDS",
+                    help="also ask alpha-beta-CROWN (this timeout) at 1.001 x each attack norm: "
+                    "a 'safe' there is a false certificate")
+    ap.add_argument("--budgets", type=float, nargs="*", default=[8.0],
                     help="per-sample time budgets T (seconds) for bab and alpha-beta-CROWN")
     ap.add_argument("--calls", type=int, nargs="+", default=[7],
                     help="alpha-beta-CROWN calls per sample (1 at the CROWN radius + bisection); "
@@ -529,8 +554,9 @@ def main() -> None:
         raise SystemExit("--abcrown DIR is needed: alpha-beta-CROWN's source tree (the folder "
                          "holding complete_verifier/)")
     check_tree(args.abcrown)
-    if args.n < 1 or any(b <= 0 for b in args.budgets) or any(c < 1 for c in args.calls):
-        raise SystemExit("--n, --budgets and --calls must be positive")
+    if (args.n < 1 or any(not b > 0 for b in args.budgets) or any(c < 1 for c in args.calls)
+            or not args.check_above >= 0):
+        raise SystemExit("--n, --budgets and --calls must be positive, --check-above >= 0")
     torch.set_num_threads(1)
     command = "python -m benchmarks.abcrown_side_by_side " + " ".join(sys.argv[1:])
 
