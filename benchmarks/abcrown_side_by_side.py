@@ -543,12 +543,15 @@ def main() -> None:
                     "loaded machine) or wall seconds")
     ap.add_argument("--log", type=Path, default=None, help="alpha-beta-CROWN's output goes here")
     ap.add_argument("--out", type=Path, default=None, help="markdown file (and .json beside it)")
-    ap.add_argument("--render", type=Path, default=None,
-                    help="only rewrite the markdown beside this results JSON (no run)")
+    ap.add_argument("--render", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="no run: rewrite the markdown of these results (one after the other; "
+                    "into --out, default beside the first)")
     args = ap.parse_args()
     if args.render is not None:
-        args.render.with_suffix(".md").write_text(
-            markdown(json.loads(args.render.read_text())) + "\n")
+        pages = [markdown(json.loads(f.read_text())) for f in args.render]
+        (args.out or args.render[0].with_suffix(".md")).write_text(
+            "\n".join(p.replace("\n# ", "\n## ") if k else p
+                      for k, p in enumerate(pages)) + "\n")
         return
     if args.abcrown is None:
         raise SystemExit("--abcrown DIR is needed: alpha-beta-CROWN's source tree (the folder "
