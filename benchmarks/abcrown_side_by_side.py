@@ -551,12 +551,13 @@ def main() -> None:
                     "into --out, default beside the first)")
     args = ap.parse_args()
     if args.render is not None:
-        pages = [markdown(json.loads(f.read_text()), notes=f == args.render[-1])
+        pages = [markdown(json.loads(f.read_text()), notes=len(args.render) == 1)
                  for f in args.render]
-        (args.out or args.render[0].with_suffix(".md")).write_text(
-            "\n".join(p if not k else "\n".join("#" + line if line.startswith("#") else line
-                                                 for line in p.split("\n"))
-                      for k, p in enumerate(pages)) + "\n")
+        pages[1:] = ["\n".join("#" + line if line.startswith("#") else line
+                               for line in p.split("\n")) for p in pages[1:]]
+        if len(pages) > 1:
+            pages.append("\n".join(NOTES))
+        (args.out or args.render[0].with_suffix(".md")).write_text("\n".join(pages) + "\n")
         return
     if args.abcrown is None:
         raise SystemExit("--abcrown DIR is needed: alpha-beta-CROWN's source tree (the folder "
