@@ -327,6 +327,8 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda res: Non
     from benchmarks.bab import first_correct, load
 
     clock = time.process_time if args.clock == "process" else time.perf_counter
+    if not hasattr(bab_mod, "CLOCK"):
+        raise SystemExit("boundkit.bounds.bab has no CLOCK to put its budget on this clock")
     bab_mod.CLOCK = clock  # bab's budget on the same clock
     log = open(args.log, "w") if args.log else io.StringIO()  # noqa: SIM115
     model = load(args.model, args.data_root, args.cache, args.networks).float().eval()
