@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -491,23 +491,33 @@ def assert_sound(
     exact: bool = True,
     use_attacks: bool = True,
     rtol: float = 1e-9,
+    box: tuple[float, float] | None | Literal["default"] = "default",
 ) -> dict[str, Any]:
-    """Assert that ``bk.certify(model, x, method)`` never exceeds a true upper bound.
+    """Assert that ``bk.certify(model, x, method, box=box)`` never exceeds a true upper bound.
 
     Upper bounds: the exact radius (when ``exact`` and the model is a small ReLU network
     the exact oracle accepts), :func:`adversarial_search` in float64, and (``use_attacks``)
-    ``bk.attack(model, x, "best")`` re-verified in float64. A radius above any of them (by
-    more than ``rtol``, relative) raises ``AssertionError`` naming the sample, the method,
-    the upper bound and the layer whose bound failed.
+    ``bk.attack(model, x, "best")`` re-verified in float64, all restricted to the same
+    ``box`` as the certificate (``"default"``: the method's own default, as
+    ``bk.certify(model, x, method)`` uses it; ``None``: the plain ball). A certificate with a
+    box promises nothing outside it, so its upper bounds must stay inside it too. A radius
+    above any of them (by more than ``rtol``, relative) raises ``AssertionError`` naming the
+    sample, the method, the upper bound and the layer whose bound failed.
 
     Returns ``{"certificate", "upper", "source"}``: the certificate, the smallest upper
     bound per sample and where it came from.
     """
     from boundkit.bounds.engine import certify
+    from boundkit.bounds.method import get_method
     from boundkit.crosschecking import recheck_float64
     from boundkit.errors import BoundkitError
 
-    cert = certify(model, x, method)
+    meth = get_method(method)
+    if box == "default":
+        box = meth.default_box
+    # a method without a box certifies the plain ball, whose radius is at most the boxed one
+    takes_box = "box" in meth.options()
+    cert = certify(model, x, method, **({"box": box} if takes_box else {}))
     label = cert.label.cpu()
     n = x.shape[0]
     upper = torch.full((n,), math.inf, dtype=torch.float64)
@@ -526,7 +536,7 @@ def assert_sound(
         try:
             from boundkit.exact import exact_radius
 
-            ex = exact_radius(model, x.detach(), return_details=True)
+            ex = exact_radius(model, x.detach(), box=box, return_details=True)
             wit = x.detach().double() + torch.nan_to_num(ex.witness.cpu(), nan=0.0)
             # the exact radius itself (attained up to ties) is the bound; the witness
             # (strictly adversarial, norm <= (1 + 1e-6) radius) is the point
@@ -534,13 +544,13 @@ def assert_sound(
             offer(wit, ex.radius.cpu().double(), ok, "exact")
         except (BoundkitError, ValueError, NotImplementedError):
             pass
-    xa, nrm = adversarial_search(model, x, steps=attack_steps)
+    xa, nrm = adversarial_search(model, x, steps=attack_steps, box=box)
     offer(xa, nrm, torch.isfinite(nrm), "search")
     if use_attacks:
         try:
             from boundkit.attacks import attack
 
-            res = attack(model, x.detach(), "best", budget=attack_steps, box=None)
+            res = attack(model, x.detach(), "best", budget=attack_steps, box=box)
             adv, nrm64 = recheck_float64(model, x.detach(), res.x_adv, label)
             offer(res.x_adv.detach().cpu(), nrm64, adv & res.success.cpu(), "attack")
         except (BoundkitError, ValueError, NotImplementedError):

@@ -142,3 +142,27 @@ def test_strategy_builds_eval_image_networks(model):
 def test_inputs_for_needs_a_shape():
     with pytest.raises(ValueError):
         inputs_for(nn.Linear(2, 2))
+
+
+def _boundary_outside_the_box() -> nn.Module:
+    """``margin = relu(x0) - relu(-x0) + 0.05``: the class changes only at ``x0 < -0.05``,
+    outside the box [0, 1]."""
+    m = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1]]))
+        m[0].bias.zero_()
+        m[2].weight.copy_(torch.tensor([[1.0, -1, 0, 0], [0, 0, 0, 0]]))
+        m[2].bias.copy_(torch.tensor([0.05, 0.0]))
+    return m
+
+
+def test_assert_sound_bounds_a_boxed_certificate_by_points_inside_the_box() -> None:
+    """crown certifies with the box [0, 1] by default; the only adversarial examples lie
+    outside it, so no upper bound may come from them (it used to report a violation)."""
+    m = _boundary_outside_the_box()
+    x = torch.tensor([[0.0, 0.5], [0.0, 0.2]])
+    out = assert_sound(m, x, "crown", attack_steps=20)
+    assert torch.isinf(out["upper"]).all()
+    plain = assert_sound(m, x, "crown", box=None, attack_steps=20)
+    assert torch.allclose(plain["upper"], torch.full((2,), 0.05, dtype=torch.float64), rtol=1e-6)
+    assert (plain["certificate"].radius > 0.04).all()  # and <= upper: assert_sound checked
