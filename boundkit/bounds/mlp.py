@@ -39,9 +39,12 @@ from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import gamma, inflate
 from boundkit.bounds.state import rounding_error
 from boundkit.graph.graph import Graph, Node
+from boundkit.graph.optable import ops_where
 
-SMOOTH_OPS = frozenset({"tanh", "sigmoid", "softplus"})
-FC_ACTIVATIONS = frozenset({"relu", "tanh", "sigmoid", "softplus"})
+#: activations of the smooth blocks (twice differentiable, bounded g' and g'')
+SMOOTH_OPS = ops_where("smooth")
+#: activations of peck2017's fully connected blocks (thesis Table 4.1)
+FC_ACTIVATIONS = ops_where("fc_activation")
 #: blocks whose Jacobian has at most this many entries get the exact spectral norm
 EXACT_JACOBIAN_LIMIT = 200_000
 

@@ -26,14 +26,19 @@ import torch
 
 from boundkit.bounds.numerics import gamma, inflate
 from boundkit.errors import UnsupportedLayerError
-from boundkit.graph.graph import AFFINE_OPS, Graph, Node
+from boundkit.graph.graph import Graph, Node
+from boundkit.graph.optable import ops_where
+
+#: the affine ops the sound output stage folds into its tail (their rounding is charged in
+#: :meth:`SoundOutput.jacobian_error`)
+TAIL_OPS = ops_where("output_tail")
 
 
 def affine_tail(graph: Graph) -> tuple[list[Node], Node]:
     """The longest chain of affine nodes ending at the logits, and the node feeding it."""
     tail: list[Node] = []
     node = graph.logits
-    while node.op in AFFINE_OPS and len(node.inputs) == 1:
+    while node.op in TAIL_OPS and len(node.inputs) == 1:
         prev = graph[node.inputs[0]]
         tail.append(node)
         if prev.op == "input" or len(graph.consumers(prev.name)) != 1:

@@ -15,6 +15,7 @@ Users add rules for their own layers with :func:`register_rule`; see ``docs/exte
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -199,22 +200,14 @@ _LOADED = False
 
 
 def _load_builtin_rules() -> None:
+    """Import the rule modules the operator table names (:attr:`OpSpec.rules`): importing
+    one registers its rules. ``tests/graph/test_optable.py`` checks that every declared
+    family has a rule and every built-in rule is declared."""
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
-    from boundkit.bounds import (  # noqa: F401  (imports register the rules)
-        activation,
-        average,
-        batchnorm,
-        conv,
-        groupsort,
-        layernorm,
-        linear,
-        lrn,
-        modern_activations,
-        pooling,
-        scale,
-        structural,
-        upsampling,
-    )
+    from boundkit.graph.optable import rule_modules
+
+    for name in rule_modules():
+        importlib.import_module(name)
