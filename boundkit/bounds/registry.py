@@ -211,3 +211,41 @@ def _load_builtin_rules() -> None:
 
     for name in rule_modules():
         importlib.import_module(name)
+
+
+#: the rule class each family's rules must be (``crown``'s is checked by name: the
+#: relaxation module imports this one)
+_FAMILY_BASES: dict[str, type[Rule]] = {"sound": SoundRule, "peck2017": BackwardRule}
+
+
+def table_mismatches() -> list[str]:
+    """Disagreements between the operator table (:data:`boundkit.graph.optable.OPS`) and
+    the registered built-in rules, one line each (empty when they agree): a declared rule
+    family with no rule, or a rule of the wrong class, or from another module than the
+    table names; a built-in rule (its class defined in ``boundkit.bounds``) the table does
+    not declare."""
+    from boundkit.bounds.relaxation import RelaxationRule
+    from boundkit.graph.optable import OPS
+
+    _load_builtin_rules()
+    bases = {**_FAMILY_BASES, "crown": RelaxationRule}
+    out = []
+    for spec in OPS.values():
+        for family, module in spec.rules.items():
+            rule = _RULES.get((spec.name, family))
+            if rule is None:
+                out.append(f"{spec.name!r} declares a {family!r} rule in {module}, which "
+                           "registers none")
+            elif family in bases and not isinstance(rule, bases[family]):
+                out.append(f"{spec.name!r}: the {family!r} rule is a {type(rule).__name__}, "
+                           f"not a {bases[family].__name__}")
+            elif type(rule).__module__ != module:
+                out.append(f"{spec.name!r}: the {family!r} rule comes from "
+                           f"{type(rule).__module__}, the table names {module}")
+    for (op, family), rule in _RULES.items():
+        builtin = type(rule).__module__.startswith("boundkit.bounds.")
+        spec = OPS.get(op)
+        if builtin and (spec is None or family not in spec.rules):
+            out.append(f"{type(rule).__module__} registers a {family!r} rule for {op!r}, "
+                       "which the table does not declare")
+    return out
