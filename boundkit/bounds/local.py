@@ -43,6 +43,7 @@ from boundkit.bounds.output import SoundOutput
 from boundkit.bounds.registry import get_rule
 from boundkit.bounds.sound import RoundingErrors, SoundPlan, finalize_radius, plan_sound, sound_pass
 from boundkit.graph.graph import Graph, Node
+from boundkit.margin import class_margins
 
 #: ReLU layers up to this width get exact masked spectral norms (per-sample eigensolves)
 EXACT_MASK_LIMIT = 256
@@ -114,8 +115,8 @@ def refine(
     # the computed rows of A err by at most jacobian_error each; a pair difference by twice
     a_err = 2.0 * out.jacobian_error(graph) if out.tail else 0.0
     label = logits.argmax(1)
-    fc = logits.gather(1, label[:, None])
-    margin = fc - logits - math.sqrt(2.0) * err[graph.logits.name][:, None]  # [N, C]
+    margin = class_margins(logits, label) - math.sqrt(2.0) * err[graph.logits.name][:, None]
+    # margin: [N, C], inf at the label
     diff0 = a_rows[label].unsqueeze(1) - a_rows.unsqueeze(0)  # [N, C, n_L]
     diff = diff0.abs()
     weights = [lin.params["weight"] for lin, _ in pairs]

@@ -28,6 +28,7 @@ from boundkit.bounds.numerics import gamma, inflate
 from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.graph import Graph, Node
 from boundkit.graph.optable import ops_where
+from boundkit.margin import class_margins
 
 #: the affine ops the sound output stage folds into its tail (their rounding is charged in
 #: :meth:`SoundOutput.jacobian_error`)
@@ -80,10 +81,7 @@ def pair_norms(a: torch.Tensor) -> torch.Tensor:
 def margins(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted class and the margins ``f_c - f_c'`` [N, C] (``inf`` at c itself)."""
     label = logits.argmax(dim=1)
-    fc = logits.gather(1, label.unsqueeze(1))
-    m = fc - logits
-    m.scatter_(1, label.unsqueeze(1), math.inf)
-    return label, m
+    return label, class_margins(logits, label)
 
 
 class SoundOutput:
