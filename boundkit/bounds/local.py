@@ -40,7 +40,7 @@ from boundkit.bounds.linear import spectral_norm
 from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.bounds.numerics import inflate, round_down
 from boundkit.bounds.output import SoundOutput
-from boundkit.bounds.registry import get_rule
+from boundkit.bounds.registry import SoundRule, get_rule
 from boundkit.bounds.sound import RoundingErrors, SoundPlan, finalize_radius, plan_sound, sound_pass
 from boundkit.graph.graph import Graph, Node
 from boundkit.margin import class_margins
@@ -106,7 +106,7 @@ def refine(
     prefix_lip = 1.0
     for n in prefix:
         rule = get_rule(n.op, "sound")
-        if rule is None or n.op in ("add", "cat"):
+        if not isinstance(rule, SoundRule) or rule.merges:
             return base_radius
         prefix_lip *= rule.lipschitz(n, graph)  # type: ignore[union-attr]
     bsz = base_radius.shape[0]

@@ -139,6 +139,8 @@ class OpSpec:
             :mod:`boundkit.bounds.mlp`).
         fc_activation: an activation of the fully connected blocks of ``peck2017`` (thesis
             Table 4.1 has its constants).
+        nonnegative: its outputs are never negative (an odd-``p`` LP pooling may read it:
+            :mod:`boundkit.bounds.pooling`).
     """
 
     name: str
@@ -156,6 +158,7 @@ class OpSpec:
     output_squash: bool = False
     smooth: bool = False
     fc_activation: bool = False
+    nonnegative: bool = False
 
 
 def _rules(module: str, *families: str) -> dict[str, str]:
@@ -483,7 +486,8 @@ _SPECS: tuple[OpSpec, ...] = (
                       torch.relu_: sig("input", inplace=True),
                       F.relu_: sig("input", inplace=True)},
            methods=_unary("relu"), call_attrs=lambda c: {},
-           rules=_rules("activation", "sound", "peck2017", "crown"), fc_activation=True),
+           rules=_rules("activation", "sound", "peck2017", "crown"), fc_activation=True,
+           nonnegative=True),
     OpSpec("leaky_relu", "activation", ops.leaky_relu, (nn.LeakyReLU,),
            functions={F.leaky_relu: sig("input negative_slope inplace", 0.01, False)},
            module_attrs=_attrs_of("negative_slope", conv=float),
@@ -496,12 +500,14 @@ _SPECS: tuple[OpSpec, ...] = (
     OpSpec("sigmoid", "activation", ops.sigmoid, (nn.Sigmoid,),
            functions={torch.sigmoid: sig("input"), F.sigmoid: sig("input")},
            methods=_unary("sigmoid"), call_attrs=lambda c: {},
-           rules=_rules("activation", "sound", "crown"), smooth=True, fc_activation=True),
+           rules=_rules("activation", "sound", "crown"), smooth=True, fc_activation=True,
+           nonnegative=True),
     OpSpec("softplus", "activation", ops.softplus, (nn.Softplus,),
            functions={F.softplus: sig("input beta threshold", 1.0, 20.0)},
            module_attrs=lambda node, m: ({}, softplus_attrs(node, m.beta, m.threshold)),
            call_attrs=lambda c: softplus_attrs(c.node, c.args["beta"], c.args["threshold"]),
-           rules=_rules("activation", "sound", "crown"), smooth=True, fc_activation=True),
+           rules=_rules("activation", "sound", "crown"), smooth=True, fc_activation=True,
+           nonnegative=True),
     OpSpec("gelu", "activation", ops.gelu, (nn.GELU,),
            functions={F.gelu: sig("input approximate", "none")},
            module_attrs=_GELU[0], call_attrs=_GELU[1],
