@@ -357,7 +357,8 @@ class _Capture:
             return
         inputs = self.tensor_inputs([first])
         if len(inputs) != 1:
-            raise UnsupportedLayerError(fx_node.name, op, why="its input is not the model's data")
+            raise UnsupportedLayerError(fx_node.name, sig.form,
+                                        why="its input is not the model's data")
         spec = OPS[op]
         attrs: dict[str, Any] | None = {}
         if op == "layernorm":
