@@ -127,7 +127,8 @@ class OpSpec:
         module_attrs: ``(node name, module) -> (params, attrs)`` for a module form.
         call_attrs: the attrs of a function or method form (:class:`Call`); ops whose
             capture needs the graph around them (merges, constants, shapes) are read by
-            capture itself (:data:`boundkit.graph.capture.CONTEXT_READERS`).
+            capture itself (``_Capture.call_function`` in :mod:`boundkit.graph.capture`:
+            ``add``, ``scale``, ``cat``, ``layernorm``, ``mean``).
         input_ranks: the ranks (without the batch) its rules support; ``None``: any.
         finish: a check or completion of the node once its shapes are known.
         rules: rule family -> the module (dotted name) that registers that rule.
@@ -607,7 +608,11 @@ def spec(op: str) -> OpSpec | None:
     return OPS.get(op)
 
 
-def ops_where(flag: str) -> frozenset[str]:
+#: the boolean fields of :class:`OpSpec` that name a set of ops
+Flag = Literal["output_tail", "output_squash", "smooth", "fc_activation", "nonnegative"]
+
+
+def ops_where(flag: Flag) -> frozenset[str]:
     """The names of the ops whose boolean field ``flag`` is set
     (``ops_where("output_tail")``)."""
     return frozenset(s.name for s in _SPECS if getattr(s, flag))
