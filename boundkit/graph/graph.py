@@ -33,6 +33,8 @@ ACTIVATION_OPS = frozenset(
 )
 POOL_OPS = frozenset({"maxpool2d", "avgpool2d", "lppool2d", "adaptive_avgpool2d"})
 OUTPUT_SQUASH_OPS = frozenset({"softmax", "log_softmax"})
+#: products of two values computed from the input (``boundkit.bounds.products``)
+PRODUCT_OPS = frozenset({"mul", "matmul"})
 MERGE_OPS = frozenset({"add", "cat"})
 KNOWN_OPS = (
     AFFINE_OPS
@@ -40,6 +42,7 @@ KNOWN_OPS = (
     | POOL_OPS
     | OUTPUT_SQUASH_OPS
     | MERGE_OPS
+    | PRODUCT_OPS
     | frozenset({"input", "lrn", "layernorm", "scale", "unknown"})
 )
 

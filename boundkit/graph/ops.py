@@ -174,6 +174,18 @@ def _add(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return out if shift is None else out + shift.to(out)
 
 
+def _mul(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``mul``: the element-wise product of two per-sample operands (torch broadcasting;
+    both batched operands have the same rank, so the batch axes align)."""
+    return xs[0] * xs[1]
+
+
+def _matmul(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``matmul``: ``torch.matmul`` of two per-sample operands ``[..., m, k] @ [..., k, n]``
+    (leading axes broadcast; both batched operands have the same rank >= 3)."""
+    return torch.matmul(xs[0], xs[1])
+
+
 def _cat(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(xs), dim=node.attrs["dim"])
 
@@ -219,6 +231,8 @@ EVALUATORS: dict[str, Evaluator] = {
     "log_softmax": _log_softmax,
     "add": _add,
     "cat": _cat,
+    "mul": _mul,
+    "matmul": _matmul,
 }
 
 
