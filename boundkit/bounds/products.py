@@ -432,6 +432,27 @@ def _group_norms(node: Node, acts: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     return cs[0], cs[1]  # c_y (y's size, multiplies omega_x), then c_x
 
 
+#: the most polynomials a product's modulus keeps (:func:`prune`)
+KEEP_POLYS = 4
+
+
+def prune(mod: Modulus, keep: int = KEEP_POLYS) -> Modulus:
+    r"""At most ``keep`` of the polynomials of ``mod``: those that are the smallest at the
+    most points of a geometric grid of radii :math:`t\in[10^{-12},10^{6}]` (over every
+    sample). The minimum over a subset is at least the minimum over all, so the result is
+    a modulus too; without pruning the count multiplies at every product (the sum and the
+    product of two minima of :math:`p` and :math:`q` polynomials have :math:`pq` each)."""
+    if len(mod.polys) <= keep:
+        return mod
+    t = torch.logspace(-12, 6, 64, dtype=torch.float64, device=mod.polys[0].device)
+    b = max(p.shape[0] for p in mod.polys)
+    vals = torch.stack([Modulus([p])(t.unsqueeze(1)).expand(64, b) for p in mod.polys])
+    best = torch.nan_to_num(vals, nan=math.inf).argmin(0).flatten()  # [64 * B]
+    wins = torch.bincount(best, minlength=len(mod.polys))
+    order = torch.argsort(wins, descending=True, stable=True)[:keep]
+    return Modulus([mod.polys[i] for i in sorted(order.tolist())])
+
+
 class ProductRule(SoundRule):
     """``sound`` for ``mul`` and ``matmul``: a merge of the operands' moduli at the point
     (module docstring). No global Lipschitz constant exists."""
@@ -457,7 +478,7 @@ class ProductRule(SoundRule):
             return self.combine(node, graph, parts)
         c_y, c_x = _group_norms(node, acts)
         wx, wy = parts
-        return wx.scale(c_y) + wy.scale(c_x) + wx * wy
+        return prune(wx.scale(c_y) + wy.scale(c_x) + wx * wy)
 
     def input_norm(self, node: Node, graph: Graph, norms: dict[str, torch.Tensor]
                    ) -> torch.Tensor:

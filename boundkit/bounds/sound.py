@@ -84,6 +84,7 @@ def plan_sound(graph: Graph) -> SoundPlan:
             lin, act = upstream[j], upstream[j + 1]
             ok = (
                 lin.op == "linear"
+                and len(lin.in_shapes[0]) == 1  # the block's Jacobian is of vectors
                 and act.op in SMOOTH_OPS
                 and act.inputs == [lin.name]
                 and graph.consumers(lin.name) == [act.name]

@@ -17,7 +17,7 @@ node and the reason:
 * functional calls whose result depends on a training flag (``F.dropout`` with its default
   ``training=True``); in-place operations whose input is read again afterwards;
 * operations that mix or drop samples of the batch (a view folding the batch, ``cat`` along
-  dimension 0), ``Linear`` on an input that is not a vector, ``Softplus`` with
+  dimension 0), ``Linear`` on an input of rank above 4, ``Softplus`` with
   ``beta <= 0``, max pooling returning indices.
 
 Unknown operations are kept as ``op="unknown"`` so that a bound method refuses them by name
@@ -666,7 +666,7 @@ class _Capture:
 
     def check_input_rank(self, node: Node) -> None:
         """Layers whose rules assume a vector or an image get exactly that."""
-        need = {"linear": (1,), "conv2d": (3,), "maxpool2d": (3,), "avgpool2d": (3,),
+        need = {"linear": (1, 2, 3, 4), "conv2d": (3,), "maxpool2d": (3,), "avgpool2d": (3,),
                 "lppool2d": (3,), "lrn": (3,), "batchnorm": (1, 2, 3),
                 "adaptive_avgpool2d": (3,), "conv_transpose2d": (3,)}.get(node.op)
         if need is None or not node.in_shapes:
