@@ -10,7 +10,10 @@ difference between the captured graph and the model shows up there as a mismatch
 Merges follow torch's broadcasting: ``add`` computes :math:`\\sum_i c_i\\,x_i + s` with the
 inputs broadcast to the output shape (batch dimension excluded), ``cat`` concatenates along
 ``dim``; ``scale`` multiplies its input by the constant ``params["factor"]``, or divides by it
-(``attrs["divide"]``), broadcasting as torch does.
+(``attrs["divide"]``), broadcasting as torch does. Products of two computed values: ``mul``
+(:math:`B_x(x)\odot B_y(y)`, torch broadcasting) and ``matmul`` (``torch.matmul`` of
+``[..., m, k]`` and ``[..., k, n]``, leading axes broadcast); both operands have the same
+batched rank (capture refuses others), so torch's broadcasting is per sample.
 """
 
 from __future__ import annotations
