@@ -37,7 +37,9 @@ entries.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -53,6 +55,8 @@ from boundkit.bounds.relaxation import (
 )
 from boundkit.bounds.state import rounding_error
 from boundkit.graph.graph import Graph, Node
+
+T = TypeVar("T")
 
 #: the most elements of one chunk of a ``matmul``'s per-term tensors ``[N, b, m, k, n]``
 PLANE_CHUNK = 1 << 21
@@ -177,6 +181,18 @@ def square_interval(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, t
     return low, torch.maximum(a, b)
 
 
+def derived_of_two(ctx: RelaxContext, node: Node, make: Callable[[], T]) -> T:
+    """``make()`` computed once while both operands' intervals are the very objects it was
+    computed from (``RelaxContext.derived`` keys one interval; a product reads two)."""
+    ivx, ivy = ctx.interval_in(node, 0), ctx.interval_in(node, 1)
+    key = f"products:{node.name}"
+    seen, value = ctx.derived(key, ivx, lambda: (ivy, make()))
+    if seen is not ivy:
+        ctx.memo.pop(key)
+        seen, value = ctx.derived(key, ivx, lambda: (ivy, make()))
+    return value
+
+
 def _finite(lb: LinearBounds) -> LinearBounds:
     """A NaN constant (a vacuous plane met by a zero coefficient) made vacuous: ``-inf``."""
     bias = torch.nan_to_num(lb.bias, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
@@ -220,21 +236,15 @@ class MulRelaxation(RelaxationRule):
         return Interval(lo - e, hi + e)
 
     def planes(self, node: Node, ctx: RelaxContext) -> Planes | SquareLines:
-        """The node's planes for the current input intervals (computed once per walk
-        pass: cached while the intervals are the same objects)."""
-        ivx, ivy = ctx.interval_in(node, 0), ctx.interval_in(node, 1)
+        """The node's planes for the current input intervals (:func:`derived_of_two`)."""
 
-        def make() -> tuple[Interval, Planes | SquareLines]:
+        def make() -> Planes | SquareLines:
             (x, y), (x0, y0) = self._operands(node, ctx)
             if self.is_square(node):
-                return ivy, square_lines(x.lo, x.hi, x0)
-            return ivy, mccormick(x.lo, x.hi, y.lo, y.hi, x0, y0)
+                return square_lines(x.lo, x.hi, x0)
+            return mccormick(x.lo, x.hi, y.lo, y.hi, x0, y0)
 
-        seen, value = ctx.derived(f"products:{node.name}", ivx, make)
-        if seen is not ivy:
-            ctx.memo.pop(f"products:{node.name}")
-            seen, value = ctx.derived(f"products:{node.name}", ivx, make)
-        return value
+        return derived_of_two(ctx, node, make)
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         out = tuple(node.out_shape)
@@ -333,17 +343,9 @@ class MatmulRelaxation(RelaxationRule):
         return Interval(torch.cat(los, 2).reshape(shape), torch.cat(his, 2).reshape(shape))
 
     def planes(self, node: Node, ctx: RelaxContext) -> MatmulPlanes:
-        """The planes for the current input intervals (cached like ``mul``'s)."""
-        ivx, ivy = ctx.interval_in(node, 0), ctx.interval_in(node, 1)
-
-        def make() -> tuple[Interval, MatmulPlanes]:
-            return ivy, self._build(node, ctx, ivx, ivy)
-
-        seen, value = ctx.derived(f"products:{node.name}", ivx, make)
-        if seen is not ivy:
-            ctx.memo.pop(f"products:{node.name}")
-            seen, value = ctx.derived(f"products:{node.name}", ivx, make)
-        return value
+        """The planes for the current input intervals (:func:`derived_of_two`)."""
+        return derived_of_two(ctx, node, lambda: self._build(
+            node, ctx, ctx.interval_in(node, 0), ctx.interval_in(node, 1)))
 
     def _build(self, node: Node, ctx: RelaxContext, ivx: Interval, ivy: Interval
                ) -> MatmulPlanes:
@@ -354,7 +356,8 @@ class MatmulRelaxation(RelaxationRule):
         if cx is not None and cy is not None:
             x0, y0 = _flat_operands(node, [cx, cy])
         mx, my = _flat_operands(node, [ivx.mag, ivy.mag])
-        parts: list[tuple[Planes, torch.Tensor, ...]] = []  # type: ignore[misc]
+        parts: list[tuple[Planes, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                          torch.Tensor]] = []
         for r in _row_chunks(node, xl.shape[0]):
             p = mccormick(xl[:, :, r].unsqueeze(-1), xu[:, :, r].unsqueeze(-1),
                           yl.unsqueeze(2), yu.unsqueeze(2),
