@@ -231,8 +231,9 @@ class MulRelaxation(RelaxationRule):
             mag = hi
         else:
             lo, hi, mag = product_interval(x.lo, x.hi, y.lo, y.hi)
-        # each corner product is rounded once: |fl(p) - p| <= u |p| (+ underflow)
-        e = 2 * UNIT_ROUNDOFF * mag + UNDERFLOW
+        # each corner product is rounded once, |fl(p) - p| <= u |p| (+ underflow), and so is
+        # the subtraction below: 4u of the largest corner covers both
+        e = 4 * UNIT_ROUNDOFF * mag + UNDERFLOW
         return Interval(lo - e, hi + e)
 
     def planes(self, node: Node, ctx: RelaxContext) -> Planes | SquareLines:

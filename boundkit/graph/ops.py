@@ -11,7 +11,7 @@ Merges follow torch's broadcasting: ``add`` computes :math:`\\sum_i c_i\\,x_i + 
 inputs broadcast to the output shape (batch dimension excluded), ``cat`` concatenates along
 ``dim``; ``scale`` multiplies its input by the constant ``params["factor"]``, or divides by it
 (``attrs["divide"]``), broadcasting as torch does. Products of two computed values: ``mul``
-(:math:`B_x(x)\odot B_y(y)`, torch broadcasting) and ``matmul`` (``torch.matmul`` of
+(``x * y``, torch broadcasting) and ``matmul`` (``torch.matmul`` of
 ``[..., m, k]`` and ``[..., k, n]``, leading axes broadcast); both operands have the same
 batched rank (capture refuses others), so torch's broadcasting is per sample.
 """

@@ -496,3 +496,48 @@ def test_crown_is_tighter_than_sound_on_a_gated_net() -> None:
     s = bk.certify(model, x, "sound").radius
     c = bk.certify(model, x, "crown", box=None).radius
     assert bool((c >= s).all()) and float(c.median()) > 1.5 * float(s.median())
+
+
+def test_gated_mlp_zoo_entry_has_two_gated_products_and_certifies() -> None:
+    import boundkit as bk
+    from boundkit.models import build_model
+
+    model = build_model("gated_mlp_mnist", seed=0)
+    g = capture(model, (1, 28, 28))
+    muls = [n for n in g.nodes if n.op == "mul"]
+    assert len(muls) == 2
+    assert all(g[n.inputs[1]].op == "silu" for n in muls)
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    c = bk.certify(model, x, "crown").radius
+    s = bk.certify(model, x, "sound").radius
+    assert bool((c > 0).all()) and bool((c >= s).all()) and bool((s > 0).all())
+
+
+class _Tokens(nn.Module):
+    """``Linear`` on token inputs [N, T, D] (attention's projections), ``x @ W`` with a
+    constant on tokens, and a product of two token tensors."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.q, self.k = nn.Linear(4, 3), nn.Linear(4, 3)
+        self.w = nn.Parameter(torch.randn(3, 2) * 0.5)
+        self.out = nn.Linear(3 * 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.reshape(-1, 3, 4)  # 3 tokens of width 4
+        h = self.q(t) * torch.tanh(self.k(t))  # [N, 3, 3]
+        return self.out((F.gelu(h) @ self.w).flatten(1))
+
+
+def test_linear_on_tokens_captures_evaluates_and_certifies() -> None:
+    model = _Tokens(0).eval()
+    g = capture(model, (12,))
+    lin = [n for n in g.nodes if n.op == "linear"]
+    assert [n.in_shapes[0] for n in lin] == [(3, 4), (3, 4), (3, 3), (6,)]
+    x = torch.rand(4, 12, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(g.activations(x)[g.output], model.double()(x.double()), rtol=0,
+                          atol=1e-12)
+    assert_sound(model, x, "sound", exact=False, attack_steps=40)
+    r = _crown_below_adversarial(model, x)
+    assert bool((r > 0).all())
