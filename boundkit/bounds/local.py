@@ -60,7 +60,8 @@ def relu_pairs(
     body = [n for n in chain[1:] if n.name not in {t.name for t in out.tail}]
     pairs: list[tuple[Node, Node]] = []
     i = len(body)
-    while i >= 2 and body[i - 1].op == "relu" and body[i - 2].op == "linear":
+    while (i >= 2 and body[i - 1].op == "relu" and body[i - 2].op == "linear"
+           and len(body[i - 2].in_shapes[0]) == 1):  # the pairs' matrices act on vectors
         pairs.insert(0, (body[i - 2], body[i - 1]))
         i -= 2
     if not pairs:

@@ -80,8 +80,22 @@ class SoundRule(Rule):
         (default: the Lipschitz constant times the first input's; merges override)."""
         return self.lipschitz(node, graph) * ins[0]
 
+    def carry_error_at(self, node: Node, graph: Graph, ins: list[torch.Tensor],
+                       norms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`carry_error` for a rule that also reads the per-sample L2 norms of the
+        computed values (``norms``, by node): a product's carried error grows with the size
+        of its other operand. Default: :meth:`carry_error`."""
+        return self.carry_error(node, graph, ins)
+
     #: True for rules of merge nodes (``add``, ``cat``) that combine input moduli
     merges: bool = False
+
+    def combine_at(self, node: Node, graph: Graph, parts: list[Modulus],
+                   acts: dict[str, torch.Tensor] | None) -> Modulus:
+        """:meth:`combine` for a merge whose modulus depends on the point: ``acts`` are the
+        float64 activations at x (with their rounding bounds, ``Activations.errors``), the
+        values of :meth:`needs` among them. Default: :meth:`combine`."""
+        return self.combine(node, graph, parts)
 
     def combine(self, node: Node, graph: Graph, parts: list[Modulus]) -> Modulus:
         """For a merge node (``merges = True``): the modulus of its output from the moduli

@@ -17,7 +17,7 @@ node and the reason:
 * functional calls whose result depends on a training flag (``F.dropout`` with its default
   ``training=True``); in-place operations whose input is read again afterwards;
 * operations that mix or drop samples of the batch (a view folding the batch, ``cat`` along
-  dimension 0), ``Linear`` on an input that is not a vector, ``Softplus`` with
+  dimension 0), ``Linear`` on an input of rank above 4, ``Softplus`` with
   ``beta <= 0``, max pooling returning indices.
 
 Unknown operations are kept as ``op="unknown"`` so that a bound method refuses them by name
@@ -351,7 +351,8 @@ class _Capture:
             if isinstance(first, torch.fx.Node):
                 self.refuse_inplace_alias(fx_node, first)
         op = sig.op
-        merge = {"add": self.arith, "scale": self.scale, "cat": self.cat}.get(op)
+        merge = {"add": self.arith, "scale": self.scale, "cat": self.cat,
+                 "matmul": self.matmul}.get(op)
         if merge is not None:
             merge(fx_node, sig.form, a)
             return
@@ -490,11 +491,14 @@ class _Capture:
                                         why=f"rounding_mode={rounding!r}: not affine")
         x, y = a.get("input", a.get("self")), a["other"]
         live = [isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)]
+        if all(live) and op == "mul":
+            self.product(fx_node, "mul", [x, y])
+            return
         if all(live):
             raise UnsupportedLayerError(
                 fx_node.name, op,
-                why="both operands depend on the input: a product or quotient of two such "
-                "tensors is not affine and has no rule",
+                why="both operands depend on the input: a quotient of two such tensors has "
+                "no rule",
             )
         if not any(live):
             raise UnsupportedLayerError(fx_node.name, op, why="no operand depends on the input")
@@ -515,6 +519,59 @@ class _Capture:
             )
         self.add_node(fx_node, "scale", [tensor.name], params={"factor": c},
                       attrs={"divide": op == "div"})
+
+    def product(self, fx_node: torch.fx.Node, op: str, operands: list[torch.fx.Node]) -> None:
+        """A product of two per-sample operands: ``mul`` (element-wise, torch broadcasting)
+        or ``matmul`` (``[..., m, k] @ [..., k, n]``, leading axes broadcast). Both batched
+        operands must have the same rank, so that torch aligns their batch axes (with
+        different ranks, torch would align one operand's batch axis with a per-sample axis
+        of the other: samples would mix)."""
+        shapes = [self.shape(v) for v in operands]
+        if len(shapes[0]) != len(shapes[1]):
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why=f"its operands have shapes {list(shapes[0])} and {list(shapes[1])} "
+                "(batch included): torch would align the batch axis of one with a per-sample "
+                "axis of the other; give both operands the same number of dimensions",
+            )
+        if op == "matmul" and len(shapes[0]) < 3:
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why="a product of two vectors per sample (operands [N, k]) mixes samples in "
+                "torch.matmul; use (a * b).sum(-1, keepdim=True) or unsqueeze to [N, 1, k]",
+            )
+        self.add_node(fx_node, op, [v.name for v in operands])
+
+    def matmul(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        """``torch.matmul`` / ``@`` / ``torch.bmm``: of two per-sample operands, the node
+        ``matmul`` (:meth:`product`); ``x @ W`` with a constant 2-D ``W``, the affine node
+        ``linear`` with weight :math:`W^\top` and no bias (exact, not bilinear). A constant
+        on the left (``W @ x``) or of another rank is refused."""
+        x = a.get("input", a.get("self"))
+        y = a["mat2"] if op == "bmm" else a["other"]
+        live = [isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)]
+        if all(live):
+            self.product(fx_node, "matmul", [x, y])
+            return
+        if not any(live):
+            raise UnsupportedLayerError(fx_node.name, op, why="no operand depends on the input")
+        if not live[0]:
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why="a constant matrix on the left (W @ x) acts on a per-sample axis other "
+                "than the last; write it as x @ W (transposed) or as a Linear layer",
+            )
+        w = self.constant(fx_node, y)
+        if op == "bmm" or w.dim() != 2 or len(self.shape(x)) < 2:
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why=f"a constant operand of shape {list(w.shape)}: only x @ W with a "
+                "2-D constant W (an affine map of the last axis) is supported",
+            )
+        if not bool(torch.isfinite(w).all()):
+            raise UnsupportedLayerError(fx_node.name, op, why="a constant weight is not finite")
+        self.add_node(fx_node, "linear", [x.name], params={"weight": w.T.contiguous()})
+        self.check_input_rank(self.nodes[-1])
 
     def call_method(self, fx_node: torch.fx.Node) -> None:
         name = str(fx_node.target)

@@ -10,7 +10,10 @@ difference between the captured graph and the model shows up there as a mismatch
 Merges follow torch's broadcasting: ``add`` computes :math:`\\sum_i c_i\\,x_i + s` with the
 inputs broadcast to the output shape (batch dimension excluded), ``cat`` concatenates along
 ``dim``; ``scale`` multiplies its input by the constant ``params["factor"]``, or divides by it
-(``attrs["divide"]``), broadcasting as torch does.
+(``attrs["divide"]``), broadcasting as torch does. Products of two computed values: ``mul``
+(``x * y``, torch broadcasting) and ``matmul`` (``torch.matmul`` of
+``[..., m, k]`` and ``[..., k, n]``, leading axes broadcast); both operands have the same
+batched rank (capture refuses others), so torch's broadcasting is per sample.
 """
 
 from __future__ import annotations
@@ -176,6 +179,18 @@ def add(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def cat(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(xs), dim=node.attrs["dim"])
+
+
+def mul(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``mul``: the element-wise product of two per-sample operands (torch broadcasting;
+    both batched operands have the same rank, so the batch axes align)."""
+    return xs[0] * xs[1]
+
+
+def matmul(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``matmul``: ``torch.matmul`` of two per-sample operands ``[..., m, k] @ [..., k, n]``
+    (leading axes broadcast; both batched operands have the same rank >= 3)."""
+    return torch.matmul(xs[0], xs[1])
 
 
 def relu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:

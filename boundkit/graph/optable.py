@@ -41,7 +41,7 @@ from boundkit.graph import ops
 #: what an operation is, for readers of the graph (documentation and summaries; the engine
 #: reads the flags below)
 OpKind = Literal["input", "affine", "activation", "pool", "normalisation", "merge",
-                 "structural", "squash"]
+                 "product", "structural", "squash"]
 #: rule families a node kind may declare (the rule kinds of :func:`boundkit.register_rule`)
 RuleFamily = Literal["sound", "crown", "peck2017"]
 
@@ -128,7 +128,8 @@ class OpSpec:
         call_attrs: the attrs of a function or method form (:class:`Call`); ops whose
             capture needs the graph around them (merges, constants, shapes) are read by
             capture itself (``_Capture.call_function`` in :mod:`boundkit.graph.capture`:
-            ``add``, ``scale``, ``cat``, ``layernorm``, ``mean``).
+            ``add``, ``scale`` (and ``mul``, its form with two computed operands), ``cat``,
+            ``matmul``, ``layernorm``, ``mean``).
         input_ranks: the ranks (without the batch) its rules support; ``None``: any.
         finish: a check or completion of the node once its shapes are known.
         rules: rule family -> the module (dotted name) that registers that rule.
@@ -442,8 +443,10 @@ _GELU, _ELU, _HARDTANH = _stated("gelu"), _stated("elu"), _stated("hardtanh")
 
 _SPECS: tuple[OpSpec, ...] = (
     OpSpec("input", "input"),
+    # on vectors, or on tokens [T, D] / [.., T, D] (the map acts on the last axis)
     OpSpec("linear", "affine", ops.linear, (nn.Linear,), module_attrs=_linear_module,
-           input_ranks=(1,), rules=_rules("linear", "sound", "crown"), output_tail=True),
+           input_ranks=(1, 2, 3, 4), rules=_rules("linear", "sound", "crown"),
+           output_tail=True),
     OpSpec("conv2d", "affine", ops.conv2d, (nn.Conv2d,), module_attrs=_conv2d_module,
            input_ranks=(3,), rules=_rules("conv", "sound", "peck2017", "crown"),
            output_tail=True),
@@ -593,6 +596,17 @@ _SPECS: tuple[OpSpec, ...] = (
                     "sub": sig("self other alpha", 1, form="sub"),
                     "sub_": sig("self other alpha", 1, inplace=True, form="sub")},
            rules=_rules("structural", "sound", "crown")),
+    # products of two values computed from the input (docs/theory/products.md); ``mul`` is
+    # captured from the ``mul`` forms of ``scale`` when both operands are computed
+    OpSpec("mul", "product", ops.mul, rules=_rules("products", "sound", "crown")),
+    # ``x @ W`` with a constant 2-d ``W`` is captured as ``linear`` (weight W^T)
+    OpSpec("matmul", "product", ops.matmul,
+           functions={torch.matmul: sig("input other", form="matmul"),
+                      operator.matmul: sig("input other", form="matmul"),
+                      torch.bmm: sig("input mat2", form="bmm")},
+           methods={"matmul": sig("self other", form="matmul"),
+                    "bmm": sig("self mat2", form="bmm")},
+           rules=_rules("products", "sound", "crown")),
     OpSpec("cat", "merge", ops.cat,
            functions={torch.cat: sig("tensors dim", 0), torch.concat: sig("tensors dim", 0),
                       torch.concatenate: sig("tensors dim", 0)},

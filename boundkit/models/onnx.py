@@ -31,6 +31,7 @@ Transpose (batch axis fixed)               folded into the next ``Gemm``/``MatMu
 Pad (constant 0)                           folded, or a depthwise one-hot ``nn.Conv2d``
 Add/Sub/Mul/Div by a constant              per-element affine as an eval ``BatchNorm``
 Add of two tensors, Concat                 ``torch.add`` (residual), ``torch.cat``
+Mul, MatMul of two tensors (same rank)     ``torch.mul``, ``torch.matmul`` (products)
 Identity, Dropout                          nothing
 =========================================  ==================================================
 
@@ -1329,6 +1330,8 @@ class _Importer:
         return self.linear(node, v, w, b)
 
     def op_MatMul(self, node: Any, k: int) -> _Dyn:
+        if isinstance(self.value(node, 1), _Dyn):
+            return self.product(node, torch.matmul)
         v = self.dyn(node, 0)
         w = self._float(node, self.const(node, 1, "the right-hand matrix"), "the matrix")
         if w.ndim != 2 or w.size == 0:
@@ -1801,9 +1804,35 @@ class _Importer:
             silu = self._silu(node)
             if silu is not None:
                 return silu
-            raise self.fail(node, "multiplying two input-dependent tensors is not supported")
+            return self.product(node, torch.mul)
         self._out_broadcast(node, x, y)
         return self.scale_shift(x, y, None, node, "mul_const")
+
+    def product(self, node: Any, fn: Any) -> _Dyn:
+        """``Mul`` or ``MatMul`` of two input-dependent tensors: ``torch.mul`` /
+        ``torch.matmul`` (captured as the nodes ``mul`` / ``matmul``). Both operands must
+        have the same rank (ONNX broadcasts the full shapes: with different ranks the batch
+        axis of one would meet a per-sample axis of the other)."""
+        x, y = self.value(node, 0), self.value(node, 1)
+        if not isinstance(x, _Dyn) or not isinstance(y, _Dyn):
+            raise self.fail(node, "a constant left operand of a product of tensors")
+        if len(x.shape) != len(y.shape):
+            raise self.fail(node, f"operands of shapes [N, {list(x.shape)}] and "
+                            f"[N, {list(y.shape)}] (different ranks would mix samples)")
+        try:
+            if fn is torch.matmul:
+                if len(x.shape) < 2:
+                    raise ValueError("a product of two vectors per sample")
+                shape = tuple(np.matmul(np.empty((0, *x.shape), np.float32),
+                                        np.empty((0, *y.shape), np.float32)).shape[1:])
+            else:
+                shape = tuple(np.broadcast_shapes(x.shape, y.shape))
+        except ValueError as exc:
+            raise self.fail(node, f"operands of shapes {list(x.shape)} and {list(y.shape)} "
+                            f"do not multiply ({exc})") from None
+        self._bound(node, math.prod(shape), "product")
+        a, b = self.materialize(x, node), self.materialize(y, node)
+        return _Dyn(self.graph.call_function(fn, (a, b)), shape, shape)
 
     def _silu(self, node: Any) -> _Dyn | None:
         """``x * Sigmoid(x)`` (SiLU / swish as exported): one node, or ``None``."""

@@ -291,13 +291,36 @@ def cifar_resnet(widths: tuple[int, ...] = (8, 16, 32), blocks: int = 1,
 def smooth_mlp(sizes: tuple[int, ...] = (784, 128, 64, 10)) -> nn.Sequential:
     """An MLP with the activations of current transformers' MLP blocks (project addition,
     issue 24): ``Flatten``, then ``Linear``-GELU, ``Linear``-SiLU alternating, a final
-    ``Linear``. (The gated form ``a * silu(b)`` needs products of two activations, which
-    boundkit does not bound yet.)"""
+    ``Linear``. (The gated form ``a * silu(b)`` is :func:`gated_mlp`.)"""
     layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
     for i in range(len(sizes) - 1):
         layers.append((f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1])))
         if i < len(sizes) - 2:
             layers.append((f"act{i + 1}", nn.GELU() if i % 2 == 0 else nn.SiLU()))
+    return _seq(*layers)
+
+
+class GatedBlock(nn.Module):
+    """A gated linear unit with SiLU gating (SwiGLU's gate, Shazeer 2020):
+    ``value(x) * silu(gate(x))``, two ``Linear`` layers of the same shape. Traced through:
+    the product is a ``mul`` node of the captured graph."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.value = nn.Linear(d_in, d_out)
+        self.gate = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value(x) * nn.functional.silu(self.gate(x))
+
+
+def gated_mlp(sizes: tuple[int, ...] = (784, 128, 64, 10)) -> nn.Sequential:
+    """A gated MLP (project addition, issue 24): ``Flatten``, a :class:`GatedBlock` per
+    hidden size, a final ``Linear``."""
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    for i in range(len(sizes) - 2):
+        layers.append((f"block{i + 1}", GatedBlock(sizes[i], sizes[i + 1])))
+    layers.append(("fc", nn.Linear(sizes[-2], sizes[-1])))
     return _seq(*layers)
 
 
@@ -588,6 +611,16 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         10,
         "mnist",
         "784-128-64-10, GELU then SiLU",
+        "project addition (issue 24)",
+        epochs=10,
+    ),
+    ZooEntry(
+        "gated_mlp_mnist",
+        gated_mlp,
+        (1, 28, 28),
+        10,
+        "mnist",
+        "784-128-64-10, gated blocks value(x) * silu(gate(x))",
         "project addition (issue 24)",
         epochs=10,
     ),
