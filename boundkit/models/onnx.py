@@ -243,6 +243,8 @@ ATTRIBUTES: dict[str, dict[str, tuple[int, Any]]] = {
                                                                "not_smaller"))},
     "LayerNormalization": {"axis": _AXIS, "epsilon": (_A_FLOAT, _pos_float),
                            "stash_type": (_A_INT, _any)},
+    # vision transformers: the shape arithmetic of torch's ``expand`` (folded)
+    "Expand": {}, "Equal": {}, "Where": {},
 }
 #: attributes an op cannot do without
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -320,6 +322,9 @@ class _Importer:
         self._attr_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
         self.nodes: list[Any] = []
         self.node_pos: dict[int, int] = {}
+        #: constants broadcast over the batch (``ConstantOfShape``/``Expand`` to a shape whose
+        #: first entry is the batch size): held with a leading axis of 1 standing for the batch
+        self.batch_bcast: set[str] = set()
 
     # ------------------------------------------------------------------ errors/helpers
     def fail(self, node: Any, why: str) -> OnnxImportError:
@@ -497,19 +502,22 @@ class _Importer:
     # ------------------------------------------------------------------ views
     def materialize(self, v: _Dyn, node: Any = None) -> torch.fx.Node:
         """Emit the ops that make ``v`` a real tensor of per-sample shape ``v.shape``."""
-        if v.idx is not None and not np.array_equal(v.idx, np.arange(v.idx.size)):
+        base = math.prod(v.base_shape)
+        if v.idx is not None and (v.idx.size != base or
+                                  not np.array_equal(v.idx, np.arange(v.idx.size))):
             m = v.idx.size
-            if m > MAX_PERMUTATION:
+            if max(m, base) > MAX_PERMUTATION:
                 where = f"node {node.name!r} (op {node.op_type})" if node is not None else "a node"
                 raise OnnxImportError(
                     f"{self.source}: {where} needs a transposed tensor of {m} elements that "
                     f"cannot be folded into a linear layer (limit {MAX_PERMUTATION})"
                 )
-            flat = self.reshape(v.node, v.base_shape, (m,))
-            self.check_size(node, 2 * m * m, 4, "a permutation matrix")
-            w = torch.zeros(m, m)
+            flat = self.reshape(v.node, v.base_shape, (base,))
+            self.check_size(node, 2 * m * base, 4, "a permutation matrix")
+            # a permutation, or a selection (Gather, Slice): row j picks base[idx[j]]
+            w = torch.zeros(m, base)
             w[torch.arange(m), torch.as_tensor(v.idx)] = 1.0
-            lin = nn.Linear(m, m, bias=False)
+            lin = nn.Linear(base, m, bias=False)
             with torch.no_grad():
                 lin.weight.copy_(w)
             out = self.add_module("permute", lin, flat)
@@ -687,6 +695,8 @@ class _Importer:
             raise self.fail(node, "this operator is not supported by boundkit's importer")
         self.check_schema(node)
         self.attrs(node)  # the attributes are checked for every node, used or not
+        if folding:
+            self.check_batch_bcast(node, args)
         try:
             with np.errstate(all="ignore"):
                 outs = self.fold(node, args) if folding else handler(node, k)
@@ -708,6 +718,44 @@ class _Importer:
                     raise self.fail(node, f"output {i} ({name!r}) is not supported")
                 continue
             self.values[name] = outs[i]
+            if folding and self._makes_batch_bcast(node, args):
+                self.batch_bcast.add(name)
+
+    # ------------------------------------------------------------------ batch broadcasts
+    #: ops that fold a batch-broadcast constant element-wise (its leading axis stays the batch)
+    _BCAST_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Identity",
+                                    "Cast", "Neg", "Sqrt", "Reciprocal", "Where", "Expand"})
+
+    def _expand_to_batch(self, node: Any, shape: list[int]) -> tuple[list[int], bool]:
+        """A target shape whose first entry may be the symbolic batch size: (the shape with
+        1 for the batch, whether it had it); the batch size anywhere else is refused."""
+        if any(s == _BATCH for s in shape[1:]):
+            raise self.fail(node, "a constant broadcast to a shape with the batch size after "
+                            "its first axis")
+        if shape and shape[0] == _BATCH:
+            return [1, *shape[1:]], True
+        return shape, False
+
+    def _makes_batch_bcast(self, node: Any, args: list[Any]) -> bool:
+        if node.op_type in ("ConstantOfShape", "Expand"):
+            shape = args[0] if node.op_type == "ConstantOfShape" else args[1]
+            if shape is not None and shape.size and int(shape.ravel()[0]) == _BATCH:
+                return True
+        return any(n in self.batch_bcast for n in node.input)
+
+    def check_batch_bcast(self, node: Any, args: list[Any]) -> None:
+        """A fold reading a constant broadcast over the batch is element-wise (its leading
+        axis stays the batch axis), else refused."""
+        held = [x for n, x in zip(node.input, args) if n in self.batch_bcast]
+        if not held:
+            return
+        if node.op_type not in self._BCAST_ELEMENTWISE:
+            raise self.fail(node, "this operator on a constant broadcast over the batch "
+                            "(from ConstantOfShape or Expand) cannot be folded")
+        r = held[0].ndim
+        if any(x is not None and x.ndim > r for x in args):
+            raise self.fail(node, "a constant broadcast over the batch meets a constant of "
+                            "higher rank (the batch axis would move)")
 
     # ------------------------------------------------------------------ constant folding
     def fold(self, node: Any, args: list[Any]) -> Any:
@@ -836,13 +884,57 @@ class _Importer:
     def size_ConstantOfShape(self, node: Any, args: list[Any], a: dict[str, Any]
                              ) -> tuple[int, int]:
         shape = self._ints_input(node, args[0] if args else None, "the shape")
-        self._no_batch(node, args[0])
+        shape, _ = self._expand_to_batch(node, shape)
         if any(s < 0 for s in shape) or len(shape) > 64:
             raise self.fail(node, f"bad shape {shape}")
         v = a.get("value")
         if v is not None and v.size != 1:
             raise self.fail(node, f"the value attribute holds {v.size} elements (one expected)")
         return math.prod(shape), 4 if v is None else v.itemsize
+
+    def _expand_shape(self, node: Any, args: list[Any]) -> tuple[int, ...]:
+        x = args[0]
+        shape = self._ints_input(node, args[1] if len(args) > 1 else None, "the shape")
+        shape, _ = self._expand_to_batch(node, shape)
+        if any(s < 0 for s in shape) or len(shape) > 64:
+            raise self.fail(node, f"bad shape {shape}")
+        try:
+            return tuple(np.broadcast_shapes(x.shape, tuple(shape)))
+        except ValueError:
+            raise self.fail(node, f"shape {list(x.shape)} does not expand to {shape}") from None
+
+    def size_Expand(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        return math.prod(self._expand_shape(node, args)), args[0].itemsize
+
+    def fold_Expand(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        return np.broadcast_to(args[0], self._expand_shape(node, args)).copy()
+
+    def size_Where(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        if len(args) != 3 or any(x is None for x in args):
+            raise self.fail(node, "expects 3 inputs")
+        if args[0].dtype.kind != "b":
+            raise self.fail(node, f"the condition has dtype {args[0].dtype}, expected bool")
+        try:
+            shape = np.broadcast_shapes(*(x.shape for x in args))
+        except ValueError:
+            raise self.fail(node, "the inputs do not broadcast") from None
+        return math.prod(shape), np.result_type(args[1], args[2]).itemsize
+
+    def fold_Where(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        return np.where(args[0], args[1], args[2]).astype(np.result_type(args[1], args[2]))
+
+    def fold_Equal(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        """Element-wise equality; the symbolic batch size compares equal to itself and
+        unequal to a number <= 0 (a batch holds at least one sample), anything else is
+        refused (the answer would depend on the batch size)."""
+        x, y = np.broadcast_arrays(args[0], args[1])
+        for p, q in ((x, y), (y, x)):
+            if p.dtype.kind in "iu":
+                at = p == _BATCH
+                if (at & (q != _BATCH) & (q > 0)).any():
+                    raise self.fail(node, "a comparison of the batch size with a positive "
+                                    "number (the answer depends on the batch size)")
+        return np.equal(x, y)
 
     def size_Range(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
         if len(args) != 3 or any(x is None or x.size != 1 for x in args):
@@ -1042,6 +1134,7 @@ class _Importer:
 
     def fold_ConstantOfShape(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
         shape = [int(v) for v in args[0].ravel()]  # checked by size_ConstantOfShape
+        shape, _ = self._expand_to_batch(node, shape)
         v = a.get("value", np.zeros(1, dtype=np.float32))
         return np.full(shape, v.ravel()[0], dtype=v.dtype)
 
@@ -1053,8 +1146,11 @@ class _Importer:
     def op_Shape(self, node: Any, k: int) -> np.ndarray:
         v = self.value(node, 0)
         if isinstance(v, np.ndarray):
-            return np.asarray(v.shape, dtype=np.int64)
-        full = np.asarray([_BATCH, *v.shape], dtype=np.int64)  # type: ignore[union-attr]
+            full = np.asarray(v.shape, dtype=np.int64)
+            if node.input[0] in self.batch_bcast:
+                full[0] = _BATCH
+        else:
+            full = np.asarray([_BATCH, *v.shape], dtype=np.int64)
         a = self.attrs(node)
         start, end = int(a.get("start", 0)), a.get("end")
         return full[start : (int(end) if end is not None else None)]
@@ -1287,13 +1383,14 @@ class _Importer:
         out_f, in_f = w.shape
         if in_f != v.numel:
             raise self.fail(node, f"weight {list(w.shape)} does not fit input {list(v.shape)}")
-        self.check_size(node, out_f * in_f, 8 + 4, "the linear layer's weight")
+        base = math.prod(v.base_shape)
+        self.check_size(node, out_f * max(in_f, base), 8 + 4, "the linear layer's weight")
         self._bound(node, out_f, "output")
         if v.idx is not None:
-            w2 = np.empty_like(w)
-            w2[:, v.idx] = w  # y = sum_j w[:, j] base[idx[j]]
-            w = w2
-        x = self.reshape(v.node, v.base_shape, (v.numel,))
+            w2 = np.zeros((out_f, base), dtype=w.dtype)
+            np.add.at(w2.T, v.idx, w.T)  # y = sum_j w[:, j] base[idx[j]] (idx may repeat)
+            w, in_f = w2, base
+        x = self.reshape(v.node, v.base_shape, (in_f,))
         lin = nn.Linear(in_f, out_f, bias=b is not None)
         with torch.no_grad():
             lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
@@ -1330,10 +1427,15 @@ class _Importer:
 
     def op_MatMul(self, node: Any, k: int) -> _Dyn:
         v = self.dyn(node, 0)
+        other = self.value(node, 1)
+        if isinstance(other, _Dyn):
+            return self.dyn_matmul(node, v, other)
         w = self._float(node, self.const(node, 1, "the right-hand matrix"), "the matrix")
         if w.ndim != 2 or w.size == 0:
             raise self.fail(node, f"{self.named(node, 1, 'the right-hand matrix')} has shape "
                             f"{list(w.shape)} (a non-empty matrix expected)")
+        if len(v.shape) > 1:
+            return self.token_matmul(node, v, w)
         b = None
         nxt = self.only_consumer(node.output[0])
         if nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
@@ -1703,7 +1805,22 @@ class _Importer:
         return self.check_opset()
 
     def op_Softmax(self, node: Any, k: int) -> _Dyn:
-        return self._squash(node, nn.Softmax(dim=1), "softmax")
+        if node.output[0] == self.out_name:
+            return self._squash(node, nn.Softmax(dim=1), "softmax")
+        v = self.dyn(node, 0)
+        r = len(v.shape) + 1
+        opset = self._opset()
+        ax = self._rank_axis(node, int(self.attrs(node).get("axis", -1 if opset >= 13 else 1)), r)
+        if ax == 0:
+            raise self.fail(node, "a softmax over the batch axis")
+        x = self.materialize(v, node)
+        if opset >= 13 or ax == r - 1:
+            out = self.graph.call_function(torch.softmax, (x, ax))
+            return _Dyn(out, v.shape, v.shape)
+        # opsets < 13: over the flattened axes ax..r-1
+        inner = (*v.shape[:ax - 1], math.prod(v.shape[ax - 1:]))
+        y = self.graph.call_function(torch.softmax, (self.reshape(x, v.shape, inner), ax))
+        return _Dyn(self.reshape(y, inner, v.shape), v.shape, v.shape)
 
     def op_LogSoftmax(self, node: Any, k: int) -> _Dyn:
         return self._squash(node, nn.LogSoftmax(dim=1), "log_softmax")
@@ -1801,7 +1918,15 @@ class _Importer:
             silu = self._silu(node)
             if silu is not None:
                 return silu
-            raise self.fail(node, "multiplying two input-dependent tensors is not supported")
+            try:
+                out = tuple(np.broadcast_shapes(x.shape, y.shape))
+            except ValueError:
+                raise self.fail(node, f"shapes {list(x.shape)} and {list(y.shape)} do not "
+                                "broadcast") from None
+            if len(out) != max(len(x.shape), len(y.shape)):
+                raise self.fail(node, "broadcasting would move the batch axis")
+            a, b = self.materialize(x, node), self.materialize(y, node)
+            return _Dyn(self.graph.call_function(torch.mul, (a, b)), out, out)
         self._out_broadcast(node, x, y)
         return self.scale_shift(x, y, None, node, "mul_const")
 
@@ -1829,7 +1954,7 @@ class _Importer:
     def op_Concat(self, node: Any, k: int) -> _Dyn:
         parts = [self.value(node, i) for i in range(len(node.input))]
         if any(not isinstance(p, _Dyn) for p in parts):
-            raise self.fail(node, "concatenating constants with input-dependent tensors")
+            return self._concat_constants(node, parts)
         r = len(parts[0].shape) + 1  # type: ignore[union-attr]
         ax = self._rank_axis(node, int(self.attrs(node)["axis"]), r)
         if ax == 0:
@@ -1845,10 +1970,154 @@ class _Importer:
         out = self.graph.call_function(torch.cat, (nodes,), {"dim": ax})
         return _Dyn(out, tuple(shape), tuple(shape))
 
+    def _concat_constants(self, node: Any, parts: list[Any]) -> _Dyn:
+        """``Concat`` of input-dependent tensors with constants broadcast over the batch (a
+        class token ``cls.expand(N, -1, -1)``): one exact linear layer, a 0/1 embedding of
+        the input-dependent parts plus the constants as its bias."""
+        dyn = [p for p in parts if isinstance(p, _Dyn)]
+        r = len(dyn[0].shape) + 1
+        ax = self._rank_axis(node, int(self.attrs(node)["axis"]), r)
+        if ax == 0:
+            raise self.fail(node, "concatenation along the batch dimension")
+        shapes: list[tuple[int, ...]] = []
+        for name, p in zip(node.input, parts):
+            if isinstance(p, _Dyn):
+                shapes.append(tuple(p.shape))
+            elif p is None or name not in self.batch_bcast or p.ndim != r:
+                raise self.fail(node, "concatenating input-dependent tensors with a constant "
+                                "that is not broadcast over the batch")
+            else:
+                shapes.append(tuple(p.shape[1:]))
+        if any(len(sh) != r - 1 or sh[:ax - 1] + sh[ax:] != shapes[0][:ax - 1] + shapes[0][ax:]
+               for sh in shapes):
+            raise self.fail(node, f"shapes {shapes} do not concatenate on axis {ax}")
+        out = list(shapes[0])
+        out[ax - 1] = sum(sh[ax - 1] for sh in shapes)
+        m = math.prod(out)
+        m_in = sum(p.numel for p in dyn)
+        self.check_size(node, m * m_in, 12, "the embedding of a concatenation")
+        pos = np.arange(m).reshape(out)
+        w = np.zeros((m, m_in))
+        bias = np.zeros(m)
+        start = off = 0
+        for p, sh in zip(parts, shapes):
+            idx = [slice(None)] * (r - 1)
+            idx[ax - 1] = slice(start, start + sh[ax - 1])
+            where = pos[tuple(idx)].ravel()
+            if isinstance(p, _Dyn):
+                w[where, off + np.arange(p.numel)] = 1.0
+                off += p.numel
+            else:
+                bias[where] = self._float(node, p, "the constant").reshape(-1)
+            start += sh[ax - 1]
+        xs = [self.materialize(self.view(p, (p.numel,)), node) for p in dyn]
+        x = xs[0] if len(xs) == 1 else self.graph.call_function(torch.cat, (xs,), {"dim": 1})
+        flat = _Dyn(x, (m_in,), (m_in,))
+        return self.view(self.linear(node, flat, w, bias), out)
+
+    def _selection(self, node: Any, v: _Dyn, take: Any) -> _Dyn:
+        """A view of ``v`` keeping the elements ``take`` picks from its index array."""
+        self.charge(node, 2 * v.numel, 8, "the index of a selected view")
+        base = v.idx if v.idx is not None else np.arange(v.numel)
+        sel = np.asarray(take(base.reshape(v.shape)))
+        if sel.size == 0:
+            raise self.fail(node, "the selection is empty")
+        return _Dyn(v.node, v.base_shape, tuple(sel.shape), sel.ravel())
+
+    def op_Gather(self, node: Any, k: int) -> _Dyn:
+        """``x[:, i]`` (a class token): a selection on a non-batch axis by constant indices."""
+        v = self.dyn(node, 0)
+        ind = self.const(node, 1, "the indices")
+        if ind.dtype.kind not in "iu":
+            raise self.fail(node, "the indices must be an integer tensor")
+        r = len(v.shape) + 1
+        ax = self._rank_axis(node, int(self.attrs(node).get("axis", 0)), r)
+        if ax == 0:
+            raise self.fail(node, "gathering along the batch dimension")
+        d = v.shape[ax - 1]
+        if ind.size and (ind.min() < -d or ind.max() >= d):
+            raise self.fail(node, f"indices outside [-{d}, {d - 1}] on axis {ax}")
+        return self._selection(node, v, lambda b: np.take(b, ind.astype(np.int64) % d,
+                                                          axis=ax - 1))
+
+    def op_Slice(self, node: Any, k: int) -> _Dyn:
+        """``x[:, a:b:s]`` on non-batch axes with constant bounds."""
+        v = self.dyn(node, 0)
+        consts = [None] + [self.opt_const(node, i) for i in range(1, len(node.input))]
+        a = self.attrs(node)
+        starts, ends, axes, steps = self._slice_args(node, consts, a)
+        if not len(starts) == len(ends) == len(axes) == len(steps) or 0 in steps:
+            raise self.fail(node, f"bad slice starts {starts}, ends {ends}, axes {axes}, "
+                            f"steps {steps}")
+        r = len(v.shape) + 1
+        sl = [slice(None)] * (r - 1)
+        for st, en, ax, sp in zip(starts, ends, axes, steps):
+            ax = self._rank_axis(node, ax, r)
+            if ax == 0:
+                raise self.fail(node, "slicing the batch dimension")
+            big = np.iinfo(np.int64).max // 2
+            e = None if en >= big or (sp < 0 and en <= -big) else int(en)
+            sl[ax - 1] = slice(int(st), e, int(sp))
+        return self._selection(node, v, lambda b: b[tuple(sl)])
+
+    def _token_bias(self, node: Any, c: np.ndarray, out: tuple[int, ...]) -> np.ndarray | None:
+        """A constant added to a per-sample value of shape ``out``, broadcast to it (its
+        leading axes beyond ``out``'s rank of size 1), or ``None`` when it does not fit."""
+        c = c.astype(np.float64)
+        while c.ndim > len(out) and c.shape[0] == 1:
+            c = c[0]
+        try:
+            return np.broadcast_to(c, out).reshape(-1).copy()
+        except ValueError:
+            return None
+
+    def token_matmul(self, node: Any, v: _Dyn, w: np.ndarray) -> _Dyn:
+        """``x @ W`` on tokens ``[..., K]`` with a constant ``W [K, M]``: one exact linear
+        layer on the flattened sample, block-diagonal :math:`I \otimes W^\top` (a
+        following ``Add`` of a constant is folded into its bias)."""
+        lead = math.prod(v.shape[:-1])
+        kk, mm = w.shape
+        if v.shape[-1] != kk:
+            raise self.fail(node, f"matrix {list(w.shape)} does not fit tokens {list(v.shape)}")
+        out = (*v.shape[:-1], mm)
+        self.check_size(node, lead * lead * kk * mm, 12, "the block-diagonal weight")
+        big = np.kron(np.eye(lead), w.T)
+        b = None
+        nxt = self.only_consumer(node.output[0])
+        if nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
+            other = nxt.input[1] if nxt.input[0] == node.output[0] else nxt.input[0]
+            c = self.values.get(other)
+            if isinstance(c, np.ndarray) and c.dtype.kind == "f":
+                b = self._token_bias(node, c, out)
+                if b is not None:
+                    self.skip.add(self._index(nxt))
+        res = self.view(self.linear(node, self.view(v, (v.numel,)), big, b), out)
+        if b is not None:
+            self.values[nxt.output[0]] = res  # type: ignore[union-attr]
+        return res
+
+    def dyn_matmul(self, node: Any, x: _Dyn, y: _Dyn) -> _Dyn:
+        """``torch.matmul`` of two input-dependent tensors ``[..., m, k] @ [..., k, n]``
+        (leading axes broadcast as torch does): graph op ``matmul``."""
+        if len(x.shape) < 2 or len(y.shape) < 2:
+            raise self.fail(node, f"a product of input-dependent tensors of shapes "
+                            f"{list(x.shape)} and {list(y.shape)} (both need rank >= 2)")
+        if x.shape[-1] != y.shape[-2]:
+            raise self.fail(node, f"shapes {list(x.shape)} and {list(y.shape)} do not multiply")
+        try:
+            lead = np.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+        except ValueError:
+            raise self.fail(node, f"shapes {list(x.shape)} and {list(y.shape)} do not "
+                            "broadcast") from None
+        out = (*lead, x.shape[-2], y.shape[-1])
+        self._bound(node, math.prod(out), "product")
+        a, b = self.materialize(x, node), self.materialize(y, node)
+        return _Dyn(self.graph.call_function(torch.matmul, (a, b)), out, out)
+
 
 _NP_BINARY = {
     "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
-    "Max": np.maximum, "Min": np.minimum, "Pow": np.power,
+    "Max": np.maximum, "Min": np.minimum, "Pow": np.power, "Equal": np.equal,
 }
 
 
