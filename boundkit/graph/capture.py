@@ -186,6 +186,13 @@ _FUNCTION_SIGS: dict[Any, _Sig] = {
     F.avg_pool2d: _sig("avgpool2d", _POOL_AVG, None, 0, False, True, None),
     F.adaptive_avg_pool2d: _sig("adaptive_avgpool2d", "input output_size"),
     torch.mean: _sig("mean", "input dim keepdim dtype", None, False, None),
+    # vision transformers (issue 24): token permutations and products of two activations
+    torch.transpose: _sig("transpose", "input dim0 dim1"),
+    torch.swapaxes: _sig("transpose", "input axis0 axis1"),
+    torch.permute: _sig("permute", "input dims"),
+    torch.matmul: _sig("matmul", "input other"),
+    operator.matmul: _sig("matmul", "input other"),
+    getattr: _sig("getattr", "input name"),
 }
 
 _METHOD_SIGS: dict[str, _Sig] = {
@@ -214,6 +221,9 @@ _METHOD_SIGS: dict[str, _Sig] = {
     "mean": _sig("mean", "self dim keepdim dtype", None, False, None),
     "clamp": _sig("clamp", "self min max", None, None),
     "clip": _sig("clamp", "self min max", None, None),
+    "transpose": _sig("transpose", "self dim0 dim1"),
+    "swapaxes": _sig("transpose", "self axis0 axis1"),
+    "matmul": _sig("matmul", "self other"),
 }
 _RESHAPE_METHODS = frozenset({"view", "reshape"})
 
@@ -696,6 +706,12 @@ class _Capture:
         if op in ("mul", "div"):
             self.scale(fx_node, op, a)
             return
+        if op in ("transpose", "permute", "getattr"):
+            self.permute(fx_node, op, a)
+            return
+        if op == "matmul":
+            self.product(fx_node, "matmul", a)
+            return
         if op == "cat":
             tensors = a["tensors"]
             if not isinstance(tensors, (list, tuple)):
@@ -860,11 +876,14 @@ class _Capture:
                                         why=f"rounding_mode={rounding!r}: not affine")
         x, y = a.get("input", a.get("self")), a["other"]
         live = [isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)]
+        if all(live) and op == "mul":
+            self.product(fx_node, "mul", a)
+            return
         if all(live):
             raise UnsupportedLayerError(
                 fx_node.name, op,
-                why="both operands depend on the input: a product or quotient of two such "
-                "tensors is not affine and has no rule",
+                why="both operands depend on the input: a quotient of two such tensors "
+                "has no rule",
             )
         if not any(live):
             raise UnsupportedLayerError(fx_node.name, op, why="no operand depends on the input")
@@ -886,8 +905,71 @@ class _Capture:
         self.add_node(fx_node, "scale", [tensor.name], params={"factor": c},
                       attrs={"divide": op == "div"})
 
+    def product(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        """``mul`` (element-wise, torch broadcasting over the per-sample shapes) or
+        ``matmul`` (``[..., m, k] @ [..., k, n]``) of two tensors computed from the model's
+        data: a node with inputs ``[a, b]`` and no attrs."""
+        x, y = a.get("input", a.get("self")), a["other"]
+        names = [v.name if isinstance(v, torch.fx.Node) and v.name in self.names else None
+                 for v in (x, y)]
+        if None in names:
+            raise UnsupportedLayerError(
+                fx_node.name, op, why="a matrix product with a constant operand: write it as "
+                "an nn.Linear (or multiply by the constant with *)")
+        ranks = [len(self.shape(v)) for v in (x, y)]
+        if ranks[0] != ranks[1]:  # torch would align one batch axis with a per-sample axis
+            raise UnsupportedLayerError(
+                fx_node.name, op, why=f"operands of ranks {ranks} (batch included): give "
+                "both the same number of dimensions, so that their batch axes align")
+        if op == "matmul" and ranks[0] < 3:  # [N, k] operands: matmul would mix the batch
+            raise UnsupportedLayerError(
+                fx_node.name, op, why="a product of two vectors per sample (operands [N, k]) "
+                "mixes samples in torch.matmul: unsqueeze them to [N, 1, k]")
+        self.add_node(fx_node, op, [n for n in names if n is not None])
+
+    def permute(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        """``x.transpose(d0, d1)``, ``x.permute(*dims)``, ``torch.permute``, ``x.mT``: the
+        node ``permute`` with ``attrs["dims"]`` the permutation of the per-sample axes
+        (:math:`h_{i_0 \ldots} = x_{i_{p(0)} \ldots}`, as ``torch.permute``); one that moves
+        the batch axis is refused."""
+        x = a.get("input", a.get("self"))
+        if not (isinstance(x, torch.fx.Node) and x.name in self.names):
+            raise UnsupportedLayerError(fx_node.name, op, why="its input is not the model's data")
+        rank = len(self.shape(x))
+        if op == "getattr":
+            if a["name"] != "mT":
+                raise UnsupportedLayerError(fx_node.name, f"getattr {a['name']!r}",
+                                            why="only the attribute .mT of a tensor is read")
+            perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+        elif op == "transpose":
+            d = [a.get("dim0", a.get("axis0")), a.get("dim1", a.get("axis1"))]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and -rank <= v < rank
+                       for v in d):
+                raise UnsupportedLayerError(fx_node.name, op, why=f"dims {d}")
+            perm = list(range(rank))
+            i, j = (v % rank for v in d)
+            perm[i], perm[j] = perm[j], perm[i]
+        else:
+            dims = a["dims"]
+            dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and -rank <= v < rank
+                       for v in dims) or sorted(v % rank for v in dims) != list(range(rank)):
+                raise UnsupportedLayerError(fx_node.name, op, why=f"dims {dims} are not a "
+                                            f"permutation of the {rank} axes")
+            perm = [v % rank for v in dims]
+        if perm[0] != 0:
+            raise UnsupportedLayerError(fx_node.name, op, why="it moves the batch dimension")
+        self.add_node(fx_node, "permute", [x.name],
+                      attrs={"dims": tuple(p - 1 for p in perm[1:])})
+
     def call_method(self, fx_node: torch.fx.Node) -> None:
         name = str(fx_node.target)
+        if name == "permute":  # x.permute(0, 2, 1) or x.permute((0, 2, 1)) or dims=
+            args = fx_node.args[1:]
+            dims = fx_node.kwargs.get("dims", args[0] if len(args) == 1 else list(args))
+            self.permute(fx_node, "permute", {"self": fx_node.args[0], "dims": dims})
+            self.nodes[-1].target = name
+            return
         if name in _RESHAPE_METHODS:
             inputs = self.tensor_inputs([fx_node.args[0]])
             if len(inputs) != 1:

@@ -41,6 +41,7 @@ KNOWN_OPS = (
     | OUTPUT_SQUASH_OPS
     | MERGE_OPS
     | frozenset({"input", "lrn", "layernorm", "scale", "unknown"})
+    | frozenset({"permute", "mul", "matmul"})
 )
 
 

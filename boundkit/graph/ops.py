@@ -178,6 +178,11 @@ def _cat(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(xs), dim=node.attrs["dim"])
 
 
+def _permute(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``permute``: the per-sample axes in the order ``attrs["dims"]`` (batch first)."""
+    return xs[0].permute(0, *(d + 1 for d in node.attrs["dims"]))
+
+
 def _module(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     """A user's own module with a registered rule: the module is the semantics."""
     if node.module is None:
@@ -219,6 +224,10 @@ EVALUATORS: dict[str, Evaluator] = {
     "log_softmax": _log_softmax,
     "add": _add,
     "cat": _cat,
+    "permute": _permute,
+    # products of two activations (ops of the ``products`` work; identical semantics)
+    "mul": lambda n, xs: torch.mul(xs[0], xs[1]),
+    "matmul": lambda n, xs: torch.matmul(xs[0], xs[1]),
 }
 
 

@@ -1923,8 +1923,10 @@ class _Importer:
             except ValueError:
                 raise self.fail(node, f"shapes {list(x.shape)} and {list(y.shape)} do not "
                                 "broadcast") from None
-            if len(out) != max(len(x.shape), len(y.shape)):
-                raise self.fail(node, "broadcasting would move the batch axis")
+            if len(x.shape) != len(y.shape):
+                raise self.fail(node, f"a product of input-dependent tensors of ranks "
+                                f"{len(x.shape) + 1} and {len(y.shape) + 1} (the batch axes "
+                                "would not align)")
             a, b = self.materialize(x, node), self.materialize(y, node)
             return _Dyn(self.graph.call_function(torch.mul, (a, b)), out, out)
         self._out_broadcast(node, x, y)
@@ -2099,6 +2101,10 @@ class _Importer:
     def dyn_matmul(self, node: Any, x: _Dyn, y: _Dyn) -> _Dyn:
         """``torch.matmul`` of two input-dependent tensors ``[..., m, k] @ [..., k, n]``
         (leading axes broadcast as torch does): graph op ``matmul``."""
+        if len(x.shape) != len(y.shape):  # ONNX aligns a batch axis with a per-sample axis
+            raise self.fail(node, f"a product of input-dependent tensors of ranks "
+                            f"{len(x.shape) + 1} and {len(y.shape) + 1} (the batch axes would "
+                            "not align)")
         if len(x.shape) < 2 or len(y.shape) < 2:
             raise self.fail(node, f"a product of input-dependent tensors of shapes "
                             f"{list(x.shape)} and {list(y.shape)} (both need rank >= 2)")
