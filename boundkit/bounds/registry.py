@@ -215,6 +215,7 @@ def _load_builtin_rules() -> None:
         modern_activations,
         pooling,
         scale,
+        softmax,
         structural,
         upsampling,
     )
