@@ -1628,12 +1628,73 @@ class _Importer:
         out = self.add_module("avgpool", pool, self.materialize(v, node))
         return _Dyn(out, (c, 1, 1), (c, 1, 1))
 
+    def _mean_axes(self, node: Any) -> Any:
+        axes = self.attrs(node).get("axes")
+        if axes is None and len(node.input) > 1:
+            axes = self.opt_const(node, 1)
+        return axes
+
+    def _consumer(self, name: str, op: str) -> Any | None:
+        """The only consumer of ``name`` when it is an ``op`` node, else ``None``."""
+        c = self.only_consumer(name)
+        return c if c is not None and c.op_type == op else None
+
+    def _layernorm_pattern(self, node: Any, v: _Dyn) -> _Dyn | None:
+        """LayerNorm as exporters before opset 17 write it, from its first ``ReduceMean``:
+        ``d = x - mean(x)``, ``d / sqrt(mean(d ** 2) + eps)`` over trailing axes (the scale and
+        shift follow as ordinary ``Mul``/``Add``): one ``nn.LayerNorm`` without affine
+        parameters; ``None`` when the nodes differ in any way."""
+        axes = self._mean_axes(node)
+        r = len(v.shape) + 1
+        if axes is None or not int(self.attrs(node).get("keepdims", 1)):
+            return None
+        dims = sorted({int(d) % r for d in np.asarray(axes).reshape(-1)})
+        if not dims or dims != list(range(r - len(dims), r)) or 0 in dims:
+            return None
+        x_name, m_name = node.input[0], node.output[0]
+        sub = self._consumer(m_name, "Sub")
+        if sub is None or list(sub.input) != [x_name, m_name]:
+            return None
+        d_name = sub.output[0]
+        users = self.consumers.get(d_name, [])
+        pw = next((u for u in users if u.op_type == "Pow"), None)
+        dv = next((u for u in users if u.op_type == "Div"), None)
+        if len(users) != 2 or pw is None or dv is None or d_name == self.out_name:
+            return None
+        if list(pw.input)[0] != d_name or self._const_input(pw, d_name) != 2.0:
+            return None
+        m2 = self._consumer(pw.output[0], "ReduceMean")
+        if m2 is None or m2.input[0] != pw.output[0]:
+            return None
+        axes2 = self._mean_axes(m2)
+        if axes2 is None or sorted({int(d) % r for d in np.asarray(axes2).reshape(-1)}) != dims \
+                or not int(self.attrs(m2).get("keepdims", 1)):
+            return None
+        add = self._consumer(m2.output[0], "Add")
+        eps = self._const_input(add, m2.output[0])
+        if add is None or eps is None or not eps > 0 or not math.isfinite(eps):
+            return None
+        sq = self._consumer(add.output[0], "Sqrt")
+        if sq is None or self._consumer(sq.output[0], "Div") is not dv \
+                or list(dv.input) != [d_name, sq.output[0]]:
+            return None
+        shape = tuple(v.shape[d - 1] for d in dims)
+        ln = nn.LayerNorm(shape, eps=eps)
+        out = _Dyn(self.add_module("layernorm", ln, self.materialize(v, node)), v.shape, v.shape)
+        for n in (sub, pw, m2, add, sq, dv):
+            self.skip.add(self._index(n))
+            for i, o in enumerate(n.output):
+                if o and i == 0:
+                    self.values[o] = out
+        return out
+
     def op_ReduceMean(self, node: Any, k: int) -> _Dyn:
         v = self.dyn(node, 0)
         a = self.attrs(node)
-        axes = a.get("axes")
-        if axes is None and len(node.input) > 1:
-            axes = self.opt_const(node, 1)
+        ln = self._layernorm_pattern(node, v)
+        if ln is not None:
+            return ln
+        axes = self._mean_axes(node)
         if axes is None or len(np.asarray(axes).reshape(-1)) == 0:
             raise self.fail(node, "no axes: the mean would run over the batch too")
         r = len(v.shape) + 1
