@@ -928,7 +928,7 @@ class _Capture:
         self.add_node(fx_node, op, [n for n in names if n is not None])
 
     def permute(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
-        """``x.transpose(d0, d1)``, ``x.permute(*dims)``, ``torch.permute``, ``x.mT``: the
+        r"""``x.transpose(d0, d1)``, ``x.permute(*dims)``, ``torch.permute``, ``x.mT``: the
         node ``permute`` with ``attrs["dims"]`` the permutation of the per-sample axes
         (:math:`h_{i_0 \ldots} = x_{i_{p(0)} \ldots}`, as ``torch.permute``); one that moves
         the batch axis is refused."""

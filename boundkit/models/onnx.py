@@ -2135,7 +2135,7 @@ class _Importer:
             return None
 
     def token_matmul(self, node: Any, v: _Dyn, w: np.ndarray) -> _Dyn:
-        """``x @ W`` on tokens ``[..., K]`` with a constant ``W [K, M]``: one exact linear
+        r"""``x @ W`` on tokens ``[..., K]`` with a constant ``W [K, M]``: one exact linear
         layer on the flattened sample, block-diagonal :math:`I \otimes W^\top` (a
         following ``Add`` of a constant is folded into its bias)."""
         lead = math.prod(v.shape[:-1])
