@@ -320,6 +320,14 @@ def maxmin_mlp(sizes: tuple[int, ...] = (784, 128, 128, 10)) -> nn.Sequential:
     return _seq(*layers)
 
 
+def _tiny_vit(**kw: Any) -> nn.Module:
+    """:class:`boundkit.models.vit.TinyViT` (imported on use), in a one-layer
+    ``nn.Sequential`` like every zoo model."""
+    from boundkit.models.vit import TinyViT
+
+    return _seq(("vit", TinyViT(**kw)))
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """A zoo architecture: how to build it and what it expects.
@@ -600,6 +608,17 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         "784-128-128-10, MaxMin activations, orthogonal initialisation",
         "project addition (issue 24)",
         epochs=10,
+    ),
+    ZooEntry(
+        "vit_cifar",
+        _part(_tiny_vit),
+        (3, 32, 32),
+        10,
+        "cifar10",
+        "vision transformer: Conv(3,32,8,s8) patches + class token + positions, 1 pre-norm "
+        "block (LayerNorm, 2-head softmax attention, GELU MLP 64), LayerNorm, FC10",
+        "project addition (issue 24)",
+        epochs=3,
     ),
     ZooEntry(
         "digits_cnn",
