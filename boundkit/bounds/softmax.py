@@ -176,19 +176,24 @@ class SoftmaxRelaxation(RelaxationRule):
         g_lo, b_lo, g_hi, b_hi = ctx.derived(f"softmax:{node.name}", x,
                                              lambda: self.lines(node, ctx, x))
         a = self._last(node, lb.A, 2)  # [N, S, ..., K(i)]
+        n, s, k = a.shape[0], a.shape[1], a.shape[-1]
+        shape = a.shape
+        a = a.reshape(n, s, -1, k)  # [N, S, G, K]: G groups
+        gl, gh = g_lo.reshape(n, -1, k, k), g_hi.reshape(n, -1, k, k)
         pos, neg = a.clamp(min=0), a.clamp(max=0)
-        # a_in[..., j] = sum_i pos_i G_lo[i, j] + neg_i G_hi[i, j]
-        a_in = (pos.unsqueeze(-1) * g_lo.unsqueeze(1)).sum(-2) \
-            + (neg.unsqueeze(-1) * g_hi.unsqueeze(1)).sum(-2)
-        terms = pos * b_lo.unsqueeze(1) + neg * b_hi.unsqueeze(1)
+        # a_in[.., j] = sum_i pos_i G_lo[i, j] + neg_i G_hi[i, j] (no [S, K, K] intermediate)
+        a_in = torch.einsum("nsgi,ngij->nsgj", pos, gl) + torch.einsum("nsgi,ngij->nsgj",
+                                                                        neg, gh)
+        terms = pos * b_lo.reshape(n, 1, -1, k) + neg * b_hi.reshape(n, 1, -1, k)
         add = terms.flatten(2).sum(2)
-        k = a.shape[-1]
-        mag = self._last(node, x.mag, 1).unsqueeze(1)
-        prods = (a.abs().unsqueeze(-1) * torch.maximum(g_lo.abs(), g_hi.abs()).unsqueeze(1)
-                 ).sum(-2)  # sum_i |a_i| |G_ij|
-        err = (float(gamma(2 * k + 2)) * (prods * mag).flatten(2).sum(2)
+        mag = self._last(node, x.mag, 1).reshape(n, -1, k)
+        # sum_j (sum_i |a_i| |G_ij|) |x_j|  =  sum_i |a_i| (|G| |x|)_i
+        gx = torch.einsum("ngij,ngj->ngi", torch.maximum(gl.abs(), gh.abs()), mag)
+        err = (float(gamma(2 * k + 2)) * (1 + float(gamma(k + 1)))
+               * (a.abs() * gx.unsqueeze(1)).flatten(2).sum(2)
                + float(gamma(terms[0, 0].numel() + 2)) * terms.abs().flatten(2).sum(2))
-        return [lb.then(self._back(node, a_in, 2), add, err, ctx.intervals[node.name].mag)]
+        a_in = self._back(node, a_in.reshape(shape), 2)
+        return [lb.then(a_in, add, err, ctx.intervals[node.name].mag)]
 
 
 class PermuteRule(LipschitzRule):

@@ -618,7 +618,7 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         "vision transformer: Conv(3,32,8,s8) patches + class token + positions, 1 pre-norm "
         "block (LayerNorm, 2-head softmax attention, GELU MLP 64), LayerNorm, FC10",
         "project addition (issue 24)",
-        epochs=3,
+        epochs=15,
     ),
     ZooEntry(
         "digits_cnn",
