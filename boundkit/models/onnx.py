@@ -25,18 +25,33 @@ LeakyRelu(a)                               ``a*x + (1-a)*relu(x)`` (an add of tw
 Softmax, LogSoftmax (last node only)       the same modules
 Flatten, Reshape, Squeeze, Unsqueeze       regrouping views (``reshape``) that keep the batch
 Transpose (batch axis fixed)               folded into the next ``Gemm``/``MatMul`` columns
-                                           or cancelled by another transpose; otherwise a
-                                           permutation ``nn.Linear`` (exact, norm 1), at most
+                                           or cancelled by another transpose; otherwise
+                                           ``permute`` (exact); a gathered or sliced view
+                                           that cannot fold: a 0/1 ``nn.Linear``, at most
                                            :data:`MAX_PERMUTATION` elements
+Gather, Slice on tokens (constant index)   views (``x[:, 0]``: a class token), folded
+MatMul on tokens ``[.., T, K] @ W``        block-diagonal ``nn.Linear`` (I kron W^T), exact
+MatMul, Mul of two activations             ``torch.matmul``, ``torch.mul`` (equal ranks)
+Softmax inside the network                 ``torch.softmax(x, axis)`` (opsets < 13: over the
+                                           flattened trailing axes)
+LayerNorm decomposed (ReduceMean, Sub,     ``nn.LayerNorm`` without affine parameters (the
+Pow 2, ReduceMean, Add eps, Sqrt, Div)     Mul/Add after it stay per-element affine)
 Pad (constant 0)                           folded, or a depthwise one-hot ``nn.Conv2d``
 Add/Sub/Mul/Div by a constant              per-element affine as an eval ``BatchNorm``
-Add of two tensors, Concat                 ``torch.add`` (residual), ``torch.cat``
+Add of two tensors, Concat                 ``torch.add`` (residual), ``torch.cat``; a
+                                           constant broadcast over the batch (a class token)
+                                           concatenated: a 0/1 ``nn.Linear`` with it as bias
 Identity, Dropout                          nothing
 =========================================  ==================================================
 
 Constant subgraphs (initialisers, ``Constant``, ``Shape`` of a tensor whose shape is known,
 ``Gather``, ``Cast``, ``Slice``, ``Concat``, arithmetic...) are folded with numpy; the batch
 dimension is tracked symbolically so that ``x.view(x.size(0), -1)`` exports fold correctly.
+A ``ConstantOfShape`` or ``Expand`` to a shape whose first entry is the batch size (torch's
+``cls.expand(N, -1, -1)``, with its ``Equal``/``Where`` arithmetic) folds to a constant
+broadcast over the batch, which only element-wise folds and a ``Concat`` with
+input-dependent tensors may read; the batch size compared with a positive number, placed
+after the first axis, or reshaped, is refused with the node's name.
 
 Hostile files (``docs/robustness.md``): the importer never allocates what it has not
 sized. Every tensor it decodes (initialisers, ``Constant`` attributes), folds (the result of
@@ -291,6 +306,9 @@ class _Dyn:
     base_shape: tuple[int, ...]
     shape: tuple[int, ...]
     idx: np.ndarray | None = None
+    #: ``(src, axes)`` when the value is ``base.reshape(src).permute(axes)`` regrouped to
+    #: ``shape`` (a transpose of tokens): materialised by a ``permute`` node, at any size
+    perm: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def numel(self) -> int:
@@ -503,6 +521,11 @@ class _Importer:
     def materialize(self, v: _Dyn, node: Any = None) -> torch.fx.Node:
         """Emit the ops that make ``v`` a real tensor of per-sample shape ``v.shape``."""
         base = math.prod(v.base_shape)
+        if v.perm is not None:  # an axis permutation: a permute node (exact, any size)
+            src, axes = v.perm
+            x = self.reshape(v.node, v.base_shape, src)
+            out = self.graph.call_method("permute", (x, 0, *(a + 1 for a in axes)))
+            return self.reshape(out, tuple(src[a] for a in axes), v.shape)
         if v.idx is not None and (v.idx.size != base or
                                   not np.array_equal(v.idx, np.arange(v.idx.size))):
             m = v.idx.size
@@ -540,12 +563,13 @@ class _Importer:
     def view(self, v: _Dyn, shape: Sequence[int]) -> _Dyn:
         shape = tuple(int(s) for s in shape)
         assert math.prod(shape) == v.numel
-        return _Dyn(v.node, v.base_shape, shape, v.idx)
+        return _Dyn(v.node, v.base_shape, shape, v.idx, v.perm)
 
     def unary(self, v: _Dyn, module: nn.Module, kind: str) -> _Dyn:
         """An element-wise op commutes with any regrouping/permutation: apply it to the
         base tensor and keep the view."""
-        return _Dyn(self.add_module(kind, module, v.node), v.base_shape, v.shape, v.idx)
+        return _Dyn(self.add_module(kind, module, v.node), v.base_shape, v.shape, v.idx,
+                    v.perm)
 
     # ------------------------------------------------------------------ the walk
     def check_opset(self) -> int:
@@ -608,7 +632,7 @@ class _Importer:
             h, w, c = shape
             # the module takes NCHW; the ONNX value is its NHWC view
             idx = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
-            self.values[inp.name] = _Dyn(x, (c, h, w), shape, idx)
+            self.values[inp.name] = _Dyn(x, (c, h, w), shape, idx, ((c, h, w), (1, 2, 0)))
             module_shape: tuple[int, ...] = (c, h, w)
         else:
             self.values[inp.name] = _Dyn(x, shape, shape)
@@ -1368,7 +1392,14 @@ class _Importer:
         p = [q - 1 for q in perm[1:]]
         idx = base.reshape(v.shape).transpose(p).ravel()
         shape = tuple(v.shape[q] for q in p)
-        return _Dyn(v.node, v.base_shape, shape, idx)
+        perm = None
+        if v.idx is None:
+            perm = (tuple(v.shape), tuple(p))
+        elif v.perm is not None and tuple(v.perm[0][a] for a in v.perm[1]) == tuple(v.shape):
+            perm = (v.perm[0], tuple(v.perm[1][q] for q in p))  # a transpose of a transpose
+        if perm is not None and perm[1] == tuple(range(len(perm[1]))):
+            perm = None  # cancelled: idx is the identity
+        return _Dyn(v.node, v.base_shape, shape, idx, perm)
 
     # ---- linear layers
     def linear(
