@@ -27,7 +27,6 @@ from boundkit.errors import BoundkitError
 from boundkit.models import load_onnx
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-NETWORKS = Path(os.environ.get("BOUNDKIT_NETWORKS", "../shared/networks"))
 
 
 def main() -> None:
@@ -39,7 +38,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write a markdown report here")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    path = NETWORKS / "pgd_2_3_16.onnx"
+    # the networks folder: $BOUNDKIT_NETWORKS, else beside the data folder
+    networks = Path(os.environ.get("BOUNDKIT_NETWORKS", Path(args.data_root).parent /
+                                   "networks"))
+    path = networks / "pgd_2_3_16.onnx"
     lines = [f"`python -m analyses.vit_pgd --n {args.n} --n-cert {args.n_cert} --budget "
              f"{args.budget}` (one CPU thread, torch {torch.__version__}).", ""]
 

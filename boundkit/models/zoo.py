@@ -611,12 +611,13 @@ _ENTRIES: tuple[ZooEntry, ...] = (
     ),
     ZooEntry(
         "vit_cifar",
-        _part(_tiny_vit),
+        _part(_tiny_vit, cls=False),
         (3, 32, 32),
         10,
         "cifar10",
-        "vision transformer: Conv(3,32,8,s8) patches + class token + positions, 1 pre-norm "
-        "block (LayerNorm, 2-head softmax attention, GELU MLP 64), LayerNorm, FC10",
+        "vision transformer: Conv(3,32,8,s8) patches (16 tokens) + positions, 1 pre-norm "
+        "block (LayerNorm, 2-head softmax attention, GELU MLP 64), LayerNorm, mean over "
+        "tokens, FC10",
         "project addition (issue 24)",
         epochs=15,
     ),

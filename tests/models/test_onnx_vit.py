@@ -194,3 +194,36 @@ def test_declared_input_type_is_still_required(tmp_path: Path) -> None:
                   .SerializeToString())
     with pytest.raises(OnnxImportError, match="not a float tensor"):
         load_onnx(p)
+
+
+class _SDPA(torch.nn.Module):
+    """Attention written with ``F.scaled_dot_product_attention`` and a fused qkv ``chunk``
+    (its export computes the scale from the shape: Shape, Cast, Sqrt, Div folded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.o = torch.nn.Linear(8, 24), torch.nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        q, k, v = (t.reshape(n, 4, 2, 4).transpose(1, 2)
+                   for t in self.qkv(x.reshape(n, 4, 8)).chunk(3, dim=-1))
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(o.transpose(1, 2).reshape(n, -1))
+
+
+def test_scaled_dot_product_attention_export_imports(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _SDPA().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 32),), buf, dynamo=False, input_names=["x"],
+                          output_names=["logits"], opset_version=17, do_constant_folding=False,
+                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
+    p = tmp_path / "sdpa.onnx"
+    p.write_bytes(buf.getvalue())
+    imported = load_onnx(p)
+    assert compare_with_onnxruntime(imported, p, 20, seed=2).max_rel_error <= 1e-5
+    kinds = {n.op for n in capture(imported, (32,))}
+    assert {"softmax", "matmul"} <= kinds and "unknown" not in kinds
