@@ -108,7 +108,8 @@ def softmax_planes(lo: torch.Tensor, hi: torch.Tensor, iv: Interval | None = Non
     in real arithmetic (the plane's own rounding is inside the offsets; softmax §3, §5)."""
     k = lo.shape[-1]
     c = (lo + hi) / 2
-    r = torch.maximum(hi - c, c - lo) * (1 + 2 * UNIT_ROUNDOFF)  # covers the box from c
+    # covers the box from c: the subtraction and this product round by at most 1 ulp each
+    r = torch.maximum(hi - c, c - lo) * (1 + 4 * UNIT_ROUNDOFF) + _TINY
     y = torch.softmax(c, -1)
     eye = torch.eye(k, dtype=lo.dtype, device=lo.device)
     g = y.unsqueeze(-1) * (eye - y.unsqueeze(-2))  # [..., i, j] = y_i (d_ij - y_j)
