@@ -227,3 +227,28 @@ def test_scaled_dot_product_attention_export_imports(tmp_path: Path) -> None:
     assert compare_with_onnxruntime(imported, p, 20, seed=2).max_rel_error <= 1e-5
     kinds = {n.op for n in capture(imported, (32,))}
     assert {"softmax", "matmul"} <= kinds and "unknown" not in kinds
+
+
+def test_token_gather_and_slice_with_negative_indices_and_steps(tmp_path: Path) -> None:
+    """Views by constant indices: a reversed slice (step -1) and a gather with a negative
+    index, then an activation and a token MatMul."""
+    body = [N("Slice", ["t", "st", "en", "ax", "sp"], ["r"]),  # tokens reversed: [N, 4, 3]
+            N("Gather", ["r", "ix"], ["g"], axis=2),  # [N, 4, 2]
+            N("Relu", ["g"], ["a"]),
+            N("MatMul", ["a", "w"], ["m"]),  # [N, 4, 5]
+            N("Flatten", ["m"], ["h"], axis=1)]
+    inits = {"st": np.array([-1], np.int64), "en": np.array([-5], np.int64),
+             "ax": np.array([1], np.int64), "sp": np.array([-1], np.int64),
+             "ix": np.array([-1, 0], np.int64), "w": rand(2, 5), "_numel": 20}
+    p = _vit_graph(tmp_path, body, inits, opset=13)
+    m = load_onnx(p)
+    assert compare_with_onnxruntime(m, p, 20, seed=4).max_rel_error <= 1e-5
+    assert "unknown" not in {n.op for n in capture(m, (12,))}
+
+
+def test_gather_of_the_batch_axis_or_out_of_range_is_refused(tmp_path: Path) -> None:
+    for axis, ix, match in ((0, [0], "batch"), (1, [4], "outside")):
+        body = [N("Gather", ["t", "ix"], ["g"], axis=axis), N("Flatten", ["g"], ["h"], axis=1)]
+        p = _vit_graph(tmp_path, body, {"ix": np.array(ix, np.int64), "_numel": 12})
+        with pytest.raises(OnnxImportError, match=match):
+            load_onnx(p)
