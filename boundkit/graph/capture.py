@@ -352,7 +352,7 @@ class _Capture:
                 self.refuse_inplace_alias(fx_node, first)
         op = sig.op
         merge = {"add": self.arith, "scale": self.scale, "cat": self.cat,
-                 "matmul": self.matmul}.get(op)
+                 "matmul": self.matmul, "permute": self.permute}.get(op)
         if merge is not None:
             merge(fx_node, sig.form, a)
             return
@@ -573,8 +573,49 @@ class _Capture:
         self.add_node(fx_node, "linear", [x.name], params={"weight": w.T.contiguous()})
         self.check_input_rank(self.nodes[-1])
 
+    def permute(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        r"""``x.transpose(d0, d1)``, ``x.permute(*dims)``, ``torch.permute``, ``x.mT``: the
+        node ``permute`` with ``attrs["dims"]`` the permutation of the per-sample axes
+        (:math:`h_{i_0 \ldots} = x_{i_{p(0)} \ldots}`, as ``torch.permute``); one that moves
+        the batch axis is refused."""
+        x = a.get("input", a.get("self"))
+        if not (isinstance(x, torch.fx.Node) and x.name in self.names):
+            raise UnsupportedLayerError(fx_node.name, op, why="its input is not the model's data")
+        rank = len(self.shape(x))
+        if op == "getattr":
+            if a["name"] != "mT":
+                raise UnsupportedLayerError(fx_node.name, f"getattr {a['name']!r}",
+                                            why="only the attribute .mT of a tensor is read")
+            perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+        elif op == "transpose":
+            d = [a.get("dim0", a.get("axis0")), a.get("dim1", a.get("axis1"))]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and -rank <= v < rank
+                       for v in d):
+                raise UnsupportedLayerError(fx_node.name, op, why=f"dims {d}")
+            perm = list(range(rank))
+            i, j = (v % rank for v in d)
+            perm[i], perm[j] = perm[j], perm[i]
+        else:
+            dims = a["dims"]
+            dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and -rank <= v < rank
+                       for v in dims) or sorted(v % rank for v in dims) != list(range(rank)):
+                raise UnsupportedLayerError(fx_node.name, op, why=f"dims {dims} are not a "
+                                            f"permutation of the {rank} axes")
+            perm = [v % rank for v in dims]
+        if perm[0] != 0:
+            raise UnsupportedLayerError(fx_node.name, op, why="it moves the batch dimension")
+        self.add_node(fx_node, "permute", [x.name],
+                      attrs={"dims": tuple(p - 1 for p in perm[1:])})
+
     def call_method(self, fx_node: torch.fx.Node) -> None:
         name = str(fx_node.target)
+        if name == "permute":  # x.permute(0, 2, 1) or x.permute((0, 2, 1)) or dims=
+            args = fx_node.args[1:]
+            dims = fx_node.kwargs.get("dims", args[0] if len(args) == 1 else list(args))
+            self.permute(fx_node, "permute", {"self": fx_node.args[0], "dims": dims})
+            self.nodes[-1].target = name
+            return
         if name in _RESHAPE_METHODS:
             inputs = self.tensor_inputs([fx_node.args[0]])
             if len(inputs) != 1:

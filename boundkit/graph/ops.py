@@ -193,6 +193,11 @@ def matmul(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.matmul(xs[0], xs[1])
 
 
+def permute(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``permute``: the per-sample axes in the order ``attrs["dims"]`` (batch first)."""
+    return xs[0].permute(0, *(d + 1 for d in node.attrs["dims"]))
+
+
 def relu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.relu(xs[0])
 

@@ -129,7 +129,7 @@ class OpSpec:
             capture needs the graph around them (merges, constants, shapes) are read by
             capture itself (``_Capture.call_function`` in :mod:`boundkit.graph.capture`:
             ``add``, ``scale`` (and ``mul``, its form with two computed operands), ``cat``,
-            ``matmul``, ``layernorm``, ``mean``).
+            ``matmul``, ``permute``, ``layernorm``, ``mean``).
         input_ranks: the ranks (without the batch) its rules support; ``None``: any.
         finish: a check or completion of the node once its shapes are known.
         rules: rule family -> the module (dotted name) that registers that rule.
@@ -461,7 +461,7 @@ _SPECS: tuple[OpSpec, ...] = (
     OpSpec("layernorm", "normalisation", ops.layernorm, (nn.LayerNorm,),
            functions={F.layer_norm: sig("input normalized_shape weight bias eps",
                                         None, None, 1e-5)},
-           module_attrs=_layernorm_module, rules=_rules("layernorm", "sound")),
+           module_attrs=_layernorm_module, rules=_rules("layernorm", "sound", "crown")),
     OpSpec("maxpool2d", "pool", ops.maxpool2d, (nn.MaxPool2d,),
            functions={F.max_pool2d: sig(_POOL_MAX, None, 0, 1, False, False)},
            module_attrs=_maxpool2d_module, call_attrs=_maxpool2d_call, input_ranks=(3,),
@@ -548,6 +548,17 @@ _SPECS: tuple[OpSpec, ...] = (
     # ``view`` and ``reshape`` are read by capture from the propagated shape
     OpSpec("reshape", "structural", ops.reshape,
            rules=_rules("structural", "sound", "peck2017", "crown"), output_tail=True),
+    # an exact permutation of the per-sample axes (``attrs["dims"]``), read by capture
+    # (``x.permute(0, 2, 1)`` packs its varargs into ``dims``; ``x.mT`` is a ``getattr``)
+    OpSpec("permute", "structural", ops.permute,
+           functions={torch.transpose: sig("input dim0 dim1", form="transpose"),
+                      torch.swapaxes: sig("input axis0 axis1", form="transpose"),
+                      torch.permute: sig("input dims", form="permute"),
+                      getattr: sig("input name", form="getattr")},
+           methods={"transpose": sig("self dim0 dim1", form="transpose"),
+                    "swapaxes": sig("self axis0 axis1", form="transpose"),
+                    "permute": sig("self dims", form="permute")},
+           rules=_rules("softmax", "sound", "crown")),
     OpSpec("identity", "structural", ops.identity,
            (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity),
            functions={F.dropout: sig(_DROPOUT, 0.5, True, False),
@@ -573,12 +584,14 @@ _SPECS: tuple[OpSpec, ...] = (
                     "divide": sig("self other rounding_mode", None, form="div"),
                     "true_divide": sig("self other", form="div")},
            rules=_rules("scale", "sound", "peck2017", "crown")),
+    # at the output a squash the logits skip; inside the network (attention weights) a
+    # node with rules of its own (docs/theory/softmax.md)
     OpSpec("softmax", "squash", ops.softmax, (nn.Softmax,),
            functions={F.softmax: sig("input dim _stacklevel dtype", None, 3, None),
                       torch.softmax: sig("input dim dtype", None)},
            methods={"softmax": sig("self dim dtype", None)},
            module_attrs=_attrs_of("dim"), call_attrs=lambda c: {"dim": c.args["dim"]},
-           output_squash=True),
+           rules=_rules("softmax", "sound", "crown"), output_squash=True),
     OpSpec("log_softmax", "squash", ops.log_softmax, (nn.LogSoftmax,),
            functions={F.log_softmax: sig("input dim _stacklevel dtype", None, 3, None),
                       torch.log_softmax: sig("input dim dtype", None)},

@@ -343,6 +343,14 @@ def maxmin_mlp(sizes: tuple[int, ...] = (784, 128, 128, 10)) -> nn.Sequential:
     return _seq(*layers)
 
 
+def _tiny_vit(**kw: Any) -> nn.Module:
+    """:class:`boundkit.models.vit.TinyViT` (imported on use), in a one-layer
+    ``nn.Sequential`` like every zoo model."""
+    from boundkit.models.vit import TinyViT
+
+    return _seq(("vit", TinyViT(**kw)))
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """A zoo architecture: how to build it and what it expects.
@@ -633,6 +641,18 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         "784-128-128-10, MaxMin activations, orthogonal initialisation",
         "project addition (issue 24)",
         epochs=10,
+    ),
+    ZooEntry(
+        "vit_cifar",
+        _part(_tiny_vit, cls=False),
+        (3, 32, 32),
+        10,
+        "cifar10",
+        "vision transformer: Conv(3,32,8,s8) patches (16 tokens) + positions, 1 pre-norm "
+        "block (LayerNorm, 2-head softmax attention, GELU MLP 64), LayerNorm, mean over "
+        "tokens, FC10",
+        "project addition (issue 24)",
+        epochs=15,
     ),
     ZooEntry(
         "digits_cnn",

@@ -85,8 +85,8 @@ def test_module_forms_capture_as_their_op_and_evaluate_as_the_module():
 
 
 def test_unregistered_family_is_refused_by_name_not_by_a_crash():
-    """softmax inside a network declares no rule family: a method refuses it by name."""
-    model = nn.Sequential(nn.Linear(4, 4), nn.Softmax(dim=1), nn.Linear(4, 3)).eval()
+    """log_softmax inside a network declares no rule family: a method refuses it by name."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.LogSoftmax(dim=1), nn.Linear(4, 3)).eval()
     x = torch.rand(2, 4)
-    with pytest.raises(UnsupportedLayerError, match="softmax"):
+    with pytest.raises(UnsupportedLayerError, match="log_softmax"):
         bk.certify(model, x, "crown")

@@ -8,6 +8,7 @@ import torch.fx
 from torch import nn
 
 from boundkit.models import ZOO, GroupSort, ResidualBlock, build_model, lenet5
+from boundkit.models.vit import Attention, Block, TinyViT
 from boundkit.models.zoo import BasicBlock, GatedBlock
 
 ALLOWED = (
@@ -15,6 +16,7 @@ ALLOWED = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.LocalResponseNorm, nn.ReLU, nn.Tanh, nn.Sigmoid,
     nn.Softplus, nn.Flatten, nn.Dropout, ResidualBlock,
     nn.AdaptiveAvgPool2d, nn.GELU, nn.SiLU, BasicBlock, GroupSort, GatedBlock,
+    TinyViT, Block, Attention, nn.LayerNorm,
 )  # fmt: skip
 
 
