@@ -137,6 +137,8 @@ _POOL_MAX = "input kernel_size stride padding dilation ceil_mode return_indices"
 _POOL_AVG = "input kernel_size stride padding ceil_mode count_include_pad divisor_override"
 _DROPOUT = "input p training inplace"
 _RESIZE = "input size scale_factor mode align_corners recompute_scale_factor antialias"
+_CONV = "input weight bias stride padding dilation groups"
+_CONV_T = "input weight bias stride padding output_padding groups dilation"
 
 _FUNCTION_SIGS: dict[Any, _Sig] = {
     F.relu: _sig("relu", "input inplace", False),
@@ -186,6 +188,11 @@ _FUNCTION_SIGS: dict[Any, _Sig] = {
     F.avg_pool2d: _sig("avgpool2d", _POOL_AVG, None, 0, False, True, None),
     F.adaptive_avg_pool2d: _sig("adaptive_avgpool2d", "input output_size"),
     torch.mean: _sig("mean", "input dim keepdim dtype", None, False, None),
+    F.linear: _sig("linear", "input weight bias", None),
+    F.conv2d: _sig("conv2d", _CONV, None, 1, 0, 1, 1),
+    torch.conv2d: _sig("conv2d", _CONV, None, 1, 0, 1, 1),
+    F.conv_transpose2d: _sig("conv_transpose2d", _CONV_T, None, 1, 0, 0, 1, 1),
+    torch.conv_transpose2d: _sig("conv_transpose2d", _CONV_T, None, 1, 0, 0, 1, 1),
 }
 
 _METHOD_SIGS: dict[str, _Sig] = {
@@ -744,6 +751,9 @@ class _Capture:
         elif op == "layernorm":
             self.layer_norm(fx_node, a, inputs)
             return
+        elif op in ("linear", "conv2d", "conv_transpose2d"):
+            self.weighted(fx_node, op, a, inputs)
+            return
         elif op in ("softmax", "log_softmax"):
             attrs = {"dim": a["dim"]}
         elif op == "flatten":
@@ -777,6 +787,39 @@ class _Capture:
             params[k] = t.expand(shape).clone()
         attrs = {"normalized_shape": shape, "eps": _positive_eps(fx_node.name, a["eps"])}
         self.add_node(fx_node, "layernorm", inputs, params=params, attrs=attrs)
+
+    def weighted(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any],
+                 inputs: list[str]) -> None:
+        """``F.linear``, ``F.conv2d`` and ``F.conv_transpose2d`` (and ``torch.conv2d``,
+        ``torch.conv_transpose2d``) with a constant weight and bias (module attributes, or
+        values computed from them alone; a weight shared with a layer is read as it is): the
+        same node, ``params`` and ``attrs`` as the module form."""
+        def refuse(why: str) -> UnsupportedLayerError:
+            return UnsupportedLayerError(fx_node.name, op, why=why)
+
+        for k in ("weight", "bias"):
+            v = a[k]
+            if isinstance(v, torch.fx.Node) and v.name in self.names:
+                raise refuse(f"its {k} depends on the input (not affine)")
+        params = {"weight": self.constant(fx_node, a["weight"])}
+        if a["bias"] is not None:
+            params["bias"] = self.constant(fx_node, a["bias"])
+        attrs: dict[str, Any] = {}
+        if op != "linear":
+            for k in ("stride", "padding", "dilation", "groups", "output_padding"):
+                if isinstance(a.get(k), (torch.fx.Node, str)):
+                    raise refuse(f"{k}={a[k]!r}: explicit integers are supported")
+            if params["weight"].dim() != 4:
+                raise refuse(f"a weight of shape {list(params['weight'].shape)}; a 2-d "
+                             "convolution's weight has 4 dimensions")
+            attrs = dict(stride=_pair(a["stride"]), padding=_pair(a["padding"]),
+                         dilation=_pair(a["dilation"]), groups=int(a["groups"]))
+            if op == "conv2d":
+                attrs["kernel_size"] = tuple(int(k) for k in params["weight"].shape[2:])
+            else:
+                attrs["output_padding"] = _pair(a["output_padding"])
+        self.add_node(fx_node, op, inputs, params=params, attrs=attrs)
+        self.check_input_rank(self.nodes[-1])
 
     def mean_attrs(self, fx_node: torch.fx.Node, a: dict[str, Any]) -> dict[str, Any]:
         """``torch.mean(input, dim, keepdim)``: the reduced dimensions as non-negative
