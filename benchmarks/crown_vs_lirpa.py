@@ -9,7 +9,9 @@ per-sample 15-step bisection on [0, DeepFool norm] (auto_LiRPA's L2 perturbation
 epsilon per batch; a small subclass gives it one per sample). Reports the per-sample ratio
 to auto_LiRPA (median and minimum over samples) and the time per sample, and writes
 ``docs/results/crown_vs_lirpa.md``. Besides zoo names, ``--models`` takes public ONNX networks
-of ``../shared/networks`` as ``onnx:FILE`` (MNIST nets, imported with ``load_onnx``).
+of ``../shared/networks`` as ``onnx:FILE`` (MNIST nets, imported with ``load_onnx``), and
+``NAME:gelu_tanh`` is zoo model NAME with its GELUs switched to the tanh form (auto_LiRPA 0.3
+has no ``Erf``, so this is the GELU model both can bound).
 
 auto_LiRPA 0.3 (optional: ``pip install auto-LiRPA==0.3 --no-deps``) needs four shims on
 torch 2.13 / numpy 2 (applied below): ``numpy.lib.arraysetops``, the ONNX opset helper,
@@ -166,7 +168,8 @@ def dataset_of(name: str) -> str:
 
     if name.startswith("onnx:"):
         return ONNX_NETWORKS[name.split(":", 1)[1]][0]
-    return ZOO[name].dataset if name in ZOO else "mnist"
+    base = name.split(":", 1)[0]
+    return ZOO[base].dataset if base in ZOO else "mnist"
 
 
 def load(name: str, data_root: Path, cache: Path) -> torch.nn.Module:
@@ -180,6 +183,14 @@ def load(name: str, data_root: Path, cache: Path) -> torch.nn.Module:
                              f"({sorted(ONNX_NETWORKS)})")
         _, shape, normalize = ONNX_NETWORKS[file]
         return load_onnx(NETWORKS / file, input_shape=shape, normalize=normalize).eval()
+    if name.endswith(":gelu_tanh"):
+        # the same trained weights with GELU's tanh form (auto_LiRPA 0.3 has no Erf): both
+        # tools bound this very model
+        model = trained(name.split(":", 1)[0], data_root, cache)
+        for m in model.modules():
+            if isinstance(m, torch.nn.GELU):
+                m.approximate = "tanh"
+        return model
     return trained(name, data_root, cache)
 
 

@@ -289,10 +289,13 @@ class Windows:
                 if k == 0 and len(v.inputs) == 1:
                     outs = [run.unit_step(vv, sub, loc)]
                 else:
-                    seed = state.pop(v.name) if k else LinearBounds(
-                        run.unit_spec(loc, vv.out_shape), *(2 * [torch.zeros(
-                            (run.n, 2 * idx.shape[1]), dtype=run.x0.dtype,
-                            device=run.x0.device)]))
+                    if k:
+                        seed = state.pop(v.name)
+                    else:  # a target with several inputs: the walk from its unit specs
+                        zero = torch.zeros((run.n, 2 * idx.shape[1]), dtype=run.x0.dtype,
+                                           device=run.x0.device)
+                        seed = LinearBounds(run.unit_spec(loc, vv.out_shape), zero,
+                                            zero.clone())
                     outs = list(rule.backward(vv, sub, seed))
                 for u, lb in zip(v.inputs, outs):
                     a = lb.A
