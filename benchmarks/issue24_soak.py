@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--nets", type=int, default=5000)
     ap.add_argument("--first-seed", type=int, default=10_000)
     ap.add_argument("--points", type=int, default=400, help="random points per ball")
+    ap.add_argument("--search-steps", type=int, default=15,
+                    help="steps of the float64 adversarial search per network (0: none)")
     ap.add_argument("--report-every", type=int, default=250)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "issue24_soak.md")
     args = ap.parse_args()
@@ -58,7 +60,9 @@ def main() -> None:
             f"example closer than a radius): **{len(failures)}**",
             f"- `sound` refused (no rule): {refused['sound']} networks; `crown` refused: "
             f"{refused['crown']}",
-            f"- median crown radius / closest adversarial distance found: {med:.3f}",
+            f"- median crown radius / closest adversarial distance found: {med:.3f}"
+            + (" (no search in this run: random points only)" if args.search_steps <= 0
+               else f" (search of {args.search_steps} steps)"),
             f"- CPU time {cpu:.0f} s ({cpu / max(done, 1):.2f} s per network)", "",
             "Steps drawn (image and vector stages): "
             + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + ".", "",
@@ -72,7 +76,7 @@ def main() -> None:
     for seed in range(args.first_seed, args.first_seed + args.nets):
         steps = Issue24Net(seed).steps
         try:
-            res = check_case(seed, points=args.points)
+            res = check_case(seed, points=args.points, search_steps=args.search_steps)
         except AssertionError as exc:
             failures.append(str(exc)[:600].replace("\n", " "))
             print("VIOLATION", failures[-1], flush=True)

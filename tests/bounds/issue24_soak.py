@@ -249,7 +249,8 @@ def ball_points(x: torch.Tensor, r: torch.Tensor, m: int, gen: torch.Generator
 def check_case(seed: int, *, n: int = 3, points: int = 400, search_steps: int = 15,
                max_steps: int = 5) -> CaseResult:
     """Certify one random network (``seed``) on ``n`` inputs and attack every ball (module
-    docstring); ``AssertionError`` naming the seed, method and sample on a violation."""
+    docstring; ``search_steps`` 0: random points only); ``AssertionError`` naming the seed,
+    method and sample on a violation."""
     model = Issue24Net(seed, max_steps)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.rand(n, *model.boundkit_input_shape, generator=gen)
@@ -278,6 +279,8 @@ def check_case(seed: int, *, n: int = 3, points: int = 400, search_steps: int = 
             assert not bool(bad.any()), (
                 f"seed {seed}: a point inside the {method} ball changes the class (samples "
                 f"{bad.nonzero().flatten().tolist()}, radii {r.tolist()}); steps {model.steps}")
+    if search_steps <= 0:  # dense sampling only
+        return CaseResult(radii, n * points, torch.full((n,), math.inf, dtype=torch.float64))
     _, dist = adversarial_search(model, x, steps=search_steps, box=(0.0, 1.0), seed=seed)
     for method, r in radii.items():
         if r is not None:
