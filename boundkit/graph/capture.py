@@ -55,6 +55,7 @@ from boundkit.graph.optable import (
     Call,
     Sig,
     module_ops,
+    pair,
     positive_eps,
 )
 from boundkit.validate import check_model
@@ -365,6 +366,9 @@ class _Capture:
         if op == "layernorm":
             self.layer_norm(fx_node, a, inputs)
             return
+        if op in ("linear", "conv2d", "conv_transpose2d"):
+            self.weighted(fx_node, op, a, inputs)
+            return
         if op == "mean":
             attrs = self.mean_attrs(fx_node, a)
         elif spec.call_attrs is not None:
@@ -408,6 +412,42 @@ class _Capture:
             params[k] = t.expand(shape).clone()
         attrs = {"normalized_shape": shape, "eps": positive_eps(fx_node.name, a["eps"])}
         self.add_node(fx_node, "layernorm", inputs, params=params, attrs=attrs)
+
+    def weighted(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any],
+                 inputs: list[str]) -> None:
+        """``F.linear``, ``F.conv2d`` and ``F.conv_transpose2d`` (and ``torch.conv2d``,
+        ``torch.conv_transpose2d``) with a constant weight and bias (module attributes, or
+        values computed from them alone; a weight shared with a layer is read as it is): the
+        same node, ``params`` and ``attrs`` as the module form."""
+        def refuse(why: str) -> UnsupportedLayerError:
+            return UnsupportedLayerError(fx_node.name, op, why=why)
+
+        for k in ("weight", "bias"):
+            v = a[k]
+            if isinstance(v, torch.fx.Node) and v.name in self.names:
+                raise refuse(f"its {k} depends on the input (not affine)")
+        params = {"weight": self.constant(fx_node, a["weight"])}
+        if a["bias"] is not None:
+            params["bias"] = self.constant(fx_node, a["bias"])
+        attrs: dict[str, Any] = {}
+        if op == "linear" and params["weight"].dim() != 2:
+            raise refuse(f"a weight of shape {list(params['weight'].shape)}; a linear "
+                         "layer's weight has 2 dimensions")
+        if op != "linear":
+            for k in ("stride", "padding", "dilation", "groups", "output_padding"):
+                if isinstance(a.get(k), (torch.fx.Node, str)):
+                    raise refuse(f"{k}={a[k]!r}: explicit integers are supported")
+            if params["weight"].dim() != 4:
+                raise refuse(f"a weight of shape {list(params['weight'].shape)}; a 2-d "
+                             "convolution's weight has 4 dimensions")
+            attrs = dict(stride=pair(a["stride"]), padding=pair(a["padding"]),
+                         dilation=pair(a["dilation"]), groups=int(a["groups"]))
+            if op == "conv2d":
+                attrs["kernel_size"] = tuple(int(k) for k in params["weight"].shape[2:])
+            else:
+                attrs["output_padding"] = pair(a["output_padding"])
+        self.add_node(fx_node, op, inputs, params=params, attrs=attrs)
+        self.check_input_rank(self.nodes[-1])
 
     def mean_attrs(self, fx_node: torch.fx.Node, a: dict[str, Any]) -> dict[str, Any]:
         """``torch.mean(input, dim, keepdim)``: the reduced dimensions as non-negative

@@ -129,7 +129,8 @@ class OpSpec:
             capture needs the graph around them (merges, constants, shapes) are read by
             capture itself (``_Capture.call_function`` in :mod:`boundkit.graph.capture`:
             ``add``, ``scale`` (and ``mul``, its form with two computed operands), ``cat``,
-            ``matmul``, ``permute``, ``layernorm``, ``mean``).
+            ``matmul``, ``permute``, ``layernorm``, ``mean``, and the functional forms of
+            ``linear``, ``conv2d``, ``conv_transpose2d``, whose weights are constants).
         input_ranks: the ranks (without the batch) its rules support; ``None``: any.
         finish: a check or completion of the node once its shapes are known.
         rules: rule family -> the module (dotted name) that registers that rule.
@@ -432,6 +433,8 @@ _POOL_MAX = "input kernel_size stride padding dilation ceil_mode return_indices"
 _POOL_AVG = "input kernel_size stride padding ceil_mode count_include_pad divisor_override"
 _DROPOUT = "input p training inplace"
 _RESIZE = "input size scale_factor mode align_corners recompute_scale_factor antialias"
+_CONV = "input weight bias stride padding dilation groups"
+_CONV_T = "input weight bias stride padding output_padding groups dilation"
 
 
 def _unary(name: str) -> dict[str, Sig]:
@@ -444,13 +447,21 @@ _GELU, _ELU, _HARDTANH = _stated("gelu"), _stated("elu"), _stated("hardtanh")
 _SPECS: tuple[OpSpec, ...] = (
     OpSpec("input", "input"),
     # on vectors, or on tokens [T, D] / [.., T, D] (the map acts on the last axis)
-    OpSpec("linear", "affine", ops.linear, (nn.Linear,), module_attrs=_linear_module,
+    # the functional forms of the weighted layers read constant weights (module attributes
+    # or values computed from them alone): capture's ``_Capture.weighted``
+    OpSpec("linear", "affine", ops.linear, (nn.Linear,),
+           functions={F.linear: sig("input weight bias", None)}, module_attrs=_linear_module,
            input_ranks=(1, 2, 3, 4), rules=_rules("linear", "sound", "crown"),
            output_tail=True),
-    OpSpec("conv2d", "affine", ops.conv2d, (nn.Conv2d,), module_attrs=_conv2d_module,
+    OpSpec("conv2d", "affine", ops.conv2d, (nn.Conv2d,),
+           functions={F.conv2d: sig(_CONV, None, 1, 0, 1, 1),
+                      torch.conv2d: sig(_CONV, None, 1, 0, 1, 1)},
+           module_attrs=_conv2d_module,
            input_ranks=(3,), rules=_rules("conv", "sound", "peck2017", "crown"),
            output_tail=True),
     OpSpec("conv_transpose2d", "affine", ops.conv_transpose2d, (nn.ConvTranspose2d,),
+           functions={F.conv_transpose2d: sig(_CONV_T, None, 1, 0, 0, 1, 1),
+                      torch.conv_transpose2d: sig(_CONV_T, None, 1, 0, 0, 1, 1)},
            module_attrs=_conv_transpose2d_module, input_ranks=(3,),
            rules=_rules("upsampling", "sound", "crown"), output_tail=True),
     OpSpec("resize", "affine", ops.resize, (nn.Upsample,),

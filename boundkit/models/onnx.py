@@ -1264,6 +1264,16 @@ class _Importer:
         if c is None or not math.isclose(c if scaled.op_type == "Div" else 1 / c, r2,
                                          rel_tol=1e-6):
             raise self.fail(node, why)
+        v = self.values[x_name]
+        if not isinstance(v, _Dyn):
+            raise self.fail(node, why)
+        chain = self._gelu_tail(node, x_name, why)
+        return self._replace_chain(v, nn.GELU(), chain)
+
+    def _gelu_tail(self, node: Any, x_name: str, why: str) -> list[Any]:
+        """The nodes after GELU's ``erf`` or ``tanh`` node ``node``: ``Add 1``, then
+        ``x * (1 + .)`` and ``* 0.5``, or ``(x * 0.5) * (1 + .)``; each the only reader of
+        the one before (so nothing else sees the intermediate values)."""
         add = self.only_consumer(node.output[0])
         if add is None or add.op_type != "Add" or not math.isclose(
                 self._const_input(add, node.output[0]) or 0.0, 1.0, rel_tol=1e-7):
@@ -1280,17 +1290,74 @@ class _Importer:
                 raise self.fail(node, why)
             chain.append(half)
         else:  # (x * 0.5) * (1 + erf)
-            hx = prods.get(other, (None, None))[1]
+            hx = self._producers().get(other, (None, None))[1]
             if hx is None or hx.op_type != "Mul" or not math.isclose(
                     self._const_input(hx, x_name) or 0.0, 0.5, rel_tol=1e-7):
                 raise self.fail(node, why)
-        v = self.values[x_name]
-        if not isinstance(v, _Dyn):
-            raise self.fail(node, why)
-        out = self.unary(v, nn.GELU(), "gelu")
+        return chain
+
+    def _replace_chain(self, v: _Dyn, module: nn.Module, chain: list[Any]) -> _Dyn:
+        """One activation node for a recognised export pattern: the nodes of ``chain``
+        (all after the current one) are skipped, the last one's output is the activation."""
+        out = self.unary(v, module, str(module.__class__.__name__).lower())
         for n in chain:
             self.skip.add(self._producers()[n.output[0]][0])
         self.values[chain[-1].output[0]] = out
+        return out
+
+    #: the constants of GELU's tanh form, 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+    _GELU_TANH_C = (0.044715, math.sqrt(2.0 / math.pi))
+
+    def _tanh_gelu(self, node: Any) -> _Dyn | None:
+        """GELU(approximate="tanh") as torch's TorchScript exporter writes it, starting at
+        the cube's first node ``node`` (``Mul(x, x)`` or ``Pow(x, 3)``): ``x^3``,
+        ``* 0.044715``, ``+ x``, ``* sqrt(2 / pi)``, ``Tanh``, then GELU's tail
+        (:meth:`_gelu_tail`). ``None`` when ``node`` does not start this pattern."""
+        x_name = node.input[0]
+        v = self.values.get(x_name)
+        if not isinstance(v, _Dyn):
+            return None
+        if node.op_type == "Pow":
+            p = self._const_input(node, x_name)
+            if p is None or p != 3.0 or node.input[0] != x_name:
+                return None
+            cube, chain = node, []
+        else:
+            if list(node.input) != [x_name, x_name]:
+                return None
+            cube = self.only_consumer(node.output[0])
+            if cube is None or cube.op_type != "Mul" or sorted(cube.input) != sorted(
+                    [x_name, node.output[0]]):
+                return None
+            chain = [cube]
+        kappa, beta = self._GELU_TANH_C
+        steps: list[tuple[str, float | None]] = [("Mul", kappa), ("Add", None), ("Mul", beta),
+                                                 ("Tanh", None)]
+        prev = cube
+        for op, c in steps:
+            nxt = self.only_consumer(prev.output[0])
+            if nxt is None or nxt.op_type != op:
+                return None
+            if c is not None and not math.isclose(
+                    self._const_input(nxt, prev.output[0]) or 0.0, c, rel_tol=1e-6):
+                return None
+            if op == "Add" and sorted(nxt.input) != sorted([x_name, prev.output[0]]):
+                return None
+            chain.append(nxt)
+            prev = nxt
+        why = "a Tanh inside GELU's tanh pattern with a tail that is not GELU's"
+        try:
+            chain += self._gelu_tail(prev, x_name, why)
+        except ModelFileError:
+            return None
+        return self._replace_chain(v, nn.GELU(approximate="tanh"), chain)
+
+    def op_Pow(self, node: Any, k: int) -> _Dyn:
+        """``Pow`` of an input-dependent tensor: only as the cube of GELU's tanh form."""
+        out = self._tanh_gelu(node)
+        if out is None:
+            raise self.fail(node, "Pow of an input-dependent tensor is supported only as "
+                            "x^3 inside GELU's tanh pattern")
         return out
 
     def op_LeakyRelu(self, node: Any, k: int) -> _Dyn:
@@ -2009,6 +2076,9 @@ class _Importer:
             silu = self._silu(node)
             if silu is not None:
                 return silu
+            gelu = self._tanh_gelu(node)
+            if gelu is not None:
+                return gelu
             return self.product(node, torch.mul)
         self._out_broadcast(node, x, y)
         return self.scale_shift(x, y, None, node, "mul_const")
