@@ -450,11 +450,41 @@ class _Attention(nn.Module):
         return self.out((h * h + h).flatten(1))
 
 
+class _SquareOfInput(nn.Module):
+    """``x * x - x`` on the input itself (the square rule with the box's bounds), then a
+    cube of a hidden layer (two products)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a, self.out = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x * x - x)
+        return self.out(y * y * y)
+
+
+class _BroadcastHeads(nn.Module):
+    """``[N, 1, 3, 2] @ [N, 2, 2, 3]``: one query matrix against two heads' keys."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.q, self.k, self.out = nn.Linear(6, 6), nn.Linear(6, 12), nn.Linear(18, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q(x).reshape(-1, 1, 3, 2)
+        k = torch.tanh(self.k(x)).reshape(-1, 2, 2, 3)
+        return self.out((q @ k).flatten(1))
+
+
 _NETS = {
     "gated_silu": lambda s: _Gated(5, 6, F.silu, s),
     "gated_sigmoid": lambda s: _Gated(5, 6, torch.sigmoid, s),
     "gated_tanh_wide": lambda s: _Gated(5, 10, torch.tanh, s),
     "attention": lambda s: _Attention(s),
+    "square_of_input": lambda s: _SquareOfInput(s),
+    "broadcast_heads": lambda s: _BroadcastHeads(s),
 }
 
 
