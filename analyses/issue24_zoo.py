@@ -1,10 +1,11 @@
-"""Issue 24's zoo entries (resnet_cifar, smooth_mlp_mnist, maxmin_mnist): accuracy, and
-``crown`` against the ``best`` attack on the first test images (box [0, 1]).
+"""Issue 24's zoo entries (resnet_cifar, smooth_mlp_mnist, maxmin_mnist, gated_mlp_mnist):
+accuracy, and ``crown`` against the ``best`` attack on the first test images (box [0, 1]).
 
 Train first (seconds for the MLPs, minutes for the ResNet on one core)::
 
     python -m boundkit.models.train smooth_mlp_mnist --data-root ../shared/data --out runs
     python -m boundkit.models.train maxmin_mnist --data-root ../shared/data --out runs
+    python -m boundkit.models.train gated_mlp_mnist --data-root ../shared/data --out runs
     python -m boundkit.models.train resnet_cifar --data-root ../shared/data --out runs
 
 then ``python -m analyses.issue24_zoo --runs runs --data-root ../shared/data --n 20``
@@ -25,7 +26,7 @@ import boundkit as bk
 from boundkit.data import load_dataset
 from boundkit.models import load_model
 
-NAMES = ("smooth_mlp_mnist", "maxmin_mnist", "resnet_cifar")
+NAMES = ("smooth_mlp_mnist", "maxmin_mnist", "gated_mlp_mnist", "resnet_cifar")
 
 
 def run(name: str, runs: Path, data_root: str, n: int, budget: int) -> dict:

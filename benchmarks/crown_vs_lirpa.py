@@ -9,7 +9,9 @@ per-sample 15-step bisection on [0, DeepFool norm] (auto_LiRPA's L2 perturbation
 epsilon per batch; a small subclass gives it one per sample). Reports the per-sample ratio
 to auto_LiRPA (median and minimum over samples) and the time per sample, and writes
 ``docs/results/crown_vs_lirpa.md``. Besides zoo names, ``--models`` takes public ONNX networks
-of ``../shared/networks`` as ``onnx:FILE`` (MNIST nets, imported with ``load_onnx``).
+of ``../shared/networks`` as ``onnx:FILE`` (MNIST nets, imported with ``load_onnx``), and
+``NAME:gelu_tanh`` is zoo model NAME with its GELUs switched to the tanh form (auto_LiRPA 0.3
+has no ``Erf``, so this is the GELU model both can bound).
 
 auto_LiRPA 0.3 (optional: ``pip install auto-LiRPA==0.3 --no-deps``) needs four shims on
 torch 2.13 / numpy 2 (applied below): ``numpy.lib.arraysetops``, the ONNX opset helper,
@@ -161,8 +163,13 @@ ONNX_NETWORKS: dict[str, tuple[str, tuple[int, ...], Any]] = {
 
 
 def dataset_of(name: str) -> str:
-    """The data set a benchmark model is fed (zoo models here are MNIST models)."""
-    return ONNX_NETWORKS[name.split(":", 1)[1]][0] if name.startswith("onnx:") else "mnist"
+    """The data set a benchmark model is fed (a zoo model's own: MNIST or CIFAR-10)."""
+    from boundkit.models.zoo import ZOO
+
+    if name.startswith("onnx:"):
+        return ONNX_NETWORKS[name.split(":", 1)[1]][0]
+    base = name.split(":", 1)[0]
+    return ZOO[base].dataset if base in ZOO else "mnist"
 
 
 def load(name: str, data_root: Path, cache: Path) -> torch.nn.Module:
@@ -176,6 +183,14 @@ def load(name: str, data_root: Path, cache: Path) -> torch.nn.Module:
                              f"({sorted(ONNX_NETWORKS)})")
         _, shape, normalize = ONNX_NETWORKS[file]
         return load_onnx(NETWORKS / file, input_shape=shape, normalize=normalize).eval()
+    if name.endswith(":gelu_tanh"):
+        # the same trained weights with GELU's tanh form (auto_LiRPA 0.3 has no Erf): both
+        # tools bound this very model
+        model = trained(name.split(":", 1)[0], data_root, cache)
+        for m in model.modules():
+            if isinstance(m, torch.nn.GELU):
+                m.approximate = "tanh"
+        return model
     return trained(name, data_root, cache)
 
 
@@ -202,7 +217,11 @@ def run_model(name: str, n: int, data_root: Path, cache: Path, lirpa_alpha: bool
     upper = bk.attack(model, x, "deepfool").norm
     upper = torch.where(torch.isfinite(upper), upper, torch.full_like(upper, 10.0))
     # the bisection's upper end must fail: DeepFool's point is adversarial, so it does
-    radius["lirpa"], secs["lirpa"] = _timed(lambda: lirpa_radius(model, x, label, upper * 1.001))
+    try:
+        radius["lirpa"], secs["lirpa"] = _timed(
+            lambda: lirpa_radius(model, x, label, upper * 1.001))
+    except Exception as exc:  # noqa: BLE001 - auto_LiRPA 0.3 refuses ops it lacks this way
+        return _without_lirpa(name, n, radius, secs, upper, crown, exc)
     if lirpa_alpha:  # started from its CROWN radius, as in REFERENCE-NUMBERS
         radius["lirpa_alpha"], secs["lirpa_alpha"] = _timed(lambda: lirpa_radius(
             model, x, label, upper * 1.001, method="CROWN-Optimized", lower=radius["lirpa"]))
@@ -248,6 +267,27 @@ def run_model(name: str, n: int, data_root: Path, cache: Path, lirpa_alpha: bool
         f"{ms('crown')} | {ms('alpha')} | {ms('lirpa')} | {ms('lirpa_alpha')} | "
         f"{per['crown'] / per['lirpa']:.2f}x | {la_time} | {viol} |"
     ]
+    return lines, stats
+
+
+def _without_lirpa(name: str, n: int, radius: dict[str, torch.Tensor], secs: dict[str, float],
+                   upper: torch.Tensor, crown: Any, exc: Exception) -> tuple[list[str], dict]:
+    """The row of a model auto_LiRPA cannot bound: boundkit's radii and times, the reason."""
+    why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    ours = [k for k in ("crown", "crown_nobox", "alpha", "alpha_nobox", "sound") if k in radius]
+    viol = sum(int((radius[k] > upper).sum()) for k in ours)
+    per = {k: v / n for k, v in secs.items()}
+    stats = {"n": n, "lirpa_error": why,
+             "median_radius": {k: float(v.median()) for k, v in radius.items()}
+             | {"deepfool": float(upper.median())},
+             "cpu_s_per_sample": per, "from_sound": int(crown.info["from_sound"].sum()),
+             "violations_vs_deepfool": viol,
+             "peak_rss_gb_after_crown": resource.getrusage(
+                 resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    med = stats["median_radius"]
+    lines = [f"| {name} ({n}) | radius {med['crown']:.4g} | radius {med['crown_nobox']:.4g} | "
+             f"- | - | - | radius {med['sound']:.4g} | {per['crown'] * 1e3:.0f} | - | "
+             f"auto_LiRPA 0.3 fails ({why[:80]}) | - | - | - | {viol} |"]
     return lines, stats
 
 
@@ -297,7 +337,8 @@ def main() -> None:
     doc = [
         "# boundkit `crown` and `alpha` vs auto_LiRPA 0.3 CROWN and CROWN-Optimized (L2)", "",
         "Generated by (rows per command):", "", *[f"- {c}" for c in commands], "",
-        "Same process, same samples: the first n correctly classified MNIST test images, "
+        "Same process, same samples: the first n correctly classified test images (MNIST, or "
+        "CIFAR-10 for CIFAR models), "
         "n per model below.", "",
         "Ratios are per-sample radius / auto_LiRPA CROWN radius (15-step bisection on "
         "[0, DeepFool norm]), medians over samples and, in brackets, the minimum; "
@@ -317,6 +358,10 @@ def main() -> None:
         "Details:", "",
     ]
     for name, s in all_stats.items():
+        if "lirpa_error" in s:
+            doc.append(f"- {name}: median radius {_fmt(s['median_radius'])}; auto_LiRPA 0.3 "
+                       f"cannot bound it: {s['lirpa_error']}.")
+            continue
         doc.append(f"- {name}: median radius {_fmt(s['median_radius'])}; q10 of crown no box / "
                    f"LiRPA {s['q10_ratio_crown_nobox']:.3f}; crown kept the sound radius on "
                    f"{s['from_sound']} samples; auto_LiRPA radius 0 on {s['lirpa_zero']}; "

@@ -36,6 +36,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from boundkit.margin import label_margin
+
 Box = tuple[float, float] | None
 
 __all__ = [
@@ -451,13 +453,6 @@ class Criterion(ABC):
         same = pred.to(self.labels.device)[None, :] == self.labels[:, None]
         return same if self.targeted else ~same
 
-    def _own(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """Logit of ``labels`` and the largest other logit."""
-        own = logits.gather(1, self.labels[:, None]).squeeze(1)
-        mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, self.labels[:, None], True)
-        other = logits.masked_fill(mask, -math.inf).amax(1)
-        return own, other
-
 
 class Misclassification(Criterion):
     """Untargeted: adversarial iff ``argmax f(x') != labels``.
@@ -471,8 +466,7 @@ class Misclassification(Criterion):
         return logits.argmax(1) != self.labels
 
     def margin(self, logits: Tensor) -> Tensor:
-        own, other = self._own(logits)
-        return own - other
+        return label_margin(logits, self.labels)
 
 
 class TargetedMisclassification(Criterion):
@@ -487,8 +481,7 @@ class TargetedMisclassification(Criterion):
         return logits.argmax(1) == self.labels
 
     def margin(self, logits: Tensor) -> Tensor:
-        own, other = self._own(logits)
-        return other - own
+        return -label_margin(logits, self.labels)
 
 
 # --------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@ r"""Fully-connected (``nn.Linear``) layers on their own.
 
 Sound rule: :math:`\|W(z+q)+b-(Wz+b)\|=\|Wq\|\le\|W\|_2\|q\|`, with :math:`\|W\|_2` the exact
 largest singular value (float64 SVD, inflated by :data:`~boundkit.bounds.numerics.CONSTANT_RTOL`),
-computed once per model. Rounding at x: :math:`\gamma_{k+1}(\||W|\|_2\|z\|+\|b\|)`.
+computed once per model (on tokens ``[T, D]`` the map is :math:`I_T\otimes W`, the same
+norm). Rounding at x: :math:`\gamma_{k+1}(\||W|\|_2\|z\|+\sqrt T\|b\|)`.
 
 Inside a run of linear layers and smooth activations the sound method uses the quadratic
 block bound instead (:mod:`boundkit.bounds.mlp`), and for the last affine layers before the
@@ -67,9 +68,12 @@ class LinearRule(LipschitzRule):
         if key not in graph.cache:
             w = node.params["weight"]
             b = node.params.get("bias")
+            # on tokens [T, D] the bias is added to every token: sqrt(T) ||b|| in L2
+            tokens = node.out_numel // max(int(w.shape[0]), 1)
             graph.cache[key] = (
                 schur_bound(w),
-                float(b.norm()) if b is not None else 0.0,
+                0.0 if b is None else float(b.norm()) * (
+                    math.sqrt(tokens) * (1 + 1e-15) if tokens > 1 else 1.0),
                 float(gamma(w.shape[1] + 1)),
             )
         absw, bnorm, g = graph.cache[key]
@@ -93,7 +97,9 @@ class LinearRelaxation(AffineRelaxation):
         return m @ node.params["weight"].abs().T
 
     def const(self, node: Node) -> torch.Tensor | None:
-        return node.params.get("bias")
+        """The bias as it acts on one output ``[*out]`` (on tokens ``[T, D]``: per token)."""
+        b = node.params.get("bias")
+        return None if b is None else b.expand(node.out_shape)
 
     def fan(self, node: Node) -> int:
         return int(node.params["weight"].shape[1])

@@ -40,9 +40,10 @@ from boundkit.bounds.linear import spectral_norm
 from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.bounds.numerics import inflate, round_down
 from boundkit.bounds.output import SoundOutput
-from boundkit.bounds.registry import get_rule
+from boundkit.bounds.registry import SoundRule, get_rule
 from boundkit.bounds.sound import RoundingErrors, SoundPlan, finalize_radius, plan_sound, sound_pass
 from boundkit.graph.graph import Graph, Node
+from boundkit.margin import class_margins
 
 #: ReLU layers up to this width get exact masked spectral norms (per-sample eigensolves)
 EXACT_MASK_LIMIT = 256
@@ -59,7 +60,8 @@ def relu_pairs(
     body = [n for n in chain[1:] if n.name not in {t.name for t in out.tail}]
     pairs: list[tuple[Node, Node]] = []
     i = len(body)
-    while i >= 2 and body[i - 1].op == "relu" and body[i - 2].op == "linear":
+    while (i >= 2 and body[i - 1].op == "relu" and body[i - 2].op == "linear"
+           and len(body[i - 2].in_shapes[0]) == 1):  # the pairs' matrices act on vectors
         pairs.insert(0, (body[i - 2], body[i - 1]))
         i -= 2
     if not pairs:
@@ -105,7 +107,7 @@ def refine(
     prefix_lip = 1.0
     for n in prefix:
         rule = get_rule(n.op, "sound")
-        if rule is None or n.op in ("add", "cat"):
+        if not isinstance(rule, SoundRule) or rule.merges:
             return base_radius
         prefix_lip *= rule.lipschitz(n, graph)  # type: ignore[union-attr]
     bsz = base_radius.shape[0]
@@ -114,8 +116,8 @@ def refine(
     # the computed rows of A err by at most jacobian_error each; a pair difference by twice
     a_err = 2.0 * out.jacobian_error(graph) if out.tail else 0.0
     label = logits.argmax(1)
-    fc = logits.gather(1, label[:, None])
-    margin = fc - logits - math.sqrt(2.0) * err[graph.logits.name][:, None]  # [N, C]
+    margin = class_margins(logits, label) - math.sqrt(2.0) * err[graph.logits.name][:, None]
+    # margin: [N, C], inf at the label
     diff0 = a_rows[label].unsqueeze(1) - a_rows.unsqueeze(0)  # [N, C, n_L]
     diff = diff0.abs()
     weights = [lin.params["weight"] for lin, _ in pairs]

@@ -39,9 +39,12 @@ from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import gamma, inflate
 from boundkit.bounds.state import rounding_error
 from boundkit.graph.graph import Graph, Node
+from boundkit.graph.optable import ops_where
 
-SMOOTH_OPS = frozenset({"tanh", "sigmoid", "softplus"})
-FC_ACTIVATIONS = frozenset({"relu", "tanh", "sigmoid", "softplus"})
+#: activations of the smooth blocks (twice differentiable, bounded g' and g'')
+SMOOTH_OPS = ops_where("smooth")
+#: activations of peck2017's fully connected blocks (thesis Table 4.1)
+FC_ACTIVATIONS = ops_where("fc_activation")
 #: blocks whose Jacobian has at most this many entries get the exact spectral norm
 EXACT_JACOBIAN_LIMIT = 200_000
 
@@ -222,15 +225,21 @@ class PeckBlock(Stage):
         return (torch.sqrt(jn**2 + 2 * msn * kappa) - jn) / msn
 
 
+def _vector_linear(node: Node) -> bool:
+    """A ``linear`` node on vectors (the blocks' matrices; ``Linear`` on tokens is not one)."""
+    return node.op == "linear" and len(node.in_shapes[0]) == 1
+
+
 def find_blocks(chain: list[Node], allowed: frozenset[str]) -> list[list[Node]]:
     """Maximal runs ``[Linear, act, Linear, act, ...]`` in a chain of nodes, where every
     activation is in ``allowed``."""
     blocks: list[list[Node]] = []
     i = 0
     while i < len(chain) - 1:
-        if chain[i].op == "linear" and chain[i + 1].op in allowed:
+        if _vector_linear(chain[i]) and chain[i + 1].op in allowed:
             j = i
-            while j < len(chain) - 1 and chain[j].op == "linear" and chain[j + 1].op in allowed:
+            while (j < len(chain) - 1 and _vector_linear(chain[j])
+                   and chain[j + 1].op in allowed):
                 j += 2
             blocks.append(chain[i:j])
             i = j

@@ -160,6 +160,11 @@ class Modulus:
         """``min_i f_i + min_j g_j = min_{i,j} (f_i + g_j)``."""
         return Modulus([_poly_add(f, g.to(f.device)) for f in self.polys for g in other.polys])
 
+    def __mul__(self, other: Modulus) -> Modulus:
+        """``min_i f_i * min_j g_j = min_{i,j} (f_i g_j)`` (all values non-negative): a
+        modulus of a product's cross term (:mod:`boundkit.bounds.products`)."""
+        return Modulus([_poly_mul(f, g.to(f.device)) for f in self.polys for g in other.polys])
+
     def scale(self, c: float | torch.Tensor) -> Modulus:
         """``c * self`` for ``c >= 0``."""
         c_t = torch.as_tensor(c, dtype=torch.float64)

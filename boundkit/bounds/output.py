@@ -26,14 +26,20 @@ import torch
 
 from boundkit.bounds.numerics import gamma, inflate
 from boundkit.errors import UnsupportedLayerError
-from boundkit.graph.graph import AFFINE_OPS, Graph, Node
+from boundkit.graph.graph import Graph, Node
+from boundkit.graph.optable import ops_where
+from boundkit.margin import class_margins
+
+#: the affine ops the sound output stage folds into its tail (their rounding is charged in
+#: :meth:`SoundOutput.jacobian_error`)
+TAIL_OPS = ops_where("output_tail")
 
 
 def affine_tail(graph: Graph) -> tuple[list[Node], Node]:
     """The longest chain of affine nodes ending at the logits, and the node feeding it."""
     tail: list[Node] = []
     node = graph.logits
-    while node.op in AFFINE_OPS and len(node.inputs) == 1:
+    while node.op in TAIL_OPS and len(node.inputs) == 1:
         prev = graph[node.inputs[0]]
         tail.append(node)
         if prev.op == "input" or len(graph.consumers(prev.name)) != 1:
@@ -75,10 +81,7 @@ def pair_norms(a: torch.Tensor) -> torch.Tensor:
 def margins(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted class and the margins ``f_c - f_c'`` [N, C] (``inf`` at c itself)."""
     label = logits.argmax(dim=1)
-    fc = logits.gather(1, label.unsqueeze(1))
-    m = fc - logits
-    m.scatter_(1, label.unsqueeze(1), math.inf)
-    return label, m
+    return label, class_margins(logits, label)
 
 
 class SoundOutput:

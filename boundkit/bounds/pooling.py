@@ -45,8 +45,10 @@ from boundkit.bounds.relaxation import (
 )
 from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.graph import Graph, Node
+from boundkit.graph.optable import ops_where
 
-_NONNEGATIVE_OPS = frozenset({"relu", "sigmoid", "softplus"})
+#: ops whose outputs are never negative (the operator table's ``nonnegative`` flag)
+_NONNEGATIVE_OPS = ops_where("nonnegative")
 
 
 def _axis_windows(

@@ -15,6 +15,7 @@ Users add rules for their own layers with :func:`register_rule`; see ``docs/exte
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -79,8 +80,22 @@ class SoundRule(Rule):
         (default: the Lipschitz constant times the first input's; merges override)."""
         return self.lipschitz(node, graph) * ins[0]
 
+    def carry_error_at(self, node: Node, graph: Graph, ins: list[torch.Tensor],
+                       norms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`carry_error` for a rule that also reads the per-sample L2 norms of the
+        computed values (``norms``, by node): a product's carried error grows with the size
+        of its other operand. Default: :meth:`carry_error`."""
+        return self.carry_error(node, graph, ins)
+
     #: True for rules of merge nodes (``add``, ``cat``) that combine input moduli
     merges: bool = False
+
+    def combine_at(self, node: Node, graph: Graph, parts: list[Modulus],
+                   acts: dict[str, torch.Tensor] | None) -> Modulus:
+        """:meth:`combine` for a merge whose modulus depends on the point: ``acts`` are the
+        float64 activations at x (with their rounding bounds, ``Activations.errors``), the
+        values of :meth:`needs` among them. Default: :meth:`combine`."""
+        return self.combine(node, graph, parts)
 
     def combine(self, node: Node, graph: Graph, parts: list[Modulus]) -> Modulus:
         """For a merge node (``merges = True``): the modulus of its output from the moduli
@@ -199,22 +214,52 @@ _LOADED = False
 
 
 def _load_builtin_rules() -> None:
+    """Import the rule modules the operator table names (:attr:`OpSpec.rules`): importing
+    one registers its rules. ``tests/graph/test_optable.py`` checks that every declared
+    family has a rule and every built-in rule is declared."""
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
-    from boundkit.bounds import (  # noqa: F401  (imports register the rules)
-        activation,
-        average,
-        batchnorm,
-        conv,
-        groupsort,
-        layernorm,
-        linear,
-        lrn,
-        modern_activations,
-        pooling,
-        scale,
-        structural,
-        upsampling,
-    )
+    from boundkit.graph.optable import rule_modules
+
+    for name in rule_modules():
+        importlib.import_module(name)
+
+
+#: the rule class each family's rules must be (``crown``'s is checked by name: the
+#: relaxation module imports this one)
+_FAMILY_BASES: dict[str, type[Rule]] = {"sound": SoundRule, "peck2017": BackwardRule}
+
+
+def table_mismatches() -> list[str]:
+    """Disagreements between the operator table (:data:`boundkit.graph.optable.OPS`) and
+    the registered built-in rules, one line each (empty when they agree): a declared rule
+    family with no rule, or a rule of the wrong class, or from another module than the
+    table names; a built-in rule (its class defined in ``boundkit.bounds``) the table does
+    not declare."""
+    from boundkit.bounds.relaxation import RelaxationRule
+    from boundkit.graph.optable import OPS
+
+    _load_builtin_rules()
+    bases = {**_FAMILY_BASES, "crown": RelaxationRule}
+    out = []
+    for spec in OPS.values():
+        for family, module in spec.rules.items():
+            rule = _RULES.get((spec.name, family))
+            if rule is None:
+                out.append(f"{spec.name!r} declares a {family!r} rule in {module}, which "
+                           "registers none")
+            elif family in bases and not isinstance(rule, bases[family]):
+                out.append(f"{spec.name!r}: the {family!r} rule is a {type(rule).__name__}, "
+                           f"not a {bases[family].__name__}")
+            elif type(rule).__module__ != module:
+                out.append(f"{spec.name!r}: the {family!r} rule comes from "
+                           f"{type(rule).__module__}, the table names {module}")
+    for (op, family), rule in _RULES.items():
+        builtin = type(rule).__module__.startswith("boundkit.bounds.")
+        spec = OPS.get(op)
+        if builtin and (spec is None or family not in spec.rules):
+            out.append(f"{type(rule).__module__} registers a {family!r} rule for {op!r}, "
+                       "which the table does not declare")
+    return out

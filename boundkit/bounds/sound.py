@@ -84,6 +84,7 @@ def plan_sound(graph: Graph) -> SoundPlan:
             lin, act = upstream[j], upstream[j + 1]
             ok = (
                 lin.op == "linear"
+                and len(lin.in_shapes[0]) == 1  # the block's Jacobian is of vectors
                 and act.op in SMOOTH_OPS
                 and act.inputs == [lin.name]
                 and graph.consumers(lin.name) == [act.name]
@@ -127,7 +128,7 @@ def rounding_errors(graph: Graph, norms: dict[str, torch.Tensor], bsz: int) -> R
         rule = require_rule(n, "sound")
         assert isinstance(rule, SoundRule)
         given = [e for e in ins if e is not None]
-        carried = rule.carry_error(n, graph, given) if given else zero.clone()
+        carried = rule.carry_error_at(n, graph, given, norms) if given else zero.clone()
         in_norm = rule.input_norm(n, graph, norms) if n.inputs else torch.zeros_like(carried)
         inj = rule.rounding(n, graph, in_norm, norms[n.name]) + underflow_error(n)
         return (carried + inj + rule.deviation(n, graph)) * (1 + 1e-6)
@@ -143,17 +144,19 @@ def stage_modulus(stage: Any, graph: Graph, acts: dict[str, torch.Tensor]) -> Mo
 
 
 def compose_moduli(
-    graph: Graph, stages: list[Any], mods: dict[str, Modulus], source: str
+    graph: Graph, stages: list[Any], mods: dict[str, Modulus], source: str,
+    acts: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Modulus]:
     """Forward walk: moduli from the output of ``source`` to every stage output, moving
-    ``source`` alone (merges combine their inputs' moduli in their rule)."""
+    ``source`` alone (merges combine their inputs' moduli in their rule, products with the
+    activations ``acts`` at x)."""
 
     def transfer(st: Any, ins: list[Modulus | None]) -> Modulus | None:
         if isinstance(st, NodeStage) and st.rule.merges:
             if all(p is None for p in ins):
                 return None
             parts = [p if p is not None else Modulus.zero() for p in ins]
-            return st.rule.combine(st.node, graph, parts)
+            return st.rule.combine_at(st.node, graph, parts, acts)
         if ins[0] is None:
             return None
         return mods[st.name].compose(ins[0])
@@ -185,7 +188,7 @@ def sound_pass(
     kappa, label, runner, margin = out.kappa(graph, logits, err[graph.logits.name])
     mods = {st.name: stage_modulus(st, graph, acts) for st in stages if not _is_merge(st)}
     source = graph.input.name
-    omega = compose_moduli(graph, stages, mods, source)
+    omega = compose_moduli(graph, stages, mods, source, acts)
     target = out.start.name
     if target == source:
         radius = kappa
@@ -209,7 +212,7 @@ def sound_pass(
         else:
             for st in stages:
                 v = st.name
-                om = compose_moduli(graph, stages, mods, v)
+                om = compose_moduli(graph, stages, mods, v, acts)
                 trace[v] = om[target].inverse(kappa) if target in om else kappa
             trace[target] = kappa
     result = BatchResult(radius, label, runner, margin, trace,

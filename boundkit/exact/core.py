@@ -21,6 +21,7 @@ from boundkit.exact.search import (
     Verifier,
     exact_search,
 )
+from boundkit.margin import class_margins
 from boundkit.validate import check_call
 
 #: without ``time_limit``, the largest number of hidden ReLUs ``exact_radius`` accepts
@@ -99,7 +100,7 @@ def exact_radius_linear(
         raise InputShapeError(f"expected x of shape [N, {w.shape[1]}], got {tuple(z.shape)}")
     logits = z @ w.T + b
     c = logits.argmax(dim=1)
-    gap = logits.gather(1, c[:, None]) - logits  # [N, K] >= 0
+    gap = class_margins(logits, c)  # [N, K] >= 0, inf at c
     dw = w[c][:, None, :] - w[None, :, :]  # [N, K, d]
     nrm = dw.norm(dim=2)
     dist = torch.where(nrm > 0, gap / nrm.clamp_min(1e-300), torch.full_like(gap, math.inf))

@@ -17,7 +17,7 @@ node and the reason:
 * functional calls whose result depends on a training flag (``F.dropout`` with its default
   ``training=True``); in-place operations whose input is read again afterwards;
 * operations that mix or drop samples of the batch (a view folding the batch, ``cat`` along
-  dimension 0), ``Linear`` on an input that is not a vector, ``Softplus`` with
+  dimension 0), ``Linear`` on an input of rank above 4, ``Softplus`` with
   ``beta <= 0``, max pooling returning indices.
 
 Unknown operations are kept as ``op="unknown"`` so that a bound method refuses them by name
@@ -32,15 +32,12 @@ import contextlib
 import copy
 import io
 import math
-import operator
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from boundkit.errors import (
@@ -51,38 +48,17 @@ from boundkit.errors import (
 from boundkit.graph.fingerprint import model_fingerprint
 from boundkit.graph.graph import Graph, Node
 from boundkit.graph.ops import per_sample_constant
+from boundkit.graph.optable import (
+    FUNCTION_SIGS,
+    METHOD_SIGS,
+    OPS,
+    Call,
+    Sig,
+    module_ops,
+    pair,
+    positive_eps,
+)
 from boundkit.validate import check_model
-
-_MODULE_OPS: dict[type[nn.Module], str] = {
-    nn.Linear: "linear",
-    nn.Conv2d: "conv2d",
-    nn.ConvTranspose2d: "conv_transpose2d",
-    nn.Upsample: "resize",
-    nn.LayerNorm: "layernorm",
-    nn.MaxPool2d: "maxpool2d",
-    nn.AvgPool2d: "avgpool2d",
-    nn.AdaptiveAvgPool2d: "adaptive_avgpool2d",
-    nn.LPPool2d: "lppool2d",
-    nn.BatchNorm1d: "batchnorm",
-    nn.BatchNorm2d: "batchnorm",
-    nn.LocalResponseNorm: "lrn",
-    nn.ReLU: "relu",
-    nn.LeakyReLU: "leaky_relu",
-    nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid",
-    nn.Softplus: "softplus",
-    nn.GELU: "gelu",
-    nn.SiLU: "silu",
-    nn.ELU: "elu",
-    nn.Hardtanh: "hardtanh",
-    nn.Flatten: "flatten",
-    nn.Dropout: "identity",
-    nn.Dropout1d: "identity",
-    nn.Dropout2d: "identity",
-    nn.Identity: "identity",
-    nn.Softmax: "softmax",
-    nn.LogSoftmax: "log_softmax",
-}
 
 # methods a subclass of a known layer may define without changing what the layer computes
 _HARMLESS_METHODS = frozenset(
@@ -94,127 +70,6 @@ _HARMLESS_METHODS = frozenset(
 PROBE_BATCH = 3
 
 
-@dataclass(frozen=True)
-class _Sig:
-    """A call's parameters in order, with torch's defaults (``_REQUIRED`` when none)."""
-
-    op: str
-    names: tuple[str, ...]
-    defaults: tuple[Any, ...]
-    inplace: bool = False  # the call itself is in place (``relu_``, ``add_``)
-
-    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        if len(args) > len(self.names):
-            raise ValueError(f"{len(args)} positional arguments, at most {len(self.names)}")
-        out = dict(zip(self.names, self.defaults))
-        out.update(zip(self.names, args))
-        for k, v in kwargs.items():
-            if k not in out:
-                raise ValueError(f"unknown keyword argument {k!r}")
-            out[k] = v
-        missing = [k for k, v in out.items() if v is _REQUIRED]
-        if missing:
-            raise ValueError(f"missing argument(s) {missing}")
-        return out
-
-
-class _Required:
-    def __repr__(self) -> str:
-        return "<required>"
-
-
-_REQUIRED = _Required()
-_R = _REQUIRED
-
-
-def _sig(op: str, spec: str, *defaults: Any, inplace: bool = False) -> _Sig:
-    names = tuple(spec.split())
-    pad = (_R,) * (len(names) - len(defaults))
-    return _Sig(op, names, pad + tuple(defaults), inplace)
-
-
-_POOL_MAX = "input kernel_size stride padding dilation ceil_mode return_indices"
-_POOL_AVG = "input kernel_size stride padding ceil_mode count_include_pad divisor_override"
-_DROPOUT = "input p training inplace"
-_RESIZE = "input size scale_factor mode align_corners recompute_scale_factor antialias"
-
-_FUNCTION_SIGS: dict[Any, _Sig] = {
-    F.relu: _sig("relu", "input inplace", False),
-    torch.relu: _sig("relu", "input"),
-    torch.relu_: _sig("relu", "input", inplace=True),
-    F.relu_: _sig("relu", "input", inplace=True),
-    F.leaky_relu: _sig("leaky_relu", "input negative_slope inplace", 0.01, False),
-    torch.tanh: _sig("tanh", "input"),
-    F.tanh: _sig("tanh", "input"),
-    torch.sigmoid: _sig("sigmoid", "input"),
-    F.sigmoid: _sig("sigmoid", "input"),
-    F.softplus: _sig("softplus", "input beta threshold", 1.0, 20.0),
-    torch.flatten: _sig("flatten", "input start_dim end_dim", 0, -1),
-    F.gelu: _sig("gelu", "input approximate", "none"),
-    F.silu: _sig("silu", "input inplace", False),
-    F.elu: _sig("elu", "input alpha inplace", 1.0, False),
-    F.hardtanh: _sig("hardtanh", "input min_val max_val inplace", -1.0, 1.0, False),
-    F.relu6: _sig("relu6", "input inplace", False),
-    F.interpolate: _sig("resize", _RESIZE, None, None, "nearest", None, None, False),
-    F.upsample: _sig("resize", _RESIZE, None, None, "nearest", None, None, False),
-    F.layer_norm: _sig("layernorm", "input normalized_shape weight bias eps", None, None, 1e-5),
-    torch.clamp: _sig("clamp", "input min max", None, None),
-    torch.clip: _sig("clamp", "input min max", None, None),
-    F.dropout: _sig("identity", _DROPOUT, 0.5, True, False),
-    F.dropout1d: _sig("identity", _DROPOUT, 0.5, True, False),
-    F.dropout2d: _sig("identity", _DROPOUT, 0.5, True, False),
-    F.softmax: _sig("softmax", "input dim _stacklevel dtype", None, 3, None),
-    torch.softmax: _sig("softmax", "input dim dtype", None),
-    F.log_softmax: _sig("log_softmax", "input dim _stacklevel dtype", None, 3, None),
-    torch.log_softmax: _sig("log_softmax", "input dim dtype", None),
-    operator.add: _sig("add", "input other"),
-    torch.add: _sig("add", "input other alpha", 1),
-    operator.sub: _sig("sub", "input other"),
-    torch.sub: _sig("sub", "input other alpha", 1),
-    torch.subtract: _sig("sub", "input other alpha", 1),
-    operator.mul: _sig("mul", "input other"),
-    torch.mul: _sig("mul", "input other"),
-    torch.multiply: _sig("mul", "input other"),
-    operator.truediv: _sig("div", "input other"),
-    torch.div: _sig("div", "input other rounding_mode", None),
-    torch.divide: _sig("div", "input other rounding_mode", None),
-    torch.true_divide: _sig("div", "input other"),
-    torch.cat: _sig("cat", "tensors dim", 0),
-    torch.concat: _sig("cat", "tensors dim", 0),
-    torch.concatenate: _sig("cat", "tensors dim", 0),
-    F.max_pool2d: _sig("maxpool2d", _POOL_MAX, None, 0, 1, False, False),
-    F.avg_pool2d: _sig("avgpool2d", _POOL_AVG, None, 0, False, True, None),
-    F.adaptive_avg_pool2d: _sig("adaptive_avgpool2d", "input output_size"),
-    torch.mean: _sig("mean", "input dim keepdim dtype", None, False, None),
-}
-
-_METHOD_SIGS: dict[str, _Sig] = {
-    "relu": _sig("relu", "self"),
-    "relu_": _sig("relu", "self", inplace=True),
-    "tanh": _sig("tanh", "self"),
-    "tanh_": _sig("tanh", "self", inplace=True),
-    "sigmoid": _sig("sigmoid", "self"),
-    "sigmoid_": _sig("sigmoid", "self", inplace=True),
-    "flatten": _sig("flatten", "self start_dim end_dim", 0, -1),
-    "softmax": _sig("softmax", "self dim dtype", None),
-    "log_softmax": _sig("log_softmax", "self dim dtype", None),
-    "add": _sig("add", "self other alpha", 1),
-    "add_": _sig("add", "self other alpha", 1, inplace=True),
-    "sub": _sig("sub", "self other alpha", 1),
-    "sub_": _sig("sub", "self other alpha", 1, inplace=True),
-    "mul": _sig("mul", "self other"),
-    "mul_": _sig("mul", "self other", inplace=True),
-    "multiply": _sig("mul", "self other"),
-    "div": _sig("div", "self other rounding_mode", None),
-    "div_": _sig("div", "self other rounding_mode", None, inplace=True),
-    "divide": _sig("div", "self other rounding_mode", None),
-    "true_divide": _sig("div", "self other"),
-    "contiguous": _sig("identity", "self memory_format", None),
-    "clone": _sig("identity", "self memory_format", None),
-    "mean": _sig("mean", "self dim keepdim dtype", None, False, None),
-    "clamp": _sig("clamp", "self min max", None, None),
-    "clip": _sig("clamp", "self min max", None, None),
-}
 _RESHAPE_METHODS = frozenset({"view", "reshape"})
 
 
@@ -275,9 +130,10 @@ def module_op(m: nn.Module, leaf_modules: Mapping[type[nn.Module], str]) -> str 
     t = type(m)
     if t in leaf_modules:
         return leaf_modules[t]
-    if t in _MODULE_OPS:
-        return _MODULE_OPS[t]
-    for base, op in {**_MODULE_OPS, **_layer_ops()}.items():
+    known = module_ops()
+    if t in known:
+        return known[t]
+    for base, op in known.items():
         if isinstance(m, base):
             for cls in t.__mro__:
                 if cls is base:
@@ -286,14 +142,6 @@ def module_op(m: nn.Module, leaf_modules: Mapping[type[nn.Module], str]) -> str 
                 if own - _HARMLESS_METHODS:
                     return None
     return None
-
-
-def _layer_ops() -> dict[type[nn.Module], str]:
-    """boundkit's own layers (:mod:`boundkit.models.layers`), imported when first asked
-    (the package is loaded by then)."""
-    from boundkit.models.layers import GroupSort
-
-    return {GroupSort: "groupsort"}
 
 
 class _Tracer(torch.fx.Tracer):
@@ -310,180 +158,6 @@ class _Tracer(torch.fx.Tracer):
         # and the user's own classes are traced through
         containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
         return type(m).__module__.startswith("torch.nn") and not isinstance(m, containers)
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) not in (1, 2):
-            raise ValueError(f"expected one or two integers, got {v!r}")
-        return (int(v[0]), int(v[-1]))
-    return (int(v), int(v))
-
-
-def _module_params(node: str, op: str, m: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
-    """Float64 parameters and hyper-parameters of a module node."""
-    p: dict[str, torch.Tensor] = {}
-    a: dict[str, Any] = {}
-
-    def refuse(why: str) -> UnsupportedLayerError:
-        return UnsupportedLayerError(node, op, why=why)
-
-    if op == "linear":
-        p["weight"] = m.weight.detach().double()
-        if m.bias is not None:
-            p["bias"] = m.bias.detach().double()
-    elif op == "conv2d":
-        if isinstance(m.padding, str):
-            raise refuse(f"string padding {m.padding!r}: use explicit integers")
-        if m.padding_mode != "zeros":
-            raise refuse(f"padding_mode={m.padding_mode!r}; only zero padding is supported")
-        p["weight"] = m.weight.detach().double()
-        if m.bias is not None:
-            p["bias"] = m.bias.detach().double()
-        a.update(
-            stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation),
-            groups=int(m.groups), kernel_size=_pair(m.kernel_size),
-        )
-    elif op == "maxpool2d":
-        if m.return_indices:
-            raise refuse("return_indices=True")
-        a.update(_pool_attrs(op, m.kernel_size, m.stride, m.padding, m.ceil_mode))
-        a["dilation"] = _pair(m.dilation)
-    elif op == "avgpool2d":
-        a.update(_pool_attrs(op, m.kernel_size, m.stride, m.padding, m.ceil_mode))
-        a.update(count_include_pad=bool(m.count_include_pad), divisor_override=m.divisor_override)
-    elif op == "lppool2d":
-        a.update(_pool_attrs(op, m.kernel_size, m.stride, 0, m.ceil_mode))
-        a["p"] = float(m.norm_type)
-    elif op == "batchnorm":
-        if m.running_mean is None or m.running_var is None:
-            raise refuse("track_running_stats=False: eval statistics are unknown")
-        c = m.running_mean.numel()
-        p["running_mean"] = m.running_mean.detach().double()
-        p["running_var"] = m.running_var.detach().double()
-        w = m.weight if m.weight is not None else torch.ones(c)
-        b = m.bias if m.bias is not None else torch.zeros(c)
-        p["weight"] = w.detach().double()
-        p["bias"] = b.detach().double()
-        a["eps"] = float(m.eps)
-    elif op == "lrn":
-        a.update(size=int(m.size), alpha=float(m.alpha), beta=float(m.beta), k=float(m.k))
-    elif op == "softplus":
-        a.update(_softplus_attrs(node, m.beta, m.threshold))
-    elif op == "leaky_relu":
-        a["negative_slope"] = float(m.negative_slope)
-    elif op in ("gelu", "elu", "hardtanh"):
-        a.update(activation_attrs(node, op, vars(m)))
-    elif op == "conv_transpose2d":
-        if isinstance(m.padding, str) or m.padding_mode != "zeros":
-            raise refuse(f"padding={m.padding!r}, padding_mode={m.padding_mode!r}: only "
-                         "explicit zero padding is supported")
-        p["weight"] = m.weight.detach().double()
-        if m.bias is not None:
-            p["bias"] = m.bias.detach().double()
-        a.update(
-            stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation),
-            output_padding=_pair(m.output_padding), groups=int(m.groups),
-        )
-    elif op == "resize":
-        a.update(resize_attrs(node, {
-            "size": m.size, "scale_factor": m.scale_factor, "mode": m.mode,
-            "align_corners": m.align_corners,
-            "recompute_scale_factor": m.recompute_scale_factor, "antialias": False}))
-    elif op == "layernorm":
-        shape = tuple(int(d) for d in m.normalized_shape)
-        w = m.weight if m.weight is not None else torch.ones(shape)
-        b = m.bias if m.bias is not None else torch.zeros(shape)
-        p["weight"], p["bias"] = w.detach().double(), b.detach().double()
-        a.update(normalized_shape=shape, eps=_positive_eps(node, m.eps))
-    elif op == "groupsort":
-        if m.layout not in ("consecutive", "strided") or int(m.group_size) < 1:
-            raise refuse(f"group_size={m.group_size!r}, layout={m.layout!r}")
-        a.update(group_size=int(m.group_size), layout=str(m.layout), dim=int(m.dim))
-    elif op == "flatten":
-        a.update(start_dim=int(m.start_dim), end_dim=int(m.end_dim))
-    elif op in ("softmax", "log_softmax"):
-        a["dim"] = m.dim
-    return p, a
-
-
-def _pool_attrs(op: str, kernel: Any, stride: Any, padding: Any, ceil: Any) -> dict[str, Any]:
-    ks = _pair(kernel)
-    no_stride = stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
-    return dict(
-        kernel_size=ks,
-        stride=ks if no_stride else _pair(stride),
-        padding=_pair(padding),
-        ceil_mode=bool(ceil),
-    )
-
-
-def activation_attrs(node: str, op: str, a: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters of GELU (``approximate``), ELU (``alpha``) and Hardtanh
-    (``min_val``, ``max_val``), checked: what boundkit has a proven rule for."""
-    def refuse(why: str) -> UnsupportedLayerError:
-        return UnsupportedLayerError(node, op, why=why)
-
-    if op == "gelu":
-        if a["approximate"] not in ("none", "tanh"):
-            raise refuse(f"approximate={a['approximate']!r}")
-        return {"approximate": a["approximate"]}
-    if op == "elu":
-        alpha = a["alpha"]
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(
-                alpha):
-            raise refuse(f"alpha={alpha!r}: a finite number is supported")
-        return {"alpha": float(alpha)}
-    lo, hi = a["min_val"], a["max_val"]
-    for v in (lo, hi):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise refuse(f"min_val={lo!r}, max_val={hi!r}: finite numbers are supported")
-    if lo > hi:
-        raise refuse(f"min_val={lo!r} > max_val={hi!r}")
-    return {"min_val": float(lo), "max_val": float(hi)}
-
-
-#: resize modes whose weights are all non-negative (``bicubic`` has negative lobes)
-RESIZE_MODES = frozenset({"nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area"})
-
-
-def resize_attrs(node: str, a: Mapping[str, Any]) -> dict[str, Any]:
-    """``F.interpolate``'s arguments, kept as given (the evaluation calls it with them), for
-    the modes with non-negative weights and without antialiasing."""
-    if a["mode"] not in RESIZE_MODES:
-        raise UnsupportedLayerError(
-            node, "resize", why=f"mode={a['mode']!r}: supported modes are "
-            f"{sorted(RESIZE_MODES)} (non-negative interpolation weights)")
-    if a["antialias"]:
-        raise UnsupportedLayerError(node, "resize", why="antialias=True")
-    for k in ("size", "scale_factor"):
-        if isinstance(a[k], torch.fx.Node):
-            raise UnsupportedLayerError(node, "resize", why=f"{k} computed in forward")
-    size, sf = a["size"], a["scale_factor"]
-    return {"size": tuple(size) if isinstance(size, list) else size,
-            "scale_factor": tuple(sf) if isinstance(sf, list) else sf, "mode": a["mode"],
-            "align_corners": a["align_corners"],
-            "recompute_scale_factor": a["recompute_scale_factor"]}
-
-
-def _positive_eps(node: str, eps: Any) -> float:
-    eps = float(eps)
-    if not (eps > 0 and math.isfinite(eps)):
-        raise UnsupportedLayerError(node, "layernorm", why=f"eps={eps!r}: must be positive")
-    return eps
-
-
-def _softplus_attrs(node: str, beta: Any, threshold: Any) -> dict[str, float]:
-    beta, threshold = float(beta), float(threshold)
-    if not (beta > 0 and math.isfinite(beta)):
-        raise UnsupportedLayerError(
-            node, "softplus",
-            why=f"beta={beta:g}: only a finite positive beta is supported (with beta <= 0 "
-            "torch's threshold switch makes the function discontinuous)",
-        )
-    if not math.isfinite(threshold):
-        raise UnsupportedLayerError(node, "softplus", why=f"threshold={threshold:g}")
-    return {"beta": beta, "threshold": threshold}
 
 
 class _Capture:
@@ -630,40 +304,29 @@ class _Capture:
                 raise UnsupportedLayerError(
                     fx_node.name, op, why="a layer must be called on exactly one tensor"
                 )
-            params, attrs = _module_params(fx_node.name, op, m)
+            read = OPS[op].module_attrs
+            if read is not None:
+                params, attrs = read(fx_node.name, m)
             if getattr(m, "inplace", False):
                 self.refuse_inplace_alias(fx_node, fx_node.args[0])
         self.add_node(
             fx_node, op, inputs, target=str(fx_node.target), module=m, params=params, attrs=attrs
         )
         self.check_input_rank(self.nodes[-1])
-        self.resolve_output_size(self.nodes[-1])
+        self.finish(self.nodes[-1])
 
     @staticmethod
-    def resolve_output_size(node: Node) -> None:
-        """An adaptive pooling's ``output_size`` as torch resolved it (an int, a pair, a
-        ``None`` entry keeping the input's size): read off the propagated output shape; a
-        GroupSort's ``dim`` as an index of the batched tensor (only the features' axis, 1,
-        is supported)."""
-        if node.op == "adaptive_avgpool2d":
-            node.attrs["output_size"] = tuple(int(s) for s in node.out_shape[-2:])
-        if node.op == "groupsort":
-            rank = len(node.in_shapes[0]) + 1
-            dim = node.attrs["dim"]
-            dim = dim + rank if dim < 0 else dim
-            if dim != 1:
-                raise UnsupportedLayerError(
-                    node.name, "groupsort",
-                    why=f"dim={node.attrs['dim']}: groups along the features' axis (dim=1) "
-                    "are supported",
-                )
-            node.attrs["dim"] = 1
+    def finish(node: Node) -> None:
+        """The node's own completion once its shapes are known (:attr:`OpSpec.finish`)."""
+        spec = OPS.get(node.op)
+        if spec is not None and spec.finish is not None:
+            spec.finish(node)
 
     def check_input_rank(self, node: Node) -> None:
-        """Layers whose rules assume a vector or an image get exactly that."""
-        need = {"linear": (1,), "conv2d": (3,), "maxpool2d": (3,), "avgpool2d": (3,),
-                "lppool2d": (3,), "lrn": (3,), "batchnorm": (1, 2, 3),
-                "adaptive_avgpool2d": (3,), "conv_transpose2d": (3,)}.get(node.op)
+        """Layers whose rules assume a vector or an image get exactly that
+        (:attr:`OpSpec.input_ranks`)."""
+        spec = OPS.get(node.op)
+        need = spec.input_ranks if spec is not None else None
         if need is None or not node.in_shapes:
             return
         rank = len(node.in_shapes[0])
@@ -675,7 +338,7 @@ class _Capture:
                 "(besides the batch)",
             )
 
-    def call_function(self, fx_node: torch.fx.Node, sig: _Sig | None) -> None:
+    def call_function(self, fx_node: torch.fx.Node, sig: Sig | None) -> None:
         if sig is None:
             inputs = self.tensor_inputs(list(fx_node.all_input_nodes))
             self.add_node(fx_node, "unknown", inputs)
@@ -683,87 +346,59 @@ class _Capture:
         try:
             a = sig.bind(tuple(fx_node.args), fx_node.kwargs)
         except ValueError as exc:
-            raise UnsupportedLayerError(fx_node.name, sig.op, why=str(exc)) from None
+            raise UnsupportedLayerError(fx_node.name, sig.form, why=str(exc)) from None
         first = a.get("input", a.get("self"))
         if sig.inplace or a.get("inplace"):
             if isinstance(first, torch.fx.Node):
                 self.refuse_inplace_alias(fx_node, first)
         op = sig.op
-        attrs: dict[str, Any] = {}
-        if op in ("add", "sub"):
-            self.arith(fx_node, op, a)
-            return
-        if op in ("mul", "div"):
-            self.scale(fx_node, op, a)
-            return
-        if op == "cat":
-            tensors = a["tensors"]
-            if not isinstance(tensors, (list, tuple)):
-                raise UnsupportedLayerError(fx_node.name, op, why="tensors is not a list")
-            inputs = self.tensor_inputs(list(tensors))
-            if len(inputs) != len(tensors):
-                raise UnsupportedLayerError(
-                    fx_node.name, op, why="a concatenated operand is a constant tensor"
-                )
-            rank = len(self.shape(fx_node))
-            dim = int(a["dim"])
-            dim = dim + rank if dim < 0 else dim
-            if dim == 0:
-                raise UnsupportedLayerError(
-                    fx_node.name, op, why="it concatenates along the batch dimension"
-                )
-            self.add_node(fx_node, op, inputs, attrs={"dim": dim})
+        merge = {"add": self.arith, "scale": self.scale, "cat": self.cat,
+                 "matmul": self.matmul, "permute": self.permute}.get(op)
+        if merge is not None:
+            merge(fx_node, sig.form, a)
             return
         inputs = self.tensor_inputs([first])
         if len(inputs) != 1:
-            raise UnsupportedLayerError(fx_node.name, op, why="its input is not the model's data")
-        if op == "identity" and "training" in a:  # dropout
-            if a["training"] is not False and a["p"] != 0:
-                raise UnsupportedLayerError(
-                    fx_node.name, str(fx_node.target),
-                    why=f"training={a['training']!r}: dropout is applied at evaluation too "
-                    "(pass training=self.training)",
-                )
-        elif op == "softplus":
-            attrs = _softplus_attrs(fx_node.name, a["beta"], a["threshold"])
-        elif op == "leaky_relu":
-            attrs = {"negative_slope": float(a["negative_slope"])}
-        elif op == "relu6":
-            op, attrs = "hardtanh", {"min_val": 0.0, "max_val": 6.0}
-        elif op == "clamp":
-            if a["min"] is None or a["max"] is None:
-                inputs = self.tensor_inputs(list(fx_node.all_input_nodes))
-                self.add_node(fx_node, "unknown", inputs)
-                return
-            op, attrs = "hardtanh", activation_attrs(
-                fx_node.name, "hardtanh", {"min_val": a["min"], "max_val": a["max"]})
-        elif op in ("gelu", "elu", "hardtanh"):
-            attrs = activation_attrs(fx_node.name, op, a)
-        elif op == "resize":
-            attrs = resize_attrs(fx_node.name, a)
-        elif op == "layernorm":
+            raise UnsupportedLayerError(fx_node.name, sig.form,
+                                        why="its input is not the model's data")
+        spec = OPS[op]
+        attrs: dict[str, Any] | None = {}
+        if op == "layernorm":
             self.layer_norm(fx_node, a, inputs)
             return
-        elif op in ("softmax", "log_softmax"):
-            attrs = {"dim": a["dim"]}
-        elif op == "flatten":
-            attrs = {"start_dim": int(a["start_dim"]), "end_dim": int(a["end_dim"])}
-        elif op == "mean":
+        if op in ("linear", "conv2d", "conv_transpose2d"):
+            self.weighted(fx_node, op, a, inputs)
+            return
+        if op == "mean":
             attrs = self.mean_attrs(fx_node, a)
-        elif op == "maxpool2d":
-            if a["return_indices"]:
-                raise UnsupportedLayerError(fx_node.name, op, why="return_indices=True")
-            attrs = _pool_attrs(op, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"])
-            attrs["dilation"] = _pair(a["dilation"])
-        elif op == "avgpool2d":
-            attrs = _pool_attrs(op, a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"])
-            attrs.update(
-                count_include_pad=bool(a["count_include_pad"]),
-                divisor_override=a["divisor_override"],
-            )
+        elif spec.call_attrs is not None:
+            attrs = spec.call_attrs(Call(fx_node.name, str(fx_node.target), sig.form, a))
+        if attrs is None:  # a form of the op that it cannot read: kept as unknown
+            self.add_node(fx_node, "unknown", self.tensor_inputs(list(fx_node.all_input_nodes)))
+            return
         self.add_node(fx_node, op, inputs, attrs=attrs)
         self.check_input_rank(self.nodes[-1])
-        self.resolve_output_size(self.nodes[-1])
+        self.finish(self.nodes[-1])
+
+    def cat(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        """``torch.cat(tensors, dim)`` of per-sample tensors along a dimension other than
+        the batch's."""
+        tensors = a["tensors"]
+        if not isinstance(tensors, (list, tuple)):
+            raise UnsupportedLayerError(fx_node.name, op, why="tensors is not a list")
+        inputs = self.tensor_inputs(list(tensors))
+        if len(inputs) != len(tensors):
+            raise UnsupportedLayerError(
+                fx_node.name, op, why="a concatenated operand is a constant tensor"
+            )
+        rank = len(self.shape(fx_node))
+        dim = int(a["dim"])
+        dim = dim + rank if dim < 0 else dim
+        if dim == 0:
+            raise UnsupportedLayerError(
+                fx_node.name, op, why="it concatenates along the batch dimension"
+            )
+        self.add_node(fx_node, op, inputs, attrs={"dim": dim})
 
     def layer_norm(self, fx_node: torch.fx.Node, a: dict[str, Any], inputs: list[str]) -> None:
         """``F.layer_norm`` with constant (module attribute or absent) weight and bias."""
@@ -775,8 +410,44 @@ class _Capture:
             t = torch.full(shape, default, dtype=torch.float64) if v is None else (
                 self.constant(fx_node, v))
             params[k] = t.expand(shape).clone()
-        attrs = {"normalized_shape": shape, "eps": _positive_eps(fx_node.name, a["eps"])}
+        attrs = {"normalized_shape": shape, "eps": positive_eps(fx_node.name, a["eps"])}
         self.add_node(fx_node, "layernorm", inputs, params=params, attrs=attrs)
+
+    def weighted(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any],
+                 inputs: list[str]) -> None:
+        """``F.linear``, ``F.conv2d`` and ``F.conv_transpose2d`` (and ``torch.conv2d``,
+        ``torch.conv_transpose2d``) with a constant weight and bias (module attributes, or
+        values computed from them alone; a weight shared with a layer is read as it is): the
+        same node, ``params`` and ``attrs`` as the module form."""
+        def refuse(why: str) -> UnsupportedLayerError:
+            return UnsupportedLayerError(fx_node.name, op, why=why)
+
+        for k in ("weight", "bias"):
+            v = a[k]
+            if isinstance(v, torch.fx.Node) and v.name in self.names:
+                raise refuse(f"its {k} depends on the input (not affine)")
+        params = {"weight": self.constant(fx_node, a["weight"])}
+        if a["bias"] is not None:
+            params["bias"] = self.constant(fx_node, a["bias"])
+        attrs: dict[str, Any] = {}
+        if op == "linear" and params["weight"].dim() != 2:
+            raise refuse(f"a weight of shape {list(params['weight'].shape)}; a linear "
+                         "layer's weight has 2 dimensions")
+        if op != "linear":
+            for k in ("stride", "padding", "dilation", "groups", "output_padding"):
+                if isinstance(a.get(k), (torch.fx.Node, str)):
+                    raise refuse(f"{k}={a[k]!r}: explicit integers are supported")
+            if params["weight"].dim() != 4:
+                raise refuse(f"a weight of shape {list(params['weight'].shape)}; a 2-d "
+                             "convolution's weight has 4 dimensions")
+            attrs = dict(stride=pair(a["stride"]), padding=pair(a["padding"]),
+                         dilation=pair(a["dilation"]), groups=int(a["groups"]))
+            if op == "conv2d":
+                attrs["kernel_size"] = tuple(int(k) for k in params["weight"].shape[2:])
+            else:
+                attrs["output_padding"] = pair(a["output_padding"])
+        self.add_node(fx_node, op, inputs, params=params, attrs=attrs)
+        self.check_input_rank(self.nodes[-1])
 
     def mean_attrs(self, fx_node: torch.fx.Node, a: dict[str, Any]) -> dict[str, Any]:
         """``torch.mean(input, dim, keepdim)``: the reduced dimensions as non-negative
@@ -860,11 +531,14 @@ class _Capture:
                                         why=f"rounding_mode={rounding!r}: not affine")
         x, y = a.get("input", a.get("self")), a["other"]
         live = [isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)]
+        if all(live) and op == "mul":
+            self.product(fx_node, "mul", [x, y])
+            return
         if all(live):
             raise UnsupportedLayerError(
                 fx_node.name, op,
-                why="both operands depend on the input: a product or quotient of two such "
-                "tensors is not affine and has no rule",
+                why="both operands depend on the input: a quotient of two such tensors has "
+                "no rule",
             )
         if not any(live):
             raise UnsupportedLayerError(fx_node.name, op, why="no operand depends on the input")
@@ -886,15 +560,109 @@ class _Capture:
         self.add_node(fx_node, "scale", [tensor.name], params={"factor": c},
                       attrs={"divide": op == "div"})
 
+    def product(self, fx_node: torch.fx.Node, op: str, operands: list[torch.fx.Node]) -> None:
+        """A product of two per-sample operands: ``mul`` (element-wise, torch broadcasting)
+        or ``matmul`` (``[..., m, k] @ [..., k, n]``, leading axes broadcast). Both batched
+        operands must have the same rank, so that torch aligns their batch axes (with
+        different ranks, torch would align one operand's batch axis with a per-sample axis
+        of the other: samples would mix)."""
+        shapes = [self.shape(v) for v in operands]
+        if len(shapes[0]) != len(shapes[1]):
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why=f"its operands have shapes {list(shapes[0])} and {list(shapes[1])} "
+                "(batch included): torch would align the batch axis of one with a per-sample "
+                "axis of the other; give both operands the same number of dimensions",
+            )
+        if op == "matmul" and len(shapes[0]) < 3:
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why="a product of two vectors per sample (operands [N, k]) mixes samples in "
+                "torch.matmul; use (a * b).sum(-1, keepdim=True) or unsqueeze to [N, 1, k]",
+            )
+        self.add_node(fx_node, op, [v.name for v in operands])
+
+    def matmul(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        """``torch.matmul`` / ``@`` / ``torch.bmm``: of two per-sample operands, the node
+        ``matmul`` (:meth:`product`); ``x @ W`` with a constant 2-D ``W``, the affine node
+        ``linear`` with weight :math:`W^\top` and no bias (exact, not bilinear). A constant
+        on the left (``W @ x``) or of another rank is refused."""
+        x = a.get("input", a.get("self"))
+        y = a["mat2"] if op == "bmm" else a["other"]
+        live = [isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)]
+        if all(live):
+            self.product(fx_node, "matmul", [x, y])
+            return
+        if not any(live):
+            raise UnsupportedLayerError(fx_node.name, op, why="no operand depends on the input")
+        if not live[0]:
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why="a constant matrix on the left (W @ x) acts on a per-sample axis other "
+                "than the last; write it as x @ W (transposed) or as a Linear layer",
+            )
+        w = self.constant(fx_node, y)
+        if op == "bmm" or w.dim() != 2 or len(self.shape(x)) < 2:
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why=f"a constant operand of shape {list(w.shape)}: only x @ W with a "
+                "2-D constant W (an affine map of the last axis) is supported",
+            )
+        if not bool(torch.isfinite(w).all()):
+            raise UnsupportedLayerError(fx_node.name, op, why="a constant weight is not finite")
+        self.add_node(fx_node, "linear", [x.name], params={"weight": w.T.contiguous()})
+        self.check_input_rank(self.nodes[-1])
+
+    def permute(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        r"""``x.transpose(d0, d1)``, ``x.permute(*dims)``, ``torch.permute``, ``x.mT``: the
+        node ``permute`` with ``attrs["dims"]`` the permutation of the per-sample axes
+        (:math:`h_{i_0 \ldots} = x_{i_{p(0)} \ldots}`, as ``torch.permute``); one that moves
+        the batch axis is refused."""
+        x = a.get("input", a.get("self"))
+        if not (isinstance(x, torch.fx.Node) and x.name in self.names):
+            raise UnsupportedLayerError(fx_node.name, op, why="its input is not the model's data")
+        rank = len(self.shape(x))
+        if op == "getattr":
+            if a["name"] != "mT":
+                raise UnsupportedLayerError(fx_node.name, f"getattr {a['name']!r}",
+                                            why="only the attribute .mT of a tensor is read")
+            perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+        elif op == "transpose":
+            d = [a.get("dim0", a.get("axis0")), a.get("dim1", a.get("axis1"))]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and -rank <= v < rank
+                       for v in d):
+                raise UnsupportedLayerError(fx_node.name, op, why=f"dims {d}")
+            perm = list(range(rank))
+            i, j = (v % rank for v in d)
+            perm[i], perm[j] = perm[j], perm[i]
+        else:
+            dims = a["dims"]
+            dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and -rank <= v < rank
+                       for v in dims) or sorted(v % rank for v in dims) != list(range(rank)):
+                raise UnsupportedLayerError(fx_node.name, op, why=f"dims {dims} are not a "
+                                            f"permutation of the {rank} axes")
+            perm = [v % rank for v in dims]
+        if perm[0] != 0:
+            raise UnsupportedLayerError(fx_node.name, op, why="it moves the batch dimension")
+        self.add_node(fx_node, "permute", [x.name],
+                      attrs={"dims": tuple(p - 1 for p in perm[1:])})
+
     def call_method(self, fx_node: torch.fx.Node) -> None:
         name = str(fx_node.target)
+        if name == "permute":  # x.permute(0, 2, 1) or x.permute((0, 2, 1)) or dims=
+            args = fx_node.args[1:]
+            dims = fx_node.kwargs.get("dims", args[0] if len(args) == 1 else list(args))
+            self.permute(fx_node, "permute", {"self": fx_node.args[0], "dims": dims})
+            self.nodes[-1].target = name
+            return
         if name in _RESHAPE_METHODS:
             inputs = self.tensor_inputs([fx_node.args[0]])
             if len(inputs) != 1:
                 raise UnsupportedLayerError(fx_node.name, name, why="not a per-sample tensor")
             self.add_node(fx_node, "reshape", inputs, target=name)
             return
-        self.call_function(fx_node, _METHOD_SIGS.get(name))
+        self.call_function(fx_node, METHOD_SIGS.get(name))
         self.nodes[-1].target = name
 
 
@@ -995,7 +763,7 @@ def capture(
         elif fx_node.op == "call_module":
             cap.call_module(fx_node)
         elif fx_node.op == "call_function":
-            cap.call_function(fx_node, _FUNCTION_SIGS.get(fx_node.target))
+            cap.call_function(fx_node, FUNCTION_SIGS.get(fx_node.target))
         else:
             cap.call_method(fx_node)
     assert output_name is not None

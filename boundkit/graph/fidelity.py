@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from boundkit.errors import FidelityError
 from boundkit.graph.graph import Graph
+from boundkit.margin import label_margin
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,11 @@ def check_fidelity(
             f"{str(dtype).replace('torch.', '')}); {where}. No certificate is returned"
         )
     model_label = z.argmax(1)
-    top2 = out64.topk(2, dim=1).values
     band = 4 * disc + 8 * eps * scale
     return Fidelity(
         model_label=model_label,
         agrees=(model_label == out64.argmax(1)) & ~overflows,
-        near_tie=(top2[:, 0] - top2[:, 1]) <= band,
+        near_tie=label_margin(out64, out64.argmax(1)) <= band,
         discrepancy=disc,
         tolerance=tol,
         overflows=overflows,

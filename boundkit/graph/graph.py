@@ -18,30 +18,12 @@ import torch
 import torch.fx
 
 from boundkit.graph.ops import evaluate
+from boundkit.graph.optable import ops_where
 
 _null = contextlib.nullcontext
 
-# Node kinds boundkit knows. Anything else is captured as op "unknown" and refused by the
-# bound methods with an error that names the node.
-AFFINE_OPS = frozenset(
-    {"linear", "conv2d", "batchnorm", "avgpool2d", "flatten", "reshape", "identity",
-     "adaptive_avgpool2d", "mean", "conv_transpose2d", "resize"}
-)
-ACTIVATION_OPS = frozenset(
-    {"relu", "leaky_relu", "tanh", "sigmoid", "softplus", "gelu", "silu", "elu", "hardtanh",
-     "groupsort"}
-)
-POOL_OPS = frozenset({"maxpool2d", "avgpool2d", "lppool2d", "adaptive_avgpool2d"})
-OUTPUT_SQUASH_OPS = frozenset({"softmax", "log_softmax"})
-MERGE_OPS = frozenset({"add", "cat"})
-KNOWN_OPS = (
-    AFFINE_OPS
-    | ACTIVATION_OPS
-    | POOL_OPS
-    | OUTPUT_SQUASH_OPS
-    | MERGE_OPS
-    | frozenset({"input", "lrn", "layernorm", "scale", "unknown"})
-)
+#: monotone squashes of the logits, skipped by :attr:`Graph.logits`
+OUTPUT_SQUASH_OPS = ops_where("output_squash")
 
 
 @dataclass
@@ -50,7 +32,9 @@ class Node:
 
     Attributes:
         name: unique name (the torch.fx node name, e.g. ``"conv1"`` or ``"relu_2"``).
-        op: the node kind, one of :data:`KNOWN_OPS`.
+        op: the node kind: a key of :data:`boundkit.graph.optable.OPS`, ``"unknown"`` (a
+            call boundkit cannot read, refused by name unless a rule is registered), or the
+            op name of a user's module registered with ``boundkit.register_rule``.
         inputs: names of the nodes whose outputs this node consumes (tensor inputs only).
         target: the module path (for modules) or the function/method name.
         module: the float64 copy of the ``nn.Module`` that implements the node, if any.

@@ -10,7 +10,10 @@ difference between the captured graph and the model shows up there as a mismatch
 Merges follow torch's broadcasting: ``add`` computes :math:`\\sum_i c_i\\,x_i + s` with the
 inputs broadcast to the output shape (batch dimension excluded), ``cat`` concatenates along
 ``dim``; ``scale`` multiplies its input by the constant ``params["factor"]``, or divides by it
-(``attrs["divide"]``), broadcasting as torch does.
+(``attrs["divide"]``), broadcasting as torch does. Products of two computed values: ``mul``
+(``x * y``, torch broadcasting) and ``matmul`` (``torch.matmul`` of
+``[..., m, k]`` and ``[..., k, n]``, leading axes broadcast); both operands have the same
+batched rank (capture refuses others), so torch's broadcasting is per sample.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ if TYPE_CHECKING:
 Evaluator = Callable[["Node", Sequence[torch.Tensor]], torch.Tensor]
 
 
-def _linear(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def linear(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.linear(xs[0], node.params["weight"], node.params.get("bias"))
 
 
-def _conv2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def conv2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.conv2d(
         xs[0], node.params["weight"], node.params.get("bias"),
@@ -41,7 +44,7 @@ def _conv2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     )
 
 
-def _conv_transpose2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def conv_transpose2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.conv_transpose2d(
         xs[0], node.params["weight"], node.params.get("bias"), a["stride"], a["padding"],
@@ -49,19 +52,19 @@ def _conv_transpose2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     )
 
 
-def _resize(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def resize(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.interpolate(xs[0], a["size"], a["scale_factor"], a["mode"], a["align_corners"],
                          a["recompute_scale_factor"])
 
 
-def _layernorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def layernorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     p = node.params
     return F.layer_norm(xs[0], node.attrs["normalized_shape"], p["weight"], p["bias"],
                         node.attrs["eps"])
 
 
-def _batchnorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def batchnorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     p = node.params
     return F.batch_norm(
         xs[0], p["running_mean"], p["running_var"], p["weight"], p["bias"],
@@ -69,14 +72,14 @@ def _batchnorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     )
 
 
-def _maxpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def maxpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.max_pool2d(
         xs[0], a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]
     )
 
 
-def _avgpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def avgpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.avg_pool2d(
         xs[0], a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"],
@@ -84,56 +87,56 @@ def _avgpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     )
 
 
-def _adaptive_avgpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def adaptive_avgpool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(xs[0], node.attrs["output_size"])
 
 
-def _mean(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def mean(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.mean(xs[0], dim=node.attrs["dims"], keepdim=node.attrs["keepdim"])
 
 
-def _lppool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def lppool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.lp_pool2d(xs[0], a["p"], a["kernel_size"], a["stride"], a["ceil_mode"])
 
 
-def _lrn(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def lrn(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.local_response_norm(xs[0], a["size"], a["alpha"], a["beta"], a["k"])
 
 
-def _softplus(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def softplus(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.softplus(xs[0], node.attrs["beta"], node.attrs["threshold"])
 
 
-def _leaky_relu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def leaky_relu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.leaky_relu(xs[0], node.attrs["negative_slope"])
 
 
-def _gelu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def gelu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.gelu(xs[0], approximate=node.attrs["approximate"])
 
 
-def _elu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def elu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.elu(xs[0], node.attrs["alpha"])
 
 
-def _hardtanh(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def hardtanh(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.hardtanh(xs[0], node.attrs["min_val"], node.attrs["max_val"])
 
 
-def _groupsort(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def groupsort(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     from boundkit.models.layers import group_sort
 
     a = node.attrs
     return group_sort(xs[0], a["group_size"], a["layout"], 1)
 
 
-def _reshape(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def reshape(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return xs[0].reshape(xs[0].shape[0], *node.out_shape)
 
 
-def _identity(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def identity(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     shift = node.attrs.get("shift")
     return xs[0] if shift is None else xs[0] + shift.to(xs[0])
 
@@ -152,20 +155,20 @@ def broadcast_constant(c: torch.Tensor, out_shape: Sequence[int]) -> torch.Tenso
     return per_sample_constant(c, len(out_shape)).broadcast_to(tuple(out_shape))
 
 
-def _scale(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def scale(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     c = node.params["factor"].to(xs[0])
     return xs[0] / c if node.attrs.get("divide") else xs[0] * c
 
 
-def _softmax(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def softmax(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.softmax(xs[0], node.attrs["dim"])
 
 
-def _log_softmax(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def log_softmax(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.log_softmax(xs[0], node.attrs["dim"])
 
 
-def _add(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def add(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     coeffs = node.attrs["coeffs"]
     out = xs[0] if coeffs[0] == 1 else coeffs[0] * xs[0]
     for c, x in zip(coeffs[1:], xs[1:]):
@@ -174,11 +177,44 @@ def _add(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return out if shift is None else out + shift.to(out)
 
 
-def _cat(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def cat(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(xs), dim=node.attrs["dim"])
 
 
-def _module(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def mul(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``mul``: the element-wise product of two per-sample operands (torch broadcasting;
+    both batched operands have the same rank, so the batch axes align)."""
+    return xs[0] * xs[1]
+
+
+def matmul(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``matmul``: ``torch.matmul`` of two per-sample operands ``[..., m, k] @ [..., k, n]``
+    (leading axes broadcast; both batched operands have the same rank >= 3)."""
+    return torch.matmul(xs[0], xs[1])
+
+
+def permute(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``permute``: the per-sample axes in the order ``attrs["dims"]`` (batch first)."""
+    return xs[0].permute(0, *(d + 1 for d in node.attrs["dims"]))
+
+
+def relu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.relu(xs[0])
+
+
+def tanh(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.tanh(xs[0])
+
+
+def sigmoid(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.sigmoid(xs[0])
+
+
+def silu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return F.silu(xs[0])
+
+
+def module(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     """A user's own module with a registered rule: the module is the semantics."""
     if node.module is None:
         raise UnsupportedLayerError(
@@ -188,41 +224,11 @@ def _module(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return node.module(*xs)
 
 
-EVALUATORS: dict[str, Evaluator] = {
-    "linear": _linear,
-    "conv2d": _conv2d,
-    "batchnorm": _batchnorm,
-    "conv_transpose2d": _conv_transpose2d,
-    "resize": _resize,
-    "layernorm": _layernorm,
-    "maxpool2d": _maxpool2d,
-    "avgpool2d": _avgpool2d,
-    "lppool2d": _lppool2d,
-    "adaptive_avgpool2d": _adaptive_avgpool2d,
-    "mean": _mean,
-    "lrn": _lrn,
-    "relu": lambda n, xs: torch.relu(xs[0]),
-    "leaky_relu": _leaky_relu,
-    "tanh": lambda n, xs: torch.tanh(xs[0]),
-    "sigmoid": lambda n, xs: torch.sigmoid(xs[0]),
-    "softplus": _softplus,
-    "gelu": _gelu,
-    "silu": lambda n, xs: F.silu(xs[0]),
-    "elu": _elu,
-    "hardtanh": _hardtanh,
-    "groupsort": _groupsort,
-    "flatten": _reshape,
-    "reshape": _reshape,
-    "identity": _identity,
-    "scale": _scale,
-    "softmax": _softmax,
-    "log_softmax": _log_softmax,
-    "add": _add,
-    "cat": _cat,
-}
-
-
 def evaluate(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     """The output of ``node`` on the batch inputs ``xs`` (one per entry of
     ``node.inputs``), computed from the node's fields alone."""
-    return EVALUATORS.get(node.op, _module)(node, xs)
+    from boundkit.graph.optable import OPS  # the table reads this module's functions
+
+    spec = OPS.get(node.op)
+    fn = spec.evaluate if spec is not None and spec.evaluate is not None else module
+    return fn(node, xs)

@@ -25,18 +25,33 @@ LeakyRelu(a)                               ``a*x + (1-a)*relu(x)`` (an add of tw
 Softmax, LogSoftmax (last node only)       the same modules
 Flatten, Reshape, Squeeze, Unsqueeze       regrouping views (``reshape``) that keep the batch
 Transpose (batch axis fixed)               folded into the next ``Gemm``/``MatMul`` columns
-                                           or cancelled by another transpose; otherwise a
-                                           permutation ``nn.Linear`` (exact, norm 1), at most
+                                           or cancelled by another transpose; otherwise
+                                           ``permute`` (exact); a gathered or sliced view
+                                           that cannot fold: a 0/1 ``nn.Linear``, at most
                                            :data:`MAX_PERMUTATION` elements
+Gather, Slice on tokens (constant index)   views (``x[:, 0]``: a class token), folded
+MatMul on tokens ``[.., T, K] @ W``        block-diagonal ``nn.Linear`` (I kron W^T), exact
+MatMul, Mul of two activations             ``torch.matmul``, ``torch.mul`` (equal ranks)
+Softmax inside the network                 ``torch.softmax(x, axis)`` (opsets < 13: over the
+                                           flattened trailing axes)
+LayerNorm decomposed (ReduceMean, Sub,     ``nn.LayerNorm`` without affine parameters (the
+Pow 2, ReduceMean, Add eps, Sqrt, Div)     Mul/Add after it stay per-element affine)
 Pad (constant 0)                           folded, or a depthwise one-hot ``nn.Conv2d``
 Add/Sub/Mul/Div by a constant              per-element affine as an eval ``BatchNorm``
-Add of two tensors, Concat                 ``torch.add`` (residual), ``torch.cat``
+Add of two tensors, Concat                 ``torch.add`` (residual), ``torch.cat``; a
+                                           constant broadcast over the batch (a class token)
+                                           concatenated: a 0/1 ``nn.Linear`` with it as bias
 Identity, Dropout                          nothing
 =========================================  ==================================================
 
 Constant subgraphs (initialisers, ``Constant``, ``Shape`` of a tensor whose shape is known,
 ``Gather``, ``Cast``, ``Slice``, ``Concat``, arithmetic...) are folded with numpy; the batch
 dimension is tracked symbolically so that ``x.view(x.size(0), -1)`` exports fold correctly.
+A ``ConstantOfShape`` or ``Expand`` to a shape whose first entry is the batch size (torch's
+``cls.expand(N, -1, -1)``, with its ``Equal``/``Where`` arithmetic) folds to a constant
+broadcast over the batch, which only element-wise folds and a ``Concat`` with
+input-dependent tensors may read; the batch size compared with a positive number, placed
+after the first axis, or reshaped, is refused with the node's name.
 
 Hostile files (``docs/robustness.md``): the importer never allocates what it has not
 sized. Every tensor it decodes (initialisers, ``Constant`` attributes), folds (the result of
@@ -243,6 +258,8 @@ ATTRIBUTES: dict[str, dict[str, tuple[int, Any]]] = {
                                                                "not_smaller"))},
     "LayerNormalization": {"axis": _AXIS, "epsilon": (_A_FLOAT, _pos_float),
                            "stash_type": (_A_INT, _any)},
+    # vision transformers: the shape arithmetic of torch's ``expand`` (folded)
+    "Expand": {}, "Equal": {}, "Where": {},
 }
 #: attributes an op cannot do without
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -289,6 +306,9 @@ class _Dyn:
     base_shape: tuple[int, ...]
     shape: tuple[int, ...]
     idx: np.ndarray | None = None
+    #: ``(src, axes)`` when the value is ``base.reshape(src).permute(axes)`` regrouped to
+    #: ``shape`` (a transpose of tokens): materialised by a ``permute`` node, at any size
+    perm: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def numel(self) -> int:
@@ -320,6 +340,9 @@ class _Importer:
         self._attr_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
         self.nodes: list[Any] = []
         self.node_pos: dict[int, int] = {}
+        #: constants broadcast over the batch (``ConstantOfShape``/``Expand`` to a shape whose
+        #: first entry is the batch size): held with a leading axis of 1 standing for the batch
+        self.batch_bcast: set[str] = set()
 
     # ------------------------------------------------------------------ errors/helpers
     def fail(self, node: Any, why: str) -> OnnxImportError:
@@ -497,19 +520,27 @@ class _Importer:
     # ------------------------------------------------------------------ views
     def materialize(self, v: _Dyn, node: Any = None) -> torch.fx.Node:
         """Emit the ops that make ``v`` a real tensor of per-sample shape ``v.shape``."""
-        if v.idx is not None and not np.array_equal(v.idx, np.arange(v.idx.size)):
+        base = math.prod(v.base_shape)
+        if v.perm is not None:  # an axis permutation: a permute node (exact, any size)
+            src, axes = v.perm
+            x = self.reshape(v.node, v.base_shape, src)
+            out = self.graph.call_method("permute", (x, 0, *(a + 1 for a in axes)))
+            return self.reshape(out, tuple(src[a] for a in axes), v.shape)
+        if v.idx is not None and (v.idx.size != base or
+                                  not np.array_equal(v.idx, np.arange(v.idx.size))):
             m = v.idx.size
-            if m > MAX_PERMUTATION:
+            if max(m, base) > MAX_PERMUTATION:
                 where = f"node {node.name!r} (op {node.op_type})" if node is not None else "a node"
                 raise OnnxImportError(
                     f"{self.source}: {where} needs a transposed tensor of {m} elements that "
                     f"cannot be folded into a linear layer (limit {MAX_PERMUTATION})"
                 )
-            flat = self.reshape(v.node, v.base_shape, (m,))
-            self.check_size(node, 2 * m * m, 4, "a permutation matrix")
-            w = torch.zeros(m, m)
+            flat = self.reshape(v.node, v.base_shape, (base,))
+            self.check_size(node, 2 * m * base, 4, "a permutation matrix")
+            # a permutation, or a selection (Gather, Slice): row j picks base[idx[j]]
+            w = torch.zeros(m, base)
             w[torch.arange(m), torch.as_tensor(v.idx)] = 1.0
-            lin = nn.Linear(m, m, bias=False)
+            lin = nn.Linear(base, m, bias=False)
             with torch.no_grad():
                 lin.weight.copy_(w)
             out = self.add_module("permute", lin, flat)
@@ -532,12 +563,13 @@ class _Importer:
     def view(self, v: _Dyn, shape: Sequence[int]) -> _Dyn:
         shape = tuple(int(s) for s in shape)
         assert math.prod(shape) == v.numel
-        return _Dyn(v.node, v.base_shape, shape, v.idx)
+        return _Dyn(v.node, v.base_shape, shape, v.idx, v.perm)
 
     def unary(self, v: _Dyn, module: nn.Module, kind: str) -> _Dyn:
         """An element-wise op commutes with any regrouping/permutation: apply it to the
         base tensor and keep the view."""
-        return _Dyn(self.add_module(kind, module, v.node), v.base_shape, v.shape, v.idx)
+        return _Dyn(self.add_module(kind, module, v.node), v.base_shape, v.shape, v.idx,
+                    v.perm)
 
     # ------------------------------------------------------------------ the walk
     def check_opset(self) -> int:
@@ -600,7 +632,7 @@ class _Importer:
             h, w, c = shape
             # the module takes NCHW; the ONNX value is its NHWC view
             idx = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
-            self.values[inp.name] = _Dyn(x, (c, h, w), shape, idx)
+            self.values[inp.name] = _Dyn(x, (c, h, w), shape, idx, ((c, h, w), (1, 2, 0)))
             module_shape: tuple[int, ...] = (c, h, w)
         else:
             self.values[inp.name] = _Dyn(x, shape, shape)
@@ -687,6 +719,8 @@ class _Importer:
             raise self.fail(node, "this operator is not supported by boundkit's importer")
         self.check_schema(node)
         self.attrs(node)  # the attributes are checked for every node, used or not
+        if folding:
+            self.check_batch_bcast(node, args)
         try:
             with np.errstate(all="ignore"):
                 outs = self.fold(node, args) if folding else handler(node, k)
@@ -708,6 +742,44 @@ class _Importer:
                     raise self.fail(node, f"output {i} ({name!r}) is not supported")
                 continue
             self.values[name] = outs[i]
+            if folding and self._makes_batch_bcast(node, args):
+                self.batch_bcast.add(name)
+
+    # ------------------------------------------------------------------ batch broadcasts
+    #: ops that fold a batch-broadcast constant element-wise (its leading axis stays the batch)
+    _BCAST_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Identity",
+                                    "Cast", "Neg", "Sqrt", "Reciprocal", "Where", "Expand"})
+
+    def _expand_to_batch(self, node: Any, shape: list[int]) -> tuple[list[int], bool]:
+        """A target shape whose first entry may be the symbolic batch size: (the shape with
+        1 for the batch, whether it had it); the batch size anywhere else is refused."""
+        if any(s == _BATCH for s in shape[1:]):
+            raise self.fail(node, "a constant broadcast to a shape with the batch size after "
+                            "its first axis")
+        if shape and shape[0] == _BATCH:
+            return [1, *shape[1:]], True
+        return shape, False
+
+    def _makes_batch_bcast(self, node: Any, args: list[Any]) -> bool:
+        if node.op_type in ("ConstantOfShape", "Expand"):
+            shape = args[0] if node.op_type == "ConstantOfShape" else args[1]
+            if shape is not None and shape.size and int(shape.ravel()[0]) == _BATCH:
+                return True
+        return any(n in self.batch_bcast for n in node.input)
+
+    def check_batch_bcast(self, node: Any, args: list[Any]) -> None:
+        """A fold reading a constant broadcast over the batch is element-wise (its leading
+        axis stays the batch axis), else refused."""
+        held = [x for n, x in zip(node.input, args) if n in self.batch_bcast]
+        if not held:
+            return
+        if node.op_type not in self._BCAST_ELEMENTWISE:
+            raise self.fail(node, "this operator on a constant broadcast over the batch "
+                            "(from ConstantOfShape or Expand) cannot be folded")
+        r = held[0].ndim
+        if any(x is not None and x.ndim > r for x in args):
+            raise self.fail(node, "a constant broadcast over the batch meets a constant of "
+                            "higher rank (the batch axis would move)")
 
     # ------------------------------------------------------------------ constant folding
     def fold(self, node: Any, args: list[Any]) -> Any:
@@ -836,13 +908,57 @@ class _Importer:
     def size_ConstantOfShape(self, node: Any, args: list[Any], a: dict[str, Any]
                              ) -> tuple[int, int]:
         shape = self._ints_input(node, args[0] if args else None, "the shape")
-        self._no_batch(node, args[0])
+        shape, _ = self._expand_to_batch(node, shape)
         if any(s < 0 for s in shape) or len(shape) > 64:
             raise self.fail(node, f"bad shape {shape}")
         v = a.get("value")
         if v is not None and v.size != 1:
             raise self.fail(node, f"the value attribute holds {v.size} elements (one expected)")
         return math.prod(shape), 4 if v is None else v.itemsize
+
+    def _expand_shape(self, node: Any, args: list[Any]) -> tuple[int, ...]:
+        x = args[0]
+        shape = self._ints_input(node, args[1] if len(args) > 1 else None, "the shape")
+        shape, _ = self._expand_to_batch(node, shape)
+        if any(s < 0 for s in shape) or len(shape) > 64:
+            raise self.fail(node, f"bad shape {shape}")
+        try:
+            return tuple(np.broadcast_shapes(x.shape, tuple(shape)))
+        except ValueError:
+            raise self.fail(node, f"shape {list(x.shape)} does not expand to {shape}") from None
+
+    def size_Expand(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        return math.prod(self._expand_shape(node, args)), args[0].itemsize
+
+    def fold_Expand(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        return np.broadcast_to(args[0], self._expand_shape(node, args)).copy()
+
+    def size_Where(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        if len(args) != 3 or any(x is None for x in args):
+            raise self.fail(node, "expects 3 inputs")
+        if args[0].dtype.kind != "b":
+            raise self.fail(node, f"the condition has dtype {args[0].dtype}, expected bool")
+        try:
+            shape = np.broadcast_shapes(*(x.shape for x in args))
+        except ValueError:
+            raise self.fail(node, "the inputs do not broadcast") from None
+        return math.prod(shape), np.result_type(args[1], args[2]).itemsize
+
+    def fold_Where(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        return np.where(args[0], args[1], args[2]).astype(np.result_type(args[1], args[2]))
+
+    def fold_Equal(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        """Element-wise equality; the symbolic batch size compares equal to itself and
+        unequal to a number <= 0 (a batch holds at least one sample), anything else is
+        refused (the answer would depend on the batch size)."""
+        x, y = np.broadcast_arrays(args[0], args[1])
+        for p, q in ((x, y), (y, x)):
+            if p.dtype.kind in "iu":
+                at = p == _BATCH
+                if (at & (q != _BATCH) & (q > 0)).any():
+                    raise self.fail(node, "a comparison of the batch size with a positive "
+                                    "number (the answer depends on the batch size)")
+        return np.equal(x, y)
 
     def size_Range(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
         if len(args) != 3 or any(x is None or x.size != 1 for x in args):
@@ -1042,6 +1158,7 @@ class _Importer:
 
     def fold_ConstantOfShape(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
         shape = [int(v) for v in args[0].ravel()]  # checked by size_ConstantOfShape
+        shape, _ = self._expand_to_batch(node, shape)
         v = a.get("value", np.zeros(1, dtype=np.float32))
         return np.full(shape, v.ravel()[0], dtype=v.dtype)
 
@@ -1053,8 +1170,11 @@ class _Importer:
     def op_Shape(self, node: Any, k: int) -> np.ndarray:
         v = self.value(node, 0)
         if isinstance(v, np.ndarray):
-            return np.asarray(v.shape, dtype=np.int64)
-        full = np.asarray([_BATCH, *v.shape], dtype=np.int64)  # type: ignore[union-attr]
+            full = np.asarray(v.shape, dtype=np.int64)
+            if node.input[0] in self.batch_bcast:
+                full[0] = _BATCH
+        else:
+            full = np.asarray([_BATCH, *v.shape], dtype=np.int64)
         a = self.attrs(node)
         start, end = int(a.get("start", 0)), a.get("end")
         return full[start : (int(end) if end is not None else None)]
@@ -1144,6 +1264,16 @@ class _Importer:
         if c is None or not math.isclose(c if scaled.op_type == "Div" else 1 / c, r2,
                                          rel_tol=1e-6):
             raise self.fail(node, why)
+        v = self.values[x_name]
+        if not isinstance(v, _Dyn):
+            raise self.fail(node, why)
+        chain = self._gelu_tail(node, x_name, why)
+        return self._replace_chain(v, nn.GELU(), chain)
+
+    def _gelu_tail(self, node: Any, x_name: str, why: str) -> list[Any]:
+        """The nodes after GELU's ``erf`` or ``tanh`` node ``node``: ``Add 1``, then
+        ``x * (1 + .)`` and ``* 0.5``, or ``(x * 0.5) * (1 + .)``; each the only reader of
+        the one before (so nothing else sees the intermediate values)."""
         add = self.only_consumer(node.output[0])
         if add is None or add.op_type != "Add" or not math.isclose(
                 self._const_input(add, node.output[0]) or 0.0, 1.0, rel_tol=1e-7):
@@ -1160,17 +1290,74 @@ class _Importer:
                 raise self.fail(node, why)
             chain.append(half)
         else:  # (x * 0.5) * (1 + erf)
-            hx = prods.get(other, (None, None))[1]
+            hx = self._producers().get(other, (None, None))[1]
             if hx is None or hx.op_type != "Mul" or not math.isclose(
                     self._const_input(hx, x_name) or 0.0, 0.5, rel_tol=1e-7):
                 raise self.fail(node, why)
-        v = self.values[x_name]
-        if not isinstance(v, _Dyn):
-            raise self.fail(node, why)
-        out = self.unary(v, nn.GELU(), "gelu")
+        return chain
+
+    def _replace_chain(self, v: _Dyn, module: nn.Module, chain: list[Any]) -> _Dyn:
+        """One activation node for a recognised export pattern: the nodes of ``chain``
+        (all after the current one) are skipped, the last one's output is the activation."""
+        out = self.unary(v, module, str(module.__class__.__name__).lower())
         for n in chain:
             self.skip.add(self._producers()[n.output[0]][0])
         self.values[chain[-1].output[0]] = out
+        return out
+
+    #: the constants of GELU's tanh form, 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+    _GELU_TANH_C = (0.044715, math.sqrt(2.0 / math.pi))
+
+    def _tanh_gelu(self, node: Any) -> _Dyn | None:
+        """GELU(approximate="tanh") as torch's TorchScript exporter writes it, starting at
+        the cube's first node ``node`` (``Mul(x, x)`` or ``Pow(x, 3)``): ``x^3``,
+        ``* 0.044715``, ``+ x``, ``* sqrt(2 / pi)``, ``Tanh``, then GELU's tail
+        (:meth:`_gelu_tail`). ``None`` when ``node`` does not start this pattern."""
+        x_name = node.input[0]
+        v = self.values.get(x_name)
+        if not isinstance(v, _Dyn):
+            return None
+        if node.op_type == "Pow":
+            p = self._const_input(node, x_name)
+            if p is None or p != 3.0 or node.input[0] != x_name:
+                return None
+            cube, chain = node, []
+        else:
+            if list(node.input) != [x_name, x_name]:
+                return None
+            cube = self.only_consumer(node.output[0])
+            if cube is None or cube.op_type != "Mul" or sorted(cube.input) != sorted(
+                    [x_name, node.output[0]]):
+                return None
+            chain = [cube]
+        kappa, beta = self._GELU_TANH_C
+        steps: list[tuple[str, float | None]] = [("Mul", kappa), ("Add", None), ("Mul", beta),
+                                                 ("Tanh", None)]
+        prev = cube
+        for op, c in steps:
+            nxt = self.only_consumer(prev.output[0])
+            if nxt is None or nxt.op_type != op:
+                return None
+            if c is not None and not math.isclose(
+                    self._const_input(nxt, prev.output[0]) or 0.0, c, rel_tol=1e-6):
+                return None
+            if op == "Add" and sorted(nxt.input) != sorted([x_name, prev.output[0]]):
+                return None
+            chain.append(nxt)
+            prev = nxt
+        why = "a Tanh inside GELU's tanh pattern with a tail that is not GELU's"
+        try:
+            chain += self._gelu_tail(prev, x_name, why)
+        except ModelFileError:
+            return None
+        return self._replace_chain(v, nn.GELU(approximate="tanh"), chain)
+
+    def op_Pow(self, node: Any, k: int) -> _Dyn:
+        """``Pow`` of an input-dependent tensor: only as the cube of GELU's tanh form."""
+        out = self._tanh_gelu(node)
+        if out is None:
+            raise self.fail(node, "Pow of an input-dependent tensor is supported only as "
+                            "x^3 inside GELU's tanh pattern")
         return out
 
     def op_LeakyRelu(self, node: Any, k: int) -> _Dyn:
@@ -1272,7 +1459,14 @@ class _Importer:
         p = [q - 1 for q in perm[1:]]
         idx = base.reshape(v.shape).transpose(p).ravel()
         shape = tuple(v.shape[q] for q in p)
-        return _Dyn(v.node, v.base_shape, shape, idx)
+        perm = None
+        if v.idx is None:
+            perm = (tuple(v.shape), tuple(p))
+        elif v.perm is not None and tuple(v.perm[0][a] for a in v.perm[1]) == tuple(v.shape):
+            perm = (v.perm[0], tuple(v.perm[1][q] for q in p))  # a transpose of a transpose
+        if perm is not None and perm[1] == tuple(range(len(perm[1]))):
+            perm = None  # cancelled: idx is the identity
+        return _Dyn(v.node, v.base_shape, shape, idx, perm)
 
     # ---- linear layers
     def linear(
@@ -1287,13 +1481,14 @@ class _Importer:
         out_f, in_f = w.shape
         if in_f != v.numel:
             raise self.fail(node, f"weight {list(w.shape)} does not fit input {list(v.shape)}")
-        self.check_size(node, out_f * in_f, 8 + 4, "the linear layer's weight")
+        base = math.prod(v.base_shape)
+        self.check_size(node, out_f * max(in_f, base), 8 + 4, "the linear layer's weight")
         self._bound(node, out_f, "output")
         if v.idx is not None:
-            w2 = np.empty_like(w)
-            w2[:, v.idx] = w  # y = sum_j w[:, j] base[idx[j]]
-            w = w2
-        x = self.reshape(v.node, v.base_shape, (v.numel,))
+            w2 = np.zeros((out_f, base), dtype=w.dtype)
+            np.add.at(w2.T, v.idx, w.T)  # y = sum_j w[:, j] base[idx[j]] (idx may repeat)
+            w, in_f = w2, base
+        x = self.reshape(v.node, v.base_shape, (in_f,))
         lin = nn.Linear(in_f, out_f, bias=b is not None)
         with torch.no_grad():
             lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
@@ -1329,11 +1524,15 @@ class _Importer:
         return self.linear(node, v, w, b)
 
     def op_MatMul(self, node: Any, k: int) -> _Dyn:
+        if isinstance(self.value(node, 1), _Dyn):
+            return self.product(node, torch.matmul)
         v = self.dyn(node, 0)
         w = self._float(node, self.const(node, 1, "the right-hand matrix"), "the matrix")
         if w.ndim != 2 or w.size == 0:
             raise self.fail(node, f"{self.named(node, 1, 'the right-hand matrix')} has shape "
                             f"{list(w.shape)} (a non-empty matrix expected)")
+        if len(v.shape) > 1:
+            return self.token_matmul(node, v, w)
         b = None
         nxt = self.only_consumer(node.output[0])
         if nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
@@ -1526,12 +1725,73 @@ class _Importer:
         out = self.add_module("avgpool", pool, self.materialize(v, node))
         return _Dyn(out, (c, 1, 1), (c, 1, 1))
 
+    def _mean_axes(self, node: Any) -> Any:
+        axes = self.attrs(node).get("axes")
+        if axes is None and len(node.input) > 1:
+            axes = self.opt_const(node, 1)
+        return axes
+
+    def _consumer(self, name: str, op: str) -> Any | None:
+        """The only consumer of ``name`` when it is an ``op`` node, else ``None``."""
+        c = self.only_consumer(name)
+        return c if c is not None and c.op_type == op else None
+
+    def _layernorm_pattern(self, node: Any, v: _Dyn) -> _Dyn | None:
+        """LayerNorm as exporters before opset 17 write it, from its first ``ReduceMean``:
+        ``d = x - mean(x)``, ``d / sqrt(mean(d ** 2) + eps)`` over trailing axes (the scale and
+        shift follow as ordinary ``Mul``/``Add``): one ``nn.LayerNorm`` without affine
+        parameters; ``None`` when the nodes differ in any way."""
+        axes = self._mean_axes(node)
+        r = len(v.shape) + 1
+        if axes is None or not int(self.attrs(node).get("keepdims", 1)):
+            return None
+        dims = sorted({int(d) % r for d in np.asarray(axes).reshape(-1)})
+        if not dims or dims != list(range(r - len(dims), r)) or 0 in dims:
+            return None
+        x_name, m_name = node.input[0], node.output[0]
+        sub = self._consumer(m_name, "Sub")
+        if sub is None or list(sub.input) != [x_name, m_name]:
+            return None
+        d_name = sub.output[0]
+        users = self.consumers.get(d_name, [])
+        pw = next((u for u in users if u.op_type == "Pow"), None)
+        dv = next((u for u in users if u.op_type == "Div"), None)
+        if len(users) != 2 or pw is None or dv is None or d_name == self.out_name:
+            return None
+        if list(pw.input)[0] != d_name or self._const_input(pw, d_name) != 2.0:
+            return None
+        m2 = self._consumer(pw.output[0], "ReduceMean")
+        if m2 is None or m2.input[0] != pw.output[0]:
+            return None
+        axes2 = self._mean_axes(m2)
+        if axes2 is None or sorted({int(d) % r for d in np.asarray(axes2).reshape(-1)}) != dims \
+                or not int(self.attrs(m2).get("keepdims", 1)):
+            return None
+        add = self._consumer(m2.output[0], "Add")
+        eps = self._const_input(add, m2.output[0])
+        if add is None or eps is None or not eps > 0 or not math.isfinite(eps):
+            return None
+        sq = self._consumer(add.output[0], "Sqrt")
+        if sq is None or self._consumer(sq.output[0], "Div") is not dv \
+                or list(dv.input) != [d_name, sq.output[0]]:
+            return None
+        shape = tuple(v.shape[d - 1] for d in dims)
+        ln = nn.LayerNorm(shape, eps=eps)
+        out = _Dyn(self.add_module("layernorm", ln, self.materialize(v, node)), v.shape, v.shape)
+        for n in (sub, pw, m2, add, sq, dv):
+            self.skip.add(self._index(n))
+            for i, o in enumerate(n.output):
+                if o and i == 0:
+                    self.values[o] = out
+        return out
+
     def op_ReduceMean(self, node: Any, k: int) -> _Dyn:
         v = self.dyn(node, 0)
         a = self.attrs(node)
-        axes = a.get("axes")
-        if axes is None and len(node.input) > 1:
-            axes = self.opt_const(node, 1)
+        ln = self._layernorm_pattern(node, v)
+        if ln is not None:
+            return ln
+        axes = self._mean_axes(node)
         if axes is None or len(np.asarray(axes).reshape(-1)) == 0:
             raise self.fail(node, "no axes: the mean would run over the batch too")
         r = len(v.shape) + 1
@@ -1703,7 +1963,22 @@ class _Importer:
         return self.check_opset()
 
     def op_Softmax(self, node: Any, k: int) -> _Dyn:
-        return self._squash(node, nn.Softmax(dim=1), "softmax")
+        if node.output[0] == self.out_name:
+            return self._squash(node, nn.Softmax(dim=1), "softmax")
+        v = self.dyn(node, 0)
+        r = len(v.shape) + 1
+        opset = self._opset()
+        ax = self._rank_axis(node, int(self.attrs(node).get("axis", -1 if opset >= 13 else 1)), r)
+        if ax == 0:
+            raise self.fail(node, "a softmax over the batch axis")
+        x = self.materialize(v, node)
+        if opset >= 13 or ax == r - 1:
+            out = self.graph.call_function(torch.softmax, (x, ax))
+            return _Dyn(out, v.shape, v.shape)
+        # opsets < 13: over the flattened axes ax..r-1
+        inner = (*v.shape[:ax - 1], math.prod(v.shape[ax - 1:]))
+        y = self.graph.call_function(torch.softmax, (self.reshape(x, v.shape, inner), ax))
+        return _Dyn(self.reshape(y, inner, v.shape), v.shape, v.shape)
 
     def op_LogSoftmax(self, node: Any, k: int) -> _Dyn:
         return self._squash(node, nn.LogSoftmax(dim=1), "log_softmax")
@@ -1801,9 +2076,39 @@ class _Importer:
             silu = self._silu(node)
             if silu is not None:
                 return silu
-            raise self.fail(node, "multiplying two input-dependent tensors is not supported")
+            gelu = self._tanh_gelu(node)
+            if gelu is not None:
+                return gelu
+            return self.product(node, torch.mul)
         self._out_broadcast(node, x, y)
         return self.scale_shift(x, y, None, node, "mul_const")
+
+    def product(self, node: Any, fn: Any) -> _Dyn:
+        """``Mul`` or ``MatMul`` of two input-dependent tensors: ``torch.mul`` /
+        ``torch.matmul`` (captured as the nodes ``mul`` / ``matmul``). Both operands must
+        have the same rank (ONNX broadcasts the full shapes: with different ranks the batch
+        axis of one would meet a per-sample axis of the other)."""
+        x, y = self.value(node, 0), self.value(node, 1)
+        if not isinstance(x, _Dyn) or not isinstance(y, _Dyn):
+            raise self.fail(node, "a constant left operand of a product of tensors")
+        if len(x.shape) != len(y.shape):
+            raise self.fail(node, f"operands of shapes [N, {list(x.shape)}] and "
+                            f"[N, {list(y.shape)}] (different ranks: the batch axes would not "
+                            "align, samples would mix)")
+        try:
+            if fn is torch.matmul:
+                if len(x.shape) < 2:
+                    raise ValueError("a product of two vectors per sample")
+                shape = tuple(np.matmul(np.empty((0, *x.shape), np.float32),
+                                        np.empty((0, *y.shape), np.float32)).shape[1:])
+            else:
+                shape = tuple(np.broadcast_shapes(x.shape, y.shape))
+        except ValueError as exc:
+            raise self.fail(node, f"operands of shapes {list(x.shape)} and {list(y.shape)} "
+                            f"do not multiply ({exc})") from None
+        self._bound(node, math.prod(shape), "product")
+        a, b = self.materialize(x, node), self.materialize(y, node)
+        return _Dyn(self.graph.call_function(fn, (a, b)), shape, shape)
 
     def _silu(self, node: Any) -> _Dyn | None:
         """``x * Sigmoid(x)`` (SiLU / swish as exported): one node, or ``None``."""
@@ -1829,7 +2134,7 @@ class _Importer:
     def op_Concat(self, node: Any, k: int) -> _Dyn:
         parts = [self.value(node, i) for i in range(len(node.input))]
         if any(not isinstance(p, _Dyn) for p in parts):
-            raise self.fail(node, "concatenating constants with input-dependent tensors")
+            return self._concat_constants(node, parts)
         r = len(parts[0].shape) + 1  # type: ignore[union-attr]
         ax = self._rank_axis(node, int(self.attrs(node)["axis"]), r)
         if ax == 0:
@@ -1845,10 +2150,136 @@ class _Importer:
         out = self.graph.call_function(torch.cat, (nodes,), {"dim": ax})
         return _Dyn(out, tuple(shape), tuple(shape))
 
+    def _concat_constants(self, node: Any, parts: list[Any]) -> _Dyn:
+        """``Concat`` of input-dependent tensors with constants broadcast over the batch (a
+        class token ``cls.expand(N, -1, -1)``): one exact linear layer, a 0/1 embedding of
+        the input-dependent parts plus the constants as its bias."""
+        dyn = [p for p in parts if isinstance(p, _Dyn)]
+        r = len(dyn[0].shape) + 1
+        ax = self._rank_axis(node, int(self.attrs(node)["axis"]), r)
+        if ax == 0:
+            raise self.fail(node, "concatenation along the batch dimension")
+        shapes: list[tuple[int, ...]] = []
+        for name, p in zip(node.input, parts):
+            if isinstance(p, _Dyn):
+                shapes.append(tuple(p.shape))
+            elif p is None or name not in self.batch_bcast or p.ndim != r:
+                raise self.fail(node, "concatenating input-dependent tensors with a constant "
+                                "that is not broadcast over the batch")
+            else:
+                shapes.append(tuple(p.shape[1:]))
+        if any(len(sh) != r - 1 or sh[:ax - 1] + sh[ax:] != shapes[0][:ax - 1] + shapes[0][ax:]
+               for sh in shapes):
+            raise self.fail(node, f"shapes {shapes} do not concatenate on axis {ax}")
+        out = list(shapes[0])
+        out[ax - 1] = sum(sh[ax - 1] for sh in shapes)
+        m = math.prod(out)
+        m_in = sum(p.numel for p in dyn)
+        self.check_size(node, m * m_in, 12, "the embedding of a concatenation")
+        pos = np.arange(m).reshape(out)
+        w = np.zeros((m, m_in))
+        bias = np.zeros(m)
+        start = off = 0
+        for p, sh in zip(parts, shapes):
+            idx = [slice(None)] * (r - 1)
+            idx[ax - 1] = slice(start, start + sh[ax - 1])
+            where = pos[tuple(idx)].ravel()
+            if isinstance(p, _Dyn):
+                w[where, off + np.arange(p.numel)] = 1.0
+                off += p.numel
+            else:
+                bias[where] = self._float(node, p, "the constant").reshape(-1)
+            start += sh[ax - 1]
+        xs = [self.materialize(self.view(p, (p.numel,)), node) for p in dyn]
+        x = xs[0] if len(xs) == 1 else self.graph.call_function(torch.cat, (xs,), {"dim": 1})
+        flat = _Dyn(x, (m_in,), (m_in,))
+        return self.view(self.linear(node, flat, w, bias), out)
+
+    def _selection(self, node: Any, v: _Dyn, take: Any) -> _Dyn:
+        """A view of ``v`` keeping the elements ``take`` picks from its index array."""
+        self.charge(node, 2 * v.numel, 8, "the index of a selected view")
+        base = v.idx if v.idx is not None else np.arange(v.numel)
+        sel = np.asarray(take(base.reshape(v.shape)))
+        if sel.size == 0:
+            raise self.fail(node, "the selection is empty")
+        return _Dyn(v.node, v.base_shape, tuple(sel.shape), sel.ravel())
+
+    def op_Gather(self, node: Any, k: int) -> _Dyn:
+        """``x[:, i]`` (a class token): a selection on a non-batch axis by constant indices."""
+        v = self.dyn(node, 0)
+        ind = self.const(node, 1, "the indices")
+        if ind.dtype.kind not in "iu":
+            raise self.fail(node, "the indices must be an integer tensor")
+        r = len(v.shape) + 1
+        ax = self._rank_axis(node, int(self.attrs(node).get("axis", 0)), r)
+        if ax == 0:
+            raise self.fail(node, "gathering along the batch dimension")
+        d = v.shape[ax - 1]
+        if ind.size and (ind.min() < -d or ind.max() >= d):
+            raise self.fail(node, f"indices outside [-{d}, {d - 1}] on axis {ax}")
+        return self._selection(node, v, lambda b: np.take(b, ind.astype(np.int64) % d,
+                                                          axis=ax - 1))
+
+    def op_Slice(self, node: Any, k: int) -> _Dyn:
+        """``x[:, a:b:s]`` on non-batch axes with constant bounds."""
+        v = self.dyn(node, 0)
+        consts = [None] + [self.opt_const(node, i) for i in range(1, len(node.input))]
+        a = self.attrs(node)
+        starts, ends, axes, steps = self._slice_args(node, consts, a)
+        if not len(starts) == len(ends) == len(axes) == len(steps) or 0 in steps:
+            raise self.fail(node, f"bad slice starts {starts}, ends {ends}, axes {axes}, "
+                            f"steps {steps}")
+        r = len(v.shape) + 1
+        sl = [slice(None)] * (r - 1)
+        for st, en, ax, sp in zip(starts, ends, axes, steps):
+            ax = self._rank_axis(node, ax, r)
+            if ax == 0:
+                raise self.fail(node, "slicing the batch dimension")
+            big = np.iinfo(np.int64).max // 2
+            e = None if en >= big or (sp < 0 and en <= -big) else int(en)
+            sl[ax - 1] = slice(int(st), e, int(sp))
+        return self._selection(node, v, lambda b: b[tuple(sl)])
+
+    def _token_bias(self, node: Any, c: np.ndarray, out: tuple[int, ...]) -> np.ndarray | None:
+        """A constant added to a per-sample value of shape ``out``, broadcast to it (its
+        leading axes beyond ``out``'s rank of size 1), or ``None`` when it does not fit."""
+        c = c.astype(np.float64)
+        while c.ndim > len(out) and c.shape[0] == 1:
+            c = c[0]
+        try:
+            return np.broadcast_to(c, out).reshape(-1).copy()
+        except ValueError:
+            return None
+
+    def token_matmul(self, node: Any, v: _Dyn, w: np.ndarray) -> _Dyn:
+        r"""``x @ W`` on tokens ``[..., K]`` with a constant ``W [K, M]``: one exact linear
+        layer on the flattened sample, block-diagonal :math:`I \otimes W^\top` (a
+        following ``Add`` of a constant is folded into its bias)."""
+        lead = math.prod(v.shape[:-1])
+        kk, mm = w.shape
+        if v.shape[-1] != kk:
+            raise self.fail(node, f"matrix {list(w.shape)} does not fit tokens {list(v.shape)}")
+        out = (*v.shape[:-1], mm)
+        self.check_size(node, lead * lead * kk * mm, 12, "the block-diagonal weight")
+        big = np.kron(np.eye(lead), w.T)
+        b = None
+        nxt = self.only_consumer(node.output[0])
+        if nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
+            other = nxt.input[1] if nxt.input[0] == node.output[0] else nxt.input[0]
+            c = self.values.get(other)
+            if isinstance(c, np.ndarray) and c.dtype.kind == "f":
+                b = self._token_bias(node, c, out)
+                if b is not None:
+                    self.skip.add(self._index(nxt))
+        res = self.view(self.linear(node, self.view(v, (v.numel,)), big, b), out)
+        if b is not None:
+            self.values[nxt.output[0]] = res  # type: ignore[union-attr]
+        return res
+
 
 _NP_BINARY = {
     "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
-    "Max": np.maximum, "Min": np.minimum, "Pow": np.power,
+    "Max": np.maximum, "Min": np.minimum, "Pow": np.power, "Equal": np.equal,
 }
 
 

@@ -291,13 +291,36 @@ def cifar_resnet(widths: tuple[int, ...] = (8, 16, 32), blocks: int = 1,
 def smooth_mlp(sizes: tuple[int, ...] = (784, 128, 64, 10)) -> nn.Sequential:
     """An MLP with the activations of current transformers' MLP blocks (project addition,
     issue 24): ``Flatten``, then ``Linear``-GELU, ``Linear``-SiLU alternating, a final
-    ``Linear``. (The gated form ``a * silu(b)`` needs products of two activations, which
-    boundkit does not bound yet.)"""
+    ``Linear``. (The gated form ``a * silu(b)`` is :func:`gated_mlp`.)"""
     layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
     for i in range(len(sizes) - 1):
         layers.append((f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1])))
         if i < len(sizes) - 2:
             layers.append((f"act{i + 1}", nn.GELU() if i % 2 == 0 else nn.SiLU()))
+    return _seq(*layers)
+
+
+class GatedBlock(nn.Module):
+    """A gated linear unit with SiLU gating (SwiGLU's gate, Shazeer 2020):
+    ``value(x) * silu(gate(x))``, two ``Linear`` layers of the same shape. Traced through:
+    the product is a ``mul`` node of the captured graph."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.value = nn.Linear(d_in, d_out)
+        self.gate = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value(x) * nn.functional.silu(self.gate(x))
+
+
+def gated_mlp(sizes: tuple[int, ...] = (784, 128, 64, 10)) -> nn.Sequential:
+    """A gated MLP (project addition, issue 24): ``Flatten``, a :class:`GatedBlock` per
+    hidden size, a final ``Linear``."""
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    for i in range(len(sizes) - 2):
+        layers.append((f"block{i + 1}", GatedBlock(sizes[i], sizes[i + 1])))
+    layers.append(("fc", nn.Linear(sizes[-2], sizes[-1])))
     return _seq(*layers)
 
 
@@ -318,6 +341,14 @@ def maxmin_mlp(sizes: tuple[int, ...] = (784, 128, 128, 10)) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append((f"maxmin{i + 1}", MaxMin()))
     return _seq(*layers)
+
+
+def _tiny_vit(**kw: Any) -> nn.Module:
+    """:class:`boundkit.models.vit.TinyViT` (imported on use), in a one-layer
+    ``nn.Sequential`` like every zoo model."""
+    from boundkit.models.vit import TinyViT
+
+    return _seq(("vit", TinyViT(**kw)))
 
 
 @dataclass(frozen=True)
@@ -592,6 +623,16 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         epochs=10,
     ),
     ZooEntry(
+        "gated_mlp_mnist",
+        gated_mlp,
+        (1, 28, 28),
+        10,
+        "mnist",
+        "784-128-64-10, gated blocks value(x) * silu(gate(x))",
+        "project addition (issue 24)",
+        epochs=10,
+    ),
+    ZooEntry(
         "maxmin_mnist",
         maxmin_mlp,
         (1, 28, 28),
@@ -600,6 +641,18 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         "784-128-128-10, MaxMin activations, orthogonal initialisation",
         "project addition (issue 24)",
         epochs=10,
+    ),
+    ZooEntry(
+        "vit_cifar",
+        _part(_tiny_vit, cls=False),
+        (3, 32, 32),
+        10,
+        "cifar10",
+        "vision transformer: Conv(3,32,8,s8) patches (16 tokens) + positions, 1 pre-norm "
+        "block (LayerNorm, 2-head softmax attention, GELU MLP 64), LayerNorm, mean over "
+        "tokens, FC10",
+        "project addition (issue 24)",
+        epochs=15,
     ),
     ZooEntry(
         "digits_cnn",

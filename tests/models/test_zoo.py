@@ -8,13 +8,15 @@ import torch.fx
 from torch import nn
 
 from boundkit.models import ZOO, GroupSort, ResidualBlock, build_model, lenet5
-from boundkit.models.zoo import BasicBlock
+from boundkit.models.vit import Attention, Block, TinyViT
+from boundkit.models.zoo import BasicBlock, GatedBlock
 
 ALLOWED = (
     nn.Sequential, nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d,
     nn.BatchNorm1d, nn.BatchNorm2d, nn.LocalResponseNorm, nn.ReLU, nn.Tanh, nn.Sigmoid,
     nn.Softplus, nn.Flatten, nn.Dropout, ResidualBlock,
-    nn.AdaptiveAvgPool2d, nn.GELU, nn.SiLU, BasicBlock, GroupSort,
+    nn.AdaptiveAvgPool2d, nn.GELU, nn.SiLU, BasicBlock, GroupSort, GatedBlock,
+    TinyViT, Block, Attention, nn.LayerNorm,
 )  # fmt: skip
 
 

@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn as nn
 
+from boundkit.margin import label_margin
+
 
 def pgd_counterexample(model: nn.Module, x: torch.Tensor, label: torch.Tensor,
                        radius: torch.Tensor, box: tuple[float, float] | None,
@@ -49,9 +51,7 @@ def pgd_counterexample(model: nn.Module, x: torch.Tensor, label: torch.Tensor,
         for _ in range(steps):
             delta = delta.detach().requires_grad_(True)
             logits = model(x + delta)
-            own = logits.gather(1, label.unsqueeze(1)).squeeze(1)
-            other = logits.scatter(1, label.unsqueeze(1), -math.inf).max(1).values
-            (other - own).sum().backward()
+            (-label_margin(logits, label)).sum().backward()
             g = delta.grad
             assert g is not None
             gn = g.flatten(1).norm(dim=1).reshape(view).clamp_min(1e-30)

@@ -68,6 +68,15 @@ def plan_crown(graph: Graph) -> CrownPlan:
         r = rules.get(n.name)
         if r is None or not r.nonlinear:
             continue
+        if len(n.inputs) > 1:  # a product: both operands, unless an activation's output
+            # (its image of a refined input interval is what a walk would give, or better)
+            for src in n.inputs:
+                prod = rules.get(src)
+                if graph[src].op == "input" or (
+                        prod is not None and prod.nonlinear and len(graph[src].inputs) == 1):
+                    continue
+                refine[src] = Refine.ALL.merge(refine.get(src))
+            continue
         src = n.inputs[0]
         if graph[src].op == "input":
             continue

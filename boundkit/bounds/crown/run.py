@@ -133,7 +133,7 @@ class CrownRun:
         #: the sound pass of the whole batch (its result is the method's floor)
         self.sound = sp
         self.omega: dict[str, Modulus] = (
-            compose_moduli(graph, plan.sound.stages, sp.moduli, graph.input.name)
+            compose_moduli(graph, plan.sound.stages, sp.moduli, graph.input.name, sp.acts)
             if fallback else {})
         self.samples = self.samples_type(x0, in_box, sp.acts, sp.errors.per_node,
                                          splits=splits)

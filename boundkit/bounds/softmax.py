@@ -1,0 +1,231 @@
+r"""Softmax inside the network (attention weights) and per-sample axis permutations.
+
+A softmax that is the model's last node is an output squash (monotone: the graph's logits
+skip it); one inside the network (``torch.softmax(scores, dim=-1)`` in attention) is bounded
+here. Per group (all indices but the softmax axis fixed), :math:`x\in\mathbb{R}^K`,
+:math:`y_i=e^{x_i}/\sum_j e^{x_j}` (``docs/theory/softmax.md``):
+
+* ``sound``: the Jacobian :math:`J=\mathrm{diag}(y)-yy^\top` is symmetric with Gershgorin
+  discs inside :math:`[0,\,2y_i(1-y_i)]\subseteq[0,\tfrac12]`, so the node is
+  :math:`\tfrac12`-Lipschitz in L2 (softmax §1);
+* ``crown`` interval: :math:`y_i\in[1/(1+\sum_{j\ne i}e^{u_j-l_i}),\;
+  1/(1+\sum_{j\ne i}e^{l_j-u_i})]` (monotone in each argument, softmax §2);
+* ``crown`` lines: the first-order Taylor plane at the box centre :math:`c` with a proven
+  bound on the Lagrange remainder over the box,
+  :math:`|R_i|\le\tfrac12\,Y_i\,(s_i^2+\sum_jY_jr_js_j)`,
+  :math:`s_i=\sum_jY_jr_j+(1-\ell_i-Y_i)r_i` (:math:`[\ell,Y]` the interval of :math:`y`,
+  :math:`r` the box's half-widths; softmax §3), shifted down / up by it and by the rounding
+  of the plane's own computation; where the band is wider than the interval, the constant
+  interval bound is used instead (softmax §4).
+
+``permute`` (``x.transpose``, ``x.permute``) moves entries without arithmetic: an isometry
+(``sound``), relaxed exactly by permuting the coefficients back (``crown``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma
+from boundkit.bounds.registry import LipschitzRule, register_rule
+from boundkit.bounds.relaxation import (
+    Interval,
+    LinearBounds,
+    RelaxationRule,
+    RelaxContext,
+    dot,
+)
+from boundkit.errors import UnsupportedLayerError
+from boundkit.graph.graph import Graph, Node
+
+#: the smallest positive quantity added to bounds of values that may underflow
+_TINY = 1e-300
+
+
+def softmax_axis(node: Node) -> int:
+    """The per-sample axis (batch excluded) a ``softmax`` node normalises over; refused
+    (one line) for the batch axis or an implicit ``dim``."""
+    dim = node.attrs.get("dim")
+    rank = len(node.out_shape) + 1
+    if not isinstance(dim, int) or isinstance(dim, bool) or not -rank <= dim < rank \
+            or dim % rank == 0:
+        raise UnsupportedLayerError(
+            node.name, "softmax", why=f"dim={dim!r}: an in-network softmax needs an explicit "
+            "dim other than the batch axis")
+    return dim % rank - 1
+
+
+def _eval_error(y: torch.Tensor, k: int) -> torch.Tensor:
+    r"""A bound on :math:`|\hat y-y|` of torch's float64 softmax over ``k`` entries,
+    element-wise: :math:`4\gamma_{2k+8}(\hat y+1)` (softmax §5: the shift by the maximum, the
+    exponentials at 1 ulp, the sum and the division)."""
+    return 4 * float(gamma(2 * k + 8)) * (y.abs() + 1.0)
+
+
+class SoftmaxRule(LipschitzRule):
+    r"""``sound``: :math:`\tfrac12`-Lipschitz (module docstring); rounding
+    :math:`4\gamma_{2K+8}(\|y\|+\sqrt{n})` for ``n`` output entries (softmax §5)."""
+
+    def compute_lipschitz(self, node: Node, graph: Graph) -> float:
+        softmax_axis(node)
+        return 0.5
+
+    def rounding(self, node: Node, graph: Graph, in_norm: torch.Tensor,
+                 out_norm: torch.Tensor) -> torch.Tensor:
+        k = node.out_shape[softmax_axis(node)]
+        return 4 * float(gamma(2 * k + 8)) * (out_norm + math.sqrt(node.out_numel))
+
+
+def softmax_interval(lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+    r"""Sound bounds of softmax over the last axis on the box ``[lo, hi]`` (``[..., K]``):
+    :math:`1/(1+\sum_{j\ne i}e^{u_j-l_i})\le y_i\le 1/(1+\sum_{j\ne i}e^{l_j-u_i})`, rounding
+    charged (softmax §2, §5)."""
+    k = lo.shape[-1]
+    off = ~torch.eye(k, dtype=torch.bool, device=lo.device)
+    # [..., i, j] = exp(u_j - l_i), exp(l_j - u_i), the diagonal excluded
+    up = torch.where(off, torch.exp(hi.unsqueeze(-2) - lo.unsqueeze(-1)), 0.0).sum(-1)
+    dn = torch.where(off, torch.exp(lo.unsqueeze(-2) - hi.unsqueeze(-1)), 0.0).sum(-1)
+    y_lo, y_hi = 1.0 / (1.0 + up), 1.0 / (1.0 + dn)
+    # each exponent d = u_j - l_i (or l_j - u_i) is rounded by u|d| <= u * span: a relative
+    # error of about u * span in its exponential, on top of the libm's ulp and the sum
+    span = (hi.amax(-1, keepdim=True) - lo.amin(-1, keepdim=True)).clamp(min=0)
+    g = 2 * (float(gamma(2 * k + 8)) + (span + 2) * UNIT_ROUNDOFF)
+    out_lo = (y_lo * (1 - g) - _TINY).clamp(0.0, 1.0)
+    out_hi = (y_hi * (1 + g) + _TINY).clamp(0.0, 1.0)
+    # an unbounded or NaN input interval: the trivial bounds
+    return Interval(torch.nan_to_num(out_lo, nan=0.0), torch.nan_to_num(out_hi, nan=1.0))
+
+
+def softmax_planes(lo: torch.Tensor, hi: torch.Tensor, iv: Interval | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Taylor planes of softmax over the last axis on the box ``[lo, hi]`` (``[..., K]``):
+    ``(G [..., K, K], b_lo [..., K], b_hi [..., K])`` with, for every x in the box,
+
+    .. math:: b_{lo,i}+\sum_j G_{ij}x_j\;\le\;y_i(x)\;\le\;b_{hi,i}+\sum_j G_{ij}x_j
+
+    in real arithmetic (the plane's own rounding is inside the offsets; softmax §3, §5)."""
+    k = lo.shape[-1]
+    c = (lo + hi) / 2
+    # covers the box from c: the subtraction and this product round by at most 1 ulp each
+    r = torch.maximum(hi - c, c - lo) * (1 + 4 * UNIT_ROUNDOFF) + _TINY
+    y = torch.softmax(c, -1)
+    eye = torch.eye(k, dtype=lo.dtype, device=lo.device)
+    g = y.unsqueeze(-1) * (eye - y.unsqueeze(-2))  # [..., i, j] = y_i (d_ij - y_j)
+    if iv is None:
+        iv = softmax_interval(lo, hi)
+    ly, uy = iv.lo, iv.hi
+    yr = uy * r
+    tot = yr.sum(-1, keepdim=True)
+    s = tot + (1 - ly - uy).clamp(min=0) * r  # s_i >= sum_j D_ij r_j
+    rem = 0.5 * uy * (s * s + (yr * s).sum(-1, keepdim=True))
+    # the computed plane differs from the exact one at c: value eta_i, slopes 2(eta_i+eta_j)+2u
+    eta = _eval_error(y, k)
+    rsum = r.sum(-1, keepdim=True)
+    dg = 2 * eta * rsum + 2 * (eta * r).sum(-1, keepdim=True) + 2 * UNIT_ROUNDOFF * rsum
+    err = (rem + eta + dg) * (1 + float(gamma(2 * k + 8))) + _TINY
+    gc = (g * c.unsqueeze(-2)).sum(-1)  # sum_j G_ij c_j
+    round_b = float(gamma(k + 4)) * ((g * c.unsqueeze(-2)).abs().sum(-1) + y + err)
+    return g, y - gc - err - round_b, y - gc + err + round_b
+
+
+class SoftmaxRelaxation(RelaxationRule):
+    r"""``crown``: per output the Taylor plane (:func:`softmax_planes`) or, where its band
+    :math:`b_{hi}-b_{lo}` is wider than the interval, the interval's constant bound; for a
+    coefficient :math:`a` on :math:`y_i`, :math:`a^+` takes the lower and :math:`a^-` the upper
+    bound (softmax §4)."""
+
+    nonlinear = True
+
+    def supports(self, node: Node) -> bool:
+        try:
+            softmax_axis(node)
+        except UnsupportedLayerError:
+            return False
+        return len(node.inputs) == 1
+
+    @staticmethod
+    def _last(node: Node, t: torch.Tensor, lead: int) -> torch.Tensor:
+        """``t`` [*lead, *shape] with the softmax axis moved last."""
+        return t.movedim(lead + softmax_axis(node), -1)
+
+    @staticmethod
+    def _back(node: Node, t: torch.Tensor, lead: int) -> torch.Tensor:
+        return t.movedim(-1, lead + softmax_axis(node))
+
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        iv = self._intervals(node, ctx, ins[0])
+        return Interval(self._back(node, iv.lo, 1), self._back(node, iv.hi, 1))
+
+    def _intervals(self, node: Node, ctx: RelaxContext, x: Interval) -> Interval:
+        return softmax_interval(self._last(node, x.lo, 1), self._last(node, x.hi, 1))
+
+    def lines(self, node: Node, ctx: RelaxContext, x: Interval
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(G_lo, b_lo, G_hi, b_hi)`` in the softmax-last layout [N, ..., K(, K)]."""
+        lo, hi = self._last(node, x.lo, 1), self._last(node, x.hi, 1)
+        iv = softmax_interval(lo, hi)
+        g, b_lo, b_hi = softmax_planes(lo, hi, iv)
+        flat = ~((b_hi - b_lo) < (iv.hi - iv.lo))  # the interval is narrower (or NaN)
+        zero = torch.zeros_like(g)
+        g_use = torch.where(flat.unsqueeze(-1), zero, g)
+        return (g_use, torch.where(flat, iv.lo, b_lo), g_use, torch.where(flat, iv.hi, b_hi))
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        x = ctx.interval_in(node)
+        g_lo, b_lo, g_hi, b_hi = ctx.derived(f"softmax:{node.name}", x,
+                                             lambda: self.lines(node, ctx, x))
+        a = self._last(node, lb.A, 2)  # [N, S, ..., K(i)]
+        n, s, k = a.shape[0], a.shape[1], a.shape[-1]
+        shape = a.shape
+        a = a.reshape(n, s, -1, k)  # [N, S, G, K]: G groups
+        gl, gh = g_lo.reshape(n, -1, k, k), g_hi.reshape(n, -1, k, k)
+        pos, neg = a.clamp(min=0), a.clamp(max=0)
+        # a_in[.., j] = sum_i pos_i G_lo[i, j] + neg_i G_hi[i, j] (no [S, K, K] intermediate)
+        a_in = torch.einsum("nsgi,ngij->nsgj", pos, gl) + torch.einsum("nsgi,ngij->nsgj",
+                                                                        neg, gh)
+        terms = pos * b_lo.reshape(n, 1, -1, k) + neg * b_hi.reshape(n, 1, -1, k)
+        add = terms.flatten(2).sum(2)
+        mag = self._last(node, x.mag, 1).reshape(n, -1, k)
+        # sum_j (sum_i |a_i| |G_ij|) |x_j|  =  sum_i |a_i| (|G| |x|)_i
+        gx = torch.einsum("ngij,ngj->ngi", torch.maximum(gl.abs(), gh.abs()), mag)
+        err = (float(gamma(2 * k + 2)) * (1 + float(gamma(k + 1)))
+               * (a.abs() * gx.unsqueeze(1)).flatten(2).sum(2)
+               + float(gamma(terms[0, 0].numel() + 2)) * terms.abs().flatten(2).sum(2))
+        a_in = self._back(node, a_in.reshape(shape), 2)
+        return [lb.then(a_in, add, err, ctx.intervals[node.name].mag)]
+
+
+class PermuteRule(LipschitzRule):
+    """``sound``: a permutation of entries is an isometry, evaluated exactly."""
+
+    exact_arithmetic = True
+
+    def compute_lipschitz(self, node: Node, graph: Graph) -> float:
+        return 1.0
+
+
+class PermuteRelaxation(RelaxationRule):
+    r"""``crown``: :math:`\langle A, P(z)\rangle=\langle P^{-1}(A), z\rangle` (exact)."""
+
+    def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
+        p = (0, *(d + 1 for d in node.attrs["dims"]))
+        return Interval(ins[0].lo.permute(p), ins[0].hi.permute(p))
+
+    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
+        dims = node.attrs["dims"]
+        inv = [0] * len(dims)
+        for out_axis, in_axis in enumerate(dims):
+            inv[in_axis] = out_axis
+        a_in = lb.A.permute(0, 1, *(d + 2 for d in inv))
+        return [lb.then(a_in, 0.0, 0.0, ctx.intervals[node.name].mag)]
+
+
+register_rule("softmax", "sound", SoftmaxRule())
+register_rule("softmax", "crown", SoftmaxRelaxation())
+register_rule("permute", "sound", PermuteRule())
+register_rule("permute", "crown", PermuteRelaxation())
+
+__all__ = ["PermuteRelaxation", "PermuteRule", "SoftmaxRelaxation", "SoftmaxRule",
+           "dot", "softmax_axis", "softmax_interval", "softmax_planes"]
