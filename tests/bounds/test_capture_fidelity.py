@@ -327,10 +327,11 @@ def test_bfloat16_model_certifies_only_what_it_predicts():
 
 
 # ---------------------------------------------------------------- shapes and extensions
-def test_linear_on_token_inputs_is_refused_by_name():
-    m = _seeded(nn.Sequential(nn.Linear(4, 4), nn.Flatten(), nn.Linear(12, 3)))
-    with pytest.raises(UnsupportedLayerError, match="rank"):
-        bk.certify(m, _x((3, 4)))
+def test_linear_on_inputs_of_rank_above_four_is_refused_by_name():
+    # Linear on tokens [T, D], up to rank 4, is supported (tests/bounds/test_products.py)
+    m = _seeded(nn.Sequential(nn.Linear(4, 4), nn.Flatten(), nn.Linear(96, 3)))
+    with pytest.raises(UnsupportedLayerError, match="rank 1 or 2 or 3 or 4"):
+        bk.certify(m, _x((2, 2, 2, 3, 4)))
 
 
 def test_view_folding_the_batch_is_refused():
