@@ -1,4 +1,5 @@
-"""Issue 24's zoo entries (resnet_cifar, smooth_mlp_mnist, maxmin_mnist, gated_mlp_mnist):
+"""Issue 24's zoo entries (resnet_cifar, smooth_mlp_mnist, maxmin_mnist, gated_mlp_mnist,
+vit_cifar):
 accuracy, and ``crown`` against the ``best`` attack on the first test images (box [0, 1]).
 
 Train first (seconds for the MLPs, minutes for the ResNet on one core)::
@@ -7,6 +8,7 @@ Train first (seconds for the MLPs, minutes for the ResNet on one core)::
     python -m boundkit.models.train maxmin_mnist --data-root ../shared/data --out runs
     python -m boundkit.models.train gated_mlp_mnist --data-root ../shared/data --out runs
     python -m boundkit.models.train resnet_cifar --data-root ../shared/data --out runs
+    python -m boundkit.models.train vit_cifar --data-root ../shared/data --out runs
 
 then ``python -m analyses.issue24_zoo --runs runs --data-root ../shared/data --n 20``
 writes ``docs/results/issue24_zoo.md``. A violation is a test image whose certified radius
@@ -26,7 +28,7 @@ import boundkit as bk
 from boundkit.data import load_dataset
 from boundkit.models import load_model
 
-NAMES = ("smooth_mlp_mnist", "maxmin_mnist", "gated_mlp_mnist", "resnet_cifar")
+NAMES = ("smooth_mlp_mnist", "maxmin_mnist", "gated_mlp_mnist", "resnet_cifar", "vit_cifar")
 
 
 def run(name: str, runs: Path, data_root: str, n: int, budget: int) -> dict:
