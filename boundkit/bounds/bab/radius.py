@@ -189,10 +189,15 @@ class BabMethod(Method):
             growth = torch.where(active, torch.where(ok, growth * 2, growth / 2), growth)
             growth = growth.clamp(min=rtol)
             domains += res.domains
-            # every active sample pays at least its share of the step's wall time
-            spent = torch.maximum(res.seconds, torch.full_like(res.seconds,
-                                                             wall / max(1, int(active.sum()))))
+            # every active sample pays its own search time plus an equal share of the
+            # step's time outside the searches (the steps' charges add up to their wall
+            # time; charging each sample at least wall / active instead would bill a
+            # sample closed early for the longest sample's search and leave its budget
+            # unused)
             act = active.cpu()
+            own = torch.where(act, res.seconds, torch.zeros_like(res.seconds))
+            rest = max(0.0, wall - float(own.sum())) / max(1, int(act.sum()))
+            spent = own + rest
             last_unknown = torch.where(act & ~ok.cpu(), spent,
                                        torch.where(act, torch.zeros_like(spent), last_unknown))
             budget -= torch.where(act, spent, torch.zeros_like(spent))
