@@ -200,7 +200,7 @@ def test_bab_on_max_pooling_nets_lies_between_crown_and_the_attack() -> None:
                        dtype=torch.float64)
         _, norm = adversarial_search(model, x, steps=100, box=(0.0, 1.0), seed=seed)
         c = bk.certify(model, x, "crown").radius
-        b = bk.certify(model, x, "bab", upper=norm, time_budget=60.0, max_domains=16)
+        b = bk.certify(model, x, "bab", upper=norm, time_budget=60.0, max_domains=64)
         assert bool((b.radius >= c).all()), (b.radius, c)
         assert bool((b.radius <= norm * (1 + 1e-9)).all()), (b.radius, norm)
         raised += float((b.radius - c).sum())
@@ -357,3 +357,40 @@ def test_bab_progress_reports_add_up_to_the_samples() -> None:
     assert bool((b.radius >= plain).all())
     with pytest.raises(BadArgumentError, match="progress"):
         bk.certify(model, x, "bab", upper=1.0, progress=3)
+
+
+class _FakeClock:
+    """A clock advancing ``step`` seconds per reading: the search's time budgets become a
+    count of its clock readings, the same on any machine (no timed test)."""
+
+    def __init__(self, step: float) -> None:
+        self.t, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_bab_radius_never_shrinks_with_more_budget_and_never_passes_the_exact_one(
+        seed, monkeypatch) -> None:
+    """Anytime in the full sense: on a fake clock, a larger budget never gives a smaller
+    radius, every radius stays below the exact one, and the largest budget keeps working
+    past an unknown answer until it closes on the exact radius (given as ``upper``)."""
+    import boundkit.bounds.bab.options as bab_options
+
+    model = _mlp(seed, (4, 16, 16, 3))
+    x = torch.rand(6, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    exact = bk.exact_radius(model, x, box=(0.0, 1.0))
+    upper = torch.where(torch.isfinite(exact), exact, torch.ones_like(exact))
+    radii = []
+    for budget in (0.05, 0.2, 1.0, 5.0):
+        monkeypatch.setattr(bab_options, "CLOCK", _FakeClock(1e-3))
+        b = bk.certify(model, x, "bab", upper=upper, time_budget=budget, batch=8).radius
+        assert bool((b <= exact * (1 + 1e-9)).all()), (budget, b, exact)
+        radii.append(b)
+    for small, large in zip(radii[:-1], radii[1:]):
+        assert bool((large >= small * (1 - 1e-12)).all()), (small, large)
+    fin = torch.isfinite(exact)
+    # the largest budget closes on the exact radius (well past the reopening tolerance)
+    assert bool((radii[-1][fin] >= exact[fin] / (1 + 2e-3)).all()), (radii[-1], exact)

@@ -56,12 +56,19 @@ from boundkit.bounds.bab.bounding import (
 from boundkit.bounds.bab.counterexample import pgd_counterexample
 from boundkit.bounds.bab.domains import Domains, domain_radius
 from boundkit.bounds.bab.options import NEVER, STUCK_ITERATIONS, BabOptions, check_options
-from boundkit.bounds.bab.radius import BAB_RTOL, FIRST_GROWTH, FIRST_STEP, BabMethod
+from boundkit.bounds.bab.radius import (
+    BAB_RTOL,
+    FIRST_GROWTH,
+    FIRST_STEP,
+    REOPEN_RTOL,
+    BabMethod,
+)
 from boundkit.bounds.bab.search import FALSIFIED, UNKNOWN, VERIFIED, BranchAndBound, Solved
 from boundkit.bounds.bab.verifying import VerifyResult, verify, verify_graph
 
 __all__ = [
-    "BAB_RTOL", "FALSIFIED", "FIRST_GROWTH", "FIRST_STEP", "NEVER", "STUCK_ITERATIONS",
+    "BAB_RTOL", "FALSIFIED", "FIRST_GROWTH", "FIRST_STEP", "NEVER", "REOPEN_RTOL",
+    "STUCK_ITERATIONS",
     "UNKNOWN", "VERIFIED",
     "BabMethod", "BabOptions", "BabPlan", "Bounded", "Bounder", "BranchAndBound", "Domains",
     "Solved", "SplitReLU", "VerifyResult", "bab_plan", "check_options", "domain_radius",

@@ -36,8 +36,15 @@ class _GraphModel(nn.Module):
         return self.graph.activations(x, [self.graph.logits.name])[self.graph.logits.name]
 
 
-#: the search stops where the bracket is this tight, relative
-BAB_RTOL = 1e-2
+#: the search of a sample stops where its lower end is this close, relative, to its upper
+#: end (the attack norm, or the user's ``upper``): the one proven end of the bracket
+#: besides the certificate (option ``rtol``)
+BAB_RTOL = 1e-3
+#: a bracket (lower end, smallest unknown radius) this tight, relative, is reopened
+#: towards the upper end: an unknown answer is no upper bound, only a radius the budget
+#: of its step did not settle; the retries then climb from the lower end in small steps
+#: with twice the time of the last unknown step (while the sample's budget lasts)
+REOPEN_RTOL = 1e-2
 #: the first radius tried lies this fraction of the way from the start radius to the
 #: upper end (with a third of the budget); then bisection with half of what is left
 FIRST_STEP = 0.3
@@ -56,10 +63,17 @@ class BabMethod(Method):
     branch and bound for all samples together, first at ``FIRST_STEP`` of the way with a
     third of the time, then at the midpoint with half of the time left, each step at most
     a relative growth :math:`\delta` above the lower end (``FIRST_GROWTH``, doubled after
-    a verified step, halved after another); a verified radius, or the radius an unknown
-    answer's open subproblems certify, raises the lower end.
-    ``time_budget`` (seconds per sample) covers the start radius and the search, not the
-    attack run when no ``upper`` is given.
+    a verified step, halved after another, at least ``rtol``); a verified radius, or the
+    radius an unknown answer's open subproblems certify, raises the lower end. An unknown
+    answer is no upper bound: once the lower end is within ``REOPEN_RTOL`` of the smallest
+    unknown radius, the bracket reopens to the upper end and the search climbs on from the
+    lower end, each retry with twice the time of the last unknown step. A sample stops
+    only when its lower end :math:`l` meets the upper end :math:`u`,
+    :math:`l \ge u / (1 + \mathrm{rtol})` (``rtol``, default ``BAB_RTOL`` = 0.1%), or
+    its budget is spent: ``time_budget`` (seconds per sample; covers the start radius and
+    the search, not the attack run when no ``upper`` is given) or ``max_domains``
+    (subproblems per sample over the whole search, shared among the steps like the time;
+    default: no limit but the time, at most ``BabOptions.max_domains`` per step).
     Anytime: the radius returned is the largest one proven (or the start's), a certificate
     whatever the budget. ``info``: ``upper`` (the end searched against), ``ratio``
     (certified / upper), ``domains``. ``progress``: a callable given the samples' worth of
@@ -90,10 +104,14 @@ class BabMethod(Method):
         box = check_box(options.get("box", self.default_box))
         default = BabOptions()
         opts = check_options(options.get("time_budget", 2.0),
-                             options.get("max_domains", default.max_domains),
+                             (default.max_domains if options.get("max_domains") is None
+                              else options["max_domains"]),
                              options.get("batch", default.batch),
                              options.get("iterations", default.iterations),
                              options.get("refresh", NEVER))
+        # subproblems per sample over the whole search (None: the time budget alone binds;
+        # each step then bounds at most the options' default per verify call)
+        total = (math.inf if options.get("max_domains") is None else float(opts.max_domains))
         rtol = check_positive("rtol", options.get("rtol", BAB_RTOL), maximum=0.5)
         assert rtol is not None
         start = options.get("start", "crown")
@@ -123,12 +141,22 @@ class BabMethod(Method):
         bar = _Progress(progress, n, opts.time_budget)
         bar.spent(t_base)
         domains = torch.zeros(n, dtype=torch.long)
-        top = hi.clone()  # the smallest radius not proven (unknown or falsified)
+        top = hi.clone()  # the smallest radius not proven (unknown), or the upper end
         first = True
         growth = torch.full_like(lo, FIRST_GROWTH)
+        # per sample: the seconds of its last unknown step (0: none since the last verified
+        # one), and whether its bracket was reopened (then retries double that time)
+        last_unknown = torch.zeros(n, dtype=torch.float64)
+        reopened = torch.zeros(n, dtype=torch.bool)
         while True:
-            active = (torch.isfinite(lo) & (lo < top / (1 + rtol))
-                      & (budget > 0.02 * opts.time_budget) & (base.margin > 0).to(lo.device))
+            # an unknown point within REOPEN_RTOL of the lower end proves nothing: the
+            # bracket reopens towards the upper end, the sample keeps its budget
+            shut = torch.isfinite(lo) & (lo >= top / (1 + REOPEN_RTOL)) & (top < hi)
+            top = torch.where(shut, hi, top)
+            reopened |= shut.cpu()
+            active = (torch.isfinite(lo) & (lo < hi / (1 + rtol)) & (lo < top)
+                      & (budget > 0.02 * opts.time_budget) & (domains < total)
+                      & (base.margin > 0).to(lo.device))
             if not bool(active.any()):
                 break
             frac = FIRST_STEP if first else 0.5
@@ -138,10 +166,20 @@ class BabMethod(Method):
             eps = torch.where(active, eps, torch.zeros_like(eps))
             share = torch.where(budget < 0.1 * opts.time_budget, budget,
                                 budget / (3 if first else 2))
+            # a retry after a reopened bracket: twice the time of the last unknown step
+            share = torch.where(reopened & (last_unknown > 0),
+                                torch.minimum(budget, torch.maximum(share, 2 * last_unknown)),
+                                share)
+            # the subproblems of the step: the same fraction of those left as of the time
+            dshare = torch.full((n,), opts.max_domains, dtype=torch.long)
+            if math.isfinite(total):
+                frac_t = (share / budget.clamp(min=1e-12)).clamp(max=1.0)
+                dshare = ((total - domains) * frac_t).ceil().clamp(min=1).to(torch.long)
             first = False
             t0 = _clock.now()
             res = verify_graph(None, graph, x0, eps, box, opts, budget=share, plan=plan,
-                               tick=bar.spent)
+                               tick=bar.spent,
+                               max_domains=dshare)
             wall = _clock.now() - t0
             ok = res.verified.to(lo.device) & active
             # a verified radius, or the radius the open subproblems certify
@@ -149,11 +187,20 @@ class BabMethod(Method):
             lo = torch.where(active, torch.maximum(lo, got), lo)
             top = torch.where(active & ~ok, torch.minimum(top, eps), top)
             growth = torch.where(active, torch.where(ok, growth * 2, growth / 2), growth)
+            growth = growth.clamp(min=rtol)
             domains += res.domains
-            # every active sample pays at least its share of the step's wall time
-            spent = torch.maximum(res.seconds, torch.full_like(res.seconds,
-                                                             wall / max(1, int(active.sum()))))
-            budget -= torch.where(active.cpu(), spent, torch.zeros_like(spent))
+            # every active sample pays its own search time plus an equal share of the
+            # step's time outside the searches (the steps' charges add up to their wall
+            # time; charging each sample at least wall / active instead would bill a
+            # sample closed early for the longest sample's search and leave its budget
+            # unused)
+            act = active.cpu()
+            own = torch.where(act, res.seconds, torch.zeros_like(res.seconds))
+            rest = max(0.0, wall - float(own.sum())) / max(1, int(act.sum()))
+            spent = own + rest
+            last_unknown = torch.where(act & ~ok.cpu(), spent,
+                                       torch.where(act, torch.zeros_like(spent), last_unknown))
+            budget -= torch.where(act, spent, torch.zeros_like(spent))
         bar.finish()
         ratio = torch.where((searched > 0) & torch.isfinite(searched), lo / searched,
                             torch.full_like(lo, math.nan))

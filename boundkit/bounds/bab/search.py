@@ -32,16 +32,21 @@ class BranchAndBound(Bounder):
         return branch(dom, b, self.shapes, self.opt.warm_elements)
 
     def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None,
-              tick: Callable[[float], None] | None = None) -> Solved:
+              tick: Callable[[float], None] | None = None,
+              max_domains: torch.Tensor | None = None) -> Solved:
         """Run the search on the samples ``active`` [N] (bool), each with ``budget`` [N]
-        seconds (default: the options' ``time_budget``), from their root domains; domains
-        are bounded smallest certified radius first. ``tick``: called after every batch
-        with the seconds it took (for progress bars)."""
+        seconds (default: the options' ``time_budget``) and ``max_domains`` [N] subproblems
+        (default: the options' ``max_domains``), from their root domains; domains are
+        bounded smallest certified radius first. ``tick``: called after every batch with
+        the seconds it took (for progress bars)."""
         dev = self.eps.device
         n = self.n
         if budget is None:
             budget = torch.full((n,), self.opt.time_budget, dtype=torch.float64)
         budget = budget.to(device="cpu", dtype=torch.float64)
+        if max_domains is None:
+            max_domains = torch.full((n,), self.opt.max_domains, dtype=torch.long)
+        max_domains = max_domains.to(device="cpu", dtype=torch.long)
         status = ["" for _ in range(n)]
         reason = ["" for _ in range(n)]
         count = torch.zeros(n, dtype=torch.long)
@@ -148,11 +153,11 @@ class BranchAndBound(Bounder):
             # samples with no domain left are proven (before any budget closes them)
             close(torch.nonzero((left <= 0) & ~closed).flatten().tolist(), [], None)
             over_t = (spent >= budget) & ~closed
-            over_d = (count >= self.opt.max_domains) & ~closed
+            over_d = (count >= max_domains) & ~closed
             close(torch.nonzero(over_t).flatten().tolist(), front,
                   "the time budget was spent")
             close(torch.nonzero(over_d & ~over_t).flatten().tolist(), front,
-                  f"{self.opt.max_domains} subproblems bounded")
+                  "the subproblem budget was spent")
             # drop the domains of closed samples
             gone = closed.to(dev)
             kept = []

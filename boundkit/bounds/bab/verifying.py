@@ -57,11 +57,13 @@ class VerifyResult:
 def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius: torch.Tensor,
                  box: tuple[float, float] | None, options: BabOptions,
                  attack_steps: int = 40, budget: torch.Tensor | None = None,
-                 plan: BabPlan | None = None, tick: Callable[[float], None] | None = None
-                 ) -> VerifyResult:
+                 plan: BabPlan | None = None, tick: Callable[[float], None] | None = None,
+                 max_domains: torch.Tensor | None = None) -> VerifyResult:
     """:func:`verify` on a captured graph (inputs checked by the caller). Without
     ``model`` no counterexample is searched (and the labels are the graph's). ``tick``:
-    called with the seconds of every batch of the search (progress bars)."""
+    called with the seconds of every batch of the search (progress bars).
+    ``budget`` / ``max_domains`` [N]: per-sample seconds / subproblems (default: the
+    options')."""
     plan = bab_plan(graph) if plan is None else plan
     x0 = x.to(device=graph.device, dtype=torch.float64)
     radius = radius.to(device=graph.device, dtype=torch.float64)
@@ -112,7 +114,7 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
     todo = torch.tensor([s == "" for s in status])
     if bool(todo.any()):
         bb = BranchAndBound(graph, plan, run, label, radius, options)
-        sol = bb.solve(todo.to(radius.device), budget, tick)
+        sol = bb.solve(todo.to(radius.device), budget, tick, max_domains)
         for i in torch.nonzero(todo).flatten().tolist():
             status[i], reason[i] = sol.status[i], sol.reason[i] or "every subproblem proven"
             certified[i] = sol.certified[i]
