@@ -186,6 +186,10 @@ class BabMethod(Method):
             got = torch.where(ok, eps, res.certified.to(lo.device))
             lo = torch.where(active, torch.maximum(lo, got), lo)
             top = torch.where(active & ~ok, torch.minimum(top, eps), top)
+            # a counterexample (checked on the model) is a real upper end: the bracket
+            # never reopens past it
+            cex = res.falsified.to(lo.device) & active
+            hi = torch.where(cex, torch.minimum(hi, res.counterexample_norm.to(hi)), hi)
             growth = torch.where(active, torch.where(ok, growth * 2, growth / 2), growth)
             growth = growth.clamp(min=rtol)
             domains += res.domains
@@ -202,6 +206,7 @@ class BabMethod(Method):
                                        torch.where(act, torch.zeros_like(spent), last_unknown))
             budget -= torch.where(act, spent, torch.zeros_like(spent))
         bar.finish()
+        searched = torch.minimum(searched, hi)  # with the counterexamples found on the way
         ratio = torch.where((searched > 0) & torch.isfinite(searched), lo / searched,
                             torch.full_like(lo, math.nan))
         return BatchResult(lo, base.label, base.runner_up, base.margin,
