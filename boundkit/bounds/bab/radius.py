@@ -74,12 +74,12 @@ class BabMethod(Method):
     the search, not the attack run when no ``upper`` is given) or ``max_domains``
     (subproblems per sample over the whole search, shared among the steps like the time;
     default: no limit but the time, at most ``BabOptions.max_domains`` per step).
-    Anytime: the radius returned is the largest one proven (or the start's), a certificate
-    whatever the budget. ``info``: ``upper`` (the end searched against), ``ratio``
-    (certified / upper), ``domains``. ``progress``: a callable given the samples' worth of
-    budget spent since its last call (``time_budget`` seconds = one sample), after the
-    start radius and every batch of the search; the calls of one run sum to its samples
-    (budget left unused by samples that close early is given at the end): a CLI progress
+    Anytime: the radius returned is the largest one proven (or the start's), a certificate whatever
+    the budget. ``info``: ``upper`` (the end searched against, lowered to the norm of any
+    counterexample found on the way), ``ratio`` (certified / upper), ``domains``. ``progress``: a
+    callable given the samples' worth of budget spent since its last call (``time_budget`` seconds =
+    one sample), after the start radius and every batch of the search; the calls of one run sum to
+    its samples (budget left unused by samples that close early is given at the end): a CLI progress
     bar counting samples."""
 
     name = "bab"
