@@ -1615,16 +1615,22 @@ class _Importer:
             return self.real(v, node)
         return self.zero_pad(node, v, box)
 
-    def op_Conv(self, node: Any, k: int) -> _Dyn:
-        v = self.dyn(node, 0)
-        a = self.attrs(node)
+    def _kernel(self, node: Any, kind: str) -> np.ndarray:
+        """The constant, finite, non-empty 4-d kernel of a ``Conv`` / ``ConvTranspose``
+        (its second input), checked before anything is built from it."""
         w = self._float(node, self.const(node, 1, "the kernel"), "the kernel")
-        b = self.opt_const(node, 2)
         if w.ndim != 4:
-            raise self.fail(node, f"only 2-D convolutions (kernel of shape {list(w.shape)})")
+            raise self.fail(node, f"only 2-D {kind} (kernel of shape {list(w.shape)})")
         if w.size == 0:
             raise self.fail(node, f"{self.named(node, 1, 'the kernel')} has shape "
                             f"{list(w.shape)} (empty)")
+        return w
+
+    def op_Conv(self, node: Any, k: int) -> _Dyn:
+        v = self.dyn(node, 0)
+        a = self.attrs(node)
+        w = self._kernel(node, "convolutions")
+        b = self.opt_const(node, 2)
         c, h, wd = self._spatial(node, v)
         groups = int(a.get("group", 1))
         if groups < 1 or c % groups or w.shape[0] % groups or w.shape[1] * groups != c:
@@ -1810,10 +1816,8 @@ class _Importer:
     def op_ConvTranspose(self, node: Any, k: int) -> _Dyn:
         v = self.dyn(node, 0)
         a = self.attrs(node)
-        w = self._float(node, self.const(node, 1, "the kernel"), "the kernel")
+        w = self._kernel(node, "transposed convolutions")
         b = self.opt_const(node, 2)
-        if w.ndim != 4:
-            raise self.fail(node, f"only 2-D transposed convolutions (kernel {list(w.shape)})")
         c, h, wd = self._spatial(node, v)
         groups = int(a.get("group", 1))
         if groups < 1 or w.shape[0] != c or c % groups:

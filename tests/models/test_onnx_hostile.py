@@ -314,3 +314,23 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(ModelFileError, match="is not a regular file"):
         load_onnx(fifo)
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_an_empty_kernel_is_refused_by_name_for_both_convolutions(tmp_path: Path, op: str
+                                                                   ) -> None:
+    """Both convolutions read their kernel through one check: an empty one is named before
+    any layer is built from it."""
+    from onnx import numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((2, 0, 3, 3), np.float32), "k0")
+    g = helper.make_graph(
+        [N(op, ["x", "k0"], ["y"], name="cv")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+                     .SerializeToString())
+    with pytest.raises(ModelFileError, match=r"'cv' \(op " + op + r"\): the kernel 'k0' has "
+                       r"shape \[2, 0, 3, 3\] \(empty\)"):
+        load_onnx(path)
