@@ -146,12 +146,12 @@ class ModelSource:
                                      "not match their SHA-256 (corrupted in transfer)")
             from boundkit.models.io import load_model, sidecar_path
 
-            tmp = Path(tempfile.mkdtemp(prefix=f"boundkit-model-{self.sha256[:12]}-"))
-            path = tmp / self.name
-            path.write_bytes(self.blob)
-            if self.sidecar is not None:
-                sidecar_path(path).write_bytes(self.sidecar)
-            model = load_model(path, arch=self.arch, device=device)
+            with tempfile.TemporaryDirectory(prefix=f"boundkit-model-{self.sha256[:12]}-") as d:
+                path = Path(d) / self.name
+                path.write_bytes(self.blob)
+                if self.sidecar is not None:
+                    sidecar_path(path).write_bytes(self.sidecar)
+                model = load_model(path, arch=self.arch, device=device)
         _MODELS.clear()  # one model per worker process at a time
         _MODELS[key] = model
         return model
