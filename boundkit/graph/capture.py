@@ -267,6 +267,12 @@ class _Capture:
     # ------------------------------------------------------------------ nodes
     def add_node(self, fx_node: torch.fx.Node, op: str, inputs: list[str], **kw: Any) -> None:
         shape = self.shape(fx_node)
+        if shape == (PROBE_BATCH,):
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why="it leaves one number per sample (shape [N]); boundkit's nodes keep a "
+                "per-sample axis: reduce with keepdim=True, or reshape to [N, 1] in the call",
+            )
         if len(shape) < 2 or shape[0] != PROBE_BATCH:
             raise UnsupportedLayerError(
                 fx_node.name, op,
@@ -369,8 +375,8 @@ class _Capture:
         if op in ("linear", "conv2d", "conv_transpose2d"):
             self.weighted(fx_node, op, a, inputs)
             return
-        if op == "mean":
-            attrs = self.mean_attrs(fx_node, a)
+        if op in ("mean", "sum"):
+            attrs = self.reduction_attrs(fx_node, op, a)
         elif spec.call_attrs is not None:
             attrs = spec.call_attrs(Call(fx_node.name, str(fx_node.target), sig.form, a))
         if attrs is None:  # a form of the op that it cannot read: kept as unknown
@@ -449,32 +455,47 @@ class _Capture:
         self.add_node(fx_node, op, inputs, params=params, attrs=attrs)
         self.check_input_rank(self.nodes[-1])
 
-    def mean_attrs(self, fx_node: torch.fx.Node, a: dict[str, Any]) -> dict[str, Any]:
-        """``torch.mean(input, dim, keepdim)``: the reduced dimensions as non-negative
-        indices of the batched tensor (never the batch dimension), and ``keepdim``."""
+    def reduction_attrs(self, fx_node: torch.fx.Node, op: str,
+                        a: dict[str, Any]) -> dict[str, Any]:
+        r"""``torch.mean`` / ``torch.sum`` (and their methods) over per-sample dimensions:
+        ``attrs["dims"]``, the reduced dimensions as sorted non-negative indices of the
+        batched tensor (never the batch, 0), and ``keepdim``, as torch reads them: ``dim``
+        (or its NumPy alias ``axis``) an int, a negative int, a tuple or a list; ``dtype``
+        ``None`` or a floating type of at least single precision (the graph evaluates in
+        float64; a half-precision or integer accumulation is refused)."""
         src = a.get("input", a.get("self"))
         rank = len(self.shape(src)) if isinstance(src, torch.fx.Node) else 0
-        dim = a["dim"]
-        if a["dtype"] is not None:
-            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dtype={a['dtype']!r}")
+        dim, axis = a["dim"], a["axis"]
+        if axis is not None:
+            if dim is not None:
+                raise UnsupportedLayerError(fx_node.name, op, why="both dim= and axis= given")
+            dim = axis
+        dtype = a["dtype"]
+        if dtype not in (None, torch.float32, torch.float64):
+            raise UnsupportedLayerError(
+                fx_node.name, op, why=f"dtype={dtype!r}: only float32 or float64 "
+                "accumulation is supported (a half-precision or integer result is not the "
+                "float64 function boundkit certifies)")
+        verb = "averages" if op == "mean" else "sums"
         if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
             raise UnsupportedLayerError(
-                fx_node.name, "mean",
-                why="it averages over every dimension, the batch included: pass dim=",
+                fx_node.name, op,
+                why=f"it {verb} over every dimension, the batch included: pass dim= "
+                "(the per-sample dimensions, e.g. dim=tuple(range(1, x.dim())))",
             )
         dims = dim if isinstance(dim, (list, tuple)) else (dim,)
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
-            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dim={dim!r}")
+            raise UnsupportedLayerError(fx_node.name, op, why=f"dim={dim!r}")
         norm = sorted({d + rank if d < 0 else d for d in dims})
         if len(norm) != len(dims) or any(not 0 <= d < rank for d in norm):
-            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dim={dim!r}")
+            raise UnsupportedLayerError(fx_node.name, op, why=f"dim={dim!r}")
         if 0 in norm:
             raise UnsupportedLayerError(
-                fx_node.name, "mean", why="it averages over the batch dimension"
+                fx_node.name, op, why=f"it {verb} over the batch dimension"
             )
         keepdim = a["keepdim"]
         if not isinstance(keepdim, bool):
-            raise UnsupportedLayerError(fx_node.name, "mean", why=f"keepdim={keepdim!r}")
+            raise UnsupportedLayerError(fx_node.name, op, why=f"keepdim={keepdim!r}")
         return {"dims": tuple(norm), "keepdim": keepdim}
 
     def arith(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
@@ -666,6 +687,22 @@ class _Capture:
         self.nodes[-1].target = name
 
 
+#: the reductions whose ``dtype=`` the float64 copy evaluates in float64
+_REDUCTIONS = frozenset({torch.sum, torch.mean, "sum", "mean"})
+
+
+def lift_reduction_dtypes(gm: torch.fx.GraphModule) -> None:
+    """In the float64 trace, a reduction's ``dtype=torch.float32`` (a float32 model's
+    ``x.sum(1, dtype=torch.float32)``) accumulates in float64, as every other operation of
+    the float64 copy does: the cast would otherwise hand float32 values to float64 layers.
+    Other dtypes are left as written (capture refuses them by name)."""
+    for n in gm.graph.nodes:
+        if n.op in ("call_function", "call_method") and n.target in _REDUCTIONS \
+                and n.kwargs.get("dtype") is torch.float32:
+            n.kwargs = {**n.kwargs, "dtype": torch.float64}
+    gm.recompile()
+
+
 def capture(
     model: nn.Module,
     example: torch.Tensor | tuple[int, ...],
@@ -724,6 +761,7 @@ def capture(
             "data-dependent control flow is not supported",
         ) from exc
     gm = torch.fx.GraphModule(tracer.root, fx_graph)
+    lift_reduction_dtypes(gm)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise InputShapeError(

@@ -95,6 +95,12 @@ def mean(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.mean(xs[0], dim=node.attrs["dims"], keepdim=node.attrs["keepdim"])
 
 
+def sum_(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum``: :math:`z_w=\\sum_{i\\in I_w}a_i` over ``attrs["dims"]`` (indices of the
+    batched tensor, never 0), keeping them as size 1 with ``attrs["keepdim"]``."""
+    return torch.sum(xs[0], dim=node.attrs["dims"], keepdim=node.attrs["keepdim"])
+
+
 def lppool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.lp_pool2d(xs[0], a["p"], a["kernel_size"], a["stride"], a["ceil_mode"])

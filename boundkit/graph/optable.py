@@ -129,7 +129,7 @@ class OpSpec:
             capture needs the graph around them (merges, constants, shapes) are read by
             capture itself (``_Capture.call_function`` in :mod:`boundkit.graph.capture`:
             ``add``, ``scale`` (and ``mul``, its form with two computed operands), ``cat``,
-            ``matmul``, ``permute``, ``layernorm``, ``mean``, and the functional forms of
+            ``matmul``, ``permute``, ``layernorm``, ``mean``, ``sum``, and the functional forms of
             ``linear``, ``conv2d``, ``conv_transpose2d``, whose weights are constants).
         input_ranks: the ranks (without the batch) its rules support; ``None``: any.
         finish: a check or completion of the node once its shapes are known.
@@ -435,6 +435,10 @@ _DROPOUT = "input p training inplace"
 _RESIZE = "input size scale_factor mode align_corners recompute_scale_factor antialias"
 _CONV = "input weight bias stride padding dilation groups"
 _CONV_T = "input weight bias stride padding output_padding groups dilation"
+# torch.sum / torch.mean: ``dtype`` is keyword-only and ``axis`` is torch's NumPy alias of
+# ``dim`` (keyword-only too: no valid call binds either by position)
+_REDUCE = "input dim keepdim dtype axis"
+_REDUCE_M = "self dim keepdim dtype axis"
 
 
 def _unary(name: str) -> dict[str, Sig]:
@@ -487,9 +491,16 @@ _SPECS: tuple[OpSpec, ...] = (
            rules=_rules("average", "sound", "crown"), output_tail=True),
     OpSpec("lppool2d", "pool", ops.lppool2d, (nn.LPPool2d,), module_attrs=_lppool2d_module,
            input_ranks=(3,), rules=_rules("pooling", "sound", "peck2017")),
+    # reductions over per-sample dimensions, read by capture (``_Capture.reduction_attrs``:
+    # ``dim``/``axis`` int, tuple or negative, ``keepdim``, a floating ``dtype``)
     OpSpec("mean", "affine", ops.mean,
-           functions={torch.mean: sig("input dim keepdim dtype", None, False, None)},
-           methods={"mean": sig("self dim keepdim dtype", None, False, None)},
+           functions={torch.mean: sig(_REDUCE, None, False, None, None)},
+           methods={"mean": sig(_REDUCE_M, None, False, None, None)},
+           rules=_rules("average", "sound", "crown"), output_tail=True),
+    # a sum is ``n`` times the mean over the same dimensions (docs/theory/averages.md)
+    OpSpec("sum", "affine", ops.sum_,
+           functions={torch.sum: sig(_REDUCE, None, False, None, None)},
+           methods={"sum": sig(_REDUCE_M, None, False, None, None)},
            rules=_rules("average", "sound", "crown"), output_tail=True),
     OpSpec("batchnorm", "normalisation", ops.batchnorm, (nn.BatchNorm1d, nn.BatchNorm2d),
            module_attrs=_batchnorm_module, input_ranks=(1, 2, 3),
