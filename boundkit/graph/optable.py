@@ -642,6 +642,14 @@ _SPECS: tuple[OpSpec, ...] = (
            methods={"matmul": sig("self other", form="matmul"),
                     "bmm": sig("self mat2", form="bmm")},
            rules=_rules("products", "sound", "crown")),
+    # a concatenation with constants broadcast over the batch (a class token), and basic
+    # indexing of the per-sample axes (``z[:, 0]``): exact linear views read by capture
+    # (``_Capture.cat``, ``_Capture.select``; docs/theory/slicing.md)
+    OpSpec("cat_constant", "affine", ops.cat_constant,
+           rules=_rules("slicing", "sound", "crown")),
+    OpSpec("select", "structural", ops.select,
+           functions={operator.getitem: sig("input index", form="getitem")},
+           rules=_rules("slicing", "sound", "crown")),
     OpSpec("cat", "merge", ops.cat,
            functions={torch.cat: sig("tensors dim", 0), torch.concat: sig("tensors dim", 0),
                       torch.concatenate: sig("tensors dim", 0)},
