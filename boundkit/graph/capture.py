@@ -45,6 +45,7 @@ from boundkit.errors import (
     ModelError,
     UnsupportedLayerError,
 )
+from boundkit.graph.attention import cancel_batch_swaps, decompose_attention
 from boundkit.graph.fingerprint import model_fingerprint
 from boundkit.graph.graph import Graph, Node
 from boundkit.graph.ops import per_sample_constant
@@ -950,11 +951,14 @@ def capture(
         raise ModelError(
             f"the model cannot be copied to float64: {type(exc).__name__}: {exc}"
         ) from exc
+    model64 = decompose_attention(model64)
     if module_op(model64, leaf_modules) is not None:  # a bare layer: a one-layer model
         model64 = nn.Sequential(model64)
     tracer = _Tracer(leaf_modules)
     try:
         fx_graph = tracer.trace(model64)
+    except UnsupportedLayerError:
+        raise  # a layer refused by name while tracing (an attention mask)
     except Exception as exc:  # torch.fx raises many exception types
         raise UnsupportedLayerError(
             type(model).__name__, "trace",
@@ -978,6 +982,7 @@ def capture(
             f"the model cannot run on inputs of shape [N, {', '.join(map(str, input_shape))}]: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    cancel_batch_swaps(gm)
     cap = _Capture(gm, leaf_modules)
     output_name = None
     for fx_node in gm.graph.nodes:
