@@ -456,11 +456,8 @@ class _Capture:
             if isinstance(first, torch.fx.Node):
                 self.refuse_inplace_alias(fx_node, first)
         op = sig.op
-        merge = {"add": self.arith, "scale": self.scale, "cat": self.cat,
-                 "matmul": self.matmul, "permute": self.permute,
-                 "select": self.select}.get(op)
-        if merge is not None:
-            merge(fx_node, sig.form, a)
+        if OPS[op].reader:  # a context reader (OpSpec.reader)
+            getattr(self, OPS[op].reader)(fx_node, sig.form, a)
             return
         inputs = self.tensor_inputs([first])
         if len(inputs) != 1:
@@ -754,9 +751,6 @@ class _Capture:
                                         why=f"rounding_mode={rounding!r}: not affine")
         x, y = a.get("input", a.get("self")), a["other"]
         live = [isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)]
-        if all(live) and op == "mul":
-            self.product(fx_node, "mul", [x, y])
-            return
         if all(live):
             raise UnsupportedLayerError(
                 fx_node.name, op,
@@ -782,6 +776,17 @@ class _Capture:
             )
         self.add_node(fx_node, "scale", [tensor.name], params={"factor": c},
                       attrs={"divide": op == "div"})
+
+    def multiply(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        """The reader of ``mul``'s forms (``a * b``, ``torch.mul``, ``a.mul(b)``,
+        ``multiply``, in place or not): of two per-sample operands, the product ``mul``
+        (:meth:`product`); with one constant operand, the affine ``scale``
+        (:meth:`scale`)."""
+        x, y = a.get("input", a.get("self")), a["other"]
+        if all(isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)):
+            self.product(fx_node, "mul", [x, y])
+            return
+        self.scale(fx_node, op, a)
 
     def product(self, fx_node: torch.fx.Node, op: str, operands: list[torch.fx.Node]) -> None:
         """A product of two per-sample operands: ``mul`` (element-wise, torch broadcasting)
