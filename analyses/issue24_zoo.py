@@ -38,6 +38,7 @@ import torch
 
 import boundkit as bk
 from boundkit.data import load_dataset
+from boundkit.encoding import dumps
 from boundkit.models import load_model
 
 NAMES = ("smooth_mlp_mnist", "maxmin_mnist", "gated_mlp_mnist", "resnet_cifar", "vit_cifar")
@@ -93,6 +94,8 @@ def run(name: str, runs: Path, data_root: str, n: int, budget: int, chunk: int =
             with jsonl.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
     rows = [done[i] for i in range(n)]
+    for r in rows:
+        r["ratio"] = r["crown"] / r["attack"] if r["attack"] > 0 else float("nan")
     ok = [r for r in rows if r["label"] == r["pred"]]
     radius = torch.tensor([r["crown"] for r in ok], dtype=torch.float64)
     norm = torch.tensor([r["attack"] for r in ok], dtype=torch.float64)
@@ -103,9 +106,11 @@ def run(name: str, runs: Path, data_root: str, n: int, budget: int, chunk: int =
         "epochs": meta["epochs"], "n": n, "n_correct": len(ok),
         "crown_median": float(radius.median()), "attack_median": float(norm.median()),
         "ratio_median": float(ratio.median()), "ratio_min": float(ratio.min()),
+        "ratio_min_index": int(ok[int(ratio.argmin())]["index"]),
         "violations": viol,
         "crown_s_per_image": sum(r["crown_cpu_s"] for r in rows) / n,
         "attack_s_per_image": sum(r["attack_cpu_s"] for r in rows) / n,
+        "images": rows,
     }
 
 
@@ -198,6 +203,9 @@ def main() -> None:
     ap.add_argument("--jsonl", type=Path, default=None,
                     help="append each image's row here as its chunk ends; rows already there "
                          "are reused (resume)")
+    ap.add_argument("--samples", type=Path, default=None,
+                    help="per-image JSON (every image's label, prediction, crown radius, "
+                         "attack norm and their ratio, per model; default: --out with .json)")
     ap.add_argument("--onnx", action="store_true",
                     help="ONNX round trips of the trained models instead (module docstring)")
     a = ap.parse_args()
@@ -209,7 +217,7 @@ def main() -> None:
     for name in a.names:
         n = a.n_resnet if name == "resnet_cifar" and a.n_resnet else a.n
         rows.append(run(name, a.runs, a.data_root, n, a.budget, a.chunk, a.jsonl))
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "images"}), flush=True)
     lines = [
         "# Issue 24 zoo entries: crown against the best attack",
         "",
@@ -218,20 +226,25 @@ def main() -> None:
         + f" --budget {a.budget} --names {' '.join(a.names)}` (first test images, box [0, 1],"
         " one CPU thread,"
         f" torch {torch.__version__}; CPU seconds of the process). Medians and the per-image"
-        " minimum of crown / attack over the correctly classified images; a violation is an"
-        " image whose certified radius exceeds a verified attack's norm.",
+        " minimum of crown / attack over the correctly classified images (and the image it"
+        " is on); a violation is an image whose certified radius exceeds a verified attack's"
+        f" norm. Every image's numbers: `{a.samples or a.out.with_suffix('.json')}`.",
         "",
         "| model | data | epochs | test acc. | images (correct) | crown median | attack median | "
-        "median ratio | min ratio | violations | crown s/img | attack s/img |",
+        "median ratio | min ratio (image) | violations | crown s/img | attack s/img |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['dataset']} | {r['epochs']} | {r['test_accuracy']:.4f} | "
             f"{r['n']} ({r['n_correct']}) | {r['crown_median']:.4g} | {r['attack_median']:.4g} | "
-            f"{r['ratio_median']:.3f} | {r['ratio_min']:.3f} | {r['violations']} | "
+            f"{r['ratio_median']:.3f} | {r['ratio_min']:.3f} ({r['ratio_min_index']}) | "
+            f"{r['violations']} | "
             f"{r['crown_s_per_image']:.2f} | "
             f"{r['attack_s_per_image']:.2f} |")
+    samples = a.samples or a.out.with_suffix(".json")
+    samples.parent.mkdir(parents=True, exist_ok=True)
+    samples.write_text(dumps(rows, indent=1) + "\n")
     _, onnx_rows = _sections(a.out)
     _write(a.out, "\n".join(lines) + "\n", onnx_rows)
 

@@ -124,6 +124,29 @@ def test_sums_over_one_token_or_one_channel_certify_soundly(shape, dims) -> None
         assert_sound(model, x, method, exact=False, attack_steps=40)
 
 
+def test_a_sum_as_the_logits_is_part_of_the_sound_affine_tail() -> None:
+    """The logits are a sum over tokens: the sum closes the sound output stage's affine
+    tail (its Jacobian and rounding), and no attack finds a smaller perturbation."""
+    from boundkit.bounds.output import affine_tail
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 12), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)).reshape(-1, 3, 4)).sum(dim=-1)
+
+    torch.manual_seed(4)
+    model = Head().eval()
+    x = torch.rand(4, 5)
+    g = capture(model, x)
+    tail, _ = affine_tail(g)
+    assert [n.op for n in tail] == ["reshape", "linear", "sum"]
+    for method in ("sound", "crown"):
+        assert_sound(model, x, method, exact=False, attack_steps=40)
+
+
 @settings(max_examples=25, deadline=None)
 @given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), data=st.data())
 def test_sum_constant_is_the_exact_operator_norm(shape, data) -> None:
