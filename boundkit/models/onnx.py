@@ -1458,7 +1458,9 @@ class _Importer:
             raise self.fail(node, f"perm {perm} is not a permutation of the {r} axes of "
                             f"[N, {', '.join(map(str, v.shape))}]")
         if perm[0] != 0:
-            raise self.fail(node, f"perm {perm} moves the batch dimension")
+            raise self.fail(node, f"perm {perm} moves the batch dimension (as the export of "
+                            "nn.MultiheadAttention does: certify the torch model instead, "
+                            "whose capture decomposes it)")
         self.charge(node, 2 * v.numel, 8, "the index of a transposed view")
         base = v.idx if v.idx is not None else np.arange(v.numel)
         p = [q - 1 for q in perm[1:]]

@@ -128,3 +128,27 @@ def test_training_mode_dropout_is_refused() -> None:
     with pytest.raises(BoundkitError) as info:
         capture(model, (4,))
     assert "\n" not in str(info.value)
+
+
+def test_its_onnx_export_is_refused_naming_the_torch_route(tmp_path) -> None:
+    """torch's export of ``nn.MultiheadAttention`` works time-major and folds the batch
+    into the heads; the importer refuses it at its first transpose, pointing to the torch
+    model (which capture decomposes)."""
+    pytest.importorskip("onnx")
+    import io
+    import warnings
+
+    from boundkit.models.onnx import OnnxImportError, load_onnx
+
+    model = Net("self", True).eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 5),), buf, dynamo=False, input_names=["x"],
+                          output_names=["logits"], opset_version=17,
+                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
+    path = tmp_path / "mha.onnx"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(OnnxImportError, match="MultiheadAttention") as info:
+        load_onnx(path)
+    assert "\n" not in str(info.value)
