@@ -13,19 +13,32 @@ Train first (seconds for the MLPs, minutes for the ResNet on one core)::
 then ``python -m analyses.issue24_zoo --runs runs --data-root ../shared/data --n 20``
 writes ``docs/results/issue24_zoo.md``. A violation is a test image whose certified radius
 exceeds the norm of an adversarial example the attack found: it must be 0.
+
+``--onnx`` instead exports each trained model with ``torch.onnx.export`` (opset 13, batch
+axis dynamic), imports it with boundkit's native importer and runs both it and onnxruntime
+on the first ``--n`` test images: the largest absolute and relative differences, whether the
+argmax agrees everywhere, and the torch model's own difference. Its rows go to the section
+"ONNX round trips" of the same file (rows of other models kept; the certification table is
+rewritten without touching that section)::
+
+    python -m analyses.issue24_zoo --onnx --runs RUNS --n 1000 --names gated_mlp_mnist
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import boundkit as bk
 from boundkit.data import load_dataset
+from boundkit.encoding import dumps
 from boundkit.models import load_model
 
 NAMES = ("smooth_mlp_mnist", "maxmin_mnist", "gated_mlp_mnist", "resnet_cifar", "vit_cifar")
@@ -81,6 +94,8 @@ def run(name: str, runs: Path, data_root: str, n: int, budget: int, chunk: int =
             with jsonl.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
     rows = [done[i] for i in range(n)]
+    for r in rows:
+        r["ratio"] = r["crown"] / r["attack"] if r["attack"] > 0 else float("nan")
     ok = [r for r in rows if r["label"] == r["pred"]]
     radius = torch.tensor([r["crown"] for r in ok], dtype=torch.float64)
     norm = torch.tensor([r["attack"] for r in ok], dtype=torch.float64)
@@ -91,10 +106,87 @@ def run(name: str, runs: Path, data_root: str, n: int, budget: int, chunk: int =
         "epochs": meta["epochs"], "n": n, "n_correct": len(ok),
         "crown_median": float(radius.median()), "attack_median": float(norm.median()),
         "ratio_median": float(ratio.median()), "ratio_min": float(ratio.min()),
+        "ratio_min_index": int(ok[int(ratio.argmin())]["index"]),
         "violations": viol,
         "crown_s_per_image": sum(r["crown_cpu_s"] for r in rows) / n,
         "attack_s_per_image": sum(r["attack_cpu_s"] for r in rows) / n,
+        "images": rows,
     }
+
+
+ONNX_HEADING = "## ONNX round trips"
+_ONNX_TABLE = ("| model | test images | max abs. diff. boundkit vs onnxruntime | relative | "
+               "same argmax | max abs. diff. torch vs onnxruntime | import s |",
+               "|---|---|---|---|---|---|---|")
+
+
+def onnx_round_trip(name: str, runs: Path, data_root: str, n: int) -> dict:
+    """The trained ``name`` exported to ONNX, imported natively, and run beside onnxruntime
+    and the torch model on the first ``n`` test images (batches of 100)."""
+    import onnxruntime as ort
+
+    from boundkit.models import load_onnx
+
+    meta = json.loads((runs / f"{name}.json").read_text())["meta"]
+    model = load_model(runs / f"{name}.safetensors").float().eval()
+    x, _ = load_dataset(meta["dataset"], data_root, "test", download=False)
+    x = x[:n].float()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x[:1],), buf, dynamo=False, input_names=["x"],
+                          output_names=["logits"], opset_version=13,
+                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
+    path = runs / f"{name}.roundtrip.onnx"
+    path.write_bytes(buf.getvalue())
+    t0 = time.perf_counter()
+    imported = load_onnx(path)
+    t_import = time.perf_counter() - t0
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ref = np.concatenate([sess.run(None, {"x": x[i:i + 100].numpy()})[0]
+                          for i in range(0, n, 100)]).astype(np.float64)
+    with torch.no_grad():
+        got = torch.cat([imported(x[i:i + 100]) for i in range(0, n, 100)]).double().numpy()
+        own = torch.cat([model(x[i:i + 100]) for i in range(0, n, 100)]).double().numpy()
+    scale = float(np.abs(ref).max())
+    return {"name": name, "n": n, "abs": float(np.abs(got - ref).max()),
+            "rel": float(np.abs(got - ref).max()) / scale,
+            "same_argmax": float((got.argmax(1) == ref.argmax(1)).mean()),
+            "torch_abs": float(np.abs(own - ref).max()), "import_s": t_import}
+
+
+def _sections(path: Path) -> tuple[str, list[str]]:
+    """(the text before the ONNX section, that section's table rows) of ``path``."""
+    text = path.read_text() if path.exists() else ""
+    head, _, tail = text.partition(ONNX_HEADING)
+    rows = [line for line in tail.splitlines()
+            if line.startswith("| ") and not line.startswith(("| model", "|---"))]
+    return head.rstrip() + "\n", rows
+
+
+def _write(path: Path, head: str, onnx_rows: list[str], onnx_cmds: str = "") -> None:
+    text = head
+    if onnx_rows:
+        text += (f"\n{ONNX_HEADING}\n\n{onnx_cmds or 'python -m analyses.issue24_zoo --onnx'}"
+                 "\n\n" + "\n".join([*_ONNX_TABLE, *onnx_rows]) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main_onnx(a: argparse.Namespace) -> None:
+    """``--onnx``: the round trips of the trained models (module docstring)."""
+    head, old = _sections(a.out)
+    rows = {line.split("|")[1].strip(): line for line in old}
+    for name in a.names:
+        r = onnx_round_trip(name, a.runs, a.data_root, a.n)
+        print(json.dumps(r), flush=True)
+        rows[name] = (f"| {name} | {r['n']} | {r['abs']:.3g} | {r['rel']:.3g} | "
+                      f"{r['same_argmax']:.3f} | {r['torch_abs']:.3g} | {r['import_s']:.2f} |")
+    cmds = ("`python -m analyses.issue24_zoo --onnx --runs RUNS --n N --names NAME` (trained "
+            f"weights, torch {torch.__version__}, opset 13, onnxruntime on CPU): the imported "
+            "model beside onnxruntime on the first N test images; the target is a relative "
+            "difference of at most 1e-5.")
+    _write(a.out, head, list(rows.values()), cmds)
 
 
 def main() -> None:
@@ -111,13 +203,21 @@ def main() -> None:
     ap.add_argument("--jsonl", type=Path, default=None,
                     help="append each image's row here as its chunk ends; rows already there "
                          "are reused (resume)")
+    ap.add_argument("--samples", type=Path, default=None,
+                    help="per-image JSON (every image's label, prediction, crown radius, "
+                         "attack norm and their ratio, per model; default: --out with .json)")
+    ap.add_argument("--onnx", action="store_true",
+                    help="ONNX round trips of the trained models instead (module docstring)")
     a = ap.parse_args()
+    if a.onnx:
+        main_onnx(a)
+        return
     torch.manual_seed(0)
     rows = []
     for name in a.names:
         n = a.n_resnet if name == "resnet_cifar" and a.n_resnet else a.n
         rows.append(run(name, a.runs, a.data_root, n, a.budget, a.chunk, a.jsonl))
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "images"}), flush=True)
     lines = [
         "# Issue 24 zoo entries: crown against the best attack",
         "",
@@ -126,22 +226,27 @@ def main() -> None:
         + f" --budget {a.budget} --names {' '.join(a.names)}` (first test images, box [0, 1],"
         " one CPU thread,"
         f" torch {torch.__version__}; CPU seconds of the process). Medians and the per-image"
-        " minimum of crown / attack over the correctly classified images; a violation is an"
-        " image whose certified radius exceeds a verified attack's norm.",
+        " minimum of crown / attack over the correctly classified images (and the image it"
+        " is on); a violation is an image whose certified radius exceeds a verified attack's"
+        f" norm. Every image's numbers: `{a.samples or a.out.with_suffix('.json')}`.",
         "",
         "| model | data | epochs | test acc. | images (correct) | crown median | attack median | "
-        "median ratio | min ratio | violations | crown s/img | attack s/img |",
+        "median ratio | min ratio (image) | violations | crown s/img | attack s/img |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['dataset']} | {r['epochs']} | {r['test_accuracy']:.4f} | "
             f"{r['n']} ({r['n_correct']}) | {r['crown_median']:.4g} | {r['attack_median']:.4g} | "
-            f"{r['ratio_median']:.3f} | {r['ratio_min']:.3f} | {r['violations']} | "
+            f"{r['ratio_median']:.3f} | {r['ratio_min']:.3f} ({r['ratio_min_index']}) | "
+            f"{r['violations']} | "
             f"{r['crown_s_per_image']:.2f} | "
             f"{r['attack_s_per_image']:.2f} |")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines) + "\n")
+    samples = a.samples or a.out.with_suffix(".json")
+    samples.parent.mkdir(parents=True, exist_ok=True)
+    samples.write_text(dumps(rows, indent=1) + "\n")
+    _, onnx_rows = _sections(a.out)
+    _write(a.out, "\n".join(lines) + "\n", onnx_rows)
 
 
 if __name__ == "__main__":

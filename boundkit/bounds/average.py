@@ -1,9 +1,11 @@
-r"""Averages: adaptive average pooling (``nn.AdaptiveAvgPool2d``,
-``F.adaptive_avg_pool2d``) and means over dimensions (``x.mean(dim=(2, 3))``,
-``torch.mean(x, dim, keepdim)``).
+r"""Averages and sums: adaptive average pooling (``nn.AdaptiveAvgPool2d``,
+``F.adaptive_avg_pool2d``), means over dimensions (``x.mean(dim=(2, 3))``,
+``torch.mean(x, dim, keepdim)``) and sums over dimensions (``x.sum(-1)``,
+``torch.sum(x, dim, keepdim)``).
 
-Both are linear maps with non-negative weights: every output is the plain average of a set
-:math:`I_w` of :math:`n_w` inputs, :math:`z_w=\frac1{n_w}\sum_{i\in I_w}a_i`.
+All are linear maps with non-negative weights: every output is the plain average of a set
+:math:`I_w` of :math:`n_w` inputs, :math:`z_w=\frac1{n_w}\sum_{i\in I_w}a_i`, or (``sum``)
+:math:`n_w` times it, :math:`z_w=\sum_{i\in I_w}a_i`.
 
 **Sound** (``docs/theory/averages.md``): by Cauchy-Schwarz
 :math:`|z_w(a)-z_w(b)|\le n_w^{-1/2}\|a_{I_w}-b_{I_w}\|_2`, so the window argument of
@@ -11,11 +13,13 @@ Both are linear maps with non-negative weights: every output is the plain averag
 :math:`L^2\le\max_i\sum_{w\ni i}1/n_w`. Adaptive pooling's windows are torch's
 :math:`[\lfloor iH/o\rfloor,\lceil (i+1)H/o\rceil)` per axis, separable, so the maximum is a
 product of two one-axis maxima; they overlap when :math:`o` does not divide :math:`H`. A mean
-over :math:`n` entries has disjoint sets: :math:`L=n^{-1/2}`.
+over :math:`n` entries has disjoint sets: :math:`L=n^{-1/2}`; a sum over them, :math:`n` times
+the mean, :math:`L=n^{1/2}`.
 
 **crown**: an affine node (:class:`~boundkit.bounds.relaxation.AffineRelaxation`) with
-:math:`|L|=L`; the transpose is the gradient of the average (autograd), the rounding of a
-sum of :math:`n_w` terms and one division is :math:`\gamma_{n_w+2}` of the sum of magnitudes.
+:math:`|L|=L`; the transpose is the gradient of the average or sum (autograd), the rounding
+of a sum of :math:`n_w` terms and one division is :math:`\gamma_{n_w+2}` of the sum of
+magnitudes.
 """
 
 from __future__ import annotations
@@ -46,16 +50,16 @@ def _axis_sum(size: int, wins: list[tuple[int, int]]) -> tuple[float, int]:
 
 
 def average_lipschitz(node: Node) -> float:
-    """Sound Lipschitz constant of an adaptive average pooling or a mean (module docstring),
-    rounded up."""
+    """Sound Lipschitz constant of an adaptive average pooling, a mean or a sum (module
+    docstring), rounded up."""
     return float(inflate(math.sqrt(_square_and_window(node)[0])))
 
 
 def _square_and_window(node: Node) -> tuple[float, int]:
     """(:math:`L^2` before rounding up, the largest number of inputs of one output)."""
-    if node.op == "mean":
+    if node.op in ("mean", "sum"):
         n = math.prod(node.in_shapes[0][d - 1] for d in node.attrs["dims"])
-        return 1.0 / n, n
+        return (1.0 / n if node.op == "mean" else float(n)), n
     _, h, w = node.in_shapes[0]
     oh, ow = node.attrs["output_size"]
     sh, kh = _axis_sum(h, adaptive_windows(h, oh))
@@ -78,18 +82,19 @@ class AverageRule(LipschitzRule):
         self, node: Node, graph: Graph, in_norm: torch.Tensor, out_norm: torch.Tensor
     ) -> torch.Tensor:
         # each output: a sum of n_w terms and one division, |error| <= gamma_{n+1} times the
-        # average of magnitudes; in norm at most gamma_{n+1} (||z|| + L ||a||)
+        # average (sum) of magnitudes; in norm at most gamma_{n+1} (||z|| + L ||a||)
         k = window_size(node)
         return (k + 8) * 2.0**-53 * (out_norm + in_norm * self.lipschitz(node, graph))
 
 
 class AverageRelaxation(NonNegativeLinearRelaxation):
-    """``crown``: an average is linear with non-negative weights (:math:`|L|=L`)."""
+    """``crown``: an average or a sum is linear with non-negative weights
+    (:math:`|L|=L`)."""
 
     def fan(self, node: Node) -> int:
         return window_size(node) + 2
 
 
-for _op in ("adaptive_avgpool2d", "mean"):
+for _op in ("adaptive_avgpool2d", "mean", "sum"):
     register_rule(_op, "sound", AverageRule())
     register_rule(_op, "crown", AverageRelaxation())

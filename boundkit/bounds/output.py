@@ -139,7 +139,7 @@ class SoundOutput:
             elif n.op == "resize":
                 prod *= get_rule(n.op, "sound").lipschitz(n, graph)  # type: ignore[union-attr]
                 fan += math.prod(n.in_shapes[0][1:])
-            elif n.op in ("adaptive_avgpool2d", "mean"):
+            elif n.op in ("adaptive_avgpool2d", "mean", "sum"):
                 from boundkit.bounds.average import window_size
 
                 prod *= get_rule(n.op, "sound").lipschitz(n, graph)  # type: ignore[union-attr]

@@ -181,11 +181,19 @@ def square_interval(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, t
     return low, torch.maximum(a, b)
 
 
+@dataclass(frozen=True)
+class TwoOperandKey:
+    """The memo key (``RelaxContext.memo``) of what a product derives from its two
+    operands' intervals: the node's name, typed so that no other rule's key can equal it."""
+
+    node: str
+
+
 def derived_of_two(ctx: RelaxContext, node: Node, make: Callable[[], T]) -> T:
     """``make()`` computed once while both operands' intervals are the very objects it was
     computed from (``RelaxContext.derived`` keys one interval; a product reads two)."""
     ivx, ivy = ctx.interval_in(node, 0), ctx.interval_in(node, 1)
-    key = f"products:{node.name}"
+    key = TwoOperandKey(node.name)
     seen, value = ctx.derived(key, ivx, lambda: (ivy, make()))
     if seen is not ivy:
         ctx.memo.pop(key)

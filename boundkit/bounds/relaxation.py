@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
@@ -121,12 +121,13 @@ class RelaxContext:
     splits: Splits | None = None
     #: what rules derive from an interval, reused by later walks of the same pass
     #: (:meth:`derived`)
-    memo: dict[str, tuple[Interval, Any]] = field(default_factory=dict)
+    #: keys: a string naming the rule and node, or a typed key (``TwoOperandKey``)
+    memo: dict[Hashable, tuple[Interval, Any]] = field(default_factory=dict)
 
     def interval_in(self, node: Node, i: int = 0) -> Interval:
         return self.intervals[node.inputs[i]]
 
-    def derived(self, key: str, iv: Interval, make: Callable[[], T]) -> T:
+    def derived(self, key: Hashable, iv: Interval, make: Callable[[], T]) -> T:
         """``make()``, computed once per ``key`` while ``iv`` is the very interval object
         it was computed from (a refined interval is a new object: computed again)."""
         hit = self.memo.get(key)

@@ -45,6 +45,7 @@ from boundkit.errors import (
     ModelError,
     UnsupportedLayerError,
 )
+from boundkit.graph.attention import cancel_batch_swaps, decompose_attention
 from boundkit.graph.fingerprint import model_fingerprint
 from boundkit.graph.graph import Graph, Node
 from boundkit.graph.ops import per_sample_constant
@@ -71,6 +72,14 @@ PROBE_BATCH = 3
 
 
 _RESHAPE_METHODS = frozenset({"view", "reshape"})
+
+#: calls whose value is a random draw (or uninitialised memory): never a constant
+_RANDOM_WORDS = ("rand", "normal", "bernoulli", "multinomial", "dropout", "poisson", "empty")
+
+
+def _target_name(fx_node: torch.fx.Node) -> str:
+    """A call's target as messages name it (``cat``, not ``<built-in method cat ...>``)."""
+    return str(getattr(fx_node.target, "__name__", fx_node.target))
 
 
 def check_hidden_code(model: nn.Module) -> None:
@@ -182,13 +191,19 @@ class _Capture:
 
     def constant(self, fx_node: torch.fx.Node, v: Any) -> torch.Tensor:
         """A constant operand as a float64 tensor: a number, a module attribute, or a value
-        computed inside ``forward`` from those alone (``1 / self.std``)."""
+        computed inside ``forward`` from those alone (``1 / self.std``) or from them and the
+        shapes of per-sample tensors (:meth:`batch_constant`: one sample's value)."""
         if isinstance(v, bool) or v is None:
             raise UnsupportedLayerError(fx_node.name, str(fx_node.target), why=f"operand {v!r}")
         if isinstance(v, (int, float)):
             return torch.tensor(float(v), dtype=torch.float64)
         if isinstance(v, torch.fx.Node) and v.name not in self.names:
-            t = self.constant_value(fx_node, v)
+            try:
+                t = self.constant_value(fx_node, v)
+            except UnsupportedLayerError:
+                # computed from shapes too (``self.pos.expand(x.shape[0], -1, -1)``): one
+                # sample's value of a constant broadcast over the batch
+                t = self.batch_constant(fx_node, v)[0]
             if isinstance(t, (int, float)) and not isinstance(t, bool):
                 return torch.tensor(float(t), dtype=torch.float64)
             if isinstance(t, torch.Tensor) and t.is_floating_point():
@@ -216,8 +231,7 @@ class _Capture:
             for part in str(v.target).split("."):
                 t = getattr(t, part)
         elif v.op in ("call_function", "call_method") and not any(
-                w in target for w in ("rand", "normal", "bernoulli", "multinomial", "dropout",
-                                      "poisson", "empty")):
+                w in target for w in _RANDOM_WORDS):
             args = torch.fx.node.map_arg(v.args, lambda n: self.constant_value(fx_node, n))
             kwargs = torch.fx.node.map_arg(v.kwargs, lambda n: self.constant_value(fx_node, n))
             with torch.no_grad():
@@ -232,6 +246,90 @@ class _Capture:
                 "module attributes and deterministic functions of them are constants",
             )
         cache[v.name] = t
+        return t
+
+    def batch_constant(self, fx_node: torch.fx.Node, v: torch.fx.Node
+                       ) -> tuple[torch.Tensor, bool]:
+        """An operand computed from constants and the *shapes* of per-sample tensors alone
+        (``self.cls.expand(x.shape[0], -1, -1)``, ``self.cls.repeat(x.size(0), 1, 1)``):
+        ``(value, batched)``. It is evaluated for two batch sizes; when it does not depend on
+        the batch size it is returned as is (``batched`` false); when its first axis is the
+        batch and every sample's slice is the same, one sample's slice is returned
+        (``batched`` true). Anything else (a value that changes with the batch size, samples
+        that differ, a random draw, a value read off the input's entries) is refused."""
+        vals = []
+        for b in (PROBE_BATCH, PROBE_BATCH + 2):
+            t = self._at_batch(fx_node, v, b, {})
+            if isinstance(t, (int, float)) and not isinstance(t, bool):
+                t = torch.tensor(float(t), dtype=torch.float64)
+            if not (isinstance(t, torch.Tensor) and t.is_floating_point()):
+                raise UnsupportedLayerError(
+                    fx_node.name, _target_name(fx_node),
+                    why="an operand is neither the model's data nor a floating-point constant")
+            vals.append(t.detach().to(torch.float64))
+        a, b = vals
+        if a.shape == b.shape and torch.equal(a, b):
+            return a.clone(), False
+        if (a.dim() >= 1 and a.shape[0] == PROBE_BATCH and b.shape[0] == PROBE_BATCH + 2
+                and torch.equal(a, a[:1].expand_as(a)) and torch.equal(b, b[:1].expand_as(b))
+                and torch.equal(a[0], b[0])):
+            return a[0].clone(), True
+        raise UnsupportedLayerError(
+            fx_node.name, _target_name(fx_node),
+            why="a constant operand changes with the batch size beyond a broadcast over the "
+            "batch (its samples differ, or its values depend on the batch size)")
+
+    def _at_batch(self, fx_node: torch.fx.Node, v: Any, b: int, memo: dict[str, Any]) -> Any:
+        """The value of ``v`` at batch size ``b``: constants as :meth:`constant_value`, the
+        shape of a per-sample tensor (``x.shape``, ``x.size(d)``, ``x.dim()``, ``len(x)``)
+        from the propagated shapes with the batch axis ``b``."""
+        if not isinstance(v, torch.fx.Node):
+            return v
+        if v.name in memo:
+            return memo[v.name]
+
+        def live(n: Any) -> bool:
+            return isinstance(n, torch.fx.Node) and (n.name in self.names
+                                                     or n.op == "placeholder")
+
+        def shape_of(n: torch.fx.Node) -> torch.Size:
+            return torch.Size((b, *self.shape(n)[1:]))
+
+        if live(v):
+            raise UnsupportedLayerError(fx_node.name, _target_name(fx_node),
+                                        why="an operand depends on the input's values")
+        target = str(getattr(v.target, "__name__", v.target))
+        args = v.args
+        t: Any
+        if v.op == "get_attr":
+            t = self.constant_value(fx_node, v)
+        elif v.op == "call_function" and v.target is getattr and live(args[0]) \
+                and args[1] in ("shape", "ndim", "dtype"):
+            t = {"shape": lambda: shape_of(args[0]), "ndim": lambda: len(shape_of(args[0])),
+                 "dtype": lambda: args[0].meta["tensor_meta"].dtype}[args[1]]()
+        elif v.op == "call_method" and target in ("size", "dim") and live(args[0]):
+            shape = shape_of(args[0])
+            d = args[1] if len(args) > 1 else v.kwargs.get("dim")
+            t = len(shape) if target == "dim" else (shape if d is None else shape[d])
+        elif v.op == "call_function" and v.target is len and live(args[0]):
+            t = b
+        elif v.op in ("call_function", "call_method") and not any(
+                w in target for w in _RANDOM_WORDS):
+            args = torch.fx.node.map_arg(v.args, lambda n: self._at_batch(fx_node, n, b, memo))
+            kwargs = torch.fx.node.map_arg(v.kwargs,
+                                           lambda n: self._at_batch(fx_node, n, b, memo))
+            with torch.no_grad():
+                if v.op == "call_function":
+                    t = v.target(*args, **kwargs)  # type: ignore[operator]
+                else:
+                    t = getattr(args[0], str(v.target))(*args[1:], **kwargs)
+        else:
+            raise UnsupportedLayerError(
+                fx_node.name, _target_name(fx_node),
+                why=f"an operand is computed by {target!r}; only numbers, module attributes, "
+                "shapes and deterministic functions of them are constants",
+            )
+        memo[v.name] = t
         return t
 
     def sample_constant(self, fx_node: torch.fx.Node, op: str, c: torch.Tensor,
@@ -267,6 +365,12 @@ class _Capture:
     # ------------------------------------------------------------------ nodes
     def add_node(self, fx_node: torch.fx.Node, op: str, inputs: list[str], **kw: Any) -> None:
         shape = self.shape(fx_node)
+        if shape == (PROBE_BATCH,):
+            raise UnsupportedLayerError(
+                fx_node.name, op,
+                why="it leaves one number per sample (shape [N]); boundkit's nodes keep a "
+                "per-sample axis: reduce with keepdim=True, or reshape to [N, 1] in the call",
+            )
         if len(shape) < 2 or shape[0] != PROBE_BATCH:
             raise UnsupportedLayerError(
                 fx_node.name, op,
@@ -352,10 +456,8 @@ class _Capture:
             if isinstance(first, torch.fx.Node):
                 self.refuse_inplace_alias(fx_node, first)
         op = sig.op
-        merge = {"add": self.arith, "scale": self.scale, "cat": self.cat,
-                 "matmul": self.matmul, "permute": self.permute}.get(op)
-        if merge is not None:
-            merge(fx_node, sig.form, a)
+        if OPS[op].reader:  # a context reader (OpSpec.reader)
+            getattr(self, OPS[op].reader)(fx_node, sig.form, a)
             return
         inputs = self.tensor_inputs([first])
         if len(inputs) != 1:
@@ -369,8 +471,8 @@ class _Capture:
         if op in ("linear", "conv2d", "conv_transpose2d"):
             self.weighted(fx_node, op, a, inputs)
             return
-        if op == "mean":
-            attrs = self.mean_attrs(fx_node, a)
+        if op in ("mean", "sum"):
+            attrs = self.reduction_attrs(fx_node, op, a)
         elif spec.call_attrs is not None:
             attrs = spec.call_attrs(Call(fx_node.name, str(fx_node.target), sig.form, a))
         if attrs is None:  # a form of the op that it cannot read: kept as unknown
@@ -381,16 +483,14 @@ class _Capture:
         self.finish(self.nodes[-1])
 
     def cat(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
-        """``torch.cat(tensors, dim)`` of per-sample tensors along a dimension other than
-        the batch's."""
+        """``torch.cat(tensors, dim)`` along a dimension other than the batch's: of
+        per-sample tensors, the merge ``cat``; with constants broadcast over the batch among
+        them (a class token, :meth:`batch_constant`), each run of constants goes with the
+        per-sample tensor after it (the last one takes the trailing run) as an exact affine
+        ``cat_constant`` node, and those are merged by ``cat``."""
         tensors = a["tensors"]
         if not isinstance(tensors, (list, tuple)):
             raise UnsupportedLayerError(fx_node.name, op, why="tensors is not a list")
-        inputs = self.tensor_inputs(list(tensors))
-        if len(inputs) != len(tensors):
-            raise UnsupportedLayerError(
-                fx_node.name, op, why="a concatenated operand is a constant tensor"
-            )
         rank = len(self.shape(fx_node))
         dim = int(a["dim"])
         dim = dim + rank if dim < 0 else dim
@@ -398,7 +498,112 @@ class _Capture:
             raise UnsupportedLayerError(
                 fx_node.name, op, why="it concatenates along the batch dimension"
             )
-        self.add_node(fx_node, op, inputs, attrs={"dim": dim})
+        parts: list[str | torch.Tensor] = []
+        for v in tensors:
+            if isinstance(v, torch.fx.Node) and v.name in self.names:
+                parts.append(v.name)
+                continue
+            if not isinstance(v, torch.fx.Node):
+                raise UnsupportedLayerError(fx_node.name, op, why=f"an operand {v!r}")
+            c, batched = self.batch_constant(fx_node, v)
+            if not batched:
+                raise UnsupportedLayerError(
+                    fx_node.name, op,
+                    why="a concatenated constant has no batch axis that follows the batch "
+                    "size: broadcast it over the batch (c.expand(x.shape[0], ...))",
+                )
+            parts.append(c)
+        if not any(isinstance(p, str) for p in parts):
+            raise UnsupportedLayerError(fx_node.name, op, why="no operand depends on the input")
+        groups: list[list[str | torch.Tensor]] = []
+        pending: list[str | torch.Tensor] = []
+        for p in parts:
+            if isinstance(p, str):
+                groups.append([*pending, p])
+                pending = []
+            else:
+                pending.append(p)
+        groups[-1].extend(pending)
+        if len(groups) == 1 and len(groups[0]) > 1:
+            self.constant_cat(fx_node, fx_node.name, groups[0], dim)
+            return
+        names = []
+        for i, g in enumerate(groups):
+            if len(g) == 1:
+                names.append(str(g[0]))
+                continue
+            name = f"{fx_node.name}__constant{i}"
+            while name in self.by_name:
+                name += "_"
+            names.append(self.constant_cat(fx_node, name, g, dim))
+        self.add_node(fx_node, op, names, attrs={"dim": dim})
+
+    def constant_cat(self, fx_node: torch.fx.Node, name: str,
+                     group: list[str | torch.Tensor], dim: int) -> str:
+        """The node ``cat_constant`` (named ``name``): the one per-sample tensor of ``group``
+        in its slot along ``dim`` (an index of the batched tensor), the constants (one
+        sample's value each) around it in ``params["const"]``, zero in the slot."""
+        (live,) = [p for p in group if isinstance(p, str)]
+        in_shape = self._sample_shape(live)
+        d = dim - 1
+        pieces, start = [], 0
+        for p in group:
+            if isinstance(p, str):
+                start = sum(q.shape[d] for q in pieces)
+                pieces.append(torch.zeros(in_shape, dtype=torch.float64))
+            else:
+                pieces.append(p)
+        const = torch.cat(pieces, dim=d)
+        attrs = {"dim": dim, "start": start, "length": in_shape[d]}
+        if name == fx_node.name:
+            self.add_node(fx_node, "cat_constant", [live], params={"const": const},
+                          attrs=attrs)
+            return name
+        node = Node(name=name, op="cat_constant", inputs=[live], target=str(fx_node.target),
+                    params={"const": const}, attrs=attrs, in_shapes=[in_shape],
+                    out_shape=tuple(const.shape))
+        self.nodes.append(node)
+        self.names.add(name)
+        self.by_name[name] = node
+        return name
+
+    def select(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        """``x[index]``: basic indexing that keeps the batch axis whole (``x[:, 0]``,
+        ``x[:, 1:, ::2]``, ``x[..., 0]``, ``x[:, None]``): the node ``select`` with
+        ``attrs["index"]`` the index of the per-sample axes (ints, slices with a positive
+        step, ``None``; an ``...`` expanded). A computed, tensor or boolean index, or one
+        that indexes the batch axis, is refused."""
+        x, index = a["input"], a["index"]
+        if not (isinstance(x, torch.fx.Node) and x.name in self.names):
+            raise UnsupportedLayerError(fx_node.name, op, why="its input is not the model's data")
+        idx = list(index) if isinstance(index, tuple) else [index]
+
+        def plain(v: Any) -> bool:
+            return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+        for v in idx:
+            ok = (v is None or v is Ellipsis or (plain(v) and v is not None)
+                  or (isinstance(v, slice) and all(plain(e) for e in (v.start, v.stop, v.step))
+                      and (v.step is None or v.step > 0)))
+            if not ok:
+                raise UnsupportedLayerError(
+                    fx_node.name, op,
+                    why=f"index {index!r}: only ints, slices with a positive step, None and "
+                    "... are supported (no computed, tensor or boolean index)")
+        rank = len(self.shape(x))
+        if idx.count(Ellipsis) > 1:
+            raise UnsupportedLayerError(fx_node.name, op, why=f"index {index!r}")
+        if Ellipsis in idx:
+            used = sum(v is not None and v is not Ellipsis for v in idx)
+            k = idx.index(Ellipsis)
+            idx[k:k + 1] = [slice(None)] * (rank - used)
+        first = idx[0] if idx else slice(None)
+        if not (isinstance(first, slice) and first.start in (None, 0) and first.stop is None
+                and first.step in (None, 1)):
+            raise UnsupportedLayerError(
+                fx_node.name, op, why=f"index {index!r} indexes the batch dimension: keep it "
+                "whole (x[:, ...])")
+        self.add_node(fx_node, "select", [x.name], attrs={"index": tuple(idx[1:])})
 
     def layer_norm(self, fx_node: torch.fx.Node, a: dict[str, Any], inputs: list[str]) -> None:
         """``F.layer_norm`` with constant (module attribute or absent) weight and bias."""
@@ -449,32 +654,47 @@ class _Capture:
         self.add_node(fx_node, op, inputs, params=params, attrs=attrs)
         self.check_input_rank(self.nodes[-1])
 
-    def mean_attrs(self, fx_node: torch.fx.Node, a: dict[str, Any]) -> dict[str, Any]:
-        """``torch.mean(input, dim, keepdim)``: the reduced dimensions as non-negative
-        indices of the batched tensor (never the batch dimension), and ``keepdim``."""
+    def reduction_attrs(self, fx_node: torch.fx.Node, op: str,
+                        a: dict[str, Any]) -> dict[str, Any]:
+        r"""``torch.mean`` / ``torch.sum`` (and their methods) over per-sample dimensions:
+        ``attrs["dims"]``, the reduced dimensions as sorted non-negative indices of the
+        batched tensor (never the batch, 0), and ``keepdim``, as torch reads them: ``dim``
+        (or its NumPy alias ``axis``) an int, a negative int, a tuple or a list; ``dtype``
+        ``None`` or a floating type of at least single precision (the graph evaluates in
+        float64; a half-precision or integer accumulation is refused)."""
         src = a.get("input", a.get("self"))
         rank = len(self.shape(src)) if isinstance(src, torch.fx.Node) else 0
-        dim = a["dim"]
-        if a["dtype"] is not None:
-            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dtype={a['dtype']!r}")
+        dim, axis = a["dim"], a["axis"]
+        if axis is not None:
+            if dim is not None:
+                raise UnsupportedLayerError(fx_node.name, op, why="both dim= and axis= given")
+            dim = axis
+        dtype = a["dtype"]
+        if dtype not in (None, torch.float32, torch.float64):
+            raise UnsupportedLayerError(
+                fx_node.name, op, why=f"dtype={dtype!r}: only float32 or float64 "
+                "accumulation is supported (a half-precision or integer result is not the "
+                "float64 function boundkit certifies)")
+        verb = "averages" if op == "mean" else "sums"
         if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
             raise UnsupportedLayerError(
-                fx_node.name, "mean",
-                why="it averages over every dimension, the batch included: pass dim=",
+                fx_node.name, op,
+                why=f"it {verb} over every dimension, the batch included: pass dim= "
+                "(the per-sample dimensions, e.g. dim=tuple(range(1, x.dim())))",
             )
         dims = dim if isinstance(dim, (list, tuple)) else (dim,)
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
-            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dim={dim!r}")
+            raise UnsupportedLayerError(fx_node.name, op, why=f"dim={dim!r}")
         norm = sorted({d + rank if d < 0 else d for d in dims})
         if len(norm) != len(dims) or any(not 0 <= d < rank for d in norm):
-            raise UnsupportedLayerError(fx_node.name, "mean", why=f"dim={dim!r}")
+            raise UnsupportedLayerError(fx_node.name, op, why=f"dim={dim!r}")
         if 0 in norm:
             raise UnsupportedLayerError(
-                fx_node.name, "mean", why="it averages over the batch dimension"
+                fx_node.name, op, why=f"it {verb} over the batch dimension"
             )
         keepdim = a["keepdim"]
         if not isinstance(keepdim, bool):
-            raise UnsupportedLayerError(fx_node.name, "mean", why=f"keepdim={keepdim!r}")
+            raise UnsupportedLayerError(fx_node.name, op, why=f"keepdim={keepdim!r}")
         return {"dims": tuple(norm), "keepdim": keepdim}
 
     def arith(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
@@ -531,9 +751,6 @@ class _Capture:
                                         why=f"rounding_mode={rounding!r}: not affine")
         x, y = a.get("input", a.get("self")), a["other"]
         live = [isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)]
-        if all(live) and op == "mul":
-            self.product(fx_node, "mul", [x, y])
-            return
         if all(live):
             raise UnsupportedLayerError(
                 fx_node.name, op,
@@ -559,6 +776,17 @@ class _Capture:
             )
         self.add_node(fx_node, "scale", [tensor.name], params={"factor": c},
                       attrs={"divide": op == "div"})
+
+    def multiply(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        """The reader of ``mul``'s forms (``a * b``, ``torch.mul``, ``a.mul(b)``,
+        ``multiply``, in place or not): of two per-sample operands, the product ``mul``
+        (:meth:`product`); with one constant operand, the affine ``scale``
+        (:meth:`scale`)."""
+        x, y = a.get("input", a.get("self")), a["other"]
+        if all(isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)):
+            self.product(fx_node, "mul", [x, y])
+            return
+        self.scale(fx_node, op, a)
 
     def product(self, fx_node: torch.fx.Node, op: str, operands: list[torch.fx.Node]) -> None:
         """A product of two per-sample operands: ``mul`` (element-wise, torch broadcasting)
@@ -666,6 +894,22 @@ class _Capture:
         self.nodes[-1].target = name
 
 
+#: the reductions whose ``dtype=`` the float64 copy evaluates in float64
+_REDUCTIONS = frozenset({torch.sum, torch.mean, "sum", "mean"})
+
+
+def lift_reduction_dtypes(gm: torch.fx.GraphModule) -> None:
+    """In the float64 trace, a reduction's ``dtype=torch.float32`` (a float32 model's
+    ``x.sum(1, dtype=torch.float32)``) accumulates in float64, as every other operation of
+    the float64 copy does: the cast would otherwise hand float32 values to float64 layers.
+    Other dtypes are left as written (capture refuses them by name)."""
+    for n in gm.graph.nodes:
+        if n.op in ("call_function", "call_method") and n.target in _REDUCTIONS \
+                and n.kwargs.get("dtype") is torch.float32:
+            n.kwargs = {**n.kwargs, "dtype": torch.float64}
+    gm.recompile()
+
+
 def capture(
     model: nn.Module,
     example: torch.Tensor | tuple[int, ...],
@@ -712,11 +956,14 @@ def capture(
         raise ModelError(
             f"the model cannot be copied to float64: {type(exc).__name__}: {exc}"
         ) from exc
+    model64 = decompose_attention(model64)
     if module_op(model64, leaf_modules) is not None:  # a bare layer: a one-layer model
         model64 = nn.Sequential(model64)
     tracer = _Tracer(leaf_modules)
     try:
         fx_graph = tracer.trace(model64)
+    except UnsupportedLayerError:
+        raise  # a layer refused by name while tracing (an attention mask)
     except Exception as exc:  # torch.fx raises many exception types
         raise UnsupportedLayerError(
             type(model).__name__, "trace",
@@ -724,6 +971,7 @@ def capture(
             "data-dependent control flow is not supported",
         ) from exc
     gm = torch.fx.GraphModule(tracer.root, fx_graph)
+    lift_reduction_dtypes(gm)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise InputShapeError(
@@ -739,6 +987,7 @@ def capture(
             f"the model cannot run on inputs of shape [N, {', '.join(map(str, input_shape))}]: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    cancel_batch_swaps(gm)
     cap = _Capture(gm, leaf_modules)
     output_name = None
     for fx_node in gm.graph.nodes:

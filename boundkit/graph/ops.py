@@ -95,6 +95,12 @@ def mean(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.mean(xs[0], dim=node.attrs["dims"], keepdim=node.attrs["keepdim"])
 
 
+def sum_(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum``: :math:`z_w=\\sum_{i\\in I_w}a_i` over ``attrs["dims"]`` (indices of the
+    batched tensor, never 0), keeping them as size 1 with ``attrs["keepdim"]``."""
+    return torch.sum(xs[0], dim=node.attrs["dims"], keepdim=node.attrs["keepdim"])
+
+
 def lppool2d(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     a = node.attrs
     return F.lp_pool2d(xs[0], a["p"], a["kernel_size"], a["stride"], a["ceil_mode"])
@@ -179,6 +185,34 @@ def add(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def cat(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(xs), dim=node.attrs["dim"])
+
+
+def place(node: Node, z: torch.Tensor, const: torch.Tensor | None) -> torch.Tensor:
+    """``z`` [N, *in] placed in the slot ``[start, start + length)`` along ``attrs["dim"]``
+    (an index of the batched tensor) of ``const`` [*out] broadcast over the batch (zeros
+    when ``const`` is ``None``): the concatenation ``cat_constant`` computes."""
+    a = node.attrs
+    d, start, length = a["dim"] - 1, a["start"], a["length"]
+    full = tuple(node.out_shape)
+    c = const.to(z) if const is not None else torch.zeros(full, dtype=z.dtype, device=z.device)
+    before = c.narrow(d, 0, start)
+    after = c.narrow(d, start + length, full[d] - start - length)
+    n = z.shape[0]
+    return torch.cat([before.expand(n, *before.shape), z, after.expand(n, *after.shape)],
+                     dim=a["dim"])
+
+
+def cat_constant(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``cat_constant``: ``torch.cat`` of one per-sample tensor with constants broadcast over
+    the batch (a class token ``cls.expand(N, -1, -1)``): :math:`h=Px+c`, :math:`P` the
+    placement of :func:`place`, ``c = params["const"]`` [*out] (zero in the slot)."""
+    return place(node, xs[0], node.params["const"])
+
+
+def select(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``select``: basic indexing of the per-sample axes, ``x[:, *attrs["index"]]`` (ints,
+    slices with a positive step, ``None``): each output entry is one distinct input entry."""
+    return xs[0][(slice(None), *node.attrs["index"])]
 
 
 def mul(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -126,11 +126,15 @@ class OpSpec:
         methods: tensor methods (``"relu"``, ``"add_"``...) and their signatures.
         module_attrs: ``(node name, module) -> (params, attrs)`` for a module form.
         call_attrs: the attrs of a function or method form (:class:`Call`); ops whose
-            capture needs the graph around them (merges, constants, shapes) are read by
-            capture itself (``_Capture.call_function`` in :mod:`boundkit.graph.capture`:
-            ``add``, ``scale`` (and ``mul``, its form with two computed operands), ``cat``,
-            ``matmul``, ``permute``, ``layernorm``, ``mean``, and the functional forms of
-            ``linear``, ``conv2d``, ``conv_transpose2d``, whose weights are constants).
+            capture needs the graph around them (which operands are computed and which are
+            constants, shapes) name a context reader instead (``reader``), and
+            ``layernorm``, ``mean``, ``sum`` and the functional forms of ``linear``,
+            ``conv2d``, ``conv_transpose2d`` (constant weights) are read by
+            ``_Capture.call_function`` in :mod:`boundkit.graph.capture`.
+        reader: the context reader of the op's call forms: the name of a ``_Capture`` method
+            ``(fx_node, form, args)`` that reads the call against the graph captured so far
+            and adds its node(s) (``"multiply"`` for ``mul``: a product of two computed
+            operands is ``mul``, one with a constant the affine ``scale``).
         input_ranks: the ranks (without the batch) its rules support; ``None``: any.
         finish: a check or completion of the node once its shapes are known.
         rules: rule family -> the module (dotted name) that registers that rule.
@@ -156,6 +160,7 @@ class OpSpec:
     call_attrs: CallAttrs | None = None
     input_ranks: tuple[int, ...] | None = None
     finish: Callable[[Any], None] | None = None
+    reader: str = ""
     rules: Mapping[str, str] = field(default_factory=dict)
     output_tail: bool = False
     output_squash: bool = False
@@ -435,6 +440,10 @@ _DROPOUT = "input p training inplace"
 _RESIZE = "input size scale_factor mode align_corners recompute_scale_factor antialias"
 _CONV = "input weight bias stride padding dilation groups"
 _CONV_T = "input weight bias stride padding output_padding groups dilation"
+# torch.sum / torch.mean: ``dtype`` is keyword-only and ``axis`` is torch's NumPy alias of
+# ``dim`` (keyword-only too: no valid call binds either by position)
+_REDUCE = "input dim keepdim dtype axis"
+_REDUCE_M = "self dim keepdim dtype axis"
 
 
 def _unary(name: str) -> dict[str, Sig]:
@@ -487,9 +496,16 @@ _SPECS: tuple[OpSpec, ...] = (
            rules=_rules("average", "sound", "crown"), output_tail=True),
     OpSpec("lppool2d", "pool", ops.lppool2d, (nn.LPPool2d,), module_attrs=_lppool2d_module,
            input_ranks=(3,), rules=_rules("pooling", "sound", "peck2017")),
+    # reductions over per-sample dimensions, read by capture (``_Capture.reduction_attrs``:
+    # ``dim``/``axis`` int, tuple or negative, ``keepdim``, a floating ``dtype``)
     OpSpec("mean", "affine", ops.mean,
-           functions={torch.mean: sig("input dim keepdim dtype", None, False, None)},
-           methods={"mean": sig("self dim keepdim dtype", None, False, None)},
+           functions={torch.mean: sig(_REDUCE, None, False, None, None)},
+           methods={"mean": sig(_REDUCE_M, None, False, None, None)},
+           rules=_rules("average", "sound", "crown"), output_tail=True),
+    # a sum is ``n`` times the mean over the same dimensions (docs/theory/averages.md)
+    OpSpec("sum", "affine", ops.sum_,
+           functions={torch.sum: sig(_REDUCE, None, False, None, None)},
+           methods={"sum": sig(_REDUCE_M, None, False, None, None)},
            rules=_rules("average", "sound", "crown"), output_tail=True),
     OpSpec("batchnorm", "normalisation", ops.batchnorm, (nn.BatchNorm1d, nn.BatchNorm2d),
            module_attrs=_batchnorm_module, input_ranks=(1, 2, 3),
@@ -569,7 +585,7 @@ _SPECS: tuple[OpSpec, ...] = (
            methods={"transpose": sig("self dim0 dim1", form="transpose"),
                     "swapaxes": sig("self axis0 axis1", form="transpose"),
                     "permute": sig("self dims", form="permute")},
-           rules=_rules("softmax", "sound", "crown")),
+           reader="permute", rules=_rules("softmax", "sound", "crown")),
     OpSpec("identity", "structural", ops.identity,
            (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity),
            functions={F.dropout: sig(_DROPOUT, 0.5, True, False),
@@ -579,22 +595,18 @@ _SPECS: tuple[OpSpec, ...] = (
                     "clone": sig("self memory_format", None)},
            call_attrs=_dropout_call,
            rules=_rules("structural", "sound", "peck2017", "crown"), output_tail=True),
+    # a product or quotient with one constant operand (its ``mul`` forms are ``mul``'s,
+    # whose reader hands a constant operand here)
     OpSpec("scale", "affine", ops.scale,
-           functions={operator.mul: sig("input other", form="mul"),
-                      torch.mul: sig("input other", form="mul"),
-                      torch.multiply: sig("input other", form="mul"),
-                      operator.truediv: sig("input other", form="div"),
+           functions={operator.truediv: sig("input other", form="div"),
                       torch.div: sig("input other rounding_mode", None, form="div"),
                       torch.divide: sig("input other rounding_mode", None, form="div"),
                       torch.true_divide: sig("input other", form="div")},
-           methods={"mul": sig("self other", form="mul"),
-                    "mul_": sig("self other", inplace=True, form="mul"),
-                    "multiply": sig("self other", form="mul"),
-                    "div": sig("self other rounding_mode", None, form="div"),
+           methods={"div": sig("self other rounding_mode", None, form="div"),
                     "div_": sig("self other rounding_mode", None, inplace=True, form="div"),
                     "divide": sig("self other rounding_mode", None, form="div"),
                     "true_divide": sig("self other", form="div")},
-           rules=_rules("scale", "sound", "peck2017", "crown")),
+           reader="scale", rules=_rules("scale", "sound", "peck2017", "crown")),
     # at the output a squash the logits skip; inside the network (attention weights) a
     # node with rules of its own (docs/theory/softmax.md)
     OpSpec("softmax", "squash", ops.softmax, (nn.Softmax,),
@@ -619,10 +631,17 @@ _SPECS: tuple[OpSpec, ...] = (
                     "add_": sig("self other alpha", 1, inplace=True, form="add"),
                     "sub": sig("self other alpha", 1, form="sub"),
                     "sub_": sig("self other alpha", 1, inplace=True, form="sub")},
-           rules=_rules("structural", "sound", "crown")),
-    # products of two values computed from the input (docs/theory/products.md); ``mul`` is
-    # captured from the ``mul`` forms of ``scale`` when both operands are computed
-    OpSpec("mul", "product", ops.mul, rules=_rules("products", "sound", "crown")),
+           reader="arith", rules=_rules("structural", "sound", "crown")),
+    # products of two values computed from the input (docs/theory/products.md); its reader
+    # (``_Capture.multiply``) makes a product with a constant operand the affine ``scale``
+    OpSpec("mul", "product", ops.mul,
+           functions={operator.mul: sig("input other", form="mul"),
+                      torch.mul: sig("input other", form="mul"),
+                      torch.multiply: sig("input other", form="mul")},
+           methods={"mul": sig("self other", form="mul"),
+                    "mul_": sig("self other", inplace=True, form="mul"),
+                    "multiply": sig("self other", form="mul")},
+           reader="multiply", rules=_rules("products", "sound", "crown")),
     # ``x @ W`` with a constant 2-d ``W`` is captured as ``linear`` (weight W^T)
     OpSpec("matmul", "product", ops.matmul,
            functions={torch.matmul: sig("input other", form="matmul"),
@@ -630,11 +649,19 @@ _SPECS: tuple[OpSpec, ...] = (
                       torch.bmm: sig("input mat2", form="bmm")},
            methods={"matmul": sig("self other", form="matmul"),
                     "bmm": sig("self mat2", form="bmm")},
-           rules=_rules("products", "sound", "crown")),
+           reader="matmul", rules=_rules("products", "sound", "crown")),
+    # a concatenation with constants broadcast over the batch (a class token), and basic
+    # indexing of the per-sample axes (``z[:, 0]``): exact linear views read by capture
+    # (``_Capture.cat``, ``_Capture.select``; docs/theory/slicing.md)
+    OpSpec("cat_constant", "affine", ops.cat_constant,
+           rules=_rules("slicing", "sound", "crown")),
+    OpSpec("select", "structural", ops.select,
+           functions={operator.getitem: sig("input index", form="getitem")},
+           reader="select", rules=_rules("slicing", "sound", "crown")),
     OpSpec("cat", "merge", ops.cat,
            functions={torch.cat: sig("tensors dim", 0), torch.concat: sig("tensors dim", 0),
                       torch.concatenate: sig("tensors dim", 0)},
-           rules=_rules("structural", "sound", "crown")),
+           reader="cat", rules=_rules("structural", "sound", "crown")),
 )
 
 #: every node kind by name (``"unknown"``, a node boundkit cannot read, has no entry)

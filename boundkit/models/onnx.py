@@ -36,6 +36,8 @@ Softmax inside the network                 ``torch.softmax(x, axis)`` (opsets < 
                                            flattened trailing axes)
 LayerNorm decomposed (ReduceMean, Sub,     ``nn.LayerNorm`` without affine parameters (the
 Pow 2, ReduceMean, Add eps, Sqrt, Div)     Mul/Add after it stay per-element affine)
+ReduceMean, ReduceSum (per-sample axes)    ``x.mean(dim, keepdim)``, ``x.sum(dim, keepdim)``;
+                                           no axes with ``noop_with_empty_axes``: nothing
 Pad (constant 0)                           folded, or a depthwise one-hot ``nn.Conv2d``
 Add/Sub/Mul/Div by a constant              per-element affine as an eval ``BatchNorm``
 Add of two tensors, Concat                 ``torch.add`` (residual), ``torch.cat``; a
@@ -84,7 +86,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -239,6 +241,8 @@ ATTRIBUTES: dict[str, dict[str, tuple[int, Any]]] = {
     "Erf": {},
     "ReduceMean": {"axes": (_A_INTS, _between(-64, 64)), "keepdims": _BOOL,
                    "noop_with_empty_axes": _BOOL},
+    "ReduceSum": {"axes": (_A_INTS, _between(-64, 64)), "keepdims": _BOOL,
+                  "noop_with_empty_axes": _BOOL},
     "ConvTranspose": {"auto_pad": _AUTO_PAD, "dilations": (_A_INTS, _dims(lo=1)),
                       "group": (_A_INT, _between(1, 1 << 20)),
                       "kernel_shape": (_A_INTS, _dims(lo=1)),
@@ -803,7 +807,8 @@ class _Importer:
         outs = out if isinstance(out, list) else [out]
         inputs = [x for x in args if x is not None]
         for i, o in enumerate(outs):
-            if o.nbytes > max(nbytes, 64):
+            passed = any(o is x for x in inputs)  # an input passed on (Identity): no bytes
+            if o.nbytes > max(nbytes, 64) and not passed:
                 raise self.fail(node, f"folded result of shape {list(o.shape)} is larger than "
                                 "sized (an importer bug; please report it)")
             if o.dtype.kind not in "biuf":
@@ -1453,7 +1458,9 @@ class _Importer:
             raise self.fail(node, f"perm {perm} is not a permutation of the {r} axes of "
                             f"[N, {', '.join(map(str, v.shape))}]")
         if perm[0] != 0:
-            raise self.fail(node, f"perm {perm} moves the batch dimension")
+            raise self.fail(node, f"perm {perm} moves the batch dimension (as the export of "
+                            "nn.MultiheadAttention does: certify the torch model instead, "
+                            "whose capture decomposes it)")
         self.charge(node, 2 * v.numel, 8, "the index of a transposed view")
         base = v.idx if v.idx is not None else np.arange(v.numel)
         p = [q - 1 for q in perm[1:]]
@@ -1793,20 +1800,38 @@ class _Importer:
 
     def op_ReduceMean(self, node: Any, k: int) -> _Dyn:
         v = self.dyn(node, 0)
-        a = self.attrs(node)
         ln = self._layernorm_pattern(node, v)
         if ln is not None:
             return ln
+        return self._reduce(node, v, "mean")
+
+    def op_ReduceSum(self, node: Any, k: int) -> _Dyn:
+        return self._reduce(node, self.dyn(node, 0), "sum")
+
+    def _reduce(self, node: Any, v: _Dyn, what: Literal["mean", "sum"]) -> _Dyn:
+        """``ReduceMean`` / ``ReduceSum`` over per-sample axes: ``x.mean`` / ``x.sum`` with
+        ``dim`` the axes (an attribute before opset 18 / 13, the second input since) and
+        ``keepdim`` the ``keepdims`` attribute (default 1). No axes with
+        ``noop_with_empty_axes=1`` is the identity; without it, a reduction over every axis,
+        the batch included, which is refused, as is any axis outside the tensor."""
+        a = self.attrs(node)
         axes = self._mean_axes(node)
-        if axes is None or len(np.asarray(axes).reshape(-1)) == 0:
-            raise self.fail(node, "no axes: the mean would run over the batch too")
+        flat = [] if axes is None else [int(d) for d in np.asarray(axes).reshape(-1)]
+        if not flat:
+            if int(a.get("noop_with_empty_axes", 0)):
+                return v
+            raise self.fail(node, f"no axes: the {what} would run over the batch too")
         r = len(v.shape) + 1
-        dims = sorted({int(d) % r for d in np.asarray(axes).reshape(-1)})
+        if any(not -r <= d < r for d in flat):
+            raise self.fail(node, f"axes {flat} outside a tensor of rank {r}")
+        dims = sorted({d % r for d in flat})
+        if len(dims) != len(flat):
+            raise self.fail(node, f"repeated axes {flat}")
         if 0 in dims:
-            raise self.fail(node, "a mean over the batch axis")
+            raise self.fail(node, f"a {what} over the batch axis")
         keep = bool(int(a.get("keepdims", 1)))
         x = self.materialize(v, node)
-        out = self.graph.call_method("mean", (x,), {"dim": tuple(dims), "keepdim": keep})
+        out = self.graph.call_method(what, (x,), {"dim": tuple(dims), "keepdim": keep})
         if keep:
             shape = tuple(1 if i in dims else s for i, s in enumerate(v.shape, 1))
         else:

@@ -108,7 +108,7 @@ def test_mean_over_the_batch_or_everything_is_refused_naming_the_node() -> None:
 
     class Dtype(nn.Module):
         def forward(self, x):
-            return torch.mean(x, dim=2, dtype=torch.float32)
+            return torch.mean(x, dim=2, dtype=torch.float16)
 
     with pytest.raises(UnsupportedLayerError, match="dtype"):
         capture(Dtype().eval(), (2, 3))

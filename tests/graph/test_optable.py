@@ -90,3 +90,29 @@ def test_unregistered_family_is_refused_by_name_not_by_a_crash():
     x = torch.rand(2, 4)
     with pytest.raises(UnsupportedLayerError, match="log_softmax"):
         bk.certify(model, x, "crown")
+
+
+def test_every_context_reader_is_a_capture_method_and_mul_reads_its_operands():
+    from boundkit.graph.capture import _Capture
+
+    readers = {s.name: s.reader for s in OPS.values() if s.reader}
+    assert {"add", "mul", "scale", "cat", "matmul", "permute", "select"} <= set(readers)
+    for op, name in readers.items():
+        assert callable(getattr(_Capture, name, None)), (op, name)
+
+    class Forms(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.o = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            p = torch.mul(input=h, other=torch.sigmoid(h))  # two computed operands
+            q = h.multiply(2.5)  # a constant operand
+            return self.o(p.mul(q) * 0.5)
+
+    g = capture(Forms().eval(), (4,))
+    assert [n.op for n in g.nodes if n.op in ("mul", "scale")] == ["mul", "scale", "mul",
+                                                                    "scale"]
+    assert all(FUNCTION_SIGS[f].op == "mul" for f in (torch.mul, torch.multiply))
+    assert METHOD_SIGS["mul_"].op == "mul" and METHOD_SIGS["div"].op == "scale"
