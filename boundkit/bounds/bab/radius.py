@@ -17,7 +17,7 @@ from boundkit.bounds.bab.options import NEVER, BabOptions, check_options
 from boundkit.bounds.bab.verifying import verify_graph
 from boundkit.bounds.crown import DEFAULT_BOX
 from boundkit.bounds.method import BatchResult, Method, register_method
-from boundkit.errors import BadArgumentError
+from boundkit.errors import BadArgumentError, UnsupportedLayerError
 from boundkit.graph.graph import Graph
 
 
@@ -90,10 +90,15 @@ class BabMethod(Method):
 
     def options(self) -> tuple[str, ...]:
         return ("box", "time_budget", "upper", "start", "max_domains", "batch", "iterations",
-                "refresh", "rtol", "progress")
+                "refresh", "rtol", "progress", "split")
 
     def prepare(self, graph: Graph) -> BabPlan:
-        return bab_plan(graph)
+        try:
+            return bab_plan(graph)
+        except UnsupportedLayerError:  # no ReLU splitting: input splitting may still run
+            from boundkit.bounds.bab.inputsplit import input_split_plan
+
+            return input_split_plan(graph)
 
     def run(self, graph: Graph, x: torch.Tensor, plan: Any, *, trace: bool,
             **options: Any) -> BatchResult:
@@ -108,7 +113,8 @@ class BabMethod(Method):
                               else options["max_domains"]),
                              options.get("batch", default.batch),
                              options.get("iterations", default.iterations),
-                             options.get("refresh", NEVER))
+                             options.get("refresh", NEVER),
+                             options.get("split", default.split))
         # subproblems per sample over the whole search (None: the time budget alone binds;
         # each step then bounds at most the options' default per verify call)
         total = (math.inf if options.get("max_domains") is None else float(opts.max_domains))

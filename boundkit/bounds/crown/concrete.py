@@ -81,6 +81,28 @@ def concretise(lb: LinearBounds, x0: torch.Tensor, box: tuple[float, float] | No
 
 
 
+def box_minimum(lb: LinearBounds, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    r"""A lower bound [N, S] of :math:`\langle A_s,x\rangle+b_s-e_s` over the box
+    :math:`l\le x\le u` (``lo``/``hi`` [N, *in], finite): the exact minimum
+    :math:`\sum_i\min(A_{s,i}l_i,A_{s,i}u_i)+b_s-e_s` (each term at a vertex), with the
+    rounding charged: every product within :math:`u` relative (:math:`2u|t_i|` covers it
+    and its underflow floor :math:`2^{-1074}`), the sum of :math:`d+1` terms within
+    :math:`\gamma_{d+1}\sum|t_i|+|b|`, the last subtractions within :math:`10^{-15}`
+    relative (docs/theory/branch_and_bound.md §Input splitting). Used by input splitting;
+    ``crown``'s own concretisation is :func:`concretise`."""
+    A = lb.A.flatten(2)
+    lo_, hi_ = lo.flatten(1).unsqueeze(1), hi.flatten(1).unsqueeze(1)
+    t = torch.minimum(A * lo_, A * hi_)
+    d = A.shape[2]
+    s = t.sum(2)
+    mag = t.abs().sum(2)
+    slack = ((float(gamma(d + 1)) + 2 * UNIT_ROUNDOFF) * (mag + lb.bias.abs())
+             + d * 2.0 ** -1074) * (1 + 1e-6)
+    m = s + lb.bias - lb.err * (1 + 1e-8) - slack - 1e-15 * (s.abs() + lb.bias.abs()
+                                                               + lb.err) - 1e-300
+    return torch.where(torch.isfinite(m), m, torch.full_like(m, -math.inf))
+
+
 @dataclass
 class RadiusStep:
     r"""What one relaxation, built for the balls of radii ``eps`` [N], says: the margins
