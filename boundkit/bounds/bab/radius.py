@@ -115,6 +115,10 @@ class BabMethod(Method):
                              options.get("iterations", default.iterations),
                              options.get("refresh", NEVER),
                              options.get("split", default.split))
+        from boundkit.bounds.bab.inputsplit import InputSplitPlan, resolve_split
+
+        if resolve_split(opts.split, graph) == "relu" and isinstance(plan, InputSplitPlan):
+            plan = bab_plan(graph)  # ReLU splitting: refuses the model, naming the node
         # subproblems per sample over the whole search (None: the time budget alone binds;
         # each step then bounds at most the options' default per verify call)
         total = (math.inf if options.get("max_domains") is None else float(opts.max_domains))
