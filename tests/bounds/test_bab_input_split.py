@@ -1,6 +1,7 @@
 """Input splitting in branch and bound (``split="input"``): never verifies beyond the exact
 radius, verified balls hold no counterexample among dense samples, every sub-box's bound
-holds on the sampled points of the ball in that sub-box, the box term is a lower bound,
+holds on the sampled points of the ball in that sub-box, the ball-and-box term is a lower
+bound,
 ``crown`` is unchanged where no region is set, it closes on smooth nets ReLU splitting
 refuses, and bad ``split`` values get one-line errors."""
 
@@ -28,7 +29,7 @@ from boundkit.bounds.bab.inputsplit import (
 )
 from boundkit.bounds.bab.options import BabOptions
 from boundkit.bounds.crown import CrownRun
-from boundkit.bounds.crown.concrete import box_minimum
+from boundkit.bounds.crown.concrete import ball_box_minimum, concretise
 from boundkit.bounds.output import margins
 from boundkit.bounds.relaxation import LinearBounds
 from boundkit.errors import BadArgumentError, UnsupportedLayerError
@@ -95,27 +96,41 @@ def test_region_run_without_a_region_is_crown_bit_for_bit() -> None:
 
 
 @FAST
-@given(seed=st.integers(0, 10_000), d=st.integers(1, 6), s=st.integers(1, 4))
-def test_box_minimum_is_below_every_point_of_the_box(seed: int, d: int, s: int) -> None:
+@given(seed=st.integers(0, 10_000), d=st.integers(1, 5), scale=st.sampled_from([1e-3, 1.0, 1e3]))
+def test_ball_box_minimum_is_below_the_intersection_and_above_ball_and_box(seed: int, d: int,
+                                                                           scale: float) -> None:
+    """The Lagrangian bound over ball and box: below <a, x> + b - e at every sampled point
+    of the intersection (and at its points nearest the sphere), and never below the larger
+    of the ball's dual-norm value and the box's exact (vertex) minimum, up to the rounding
+    it charges."""
     gen = torch.Generator().manual_seed(seed)
-    A = torch.randn(2, s, d, generator=gen, dtype=torch.float64) * 10 ** torch.randint(
-        -3, 4, (1,), generator=gen).item()
-    bias = torch.randn(2, s, generator=gen, dtype=torch.float64)
-    err = torch.rand(2, s, generator=gen, dtype=torch.float64) * 1e-6
-    lo = torch.rand(2, d, generator=gen, dtype=torch.float64) - 0.5
-    hi = lo + torch.rand(2, d, generator=gen, dtype=torch.float64)
-    m = box_minimum(LinearBounds(A, bias, err), lo, hi)
-    # every vertex and random points of the box (the minimum is at a vertex)
-    k = 2 ** d
-    bits = ((torch.arange(k).unsqueeze(1) >> torch.arange(d)) & 1).to(torch.float64)
-    pts = torch.cat([lo.unsqueeze(1) + bits.unsqueeze(0) * (hi - lo).unsqueeze(1),
-                     lo.unsqueeze(1) + torch.rand(2, 200, d, generator=gen,
-                                                  dtype=torch.float64) * (hi - lo).unsqueeze(1)],
-                    1)
+    n, s = 3, 2
+    A = torch.randn(n, s, d, generator=gen, dtype=torch.float64) * scale
+    bias = torch.randn(n, s, generator=gen, dtype=torch.float64)
+    err = torch.rand(n, s, generator=gen, dtype=torch.float64) * 1e-9
+    x0 = torch.rand(n, d, generator=gen, dtype=torch.float64)
+    eps = torch.rand(n, generator=gen, dtype=torch.float64) * 0.5 + 0.05
+    e = eps.unsqueeze(1)
+    lo = x0 + (torch.rand(n, d, generator=gen, dtype=torch.float64) - 0.8) * e
+    hi = lo + torch.rand(n, d, generator=gen, dtype=torch.float64) * e
+    lb = LinearBounds(A, bias, err)
+    m = ball_box_minimum(lb, x0, lo, hi, eps)
+    pts = lo.unsqueeze(1) + torch.rand(n, 20_000, d, generator=gen,
+                                       dtype=torch.float64) * (hi - lo).unsqueeze(1)
+    # and the box points pulled onto the sphere where they lie outside the ball
+    off = pts - x0.unsqueeze(1)
+    norm = off.norm(dim=2, keepdim=True)
+    pulled = x0.unsqueeze(1) + off * torch.clamp(e.unsqueeze(2) / norm, max=1.0) * (1 - 1e-12)
+    pts = torch.cat([pts, pulled], 1)
+    inside = (((pts - x0.unsqueeze(1)).norm(dim=2) <= e)
+              & (pts >= lo.unsqueeze(1)).all(2) & (pts <= hi.unsqueeze(1)).all(2))
     val = torch.einsum("nsd,nkd->nsk", A, pts) + (bias - err).unsqueeze(2)
-    assert bool((m.unsqueeze(2) <= val).all())
-    # tight: the minimum over the vertices, up to the rounding charged
-    assert bool((val.amin(2) - m <= 1e-9 * (1 + val.abs().amax(2))).all())
+    val = torch.where(inside.unsqueeze(1), val, torch.full_like(val, math.inf))
+    assert bool((m <= val.amin(2)).all())
+    ball = concretise(lb, x0, None, torch.zeros(n, dtype=torch.bool)).at(eps)
+    box = torch.minimum(A * lo.unsqueeze(1), A * hi.unsqueeze(1)).sum(2) + bias - err
+    floor = torch.maximum(ball, box)
+    assert bool((m >= floor - 1e-9 * (1 + floor.abs() + (A.abs() * scale).sum(2))).all())
 
 
 def test_box_distance_is_a_lower_bound_and_zero_inside() -> None:

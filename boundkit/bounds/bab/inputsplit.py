@@ -41,7 +41,7 @@ from boundkit.bounds.bab.bounding import BabPlan, Bounder, SplitReLU
 from boundkit.bounds.bab.domains import Domains
 from boundkit.bounds.bab.options import NEVER, BabOptions
 from boundkit.bounds.crown import CrownRun, plan_crown
-from boundkit.bounds.crown.concrete import Concrete, box_minimum
+from boundkit.bounds.crown.concrete import Concrete, ball_box_minimum
 from boundkit.bounds.crown.run import Samples
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma
 from boundkit.bounds.relaxation import Interval, LinearBounds, RelaxContext
@@ -152,7 +152,7 @@ class RegionRun(CrownRun):
         iv = self._input_interval(r.eps)
         mag = torch.maximum(iv.lo.abs(), iv.hi.abs())
         lbf = LinearBounds(lb.A, lb.bias, lb.err + lb.charge_forks(mag))
-        m = box_minimum(lbf, iv.lo, iv.hi)
+        m = ball_box_minimum(lbf, self.x0, iv.lo, iv.hi, r.eps)
         ball = conc.at(r.eps)
         box_at = m - 4 * UNIT_ROUNDOFF * m.abs()  # Concrete.at with nu = 0
         take = box_at > ball
