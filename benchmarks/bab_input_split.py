@@ -150,7 +150,8 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
              "Violations: a radius above the attack norm, or a class change inside a "
              "certified ball found by a 200-step float64 adversarial search or among "
              f"{args.points} random points of the ball (must be 0). `split=\"auto\"` picks "
-             "the input split on all these models (at most 16 features).", ""]
+             "the ReLU split on the ReLU nets and the input split on the tanh nets (ReLU "
+             "splitting refuses them; at most 16 features).", ""]
     for res in results:
         lines += [f"## {res['model']} (test accuracy {res['accuracy']:.1%}; {res['n']} "
                   f"samples; attack median norm {res['attack_median_norm']:.4f}, "

@@ -68,11 +68,12 @@ def _ball_points(x: torch.Tensor, r: torch.Tensor, k: int, seed: int,
     return p if box is None else p.clamp(box[0], box[1])
 
 
-def test_the_auto_rule_splits_the_input_up_to_sixteen_features() -> None:
-    for d, want in ((2, "input"), (INPUT_SPLIT_MAX_DIM, "input"),
-                    (INPUT_SPLIT_MAX_DIM + 1, "relu")):
-        g = capture(_net(0, d=d), (d,))
-        assert resolve_split("auto", g) == want
+def test_the_auto_rule_splits_the_input_of_smooth_nets_up_to_sixteen_features() -> None:
+    for act, d, want in (("tanh", 2, "input"), ("sigmoid", INPUT_SPLIT_MAX_DIM, "input"),
+                         ("tanh", INPUT_SPLIT_MAX_DIM + 1, "relu"), ("relu", 2, "relu"),
+                         ("relu", INPUT_SPLIT_MAX_DIM + 1, "relu")):
+        g = capture(_net(0, act, d=d), (d,))
+        assert resolve_split("auto", g) == want, (act, d)
         assert resolve_split("relu", g) == "relu"
         assert resolve_split("input", g) == "input"
 

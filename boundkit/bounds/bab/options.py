@@ -54,8 +54,9 @@ class BabOptions:
     #: chosen for that margin alone
     per_class: bool = True
     #: what is branched on: ``"relu"`` (unstable ReLU neurons), ``"input"`` (sub-boxes of
-    #: the input, ``inputsplit.py``) or ``"auto"`` (the input where a sample has at most
-    #: ``inputsplit.INPUT_SPLIT_MAX_DIM`` features, the ReLUs otherwise)
+    #: the input, ``inputsplit.py``) or ``"auto"`` (the input for a network ReLU splitting
+    #: refuses, e.g. tanh, with at most ``inputsplit.INPUT_SPLIT_MAX_DIM`` features; the
+    #: ReLUs otherwise)
     split: str = "auto"
 
 

@@ -155,8 +155,9 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     splits (1: every subproblem; larger reuses an ancestor's, cheaper and looser; the
     default: only the root's). ``split``: what is branched on, ``"relu"`` (unstable ReLU
     neurons), ``"input"`` (halves of sub-boxes of the input, for low-dimensional inputs
-    and any activation ``crown`` bounds) or ``"auto"`` (the input where a sample has at
-    most ``INPUT_SPLIT_MAX_DIM`` = 16 features, the ReLUs otherwise).
+    and any activation ``crown`` bounds) or ``"auto"`` (the input for a network ReLU
+    splitting refuses, e.g. tanh or sigmoid, whose samples have at most
+    ``INPUT_SPLIT_MAX_DIM`` = 16 features; the ReLUs otherwise).
 
     Models: ReLU / LeakyReLU networks of any affine layers (linear, convolution, batch
     norm, average pooling, residual additions) and max poolings (kept relaxed on each
