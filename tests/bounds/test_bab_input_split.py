@@ -288,3 +288,16 @@ def test_split_choice_reaches_the_bab_method() -> None:
                        box=None, upper=5.0).radius
         assert bool((r >= crown).all()) and not bool(torch.isnan(r).any())
         assert math.isfinite(float(r.sum()))
+
+
+def test_bab_is_supported_on_a_smooth_net_only_where_its_input_is_small() -> None:
+    """``--method auto`` asks ``prepare`` whether ``bab`` takes a model: a tanh net with 2
+    features yes (input splitting), with 17 no (refused by name, as ``split="auto"``
+    would refuse it)."""
+    from boundkit.bounds.method import get_method
+
+    get_method("bab").prepare(capture(_net(0, "tanh", d=2), (2,)))
+    with pytest.raises(UnsupportedLayerError):
+        get_method("bab").prepare(capture(_net(0, "tanh", d=INPUT_SPLIT_MAX_DIM + 1),
+                                          (INPUT_SPLIT_MAX_DIM + 1,)))
+

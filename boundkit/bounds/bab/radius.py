@@ -95,9 +95,14 @@ class BabMethod(Method):
     def prepare(self, graph: Graph) -> BabPlan:
         try:
             return bab_plan(graph)
-        except UnsupportedLayerError:  # no ReLU splitting: input splitting may still run
-            from boundkit.bounds.bab.inputsplit import input_split_plan
+        except UnsupportedLayerError:
+            # no ReLU splitting: input splitting where the input is small (the plan is
+            # made before the options are read: the model is supported as split="auto"
+            # would run it, so --method auto never picks a bab that then refuses)
+            from boundkit.bounds.bab.inputsplit import INPUT_SPLIT_MAX_DIM, input_split_plan
 
+            if math.prod(graph.input_shape) > INPUT_SPLIT_MAX_DIM:
+                raise
             return input_split_plan(graph)
 
     def run(self, graph: Graph, x: torch.Tensor, plan: Any, *, trace: bool,
