@@ -53,10 +53,15 @@ class BabOptions:
     #: one domain per (sample, competing class): a one-row final walk each, and splits
     #: chosen for that margin alone
     per_class: bool = True
+    #: what is branched on: ``"relu"`` (unstable ReLU neurons), ``"input"`` (sub-boxes of
+    #: the input, ``inputsplit.py``) or ``"auto"`` (the input for a network ReLU splitting
+    #: refuses, e.g. tanh, with at most ``inputsplit.INPUT_SPLIT_MAX_DIM`` features; the
+    #: ReLUs otherwise)
+    split: str = "auto"
 
 
 def check_options(time_budget: Any, max_domains: Any, batch: Any, iterations: Any,
-                  refresh: Any = NEVER) -> BabOptions:
+                  refresh: Any = NEVER, split: Any = "auto") -> BabOptions:
     """:class:`BabOptions` from user values (a one-line ``BadArgumentError`` otherwise)."""
     from boundkit.validate import check_int, check_positive
 
@@ -67,5 +72,8 @@ def check_options(time_budget: Any, max_domains: Any, batch: Any, iterations: An
     f = check_int("refresh", refresh, maximum=NEVER)
     assert t is not None and d is not None and b is not None and i is not None
     assert f is not None
-    return BabOptions(time_budget=t, max_domains=d, batch=b, iterations=i, refresh=f)
+    from boundkit.bounds.bab.inputsplit import check_split
+
+    return BabOptions(time_budget=t, max_domains=d, batch=b, iterations=i, refresh=f,
+                      split=check_split(split))
 

@@ -17,7 +17,7 @@ from boundkit.bounds.bab.options import NEVER, BabOptions, check_options
 from boundkit.bounds.bab.verifying import verify_graph
 from boundkit.bounds.crown import DEFAULT_BOX
 from boundkit.bounds.method import BatchResult, Method, register_method
-from boundkit.errors import BadArgumentError
+from boundkit.errors import BadArgumentError, UnsupportedLayerError
 from boundkit.graph.graph import Graph
 
 
@@ -90,10 +90,20 @@ class BabMethod(Method):
 
     def options(self) -> tuple[str, ...]:
         return ("box", "time_budget", "upper", "start", "max_domains", "batch", "iterations",
-                "refresh", "rtol", "progress")
+                "refresh", "rtol", "progress", "split")
 
     def prepare(self, graph: Graph) -> BabPlan:
-        return bab_plan(graph)
+        try:
+            return bab_plan(graph)
+        except UnsupportedLayerError:
+            # no ReLU splitting: input splitting where the input is small (the plan is
+            # made before the options are read: the model is supported as split="auto"
+            # would run it, so --method auto never picks a bab that then refuses)
+            from boundkit.bounds.bab.inputsplit import INPUT_SPLIT_MAX_DIM, input_split_plan
+
+            if math.prod(graph.input_shape) > INPUT_SPLIT_MAX_DIM:
+                raise
+            return input_split_plan(graph)
 
     def run(self, graph: Graph, x: torch.Tensor, plan: Any, *, trace: bool,
             **options: Any) -> BatchResult:
@@ -108,7 +118,12 @@ class BabMethod(Method):
                               else options["max_domains"]),
                              options.get("batch", default.batch),
                              options.get("iterations", default.iterations),
-                             options.get("refresh", NEVER))
+                             options.get("refresh", NEVER),
+                             options.get("split", default.split))
+        from boundkit.bounds.bab.inputsplit import InputSplitPlan, resolve_split
+
+        if resolve_split(opts.split, graph) == "relu" and isinstance(plan, InputSplitPlan):
+            plan = bab_plan(graph)  # ReLU splitting: refuses the model, naming the node
         # subproblems per sample over the whole search (None: the time budget alone binds;
         # each step then bounds at most the options' default per verify call)
         total = (math.inf if options.get("max_domains") is None else float(opts.max_domains))

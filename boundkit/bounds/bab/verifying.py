@@ -16,6 +16,13 @@ import torch.nn as nn
 from boundkit.bounds.bab import options as _clock
 from boundkit.bounds.bab.bounding import BabPlan, bab_plan
 from boundkit.bounds.bab.counterexample import pgd_counterexample
+from boundkit.bounds.bab.inputsplit import (
+    InputSplit,
+    InputSplitPlan,
+    RegionRun,
+    input_split_plan,
+    resolve_split,
+)
 from boundkit.bounds.bab.options import NEVER, BabOptions, check_options
 from boundkit.bounds.bab.search import FALSIFIED, UNKNOWN, VERIFIED, BranchAndBound
 from boundkit.bounds.crown import CrownRun
@@ -64,11 +71,15 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
     called with the seconds of every batch of the search (progress bars).
     ``budget`` / ``max_domains`` [N]: per-sample seconds / subproblems (default: the
     options')."""
-    plan = bab_plan(graph) if plan is None else plan
+    by_input = resolve_split(options.split, graph) == "input"
+    if by_input:  # sub-boxes of the input (inputsplit.py)
+        plan = plan if isinstance(plan, InputSplitPlan) else input_split_plan(graph)
+    elif plan is None or isinstance(plan, InputSplitPlan):
+        plan = bab_plan(graph)
     x0 = x.to(device=graph.device, dtype=torch.float64)
     radius = radius.to(device=graph.device, dtype=torch.float64)
     n = x0.shape[0]
-    run = CrownRun(graph, plan.crown, x0, box)
+    run = (RegionRun if by_input else CrownRun)(graph, plan.crown, x0, box)
     label, _ = margins(run.sound.acts[graph.logits.name])
     model_label = label
     if model is not None:
@@ -113,7 +124,8 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
                 cex_norm[i] = float(nm[j])
     todo = torch.tensor([s == "" for s in status])
     if bool(todo.any()):
-        bb = BranchAndBound(graph, plan, run, label, radius, options)
+        bb = (InputSplit if by_input else BranchAndBound)(graph, plan, run, label, radius,
+                                                          options)
         sol = bb.solve(todo.to(radius.device), budget, tick, max_domains)
         for i in torch.nonzero(todo).flatten().tolist():
             status[i], reason[i] = sol.status[i], sol.reason[i] or "every subproblem proven"
@@ -127,7 +139,8 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
 def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
            box: tuple[float, float] | None = (0.0, 1.0), time_budget: float = 5.0,
            max_domains: int = 20_000, batch: int = 512, iterations: int = 3,
-           refresh: int = NEVER, device: torch.device | str | None = None) -> VerifyResult:
+           refresh: int = NEVER, split: str = "auto",
+           device: torch.device | str | None = None) -> VerifyResult:
     r"""Is every input within L2 distance ``radius`` of ``x`` classified like ``x``?
 
     Per sample: ``"verified"`` (no perturbation of norm below ``radius`` inside ``box``
@@ -140,20 +153,25 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     ``iterations``: gradient steps on the slopes and beta multipliers per batch;
     ``refresh``: recompute the intermediate bounds under the splits every ``refresh``
     splits (1: every subproblem; larger reuses an ancestor's, cheaper and looser; the
-    default: only the root's).
+    default: only the root's). ``split``: what is branched on, ``"relu"`` (unstable ReLU
+    neurons), ``"input"`` (halves of sub-boxes of the input, for low-dimensional inputs
+    and any activation ``crown`` bounds) or ``"auto"`` (the input for a network ReLU
+    splitting refuses, e.g. tanh or sigmoid, whose samples have at most
+    ``INPUT_SPLIT_MAX_DIM`` = 16 features; the ReLUs otherwise).
 
     Models: ReLU / LeakyReLU networks of any affine layers (linear, convolution, batch
     norm, average pooling, residual additions) and max poolings (kept relaxed on each
-    subproblem's own intervals, not split); a node branch and bound neither splits nor
+    subproblem's own intervals, not split); a node ReLU splitting neither splits nor
     keeps relaxed (smooth activations, nodes without a linear relaxation) is refused by
-    name.
+    name. Input splitting keeps every ``crown`` relaxation (smooth activations included)
+    and refuses only nodes without one.
     """
     from boundkit.bounds.engine import graph_for
     from boundkit.validate import check_batch, check_box, check_call
 
     box = check_box(box)
     check_call(model, x, device=device, box=box)
-    opts = check_options(time_budget, max_domains, batch, iterations, refresh)
+    opts = check_options(time_budget, max_domains, batch, iterations, refresh, split)
     n = x.shape[0]
     r = _check_radius(radius, n)
     graph = graph_for(model, x, device)
