@@ -196,8 +196,9 @@ class AvgPoolRelaxation(AffineRelaxation):
 
 class MaxPoolRelaxation(RelaxationRule):
     r"""``crown``: in each window with input bounds :math:`[l_i,u_i]`, let :math:`j` maximise
-    :math:`l_j` and :math:`k` maximise :math:`u_k`. Always :math:`\max_i z_i\ge z_j`; if
-    :math:`l_j\ge\max_{i\ne j}u_i` the max *is* :math:`z_j`. Otherwise, with
+    :math:`l_j` and :math:`k` maximise :math:`u_k`. If :math:`l_j\ge\max_{i\ne j}u_i` the max
+    *is* :math:`z_j`. Otherwise the lower line is :math:`z_{j'}\le\max_i z_i`, :math:`j'` the
+    input with the largest midpoint :math:`l+u` (or centre value), and, with
     :math:`m=\max(l_k,\max_{i\ne k}u_i)`, :math:`\max_i z_i\le\max(z_k,m)\le s z_k+b`, the
     chord of the convex :math:`t\mapsto\max(t,m)` over :math:`[l_k,u_k]`:
     :math:`s=(u_k-m)/(u_k-l_k)` (0 where :math:`u_k=m`) and
@@ -225,15 +226,25 @@ class MaxPoolRelaxation(RelaxationRule):
                         dilation=a["dilation"], stride=a["stride"])
         return cols.reshape(n, c, cols.shape[1], cols.shape[2])  # [N, C, k, L]
 
-    def lines(self, node: Node, iv: Interval) -> PoolLines:
+    def lines(self, node: Node, iv: Interval, centre: torch.Tensor | None = None
+              ) -> PoolLines:
         """Each window's lower-line input (``flat``), upper-line input (``up_flat``), the
-        upper line's slope and constant, on the input interval ``iv``."""
+        upper line's slope and constant, on the input interval ``iv``. Any input of a
+        window is a valid lower line of its max; where the max is not one input on the
+        whole set, the one largest at ``centre`` (the input's values at the ball's centre
+        [N, *shape], when given), else the one with the largest midpoint of its interval
+        (ReLU outputs often tie at a lower bound 0)."""
         a = node.attrs
         lo_w, hi_w = self._windows(node, iv.lo), self._windows(node, iv.hi)
         best = lo_w.argmax(2, keepdim=True)  # [N, C, 1, L]
         l_best = lo_w.gather(2, best)
         others = hi_w.scatter(2, best, -math.inf).amax(2, keepdim=True)
         stable = (l_best >= others).squeeze(2)  # [N, C, L]
+        # the centre's values, else the intervals' midpoints (a sum of the two windows:
+        # only compared, so its rounding is harmless)
+        mid = (self._windows(node, centre.to(iv.lo.dtype))
+               if centre is not None and centre.shape == iv.lo.shape else lo_w + hi_w)
+        best = torch.where(stable.unsqueeze(2), best, mid.argmax(2, keepdim=True))
         top = hi_w.argmax(2, keepdim=True)  # k: the largest upper bound
         u_k = hi_w.gather(2, top).squeeze(2)
         l_k = lo_w.gather(2, top).squeeze(2)
@@ -265,7 +276,8 @@ class MaxPoolRelaxation(RelaxationRule):
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         iv = ctx.interval_in(node)
-        ln = ctx.derived(f"maxpool-lines:{node.name}", iv, lambda: self.lines(node, iv))
+        ln = ctx.derived(f"maxpool-lines:{node.name}", iv,
+                         lambda: self.lines(node, iv, ctx.acts.get(node.inputs[0])))
         n, s = lb.A.shape[:2]
         c = node.out_shape[0]
         A = lb.A.reshape(n, s, c, -1)  # [N, S, C, L]
