@@ -15,7 +15,7 @@ from boundkit.bounds.bab import options as _clock
 from boundkit.bounds.bab.bounding import BabPlan, bab_plan
 from boundkit.bounds.bab.options import NEVER, BabOptions, check_options
 from boundkit.bounds.bab.verifying import verify_graph
-from boundkit.bounds.crown import DEFAULT_BOX
+from boundkit.bounds.crown import DEFAULT_BOX, CrownRun
 from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.errors import BadArgumentError
 from boundkit.graph.graph import Graph
@@ -125,6 +125,7 @@ class BabMethod(Method):
         x0 = x.to(device=graph.device, dtype=torch.float64)
         n = x0.shape[0]
         base = get_method(start).run(graph, x0, plan.base, trace=False, box=box)
+        run = CrownRun(graph, plan.crown, x0, box)  # one sound pass for every step
         t_base = _clock.now() - t_start
         lo = base.radius.to(torch.float64).clone()
         upper = options.get("upper")
@@ -178,8 +179,7 @@ class BabMethod(Method):
             first = False
             t0 = _clock.now()
             res = verify_graph(None, graph, x0, eps, box, opts, budget=share, plan=plan,
-                               tick=bar.spent,
-                               max_domains=dshare)
+                               tick=bar.spent, max_domains=dshare, run=run)
             wall = _clock.now() - t0
             ok = res.verified.to(lo.device) & active
             # a verified radius, or the radius the open subproblems certify
