@@ -279,8 +279,8 @@ def lirpa_crown_radius(model: torch.nn.Module, x: torch.Tensor, label: torch.Ten
                        hi: torch.Tensor, steps: int = 20) -> torch.Tensor:
     """auto_LiRPA CROWN's radius per sample: ``steps`` bisection steps on [0, hi], all samples
     in one ``compute_bounds`` call per step (one epsilon per sample through a small subclass
-    of its L2 perturbation). Uses whichever ``auto_LiRPA`` is imported (alpha-beta-CROWN's
-    after :func:`import_abcrown`)."""
+    of its L2 perturbation; one call per sample where its convolutions refuse that). Uses
+    whichever ``auto_LiRPA`` is imported (alpha-beta-CROWN's after :func:`import_abcrown`)."""
     import auto_LiRPA
     from auto_LiRPA.perturbations import PerturbationLpNorm
     from auto_LiRPA.utils import eyeC
@@ -308,12 +308,26 @@ def lirpa_crown_radius(model: torch.nn.Module, x: torch.Tensor, label: torch.Ten
                           for y in label])  # [N, C-1]
     spec = eye[label].unsqueeze(1) - eye[others]  # [N, C-1, C]
     lo, top = torch.zeros(n, dtype=torch.float64), hi.double().clone()
+    batched = True
+
+    def lower(mid: torch.Tensor) -> torch.Tensor:
+        nonlocal batched
+        if batched:
+            try:
+                ptb = PerSampleL2(norm=2, eps=mid.float().reshape(-1, *([1] * (x.dim() - 1))))
+                lb, _ = bm.compute_bounds(x=(auto_LiRPA.BoundedTensor(x, ptb),), C=spec,
+                                          method="CROWN", bound_upper=False)
+                return lb
+            except AssertionError:  # its convolutions take one epsilon per call only
+                batched = False
+        return torch.cat([bm.compute_bounds(
+            x=(auto_LiRPA.BoundedTensor(x[i:i + 1], PerturbationLpNorm(
+                norm=2, eps=float(mid[i]))),), C=spec[i:i + 1], method="CROWN",
+            bound_upper=False)[0] for i in range(n)])
+
     for _ in range(steps):
         mid = (lo + top) / 2
-        ptb = PerSampleL2(norm=2, eps=mid.float().reshape(-1, *([1] * (x.dim() - 1))))
-        lb, _ = bm.compute_bounds(x=(auto_LiRPA.BoundedTensor(x, ptb),), C=spec, method="CROWN",
-                                  bound_upper=False)
-        ok = (lb.min(1).values > 0).cpu()
+        ok = (lower(mid).min(1).values > 0).cpu()
         lo, top = torch.where(ok, mid, lo), torch.where(ok, top, mid)
     return lo
 
