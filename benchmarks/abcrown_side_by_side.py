@@ -233,6 +233,7 @@ class ABCrownOracle:
         self.root = Path(root)
         self.abcrown = import_abcrown(self.root)
         self.model, self.batch, self.log = model, batch, log
+        self.pools = any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
         self.process_clock = process_clock
         self.dir = tempfile.TemporaryDirectory(prefix="bk_abcrown_")
         self.custom = types.ModuleType(CUSTOM_MODULE)
@@ -254,6 +255,8 @@ class ABCrownOracle:
         cfg = d / "config.yaml"
         cfg.write_text(
             "general:\n  device: cpu\n  complete_verifier: bab\n"
+            # its max pooling has no bound in the default "patches" mode
+            f"  conv_mode: {'matrix' if self.pools else 'patches'}\n"
             "  enable_incomplete_verification: true\n"
             f"  results_file: {d / 'out.txt'}\n"
             f"model:\n  name: Customized(\"{CUSTOM_MODULE}\", \"model\")\n"
