@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -102,10 +103,36 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
         dt = bab_clock.now() - t0
         dom = cert.info["domains"].double()
         steps = f", {args.iterations} steps" if args.iterations else ""
-        record(f"bab {b:g} s{steps}", cert.radius, dt, {"median_domains": float(dom.median())})
+        extra: dict = {"median_domains": float(dom.median())}
+        if args.red_team:
+            extra["red_team"] = red_team(model, x, cert.radius, box)
+        record(f"bab {b:g} s{steps}", cert.radius, dt, extra)
     return {"model": name, "n": n, "no_box": box is None, "attack_found": int(found.sum()),
             "attack_median_norm": float(norm[found].median()), "attack_seconds": t_attack,
             "rows": rows}
+
+
+def red_team(model: torch.nn.Module, x: torch.Tensor, radius: torch.Tensor,
+             box: tuple[float, float] | None) -> dict:
+    """Counterexamples against certified radii: projected gradient ascent (300 steps, 8
+    restarts) inside 0.999 x each certified ball, and the float64 minimal-norm search of
+    ``boundkit.testing`` (a norm at or below the radius is a violation); every point found
+    is re-checked on the model. Returns the counts and the smallest norm / radius."""
+    from boundkit.bounds.bab import pgd_counterexample
+    from boundkit.testing import adversarial_search
+
+    with torch.no_grad():
+        label = model(x).argmax(1)
+    r = radius.double()
+    inside = r > 0
+    found, _, _ = pgd_counterexample(model, x[inside], label[inside], 0.999 * r[inside], box,
+                                     steps=300, restarts=8)
+    _, norm = adversarial_search(model, x, steps=300, box=box)
+    gap = norm / torch.where(r > 0, r, torch.full_like(r, math.nan))
+    out = {"pgd_inside": int(found.sum()), "search_at_or_below": int((norm <= r).sum()),
+           "min_search_norm_over_radius": float(np.nanmin(gap.numpy()))}
+    print(f"    red team: {out}", flush=True)
+    return out
 
 
 def command(args: argparse.Namespace) -> str:
@@ -115,7 +142,7 @@ def command(args: argparse.Namespace) -> str:
             f" --refs {' '.join(args.refs)} --refresh {args.refresh} --iterations "
             f"{args.iterations} --clock {args.clock}"
             + (f" --networks {args.networks}" if "mnist-net_256x2" in args.models else "")
-            + (" --no-box" if args.no_box else ""))
+            + (" --no-box" if args.no_box else "") + (" --red-team" if args.red_team else ""))
 
 
 def sections(results: list[dict]) -> list[str]:
@@ -138,6 +165,14 @@ def sections(results: list[dict]) -> list[str]:
                          f"{'-' if over is None else f'{over:.4f}'} | "
                          f"{row['seconds_per_sample']:.2f} | "
                          f"{'-' if dom is None else f'{dom:.0f}'} | {row['violations']} |")
+        for label, row in res["rows"].items():
+            rt = row.get("red_team")
+            if rt:
+                lines += ["", f"Red team of `{label}`: projected gradient ascent (300 steps, 8 "
+                          f"restarts) inside 0.999 x each certified ball found {rt['pgd_inside']} "
+                          "adversarial examples; the float64 minimal-norm search found "
+                          f"{rt['search_at_or_below']} at or below a radius (smallest norm / "
+                          f"radius {rt['min_search_norm_over_radius']:.3f})."]
         lines.append("")
     return lines
 
@@ -180,6 +215,9 @@ def main() -> None:
     ap.add_argument("--refresh", type=int, default=1 << 20)
     ap.add_argument("--iterations", type=int, default=3,
                     help="gradient steps per batch of subproblems (bab's default 3)")
+    ap.add_argument("--red-team", action="store_true",
+                    help="attack every bab radius: PGD inside 0.999 x each certified ball and "
+                    "the float64 minimal-norm search (counts in the JSON; must be 0)")
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "models")
     ap.add_argument("--networks", type=Path, default=REPO / ".." / "shared" / "networks",

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from boundkit.bounds.numerics import gamma, inflate
+from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma, inflate
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
 from boundkit.bounds.relaxation import (
     AffineRelaxation,
@@ -196,10 +196,15 @@ class AvgPoolRelaxation(AffineRelaxation):
 
 class MaxPoolRelaxation(RelaxationRule):
     r"""``crown``: in each window with input bounds :math:`[l_i,u_i]`, let :math:`j` maximise
-    :math:`l_j`. Always :math:`\max_i z_i\ge z_j`; if :math:`l_j\ge\max_{i\ne j}u_i` the max
-    *is* :math:`z_j`, otherwise :math:`\max_i z_i\le\max_i u_i`
-    (docs/theory/linear_relaxation.md §Max pooling). Exact in floating point (no arithmetic
-    besides the sums of overlapping windows, charged)."""
+    :math:`l_j` and :math:`k` maximise :math:`u_k`. If :math:`l_j\ge\max_{i\ne j}u_i` the max
+    *is* :math:`z_j`. Otherwise the lower line is :math:`z_{j'}\le\max_i z_i`, :math:`j'` the
+    input with the largest midpoint :math:`l+u` (or centre value), and, with
+    :math:`m=\max(l_k,\max_{i\ne k}u_i)`, :math:`\max_i z_i\le\max(z_k,m)\le s z_k+b`, the
+    chord of the convex :math:`t\mapsto\max(t,m)` over :math:`[l_k,u_k]`:
+    :math:`s=(u_k-m)/(u_k-l_k)` (0 where :math:`u_k=m`) and
+    :math:`b=\max(m-sl_k,\,u_k-su_k)` rounded up; pointwise never above the constant
+    :math:`u_k=\max_iu_i` it replaces (docs/theory/linear_relaxation.md §Max pooling). The
+    products :math:`a^-s` are charged, as are the sums of overlapping windows."""
 
     nonlinear = True
 
@@ -221,16 +226,41 @@ class MaxPoolRelaxation(RelaxationRule):
                         dilation=a["dilation"], stride=a["stride"])
         return cols.reshape(n, c, cols.shape[1], cols.shape[2])  # [N, C, k, L]
 
-    def lines(self, node: Node, iv: Interval) -> PoolLines:
-        """Each window's selected input and whether it is the maximum on the whole set, on
-        the input interval ``iv``."""
+    def lines(self, node: Node, iv: Interval, centre: torch.Tensor | None = None
+              ) -> PoolLines:
+        """Each window's lower-line input (``flat``), upper-line input (``up_flat``), the
+        upper line's slope and constant, on the input interval ``iv``. Any input of a
+        window is a valid lower line of its max; where the max is not one input on the
+        whole set, the one largest at ``centre`` (the input's values at the ball's centre
+        [N, *shape], when given), else the one with the largest midpoint of its interval
+        (ReLU outputs often tie at a lower bound 0)."""
         a = node.attrs
         lo_w, hi_w = self._windows(node, iv.lo), self._windows(node, iv.hi)
         best = lo_w.argmax(2, keepdim=True)  # [N, C, 1, L]
         l_best = lo_w.gather(2, best)
         others = hi_w.scatter(2, best, -math.inf).amax(2, keepdim=True)
         stable = (l_best >= others).squeeze(2)  # [N, C, L]
-        u_max = hi_w.amax(2)  # [N, C, L]
+        # the centre's values, else the intervals' midpoints (a sum of the two windows:
+        # only compared, so its rounding is harmless)
+        mid = (self._windows(node, centre.to(iv.lo.dtype))
+               if centre is not None and centre.shape == iv.lo.shape else lo_w + hi_w)
+        best = torch.where(stable.unsqueeze(2), best, mid.argmax(2, keepdim=True))
+        top = hi_w.argmax(2, keepdim=True)  # k: the largest upper bound
+        u_k = hi_w.gather(2, top).squeeze(2)
+        l_k = lo_w.gather(2, top).squeeze(2)
+        m = torch.maximum(hi_w.scatter(2, top, -math.inf).amax(2), l_k)
+        # the chord of t -> max(t, m) on [l_k, u_k] (m >= l_k); any slope s gives a valid
+        # line once b is the larger of the two end gaps (convexity), rounded up; s = 0 (the
+        # constant u_k) where the chord is flat or an end is not finite
+        wide = (u_k > m) & torch.isfinite(l_k) & torch.isfinite(u_k)
+        s = torch.where(wide, (u_k - m) / torch.where(wide, u_k - l_k, torch.ones_like(u_k)),
+                        torch.zeros_like(u_k))
+        sl = torch.where(wide, s * l_k, torch.zeros_like(s))
+        su = torch.where(wide, s * u_k, torch.zeros_like(s))
+        b = torch.maximum(m - sl, u_k - su)
+        b = b + 4 * UNIT_ROUNDOFF * (m.abs() + u_k.abs() + sl.abs() + su.abs()) + _TINY
+        slope = torch.where(stable, torch.ones_like(s), s)
+        const = torch.where(stable, torch.zeros_like(b), b)
         n, c = lo_w.shape[:2]
         p = a["padding"]
         in_hw = node.in_shapes[0][1:]
@@ -238,50 +268,61 @@ class MaxPoolRelaxation(RelaxationRule):
         pos_map = torch.arange(padded[0] * padded[1], dtype=lo_w.dtype, device=lo_w.device)
         pos_w = F.unfold(pos_map.reshape(1, 1, *padded), a["kernel_size"],
                          dilation=a["dilation"], stride=a["stride"])[0]  # [k, L]
-        flat = pos_w.unsqueeze(0).unsqueeze(0).expand(n, c, -1, -1).gather(2, best)
-        return PoolLines(flat=flat.squeeze(2).long(), stable=stable.unsqueeze(1).to(iv.lo.dtype),
-                         const=torch.where(stable, torch.zeros_like(u_max), u_max),
-                         u_abs=u_max.abs(), kernel=lo_w.shape[2], mag=iv.mag)
+        pos = pos_w.unsqueeze(0).unsqueeze(0).expand(n, c, -1, -1)
+        flat = pos.gather(2, best).squeeze(2).long()
+        up = torch.where(stable, flat, pos.gather(2, top).squeeze(2).long())
+        return PoolLines(flat=flat, up_flat=up, slope=slope.unsqueeze(1),
+                         const=const, c_abs=const.abs(), kernel=lo_w.shape[2], mag=iv.mag)
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         iv = ctx.interval_in(node)
-        ln = ctx.derived(f"maxpool-lines:{node.name}", iv, lambda: self.lines(node, iv))
+        ln = ctx.derived(f"maxpool-lines:{node.name}", iv,
+                         lambda: self.lines(node, iv, ctx.acts.get(node.inputs[0])))
         n, s = lb.A.shape[:2]
         c = node.out_shape[0]
         A = lb.A.reshape(n, s, c, -1)  # [N, S, C, L]
         pos, neg = torch.clamp_min(A, 0), torch.clamp_max(A, 0)
-        # negative coefficients follow z_j on stable windows (times 1 or 0: exact, and no
-        # element-wise select over [N, S, ...], slow on CPU); elsewhere the constant u_max
-        coef = torch.addcmul(pos, neg, ln.stable)
+        # positive coefficients follow the lower line z_j; negative ones the upper line
+        # s z_k + b (z_j itself on stable windows: slope 1, constant 0)
+        low = neg * ln.slope  # rounded: charged below
         add = dot(neg, ln.const)
-        # each window's coefficient lands on its best input: a scatter-add over the flat
-        # (padded) input positions, summing where windows overlap
+        # each window's coefficients land on their inputs: scatter-adds over the flat
+        # (padded) input positions (per entry of A one of pos, low is 0: exact unless
+        # windows overlap)
         p = node.attrs["padding"]
         in_hw = node.in_shapes[0][1:]
         padded = (in_hw[0] + 2 * p[0], in_hw[1] + 2 * p[1])
         a_in = torch.zeros(n, s, c, padded[0] * padded[1], dtype=A.dtype, device=A.device)
-        a_in.scatter_add_(3, ln.flat.unsqueeze(1).expand(n, s, c, -1), coef)
+        a_in.scatter_add_(3, ln.flat.unsqueeze(1).expand(n, s, c, -1), pos)
+        a_in.scatter_add_(3, ln.up_flat.unsqueeze(1).expand(n, s, c, -1), low)
         a_in = a_in.reshape(n, s, c, *padded)[..., p[0]:p[0] + in_hw[0], p[1]:p[1] + in_hw[1]]
-        err = float(gamma(A[0, 0].numel() + 1)) * dot(neg.abs(), ln.u_abs)
-        if _overlapping(node):  # sums where windows share an input
-            err = err + float(gamma(ln.kernel + 1)) * dot(a_in.abs(), ln.mag)
+        err = float(gamma(A[0, 0].numel() + 1)) * dot(neg.abs(), ln.c_abs)
+        # the products a^- s (one rounding each) and, where windows overlap, the sums of up
+        # to 2 k terms per input
+        terms = 2 * ln.kernel if _overlapping(node) else 1
+        err = err + float(gamma(terms + 2)) * dot(a_in.abs(), ln.mag)
         return [lb.then(a_in.contiguous(), add, err, ctx.intervals[node.name].mag)]
 
 
 @dataclass
 class PoolLines:
     """A max pooling's relaxation on one input interval, per window: the flat (padded)
-    input position of its selected input (``flat`` [N, C, L]), 1.0 where that input is the
-    maximum on the whole set (``stable`` [N, 1, C, L]), the constant upper bound used
-    elsewhere (``const``: u_max, 0 on stable windows), ``|u_max|``, the kernel size and
-    the bound on ``|z|`` (``mag``)."""
+    input position of its lower line's input (``flat`` [N, C, L]) and of its upper line's
+    (``up_flat``), the upper line's slope (``slope`` [N, 1, C, L]: 1 on windows whose max is
+    ``flat``'s input on the whole set) and constant (``const`` [N, C, L], 0 there), its
+    magnitude, the kernel size and the bound on ``|z|`` at the input (``mag``)."""
 
     flat: torch.Tensor
-    stable: torch.Tensor
+    up_flat: torch.Tensor
+    slope: torch.Tensor
     const: torch.Tensor
-    u_abs: torch.Tensor
+    c_abs: torch.Tensor
     kernel: int
     mag: torch.Tensor
+
+
+#: the smallest normal float64, added to a constant rounded up (covers underflow)
+_TINY = torch.finfo(torch.float64).tiny
 
 
 def _overlapping(node: Node) -> bool:

@@ -13,9 +13,15 @@ import torch.nn as nn
 
 from boundkit.bounds.bab import options as _clock
 from boundkit.bounds.bab.bounding import BabPlan, bab_plan
+from boundkit.bounds.bab.inputsplit import (
+    InputSplitPlan,
+    RegionRun,
+    input_split_plan,
+    resolve_split,
+)
 from boundkit.bounds.bab.options import NEVER, BabOptions, check_options
 from boundkit.bounds.bab.verifying import verify_graph
-from boundkit.bounds.crown import DEFAULT_BOX
+from boundkit.bounds.crown import DEFAULT_BOX, CrownRun
 from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.errors import BadArgumentError, UnsupportedLayerError
 from boundkit.graph.graph import Graph
@@ -120,10 +126,11 @@ class BabMethod(Method):
                              options.get("iterations", default.iterations),
                              options.get("refresh", NEVER),
                              options.get("split", default.split))
-        from boundkit.bounds.bab.inputsplit import InputSplitPlan, resolve_split
-
-        if resolve_split(opts.split, graph) == "relu" and isinstance(plan, InputSplitPlan):
+        by_input = resolve_split(opts.split, graph) == "input"
+        if not by_input and isinstance(plan, InputSplitPlan):
             plan = bab_plan(graph)  # ReLU splitting: refuses the model, naming the node
+        elif by_input and not isinstance(plan, InputSplitPlan):
+            plan = input_split_plan(graph)
         # subproblems per sample over the whole search (None: the time budget alone binds;
         # each step then bounds at most the options' default per verify call)
         total = (math.inf if options.get("max_domains") is None else float(opts.max_domains))
@@ -140,6 +147,8 @@ class BabMethod(Method):
         x0 = x.to(device=graph.device, dtype=torch.float64)
         n = x0.shape[0]
         base = get_method(start).run(graph, x0, plan.base, trace=False, box=box)
+        # one sound pass for every step
+        run = (RegionRun if by_input else CrownRun)(graph, plan.crown, x0, box)
         t_base = _clock.now() - t_start
         lo = base.radius.to(torch.float64).clone()
         upper = options.get("upper")
@@ -193,8 +202,7 @@ class BabMethod(Method):
             first = False
             t0 = _clock.now()
             res = verify_graph(None, graph, x0, eps, box, opts, budget=share, plan=plan,
-                               tick=bar.spent,
-                               max_domains=dshare)
+                               tick=bar.spent, max_domains=dshare, run=run)
             wall = _clock.now() - t0
             ok = res.verified.to(lo.device) & active
             # a verified radius, or the radius the open subproblems certify

@@ -31,6 +31,23 @@ class BranchAndBound(Bounder):
         warm-start limit."""
         return branch(dom, b, self.shapes, self.opt.warm_elements)
 
+    def with_root_intervals(self, root: Domains, idx: torch.Tensor) -> Domains:
+        """``root`` (domains without splits of the samples ``idx``, sorted, unique) with the
+        intervals of the plan's kept nodes computed once per sample, not once per domain
+        (with one domain per competing class the root otherwise refines every sample's
+        intermediate bounds C - 1 times, the same bounds each time)."""
+        if not len(root):
+            return root
+        sub = self.run.subset(idx)
+        if sub is None:  # plan_bab refuses the nodes that would prevent it
+            raise AssertionError("branch and bound needs a run that can be subset")
+        with torch.no_grad():
+            ctx = sub.intervals(self.eps[idx])
+        pos = torch.searchsorted(idx, root.sample)
+        lo = {k: ctx.intervals[k].lo[pos] for k in self.plan.kept}
+        hi = {k: ctx.intervals[k].hi[pos] for k in self.plan.kept}
+        return dataclasses.replace(root, lo=lo, hi=hi, age=torch.zeros_like(root.sample))
+
     def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None,
               tick: Callable[[float], None] | None = None,
               max_domains: torch.Tensor | None = None) -> Solved:
@@ -64,6 +81,7 @@ class BranchAndBound(Bounder):
             other = cls != lab.repeat_interleave(c)
             root = Domains(smp[other], {}, torch.zeros(int(other.sum()), 1, dtype=torch.bool,
                                                        device=dev), cls=cls[other])
+        root = self.with_root_intervals(root, idx)
         # the open domains: chunks (one per branching round) with a priority key each, the
         # smallest certified radius relative to its sample's eps (popped smallest first,
         # by slicing: no copy of the pool per round)

@@ -65,12 +65,15 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
                  box: tuple[float, float] | None, options: BabOptions,
                  attack_steps: int = 40, budget: torch.Tensor | None = None,
                  plan: BabPlan | None = None, tick: Callable[[float], None] | None = None,
-                 max_domains: torch.Tensor | None = None) -> VerifyResult:
+                 max_domains: torch.Tensor | None = None, run: CrownRun | None = None
+                 ) -> VerifyResult:
     """:func:`verify` on a captured graph (inputs checked by the caller). Without
     ``model`` no counterexample is searched (and the labels are the graph's). ``tick``:
     called with the seconds of every batch of the search (progress bars).
     ``budget`` / ``max_domains`` [N]: per-sample seconds / subproblems (default: the
-    options')."""
+    options'). ``run``: a :class:`CrownRun` (a :class:`RegionRun` when the input is split)
+    of ``plan.crown`` on these very ``x`` and ``box`` made by the caller (several calls on
+    the same samples then share its sound pass); by default a new one."""
     by_input = resolve_split(options.split, graph) == "input"
     if by_input:  # sub-boxes of the input (inputsplit.py)
         plan = plan if isinstance(plan, InputSplitPlan) else input_split_plan(graph)
@@ -79,7 +82,13 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
     x0 = x.to(device=graph.device, dtype=torch.float64)
     radius = radius.to(device=graph.device, dtype=torch.float64)
     n = x0.shape[0]
-    run = (RegionRun if by_input else CrownRun)(graph, plan.crown, x0, box)
+    kind = RegionRun if by_input else CrownRun
+    if run is None:
+        run = kind(graph, plan.crown, x0, box)
+    elif (type(run) is not kind or run.plan is not plan.crown or run.box != box
+          or not torch.equal(run.x0, x0)):
+        raise BadArgumentError("verify_graph: the run given was made for other samples, "
+                               "box, plan or split")
     label, _ = margins(run.sound.acts[graph.logits.name])
     model_label = label
     if model is not None:
