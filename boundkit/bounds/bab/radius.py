@@ -14,6 +14,7 @@ import torch.nn as nn
 from boundkit.bounds.bab import options as _clock
 from boundkit.bounds.bab.bounding import BabPlan, bab_plan
 from boundkit.bounds.bab.inputsplit import (
+    INPUT_SPLIT_MAX_DIM,
     InputSplitPlan,
     RegionRun,
     input_split_plan,
@@ -105,8 +106,6 @@ class BabMethod(Method):
             # no ReLU splitting: input splitting where the input is small (the plan is
             # made before the options are read: the model is supported as split="auto"
             # would run it, so --method auto never picks a bab that then refuses)
-            from boundkit.bounds.bab.inputsplit import INPUT_SPLIT_MAX_DIM, input_split_plan
-
             if math.prod(graph.input_shape) > INPUT_SPLIT_MAX_DIM:
                 raise
             return input_split_plan(graph)
