@@ -27,6 +27,7 @@ from boundkit.bounds.output import margins
 from boundkit.errors import BadArgumentError, UnsupportedLayerError
 from boundkit.testing import (
     adversarial_search,
+    assert_sound,
     inputs_for,
     property_examples,
     small_relu_convnets,
@@ -394,3 +395,15 @@ def test_bab_radius_never_shrinks_with_more_budget_and_never_passes_the_exact_on
     fin = torch.isfinite(exact)
     # the largest budget closes on the exact radius (well past the reopening tolerance)
     assert bool((radii[-1][fin] >= exact[fin] / (1 + 2e-3)).all()), (radii[-1], exact)
+
+
+def test_bab_on_a_net_with_no_relu_to_split_keeps_crowns_radius_and_stays_sound():
+    """A max pooling and a linear layer: nothing to split, so every subproblem is stuck
+    (it was a torch.cat traceback); the radius is crown's or larger, and sound."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.MaxPool2d(2, 1), nn.Flatten(), nn.Linear(9, 3)).double().eval()
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    crown = bk.certify(m, x, "crown").radius
+    got = bk.certify(m, x, "bab", time_budget=0.5)
+    assert bool((got.radius >= crown).all())
+    assert_sound(m, x, "bab")

@@ -56,8 +56,11 @@ def branch(dom: Domains, b: Bounded, shapes: dict[str, tuple[int, ...]], warm_el
     ``shapes``: each ReLU's input shape; the children inherit the slopes and multipliers
     while they hold at most ``warm_elements`` elements."""
     names = list(b.scores)
-    flat = torch.cat([b.scores[k] for k in names], 1)
-    best, pos = flat.max(1)
+    if names:
+        best, pos = torch.cat([b.scores[k] for k in names], 1).max(1)
+    else:  # no ReLU to split (a net of max poolings and smooth layers): every domain stuck
+        best = torch.full((len(dom),), -math.inf, dtype=torch.float64, device=dom.sample.device)
+        pos = torch.zeros(len(dom), dtype=torch.long, device=dom.sample.device)
     stuck = ~torch.isfinite(best)
     sizes = [b.scores[k].shape[1] for k in names]
     starts = torch.tensor([0, *sizes], device=pos.device).cumsum(0)
