@@ -336,10 +336,20 @@ class CrownRun:
         return max(math.prod(n.out_shape) for n in self.plan.nodes)
 
     def at_input(self, lb: LinearBounds, x0: torch.Tensor) -> Concrete:
-        """A bound reaching the input (``x0``: the input, or the window of it ``lb`` is on),
-        its pending fork additions charged, concretised over the ball."""
-        lb = LinearBounds(lb.A, lb.bias, lb.err + lb.charge_forks(x0.abs()))
-        return concretise(lb, x0, self.box, self.in_box)
+        r"""A bound reaching the input (``x0``: the input, or the window of it ``lb`` is on),
+        its pending fork additions charged, concretised over the ball.
+
+        The additions that formed ``A`` at forks round each entry by at most
+        :math:`\gamma_{k+1}|A|`, so over the ball the bound moves by at most
+        :math:`\gamma_{k+1}\langle|A|,|x_0+\delta|\rangle\le\gamma_{k+1}(\langle|A|,|x_0|\rangle
+        +\varepsilon\|A\|_2)` (Cauchy-Schwarz): the first term goes into the constant, the
+        second, doubled for the rounding of the norm itself, into :math:`\nu`."""
+        conc = concretise(LinearBounds(lb.A, lb.bias, lb.err + lb.charge_forks(x0.abs())), x0,
+                          self.box, self.in_box)
+        if lb.forks:
+            norm = torch.linalg.vector_norm(lb.A.flatten(2), dim=2)
+            conc.nu = conc.nu + 2 * float(gamma(lb.forks + 1)) * norm
+        return conc
 
     def unit_spec(self, idx: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         r"""The specifications :math:`+e_j` then :math:`-e_j` for the flat positions ``idx``
