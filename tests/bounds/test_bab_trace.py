@@ -95,3 +95,32 @@ def test_a_certificate_without_a_trace_is_refused_in_one_line() -> None:
     cert = bk.certify(_mlp(0), torch.rand(2, 4, dtype=torch.float64), "crown")
     with pytest.raises(BadArgumentError, match="no bab trace"):
         RadiusTrace.from_info(cert.info)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_bab_retries_past_a_per_step_subproblem_cap_and_close_on_the_exact_radius(
+        seed, monkeypatch) -> None:
+    """A step that spends its subproblem cap is retried with twice the cap, as with twice
+    the time: with a per-step cap far below what a step needs (4 subproblems here, 20,000
+    by default, which the boxed MNIST MLP reaches within a minute), repeated identical
+    steps used to hold the radius where it was for the rest of the budget; on a fake
+    clock, a large budget now closes on the exact radius."""
+    import dataclasses
+
+    import boundkit.bounds.bab.options as bab_options
+    import boundkit.bounds.bab.radius as bab_radius
+
+    @dataclasses.dataclass(frozen=True)
+    class SmallCap(bab_options.BabOptions):
+        max_domains: int = 4
+
+    monkeypatch.setattr(bab_radius, "BabOptions", SmallCap)
+    model = _mlp(seed)
+    x = torch.rand(6, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    exact = bk.exact_radius(model, x, box=(0.0, 1.0))
+    fin = torch.isfinite(exact)
+    upper = torch.where(fin, exact, torch.ones_like(exact))
+    monkeypatch.setattr(bab_options, "CLOCK", _FakeClock(1e-3))
+    cert = bk.certify(model, x, "bab", upper=upper, time_budget=1.0, batch=8)
+    assert bool((cert.radius <= exact * (1 + 1e-9)).all()), (cert.radius, exact)
+    assert bool((cert.radius[fin] >= exact[fin] / (1 + 2e-3)).all()), (cert.radius, exact)
