@@ -61,16 +61,19 @@ from boundkit.bounds.bab.radius import (
     FIRST_GROWTH,
     FIRST_STEP,
     REOPEN_RTOL,
+    TRACE_POINTS,
     BabMethod,
+    RadiusTrace,
 )
 from boundkit.bounds.bab.search import FALSIFIED, UNKNOWN, VERIFIED, BranchAndBound, Solved
 from boundkit.bounds.bab.verifying import VerifyResult, verify, verify_graph
 
 __all__ = [
     "BAB_RTOL", "FALSIFIED", "FIRST_GROWTH", "FIRST_STEP", "NEVER", "REOPEN_RTOL",
-    "STUCK_ITERATIONS",
+    "STUCK_ITERATIONS", "TRACE_POINTS",
     "UNKNOWN", "VERIFIED",
     "BabMethod", "BabOptions", "BabPlan", "Bounded", "Bounder", "BranchAndBound", "Domains",
-    "Solved", "SplitReLU", "VerifyResult", "bab_plan", "check_options", "domain_radius",
+    "RadiusTrace", "Solved", "SplitReLU", "VerifyResult", "bab_plan", "check_options",
+    "domain_radius",
     "pgd_counterexample", "plan_bab", "verify", "verify_graph",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,6 +62,72 @@ FIRST_STEP = 0.3
 #: start radius about 8% of the attack norm) the first steps would otherwise aim at 4x
 #: the start radius and prove nothing
 FIRST_GROWTH = 0.1
+#: points kept per sample in the anytime trace (``info["trace_seconds"]`` /
+#: ``info["trace_radius"]``, a fixed width so that chunks of samples concatenate); past it
+#: the point of the smallest gain is dropped, which only lowers the curve between two kept
+#: points (to a radius proven earlier: still a certificate at every time)
+TRACE_POINTS = 128
+
+
+@dataclass(frozen=True)
+class RadiusTrace:
+    r"""The anytime curve of ``bab``, per sample: after :math:`s_{ik}` seconds charged to
+    sample :math:`i` (its share of the start radius and of every step of the search, on the
+    budget's clock: what its ``time_budget`` is counted against), the certified radius
+    :math:`r_{ik}` was proven; points in time order, one where the radius grew (the first:
+    the start radius), unused slots NaN. The curve at a budget :math:`b` is the radius of
+    the last point with :math:`s_{ik} \le b` (:meth:`at`): the certificate that run held
+    once it had spent :math:`b`, a step function rising with :math:`b`. A run with budget
+    :math:`b` searches differently (the steps' shares of time are fractions of the budget),
+    so its radius can differ from the curve's value at :math:`b`.
+
+    ``seconds`` / ``radius``: float64 [N, ``TRACE_POINTS``] (``info["trace_seconds"]`` and
+    ``info["trace_radius"]`` of a ``bab`` certificate)."""
+
+    seconds: torch.Tensor
+    radius: torch.Tensor
+
+    @staticmethod
+    def from_info(info: dict[str, Any]) -> RadiusTrace:
+        """The trace of a ``bab`` certificate's ``info``."""
+        if "trace_seconds" not in info or "trace_radius" not in info:
+            raise BadArgumentError("no bab trace in this info (a bab certificate's info has "
+                                   "trace_seconds and trace_radius)")
+        return RadiusTrace(info["trace_seconds"], info["trace_radius"])
+
+    def at(self, budget: float) -> torch.Tensor:
+        """Per sample [N], the radius proven once ``budget`` seconds were spent (0 before
+        the start radius was)."""
+        reached = self.seconds <= budget  # NaN slots compare False
+        r = torch.where(reached, self.radius, torch.zeros_like(self.radius))
+        return r.max(1).values  # the radius only grows along a trace
+
+    @staticmethod
+    def empty(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Blank storage for ``n`` samples: seconds, radii (NaN) and points used [N]."""
+        blank = torch.full((n, TRACE_POINTS), math.nan, dtype=torch.float64)
+        return blank, blank.clone(), torch.zeros(n, dtype=torch.long)
+
+    @staticmethod
+    def record(seconds: torch.Tensor, radius: torch.Tensor, used: torch.Tensor,
+               rows: torch.Tensor, at: torch.Tensor, value: torch.Tensor) -> None:
+        """Append the point (``at[i]``, ``value[i]``) to every sample ``i`` where ``rows``
+        (bool [N]) holds, in place; a full trace first drops, per row, its point (after the
+        first) of the smallest gain :math:`r_k - r_{k-1}`."""
+        full = rows & (used >= TRACE_POINTS)
+        if bool(full.any()):
+            sel = torch.nonzero(full).flatten()
+            r = radius[sel]
+            drop = (r[:, 1:] - r[:, :-1]).argmin(1) + 1
+            k = torch.arange(TRACE_POINTS).expand(sel.numel(), TRACE_POINTS)
+            keep = (k + (k >= drop[:, None]).long()).clamp(max=TRACE_POINTS - 1)
+            seconds[sel] = seconds[sel].gather(1, keep)
+            radius[sel] = r.gather(1, keep)
+            used[sel] = TRACE_POINTS - 1
+        sel = torch.nonzero(rows).flatten()
+        seconds[sel, used[sel]] = at[sel].to(torch.float64)
+        radius[sel, used[sel]] = value[sel].to(torch.float64)
+        used[sel] += 1
 
 
 class BabMethod(Method):
@@ -83,7 +150,9 @@ class BabMethod(Method):
     default: no limit but the time, at most ``BabOptions.max_domains`` per step).
     Anytime: the radius returned is the largest one proven (or the start's), a certificate whatever
     the budget. ``info``: ``upper`` (the end searched against, lowered to the norm of any
-    counterexample found on the way), ``ratio`` (certified / upper), ``domains``. ``progress``: a
+    counterexample found on the way), ``ratio`` (certified / upper), ``domains``,
+    ``trace_seconds`` / ``trace_radius`` (the radius over the seconds charged:
+    :class:`RadiusTrace`). ``progress``: a
     callable given the samples' worth of budget spent since its last call (``time_budget`` seconds =
     one sample), after the start radius and every batch of the search; the calls of one run sum to
     its samples (budget left unused by samples that close early is given at the end): a CLI progress
@@ -163,6 +232,9 @@ class BabMethod(Method):
         budget -= t_base / n  # the start radius counts, the attack does not
         bar = _Progress(progress, n, opts.time_budget)
         bar.spent(t_base)
+        tr_s, tr_r, tr_n = RadiusTrace.empty(n)
+        RadiusTrace.record(tr_s, tr_r, tr_n, torch.ones(n, dtype=torch.bool),
+                           opts.time_budget - budget, lo.cpu())
         domains = torch.zeros(n, dtype=torch.long)
         top = hi.clone()  # the smallest radius not proven (unknown), or the upper end
         first = True
@@ -170,6 +242,7 @@ class BabMethod(Method):
         # per sample: the seconds of its last unknown step (0: none since the last verified
         # one), and whether its bracket was reopened (then retries double that time)
         last_unknown = torch.zeros(n, dtype=torch.float64)
+        last_unknown_domains = torch.zeros(n, dtype=torch.long)
         reopened = torch.zeros(n, dtype=torch.bool)
         while True:
             # an unknown point within REOPEN_RTOL of the lower end proves nothing: the
@@ -193,8 +266,14 @@ class BabMethod(Method):
             share = torch.where(reopened & (last_unknown > 0),
                                 torch.minimum(budget, torch.maximum(share, 2 * last_unknown)),
                                 share)
-            # the subproblems of the step: the same fraction of those left as of the time
-            dshare = torch.full((n,), opts.max_domains, dtype=torch.long)
+            # the subproblems of the step: the same fraction of those left as of the time;
+            # without a total, the per-step cap, and for a retry after a reopened bracket
+            # twice the subproblems of the last unknown step, as with its time (a step
+            # stopped by the cap, retried with the same cap, repeats itself exactly: on the
+            # boxed MNIST MLP the radius stopped moving within a minute, docs/results/bab.md)
+            dshare = torch.where(reopened & (last_unknown_domains > 0),
+                                 torch.clamp(2 * last_unknown_domains, min=opts.max_domains),
+                                 torch.full((n,), opts.max_domains, dtype=torch.long))
             if math.isfinite(total):
                 frac_t = (share / budget.clamp(min=1e-12)).clamp(max=1.0)
                 dshare = ((total - domains) * frac_t).ceil().clamp(min=1).to(torch.long)
@@ -206,6 +285,7 @@ class BabMethod(Method):
             ok = res.verified.to(lo.device) & active
             # a verified radius, or the radius the open subproblems certify
             got = torch.where(ok, eps, res.certified.to(lo.device))
+            grew = (active & (got > lo)).cpu()
             lo = torch.where(active, torch.maximum(lo, got), lo)
             top = torch.where(active & ~ok, torch.minimum(top, eps), top)
             # a counterexample (checked on the model) is a real upper end: the bracket
@@ -226,7 +306,11 @@ class BabMethod(Method):
             spent = own + rest
             last_unknown = torch.where(act & ~ok.cpu(), spent,
                                        torch.where(act, torch.zeros_like(spent), last_unknown))
+            last_unknown_domains = torch.where(
+                act & ~ok.cpu(), res.domains,
+                torch.where(act, torch.zeros_like(res.domains), last_unknown_domains))
             budget -= torch.where(act, spent, torch.zeros_like(spent))
+            RadiusTrace.record(tr_s, tr_r, tr_n, grew, opts.time_budget - budget, lo.cpu())
         bar.finish()
         searched = torch.minimum(searched, hi)  # with the counterexamples found on the way
         ratio = torch.where((searched > 0) & torch.isfinite(searched), lo / searched,
@@ -234,7 +318,8 @@ class BabMethod(Method):
         return BatchResult(lo, base.label, base.runner_up, base.margin,
                            {graph.input.name: lo} if trace else {},
                            {"upper": searched, "ratio": ratio, "domains": domains,
-                            "from_start": lo <= base.radius},
+                            "from_start": lo <= base.radius,
+                            "trace_seconds": tr_s, "trace_radius": tr_r},
                            outputs=base.outputs, unsafe=base.unsafe)
 
 
