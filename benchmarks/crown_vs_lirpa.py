@@ -44,6 +44,18 @@ from benchmarks._models import DEFAULT_DATA, REPO, trained
 from boundkit.data import load_dataset
 
 
+def _set_opset(version: int) -> None:
+    """auto_LiRPA 0.3 traces at ONNX opset 12 through a helper torch 2.13 no longer has:
+    set the exporter's opset itself (left at torch's default 20, ``ReduceMean`` takes its
+    axes as an input and 0.3 fails with ``KeyError: 'axes'``; LayerNorm and GELU stay
+    single ops 0.3 does not know)."""
+    try:
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:  # an older torch: its own helper exists and is used instead
+        return
+    GLOBALS.export_onnx_opset_version = version
+
+
 def _lirpa():
     """Import auto_LiRPA 0.3 with the torch 2.13 / numpy 2 shims."""
     if "numpy.lib.arraysetops" not in sys.modules:
@@ -53,7 +65,7 @@ def _lirpa():
     import torch.onnx.symbolic_helper as sh
 
     if not hasattr(sh, "_set_opset_version"):
-        sh._set_opset_version = lambda v: None  # type: ignore[attr-defined]
+        sh._set_opset_version = _set_opset  # type: ignore[attr-defined]
     if not hasattr(torch._C.Node, "__getitem__"):
         torch._C.Node.__getitem__ = lambda self, k: getattr(self, self.kindOf(k))(k)
     try:
