@@ -333,8 +333,10 @@ class CrownRun:
 
     @property
     def widest(self) -> int:
-        """The largest node (elements per sample) a backward walk passes."""
-        return max(math.prod(n.out_shape) for n in self.plan.nodes)
+        """The largest node (elements per sample) a backward walk passes (not the input
+        where the walks end at a patch embedding's output: ``patches.py``)."""
+        skip = self.graph.input.name if PATCHES.head(self) is not None else None
+        return max(math.prod(n.out_shape) for n in self.plan.nodes if n.name != skip)
 
     def at_input(self, lb: LinearBounds, x0: torch.Tensor) -> Concrete:
         """A bound reaching the input (``x0``: the input, or the window of it ``lb`` is on),
