@@ -49,6 +49,7 @@ def test_patch_path_matches_the_general_concretisation_to_rounding(make, faces, 
     the face columns: the same c and nu up to rounding (about 1e-12 here)."""
     model = make(0)
     x = _images(3, 1, faces)
+    x[2, 0, 0, 0] = 1.5  # a sample outside the box: the box does not constrain it
     graph = bk.capture(model, x[:1])
     run = CrownRun(graph, plan_crown(graph), x, box)
     ctx = run.intervals(torch.tensor([1e-3, 1e-2, 3e-2], dtype=torch.float64))
