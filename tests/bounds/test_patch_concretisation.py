@@ -98,17 +98,30 @@ def test_patch_path_is_taken_and_changes_nothing_for_crown_radii(monkeypatch) ->
     assert torch.allclose(new, old, rtol=2e-2)
 
 
-def test_many_face_pixels_take_the_general_path() -> None:
+def test_a_sample_with_many_face_pixels_takes_the_general_path_on_its_rows() -> None:
+    """200 face pixels x 6 channels > 768 input entries: that sample's rows are the general
+    path's, exactly; the other sample's rows stay the patch path's (equal to rounding)."""
     model = _patch_mlp(4)
-    x = _images(2, 5, 300)  # 300 face pixels x 6 channels x 4 > 768 entries
+    x = torch.cat([_images(1, 5, 200), _images(1, 6, 3)])
     graph = bk.capture(model, x[:1])
     run = CrownRun(graph, plan_crown(graph), x, (0.0, 1.0))
     ctx = run.intervals(torch.full((2,), 1e-2, dtype=torch.float64))
     head = PatchConcretisation.head(run)
     assert head is not None
-    z = torch.zeros(2, 1, dtype=torch.float64)
-    lb = LinearBounds(torch.ones(2, 1, *head.node.out_shape, dtype=torch.float64), z, z)
-    assert PatchConcretisation().concretise(run, head, lb, ctx) is None
+    g = torch.Generator().manual_seed(7)
+    z = torch.zeros(2, 3, dtype=torch.float64)
+    lb = LinearBounds(torch.randn(2, 3, *head.node.out_shape, generator=g,
+                                  dtype=torch.float64), z, z)
+    new = PatchConcretisation().concretise(run, head, lb, ctx)
+    (lb_in,) = run.plan.rules[head.node.name].backward(head.node, ctx, lb)
+    old = run.at_input(lb_in, run.x0)
+    assert new is not None
+    assert torch.equal(new.c[0], old.c[0]) and torch.equal(new.nu[0], old.nu[0])
+    assert torch.allclose(new.nu[1], old.nu[1], rtol=1e-10, atol=0)
+    run.samples.x0 = x[:1]
+    run.samples.in_box = run.samples.in_box[:1]
+    assert PatchConcretisation().concretise(run, head, LinearBounds(
+        lb.A[:1], z[:1], z[:1]), ctx) is None  # every sample heavy: the general path
 
 
 @pytest.mark.parametrize("conv", [

@@ -18,8 +18,9 @@ faces. Both come from :math:`a` directly:
   few columns of :math:`W_m` those coordinates read.
 
 Every rounding is charged so that the result is a valid :class:`Concrete` (``c`` not above,
-``nu`` not below their exact values). Where many pixels sit on a face (more than a quarter
-of what the full transpose would cost), the general path is taken instead.
+``nu`` not below their exact values). A sample with more than :math:`D_{in}/O` pixels on a
+face (their gathered columns would hold more than the transpose) takes the general path,
+on its own rows.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from boundkit.bounds.crown.concrete import Concrete
+from boundkit.bounds.crown.concrete import Concrete, concretise
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma
 from boundkit.bounds.relaxation import AffineRelaxation, LinearBounds, RelaxContext, dot
 from boundkit.graph.graph import Graph, Node
@@ -112,14 +113,18 @@ class PatchConcretisation:
     def concretise(self, run: CrownRun, head: PatchHead, lb: LinearBounds,
                    ctx: RelaxContext) -> Concrete | None:
         r"""The concretisation of ``lb`` (at the head's output) over the ball and box, the
-        head's constant and rounding charged as its own ``backward`` charges them; ``None``
-        where many pixels lie on a face (the general path is then cheaper)."""
+        head's constant and rounding charged as its own ``backward`` charges them. A sample
+        with more than D_in / O pixels on a face (gathering their columns would hold more
+        than the transposed coefficients) takes the general path, on its rows only; ``None``
+        where every sample does."""
         node = head.node
         faces = self.faces(run)
-        nf = int(faces.sum(1).max()) if faces.numel() else 0
         d_in = faces.shape[1]
-        if nf * head.o * 4 > d_in:
+        heavy = faces.sum(1) * head.o > d_in
+        if bool(heavy.all()):
             return None
+        faces = faces & ~heavy.unsqueeze(1)
+        nf = int(faces.sum(1).max()) if faces.numel() else 0
         rule = run.plan.rules[node.name]
         assert isinstance(rule, AffineRelaxation)
         n, s = lb.A.shape[:2]
@@ -159,6 +164,14 @@ class PatchConcretisation:
         if bool(bad.any()):
             cc = torch.where(bad, -math.inf, cc)
             nu = torch.where(bad, torch.zeros_like(nu), nu)
+        if bool(heavy.any()):  # those rows as the general path concretises them
+            rows = torch.nonzero(heavy).flatten()
+            k = rows.numel()
+            a_in = rule.transpose(node, lb.A[rows].reshape(k * s, *lb.A.shape[2:]))
+            gen = concretise(LinearBounds(a_in.reshape(k, s, *a_in.shape[1:]), lb.bias[rows],
+                                          lb.err[rows]), x0[rows], run.box, run.in_box[rows])
+            cc = cc.index_put((rows,), gen.c)
+            nu = nu.index_put((rows,), gen.nu)
         return Concrete(cc, nu)
 
     @staticmethod
