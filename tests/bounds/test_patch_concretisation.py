@@ -160,3 +160,15 @@ def test_certificates_through_a_patch_embedding_hold_against_search(seed) -> Non
     x = _images(3, 20 + seed, 4)
     out = assert_sound(model, x, "crown", attack_steps=40, exact=False)
     assert (out["certificate"].radius > 0).all()
+
+
+def test_alpha_optimises_through_a_patch_embedding() -> None:
+    """alpha's gradients pass the patch path (finite): its radii are at least crown's and
+    hold against search."""
+    model = _patch_mlp(30)
+    x = _images(3, 31, 3)
+    crown = bk.certify(model, x, "crown").radius
+    out = assert_sound(model, x, "alpha", attack_steps=40, exact=False)
+    alpha = out["certificate"].radius
+    assert torch.isfinite(alpha).all()
+    assert (alpha >= crown * (1 - 1e-6)).all()
