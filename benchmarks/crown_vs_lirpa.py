@@ -189,16 +189,54 @@ def lirpa_form(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor
         if not gap <= 1e-4 * (1.0 + float(ref.abs().max())):
             raise RuntimeError(f"rewriting {form.steps} changes the model's outputs by {gap}")
         try:
-            bm = form.bounded(al, torch.zeros_like(x[:1]))
+            with _unsupported_ops() as ops:
+                bm = form.bounded(al, torch.zeros_like(x[:1]))
             xb = al.BoundedTensor(x[:1], PerturbationLpNorm(norm=2, eps=1e-4))
             bm.compute_bounds(x=(xb,), C=spec, method="CROWN")
         except Exception as exc:  # noqa: BLE001 - what auto_LiRPA 0.3 raises is the record
             last = exc
-            failures.append(f"{' + '.join(('as is', *form.steps))}: {_first_line(exc)}")
+            named = f" ({', '.join(sorted(set(ops)))})" if ops else ""
+            failures.append(f"{' + '.join(('as is', *form.steps))}: {_first_line(exc)}{named}")
             continue
         return form, failures
     assert last is not None
-    raise last
+    raise LirpaFailed(failures) from last
+
+
+class LirpaFailed(RuntimeError):
+    """auto_LiRPA 0.3 bounds none of :func:`lirpa_forms`: ``failures`` says how each
+    failed."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__(failures[-1])
+        self.failures = failures
+
+
+@contextlib.contextmanager
+def _unsupported_ops() -> Iterator[list[str]]:
+    """The operations auto_LiRPA logs as unsupported while it builds a graph (its exception
+    only says "There are unsupported operations")."""
+    import logging
+
+    found: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if msg.startswith("Name: "):
+                found.append(msg.split("Name: ", 1)[1].split(",")[0])
+
+    handler = Grab(level=logging.ERROR)
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in
+                                      list(logging.root.manager.loggerDict)
+                                      if n.startswith("auto_LiRPA"))]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield found
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -385,7 +423,8 @@ def run_model(name: str, n: int, data_root: Path, cache: Path, lirpa_alpha: bool
             model, x, label, upper * 1.001, steps=lirpa_steps, form=form,
             guess=radius["crown_nobox"] if warm else None))
     except Exception as exc:  # noqa: BLE001 - auto_LiRPA 0.3 refuses ops it lacks this way
-        return _without_lirpa(name, n, radius, secs, upper, crown, exc, failures)
+        return _without_lirpa(name, n, radius, secs, upper, crown, exc,
+                              getattr(exc, "failures", failures))
     if lirpa_alpha:  # started from its CROWN radius, as in REFERENCE-NUMBERS
         radius["lirpa_alpha"], secs["lirpa_alpha"] = _timed(lambda: lirpa_radius(
             model, x, label, upper * 1.001, steps=lirpa_steps, method="CROWN-Optimized",
