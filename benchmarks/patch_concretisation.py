@@ -33,7 +33,7 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 def _crown(model: torch.nn.Module, x: torch.Tensor, patches: bool) -> tuple[torch.Tensor, float]:
     """``crown`` radii (box [0, 1]) and CPU seconds per image, with or without the patch
     path (``PatchConcretisation.head`` answering ``None`` turns it off)."""
-    own = PatchConcretisation.head
+    own = PatchConcretisation.__dict__["head"]  # the staticmethod itself
     if not patches:
         PatchConcretisation.head = staticmethod(lambda run: None)  # type: ignore[method-assign]
     try:
