@@ -18,9 +18,9 @@ faces. Both come from :math:`a` directly:
   few columns of :math:`W_m` those coordinates read.
 
 Every rounding is charged so that the result is a valid :class:`Concrete` (``c`` not above,
-``nu`` not below their exact values). A sample with more than :math:`D_{in}/O` pixels on a
-face (their gathered columns would hold more than the transpose) takes the general path,
-on its own rows.
+``nu`` not below their exact values). A sample with more than :math:`D_{in}/P` pixels on a
+face (their product, :math:`O P` terms each, would cost more than the transpose) takes the
+general path, on its own rows.
 """
 
 from __future__ import annotations
@@ -114,13 +114,13 @@ class PatchConcretisation:
                    ctx: RelaxContext) -> Concrete | None:
         r"""The concretisation of ``lb`` (at the head's output) over the ball and box, the
         head's constant and rounding charged as its own ``backward`` charges them. A sample
-        with more than D_in / O pixels on a face (gathering their columns would hold more
-        than the transposed coefficients) takes the general path, on its rows only; ``None``
-        where every sample does."""
+        with more than D_in / P pixels on a face (their product would cost more than the
+        transpose) takes the general path, on its rows only; ``None`` where every sample
+        does."""
         node = head.node
         faces = self.faces(run)
         d_in = faces.shape[1]
-        heavy = faces.sum(1) * head.o > d_in
+        heavy = faces.sum(1) * math.prod(node.out_shape[1:]) > d_in
         if bool(heavy.all()):
             return None
         faces = faces & ~heavy.unsqueeze(1)
@@ -179,7 +179,7 @@ class PatchConcretisation:
                  nf: int) -> torch.Tensor:
         r"""A lower bound [N, S] on :math:`\sum_{i\in F}\rho_i^2`, the squares the box faces
         remove from :math:`\|A\|^2`: :math:`\hat A_i` from the patch of ``i`` and the column
-        of :math:`W_m` it reads, lowered by :math:`\delta_i=2\gamma_{O+1}\sum_o|a_o||W_{oi}|`
+        of :math:`W_m` it reads, lowered by :math:`\delta_i=2\gamma_{OP+1}\sum_o|a_o||W_{oi}|`
         towards zero, then the sum of squares lowered by :math:`2\gamma_{F+2}`."""
         node = head.node
         cin, hh, ww = node.in_shapes[0]
@@ -194,11 +194,17 @@ class PatchConcretisation:
         col = ch * (kh * kw) + (y % kh) * kw + x % kw  # [N, F]
         assert run.box is not None  # faces exist only with a box
         lower = run.x0.flatten(1).gather(1, idx) <= run.box[0]
-        ap = a.gather(3, patch.reshape(n, 1, 1, nf).expand(-1, a.shape[1], a.shape[2], -1))
+        # M[n, o, p, f] = W_m[o, col_f] on the patch of face f, 0 elsewhere: A_f is then
+        # one [S, O P] x [O P, F] product per sample, no [S, O, F] gather (the zero terms
+        # add exactly: the O products of the patch are all that round)
+        o, pp, s = head.o, a.shape[3], a.shape[1]
         wc = head.w[:, col].permute(1, 0, 2)  # [N, O, F]
-        ahat = torch.einsum("nsof,nof->nsf", ap, wc)
-        delta = 2 * float(gamma(head.o + 1)) * torch.einsum("nsof,nof->nsf", ap.abs(),
-                                                             wc.abs())
+        m = torch.zeros(n, o, pp, nf, dtype=a.dtype, device=a.device)
+        m.scatter_(2, patch.reshape(n, 1, 1, nf).expand(-1, o, 1, -1), wc.unsqueeze(2))
+        m = m.reshape(n, o * pp, nf)
+        ahat = torch.bmm(a.reshape(n, s, o * pp), m)
+        delta = 2 * float(gamma(o * pp + 1)) * torch.bmm(a.abs().reshape(n, s, o * pp),
+                                                          m.abs())
         low = lower.unsqueeze(1)
         part = torch.where(low, ahat, -ahat) - delta  # the blocked part, minus its error
         rho = (part * (1 - 2 * UNIT_ROUNDOFF)).clamp(min=0)
