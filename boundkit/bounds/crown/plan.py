@@ -6,12 +6,16 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from boundkit.bounds.relaxation import RelaxationRule, relaxation_rule
 from boundkit.bounds.sound import SoundPlan, plan_sound
 from boundkit.graph.graph import Graph, Node
+
+if TYPE_CHECKING:
+    from boundkit.bounds.crown.patches import PatchHead
 
 #: the most elements (per tensor) a refinement's backward walk holds: 2^19 float64, 4 MiB
 #: (larger tensors are mmapped fresh on every allocation: page faults cost more than the sums)
@@ -56,6 +60,8 @@ class CrownPlan:
     windows: dict[WindowKey, list[Node] | None] = dataclasses.field(default_factory=dict)
     #: a node's unit transposes, or None (``units.py``; window copies have their own)
     units: dict[UnitKey, torch.Tensor | None] = dataclasses.field(default_factory=dict)
+    #: the patch embedding the input is read through, or None, by device (``patches.py``)
+    patch_heads: dict[str, PatchHead | None] = dataclasses.field(default_factory=dict)
 
 
 def plan_crown(graph: Graph) -> CrownPlan:

@@ -31,6 +31,7 @@ from boundkit.bounds.crown import plan as planning
 from boundkit.bounds.crown.concrete import Concrete, RadiusStep, concretise, radius_step
 from boundkit.bounds.crown.kept import KEPT, Remembered
 from boundkit.bounds.crown.liveness import live_neurons
+from boundkit.bounds.crown.patches import PATCHES
 from boundkit.bounds.crown.plan import CrownPlan, Refine
 from boundkit.bounds.crown.units import UNITS
 from boundkit.bounds.crown.windows import WINDOWS
@@ -332,8 +333,10 @@ class CrownRun:
 
     @property
     def widest(self) -> int:
-        """The largest node (elements per sample) a backward walk passes."""
-        return max(math.prod(n.out_shape) for n in self.plan.nodes)
+        """The largest node (elements per sample) a backward walk passes (not the input
+        where the walks end at a patch embedding's output: ``patches.py``)."""
+        skip = self.graph.input.name if PATCHES.head(self) is not None else None
+        return max(math.prod(n.out_shape) for n in self.plan.nodes if n.name != skip)
 
     def at_input(self, lb: LinearBounds, x0: torch.Tensor) -> Concrete:
         r"""A bound reaching the input (``x0``: the input, or the window of it ``lb`` is on),
@@ -433,7 +436,18 @@ class CrownRun:
                 return [None] * len(node.inputs)
             return list(rule.backward(node, ctx, lb))
 
-        state = walk.backward(steps, {target.name: seed}, transfer)
+        # through a patch embedding, the bound is concretised at its output (patches.py)
+        head = PATCHES.head(self) if target.op != "input" else None
+        state = walk.backward(steps, {target.name: seed}, transfer,
+                              None if head is None else lambda st: st.name == head.node.name)
+        if head is not None and head.node.name in state:
+            lb_h = state[head.node.name]
+            conc = PATCHES.concretise(self, head, LinearBounds(
+                lb_h.A, lb_h.bias + cut_bias,
+                lb_h.err + cut_err + UNIT_ROUNDOFF * cut_bias.abs(), lb_h.forks), ctx)
+            if conc is not None:
+                return conc
+            (state[self.graph.input.name],) = transfer(head.node, lb_h)
         lb_in = state.get(self.graph.input.name)
         if lb_in is None:
             lb_in = LinearBounds(torch.zeros((*seed.bias.shape, *self.x0.shape[1:]),
