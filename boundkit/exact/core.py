@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from boundkit.bounds.bab import options as _clock
 from boundkit.errors import BoundkitError, InputShapeError
 from boundkit.exact.convert import to_affine_relu
 from boundkit.exact.search import (
@@ -292,7 +292,7 @@ def exact_radius(
                 continue
             wit[idx], native[idx] = w, lv == 2
             continue
-        deadline = None if time_limit is None else time.perf_counter() + time_limit
+        deadline = None if time_limit is None else _clock.now() + time_limit
         try:
             res = exact_search(canon, xi, bx, rtol, max_regions, deadline, crown,
                                c=int(pred[idx]), verify=verify)

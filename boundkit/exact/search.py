@@ -14,9 +14,9 @@ they never discard the optimum.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,12 +25,18 @@ import torch
 from torch import nn
 
 from boundkit.bounds import walk
+from boundkit.bounds.bab import options as _clock
+from boundkit.bounds.bab.bounding import BabPlan, Bounder, bab_plan
+from boundkit.bounds.bab.branching import branch
+from boundkit.bounds.bab.domains import Domains
+from boundkit.bounds.bab.options import NEVER, BabOptions
 from boundkit.bounds.crown import CrownRun, plan_crown
 from boundkit.bounds.numerics import gamma
 from boundkit.bounds.relaxation import LinearBounds, Splits
 from boundkit.exact.convert import AffineReluNet
 from boundkit.exact.qp import min_norm_point, unit_rows
 from boundkit.graph.capture import capture
+from boundkit.graph.graph import Graph
 
 
 class SearchBudgetExceeded(Exception):
@@ -318,6 +324,13 @@ class NetCrown:
         self._order = order
         self._built = True
 
+    def bab(self) -> tuple[Graph, BabPlan]:
+        """The captured graph and its branch-and-bound plan (``bab``'s split ReLU rule on
+        every ReLU; cached on the graph)."""
+        if not self._built:
+            self._build()
+        return self.graph, bab_plan(self.graph)
+
     def run(self, x: np.ndarray) -> CrownRun:
         """The engine's run for one sample (its sound pass), to be subset per batch."""
         if not self._built:
@@ -370,6 +383,24 @@ class NetCrown:
 CROWN_BATCH = 32
 
 
+#: the options of the domains' bounding in :func:`exact_search` (``bab``'s defaults: 3
+#: gradient steps on slopes and multipliers per batch, the root's intermediate bounds,
+#: one domain per competing class)
+BAB_NODE_OPTIONS = BabOptions(batch=512, iterations=3, refresh=NEVER, per_class=True)
+
+
+def _torch_box(box: tuple[np.ndarray, np.ndarray] | None
+               ) -> tuple[float, float] | tuple[torch.Tensor, torch.Tensor] | None:
+    """The box as the engine takes it: two numbers where it is one interval per
+    coordinate alike, else two tensors [d]."""
+    if box is None:
+        return None
+    lo, hi = box
+    if np.all(lo == lo[0]) and np.all(hi == hi[0]):
+        return float(lo[0]), float(hi[0])
+    return torch.from_numpy(lo.copy()), torch.from_numpy(hi.copy())
+
+
 def _halfspace_dist(a: np.ndarray, v: float) -> float:
     """Distance from ``x`` to ``{x + r : a r + v >= 0}``."""
     if v >= 0:
@@ -389,6 +420,7 @@ def exact_search(
     *,
     c: int | None = None,
     verify: Verifier | None = None,
+    nodes_by: str = "bab",
 ) -> SearchResult:
     """Exact ``rho(x)`` (to relative ``rtol``) by best-first branch-and-bound; see module doc.
 
@@ -414,14 +446,15 @@ def exact_search(
         return SearchResult(0.0, np.zeros(d), k, region_pattern(net, x), 0, 0, np.zeros(d), 2)
 
     def over_time() -> bool:
-        return deadline is not None and time.perf_counter() > deadline
+        return deadline is not None and _clock.now() > deadline
 
     floor = 0.0  # smallest bound of the nodes taken off the queue and not yet finished
+    domains_floor = np.inf  # the bab nodes' smallest certified radius (see `bab_nodes`)
     heap: list[tuple[float, int, int, _Node]] = []  # (bound, -fixed, tie, node)
 
     def budget(what: str) -> SearchBudgetExceeded:
         open_min = heap[0][0] if heap else np.inf
-        lower = min(floor, open_min, best * (1.0 - rtol))
+        lower = min(floor, open_min, best * (1.0 - rtol), domains_floor)
         return SearchBudgetExceeded(regions, nodes, what, max(lower, 0.0), best)
 
     # the box enters every QP as bounds on r (not as rows: see boundkit/exact/qp.py)
@@ -441,10 +474,11 @@ def exact_search(
     nodes = 0
 
     def solve_leaf(pat: list[np.ndarray], a: np.ndarray, h: np.ndarray,
-                   f_w: np.ndarray, f_b: np.ndarray, lb: float
-                   ) -> tuple[float, np.ndarray | None]:
-        """The QPs of the region ``pat`` (classes that may beat ``best``); updates ``best``;
-        returns the smallest distance found in the region and its point."""
+                   f_w: np.ndarray, f_b: np.ndarray, lb: float,
+                   classes: list[int] | None = None) -> tuple[float, np.ndarray | None]:
+        """The QPs of the region ``pat`` (classes that may beat ``best``; only ``classes``
+        where given); updates ``best``; returns the smallest distance found in the region
+        and its point."""
         nonlocal best, best_r, best_k, best_pat, best_w, best_lv, untrusted, regions
         regions += 1
         g_w = f_w - f_w[c]
@@ -452,7 +486,7 @@ def exact_search(
         order = np.argsort(-g_v)
         leaf, leaf_r = np.inf, None
         for k in order:
-            if k == c:
+            if k == c or (classes is not None and int(k) not in classes):
                 continue
             cut = best * (1.0 - rtol)
             if max(lb, _halfspace_dist(g_w[k], float(g_v[k]))) >= cut:
@@ -541,6 +575,98 @@ def exact_search(
     if nl == 0:
         return SearchResult(best, best_r, best_k, best_pat, regions, 0, best_w, best_lv,
                             untrusted)
+    engine = crown if crown is not None else NetCrown(net)
+    max_nodes = np.inf if max_regions is None else 20 * max_regions
+    max_reg = np.inf if max_regions is None else max_regions
+
+    def bab_nodes(far: float) -> SearchResult:
+        """The search over ``bab``'s domains (module :mod:`boundkit.bounds.bab`; proofs in
+        ``docs/exact.md`` §Nodes bounded by branch and bound): one domain per competing
+        class, bounded in batches at the ball of radius ``cut = best (1 - rtol)`` (``far``
+        where ``best`` is inf: a ball holding the whole box), smallest certified radius
+        first; a domain is closed once the radius it certifies reaches the cut; a domain
+        with no unstable neuron left is a leaf: the exact QP of its activation region."""
+        nonlocal nodes, domains_floor
+        graph, plan = engine.bab()
+        x0 = torch.from_numpy(x)[None]
+        run = CrownRun(graph, plan.crown, x0, _torch_box(box))
+        label = torch.tensor([c])
+
+        def cut_now() -> float:
+            return best * (1.0 - rtol) if np.isfinite(best) else far
+
+        eps = torch.tensor([cut_now()], dtype=torch.float64)
+        bounder = Bounder(graph, plan, run, label, eps, BAB_NODE_OPTIONS)
+        others = torch.tensor([k for k in range(net.num_classes) if k != c])
+        pool = Domains(torch.zeros(len(others), dtype=torch.long), {},
+                       torch.zeros(len(others), 1, dtype=torch.bool), cls=others,
+                       radius=torch.zeros(len(others), dtype=torch.float64))
+        relus = [r.name for r in plan.relus]
+        pres = [r.inputs[0] for r in plan.relus]
+        rate = 0.0  # seconds per domain of the last batch
+        while len(pool):
+            cut = cut_now()
+            assert pool.radius is not None
+            pool = pool.rows(torch.nonzero(pool.radius < cut).flatten())
+            if not len(pool):
+                break
+            domains_floor = float(pool.radius.min())
+            if over_time():
+                raise budget("time_limit")
+            if nodes > max_nodes or regions > max_reg:
+                raise budget("max_regions")
+            size = BAB_NODE_OPTIONS.batch
+            if deadline is not None and rate > 0:  # a batch the time left affords
+                size = max(1, min(size, int((deadline - _clock.now()) / rate) + 1))
+            order = torch.argsort(pool.radius, stable=True)
+            batch, pool = pool.rows(order[:size]), pool.rows(order[size:])
+            t0 = _clock.now()
+            nodes += len(batch)
+            bounder.eps = torch.tensor([cut], dtype=torch.float64)
+            b = bounder.bound(batch)
+            assert b.radius is not None
+            rad = b.radius
+            open_ = torch.nonzero(~b.proven & (rad < cut)).flatten()
+            if open_.numel():
+                kids, stuck = branch(batch.rows(open_), dataclasses.replace(
+                    b, scores={k: v[open_] for k, v in b.scores.items()},
+                    alpha={k: v[open_] for k, v in b.alpha.items()},
+                    beta={k: v[open_] for k, v in b.beta.items()}, done=b.done[open_],
+                    lo={k: v[open_] for k, v in b.lo.items()},
+                    hi={k: v[open_] for k, v in b.hi.items()},
+                    radius=rad[open_]), bounder.shapes, BAB_NODE_OPTIONS.warm_elements)
+                for row in open_[stuck].tolist():
+                    # a leaf: every neuron split or of one sign on the ball part of the
+                    # domain, so that part lies in the region of this pattern
+                    pat = []
+                    for name, pre in zip(relus, pres):
+                        lo, hi = b.lo[pre][row], b.hi[pre][row]
+                        s_ = batch.signs.get(name)
+                        s_ = torch.zeros_like(lo, dtype=torch.int8) if s_ is None else s_[row]
+                        if bool(((s_ == 0) & (lo < 0) & (hi > 0)).any()):
+                            raise AssertionError("a leaf domain with a free unstable neuron")
+                        pat.append(((s_ > 0) | ((s_ == 0) & (lo >= 0))).numpy())
+                    a, h, f_w, f_b = pattern_affine(net, pat, x)
+                    old = best
+                    k = int(batch.cls[row]) if batch.cls is not None else None
+                    _, r_leaf = solve_leaf(pat, a, h, f_w, f_b, float(rad[row]),
+                                           None if k is None else [k])
+                    if best < old:
+                        walk(pat, r_leaf)
+                if len(kids):
+                    pool = Domains.cat([pool, kids])
+            rate = (_clock.now() - t0) / len(batch)
+        domains_floor = np.inf
+        return SearchResult(best, best_r, best_k, best_pat, regions, nodes, best_w, best_lv,
+                            untrusted)
+
+    if nodes_by == "bab":
+        far = np.inf
+        if box is not None:
+            far = float(np.linalg.norm(np.maximum(x - box[0], box[1] - x)))
+            far = far * (1 + 1e-6) + 1e-300  # beyond every point of the box
+        if np.isfinite(best) or np.isfinite(far):
+            return bab_nodes(far)
 
     root = _Node(
         lb=0.0,
@@ -678,10 +804,7 @@ def exact_search(
         node.layer = i + 1
         heapq.heappush(heap, (node.lb, -node.nfixed, next(counter), node))
 
-    engine = crown if crown is not None else NetCrown(net)
     run: CrownRun | None = None  # the engine's pass for x, made on first use
-    max_nodes = np.inf if max_regions is None else 20 * max_regions
-    max_reg = np.inf if max_regions is None else max_regions
     round_best, size = np.nan, 1  # `best` when the previous round started, its size
     while heap:
         # One round: `size` nodes popped in best-first order; those whose linear bounds are

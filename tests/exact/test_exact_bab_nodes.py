@@ -1,0 +1,134 @@
+"""The exact search's nodes bounded by branch and bound (``bab``'s domains and linear bounds)
+against today's oracle, the region search (layer-ordered splits, node QPs and CROWN with
+split constraints), against brute force, and the interval a stopped search reports."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers_exact import mlp, polar_brute_force
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from boundkit.exact import exact_radius, to_affine_relu
+from boundkit.exact.search import NetCrown, SearchBudgetExceeded, exact_search
+
+SETTINGS = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def _net(data: st.DataObject) -> tuple[nn.Module, np.ndarray, tuple | None]:
+    d = data.draw(st.integers(2, 5), label="d")
+    depth = data.draw(st.integers(1, 3), label="depth")
+    hidden = [data.draw(st.integers(1, 7), label=f"h{i}") for i in range(depth)]
+    k = data.draw(st.integers(2, 4), label="classes")
+    seed = data.draw(st.integers(0, 10**6), label="seed")
+    scale = 10.0 ** data.draw(st.integers(-2, 2), label="log10 scale")
+    model = mlp((d, *hidden, k), seed, scale)
+    boxed = data.draw(st.booleans(), label="box")
+    g = np.random.default_rng(seed + 1)
+    if boxed:
+        x = g.uniform(0.0, 1.0, d)
+        return model, x, (np.zeros(d), np.ones(d))
+    return model, g.standard_normal(d), None
+
+
+def _both(model: nn.Module, x: np.ndarray, box: tuple | None, rtol: float = 1e-6,
+          max_regions: int | None = None):
+    net = to_affine_relu(model, (x.size,)).canonical()
+    engine = NetCrown(net)
+    a = exact_search(net, x, box, rtol, max_regions, crown=engine, nodes_by="bab")
+    b = exact_search(net, x, box, rtol, None, crown=engine, nodes_by="regions")
+    return a, b
+
+
+@SETTINGS
+@given(st.data())
+def test_bab_nodes_give_the_region_search_radius(data: st.DataObject) -> None:
+    """Both searches are exact to rtol 1e-6 (each R with (1 - rtol) R <= rho <= R): their
+    answers agree to 2e-6 relative, and both say inf (no class change in the box) alike."""
+    model, x, box = _net(data)
+    a, b = _both(model, x, box)
+    assert math.isinf(a.radius) == math.isinf(b.radius)
+    if math.isfinite(b.radius):
+        assert math.isclose(a.radius, b.radius, rel_tol=2e-6, abs_tol=1e-12), (a.radius,
+                                                                             b.radius)
+        assert a.untrusted >= a.radius * (1 - 1e-6)
+
+
+@SETTINGS
+@given(st.data(), st.sampled_from([0.3, 0.05, 1e-3]))
+def test_a_radius_at_rtol_brackets_the_exact_one(data: st.DataObject, rtol: float) -> None:
+    """``(1 - rtol) R <= rho <= R`` with rho from the region search at rtol 1e-9."""
+    model, x, box = _net(data)
+    net = to_affine_relu(model, (x.size,)).canonical()
+    engine = NetCrown(net)
+    a = exact_search(net, x, box, rtol, None, crown=engine, nodes_by="bab")
+    rho = exact_search(net, x, box, 1e-9, None, crown=engine, nodes_by="regions").radius
+    if math.isinf(rho):
+        assert math.isinf(a.radius)
+        return
+    assert a.radius * (1 - rtol) <= rho * (1 + 1e-9) + 1e-12
+    assert rho <= a.radius * (1 + 1e-9) + 1e-12
+
+
+@SETTINGS
+@given(st.data(), st.integers(1, 3))
+def test_a_stopped_search_interval_contains_the_exact_radius(data: st.DataObject,
+                                                              max_regions: int) -> None:
+    """A search stopped by its budget (``20 max_regions`` domains) reports
+    ``lower <= rho <= upper``: lower from the open domains' certified radii, upper
+    witnessed."""
+    model, x, box = _net(data)
+    net = to_affine_relu(model, (x.size,)).canonical()
+    engine = NetCrown(net)
+    rho = exact_search(net, x, box, 1e-9, None, crown=engine, nodes_by="regions").radius
+    try:
+        a = exact_search(net, x, box, 1e-6, max_regions, crown=engine, nodes_by="bab")
+    except SearchBudgetExceeded as exc:
+        assert exc.lower <= rho * (1 + 1e-9) + 1e-12, (exc.lower, rho)
+        assert rho <= exc.upper * (1 + 1e-9) + 1e-12, (exc.upper, rho)
+        return
+    assert math.isinf(a.radius) == math.isinf(rho)
+    if math.isfinite(rho):
+        assert math.isclose(a.radius, rho, rel_tol=2e-6, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_radius_is_the_brute_force_distance_on_random_2d_nets(seed: int) -> None:
+    """Red team: random 2-D nets of random depth, width and layer scales (10^[-6, 6]):
+    the exact radius is below every adversarial point of a dense fan of rays, and the fan's
+    closest point is within 0.5% of it."""
+    g = np.random.default_rng(100 + seed)
+    depth = int(g.integers(1, 4))
+    sizes = (2, *[int(g.integers(2, 9)) for _ in range(depth)], int(g.integers(2, 5)))
+    model = mlp(sizes, seed)
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(10.0 ** g.uniform(-6, 6))
+    x = torch.randn(2, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    res = exact_radius(model, x, return_details=True)
+    for i in range(2):
+        brute = polar_brute_force(model, x[i], n_dirs=2000, t_max=20.0, n_steps=2000)
+        r = float(res.radius[i])
+        if math.isinf(brute):
+            continue
+        assert r <= brute * (1 + 1e-9), (r, brute)
+        assert brute <= r * (1 + 5e-3) + 1e-9, (r, brute)
+        assert float(res.lower[i]) <= brute * (1 + 1e-9)
+
+
+def test_conv_net_bab_nodes_give_the_region_search_radius() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 5),
+                          nn.ReLU(), nn.Linear(5, 3)).double().eval()
+    g = np.random.default_rng(0)
+    for box in (None, (np.zeros(9), np.ones(9))):
+        x = g.uniform(0, 1, 9)
+        a, b = _both(model, x, box)
+        assert math.isclose(a.radius, b.radius, rel_tol=2e-6), (a.radius, b.radius)
