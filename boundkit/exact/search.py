@@ -586,7 +586,8 @@ def exact_search(
         where ``best`` is inf: a ball holding the whole box), smallest certified radius
         first; a domain is closed once the radius it certifies reaches the cut; a domain
         with no unstable neuron left is a leaf: the exact QP of its activation region."""
-        nonlocal nodes, domains_floor
+        nonlocal nodes, domains_floor, floor
+        floor = np.inf  # the region search's; here the open domains' radii say it
         graph, plan = engine.bab()
         x0 = torch.from_numpy(x)[None]
         run = CrownRun(graph, plan.crown, x0, _torch_box(box))

