@@ -53,10 +53,10 @@ class ExactResult:
     the region budget with ``on_budget="nan"``, or a candidate region closer than the
     radius whose witness failed verification); it is ``""`` for every answered row.
     ``lower[n] <= rho(x_n) <= upper[n]`` is what is known in every case: ``(1 - rtol) R``
-    and ``R`` for an answered row; for a search stopped by its budget, the smallest bound
-    of its open nodes (float64 QP distances and the engine's CROWN: the search's bound,
-    not a rounding-charged certificate; 0 if it stopped before branching) and the smallest
-    distance with a verified witness (inf if none).
+    and ``R`` for an answered row; for a search stopped by its budget, the smallest radius
+    certified by its open domains (``bab``'s linear bounds with beta multipliers, float64
+    with rounding charged; 0 if it stopped before bounding any) and the smallest distance
+    with a verified witness (inf if none).
     """
 
     radius: torch.Tensor  # [N] float64
@@ -191,13 +191,19 @@ def exact_radius(
     LogSoftmax).  ``x``: ``[N, *in_shape]``.  ``box=(lo, hi)`` restricts ``x + r`` to
     ``lo <= x + r <= hi`` (the boxed radius is ``>=`` the unconstrained one).  Linear models
     use the closed form ``min_{c'} (f_c - f_{c'}) / ||w_c - w_{c'}||``; ReLU models a
-    best-first branch-and-bound over activation regions with one convex QP per region, on the
-    net's canonical form (every hidden neuron's input row of unit norm: the same decision
-    function whatever the layers' positive scales; ``docs/exact.md``).  The returned radius
+    branch and bound on the net's canonical form (every hidden neuron's input row of unit
+    norm: the same decision function whatever the layers' positive scales;
+    ``docs/exact.md``): the upper end a witnessed region QP, the lower end ``bab``'s
+    domains (:mod:`boundkit.bounds.bab`: split ReLUs, batched linear bounds with optimised
+    slopes and beta multipliers), each certifying the radius ``c / nu`` its bound gives,
+    bounded at the ball of radius ``(1 - rtol)`` times the upper end; a domain with every
+    neuron split or stable is a leaf, solved by its region's exact QP.  The returned radius
     ``R`` satisfies ``(1 - rtol) R <= rho <= R`` (``R`` is attained by ``perturbation``), and
     every finite ``R`` comes with a witness the model itself confirms (re-run in float64).
 
-    Budgets: ``time_limit`` seconds per sample (None = none).  Without a time limit the
+    Budgets: ``time_limit`` seconds per sample (None = none), on the clock of
+    :mod:`boundkit.bounds.bab.options` (wall seconds; a benchmark on a shared machine may
+    set ``CLOCK = time.process_time``).  Without a time limit the
     model may have at most ``max_neurons`` hidden ReLUs (default 32) and a search at most
     ``max_regions`` leaf regions (default 5000); with one, both default to no limit, so the
     exact radius can be asked of real-sized networks and each sample either finishes in time

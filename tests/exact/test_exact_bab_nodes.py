@@ -33,6 +33,8 @@ def _net(data: st.DataObject) -> tuple[nn.Module, np.ndarray, tuple | None]:
     g = np.random.default_rng(seed + 1)
     if boxed:
         x = g.uniform(0.0, 1.0, d)
+        if data.draw(st.booleans(), label="one interval per coordinate"):
+            return model, x, (x - g.uniform(0.0, 1.0, d), x + g.uniform(0.0, 1.0, d))
         return model, x, (np.zeros(d), np.ones(d))
     return model, g.standard_normal(d), None
 
