@@ -8,8 +8,14 @@ where ``P`` ranges over activation patterns, ``Q_P`` is the polyhedron on which 
 pre-activation has the sign ``P`` prescribes (non-strictly), and ``g_{c'}^P`` is the affine
 map ``f_{c'} - f_c`` restricted to ``Q_P``.  On ``Q_P`` the network *equals* its pattern-``P``
 linearisation (ties ``y = 0`` give ``relu(0) = 0`` either way) and ``union_P Q_P = R^d``, so
-the minimum over patterns is exact.  See ``docs/exact.md`` for the pruning rules and why
-they never discard the optimum.
+the minimum over patterns is exact.  The upper end is the smallest QP distance of a region
+whose point the model confirms; the lower end comes from ``bab``'s domains
+(:mod:`boundkit.bounds.bab`: one per competing class, ReLU splits in any order, batched
+linear bounds with optimised slopes and beta multipliers), each certifying the radius its
+bound gives, and a domain with every neuron split or stable is a leaf solved by its
+region's QP (``bab_nodes`` in :func:`exact_search`).  Where no finite ball exists (no
+adversarial point found and no box) the layer-ordered region search runs instead.  See
+``docs/exact.md`` for the proofs and why they never discard the optimum.
 """
 
 from __future__ import annotations
@@ -422,11 +428,15 @@ def exact_search(
     verify: Verifier | None = None,
     nodes_by: str = "bab",
 ) -> SearchResult:
-    """Exact ``rho(x)`` (to relative ``rtol``) by best-first branch-and-bound; see module doc.
+    """Exact ``rho(x)`` (to relative ``rtol``) by branch and bound; see module doc.
 
+    ``nodes_by``: ``"bab"`` (default: ``bab``'s domains and bounds, the region search
+    where no finite ball exists) or ``"regions"`` (the layer-ordered region search with
+    CROWN node bounds: the previous default, kept as the tests' oracle).
     Raises :class:`SearchBudgetExceeded` beyond ``max_regions`` regions (``20 max_regions``
-    nodes; None: no limit) or, if given, once ``time.perf_counter()`` passes ``deadline``
-    (checked per node, per ray and per improvement).  ``crown``: the network's
+    nodes or domains; None: no limit) or, if given, once the clock of
+    :mod:`boundkit.bounds.bab.options` passes ``deadline`` (checked per node or batch of
+    domains, per ray and per improvement).  ``crown``: the network's
     :class:`NetCrown` (built here when not given; pass it to share the captured graph
     between the samples of a network).  ``c``: the class of ``x`` (default: the argmax of
     ``net``).  Every candidate that would improve the radius is first given a witness by
@@ -434,6 +444,8 @@ def exact_search(
     (the search goes on) and its distance is kept in ``SearchResult.untrusted``: if that is
     below the radius found, the radius is not the exact one and the caller must say so.
     """
+    if nodes_by not in ("bab", "regions"):
+        raise ValueError(f"nodes_by must be 'bab' or 'regions', got {nodes_by!r}")
     d = net.in_dim
     nl = len(net.weights) - 1
     logits = net.forward(x[None])[0]

@@ -15,7 +15,7 @@ from helpers_exact import mlp
 from boundkit.exact import to_affine_relu
 from boundkit.exact.search import NetCrown, exact_search
 
-NETS = 400
+NETS = 200
 
 
 @pytest.mark.slow
