@@ -18,7 +18,7 @@ from boundkit.report.io import check_results, rows_from_results
 def test_samples_with_an_exact_radius_are_labelled_exact_in_every_output() -> None:
     model = mlp((3, 6, 5, 3), 4)
     x = torch.rand(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    res = bk.crosscheck(model, x, methods=("crown",), exact=True)
+    res = bk.crosscheck(model, x, methods=("crown",), attack="deepfool", exact=True)
     assert res.exact is not None and not np.isnan(res.exact).any()
     assert res.distance() == ["exact"] * 4
     assert [r["distance"] for r in res.to_rows()] == ["exact"] * 4
@@ -32,7 +32,7 @@ def test_without_the_exact_radius_the_label_follows_certificate_and_attack() -> 
     norm; a NaN exact radius (search not finished) decides nothing."""
     model = mlp((3, 6, 5, 3), 4)
     x = torch.rand(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    res = bk.crosscheck(model, x, methods=("sound",))
+    res = bk.crosscheck(model, x, methods=("sound",), attack="deepfool")
     norm = np.where(res.attack_success, res.attack_norm, math.inf)
     want = ["exact" if r >= (1 - KNOWN_RTOL) * u else "bracketed"
             for r, u in zip(res.best_certified(), norm)]
