@@ -28,6 +28,9 @@ from boundkit.validate import check_call
 DEFAULT_MAX_NEURONS = 32
 #: without ``time_limit``, the most leaf regions a search may solve per sample
 DEFAULT_MAX_REGIONS = 5000
+#: the region QPs' dual certificates reach their optimum to about ``1e-11`` relative: below
+#: ``rtol = CERT_SLACK`` an answered row's ``lower`` is the certificate's, not ``(1 - rtol) R``
+CERT_SLACK = 1e-9
 
 __all__ = ["DEFAULT_MAX_NEURONS", "DEFAULT_MAX_REGIONS", "WITNESS_SLACK", "ExactResult",
            "ExactSizeError", "exact_radius", "exact_radius_linear"]
@@ -328,8 +331,18 @@ def exact_radius(
                 f"{res.radius:.17g}) had no witness that the model, re-run in float64, "
                 "confirms as adversarial: its answer is not trusted")
             continue
+        if res.certified < res.radius * (1.0 - max(rtol, CERT_SLACK)):
+            upper[idx] = res.radius
+            lower[idx] = min(res.certified, res.radius * (1.0 - rtol))
+            radius[idx] = math.nan
+            reason[idx] = (
+                f"the region QP is ill-conditioned at this scale: a region closed on its QP "
+                f"is certified (dual bound, rounding charged) only {res.certified:.17g} away, "
+                f"below (1 - rtol) times the best confirmed {res.radius:.17g}")
+            continue
         radius[idx] = res.radius
-        lower[idx], upper[idx] = res.radius * (1.0 - rtol), res.radius
+        lower[idx] = min(res.radius * (1.0 - rtol), res.certified)
+        upper[idx] = res.radius
         if res.perturbation is not None and res.witness is not None:
             pert[idx] = res.perturbation
             adv[idx] = res.adv_class

@@ -40,7 +40,7 @@ from boundkit.bounds.crown import CrownRun, plan_crown
 from boundkit.bounds.numerics import gamma
 from boundkit.bounds.relaxation import LinearBounds, Splits
 from boundkit.exact.convert import AffineReluNet
-from boundkit.exact.qp import min_norm_point, unit_rows
+from boundkit.exact.qp import MinNorm, min_norm, min_norm_point, unit_rows
 from boundkit.graph.capture import capture
 from boundkit.graph.graph import Graph
 
@@ -80,6 +80,9 @@ class SearchResult:
     witness: np.ndarray | None = None  # verified strictly adversarial point near r*
     witness_level: int = 0  # the verifier's answer for `witness` (see `Verifier`)
     untrusted: float = np.inf  # smallest QP distance whose witness failed verification
+    #: smallest certified lower bound (dual certificate, :func:`boundkit.exact.qp.min_norm`)
+    #: of the regions closed on a QP; the radius is exact only if it is >= (1 - rtol) radius
+    certified: float = np.inf
 
 
 @dataclass
@@ -117,6 +120,47 @@ def pattern_affine(
     a = np.vstack(rows_a) if rows_a else np.zeros((0, d))
     h = np.concatenate(rows_h) if rows_h else np.zeros(0)
     return a, h, f_w, f_b
+
+
+def _gam(k: int) -> float:
+    """``gamma_k`` of float64 (Higham 2002, Lemma 3.1), slightly rounded up."""
+    ku = k * 2.0**-53
+    return ku / (1.0 - ku) * (1.0 + 1e-10)
+
+
+def pattern_affine_errors(
+    net: AffineReluNet, pattern: list[np.ndarray], x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bounds on how far :func:`pattern_affine`'s float64 ``(A, h, F, phi)`` are from the
+    exact ones of the same weights (same shapes, elementwise, ``>= 0``).
+
+    A product ``W M`` computed from ``M~ = M + D`` is off by at most
+    ``gamma_n |W| |M~| + |W| |D|`` (Higham 2002, §3.5, with ``n`` the inner dimension), and
+    a sum with a bias by ``gamma_{n+1}`` of its absolute terms; the error bounds themselves
+    are inflated by ``1 + gamma`` for their own rounding."""
+    d = net.in_dim
+    m_w, m_b = np.eye(d), np.zeros(d)
+    e_w, e_b = np.zeros((d, d)), np.zeros(d)
+    ax = np.abs(x)
+    ea_l, eh_l = [], []
+    for w, b, s in zip(net.weights[:-1], net.biases[:-1], pattern):
+        n, aw = w.shape[1], np.abs(w)
+        p_w, p_b = w @ m_w, w @ m_b + b
+        ep_w = (_gam(n) * (aw @ np.abs(m_w)) + aw @ e_w) * (1 + _gam(n + 2))
+        ep_b = (_gam(n + 1) * (aw @ np.abs(m_b) + np.abs(b)) + aw @ e_b) * (1 + _gam(n + 2))
+        ev = (_gam(d + 1) * (np.abs(p_w) @ ax + np.abs(p_b)) + ep_w @ ax + ep_b) * (
+            1 + _gam(d + 3))
+        ea_l.append(ep_w)
+        eh_l.append(ev)
+        m_w, m_b = s[:, None] * p_w, s * p_b
+        e_w, e_b = s[:, None] * ep_w, s * ep_b
+    w, b = net.weights[-1], net.biases[-1]
+    n, aw = w.shape[1], np.abs(w)
+    ef_w = (_gam(n) * (aw @ np.abs(m_w)) + aw @ e_w) * (1 + _gam(n + 2))
+    ef_b = (_gam(n + 1) * (aw @ np.abs(m_b) + np.abs(b)) + aw @ e_b) * (1 + _gam(n + 2))
+    ea = np.vstack(ea_l) if ea_l else np.zeros((0, d))
+    eh = np.concatenate(eh_l) if eh_l else np.zeros(0)
+    return ea, eh, ef_w, ef_b
 
 
 def find_witness(
@@ -466,14 +510,15 @@ def exact_search(
 
     def budget(what: str) -> SearchBudgetExceeded:
         open_min = heap[0][0] if heap else np.inf
-        lower = min(floor, open_min, best * (1.0 - rtol), domains_floor)
+        lower = min(floor, open_min, best * (1.0 - rtol), domains_floor, certified)
         return SearchBudgetExceeded(regions, nodes, what, max(lower, 0.0), best)
 
     # the box enters every QP as bounds on r (not as rows: see boundkit/exact/qp.py)
     blo, bhi = (None, None) if box is None else (box[0] - x, box[1] - x)
 
-    def qp(a: np.ndarray, h: np.ndarray) -> np.ndarray | None:
-        return min_norm_point(a, h, blo, bhi)
+    def qp(a: np.ndarray, h: np.ndarray, err_a: np.ndarray | None = None,
+           err_h: np.ndarray | None = None) -> MinNorm:
+        return min_norm(a, h, blo, bhi, err_a, err_h)
 
     best = np.inf
     best_r: np.ndarray | None = None
@@ -482,17 +527,25 @@ def exact_search(
     best_w: np.ndarray | None = None
     best_lv = 0
     untrusted = np.inf
+    certified = np.inf
     regions = 0
     nodes = 0
 
     def solve_leaf(pat: list[np.ndarray], a: np.ndarray, h: np.ndarray,
                    f_w: np.ndarray, f_b: np.ndarray, lb: float,
-                   classes: list[int] | None = None) -> tuple[float, np.ndarray | None]:
+                   classes: list[int] | None = None, closes: bool = False
+                   ) -> tuple[float, np.ndarray | None]:
         """The QPs of the region ``pat`` (classes that may beat ``best``; only ``classes``
         where given); updates ``best``; returns the smallest distance found in the region
-        and its point."""
+        and its point.  ``closes``: the search closes the region on this answer, so each
+        QP's certified lower bound (rounding of the region's rows charged,
+        :func:`pattern_affine_errors`) enters ``certified``."""
         nonlocal best, best_r, best_k, best_pat, best_w, best_lv, untrusted, regions
+        nonlocal certified
         regions += 1
+        if closes:
+            a, h, f_w, f_b = pattern_affine(net, pat, x)
+            ea, eh, ef_w, ef_b = pattern_affine_errors(net, pat, x)
         g_w = f_w - f_w[c]
         g_v = g_w @ x + (f_b - f_b[c])
         order = np.argsort(-g_v)
@@ -503,7 +556,18 @@ def exact_search(
             cut = best * (1.0 - rtol)
             if max(lb, _halfspace_dist(g_w[k], float(g_v[k]))) >= cut:
                 continue
-            r = qp(np.vstack([a, g_w[k][None]]), np.append(h, -g_v[k]))
+            if closes:
+                # g_w = F_k - F_c and g_v = g_w x + phi_k - phi_c as computed above
+                eg = (ef_w[k] + ef_w[c] + _gam(1) * np.abs(g_w[k])) * (1 + _gam(3))
+                fbk = f_b[k] - f_b[c]
+                egv = (_gam(d + 2) * (np.abs(g_w[k]) @ np.abs(x) + abs(fbk)) + eg @ np.abs(x)
+                       + ef_b[k] + ef_b[c] + _gam(1) * abs(fbk)) * (1 + _gam(d + 4))
+                res = qp(np.vstack([a, g_w[k][None]]), np.append(h, -g_v[k]),
+                         np.vstack([ea, eg[None]]), np.append(eh, egv))
+                certified = min(certified, res.lower)
+            else:
+                res = qp(np.vstack([a, g_w[k][None]]), np.append(h, -g_v[k]))
+            r = res.point
             if r is None:
                 continue
             rn = float(np.linalg.norm(r))
@@ -577,7 +641,8 @@ def exact_search(
         _, _, pat = hit
         a, h, f_w, f_b = pattern_affine(net, pat, x)
         walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1])
-    walk(pat0, solve_leaf(pat0, a0, h0, fw0, fb0, 0.0)[1])
+    # without hidden layers this one region is the whole space: the search closes it here
+    walk(pat0, solve_leaf(pat0, a0, h0, fw0, fb0, 0.0, closes=nl == 0)[1])
     z = deepfool_point(net, x, c, box)
     if z is not None:
         pat = region_pattern(net, z)
@@ -586,7 +651,7 @@ def exact_search(
 
     if nl == 0:
         return SearchResult(best, best_r, best_k, best_pat, regions, 0, best_w, best_lv,
-                            untrusted)
+                            untrusted, certified)
     engine = crown if crown is not None else NetCrown(net)
     max_nodes = np.inf if max_regions is None else 20 * max_regions
     max_reg = np.inf if max_regions is None else max_regions
@@ -663,7 +728,7 @@ def exact_search(
                     old = best
                     k = int(batch.cls[row]) if batch.cls is not None else None
                     _, r_leaf = solve_leaf(pat, a, h, f_w, f_b, float(rad[row]),
-                                           None if k is None else [k])
+                                           None if k is None else [k], closes=True)
                     if best < old:
                         walk(pat, r_leaf)
                 if len(kids):
@@ -671,7 +736,7 @@ def exact_search(
             rate = (_clock.now() - t0) / len(batch)
         domains_floor = np.inf
         return SearchResult(best, best_r, best_k, best_pat, regions, nodes, best_w, best_lv,
-                            untrusted)
+                            untrusted, certified)
 
     if nodes_by == "bab":
         far = np.inf
@@ -720,9 +785,9 @@ def exact_search(
                     dist = min(dist, dk)
                     continue
                 # distance to (node polyhedron) n (relaxed class-k half-space)
+                # (its certified lower bound: inf where certified empty)
                 rk = qp(np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv))
-                if rk is not None:
-                    dist = min(dist, float(np.linalg.norm(rk)))
+                dist = min(dist, rk.lower)
             # the bounds hold on B(x, rho), rho >= the current cut: adversarial points of the
             # node are >= dist away inside the ball and > rho away outside it
             if dist >= rho:
@@ -738,7 +803,7 @@ def exact_search(
             pat = [s > 0 for s in node.signs]
             old = best
             _, r_leaf = solve_leaf(pat, node.rows_a, node.rows_h, node.pre_w, node.pre_b,
-                                   node.lb)
+                                   node.lb, closes=True)
             if best < old:
                 walk(pat, r_leaf)
             return
@@ -844,13 +909,16 @@ def exact_search(
                 raise budget("time_limit")
             lb_in = node.lb
             if node.point is None:
-                r = qp(node.rows_a, node.rows_h)
-                if r is None:
-                    continue
-                node.point = r
-                node.lb = max(node.lb, float(np.linalg.norm(r)))
+                res = qp(node.rows_a, node.rows_h)
+                node.lb = max(node.lb, res.lower)  # certified (inf: certified empty)
                 if node.lb >= cut:
                     continue
+                if res.point is None:
+                    # no point found and no certificate that the node is empty or far:
+                    # it cannot be closed, and it cannot be split without a point
+                    certified = min(certified, node.lb)
+                    continue
+                node.point = res.point
             todo.append((node, lb_in))
         if not todo:
             break
@@ -866,6 +934,6 @@ def exact_search(
         for node, lb_in in todo:
             _expand(node, lb_in, id(node) in fresh, fresh.get(id(node)), rho)
     return SearchResult(best, best_r, best_k, best_pat, regions, nodes, best_w, best_lv,
-                        untrusted)
+                        untrusted, certified)
 
 

@@ -5,6 +5,7 @@ split constraints), against brute force, and the interval a stopped search repor
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from boundkit.exact import exact_radius, to_affine_relu
+from boundkit.exact.convert import AffineReluNet
 from boundkit.exact.search import NetCrown, SearchBudgetExceeded, SearchResult, exact_search
 
 SETTINGS = settings(max_examples=8, deadline=None,
@@ -151,15 +153,35 @@ def _far_flat_net() -> tuple[nn.Module, np.ndarray]:
     return mlp((d, *hidden, k), seed, scale), xs[1]
 
 
-@pytest.mark.xfail(strict=True, reason="known soundness bug (found by the soak, shared with "
-                   "the region search): at radii ~1e9 both searches at rtol 1e-6 answer "
-                   "9.105e8 while a point at 7.264e8 is adversarial in exact rational "
-                   "arithmetic; suspected the QP's feasibility tolerance 1e-9 (1 + ||r||)")
 def test_far_flat_net_radius_is_not_above_a_witnessed_adversarial_point() -> None:
+    """The soak's net 139: both searches at rtol 1e-6 answered 9.105e8 while a point at
+    7.264e8 is adversarial; the LDP of that point's region declared it empty (its residual,
+    ~1/||r||, was below float64's resolution of 1).  Now every answer is at or below that
+    point, the two searches agree, and the regions closed on a QP are certified (dual bound,
+    rounding of the rows charged) at least (1 - 1e-6) times the radius away."""
     model, x = _far_flat_net()
     net = to_affine_relu(model, (x.size,)).canonical()
     engine = NetCrown(net)
+    witnessed = 7.264056e8  # adversarial in exact rational arithmetic (found at rtol 0.01)
     tight = exact_search(net, x, None, 1e-6, None, crown=engine, nodes_by="bab")
     loose = exact_search(net, x, None, 0.01, None, crown=engine, nodes_by="bab")
-    # loose's point is witnessed (float64 re-run; adversarial in rational arithmetic too)
+    regions = exact_search(net, x, None, 1e-6, None, crown=engine, nodes_by="regions")
+    assert tight.radius <= witnessed and regions.radius <= witnessed
     assert tight.radius <= loose.radius * (1 + 1e-6)
+    assert math.isclose(tight.radius, regions.radius, rel_tol=2e-6)
+    for res in (tight, regions):
+        assert res.certified >= res.radius * (1 - 1e-6), (res.certified, res.radius)
+        # the witness is adversarial in exact rational arithmetic, within (1 + 1e-6) R
+        assert res.witness is not None
+        assert np.linalg.norm(res.witness) <= res.radius * (1 + 1e-6)
+        assert _rational_margin(net, x + res.witness, int(np.argmax(net.forward(x[None])[0]))) > 0
+
+
+def _rational_margin(net: AffineReluNet, z: np.ndarray, c: int) -> Fraction:
+    """``max_{k != c} f_k(z) - f_c(z)`` of the float64 weights in exact rationals."""
+    h = [Fraction(float(v)) for v in z]
+    for i, (w, b) in enumerate(zip(net.weights, net.biases)):
+        y = [sum((Fraction(float(wj)) * hj for wj, hj in zip(row, h)), Fraction(float(bi)))
+             for row, bi in zip(w, b)]
+        h = y if i == len(net.weights) - 1 else [max(v, Fraction(0)) for v in y]
+    return max(v for k, v in enumerate(h) if k != c) - h[c]

@@ -19,8 +19,6 @@ NETS = 200
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="fails at net 139 (radii ~1e9): the known bug of "
-                   "test_far_flat_net_radius_is_not_above_a_witnessed_adversarial_point")
 def test_bab_nodes_agree_with_the_region_search_on_random_nets() -> None:
     g = np.random.default_rng(2026)
     checked = 0
