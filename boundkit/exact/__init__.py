@@ -17,7 +17,7 @@ from boundkit.exact.core import (
     exact_radius,
     exact_radius_linear,
 )
-from boundkit.exact.qp import min_norm_point
+from boundkit.exact.qp import MinNorm, min_norm, min_norm_point
 from boundkit.exact.search import ray_first_crossing
 
 __all__ = [
@@ -26,8 +26,10 @@ __all__ = [
     "AffineReluNet",
     "ExactResult",
     "ExactSizeError",
+    "MinNorm",
     "exact_radius",
     "exact_radius_linear",
+    "min_norm",
     "min_norm_point",
     "ray_first_crossing",
     "to_affine_relu",

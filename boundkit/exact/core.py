@@ -53,10 +53,14 @@ class ExactResult:
     its own dtype (a float32 model rounds the input and its arithmetic).
     Rows with no class change anywhere (``radius = inf``) hold NaN and class -1, as do rows
     whose radius is unknown (``radius = NaN``): ``reason[n]`` then says why (the time limit,
-    the region budget with ``on_budget="nan"``, or a candidate region closer than the
-    radius whose witness failed verification); it is ``""`` for every answered row.
-    ``lower[n] <= rho(x_n) <= upper[n]`` is what is known in every case: ``(1 - rtol) R``
-    and ``R`` for an answered row; for a search stopped by its budget, the smallest radius
+    the region budget with ``on_budget="nan"``, a candidate region closer than the
+    radius whose witness failed verification, or a region QP too ill-conditioned for its
+    dual certificate to reach ``(1 - rtol) R``); it is ``""`` for every answered row.
+    ``lower[n] <= rho(x_n) <= upper[n]`` is what is known in every case:
+    ``min((1 - rtol) R, certified)`` and ``R`` for an answered row (``certified``: the
+    smallest dual-certified distance of the regions closed on a QP, rounding charged;
+    ``docs/exact.md`` "What closes a region"; with ``R = inf`` it is that finite distance);
+    for a search stopped by its budget, the smallest radius
     certified by its open domains (``bab``'s linear bounds with beta multipliers, float64
     with rounding charged; 0 if it stopped before bounding any) and the smallest distance
     with a verified witness (inf if none).
@@ -200,7 +204,9 @@ def exact_radius(
     domains (:mod:`boundkit.bounds.bab`: split ReLUs, batched linear bounds with optimised
     slopes and beta multipliers), each certifying the radius ``c / nu`` its bound gives,
     bounded at the ball of radius ``(1 - rtol)`` times the upper end; a domain with every
-    neuron split or stable is a leaf, solved by its region's exact QP.  The returned radius
+    neuron split or stable is a leaf, solved by its region's exact QP and closed on the
+    QP's dual-certified lower bound (float64, the rows' rounding charged; where it falls
+    below ``(1 - max(rtol, 1e-9)) R`` the sample is NaN with the reason).  The returned radius
     ``R`` satisfies ``(1 - rtol) R <= rho <= R`` (``R`` is attained by ``perturbation``), and
     every finite ``R`` comes with a witness the model itself confirms (re-run in float64).
 
@@ -331,7 +337,8 @@ def exact_radius(
                 f"{res.radius:.17g}) had no witness that the model, re-run in float64, "
                 "confirms as adversarial: its answer is not trusted")
             continue
-        if res.certified < res.radius * (1.0 - max(rtol, CERT_SLACK)):
+        if math.isfinite(res.radius) and (
+                res.certified < res.radius * (1.0 - max(rtol, CERT_SLACK))):
             upper[idx] = res.radius
             lower[idx] = min(res.certified, res.radius * (1.0 - rtol))
             radius[idx] = math.nan
@@ -341,6 +348,9 @@ def exact_radius(
                 f"below (1 - rtol) times the best confirmed {res.radius:.17g}")
             continue
         radius[idx] = res.radius
+        # with no class change found (radius inf), what is proved is the regions' certified
+        # distance: a dual bound of an empty region is finite in float64 (its Farkas vector
+        # cancels only up to rounding), typically ~1e15 times the rows' distances
         lower[idx] = min(res.radius * (1.0 - rtol), res.certified)
         upper[idx] = res.radius
         if res.perturbation is not None and res.witness is not None:

@@ -33,6 +33,13 @@ Lagrangian over the box, so if ``r`` is feasible the duality gap
 ``1e-11 ||r||^2``.  Weak duality also detects an empty polyhedron (``q(lam)`` above the
 largest ``||r||^2/2`` on the box).  Where neither certificate is reached, the LDP above is
 solved with the box faces as rows.
+
+The LDP is solved on rows scaled exactly (a power of two) to ``max b = 1``: its residual is
+``s[n] = -1/(1 + ||r||^2)``, which at ``||r|| ~ 1e9`` unscaled is below NNLS's absolute
+accuracy (~1e-16) and read a non-empty polyhedron as empty.  None of the tolerances above
+is a proof: :func:`min_norm` returns with the point a lower bound on ``min ||r||`` proved by
+a dual vector, float64 rounding and the caller's data errors charged
+(:func:`dual_lower_bound`), and the exact search closes regions only on that bound.
 """
 
 from __future__ import annotations
