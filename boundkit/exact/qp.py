@@ -331,7 +331,8 @@ def dual_lower_bound(a: np.ndarray, b: np.ndarray, rows: np.ndarray, lam: np.nda
     Without the box (weak duality of one aggregated row): every ``r`` of ``P`` has
     ``(A^T lam)^T r >= b^T lam``, so ``||r|| >= b^T lam / ||A^T lam||`` (Cauchy-Schwarz; data
     errors ``E``, ``e``: ``(||A^T lam|| + ||E^T lam||) ||r|| >= b^T lam - e^T lam``).
-    With a finite box, Lagrangian weak duality: for ``r`` in ``P``,
+    With a finite box, also Lagrangian weak duality (the larger bound is returned): for ``r``
+    in ``P``,
     ``||r||^2/2 >= ||r||^2/2 - lam^T (A r - b) >= q(lam) = b^T lam + sum_i min_{lo_i <= t <=
     hi_i} (t^2/2 - (A^T lam)_i t)``, less ``lam^T (E M + e)`` for the data (``M_i = max(|lo_i|,
     |hi_i|)``).  Roundings: ``|fl(A^T lam) - A^T lam| <= gamma_m |A|^T lam``, and each sum
@@ -362,6 +363,11 @@ def dual_lower_bound(a: np.ndarray, b: np.ndarray, rows: np.ndarray, lam: np.nda
         dg = _gam(k + 2) * (np.abs(a_r).T @ lam) + ea_r.T @ lam * (1 + 1e-10)
         beta = float(b_r @ lam)
         dbeta = _gam(k + 2) * float(np.abs(b_r) @ lam) + float(eb_r @ lam) * (1 + 1e-10)
+        cs = 0.0  # the aggregated row's bound (scale-free; tight where lam weighs box rows)
+        beta_low = beta - dbeta - 1e-300
+        g_up = (float(np.linalg.norm(g)) + float(np.linalg.norm(dg))) * (1 + _gam(n + 4))
+        if np.isfinite(beta_low) and beta_low > 0.0 and np.isfinite(g_up):
+            cs = np.inf if g_up == 0.0 else beta_low / g_up * (1.0 - 4 * _U)
         if boxed and np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):
             big = np.maximum(np.abs(lo), np.abs(hi))
             t = np.clip(g, lo, hi)
@@ -371,17 +377,9 @@ def dual_lower_bound(a: np.ndarray, b: np.ndarray, rows: np.ndarray, lam: np.nda
                   + float(big @ dg) * (1 + 1e-10) + 1e-300)
             q_low = q - dq
             if not np.isfinite(q_low) or q_low <= 0.0:
-                return 0.0
+                return cs
             pmax = 0.5 * float(np.sum(big * big)) * (1 + _gam(n + 2))
             if q_low > pmax:
                 return np.inf
-            return float(np.sqrt(2.0 * q_low)) * (1.0 - 4 * _U)
-        beta_low = beta - dbeta - 1e-300
-        if not np.isfinite(beta_low) or beta_low <= 0.0:
-            return 0.0
-        g_up = (float(np.linalg.norm(g)) + float(np.linalg.norm(dg))) * (1 + _gam(n + 4))
-        if not np.isfinite(g_up):
-            return 0.0
-        if g_up == 0.0:
-            return np.inf
-        return beta_low / g_up * (1.0 - 4 * _U)
+            return max(cs, float(np.sqrt(2.0 * q_low)) * (1.0 - 4 * _U))
+        return cs
