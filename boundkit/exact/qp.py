@@ -343,26 +343,36 @@ def dual_lower_bound(a: np.ndarray, b: np.ndarray, rows: np.ndarray, lam: np.nda
     if lam.size == 0 or not np.all(np.isfinite(lam)) or not lam.any():
         return 0.0
     boxed = lo is not None and hi is not None
+    if np.any(rows >= m + (2 * n if boxed else 0)):
+        return 0.0
+    gen, low, upp = rows < m, (rows >= m) & (rows < m + n), rows >= m + n
+    a_r, b_r, ea_r, eb_r = a[rows[gen]], b[rows[gen]], err_a[rows[gen]], err_b[rows[gen]]
+    lam_g = lam[gen]
+    # box faces as rows: e_j r >= lo_j and -e_j r >= -hi_j (exact rows, no data error)
+    face = np.zeros(n)
+    face_abs = np.zeros(n)
+    face_b, face_babs = 0.0, 0.0
     if boxed:
         assert lo is not None and hi is not None
-        eye = np.eye(n)
-        a_all = np.vstack([a, eye, -eye])
-        b_all = np.concatenate([b, lo, -hi])
-        ea_all = np.vstack([err_a, np.zeros((2 * n, n))])
-        eb_all = np.concatenate([err_b, np.zeros(2 * n)])
-    else:
-        a_all, b_all, ea_all, eb_all = a, b, err_a, err_b
-    if np.any(rows >= a_all.shape[0]):
-        return 0.0
-    a_r, b_r, ea_r, eb_r = a_all[rows], b_all[rows], ea_all[rows], eb_all[rows]
+        jl, jh = rows[low] - m, rows[upp] - m - n
+        if not (np.all(np.isfinite(lo[jl])) and np.all(np.isfinite(hi[jh]))):
+            return 0.0  # infinite faces carry no information
+        np.add.at(face, jl, lam[low])
+        np.add.at(face, jh, -lam[upp])
+        np.add.at(face_abs, jl, lam[low])
+        np.add.at(face_abs, jh, lam[upp])
+        face_b = float(lo[jl] @ lam[low] - hi[jh] @ lam[upp])
+        face_babs = float(np.abs(lo[jl]) @ lam[low] + np.abs(hi[jh]) @ lam[upp])
     if not (np.all(np.isfinite(a_r)) and np.all(np.isfinite(b_r))):
-        return 0.0  # infinite faces carry no information
-    k = len(rows)
+        return 0.0
+    k = len(rows) + 2
     with np.errstate(over="ignore", invalid="ignore"):
-        g = a_r.T @ lam
-        dg = _gam(k + 2) * (np.abs(a_r).T @ lam) + ea_r.T @ lam * (1 + 1e-10)
-        beta = float(b_r @ lam)
-        dbeta = _gam(k + 2) * float(np.abs(b_r) @ lam) + float(eb_r @ lam) * (1 + 1e-10)
+        g = a_r.T @ lam_g + face
+        dg = (_gam(k + 2) * (np.abs(a_r).T @ lam_g + face_abs)
+              + ea_r.T @ lam_g * (1 + 1e-10))
+        beta = float(b_r @ lam_g) + face_b
+        dbeta = (_gam(k + 2) * (float(np.abs(b_r) @ lam_g) + face_babs)
+                 + float(eb_r @ lam_g) * (1 + 1e-10))
         cs = 0.0  # the aggregated row's bound (scale-free; tight where lam weighs box rows)
         beta_low = beta - dbeta - 1e-300
         g_up = (float(np.linalg.norm(g)) + float(np.linalg.norm(dg))) * (1 + _gam(n + 4))
