@@ -125,7 +125,7 @@ _Lam = tuple[np.ndarray, np.ndarray]
 
 
 def _min_norm_point_free(a: np.ndarray, b: np.ndarray
-                         ) -> tuple[np.ndarray | None, list[tuple[np.ndarray, np.ndarray]]]:
+                         ) -> tuple[np.ndarray | None, list[_Lam]]:
     """The unboxed problem: ``(point or None, dual vectors on rows of a)``."""
     n = a.shape[1]
     if a.shape[0] == 0:
@@ -168,7 +168,7 @@ def _ldp(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray | None, list[np.ndarr
 
 
 def _min_norm_point_box(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray
-                        ) -> tuple[np.ndarray | None, list[tuple[np.ndarray, np.ndarray]]]:
+                        ) -> tuple[np.ndarray | None, list[_Lam]]:
     """:func:`min_norm` with ``lo <= r <= hi`` (see the module docstring): the point and the
     dual vectors (on rows of ``a``; on ``[a; I; -I]`` where the fallback used box faces as
     rows, marked by an index array longer than ``a``)."""

@@ -92,6 +92,7 @@ class _Node:
     layer: int  # first layer with unfixed neurons (== L: all fixed)
     rows_a: np.ndarray  # constraints rows_a @ r >= rows_h, r = z - x
     rows_h: np.ndarray
+    rows_id: np.ndarray  # the hidden neuron (index over all layers) of each row
     pre_w: np.ndarray  # pre-activation of `layer` (or logits if layer == L) = pre_w z + pre_b
     pre_b: np.ndarray
     point: np.ndarray | None  # exact min-norm point of the node polyhedron, if known
@@ -143,11 +144,15 @@ def pattern_affine_errors(
     e_w, e_b = np.zeros((d, d)), np.zeros(d)
     ax = np.abs(x)
     ea_l, eh_l = [], []
-    for w, b, s in zip(net.weights[:-1], net.biases[:-1], pattern):
+    for i, (w, b, s) in enumerate(zip(net.weights[:-1], net.biases[:-1], pattern)):
         n, aw = w.shape[1], np.abs(w)
         p_w, p_b = w @ m_w, w @ m_b + b
-        ep_w = (_gam(n) * (aw @ np.abs(m_w)) + aw @ e_w) * (1 + _gam(n + 2))
-        ep_b = (_gam(n + 1) * (aw @ np.abs(m_b) + np.abs(b)) + aw @ e_b) * (1 + _gam(n + 2))
+        if i == 0:  # W I and W 0 + b: exact products (a sum of one non-zero term)
+            ep_w, ep_b = np.zeros_like(p_w), np.zeros_like(p_b)
+        else:
+            ep_w = (_gam(n) * (aw @ np.abs(m_w)) + aw @ e_w) * (1 + _gam(n + 2))
+            ep_b = (_gam(n + 1) * (aw @ np.abs(m_b) + np.abs(b)) + aw @ e_b) * (
+                1 + _gam(n + 2))
         ev = (_gam(d + 1) * (np.abs(p_w) @ ax + np.abs(p_b)) + ep_w @ ax + ep_b) * (
             1 + _gam(d + 3))
         ea_l.append(ep_w)
@@ -752,12 +757,19 @@ def exact_search(
         layer=0,
         rows_a=np.zeros((0, d)),
         rows_h=np.zeros(0),
+        rows_id=np.zeros(0, dtype=np.int64),
         pre_w=net.weights[0].copy(),
         pre_b=net.biases[0].copy(),
         point=np.zeros(d),
     )
     counter = itertools.count()
     heap.append((0.0, 0, next(counter), root))
+
+    def node_errors(node: _Node) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`pattern_affine_errors` of a node's rows: a row of layer ``i`` depends only
+        on the signs of layers ``< i``, all fixed once the node reached layer ``i``."""
+        ea, eh, _, _ = pattern_affine_errors(net, [t > 0 for t in node.signs], x)
+        return ea[node.rows_id], eh[node.rows_id]
 
     def _expand(node: _Node, lb_in: float, has_bounds: bool, res: NodeBounds | None,
                 rho: float) -> None:
@@ -786,7 +798,10 @@ def exact_search(
                     continue
                 # distance to (node polyhedron) n (relaxed class-k half-space)
                 # (its certified lower bound: inf where certified empty)
-                rk = qp(np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv))
+                # (the engine's row m_w[k], m_b[k] is itself sound as computed: no data error)
+                ea, eh = node_errors(node)
+                rk = qp(np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv),
+                        np.vstack([ea, np.zeros((1, d))]), np.append(eh, 0.0))
                 dist = min(dist, rk.lower)
             # the bounds hold on B(x, rho), rho >= the current cut: adversarial points of the
             # node are >= dist away inside the ball and > rho away outside it
@@ -814,7 +829,7 @@ def exact_search(
         v_all = node.pre_w @ x + node.pre_b
         norms = np.linalg.norm(node.pre_w, axis=1)
         bl, bu = node.bounds[i] if node.bounds is not None else (None, None)
-        new_a, new_h = [], []
+        new_a, new_h, new_id = [], [], []
         split: list[tuple[float, int]] = []
         for j in np.flatnonzero(s == 0):
             v, nj = float(v_all[j]), float(norms[j])
@@ -835,11 +850,13 @@ def exact_search(
             s[j] = 1 if ok_act else -1
             new_a.append(sg * node.pre_w[j])
             new_h.append(-sg * v)
+            new_id.append(int(sizes[i]) + int(j))
         if s is None:
             return
         if new_a:
             node.rows_a = np.vstack([node.rows_a, np.array(new_a)])
             node.rows_h = np.append(node.rows_h, new_h)
+            node.rows_id = np.append(node.rows_id, new_id).astype(np.int64)
             if node.point is not None and np.any(
                 node.rows_a[-len(new_a):] @ node.point < np.array(new_h) - 1e-12
             ):
@@ -863,6 +880,7 @@ def exact_search(
                     layer=i,
                     rows_a=np.vstack([node.rows_a, row[None]]),
                     rows_h=np.append(node.rows_h, rh),
+                    rows_id=np.append(node.rows_id, int(sizes[i]) + j).astype(np.int64),
                     pre_w=node.pre_w,
                     pre_b=node.pre_b,
                     point=node.point if inside else None,
@@ -909,7 +927,7 @@ def exact_search(
                 raise budget("time_limit")
             lb_in = node.lb
             if node.point is None:
-                res = qp(node.rows_a, node.rows_h)
+                res = qp(node.rows_a, node.rows_h, *node_errors(node))
                 node.lb = max(node.lb, res.lower)  # certified (inf: certified empty)
                 if node.lb >= cut:
                     continue
