@@ -183,9 +183,21 @@ class CrosscheckResult:
     def known(self, rtol: float = KNOWN_RTOL) -> np.ndarray:
         """bool [N]: samples whose distance to the decision boundary is known to ``rtol``:
         the best certificate reaches ``(1 - rtol)`` of a verified attack's norm, so the
-        exact minimal perturbation lies in ``[(1 - rtol) norm, norm]``."""
+        exact minimal perturbation lies in ``[(1 - rtol) norm, norm]``; or the exact radius
+        was computed (``bk.exact_radius``: to ``1e-6`` relative, with a witness; NaN where
+        it did not finish)."""
         norm = np.where(self.attack_success, self.attack_norm, np.inf)
-        return self.best_certified() >= (1.0 - rtol) * norm
+        out = self.best_certified() >= (1.0 - rtol) * norm
+        if self.exact is not None:
+            out = out | ~np.isnan(self.exact)
+        return out
+
+    def distance(self, rtol: float = KNOWN_RTOL) -> list[str]:
+        """Per sample, ``"exact"`` where the distance is known to ``rtol`` (:meth:`known`:
+        the lower end, a certificate or the exact search's, meets the upper end, a verified
+        attack or the exact radius's witness), else ``"bracketed"`` (certified radius
+        ``<=`` distance ``<=`` attack norm, the two apart by more than ``rtol``)."""
+        return ["exact" if k else "bracketed" for k in self.known(rtol).tolist()]
 
     def violation_mask(self, method: str) -> np.ndarray:
         """bool [N]: samples with a verified violation of ``method``."""
@@ -256,11 +268,13 @@ class CrosscheckResult:
         return out
 
     def to_rows(self) -> list[dict[str, Any]]:
-        """One dict per sample (for CSV): index, label, prediction, radii, norm, ratios,
+        """One dict per sample (for CSV): index, label, prediction, radii, norm, the
+        ``distance`` label (``"exact"`` / ``"bracketed"``, :meth:`distance`), ratios,
         violation flags."""
         rows = []
         masks = {m: self.violation_mask(m) for m in self.radius}
         ratios = {m: self.ratio(m) for m in self.radius}
+        distance = self.distance()
         for k in range(len(self)):
             row: dict[str, Any] = {
                 "index": int(self.index[k]),
@@ -275,6 +289,7 @@ class CrosscheckResult:
                 row["attack_outcome"] = self.attack_outcome[k].value
             if self.exact is not None:
                 row["exact_radius"] = float(self.exact[k])
+            row["distance"] = distance[k]
             for m in self.radius:
                 row[f"ratio_{m}"] = float(ratios[m][k])
             for m in self.radius:
@@ -309,6 +324,7 @@ class CrosscheckResult:
                 **({"attack_outcome": [o.value for o in self.attack_outcome]}
                    if self.attack_outcome else {}),
                 "exact": None if self.exact is None else self.exact.astype(float).tolist(),
+                "distance": self.distance(),
                 "ratio": {m: self.ratio(m).astype(float).tolist() for m in self.radius},
             },
             "exact_note": self.exact_note,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from boundkit.bounds.bab import options as _clock
 from boundkit.errors import BoundkitError, InputShapeError
 from boundkit.exact.convert import to_affine_relu
 from boundkit.exact.search import (
@@ -28,6 +28,9 @@ from boundkit.validate import check_call
 DEFAULT_MAX_NEURONS = 32
 #: without ``time_limit``, the most leaf regions a search may solve per sample
 DEFAULT_MAX_REGIONS = 5000
+#: the region QPs' dual certificates reach their optimum to about ``1e-11`` relative: below
+#: ``rtol = CERT_SLACK`` an answered row's ``lower`` is the certificate's, not ``(1 - rtol) R``
+CERT_SLACK = 1e-9
 
 __all__ = ["DEFAULT_MAX_NEURONS", "DEFAULT_MAX_REGIONS", "WITNESS_SLACK", "ExactResult",
            "ExactSizeError", "exact_radius", "exact_radius_linear"]
@@ -50,13 +53,17 @@ class ExactResult:
     its own dtype (a float32 model rounds the input and its arithmetic).
     Rows with no class change anywhere (``radius = inf``) hold NaN and class -1, as do rows
     whose radius is unknown (``radius = NaN``): ``reason[n]`` then says why (the time limit,
-    the region budget with ``on_budget="nan"``, or a candidate region closer than the
-    radius whose witness failed verification); it is ``""`` for every answered row.
-    ``lower[n] <= rho(x_n) <= upper[n]`` is what is known in every case: ``(1 - rtol) R``
-    and ``R`` for an answered row; for a search stopped by its budget, the smallest bound
-    of its open nodes (float64 QP distances and the engine's CROWN: the search's bound,
-    not a rounding-charged certificate; 0 if it stopped before branching) and the smallest
-    distance with a verified witness (inf if none).
+    the region budget with ``on_budget="nan"``, a candidate region closer than the
+    radius whose witness failed verification, or a region QP too ill-conditioned for its
+    dual certificate to reach ``(1 - rtol) R``); it is ``""`` for every answered row.
+    ``lower[n] <= rho(x_n) <= upper[n]`` is what is known in every case:
+    ``min((1 - rtol) R, certified)`` and ``R`` for an answered row (``certified``: the
+    smallest dual-certified distance of the regions closed on a QP, rounding charged;
+    ``docs/exact.md`` "What closes a region"; with ``R = inf`` it is that finite distance);
+    for a search stopped by its budget, the smallest radius
+    certified by its open domains (``bab``'s linear bounds with beta multipliers, float64
+    with rounding charged; 0 if it stopped before bounding any) and the smallest distance
+    with a verified witness (inf if none).
     """
 
     radius: torch.Tensor  # [N] float64
@@ -191,13 +198,21 @@ def exact_radius(
     LogSoftmax).  ``x``: ``[N, *in_shape]``.  ``box=(lo, hi)`` restricts ``x + r`` to
     ``lo <= x + r <= hi`` (the boxed radius is ``>=`` the unconstrained one).  Linear models
     use the closed form ``min_{c'} (f_c - f_{c'}) / ||w_c - w_{c'}||``; ReLU models a
-    best-first branch-and-bound over activation regions with one convex QP per region, on the
-    net's canonical form (every hidden neuron's input row of unit norm: the same decision
-    function whatever the layers' positive scales; ``docs/exact.md``).  The returned radius
+    branch and bound on the net's canonical form (every hidden neuron's input row of unit
+    norm: the same decision function whatever the layers' positive scales;
+    ``docs/exact.md``): the upper end a witnessed region QP, the lower end ``bab``'s
+    domains (:mod:`boundkit.bounds.bab`: split ReLUs, batched linear bounds with optimised
+    slopes and beta multipliers), each certifying the radius ``c / nu`` its bound gives,
+    bounded at the ball of radius ``(1 - rtol)`` times the upper end; a domain with every
+    neuron split or stable is a leaf, solved by its region's exact QP and closed on the
+    QP's dual-certified lower bound (float64, the rows' rounding charged; where it falls
+    below ``(1 - max(rtol, 1e-9)) R`` the sample is NaN with the reason).  The returned radius
     ``R`` satisfies ``(1 - rtol) R <= rho <= R`` (``R`` is attained by ``perturbation``), and
     every finite ``R`` comes with a witness the model itself confirms (re-run in float64).
 
-    Budgets: ``time_limit`` seconds per sample (None = none).  Without a time limit the
+    Budgets: ``time_limit`` seconds per sample (None = none), on the clock of
+    :mod:`boundkit.bounds.bab.options` (wall seconds; a benchmark on a shared machine may
+    set ``CLOCK = time.process_time``).  Without a time limit the
     model may have at most ``max_neurons`` hidden ReLUs (default 32) and a search at most
     ``max_regions`` leaf regions (default 5000); with one, both default to no limit, so the
     exact radius can be asked of real-sized networks and each sample either finishes in time
@@ -292,7 +307,7 @@ def exact_radius(
                 continue
             wit[idx], native[idx] = w, lv == 2
             continue
-        deadline = None if time_limit is None else time.perf_counter() + time_limit
+        deadline = None if time_limit is None else _clock.now() + time_limit
         try:
             res = exact_search(canon, xi, bx, rtol, max_regions, deadline, crown,
                                c=int(pred[idx]), verify=verify)
@@ -322,8 +337,22 @@ def exact_radius(
                 f"{res.radius:.17g}) had no witness that the model, re-run in float64, "
                 "confirms as adversarial: its answer is not trusted")
             continue
+        if math.isfinite(res.radius) and (
+                res.certified < res.radius * (1.0 - max(rtol, CERT_SLACK))):
+            upper[idx] = res.radius
+            lower[idx] = min(res.certified, res.radius * (1.0 - rtol))
+            radius[idx] = math.nan
+            reason[idx] = (
+                f"the region QP is ill-conditioned at this scale: a region closed on its QP "
+                f"is certified (dual bound, rounding charged) only {res.certified:.17g} away, "
+                f"below (1 - rtol) times the best confirmed {res.radius:.17g}")
+            continue
         radius[idx] = res.radius
-        lower[idx], upper[idx] = res.radius * (1.0 - rtol), res.radius
+        # with no class change found (radius inf), what is proved is the regions' certified
+        # distance: a dual bound of an empty region is finite in float64 (its Farkas vector
+        # cancels only up to rounding), typically ~1e15 times the rows' distances
+        lower[idx] = min(res.radius * (1.0 - rtol), res.certified)
+        upper[idx] = res.radius
         if res.perturbation is not None and res.witness is not None:
             pert[idx] = res.perturbation
             adv[idx] = res.adv_class

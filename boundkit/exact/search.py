@@ -8,15 +8,21 @@ where ``P`` ranges over activation patterns, ``Q_P`` is the polyhedron on which 
 pre-activation has the sign ``P`` prescribes (non-strictly), and ``g_{c'}^P`` is the affine
 map ``f_{c'} - f_c`` restricted to ``Q_P``.  On ``Q_P`` the network *equals* its pattern-``P``
 linearisation (ties ``y = 0`` give ``relu(0) = 0`` either way) and ``union_P Q_P = R^d``, so
-the minimum over patterns is exact.  See ``docs/exact.md`` for the pruning rules and why
-they never discard the optimum.
+the minimum over patterns is exact.  The upper end is the smallest QP distance of a region
+whose point the model confirms; the lower end comes from ``bab``'s domains
+(:mod:`boundkit.bounds.bab`: one per competing class, ReLU splits in any order, batched
+linear bounds with optimised slopes and beta multipliers), each certifying the radius its
+bound gives, and a domain with every neuron split or stable is a leaf solved by its
+region's QP (``bab_nodes`` in :func:`exact_search`).  Where no finite ball exists (no
+adversarial point found and no box) the layer-ordered region search runs instead.  See
+``docs/exact.md`` for the proofs and why they never discard the optimum.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,12 +31,18 @@ import torch
 from torch import nn
 
 from boundkit.bounds import walk
+from boundkit.bounds.bab import options as _clock
+from boundkit.bounds.bab.bounding import BabPlan, Bounder, bab_plan
+from boundkit.bounds.bab.branching import branch
+from boundkit.bounds.bab.domains import Domains
+from boundkit.bounds.bab.options import NEVER, BabOptions
 from boundkit.bounds.crown import CrownRun, plan_crown
 from boundkit.bounds.numerics import gamma
 from boundkit.bounds.relaxation import LinearBounds, Splits
 from boundkit.exact.convert import AffineReluNet
-from boundkit.exact.qp import min_norm_point, unit_rows
+from boundkit.exact.qp import MinNorm, min_norm, min_norm_point, unit_rows
 from boundkit.graph.capture import capture
+from boundkit.graph.graph import Graph
 
 
 class SearchBudgetExceeded(Exception):
@@ -68,6 +80,9 @@ class SearchResult:
     witness: np.ndarray | None = None  # verified strictly adversarial point near r*
     witness_level: int = 0  # the verifier's answer for `witness` (see `Verifier`)
     untrusted: float = np.inf  # smallest QP distance whose witness failed verification
+    #: smallest certified lower bound (dual certificate, :func:`boundkit.exact.qp.min_norm`)
+    #: of the regions closed on a QP; the radius is exact only if it is >= (1 - rtol) radius
+    certified: float = np.inf
 
 
 @dataclass
@@ -77,6 +92,7 @@ class _Node:
     layer: int  # first layer with unfixed neurons (== L: all fixed)
     rows_a: np.ndarray  # constraints rows_a @ r >= rows_h, r = z - x
     rows_h: np.ndarray
+    rows_id: np.ndarray  # the hidden neuron (index over all layers) of each row
     pre_w: np.ndarray  # pre-activation of `layer` (or logits if layer == L) = pre_w z + pre_b
     pre_b: np.ndarray
     point: np.ndarray | None  # exact min-norm point of the node polyhedron, if known
@@ -105,6 +121,51 @@ def pattern_affine(
     a = np.vstack(rows_a) if rows_a else np.zeros((0, d))
     h = np.concatenate(rows_h) if rows_h else np.zeros(0)
     return a, h, f_w, f_b
+
+
+def _gam(k: int) -> float:
+    """``gamma_k`` of float64 (Higham 2002, Lemma 3.1), slightly rounded up."""
+    ku = k * 2.0**-53
+    return ku / (1.0 - ku) * (1.0 + 1e-10)
+
+
+def pattern_affine_errors(
+    net: AffineReluNet, pattern: list[np.ndarray], x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bounds on how far :func:`pattern_affine`'s float64 ``(A, h, F, phi)`` are from the
+    exact ones of the same weights (same shapes, elementwise, ``>= 0``).
+
+    A product ``W M`` computed from ``M~ = M + D`` is off by at most
+    ``gamma_n |W| |M~| + |W| |D|`` (Higham 2002, §3.5, with ``n`` the inner dimension), and
+    a sum with a bias by ``gamma_{n+1}`` of its absolute terms; the error bounds themselves
+    are inflated by ``1 + gamma`` for their own rounding."""
+    d = net.in_dim
+    m_w, m_b = np.eye(d), np.zeros(d)
+    e_w, e_b = np.zeros((d, d)), np.zeros(d)
+    ax = np.abs(x)
+    ea_l, eh_l = [], []
+    for i, (w, b, s) in enumerate(zip(net.weights[:-1], net.biases[:-1], pattern)):
+        n, aw = w.shape[1], np.abs(w)
+        p_w, p_b = w @ m_w, w @ m_b + b
+        if i == 0:  # W I and W 0 + b: exact products (a sum of one non-zero term)
+            ep_w, ep_b = np.zeros_like(p_w), np.zeros_like(p_b)
+        else:
+            ep_w = (_gam(n) * (aw @ np.abs(m_w)) + aw @ e_w) * (1 + _gam(n + 2))
+            ep_b = (_gam(n + 1) * (aw @ np.abs(m_b) + np.abs(b)) + aw @ e_b) * (
+                1 + _gam(n + 2))
+        ev = (_gam(d + 1) * (np.abs(p_w) @ ax + np.abs(p_b)) + ep_w @ ax + ep_b) * (
+            1 + _gam(d + 3))
+        ea_l.append(ep_w)
+        eh_l.append(ev)
+        m_w, m_b = s[:, None] * p_w, s * p_b
+        e_w, e_b = s[:, None] * ep_w, s * ep_b
+    w, b = net.weights[-1], net.biases[-1]
+    n, aw = w.shape[1], np.abs(w)
+    ef_w = (_gam(n) * (aw @ np.abs(m_w)) + aw @ e_w) * (1 + _gam(n + 2))
+    ef_b = (_gam(n + 1) * (aw @ np.abs(m_b) + np.abs(b)) + aw @ e_b) * (1 + _gam(n + 2))
+    ea = np.vstack(ea_l) if ea_l else np.zeros((0, d))
+    eh = np.concatenate(eh_l) if eh_l else np.zeros(0)
+    return ea, eh, ef_w, ef_b
 
 
 def find_witness(
@@ -318,6 +379,13 @@ class NetCrown:
         self._order = order
         self._built = True
 
+    def bab(self) -> tuple[Graph, BabPlan]:
+        """The captured graph and its branch-and-bound plan (``bab``'s split ReLU rule on
+        every ReLU; cached on the graph)."""
+        if not self._built:
+            self._build()
+        return self.graph, bab_plan(self.graph)
+
     def run(self, x: np.ndarray) -> CrownRun:
         """The engine's run for one sample (its sound pass), to be subset per batch."""
         if not self._built:
@@ -370,6 +438,24 @@ class NetCrown:
 CROWN_BATCH = 32
 
 
+#: the options of the domains' bounding in :func:`exact_search` (``bab``'s defaults: 3
+#: gradient steps on slopes and multipliers per batch, the root's intermediate bounds,
+#: one domain per competing class)
+BAB_NODE_OPTIONS = BabOptions(batch=512, iterations=3, refresh=NEVER, per_class=True)
+
+
+def _torch_box(box: tuple[np.ndarray, np.ndarray] | None
+               ) -> tuple[float, float] | tuple[torch.Tensor, torch.Tensor] | None:
+    """The box as the engine takes it: two numbers where it is one interval per
+    coordinate alike, else two tensors [d]."""
+    if box is None:
+        return None
+    lo, hi = box
+    if np.all(lo == lo[0]) and np.all(hi == hi[0]):
+        return float(lo[0]), float(hi[0])
+    return torch.from_numpy(lo.copy()), torch.from_numpy(hi.copy())
+
+
 def _halfspace_dist(a: np.ndarray, v: float) -> float:
     """Distance from ``x`` to ``{x + r : a r + v >= 0}``."""
     if v >= 0:
@@ -389,12 +475,17 @@ def exact_search(
     *,
     c: int | None = None,
     verify: Verifier | None = None,
+    nodes_by: str = "bab",
 ) -> SearchResult:
-    """Exact ``rho(x)`` (to relative ``rtol``) by best-first branch-and-bound; see module doc.
+    """Exact ``rho(x)`` (to relative ``rtol``) by branch and bound; see module doc.
 
+    ``nodes_by``: ``"bab"`` (default: ``bab``'s domains and bounds, the region search
+    where no finite ball exists) or ``"regions"`` (the layer-ordered region search with
+    CROWN node bounds: the previous default, kept as the tests' oracle).
     Raises :class:`SearchBudgetExceeded` beyond ``max_regions`` regions (``20 max_regions``
-    nodes; None: no limit) or, if given, once ``time.perf_counter()`` passes ``deadline``
-    (checked per node, per ray and per improvement).  ``crown``: the network's
+    nodes or domains; None: no limit) or, if given, once the clock of
+    :mod:`boundkit.bounds.bab.options` passes ``deadline`` (checked per node or batch of
+    domains, per ray and per improvement).  ``crown``: the network's
     :class:`NetCrown` (built here when not given; pass it to share the captured graph
     between the samples of a network).  ``c``: the class of ``x`` (default: the argmax of
     ``net``).  Every candidate that would improve the radius is first given a witness by
@@ -402,6 +493,8 @@ def exact_search(
     (the search goes on) and its distance is kept in ``SearchResult.untrusted``: if that is
     below the radius found, the radius is not the exact one and the caller must say so.
     """
+    if nodes_by not in ("bab", "regions"):
+        raise ValueError(f"nodes_by must be 'bab' or 'regions', got {nodes_by!r}")
     d = net.in_dim
     nl = len(net.weights) - 1
     logits = net.forward(x[None])[0]
@@ -414,21 +507,23 @@ def exact_search(
         return SearchResult(0.0, np.zeros(d), k, region_pattern(net, x), 0, 0, np.zeros(d), 2)
 
     def over_time() -> bool:
-        return deadline is not None and time.perf_counter() > deadline
+        return deadline is not None and _clock.now() > deadline
 
     floor = 0.0  # smallest bound of the nodes taken off the queue and not yet finished
+    domains_floor = np.inf  # the bab nodes' smallest certified radius (see `bab_nodes`)
     heap: list[tuple[float, int, int, _Node]] = []  # (bound, -fixed, tie, node)
 
     def budget(what: str) -> SearchBudgetExceeded:
         open_min = heap[0][0] if heap else np.inf
-        lower = min(floor, open_min, best * (1.0 - rtol))
+        lower = min(floor, open_min, best * (1.0 - rtol), domains_floor, certified)
         return SearchBudgetExceeded(regions, nodes, what, max(lower, 0.0), best)
 
     # the box enters every QP as bounds on r (not as rows: see boundkit/exact/qp.py)
     blo, bhi = (None, None) if box is None else (box[0] - x, box[1] - x)
 
-    def qp(a: np.ndarray, h: np.ndarray) -> np.ndarray | None:
-        return min_norm_point(a, h, blo, bhi)
+    def qp(a: np.ndarray, h: np.ndarray, err_a: np.ndarray | None = None,
+           err_h: np.ndarray | None = None) -> MinNorm:
+        return min_norm(a, h, blo, bhi, err_a, err_h)
 
     best = np.inf
     best_r: np.ndarray | None = None
@@ -437,27 +532,47 @@ def exact_search(
     best_w: np.ndarray | None = None
     best_lv = 0
     untrusted = np.inf
+    certified = np.inf
     regions = 0
     nodes = 0
 
     def solve_leaf(pat: list[np.ndarray], a: np.ndarray, h: np.ndarray,
-                   f_w: np.ndarray, f_b: np.ndarray, lb: float
+                   f_w: np.ndarray, f_b: np.ndarray, lb: float,
+                   classes: list[int] | None = None, closes: bool = False
                    ) -> tuple[float, np.ndarray | None]:
-        """The QPs of the region ``pat`` (classes that may beat ``best``); updates ``best``;
-        returns the smallest distance found in the region and its point."""
+        """The QPs of the region ``pat`` (classes that may beat ``best``; only ``classes``
+        where given); updates ``best``; returns the smallest distance found in the region
+        and its point.  ``closes``: the search closes the region on this answer, so each
+        QP's certified lower bound (rounding of the region's rows charged,
+        :func:`pattern_affine_errors`) enters ``certified``."""
         nonlocal best, best_r, best_k, best_pat, best_w, best_lv, untrusted, regions
+        nonlocal certified
         regions += 1
+        if closes:
+            a, h, f_w, f_b = pattern_affine(net, pat, x)
+            ea, eh, ef_w, ef_b = pattern_affine_errors(net, pat, x)
         g_w = f_w - f_w[c]
         g_v = g_w @ x + (f_b - f_b[c])
         order = np.argsort(-g_v)
         leaf, leaf_r = np.inf, None
         for k in order:
-            if k == c:
+            if k == c or (classes is not None and int(k) not in classes):
                 continue
             cut = best * (1.0 - rtol)
             if max(lb, _halfspace_dist(g_w[k], float(g_v[k]))) >= cut:
                 continue
-            r = qp(np.vstack([a, g_w[k][None]]), np.append(h, -g_v[k]))
+            if closes:
+                # g_w = F_k - F_c and g_v = g_w x + phi_k - phi_c as computed above
+                eg = (ef_w[k] + ef_w[c] + _gam(1) * np.abs(g_w[k])) * (1 + _gam(3))
+                fbk = f_b[k] - f_b[c]
+                egv = (_gam(d + 2) * (np.abs(g_w[k]) @ np.abs(x) + abs(fbk)) + eg @ np.abs(x)
+                       + ef_b[k] + ef_b[c] + _gam(1) * abs(fbk)) * (1 + _gam(d + 4))
+                res = qp(np.vstack([a, g_w[k][None]]), np.append(h, -g_v[k]),
+                         np.vstack([ea, eg[None]]), np.append(eh, egv))
+                certified = min(certified, res.lower)
+            else:
+                res = qp(np.vstack([a, g_w[k][None]]), np.append(h, -g_v[k]))
+            r = res.point
             if r is None:
                 continue
             rn = float(np.linalg.norm(r))
@@ -531,7 +646,8 @@ def exact_search(
         _, _, pat = hit
         a, h, f_w, f_b = pattern_affine(net, pat, x)
         walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1])
-    walk(pat0, solve_leaf(pat0, a0, h0, fw0, fb0, 0.0)[1])
+    # without hidden layers this one region is the whole space: the search closes it here
+    walk(pat0, solve_leaf(pat0, a0, h0, fw0, fb0, 0.0, closes=nl == 0)[1])
     z = deepfool_point(net, x, c, box)
     if z is not None:
         pat = region_pattern(net, z)
@@ -540,7 +656,100 @@ def exact_search(
 
     if nl == 0:
         return SearchResult(best, best_r, best_k, best_pat, regions, 0, best_w, best_lv,
-                            untrusted)
+                            untrusted, certified)
+    engine = crown if crown is not None else NetCrown(net)
+    max_nodes = np.inf if max_regions is None else 20 * max_regions
+    max_reg = np.inf if max_regions is None else max_regions
+
+    def bab_nodes(far: float) -> SearchResult:
+        """The search over ``bab``'s domains (module :mod:`boundkit.bounds.bab`; proofs in
+        ``docs/exact.md`` §Nodes bounded by branch and bound): one domain per competing
+        class, bounded in batches at the ball of radius ``cut = best (1 - rtol)`` (``far``
+        where ``best`` is inf: a ball holding the whole box), smallest certified radius
+        first; a domain is closed once the radius it certifies reaches the cut; a domain
+        with no unstable neuron left is a leaf: the exact QP of its activation region."""
+        nonlocal nodes, domains_floor, floor
+        floor = np.inf  # the region search's; here the open domains' radii say it
+        graph, plan = engine.bab()
+        x0 = torch.from_numpy(x)[None]
+        run = CrownRun(graph, plan.crown, x0, _torch_box(box))
+        label = torch.tensor([c])
+
+        def cut_now() -> float:
+            return best * (1.0 - rtol) if np.isfinite(best) else far
+
+        eps = torch.tensor([cut_now()], dtype=torch.float64)
+        bounder = Bounder(graph, plan, run, label, eps, BAB_NODE_OPTIONS)
+        others = torch.tensor([k for k in range(net.num_classes) if k != c])
+        pool = Domains(torch.zeros(len(others), dtype=torch.long), {},
+                       torch.zeros(len(others), 1, dtype=torch.bool), cls=others,
+                       radius=torch.zeros(len(others), dtype=torch.float64))
+        relus = [r.name for r in plan.relus]
+        pres = [r.inputs[0] for r in plan.relus]
+        rate = 0.0  # seconds per domain of the last batch
+        while len(pool):
+            cut = cut_now()
+            assert pool.radius is not None
+            pool = pool.rows(torch.nonzero(pool.radius < cut).flatten())
+            if not len(pool):
+                break
+            domains_floor = float(pool.radius.min())
+            if over_time():
+                raise budget("time_limit")
+            if nodes > max_nodes or regions > max_reg:
+                raise budget("max_regions")
+            size = BAB_NODE_OPTIONS.batch
+            if deadline is not None and rate > 0:  # a batch the time left affords
+                size = max(1, min(size, int((deadline - _clock.now()) / rate) + 1))
+            order = torch.argsort(pool.radius, stable=True)
+            batch, pool = pool.rows(order[:size]), pool.rows(order[size:])
+            t0 = _clock.now()
+            nodes += len(batch)
+            bounder.eps = torch.tensor([cut], dtype=torch.float64)
+            b = bounder.bound(batch)
+            assert b.radius is not None
+            rad = b.radius
+            open_ = torch.nonzero(~b.proven & (rad < cut)).flatten()
+            if open_.numel():
+                kids, stuck = branch(batch.rows(open_), dataclasses.replace(
+                    b, scores={k: v[open_] for k, v in b.scores.items()},
+                    alpha={k: v[open_] for k, v in b.alpha.items()},
+                    beta={k: v[open_] for k, v in b.beta.items()}, done=b.done[open_],
+                    lo={k: v[open_] for k, v in b.lo.items()},
+                    hi={k: v[open_] for k, v in b.hi.items()},
+                    radius=rad[open_]), bounder.shapes, BAB_NODE_OPTIONS.warm_elements)
+                for row in open_[stuck].tolist():
+                    # a leaf: every neuron split or of one sign on the ball part of the
+                    # domain, so that part lies in the region of this pattern
+                    pat = []
+                    for name, pre in zip(relus, pres):
+                        lo, hi = b.lo[pre][row], b.hi[pre][row]
+                        s_ = batch.signs.get(name)
+                        s_ = torch.zeros_like(lo, dtype=torch.int8) if s_ is None else s_[row]
+                        if bool(((s_ == 0) & (lo < 0) & (hi > 0)).any()):
+                            raise AssertionError("a leaf domain with a free unstable neuron")
+                        pat.append(((s_ > 0) | ((s_ == 0) & (lo >= 0))).numpy())
+                    a, h, f_w, f_b = pattern_affine(net, pat, x)
+                    old = best
+                    k = int(batch.cls[row]) if batch.cls is not None else None
+                    _, r_leaf = solve_leaf(pat, a, h, f_w, f_b, float(rad[row]),
+                                           None if k is None else [k], closes=True)
+                    if best < old:
+                        walk(pat, r_leaf)
+                if len(kids):
+                    pool = Domains.cat([pool, kids])
+            rate = (_clock.now() - t0) / len(batch)
+        domains_floor = np.inf
+        return SearchResult(best, best_r, best_k, best_pat, regions, nodes, best_w, best_lv,
+                            untrusted, certified)
+
+    if nodes_by == "bab":
+        far = np.inf
+        if box is not None:
+            far = float(np.linalg.norm(np.maximum(x - box[0], box[1] - x)))
+            far = far * (1 + 1e-6) + 1e-300  # beyond every point of the box
+        if np.isfinite(best) or np.isfinite(far):
+            return bab_nodes(far)
 
     root = _Node(
         lb=0.0,
@@ -548,12 +757,19 @@ def exact_search(
         layer=0,
         rows_a=np.zeros((0, d)),
         rows_h=np.zeros(0),
+        rows_id=np.zeros(0, dtype=np.int64),
         pre_w=net.weights[0].copy(),
         pre_b=net.biases[0].copy(),
         point=np.zeros(d),
     )
     counter = itertools.count()
     heap.append((0.0, 0, next(counter), root))
+
+    def node_errors(node: _Node) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`pattern_affine_errors` of a node's rows: a row of layer ``i`` depends only
+        on the signs of layers ``< i``, all fixed once the node reached layer ``i``."""
+        ea, eh, _, _ = pattern_affine_errors(net, [t > 0 for t in node.signs], x)
+        return ea[node.rows_id], eh[node.rows_id]
 
     def _expand(node: _Node, lb_in: float, has_bounds: bool, res: NodeBounds | None,
                 rho: float) -> None:
@@ -581,9 +797,12 @@ def exact_search(
                     dist = min(dist, dk)
                     continue
                 # distance to (node polyhedron) n (relaxed class-k half-space)
-                rk = qp(np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv))
-                if rk is not None:
-                    dist = min(dist, float(np.linalg.norm(rk)))
+                # (its certified lower bound: inf where certified empty)
+                # (the engine's row m_w[k], m_b[k] is itself sound as computed: no data error)
+                ea, eh = node_errors(node)
+                rk = qp(np.vstack([node.rows_a, m_w[k][None]]), np.append(node.rows_h, -mv),
+                        np.vstack([ea, np.zeros((1, d))]), np.append(eh, 0.0))
+                dist = min(dist, rk.lower)
             # the bounds hold on B(x, rho), rho >= the current cut: adversarial points of the
             # node are >= dist away inside the ball and > rho away outside it
             if dist >= rho:
@@ -599,7 +818,7 @@ def exact_search(
             pat = [s > 0 for s in node.signs]
             old = best
             _, r_leaf = solve_leaf(pat, node.rows_a, node.rows_h, node.pre_w, node.pre_b,
-                                   node.lb)
+                                   node.lb, closes=True)
             if best < old:
                 walk(pat, r_leaf)
             return
@@ -610,7 +829,7 @@ def exact_search(
         v_all = node.pre_w @ x + node.pre_b
         norms = np.linalg.norm(node.pre_w, axis=1)
         bl, bu = node.bounds[i] if node.bounds is not None else (None, None)
-        new_a, new_h = [], []
+        new_a, new_h, new_id = [], [], []
         split: list[tuple[float, int]] = []
         for j in np.flatnonzero(s == 0):
             v, nj = float(v_all[j]), float(norms[j])
@@ -631,11 +850,13 @@ def exact_search(
             s[j] = 1 if ok_act else -1
             new_a.append(sg * node.pre_w[j])
             new_h.append(-sg * v)
+            new_id.append(int(sizes[i]) + int(j))
         if s is None:
             return
         if new_a:
             node.rows_a = np.vstack([node.rows_a, np.array(new_a)])
             node.rows_h = np.append(node.rows_h, new_h)
+            node.rows_id = np.append(node.rows_id, new_id).astype(np.int64)
             if node.point is not None and np.any(
                 node.rows_a[-len(new_a):] @ node.point < np.array(new_h) - 1e-12
             ):
@@ -659,6 +880,7 @@ def exact_search(
                     layer=i,
                     rows_a=np.vstack([node.rows_a, row[None]]),
                     rows_h=np.append(node.rows_h, rh),
+                    rows_id=np.append(node.rows_id, int(sizes[i]) + j).astype(np.int64),
                     pre_w=node.pre_w,
                     pre_b=node.pre_b,
                     point=node.point if inside else None,
@@ -678,10 +900,7 @@ def exact_search(
         node.layer = i + 1
         heapq.heappush(heap, (node.lb, -node.nfixed, next(counter), node))
 
-    engine = crown if crown is not None else NetCrown(net)
     run: CrownRun | None = None  # the engine's pass for x, made on first use
-    max_nodes = np.inf if max_regions is None else 20 * max_regions
-    max_reg = np.inf if max_regions is None else max_regions
     round_best, size = np.nan, 1  # `best` when the previous round started, its size
     while heap:
         # One round: `size` nodes popped in best-first order; those whose linear bounds are
@@ -708,13 +927,16 @@ def exact_search(
                 raise budget("time_limit")
             lb_in = node.lb
             if node.point is None:
-                r = qp(node.rows_a, node.rows_h)
-                if r is None:
-                    continue
-                node.point = r
-                node.lb = max(node.lb, float(np.linalg.norm(r)))
+                res = qp(node.rows_a, node.rows_h, *node_errors(node))
+                node.lb = max(node.lb, res.lower)  # certified (inf: certified empty)
                 if node.lb >= cut:
                     continue
+                if res.point is None:
+                    # no point found and no certificate that the node is empty or far:
+                    # it cannot be closed, and it cannot be split without a point
+                    certified = min(certified, node.lb)
+                    continue
+                node.point = res.point
             todo.append((node, lb_in))
         if not todo:
             break
@@ -730,6 +952,6 @@ def exact_search(
         for node, lb_in in todo:
             _expand(node, lb_in, id(node) in fresh, fresh.get(id(node)), rho)
     return SearchResult(best, best_r, best_k, best_pat, regions, nodes, best_w, best_lv,
-                        untrusted)
+                        untrusted, certified)
 
 

@@ -158,6 +158,9 @@ def _check_single(doc: Any, where: str) -> None:
             _check_list(v, n, f"{where}: samples.{key}.{m}", _is_dist, "distances (>= 0)")
     if s.get("exact") is not None:
         _check_list(s["exact"], n, f"{where}: samples.exact", _is_dist, "distances (>= 0)")
+    if "distance" in s:
+        _check_list(s["distance"], n, f"{where}: samples.distance",
+                    lambda e: e in ("exact", "bracketed"), "'exact' or 'bracketed'")
     if "attack_success" in s:
         _check_list(s["attack_success"], n, f"{where}: samples.attack_success",
                     lambda e: isinstance(e, bool), "booleans")
@@ -274,6 +277,8 @@ def rows_from_results(doc: dict[str, Any]) -> list[dict[str, Any]]:
             row["attack_outcome"] = s["attack_outcome"][k]
         if s.get("exact") is not None:
             row["exact_radius"] = _num(s["exact"][k])
+        if s.get("distance"):
+            row["distance"] = s["distance"][k]
         for m, r in s.get("ratio", {}).items():
             row[f"ratio_{m}"] = _num(r[k])
         for m in s.get("radius", {}):

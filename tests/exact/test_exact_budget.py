@@ -136,5 +136,8 @@ def test_a_stopped_search_reports_the_interval_it_reached() -> None:
     stopped = torch.isnan(res.radius)
     assert stopped.any()
     assert (res.lower[stopped] <= ref[stopped] * (1 + 1e-9)).all()
+    # where domains were bounded: their certified radii, not 0 (0: stopped before)
+    bounded = stopped & (res.nodes > 0)
+    assert bounded.any() and (res.lower[bounded] > 0).all()
     assert (ref[stopped] <= res.upper[stopped] * (1 + 1e-9)).all()
     assert all("<= radius <=" in res.reason[i] for i in stopped.nonzero().flatten().tolist())
