@@ -82,10 +82,12 @@ def images(name: str, runs: Path, data_root: str, start: int, stop: int,
 
 
 def run(name: str, runs: Path, data_root: str, n: int, budget: int, chunk: int = 0,
-        jsonl: Path | None = None) -> dict:
+        jsonl: Path | None = None, first: int = 0) -> dict:
     """The first ``n`` test images of ``name``, in chunks of ``chunk`` (0: one batch); with
     ``jsonl`` every image's row is appended there as soon as its chunk ends, and images
-    already there are not run again (resume). Summary over the correctly classified ones."""
+    already there are not run again (resume); ``first``: start at that image (the rows
+    before it are read from ``jsonl`` where present). Summary over the correctly classified
+    images among the rows present."""
     meta = json.loads((runs / f"{name}.json").read_text())["meta"]
     done: dict[int, dict] = {}
     if jsonl is not None and jsonl.exists():
@@ -94,7 +96,7 @@ def run(name: str, runs: Path, data_root: str, n: int, budget: int, chunk: int =
             if r.get("name") == name:
                 done[int(r["index"])] = r
     step = chunk or n
-    for start in range(0, n, step):
+    for start in range(first, n, step):
         stop = min(n, start + step)
         if all(i in done for i in range(start, stop)):
             continue
@@ -104,7 +106,7 @@ def run(name: str, runs: Path, data_root: str, n: int, budget: int, chunk: int =
         if jsonl is not None:
             with jsonl.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
-    rows = [done[i] for i in range(n)]
+    rows = [done[i] for i in range(n) if i in done]  # all of them unless --first > 0
     for r in rows:
         r["ratio"] = r["crown"] / r["attack"] if r["attack"] > 0 else float("nan")
     ok = [r for r in rows if r["label"] == r["pred"]]
@@ -114,7 +116,7 @@ def run(name: str, runs: Path, data_root: str, n: int, budget: int, chunk: int =
     viol = int((radius > norm * (1 + 1e-9)).sum())
     return {
         "name": name, "dataset": meta["dataset"], "test_accuracy": meta["test_accuracy"],
-        "epochs": meta["epochs"], "n": n, "n_correct": len(ok),
+        "epochs": meta["epochs"], "n": len(rows), "n_correct": len(ok),
         "crown_median": float(radius.median()), "attack_median": float(norm.median()),
         "ratio_median": float(ratio.median()), "ratio_min": float(ratio.min()),
         "ratio_min_index": int(ok[int(ratio.argmin())]["index"]),
@@ -212,6 +214,9 @@ def main() -> None:
     ap.add_argument("--names", nargs="*", default=list(NAMES))
     ap.add_argument("--chunk", type=int, default=0,
                     help="images per batch (0: all at once); with --jsonl, a resumable run")
+    ap.add_argument("--first", type=int, default=0,
+                    help="run only the images from this index on (another process may run "
+                         "the others into another --jsonl; join the files, then summarise)")
     ap.add_argument("--jsonl", type=Path, default=None,
                     help="append each image's row here as its chunk ends; rows already there "
                          "are reused (resume)")
@@ -228,7 +233,7 @@ def main() -> None:
     rows = []
     for name in a.names:
         n = a.n_resnet if name == "resnet_cifar" and a.n_resnet else a.n
-        rows.append(run(name, a.runs, a.data_root, n, a.budget, a.chunk, a.jsonl))
+        rows.append(run(name, a.runs, a.data_root, n, a.budget, a.chunk, a.jsonl, a.first))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "images"}), flush=True)
     lines = [
         "# Issue 24 zoo entries: crown against the best attack",
