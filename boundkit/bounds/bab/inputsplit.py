@@ -338,16 +338,11 @@ class InputSplit:
         ``max_domains`` [N] sub-boxes (defaults: the options'); sub-boxes with the smallest
         certified radius relative to their sample's radius are bounded first. Returns a
         :class:`~boundkit.bounds.bab.search.Solved`."""
-        from boundkit.bounds.bab.search import UNKNOWN, VERIFIED, Solved
+        from boundkit.bounds.bab.search import UNKNOWN, VERIFIED, Solved, search_limits
 
         dev = self.eps.device
         n = self.n
-        if budget is None:
-            budget = torch.full((n,), self.opt.time_budget, dtype=torch.float64)
-        budget = budget.to(device="cpu", dtype=torch.float64)
-        if max_domains is None:
-            max_domains = torch.full((n,), self.opt.max_domains, dtype=torch.long)
-        max_domains = max_domains.to(device="cpu", dtype=torch.long)
+        budget, max_domains = search_limits(n, self.opt, budget, max_domains)
         status = ["" for _ in range(n)]
         reason = ["" for _ in range(n)]
         count = torch.zeros(n, dtype=torch.long)

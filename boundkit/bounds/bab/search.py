@@ -17,10 +17,22 @@ from boundkit.bounds.bab import options as _clock
 from boundkit.bounds.bab.bounding import Bounded, Bounder
 from boundkit.bounds.bab.branching import branch
 from boundkit.bounds.bab.domains import Domains
-from boundkit.bounds.bab.options import STUCK_ITERATIONS
+from boundkit.bounds.bab.options import STUCK_ITERATIONS, BabOptions
 
 VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
 
+
+
+def search_limits(n: int, opt: BabOptions, budget: torch.Tensor | None,
+                  max_domains: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample seconds (float64) and subproblems (long) of a search, on the CPU: the
+    given ones, or the options' ``time_budget`` / ``max_domains`` for every sample."""
+    if budget is None:
+        budget = torch.full((n,), opt.time_budget, dtype=torch.float64)
+    if max_domains is None:
+        max_domains = torch.full((n,), opt.max_domains, dtype=torch.long)
+    return (budget.to(device="cpu", dtype=torch.float64),
+            max_domains.to(device="cpu", dtype=torch.long))
 
 class BranchAndBound(Bounder):
     """The search for one batch of samples at radii ``eps`` [N] (the samples' labels
@@ -58,12 +70,7 @@ class BranchAndBound(Bounder):
         the seconds it took (for progress bars)."""
         dev = self.eps.device
         n = self.n
-        if budget is None:
-            budget = torch.full((n,), self.opt.time_budget, dtype=torch.float64)
-        budget = budget.to(device="cpu", dtype=torch.float64)
-        if max_domains is None:
-            max_domains = torch.full((n,), self.opt.max_domains, dtype=torch.long)
-        max_domains = max_domains.to(device="cpu", dtype=torch.long)
+        budget, max_domains = search_limits(n, self.opt, budget, max_domains)
         status = ["" for _ in range(n)]
         reason = ["" for _ in range(n)]
         count = torch.zeros(n, dtype=torch.long)
