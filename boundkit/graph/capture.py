@@ -32,7 +32,7 @@ import contextlib
 import copy
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -232,13 +232,7 @@ class _Capture:
                 t = getattr(t, part)
         elif v.op in ("call_function", "call_method") and not any(
                 w in target for w in _RANDOM_WORDS):
-            args = torch.fx.node.map_arg(v.args, lambda n: self.constant_value(fx_node, n))
-            kwargs = torch.fx.node.map_arg(v.kwargs, lambda n: self.constant_value(fx_node, n))
-            with torch.no_grad():
-                if v.op == "call_function":
-                    t = v.target(*args, **kwargs)  # type: ignore[operator]
-                else:
-                    t = getattr(args[0], str(v.target))(*args[1:], **kwargs)
+            t = _call_fx(v, lambda n: self.constant_value(fx_node, n))
         else:
             raise UnsupportedLayerError(
                 fx_node.name, str(fx_node.target),
@@ -315,14 +309,7 @@ class _Capture:
             t = b
         elif v.op in ("call_function", "call_method") and not any(
                 w in target for w in _RANDOM_WORDS):
-            args = torch.fx.node.map_arg(v.args, lambda n: self._at_batch(fx_node, n, b, memo))
-            kwargs = torch.fx.node.map_arg(v.kwargs,
-                                           lambda n: self._at_batch(fx_node, n, b, memo))
-            with torch.no_grad():
-                if v.op == "call_function":
-                    t = v.target(*args, **kwargs)  # type: ignore[operator]
-                else:
-                    t = getattr(args[0], str(v.target))(*args[1:], **kwargs)
+            t = _call_fx(v, lambda n: self._at_batch(fx_node, n, b, memo))
         else:
             raise UnsupportedLayerError(
                 fx_node.name, _target_name(fx_node),
@@ -1031,3 +1018,14 @@ def capture(
 def numel(shape: tuple[int, ...]) -> int:
     """Number of entries of a tensor of this shape."""
     return int(math.prod(shape))
+
+
+def _call_fx(v: torch.fx.Node, value: Callable[[torch.fx.Node], Any]) -> Any:
+    """The value of the fx call (``call_function`` / ``call_method``) ``v``, its node
+    arguments replaced by ``value(node)``, without autograd."""
+    args = torch.fx.node.map_arg(v.args, value)
+    kwargs = torch.fx.node.map_arg(v.kwargs, value)
+    with torch.no_grad():
+        if v.op == "call_function":
+            return v.target(*args, **kwargs)  # type: ignore[operator]
+        return getattr(args[0], str(v.target))(*args[1:], **kwargs)
