@@ -115,8 +115,33 @@ MAX_PERMUTATION = 4096
 MAX_FILE_BYTES = 1 << 31
 #: most nodes of a graph the importer reads (real classifiers have hundreds to a few thousand)
 MAX_NODES = 20_000
-#: the symbolic batch size inside folded shape arithmetic
+#: the symbolic batch size inside folded shape arithmetic: ``c * _BATCH`` stands for ``c * N``
+#: (a positive integer multiple of the batch size, e.g. ``N * heads`` in an attention export)
 _BATCH = -(1 << 40) - 7
+#: the largest ``c`` of a symbolic ``c * N`` (so that ``c * _BATCH`` fits an int64)
+MAX_BATCH_FACTOR = 1 << 22
+
+
+def _sym_mask(x: Any) -> np.ndarray:
+    """Which entries of ``x`` stand for a multiple ``c * N`` of the batch size (``c >= 1``):
+    the negative int64 multiples of :data:`_BATCH` (no real shape, index or count is one)."""
+    x = np.asarray(x)
+    if x.dtype != np.int64:
+        return np.zeros(x.shape, dtype=bool)
+    return (x <= _BATCH) & (x % _BATCH == 0)
+
+
+def _is_sym(t: int) -> bool:
+    return t <= _BATCH and t % _BATCH == 0
+
+
+def _fmt_dims(dims: Sequence[int]) -> str:
+    """A shape with symbolic entries written ``N`` or ``c*N``."""
+    out = []
+    for t in dims:
+        t = int(t)
+        out.append(("N" if t == _BATCH else f"{t // _BATCH}*N") if _is_sym(t) else str(t))
+    return "[" + ", ".join(out) + "]"
 
 
 class OnnxImportError(ModelFileError):
@@ -202,6 +227,7 @@ ATTRIBUTES: dict[str, dict[str, tuple[int, Any]]] = {
     "Constant": {"value": (_A_TENSOR, _any), "value_float": (_A_FLOAT, _any),
                  "value_floats": (_A_FLOATS, _any), "value_int": (_A_INT, _any),
                  "value_ints": (_A_INTS, _any)},
+    "Mod": {"fmod": _BOOL},
     "Identity": {}, "Relu": {}, "Sigmoid": {}, "Tanh": {}, "Softplus": {}, "Neg": {},
     "Sqrt": {}, "Reciprocal": {}, "MatMul": {}, "Range": {}, "Size": {},
     "GlobalAveragePool": {},
@@ -317,6 +343,76 @@ class _Dyn:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+
+@dataclass
+class _Moved:
+    r"""An input-dependent value whose batch axis is not the first axis of the ONNX tensor,
+    alone: the per-sample tensor ``v`` (per-sample shape ``s = v.shape``) with the batch
+    axis inserted before per-sample axis ``pos`` and merged, row-major, with the per-sample
+    axes ``g0 .. g1 - 1`` (``g0 <= pos <= g1``) into the ONNX axis number ``g0``:
+
+    .. math::
+        \text{onnx shape} = s_{<g_0} \,\|\, [N \prod_{g_0 \le i < g_1} s_i] \,\|\,
+        s_{\ge g_1},\qquad
+        \text{onnx}[\dots, (a N + n) B + b, \dots] = v_n[\dots, a, b, \dots]
+
+    with ``a`` ranging over ``s[g0:pos]`` (the factors outside the batch), ``b`` over
+    ``s[pos:g1]`` (inside it) and ``B = prod(s[pos:g1])``. Torch's export of
+    ``nn.MultiheadAttention`` gives ``[T, N, E]`` (``g0 = pos = g1 = 1``),
+    ``[N*H, T, d]`` (``g0 = pos = 0``, ``g1 = 1``) and ``[T*N, E]`` (``g0 = 0``,
+    ``pos = g1 = 1``). Every ONNX axis other than ``g0`` is one per-sample axis, so an op
+    on those axes is the same op on ``v`` per sample; an op that reads along axis ``g0``
+    (a reduction, a contraction, a split that is not at the batch's factors) would mix
+    samples and is refused. ``g0 = pos = g1 = 0`` is the usual layout (a :class:`_Dyn`)."""
+
+    v: _Dyn
+    g0: int
+    pos: int
+    g1: int
+
+    @property
+    def rank(self) -> int:
+        """The rank of the ONNX tensor."""
+        return len(self.v.shape) - (self.g1 - self.g0) + 1
+
+    @property
+    def factor(self) -> int:
+        """``c`` of the batch axis's ONNX size ``c * N``."""
+        return math.prod(self.v.shape[self.g0:self.g1])
+
+    def onnx_shape(self) -> list[int]:
+        """The ONNX shape, the batch axis as the symbolic ``c * _BATCH``."""
+        s = self.v.shape
+        return [*s[:self.g0], self.factor * _BATCH, *s[self.g1:]]
+
+    def sample_axis(self, i: int) -> int:
+        """The per-sample axis of ONNX axis ``i`` (in ``[0, rank)``, not ``g0``)."""
+        return i if i < self.g0 else i - 1 + self.g1 - self.g0
+
+    def describe(self) -> str:
+        return _fmt_dims(self.onnx_shape())
+
+
+def _sym_prod(dims: Sequence[int]) -> int:
+    """The product of ONNX dims, one of which may be a symbolic ``c * N``."""
+    sym = [int(t) for t in dims if _is_sym(int(t))]
+    rest = math.prod(int(t) for t in dims if not _is_sym(int(t)))
+    return rest * sym[0] if sym else rest
+
+
+def _as_moved(v: _Dyn | _Moved) -> _Moved:
+    return v if isinstance(v, _Moved) else _Moved(v, 0, 0, 0)
+
+
+#: ops that read values whose batch axis is moved (:class:`_Moved`); any other op given one
+#: is refused by name before its handler runs
+_MOVED_OPS = frozenset({
+    "Shape", "Identity", "Dropout", "Relu", "Sigmoid", "Tanh", "Softplus", "Gelu", "Elu",
+    "Clip", "Erf", "Pow", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gather",
+    "Slice", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Softmax", "LayerNormalization",
+    "ReduceMean", "ReduceSum",
+})
 
 
 class _Importer:
@@ -488,6 +584,9 @@ class _Importer:
             raise self.fail(node, f"{where} has unsupported dtype {arr.dtype}")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise self.fail(node, f"{where} holds NaN or infinity")
+        if _sym_mask(arr).any():
+            raise self.fail(node, f"{where} holds a value the importer reserves for the "
+                            "symbolic batch size")
         return arr if arr.flags.writeable else arr.copy()
 
     def const(self, node: Any, i: int, what: str) -> np.ndarray:
@@ -503,9 +602,36 @@ class _Importer:
 
     def dyn(self, node: Any, i: int) -> _Dyn:
         v = self.value(node, i)
+        if isinstance(v, _Moved):
+            raise self.fail(node, self._moved_why(node, i, v))
         if not isinstance(v, _Dyn):
             raise self.fail(node, f"input {i} must depend on the model input")
         return v
+
+    def anydyn(self, node: Any, i: int) -> _Dyn | _Moved:
+        """Input ``i``, input-dependent, its batch axis first or moved."""
+        v = self.value(node, i)
+        if not isinstance(v, (_Dyn, _Moved)):
+            raise self.fail(node, f"input {i} must depend on the model input")
+        return v
+
+    def _moved_why(self, node: Any, i: int, v: _Moved) -> str:
+        return (f"{self.named(node, i, 'input')} of shape {v.describe()} holds the batch in "
+                f"axis {v.g0}, not first alone; {node.op_type} on such a tensor is not "
+                "supported")
+
+    def place(self, v: _Dyn, g0: int, pos: int, g1: int) -> _Dyn | _Moved:
+        """``v`` with its batch axis placed as :class:`_Moved` says, size-1 per-sample axes
+        merged with the batch dropped; the usual layout (batch first, alone) is a ``_Dyn``."""
+        s = list(v.shape)
+        keep = [i for i in range(len(s)) if not (g0 <= i < g1 and s[i] == 1)]
+        if len(keep) != len(s):
+            pos = g0 + sum(1 for i in keep if g0 <= i < pos)
+            g1 = g0 + sum(1 for i in keep if g0 <= i < g1)
+            v = self.view(v, [s[i] for i in keep])
+        if g0 == pos == g1 == 0:
+            return v
+        return _Moved(v, g0, pos, g1)
 
     def value(self, node: Any, i: int) -> _Dyn | np.ndarray | None:
         if i >= len(node.input) or node.input[i] == "":
@@ -569,9 +695,11 @@ class _Importer:
         assert math.prod(shape) == v.numel
         return _Dyn(v.node, v.base_shape, shape, v.idx, v.perm)
 
-    def unary(self, v: _Dyn, module: nn.Module, kind: str) -> _Dyn:
-        """An element-wise op commutes with any regrouping/permutation: apply it to the
-        base tensor and keep the view."""
+    def unary(self, v: _Dyn | _Moved, module: nn.Module, kind: str) -> Any:
+        """An element-wise op commutes with any regrouping/permutation, and with where the
+        batch axis is: apply it to the base tensor and keep the view (and the layout)."""
+        if isinstance(v, _Moved):
+            return _Moved(self.unary(v.v, module, kind), v.g0, v.pos, v.g1)
         return _Dyn(self.add_module(kind, module, v.node), v.base_shape, v.shape, v.idx,
                     v.perm)
 
@@ -658,6 +786,9 @@ class _Importer:
         if self.out_name not in self.values:
             raise OnnxImportError(f"{self.source}: the graph output {self.out_name!r} is never set")
         out = self.values[self.out_name]
+        if isinstance(out, _Moved):
+            raise OnnxImportError(f"{self.source}: the output {out.describe()} does not hold "
+                                  "the batch in its first axis alone")
         if not isinstance(out, _Dyn):
             raise OnnxImportError(f"{self.source}: the output does not depend on the input")
         if len(out.shape) != 1:
@@ -675,6 +806,7 @@ class _Importer:
         intermediates: the branches of a LeakyRelu, a padding in front of a convolution)."""
         seen: dict[int, int] = {}
         for v in self.values.values():
+            v = v.v if isinstance(v, _Moved) else v
             if isinstance(v, _Dyn):
                 seen[id(v.node)] = max(seen.get(id(v.node), 0), math.prod(v.base_shape))
         return 2 * 4 * sum(seen.values())
@@ -721,6 +853,10 @@ class _Importer:
         handler = self.fold if folding else getattr(self, f"op_{op}", None)
         if handler is None:
             raise self.fail(node, "this operator is not supported by boundkit's importer")
+        if op not in _MOVED_OPS:
+            for i, a in enumerate(args):
+                if isinstance(a, _Moved):
+                    raise self.fail(node, self._moved_why(node, i, a))
         self.check_schema(node)
         self.attrs(node)  # the attributes are checked for every node, used or not
         if folding:
@@ -757,9 +893,12 @@ class _Importer:
     def _expand_to_batch(self, node: Any, shape: list[int]) -> tuple[list[int], bool]:
         """A target shape whose first entry may be the symbolic batch size: (the shape with
         1 for the batch, whether it had it); the batch size anywhere else is refused."""
-        if any(s == _BATCH for s in shape[1:]):
+        if any(_is_sym(s) for s in shape[1:]):
             raise self.fail(node, "a constant broadcast to a shape with the batch size after "
                             "its first axis")
+        if shape and _is_sym(shape[0]) and shape[0] != _BATCH:
+            raise self.fail(node, f"a constant broadcast to {_fmt_dims(shape)} (a multiple of "
+                            "the batch size first)")
         if shape and shape[0] == _BATCH:
             return [1, *shape[1:]], True
         return shape, False
@@ -800,6 +939,7 @@ class _Importer:
         for i, x in enumerate(args):
             if x is not None and not isinstance(x, np.ndarray):
                 raise self.fail(node, f"input {i} is not a tensor")
+        had_sym = self.check_sym_inputs(node, args, a)
         numel, itemsize = self.fold_size(node, args, a)
         nbytes = self.check_size(node, numel, itemsize, "the folded result")
         out = f(node, args, a)
@@ -819,7 +959,36 @@ class _Importer:
                                 "constants)")
             if not any(np.may_share_memory(o, x) for x in inputs):
                 self.charge(node, o.nbytes, 1, "the folded result")
+            if not had_sym and _sym_mask(o).any():
+                raise self.fail(node, f"folding output {node.output[i]!r} gives a value the "
+                                "importer reserves for the symbolic batch size")
         return out
+
+    #: folds that may read a multiple ``c * N`` of the batch size, and in which inputs
+    #: (``None``: all): they move it (a shape vector gathered, sliced, concatenated...) or
+    #: multiply it by a positive constant (:meth:`_fold_binary`); ``Equal``, ``Where``,
+    #: ``ConstantOfShape`` and ``Expand`` check it themselves. Any other fold reading it is
+    #: refused: its result would depend on the batch size in a way the importer does not track.
+    _SYM_INPUTS: dict[str, tuple[int, ...] | None] = {
+        "Identity": (0,), "Dropout": (0,), "Cast": (0,), "Concat": None, "Gather": (0,),
+        "Squeeze": (0,), "Unsqueeze": (0,), "Reshape": (0,), "Slice": (0,), "Mul": None,
+        "Equal": None, "Where": (1, 2), "ConstantOfShape": (0,), "Expand": (1,),
+    }
+
+    def check_sym_inputs(self, node: Any, args: list[Any], a: dict[str, Any]) -> bool:
+        """Refuse a fold that reads the symbolic batch size where it is not tracked;
+        whether any input holds it."""
+        found = [i for i, x in enumerate(args) if x is not None and _sym_mask(x).any()]
+        if not found:
+            return False
+        ok = self._SYM_INPUTS.get(node.op_type, ())
+        if node.op_type == "Cast" and int(a.get("to", 0)) != self.onnx.TensorProto.INT64:
+            ok = ()  # a cast to a float or a narrower integer would lose the symbol
+        bad = [i for i in found if ok is not None and i not in ok]
+        if bad:
+            raise self.fail(node, f"arithmetic on the batch size is not supported (input "
+                            f"{bad[0]} holds it)")
+        return True
 
     def fold_size(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
         """(elements, bytes per element) of a fold's result, computed from the inputs'
@@ -856,10 +1025,13 @@ class _Importer:
         except ValueError:
             raise self.fail(node, f"constants of shapes {list(x.shape)} and {list(y.shape)} do "
                             "not broadcast") from None
-        if node.op_type == "Div" and (y == 0).any():
+        if node.op_type in ("Div", "Mod") and (y == 0).any():
             raise self.fail(node, f"{self.named(node, 1, 'the divisor')} holds zeros (division "
                             f"by zero of {self.named(node, 0, 'the constant')})")
         return math.prod(shape), np.result_type(x, y).itemsize
+
+    def size_Mod(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
+        return self.size_binary(node, args, a)
 
     def size_Constant(self, node: Any, args: list[Any], a: dict[str, Any]) -> tuple[int, int]:
         return 0, 1  # the attribute was sized when it was decoded
@@ -959,8 +1131,8 @@ class _Importer:
         x, y = np.broadcast_arrays(args[0], args[1])
         for p, q in ((x, y), (y, x)):
             if p.dtype.kind in "iu":
-                at = p == _BATCH
-                if (at & (q != _BATCH) & (q > 0)).any():
+                at = _sym_mask(p)
+                if (at & ~_sym_mask(q) & (q > 0)).any():
                     raise self.fail(node, "a comparison of the batch size with a positive "
                                     "number (the answer depends on the batch size)")
         return np.equal(x, y)
@@ -1058,15 +1230,46 @@ class _Importer:
 
     def _no_batch(self, node: Any, *arrs: Any) -> None:
         for x in arrs:
-            if isinstance(x, np.ndarray) and x.dtype.kind in "iu" and (x == _BATCH).any():
+            if isinstance(x, np.ndarray) and _sym_mask(x).any():
                 raise self.fail(node, "arithmetic on the batch size is not supported")
 
     def _fold_binary(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
         x, y = args[0], args[1]
+        if node.op_type == "Mul" and (_sym_mask(x).any() or _sym_mask(y).any()):
+            return self._fold_sym_mul(node, x, y)
         self._no_batch(node, x, y)
         fn = _NP_BINARY[node.op_type]
         if node.op_type == "Div" and x.dtype.kind in "iu":
             return np.trunc(x / y).astype(x.dtype)
+        return np.asarray(fn(x, y)).astype(np.result_type(x, y), copy=False)
+
+    def _fold_sym_mul(self, node: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``c * N`` times a positive integer ``k``: ``(c k) * N`` (``N * heads`` and
+        ``N * T`` in attention exports); the batch size times itself, times a number that
+        is not a positive integer, or a factor above :data:`MAX_BATCH_FACTOR` is refused."""
+        if x.dtype != np.int64 or y.dtype != np.int64:
+            raise self.fail(node, "arithmetic on the batch size is not supported (a product "
+                            "with a non-int64 tensor)")
+        xb, yb = np.broadcast_arrays(x, y)
+        sx, sy = _sym_mask(xb), _sym_mask(yb)
+        if (sx & sy).any():
+            raise self.fail(node, "arithmetic on the batch size is not supported (the batch "
+                            "size times itself)")
+        coef = np.where(sx, xb // _BATCH, np.where(sy, yb // _BATCH, 0))
+        other = np.where(sx, yb, np.where(sy, xb, 1))
+        if ((sx | sy) & ((other < 1) | (other > MAX_BATCH_FACTOR))).any() or (
+                coef * np.minimum(other, MAX_BATCH_FACTOR + 1) > MAX_BATCH_FACTOR).any():
+            raise self.fail(node, "arithmetic on the batch size is not supported (the batch "
+                            f"size times a number outside [1, {MAX_BATCH_FACTOR}])")
+        return np.where(sx | sy, coef * other * _BATCH, xb * yb).astype(np.int64)
+
+    def fold_Mod(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        """``Mod`` of constants (``fmod=1``: the sign of the dividend, else the divisor's)."""
+        x, y = args[0], args[1]
+        self._no_batch(node, x, y)
+        if int(a.get("fmod", 0)) == 0 and (x.dtype.kind == "f" or y.dtype.kind == "f"):
+            raise self.fail(node, "fmod=0 on floating-point tensors (not valid ONNX)")
+        fn = np.fmod if int(a.get("fmod", 0)) else np.mod
         return np.asarray(fn(x, y)).astype(np.result_type(x, y), copy=False)
 
     def fold_Constant(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
@@ -1178,34 +1381,36 @@ class _Importer:
             full = np.asarray(v.shape, dtype=np.int64)
             if node.input[0] in self.batch_bcast:
                 full[0] = _BATCH
+        elif isinstance(v, _Moved):
+            full = np.asarray(v.onnx_shape(), dtype=np.int64)
         else:
             full = np.asarray([_BATCH, *v.shape], dtype=np.int64)
         a = self.attrs(node)
         start, end = int(a.get("start", 0)), a.get("end")
         return full[start : (int(end) if end is not None else None)]
 
-    def op_Identity(self, node: Any, k: int) -> _Dyn:
-        return self.dyn(node, 0)
+    def op_Identity(self, node: Any, k: int) -> _Dyn | _Moved:
+        return self.anydyn(node, 0)
 
-    def op_Dropout(self, node: Any, k: int) -> _Dyn:
+    def op_Dropout(self, node: Any, k: int) -> _Dyn | _Moved:
         for i in range(1, len(node.output)):
             if node.output[i] and self.consumers.get(node.output[i]):
                 raise self.fail(node, "the dropout mask output is used")
-        return self.dyn(node, 0)
+        return self.anydyn(node, 0)
 
-    def op_Relu(self, node: Any, k: int) -> _Dyn:
-        return self.unary(self.dyn(node, 0), nn.ReLU(), "relu")
+    def op_Relu(self, node: Any, k: int) -> _Dyn | _Moved:
+        return self.unary(self.anydyn(node, 0), nn.ReLU(), "relu")
 
-    def op_Sigmoid(self, node: Any, k: int) -> _Dyn:
-        return self.unary(self.dyn(node, 0), nn.Sigmoid(), "sigmoid")
+    def op_Sigmoid(self, node: Any, k: int) -> _Dyn | _Moved:
+        return self.unary(self.anydyn(node, 0), nn.Sigmoid(), "sigmoid")
 
-    def op_Tanh(self, node: Any, k: int) -> _Dyn:
-        return self.unary(self.dyn(node, 0), nn.Tanh(), "tanh")
+    def op_Tanh(self, node: Any, k: int) -> _Dyn | _Moved:
+        return self.unary(self.anydyn(node, 0), nn.Tanh(), "tanh")
 
     def op_Softplus(self, node: Any, k: int) -> _Dyn:
         # torch's Softplus switches to the identity above `threshold` (error < 2e-9 at 20);
         # a large threshold keeps the function ONNX's log(1 + exp(x)) to float precision.
-        return self.unary(self.dyn(node, 0), nn.Softplus(beta=1.0, threshold=20.0), "softplus")
+        return self.unary(self.anydyn(node, 0), nn.Softplus(beta=1.0, threshold=20.0), "softplus")
 
     # ---- activations of issue 24 (GELU, SiLU, ELU, Clip) and their export patterns
     def op_Gelu(self, node: Any, k: int) -> _Dyn:
@@ -1213,13 +1418,13 @@ class _Importer:
         approx = approx.decode() if isinstance(approx, bytes) else str(approx)
         if approx not in ("none", "tanh"):
             raise self.fail(node, f"approximate={approx!r}")
-        return self.unary(self.dyn(node, 0), nn.GELU(approximate=approx), "gelu")
+        return self.unary(self.anydyn(node, 0), nn.GELU(approximate=approx), "gelu")
 
     def op_Elu(self, node: Any, k: int) -> _Dyn:
         alpha = float(self.attrs(node).get("alpha", 1.0))
         if not math.isfinite(alpha):
             raise self.fail(node, f"alpha={alpha}")
-        return self.unary(self.dyn(node, 0), nn.ELU(alpha=alpha), "elu")
+        return self.unary(self.anydyn(node, 0), nn.ELU(alpha=alpha), "elu")
 
     def op_Clip(self, node: Any, k: int) -> _Dyn:
         a = self.attrs(node)
@@ -1227,7 +1432,7 @@ class _Importer:
         hi = self.opt_const(node, 2) if len(node.input) > 2 else a.get("max")
         lo = None if lo is None else float(np.asarray(lo).reshape(-1)[0])
         hi = None if hi is None else float(np.asarray(hi).reshape(-1)[0])
-        v = self.dyn(node, 0)
+        v = self.anydyn(node, 0)
         if lo is not None and hi is None and lo == 0.0:
             return self.unary(v, nn.ReLU(), "relu")
         if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
@@ -1262,7 +1467,8 @@ class _Importer:
         scaled = prods.get(node.input[0], (None, None))[1]
         if scaled is None or scaled.op_type not in ("Div", "Mul"):
             raise self.fail(node, why)
-        x_name = scaled.input[0] if isinstance(self.values.get(scaled.input[0]), _Dyn) else (
+        x_name = scaled.input[0] if isinstance(self.values.get(scaled.input[0]),
+                                               (_Dyn, _Moved)) else (
             scaled.input[1])
         c = self._const_input(scaled, x_name)
         r2 = math.sqrt(2.0)
@@ -1270,7 +1476,7 @@ class _Importer:
                                          rel_tol=1e-6):
             raise self.fail(node, why)
         v = self.values[x_name]
-        if not isinstance(v, _Dyn):
+        if not isinstance(v, (_Dyn, _Moved)):
             raise self.fail(node, why)
         chain = self._gelu_tail(node, x_name, why)
         return self._replace_chain(v, nn.GELU(), chain)
@@ -1320,7 +1526,7 @@ class _Importer:
         (:meth:`_gelu_tail`). ``None`` when ``node`` does not start this pattern."""
         x_name = node.input[0]
         v = self.values.get(x_name)
-        if not isinstance(v, _Dyn):
+        if not isinstance(v, (_Dyn, _Moved)):
             return None
         if node.op_type == "Pow":
             p = self._const_input(node, x_name)
@@ -1376,94 +1582,165 @@ class _Importer:
         out = self.graph.call_function(torch.add, (lin.node, r.node))
         return _Dyn(out, v.shape, v.shape)
 
-    def op_Flatten(self, node: Any, k: int) -> _Dyn:
-        v = self.dyn(node, 0)
+    def op_Flatten(self, node: Any, k: int) -> _Dyn | _Moved:
+        val = self.anydyn(node, 0)
         ax = int(self.attrs(node).get("axis", 1))
-        r = len(v.shape) + 1
+        m = _as_moved(val)
+        r = m.rank
         if not -r <= ax <= r:
             raise self.fail(node, f"axis {ax} is out of range for a tensor of rank {r}")
         ax = ax % r if ax < 0 else ax
-        if ax != 1:
-            raise self.fail(node, f"Flatten at axis {ax} would mix the batch dimension")
-        return self.view(v, (v.numel,))
+        if isinstance(val, _Dyn) and ax == 1:
+            return self.view(val, (val.numel,))
+        dims = m.onnx_shape()
+        return self.reshape_value(node, val, [_sym_prod(dims[:ax]), _sym_prod(dims[ax:])])
 
-    def op_Reshape(self, node: Any, k: int) -> _Dyn:
-        v = self.dyn(node, 0)
+    def op_Reshape(self, node: Any, k: int) -> _Dyn | _Moved:
+        val = self.anydyn(node, 0)
         s = [int(t) for t in self.const(node, 1, "the target shape").ravel()]
         allowzero = int(self.attrs(node).get("allowzero", 0))
         if not s:
             raise self.fail(node, "empty target shape")
-        first, rest = s[0], s[1:]
-        full = (self.fixed_batch, *v.shape)
+        full = _as_moved(val).onnx_shape()
         if not allowzero:
-            if any(t == 0 and i + 1 >= len(full) for i, t in enumerate(rest)):
-                raise self.fail(node, f"target {s} copies a dimension the input does not have")
-            rest = [full[i + 1] if t == 0 else t for i, t in enumerate(rest)]
-        keeps_batch = (
-            first == _BATCH
-            or (first == 0 and not allowzero)
-            or (self.fixed_batch is not None and first == self.fixed_batch)
-            or (first == -1 and -1 not in rest and all(t > 0 for t in rest))
-        )
-        if not keeps_batch:
-            raise self.fail(node, f"target shape {s} does not keep the batch dimension first")
-        if any(t == _BATCH for t in rest):
-            raise self.fail(node, f"target shape {s} moves the batch dimension")
-        if rest.count(-1) > 1 or any(t < -1 or (t == 0 and allowzero) for t in rest):
-            raise self.fail(node, f"bad target shape {s}")
-        if -1 in rest:
-            known = math.prod(t for t in rest if t != -1)
-            if known == 0 or v.numel % known:
-                raise self.fail(node, f"target {s} does not fit {v.numel} elements per sample")
-            rest = [v.numel // known if t == -1 else t for t in rest]
-        if math.prod(rest) != v.numel:
-            raise self.fail(
-                node, f"target {s} does not fit per-sample shape {list(v.shape)}"
-            )
-        return self.view(v, rest)
+            if any(t == 0 and i >= len(full) for i, t in enumerate(s)):
+                raise self.fail(node, f"target {_fmt_dims(s)} copies a dimension the input "
+                                "does not have")
+            s = [full[i] if t == 0 else t for i, t in enumerate(s)]
+        if (isinstance(val, _Dyn) and self.fixed_batch is not None and s[0] == self.fixed_batch
+                and not any(_is_sym(t) for t in s)):
+            s[0] = _BATCH  # a file exported at a fixed batch size: its first axis
+        return self.reshape_value(node, val, s)
 
-    def op_Squeeze(self, node: Any, k: int) -> _Dyn:
-        v = self.dyn(node, 0)
+    def reshape_value(self, node: Any, val: _Dyn | _Moved, target: list[int]) -> Any:
+        r"""A row-major reshape of the ONNX tensor to ``target`` (entries ``c * N``, at most
+        one ``-1``), exact per sample when one target axis holds the batch as a whole.
+
+        Per sample, the ONNX tensor's flat index is :math:`(aN + n)Q + j` with ``a`` over the
+        ``P`` elements before the batch and ``j`` over the ``Q`` after it. A target
+        ``t_{<b}, cN, t_{>b}`` (``A = prod t_{<b}``, ``B = prod t_{>b}``) has flat index
+        :math:`(\alpha cN + \beta)B + \gamma`. When ``A | P`` and ``B | Q`` (so
+        ``c = (P/A)(Q/B)``), writing :math:`a = \alpha c_1 + a'`, :math:`j = j'B + \gamma`
+        gives :math:`\beta = (a'N + n)c_2 + j'`: the batch is the middle factor of target
+        axis ``b`` between ``c_1 = P/A`` and ``c_2 = Q/B``, and each sample is its own tensor
+        regrouped row-major to ``t_{<b}, c_1, c_2, t_{>b}`` (no data moves). Otherwise some
+        target axis would hold parts of two samples: refused."""
+        m = _as_moved(val)
+        shape = m.v.shape
+        p_out, q_in = math.prod(shape[:m.pos]), math.prod(shape[m.pos:])
+        fmt = _fmt_dims(target)
+        sym = [i for i, t in enumerate(target) if _is_sym(t)]
+        free = [i for i, t in enumerate(target) if t == -1]
+        if len(sym) > 1:
+            raise self.fail(node, f"target shape {fmt} holds the batch size twice")
+        if len(free) > 1 or any(t < -1 and not _is_sym(t) or t == 0 for t in target):
+            raise self.fail(node, f"bad target shape {fmt}")
+        rest = math.prod(t for i, t in enumerate(target) if i not in sym and i not in free)
+        if sym:
+            b, c = sym[0], target[sym[0]] // _BATCH
+        elif free:  # the -1 holds the batch: c N = P N Q / rest
+            b, free = free[0], []
+            if rest == 0 or (p_out * q_in) % rest:
+                raise self.fail(node, f"target {fmt} does not fit {p_out * q_in} elements "
+                                "per sample")
+            c = p_out * q_in // rest
+        else:
+            raise self.fail(node, f"target shape {fmt} does not keep the batch dimension "
+                            f"(the input is {m.describe()})")
+        t = list(target)
+        t[b] = c
+        if free:
+            if rest * c == 0 or (p_out * q_in) % (rest * c):
+                raise self.fail(node, f"target {fmt} does not fit {p_out * q_in} elements "
+                                "per sample")
+            t[free[0]] = p_out * q_in // (rest * c)
+        a_out, b_in = math.prod(t[:b]), math.prod(t[b + 1:])
+        if a_out * c * b_in != p_out * q_in:
+            raise self.fail(node, f"target {fmt} does not fit per-sample shape "
+                            f"{list(shape)} (input {m.describe()})")
+        if p_out % a_out or q_in % b_in:
+            raise self.fail(node, f"target shape {fmt} splits the axis holding the batch "
+                            f"across samples (input {m.describe()}: {p_out} elements before "
+                            f"the batch, {q_in} after it); samples would mix")
+        c1, c2 = p_out // a_out, q_in // b_in
+        out = self.view(m.v, [*t[:b], c1, c2, *t[b + 1:]])
+        return self.place(out, b, b + 1, b + 2)
+
+    def op_Squeeze(self, node: Any, k: int) -> _Dyn | _Moved:
+        val = self.anydyn(node, 0)
         axes = self._axes(node, [None, self.opt_const(node, 1)], self.attrs(node))
-        r = len(v.shape) + 1
+        m = _as_moved(val)
+        r, s = m.rank, m.v.shape
         if axes is None:
-            axes = [i + 1 for i, d in enumerate(v.shape) if d == 1]
+            if m.factor == 1 and isinstance(val, _Moved):
+                raise self.fail(node, "Squeeze without axes would also squeeze the batch axis "
+                                f"at batch size 1 (input {m.describe()})")
+            axes = [i for i in range(r) if i != m.g0 and s[m.sample_axis(i)] == 1]
         axes = [self._rank_axis(node, a, r) for a in axes]
-        if 0 in axes:
+        if m.g0 in axes:
             raise self.fail(node, "squeezing the batch dimension")
-        if any(v.shape[a - 1] != 1 for a in axes):
-            raise self.fail(node, f"axes {axes} are not of size 1 in {list(v.shape)}")
-        return self.view(v, [d for i, d in enumerate(v.shape) if i + 1 not in axes])
+        if any(s[m.sample_axis(a)] != 1 for a in axes):
+            raise self.fail(node, f"axes {axes} are not of size 1 in {m.describe()}")
+        drop = {m.sample_axis(a) for a in axes}
+        before = sum(1 for a in axes if a < m.g0)
+        out = self.view(m.v, [d for i, d in enumerate(s) if i not in drop])
+        return self.place(out, m.g0 - before, m.pos - before, m.g1 - before)
 
-    def op_Unsqueeze(self, node: Any, k: int) -> _Dyn:
-        v = self.dyn(node, 0)
+    def op_Unsqueeze(self, node: Any, k: int) -> _Dyn | _Moved:
+        val = self.anydyn(node, 0)
         axes = self._axes(node, [None, self.opt_const(node, 1)], self.attrs(node)) or []
-        r = len(v.shape) + 1 + len(axes)
+        m = _as_moved(val)
+        r = m.rank + len(axes)
         axes = sorted(self._rank_axis(node, a, r) for a in axes)
         if len(set(axes)) != len(axes):
             raise self.fail(node, f"axes {axes} repeat an axis")
-        if 0 in axes:
+        if isinstance(val, _Dyn) and 0 in axes:
             raise self.fail(node, "unsqueezing before the batch dimension")
-        shape = [None, *v.shape]
-        for a in axes:
-            shape.insert(a, 1)
-        return self.view(v, shape[1:])  # type: ignore[arg-type]
+        # the output's ONNX axes: the input's in order, with the new axes of size 1 inserted
+        old = iter(range(m.rank))
+        shape: list[int] = []
+        g0 = 0
+        for i in range(r):
+            if i in axes:
+                shape.append(1)
+                continue
+            j = next(old)
+            if j == m.g0:
+                g0 = len(shape)
+                shape.extend(m.v.shape[m.g0:m.g1])
+            else:
+                shape.append(m.v.shape[m.sample_axis(j)])
+        out = self.view(m.v, shape)
+        return self.place(out, g0, g0 + m.pos - m.g0, g0 + m.g1 - m.g0)
 
-    def op_Transpose(self, node: Any, k: int) -> _Dyn:
-        v = self.dyn(node, 0)
-        r = len(v.shape) + 1
+    def op_Transpose(self, node: Any, k: int) -> _Dyn | _Moved:
+        """A permutation of the ONNX axes. The batch axis may move (with the per-sample
+        axes merged with it, in their order): per sample, a permutation of its axes."""
+        val = self.anydyn(node, 0)
+        m = _as_moved(val)
+        r = m.rank
         perm = self.attrs(node).get("perm") or list(reversed(range(r)))
         perm = [int(p) for p in perm]
         if sorted(perm) != list(range(r)):
             raise self.fail(node, f"perm {perm} is not a permutation of the {r} axes of "
-                            f"[N, {', '.join(map(str, v.shape))}]")
-        if perm[0] != 0:
-            raise self.fail(node, f"perm {perm} moves the batch dimension (as the export of "
-                            "nn.MultiheadAttention does: certify the torch model instead, "
-                            "whose capture decomposes it)")
+                            f"{m.describe()}")
+        order: list[int] = []
+        for q in perm:
+            if q == m.g0:
+                g0 = len(order)
+                order.extend(range(m.g0, m.g1))
+            else:
+                order.append(m.sample_axis(q))
+        out = self._permuted(node, m.v, order)
+        return self.place(out, g0, g0 + m.pos - m.g0, g0 + m.g1 - m.g0)
+
+    def _permuted(self, node: Any, v: _Dyn, p: list[int]) -> _Dyn:
+        """``v`` with its per-sample axes permuted by ``p`` (a view: an index, and a
+        ``permute`` when ``v`` is a base tensor or a transpose of one)."""
+        if p == list(range(len(p))):
+            return v
         self.charge(node, 2 * v.numel, 8, "the index of a transposed view")
         base = v.idx if v.idx is not None else np.arange(v.numel)
-        p = [q - 1 for q in perm[1:]]
         idx = base.reshape(v.shape).transpose(p).ravel()
         shape = tuple(v.shape[q] for q in p)
         perm = None
@@ -1509,11 +1786,14 @@ class _Importer:
         self.check_size(node, arr.size, 8, f"a float64 copy of {what}")
         return arr.astype(np.float64)
 
-    def op_Gemm(self, node: Any, k: int) -> _Dyn:
+    def op_Gemm(self, node: Any, k: int) -> _Dyn | _Moved:
         a = self.attrs(node)
         if int(a.get("transA", 0)):
             raise self.fail(node, "transA=1 (the input transposed) is not supported")
-        v = self.dyn(node, 0)
+        v = self.anydyn(node, 0)
+        if isinstance(v, _Moved) and (v.rank != 2 or v.g0 != 0):
+            raise self.fail(node, f"Gemm on {v.describe()} contracts the axis holding the "
+                            "batch; samples would mix")
         w = self._float(node, self.const(node, 1, "the weight B"), "B")
         if w.ndim != 2 or w.size == 0:
             raise self.fail(node, f"{self.named(node, 1, 'the weight B')} has shape "
@@ -1522,6 +1802,11 @@ class _Importer:
         w = w * float(a.get("alpha", 1.0))
         c = self.opt_const(node, 2)
         b = None
+        if isinstance(v, _Moved):  # rows [c N]: the same linear map on each row of a sample
+            if c is not None:
+                c = self._float(node, c, "C") * float(a.get("beta", 1.0))
+                b = self.sample_const(node, (*v.v.shape[:-1], w.shape[0]), v, c).reshape(-1)
+            return self.token_matmul(node, v.v, w.T, lay=v, bias=b)
         if c is not None:
             c = self._float(node, c, "C") * float(a.get("beta", 1.0))
             try:
@@ -1530,14 +1815,19 @@ class _Importer:
                 raise self.fail(node, f"bias C of shape {list(c.shape)} is per-sample") from None
         return self.linear(node, v, w, b)
 
-    def op_MatMul(self, node: Any, k: int) -> _Dyn:
-        if isinstance(self.value(node, 1), _Dyn):
+    def op_MatMul(self, node: Any, k: int) -> _Dyn | _Moved:
+        if isinstance(self.value(node, 1), (_Dyn, _Moved)):
             return self.product(node, torch.matmul)
-        v = self.dyn(node, 0)
+        v = self.anydyn(node, 0)
         w = self._float(node, self.const(node, 1, "the right-hand matrix"), "the matrix")
         if w.ndim != 2 or w.size == 0:
             raise self.fail(node, f"{self.named(node, 1, 'the right-hand matrix')} has shape "
                             f"{list(w.shape)} (a non-empty matrix expected)")
+        if isinstance(v, _Moved):
+            if v.g0 == v.rank - 1:
+                raise self.fail(node, f"MatMul of {v.describe()} by a matrix contracts the "
+                                "axis holding the batch; samples would mix")
+            return self.token_matmul(node, v.v, w, lay=v)
         if len(v.shape) > 1:
             return self.token_matmul(node, v, w)
         b = None
@@ -1749,17 +2039,18 @@ class _Importer:
         c = self.only_consumer(name)
         return c if c is not None and c.op_type == op else None
 
-    def _layernorm_pattern(self, node: Any, v: _Dyn) -> _Dyn | None:
+    def _layernorm_pattern(self, node: Any, val: _Dyn | _Moved) -> _Dyn | _Moved | None:
         """LayerNorm as exporters before opset 17 write it, from its first ``ReduceMean``:
         ``d = x - mean(x)``, ``d / sqrt(mean(d ** 2) + eps)`` over trailing axes (the scale and
         shift follow as ordinary ``Mul``/``Add``): one ``nn.LayerNorm`` without affine
         parameters; ``None`` when the nodes differ in any way."""
         axes = self._mean_axes(node)
-        r = len(v.shape) + 1
+        m = _as_moved(val)
+        v, r = m.v, m.rank
         if axes is None or not int(self.attrs(node).get("keepdims", 1)):
             return None
         dims = sorted({int(d) % r for d in np.asarray(axes).reshape(-1)})
-        if not dims or dims != list(range(r - len(dims), r)) or 0 in dims:
+        if not dims or dims != list(range(r - len(dims), r)) or dims[0] <= m.g0:
             return None
         x_name, m_name = node.input[0], node.output[0]
         sub = self._consumer(m_name, "Sub")
@@ -1788,9 +2079,10 @@ class _Importer:
         if sq is None or self._consumer(sq.output[0], "Div") is not dv \
                 or list(dv.input) != [d_name, sq.output[0]]:
             return None
-        shape = tuple(v.shape[d - 1] for d in dims)
+        shape = tuple(v.shape[m.sample_axis(dims[0]):])
         ln = nn.LayerNorm(shape, eps=eps)
-        out = _Dyn(self.add_module("layernorm", ln, self.materialize(v, node)), v.shape, v.shape)
+        out = self.place(_Dyn(self.add_module("layernorm", ln, self.materialize(v, node)),
+                               v.shape, v.shape), m.g0, m.pos, m.g1)
         for n in (sub, pw, m2, add, sq, dv):
             self.skip.add(self._index(n))
             for i, o in enumerate(n.output):
@@ -1798,45 +2090,54 @@ class _Importer:
                     self.values[o] = out
         return out
 
-    def op_ReduceMean(self, node: Any, k: int) -> _Dyn:
-        v = self.dyn(node, 0)
+    def op_ReduceMean(self, node: Any, k: int) -> _Dyn | _Moved:
+        v = self.anydyn(node, 0)
         ln = self._layernorm_pattern(node, v)
         if ln is not None:
             return ln
         return self._reduce(node, v, "mean")
 
-    def op_ReduceSum(self, node: Any, k: int) -> _Dyn:
-        return self._reduce(node, self.dyn(node, 0), "sum")
+    def op_ReduceSum(self, node: Any, k: int) -> _Dyn | _Moved:
+        return self._reduce(node, self.anydyn(node, 0), "sum")
 
-    def _reduce(self, node: Any, v: _Dyn, what: Literal["mean", "sum"]) -> _Dyn:
+    def _reduce(self, node: Any, val: _Dyn | _Moved, what: Literal["mean", "sum"]
+                ) -> _Dyn | _Moved:
         """``ReduceMean`` / ``ReduceSum`` over per-sample axes: ``x.mean`` / ``x.sum`` with
         ``dim`` the axes (an attribute before opset 18 / 13, the second input since) and
         ``keepdim`` the ``keepdims`` attribute (default 1). No axes with
         ``noop_with_empty_axes=1`` is the identity; without it, a reduction over every axis,
-        the batch included, which is refused, as is any axis outside the tensor."""
+        the batch included, which is refused, as is any axis outside the tensor or the
+        axis holding the batch (where it is moved)."""
         a = self.attrs(node)
         axes = self._mean_axes(node)
         flat = [] if axes is None else [int(d) for d in np.asarray(axes).reshape(-1)]
         if not flat:
             if int(a.get("noop_with_empty_axes", 0)):
-                return v
+                return val
             raise self.fail(node, f"no axes: the {what} would run over the batch too")
-        r = len(v.shape) + 1
+        m = _as_moved(val)
+        v, r = m.v, m.rank
         if any(not -r <= d < r for d in flat):
             raise self.fail(node, f"axes {flat} outside a tensor of rank {r}")
         dims = sorted({d % r for d in flat})
         if len(dims) != len(flat):
             raise self.fail(node, f"repeated axes {flat}")
-        if 0 in dims:
-            raise self.fail(node, f"a {what} over the batch axis")
+        if m.g0 in dims:
+            raise self.fail(node, f"a {what} over the batch axis (axis {m.g0} of "
+                            f"{m.describe()})")
         keep = bool(int(a.get("keepdims", 1)))
+        pdims = [m.sample_axis(d) for d in dims]
         x = self.materialize(v, node)
-        out = self.graph.call_method(what, (x,), {"dim": tuple(dims), "keepdim": keep})
+        out = self.graph.call_method(what, (x,), {"dim": tuple(p + 1 for p in pdims),
+                                                  "keepdim": keep})
+        before = 0
         if keep:
-            shape = tuple(1 if i in dims else s for i, s in enumerate(v.shape, 1))
+            shape = tuple(1 if i in pdims else s for i, s in enumerate(v.shape))
         else:
-            shape = tuple(s for i, s in enumerate(v.shape, 1) if i not in dims)
-        return _Dyn(out, shape, shape)
+            shape = tuple(s for i, s in enumerate(v.shape) if i not in pdims)
+            before = sum(1 for p in pdims if p < m.g0)
+        return self.place(_Dyn(out, shape, shape), m.g0 - before, m.pos - before,
+                           m.g1 - before)
 
     def op_ConvTranspose(self, node: Any, k: int) -> _Dyn:
         v = self.dyn(node, 0)
@@ -1913,14 +2214,16 @@ class _Importer:
         out = self.add_module("resize", up, self.materialize(v, node))
         return _Dyn(out, shape, shape)
 
-    def op_LayerNormalization(self, node: Any, k: int) -> _Dyn:
-        v = self.dyn(node, 0)
+    def op_LayerNormalization(self, node: Any, k: int) -> _Dyn | _Moved:
+        m = _as_moved(self.anydyn(node, 0))
+        v = m.v
         a = self.attrs(node)
-        r = len(v.shape) + 1
+        r = m.rank
         axis = int(a.get("axis", -1)) % r
-        if axis == 0:
-            raise self.fail(node, "normalisation over the batch axis")
-        shape = tuple(v.shape[axis - 1:])
+        if axis <= m.g0:
+            raise self.fail(node, f"normalisation over the batch axis (axis {m.g0} of "
+                            f"{m.describe()})")
+        shape = tuple(v.shape[m.sample_axis(axis):])
         scale = self._float(node, self.const(node, 1, "the scale"), "the scale")
         bias = self.opt_const(node, 2)
         ln = nn.LayerNorm(shape, eps=float(a.get("epsilon", 1e-5)))
@@ -1930,7 +2233,7 @@ class _Importer:
                 self._float(node, bias, "bias"), shape)
             ln.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float32)))
         out = self.add_module("layernorm", ln, self.materialize(v, node))
-        return _Dyn(out, v.shape, v.shape)
+        return self.place(_Dyn(out, v.shape, v.shape), m.g0, m.pos, m.g1)
 
     # ---- normalisation layers
     def op_BatchNormalization(self, node: Any, k: int) -> _Dyn:
@@ -1991,23 +2294,27 @@ class _Importer:
     def _opset(self) -> int:
         return self.check_opset()
 
-    def op_Softmax(self, node: Any, k: int) -> _Dyn:
+    def op_Softmax(self, node: Any, k: int) -> _Dyn | _Moved:
         if node.output[0] == self.out_name:
             return self._squash(node, nn.Softmax(dim=1), "softmax")
-        v = self.dyn(node, 0)
-        r = len(v.shape) + 1
+        m = _as_moved(self.anydyn(node, 0))
+        v, r = m.v, m.rank
         opset = self._opset()
         ax = self._rank_axis(node, int(self.attrs(node).get("axis", -1 if opset >= 13 else 1)), r)
-        if ax == 0:
-            raise self.fail(node, "a softmax over the batch axis")
+        whole = opset >= 13 or ax == r - 1
+        if ax == m.g0 or (not whole and ax < m.g0):
+            raise self.fail(node, f"a softmax over the batch axis (axis {ax} of "
+                            f"{m.describe()})")
+        pa = m.sample_axis(ax)
         x = self.materialize(v, node)
-        if opset >= 13 or ax == r - 1:
-            out = self.graph.call_function(torch.softmax, (x, ax))
-            return _Dyn(out, v.shape, v.shape)
-        # opsets < 13: over the flattened axes ax..r-1
-        inner = (*v.shape[:ax - 1], math.prod(v.shape[ax - 1:]))
-        y = self.graph.call_function(torch.softmax, (self.reshape(x, v.shape, inner), ax))
-        return _Dyn(self.reshape(y, inner, v.shape), v.shape, v.shape)
+        if whole:
+            out = self.graph.call_function(torch.softmax, (x, pa + 1))
+        else:  # opsets < 13: over the flattened axes ax..r-1
+            inner = (*v.shape[:pa], math.prod(v.shape[pa:]))
+            y = self.graph.call_function(torch.softmax, (self.reshape(x, v.shape, inner),
+                                                         pa + 1))
+            out = self.reshape(y, inner, v.shape)
+        return self.place(_Dyn(out, v.shape, v.shape), m.g0, m.pos, m.g1)
 
     def op_LogSoftmax(self, node: Any, k: int) -> _Dyn:
         return self._squash(node, nn.LogSoftmax(dim=1), "log_softmax")
@@ -2076,32 +2383,51 @@ class _Importer:
             raise self.fail(node, f"constant {list(c.shape)} would change the shape "
                             f"[N, {list(v.shape)}]")
 
-    def op_Add(self, node: Any, k: int) -> _Dyn:
+    def affine(self, node: Any, x: _Dyn | _Moved, scale: np.ndarray | None,
+               shift: np.ndarray | None, kind: str) -> _Dyn | _Moved:
+        """``x * scale + shift`` with constants ONNX broadcasts against ``x`` (which they may
+        not grow); where ``x``'s batch axis is moved, the constants are mapped to per-sample
+        ones (:meth:`sample_const`) and the layout kept."""
+        if isinstance(x, _Dyn):
+            for c in (scale, shift):
+                if c is not None and c.ndim > 0:
+                    self._out_broadcast(node, x, c)
+            return self.scale_shift(x, scale, shift, node, kind)
+        sc = None if scale is None else self.sample_const(node, x.v.shape, x, scale)
+        sh = None if shift is None else self.sample_const(node, x.v.shape, x, shift)
+        return self.place(self.scale_shift(x.v, sc, sh, node, kind), x.g0, x.pos, x.g1)
+
+    def op_Add(self, node: Any, k: int) -> _Dyn | _Moved:
         x, y, _ = self._binary(node)
-        if isinstance(y, _Dyn):
-            if x.shape != y.shape:
-                raise self.fail(node, f"adding tensors of shapes {list(x.shape)} and "
-                                f"{list(y.shape)} (broadcasting between inputs)")
-            a, b = self.materialize(x, node), self.materialize(y, node)
+        if isinstance(y, (_Dyn, _Moved)):
+            mx, my = _as_moved(x), _as_moved(y)
+            if (mx.g0, mx.pos, mx.g1, mx.v.shape) != (my.g0, my.pos, my.g1, my.v.shape):
+                if isinstance(x, _Dyn) and isinstance(y, _Dyn):
+                    raise self.fail(node, f"adding tensors of shapes {list(x.shape)} and "
+                                    f"{list(y.shape)} (broadcasting between inputs)")
+                raise self.fail(node, f"adding tensors of shapes {mx.describe()} and "
+                                f"{my.describe()} (the batch held differently, or "
+                                "broadcasting between inputs)")
+            a, b = self.materialize(mx.v, node), self.materialize(my.v, node)
+            sh = mx.v.shape
             if a is b:  # x + x: a scaling by 2 (torch.fx would see one input, i.e. a shift)
-                return self.scale_shift(_Dyn(a, x.shape, x.shape), np.asarray(2.0), None,
-                                        node, "double")
-            return _Dyn(self.graph.call_function(torch.add, (a, b)), x.shape, x.shape)
-        self._out_broadcast(node, x, y)
-        return self.scale_shift(x, None, y, node, "add_const")
+                out = self.scale_shift(_Dyn(a, sh, sh), np.asarray(2.0), None, node, "double")
+            else:
+                out = _Dyn(self.graph.call_function(torch.add, (a, b)), sh, sh)
+            return self.place(out, mx.g0, mx.pos, mx.g1)
+        return self.affine(node, x, None, y, "add_const")
 
-    def op_Sub(self, node: Any, k: int) -> _Dyn:
+    def op_Sub(self, node: Any, k: int) -> _Dyn | _Moved:
         x, y, swapped = self._binary(node)
-        if isinstance(y, _Dyn):
+        if isinstance(y, (_Dyn, _Moved)):
             raise self.fail(node, "subtracting two input-dependent tensors is not supported")
-        self._out_broadcast(node, x, y)
         if swapped:  # c - x
-            return self.scale_shift(x, -np.ones(1), y, node, "sub_const")
-        return self.scale_shift(x, None, -y, node, "sub_const")
+            return self.affine(node, x, -np.ones(1), y, "sub_const")
+        return self.affine(node, x, None, -y, "sub_const")
 
-    def op_Mul(self, node: Any, k: int) -> _Dyn:
+    def op_Mul(self, node: Any, k: int) -> _Dyn | _Moved:
         x, y, _ = self._binary(node)
-        if isinstance(y, _Dyn):
+        if isinstance(y, (_Dyn, _Moved)):
             silu = self._silu(node)
             if silu is not None:
                 return silu
@@ -2109,23 +2435,32 @@ class _Importer:
             if gelu is not None:
                 return gelu
             return self.product(node, torch.mul)
-        self._out_broadcast(node, x, y)
-        return self.scale_shift(x, y, None, node, "mul_const")
+        return self.affine(node, x, y, None, "mul_const")
 
     def product(self, node: Any, fn: Any) -> _Dyn:
         """``Mul`` or ``MatMul`` of two input-dependent tensors: ``torch.mul`` /
         ``torch.matmul`` (captured as the nodes ``mul`` / ``matmul``). Both operands must
         have the same rank (ONNX broadcasts the full shapes: with different ranks the batch
         axis of one would meet a per-sample axis of the other)."""
-        x, y = self.value(node, 0), self.value(node, 1)
-        if not isinstance(x, _Dyn) or not isinstance(y, _Dyn):
+        xv, yv = self.value(node, 0), self.value(node, 1)
+        if not isinstance(xv, (_Dyn, _Moved)) or not isinstance(yv, (_Dyn, _Moved)):
             raise self.fail(node, "a constant left operand of a product of tensors")
-        if len(x.shape) != len(y.shape):
-            raise self.fail(node, f"operands of shapes [N, {list(x.shape)}] and "
-                            f"[N, {list(y.shape)}] (different ranks: the batch axes would not "
-                            "align, samples would mix)")
+        mx, my = _as_moved(xv), _as_moved(yv)
+        x, y = mx.v, my.v
+        if mx.rank != my.rank:
+            raise self.fail(node, f"operands of shapes {mx.describe()} and {my.describe()} "
+                            "(different ranks: the batch axes would not align, samples would "
+                            "mix)")
+        if (mx.g0, mx.pos, mx.g1) != (my.g0, my.pos, my.g1) or \
+                x.shape[mx.g0:mx.g1] != y.shape[my.g0:my.g1]:
+            raise self.fail(node, f"operands of shapes {mx.describe()} and {my.describe()} "
+                            "hold the batch differently; samples would mix")
         try:
             if fn is torch.matmul:
+                if mx.g0 >= mx.rank - 2 and isinstance(xv, _Moved):
+                    raise self.fail(node, f"a matrix product of {mx.describe()} and "
+                                    f"{my.describe()} along the axis holding the batch; "
+                                    "samples would mix")
                 if len(x.shape) < 2:
                     raise ValueError("a product of two vectors per sample")
                 shape = tuple(np.matmul(np.empty((0, *x.shape), np.float32),
@@ -2137,7 +2472,8 @@ class _Importer:
                             f"do not multiply ({exc})") from None
         self._bound(node, math.prod(shape), "product")
         a, b = self.materialize(x, node), self.materialize(y, node)
-        return _Dyn(self.graph.call_function(fn, (a, b)), shape, shape)
+        out = _Dyn(self.graph.call_function(fn, (a, b)), shape, shape)
+        return self.place(out, mx.g0, mx.pos, mx.g1)
 
     def _silu(self, node: Any) -> _Dyn | None:
         """``x * Sigmoid(x)`` (SiLU / swish as exported): one node, or ``None``."""
@@ -2147,18 +2483,17 @@ class _Importer:
             if (sig is not None and sig.op_type == "Sigmoid"
                     and sig.input[0] == node.input[1 - i]):
                 v = self.values[node.input[1 - i]]
-                if isinstance(v, _Dyn):
+                if isinstance(v, (_Dyn, _Moved)):
                     return self.unary(v, nn.SiLU(), "silu")
         return None
 
-    def op_Div(self, node: Any, k: int) -> _Dyn:
+    def op_Div(self, node: Any, k: int) -> _Dyn | _Moved:
         x, y, swapped = self._binary(node)
-        if isinstance(y, _Dyn) or swapped:
+        if isinstance(y, (_Dyn, _Moved)) or swapped:
             raise self.fail(node, "division by an input-dependent tensor is not supported")
         if (y == 0).any():
             raise self.fail(node, "division by zero")
-        self._out_broadcast(node, x, y)
-        return self.scale_shift(x, 1.0 / y, None, node, "div_const")
+        return self.affine(node, x, 1.0 / y, None, "div_const")
 
     def op_Concat(self, node: Any, k: int) -> _Dyn:
         parts = [self.value(node, i) for i in range(len(node.input))]
@@ -2233,41 +2568,47 @@ class _Importer:
             raise self.fail(node, "the selection is empty")
         return _Dyn(v.node, v.base_shape, tuple(sel.shape), sel.ravel())
 
-    def op_Gather(self, node: Any, k: int) -> _Dyn:
-        """``x[:, i]`` (a class token): a selection on a non-batch axis by constant indices."""
-        v = self.dyn(node, 0)
+    def op_Gather(self, node: Any, k: int) -> _Dyn | _Moved:
+        """``x[:, i]`` (a class token, the query/key/value of a fused projection): a
+        selection on an axis other than the batch's by constant indices."""
+        m = _as_moved(self.anydyn(node, 0))
         ind = self.const(node, 1, "the indices")
         if ind.dtype.kind not in "iu":
             raise self.fail(node, "the indices must be an integer tensor")
-        r = len(v.shape) + 1
-        ax = self._rank_axis(node, int(self.attrs(node).get("axis", 0)), r)
-        if ax == 0:
-            raise self.fail(node, "gathering along the batch dimension")
-        d = v.shape[ax - 1]
+        ax = self._rank_axis(node, int(self.attrs(node).get("axis", 0)), m.rank)
+        if ax == m.g0:
+            raise self.fail(node, f"gathering along the batch dimension (axis {ax} of "
+                            f"{m.describe()})")
+        pa = m.sample_axis(ax)
+        d = m.v.shape[pa]
         if ind.size and (ind.min() < -d or ind.max() >= d):
             raise self.fail(node, f"indices outside [-{d}, {d - 1}] on axis {ax}")
-        return self._selection(node, v, lambda b: np.take(b, ind.astype(np.int64) % d,
-                                                          axis=ax - 1))
+        out = self._selection(node, m.v, lambda b: np.take(b, ind.astype(np.int64) % d,
+                                                           axis=pa))
+        shift = ind.ndim - 1 if pa < m.g0 else 0
+        return self.place(out, m.g0 + shift, m.pos + shift, m.g1 + shift)
 
-    def op_Slice(self, node: Any, k: int) -> _Dyn:
-        """``x[:, a:b:s]`` on non-batch axes with constant bounds."""
-        v = self.dyn(node, 0)
+    def op_Slice(self, node: Any, k: int) -> _Dyn | _Moved:
+        """``x[:, a:b:s]`` on axes other than the batch's, with constant bounds."""
+        m = _as_moved(self.anydyn(node, 0))
         consts = [None] + [self.opt_const(node, i) for i in range(1, len(node.input))]
         a = self.attrs(node)
         starts, ends, axes, steps = self._slice_args(node, consts, a)
         if not len(starts) == len(ends) == len(axes) == len(steps) or 0 in steps:
             raise self.fail(node, f"bad slice starts {starts}, ends {ends}, axes {axes}, "
                             f"steps {steps}")
-        r = len(v.shape) + 1
-        sl = [slice(None)] * (r - 1)
+        r = m.rank
+        sl = [slice(None)] * len(m.v.shape)
         for st, en, ax, sp in zip(starts, ends, axes, steps):
             ax = self._rank_axis(node, ax, r)
-            if ax == 0:
-                raise self.fail(node, "slicing the batch dimension")
+            if ax == m.g0:
+                raise self.fail(node, f"slicing the batch dimension (axis {ax} of "
+                                f"{m.describe()})")
             big = np.iinfo(np.int64).max // 2
             e = None if en >= big or (sp < 0 and en <= -big) else int(en)
-            sl[ax - 1] = slice(int(st), e, int(sp))
-        return self._selection(node, v, lambda b: b[tuple(sl)])
+            sl[m.sample_axis(ax)] = slice(int(st), e, int(sp))
+        out = self._selection(node, m.v, lambda b: b[tuple(sl)])
+        return self.place(out, m.g0, m.pos, m.g1)
 
     def _token_bias(self, node: Any, c: np.ndarray, out: tuple[int, ...]) -> np.ndarray | None:
         """A constant added to a per-sample value of shape ``out``, broadcast to it (its
@@ -2280,10 +2621,42 @@ class _Importer:
         except ValueError:
             return None
 
-    def token_matmul(self, node: Any, v: _Dyn, w: np.ndarray) -> _Dyn:
+    def sample_const(self, node: Any, shape: Sequence[int], lay: _Moved,
+                     c: np.ndarray, strict: bool = True) -> Any:
+        """A constant that ONNX broadcasts against a value of per-sample shape ``shape``
+        laid out as ``lay`` (its batch in ONNX axis ``lay.g0``), as the per-sample constant
+        of shape ``shape``. It must not vary along the batch axis (size 1 there: it is then
+        the same for every factor merged with the batch) nor add axes or grow any axis;
+        otherwise refused (``strict``) or ``None``."""
+        g0, g1 = lay.g0, lay.g1
+        onnx = [*shape[:g0], None, *shape[g1:]]
+        r = len(onnx)
+        why = None
+        cc = c
+        if c.ndim > r:
+            why = f"has more axes than the {lay.describe()} it is applied to"
+        else:
+            cc = c.reshape((1,) * (r - c.ndim) + c.shape)
+            if cc.shape[g0] != 1:
+                why = f"varies along the axis holding the batch of {lay.describe()}"
+            elif any(d not in (1, o) for i, (d, o) in enumerate(zip(cc.shape, onnx))
+                     if i != g0):
+                why = f"does not broadcast to {lay.describe()}"
+        if why is not None:
+            if strict:
+                raise self.fail(node, f"a constant of shape {list(c.shape)} {why}")
+            return None
+        self.check_size(node, math.prod(shape), 8, "a per-sample constant")
+        ps = (*cc.shape[:g0], *(1,) * (g1 - g0), *cc.shape[g0 + 1:])
+        return np.broadcast_to(cc.astype(np.float64).reshape(ps), tuple(shape))
+
+    def token_matmul(self, node: Any, v: _Dyn, w: np.ndarray, lay: _Moved | None = None,
+                     bias: np.ndarray | None = None) -> Any:
         r"""``x @ W`` on tokens ``[..., K]`` with a constant ``W [K, M]``: one exact linear
         layer on the flattened sample, block-diagonal :math:`I \otimes W^\top` (a
-        following ``Add`` of a constant is folded into its bias)."""
+        following ``Add`` of a constant is folded into its bias, unless ``bias`` is given).
+        ``lay``: the value's batch is laid out as there (not in its last axis), and so is
+        the result's."""
         lead = math.prod(v.shape[:-1])
         kk, mm = w.shape
         if v.shape[-1] != kk:
@@ -2291,19 +2664,25 @@ class _Importer:
         out = (*v.shape[:-1], mm)
         self.check_size(node, lead * lead * kk * mm, 12, "the block-diagonal weight")
         big = np.kron(np.eye(lead), w.T)
-        b = None
+        b, fused = bias, False
         nxt = self.only_consumer(node.output[0])
-        if nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
+        if b is None and nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
             other = nxt.input[1] if nxt.input[0] == node.output[0] else nxt.input[0]
             c = self.values.get(other)
             if isinstance(c, np.ndarray) and c.dtype.kind == "f":
-                b = self._token_bias(node, c, out)
+                if lay is None:
+                    b = self._token_bias(node, c, out)
+                else:
+                    b = self.sample_const(node, out, lay, c, strict=False)
+                    b = None if b is None else np.asarray(b).reshape(-1)
                 if b is not None:
+                    fused = True
                     self.skip.add(self._index(nxt))
         res = self.view(self.linear(node, self.view(v, (v.numel,)), big, b), out)
-        if b is not None:
-            self.values[nxt.output[0]] = res  # type: ignore[union-attr]
-        return res
+        val = res if lay is None else self.place(res, lay.g0, lay.pos, lay.g1)
+        if fused:
+            self.values[nxt.output[0]] = val  # type: ignore[union-attr]
+        return val
 
 
 _NP_BINARY = {
