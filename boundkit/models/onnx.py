@@ -1602,6 +1602,7 @@ class _Importer:
         if not s:
             raise self.fail(node, "empty target shape")
         full = _as_moved(val).onnx_shape()
+        shown = _fmt_dims(s)
         if not allowzero:
             if any(t == 0 and i >= len(full) for i, t in enumerate(s)):
                 raise self.fail(node, f"target {_fmt_dims(s)} copies a dimension the input "
@@ -1610,9 +1611,10 @@ class _Importer:
         if (isinstance(val, _Dyn) and self.fixed_batch is not None and s[0] == self.fixed_batch
                 and not any(_is_sym(t) for t in s)):
             s[0] = _BATCH  # a file exported at a fixed batch size: its first axis
-        return self.reshape_value(node, val, s)
+        return self.reshape_value(node, val, s, shown)
 
-    def reshape_value(self, node: Any, val: _Dyn | _Moved, target: list[int]) -> Any:
+    def reshape_value(self, node: Any, val: _Dyn | _Moved, target: list[int],
+                      shown: str | None = None) -> Any:
         r"""A row-major reshape of the ONNX tensor to ``target`` (entries ``c * N``, at most
         one ``-1``), exact per sample when one target axis holds the batch as a whole.
 
@@ -1628,7 +1630,7 @@ class _Importer:
         m = _as_moved(val)
         shape = m.v.shape
         p_out, q_in = math.prod(shape[:m.pos]), math.prod(shape[m.pos:])
-        fmt = _fmt_dims(target)
+        fmt = shown or _fmt_dims(target)
         sym = [i for i, t in enumerate(target) if _is_sym(t)]
         free = [i for i, t in enumerate(target) if t == -1]
         if len(sym) > 1:
