@@ -23,8 +23,9 @@ LRN (odd size)                             ``nn.LocalResponseNorm``
 Relu, Sigmoid, Tanh, Softplus              the same modules
 LeakyRelu(a)                               ``a*x + (1-a)*relu(x)`` (an add of two branches)
 Softmax, LogSoftmax (last node only)       the same modules
-Flatten, Reshape, Squeeze, Unsqueeze       regrouping views (``reshape``) that keep the batch
-Transpose (batch axis fixed)               folded into the next ``Gemm``/``MatMul`` columns
+Flatten, Reshape, Squeeze, Unsqueeze       regrouping views (``reshape``) that keep each
+                                           sample whole (the batch may move or merge, below)
+Transpose (any perm; the batch may move)   folded into the next ``Gemm``/``MatMul`` columns
                                            or cancelled by another transpose; otherwise
                                            ``permute`` (exact); a gathered or sliced view
                                            that cannot fold: a 0/1 ``nn.Linear``, at most
@@ -44,11 +45,36 @@ Add of two tensors, Concat                 ``torch.add`` (residual), ``torch.cat
                                            constant broadcast over the batch (a class token)
                                            concatenated: a 0/1 ``nn.Linear`` with it as bias
 Identity, Dropout                          nothing
+nn.MultiheadAttention as torch exports it  the ops above on a moved batch axis (below):
+(``[T, N, E]``, ``[N*H, T, d]``, a Gemm    per-sample ``linear``, ``permute``, ``reshape``,
+on ``[T*N, E]``, ``N*H`` in Reshape)        ``matmul``, ``softmax``
 =========================================  ==================================================
+
+**Where the batch is.** An input-dependent value is held per sample, with where the ONNX
+tensor keeps its batch axis (:class:`_Moved`): the batch may sit at any axis, alone or
+merged row-major with neighbouring per-sample axes (``[T, N, E]``, ``[N*H, T, d]``,
+``[T*N, E]``), as torch's export of ``nn.MultiheadAttention`` (``batch_first`` True or
+False) writes it. No node name is read: each op proves from the shapes alone that it keeps
+samples apart, and is then emitted as the same op per sample. ``Transpose`` moves the batch
+(with the axes merged with it); ``Reshape``/``Flatten`` keep it when one target axis holds
+the batch as a whole, between factors of the elements before and after it
+(:meth:`_Importer.reshape_value`); ``MatMul``/``Gemm`` by a constant, ``Softmax``, the
+reductions, ``LayerNormalization``, ``Gather``/``Slice``, ``Squeeze``/``Unsqueeze`` act on
+other axes only; element-wise ops, and ``Add``/``Mul``/``MatMul`` of two tensors holding
+the batch the same way (not in a matrix axis), keep it where it is; a constant may not vary
+along the batch's axis. Refused in one line naming the node: a reduction, softmax,
+normalisation, gather or slice over the batch's axis, a product contracting it, a reshape
+splitting it across samples, two operands holding it differently, any other op on a tensor
+whose batch is not first, and an output that does not hold it first.
 
 Constant subgraphs (initialisers, ``Constant``, ``Shape`` of a tensor whose shape is known,
 ``Gather``, ``Cast``, ``Slice``, ``Concat``, arithmetic...) are folded with numpy; the batch
-dimension is tracked symbolically so that ``x.view(x.size(0), -1)`` exports fold correctly.
+dimension is tracked symbolically so that ``x.view(x.size(0), -1)`` exports fold correctly:
+``c * N`` (``N * heads``, ``N * T``) is a multiple of a reserved negative int64, which folds
+may move (``Gather``, ``Slice``, ``Concat``, ``Squeeze``, ``Unsqueeze``, ``Reshape``,
+``Identity``, ``Cast`` to int64) or multiply by a positive integer (``Mul``); any other fold
+reading it (a sum, a cast to float, the batch size squared...) is refused, and so is a file
+whose own constants hold the reserved value.
 A ``ConstantOfShape`` or ``Expand`` to a shape whose first entry is the batch size (torch's
 ``cls.expand(N, -1, -1)``, with its ``Equal``/``Where`` arithmetic) folds to a constant
 broadcast over the batch, which only element-wise folds and a ``Concat`` with
