@@ -1287,7 +1287,11 @@ class _Importer:
                 coef * np.minimum(other, MAX_BATCH_FACTOR + 1) > MAX_BATCH_FACTOR).any():
             raise self.fail(node, "arithmetic on the batch size is not supported (the batch "
                             f"size times a number outside [1, {MAX_BATCH_FACTOR}])")
-        return np.where(sx | sy, coef * other * _BATCH, xb * yb).astype(np.int64)
+        plain = np.where(sx | sy, 1, xb) * np.where(sx | sy, 1, yb)
+        if (~(sx | sy) & _sym_mask(plain)).any():
+            raise self.fail(node, "folding gives a value the importer reserves for the "
+                            "symbolic batch size")
+        return np.where(sx | sy, coef * other * _BATCH, plain).astype(np.int64)
 
     def fold_Mod(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
         """``Mod`` of constants (``fmod=1``: the sign of the dividend, else the divisor's)."""
