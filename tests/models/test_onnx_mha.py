@@ -6,7 +6,8 @@ and with the tokens (``[T*N, E]`` for the output projection's ``Gemm``), and com
 (``_Moved`` in ``boundkit/models/onnx.py``) and emits per-sample ops. Checked here:
 ``batch_first`` True and False, bias True and False, one and two heads, one and several
 tokens, ``need_weights`` False (torch's fused path) and True (its ``bmm`` path on
-``[N*H, T, d]``), a residual added time-major, and a TinyViT-like model (patch embedding,
+``[N*H, T, d]``), cross-attention with its weights used (averaged or per head), a residual
+added time-major, and a TinyViT-like model (patch embedding,
 ``nn.MultiheadAttention``, LayerNorm as the opset-17 op or decomposed, GELU, mean pooling):
 
 * equal to onnxruntime at batch sizes 1 and 3 (1e-5) and to the torch model in float64;
@@ -194,6 +195,34 @@ def test_need_weights_export_merges_batch_and_heads_and_imports(tmp_path: Path,
     """``need_weights=True`` exports torch's ``bmm`` path: scores on ``[N*H, T, T]``."""
     model = _seeded(MhaNet(batch_first, need_weights=True), 4)
     _imported(model, (12,), tmp_path / "mha_w.onnx")
+
+
+class CrossNet(nn.Module):
+    """Cross-attention (3 query tokens, 2 key/value tokens from another layer) whose
+    returned attention weights (averaged over heads, or per head) feed the head too."""
+
+    def __init__(self, batch_first: bool, average: bool) -> None:
+        super().__init__()
+        self.bf, self.avg = batch_first, average
+        self.a, self.b = nn.Linear(5, 12), nn.Linear(5, 8)
+        self.att = nn.MultiheadAttention(4, 2, batch_first=batch_first)
+        self.head = nn.Linear(12 + (6 if average else 12), 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = torch.tanh(self.a(x)).reshape(-1, 3, 4)
+        kv = torch.sigmoid(self.b(x)).reshape(-1, 2, 4)
+        if not self.bf:
+            q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+        o, w = self.att(q, kv, kv, average_attn_weights=self.avg)
+        o = o if self.bf else o.transpose(0, 1)
+        return self.head(torch.cat([o.flatten(1), w.flatten(1)], 1))
+
+
+@pytest.mark.parametrize("batch_first,average", [(True, True), (False, False)])
+def test_cross_attention_with_its_weights_used_imports(tmp_path: Path, batch_first: bool,
+                                                       average: bool) -> None:
+    model = _seeded(CrossNet(batch_first, average), 9)
+    _imported(model, (5,), tmp_path / "cross.onnx")
 
 
 def test_residual_added_time_major_imports(tmp_path: Path) -> None:
