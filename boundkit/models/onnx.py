@@ -1726,8 +1726,6 @@ class _Importer:
         axes = sorted(self._rank_axis(node, a, r) for a in axes)
         if len(set(axes)) != len(axes):
             raise self.fail(node, f"axes {axes} repeat an axis")
-        if isinstance(val, _Dyn) and 0 in axes:
-            raise self.fail(node, "unsqueezing before the batch dimension")
         # the output's ONNX axes: the input's in order, with the new axes of size 1 inserted
         old = iter(range(m.rank))
         shape: list[int] = []

@@ -349,12 +349,14 @@ def test_output_with_the_batch_moved_is_refused(tmp_path: Path) -> None:
 
 def test_splitting_at_the_batch_factors_is_per_sample(tmp_path: Path) -> None:
     """[4, N, 3] -> [2, 2N, 3] (the batch between the factors 2 and 1 of the second axis)
-    -> [4, N, 3] -> back to [N, 4, 3]: exact, equal to onnxruntime."""
+    -> [4, N, 3] -> [1, 4, N, 3] -> back to [N, 4, 3]: exact, equal to onnxruntime."""
     body = [N("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
             N("Reshape", ["t", "s1"], ["r"]), N("Relu", ["r"], ["rr"]),
-            N("Reshape", ["rr", "s2"], ["u"]), N("Transpose", ["u"], ["h"], perm=[1, 0, 2])]
+            N("Reshape", ["rr", "s2"], ["u"]), N("Unsqueeze", ["u", "ax0"], ["u1"]),
+            N("Sigmoid", ["u1"], ["u2"]), N("Squeeze", ["u2", "ax0"], ["u3"]),
+            N("Transpose", ["u3"], ["h"], perm=[1, 0, 2])]
     inits = {"s1": np.array([2, -1, 3], dtype=np.int64),
-             "s2": np.array([4, -1, 3], dtype=np.int64)}
+             "s2": np.array([4, -1, 3], dtype=np.int64), "ax0": np.array([0], dtype=np.int64)}
     p = classifier(tmp_path, body, (4, 3), "h", 12, inits, opset=13)
     m = load_onnx(p)
     x = np.random.default_rng(0).standard_normal((3, 4, 3)).astype(np.float32)
