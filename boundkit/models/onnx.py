@@ -1286,7 +1286,8 @@ class _Importer:
         if ((sx | sy) & ((other < 1) | (other > MAX_BATCH_FACTOR))).any() or (
                 coef * np.minimum(other, MAX_BATCH_FACTOR + 1) > MAX_BATCH_FACTOR).any():
             raise self.fail(node, "arithmetic on the batch size is not supported (the batch "
-                            f"size times a number outside [1, {MAX_BATCH_FACTOR}])")
+                            f"size times a number outside [1, {MAX_BATCH_FACTOR}], or a "
+                            "multiple of it above that)")
         plain = np.where(sx | sy, 1, xb) * np.where(sx | sy, 1, yb)
         if (~(sx | sy) & _sym_mask(plain)).any():
             raise self.fail(node, "folding gives a value the importer reserves for the "
