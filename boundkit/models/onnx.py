@@ -31,7 +31,7 @@ Transpose (any perm; the batch may move)   folded into the next ``Gemm``/``MatMu
                                            that cannot fold: a 0/1 ``nn.Linear``, at most
                                            :data:`MAX_PERMUTATION` elements
 Gather, Slice on tokens (constant index)   views (``x[:, 0]``: a class token), folded
-MatMul on tokens ``[.., T, K] @ W``        block-diagonal ``nn.Linear`` (I kron W^T), exact
+MatMul on tokens ``[.., T, K] @ W``        ``nn.Linear(K, M)`` on the last axis, exact
 MatMul, Mul of two activations             ``torch.matmul``, ``torch.mul`` (equal ranks)
 Softmax inside the network                 ``torch.softmax(x, axis)`` (opsets < 13: over the
                                            flattened trailing axes)
@@ -1836,7 +1836,8 @@ class _Importer:
         if isinstance(v, _Moved):  # rows [c N]: the same linear map on each row of a sample
             if c is not None:
                 c = self._float(node, c, "C") * float(a.get("beta", 1.0))
-                b = self.sample_const(node, (*v.v.shape[:-1], w.shape[0]), v, c).reshape(-1)
+                b = self.sample_const(node, (*v.v.shape[:-1], w.shape[0]), v, c)
+                b = np.asarray(b).reshape(-1, w.shape[0])[0]  # C is 1 along the rows
             return self.token_matmul(node, v.v, w.T, lay=v, bias=b)
         if c is not None:
             c = self._float(node, c, "C") * float(a.get("beta", 1.0))
@@ -2683,18 +2684,18 @@ class _Importer:
 
     def token_matmul(self, node: Any, v: _Dyn, w: np.ndarray, lay: _Moved | None = None,
                      bias: np.ndarray | None = None) -> Any:
-        r"""``x @ W`` on tokens ``[..., K]`` with a constant ``W [K, M]``: one exact linear
-        layer on the flattened sample, block-diagonal :math:`I \otimes W^\top` (a
-        following ``Add`` of a constant is folded into its bias, unless ``bias`` is given).
-        ``lay``: the value's batch is laid out as there (not in its last axis), and so is
-        the result's."""
-        lead = math.prod(v.shape[:-1])
+        r"""``x @ W`` on tokens ``[..., K]`` with a constant ``W [K, M]``: ``nn.Linear(K, M)``
+        on the last axis of each sample, :math:`y_{t} = W^\top x_{t} + b` for every token
+        ``t`` (exact; the same map on every token, as torch's own ``nn.Linear`` on tokens).
+        A following ``Add`` of a constant the same for every token is folded into its bias,
+        unless ``bias`` (``[M]``) is given. ``lay``: the value's batch is laid out as there
+        (not in its last axis), and so is the result's."""
         kk, mm = w.shape
         if v.shape[-1] != kk:
             raise self.fail(node, f"matrix {list(w.shape)} does not fit tokens {list(v.shape)}")
         out = (*v.shape[:-1], mm)
-        self.check_size(node, lead * lead * kk * mm, 12, "the block-diagonal weight")
-        big = np.kron(np.eye(lead), w.T)
+        self.check_size(node, kk * mm, 12, "the weight")
+        self._bound(node, math.prod(out), "output")
         b, fused = bias, False
         nxt = self.only_consumer(node.output[0])
         if b is None and nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
@@ -2702,14 +2703,19 @@ class _Importer:
             c = self.values.get(other)
             if isinstance(c, np.ndarray) and c.dtype.kind == "f":
                 if lay is None:
-                    b = self._token_bias(node, c, out)
+                    full = self._token_bias(node, c, out)
                 else:
-                    b = self.sample_const(node, out, lay, c, strict=False)
-                    b = None if b is None else np.asarray(b).reshape(-1)
-                if b is not None:
-                    fused = True
+                    full = self.sample_const(node, out, lay, c, strict=False)
+                rows = None if full is None else np.asarray(full).reshape(-1, mm)
+                if rows is not None and (rows == rows[:1]).all():
+                    b, fused = rows[0].copy(), True  # the same bias on every token
                     self.skip.add(self._index(nxt))
-        res = self.view(self.linear(node, self.view(v, (v.numel,)), big, b), out)
+        lin = nn.Linear(kk, mm, bias=b is not None)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T, dtype=np.float32)))
+            if b is not None:
+                lin.bias.copy_(torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)))
+        res = _Dyn(self.add_module("linear", lin, self.materialize(v, node)), out, out)
         val = res if lay is None else self.place(res, lay.g0, lay.pos, lay.g1)
         if fused:
             self.values[nxt.output[0]] = val  # type: ignore[union-attr]
