@@ -108,6 +108,7 @@ at load time (``check=True``, the default) and refused beyond a relative error o
 from __future__ import annotations
 
 import math
+import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -2591,6 +2592,16 @@ class _Importer:
         flat = _Dyn(x, (m_in,), (m_in,))
         return self.view(self.linear(node, flat, w, bias), out)
 
+    def index(self, node: Any, v: _Dyn, idx: tuple[Any, ...]) -> _Dyn:
+        """``x[:, *idx]``: basic indexing of the per-sample axes (ints, slices with positive
+        steps), emitted as such (captured as the exact node ``select``)."""
+        shape = tuple(np.broadcast_to(np.zeros((), np.bool_), v.shape)[idx].shape)  # no copy
+        if 0 in shape:
+            raise self.fail(node, "the selection is empty")
+        x = self.materialize(v, node)
+        out = self.graph.call_function(operator.getitem, (x, (slice(None), *idx)))
+        return _Dyn(out, shape, shape)
+
     def _selection(self, node: Any, v: _Dyn, take: Any) -> _Dyn:
         """A view of ``v`` keeping the elements ``take`` picks from its index array."""
         self.charge(node, 2 * v.numel, 8, "the index of a selected view")
@@ -2615,8 +2626,11 @@ class _Importer:
         d = m.v.shape[pa]
         if ind.size and (ind.min() < -d or ind.max() >= d):
             raise self.fail(node, f"indices outside [-{d}, {d - 1}] on axis {ax}")
-        out = self._selection(node, m.v, lambda b: np.take(b, ind.astype(np.int64) % d,
-                                                           axis=pa))
+        if ind.ndim == 0:  # x[:, ..., i]: a real index (the node select), at any size
+            out = self.index(node, m.v, (*(slice(None),) * pa, int(ind) % d))
+        else:
+            out = self._selection(node, m.v, lambda b: np.take(b, ind.astype(np.int64) % d,
+                                                               axis=pa))
         shift = ind.ndim - 1 if pa < m.g0 else 0
         return self.place(out, m.g0 + shift, m.pos + shift, m.g1 + shift)
 
@@ -2638,8 +2652,14 @@ class _Importer:
                                 f"{m.describe()})")
             big = np.iinfo(np.int64).max // 2
             e = None if en >= big or (sp < 0 and en <= -big) else int(en)
-            sl[m.sample_axis(ax)] = slice(int(st), e, int(sp))
-        out = self._selection(node, m.v, lambda b: b[tuple(sl)])
+            pa = m.sample_axis(ax)
+            sl[pa] = slice(int(st), e, int(sp))
+            if sp > 0:  # clamped to the axis (torch warns about out-of-range bounds)
+                sl[pa] = slice(*sl[pa].indices(m.v.shape[pa]))
+        if all(q.step is None or q.step > 0 for q in sl):
+            out = self.index(node, m.v, tuple(sl))
+        else:
+            out = self._selection(node, m.v, lambda b: b[tuple(sl)])
         return self.place(out, m.g0, m.pos, m.g1)
 
     def _token_bias(self, node: Any, c: np.ndarray, out: tuple[int, ...]) -> np.ndarray | None:
