@@ -30,7 +30,9 @@ Transpose (any perm; the batch may move)   folded into the next ``Gemm``/``MatMu
                                            ``permute`` (exact); a gathered or sliced view
                                            that cannot fold: a 0/1 ``nn.Linear``, at most
                                            :data:`MAX_PERMUTATION` elements
-Gather, Slice on tokens (constant index)   views (``x[:, 0]``: a class token), folded
+Gather, Slice (constant indices)           ``x[:, ..., i]``, ``x[:, a:b:s]`` (the node
+                                           ``select``); several indices or a negative
+                                           step: a view, folded into the next layer
 MatMul on tokens ``[.., T, K] @ W``        ``nn.Linear(K, M)`` on the last axis, exact
 MatMul, Mul of two activations             ``torch.matmul``, ``torch.mul`` (equal ranks)
 Softmax inside the network                 ``torch.softmax(x, axis)`` (opsets < 13: over the
