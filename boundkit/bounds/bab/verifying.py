@@ -52,7 +52,9 @@ class VerifyResult:
     seconds: torch.Tensor
     #: per sample, a radius proven on the way: ``radius`` where verified; where unknown,
     #: the smallest radius the open subproblems certify (their bounds hold on every
-    #: smaller ball), possibly 0; 0 where falsified
+    #: smaller ball), possibly 0; 0 where falsified; ``inf`` where that radius's ball
+    #: holds the whole box (:attr:`~boundkit.bounds.crown.CrownRun.reach`): the class is
+    #: constant on the box, every radius is certified (as ``crown`` reports it)
     certified: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
     @property
@@ -152,6 +154,8 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
         certified[todo] = sol.certified[todo]
         domains += sol.domains
         seconds += sol.seconds
+    # a proven ball holding the whole box: the class is constant on the box
+    certified = torch.where(certified >= run.reach.cpu(), math.inf, certified)
     return VerifyResult(radius.cpu(), label.cpu(), verdict, why, cex, cex_norm, domains,
                         seconds, certified)
 
