@@ -59,6 +59,7 @@ from boundkit.graph.graph import Graph, Node
 #: splitting reaches 0.947 (docs/results/bab_input_split.md)
 INPUT_SPLIT_MAX_DIM = 16
 
+
 def resolve_split(split: str, graph: Graph) -> str:
     """``"input"`` or ``"relu"``: ``"auto"`` is ``"input"`` for a network ReLU splitting
     refuses (a nonlinearity it neither splits nor keeps relaxed) whose samples have at most
