@@ -168,7 +168,7 @@ def test_every_sub_box_bound_holds_on_the_ball_points_inside_it(act: str, seed: 
     lo, hi = torch.minimum(a, b), torch.maximum(a, b)
     dom = Boxes(smp, lo, hi, torch.zeros(3 * k, 3, dtype=torch.bool), None,
                 torch.zeros(3 * k, dtype=torch.float64))
-    _, _, _, bounded = search.bound(dom)
+    bounded = search.bound(dom)
     pts = _ball_points(x, eps, 6000, seed, box)  # [3, P, 2]
     with torch.no_grad():
         out = model(pts.reshape(-1, 2)).reshape(3, -1, 3)

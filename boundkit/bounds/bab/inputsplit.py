@@ -301,10 +301,10 @@ class InputSplit(Search[Boxes]):
         #: per sample, the box of the ball's points in the input box [N, d] each (flat)
         self.ilo, self.ihi = root_boxes(run, eps)
 
-    def bound(self, dom: Boxes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Bounded]:
-        """Bound every domain of ``dom`` over its ball-and-sub-box region: (proven [D], the
-        margins proven [D, C'], the certified radius [D], the :class:`Bounded`) and the
-        final walk's input coefficients in ``self.run.probe``."""
+    def bound(self, dom: Boxes) -> Bounded:
+        """Bound every domain of ``dom`` over its ball-and-sub-box region (the domains
+        proven, the margins proven [D, C'], the certified radius [D], ...: a
+        :class:`Bounded`); the final walk's input coefficients go to ``self.run.probe``."""
         eps = self.eps[dom.sample]
         sub = self.run.subset(dom.sample)
         assert isinstance(sub, RegionRun)
@@ -316,9 +316,7 @@ class InputSplit(Search[Boxes]):
                        radius=dom.radius, cls=dom.cls)
         bounder = Bounder(self.graph, self.plan, sub, self.label[dom.sample], eps, self.opt)
         self.run.probe.pop("A", None)
-        b = bounder.bound(doms)
-        assert b.radius is not None
-        return b.proven, b.done, b.radius, b
+        return bounder.bound(doms)
 
     def roots(self, idx: torch.Tensor) -> Boxes:
         """One root per (sample, competing class): the box of the sample's ball."""
@@ -337,7 +335,9 @@ class InputSplit(Search[Boxes]):
         """Bound ``batch``; halve each unproven sub-box on its coordinate of largest smear
         (:func:`smear`), dropping halves that miss the ball. A sub-box whose midpoint
         rounds onto an end of that coordinate cannot be halved: it is stuck."""
-        proven, done, radius, b = self.bound(batch)
+        b = self.bound(batch)
+        proven, done, radius = b.proven, b.done, b.radius
+        assert radius is not None  # Bounder.bound always gives one
         kids: Boxes | None = None
         stuck_front: Boxes | None = None
         open_ = torch.nonzero(~proven).flatten()
