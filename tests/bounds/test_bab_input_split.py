@@ -168,7 +168,7 @@ def test_every_sub_box_bound_holds_on_the_ball_points_inside_it(act: str, seed: 
     lo, hi = torch.minimum(a, b), torch.maximum(a, b)
     dom = Boxes(smp, lo, hi, torch.zeros(3 * k, 3, dtype=torch.bool), None,
                 torch.zeros(3 * k, dtype=torch.float64))
-    _, _, _, bounded = search.bound(dom)
+    bounded = search.bound(dom)
     pts = _ball_points(x, eps, 6000, seed, box)  # [3, P, 2]
     with torch.no_grad():
         out = model(pts.reshape(-1, 2)).reshape(3, -1, 3)
@@ -262,6 +262,74 @@ def test_bab_with_input_splitting_closes_on_smooth_nets_where_relu_splitting_can
         with torch.no_grad():
             out = model(pts.reshape(-1, 2)).reshape(3, -1, 3).argmax(2)
         assert bool((out == model(x).argmax(1).unsqueeze(1)).all())
+
+
+def _constant_on_the_box(seed: int, act: str) -> nn.Sequential:
+    """A 3-8-8-3 net (weights x3) whose class 0 wins on all of [0, 1]^3 by at least 0.5 on a
+    41^3 grid (its output bias shifted so), which ``crown`` does not prove in one pass."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(3, 8), ACTS[act](), nn.Linear(8, 8), ACTS[act](),
+                      nn.Linear(8, 3)).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(3.0)
+        out = m(_GRID3)
+        m[4].bias[0] += 0.5 - (out[:, :1] - out[:, 1:]).min()
+    return m
+
+
+_GRID3 = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 41, dtype=torch.float64)] * 3,
+                                    indexing="ij"), -1).reshape(-1, 3)
+
+
+@pytest.mark.parametrize(("act", "seed", "split", "rows"), [
+    ("tanh", 0, "input", [0, 1]), ("relu", 2, "relu", [1])])
+def test_bab_radius_is_inf_where_the_class_is_constant_on_the_box(act, seed, split, rows,
+                                                                   tmp_path) -> None:
+    """Where ``bab`` proves a ball holding the whole box, the class is constant on the box:
+    the radius is ``inf`` (as ``crown`` reports it), not the radius of an ever larger
+    ball (1.7e12 on this tanh net before, where no attack finds an upper end); the CLI's
+    results JSON and the report carry it as ``inf``. ``verify`` says so in its certified
+    radius, and without the box nothing changes."""
+    from boundkit.cli import certificate_doc
+    from boundkit.report import render_report, write_json
+    from boundkit.report.io import read_json
+
+    model = _constant_on_the_box(seed, act)
+    with torch.no_grad():
+        assert bool((model(_GRID3).argmax(1) == 0).all())
+    x = torch.rand(2, 3, dtype=torch.float64,
+                   generator=torch.Generator().manual_seed(seed))[rows]
+    crown = bk.certify(model, x, "crown").radius
+    assert bool(torch.isfinite(crown).all()), crown  # crown alone does not prove the box
+    # upper end inf: what the search has when no attack finds an adversarial example
+    cert = bk.certify(model, x, "bab", split=split, time_budget=1e4, max_domains=1000,
+                      upper=math.inf)
+    assert bool(torch.isinf(cert.radius).all()), cert.radius
+    assert bool(torch.isnan(cert.info["ratio"]).all())  # no upper end: no ratio
+    # the trace ends at inf, after the finite start radius
+    tr = cert.info["trace_radius"]
+    last = torch.where(torch.isnan(tr), -1.0, tr).max(1).values
+    assert bool(torch.isinf(last).all())
+    n = len(rows)
+    doc = certificate_doc({"bab": cert}, torch.zeros(n, dtype=torch.long), range(n),
+                          {"model": "m", "data": "d", "split": "test"})
+    path = write_json(doc, tmp_path / "certify.json")
+    back = read_json(path)
+    assert back["samples"]["radius"]["bab"] == [math.inf] * n
+    assert math.isinf(back["summary"]["methods"]["bab"]["median_radius"])
+    report = render_report(path, tmp_path / "report")["markdown"].read_text()
+    assert "| median certified radius, bab | inf |" in report
+    corner = torch.maximum(x, 1 - x).norm(dim=1)  # the farthest corner of the box
+    far = verify(model, x, corner * 1.001, split=split, time_budget=1e4, max_domains=1000)
+    assert far.status == ["verified"] * len(rows)
+    assert bool(torch.isinf(far.certified).all())
+    near = verify(model, x, 0.3, split=split, time_budget=1e4, max_domains=1000)
+    assert near.status == ["verified"] * len(rows)
+    assert torch.equal(near.certified, torch.full((len(rows),), 0.3, dtype=torch.float64))
+    free = bk.certify(model, x, "bab", split=split, box=None, time_budget=1e4,
+                      max_domains=100, upper=math.inf)
+    assert bool(torch.isfinite(free.radius).all()), free.radius
 
 
 def test_bad_split_values_get_one_line_errors() -> None:

@@ -312,14 +312,57 @@ def _padded_conv_net(seed: int) -> nn.Module:
     return m.eval()
 
 
-@pytest.mark.parametrize("method", ["crown", "alpha"])
-@pytest.mark.parametrize("tile", [1, 2, 3])
-def test_walks_on_windows_give_the_radii_of_whole_walks(method, tile, monkeypatch) -> None:
+class _ResNet(nn.Module):
+    """Stem conv, a BasicBlock with an identity shortcut, one with a strided 1x1 shortcut,
+    a padded conv branch added to a ReLU (``h + conv(h)``), then a linear head: the walks
+    on windows follow the cone of a neuron through both branches of every ``add``."""
+
+    def __init__(self, seed: int) -> None:
+        from boundkit.models.zoo import BasicBlock
+
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU())
+        self.b1, self.b2 = BasicBlock(3, 3, 1), BasicBlock(3, 4, 2)
+        self.side = nn.Conv2d(4, 4, 3, padding=2, dilation=2)
+        self.head = nn.Linear(4 * 3 * 3, 3)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.b2(self.b1(self.stem(x)))
+        return self.head(torch.relu(h + self.side(h)).flatten(1))
+
+
+def _window_net(kind: str, seed: int, n: int) -> tuple[nn.Module, torch.Tensor]:
+    """The nets the window walks are checked on, with ``n`` inputs: ``"padded"``, padded,
+    strided, dilated and grouped convolutions with batch norm and max pooling; ``"resnet"``,
+    residual additions (:class:`_ResNet`)."""
+    if kind == "padded":
+        model = _padded_conv_net(seed)
+        return model, _x(model, n, seed)
+    return _ResNet(seed), torch.rand(n, 2, 6, 6, generator=torch.Generator().manual_seed(seed))
+
+
+#: (net, method, tile, alpha iterations, seed, samples) of the radii comparison
+_WINDOW_RADII = [
+    *[("padded", m, t, 2, 11, 3) for m in ("crown", "alpha") for t in (1, 2, 3)],
+    ("resnet", "crown", 1, 1, 21, 2), ("resnet", "crown", 2, 1, 21, 2),
+    pytest.param("resnet", "alpha", 2, 1, 21, 2, marks=pytest.mark.slow),  # ~20 CPU s
+]
+
+
+@pytest.mark.parametrize(("net", "method", "tile", "iterations", "seed", "n"), _WINDOW_RADII)
+def test_walks_on_windows_give_the_radii_of_whole_walks(net, method, tile, iterations, seed,
+                                                        n, monkeypatch) -> None:
     from boundkit.bounds.crown import windows
 
-    model = _padded_conv_net(11)
-    x = _x(model, 3, 11)
-    opts = {"iterations": 2} if method == "alpha" else {}
+    model, x = _window_net(net, seed, n)
+    opts = {"iterations": iterations} if method == "alpha" else {}
     monkeypatch.setattr(windows.Windows, "chain", lambda self, run, node: None)
     whole = bk.certify(model, x, method, **opts).radius
     monkeypatch.undo()
@@ -332,13 +375,16 @@ def test_walks_on_windows_give_the_radii_of_whole_walks(method, tile, monkeypatc
     torch.testing.assert_close(windowed, whole, rtol=2e-3, atol=0.0)
 
 
-@pytest.mark.parametrize("tile", [1, 2, 3])
-def test_walks_on_windows_give_the_intervals_of_whole_walks(tile, monkeypatch) -> None:
+@pytest.mark.parametrize(("net", "tile", "seed"), [
+    ("padded", 1, 12), ("padded", 2, 12), ("padded", 3, 12), ("resnet", 1, 22),
+    ("resnet", 2, 22)])
+def test_walks_on_windows_give_the_intervals_of_whole_walks(net, tile, seed,
+                                                            monkeypatch) -> None:
     from boundkit.bounds.crown import CrownRun, plan_crown, windows
     from boundkit.bounds.engine import graph_for
 
-    model = _padded_conv_net(12)
-    x = _x(model, 3, 12).double()
+    model, x = _window_net(net, seed, 3)
+    x = x.double()
     g = graph_for(model, x, None)
     eps = torch.tensor([0.05, 0.2, 0.5], dtype=torch.float64)
     monkeypatch.setattr(windows.Windows, "chain", lambda self, run, node: None)
@@ -348,7 +394,13 @@ def test_walks_on_windows_give_the_intervals_of_whole_walks(tile, monkeypatch) -
     monkeypatch.setattr(windows, "TILE", tile)
     run = CrownRun(g, plan_crown(g), x, (0.0, 1.0))
     windowed = run.intervals(eps).intervals
-    assert any(windows.WINDOWS.chain(run, n) for n in g.upstream() if n.name in run.plan.refine)
+    walked = [n for n in g.upstream() if n.name in run.plan.refine
+              and windows.WINDOWS.chain(run, n)]
+    assert walked
+    adds = [n for n in g if n.op == "add"]
+    # the windows pass residual additions: some refined node's cone holds one
+    assert not adds or any(any(a in windows.WINDOWS.chain(run, n) for a in adds)
+                           for n in walked)
     for name, iv in whole.items():
         for a, b in ((windowed[name].lo, iv.lo), (windowed[name].hi, iv.hi)):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

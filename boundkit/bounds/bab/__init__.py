@@ -38,7 +38,12 @@ The package, one idea per module:
 * :mod:`~boundkit.bounds.bab.bounding`: the split ReLU rule (beta terms), the plan, and
   bounding a batch of domains with optimised slopes and multipliers;
 * :mod:`~boundkit.bounds.bab.branching`: the branching score and the split;
-* :mod:`~boundkit.bounds.bab.search`: the loop (batches, priorities, budgets);
+* :mod:`~boundkit.bounds.bab.loop`: the loop both searches share (batches, priorities,
+  budgets) and its typed per-sample answer (:class:`Verdict`, :class:`Reason`,
+  :class:`Solved`);
+* :mod:`~boundkit.bounds.bab.search`: the search on ReLU splits (its roots and one
+  batch's bounding and branching);
+* :mod:`~boundkit.bounds.bab.inputsplit`: the search on sub-boxes of the input;
 * :mod:`~boundkit.bounds.bab.counterexample`: the attack inside the ball;
 * :mod:`~boundkit.bounds.bab.verifying`: ``bk.verify``;
 * :mod:`~boundkit.bounds.bab.radius`: the anytime radius method ``bab``;
@@ -55,6 +60,7 @@ from boundkit.bounds.bab.bounding import (
 )
 from boundkit.bounds.bab.counterexample import pgd_counterexample
 from boundkit.bounds.bab.domains import Domains, domain_radius
+from boundkit.bounds.bab.loop import Reason, Search, Solved, Verdict
 from boundkit.bounds.bab.options import NEVER, STUCK_ITERATIONS, BabOptions, check_options
 from boundkit.bounds.bab.radius import (
     BAB_RTOL,
@@ -65,7 +71,7 @@ from boundkit.bounds.bab.radius import (
     BabMethod,
     RadiusTrace,
 )
-from boundkit.bounds.bab.search import FALSIFIED, UNKNOWN, VERIFIED, BranchAndBound, Solved
+from boundkit.bounds.bab.search import FALSIFIED, UNKNOWN, VERIFIED, BranchAndBound
 from boundkit.bounds.bab.verifying import VerifyResult, verify, verify_graph
 
 __all__ = [
@@ -73,7 +79,8 @@ __all__ = [
     "STUCK_ITERATIONS", "TRACE_POINTS",
     "UNKNOWN", "VERIFIED",
     "BabMethod", "BabOptions", "BabPlan", "Bounded", "Bounder", "BranchAndBound", "Domains",
-    "RadiusTrace", "Solved", "SplitReLU", "VerifyResult", "bab_plan", "check_options",
+    "RadiusTrace", "Reason", "Search", "Solved", "SplitReLU", "Verdict", "VerifyResult",
+    "bab_plan", "check_options",
     "domain_radius",
     "pgd_counterexample", "plan_bab", "verify", "verify_graph",
 ]

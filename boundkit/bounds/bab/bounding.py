@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -24,6 +26,7 @@ from boundkit.bounds.relaxation import (
     FINAL_SPEC,
     Interval,
     LinearBounds,
+    RelaxationRule,
     RelaxContext,
     SlopeKey,
     Splits,
@@ -78,13 +81,17 @@ class BabPlan:
     kept: list[str] = dataclasses.field(default_factory=list)
 
 
-def plan_bab(graph: Graph) -> BabPlan:
-    """The plan, refusing (naming the node) a model with a nonlinearity branch and bound
-    neither splits nor keeps relaxed, or a node bounded through the ``sound`` modulus (its
-    bound is no linear function the splits could refine). Max poolings keep ``crown``'s
-    relaxation, built on each domain from its own input intervals (valid on the domain's
-    set, so sound there: ``docs/theory/branch_and_bound.md`` §Max pooling); only the ReLUs
-    are split."""
+_P = TypeVar("_P", bound=BabPlan)
+
+
+def split_plan(graph: Graph, keep: Callable[[RelaxationRule], bool], plan_type: type[_P],
+               purpose: str, refusal: str) -> _P:
+    """The ``crown`` plan of ``graph`` with one :class:`SplitReLU` rule on every ReLU (and
+    LeakyReLU), as a ``plan_type``. Every other nonlinear rule must satisfy ``keep`` (it is
+    then kept, built on each domain's own intervals: valid on the domain's set); one that
+    does not is refused with ``refusal``, and a node bounded through the ``sound`` modulus
+    (no linear relaxation) with ``purpose``, what such a node cannot be; both name the
+    node."""
     base = plan_crown(graph)
     rule = SplitReLU()
     rules = dict(base.rules)
@@ -96,20 +103,26 @@ def plan_bab(graph: Graph) -> BabPlan:
         if r is None:
             raise UnsupportedLayerError(n.name, n.op, "bab",
                                         "no linear relaxation (bounded through the sound "
-                                        "modulus), so it cannot be branched on")
-        if r.nonlinear:
-            if isinstance(r, MaxPoolRelaxation):
-                continue
-            if not isinstance(r, ReLURelaxation):
-                raise UnsupportedLayerError(n.name, n.op, "bab",
-                                            "branch and bound splits ReLU and LeakyReLU "
-                                            "neurons and keeps max poolings relaxed, "
-                                            "nothing else")
+                                        f"modulus), so it cannot be {purpose}")
+        if isinstance(r, ReLURelaxation):
             rules[n.name] = rule
             relus.append(n)
+        elif r.nonlinear and not keep(r):
+            raise UnsupportedLayerError(n.name, n.op, "bab", refusal)
     kept = list(dict.fromkeys([r.inputs[0] for r in relus] + list(base.refine)))
-    return BabPlan(dataclasses.replace(base, rules=rules), rule, relus, base, kept)
+    return plan_type(dataclasses.replace(base, rules=rules), rule, relus, base, kept)
 
+
+def plan_bab(graph: Graph) -> BabPlan:
+    """The plan, refusing (naming the node) a model with a nonlinearity branch and bound
+    neither splits nor keeps relaxed, or a node bounded through the ``sound`` modulus (its
+    bound is no linear function the splits could refine). Max poolings keep ``crown``'s
+    relaxation, built on each domain from its own input intervals (valid on the domain's
+    set, so sound there: ``docs/theory/branch_and_bound.md`` §Max pooling); only the ReLUs
+    are split."""
+    return split_plan(graph, lambda r: isinstance(r, MaxPoolRelaxation), BabPlan,
+                      "branched on", "branch and bound splits ReLU and LeakyReLU neurons "
+                      "and keeps max poolings relaxed, nothing else")
 
 
 def bab_plan(graph: Graph) -> BabPlan:

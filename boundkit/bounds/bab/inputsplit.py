@@ -35,22 +35,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from boundkit.bounds.activation import ReLURelaxation
-from boundkit.bounds.bab import options as _clock
-from boundkit.bounds.bab.bounding import BabPlan, Bounder, SplitReLU, bab_plan
+from boundkit.bounds.bab.bounding import BabPlan, Bounded, Bounder, bab_plan, split_plan
 from boundkit.bounds.bab.domains import Domains
+from boundkit.bounds.bab.loop import Expansion, Reason, Search
 from boundkit.bounds.bab.options import NEVER, BabOptions
-from boundkit.bounds.crown import CrownRun, plan_crown
+from boundkit.bounds.crown import CrownRun
 from boundkit.bounds.crown.concrete import Concrete, ball_box_minimum
 from boundkit.bounds.crown.run import Samples
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma
 from boundkit.bounds.relaxation import Interval, LinearBounds, RelaxContext
-from boundkit.errors import BadArgumentError, UnsupportedLayerError
+from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.graph import Graph, Node
 
 #: ``split="auto"`` splits the input of a network ReLU splitting cannot take (smooth
@@ -60,15 +58,6 @@ from boundkit.graph.graph import Graph, Node
 #: 20 wine samples (13 features) it reaches 0.9993 of the attack at 1 s where input
 #: splitting reaches 0.947 (docs/results/bab_input_split.md)
 INPUT_SPLIT_MAX_DIM = 16
-#: the branching choices of ``verify`` / ``bab``
-SPLITS = ("auto", "input", "relu")
-
-
-def check_split(split: object) -> str:
-    """``split`` as one of :data:`SPLITS` (a one-line ``BadArgumentError`` otherwise)."""
-    if not isinstance(split, str) or split not in SPLITS:
-        raise BadArgumentError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return split
 
 
 def resolve_split(split: str, graph: Graph) -> str:
@@ -188,23 +177,7 @@ class InputSplitPlan(BabPlan):
 def plan_input_split(graph: Graph) -> InputSplitPlan:
     """The plan, refusing (naming the node) a node bounded through the ``sound`` modulus
     (its interval is a function of the radius alone, not of the sub-box)."""
-    base = plan_crown(graph)
-    rule = SplitReLU()
-    rules = dict(base.rules)
-    relus = []
-    for n in base.nodes:
-        if n.op == "input":
-            continue
-        r = base.rules[n.name]
-        if r is None:
-            raise UnsupportedLayerError(n.name, n.op, "bab",
-                                        "no linear relaxation (bounded through the sound "
-                                        "modulus), so it cannot be bounded on a sub-box")
-        if isinstance(r, ReLURelaxation):
-            rules[n.name] = rule
-            relus.append(n)
-    kept = list(dict.fromkeys([r.inputs[0] for r in relus] + list(base.refine)))
-    return InputSplitPlan(dataclasses.replace(base, rules=rules), rule, relus, base, kept)
+    return split_plan(graph, lambda r: True, InputSplitPlan, "bounded on a sub-box", "")
 
 
 def input_split_plan(graph: Graph) -> InputSplitPlan:
@@ -283,6 +256,14 @@ class Boxes:
                      None if self.cls is None else self.cls[idx], self.radius[idx],
                      sel(self.alpha), sel(self.ilo), sel(self.ihi))
 
+    def slice(self, a: int, b: int) -> Boxes:
+        """Rows ``a:b`` as views (no copy)."""
+        def sel(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v[a:b] for k, v in d.items()}
+        return Boxes(self.sample[a:b], self.lo[a:b], self.hi[a:b], self.done[a:b],
+                     None if self.cls is None else self.cls[a:b], self.radius[a:b],
+                     sel(self.alpha), sel(self.ilo), sel(self.ihi))
+
     @staticmethod
     def cat(parts: list[Boxes]) -> Boxes:
         parts = [p for p in parts if len(p)]
@@ -300,10 +281,14 @@ class Boxes:
                      join("ihi"))
 
 
-class InputSplit:
+class InputSplit(Search[Boxes]):
     """The input-splitting search for one batch of samples at radii ``eps`` [N] (labels
-    ``label`` [N]) on a :class:`RegionRun` of the samples; :meth:`solve` answers like
-    :meth:`~boundkit.bounds.bab.BranchAndBound.solve`."""
+    ``label`` [N]) on a :class:`RegionRun` of the samples; :meth:`solve` (the loop's, as
+    :class:`~boundkit.bounds.bab.search.BranchAndBound`'s) searches sub-boxes with the
+    smallest certified radius relative to their sample's radius first and returns a
+    :class:`~boundkit.bounds.bab.loop.Solved`."""
+
+    stuck_reason = Reason.STUCK_BOX
 
     def __init__(self, graph: Graph, plan: BabPlan, run: CrownRun, label: torch.Tensor,
                  eps: torch.Tensor, options: BabOptions) -> None:
@@ -312,11 +297,14 @@ class InputSplit:
         self.graph, self.plan, self.run, self.label, self.eps = graph, plan, run, label, eps
         self.opt = options
         self.n = run.n
+        self.x0 = run.x0.flatten(1)
+        #: per sample, the box of the ball's points in the input box [N, d] each (flat)
+        self.ilo, self.ihi = root_boxes(run, eps)
 
-    def bound(self, dom: Boxes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, object]:
-        """Bound every domain of ``dom`` over its ball-and-sub-box region: (proven [D], the
-        margins proven [D, C'], the certified radius [D], the :class:`Bounded`) and the
-        final walk's input coefficients in ``self.run.probe``."""
+    def bound(self, dom: Boxes) -> Bounded:
+        """Bound every domain of ``dom`` over its ball-and-sub-box region (the domains
+        proven, the margins proven [D, C'], the certified radius [D], ...: a
+        :class:`Bounded`); the final walk's input coefficients go to ``self.run.probe``."""
         eps = self.eps[dom.sample]
         sub = self.run.subset(dom.sample)
         assert isinstance(sub, RegionRun)
@@ -328,142 +316,64 @@ class InputSplit:
                        radius=dom.radius, cls=dom.cls)
         bounder = Bounder(self.graph, self.plan, sub, self.label[dom.sample], eps, self.opt)
         self.run.probe.pop("A", None)
-        b = bounder.bound(doms)
-        return b.proven, b.done, b.radius, b
+        return bounder.bound(doms)
 
-    def solve(self, active: torch.Tensor, budget: torch.Tensor | None = None,
-              tick: Callable[[float], None] | None = None,
-              max_domains: torch.Tensor | None = None) -> object:
-        """Search the samples ``active`` [N] (bool), each with ``budget`` [N] seconds and
-        ``max_domains`` [N] sub-boxes (defaults: the options'); sub-boxes with the smallest
-        certified radius relative to their sample's radius are bounded first. Returns a
-        :class:`~boundkit.bounds.bab.search.Solved`."""
-        from boundkit.bounds.bab.search import UNKNOWN, VERIFIED, Solved, search_limits
-
+    def roots(self, idx: torch.Tensor) -> Boxes:
+        """One root per (sample, competing class): the box of the sample's ball."""
         dev = self.eps.device
-        n = self.n
-        budget, max_domains = search_limits(n, self.opt, budget, max_domains)
-        status = ["" for _ in range(n)]
-        reason = ["" for _ in range(n)]
-        count = torch.zeros(n, dtype=torch.long)
-        spent = torch.zeros(n, dtype=torch.float64)
-        eps_c = self.eps.to(device="cpu", dtype=torch.float64)
-        certified = torch.zeros(n, dtype=torch.float64)
-        closed = ~active.cpu()
-        x0 = self.run.x0.flatten(1)
-        ilo, ihi = root_boxes(self.run, self.eps)  # the ball's box per sample
-        idx = torch.nonzero(active.to(dev)).flatten()
         c = self.graph.num_classes
         lab = self.label[idx]
         cls = torch.arange(c, device=dev).repeat(idx.numel())
         smp = idx.repeat_interleave(c)
         other = cls != lab.repeat_interleave(c)
         smp, cls = smp[other], cls[other]
-        root = Boxes(smp, ilo[smp], ihi[smp],
+        return Boxes(smp, self.ilo[smp], self.ihi[smp],
                      torch.zeros(smp.numel(), 1, dtype=torch.bool, device=dev), cls,
                      torch.zeros(smp.numel(), dtype=torch.float64, device=dev))
-        pool: list[tuple[float, Boxes]] = [(0.0, root)]
-        left = torch.bincount(root.sample.cpu(), minlength=n)
 
-        def close(samples: list[int], front: list[Boxes], why: str | None) -> None:
-            if not samples:
-                return
-            low = torch.full((n,), math.inf, dtype=torch.float64)
-            for f in front:
-                if len(f):
-                    low = low.scatter_reduce(0, f.sample.cpu(), f.radius.cpu(), "amin")
-            sel = torch.tensor(samples)
-            certified[sel] = torch.minimum(eps_c[sel], low[sel]).clamp(min=0.0)
-            for s_ in samples:
-                closed[s_] = True
-                status[s_], reason[s_] = (VERIFIED, "") if why is None else (UNKNOWN, why)
-
-        rate = 0.0
-        while pool:
-            t0 = _clock.now()
-            cap = self.opt.batch
-            if rate > 0:
-                left_s = float((budget - spent).clamp(min=0.0)[~closed].sum())
-                cap = max(1, min(cap, int(left_s / rate) + 1))
-            pool.sort(key=lambda kv: kv[0])
-            parts, size = [], 0
-            while pool and size < cap:
-                key, chunk = pool.pop(0)
-                need = cap - size
-                if len(chunk) > need:
-                    rest = torch.arange(need, len(chunk), device=dev)
-                    pool.insert(0, (key, chunk.rows(rest)))
-                    chunk = chunk.rows(torch.arange(need, device=dev))
-                parts.append(chunk)
-                size += len(chunk)
-            batch = parts[0] if len(parts) == 1 else Boxes.cat(parts)
-            proven, done, radius, b = self.bound(batch)
-            per = torch.bincount(batch.sample.cpu(), minlength=n)
-            count += per
-            left -= per
-            stuck_front: Boxes | None = None
-            open_ = torch.nonzero(~proven).flatten()
-            if open_.numel():
-                A = self.run.probe.get("A")
-                par = batch.rows(open_)
-                lo, hi = par.lo, par.hi
-                if isinstance(A, torch.Tensor):
-                    score = smear(A.flatten(2)[open_], ~done[open_], lo, hi)
-                else:
-                    score = (hi - lo).clamp(min=0.0)
-                j = score.argmax(1, keepdim=True)
-                a, z = lo.gather(1, j), hi.gather(1, j)
-                mid = torch.minimum(torch.maximum(0.5 * a + 0.5 * z, a), z)
-                stuck = ((mid <= a) | (mid >= z)).flatten()
-                lo_r = lo.scatter(1, j, mid)  # the upper half: [mid, u]
-                hi_l = hi.scatter(1, j, mid)  # the lower half: [l, mid]
-                twin = torch.cat([torch.nonzero(~stuck).flatten()] * 2)
-                k = int((~stuck).sum())
-                kid_lo = torch.cat([lo[~stuck], lo_r[~stuck]])
-                kid_hi = torch.cat([hi_l[~stuck], hi[~stuck]])
-                ks = par.sample[twin]
-                miss = misses_ball(x0[ks], kid_lo, kid_hi, self.eps[ks], ilo[ks], ihi[ks])
-                keep = torch.nonzero(~miss).flatten()
-                warm = sum(v[0].numel() for v in b.alpha.values()) * 2 * k
-                src = open_[twin[keep]]
-                if len(keep):
-                    kids = Boxes(ks[keep], kid_lo[keep], kid_hi[keep], done[src],
-                                 None if par.cls is None else par.cls[twin[keep]],
-                                 radius[src],
-                                 ({n_: v[src] for n_, v in b.alpha.items()}
-                                  if warm <= self.opt.warm_elements else {}),
-                                 {n_: v[src] for n_, v in b.lo.items()},
-                                 {n_: v[src] for n_, v in b.hi.items()})
-                    rel = kids.radius.cpu() / eps_c[kids.sample.cpu()]
-                    pool.append((float(rel.min()), kids))
-                    left += torch.bincount(kids.sample.cpu(), minlength=n)
-                if bool(stuck.any()):
-                    srow = open_[stuck]
-                    stuck_front = dataclasses.replace(batch.rows(srow), radius=radius[srow])
-            dt = _clock.now() - t0
-            rate = dt / len(batch)
-            if tick is not None:
-                tick(dt)
-            spent += dt * per.to(torch.float64) / len(batch)
-            front = [d for _, d in pool] + ([] if stuck_front is None else [stuck_front])
-            if stuck_front is not None:
-                close(sorted(set(stuck_front.sample.tolist())
-                             - set(torch.nonzero(closed).flatten().tolist())), front,
-                      "a sub-box reached the float64 resolution unproven")
-            close(torch.nonzero((left <= 0) & ~closed).flatten().tolist(), [], None)
-            over_t = (spent >= budget) & ~closed
-            over_d = (count >= max_domains) & ~closed
-            close(torch.nonzero(over_t).flatten().tolist(), front, "the time budget was spent")
-            close(torch.nonzero(over_d & ~over_t).flatten().tolist(), front,
-                  "the subproblem budget was spent")
-            gone = closed.to(dev)
-            kept = []
-            for key, d in pool:
-                alive = ~gone[d.sample]
-                if not bool(alive.all()):
-                    left -= torch.bincount(d.sample[~alive].cpu(), minlength=n)
-                    d = d.rows(torch.nonzero(alive).flatten())
-                if len(d):
-                    kept.append((key, d))
-            pool = kept
-        return Solved(status, reason, count, spent, certified)
+    def expand(self, batch: Boxes) -> Expansion[Boxes]:
+        """Bound ``batch``; halve each unproven sub-box on its coordinate of largest smear
+        (:func:`smear`), dropping halves that miss the ball. A sub-box whose midpoint
+        rounds onto an end of that coordinate cannot be halved: it is stuck."""
+        b = self.bound(batch)
+        proven, done, radius = b.proven, b.done, b.radius
+        assert radius is not None  # Bounder.bound always gives one
+        kids: Boxes | None = None
+        stuck_front: Boxes | None = None
+        open_ = torch.nonzero(~proven).flatten()
+        if open_.numel():
+            A = self.run.probe.get("A")
+            par = batch.rows(open_)
+            lo, hi = par.lo, par.hi
+            if isinstance(A, torch.Tensor):
+                score = smear(A.flatten(2)[open_], ~done[open_], lo, hi)
+            else:
+                score = (hi - lo).clamp(min=0.0)
+            j = score.argmax(1, keepdim=True)
+            a, z = lo.gather(1, j), hi.gather(1, j)
+            mid = torch.minimum(torch.maximum(0.5 * a + 0.5 * z, a), z)
+            stuck = ((mid <= a) | (mid >= z)).flatten()
+            lo_r = lo.scatter(1, j, mid)  # the upper half: [mid, u]
+            hi_l = hi.scatter(1, j, mid)  # the lower half: [l, mid]
+            twin = torch.cat([torch.nonzero(~stuck).flatten()] * 2)
+            k = int((~stuck).sum())
+            kid_lo = torch.cat([lo[~stuck], lo_r[~stuck]])
+            kid_hi = torch.cat([hi_l[~stuck], hi[~stuck]])
+            ks = par.sample[twin]
+            miss = misses_ball(self.x0[ks], kid_lo, kid_hi, self.eps[ks], self.ilo[ks],
+                               self.ihi[ks])
+            keep = torch.nonzero(~miss).flatten()
+            warm = sum(v[0].numel() for v in b.alpha.values()) * 2 * k
+            src = open_[twin[keep]]
+            if len(keep):
+                kids = Boxes(ks[keep], kid_lo[keep], kid_hi[keep], done[src],
+                             None if par.cls is None else par.cls[twin[keep]],
+                             radius[src],
+                             ({n_: v[src] for n_, v in b.alpha.items()}
+                              if warm <= self.opt.warm_elements else {}),
+                             {n_: v[src] for n_, v in b.lo.items()},
+                             {n_: v[src] for n_, v in b.hi.items()})
+            if bool(stuck.any()):
+                srow = open_[stuck]
+                stuck_front = dataclasses.replace(batch.rows(srow), radius=radius[srow])
+        return Expansion(kids, stuck_front)

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from boundkit.errors import BadArgumentError
+
 #: the clock the time budgets are charged on (wall seconds; a benchmark on a shared
 #: machine may set ``time.process_time``, this process's CPU seconds: assign
 #: ``boundkit.bounds.bab.options.CLOCK``)
@@ -17,6 +19,17 @@ def now() -> float:
     """The current reading of :data:`CLOCK` (looked up on every call, so a benchmark's
     assignment reaches every module of the package)."""
     return CLOCK()
+
+
+#: the branching choices of ``verify`` / ``bab`` (``BabOptions.split``)
+SPLITS = ("auto", "input", "relu")
+
+
+def check_split(split: object) -> str:
+    """``split`` as one of :data:`SPLITS` (a one-line ``BadArgumentError`` otherwise)."""
+    if not isinstance(split, str) or split not in SPLITS:
+        raise BadArgumentError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return split
 
 
 #: optimisation steps on a domain with no neuron left to split before it is given up
@@ -72,8 +85,6 @@ def check_options(time_budget: Any, max_domains: Any, batch: Any, iterations: An
     f = check_int("refresh", refresh, maximum=NEVER)
     assert t is not None and d is not None and b is not None and i is not None
     assert f is not None
-    from boundkit.bounds.bab.inputsplit import check_split
-
     return BabOptions(time_budget=t, max_domains=d, batch=b, iterations=i, refresh=f,
                       split=check_split(split))
 

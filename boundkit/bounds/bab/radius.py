@@ -149,9 +149,12 @@ class BabMethod(Method):
     (subproblems per sample over the whole search, shared among the steps like the time;
     default: no limit but the time, at most ``BabOptions.max_domains`` per step).
     Anytime: the radius returned is the largest one proven (or the start's), a certificate whatever
-    the budget. ``info``: ``upper`` (the end searched against, lowered to the norm of any
-    counterexample found on the way), ``ratio`` (certified / upper), ``domains``,
-    ``trace_seconds`` / ``trace_radius`` (the radius over the seconds charged:
+    the budget. With the box no radius above the distance to the box's farthest corner
+    (:attr:`~boundkit.bounds.crown.CrownRun.reach`) is tried: a ball that large holds the
+    whole box, so proving it proves the class constant on the box and the radius is
+    ``inf``, as ``crown`` reports it. ``info``: ``upper`` (the end searched against,
+    lowered to the norm of any counterexample found on the way), ``ratio`` (certified /
+    upper), ``domains``, ``trace_seconds`` / ``trace_radius`` (the radius over the seconds charged:
     :class:`RadiusTrace`). ``progress``: a
     callable given the samples' worth of budget spent since its last call (``time_budget`` seconds =
     one sample), after the start radius and every batch of the search; the calls of one run sum to
@@ -219,6 +222,7 @@ class BabMethod(Method):
         run = (RegionRun if by_input else CrownRun)(graph, plan.crown, x0, box)
         t_base = _clock.now() - t_start
         lo = base.radius.to(torch.float64).clone()
+        reach = run.reach.to(device=lo.device, dtype=torch.float64)
         upper = options.get("upper")
         if upper is None:
             from boundkit.attacks import attack
@@ -259,6 +263,9 @@ class BabMethod(Method):
             eps = torch.where(torch.isfinite(top), lo + frac * (top - lo),
                               torch.where(lo > 0, lo * 1.5, torch.full_like(lo, 1e-3)))
             eps = torch.where(lo > 0, torch.minimum(eps, lo * (1 + growth)), eps)
+            # no ball larger than one holding the whole box is needed: proving that one
+            # proves the class constant on the box (verify's certified radius is then inf)
+            eps = torch.minimum(eps, reach)
             eps = torch.where(active, eps, torch.zeros_like(eps))
             share = torch.where(budget < 0.1 * opts.time_budget, budget,
                                 budget / (3 if first else 2))
@@ -283,8 +290,10 @@ class BabMethod(Method):
                                tick=bar.spent, max_domains=dshare, run=run)
             wall = _clock.now() - t0
             ok = res.verified.to(lo.device) & active
-            # a verified radius, or the radius the open subproblems certify
-            got = torch.where(ok, eps, res.certified.to(lo.device))
+            # a verified radius, or the radius the open subproblems certify (inf: a ball
+            # holding the whole box)
+            cert = res.certified.to(lo.device)
+            got = torch.where(ok, torch.maximum(eps, cert), cert)
             grew = (active & (got > lo)).cpu()
             lo = torch.where(active, torch.maximum(lo, got), lo)
             top = torch.where(active & ~ok, torch.minimum(top, eps), top)

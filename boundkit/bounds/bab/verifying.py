@@ -23,8 +23,9 @@ from boundkit.bounds.bab.inputsplit import (
     input_split_plan,
     resolve_split,
 )
+from boundkit.bounds.bab.loop import Reason, Verdict
 from boundkit.bounds.bab.options import NEVER, BabOptions, check_options
-from boundkit.bounds.bab.search import FALSIFIED, UNKNOWN, VERIFIED, BranchAndBound
+from boundkit.bounds.bab.search import BranchAndBound
 from boundkit.bounds.crown import CrownRun
 from boundkit.bounds.output import margins
 from boundkit.errors import BadArgumentError
@@ -33,32 +34,46 @@ from boundkit.graph.graph import Graph
 
 @dataclass
 class VerifyResult:
-    """Per sample: ``status`` (``"verified"``: no perturbation of L2 norm below ``radius``
-    inside the box changes the class; ``"falsified"``: ``counterexample`` does, checked on
-    the model; ``"unknown"``), the ``reason``, the class ``label``, the counterexample (in
-    the model's dtype) and its float64 norm (the clean input and ``inf`` where none), the
-    subproblems bounded, the seconds charged and the radius certified on the way."""
+    """Per sample: the ``verdict`` (int8 :class:`Verdict` codes; ``status`` spells them:
+    ``"verified"``: no perturbation of L2 norm below ``radius`` inside the box changes the
+    class; ``"falsified"``: ``counterexample`` does, checked on the model; ``"unknown"``),
+    ``why`` (int8 :class:`Reason` codes; ``reason`` is their text), the class ``label``,
+    the counterexample (in the model's dtype) and its float64 norm (the clean input and
+    ``inf`` where none), the subproblems bounded, the seconds charged and the radius
+    certified on the way."""
 
     radius: torch.Tensor
     label: torch.Tensor
-    status: list[str]
-    reason: list[str]
+    verdict: torch.Tensor
+    why: torch.Tensor
     counterexample: torch.Tensor
     counterexample_norm: torch.Tensor
     domains: torch.Tensor
     seconds: torch.Tensor
     #: per sample, a radius proven on the way: ``radius`` where verified; where unknown,
     #: the smallest radius the open subproblems certify (their bounds hold on every
-    #: smaller ball), possibly 0; 0 where falsified
+    #: smaller ball), possibly 0; 0 where falsified; ``inf`` where that radius's ball
+    #: holds the whole box (:attr:`~boundkit.bounds.crown.CrownRun.reach`): the class is
+    #: constant on the box, every radius is certified (as ``crown`` reports it)
     certified: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
     @property
+    def status(self) -> list[str]:
+        """Per sample ``"verified"``, ``"falsified"`` or ``"unknown"``."""
+        return [Verdict(v).word for v in self.verdict.tolist()]
+
+    @property
+    def reason(self) -> list[str]:
+        """Per sample, why its verdict is what it is (:meth:`Reason.describe`)."""
+        return [Reason(v).describe() for v in self.why.tolist()]
+
+    @property
     def verified(self) -> torch.Tensor:
-        return torch.tensor([s == VERIFIED for s in self.status])
+        return self.verdict == Verdict.VERIFIED
 
     @property
     def falsified(self) -> torch.Tensor:
-        return torch.tensor([s == FALSIFIED for s in self.status])
+        return self.verdict == Verdict.FALSIFIED
 
 
 def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius: torch.Tensor,
@@ -96,8 +111,14 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
             model_label = model(x.to(next((p.device for p in model.parameters()), x.device),
                                     next((p.dtype for p in model.parameters()), x.dtype))
                                 ).argmax(1).to(label.device)
-    status = ["" for _ in range(n)]
-    reason = ["" for _ in range(n)]
+    verdict = torch.full((n,), Verdict.OPEN, dtype=torch.int8)
+    why = torch.full((n,), Reason.NONE, dtype=torch.int8)
+
+    def decide(rows: torch.Tensor, v: Verdict, r: Reason) -> None:
+        """Give the still open samples among ``rows`` (bool [N]) the verdict ``v``, ``r``."""
+        rows = rows & (verdict == Verdict.OPEN)
+        verdict[rows], why[rows] = v, r
+
     # counterexamples in the model's dtype: the very points the model was re-run on
     mdtype = x.dtype if model is None else next((p.dtype for p in model.parameters()), x.dtype)
     cex = x.detach().to(mdtype).clone()
@@ -105,43 +126,37 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
     domains = torch.zeros(n, dtype=torch.long)
     seconds = torch.zeros(n, dtype=torch.float64)
     certified = torch.zeros(n, dtype=torch.float64)
-    disagree = (model_label != label).cpu()
     outside = torch.zeros(n, dtype=torch.bool)
     if box is not None:
         flat = x0.flatten(1)
         outside = ~((flat >= box[0]) & (flat <= box[1])).all(1).cpu()
-    for i in range(n):
-        if disagree[i]:
-            status[i], reason[i] = UNKNOWN, ("the float64 graph and the model disagree on "
-                                             "the class at x (a near tie)")
-        elif outside[i]:
-            status[i], reason[i] = UNKNOWN, "x lies outside the box"
-        elif float(radius[i]) == 0.0:
-            status[i], reason[i] = VERIFIED, "radius 0: the ball of smaller norms is {x}"
-    todo = torch.tensor([s == "" for s in status])
+    decide((model_label != label).cpu(), Verdict.UNKNOWN, Reason.NEAR_TIE)
+    decide(outside, Verdict.UNKNOWN, Reason.OUTSIDE_BOX)
+    decide((radius == 0).cpu(), Verdict.VERIFIED, Reason.RADIUS_ZERO)
+    todo = verdict == Verdict.OPEN
     if model is not None and attack_steps > 0 and bool(todo.any()):
         t0 = _clock.now()
         sel = torch.nonzero(todo).flatten()
         found, xa, nm = pgd_counterexample(model, x[sel], label[sel.to(label.device)],
                                            radius[sel.to(radius.device)], box, steps=attack_steps)
-        dt = (_clock.now() - t0) / max(1, sel.numel())
-        for j, i in enumerate(sel.tolist()):
-            seconds[i] += dt
-            if bool(found[j]):
-                status[i], reason[i] = FALSIFIED, "projected gradient attack inside the ball"
-                cex[i] = xa[j].to(cex.device)
-                cex_norm[i] = float(nm[j])
-    todo = torch.tensor([s == "" for s in status])
+        seconds[sel] += (_clock.now() - t0) / max(1, sel.numel())
+        hit = found.cpu()
+        decide(torch.zeros(n, dtype=torch.bool).index_fill_(0, sel[hit], True),
+               Verdict.FALSIFIED, Reason.ATTACK)
+        cex[sel[hit].to(cex.device)] = xa[hit.to(xa.device)].to(cex)
+        cex_norm[sel[hit]] = nm[hit.to(nm.device)].detach().cpu().to(torch.float64)
+    todo = verdict == Verdict.OPEN
     if bool(todo.any()):
         bb = (InputSplit if by_input else BranchAndBound)(graph, plan, run, label, radius,
                                                           options)
         sol = bb.solve(todo.to(radius.device), budget, tick, max_domains)
-        for i in torch.nonzero(todo).flatten().tolist():
-            status[i], reason[i] = sol.status[i], sol.reason[i] or "every subproblem proven"
-            certified[i] = sol.certified[i]
+        verdict[todo], why[todo] = sol.verdict[todo], sol.reason[todo]
+        certified[todo] = sol.certified[todo]
         domains += sol.domains
         seconds += sol.seconds
-    return VerifyResult(radius.cpu(), label.cpu(), status, reason, cex, cex_norm, domains,
+    # a proven ball holding the whole box: the class is constant on the box
+    certified = torch.where(certified >= run.reach.cpu(), math.inf, certified)
+    return VerifyResult(radius.cpu(), label.cpu(), verdict, why, cex, cex_norm, domains,
                         seconds, certified)
 
 
