@@ -211,22 +211,8 @@ class MaxPoolRelaxation(RelaxationRule):
     def supports(self, node: Node) -> bool:
         return not node.attrs.get("ceil_mode", False)
 
-    def window_state(self, node: Node) -> torch.Tensor | None:
-        """Hook: the branch-and-bound states of the windows' inputs [N, C, k, L] (int8:
-        +1 the window's max is this input, -1 it is not, 0 free: ``bab``'s window splits,
-        docs/theory/branch_and_bound.md §Max-pooling window splits), or None (none here)."""
-        return None
-
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         a = node.attrs
-        state = self.window_state(node)
-        if state is not None:  # the max over each window's candidate inputs
-            lo_w, hi_w = self._windows(node, ins[0].lo), self._windows(node, ins[0].hi)
-            drop = _dropped(state)
-            shape = (lo_w.shape[0], *node.out_shape)
-            return Interval(lo_w.masked_fill(drop, -math.inf).amax(2).reshape(shape),
-                            hi_w.masked_fill(drop, -math.inf).amax(2).reshape(shape))
-
         def mp(t: torch.Tensor) -> torch.Tensor:
             return F.max_pool2d(t, a["kernel_size"], a["stride"], a["padding"], a["dilation"])
         return Interval(mp(ins[0].lo), mp(ins[0].hi))
@@ -240,24 +226,16 @@ class MaxPoolRelaxation(RelaxationRule):
                         dilation=a["dilation"], stride=a["stride"])
         return cols.reshape(n, c, cols.shape[1], cols.shape[2])  # [N, C, k, L]
 
-    def lines(self, node: Node, iv: Interval, centre: torch.Tensor | None = None,
-              state: torch.Tensor | None = None) -> PoolLines:
+    def lines(self, node: Node, iv: Interval, centre: torch.Tensor | None = None
+              ) -> PoolLines:
         """Each window's lower-line input (``flat``), upper-line input (``up_flat``), the
         upper line's slope and constant, on the input interval ``iv``. Any input of a
         window is a valid lower line of its max; where the max is not one input on the
         whole set, the one largest at ``centre`` (the input's values at the ball's centre
         [N, *shape], when given), else the one with the largest midpoint of its interval
-        (ReLU outputs often tie at a lower bound 0). ``state`` [N, C, k, L] (int8, see
-        :meth:`window_state`): on a branch-and-bound domain a window's max is the max over
-        its candidate inputs only (the forced one, else those not excluded), so the lines
-        are those of that smaller max; they hold on the domain's set only."""
+        (ReLU outputs often tie at a lower bound 0)."""
         a = node.attrs
         lo_w, hi_w = self._windows(node, iv.lo), self._windows(node, iv.hi)
-        drop = None
-        if state is not None:
-            drop = _dropped(state)
-            lo_w = lo_w.masked_fill(drop, -math.inf)
-            hi_w = hi_w.masked_fill(drop, -math.inf)
         best = lo_w.argmax(2, keepdim=True)  # [N, C, 1, L]
         l_best = lo_w.gather(2, best)
         others = hi_w.scatter(2, best, -math.inf).amax(2, keepdim=True)
@@ -266,8 +244,6 @@ class MaxPoolRelaxation(RelaxationRule):
         # only compared, so its rounding is harmless)
         mid = (self._windows(node, centre.to(iv.lo.dtype))
                if centre is not None and centre.shape == iv.lo.shape else lo_w + hi_w)
-        if drop is not None:
-            mid = mid.masked_fill(drop, -math.inf)
         best = torch.where(stable.unsqueeze(2), best, mid.argmax(2, keepdim=True))
         top = hi_w.argmax(2, keepdim=True)  # k: the largest upper bound
         u_k = hi_w.gather(2, top).squeeze(2)
@@ -295,24 +271,13 @@ class MaxPoolRelaxation(RelaxationRule):
         pos = pos_w.unsqueeze(0).unsqueeze(0).expand(n, c, -1, -1)
         flat = pos.gather(2, best).squeeze(2).long()
         up = torch.where(stable, flat, pos.gather(2, top).squeeze(2).long())
-        # for the branching score only (no bound reads them): the input the upper line
-        # follows, the line's largest gap over the box above the max (at z_k = max_i l_i,
-        # the others at their lower bounds: m - L + s (L - l_k), L = max_i l_i) and its
-        # height above L
-        low_all = lo_w.amax(2)
-        gap = torch.where(stable | ~torch.isfinite(low_all), torch.zeros_like(b),
-                          (m - low_all + s * (low_all - l_k)).clamp(min=0.0))
-        spread = torch.where(stable | ~torch.isfinite(low_all), torch.zeros_like(b),
-                             (u_k - low_all).clamp(min=0.0))
         return PoolLines(flat=flat, up_flat=up, slope=slope.unsqueeze(1),
-                         const=const, c_abs=const.abs(), kernel=lo_w.shape[2], mag=iv.mag,
-                         top=top.squeeze(2), gap=gap, spread=spread, stable=stable)
+                         const=const, c_abs=const.abs(), kernel=lo_w.shape[2], mag=iv.mag)
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         iv = ctx.interval_in(node)
         ln = ctx.derived(f"maxpool-lines:{node.name}", iv,
-                         lambda: self.lines(node, iv, ctx.acts.get(node.inputs[0]),
-                                            self.window_state(node)))
+                         lambda: self.lines(node, iv, ctx.acts.get(node.inputs[0])))
         n, s = lb.A.shape[:2]
         c = node.out_shape[0]
         A = lb.A.reshape(n, s, c, -1)  # [N, S, C, L]
@@ -354,24 +319,6 @@ class PoolLines:
     c_abs: torch.Tensor
     kernel: int
     mag: torch.Tensor
-    #: per window [N, C, L]: the slot (0..k-1) of the input the upper line follows, the
-    #: line's largest gap above the max over the box, the height of the largest upper
-    #: bound above the largest lower bound (both 0 on stable windows), and whether the
-    #: window is stable (its max one input on the whole set): a branching score's inputs
-    top: torch.Tensor | None = None
-    gap: torch.Tensor | None = None
-    spread: torch.Tensor | None = None
-    stable: torch.Tensor | None = None
-
-
-def _dropped(state: torch.Tensor) -> torch.Tensor:
-    """The window inputs [N, C, k, L] that are not candidates for the window's max under
-    the window states ``state`` (same shape, int8): the excluded ones (-1) and, in a window
-    with a forced input (+1), every other one. A window left with no candidate (no split
-    leads there) keeps all its inputs: the unsplit relaxation holds everywhere."""
-    forced = (state > 0).any(2, keepdim=True)
-    drop = (state < 0) | (forced & (state <= 0))
-    return drop & ~drop.all(2, keepdim=True)
 
 
 #: the smallest normal float64, added to a constant rounded up (covers underflow)

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from boundkit.bounds.activation import ReLURelaxation
-from boundkit.bounds.bab import branching
-from boundkit.bounds.bab.branching import neuron_scores, window_scores
+from boundkit.bounds.bab.branching import neuron_scores
 from boundkit.bounds.bab.domains import Domains, domain_radius
 from boundkit.bounds.bab.options import BabOptions
 from boundkit.bounds.crown import CrownPlan, CrownRun, plan_crown
 from boundkit.bounds.numerics import UNIT_ROUNDOFF
-from boundkit.bounds.pooling import MaxPoolRelaxation, PoolLines
+from boundkit.bounds.pooling import MaxPoolRelaxation
 from boundkit.bounds.relaxation import (
     FINAL_SPEC,
     Interval,
@@ -63,35 +62,6 @@ class SplitReLU(ReLURelaxation):
         return [LinearBounds(A, out.bias, out.err + charge, out.forks)]
 
 
-class SplitMaxPool(MaxPoolRelaxation):
-    r"""The ``crown`` max-pooling rule on the window states of the domains being bounded
-    (:attr:`states`: pool name -> int8 [D, C, k, L], +1 the window's max is this input on
-    the domain's set, -1 it is not, 0 free; ``docs/theory/branch_and_bound.md``
-    §Max-pooling window splits): each window's interval and lines are those of the max
-    over its candidate inputs, which equals the window's max on the domain's set. On the
-    final walk it records the coefficients at its output [D, C, *out shape] and its lines,
-    which the branching score reads. One instance per branch-and-bound plan."""
-
-    def __init__(self) -> None:
-        #: pool name -> the window states of the domains being bounded (empty: none split)
-        self.states: dict[str, torch.Tensor] = {}
-        #: pool name -> (the final walk's coefficients at its output, its lines)
-        self.record: dict[str, tuple[torch.Tensor, PoolLines]] = {}
-
-    def window_state(self, node: Node) -> torch.Tensor | None:
-        return self.states.get(node.name)
-
-    def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
-        out = super().backward(node, ctx, lb)
-        if ctx.spec == FINAL_SPEC:
-            iv = ctx.interval_in(node)
-            ln = ctx.derived(f"maxpool-lines:{node.name}", iv,
-                             lambda: self.lines(node, iv, ctx.acts.get(node.inputs[0]),
-                                                self.window_state(node)))
-            self.record[node.name] = (lb.A.detach(), ln)
-        return out
-
-
 @dataclass
 class BabPlan:
     """Per-model plan: the ``crown`` plan with this plan's own :class:`SplitReLU` rule on
@@ -106,10 +76,6 @@ class BabPlan:
     #: larger set): every ReLU's input and every node the ``crown`` plan refines (a max
     #: pooling's input)
     kept: list[str] = dataclasses.field(default_factory=list)
-    #: this plan's max-pooling rule (window splits, records for the branching score) on
-    #: every max pooling, and those nodes
-    pool: SplitMaxPool = dataclasses.field(default_factory=SplitMaxPool)
-    pools: list[Node] = dataclasses.field(default_factory=list)
 
 
 def plan_bab(graph: Graph) -> BabPlan:
@@ -121,9 +87,8 @@ def plan_bab(graph: Graph) -> BabPlan:
     are split."""
     base = plan_crown(graph)
     rule = SplitReLU()
-    pool = SplitMaxPool()
     rules = dict(base.rules)
-    relus, pools = [], []
+    relus = []
     for n in base.nodes:
         if n.op == "input":
             continue
@@ -134,8 +99,6 @@ def plan_bab(graph: Graph) -> BabPlan:
                                         "modulus), so it cannot be branched on")
         if r.nonlinear:
             if isinstance(r, MaxPoolRelaxation):
-                rules[n.name] = pool
-                pools.append(n)
                 continue
             if not isinstance(r, ReLURelaxation):
                 raise UnsupportedLayerError(n.name, n.op, "bab",
@@ -145,8 +108,7 @@ def plan_bab(graph: Graph) -> BabPlan:
             rules[n.name] = rule
             relus.append(n)
     kept = list(dict.fromkeys([r.inputs[0] for r in relus] + list(base.refine)))
-    return BabPlan(dataclasses.replace(base, rules=rules), rule, relus, base, kept, pool,
-                   pools)
+    return BabPlan(dataclasses.replace(base, rules=rules), rule, relus, base, kept)
 
 
 
@@ -156,13 +118,6 @@ def bab_plan(graph: Graph) -> BabPlan:
     if plan is None:
         plan = graph.cache["bab_plan"] = plan_bab(graph)
     return plan
-
-
-def window_shape(node: Node) -> tuple[int, int, int]:
-    """The shape (C, k, L) of a max pooling's window states: channels, inputs per window,
-    windows per channel."""
-    c = node.out_shape[0]
-    return c, math.prod(node.attrs["kernel_size"]), math.prod(node.out_shape[1:])
 
 
 class _Adam:
@@ -211,9 +166,6 @@ class Bounded:
     #: per domain, a radius up to which its set holds no class change [D] (its own
     #: bound's, or an ancestor's)
     radius: torch.Tensor | None = None
-    #: per max pooling, the slot of the input each window's upper line follows
-    #: [D, C, L] (what a window split forces or excludes; scores under the pool's name)
-    tops: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 
@@ -227,21 +179,10 @@ class Bounder:
         self.opt = options
         self.n = run.n
         self.shapes = {r.name: tuple(r.in_shapes[0]) for r in plan.relus}
-        #: per max pooling, the shape of its window states (C, k, L)
-        self.windows = {p.name: window_shape(p) for p in plan.pools}
 
     def bound(self, dom: Domains, iterations: int | None = None) -> Bounded:
         """Bound every domain of ``dom`` (one engine call, then ``iterations`` (default:
-        the options') optimisation steps on the final walk's slopes and multipliers),
-        its max poolings on the domains' window states."""
-        pool = self.plan.pool
-        pool.states, pool.record = dict(dom.windows), {}
-        try:
-            return self._bound(dom, iterations)
-        finally:
-            pool.states, pool.record = {}, {}
-
-    def _bound(self, dom: Domains, iterations: int | None) -> Bounded:
+        the options') optimisation steps on the final walk's slopes and multipliers)."""
         iters = self.opt.iterations if iterations is None else iterations
         sub = self.run.subset(dom.sample)
         if sub is None:  # plan_bab refuses the nodes that would prevent it
@@ -341,7 +282,6 @@ class Bounder:
                     for b in betas.values():
                         b.clamp_(min=0.0)
             record = dict(rule.record)
-            pooled = dict(self.plan.pool.record)
         finally:
             rule.beta, rule.record = {}, {}
         done = dom.done | (best > 0)
@@ -352,13 +292,7 @@ class Bounder:
                              domain_radius(best_c, best_nu, done | own, eps))
         radius = torch.maximum(radius, dom.radius) if dom.radius is not None else radius
         scores = neuron_scores(self.plan.relus, ctx, splits, dom, record, ~(done | own))
-        tops = {}
-        if branching.WINDOW_SPLITS:
-            for name, (a, ln) in pooled.items():
-                scores[name] = window_scores(a, ln, ~(done | own))
-                assert ln.top is not None
-                tops[name] = ln.top
         return Bounded(best, proven, done, scores, best_a, best_b,
                        {k: ctx.intervals[k].lo for k in pre}, {k: ctx.intervals[k].hi for k in pre},
-                       fresh, radius, tops)
+                       fresh, radius)
 

@@ -34,9 +34,6 @@ class Domains:
     #: the one competing class each domain is about ([D]; then ``done`` is [D, 1]), or
     #: None: every margin of the sample
     cls: torch.Tensor | None = None
-    #: max-pooling window splits: pool name -> int8 [D, C, k, L] (+1: the window's max is
-    #: this input on the domain's set, -1: it is not, 0: free); missing: none split
-    windows: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.sample.numel())
@@ -48,7 +45,7 @@ class Domains:
                        sel(self.beta), sel(self.lo), sel(self.hi),
                        None if self.age is None else self.age[idx],
                        None if self.radius is None else self.radius[idx],
-                       None if self.cls is None else self.cls[idx], sel(self.windows))
+                       None if self.cls is None else self.cls[idx])
 
     def slice(self, a: int, b: int) -> Domains:
         """Rows ``a:b`` as views (no copy)."""
@@ -58,13 +55,13 @@ class Domains:
                        sel(self.beta), sel(self.lo), sel(self.hi),
                        None if self.age is None else self.age[a:b],
                        None if self.radius is None else self.radius[a:b],
-                       None if self.cls is None else self.cls[a:b], sel(self.windows))
+                       None if self.cls is None else self.cls[a:b])
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
         """The domains of ``parts`` in order. Split sides and multipliers missing from a
         part are zeros (no split, no term); warm slopes are kept only where every part has
-        them; window states missing from a part are zeros (free)."""
+        them."""
         parts = [p for p in parts if len(p)]
 
         def join(key: str, fill: bool) -> dict[str, torch.Tensor]:
@@ -86,7 +83,7 @@ class Domains:
         return Domains(torch.cat([p.sample for p in parts]), join("signs", True),
                        torch.cat([p.done for p in parts]), join("alpha", False),
                        join("beta", True), join("lo", False), join("hi", False),
-                       torch.cat(ages), torch.cat(rads), cls, join("windows", True))
+                       torch.cat(ages), torch.cat(rads), cls)
 
 
 def domain_radius(c: torch.Tensor, nu: torch.Tensor, closed: torch.Tensor, eps: torch.Tensor

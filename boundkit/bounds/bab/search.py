@@ -41,7 +41,7 @@ class BranchAndBound(Bounder):
     def branch(self, dom: Domains, b: Bounded) -> tuple[Domains, torch.Tensor]:
         """:func:`~boundkit.bounds.bab.branching.branch` with this search's shapes and
         warm-start limit."""
-        return branch(dom, b, self.shapes, self.opt.warm_elements, self.windows)
+        return branch(dom, b, self.shapes, self.opt.warm_elements)
 
     def with_root_intervals(self, root: Domains, idx: torch.Tensor) -> Domains:
         """``root`` (domains without splits of the samples ``idx``, sorted, unique) with the
@@ -147,8 +147,7 @@ class BranchAndBound(Bounder):
                     beta={k: v[open_] for k, v in b.beta.items()}, done=b.done[open_],
                     lo={k: v[open_] for k, v in b.lo.items()},
                     hi={k: v[open_] for k, v in b.hi.items()},
-                    radius=None if b.radius is None else b.radius[open_],
-                    tops={k: v[open_] for k, v in b.tops.items()}))
+                    radius=None if b.radius is None else b.radius[open_]))
                 if bool(stuck.any()):
                     # nothing left to split: the multipliers of the splits are what can
                     # still prove it (the network is affine on the domain's set)
