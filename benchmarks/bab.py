@@ -99,10 +99,12 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     for b in args.budgets:
         t0 = bab_clock.now()
         cert = bk.certify(model, x, "bab", upper=torch.where(found, norm, torch.inf), box=box,
-                          time_budget=b, refresh=args.refresh, iterations=args.iterations)
+                          time_budget=b, refresh=args.refresh, iterations=args.iterations,
+                          batch=args.batch)
         dt = bab_clock.now() - t0
         dom = cert.info["domains"].double()
         steps = f", {args.iterations} steps" if args.iterations else ""
+        steps += f", batch {args.batch}" if args.batch != 512 else ""
         extra: dict = {"median_domains": float(dom.median())}
         if args.red_team:
             extra["red_team"] = red_team(model, x, cert.radius, box)
@@ -141,6 +143,7 @@ def command(args: argparse.Namespace) -> str:
             f"{' '.join(f'{b:g}' for b in args.budgets)} --models {' '.join(args.models)}"
             f" --refs {' '.join(args.refs)} --refresh {args.refresh} --iterations "
             f"{args.iterations} --clock {args.clock}"
+            + (f" --batch {args.batch}" if args.batch != 512 else "")
             + (f" --networks {args.networks}" if "mnist-net_256x2" in args.models else "")
             + (" --no-box" if args.no_box else "") + (" --red-team" if args.red_team else ""))
 
@@ -215,6 +218,8 @@ def main() -> None:
     ap.add_argument("--refresh", type=int, default=1 << 20)
     ap.add_argument("--iterations", type=int, default=3,
                     help="gradient steps per batch of subproblems (bab's default 3)")
+    ap.add_argument("--batch", type=int, default=512,
+                    help="subproblems per engine call (bab's default 512)")
     ap.add_argument("--red-team", action="store_true",
                     help="attack every bab radius: PGD inside 0.999 x each certified ball and "
                     "the float64 minimal-norm search (counts in the JSON; must be 0)")

@@ -217,14 +217,36 @@ class MaxPoolRelaxation(RelaxationRule):
             return F.max_pool2d(t, a["kernel_size"], a["stride"], a["padding"], a["dilation"])
         return Interval(mp(ins[0].lo), mp(ins[0].hi))
 
-    def _windows(self, node: Node, t: torch.Tensor) -> torch.Tensor:
+    def _slots(self, node: Node, t: torch.Tensor) -> list[torch.Tensor]:
+        """The windows of ``t`` [N, C, H, W] as one tensor per kernel position (row-major
+        kernel order), each holding that input of every window [N, C, *W] (``-inf`` on
+        padding): the relaxation is then a few element-wise passes over tensors the size
+        of the output, not reductions over a small window dimension. Non-overlapping
+        windows without padding or dilation (the usual ``MaxPool2d(k)``) are strided views
+        of ``t`` ([N, C, oh, ow], no copy); others come from ``unfold`` ([N, C, L])."""
+        a = node.attrs
+        (kh, kw), (sh, sw) = a["kernel_size"], a["stride"]
+        p, d = a["padding"], a["dilation"]
+        n, c = t.shape[:2]
+        oh, ow = node.out_shape[1:]
+        if (sh, sw) == (kh, kw) and tuple(p) == (0, 0) and tuple(d) == (1, 1):
+            return [t[:, :, i:oh * kh:kh, j:ow * kw:kw] for i in range(kh) for j in range(kw)]
+        t = F.pad(t, (p[1], p[1], p[0], p[0]), value=-math.inf)
+        cols = F.unfold(t.reshape(n * c, 1, *t.shape[2:]), a["kernel_size"],
+                        dilation=d, stride=a["stride"])
+        return list(cols.reshape(n, c, cols.shape[1], cols.shape[2]).unbind(2))
+
+    def _positions(self, node: Node, like: torch.Tensor) -> list[torch.Tensor]:
+        """The flat (padded) input position of each window's input, per kernel position
+        (as :meth:`_slots`; long, shaped like one slot without its first two dimensions)."""
         a = node.attrs
         p = a["padding"]
-        t = F.pad(t, (p[1], p[1], p[0], p[0]), value=-math.inf)
-        n, c = t.shape[:2]
-        cols = F.unfold(t.reshape(n * c, 1, *t.shape[2:]), a["kernel_size"],
-                        dilation=a["dilation"], stride=a["stride"])
-        return cols.reshape(n, c, cols.shape[1], cols.shape[2])  # [N, C, k, L]
+        in_hw = node.in_shapes[0][1:]
+        padded = (in_hw[0] + 2 * p[0], in_hw[1] + 2 * p[1])
+        pos_map = torch.arange(padded[0] * padded[1], dtype=like.dtype, device=like.device)
+        pos_w = F.unfold(pos_map.reshape(1, 1, *padded), a["kernel_size"],
+                         dilation=a["dilation"], stride=a["stride"])[0]  # [k, L]
+        return [q.long().reshape(like.shape[2:]) for q in pos_w.unbind(0)]
 
     def lines(self, node: Node, iv: Interval, centre: torch.Tensor | None = None
               ) -> PoolLines:
@@ -233,22 +255,22 @@ class MaxPoolRelaxation(RelaxationRule):
         window is a valid lower line of its max; where the max is not one input on the
         whole set, the one largest at ``centre`` (the input's values at the ball's centre
         [N, *shape], when given), else the one with the largest midpoint of its interval
-        (ReLU outputs often tie at a lower bound 0)."""
-        a = node.attrs
-        lo_w, hi_w = self._windows(node, iv.lo), self._windows(node, iv.hi)
-        best = lo_w.argmax(2, keepdim=True)  # [N, C, 1, L]
-        l_best = lo_w.gather(2, best)
-        others = hi_w.scatter(2, best, -math.inf).amax(2, keepdim=True)
-        stable = (l_best >= others).squeeze(2)  # [N, C, L]
+        (ReLU outputs often tie at a lower bound 0). Ties go to the first input in kernel
+        order."""
+        lo_s, hi_s = self._slots(node, iv.lo), self._slots(node, iv.hi)
+        k = len(lo_s)
+        j, l_best = _first_max(lo_s)  # the largest lower bound
+        others = _max_except(hi_s, j)
+        stable = l_best >= others
         # the centre's values, else the intervals' midpoints (a sum of the two windows:
         # only compared, so its rounding is harmless)
-        mid = (self._windows(node, centre.to(iv.lo.dtype))
-               if centre is not None and centre.shape == iv.lo.shape else lo_w + hi_w)
-        best = torch.where(stable.unsqueeze(2), best, mid.argmax(2, keepdim=True))
-        top = hi_w.argmax(2, keepdim=True)  # k: the largest upper bound
-        u_k = hi_w.gather(2, top).squeeze(2)
-        l_k = lo_w.gather(2, top).squeeze(2)
-        m = torch.maximum(hi_w.scatter(2, top, -math.inf).amax(2), l_k)
+        mid = (self._slots(node, centre.to(iv.lo.dtype))
+               if centre is not None and centre.shape == iv.lo.shape
+               else [lo + hi for lo, hi in zip(lo_s, hi_s)])
+        best = torch.where(stable, j, _first_max(mid)[0])
+        top, u_k = _first_max(hi_s)  # k: the largest upper bound
+        l_k = _pick(lo_s, top)
+        m = torch.maximum(_max_except(hi_s, top), l_k)
         # the chord of t -> max(t, m) on [l_k, u_k] (m >= l_k); any slope s gives a valid
         # line once b is the larger of the two end gaps (convexity), rounded up; s = 0 (the
         # constant u_k) where the chord is flat or an end is not finite
@@ -261,18 +283,13 @@ class MaxPoolRelaxation(RelaxationRule):
         b = b + 4 * UNIT_ROUNDOFF * (m.abs() + u_k.abs() + sl.abs() + su.abs()) + _TINY
         slope = torch.where(stable, torch.ones_like(s), s)
         const = torch.where(stable, torch.zeros_like(b), b)
-        n, c = lo_w.shape[:2]
-        p = a["padding"]
-        in_hw = node.in_shapes[0][1:]
-        padded = (in_hw[0] + 2 * p[0], in_hw[1] + 2 * p[1])
-        pos_map = torch.arange(padded[0] * padded[1], dtype=lo_w.dtype, device=lo_w.device)
-        pos_w = F.unfold(pos_map.reshape(1, 1, *padded), a["kernel_size"],
-                         dilation=a["dilation"], stride=a["stride"])[0]  # [k, L]
-        pos = pos_w.unsqueeze(0).unsqueeze(0).expand(n, c, -1, -1)
-        flat = pos.gather(2, best).squeeze(2).long()
-        up = torch.where(stable, flat, pos.gather(2, top).squeeze(2).long())
-        return PoolLines(flat=flat, up_flat=up, slope=slope.unsqueeze(1),
-                         const=const, c_abs=const.abs(), kernel=lo_w.shape[2], mag=iv.mag)
+        pos = self._positions(node, lo_s[0])
+        flat = _pick(pos, best)
+        up = torch.where(stable, flat, _pick(pos, top))
+        n, c = lo_s[0].shape[:2]
+        return PoolLines(flat=flat.reshape(n, c, -1), up_flat=up.reshape(n, c, -1),
+                         slope=slope.reshape(n, 1, c, -1), const=const.reshape(n, c, -1),
+                         c_abs=const.abs().reshape(n, c, -1), kernel=k, mag=iv.mag)
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         iv = ctx.interval_in(node)
@@ -319,6 +336,35 @@ class PoolLines:
     c_abs: torch.Tensor
     kernel: int
     mag: torch.Tensor
+
+
+def _first_max(slots: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The index (long) of the largest of ``slots`` element-wise, the first on ties, and
+    its value."""
+    val = slots[0]
+    idx = torch.zeros(val.shape, dtype=torch.long, device=val.device)
+    for i, t in enumerate(slots[1:], 1):
+        more = t > val
+        val = torch.where(more, t, val)
+        idx = idx.masked_fill(more, i)
+    return idx, val
+
+
+def _max_except(slots: list[torch.Tensor], skip: torch.Tensor) -> torch.Tensor:
+    """Element-wise, the largest of ``slots`` other than the one indexed by ``skip``
+    (``-inf`` with a single slot)."""
+    out = torch.full(skip.shape, -math.inf, dtype=slots[0].dtype, device=slots[0].device)
+    for i, t in enumerate(slots):
+        out = torch.maximum(out, t.masked_fill(skip == i, -math.inf))
+    return out
+
+
+def _pick(slots: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    """Element-wise, the slot indexed by ``idx`` (every slot broadcast to its shape)."""
+    out = slots[0].expand(idx.shape) if slots[0].shape != idx.shape else slots[0]
+    for i, t in enumerate(slots[1:], 1):
+        out = torch.where(idx == i, t, out)
+    return out
 
 
 #: the smallest normal float64, added to a constant rounded up (covers underflow)
