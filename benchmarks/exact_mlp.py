@@ -10,12 +10,17 @@ witness is re-run in float64. One thread; wall-clock and process CPU time per sa
 
     python -m benchmarks.exact_mlp --n 10 --time-limit 60 --rtol 0.01 --clock process \\
         --cache runs/models --out docs/results/exact_mlp.md
+
+A long run can be split over processes (one per core): ``--first K --n M --jsonl F`` solves
+the samples K..K+M-1 of that list and appends one JSON row per sample to F as it goes;
+``--merge F1 F2 ... --out MD`` writes the table of every row (no computation).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import time
 from pathlib import Path
@@ -39,10 +44,22 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "models")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--first", type=int, default=0,
+                    help="skip this many of the correctly classified samples (another "
+                         "process runs them)")
+    ap.add_argument("--jsonl", type=Path, help="append one JSON row per sample here")
+    ap.add_argument("--merge", type=Path, nargs="+",
+                    help="write the table of these --jsonl files' rows (no computation)")
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
                     help="the clock the time limit is charged on (process: this process's "
                          "CPU seconds, for a shared machine)")
     a = ap.parse_args()
+    if a.merge:
+        rows = [tuple(json.loads(line)) for f in a.merge for line in f.read_text().splitlines()
+                if line.strip()]
+        rows.sort(key=lambda rw: rw[0])
+        write(rows, a, f"--merge {' '.join(map(str, a.merge))}")
+        return
     torch.set_num_threads(1)
     if a.clock == "process":
         bab_clock.CLOCK = time.process_time
@@ -50,7 +67,7 @@ def main() -> None:
     x_all, y_all = load_dataset("mnist", a.data, "test")
     with torch.no_grad():
         pred = model(x_all[:2000].float()).argmax(1)
-    idx = torch.nonzero(pred == y_all[:2000]).flatten()[: a.n]
+    idx = torch.nonzero(pred == y_all[:2000]).flatten()[a.first: a.first + a.n]
     x = x_all[idx].float()
     box = (0.0, 1.0)
     crown = bk.certify(model, x, "crown", box=box).radius.double().cpu()
@@ -78,6 +95,14 @@ def main() -> None:
                      int(res.nodes[0]), int(res.regions[0]), res.reason[0], ok,
                      float(res.lower[0]), float(res.upper[0])))
         print(rows[-1], flush=True)
+        if a.jsonl:
+            with a.jsonl.open("a") as fh:
+                fh.write(json.dumps(rows[-1]) + "\n")
+    write(rows, a, f"--n {a.n}" + (f" --first {a.first}" if a.first else ""))
+
+
+def write(rows: list[tuple], a: argparse.Namespace, how: str) -> None:
+    """The Markdown table of ``rows`` (one tuple per sample, as ``main`` builds them)."""
     done = [rw for rw in rows if math.isfinite(rw[2])]
     # soundness of the interval: no attack below its lower end, no certificate above its
     # (witnessed) upper end
@@ -86,7 +111,7 @@ def main() -> None:
         f"# exact_radius on {a.model} (box [0, 1], time limit {a.time_limit:g} s per sample, "
         f"rtol {a.rtol:g})",
         "",
-        f"Command: `python -m benchmarks.exact_mlp --n {a.n} --time-limit {a.time_limit:g} "
+        f"Command: `python -m benchmarks.exact_mlp {how} --time-limit {a.time_limit:g} "
         f"--rtol {a.rtol:g} --clock {a.clock}` (1 thread; the limit is charged on "
         + ("this process's CPU seconds (`--clock process`: a machine shared with other jobs), "
            "the wall column is what it took there)." if a.clock == "process" else

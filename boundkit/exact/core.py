@@ -178,6 +178,26 @@ def _model_verifier(model: nn.Module, x: torch.Tensor) -> Callable[[int, np.ndar
     return make
 
 
+def _attack_seeds(model: nn.Module, x: torch.Tensor, box: tuple | None, wanted: bool
+                  ) -> tuple[np.ndarray | None, float]:
+    """Where the search has a time limit (a real-sized net): the ``best`` attack's
+    perturbations ``[N, d]`` (float64; NaN where it found none) as the search's first upper
+    ends, and the seconds it took per sample (charged to each sample's limit, on the clock
+    of :mod:`boundkit.bounds.bab.options`); ``(None, 0)`` otherwise.  Only upper bounds come
+    from them: the search solves the region of each point, so a wrong or missing point costs
+    time, never a bound."""
+    if not wanted:
+        return None, 0.0
+    from boundkit.attacks import attack  # the exact search needs no attack otherwise
+
+    t0 = _clock.now()
+    res = attack(model, x, "best", box=box)
+    r = (res.x_adv.detach().to("cpu", torch.float64) - x.detach().to("cpu", torch.float64))
+    r = r.reshape(x.shape[0], -1).numpy().copy()
+    r[~res.success.cpu().numpy()] = np.nan
+    return r, (_clock.now() - t0) / x.shape[0]
+
+
 def exact_radius(
     model: nn.Module,
     x: torch.Tensor,
@@ -216,7 +236,9 @@ def exact_radius(
     model may have at most ``max_neurons`` hidden ReLUs (default 32) and a search at most
     ``max_regions`` leaf regions (default 5000); with one, both default to no limit, so the
     exact radius can be asked of real-sized networks and each sample either finishes in time
-    or is reported unknown.  A sample over budget raises :class:`ExactSizeError`, or with
+    or is reported unknown; there the ``best`` attack (its time charged to the limits) seeds
+    each sample's upper end, and the first upper ends take at most a quarter of the limit
+    (``docs/exact.md`` §Budgets).  A sample over budget raises :class:`ExactSizeError`, or with
     ``on_budget="nan"`` gets radius NaN (the other samples are still solved) and its reason
     in ``ExactResult.reason``.  A sample whose answer cannot be confirmed (a candidate region
     closer than the radius found had no witness the model confirms) is NaN with its reason in
@@ -276,6 +298,8 @@ def exact_radius(
     upper = np.full(n, np.inf)
     crown = NetCrown(canon) if net.num_hidden > 0 else None  # the B&B's bounds, one graph
     make_verify = _model_verifier(model, x)
+    seeds, seed_seconds = _attack_seeds(model, x, box,
+                                        net.num_hidden > 0 and time_limit is not None)
     for idx in range(n):
         xi = xs[idx]
         bx = _parse_box(box, in_shape, xi)
@@ -307,10 +331,12 @@ def exact_radius(
                 continue
             wit[idx], native[idx] = w, lv == 2
             continue
-        deadline = None if time_limit is None else _clock.now() + time_limit
+        deadline = (None if time_limit is None
+                    else _clock.now() + max(time_limit - seed_seconds, 0.0))
         try:
             res = exact_search(canon, xi, bx, rtol, max_regions, deadline, crown,
-                               c=int(pred[idx]), verify=verify)
+                               c=int(pred[idx]), verify=verify,
+                               seeds=None if seeds is None else [seeds[idx]])
         except SearchBudgetExceeded as exc:
             what = (f"time_limit={time_limit} s" if exc.what == "time_limit"
                     else f"max_regions={max_regions}")

@@ -235,6 +235,11 @@ def find_witness(
 
 #: most steps and most flipped neurons per step of the region descent (``walk``)
 WALK_STEPS, WALK_BRANCH = 50, 16
+#: the share of a time limit the first upper bounds (rays, descent from their regions and
+#: the DeepFool point) may take before the search turns to the lower end: each region there
+#: costs one QP per competing class, and on some samples the descent alone would use the
+#: whole limit and leave no lower bound beyond 0
+DESCENT_SHARE = 0.25
 
 
 def deepfool_point(net: AffineReluNet, x: np.ndarray, c: int,
@@ -476,6 +481,7 @@ def exact_search(
     c: int | None = None,
     verify: Verifier | None = None,
     nodes_by: str = "bab",
+    seeds: list[np.ndarray] | None = None,
 ) -> SearchResult:
     """Exact ``rho(x)`` (to relative ``rtol``) by branch and bound; see module doc.
 
@@ -492,6 +498,8 @@ def exact_search(
     :func:`find_witness` checked by ``verify``; a candidate without one does not count
     (the search goes on) and its distance is kept in ``SearchResult.untrusted``: if that is
     below the radius found, the radius is not the exact one and the caller must say so.
+    ``seeds``: perturbations ``r`` (e.g. an attack's) whose regions (the activation pattern
+    of ``x + r``) are solved first, for an early upper end; they change no lower bound.
     """
     if nodes_by not in ("bab", "regions"):
         raise ValueError(f"nodes_by must be 'bab' or 'regions', got {nodes_by!r}")
@@ -508,6 +516,13 @@ def exact_search(
 
     def over_time() -> bool:
         return deadline is not None and _clock.now() > deadline
+
+    def past(t: float | None) -> bool:
+        return t is not None and _clock.now() > t
+
+    # the first upper bounds stop at DESCENT_SHARE of the time limit (see there)
+    start = _clock.now()
+    descent_until = None if deadline is None else start + DESCENT_SHARE * (deadline - start)
 
     floor = 0.0  # smallest bound of the nodes taken off the queue and not yet finished
     domains_floor = np.inf  # the bab nodes' smallest certified radius (see `bab_nodes`)
@@ -591,13 +606,15 @@ def exact_search(
 
     sizes = np.cumsum([0, *net.hidden_sizes])
 
-    def walk(pat: list[np.ndarray], r: np.ndarray | None) -> None:
+    def walk(pat: list[np.ndarray], r: np.ndarray | None, until: float | None = None
+             ) -> None:
         """Descent over regions for a smaller upper bound: from a region's minimiser ``r``,
         flip each neuron whose boundary ``r`` lies on (the region across that face) and move
-        to the neighbour that lowered ``best`` most; stop at a local minimum.  Only upper
-        bounds come from here (each a verified leaf QP), so it changes no lower bound."""
+        to the neighbour that lowered ``best`` most; stop at a local minimum, or once the
+        clock passes ``until``.  Only upper bounds come from here (each a verified leaf QP),
+        so it changes no lower bound."""
         for _ in range(WALK_STEPS):
-            if r is None or nl == 0:
+            if r is None or nl == 0 or past(until):
                 return
             a, h, _, _ = pattern_affine(net, pat, x)
             nrm = np.linalg.norm(a, axis=1)
@@ -609,6 +626,8 @@ def exact_search(
             for t in tight[:WALK_BRANCH]:
                 if over_time():
                     raise budget("time_limit")
+                if past(until):
+                    break
                 layer = int(np.searchsorted(sizes, t, side="right")) - 1
                 nb = [p.copy() for p in pat]
                 nb[layer][t - sizes[layer]] = ~nb[layer][t - sizes[layer]]
@@ -621,7 +640,15 @@ def exact_search(
                 return
             pat, r = step
 
-    # Upper bound: exact first crossings along a few rays (then the exact QP of that region).
+    # Upper bound: the seeds' regions (an attack's points: the region holding an adversarial
+    # point has a QP optimum no farther than it), then exact first crossings along a few rays
+    # (then the exact QP of that region).
+    for r_s in seeds or ():
+        if past(descent_until) or not np.isfinite(r_s).all():
+            continue
+        pat = region_pattern(net, x + r_s)
+        a, h, f_w, f_b = pattern_affine(net, pat, x)
+        walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1], descent_until)
     pat0 = region_pattern(net, x)
     a0, h0, fw0, fb0 = pattern_affine(net, pat0, x)
     t_cap = np.inf
@@ -640,19 +667,22 @@ def exact_search(
             t_cap = float(min(np.nanmin(tl), np.nanmin(th)))
         if over_time():
             raise budget("time_limit")
+        if past(descent_until) and nl > 0:
+            break
         hit = ray_first_crossing(net, x, u, c, t_cap)
         if hit is None:
             continue
         _, _, pat = hit
         a, h, f_w, f_b = pattern_affine(net, pat, x)
-        walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1])
+        walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1], descent_until)
     # without hidden layers this one region is the whole space: the search closes it here
-    walk(pat0, solve_leaf(pat0, a0, h0, fw0, fb0, 0.0, closes=nl == 0)[1])
-    z = deepfool_point(net, x, c, box)
+    if nl == 0 or not past(descent_until):
+        walk(pat0, solve_leaf(pat0, a0, h0, fw0, fb0, 0.0, closes=nl == 0)[1], descent_until)
+    z = deepfool_point(net, x, c, box) if not past(descent_until) else None
     if z is not None:
         pat = region_pattern(net, z)
         a, h, f_w, f_b = pattern_affine(net, pat, x)
-        walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1])
+        walk(pat, solve_leaf(pat, a, h, f_w, f_b, 0.0)[1], descent_until)
 
     if nl == 0:
         return SearchResult(best, best_r, best_k, best_pat, regions, 0, best_w, best_lv,
