@@ -752,9 +752,16 @@ class _Importer:
         """The op exists in the file's opset (e.g. ``Range`` needs opset 11)."""
         opset = self.check_opset()
         try:
-            self.onnx.defs.get_schema(node.op_type, opset, "")
+            schema = self.onnx.defs.get_schema(node.op_type, opset, "")
         except Exception:  # onnx's SchemaError
             raise self.fail(node, f"{node.op_type} does not exist in opset {opset}") from None
+        # an input the schema does not have (Unsqueeze-11 given axes as an input) would be
+        # read by a handler written for a later opset: the file is not valid ONNX
+        for what, n, most in (("inputs", len(node.input), schema.max_input),
+                              ("outputs", len(node.output), schema.max_output)):
+            if n > most:
+                raise self.fail(node, f"has {n} {what}; {node.op_type} in opset {opset} "
+                                f"(version {schema.since_version}) takes at most {most}")
 
     def run(self) -> tuple[torch.fx.GraphModule, tuple[int, ...], tuple[int, ...]]:
         g = self.model.graph
@@ -890,6 +897,8 @@ class _Importer:
         self.attrs(node)  # the attributes are checked for every node, used or not
         if folding:
             self.check_batch_bcast(node, args)
+        else:
+            self.check_dyn_consts(node, args)
         try:
             with np.errstate(all="ignore"):
                 outs = self.fold(node, args) if folding else handler(node, k)
@@ -915,6 +924,32 @@ class _Importer:
                 self.batch_bcast.add(name)
 
     # ------------------------------------------------------------------ batch broadcasts
+    #: (op, input) pairs of input-dependent ops that read the symbolic batch size in a
+    #: constant input and track it (a Reshape target ``[N, -1]``); ``Shape`` reads no value
+    _SYM_DYN_INPUTS = frozenset({("Reshape", 1)})
+    #: input-dependent ops that take a constant broadcast over the batch (held with a leading
+    #: axis of 1) as an element-wise operand or a Concat part
+    _BCAST_DYN_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Concat", "Shape"})
+
+    def check_dyn_consts(self, node: Any, args: list[Any]) -> None:
+        """Refuse an input-dependent op whose constant input holds the symbolic batch size
+        (a Slice step, Gather indices, pads, axes ... read as plain integers would be the
+        reserved value, not ``N``) or is a constant broadcast over the batch read as
+        anything but an element-wise operand (Gather indices of ``[N]`` entries)."""
+        if node.op_type == "Shape":
+            return
+        for i, x in enumerate(args):
+            if not isinstance(x, np.ndarray):
+                continue
+            if (node.op_type, i) not in self._SYM_DYN_INPUTS and _sym_mask(x).any():
+                raise self.fail(node, f"{self.named(node, i, 'input')} ({i}) holds the batch "
+                                f"size, which {node.op_type} would read as a plain integer; "
+                                "not supported")
+            if node.input[i] in self.batch_bcast and node.op_type not in self._BCAST_DYN_OPS:
+                raise self.fail(node, f"{self.named(node, i, 'input')} ({i}) is a constant "
+                                f"broadcast over the batch, which {node.op_type} cannot read "
+                                "(only element-wise operands and Concat parts may be)")
+
     #: ops that fold a batch-broadcast constant element-wise (its leading axis stays the batch)
     _BCAST_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Identity",
                                     "Cast", "Neg", "Sqrt", "Reciprocal", "Where", "Expand"})
@@ -1350,10 +1385,12 @@ class _Importer:
             raise self.fail(node, str(exc)) from None
 
     def _axes(self, node: Any, args: list[Any], a: dict[str, Any]) -> list[int] | None:
+        """The ``axes`` of Squeeze/Unsqueeze (input or attribute); ``None`` when absent or
+        empty (Squeeze reads an empty list as "no axes": every axis of size 1)."""
         if len(args) > 1 and args[1] is not None:
-            return [int(v) for v in np.asarray(args[1]).ravel()]
+            return [int(v) for v in np.asarray(args[1]).ravel()] or None
         if "axes" in a:
-            return [int(v) for v in a["axes"]]
+            return [int(v) for v in a["axes"]] or None
         return None
 
     def fold_Unsqueeze(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
@@ -1708,9 +1745,12 @@ class _Importer:
         m = _as_moved(val)
         r, s = m.rank, m.v.shape
         if axes is None:
-            if m.factor == 1 and isinstance(val, _Moved):
-                raise self.fail(node, "Squeeze without axes would also squeeze the batch axis "
-                                f"at batch size 1 (input {m.describe()})")
+            # ONNX squeezes every axis of size 1, the batch's too where it is N alone (at
+            # batch size 1): the result's rank would depend on the batch size
+            if m.factor == 1:
+                raise self.fail(node, f"Squeeze without axes (or with an empty axes list) on "
+                                f"{m.describe()} would also squeeze the batch axis at batch "
+                                "size 1; give the axes to squeeze")
             axes = [i for i in range(r) if i != m.g0 and s[m.sample_axis(i)] == 1]
         axes = [self._rank_axis(node, a, r) for a in axes]
         if m.g0 in axes:
