@@ -1516,9 +1516,11 @@ class _Importer:
             self._producer_map = {o: (i, n) for i, n in enumerate(self.nodes) for o in n.output}
         return self._producer_map
 
-    def _const_input(self, node: Any, other: str) -> float | None:
+    def _const_input(self, node: Any, other: str, rank: int) -> float | None:
         """The scalar constant operand of a binary ``node`` whose other operand is named
-        ``other`` (``None`` when it is not such a node)."""
+        ``other`` and has ONNX rank ``rank`` (``None`` when it is not such a node). A
+        one-element constant of higher rank is not a scalar there: ONNX broadcasting would
+        prepend axes to the result (a ``[1, 1, 1, E]`` "bias" moves the batch to axis 1)."""
         if node is None or len(node.input) != 2 or other not in node.input:
             return None
         name = node.input[1 - list(node.input).index(other)]
@@ -1526,9 +1528,14 @@ class _Importer:
         prod = self._producers().get(name, (None, None))[1]
         if c is None and prod is not None and prod.op_type == "Constant":
             c = self.fold(prod, [])  # a Constant written after its first reader
-        if not isinstance(c, np.ndarray) or c.size != 1:
+        if not isinstance(c, np.ndarray) or c.size != 1 or c.ndim > rank:
             return None
         return float(c.reshape(-1)[0])
+
+    def _rank_of(self, name: str) -> int:
+        """The ONNX rank of the input-dependent value ``name`` (0 when it is not one)."""
+        v = self.values.get(name)
+        return _as_moved(v).rank if isinstance(v, (_Dyn, _Moved)) else 0
 
     def op_Erf(self, node: Any, k: int) -> _Dyn:
         """GELU as exporters write it: ``x * 0.5 * (1 + erf(x / sqrt 2))`` (the ``Div`` or
@@ -1541,7 +1548,7 @@ class _Importer:
         x_name = scaled.input[0] if isinstance(self.values.get(scaled.input[0]),
                                                (_Dyn, _Moved)) else (
             scaled.input[1])
-        c = self._const_input(scaled, x_name)
+        c = self._const_input(scaled, x_name, self._rank_of(x_name))
         r2 = math.sqrt(2.0)
         if c is None or not math.isclose(c if scaled.op_type == "Div" else 1 / c, r2,
                                          rel_tol=1e-6):
@@ -1556,9 +1563,10 @@ class _Importer:
         """The nodes after GELU's ``erf`` or ``tanh`` node ``node``: ``Add 1``, then
         ``x * (1 + .)`` and ``* 0.5``, or ``(x * 0.5) * (1 + .)``; each the only reader of
         the one before (so nothing else sees the intermediate values)."""
+        rank = self._rank_of(x_name)  # every value of the pattern has x's shape
         add = self.only_consumer(node.output[0])
         if add is None or add.op_type != "Add" or not math.isclose(
-                self._const_input(add, node.output[0]) or 0.0, 1.0, rel_tol=1e-7):
+                self._const_input(add, node.output[0], rank) or 0.0, 1.0, rel_tol=1e-7):
             raise self.fail(node, why)
         mul = self.only_consumer(add.output[0])
         if mul is None or mul.op_type != "Mul" or len(mul.input) != 2:
@@ -1568,13 +1576,13 @@ class _Importer:
         if other == x_name:  # x * (1 + erf), then * 0.5
             half = self.only_consumer(mul.output[0])
             if half is None or half.op_type != "Mul" or not math.isclose(
-                    self._const_input(half, mul.output[0]) or 0.0, 0.5, rel_tol=1e-7):
+                    self._const_input(half, mul.output[0], rank) or 0.0, 0.5, rel_tol=1e-7):
                 raise self.fail(node, why)
             chain.append(half)
         else:  # (x * 0.5) * (1 + erf)
             hx = self._producers().get(other, (None, None))[1]
             if hx is None or hx.op_type != "Mul" or not math.isclose(
-                    self._const_input(hx, x_name) or 0.0, 0.5, rel_tol=1e-7):
+                    self._const_input(hx, x_name, rank) or 0.0, 0.5, rel_tol=1e-7):
                 raise self.fail(node, why)
         return chain
 
@@ -1600,7 +1608,7 @@ class _Importer:
         if not isinstance(v, (_Dyn, _Moved)):
             return None
         if node.op_type == "Pow":
-            p = self._const_input(node, x_name)
+            p = self._const_input(node, x_name, _as_moved(v).rank)
             if p is None or p != 3.0 or node.input[0] != x_name:
                 return None
             cube, chain = node, []
@@ -1621,7 +1629,8 @@ class _Importer:
             if nxt is None or nxt.op_type != op:
                 return None
             if c is not None and not math.isclose(
-                    self._const_input(nxt, prev.output[0]) or 0.0, c, rel_tol=1e-6):
+                    self._const_input(nxt, prev.output[0], _as_moved(v).rank) or 0.0, c,
+                    rel_tol=1e-6):
                 return None
             if op == "Add" and sorted(nxt.input) != sorted([x_name, prev.output[0]]):
                 return None
@@ -2137,7 +2146,7 @@ class _Importer:
         dv = next((u for u in users if u.op_type == "Div"), None)
         if len(users) != 2 or pw is None or dv is None or d_name == self.out_name:
             return None
-        if list(pw.input)[0] != d_name or self._const_input(pw, d_name) != 2.0:
+        if list(pw.input)[0] != d_name or self._const_input(pw, d_name, r) != 2.0:
             return None
         m2 = self._consumer(pw.output[0], "ReduceMean")
         if m2 is None or m2.input[0] != pw.output[0]:
@@ -2147,7 +2156,7 @@ class _Importer:
                 or not int(self.attrs(m2).get("keepdims", 1)):
             return None
         add = self._consumer(m2.output[0], "Add")
-        eps = self._const_input(add, m2.output[0])
+        eps = self._const_input(add, m2.output[0], r)
         if add is None or eps is None or not eps > 0 or not math.isfinite(eps):
             return None
         sq = self._consumer(add.output[0], "Sqrt")
@@ -2708,8 +2717,10 @@ class _Importer:
         """A constant added to a per-sample value of shape ``out``, broadcast to it (its
         leading axes beyond ``out``'s rank of size 1), or ``None`` when it does not fit."""
         c = c.astype(np.float64)
-        while c.ndim > len(out) and c.shape[0] == 1:
-            c = c[0]
+        if c.ndim > len(out) + 1 or (c.ndim == len(out) + 1 and c.shape[0] != 1):
+            return None  # ONNX would add axes in front of [N, *out] or broadcast over N
+        if c.ndim == len(out) + 1:
+            c = c[0]  # its size-1 axis meets the batch
         try:
             return np.broadcast_to(c, out).reshape(-1).copy()
         except ValueError:
