@@ -1355,8 +1355,6 @@ class _Importer:
     def fold_Identity(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
         return args[0]
 
-    fold_Dropout = fold_Identity
-
     def fold_Cast(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
         from onnx import helper
 
@@ -1463,7 +1461,23 @@ class _Importer:
     def op_Identity(self, node: Any, k: int) -> _Dyn | _Moved:
         return self.anydyn(node, 0)
 
+    def check_inference_dropout(self, node: Any) -> None:
+        """Dropout is the identity only in inference mode: the ``training_mode`` input
+        (opset >= 12) must be absent or a constant false; in training mode onnxruntime
+        draws a random mask (and the ratio then matters)."""
+        if len(node.input) > 2 and node.input[2]:
+            t = self.value(node, 2)
+            if not isinstance(t, np.ndarray) or t.size != 1 or bool(t.reshape(-1)[0]):
+                raise self.fail(node, f"{self.named(node, 2, 'training_mode')} is not a "
+                                "constant false: Dropout in training mode draws a random "
+                                "mask; not supported")
+
+    def fold_Dropout(self, node: Any, args: list[Any], a: dict[str, Any]) -> np.ndarray:
+        self.check_inference_dropout(node)
+        return self.fold_Identity(node, args, a)
+
     def op_Dropout(self, node: Any, k: int) -> _Dyn | _Moved:
+        self.check_inference_dropout(node)
         for i in range(1, len(node.output)):
             if node.output[i] and self.consumers.get(node.output[i]):
                 raise self.fail(node, "the dropout mask output is used")
