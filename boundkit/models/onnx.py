@@ -2667,9 +2667,12 @@ class _Importer:
         out = self.graph.call_function(operator.getitem, (x, (slice(None), *idx)))
         return _Dyn(out, shape, shape)
 
-    def _selection(self, node: Any, v: _Dyn, take: Any) -> _Dyn:
-        """A view of ``v`` keeping the elements ``take`` picks from its index array."""
-        self.charge(node, 2 * v.numel, 8, "the index of a selected view")
+    def _selection(self, node: Any, v: _Dyn, take: Any, out_numel: int | None = None) -> _Dyn:
+        """A view of ``v`` keeping the elements ``take`` picks from its index array, of
+        ``out_numel`` elements (at most ``v.numel`` when ``None``): both index arrays are
+        charged before they are built."""
+        n = max(v.numel, v.numel if out_numel is None else int(out_numel))
+        self.charge(node, 2 * n, 8, "the index of a selected view")
         base = v.idx if v.idx is not None else np.arange(v.numel)
         sel = np.asarray(take(base.reshape(v.shape)))
         if sel.size == 0:
@@ -2695,7 +2698,8 @@ class _Importer:
             out = self.index(node, m.v, (*(slice(None),) * pa, int(ind) % d))
         else:
             out = self._selection(node, m.v, lambda b: np.take(b, ind.astype(np.int64) % d,
-                                                               axis=pa))
+                                                               axis=pa),
+                                  out_numel=m.v.numel // d * ind.size)
         shift = ind.ndim - 1 if pa < m.g0 else 0
         return self.place(out, m.g0 + shift, m.pos + shift, m.g1 + shift)
 
