@@ -711,7 +711,7 @@ class _Importer:
     ) -> torch.fx.Node:
         if tuple(src) == tuple(dst):
             return n
-        if len(dst) == 1:
+        if len(dst) == 1 and len(src) >= 1:  # (a per-sample scalar [N] has no axis 1)
             return self.graph.call_function(torch.flatten, (n, 1))
         return self.graph.call_method("reshape", (n, -1, *dst))
 
@@ -2421,8 +2421,17 @@ class _Importer:
     def scale_shift(
         self, v: _Dyn, scale: np.ndarray | None, shift: np.ndarray | None, node: Any, kind: str
     ) -> _Dyn:
-        """``v * scale + shift`` with constants broadcast against the value (not the batch)."""
+        """``v * scale + shift`` with constants broadcast against the value (not the batch);
+        a per-sample scalar (ONNX ``[N]``) as the one-element vector ``[N, 1]``."""
         shape = v.shape
+        if not shape:
+            for arr in (scale, shift):
+                if arr is not None and (arr.size != 1 or arr.ndim > 1):
+                    raise self.fail(node, f"constant of shape {list(arr.shape)} does not "
+                                    "broadcast to [N] without changing it")
+            one = [None if a is None else np.asarray(a).reshape(1) for a in (scale, shift)]
+            return self.view(self.scale_shift(self.view(v, (1,)), one[0], one[1], node, kind),
+                             ())
         self.check_size(node, 4 * math.prod(shape), 8, "the per-element scale and shift")
         s = np.ones(shape) if scale is None else scale.astype(np.float64)
         t = np.zeros(shape) if shift is None else shift.astype(np.float64)
@@ -2971,8 +2980,11 @@ def load_onnx(
     imp.check_size(None, per_sample, 2, "the activations of one sample (float32, all layers)")
     left = max(limits.max_total_bytes - imp.used_bytes, per_sample)
     batch = max(1, min(check_samples, left // max(4 * per_sample, 1)))
-    try:
-        with torch.no_grad():
+    import contextlib
+    import io
+
+    try:  # torch.fx prints its own traceback to stderr when a generated graph fails
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             gm(torch.zeros(min(2, batch), *module_shape))
     except Exception as exc:  # shapes inconsistent with the file's declarations
         raise OnnxImportError(f"{p}: the imported graph does not run: {_first(exc)}") from None
