@@ -925,8 +925,8 @@ class _Importer:
 
     # ------------------------------------------------------------------ batch broadcasts
     #: (op, input) pairs of input-dependent ops that read the symbolic batch size in a
-    #: constant input and track it (a Reshape target ``[N, -1]``); ``Shape`` reads no value
-    _SYM_DYN_INPUTS = frozenset({("Reshape", 1)})
+    #: constant input and track it (a Reshape target ``[N, -1]``, Resize sizes ``[N, C, H, W]``)
+    _SYM_DYN_INPUTS = frozenset({("Reshape", 1), ("Resize", 3)})
     #: input-dependent ops that take a constant broadcast over the batch (held with a leading
     #: axis of 1) as an element-wise operand or a Concat part
     _BCAST_DYN_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Concat", "Shape"})
@@ -2304,6 +2304,9 @@ class _Importer:
             sz = [int(t) for t in sizes.reshape(-1)]
             if len(sz) != 4 or sz[1] != c or min(sz[2:]) < 1:
                 raise self.fail(node, f"sizes {sz}: only the two spatial axes may change")
+            if sz[0] != _BATCH and sz[0] != self.fixed_batch:
+                raise self.fail(node, f"sizes {_fmt_dims(sz)}: the first must be the batch "
+                                "size (from Shape), else onnxruntime resizes the batch")
             up = nn.Upsample(size=(sz[2], sz[3]), **kw)
         else:
             raise self.fail(node, "neither scales nor sizes")

@@ -284,3 +284,25 @@ def test_an_input_the_opsets_schema_lacks_is_refused(tmp_path: Path, op: str) ->
         w = rand(3, 1)
     p = hostile(tmp_path, nodes, {"ax": np.array([1], I64), "w": w}, opset=11)
     _refused(p, "'op'", "opset 11", "at most 1")
+
+
+# --------------------------------------------------------- Resize sizes and the batch (B)
+@pytest.mark.parametrize("first", ["shape", "one"])
+def test_resize_sizes_must_keep_the_batch(tmp_path: Path, first: str) -> None:
+    """Resize's ``sizes`` from ``Shape`` (``[N, C, 2H, 2W]``, as torch exports an upsampling
+    to a size) keeps the batch; a constant first entry (1) makes onnxruntime's output one
+    sample whatever the batch; the importer ignored it."""
+    nodes = [N("Shape", ["x"], ["sh"]), N("Slice", ["sh", "z", "two"], ["nc"]),
+             N("Concat", ["nc", "hw"], ["sz"], axis=0)] if first == "shape" else []
+    nodes += [N("Resize", ["x", "", "", "sz"], ["r"], name="rs", mode="nearest",
+                coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+              N("Flatten", ["r"], ["f"]), N("Gemm", ["f", "w"], ["y"], transB=1)]
+    inits = {"z": np.array([0], I64), "two": np.array([2], I64), "hw": np.array([4, 4], I64),
+             "w": rand(3, 2 * 4 * 4)}
+    if first == "one":
+        inits = {"sz": np.array([1, 2, 4, 4], I64), "w": inits["w"]}
+    p = hostile(tmp_path, nodes, inits, in_shape=(2, 2, 2), opset=13)
+    if first == "shape":
+        _same_as_ort(p, (2, 2, 2))
+    else:
+        _refused(p, "'rs'", "batch size")
