@@ -2856,10 +2856,11 @@ def compare_with_onnxruntime(
 ) -> OnnxCheck:
     """Run ``model`` (the importer's module, ONNX input layout unless ``layout='nhwc'``)
     and onnxruntime on the same ``n`` random inputs (uniform in [0, 1] and standard normal,
-    half each) and return the largest errors. The inputs are drawn ``batch`` at a time
-    (a file with a fixed batch size: that many), so the check never holds more than one
-    chunk of inputs and activations; onnxruntime's own log is silenced (its failures reach
-    the caller as the exception)."""
+    half each) and return the largest errors. The first sample runs alone (batch size 1,
+    where ONNX broadcasting and ``Squeeze`` treat the batch axis like any size-1 axis), the
+    others ``batch`` at a time (a file with a fixed batch size: that many), so the check never
+    holds more than one chunk of inputs and activations; onnxruntime's own log is silenced
+    (its failures reach the caller as the exception)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -2879,9 +2880,14 @@ def compare_with_onnxruntime(
     p = next(iter(model.parameters()), None)
     dt = p.dtype if p is not None else torch.float32
     refs, gots = [], []
-    for s in range(0, n, step):
-        k = min(step, n - s) if shape[0] is None else step
-        u = max(0, min(k, n_uniform - s))  # the chunk's uniform samples, then normal ones
+    if shape[0] is None:  # batch size 1 first: where a size-1 batch axis may squeeze or
+        # broadcast differently (onnxruntime), then chunks of ``step``
+        chunks = [(0, 1)] + [(s, min(s + step, n)) for s in range(1, n, step)]
+    else:
+        chunks = [(s, s + step) for s in range(0, n, step)]
+    for s, e in chunks:
+        k = e - s
+        u = max(0, min(e, n_uniform) - s)  # the chunk's uniform samples, then normal ones
         x = np.concatenate([rng.random((u, *rest), dtype=dtype),
                             rng.standard_normal((k - u, *rest), dtype=dtype)])
         refs.append(np.asarray(sess.run(None, {inp.name: x})[0]).reshape(k, -1)

@@ -306,3 +306,21 @@ def test_resize_sizes_must_keep_the_batch(tmp_path: Path, first: str) -> None:
         _same_as_ort(p, (2, 2, 2))
     else:
         _refused(p, "'rs'", "batch size")
+
+
+def test_the_onnxruntime_check_runs_batch_size_1_too(tmp_path: Path) -> None:
+    """M: a model that differs from the file at batch size 1 only (how a deployed model is
+    often run) is caught by the check; it used to run its 64 samples in chunks of 64 only."""
+    weight = rand(3, 4)
+    p = hostile(tmp_path, [N("Gemm", ["x", "w"], ["y"], transB=1)], {"w": weight})
+
+    class OffAtBatch1(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.from_numpy(weight))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = x @ self.w.T
+            return y + 1.0 if x.shape[0] == 1 else y
+
+    assert compare_with_onnxruntime(OffAtBatch1(), p, 64, batch=64).max_abs_error >= 0.99
