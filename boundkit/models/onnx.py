@@ -1515,6 +1515,10 @@ class _Importer:
         a = self.attrs(node)
         lo = self.opt_const(node, 1) if len(node.input) > 1 else a.get("min")
         hi = self.opt_const(node, 2) if len(node.input) > 2 else a.get("max")
+        for what, c in (("min", lo), ("max", hi)):
+            c = None if c is None else np.asarray(c)
+            if c is not None and (c.size != 1 or c.ndim > 1):  # onnxruntime refuses them too
+                raise self.fail(node, f"Clip's {what} of shape {list(c.shape)} is not a scalar")
         lo = None if lo is None else float(np.asarray(lo).reshape(-1)[0])
         hi = None if hi is None else float(np.asarray(hi).reshape(-1)[0])
         v = self.anydyn(node, 0)

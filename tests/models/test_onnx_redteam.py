@@ -324,3 +324,14 @@ def test_the_onnxruntime_check_runs_batch_size_1_too(tmp_path: Path) -> None:
             return y + 1.0 if x.shape[0] == 1 else y
 
     assert compare_with_onnxruntime(OffAtBatch1(), p, 64, batch=64).max_abs_error >= 0.99
+
+
+@pytest.mark.parametrize("shape", [(3,), (1, 1, 1, 1)])
+def test_clip_bounds_that_are_not_scalars_are_refused(tmp_path: Path,
+                                                      shape: tuple[int, ...]) -> None:
+    """Clip-11+ takes scalar bounds (onnxruntime fails on these at run time); the importer
+    read the first element."""
+    nodes = [N("Clip", ["x", "lo", "hi"], ["c"], name="cl"),
+             N("Gemm", ["c", "w"], ["y"], transB=1)]
+    inits = {"lo": -np.ones(shape, np.float32), "hi": np.array(1.0, np.float32), "w": rand(3, 4)}
+    _refused(hostile(tmp_path, nodes, inits), "'cl'", "not a scalar")
