@@ -2865,6 +2865,9 @@ def compare_with_onnxruntime(
     others ``batch`` at a time (a file with a fixed batch size: that many), so the check never
     holds more than one chunk of inputs and activations; onnxruntime's own log is silenced
     (its failures reach the caller as the exception)."""
+    import contextlib
+    import io
+
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -2899,8 +2902,8 @@ def compare_with_onnxruntime(
         xt = torch.from_numpy(x)
         if layout == "nhwc":
             xt = xt.permute(0, 3, 1, 2).contiguous()
-        with torch.no_grad():
-            gots.append(model(xt.to(dt)).double().numpy().reshape(k, -1))
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # torch.fx's own
+            gots.append(model(xt.to(dt)).double().numpy().reshape(k, -1))  # traceback
         del x, xt
     ref, got = np.concatenate(refs)[:n], np.concatenate(gots)[:n]
     if got.shape != ref.shape:
