@@ -22,7 +22,13 @@ import torch
 
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma, inflate
 from boundkit.bounds.registry import LipschitzRule, register_rule
-from boundkit.bounds.relaxation import Interval, LinearBounds, RelaxationRule, RelaxContext
+from boundkit.bounds.relaxation import (
+    AffineRelaxation,
+    Interval,
+    LinearBounds,
+    RelaxationRule,
+    RelaxContext,
+)
 from boundkit.graph.graph import Graph, Node
 
 
@@ -47,15 +53,76 @@ class LayerNormRule(LipschitzRule):
 register_rule("layernorm", "sound", LayerNormRule())
 
 
+# ------------------------------------------------------------------ the centring node
+def _centre_groups(node: Node, t: torch.Tensor, lead: int) -> torch.Tensor:
+    """``t`` [*lead, *shape] with the normalised axes flattened last: [*lead, -1, n]."""
+    n = math.prod(node.attrs["normalized_shape"])
+    return t.reshape(*t.shape[:lead], -1, n)
+
+
+class CenterRule(LipschitzRule):
+    r"""``sound``: :math:`d=Px`, :math:`P=I-\mathbf 1\mathbf 1^\top/n` per group, an
+    orthogonal projection, so :math:`L=\|P\|=1`; computed as :math:`x_i-\mathrm{fl}(\bar
+    x)` with :math:`|\hat d_i-d_i|\le\gamma_{n+2}(|x_i|+\overline{|x|})`, whose L2 norm
+    over a sample is at most :math:`2\gamma_{n+2}\|x\|` (``docs/theory/layernorm.md``
+    §Centring)."""
+
+    def compute_lipschitz(self, node: Node, graph: Graph) -> float:
+        return 1.0
+
+    def rounding(self, node: Node, graph: Graph, in_norm: torch.Tensor,
+                 out_norm: torch.Tensor) -> torch.Tensor:
+        n = math.prod(node.attrs["normalized_shape"])
+        return 2 * float(gamma(n + 2)) * in_norm * (1 + 1e-12)
+
+
+class CenterRelaxation(AffineRelaxation):
+    r"""``crown``: the exact linear map :math:`P` (symmetric): :math:`L^\top A=A-\bar A` per
+    group; :math:`|P|m=(1-\tfrac2n)m+\tfrac1n\sum m`. The computed :math:`P^\top A` (or
+    :math:`Px`) is within :math:`\gamma_{n+2}(|A_i|+\sum_j|A_j|/n)` of the exact one, so a
+    coefficient :math:`A_j` is charged :math:`|A_j|\,\gamma_{n+2}(m_j+\bar m)` for
+    :math:`|x|\le m` (``docs/theory/layernorm.md`` §Centring)."""
+
+    def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        g = _centre_groups(node, z, 1)
+        return (g - g.mean(-1, keepdim=True)).reshape(z.shape)
+
+    def transpose(self, node: Node, a: torch.Tensor) -> torch.Tensor:
+        return self.apply(node, a)
+
+    def abs_apply(self, node: Node, m: torch.Tensor) -> torch.Tensor:
+        g = _centre_groups(node, m, 1)
+        n = g.shape[-1]
+        return ((1 - 2 / n) * g + g.sum(-1, keepdim=True) / n).reshape(m.shape)
+
+    def fan(self, node: Node) -> int:
+        return math.prod(node.attrs["normalized_shape"]) + 1
+
+    def rounding_bound(self, node: Node, mag_in: torch.Tensor) -> torch.Tensor:
+        g = _centre_groups(node, mag_in, 1)
+        n = g.shape[-1]
+        return (float(gamma(n + 2)) * (g + g.mean(-1, keepdim=True))
+                * (1 + 4 * UNIT_ROUNDOFF)).reshape(mag_in.shape)
+
+
+register_rule("center", "sound", CenterRule())
+register_rule("center", "crown", CenterRelaxation())
+
+
 # ------------------------------------------------------------------ crown (issue 24, vit)
-def layernorm_planes(lo: torch.Tensor, hi: torch.Tensor, eps: float
+def layernorm_planes(lo: torch.Tensor, hi: torch.Tensor, eps: float, centred: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Parallel planes of :math:`f(x)=Px/\sqrt{\|Px\|^2/n+\epsilon}` (LayerNorm without its
     affine part) over the box ``[lo, hi]`` (``[..., n]``, normalised over the last axis):
     ``(G [..., n, n], b_lo, b_hi)`` with :math:`b_{lo}+Gx\le f(x)\le b_{hi}+Gx` on the box, in
-    real arithmetic (``docs/theory/softmax.md`` §LayerNorm: the Taylor plane of
+    real arithmetic (``docs/theory/layernorm.md``: the Taylor plane of
     :math:`g(d)=d/\sqrt{\|d\|^2/n+\epsilon}` at the centre of the box of :math:`d=Px`, a
     proven bound on its Lagrange remainder, and the rounding of its computation).
+
+    ``centred``: the input is itself a centred vector (the output of a ``center`` node, so
+    :math:`Px=x` in real arithmetic): the box of :math:`d` is ``[lo, hi]`` itself, and the
+    planes are those of :math:`g` on it (slope :math:`J`, no :math:`P`), valid for
+    :math:`f` at every centred point of the box (``docs/theory/layernorm.md`` §Centred input).
 
     With :math:`s=\|d\|^2/n+\epsilon`: :math:`\partial g_i/\partial d_j=\delta_{ij}s^{-1/2}-
     d_id_j/(ns^{3/2})` and :math:`|\partial^2g_i/\partial d_j\partial d_k|\le(\delta_{ij}m_k+
@@ -65,6 +132,8 @@ def layernorm_planes(lo: torch.Tensor, hi: torch.Tensor, eps: float
     n = lo.shape[-1]
     u = UNIT_ROUNDOFF
     g_n = float(gamma(n + 10))
+    if centred:
+        return _centred_planes(lo, hi, eps)
     mx = torch.maximum(lo.abs(), hi.abs())
     # the box of d = x - mean(x): d_i = (1 - 1/n) x_i - (1/n) sum_{j != i} x_j
     s_lo, s_hi = lo.sum(-1, keepdim=True), hi.sum(-1, keepdim=True)
@@ -76,16 +145,7 @@ def layernorm_planes(lo: torch.Tensor, hi: torch.Tensor, eps: float
     c = c_x - c_x.mean(-1, keepdim=True)  # the anchor (any point of the d box)
     d_lo, d_hi = torch.minimum(d_lo, c), torch.maximum(d_hi, c)
     r = torch.maximum(d_hi - c, c - d_lo) * (1 + 4 * u) + 1e-300
-    m = torch.maximum(d_lo.abs(), d_hi.abs())  # |d_k| <= m_k on the box
-    dmin = torch.where((d_lo <= 0) & (d_hi >= 0), torch.zeros_like(d_lo),
-                       torch.minimum(d_lo.abs(), d_hi.abs()))
-    s_min = ((dmin * dmin).sum(-1, keepdim=True) / n) * (1 - g_n) + eps * (1 - 2 * u)
-    # Lagrange remainder: |H^i_jk| <= (d_ij m_k + d_ik m_j + d_jk m_i) / (n s^1.5)
-    #                                  + 3 m_i m_j m_k / (n^2 s^2.5)
-    mr = (m * r).sum(-1, keepdim=True)
-    rr = (r * r).sum(-1, keepdim=True)
-    rem = 0.5 * ((2 * r * mr + m * rr) / (n * s_min ** 1.5)
-                 + 3 * m * mr * mr / (n * n * s_min ** 2.5))
+    rem = _remainder(d_lo, d_hi, r, eps, g_n)
     # the plane at c: value f = c / sigma, Jacobian J = I / sigma - c c^T / (n sigma^3)
     sig = torch.sqrt((c * c).sum(-1, keepdim=True) / n + eps)
     f = c / sig
@@ -111,6 +171,58 @@ def layernorm_planes(lo: torch.Tensor, hi: torch.Tensor, eps: float
     return gx, f - gxc - err, f - gxc + err
 
 
+def _remainder(d_lo: torch.Tensor, d_hi: torch.Tensor, r: torch.Tensor, eps: float,
+               g_n: float) -> torch.Tensor:
+    r"""The Lagrange remainder bound of :math:`g` on the box ``[d_lo, d_hi]`` around an anchor
+    with half-widths ``r`` (``docs/theory/layernorm.md`` §Remainder)."""
+    n = d_lo.shape[-1]
+    m = torch.maximum(d_lo.abs(), d_hi.abs())  # |d_k| <= m_k on the box
+    dmin = torch.where((d_lo <= 0) & (d_hi >= 0), torch.zeros_like(d_lo),
+                       torch.minimum(d_lo.abs(), d_hi.abs()))
+    s_min = ((dmin * dmin).sum(-1, keepdim=True) / n) * (1 - g_n) + eps * (1 - 2 * UNIT_ROUNDOFF)
+    mr = (m * r).sum(-1, keepdim=True)
+    rr = (r * r).sum(-1, keepdim=True)
+    return 0.5 * ((2 * r * mr + m * rr) / (n * s_min ** 1.5)
+                  + 3 * m * mr * mr / (n * n * s_min ** 2.5))
+
+
+def _centred_planes(lo: torch.Tensor, hi: torch.Tensor, eps: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r""":func:`layernorm_planes` for a centred input: the Taylor plane of
+    :math:`g(d)=d/\sqrt{\|d\|^2/n+\epsilon}` at the box's midpoint :math:`c` (any point of
+    the box), :math:`g(d)\in g(c)+J(c)(d-c)\pm R` on the box, with the rounding of
+    :math:`\hat g(c)`, :math:`\hat J` (:math:`2\gamma_{n+10}` of their terms, moved by
+    :math:`|d-c|\le r`) and of the intercept's sums charged (``docs/theory/layernorm.md``
+    §Centred input)."""
+    n = lo.shape[-1]
+    u = UNIT_ROUNDOFF
+    g_n = float(gamma(n + 10))
+    c = (lo + hi) / 2
+    d_lo, d_hi = torch.minimum(lo, c), torch.maximum(hi, c)
+    r = torch.maximum(d_hi - c, c - d_lo) * (1 + 4 * u) + 1e-300
+    rem = _remainder(d_lo, d_hi, r, eps, g_n)
+    sig = torch.sqrt((c * c).sum(-1, keepdim=True) / n + eps)
+    f = c / sig
+    eye = torch.eye(n, dtype=lo.dtype, device=lo.device)
+    jac = eye / sig.unsqueeze(-1) - c.unsqueeze(-1) * c.unsqueeze(-2) / (
+        n * sig.unsqueeze(-1) ** 3)
+    e_f = 2 * g_n * f.abs()
+    e_j = 2 * g_n * (eye / sig.unsqueeze(-1) + c.abs().unsqueeze(-1) * c.abs().unsqueeze(-2) / (
+        n * sig.unsqueeze(-1) ** 3))
+    gxc = (jac * c.unsqueeze(-2)).sum(-1)
+    e_b = g_n * ((jac * c.unsqueeze(-2)).abs().sum(-1) + f.abs())
+    err = (rem + e_f + (e_j * r.unsqueeze(-2)).sum(-1) + e_b) * (1 + g_n) + 1e-300
+    return jac, f - gxc - err, f - gxc + err
+
+
+def reads_centred(node: Node, graph: Graph) -> bool:
+    """``node`` (a ``layernorm``) reads a ``center`` node over the same axes: its input is
+    centred in real arithmetic (capture puts one before every LayerNorm)."""
+    src = graph[node.inputs[0]]
+    return (src.op == "center" and tuple(src.attrs["normalized_shape"])
+            == tuple(node.attrs["normalized_shape"]))
+
+
 class LayerNormRelaxation(RelaxationRule):
     r"""``crown``: per normalised group, :math:`\gamma\odot f(x)+\beta` with
     :func:`layernorm_planes` (parallel planes scaled by :math:`\gamma`, lower and upper swapped
@@ -127,12 +239,14 @@ class LayerNormRelaxation(RelaxationRule):
         n = math.prod(node.attrs["normalized_shape"])
         return t.reshape(*t.shape[:lead], -1, n)
 
-    def lines(self, node: Node, iv: Interval) -> tuple[torch.Tensor, ...]:
+    def lines(self, node: Node, iv: Interval, centred: bool = False
+              ) -> tuple[torch.Tensor, ...]:
         """``(K [N, G, n, n], b_lo [N, G, n], b_hi, lo, hi)``: the planes of the output and
-        its interval, in the grouped layout."""
+        its interval, in the grouped layout (``centred``: the input is a ``center`` node's,
+        :func:`layernorm_planes`)."""
         lo, hi = self._groups(node, iv.lo, 1), self._groups(node, iv.hi, 1)
         n = lo.shape[-1]
-        g, b_lo, b_hi = layernorm_planes(lo, hi, float(node.attrs["eps"]))
+        g, b_lo, b_hi = layernorm_planes(lo, hi, float(node.attrs["eps"]), centred)
         w = node.params["weight"].reshape(-1).to(lo)
         beta = node.params["bias"].reshape(-1).to(lo)
         u3 = float(gamma(3))
@@ -160,14 +274,15 @@ class LayerNormRelaxation(RelaxationRule):
         return (k, torch.where(flat, lo_y, y_lo), torch.where(flat, hi_y, y_hi), lo_y, hi_y)
 
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
-        *_, lo, hi = self.lines(node, ins[0])
+        *_, lo, hi = self.lines(node, ins[0], reads_centred(node, ctx.graph))
         n = ins[0].lo.shape[0]
         return Interval(lo.reshape(n, *node.out_shape), hi.reshape(n, *node.out_shape))
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         x = ctx.interval_in(node)
         k, b_lo, b_hi, _, _ = ctx.derived(f"layernorm:{node.name}", x,
-                                          lambda: self.lines(node, x))
+                                          lambda: self.lines(node, x, reads_centred(
+                                              node, ctx.graph)))
         a = self._groups(node, lb.A, 2)  # [N, S, G, n]
         nn_ = a.shape[-1]
         pos, neg = a.clamp(min=0), a.clamp(max=0)
