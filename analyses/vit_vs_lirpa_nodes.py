@@ -31,7 +31,7 @@ import boundkit as bk
 from benchmarks.crown_vs_lirpa import _lirpa, _lirpa_one, dataset_of, lirpa_form, load
 from boundkit.bounds.crown.plan import plan_crown
 from boundkit.bounds.crown.run import CrownRun
-from boundkit.bounds.layernorm import LayerNormRelaxation
+from boundkit.bounds.layernorm import LayerNormRelaxation, layernorm_taylor, reads_centred
 from boundkit.bounds.softmax import SoftmaxRelaxation
 from boundkit.data import load_dataset
 from boundkit.graph.ops import evaluate
@@ -50,9 +50,11 @@ def _centred_box(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def compare(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor,
-            guess: float, upper: float, eps: float | None = None) -> tuple[float, list[list[str]], list[list[str]]]:
-    """auto_LiRPA's radius of one image, the per-node table (boundkit node, op, matched
-    auto_LiRPA node, widths, ratio) and the LayerNorm / softmax internals table."""
+            guess: float, upper: float, eps: float | None = None
+            ) -> tuple[float, list[list[str]], list[list[str]]]:
+    """auto_LiRPA's radius of one image (``eps`` if given), the per-node table (boundkit
+    node, op, matched auto_LiRPA node, widths, ratio) and the LayerNorm / softmax internals
+    table."""
     al = _lirpa()
     from auto_LiRPA.perturbations import PerturbationLpNorm
 
@@ -121,23 +123,38 @@ def compare(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor,
         xin = ctx.intervals[node.inputs[0]]
         out = ctx.intervals[node.name]
         if node.op == "layernorm":
-            rule = LayerNormRelaxation()
             n = math.prod(node.attrs["normalized_shape"])
-            lo, hi = xin.lo.reshape(1, -1, n), xin.hi.reshape(1, -1, n)
-            d_lo, d_hi = _centred_box(lo, hi)
+            centred = reads_centred(node, graph)
             x0 = acts[node.inputs[0]].reshape(1, -1, n)
-            ln = match(x0 - x0.mean(-1, keepdim=True))
+            if centred:  # d is the center node's output, bounded by a backward walk
+                d_lo, d_hi = xin.lo, xin.hi
+            else:  # d's box from the input's by interval arithmetic
+                d_lo, d_hi = _centred_box(xin.lo.reshape(1, -1, n), xin.hi.reshape(1, -1, n))
+                x0 = x0 - x0.mean(-1, keepdim=True)
+            ln = match(x0)
             wl = _median_width(*bounds[ln.name]) if ln is not None else math.nan
             wd = _median_width(d_lo, d_hi)
-            inner.append([node.name, "centred input d = x - mean(x)",
+            inner.append([node.name, "centred input d = x - mean(x)"
+                          + (" (its `center` node)" if centred else " (interval arithmetic)"),
                           f"{wd:.4g}", f"{wl:.4g}", f"{wd / wl:.2f}"])
-            k, b_lo, b_hi, *_ = rule.lines(node, xin)
+            lines = LayerNormRelaxation().lines(node, xin, centred)
+            w = node.params["weight"].reshape(-1).abs()
+            t = layernorm_taylor(xin.lo.reshape(1, -1, n), xin.hi.reshape(1, -1, n),
+                                 float(node.attrs["eps"]), centred)
+            inner.append([node.name, "remainder per output, entrywise Hessian bound "
+                          "(|gamma| rem, median)", f"{float((w * t.rem).median()):.4g}", "-",
+                          "-"])
+            split = t.anchor.abs() * torch.maximum(-t.e_lo, t.e_hi) + t.half * t.drho
+            inner.append([node.name, "remainder per output, split bound |gamma| (|c| max|e| "
+                          "+ r D) (median)", f"{float((w * split).median()):.4g}", "-", "-"])
+            inner.append([node.name, "outputs on the constant bounds (flat)",
+                          f"{float((lines.k.abs().sum(-1) == 0).double().mean()):.2%}", "-",
+                          "-"])
         else:
-            rule_s = SoftmaxRelaxation()
-            _, b_lo, _, b_hi = rule_s.lines(node, ctx, xin)
-        band = _median_width(b_lo, b_hi)
-        inner.append([node.name, "band of the planes (b_hi - b_lo)", f"{band:.4g}",
-                      f"out width {_median_width(out.lo, out.hi):.4g}", "-"])
+            _, b_lo, _, b_hi = SoftmaxRelaxation().lines(node, ctx, xin)
+            inner.append([node.name, "band of the planes (b_hi - b_lo), median",
+                          f"{_median_width(b_lo, b_hi):.4g}",
+                          f"output width {_median_width(out.lo, out.hi):.4g}", "-"])
     return eps, rows, inner
 
 
