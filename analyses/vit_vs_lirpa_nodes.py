@@ -174,12 +174,17 @@ def main() -> None:
     with torch.no_grad():
         right = torch.nonzero(model(xs[:200].float()).argmax(1) == ys[:200]).flatten()[:a.n]
     lines = [f"# `crown` against auto_LiRPA 0.3 CROWN, node by node, on `{a.model}`", "",
-             f"`python -m analyses.vit_vs_lirpa_nodes --model {a.model} --n {a.n}` (torch "
+             f"`python -m analyses.vit_vs_lirpa_nodes --model {a.model} --n {a.n}"
+             + (f" --eps {' '.join(map(str, a.eps))}" if a.eps else "") + "` (torch "
              f"{torch.__version__}; first {a.n} correctly classified test image(s) "
              f"{right.tolist()}; no input box; radius: auto_LiRPA's certified CROWN radius of "
-             "the image, bisected to 0.5%).", "",
+             "the image, bisected to 0.5%, or `--eps`).", "",
              "Widths are medians over a node's entries; ratio = boundkit / auto_LiRPA (above 1: "
-             "boundkit wider). Nodes matched by their values at the image.", ""]
+             "boundkit wider). Nodes matched by their values at the image (sorted entries): "
+             "a linear layer whose output boundkit only reshapes and transposes before a "
+             "product shows the interval-arithmetic width there, and its refined width at "
+             "the transpose the product reads. boundkit's intervals are those its "
+             "relaxations use (a node no nonlinear node reads is not refined).", ""]
     for j, i in enumerate(right.tolist()):
         x, y = xs[i:i + 1].float(), ys[i:i + 1]
         md = copy.deepcopy(model).double()
