@@ -178,3 +178,21 @@ def test_small_vision_transformers_crown_certificates_stay_below_the_attacks(
     assert torch.isfinite(out["certificate"].radius).all()
     assert (out["certificate"].radius > 0).any()
     assert math.isfinite(float(out["upper"].min()))
+
+
+def test_crown_plan_refines_the_centred_input_and_a_softmax_output_read_by_a_product() -> None:
+    """The walks bound each LayerNorm's ``center`` node (not the un-centred input) and the
+    attention weights the product with V reads."""
+    from boundkit.bounds.crown.plan import Refine, plan_crown
+
+    torch.manual_seed(0)
+    model = TinyViT(image=(3, 8, 8), patch=4, dim=8, depth=1, heads=2, mlp=8,
+                    num_classes=3, cls=False).double().eval()
+    graph = bk.capture(model, torch.rand(1, 3, 8, 8, dtype=torch.float64))
+    plan = plan_crown(graph)
+    centres = [n.name for n in graph.nodes if n.op == "center"]
+    assert len(centres) == 3 and all(plan.refine.get(c) is Refine.ALL for c in centres)
+    # the residual stream itself (read by the centring and by additions only) is not walked
+    assert not any(graph[c].inputs[0] in plan.refine for c in centres)
+    soft = [n.name for n in graph.nodes if n.op == "softmax"]
+    assert soft and all(plan.refine.get(s) is Refine.ALL for s in soft)
