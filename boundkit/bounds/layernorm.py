@@ -10,8 +10,11 @@ The map :math:`f(y)=y/\sqrt{\|y\|^2/n+\epsilon}` has Jacobian
 (316 max|gamma| for torch's default eps): the division by a data-dependent standard deviation
 has no useful global bound. ``crown`` and ``alpha`` use a linear relaxation instead
 (:class:`LayerNormRelaxation`): per normalised group, the Taylor plane of the normalisation at
-the centre of the input box, shifted by a proven bound on its Lagrange remainder over the box
-(``docs/theory/softmax.md`` §LayerNorm).
+the centre of the box of :math:`d=Px`, its remainder split exactly as :math:`c\,e+\delta\,
+\Delta\rho` and charged per coefficient row (``docs/theory/layernorm.md``). Capture puts the
+centring :math:`d=Px` before every LayerNorm as its own exact linear node ``center``
+(:class:`CenterRule`, :class:`CenterRelaxation`), so that a backward walk bounds :math:`d`
+itself rather than :math:`x`.
 """
 
 from __future__ import annotations
