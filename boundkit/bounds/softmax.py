@@ -25,6 +25,7 @@ here. Per group (all indices but the softmax axis fixed), :math:`x\in\mathbb{R}^
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -98,18 +99,44 @@ def softmax_interval(lo: torch.Tensor, hi: torch.Tensor) -> Interval:
     return Interval(torch.nan_to_num(out_lo, nan=0.0), torch.nan_to_num(out_hi, nan=1.0))
 
 
-def softmax_planes(lo: torch.Tensor, hi: torch.Tensor, iv: Interval | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""Taylor planes of softmax over the last axis on the box ``[lo, hi]`` (``[..., K]``):
-    ``(G [..., K, K], b_lo [..., K], b_hi [..., K])`` with, for every x in the box,
+@dataclass
+class SoftmaxTaylor:
+    r"""The Taylor plane of softmax at the box centre :math:`c` and what bounds its error
+    (``docs/theory/softmax.md`` §3, §3b), per group ``[..., K]``:
+    :math:`y(x)=\hat y+G(x-c)+R+\text{rounding}`, with per coordinate
+    :math:`|R_i|\le` ``rem`` and, exactly,
+    :math:`R_i=y_{c,i}\eta_i-y_{c,i}(y_c\cdot\eta)-t\,y_{c,i}(e^{\delta_i}-1)+t^2y_i`
+    (:math:`\delta=x-c`, :math:`\eta_j=e^{\delta_j}-1-\delta_j\in[0,H_j]`,
+    :math:`t=\sum_jy_{c,j}(e^{\delta_j}-1)`, :math:`|t|\le T`)."""
 
-    .. math:: b_{lo,i}+\sum_j G_{ij}x_j\;\le\;y_i(x)\;\le\;b_{hi,i}+\sum_j G_{ij}x_j
+    #: slope [..., K, K]
+    slope: torch.Tensor
+    #: intercept [..., K]: plane = mid + slope x
+    mid: torch.Tensor
+    #: rounding of the plane (value, slopes, intercept) [..., K]
+    comp: torch.Tensor
+    #: the per-coordinate remainder bound [..., K]
+    rem: torch.Tensor
+    #: the computed softmax at c [..., K] and its error bound
+    y: torch.Tensor
+    eta: torch.Tensor
+    #: H_j >= e^{r_j} - 1 - r_j, E_j >= e^{r_j} - 1 [..., K]
+    h: torch.Tensor
+    e: torch.Tensor
+    #: T >= |t| and (y_c . H) upper bound [..., 1]
+    t: torch.Tensor
+    yh: torch.Tensor
 
-    in real arithmetic (the plane's own rounding is inside the offsets; softmax §3, §5)."""
+
+def softmax_taylor(lo: torch.Tensor, hi: torch.Tensor, iv: Interval | None = None
+                   ) -> SoftmaxTaylor:
+    r"""The Taylor plane of softmax over the last axis on the box ``[lo, hi]`` and its error
+    bounds (:class:`SoftmaxTaylor`; softmax §3, §3b, §5)."""
     k = lo.shape[-1]
+    u = UNIT_ROUNDOFF
     c = (lo + hi) / 2
     # covers the box from c: the subtraction and this product round by at most 1 ulp each
-    r = torch.maximum(hi - c, c - lo) * (1 + 4 * UNIT_ROUNDOFF) + _TINY
+    r = torch.maximum(hi - c, c - lo) * (1 + 4 * u) + _TINY
     y = torch.softmax(c, -1)
     eye = torch.eye(k, dtype=lo.dtype, device=lo.device)
     g = y.unsqueeze(-1) * (eye - y.unsqueeze(-2))  # [..., i, j] = y_i (d_ij - y_j)
@@ -119,15 +146,63 @@ def softmax_planes(lo: torch.Tensor, hi: torch.Tensor, iv: Interval | None = Non
     yr = uy * r
     tot = yr.sum(-1, keepdim=True)
     s = tot + (1 - ly - uy).clamp(min=0) * r  # s_i >= sum_j D_ij r_j
-    rem = 0.5 * uy * (s * s + (yr * s).sum(-1, keepdim=True))
+    g_k = float(gamma(2 * k + 8))
+    rem = 0.5 * uy * (s * s + (yr * s).sum(-1, keepdim=True)) * (1 + g_k)
     # the computed plane differs from the exact one at c: value eta_i, slopes 2(eta_i+eta_j)+2u
     eta = _eval_error(y, k)
     rsum = r.sum(-1, keepdim=True)
-    dg = 2 * eta * rsum + 2 * (eta * r).sum(-1, keepdim=True) + 2 * UNIT_ROUNDOFF * rsum
-    err = (rem + eta + dg) * (1 + float(gamma(2 * k + 8))) + _TINY
+    dg = 2 * eta * rsum + 2 * (eta * r).sum(-1, keepdim=True) + 2 * u * rsum
+    comp = (eta + dg) * (1 + g_k) + _TINY
     gc = (g * c.unsqueeze(-2)).sum(-1)  # sum_j G_ij c_j
-    round_b = float(gamma(k + 4)) * ((g * c.unsqueeze(-2)).abs().sum(-1) + y + err)
-    return g, y - gc - err - round_b, y - gc + err + round_b
+    round_b = float(gamma(k + 4)) * ((g * c.unsqueeze(-2)).abs().sum(-1) + y + comp + rem)
+    comp = comp + round_b
+    # the split remainder's pieces, rounded up: e^r - 1 (expm1 within 1 ulp), and
+    # e^r - 1 - r <= min(expm1(r) - r + 4u expm1(r), r^2 e^r / 2)
+    em1 = torch.expm1(r) * (1 + 4 * u)
+    h = torch.minimum(em1 - r + 4 * u * em1, 0.5 * r * r * torch.exp(r) * (1 + 8 * u))
+    h = h.clamp(min=0) + _TINY
+    yu = y + eta
+    t = (yu * em1).sum(-1, keepdim=True) * (1 + g_k)
+    yh = (yu * h).sum(-1, keepdim=True) * (1 + g_k)
+    return SoftmaxTaylor(g, y - gc, comp, rem, y, eta, h, em1, t, yh)
+
+
+def softmax_planes(lo: torch.Tensor, hi: torch.Tensor, iv: Interval | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Taylor planes of softmax over the last axis on the box ``[lo, hi]`` (``[..., K]``):
+    ``(G [..., K, K], b_lo [..., K], b_hi [..., K])`` with, for every x in the box,
+
+    .. math:: b_{lo,i}+\sum_j G_{ij}x_j\;\le\;y_i(x)\;\le\;b_{hi,i}+\sum_j G_{ij}x_j
+
+    in real arithmetic (the per-coordinate remainder and the plane's own rounding inside the
+    offsets; softmax §3, §5)."""
+    t = softmax_taylor(lo, hi, iv)
+    band = t.comp + t.rem
+    return t.slope, t.mid - band, t.mid + band
+
+
+def softmax_remainder_charge(a: torch.Tensor, t: SoftmaxTaylor, keep: torch.Tensor,
+                             y_lo: torch.Tensor, y_hi: torch.Tensor) -> torch.Tensor:
+    r"""Per coefficient row and group, an upper bound on :math:`-\sum_{i\in\text{keep}}a_iR_i`
+    (softmax §3b): the smaller of :math:`\sum|a_i|\,\mathrm{rem}_i` and
+    :math:`-[\sum_i\min(a_i,0)\bar y_iH_i-\max(0,a\cdot y_c)(\bar y\cdot H)-T\sum_i|a_i|\bar y_i
+    E_i+\min(0,T^2\sum_i\min(a_iY^{lo}_i,a_iY^{hi}_i))]`, :math:`\bar y=\hat y+\eta\ge y_c`.
+    ``a`` [N, S, G, K], the group tensors [N, G, K(, 1)]; -> [N, S, G]."""
+    k = a.shape[-1]
+    an = torch.where(keep.unsqueeze(1), a, torch.zeros_like(a))
+    aa = an.abs()
+    yu = (t.y + t.eta).unsqueeze(1)
+    old = (aa * t.rem.unsqueeze(1)).sum(-1)
+    l1 = (an.clamp(max=0) * yu * t.h.unsqueeze(1)).sum(-1)
+    ayc = (an * t.y.unsqueeze(1)).sum(-1) + (aa * (t.eta.unsqueeze(1) + float(gamma(k + 2))
+                                                   * t.y.unsqueeze(1))).sum(-1)
+    l2 = -ayc.clamp(min=0) * t.yh.squeeze(-1).unsqueeze(1)
+    l3 = -t.t.squeeze(-1).unsqueeze(1) * (aa * yu * t.e.unsqueeze(1)).sum(-1)
+    ay = torch.minimum(an * y_lo.unsqueeze(1), an * y_hi.unsqueeze(1)).sum(-1)
+    l4 = ((t.t * t.t).squeeze(-1).unsqueeze(1) * ay).clamp(max=0)
+    new = torch.nan_to_num(-(l1 + l2 + l3 + l4), nan=math.inf)
+    charge = torch.minimum(old, new) * (1 + float(gamma(2 * k + 8))) + _TINY
+    return torch.nan_to_num(charge, nan=math.inf)
 
 
 class SoftmaxRelaxation(RelaxationRule):
@@ -163,38 +238,68 @@ class SoftmaxRelaxation(RelaxationRule):
 
     def lines(self, node: Node, ctx: RelaxContext, x: Interval
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(G_lo, b_lo, G_hi, b_hi)`` in the softmax-last layout [N, ..., K(, K)]."""
+        """``(G_lo, b_lo, G_hi, b_hi)`` in the softmax-last layout [N, ..., K(, K)], the
+        per-coordinate remainder inside the offsets (:func:`softmax_planes`)."""
+        sl = self.split_lines(node, x)
+        band = torch.where(sl.flat, torch.zeros_like(sl.taylor.rem), sl.taylor.rem)
+        return (sl.slope, sl.b_lo - band, sl.slope, sl.b_hi + band)
+
+    def split_lines(self, node: Node, x: Interval) -> SoftmaxLines:
+        """The relaxation over the input box ``x`` with its remainder left to the rows
+        (:class:`SoftmaxLines`), in the softmax-last layout."""
         lo, hi = self._last(node, x.lo, 1), self._last(node, x.hi, 1)
         iv = softmax_interval(lo, hi)
-        g, b_lo, b_hi = softmax_planes(lo, hi, iv)
-        flat = ~((b_hi - b_lo) < (iv.hi - iv.lo))  # the interval is narrower (or NaN)
-        zero = torch.zeros_like(g)
-        g_use = torch.where(flat.unsqueeze(-1), zero, g)
-        return (g_use, torch.where(flat, iv.lo, b_lo), g_use, torch.where(flat, iv.hi, b_hi))
+        t = softmax_taylor(lo, hi, iv)
+        band = t.comp + t.rem
+        flat = ~(2 * band < (iv.hi - iv.lo))  # the interval is narrower (or NaN)
+        g_use = torch.where(flat.unsqueeze(-1), torch.zeros_like(t.slope), t.slope)
+        return SoftmaxLines(g_use, torch.where(flat, iv.lo, t.mid - t.comp),
+                            torch.where(flat, iv.hi, t.mid + t.comp), flat, t, iv)
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         x = ctx.interval_in(node)
-        g_lo, b_lo, g_hi, b_hi = ctx.derived(f"softmax:{node.name}", x,
-                                             lambda: self.lines(node, ctx, x))
+        sl = ctx.derived(f"softmax:{node.name}", x, lambda: self.split_lines(node, x))
         a = self._last(node, lb.A, 2)  # [N, S, ..., K(i)]
         n, s, k = a.shape[0], a.shape[1], a.shape[-1]
         shape = a.shape
         a = a.reshape(n, s, -1, k)  # [N, S, G, K]: G groups
-        gl, gh = g_lo.reshape(n, -1, k, k), g_hi.reshape(n, -1, k, k)
+        gs = sl.slope.reshape(n, -1, k, k)
         pos, neg = a.clamp(min=0), a.clamp(max=0)
-        # a_in[.., j] = sum_i pos_i G_lo[i, j] + neg_i G_hi[i, j] (no [S, K, K] intermediate)
-        a_in = torch.einsum("nsgi,ngij->nsgj", pos, gl) + torch.einsum("nsgi,ngij->nsgj",
-                                                                        neg, gh)
-        terms = pos * b_lo.reshape(n, 1, -1, k) + neg * b_hi.reshape(n, 1, -1, k)
+        a_in = torch.einsum("nsgi,ngij->nsgj", a, gs)  # one slope matrix per group
+        terms = pos * sl.b_lo.reshape(n, 1, -1, k) + neg * sl.b_hi.reshape(n, 1, -1, k)
         add = terms.flatten(2).sum(2)
         mag = self._last(node, x.mag, 1).reshape(n, -1, k)
         # sum_j (sum_i |a_i| |G_ij|) |x_j|  =  sum_i |a_i| (|G| |x|)_i
-        gx = torch.einsum("ngij,ngj->ngi", torch.maximum(gl.abs(), gh.abs()), mag)
+        gx = torch.einsum("ngij,ngj->ngi", gs.abs(), mag)
+        t = sl.taylor
+
+        def grp(v: torch.Tensor) -> torch.Tensor:
+            return v.reshape(n, -1, v.shape[-1])
+
+        tg = SoftmaxTaylor(t.slope, t.mid, t.comp, grp(t.rem), grp(t.y), grp(t.eta), grp(t.h),
+                           grp(t.e), grp(t.t), grp(t.yh))
+        charge = softmax_remainder_charge(a, tg, ~grp(sl.flat), grp(sl.iv.lo), grp(sl.iv.hi))
         err = (float(gamma(2 * k + 2)) * (1 + float(gamma(k + 1)))
                * (a.abs() * gx.unsqueeze(1)).flatten(2).sum(2)
-               + float(gamma(terms[0, 0].numel() + 2)) * terms.abs().flatten(2).sum(2))
+               + float(gamma(terms[0, 0].numel() + 2)) * terms.abs().flatten(2).sum(2)
+               + charge.sum(2) * (1 + float(gamma(charge.shape[2] + 1))))
         a_in = self._back(node, a_in.reshape(shape), 2)
         return [lb.then(a_in, add, err, ctx.intervals[node.name].mag)]
+
+
+@dataclass
+class SoftmaxLines:
+    """A softmax node's relaxation in the softmax-last layout: the slope (zero where the
+    interval is used), the offsets with the plane's rounding only (the interval's ends where
+    ``flat``), the Taylor pieces whose remainder the rows are charged
+    (:func:`softmax_remainder_charge`), and the output interval."""
+
+    slope: torch.Tensor
+    b_lo: torch.Tensor
+    b_hi: torch.Tensor
+    flat: torch.Tensor
+    taylor: SoftmaxTaylor
+    iv: Interval
 
 
 class PermuteRule(LipschitzRule):
@@ -227,5 +332,6 @@ register_rule("softmax", "crown", SoftmaxRelaxation())
 register_rule("permute", "sound", PermuteRule())
 register_rule("permute", "crown", PermuteRelaxation())
 
-__all__ = ["PermuteRelaxation", "PermuteRule", "SoftmaxRelaxation", "SoftmaxRule",
-           "dot", "softmax_axis", "softmax_interval", "softmax_planes"]
+__all__ = ["PermuteRelaxation", "PermuteRule", "SoftmaxLines", "SoftmaxRelaxation",
+           "SoftmaxRule", "SoftmaxTaylor", "dot", "softmax_axis", "softmax_interval",
+           "softmax_planes", "softmax_remainder_charge", "softmax_taylor"]

@@ -374,6 +374,31 @@ class _Capture:
         self.names.add(fx_node.name)
         self.by_name[node.name] = node
 
+    def centre_first(self, fx_node: torch.fx.Node, inputs: list[str],
+                     normalized_shape: tuple[int, ...]) -> list[str]:
+        r"""LayerNorm's centring as its own node before it: a ``center`` node
+        :math:`d=x-\mathrm{mean}(x)` over the normalised axes, named after the layer
+        (``<name>_centre``, made unique), whose output the ``layernorm`` node reads
+        (:math:`\mathrm{LN}(d)=\mathrm{LN}(x)` as :math:`d` is centred; crown then bounds
+        :math:`d` by a backward walk: ``docs/theory/layernorm.md``). Returns its name as the
+        layer's input list."""
+        (src,) = inputs
+        shape = self._sample_shape(src)
+        if tuple(shape[len(shape) - len(normalized_shape):]) != tuple(normalized_shape):
+            raise UnsupportedLayerError(
+                fx_node.name, "layernorm", why=f"normalized_shape {list(normalized_shape)} "
+                f"is not the trailing shape of its input [N, {', '.join(map(str, shape))}]")
+        taken = {n.name for n in self.order} | set(self.by_name)
+        name = f"{fx_node.name}_centre"
+        while name in taken:
+            name += "_"
+        node = Node(name=name, op="center", inputs=[src], target="layernorm centring",
+                    attrs={"normalized_shape": tuple(normalized_shape)},
+                    in_shapes=[shape], out_shape=shape)
+        self.nodes.append(node)
+        self.by_name[name] = node
+        return [name]
+
     def _sample_shape(self, name: str) -> tuple[int, ...]:
         return self.by_name[name].out_shape
 
@@ -398,6 +423,8 @@ class _Capture:
             read = OPS[op].module_attrs
             if read is not None:
                 params, attrs = read(fx_node.name, m)
+            if op == "layernorm":
+                inputs = self.centre_first(fx_node, inputs, attrs["normalized_shape"])
             if getattr(m, "inplace", False):
                 self.refuse_inplace_alias(fx_node, fx_node.args[0])
         self.add_node(
@@ -603,6 +630,7 @@ class _Capture:
                 self.constant(fx_node, v))
             params[k] = t.expand(shape).clone()
         attrs = {"normalized_shape": shape, "eps": positive_eps(fx_node.name, a["eps"])}
+        inputs = self.centre_first(fx_node, inputs, shape)
         self.add_node(fx_node, "layernorm", inputs, params=params, attrs=attrs)
 
     def weighted(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any],

@@ -64,6 +64,14 @@ def layernorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
                         node.attrs["eps"])
 
 
+def center(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    r"""``center``: :math:`d = x - \mathrm{mean}(x)` over the last
+    ``len(attrs["normalized_shape"])`` axes (LayerNorm's centring, captured as its own node
+    before the ``layernorm`` that reads it; ``docs/theory/layernorm.md``)."""
+    dims = tuple(range(-len(node.attrs["normalized_shape"]), 0))
+    return xs[0] - xs[0].mean(dim=dims, keepdim=True)
+
+
 def batchnorm(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     p = node.params
     return F.batch_norm(

@@ -482,6 +482,9 @@ _SPECS: tuple[OpSpec, ...] = (
            functions={F.layer_norm: sig("input normalized_shape weight bias eps",
                                         None, None, 1e-5)},
            module_attrs=_layernorm_module, rules=_rules("layernorm", "sound", "crown")),
+    # LayerNorm's centring x - mean(x), captured before every layernorm (its own node, so
+    # that crown bounds the centred input by a backward walk: docs/theory/layernorm.md)
+    OpSpec("center", "affine", ops.center, rules=_rules("layernorm", "sound", "crown")),
     OpSpec("maxpool2d", "pool", ops.maxpool2d, (nn.MaxPool2d,),
            functions={F.max_pool2d: sig(_POOL_MAX, None, 0, 1, False, False)},
            module_attrs=_maxpool2d_module, call_attrs=_maxpool2d_call, input_ranks=(3,),

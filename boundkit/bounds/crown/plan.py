@@ -40,6 +40,11 @@ class Refine(enum.Enum):
         return self if other is None or other is self else Refine.ALL
 
 
+#: activations whose every output depends on several inputs (a group): the image of their
+#: input box is not what a backward walk gives for their outputs (the box forgets how the
+#: group's inputs move together), so a product reading one refines it too
+COUPLED_ACTIVATIONS = ("softmax", "layernorm")
+
 #: a window chain's cache key: (refined node, tile side, window gain)
 WindowKey = tuple[str, int, float]
 #: a unit table's cache key: (node, out shape, in shape, padding)
@@ -74,12 +79,14 @@ def plan_crown(graph: Graph) -> CrownPlan:
         r = rules.get(n.name)
         if r is None or not r.nonlinear:
             continue
-        if len(n.inputs) > 1:  # a product: both operands, unless an activation's output
-            # (its image of a refined input interval is what a walk would give, or better)
+        if len(n.inputs) > 1:  # a product: both operands, unless an element-wise activation's
+            # output (its image of a refined input interval is what a walk would give, or
+            # better); a coupled one's (softmax) is refined
             for src in n.inputs:
                 prod = rules.get(src)
                 if graph[src].op == "input" or (
-                        prod is not None and prod.nonlinear and len(graph[src].inputs) == 1):
+                        prod is not None and prod.nonlinear and len(graph[src].inputs) == 1
+                        and graph[src].op not in COUPLED_ACTIVATIONS):
                     continue
                 refine[src] = Refine.ALL.merge(refine.get(src))
             continue
