@@ -132,9 +132,11 @@ class Graph:
     def logits(self) -> Node:
         """The node whose output is the logit vector: the output node, skipping a final
         softmax / log-softmax (monotone, so the argmax and the class changes are the same)
-        and identities."""
+        and plain identities; an identity that adds a constant (``logits + c``, a class
+        prior) changes the margins and is kept."""
         node = self._by_name[self.output]
-        while node.op in OUTPUT_SQUASH_OPS or node.op == "identity":
+        while node.op in OUTPUT_SQUASH_OPS or (
+                node.op == "identity" and node.attrs.get("shift") is None):
             if node.op in OUTPUT_SQUASH_OPS:
                 dim = node.attrs.get("dim")
                 if dim not in (1, -1, None) and len(node.out_shape) == 1:
