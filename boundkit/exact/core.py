@@ -298,11 +298,13 @@ def exact_radius(
     upper = np.full(n, np.inf)
     crown = NetCrown(canon) if net.num_hidden > 0 else None  # the B&B's bounds, one graph
     make_verify = _model_verifier(model, x)
+    # every sample's box checked (one-line errors) before the attack reads it
+    boxes = [_parse_box(box, in_shape, xs[idx]) for idx in range(n)]
     seeds, seed_seconds = _attack_seeds(model, x, box,
                                         net.num_hidden > 0 and time_limit is not None)
     for idx in range(n):
         xi = xs[idx]
-        bx = _parse_box(box, in_shape, xi)
+        bx = boxes[idx]
         pred[idx] = int(np.argmax(net.forward(xi[None])[0]))
         verify = make_verify(idx, xi, int(pred[idx]))
         if net.num_hidden == 0 and bx is None:
