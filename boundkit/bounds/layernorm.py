@@ -227,7 +227,7 @@ def _remainders(d_lo: torch.Tensor, d_hi: torch.Tensor, c: torch.Tensor, r: torc
                 eps: float, g_n: float
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""On the box ``[d_lo, d_hi]`` holding the anchor ``c``, with :math:`r\ge|d-c|`
-    (``docs/theory/layernorm.md`` §Remainder), each rounded outwards:
+    (``docs/theory/layernorm.md`` §The Taylor plane and its remainder), each rounded outwards:
 
     * ``rem`` [..., n]: :math:`\tfrac12[(2r_i\,m\cdot r+m_i\|r\|^2)/(ns_{\min}^{3/2})+
       3m_i(m\cdot r)^2/(n^2s_{\min}^{5/2})]` (the entrywise Hessian bound);

@@ -14,9 +14,12 @@ here. Per group (all indices but the softmax axis fixed), :math:`x\in\mathbb{R}^
   bound on the Lagrange remainder over the box,
   :math:`|R_i|\le\tfrac12\,Y_i\,(s_i^2+\sum_jY_jr_js_j)`,
   :math:`s_i=\sum_jY_jr_j+(1-\ell_i-Y_i)r_i` (:math:`[\ell,Y]` the interval of :math:`y`,
-  :math:`r` the box's half-widths; softmax §3), shifted down / up by it and by the rounding
-  of the plane's own computation; where the band is wider than the interval, the constant
-  interval bound is used instead (softmax §4).
+  :math:`r` the box's half-widths; softmax §3); in the backward step the remainder is
+  charged per coefficient row, the smaller of that per-coordinate band and the row's charge
+  from the exact split :math:`R_i=y_i\eta_i-y_i(y\cdot\eta)-ty_i(e^{\delta_i}-1)+
+  t^2y_i(x)` (:func:`softmax_taylor`, :func:`softmax_remainder_charge`, softmax §3b), with
+  the rounding of the plane's own computation; where the band is wider than the interval,
+  the constant interval bound is used instead (softmax §4).
 
 ``permute`` (``x.transpose``, ``x.permute``) moves entries without arithmetic: an isometry
 (``sound``), relaxed exactly by permuting the coefficients back (``crown``).
@@ -206,10 +209,10 @@ def softmax_remainder_charge(a: torch.Tensor, t: SoftmaxTaylor, keep: torch.Tens
 
 
 class SoftmaxRelaxation(RelaxationRule):
-    r"""``crown``: per output the Taylor plane (:func:`softmax_planes`) or, where its band
-    :math:`b_{hi}-b_{lo}` is wider than the interval, the interval's constant bound; for a
-    coefficient :math:`a` on :math:`y_i`, :math:`a^+` takes the lower and :math:`a^-` the upper
-    bound (softmax §4)."""
+    r"""``crown``: per output the Taylor plane (:meth:`split_lines`) or, where its
+    per-coordinate band is wider than the interval, the interval's constant bound (softmax
+    §4); the backward step charges each coefficient row the smaller of the band and its
+    split-remainder charge (:func:`softmax_remainder_charge`, softmax §3b)."""
 
     nonlinear = True
 
