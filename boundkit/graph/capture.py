@@ -622,7 +622,14 @@ class _Capture:
     def layer_norm(self, fx_node: torch.fx.Node, a: dict[str, Any], inputs: list[str]) -> None:
         """``F.layer_norm`` with constant (module attribute or absent) weight and bias."""
         ns = a["normalized_shape"]
-        shape = (int(ns),) if isinstance(ns, int) else tuple(int(d) for d in ns)
+        dims = [ns] if isinstance(ns, int) else ns
+        if not isinstance(dims, (list, tuple)) or not all(
+                isinstance(d, int) and not isinstance(d, bool) for d in dims):
+            raise UnsupportedLayerError(
+                fx_node.name, "layernorm", why="normalized_shape must be written as constant "
+                "sizes (e.g. (D,)); one read from a tensor's shape (x.shape[-1:]) is not "
+                "supported")
+        shape = tuple(int(d) for d in dims)
         params = {}
         for k, default in (("weight", 1.0), ("bias", 0.0)):
             v = a[k]
