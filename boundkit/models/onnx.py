@@ -46,6 +46,8 @@ Add/Sub/Mul/Div by a constant              per-element affine as an eval ``Batch
 Add of two tensors, Concat                 ``torch.add`` (residual), ``torch.cat``; a
                                            constant broadcast over the batch (a class token)
                                            concatenated: a 0/1 ``nn.Linear`` with it as bias
+TopK (whole axis, largest first, sorted,   :class:`~boundkit.models.layers.GroupSort`
+values only: torch's GroupSort/MaxMin)     (``strided`` / ``consecutive`` groups)
 Identity, Dropout                          nothing
 nn.MultiheadAttention as torch exports it  the ops above on a moved batch axis (below):
 (``[T, N, E]``, ``[N*H, T, d]``, a Gemm    per-sample ``linear``, ``permute``, ``reshape``,
@@ -2420,6 +2422,40 @@ class _Importer:
                                                          pa + 1))
             out = self.reshape(y, inner, v.shape)
         return self.place(_Dyn(out, v.shape, v.shape), m.g0, m.pos, m.g1)
+
+    def op_TopK(self, node: Any, k: int) -> _Dyn:
+        """``TopK`` keeping every entry of its axis, largest first and sorted, values only:
+        a descending sort along a per-sample axis, which is torch's export of
+        :class:`~boundkit.models.layers.GroupSort` / ``MaxMin`` (``torch.sort`` of the
+        features unflattened into groups). Imported as ``GroupSort`` on the flattened sample
+        (sorting the first of two per-sample axes: the ``strided`` layout; the last: the
+        ``consecutive`` one; a sample of one axis: one group), reshaped back. Anything
+        else (``k`` below the axis length, smallest first, unsorted, the indices used, a
+        sample of more than two axes) is refused."""
+        v = self.dyn(node, 0)
+        a = self.attrs(node)
+        r = len(v.shape) + 1
+        ax = self._rank_axis(node, int(a.get("axis", -1)), r)
+        if ax == 0:
+            raise self.fail(node, "a TopK over the batch axis")
+        if int(a.get("largest", 1)) != 1 or int(a.get("sorted", 1)) != 1:
+            raise self.fail(node, "only TopK with largest=1 and sorted=1 (a descending sort) "
+                            "is supported")
+        kk = self._ints_input(node, self.const(node, 1, "k"), "k")
+        size = v.shape[ax - 1]
+        if len(kk) != 1 or kk[0] != size:
+            raise self.fail(node, f"k={kk} keeps part of an axis of {size}: only a whole sort "
+                            "(k equal to the axis length, as GroupSort exports) is supported")
+        if len(v.shape) > 2:
+            raise self.fail(node, f"a sort along one axis of a sample of shape "
+                            f"{list(v.shape)}: only samples of one or two axes are supported")
+        from boundkit.models.layers import GroupSort
+
+        layout = "strided" if len(v.shape) == 2 and ax == 1 else "consecutive"
+        n = math.prod(v.shape)
+        flat = self.reshape(self.materialize(v, node), v.shape, (n,))
+        out = self.add_module("groupsort", GroupSort(size, dim=1, layout=layout), flat)
+        return _Dyn(self.reshape(out, (n,), v.shape), v.shape, v.shape)
 
     def op_LogSoftmax(self, node: Any, k: int) -> _Dyn:
         return self._squash(node, nn.LogSoftmax(dim=1), "log_softmax")
