@@ -289,6 +289,7 @@ ATTRIBUTES: dict[str, dict[str, tuple[int, Any]]] = {
     "LRN": {"alpha": (_A_FLOAT, _any), "beta": (_A_FLOAT, _any), "bias": (_A_FLOAT, _any),
             "size": (_A_INT, _between(1, 1 << 16))},
     "Softmax": {"axis": _AXIS}, "LogSoftmax": {"axis": _AXIS},
+    "TopK": {"axis": _AXIS, "largest": _BOOL, "sorted": _BOOL},
     "Pad": {"mode": (_A_STRING, _one_of("constant", "reflect", "edge", "wrap")),
             "pads": (_A_INTS, _between(0, 1 << 20)), "value": (_A_FLOAT, _any)},
     # issue 24's operators (their handlers check the values they support)
