@@ -107,3 +107,22 @@ def test_verify_spells_each_verdict_and_reason_from_its_codes() -> None:
     assert res.falsified.tolist() == [False, False, True, False, False]
     assert float(res.counterexample_norm[2]) < float(r[2])
     assert bool(torch.isinf(res.counterexample_norm[[0, 1, 3, 4]]).all())
+
+
+@pytest.mark.parametrize("split", ["relu", "input"])
+def test_a_search_with_no_sample_to_search_answers_every_sample_open(split: str) -> None:
+    """No active sample: no root domain, no batch is bounded (an empty batch divided its
+    time by zero before), every sample stays open with no subproblem and no radius."""
+    model = _net(3)
+    x = torch.rand(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    g = capture(model, (2,))
+    plan = bab_plan(g) if split == "relu" else input_split_plan(g)
+    run = (CrownRun if split == "relu" else RegionRun)(g, plan.crown, x, (0.0, 1.0))
+    label, _ = margins(run.sound.acts[g.logits.name])
+    kind = BranchAndBound if split == "relu" else InputSplit
+    eps = torch.full((3,), 0.1, dtype=torch.float64)
+    search = kind(g, plan, run, label, eps, BabOptions(iterations=2, batch=64))
+    sol = search.solve(torch.zeros(3, dtype=torch.bool))
+    assert sol.verdict.tolist() == [int(Verdict.OPEN)] * 3
+    assert sol.reason.tolist() == [int(Reason.NONE)] * 3
+    assert sol.domains.tolist() == [0, 0, 0] and sol.certified.tolist() == [0.0] * 3

@@ -184,7 +184,7 @@ class Search(ABC, Generic[_B]):
         # the open domains: chunks (one per branching round) with a priority key each, the
         # smallest certified radius relative to its sample's eps (popped smallest first,
         # by slicing: no copy of the pool per round)
-        pool: list[tuple[float, _B]] = [(0.0, root)]
+        pool: list[tuple[float, _B]] = [(0.0, root)] if len(root) else []
         left = torch.bincount(root.sample.cpu(), minlength=n)
 
         def close(samples: torch.Tensor, front: list[_B], why: Reason) -> None:
@@ -206,6 +206,8 @@ class Search(ABC, Generic[_B]):
             verdict[samples] = Verdict.VERIFIED if why == Reason.PROVEN else Verdict.UNKNOWN
             reason[samples] = why
 
+        # an active sample without a root domain has nothing to prove (no other class)
+        close(left <= 0, [], Reason.PROVEN)
         rate = 0.0  # seconds per domain of the last batch
         while pool:
             t0 = _clock.now()
