@@ -27,7 +27,7 @@ from boundkit.bounds.bab.inputsplit import (
     resolve_split,
     root_boxes,
 )
-from boundkit.bounds.bab.options import BabOptions
+from boundkit.bounds.bab.options import SPLITS, BabOptions, Split
 from boundkit.bounds.crown import CrownRun
 from boundkit.bounds.crown.concrete import ball_box_minimum, concretise
 from boundkit.bounds.output import margins
@@ -341,6 +341,20 @@ def test_bad_split_values_get_one_line_errors() -> None:
         assert "\n" not in str(e.value)
         with pytest.raises(BadArgumentError, match="split must be one of"):
             bk.certify(model, x, "bab", split=bad, time_budget=0.5)
+        with pytest.raises(BadArgumentError, match="split must be one of"):
+            BabOptions(split=bad)
+
+
+def test_a_split_word_and_its_typed_choice_are_one_option() -> None:
+    """``BabOptions`` keeps a word (``split="relu"``) as its :class:`Split`; both name one
+    choice, and :func:`resolve_split` answers a typed choice."""
+    for word in SPLITS:
+        opt = BabOptions(split=word)
+        assert isinstance(opt.split, Split) and opt.split == word == Split(word).value
+    assert BabOptions().split is Split.AUTO
+    g = capture(_net(0, "tanh"), (2,))
+    assert resolve_split("auto", g) is Split.INPUT
+    assert resolve_split(Split.RELU, g) is Split.RELU
 
 
 def test_split_choice_reaches_the_bab_method() -> None:

@@ -61,7 +61,13 @@ from boundkit.bounds.bab.bounding import (
 from boundkit.bounds.bab.counterexample import pgd_counterexample
 from boundkit.bounds.bab.domains import Domains, domain_radius
 from boundkit.bounds.bab.loop import Reason, Search, Solved, Verdict
-from boundkit.bounds.bab.options import NEVER, STUCK_ITERATIONS, BabOptions, check_options
+from boundkit.bounds.bab.options import (
+    NEVER,
+    STUCK_ITERATIONS,
+    BabOptions,
+    Split,
+    check_options,
+)
 from boundkit.bounds.bab.radius import (
     BAB_RTOL,
     FIRST_GROWTH,
@@ -79,7 +85,7 @@ __all__ = [
     "STUCK_ITERATIONS", "TRACE_POINTS",
     "UNKNOWN", "VERIFIED",
     "BabMethod", "BabOptions", "BabPlan", "Bounded", "Bounder", "BranchAndBound", "Domains",
-    "RadiusTrace", "Reason", "Search", "Solved", "SplitReLU", "Verdict", "VerifyResult",
+    "RadiusTrace", "Reason", "Search", "Solved", "Split", "SplitReLU", "Verdict", "VerifyResult",
     "bab_plan", "check_options",
     "domain_radius",
     "pgd_counterexample", "plan_bab", "verify", "verify_graph",

@@ -42,7 +42,7 @@ import torch
 from boundkit.bounds.bab.bounding import BabPlan, Bounded, Bounder, bab_plan, split_plan
 from boundkit.bounds.bab.domains import Domains
 from boundkit.bounds.bab.loop import Expansion, Reason, Search
-from boundkit.bounds.bab.options import NEVER, BabOptions
+from boundkit.bounds.bab.options import NEVER, BabOptions, Split, check_split
 from boundkit.bounds.crown import CrownRun
 from boundkit.bounds.crown.concrete import Concrete, ball_box_minimum
 from boundkit.bounds.crown.run import Samples
@@ -60,20 +60,21 @@ from boundkit.graph.graph import Graph, Node
 INPUT_SPLIT_MAX_DIM = 16
 
 
-def resolve_split(split: str, graph: Graph) -> str:
-    """``"input"`` or ``"relu"``: ``"auto"`` is ``"input"`` for a network ReLU splitting
-    refuses (a nonlinearity it neither splits nor keeps relaxed) whose samples have at most
-    :data:`INPUT_SPLIT_MAX_DIM` features, ``"relu"`` otherwise (then a refused network is
-    refused by name)."""
-    if split != "auto":
+def resolve_split(split: Split | str, graph: Graph) -> Split:
+    """``Split.INPUT`` or ``Split.RELU``: ``Split.AUTO`` is ``INPUT`` for a network ReLU
+    splitting refuses (a nonlinearity it neither splits nor keeps relaxed) whose samples
+    have at most :data:`INPUT_SPLIT_MAX_DIM` features, ``RELU`` otherwise (then a refused
+    network is refused by name)."""
+    split = check_split(split)
+    if split != Split.AUTO:
         return split
     if math.prod(graph.input_shape) > INPUT_SPLIT_MAX_DIM:
-        return "relu"
+        return Split.RELU
     try:
         bab_plan(graph)
     except UnsupportedLayerError:
-        return "input"
-    return "relu"
+        return Split.INPUT
+    return Split.RELU
 
 
 # ---------------------------------------------------------------------------- the region

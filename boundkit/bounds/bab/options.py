@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from boundkit.errors import BadArgumentError
@@ -21,15 +22,31 @@ def now() -> float:
     return CLOCK()
 
 
-#: the branching choices of ``verify`` / ``bab`` (``BabOptions.split``)
-SPLITS = ("auto", "input", "relu")
+class Split(str, Enum):
+    """What branch and bound branches on (``BabOptions.split``; equal to its word, so
+    ``split="relu"`` and ``Split.RELU`` are one choice)."""
+
+    #: the input for a network ReLU splitting refuses (e.g. tanh) whose samples have at
+    #: most ``inputsplit.INPUT_SPLIT_MAX_DIM`` features, the ReLUs otherwise
+    AUTO = "auto"
+    #: sub-boxes of the input (``inputsplit.py``)
+    INPUT = "input"
+    #: unstable ReLU neurons (``search.py``)
+    RELU = "relu"
+
+    def __str__(self) -> str:
+        return self.value
 
 
-def check_split(split: object) -> str:
-    """``split`` as one of :data:`SPLITS` (a one-line ``BadArgumentError`` otherwise)."""
+#: the branching choices' words (``verify`` / ``bab`` / ``certify`` ``split=``)
+SPLITS = tuple(s.value for s in Split)
+
+
+def check_split(split: object) -> Split:
+    """``split`` as a :class:`Split` (a one-line ``BadArgumentError`` otherwise)."""
     if not isinstance(split, str) or split not in SPLITS:
         raise BadArgumentError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return split
+    return Split(split)
 
 
 #: optimisation steps on a domain with no neuron left to split before it is given up
@@ -66,15 +83,16 @@ class BabOptions:
     #: one domain per (sample, competing class): a one-row final walk each, and splits
     #: chosen for that margin alone
     per_class: bool = True
-    #: what is branched on: ``"relu"`` (unstable ReLU neurons), ``"input"`` (sub-boxes of
-    #: the input, ``inputsplit.py``) or ``"auto"`` (the input for a network ReLU splitting
-    #: refuses, e.g. tanh, with at most ``inputsplit.INPUT_SPLIT_MAX_DIM`` features; the
-    #: ReLUs otherwise)
-    split: str = "auto"
+    #: what is branched on (:class:`Split`)
+    split: Split = Split.AUTO
+
+    def __post_init__(self) -> None:
+        # the word a caller may give (``split="relu"``) kept as its typed choice
+        object.__setattr__(self, "split", check_split(self.split))
 
 
 def check_options(time_budget: Any, max_domains: Any, batch: Any, iterations: Any,
-                  refresh: Any = NEVER, split: Any = "auto") -> BabOptions:
+                  refresh: Any = NEVER, split: Any = Split.AUTO) -> BabOptions:
     """:class:`BabOptions` from user values (a one-line ``BadArgumentError`` otherwise)."""
     from boundkit.validate import check_int, check_positive
 

@@ -21,7 +21,7 @@ from boundkit.bounds.bab.inputsplit import (
     input_split_plan,
     resolve_split,
 )
-from boundkit.bounds.bab.options import NEVER, BabOptions, check_options
+from boundkit.bounds.bab.options import NEVER, BabOptions, Split, check_options
 from boundkit.bounds.bab.verifying import verify_graph
 from boundkit.bounds.crown import DEFAULT_BOX, CrownRun
 from boundkit.bounds.method import BatchResult, Method, register_method
@@ -197,7 +197,7 @@ class BabMethod(Method):
                              options.get("iterations", default.iterations),
                              options.get("refresh", NEVER),
                              options.get("split", default.split))
-        by_input = resolve_split(opts.split, graph) == "input"
+        by_input = resolve_split(opts.split, graph) == Split.INPUT
         if not by_input and isinstance(plan, InputSplitPlan):
             plan = bab_plan(graph)  # ReLU splitting: refuses the model, naming the node
         elif by_input and not isinstance(plan, InputSplitPlan):

@@ -24,7 +24,7 @@ from boundkit.bounds.bab.inputsplit import (
     resolve_split,
 )
 from boundkit.bounds.bab.loop import Reason, Verdict
-from boundkit.bounds.bab.options import NEVER, BabOptions, check_options
+from boundkit.bounds.bab.options import NEVER, BabOptions, Split, check_options
 from boundkit.bounds.bab.search import BranchAndBound
 from boundkit.bounds.crown import CrownRun
 from boundkit.bounds.output import margins
@@ -89,7 +89,7 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
     options'). ``run``: a :class:`CrownRun` (a :class:`RegionRun` when the input is split)
     of ``plan.crown`` on these very ``x`` and ``box`` made by the caller (several calls on
     the same samples then share its sound pass); by default a new one."""
-    by_input = resolve_split(options.split, graph) == "input"
+    by_input = resolve_split(options.split, graph) == Split.INPUT
     if by_input:  # sub-boxes of the input (inputsplit.py)
         plan = plan if isinstance(plan, InputSplitPlan) else input_split_plan(graph)
     elif plan is None or isinstance(plan, InputSplitPlan):
@@ -163,7 +163,7 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
 def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
            box: tuple[float, float] | None = (0.0, 1.0), time_budget: float = 5.0,
            max_domains: int = 20_000, batch: int = 512, iterations: int = 3,
-           refresh: int = NEVER, split: str = "auto",
+           refresh: int = NEVER, split: Split | str = Split.AUTO,
            device: torch.device | str | None = None) -> VerifyResult:
     r"""Is every input within L2 distance ``radius`` of ``x`` classified like ``x``?
 
