@@ -130,8 +130,40 @@ def run(name: str, runs: Path, data_root: str, n: int, budget: int, chunk: int =
 
 ONNX_HEADING = "## ONNX round trips"
 _ONNX_TABLE = ("| model | test images | max abs. diff. boundkit vs onnxruntime | relative | "
-               "same argmax | max abs. diff. torch vs onnxruntime | import s |",
-               "|---|---|---|---|---|---|---|")
+               "same argmax | max abs. diff. torch vs onnxruntime | import s | "
+               "max abs. diff. in float64 (file's weights, both sides) |",
+               "|---|---|---|---|---|---|---|---|")
+
+
+def float64_copy(model: onnx.ModelProto) -> onnx.ModelProto:  # noqa: F821
+    """``model`` with every float32 tensor, type and cast made float64: the same weights
+    (float32 values are exact in float64), evaluated without float32 rounding. Used to
+    tell the importer's semantics from onnxruntime's float32 arithmetic."""
+    import onnx
+    from onnx import numpy_helper
+
+    f32, f64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+
+    def widen(t: onnx.TensorProto) -> None:  # noqa: F821
+        if t.data_type == f32:
+            t.CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(t).astype(np.float64), t.name))
+
+    g = out.graph
+    for t in g.initializer:
+        widen(t)
+    for v in [*g.input, *g.output, *g.value_info]:
+        if v.type.tensor_type.elem_type == f32:
+            v.type.tensor_type.elem_type = f64
+    for node in g.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                widen(attr.t)
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == f32:
+                attr.i = f64
+    return out
 
 
 def onnx_round_trip(name: str, runs: Path, data_root: str, n: int) -> dict:
@@ -163,10 +195,28 @@ def onnx_round_trip(name: str, runs: Path, data_root: str, n: int) -> dict:
         got = torch.cat([imported(x[i:i + 100]) for i in range(0, n, 100)]).double().numpy()
         own = torch.cat([model(x[i:i + 100]) for i in range(0, n, 100)]).double().numpy()
     scale = float(np.abs(ref).max())
+    # the same file in float64 on both sides: what is left is the import's own error
+    import onnx
+
+    try:
+        sess64 = ort.InferenceSession(float64_copy(onnx.load(path)).SerializeToString(),
+                                      providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime lacks some float64 kernels
+        op = str(err).split(" node with")[0].split("implementation for ")[-1]
+        abs64: float | str = f"onnxruntime has no float64 {op[:40]}"
+    else:
+        x64 = x.double()
+        ref64 = np.concatenate([sess64.run(None, {"x": x64[i:i + 100].numpy()})[0]
+                                for i in range(0, n, 100)])
+        with torch.no_grad():
+            imported64 = load_onnx(path).double()
+            got64 = torch.cat([imported64(x64[i:i + 100]) for i in range(0, n, 100)]).numpy()
+        abs64 = float(np.abs(got64 - ref64).max())
     return {"name": name, "n": n, "abs": float(np.abs(got - ref).max()),
             "rel": float(np.abs(got - ref).max()) / scale,
             "same_argmax": float((got.argmax(1) == ref.argmax(1)).mean()),
-            "torch_abs": float(np.abs(own - ref).max()), "import_s": t_import}
+            "torch_abs": float(np.abs(own - ref).max()), "import_s": t_import,
+            "abs_float64": abs64}
 
 
 def _sections(path: Path) -> tuple[str, list[str]]:
@@ -194,12 +244,19 @@ def main_onnx(a: argparse.Namespace) -> None:
     for name in a.names:
         r = onnx_round_trip(name, a.runs, a.data_root, a.n)
         print(json.dumps(r), flush=True)
+        a64 = r["abs_float64"]
         rows[name] = (f"| {name} | {r['n']} | {r['abs']:.3g} | {r['rel']:.3g} | "
-                      f"{r['same_argmax']:.3f} | {r['torch_abs']:.3g} | {r['import_s']:.2f} |")
+                      f"{r['same_argmax']:.3f} | {r['torch_abs']:.3g} | {r['import_s']:.2f} | "
+                      f"{a64 if isinstance(a64, str) else format(a64, '.3g')} |")
     cmds = ("`python -m analyses.issue24_zoo --onnx --runs RUNS --n N --names NAME` (trained "
             f"weights, torch {torch.__version__}, opset 13, onnxruntime on CPU): the imported "
-            "model beside onnxruntime on the first N test images; the target is a relative "
-            "difference of at most 1e-5.")
+            "model beside onnxruntime on the first N test images; the target is 1e-5. "
+            "onnxruntime runs the file in float32, so where the logits are large its own "
+            "rounding exceeds 1e-5 (the torch column shows it: torch and onnxruntime differ "
+            "as much). The last column takes that rounding away: the same file with every "
+            "tensor widened to float64 (the float32 weights exactly), run by onnxruntime and "
+            "by the imported model in float64; onnxruntime has no float64 kernel for some "
+            "operators (named there).")
     _write(a.out, head, list(rows.values()), cmds)
 
 
