@@ -1,12 +1,16 @@
 """Soak of issue 24's operators: ``crown`` and ``sound`` on random compositions
 (``tests/bounds/issue24_soak.py``: conv, ConvTranspose2d, Upsample, pooling of every kind,
 batch norm, LayerNorm, GroupSort / MaxMin, residual additions, ``cat``, ten activations,
-module and functional forms), each certified on 3 inputs and attacked by dense random
-points in every ball and a float64 adversarial search. Writes
+module and functional forms; with ``--tokens``, token networks: patch or row embeddings,
+class token, self-attention written out and ``nn.MultiheadAttention``, gated units,
+products, LayerNorm and MLPs on tokens), each certified on 3 inputs and attacked by dense
+random points in every ball and a float64 adversarial search. Writes
 ``docs/results/issue24_soak.md`` (rewritten every ``--report-every`` networks, so an
 interrupted run leaves its counts); exits 1 on any violation.
 
     OMP_NUM_THREADS=1 python -m benchmarks.issue24_soak --nets 5000
+    OMP_NUM_THREADS=1 python -m benchmarks.issue24_soak --tokens --nets 5000 \
+        --out docs/results/issue24_soak_tokens.md
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from benchmarks._models import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "bounds"))
-from issue24_soak import Issue24Net, check_case  # noqa: E402
+from issue24_soak import check_case, make_net  # noqa: E402
 
 
 def main() -> None:
@@ -34,6 +38,8 @@ def main() -> None:
     ap.add_argument("--search-steps", type=int, default=15,
                     help="steps of the float64 adversarial search per network (0: none)")
     ap.add_argument("--report-every", type=int, default=250)
+    ap.add_argument("--tokens", action="store_true",
+                    help="token networks instead (products, softmax, attention, gating)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "issue24_soak.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -50,7 +56,8 @@ def main() -> None:
         cpu = time.process_time() - t0
         med = float(torch.tensor(ratio).median()) if ratio else float("nan")
         lines = [
-            "# Issue 24 soak: crown and sound on random compositions of the new operators", "",
+            "# Issue 24 soak: crown and sound on random compositions of the new operators"
+            + (" (token networks: products, softmax, attention)" if args.tokens else ""), "",
             f"`{cmd}` ({time.strftime('%Y-%m-%d')}, torch {torch.__version__}, one thread"
             f"{'' if final else ', interrupted or in progress'}).", "",
             f"- networks: {done} (seeds {args.first_seed}..{args.first_seed + done - 1}), "
@@ -64,7 +71,7 @@ def main() -> None:
             + (" (no search in this run: random points only)" if args.search_steps <= 0
                else f" (search of {args.search_steps} steps)"),
             f"- CPU time {cpu:.0f} s ({cpu / max(done, 1):.2f} s per network)", "",
-            "Steps drawn (image and vector stages): "
+            ("Blocks drawn: " if args.tokens else "Steps drawn (image and vector stages): ")
             + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + ".", "",
             "Activations drawn: " + ", ".join(f"{k} {v}" for k, v in sorted(acts.items()))
             + ".", "",
@@ -74,9 +81,10 @@ def main() -> None:
         args.out.write_text("\n".join(lines))
 
     for seed in range(args.first_seed, args.first_seed + args.nets):
-        steps = Issue24Net(seed).steps
+        steps = make_net(seed, args.tokens).steps
         try:
-            res = check_case(seed, points=args.points, search_steps=args.search_steps)
+            res = check_case(seed, points=args.points, search_steps=args.search_steps,
+                             tokens=args.tokens)
         except AssertionError as exc:
             failures.append(str(exc)[:600].replace("\n", " "))
             print("VIOLATION", failures[-1], flush=True)

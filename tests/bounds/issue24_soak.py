@@ -8,7 +8,10 @@ A network (:class:`Issue24Net`, drawn from one integer seed) mixes, on a small i
 ``F.layer_norm``), residual additions and ``cat``, then flattens (or takes the global mean)
 and mixes on vectors linear layers (module or ``F.linear``), GroupSort / MaxMin, LayerNorm,
 residual additions and ``cat``; activations everywhere: ReLU, LeakyReLU, GELU (exact and
-tanh), SiLU, ELU, Hardtanh, ReLU6, tanh, sigmoid.
+tanh), SiLU, ELU, Hardtanh, ReLU6, tanh, sigmoid. A token network
+(:class:`Issue24TokenNet`) draws the products, softmax and attention instead: patch or row
+embeddings, class token, self-attention written out or ``nn.MultiheadAttention``, gated
+units, products of two linear maps, LayerNorm and MLPs on tokens.
 
 The check (:func:`check_case`): ``crown`` (box [0, 1]) and ``sound`` radii, then dense
 random points in each certified ball (uniform directions at radii spread up to the radius,
@@ -223,6 +226,139 @@ class Issue24Net(nn.Module):
         return self.head(h)
 
 
+TOKEN_OPS = ("attn", "attn", "mha", "layernorm", "mlp", "gate", "product")
+POOLS = ("mean", "first", "flatten")
+
+
+def _softmax(h: torch.Tensor, form: int) -> torch.Tensor:
+    """Softmax over the last axis in one of torch's spellings."""
+    return (torch.softmax(h, dim=-1), F.softmax(h, dim=-1), h.softmax(-1))[form % 3]
+
+
+def _keys_t(k: torch.Tensor, form: int) -> torch.Tensor:
+    """``k`` [N, T, d] transposed to [N, d, T] in one of torch's spellings."""
+    return (k.transpose(-2, -1), k.transpose(1, 2), k.permute(0, 2, 1))[form % 3]
+
+
+class Issue24TokenNet(nn.Module):
+    """A random transformer-like classifier from one seed (the products, softmax and
+    attention of issue 24): tokens from a patch embedding (a convolution with stride equal
+    to its kernel, flattened and transposed) or from the input's rows through a linear
+    layer on the last axis; an optional constant class token (``cat`` of an expanded
+    parameter) and position embedding; then blocks drawn from self-attention written out
+    (``q @ k^T`` scaled, softmax, ``@ v``, residual), ``nn.MultiheadAttention`` (one or two
+    heads, with or without bias and weights), LayerNorm, an MLP with any activation, a
+    gated unit ``act(a) * sigmoid(b)`` or ``act(a) * silu(b)``, a plain product of two
+    linear maps; pooled by the token mean, the first token or flattening; a linear head.
+    Spellings (module / functional / method, ``transpose`` / ``permute``, ``* scale`` /
+    ``/ sqrt(d)``) vary with each step's form."""
+
+    def __init__(self, seed: int, max_steps: int = 3) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+
+        def pick(seq: tuple[str, ...]) -> str:
+            return seq[int(torch.randint(len(seq), (1,), generator=g))]
+
+        def coin(n: int = 2) -> int:
+            return int(torch.randint(n, (1,), generator=g))
+
+        self.patches = bool(coin())
+        d = 2 + coin(4)
+        if self.patches:
+            c, side = 1 + coin(2), 2 + coin(2)
+            self.boundkit_input_shape: tuple[int, ...] = (c, 2 * side, 2 * side)
+            self.embed: nn.Module = nn.Conv2d(c, d, 2, stride=2)
+            t = side * side
+        else:
+            t, d0 = 2 + coin(3), 2 + coin(4)
+            self.boundkit_input_shape = (t, d0)
+            self.embed = nn.Linear(d0, d)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d)) if coin() else None
+        t += self.cls is not None
+        self.pos = nn.Parameter(torch.zeros(1, t, d)) if coin() else None
+        self.steps: list[Step] = []
+        self.mods = nn.ModuleList()
+        for _ in range(1 + coin(max_steps)):
+            kind, form = pick(TOKEN_OPS), coin(6)
+            arg = ""
+            if kind == "attn":
+                dk = 1 + coin(3)
+                mod: nn.Module = nn.ModuleDict({"q": nn.Linear(d, dk), "k": nn.Linear(d, dk),
+                                                "v": nn.Linear(d, d), "o": nn.Linear(d, d)})
+            elif kind == "mha":
+                heads = 2 if d % 2 == 0 and coin() else 1
+                mod = nn.MultiheadAttention(d, heads, batch_first=True, bias=bool(coin()))
+                arg = str(heads)
+            elif kind == "layernorm":
+                mod = nn.LayerNorm(d, eps=(1e-5, 1e-2, 0.1)[coin(3)])
+            elif kind == "mlp":
+                arg, w = pick(ACTS), 2 + coin(6)
+                mod = nn.ModuleDict({"a": nn.Linear(d, w), "o": nn.Linear(w, d)})
+            elif kind == "gate":
+                arg, w = pick(ACTS), 2 + coin(6)
+                mod = nn.ModuleDict({"a": nn.Linear(d, w), "b": nn.Linear(d, w),
+                                     "o": nn.Linear(w, d)})
+            else:  # product
+                mod = nn.ModuleDict({"a": nn.Linear(d, d), "b": nn.Linear(d, d)})
+            self.steps.append(Step(kind, form, arg))
+            self.mods.append(mod)
+        self.pool = pick(POOLS)
+        self.head = nn.Linear(t * d if self.pool == "flatten" else d, 2 + coin(3))
+        scale = (0.5, 1.0, 2.0)[coin(3)]
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if "weight" in name and p.dim() > 1:
+                    p.copy_(torch.randn(p.shape, generator=g) * scale
+                            / math.sqrt(p[0].numel()))
+                else:  # biases, tokens, and the affine weights of normalisations around 1
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (
+                        1.0 if name.endswith("weight") and p.dim() == 1 else 0.0))
+        self.eval()
+
+    def _one(self, st: Step, mod: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        k, f = st.kind, st.form
+        if k == "attn":
+            q, key, v = mod["q"](h), mod["k"](h), mod["v"](h)
+            s = q @ _keys_t(key, f)
+            s = s * (1.0 / math.sqrt(q.shape[-1])) if f % 2 else s / math.sqrt(q.shape[-1])
+            return h + mod["o"](_softmax(s, f) @ v)
+        if k == "mha":
+            return h + mod(h, h, h, need_weights=bool(f % 2))[0]
+        if k == "layernorm":
+            return mod(h) if f % 2 == 0 else F.layer_norm(
+                h, mod.normalized_shape, weight=mod.weight, bias=mod.bias, eps=mod.eps)
+        if k == "mlp":
+            return h + mod["o"](_act_fn(st.arg, mod["a"](h)))
+        if k == "gate":
+            b = mod["b"](h)
+            gate = torch.sigmoid(b) if f % 2 else F.silu(b)
+            return h + mod["o"](_act_fn(st.arg, mod["a"](h)) * gate)
+        return h + mod["a"](h) * mod["b"](h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x).flatten(2).transpose(1, 2) if self.patches else self.embed(x)
+        if self.cls is not None:
+            h = torch.cat([self.cls.expand(x.shape[0], -1, -1), h], dim=1)
+        if self.pos is not None:
+            h = h + self.pos
+        for st, mod in zip(self.steps, self.mods):
+            h = self._one(st, mod, h)
+        if self.pool == "mean":
+            h = h.mean(dim=1)
+        elif self.pool == "first":
+            h = h[:, 0]
+        else:
+            h = h.flatten(1)
+        return self.head(h)
+
+
+def make_net(seed: int, tokens: bool = False, max_steps: int = 5) -> nn.Module:
+    """The soak's network of ``seed``: :class:`Issue24Net`, or with ``tokens``
+    :class:`Issue24TokenNet` (at most ``max_steps`` blocks, capped at 4)."""
+    return Issue24TokenNet(seed, min(max_steps, 4)) if tokens else Issue24Net(seed, max_steps)
+
+
 @dataclass
 class CaseResult:
     """What one network gave: radii per method (``None``: the method refused it), points
@@ -247,11 +383,11 @@ def ball_points(x: torch.Tensor, r: torch.Tensor, m: int, gen: torch.Generator
 
 
 def check_case(seed: int, *, n: int = 3, points: int = 400, search_steps: int = 15,
-               max_steps: int = 5) -> CaseResult:
-    """Certify one random network (``seed``) on ``n`` inputs and attack every ball (module
-    docstring; ``search_steps`` 0: random points only); ``AssertionError`` naming the seed,
-    method and sample on a violation."""
-    model = Issue24Net(seed, max_steps)
+               max_steps: int = 5, tokens: bool = False) -> CaseResult:
+    """Certify one random network (``seed``; with ``tokens`` a token network) on ``n``
+    inputs and attack every ball (module docstring; ``search_steps`` 0: random points
+    only); ``AssertionError`` naming the seed, method and sample on a violation."""
+    model = make_net(seed, tokens, max_steps)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.rand(n, *model.boundkit_input_shape, generator=gen)
     radii: dict[str, torch.Tensor | None] = {}
