@@ -1,8 +1,10 @@
-"""Certify and attack the public VNN-COMP networks of ``../shared/networks/`` through
-boundkit's native ONNX importer.
+"""Certify and attack the public VNN-COMP networks of ``../shared/networks/`` (or of
+``--networks DIR``) through boundkit's native ONNX importer.
 
 For every ``*.onnx`` file listed in that folder's README (source path and sha256 are read
-from the README and the sha256 is checked against the file):
+from the README), and every other file of :data:`SETUP` present in the folder (public
+networks of the same families: VNN-COMP 2021 MLPs, CNNs, ResNets, the VNN-COMP 2023 ViT
+``ibp_3_3_8``; source and sha256 from :data:`SETUP`), the sha256 checked against the file:
 
 1. import it with :func:`boundkit.models.load_onnx` and compare with onnxruntime on
    ``--check`` random inputs (uniform [0, 1] and standard normal, half each);
@@ -17,6 +19,8 @@ from the README and the sha256 is checked against the file):
 
     python -m benchmarks.real_networks [--n 100] [--check 1000] \
         [--out docs/results/real_networks.md]
+    python -m benchmarks.real_networks --networks DIR --n 10 --methods crown \
+        --out docs/results/public_networks.md
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import platform
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +48,93 @@ from boundkit.models.onnx import compare_with_onnxruntime
 
 NETWORKS = REPO / ".." / "shared" / "networks"
 
-# How each network is fed: data set, the shape boundkit's data has, the normalisation that
-# lived in the network's training code (from the networks README).
+V21 = "stanleybak/vnncomp2021@90419aadcf06"
+VIT23 = "shizhouxing/ViT_vnncomp2023@0cc5c7f3e404"
+CIFAR_RESNET = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+CIFAR_OVAL = ((0.485, 0.456, 0.406), (0.225, 0.225, 0.225))
+CIFAR_VIT = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How a network is fed: the data set, the per-sample shape boundkit's data has, the
+    normalisation that lived in the network's training or property code (prepended as
+    data, so radii are in [0, 1] pixels), the file's image layout; for a file not listed in
+    the folder's README, where it comes from and its sha256 (checked)."""
+
+    data: str
+    input_shape: tuple[int, ...]
+    normalize: tuple | None = None
+    layout: str = "nchw"
+    source: str | None = None
+    sha256: str | None = None
+
+
+# The shared folder's networks (provenance in its README), then public networks of the same
+# families that a user may fetch (``--networks DIR`` holding any of them; sources and
+# normalisations from each benchmark's own generate_properties / readme).
 SETUP = {
-    "mnist-net_256x2.onnx": dict(data="mnist", input_shape=(1, 28, 28), normalize=None),
-    "cifar_base_kw.onnx": dict(
-        data="cifar10", input_shape=(3, 32, 32),
-        normalize=((0.485, 0.456, 0.406), (0.225, 0.225, 0.225)),
-    ),
+    "mnist-net_256x2.onnx": Setup("mnist", (1, 28, 28)),
+    "cifar_base_kw.onnx": Setup("cifar10", (3, 32, 32), CIFAR_OVAL),
+    "pgd_2_3_16.onnx": Setup("cifar10", (3, 32, 32), CIFAR_VIT),
+    "mnist-net_256x4.onnx": Setup(
+        "mnist", (1, 28, 28), source=f"{V21}:benchmarks/mnistfc/mnist-net_256x4.onnx",
+        sha256="fb53b4745b5882be61325ec24908f9fb036010cd79c99c20bb0b75e3b359acae"),
+    "mnist-net_256x6.onnx": Setup(
+        "mnist", (1, 28, 28), source=f"{V21}:benchmarks/mnistfc/mnist-net_256x6.onnx",
+        sha256="295c175d7b477b2f05dd4787bcabacf8c10d02d7d4b31f8682ea0d8844c6b0a6"),
+    "mnist_relu_9_200.onnx": Setup(  # its (x - 0.1307) / 0.3081 is in the file
+        "mnist", (1, 28, 28), source=f"{V21}:benchmarks/eran/nets/mnist_relu_9_200.onnx",
+        sha256="9ca87fef411ed6239ec649063782a10719ae3e2ee31f023d6aaafdd17cbab012"),
+    "ffnnSIGMOID__Point_6x200.onnx": Setup(
+        "mnist", (1, 28, 28),
+        source=f"{V21}:benchmarks/eran/nets/ffnnSIGMOID__Point_6x200.onnx",
+        sha256="15a73df459ec082e26a28e37f3752a6c25b096f876065216840a3b97725038b8"),
+    "Convnet_avgpool.onnx": Setup(
+        "mnist", (1, 28, 28), source=f"{V21}:benchmarks/verivital/Convnet_avgpool.onnx",
+        sha256="713466baf4fc60c8f99f978acd2e745d202c6d2d233e4ae18cb5cb40b6c98b04"),
+    "Convnet_maxpool.onnx": Setup(
+        "mnist", (1, 28, 28), source=f"{V21}:benchmarks/verivital/Convnet_maxpool.onnx",
+        sha256="6d5a0720e2eedb286a07ed9bb94c96fb33bd149d0424b253ebff78ec654b38dc"),
+    "cifar_deep_kw.onnx": Setup(
+        "cifar10", (3, 32, 32), CIFAR_OVAL,
+        source=f"{V21}:benchmarks/oval21/nets/cifar_deep_kw.onnx",
+        sha256="a1d1d47fe50544f2f458b2d1c38e90b172b981269881e6e63dbc4e6f7bc5047f"),
+    "cifar_wide_kw.onnx": Setup(
+        "cifar10", (3, 32, 32), CIFAR_OVAL,
+        source=f"{V21}:benchmarks/oval21/nets/cifar_wide_kw.onnx",
+        sha256="1eafcce51be876f97be0bc280353c5182f575a3512c3769de216a8bcb890eb81"),
+    "resnet_2b.onnx": Setup(
+        "cifar10", (3, 32, 32), CIFAR_RESNET,
+        source=f"{V21}:benchmarks/cifar10_resnet/onnx/resnet_2b.onnx",
+        sha256="791aa24d77917ecda16809fbbd48e7739616f88ebf74cf358b2d1bf911dc4a6d"),
+    "resnet_4b.onnx": Setup(
+        "cifar10", (3, 32, 32), CIFAR_RESNET,
+        source=f"{V21}:benchmarks/cifar10_resnet/onnx/resnet_4b.onnx",
+        sha256="04829063afaa10e7c8332202c87162e9a4ce905c54137da212fb07bb92bc1a25"),
+    "cifar10_small.onnx": Setup(
+        "cifar10", (3, 32, 32), layout="nhwc",
+        source=f"{V21}:benchmarks/marabou-cifar10/nets/cifar10_small.onnx",
+        sha256="c8e3ce2a76c16244cf6d9b0cdefc13f2d380630d84e38916a93a85e45d74c3b5"),
+    "cifar10_medium.onnx": Setup(
+        "cifar10", (3, 32, 32), layout="nhwc",
+        source=f"{V21}:benchmarks/marabou-cifar10/nets/cifar10_medium.onnx",
+        sha256="d3816a58e6b7b75c9b696c850d6b5d60e92727aee60c65ad293a10a141f75dc2"),
+    "cifar10_large.onnx": Setup(
+        "cifar10", (3, 32, 32), layout="nhwc",
+        source=f"{V21}:benchmarks/marabou-cifar10/nets/cifar10_large.onnx",
+        sha256="282399741eab1e38f93f3452240f3ef690470c903d5868c42715065fe9141717"),
+    "ibp_3_3_8.onnx": Setup(
+        "cifar10", (3, 32, 32), CIFAR_VIT, source=f"{VIT23}:models/ibp_3_3_8/model.onnx",
+        sha256="9cc53b9edb35d40d70de1d816008a434c7e60b0404cf3cb38b9aefc189692883"),
 }
 
 
 def readme_entries(folder: Path) -> list[dict[str, str]]:
-    """Rows ``file | source path | sha256 | ...`` of the networks README table."""
+    """Rows ``file | source path | sha256 | ...`` of the networks README table (none when
+    the folder has no README)."""
+    if not (folder / "README.md").exists():
+        return []
     rows = []
     for line in (folder / "README.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -65,6 +144,18 @@ def readme_entries(folder: Path) -> list[dict[str, str]]:
     m = re.search(r"`([\w.-]+/[\w.-]+)`,\s+commit\s+([0-9a-f]{40})", head)
     for r in rows:
         r["repo"] = f"{m.group(1)}@{m.group(2)[:12]}" if m else "?"
+    return rows
+
+
+def folder_entries(folder: Path) -> list[dict[str, str]]:
+    """The networks of ``folder`` this benchmark knows how to feed: the README's rows, then
+    every other known file present (its source and sha256 from :data:`SETUP`)."""
+    rows = [e for e in readme_entries(folder) if e["file"] in SETUP]
+    listed = {e["file"] for e in rows}
+    for name, s in SETUP.items():
+        if name not in listed and s.source and (folder / name).exists():
+            repo, _, src = s.source.partition(":")
+            rows.append({"file": name, "source": src, "sha256": s.sha256 or "", "repo": repo})
     return rows
 
 
@@ -81,7 +172,7 @@ def first_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n: i
 
 
 def run_network(entry: dict[str, str], args: argparse.Namespace) -> dict:
-    path = NETWORKS / entry["file"]
+    path = args.networks / entry["file"]
     setup = SETUP[entry["file"]]
     digest = sha256(path)
     if digest != entry["sha256"]:
@@ -90,9 +181,9 @@ def run_network(entry: dict[str, str], args: argparse.Namespace) -> dict:
     core = load_onnx(path, check=True)
     t_import = time.perf_counter() - t0
     chk = compare_with_onnxruntime(core, path, args.check, seed=1)
-    model = load_onnx(path, check=False, input_shape=setup["input_shape"],
-                      normalize=setup["normalize"])
-    x_all, y_all = load_dataset(setup["data"], root=args.data_root, split="test")
+    model = load_onnx(path, check=False, input_shape=setup.input_shape,
+                      normalize=setup.normalize, layout=setup.layout)
+    x_all, y_all = load_dataset(setup.data, root=args.data_root, split="test")
     acc, x, y, idx = first_correct(model, x_all, y_all, args.n)
     print(f"{entry['file']}: imported in {t_import:.2f}s, onnxruntime rel. error "
           f"{chk.max_rel_error:.2e} on {chk.n} inputs, accuracy {acc:.4f}", flush=True)
@@ -137,7 +228,7 @@ def run_network(entry: dict[str, str], args: argparse.Namespace) -> dict:
 def render(results: list[dict], args: argparse.Namespace, cmd: str) -> str:
     methods = sorted({m for r in results for m in r["methods"]})
     lines = [
-        "# Real networks: VNN-COMP 2021 ONNX files through the native importer",
+        "# Real networks: public VNN-COMP ONNX files through the native importer",
         "",
         f"Generated by `{cmd}` (boundkit {bk.__version__}, torch {torch.__version__}, "
         f"Python {platform.python_version()}, {torch.get_num_threads()} torch thread(s)).",
@@ -148,19 +239,26 @@ def render(results: list[dict], args: argparse.Namespace, cmd: str) -> str:
            f"the methods {', '.join(args.methods)}")
         + " and attacked with `best` on the first "
         f"{args.n} correctly classified test images. Radii and attack norms are L2 in [0, 1] "
-        "pixel space (the CIFAR net's normalisation is prepended as data). A violation is a "
+        "pixel space (a normalisation the file lacks is prepended as data). A violation is a "
         "certified radius above the norm of a verified adversarial example.",
         "",
         "## Files",
+        "",
+        "Each file's sha256 is checked before use. Files outside `../shared/networks` come from "
+        "the public repositories of the source column, at the commit named there (e.g. "
+        "`git show 90419aadcf06:benchmarks/cifar10_resnet/onnx/resnet_2b.onnx > DIR/resnet_2b.onnx`"
+        " in a clone of `stanleybak/vnncomp2021`); the normalisations are those of each "
+        "benchmark's property-generation code, and the accuracies below confirm them.",
         "",
         "| file | source | sha256 | data | onnxruntime max rel. error | import time |",
         "|---|---|---|---|---|---|",
     ]
     for r in results:
         e, s = r["entry"], r["setup"]
-        norm = f", normalisation {s['normalize']}" if s["normalize"] else ""
+        norm = f", normalisation {s.normalize}" if s.normalize else ""
+        norm += ", channels-last file" if s.layout == "nhwc" else ""
         lines.append(
-            f"| {e['file']} | {e['repo']}:{e['source']} | `{r['sha256']}` | {s['data']} test"
+            f"| {e['file']} | {e['repo']}:{e['source']} | `{r['sha256']}` | {s.data} test"
             f"{norm} | {r['check'].max_rel_error:.2e} ({r['check'].n} inputs) | "
             f"{r['import_s']:.2f} s |"
         )
@@ -221,13 +319,20 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "real_networks.md"))
     ap.add_argument("--methods", nargs="*", default=None,
                     help="certification methods (default: every registered one)")
+    ap.add_argument("--networks", type=Path, default=NETWORKS,
+                    help="folder of ONNX files: the shared one (README provenance) or one "
+                         "holding public networks of SETUP fetched by the user")
+    ap.add_argument("--names", nargs="*", default=None, help="only these files")
     args = ap.parse_args()
     unknown_methods = [m for m in args.methods or () if m not in available_methods()]
     if unknown_methods:
         ap.error(f"unknown method(s) {unknown_methods}; choose from {available_methods()}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    entries = [e for e in readme_entries(NETWORKS) if e["file"] in SETUP]
-    unknown = [e["file"] for e in readme_entries(NETWORKS) if e["file"] not in SETUP]
+    entries = [e for e in folder_entries(args.networks)
+               if args.names is None or e["file"] in args.names]
+    known = {e["file"] for e in entries}
+    unknown = sorted(p.name for p in args.networks.glob("*.onnx") if p.name not in known
+                     and (args.names is None or p.name in args.names))
     if unknown:
         print(f"no data setup for {unknown}: skipped", file=sys.stderr)
     results = [run_network(e, args) for e in entries]
