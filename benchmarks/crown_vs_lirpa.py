@@ -393,8 +393,8 @@ def load(name: str, data_root: Path, cache: Path) -> torch.nn.Module:
 
 
 def run_model(name: str, n: int, data_root: Path, cache: Path, lirpa_alpha: bool,
-              alpha: bool = True, lirpa_steps: int = 15, warm: bool = False
-              ) -> tuple[list[str], dict]:
+              alpha: bool = True, lirpa_steps: int = 15, warm: bool = False,
+              rtol: float = 1e-3) -> tuple[list[str], dict]:
     model = load(name, data_root, cache)
     x_all, y_all = load_dataset(dataset_of(name), data_root, "test")
     with torch.no_grad():
@@ -404,11 +404,11 @@ def run_model(name: str, n: int, data_root: Path, cache: Path, lirpa_alpha: bool
     radius: dict[str, torch.Tensor] = {}
     secs: dict[str, float] = {}
     radius["sound"], secs["sound"] = _timed(lambda: bk.certify(model, x, "sound").radius)
-    crown, secs["crown"] = _timed(lambda: bk.certify(model, x, "crown"))
+    crown, secs["crown"] = _timed(lambda: bk.certify(model, x, "crown", rtol=rtol))
     radius["crown"] = crown.radius
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     radius["crown_nobox"], secs["crown_nobox"] = _timed(
-        lambda: bk.certify(model, x, "crown", box=None).radius)
+        lambda: bk.certify(model, x, "crown", box=None, rtol=rtol).radius)
     if alpha:
         radius["alpha"], secs["alpha"] = _timed(lambda: bk.certify(model, x, "alpha").radius)
         radius["alpha_nobox"], secs["alpha_nobox"] = _timed(
@@ -450,7 +450,7 @@ def run_model(name: str, n: int, data_root: Path, cache: Path, lirpa_alpha: bool
         "violations_vs_deepfool": viol,
         "peak_rss_gb_after_crown": rss_gb,
         "lirpa_form": list(form.steps), "lirpa_failed_forms": failures,
-        "lirpa_steps": lirpa_steps, "lirpa_warm_bracket": warm,
+        "lirpa_steps": lirpa_steps, "lirpa_warm_bracket": warm, "crown_rtol": rtol,
     }
     if lirpa_alpha and alpha:
         la = radius["lirpa_alpha"][ok]
@@ -515,6 +515,8 @@ def main() -> None:
                     help="conv nets: auto_LiRPA's radius bracketed from boundkit's no-box "
                          "radius by doubling / halving, then bisected to 0.5%% relative "
                          "(fewer bound calls than 15 halvings of [0, DeepFool norm])")
+    ap.add_argument("--rtol", type=float, default=1e-3,
+                    help="relative width to which boundkit's crown radius is searched")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "models")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "crown_vs_lirpa.md")
@@ -534,7 +536,7 @@ def main() -> None:
              else args.n_cnn)
         lines, stats = run_model(name, n, args.data, args.cache, name in args.lirpa_alpha,
                                  name not in args.no_alpha, args.lirpa_steps,
-                                 args.lirpa_warm)
+                                 args.lirpa_warm, args.rtol)
         runs[name] = {"lines": lines, "stats": stats, "command": cmd,
                       "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                       "threads": args.threads}
@@ -555,13 +557,15 @@ def main() -> None:
         "Same process, same samples: the first n correctly classified test images (MNIST, or "
         "CIFAR-10 for CIFAR models), "
         "n per model below.", "",
-        "Ratios are per-sample radius / auto_LiRPA CROWN radius (15-step bisection on "
-        "[0, DeepFool norm]), medians over samples and, in brackets, the minimum; "
+        "Ratios are per-sample radius / auto_LiRPA CROWN radius (bisection on [0, DeepFool "
+        "norm], 15 steps unless the command gives `--lirpa-steps`), medians over samples "
+        "and, in brackets, the minimum; "
         "auto_LiRPA CROWN-Optimized (alpha-CROWN, "
         "20 iterations, lr 0.1) is bisected from its CROWN radius. `crown` and `alpha` use the "
         "input box [0, 1]; `no box` is the same mathematics as auto_LiRPA's L2 bounds (which "
         "ignore the box). Times are process CPU time per sample over the whole batch (one "
-        "thread; boundkit: float64 with rounding margins, radius to 1e-3 relative; auto_LiRPA: "
+        "thread; boundkit: float64 with rounding margins, radius to 1e-3 relative unless the "
+        "command gives `--rtol`; auto_LiRPA: "
         "float32). auto_LiRPA 0.3's CROWN-Optimized cannot run on max pooling (a TypeError "
         "in `operators/pooling.py` `init_opt_parameters` under torch 2): no `LiRPA alpha` on "
         "the small CNN and LeNet-5.", "",
