@@ -335,6 +335,9 @@ def main() -> None:
                      and (args.names is None or p.name in args.names))
     if unknown:
         print(f"no data setup for {unknown}: skipped", file=sys.stderr)
+    if not entries:
+        ap.error(f"no network of SETUP in {args.networks}"
+                 + (f" named {args.names}" if args.names else ""))
     results = [run_network(e, args) for e in entries]
     cmd = "python -m benchmarks.real_networks " + " ".join(sys.argv[1:])
     text = render(results, args, cmd.strip())
