@@ -71,7 +71,7 @@ _HARMLESS_METHODS = frozenset(
 PROBE_BATCH = 3
 
 
-_RESHAPE_METHODS = frozenset({"view", "reshape"})
+_RESHAPE_METHODS = frozenset({"view", "reshape", "unflatten"})
 
 #: calls whose value is a random draw (or uninitialised memory): never a constant
 _RANDOM_WORDS = ("rand", "normal", "bernoulli", "multinomial", "dropout", "poisson", "empty")

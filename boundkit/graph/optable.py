@@ -575,8 +575,10 @@ _SPECS: tuple[OpSpec, ...] = (
            call_attrs=lambda c: {"start_dim": int(c.args["start_dim"]),
                                  "end_dim": int(c.args["end_dim"])},
            rules=_rules("structural", "sound", "peck2017", "crown"), output_tail=True),
-    # ``view`` and ``reshape`` are read by capture from the propagated shape
-    OpSpec("reshape", "structural", ops.reshape,
+    # ``view``, ``reshape`` and ``unflatten`` are read by capture from the propagated shape
+    # (which must keep the batch: checked for every node)
+    OpSpec("reshape", "structural", ops.reshape, (nn.Unflatten,),
+           functions={torch.unflatten: sig("input dim sizes")},
            rules=_rules("structural", "sound", "peck2017", "crown"), output_tail=True),
     # an exact permutation of the per-sample axes (``attrs["dims"]``), read by capture
     # (``x.permute(0, 2, 1)`` packs its varargs into ``dims``; ``x.mT`` is a ``getattr``)
