@@ -410,9 +410,10 @@ def run_model(name: str, n: int, data_root: Path, cache: Path, lirpa_alpha: bool
     radius["crown_nobox"], secs["crown_nobox"] = _timed(
         lambda: bk.certify(model, x, "crown", box=None, rtol=rtol).radius)
     if alpha:
-        radius["alpha"], secs["alpha"] = _timed(lambda: bk.certify(model, x, "alpha").radius)
+        radius["alpha"], secs["alpha"] = _timed(
+            lambda: bk.certify(model, x, "alpha", rtol=rtol).radius)
         radius["alpha_nobox"], secs["alpha_nobox"] = _timed(
-            lambda: bk.certify(model, x, "alpha", box=None).radius)
+            lambda: bk.certify(model, x, "alpha", box=None, rtol=rtol).radius)
     upper = bk.attack(model, x, "deepfool").norm
     upper = torch.where(torch.isfinite(upper), upper, torch.full_like(upper, 10.0))
     # the bisection's upper end must fail: DeepFool's point is adversarial, so it does
@@ -516,7 +517,8 @@ def main() -> None:
                          "radius by doubling / halving, then bisected to 0.5%% relative "
                          "(fewer bound calls than 15 halvings of [0, DeepFool norm])")
     ap.add_argument("--rtol", type=float, default=1e-3,
-                    help="relative width to which boundkit's crown radius is searched")
+                    help="relative width to which boundkit's crown and alpha radii are "
+                         "searched")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "models")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "crown_vs_lirpa.md")

@@ -9,8 +9,7 @@ random points in every ball and a float64 adversarial search. Writes
 interrupted run leaves its counts); exits 1 on any violation.
 
     OMP_NUM_THREADS=1 python -m benchmarks.issue24_soak --nets 5000
-    OMP_NUM_THREADS=1 python -m benchmarks.issue24_soak --tokens --nets 5000 \
-        --out docs/results/issue24_soak_tokens.md
+    OMP_NUM_THREADS=1 python -m benchmarks.issue24_soak --tokens --nets 5000
 """
 
 from __future__ import annotations
@@ -33,15 +32,23 @@ from issue24_soak import check_case, make_net  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nets", type=int, default=5000)
-    ap.add_argument("--first-seed", type=int, default=10_000)
+    ap.add_argument("--first-seed", type=int, default=None,
+                    help="default 10000 (20000 with --tokens, as the slow tests)")
     ap.add_argument("--points", type=int, default=400, help="random points per ball")
     ap.add_argument("--search-steps", type=int, default=15,
                     help="steps of the float64 adversarial search per network (0: none)")
     ap.add_argument("--report-every", type=int, default=250)
     ap.add_argument("--tokens", action="store_true",
                     help="token networks instead (products, softmax, attention, gating)")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "issue24_soak.md")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default docs/results/issue24_soak.md (issue24_soak_tokens.md with "
+                         "--tokens)")
     args = ap.parse_args()
+    if args.first_seed is None:
+        args.first_seed = 20_000 if args.tokens else 10_000
+    if args.out is None:
+        args.out = REPO / "docs" / "results" / (
+            "issue24_soak_tokens.md" if args.tokens else "issue24_soak.md")
     torch.set_num_threads(1)
     cmd = " ".join(["python -m benchmarks.issue24_soak", *sys.argv[1:]])
     kinds: collections.Counter[str] = collections.Counter()

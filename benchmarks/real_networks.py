@@ -328,8 +328,16 @@ def main() -> None:
     if unknown_methods:
         ap.error(f"unknown method(s) {unknown_methods}; choose from {available_methods()}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    entries = [e for e in folder_entries(args.networks)
+    present = [e for e in folder_entries(args.networks)
                if args.names is None or e["file"] in args.names]
+    entries = [e for e in present if (args.networks / e["file"]).exists()]
+    for e in present:
+        if e not in entries:
+            print(f"{e['file']}: listed in the README but not in {args.networks}: skipped",
+                  file=sys.stderr)
+    missing = sorted(set(args.names or ()) - {e["file"] for e in entries})
+    if missing:
+        ap.error(f"no network of SETUP named {missing} in {args.networks}")
     known = {e["file"] for e in entries}
     unknown = sorted(p.name for p in args.networks.glob("*.onnx") if p.name not in known
                      and (args.names is None or p.name in args.names))

@@ -231,13 +231,16 @@ POOLS = ("mean", "first", "flatten")
 
 
 def _softmax(h: torch.Tensor, form: int) -> torch.Tensor:
-    """Softmax over the last axis in one of torch's spellings."""
-    return (torch.softmax(h, dim=-1), F.softmax(h, dim=-1), h.softmax(-1))[form % 3]
+    """Softmax over the last axis in one of torch's spellings (only that one is traced)."""
+    return (lambda: torch.softmax(h, dim=-1), lambda: F.softmax(h, dim=-1),
+            lambda: h.softmax(-1))[form % 3]()
 
 
 def _keys_t(k: torch.Tensor, form: int) -> torch.Tensor:
-    """``k`` [N, T, d] transposed to [N, d, T] in one of torch's spellings."""
-    return (k.transpose(-2, -1), k.transpose(1, 2), k.permute(0, 2, 1))[form % 3]
+    """``k`` [N, T, d] transposed to [N, d, T] in one of torch's spellings (only that one
+    is traced)."""
+    return (lambda: k.transpose(-2, -1), lambda: k.transpose(1, 2),
+            lambda: k.permute(0, 2, 1))[form % 3]()
 
 
 class Issue24TokenNet(nn.Module):
@@ -294,11 +297,13 @@ class Issue24TokenNet(nn.Module):
                 mod = nn.LayerNorm(d, eps=(1e-5, 1e-2, 0.1)[coin(3)])
             elif kind == "mlp":
                 arg, w = pick(ACTS), 2 + coin(6)
-                mod = nn.ModuleDict({"a": nn.Linear(d, w), "o": nn.Linear(w, d)})
+                mod = nn.ModuleDict({"a": nn.Linear(d, w), "o": nn.Linear(w, d),
+                                     "act": _act(arg, form) or nn.Identity()})
             elif kind == "gate":
                 arg, w = pick(ACTS), 2 + coin(6)
                 mod = nn.ModuleDict({"a": nn.Linear(d, w), "b": nn.Linear(d, w),
-                                     "o": nn.Linear(w, d)})
+                                     "o": nn.Linear(w, d),
+                                     "act": _act(arg, form) or nn.Identity()})
             else:  # product
                 mod = nn.ModuleDict({"a": nn.Linear(d, d), "b": nn.Linear(d, d)})
             self.steps.append(Step(kind, form, arg))
@@ -328,12 +333,13 @@ class Issue24TokenNet(nn.Module):
         if k == "layernorm":
             return mod(h) if f % 2 == 0 else F.layer_norm(
                 h, mod.normalized_shape, weight=mod.weight, bias=mod.bias, eps=mod.eps)
-        if k == "mlp":
-            return h + mod["o"](_act_fn(st.arg, mod["a"](h)))
-        if k == "gate":
+        if k in ("mlp", "gate"):  # the activation as a module (even forms) or a function
+            a = mod["a"](h)
+            a = _act_fn(st.arg, a) if isinstance(mod["act"], nn.Identity) else mod["act"](a)
+            if k == "mlp":
+                return h + mod["o"](a)
             b = mod["b"](h)
-            gate = torch.sigmoid(b) if f % 2 else F.silu(b)
-            return h + mod["o"](_act_fn(st.arg, mod["a"](h)) * gate)
+            return h + mod["o"](a * (torch.sigmoid(b) if f % 2 else F.silu(b)))
         return h + mod["a"](h) * mod["b"](h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -352,9 +352,17 @@ def test_a_split_word_and_its_typed_choice_are_one_option() -> None:
         opt = BabOptions(split=word)
         assert isinstance(opt.split, Split) and opt.split == word == Split(word).value
     assert BabOptions().split is Split.AUTO
-    g = capture(_net(0, "tanh"), (2,))
+    model = _net(0, "tanh")
+    g = capture(model, (2,))
     assert resolve_split("auto", g) is Split.INPUT
     assert resolve_split(Split.RELU, g) is Split.RELU
+    # the typed choice through the public entry points: the same answers as the word
+    x = torch.rand(2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    typed = verify(model, x, 0.05, split=Split.INPUT, time_budget=1e4, max_domains=200)
+    word = verify(model, x, 0.05, split="input", time_budget=1e4, max_domains=200)
+    assert typed.status == word.status and torch.equal(typed.certified, word.certified)
+    with pytest.raises(UnsupportedLayerError):
+        bk.certify(model, x, "bab", split=Split.RELU, time_budget=0.5)
 
 
 def test_split_choice_reaches_the_bab_method() -> None:

@@ -126,3 +126,28 @@ def test_a_search_with_no_sample_to_search_answers_every_sample_open(split: str)
     assert sol.verdict.tolist() == [int(Verdict.OPEN)] * 3
     assert sol.reason.tolist() == [int(Reason.NONE)] * 3
     assert sol.domains.tolist() == [0, 0, 0] and sol.certified.tolist() == [0.0] * 3
+
+
+def test_active_samples_their_search_gives_no_root_domain_are_proven_not_left_open() -> None:
+    """A :class:`Search` whose ``roots`` give no domain at all to the active samples:
+    nothing is left to prove, so each is verified at its radius with no batch bounded
+    (before, the empty batch divided its time by zero)."""
+    model = _net(3)
+    x = torch.rand(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    g = capture(model, (2,))
+    plan = bab_plan(g)
+    run = CrownRun(g, plan.crown, x, (0.0, 1.0))
+    label, _ = margins(run.sound.acts[g.logits.name])
+    eps = torch.full((3,), 1e-3, dtype=torch.float64)
+
+    class WithoutRoots(BranchAndBound):
+        def roots(self, idx: torch.Tensor):  # noqa: ANN202
+            return super().roots(idx).rows(torch.zeros(0, dtype=torch.long))
+
+    search = WithoutRoots(g, plan, run, label, eps, BabOptions(iterations=0, batch=64))
+    sol = search.solve(torch.tensor([True, False, True]))
+    assert [Verdict(int(v)) for v in sol.verdict] == [Verdict.VERIFIED, Verdict.OPEN,
+                                                       Verdict.VERIFIED]
+    assert [Reason(int(r)) for r in sol.reason] == [Reason.PROVEN, Reason.NONE, Reason.PROVEN]
+    assert sol.domains.tolist() == [0, 0, 0]
+    assert sol.certified.tolist() == [1e-3, 0.0, 1e-3]

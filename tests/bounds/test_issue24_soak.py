@@ -30,7 +30,8 @@ def test_no_point_inside_a_certified_ball_changes_the_class_on_5000_compositions
 def test_no_point_inside_a_certified_ball_of_a_random_token_network_changes_the_class(
         seed: int) -> None:
     res = check_case(seed, points=200, search_steps=10, tokens=True)
-    assert res.radii["crown"] is not None
+    crown = res.radii["crown"]
+    assert crown is not None and bool((crown > 0).any()), crown  # not vacuous
 
 
 @pytest.mark.slow

@@ -206,7 +206,8 @@ class Search(ABC, Generic[_B]):
             verdict[samples] = Verdict.VERIFIED if why == Reason.PROVEN else Verdict.UNKNOWN
             reason[samples] = why
 
-        # an active sample without a root domain has nothing to prove (no other class)
+        # a search whose roots give an active sample no domain leaves it nothing to prove
+        # (capture refuses fewer than two classes, so the searches here always give one)
         close(left <= 0, [], Reason.PROVEN)
         rate = 0.0  # seconds per domain of the last batch
         while pool:
