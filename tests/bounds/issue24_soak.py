@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,32 @@ def _act_fn(kind: str, h: torch.Tensor) -> torch.Tensor:
             "sigmoid": lambda: torch.sigmoid(h)}[kind]()
 
 
+def _draws(g: torch.Generator) -> tuple[Callable[[tuple[str, ...]], str],
+                                         Callable[..., int]]:
+    """``pick(seq)`` (one element of ``seq``) and ``coin(n=2)`` (an integer below ``n``),
+    both drawn from ``g``."""
+    def pick(seq: tuple[str, ...]) -> str:
+        return seq[int(torch.randint(len(seq), (1,), generator=g))]
+
+    def coin(n: int = 2) -> int:
+        return int(torch.randint(n, (1,), generator=g))
+    return pick, coin
+
+
+def _init_weights(model: nn.Module, g: torch.Generator, scale: float) -> None:
+    """Draw every parameter of ``model`` from ``g`` and put it in eval mode: matrices and
+    kernels ``scale * N(0, 1) / sqrt(fan_in)``, everything else (biases, tokens, the affine
+    weights of normalisations) ``0.2 N(0, 1)`` around 1 for a weight, around 0 otherwise."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "weight" in name and p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * scale / math.sqrt(p[0].numel()))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (
+                    1.0 if "weight" in name else 0.0))
+    model.eval()
+
+
 @dataclass
 class Step:
     kind: str
@@ -75,12 +102,7 @@ class Issue24Net(nn.Module):
     def __init__(self, seed: int, max_steps: int = 5) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-
-        def pick(seq: tuple[str, ...]) -> str:
-            return seq[int(torch.randint(len(seq), (1,), generator=g))]
-
-        def coin(n: int = 2) -> int:
-            return int(torch.randint(n, (1,), generator=g))
+        pick, coin = _draws(g)
 
         c, h = 1 + coin(2), 3 + coin(3)
         self.boundkit_input_shape = (c, h, h)
@@ -169,16 +191,7 @@ class Issue24Net(nn.Module):
             self.steps.append(Step(kind, form, arg))
             self.mods.append(mod)
         self.head = nn.Linear(feat, 2 + coin(3))
-        scale = (0.5, 1.0, 2.0)[coin(3)]
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if "weight" in name and p.dim() > 1:
-                    p.copy_(torch.randn(p.shape, generator=g) * scale
-                            / math.sqrt(p[0].numel()))
-                else:  # biases, and the affine weights of normalisations around 1
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (
-                        1.0 if "weight" in name else 0.0))
-        self.eval()
+        _init_weights(self, g, (0.5, 1.0, 2.0)[coin(3)])
 
     def _one(self, st: Step, mod: nn.Module, h: torch.Tensor) -> torch.Tensor:
         k, f = st.kind, st.form
@@ -259,12 +272,7 @@ class Issue24TokenNet(nn.Module):
     def __init__(self, seed: int, max_steps: int = 3) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-
-        def pick(seq: tuple[str, ...]) -> str:
-            return seq[int(torch.randint(len(seq), (1,), generator=g))]
-
-        def coin(n: int = 2) -> int:
-            return int(torch.randint(n, (1,), generator=g))
+        pick, coin = _draws(g)
 
         self.patches = bool(coin())
         d = 2 + coin(4)
@@ -310,16 +318,7 @@ class Issue24TokenNet(nn.Module):
             self.mods.append(mod)
         self.pool = pick(POOLS)
         self.head = nn.Linear(t * d if self.pool == "flatten" else d, 2 + coin(3))
-        scale = (0.5, 1.0, 2.0)[coin(3)]
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if "weight" in name and p.dim() > 1:
-                    p.copy_(torch.randn(p.shape, generator=g) * scale
-                            / math.sqrt(p[0].numel()))
-                else:  # biases, tokens, and the affine weights of normalisations around 1
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (
-                        1.0 if name.endswith("weight") and p.dim() == 1 else 0.0))
-        self.eval()
+        _init_weights(self, g, (0.5, 1.0, 2.0)[coin(3)])
 
     def _one(self, st: Step, mod: nn.Module, h: torch.Tensor) -> torch.Tensor:
         k, f = st.kind, st.form
