@@ -104,5 +104,5 @@ def check_options(time_budget: Any, max_domains: Any, batch: Any, iterations: An
     assert t is not None and d is not None and b is not None and i is not None
     assert f is not None
     return BabOptions(time_budget=t, max_domains=d, batch=b, iterations=i, refresh=f,
-                      split=check_split(split))
+                      split=split)  # checked by BabOptions itself
 
