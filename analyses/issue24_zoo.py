@@ -185,9 +185,23 @@ def float64_copy(model: onnx.ModelProto) -> onnx.ModelProto:  # noqa: F821
     return out
 
 
+def _ort_logits(sess: ort.InferenceSession, x: torch.Tensor) -> np.ndarray:  # noqa: F821
+    """onnxruntime's outputs for ``x``, in batches of 100, in the session's dtype."""
+    return np.concatenate([sess.run(None, {"x": x[i:i + 100].numpy()})[0]
+                           for i in range(0, len(x), 100)])
+
+
+def _torch_logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """``model``'s outputs for ``x``, in batches of 100, as float64."""
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + 100]) for i in range(0, len(x), 100)]
+                         ).double().numpy()
+
+
 def onnx_round_trip(name: str, runs: Path, data_root: str, n: int) -> dict:
     """The trained ``name`` exported to ONNX, imported natively, and run beside onnxruntime
     and the torch model on the first ``n`` test images (batches of 100)."""
+    import onnx
     import onnxruntime as ort
 
     from boundkit.models import load_onnx
@@ -208,15 +222,10 @@ def onnx_round_trip(name: str, runs: Path, data_root: str, n: int) -> dict:
     imported = load_onnx(path)
     t_import = time.perf_counter() - t0
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ref = np.concatenate([sess.run(None, {"x": x[i:i + 100].numpy()})[0]
-                          for i in range(0, n, 100)]).astype(np.float64)
-    with torch.no_grad():
-        got = torch.cat([imported(x[i:i + 100]) for i in range(0, n, 100)]).double().numpy()
-        own = torch.cat([model(x[i:i + 100]) for i in range(0, n, 100)]).double().numpy()
+    ref = _ort_logits(sess, x).astype(np.float64)
+    got, own = _torch_logits(imported, x), _torch_logits(model, x)
     scale = float(np.abs(ref).max())
     # the same file in float64 on both sides: what is left is the import's own error
-    import onnx
-
     try:
         sess64 = ort.InferenceSession(float64_copy(onnx.load(path)).SerializeToString(),
                                       providers=["CPUExecutionProvider"])
@@ -227,12 +236,8 @@ def onnx_round_trip(name: str, runs: Path, data_root: str, n: int) -> dict:
         abs64: float | str = f"onnxruntime has no float64 {op[:40]}"
     else:
         x64 = x.double()
-        ref64 = np.concatenate([sess64.run(None, {"x": x64[i:i + 100].numpy()})[0]
-                                for i in range(0, n, 100)])
-        with torch.no_grad():
-            imported64 = load_onnx(path).double()
-            got64 = torch.cat([imported64(x64[i:i + 100]) for i in range(0, n, 100)]).numpy()
-        abs64 = float(np.abs(got64 - ref64).max())
+        abs64 = float(np.abs(_torch_logits(imported.double(), x64)
+                             - _ort_logits(sess64, x64)).max())
     return {"name": name, "n": n, "abs": float(np.abs(got - ref).max()),
             "rel": float(np.abs(got - ref).max()) / scale,
             "same_argmax": float((got.argmax(1) == ref.argmax(1)).mean()),
