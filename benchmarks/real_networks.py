@@ -70,63 +70,70 @@ class Setup:
     sha256: str | None = None
 
 
+_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def _fetched(repo: str, data: str, path: str, sha256: str, normalize: tuple | None = None,
+             layout: str = "nchw") -> Setup:
+    """The :class:`Setup` of a public file ``repo:path`` fed from ``data`` (its shape)."""
+    return Setup(data, _SHAPES[data], normalize, layout, f"{repo}:{path}", sha256)
+
+
+def _v21(data: str, path: str, sha256: str, normalize: tuple | None = None,
+         layout: str = "nchw") -> Setup:
+    """A file of VNN-COMP 2021's ``benchmarks/`` folder (:func:`_fetched`)."""
+    return _fetched(V21, data, f"benchmarks/{path}", sha256, normalize, layout)
+
+
 # The shared folder's networks (provenance in its README), then public networks of the same
 # families that a user may fetch (``--networks DIR`` holding any of them; sources and
 # normalisations from each benchmark's own generate_properties / readme).
 SETUP = {
-    "mnist-net_256x2.onnx": Setup("mnist", (1, 28, 28)),
-    "cifar_base_kw.onnx": Setup("cifar10", (3, 32, 32), CIFAR_OVAL),
-    "pgd_2_3_16.onnx": Setup("cifar10", (3, 32, 32), CIFAR_VIT),
-    "mnist-net_256x4.onnx": Setup(
-        "mnist", (1, 28, 28), source=f"{V21}:benchmarks/mnistfc/mnist-net_256x4.onnx",
-        sha256="fb53b4745b5882be61325ec24908f9fb036010cd79c99c20bb0b75e3b359acae"),
-    "mnist-net_256x6.onnx": Setup(
-        "mnist", (1, 28, 28), source=f"{V21}:benchmarks/mnistfc/mnist-net_256x6.onnx",
-        sha256="295c175d7b477b2f05dd4787bcabacf8c10d02d7d4b31f8682ea0d8844c6b0a6"),
-    "mnist_relu_9_200.onnx": Setup(  # its (x - 0.1307) / 0.3081 is in the file
-        "mnist", (1, 28, 28), source=f"{V21}:benchmarks/eran/nets/mnist_relu_9_200.onnx",
-        sha256="9ca87fef411ed6239ec649063782a10719ae3e2ee31f023d6aaafdd17cbab012"),
-    "ffnnSIGMOID__Point_6x200.onnx": Setup(
-        "mnist", (1, 28, 28),
-        source=f"{V21}:benchmarks/eran/nets/ffnnSIGMOID__Point_6x200.onnx",
-        sha256="15a73df459ec082e26a28e37f3752a6c25b096f876065216840a3b97725038b8"),
-    "Convnet_avgpool.onnx": Setup(
-        "mnist", (1, 28, 28), source=f"{V21}:benchmarks/verivital/Convnet_avgpool.onnx",
-        sha256="713466baf4fc60c8f99f978acd2e745d202c6d2d233e4ae18cb5cb40b6c98b04"),
-    "Convnet_maxpool.onnx": Setup(
-        "mnist", (1, 28, 28), source=f"{V21}:benchmarks/verivital/Convnet_maxpool.onnx",
-        sha256="6d5a0720e2eedb286a07ed9bb94c96fb33bd149d0424b253ebff78ec654b38dc"),
-    "cifar_deep_kw.onnx": Setup(
-        "cifar10", (3, 32, 32), CIFAR_OVAL,
-        source=f"{V21}:benchmarks/oval21/nets/cifar_deep_kw.onnx",
-        sha256="a1d1d47fe50544f2f458b2d1c38e90b172b981269881e6e63dbc4e6f7bc5047f"),
-    "cifar_wide_kw.onnx": Setup(
-        "cifar10", (3, 32, 32), CIFAR_OVAL,
-        source=f"{V21}:benchmarks/oval21/nets/cifar_wide_kw.onnx",
-        sha256="1eafcce51be876f97be0bc280353c5182f575a3512c3769de216a8bcb890eb81"),
-    "resnet_2b.onnx": Setup(
-        "cifar10", (3, 32, 32), CIFAR_RESNET,
-        source=f"{V21}:benchmarks/cifar10_resnet/onnx/resnet_2b.onnx",
-        sha256="791aa24d77917ecda16809fbbd48e7739616f88ebf74cf358b2d1bf911dc4a6d"),
-    "resnet_4b.onnx": Setup(
-        "cifar10", (3, 32, 32), CIFAR_RESNET,
-        source=f"{V21}:benchmarks/cifar10_resnet/onnx/resnet_4b.onnx",
-        sha256="04829063afaa10e7c8332202c87162e9a4ce905c54137da212fb07bb92bc1a25"),
-    "cifar10_small.onnx": Setup(
-        "cifar10", (3, 32, 32), layout="nhwc",
-        source=f"{V21}:benchmarks/marabou-cifar10/nets/cifar10_small.onnx",
-        sha256="c8e3ce2a76c16244cf6d9b0cdefc13f2d380630d84e38916a93a85e45d74c3b5"),
-    "cifar10_medium.onnx": Setup(
-        "cifar10", (3, 32, 32), layout="nhwc",
-        source=f"{V21}:benchmarks/marabou-cifar10/nets/cifar10_medium.onnx",
-        sha256="d3816a58e6b7b75c9b696c850d6b5d60e92727aee60c65ad293a10a141f75dc2"),
-    "cifar10_large.onnx": Setup(
-        "cifar10", (3, 32, 32), layout="nhwc",
-        source=f"{V21}:benchmarks/marabou-cifar10/nets/cifar10_large.onnx",
-        sha256="282399741eab1e38f93f3452240f3ef690470c903d5868c42715065fe9141717"),
-    "ibp_3_3_8.onnx": Setup(
-        "cifar10", (3, 32, 32), CIFAR_VIT, source=f"{VIT23}:models/ibp_3_3_8/model.onnx",
-        sha256="9cc53b9edb35d40d70de1d816008a434c7e60b0404cf3cb38b9aefc189692883"),
+    "mnist-net_256x2.onnx": Setup("mnist", _SHAPES["mnist"]),
+    "cifar_base_kw.onnx": Setup("cifar10", _SHAPES["cifar10"], CIFAR_OVAL),
+    "pgd_2_3_16.onnx": Setup("cifar10", _SHAPES["cifar10"], CIFAR_VIT),
+    "mnist-net_256x4.onnx": _v21(
+        "mnist", "mnistfc/mnist-net_256x4.onnx",
+        "fb53b4745b5882be61325ec24908f9fb036010cd79c99c20bb0b75e3b359acae"),
+    "mnist-net_256x6.onnx": _v21(
+        "mnist", "mnistfc/mnist-net_256x6.onnx",
+        "295c175d7b477b2f05dd4787bcabacf8c10d02d7d4b31f8682ea0d8844c6b0a6"),
+    "mnist_relu_9_200.onnx": _v21(  # its (x - 0.1307) / 0.3081 is in the file
+        "mnist", "eran/nets/mnist_relu_9_200.onnx",
+        "9ca87fef411ed6239ec649063782a10719ae3e2ee31f023d6aaafdd17cbab012"),
+    "ffnnSIGMOID__Point_6x200.onnx": _v21(
+        "mnist", "eran/nets/ffnnSIGMOID__Point_6x200.onnx",
+        "15a73df459ec082e26a28e37f3752a6c25b096f876065216840a3b97725038b8"),
+    "Convnet_avgpool.onnx": _v21(
+        "mnist", "verivital/Convnet_avgpool.onnx",
+        "713466baf4fc60c8f99f978acd2e745d202c6d2d233e4ae18cb5cb40b6c98b04"),
+    "Convnet_maxpool.onnx": _v21(
+        "mnist", "verivital/Convnet_maxpool.onnx",
+        "6d5a0720e2eedb286a07ed9bb94c96fb33bd149d0424b253ebff78ec654b38dc"),
+    "cifar_deep_kw.onnx": _v21(
+        "cifar10", "oval21/nets/cifar_deep_kw.onnx",
+        "a1d1d47fe50544f2f458b2d1c38e90b172b981269881e6e63dbc4e6f7bc5047f", CIFAR_OVAL),
+    "cifar_wide_kw.onnx": _v21(
+        "cifar10", "oval21/nets/cifar_wide_kw.onnx",
+        "1eafcce51be876f97be0bc280353c5182f575a3512c3769de216a8bcb890eb81", CIFAR_OVAL),
+    "resnet_2b.onnx": _v21(
+        "cifar10", "cifar10_resnet/onnx/resnet_2b.onnx",
+        "791aa24d77917ecda16809fbbd48e7739616f88ebf74cf358b2d1bf911dc4a6d", CIFAR_RESNET),
+    "resnet_4b.onnx": _v21(
+        "cifar10", "cifar10_resnet/onnx/resnet_4b.onnx",
+        "04829063afaa10e7c8332202c87162e9a4ce905c54137da212fb07bb92bc1a25", CIFAR_RESNET),
+    "cifar10_small.onnx": _v21(
+        "cifar10", "marabou-cifar10/nets/cifar10_small.onnx",
+        "c8e3ce2a76c16244cf6d9b0cdefc13f2d380630d84e38916a93a85e45d74c3b5", layout="nhwc"),
+    "cifar10_medium.onnx": _v21(
+        "cifar10", "marabou-cifar10/nets/cifar10_medium.onnx",
+        "d3816a58e6b7b75c9b696c850d6b5d60e92727aee60c65ad293a10a141f75dc2", layout="nhwc"),
+    "cifar10_large.onnx": _v21(
+        "cifar10", "marabou-cifar10/nets/cifar10_large.onnx",
+        "282399741eab1e38f93f3452240f3ef690470c903d5868c42715065fe9141717", layout="nhwc"),
+    "ibp_3_3_8.onnx": _fetched(
+        VIT23, "cifar10", "models/ibp_3_3_8/model.onnx",
+        "9cc53b9edb35d40d70de1d816008a434c7e60b0404cf3cb38b9aefc189692883", CIFAR_VIT),
 }
 
 
@@ -209,6 +216,7 @@ def run_network(entry: dict[str, str], args: argparse.Namespace) -> dict:
         methods[m] = {
             "median_radius": float(r.median()),
             "median_ratio": float(np.median(ratio)) if ratio.size else float("nan"),
+            "min_ratio": float(ratio.min()) if ratio.size else float("nan"),
             "seconds": dt,
             "violations": viol,
             "guarantee": is_guarantee(m),
@@ -266,8 +274,8 @@ def render(results: list[dict], args: argparse.Namespace, cmd: str) -> str:
         "",
         "## Certificates and attacks",
         "",
-        "Median certified radius (median of radius / attack norm per sample), time for all "
-        "samples, violations.",
+        "Median certified radius (median and per-sample minimum of radius / attack norm), "
+        "time for all samples, violations.",
         "",
         "| network | accuracy | " + " | ".join(methods) + " | best attack median norm | "
         "attack time | violations (guarantees) |",
@@ -284,7 +292,8 @@ def render(results: list[dict], args: argparse.Namespace, cmd: str) -> str:
                 cells.append(f"refused: {d['refused']}")
             else:
                 tag = "" if d["guarantee"] else " (not a guarantee)"
-                cells.append(f"{d['median_radius']:.4g} ({d['median_ratio']:.3g}), "
+                cells.append(f"{d['median_radius']:.4g} ({d['median_ratio']:.3g}, min "
+                             f"{d.get('min_ratio', float('nan')):.3g}), "
                              f"{d['seconds']:.2f} s, {d['violations']} viol.{tag}")
                 if d["guarantee"]:
                     total += d["violations"]
