@@ -15,12 +15,22 @@ class UnsupportedLayerError(BoundkitError):
     """A node of the model has no rule for the requested method (or cannot be captured)."""
 
     def __init__(self, node: str, op: str, method: str | None = None, why: str = "") -> None:
-        self.node, self.op, self.method = node, op, method
+        self.node, self.op, self.method, self.why = node, op, method, why
         where = f" for method {method!r}" if method else ""
         msg = f"node {node!r} (op {op!r}) is not supported{where}"
         if why:
             msg += f": {why}"
         super().__init__(msg)
+
+    def for_method(self, requested: str) -> UnsupportedLayerError:
+        """The same refusal named for the method the user asked for (``crown``, ``bab``...),
+        when it came from a method that one builds on (``sound``'s rules, which every
+        linear-relaxation method runs first)."""
+        if self.method is None or self.method == requested:
+            return self
+        why = f"it builds on method {self.method!r}, which has no rule for it"
+        return UnsupportedLayerError(self.node, self.op, requested,
+                                     why=f"{why}: {self.why}" if self.why else why)
 
 
 class ModelError(BoundkitError):

@@ -16,6 +16,7 @@ import torch.nn as nn
 from boundkit.bounds.certificate import Certificate, SampleStatus
 from boundkit.bounds.method import BatchResult, Method, get_method, method_names
 from boundkit.bounds.registry import custom_module_ops
+from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.cache import check_graph
 from boundkit.graph.cache import graph_for as cached_graph
 from boundkit.graph.capture import capture as capture_graph
@@ -76,13 +77,16 @@ def certify(
             an option the method does not know is an error.
 
     Returns:
-        a :class:`~boundkit.Certificate`.
+        a :class:`~boundkit.Certificate`: its radii are about the exact-arithmetic network
+        (the float64 graph, rounding charged); a float32 model can differ from it by its own
+        rounding (:attr:`Certificate.radius`).
 
     Raises:
         UnsupportedLayerError: a node without a rule for ``method`` (named in the message).
         TrainingModeError, NonFiniteParameterError, InputShapeError: bad model or input.
     """
     check_call(model, x, device=device, counts={"batch_size": batch_size}, run=graph is None)
+    x = x.detach()  # inputs that carry a gradient are data here: no radius has a grad_fn
     if executor is not None:
         return executor.certify(model, x, method, device=device, **options)
     if graph is None:
@@ -120,7 +124,10 @@ def _method_plan(graph: Graph, method: str | Method, options: dict[str, Any]
         )
     plans = graph.cache.setdefault(_PLANS, {})
     if meth.name not in plans or plans[meth.name][0] is not meth:
-        plans[meth.name] = (meth, meth.prepare(graph))
+        try:
+            plans[meth.name] = (meth, meth.prepare(graph))
+        except UnsupportedLayerError as exc:
+            raise exc.for_method(meth.name) from None
     return meth, plans[meth.name][1]
 
 

@@ -251,6 +251,7 @@ def exact_radius(
                                                 "max_regions": max_regions})
     if not isinstance(x, torch.Tensor):
         raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    x = x.detach()  # inputs that carry a gradient are data here: no result has a grad_fn
     if x.dim() < 2 or x.shape[0] == 0:
         raise InputShapeError(
             f"x must be a non-empty batch [N, *input_shape]; got shape {tuple(x.shape)}"

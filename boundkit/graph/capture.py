@@ -766,7 +766,10 @@ class _Capture:
         torch broadcasts): the node ``scale``, :math:`h=B(x)\odot w` (``mul``) or
         :math:`h=B(x)/c` (``div``), :math:`B` the broadcast to the output. The constant is
         ``params["factor"]``; ``attrs["divide"]`` says which. A divisor that is 0 or not
-        finite, or whose reciprocal overflows, is refused."""
+        finite, or whose reciprocal overflows, is refused. A negation (``-h``,
+        ``torch.neg``, ``h.neg()``, ``negative``) is the product by -1 (exact)."""
+        if op == "neg":
+            a, op = {"input": a.get("input", a.get("self")), "other": -1.0}, "mul"
         rounding = a.get("rounding_mode")
         if rounding is not None:
             raise UnsupportedLayerError(fx_node.name, op,

@@ -601,16 +601,22 @@ _SPECS: tuple[OpSpec, ...] = (
            call_attrs=_dropout_call,
            rules=_rules("structural", "sound", "peck2017", "crown"), output_tail=True),
     # a product or quotient with one constant operand (its ``mul`` forms are ``mul``'s,
-    # whose reader hands a constant operand here)
+    # whose reader hands a constant operand here), and a negation (a product by -1)
     OpSpec("scale", "affine", ops.scale,
            functions={operator.truediv: sig("input other", form="div"),
+                      operator.neg: sig("input", form="neg"),
+                      torch.neg: sig("input", form="neg"),
+                      torch.negative: sig("input", form="neg"),
                       torch.div: sig("input other rounding_mode", None, form="div"),
                       torch.divide: sig("input other rounding_mode", None, form="div"),
                       torch.true_divide: sig("input other", form="div")},
            methods={"div": sig("self other rounding_mode", None, form="div"),
                     "div_": sig("self other rounding_mode", None, inplace=True, form="div"),
                     "divide": sig("self other rounding_mode", None, form="div"),
-                    "true_divide": sig("self other", form="div")},
+                    "true_divide": sig("self other", form="div"),
+                    "neg": sig("self", form="neg"),
+                    "negative": sig("self", form="neg"),
+                    "neg_": sig("self", inplace=True, form="neg")},
            reader="scale", rules=_rules("scale", "sound", "peck2017", "crown")),
     # at the output a squash the logits skip; inside the network (attention weights) a
     # node with rules of its own (docs/theory/softmax.md)

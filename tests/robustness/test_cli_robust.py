@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -421,16 +420,31 @@ def test_ctrl_c_at_any_stage(cmd: str, stage: str, models: Path, tmp_path: Path,
 
 
 def test_real_sigint_in_a_subprocess(models: Path, tmp_path: Path) -> None:
-    """A real SIGINT while the run works: exit 130, no traceback, no partial directory."""
+    """A real SIGINT while the run works: exit 130, no traceback, no partial directory.
+
+    The signal is sent once the run has written to stderr (its progress bar starts with the
+    work), not after a fixed sleep, which on a loaded machine could land before the run
+    started or after it ended."""
+    import threading
+
     argv = [sys.executable, "-m", "boundkit", "crosscheck", "--model",
             str(models / "mlp.safetensors"), "--data", "digits", "--attack", "cw",
-            "--out", str(tmp_path / "xc"), "-q"]
+            "--out", str(tmp_path / "xc")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             cwd=Path(__file__).resolve().parents[2])
-    time.sleep(8.0)
+    first: list[bytes] = []
+    reader = threading.Thread(target=lambda: first.append(proc.stderr.read(1)), daemon=True)
+    reader.start()
+    reader.join(timeout=300)
+    if not first or not first[0]:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the run wrote nothing to stderr within 300 s")
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
+    err = first[0] + err
     # 130, or death by SIGINT (which a shell also reports as 130) if the signal lands while
     # the interpreter is shutting down
     assert proc.returncode in (130, -signal.SIGINT), err.decode()[-2000:]

@@ -28,7 +28,7 @@ from boundkit.bounds.bab.options import NEVER, BabOptions, Split, check_options
 from boundkit.bounds.bab.search import BranchAndBound
 from boundkit.bounds.crown import CrownRun
 from boundkit.bounds.output import margins
-from boundkit.errors import BadArgumentError
+from boundkit.errors import BadArgumentError, UnsupportedLayerError
 from boundkit.graph.graph import Graph
 
 
@@ -90,10 +90,13 @@ def verify_graph(model: nn.Module | None, graph: Graph, x: torch.Tensor, radius:
     of ``plan.crown`` on these very ``x`` and ``box`` made by the caller (several calls on
     the same samples then share its sound pass); by default a new one."""
     by_input = resolve_split(options.split, graph) == Split.INPUT
-    if by_input:  # sub-boxes of the input (inputsplit.py)
-        plan = plan if isinstance(plan, InputSplitPlan) else input_split_plan(graph)
-    elif plan is None or isinstance(plan, InputSplitPlan):
-        plan = bab_plan(graph)
+    try:
+        if by_input:  # sub-boxes of the input (inputsplit.py)
+            plan = plan if isinstance(plan, InputSplitPlan) else input_split_plan(graph)
+        elif plan is None or isinstance(plan, InputSplitPlan):
+            plan = bab_plan(graph)
+    except UnsupportedLayerError as exc:
+        raise exc.for_method("bab") from None
     x0 = x.to(device=graph.device, dtype=torch.float64)
     radius = radius.to(device=graph.device, dtype=torch.float64)
     n = x0.shape[0]
@@ -170,7 +173,12 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     Per sample: ``"verified"`` (no perturbation of norm below ``radius`` inside ``box``
     changes the class: every subproblem of the branch and bound proven), ``"falsified"``
     (a counterexample inside the ball and the box, checked by re-running the model in its
-    own dtype) or ``"unknown"`` (budget spent; ``reason`` says which). ``radius``: a number
+    own dtype) or ``"unknown"`` (budget spent; ``reason`` says which). "verified" is, like
+    every certificate, about the exact-arithmetic network (the float64 graph, rounding
+    charged); "falsified" about the model as it runs. A float32 model's own rounding (about
+    1e-7 of its logits' scale) can flip a point whose exact margin is within it: at a radius
+    within that rounding of the exact boundary the two verdicts can disagree (the
+    counterexample's float64 margin then tells which). ``radius``: a number
     or one per sample [N], finite and >= 0. ``time_budget``: seconds of bounding per sample
     (samples are bounded together; each batch's time is charged to its samples);
     ``max_domains``: subproblems per sample; ``batch``: subproblems per engine call;
@@ -195,6 +203,7 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
 
     box = check_box(box)
     check_call(model, x, device=device, box=box)
+    x = x.detach()  # inputs that carry a gradient are data here (the attack differentiates)
     opts = check_options(time_budget, max_domains, batch, iterations, refresh, split)
     n = x.shape[0]
     r = _check_radius(radius, n)
