@@ -12,10 +12,15 @@
 3. ``--reach S [S ...]``: ``bk.verify`` at S x each sample's ``crown`` radius with the
    whole per-sample budget (``--budget``) in one step: the largest radius a perfect radius
    search could prove at that budget.
+4. ``--root``: the single-neuron relaxation at the root, per sample: ``alpha`` (optimised
+   lower slopes) / ``crown``, and ``crown`` on the same function with each ReLU moved after
+   the max pooling that reads it (``maxpool(relu(h)) = relu(maxpool(h))``: one relaxation
+   per window instead of one per input) / ``crown``, with their CPU seconds.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bab_levers --n 3 --scale 1.2 --depth 7 \\
         --data-root ../shared/data --cache /tmp/attk/models
     OMP_NUM_THREADS=1 python -m benchmarks.bab_levers --n 4 --reach 1.15 1.2 --budget 9 ...
+    OMP_NUM_THREADS=1 python -m benchmarks.bab_levers --n 10 --root ...
 """
 
 from __future__ import annotations
@@ -132,6 +137,40 @@ def trace_table(model: torch.nn.Module, x: torch.Tensor, budget: float) -> None:
         print(f"| {i} | {' '.join(pts)} | {float(cert.radius[i] / upper[i]):.4f} |", flush=True)
 
 
+def pool_first(model: torch.nn.Module) -> torch.nn.Sequential:
+    """The same function with every ``ReLU`` directly followed by a ``MaxPool2d`` swapped
+    with it (the maximum is monotone: ``maxpool(relu(h)) = relu(maxpool(h))``), sharing the
+    modules; ``model`` must be an ``nn.Sequential``."""
+    if not isinstance(model, torch.nn.Sequential):
+        raise SystemExit("--root: the pool-first variant needs an nn.Sequential model")
+    mods = list(model)
+    i = 0
+    while i < len(mods) - 1:
+        if isinstance(mods[i], torch.nn.ReLU) and isinstance(mods[i + 1], torch.nn.MaxPool2d):
+            mods[i], mods[i + 1] = mods[i + 1], mods[i]
+            i += 1
+        i += 1
+    return torch.nn.Sequential(*mods).eval()
+
+
+def root_table(model: torch.nn.Module, x: torch.Tensor) -> None:
+    swapped = pool_first(model)
+    with torch.no_grad():
+        assert torch.equal(swapped(x), model(x)), "the pool-first variant computes another function"
+    rows = []
+    for label, m, method in (("crown", model, "crown"), ("alpha", model, "alpha"),
+                             ("crown, ReLU after max pooling", swapped, "crown")):
+        t0 = time.process_time()
+        r = bk.certify(m, x, method).radius.double()
+        rows.append((label, r, (time.process_time() - t0) / x.shape[0]))
+    base = rows[0][1]
+    print("| bound | / crown per sample | median | CPU s per sample |\n|---|---|---|---|")
+    for label, r, sec in rows:
+        q = r / base
+        print(f"| {label} | {[round(v, 4) for v in q.tolist()]} | {float(q.median()):.4f} | "
+              f"{sec:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=3)
@@ -141,6 +180,8 @@ def main() -> None:
     ap.add_argument("--trace", type=float, default=None)
     ap.add_argument("--reach", type=float, nargs="*", default=None)
     ap.add_argument("--budget", type=float, default=9.0)
+    ap.add_argument("--root", action="store_true",
+                    help="alpha and the pool-first variant against crown at the root")
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "models")
     args = ap.parse_args()
@@ -154,6 +195,8 @@ def main() -> None:
         trace_table(model, x, args.trace)
     if args.reach:
         reach_table(model, x, args.reach, args.budget)
+    if args.root:
+        root_table(model, x)
 
 
 if __name__ == "__main__":

@@ -175,10 +175,10 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     (a counterexample inside the ball and the box, checked by re-running the model in its
     own dtype) or ``"unknown"`` (budget spent; ``reason`` says which). "verified" is, like
     every certificate, about the exact-arithmetic network (the float64 graph, rounding
-    charged); "falsified" about the model as it runs. A float32 model's own rounding (about
-    1e-7 of its logits' scale) can flip a point whose exact margin is within it: at a radius
-    within that rounding of the exact boundary the two verdicts can disagree (the
-    counterexample's float64 margin then tells which). ``radius``: a number
+    charged); "falsified" about the model as it runs. A float32 model's own rounding
+    (relative errors of order 1e-7 per operation) can flip a point whose exact margin is
+    within it: at a radius within that rounding of the exact distance the two can disagree
+    (the counterexample's float64 margin then tells which). ``radius``: a number
     or one per sample [N], finite and >= 0. ``time_budget``: seconds of bounding per sample
     (samples are bounded together; each batch's time is charged to its samples);
     ``max_domains``: subproblems per sample; ``batch``: subproblems per engine call;
