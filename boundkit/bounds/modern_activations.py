@@ -1,4 +1,5 @@
-r"""GELU (both ``approximate`` modes), SiLU, ELU and Hardtanh (ReLU6 included).
+r"""GELU (both ``approximate`` modes), SiLU, ELU (SELU and CELU: scaled ELUs) and Hardtanh
+(ReLU6 included).
 
 **Sound** (``docs/theory/modern_activations.md``): each is Lipschitz with
 :math:`A=\sup|g'|` (mean value theorem; ELU and Hardtanh piecewise, on a segment crossing a
@@ -10,7 +11,8 @@ kink split at the kink).
   :math:`B=\sup|g''|=g''(0)=\sqrt{2/\pi}`.
 * GELU (tanh) and SiLU: :math:`A` and :math:`B` certified on a grid (:func:`certified_sup`)
   from a proven cell-wise bound of the next derivative, plus proven tails.
-* ELU: :math:`A=\max(1,|\alpha|)`; Hardtanh: :math:`A=1`, evaluation exact.
+* ELU :math:`\lambda\,\mathrm{ELU}_\alpha(z/c)`: :math:`A=\lambda\max(1,|\alpha|/c)`;
+  Hardtanh: :math:`A=1`, evaluation exact.
 
 **crown**: each states its lines (:class:`~boundkit.bounds.activation.LinesRelaxation`):
 for any slope :math:`k`, the offsets are certified extremes of :math:`g(z)-kz` over
@@ -172,8 +174,10 @@ def lipschitz_constant(node: Node) -> float:
     """:math:`\\sup|g'|` of the node's activation with its parameters."""
     if node.op in ("gelu", "silu"):
         return certified_sup(node.op, node.attrs.get("approximate", "none"), 1)
-    if node.op == "elu":
-        return max(1.0, abs(float(node.attrs["alpha"])))
+    if node.op == "elu":  # lambda * ELU_alpha(z / c): slopes lambda and lambda alpha/c e^(z/c)
+        lam, c = elu_scales(node)
+        a = max(1.0, abs(float(node.attrs["alpha"])) / c)
+        return a if lam == 1.0 else inflate_up(lam * a)
     if node.op == "hardtanh":
         return 1.0
     raise KeyError(node.op)
@@ -269,23 +273,42 @@ class SampledActivation(StatedActivation):
         return m - shift, mx + shift
 
 
+def elu_scales(node: Node) -> tuple[float, float]:
+    r"""``(lambda, c)`` of an ``elu`` node, :math:`\lambda\,\mathrm{ELU}_\alpha(z/c)` (1, 1
+    for ELU; SELU's :math:`\lambda`, 1; CELU's 1, :math:`\alpha`)."""
+    return float(node.attrs.get("scale", 1.0)), float(node.attrs.get("input_scale", 1.0))
+
+
+def inflate_up(v: float) -> float:
+    """A float64 product of two numbers rounded up: ``v`` plus two ulps."""
+    return v * (1 + 4 * UNIT_ROUNDOFF) if v > 0 else v
+
+
 class ELURelaxation(StatedActivation):
-    r"""ELU :math:`g(z)=z` (:math:`z>0`), :math:`\alpha(e^z-1)` (:math:`z\le0`): the extremes
-    of :math:`g-kz` lie at :math:`l`, :math:`u`, the kink 0 or :math:`\log(k/\alpha)` (where
-    :math:`\alpha e^z=k`), each clamped into :math:`[l,u]` (which only adds points)."""
+    r"""ELU and its scaled forms :math:`g(z)=\lambda z` (:math:`z>0`),
+    :math:`\lambda\alpha(e^{z/c}-1)` (:math:`z\le0`; SELU, CELU: ``elu_scales``, c > 0):
+    the extremes of :math:`g-kz` lie at :math:`l`, :math:`u`, the kink 0 or
+    :math:`c\log(kc/(\lambda\alpha))` (where :math:`g'=\frac{\lambda\alpha}ce^{z/c}=k`),
+    each clamped into :math:`[l,u]` (which only adds points)."""
 
     def value(self, node: Node, z: torch.Tensor) -> torch.Tensor:
-        return F.elu(z, float(node.attrs["alpha"]))
+        lam, c = elu_scales(node)
+        if lam == 1.0 and c == 1.0:
+            return F.elu(z, float(node.attrs["alpha"]))
+        return lam * torch.where(z > 0, z, float(node.attrs["alpha"]) * torch.expm1(z / c))
 
     def slope_at(self, node: Node, z: torch.Tensor) -> torch.Tensor:
         a = float(node.attrs["alpha"])
-        return torch.where(z > 0, torch.ones_like(z), a * torch.exp(torch.clamp(z, max=0)))
+        lam, c = elu_scales(node)
+        return lam * torch.where(z > 0, torch.ones_like(z),
+                                 a / c * torch.exp(torch.clamp(z, max=0) / c))
 
     def extremes(self, node: Node, k: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         a = float(node.attrs["alpha"])
-        ratio = k / a if a != 0 else torch.zeros_like(k)
-        crit = torch.where(ratio > 0, torch.log(ratio.clamp(min=1e-300)), lo)
+        lam, c = elu_scales(node)
+        ratio = k * c / (lam * a) if a != 0 else torch.zeros_like(k)
+        crit = torch.where(ratio > 0, c * torch.log(ratio.clamp(min=1e-300)), lo)
         crit = torch.clamp(crit, max=0.0)
         cands = [lo, hi, torch.clamp(torch.zeros_like(lo), lo, hi),
                  torch.maximum(torch.minimum(crit, hi), lo)]

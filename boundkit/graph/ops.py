@@ -131,8 +131,25 @@ def gelu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.gelu(xs[0], approximate=node.attrs["approximate"])
 
 
+#: SELU's constants as torch states them (``torch.nn.SELU``)
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
 def elu(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-    return F.elu(xs[0], node.attrs["alpha"])
+    r""":math:`\lambda\,\mathrm{ELU}_\alpha(z/c)`: :math:`\lambda z` for :math:`z>0`,
+    :math:`\lambda\alpha(e^{z/c}-1)` else (ELU: :math:`\lambda=c=1`; SELU: torch's
+    :math:`\lambda,\alpha`, :math:`c=1`; CELU: :math:`\lambda=1`, :math:`c=\alpha`)."""
+    lam, c = node.attrs.get("scale", 1.0), node.attrs.get("input_scale", 1.0)
+    alpha = node.attrs["alpha"]
+    if lam == 1.0 and c == 1.0:
+        return F.elu(xs[0], alpha)
+    if lam == 1.0 and c == alpha:  # torch's own kernels, bit for bit
+        return F.celu(xs[0], alpha)
+    if c == 1.0 and (lam, alpha) == (SELU_SCALE, SELU_ALPHA):
+        return F.selu(xs[0])
+    z = xs[0]
+    return lam * torch.where(z > 0, z, alpha * torch.expm1(z / c))
 
 
 def hardtanh(node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:

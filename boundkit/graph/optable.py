@@ -453,6 +453,54 @@ def _unary(name: str) -> dict[str, Sig]:
 
 _GELU, _ELU, _HARDTANH = _stated("gelu"), _stated("elu"), _stated("hardtanh")
 
+#: SELU's constants as torch states them (``torch.nn.SELU``): :math:`\lambda\,\mathrm{ELU}_\alpha`
+SELU_ALPHA, SELU_SCALE = ops.SELU_ALPHA, ops.SELU_SCALE
+
+
+def _celu_attrs(node: str, alpha: Any) -> dict[str, Any]:
+    r"""CELU :math:`\max(0,z)+\min(0,\alpha(e^{z/\alpha}-1))` as the scaled ELU of
+    :func:`boundkit.graph.ops.elu` (``alpha`` = ``input_scale`` = :math:`\alpha`), for a
+    finite :math:`\alpha>0`."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (
+            math.isfinite(alpha) and alpha > 0):
+        raise UnsupportedLayerError(node, "elu", why=f"CELU alpha={alpha!r}: a finite number "
+                                    "> 0 is supported")
+    return {"alpha": float(alpha), "scale": 1.0, "input_scale": float(alpha)}
+
+
+def _elu_module(node: str, m: nn.Module) -> tuple[dict, dict]:
+    r"""ELU, SELU and CELU modules as one op: :math:`\lambda` ELU with parameter
+    :math:`\alpha` of :math:`z/c` (``scale`` :math:`\lambda`, ``input_scale`` :math:`c`)."""
+    if isinstance(m, nn.SELU):
+        return {}, {"alpha": SELU_ALPHA, "scale": SELU_SCALE, "input_scale": 1.0}
+    if isinstance(m, nn.CELU):
+        return {}, _celu_attrs(node, m.alpha)
+    return _ELU[0](node, m)
+
+
+def _elu_call(c: Call) -> dict[str, Any] | None:
+    if c.form == "selu":
+        return {"alpha": SELU_ALPHA, "scale": SELU_SCALE, "input_scale": 1.0}
+    if c.form == "celu":
+        return _celu_attrs(c.node, c.args["alpha"])
+    return _ELU[1](c)
+
+
+def _leaky_module(node: str, m: nn.Module) -> tuple[dict, dict]:
+    """LeakyReLU, and PReLU with one slope (its learned ``weight``; one slope per channel is
+    refused by name)."""
+    if isinstance(m, nn.PReLU):
+        w = m.weight.detach()
+        if w.numel() != 1:
+            raise UnsupportedLayerError(
+                node, "leaky_relu", why=f"a PReLU with {w.numel()} slopes (one per channel): "
+                "boundkit supports a PReLU with one slope (num_parameters=1)")
+        slope = float(w.reshape(()))
+        if not math.isfinite(slope):
+            raise UnsupportedLayerError(node, "leaky_relu", why=f"PReLU slope {slope!r}")
+        return {}, {"negative_slope": slope}
+    return {}, {"negative_slope": float(m.negative_slope)}
+
 _SPECS: tuple[OpSpec, ...] = (
     OpSpec("input", "input"),
     # on vectors, or on tokens [T, D] / [.., T, D] (the map acts on the last axis)
@@ -522,9 +570,9 @@ _SPECS: tuple[OpSpec, ...] = (
            methods=_unary("relu"), call_attrs=lambda c: {},
            rules=_rules("activation", "sound", "peck2017", "crown"), fc_activation=True,
            nonnegative=True),
-    OpSpec("leaky_relu", "activation", ops.leaky_relu, (nn.LeakyReLU,),
+    OpSpec("leaky_relu", "activation", ops.leaky_relu, (nn.LeakyReLU, nn.PReLU),
            functions={F.leaky_relu: sig("input negative_slope inplace", 0.01, False)},
-           module_attrs=_attrs_of("negative_slope", conv=float),
+           module_attrs=_leaky_module,
            call_attrs=lambda c: {"negative_slope": float(c.args["negative_slope"])},
            rules=_rules("activation", "sound", "crown")),
     OpSpec("tanh", "activation", ops.tanh, (nn.Tanh,),
@@ -549,9 +597,14 @@ _SPECS: tuple[OpSpec, ...] = (
     OpSpec("silu", "activation", ops.silu, (nn.SiLU,),
            functions={F.silu: sig("input inplace", False)}, call_attrs=lambda c: {},
            rules=_rules("modern_activations", "sound", "crown")),
-    OpSpec("elu", "activation", ops.elu, (nn.ELU,),
-           functions={F.elu: sig("input alpha inplace", 1.0, False)},
-           module_attrs=_ELU[0], call_attrs=_ELU[1],
+    # ELU, SELU and CELU: lambda * ELU_alpha(z / c) (attrs alpha, scale, input_scale)
+    OpSpec("elu", "activation", ops.elu, (nn.ELU, nn.SELU, nn.CELU),
+           functions={F.elu: sig("input alpha inplace", 1.0, False),
+                      F.selu: sig("input inplace", False, form="selu"),
+                      torch.selu: sig("input", form="selu"),
+                      F.celu: sig("input alpha inplace", 1.0, False, form="celu"),
+                      torch.celu: sig("input alpha", 1.0, form="celu")},
+           module_attrs=_elu_module, call_attrs=_elu_call,
            rules=_rules("modern_activations", "sound", "crown")),
     OpSpec("hardtanh", "activation", ops.hardtanh, (nn.Hardtanh,),
            functions={F.hardtanh: sig("input min_val max_val inplace", -1.0, 1.0, False),

@@ -1,4 +1,5 @@
-"""GELU (both modes), SiLU, ELU, Hardtanh / ReLU6 (issue 24, step 2): every stated
+"""GELU (both modes), SiLU, ELU (SELU, CELU), Hardtanh / ReLU6, PReLU (issue 24, step 2;
+SELU, CELU and one-slope PReLU were refused before stop 32): every stated
 relaxation contains its function on dense samples of the interval and at its ends, the
 certified constants bound the sampled derivatives, capture reads every form, and no
 certificate exceeds an adversarial example's distance on random small nets."""
@@ -18,6 +19,7 @@ from boundkit.bounds.relaxation import Interval
 from boundkit.errors import UnsupportedLayerError
 from boundkit.graph import capture
 from boundkit.graph.graph import Node
+from boundkit.graph.optable import SELU_ALPHA, SELU_SCALE
 from boundkit.testing import (
     assert_crown_intervals_contain_samples,
     assert_sound,
@@ -32,6 +34,12 @@ _NODES = {
     "elu_small": Node("g", "elu", ["x"], "elu", attrs={"alpha": 0.3}),
     "elu_big": Node("g", "elu", ["x"], "elu", attrs={"alpha": 2.5}),
     "elu_negative": Node("g", "elu", ["x"], "elu", attrs={"alpha": -0.7}),
+    "selu": Node("g", "elu", ["x"], "elu", attrs={"alpha": SELU_ALPHA, "scale": SELU_SCALE,
+                                                 "input_scale": 1.0}),
+    "celu_small": Node("g", "elu", ["x"], "elu", attrs={"alpha": 0.2, "scale": 1.0,
+                                                       "input_scale": 0.2}),
+    "celu_big": Node("g", "elu", ["x"], "elu", attrs={"alpha": 3.0, "scale": 1.0,
+                                                     "input_scale": 3.0}),
     "hardtanh": Node("g", "hardtanh", ["x"], "hardtanh", attrs={"min_val": -1.0, "max_val": 1.0}),
     "relu6": Node("g", "hardtanh", ["x"], "hardtanh", attrs={"min_val": 0.0, "max_val": 6.0}),
 }
@@ -92,6 +100,19 @@ def test_gelu_constants_in_closed_form() -> None:
     assert certified_sup("gelu", "none", 2) == pytest.approx(math.sqrt(2 / math.pi), rel=1e-8)
     assert lipschitz_constant(_NODES["elu_big"]) == 2.5
     assert lipschitz_constant(_NODES["relu6"]) == 1.0
+    # SELU: lambda * alpha (its steepest slope, at 0-); CELU: 1 for any alpha
+    assert SELU_SCALE * SELU_ALPHA <= lipschitz_constant(_NODES["selu"]) <= (
+        SELU_SCALE * SELU_ALPHA * (1 + 1e-15))
+    assert 1.0 <= lipschitz_constant(_NODES["celu_big"]) <= 1.0 + 1e-15
+
+
+@pytest.mark.parametrize("kind,torch_fn", [
+    ("selu", F.selu), ("celu_small", lambda z: F.celu(z, 0.2)),
+    ("celu_big", lambda z: F.celu(z, 3.0))])
+def test_scaled_elus_are_torchs_functions(kind, torch_fn) -> None:
+    z = torch.linspace(-40, 40, 100001, dtype=torch.float64)
+    got, want = _f(_NODES[kind], z), torch_fn(z)
+    assert torch.allclose(got, want, rtol=4e-16, atol=1e-300)
 
 
 class _Forms(nn.Module):
@@ -101,7 +122,8 @@ class _Forms(nn.Module):
         super().__init__()
         self.l1, self.l2, self.l3 = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
         self.acts = nn.ModuleList([nn.GELU(approximate="tanh"), nn.SiLU(), nn.ELU(alpha=0.7),
-                                   nn.Hardtanh(-2.0, max_val=3.0), nn.ReLU6()])
+                                   nn.Hardtanh(-2.0, max_val=3.0), nn.ReLU6(), nn.SELU(),
+                                   nn.CELU(alpha=0.5), nn.PReLU(init=0.2)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.l1(x)
@@ -114,22 +136,38 @@ class _Forms(nn.Module):
         h = F.relu6(self.l2(h))
         h = torch.clamp(h, -1.0, max=4.0)
         h = h.clamp(min=-3.0, max=3.0)
+        h = torch.celu(F.celu(torch.selu(F.selu(h)), alpha=2.0), 0.3)
         return self.l3(h)
 
 
 def test_every_module_functional_and_keyword_form_is_captured_with_its_arguments() -> None:
-    g = capture(_Forms().eval(), (4,))
-    got = [(n.op, n.attrs) for n in g.nodes if n.op in ("gelu", "silu", "elu", "hardtanh")]
+    torch.manual_seed(0)
+    model = _Forms().eval()
+    g = capture(model, (4,))
+    got = [(n.op, n.attrs) for n in g.nodes
+           if n.op in ("gelu", "silu", "elu", "hardtanh", "leaky_relu")]
+    selu = {"alpha": SELU_ALPHA, "scale": SELU_SCALE, "input_scale": 1.0}
+    slope = float(torch.tensor(0.2, dtype=torch.float32))  # PReLU's weight is float32
     assert got == [
         ("gelu", {"approximate": "tanh"}), ("silu", {}), ("elu", {"alpha": 0.7}),
         ("hardtanh", {"min_val": -2.0, "max_val": 3.0}),
         ("hardtanh", {"min_val": 0.0, "max_val": 6.0}),
+        ("elu", selu), ("elu", {"alpha": 0.5, "scale": 1.0, "input_scale": 0.5}),
+        ("leaky_relu", {"negative_slope": slope}),
         ("gelu", {"approximate": "none"}), ("silu", {}), ("elu", {"alpha": 1.5}),
         ("hardtanh", {"min_val": -0.5, "max_val": 2.0}),
         ("hardtanh", {"min_val": 0.0, "max_val": 6.0}),
         ("hardtanh", {"min_val": -1.0, "max_val": 4.0}),
         ("hardtanh", {"min_val": -3.0, "max_val": 3.0}),
+        ("elu", selu), ("elu", selu),
+        ("elu", {"alpha": 2.0, "scale": 1.0, "input_scale": 2.0}),
+        ("elu", {"alpha": 0.3, "scale": 1.0, "input_scale": 0.3}),
     ]
+    x = torch.rand(5, 4, dtype=torch.float64)
+    with torch.no_grad():
+        out, _ = g.evaluate({g.input.name: x}, [g.logits.name])
+        want = model.double()(x)
+    assert torch.allclose(out[g.logits.name], want, rtol=1e-12, atol=1e-12)
 
 
 def test_odd_forms_are_refused_naming_the_node() -> None:
@@ -160,13 +198,24 @@ def test_odd_forms_are_refused_naming_the_node() -> None:
         capture(InPlace().eval(), (3,))
 
 
+def test_prelu_with_a_slope_per_channel_is_refused_naming_it() -> None:
+    import boundkit as bk
+
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.PReLU(3), nn.Flatten(),
+                          nn.Linear(48, 2)).eval()
+    with pytest.raises(UnsupportedLayerError, match="PReLU with 3 slopes") as err:
+        bk.certify(model, torch.rand(2, 1, 6, 6), "crown")
+    assert "\n" not in str(err.value)
+
+
 def _act(kind: int, p: float) -> nn.Module:
     return [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.ELU(alpha=p),
-            nn.Hardtanh(-p, 2 * p), nn.ReLU6()][kind]
+            nn.Hardtanh(-p, 2 * p), nn.ReLU6(), nn.SELU(), nn.CELU(alpha=p),
+            nn.PReLU(init=(p - 1.6) / 2)][kind]
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kinds=st.lists(st.integers(0, 5), min_size=1, max_size=2), p=st.floats(0.2, 3.0),
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kinds=st.lists(st.integers(0, 8), min_size=1, max_size=2), p=st.floats(0.2, 3.0),
        scale=st.sampled_from([1.0, 3.0]), seed=st.integers(0, 2**16))
 def test_no_certificate_exceeds_an_attack_on_random_nets_with_the_new_activations(
         kinds, p, scale, seed) -> None:
