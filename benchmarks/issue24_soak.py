@@ -26,7 +26,7 @@ import torch
 from benchmarks._models import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "bounds"))
-from issue24_soak import check_case, make_net  # noqa: E402
+from issue24_soak import ACTS, check_case, make_net  # noqa: E402
 
 
 def main() -> None:
@@ -108,9 +108,7 @@ def main() -> None:
             ratio += (crown[fin] / res.adversarial[fin]).tolist()
             refused.update(k for k, r in res.radii.items() if r is None)
         kinds.update(st.kind for st in steps)
-        acts.update(st.arg for st in steps if st.arg in
-                    ("relu", "leaky", "gelu", "gelu_tanh", "silu", "elu", "hardtanh", "relu6",
-                     "tanh", "sigmoid"))
+        acts.update(st.arg for st in steps if st.arg in ACTS)
         done += 1
         if done % args.report_every == 0:
             report(False)

@@ -610,7 +610,8 @@ def crosscheck(
 
     check_call(model, x, device=device, box=box,
                counts={"attack_budget": attack_budget, "chunk_size": chunk_size})
-    x = x.detach()  # inputs that carry a gradient are data here: no result has a grad_fn
+    if x.requires_grad:  # inputs that carry a gradient are data here: no result has a grad_fn
+        x = x.detach()
     _check_names(methods, attack)
     if executor is not None:
         if method_options:

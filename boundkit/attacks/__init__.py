@@ -172,7 +172,8 @@ def attack(
     """
     t0 = time.perf_counter()
     check_call(model, x, device=device, box=box, counts=dict(budget=budget, batch_size=batch_size))
-    x = x.detach()  # inputs that carry a gradient are data here: the attack differentiates
+    if x.requires_grad:  # inputs that carry a gradient are data here: the attack differentiates
+        x = x.detach()
     dev = torch.device(device) if device is not None else model_device(model)
     mdev = model_device(model)
     if any(True for _ in model.parameters()) and mdev.type != dev.type:

@@ -86,7 +86,8 @@ def certify(
         TrainingModeError, NonFiniteParameterError, InputShapeError: bad model or input.
     """
     check_call(model, x, device=device, counts={"batch_size": batch_size}, run=graph is None)
-    x = x.detach()  # inputs that carry a gradient are data here: no radius has a grad_fn
+    if x.requires_grad:  # inputs that carry a gradient are data here: no radius has a grad_fn
+        x = x.detach()
     if executor is not None:
         return executor.certify(model, x, method, device=device, **options)
     if graph is None:

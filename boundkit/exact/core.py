@@ -251,7 +251,8 @@ def exact_radius(
                                                 "max_regions": max_regions})
     if not isinstance(x, torch.Tensor):
         raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    x = x.detach()  # inputs that carry a gradient are data here: no result has a grad_fn
+    if x.requires_grad:  # inputs that carry a gradient are data here: no result has a grad_fn
+        x = x.detach()
     if x.dim() < 2 or x.shape[0] == 0:
         raise InputShapeError(
             f"x must be a non-empty batch [N, *input_shape]; got shape {tuple(x.shape)}"

@@ -8,7 +8,8 @@ A network (:class:`Issue24Net`, drawn from one integer seed) mixes, on a small i
 ``F.layer_norm``), residual additions and ``cat``, then flattens (or takes the global mean)
 and mixes on vectors linear layers (module or ``F.linear``), GroupSort / MaxMin, LayerNorm,
 residual additions and ``cat``; activations everywhere: ReLU, LeakyReLU, GELU (exact and
-tanh), SiLU, ELU, Hardtanh, ReLU6, tanh, sigmoid. A token network
+tanh), SiLU, ELU, Hardtanh, ReLU6, tanh, sigmoid, and (from stop 32) SELU, CELU and PReLU.
+A token network
 (:class:`Issue24TokenNet`) draws the products, softmax and attention instead: patch or row
 embeddings, class token, self-attention written out or ``nn.MultiheadAttention``, gated
 units, products of two linear maps, LayerNorm and MLPs on tokens.
@@ -40,17 +41,18 @@ IMAGE_OPS = ("conv", "convT", "upsample", "avgpool", "maxpool", "adaptive", "bn"
              "act", "residual", "cat", "layernorm", "mean_keep")
 VECTOR_OPS = ("linear", "linear", "act", "act", "groupsort", "layernorm", "residual", "cat")
 ACTS = ("relu", "leaky", "gelu", "gelu_tanh", "silu", "elu", "hardtanh", "relu6", "tanh",
-        "sigmoid")
+        "sigmoid", "selu", "celu", "prelu")
 
 
 def _act(kind: str, form: int) -> nn.Module | None:
     """The activation as a module (``form`` even) or ``None`` (the functional form)."""
-    if form % 2:
+    if form % 2 and kind != "prelu":  # PReLU: a module only (its slope is a parameter)
         return None
     return {"relu": nn.ReLU(), "leaky": nn.LeakyReLU(0.2), "gelu": nn.GELU(),
             "gelu_tanh": nn.GELU(approximate="tanh"), "silu": nn.SiLU(), "elu": nn.ELU(0.7),
             "hardtanh": nn.Hardtanh(-0.5, 1.5), "relu6": nn.ReLU6(), "tanh": nn.Tanh(),
-            "sigmoid": nn.Sigmoid()}[kind]
+            "sigmoid": nn.Sigmoid(), "selu": nn.SELU(), "celu": nn.CELU(0.6),
+            "prelu": nn.PReLU(init=-0.3)}[kind]
 
 
 def _act_fn(kind: str, h: torch.Tensor) -> torch.Tensor:
@@ -60,7 +62,10 @@ def _act_fn(kind: str, h: torch.Tensor) -> torch.Tensor:
             "silu": lambda: F.silu(h), "elu": lambda: F.elu(h, alpha=0.7),
             "hardtanh": lambda: F.hardtanh(h, min_val=-0.5, max_val=1.5),
             "relu6": lambda: F.relu6(h), "tanh": lambda: torch.tanh(h),
-            "sigmoid": lambda: torch.sigmoid(h)}[kind]()
+            "sigmoid": lambda: torch.sigmoid(h), "selu": lambda: torch.selu(h),
+            "celu": lambda: F.celu(h, alpha=0.6),
+            # PReLU's function with its slope (torch's F.prelu takes a weight tensor)
+            "prelu": lambda: F.leaky_relu(h, negative_slope=-0.3)}[kind]()
 
 
 def _draws(g: torch.Generator) -> tuple[Callable[[tuple[str, ...]], str],

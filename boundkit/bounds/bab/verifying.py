@@ -203,7 +203,8 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
 
     box = check_box(box)
     check_call(model, x, device=device, box=box)
-    x = x.detach()  # inputs that carry a gradient are data here (the attack differentiates)
+    if x.requires_grad:  # inputs that carry a gradient are data here (the attack differentiates)
+        x = x.detach()
     opts = check_options(time_budget, max_domains, batch, iterations, refresh, split)
     n = x.shape[0]
     r = _check_radius(radius, n)
