@@ -177,7 +177,7 @@ def lipschitz_constant(node: Node) -> float:
     if node.op == "elu":  # lambda * ELU_alpha(z / c): slopes lambda and lambda alpha/c e^(z/c)
         lam, c = elu_scales(node)
         a = max(1.0, abs(float(node.attrs["alpha"])) / c)
-        return a if lam == 1.0 else inflate_up(lam * a)
+        return a if lam == 1.0 else float(inflate(lam * a, 4 * UNIT_ROUNDOFF))
     if node.op == "hardtanh":
         return 1.0
     raise KeyError(node.op)
@@ -277,11 +277,6 @@ def elu_scales(node: Node) -> tuple[float, float]:
     r"""``(lambda, c)`` of an ``elu`` node, :math:`\lambda\,\mathrm{ELU}_\alpha(z/c)` (1, 1
     for ELU; SELU's :math:`\lambda`, 1; CELU's 1, :math:`\alpha`)."""
     return float(node.attrs.get("scale", 1.0)), float(node.attrs.get("input_scale", 1.0))
-
-
-def inflate_up(v: float) -> float:
-    """A float64 product of two numbers rounded up: ``v`` plus two ulps."""
-    return v * (1 + 4 * UNIT_ROUNDOFF) if v > 0 else v
 
 
 class ELURelaxation(StatedActivation):
