@@ -1,5 +1,5 @@
-r"""GELU (both ``approximate`` modes), SiLU, ELU (SELU and CELU: scaled ELUs) and Hardtanh
-(ReLU6 included).
+r"""GELU (both ``approximate`` modes), SiLU, ELU (SELU and CELU: scaled ELUs), Hardtanh
+(ReLU6 included) and Hardswish.
 
 **Sound** (``docs/theory/modern_activations.md``): each is Lipschitz with
 :math:`A=\sup|g'|` (mean value theorem; ELU and Hardtanh piecewise, on a segment crossing a
@@ -12,7 +12,7 @@ kink split at the kink).
 * GELU (tanh) and SiLU: :math:`A` and :math:`B` certified on a grid (:func:`certified_sup`)
   from a proven cell-wise bound of the next derivative, plus proven tails.
 * ELU :math:`\lambda\,\mathrm{ELU}_\alpha(z/c)`: :math:`A=\lambda\max(1,|\alpha|/c)`;
-  Hardtanh: :math:`A=1`, evaluation exact.
+  Hardtanh: :math:`A=1`, evaluation exact; Hardswish: :math:`A=\tfrac32` (:math:`g'(3^-)`).
 
 **crown**: each states its lines (:class:`~boundkit.bounds.activation.LinesRelaxation`):
 for any slope :math:`k`, the offsets are certified extremes of :math:`g(z)-kz` over
@@ -180,6 +180,8 @@ def lipschitz_constant(node: Node) -> float:
         return a if lam == 1.0 else float(inflate(lam * a, 4 * UNIT_ROUNDOFF))
     if node.op == "hardtanh":
         return 1.0
+    if node.op == "hardswish":  # g' = 0, (2z + 3) / 6 on [-3, 3], 1: largest 9/6 at z = 3
+        return 1.5
     raise KeyError(node.op)
 
 
@@ -330,6 +332,29 @@ class HardtanhRelaxation(StatedActivation):
         return _candidate_extremes(self, node, k, lo, hi, cands)
 
 
+class HardswishRelaxation(StatedActivation):
+    r"""Hardswish :math:`g(z)=z\,\mathrm{relu6}(z+3)/6`: 0 for :math:`z\le-3`,
+    :math:`z(z+3)/6` on :math:`[-3,3]`, :math:`z` for :math:`z\ge3`. :math:`g-kz` is linear
+    on the outer pieces and convex on the middle one, with its only critical point at
+    :math:`z^*=3k-\tfrac32`: the extremes lie at :math:`l`, :math:`u`, the kinks
+    :math:`\pm3` and :math:`z^*`, each clamped into :math:`[l,u]`."""
+
+    def value(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return F.hardswish(z)
+
+    def slope_at(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return torch.where(z < -3, torch.zeros_like(z),
+                           torch.where(z > 3, torch.ones_like(z), (2 * z + 3) / 6))
+
+    def extremes(self, node: Node, k: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        crit = torch.clamp(3 * k - 1.5, -3.0, 3.0)
+        cands = [lo, hi, torch.clamp(torch.full_like(lo, -3.0), lo, hi),
+                 torch.clamp(torch.full_like(lo, 3.0), lo, hi),
+                 torch.maximum(torch.minimum(crit, hi), lo)]
+        return _candidate_extremes(self, node, k, lo, hi, cands)
+
+
 def _candidate_extremes(rule: StatedActivation, node: Node, k: torch.Tensor, lo: torch.Tensor,
                         hi: torch.Tensor, cands: list[torch.Tensor]
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,3 +373,5 @@ register_rule("gelu", "crown", SampledActivation())
 register_rule("silu", "crown", SampledActivation())
 register_rule("elu", "crown", ELURelaxation())
 register_rule("hardtanh", "crown", HardtanhRelaxation())
+register_rule("hardswish", "sound", StatedLipschitz())
+register_rule("hardswish", "crown", HardswishRelaxation())

@@ -295,6 +295,8 @@ ATTRIBUTES: dict[str, dict[str, tuple[int, Any]]] = {
     # issue 24's operators (their handlers check the values they support)
     "Gelu": {"approximate": (_A_STRING, _one_of("none", "tanh"))},
     "Elu": {"alpha": (_A_FLOAT, _any)},
+    "HardSwish": {},
+    "HardSigmoid": {"alpha": (_A_FLOAT, _any), "beta": (_A_FLOAT, _any)},
     "Clip": {"min": (_A_FLOAT, _any), "max": (_A_FLOAT, _any)},
     "Erf": {},
     "ReduceMean": {"axes": (_A_INTS, _between(-64, 64)), "keepdims": _BOOL,
@@ -441,6 +443,7 @@ def _as_moved(v: _Dyn | _Moved) -> _Moved:
 #: is refused by name before its handler runs
 _MOVED_OPS = frozenset({
     "Shape", "Identity", "Dropout", "Relu", "Sigmoid", "Tanh", "Softplus", "Gelu", "Elu",
+    "HardSwish", "HardSigmoid",
     "Clip", "Erf", "Pow", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gather",
     "Slice", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Softmax", "LayerNormalization",
     "ReduceMean", "ReduceSum",
@@ -1514,6 +1517,20 @@ class _Importer:
             raise self.fail(node, f"alpha={alpha}")
         return self.unary(self.anydyn(node, 0), nn.ELU(alpha=alpha), "elu")
 
+    def op_HardSigmoid(self, node: Any, k: int) -> _Dyn:
+        """``max(0, min(1, alpha x + beta))`` with torch's ``alpha = 1/6``, ``beta = 1/2``
+        (to float32 precision, as exported): ``nn.Hardsigmoid``; other values are refused."""
+        a = self.attrs(node)
+        alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+        if abs(alpha - 1 / 6) > 1e-7 or beta != 0.5:
+            raise self.fail(node, f"HardSigmoid alpha={alpha:g}, beta={beta:g}: boundkit "
+                            "supports torch's Hardsigmoid (alpha 1/6, beta 1/2)")
+        return self.unary(self.anydyn(node, 0), nn.Hardsigmoid(), "hardsigmoid")
+
+    def op_HardSwish(self, node: Any, k: int) -> _Dyn:
+        """``x * max(0, min(1, x / 6 + 1/2))`` (no attributes): torch's Hardswish."""
+        return self.unary(self.anydyn(node, 0), nn.Hardswish(), "hardswish")
+
     def op_Clip(self, node: Any, k: int) -> _Dyn:
         a = self.attrs(node)
         lo = self.opt_const(node, 1) if len(node.input) > 1 else a.get("min")
@@ -2582,6 +2599,9 @@ class _Importer:
             silu = self._silu(node)
             if silu is not None:
                 return silu
+            hswish = self._hardswish(node)
+            if hswish is not None:
+                return hswish
             gelu = self._tanh_gelu(node)
             if gelu is not None:
                 return gelu
@@ -2636,6 +2656,23 @@ class _Importer:
                 v = self.values[node.input[1 - i]]
                 if isinstance(v, (_Dyn, _Moved)):
                     return self.unary(v, nn.SiLU(), "silu")
+        return None
+
+    def _hardswish(self, node: Any) -> _Dyn | None:
+        """``x * HardSigmoid(x)`` with torch's parameters (Hardswish as torch exports it):
+        one node, or ``None``."""
+        prods = self._producers()
+        for i in (0, 1):
+            hs = prods.get(node.input[i], (None, None))[1]
+            if (hs is not None and hs.op_type == "HardSigmoid"
+                    and hs.input[0] == node.input[1 - i]):
+                a = self.attrs(hs)
+                if abs(float(a.get("alpha", 0.2)) - 1 / 6) > 1e-7 or float(
+                        a.get("beta", 0.5)) != 0.5:
+                    return None
+                v = self.values[node.input[1 - i]]
+                if isinstance(v, (_Dyn, _Moved)):
+                    return self.unary(v, nn.Hardswish(), "hardswish")
         return None
 
     def op_Div(self, node: Any, k: int) -> _Dyn | _Moved:

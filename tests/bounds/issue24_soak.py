@@ -8,7 +8,8 @@ A network (:class:`Issue24Net`, drawn from one integer seed) mixes, on a small i
 ``F.layer_norm``), residual additions and ``cat``, then flattens (or takes the global mean)
 and mixes on vectors linear layers (module or ``F.linear``), GroupSort / MaxMin, LayerNorm,
 residual additions and ``cat``; activations everywhere: ReLU, LeakyReLU, GELU (exact and
-tanh), SiLU, ELU, Hardtanh, ReLU6, tanh, sigmoid, and (from stop 32) SELU, CELU and PReLU.
+tanh), SiLU, ELU, Hardtanh, ReLU6, tanh, sigmoid, and (from stop 32) SELU, CELU, PReLU and
+Hardswish.
 A token network
 (:class:`Issue24TokenNet`) draws the products, softmax and attention instead: patch or row
 embeddings, class token, self-attention written out or ``nn.MultiheadAttention``, gated
@@ -41,7 +42,7 @@ IMAGE_OPS = ("conv", "convT", "upsample", "avgpool", "maxpool", "adaptive", "bn"
              "act", "residual", "cat", "layernorm", "mean_keep")
 VECTOR_OPS = ("linear", "linear", "act", "act", "groupsort", "layernorm", "residual", "cat")
 ACTS = ("relu", "leaky", "gelu", "gelu_tanh", "silu", "elu", "hardtanh", "relu6", "tanh",
-        "sigmoid", "selu", "celu", "prelu")
+        "sigmoid", "selu", "celu", "prelu", "hardswish")
 
 
 def _act(kind: str, form: int) -> nn.Module | None:
@@ -52,7 +53,7 @@ def _act(kind: str, form: int) -> nn.Module | None:
             "gelu_tanh": nn.GELU(approximate="tanh"), "silu": nn.SiLU(), "elu": nn.ELU(0.7),
             "hardtanh": nn.Hardtanh(-0.5, 1.5), "relu6": nn.ReLU6(), "tanh": nn.Tanh(),
             "sigmoid": nn.Sigmoid(), "selu": nn.SELU(), "celu": nn.CELU(0.6),
-            "prelu": nn.PReLU(init=-0.3)}[kind]
+            "prelu": nn.PReLU(init=-0.3), "hardswish": nn.Hardswish()}[kind]
 
 
 def _act_fn(kind: str, h: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,8 @@ def _act_fn(kind: str, h: torch.Tensor) -> torch.Tensor:
             "sigmoid": lambda: torch.sigmoid(h), "selu": lambda: torch.selu(h),
             "celu": lambda: F.celu(h, alpha=0.6),
             # PReLU's function with its slope (torch's F.prelu takes a weight tensor)
-            "prelu": lambda: F.leaky_relu(h, negative_slope=-0.3)}[kind]()
+            "prelu": lambda: F.leaky_relu(h, negative_slope=-0.3),
+            "hardswish": lambda: F.hardswish(h)}[kind]()
 
 
 def _draws(g: torch.Generator) -> tuple[Callable[[tuple[str, ...]], str],

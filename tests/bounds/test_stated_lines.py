@@ -1,5 +1,5 @@
-"""GELU (both modes), SiLU, ELU (SELU, CELU), Hardtanh / ReLU6, PReLU (issue 24, step 2;
-SELU, CELU and one-slope PReLU were refused before stop 32): every stated
+"""GELU (both modes), SiLU, ELU (SELU, CELU), Hardtanh / ReLU6, PReLU, Hardswish (issue 24,
+step 2; SELU, CELU, one-slope PReLU and Hardswish were refused before stop 32): every stated
 relaxation contains its function on dense samples of the interval and at its ends, the
 certified constants bound the sampled derivatives, capture reads every form, and no
 certificate exceeds an adversarial example's distance on random small nets."""
@@ -41,6 +41,7 @@ _NODES = {
     "celu_big": Node("g", "elu", ["x"], "elu", attrs={"alpha": 3.0, "scale": 1.0,
                                                      "input_scale": 3.0}),
     "hardtanh": Node("g", "hardtanh", ["x"], "hardtanh", attrs={"min_val": -1.0, "max_val": 1.0}),
+    "hardswish": Node("g", "hardswish", ["x"], "hardswish"),
     "relu6": Node("g", "hardtanh", ["x"], "hardtanh", attrs={"min_val": 0.0, "max_val": 6.0}),
 }
 
@@ -104,6 +105,9 @@ def test_gelu_constants_in_closed_form() -> None:
     assert SELU_SCALE * SELU_ALPHA <= lipschitz_constant(_NODES["selu"]) <= (
         SELU_SCALE * SELU_ALPHA * (1 + 1e-15))
     assert 1.0 <= lipschitz_constant(_NODES["celu_big"]) <= 1.0 + 1e-15
+    z = torch.linspace(-6, 6, 120001, dtype=torch.float64, requires_grad=True)
+    (d,) = torch.autograd.grad(F.hardswish(z).sum(), z)
+    assert float(d.abs().max()) <= lipschitz_constant(_NODES["hardswish"]) == 1.5
 
 
 @pytest.mark.parametrize("kind,torch_fn", [
@@ -123,7 +127,7 @@ class _Forms(nn.Module):
         self.l1, self.l2, self.l3 = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
         self.acts = nn.ModuleList([nn.GELU(approximate="tanh"), nn.SiLU(), nn.ELU(alpha=0.7),
                                    nn.Hardtanh(-2.0, max_val=3.0), nn.ReLU6(), nn.SELU(),
-                                   nn.CELU(alpha=0.5), nn.PReLU(init=0.2)])
+                                   nn.CELU(alpha=0.5), nn.PReLU(init=0.2), nn.Hardswish()])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.l1(x)
@@ -137,6 +141,7 @@ class _Forms(nn.Module):
         h = torch.clamp(h, -1.0, max=4.0)
         h = h.clamp(min=-3.0, max=3.0)
         h = torch.celu(F.celu(torch.selu(F.selu(h)), alpha=2.0), 0.3)
+        h = F.hardswish(h)
         return self.l3(h)
 
 
@@ -145,7 +150,7 @@ def test_every_module_functional_and_keyword_form_is_captured_with_its_arguments
     model = _Forms().eval()
     g = capture(model, (4,))
     got = [(n.op, n.attrs) for n in g.nodes
-           if n.op in ("gelu", "silu", "elu", "hardtanh", "leaky_relu")]
+           if n.op in ("gelu", "silu", "elu", "hardtanh", "leaky_relu", "hardswish")]
     selu = {"alpha": SELU_ALPHA, "scale": SELU_SCALE, "input_scale": 1.0}
     slope = float(torch.tensor(0.2, dtype=torch.float32))  # PReLU's weight is float32
     assert got == [
@@ -153,7 +158,7 @@ def test_every_module_functional_and_keyword_form_is_captured_with_its_arguments
         ("hardtanh", {"min_val": -2.0, "max_val": 3.0}),
         ("hardtanh", {"min_val": 0.0, "max_val": 6.0}),
         ("elu", selu), ("elu", {"alpha": 0.5, "scale": 1.0, "input_scale": 0.5}),
-        ("leaky_relu", {"negative_slope": slope}),
+        ("leaky_relu", {"negative_slope": slope}), ("hardswish", {}),
         ("gelu", {"approximate": "none"}), ("silu", {}), ("elu", {"alpha": 1.5}),
         ("hardtanh", {"min_val": -0.5, "max_val": 2.0}),
         ("hardtanh", {"min_val": 0.0, "max_val": 6.0}),
@@ -161,7 +166,7 @@ def test_every_module_functional_and_keyword_form_is_captured_with_its_arguments
         ("hardtanh", {"min_val": -3.0, "max_val": 3.0}),
         ("elu", selu), ("elu", selu),
         ("elu", {"alpha": 2.0, "scale": 1.0, "input_scale": 2.0}),
-        ("elu", {"alpha": 0.3, "scale": 1.0, "input_scale": 0.3}),
+        ("elu", {"alpha": 0.3, "scale": 1.0, "input_scale": 0.3}), ("hardswish", {}),
     ]
     x = torch.rand(5, 4, dtype=torch.float64)
     with torch.no_grad():
@@ -211,11 +216,11 @@ def test_prelu_with_a_slope_per_channel_is_refused_naming_it() -> None:
 def _act(kind: int, p: float) -> nn.Module:
     return [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.ELU(alpha=p),
             nn.Hardtanh(-p, 2 * p), nn.ReLU6(), nn.SELU(), nn.CELU(alpha=p),
-            nn.PReLU(init=(p - 1.6) / 2)][kind]
+            nn.PReLU(init=(p - 1.6) / 2), nn.Hardswish()][kind]
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kinds=st.lists(st.integers(0, 8), min_size=1, max_size=2), p=st.floats(0.2, 3.0),
+@given(kinds=st.lists(st.integers(0, 9), min_size=1, max_size=2), p=st.floats(0.2, 3.0),
        scale=st.sampled_from([1.0, 3.0]), seed=st.integers(0, 2**16))
 def test_no_certificate_exceeds_an_attack_on_random_nets_with_the_new_activations(
         kinds, p, scale, seed) -> None:

@@ -1,6 +1,7 @@
 """ONNX operators of issue 24 (GELU from its Erf pattern or the Gelu op, SiLU as
-Sigmoid-times-input, Elu, Clip, ReduceMean, GlobalAveragePool after a ResNet-style body,
-ConvTranspose, Resize, LayerNormalization): exported by torch or built by hand, imported
+Sigmoid-times-input, Elu, Hardswish as HardSigmoid-times-input (stop 32), Clip, ReduceMean,
+GlobalAveragePool after a ResNet-style body, ConvTranspose, Resize, LayerNormalization):
+exported by torch or built by hand, imported
 natively, matching onnxruntime to 1e-5 and captured with known node kinds only."""
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ _EXPORTED = {
                                nn.Linear(8, 3)), {"hardtanh"}),
     "relu6": (nn.Sequential(nn.Flatten(), nn.Linear(32, 8), nn.ReLU6(), nn.Linear(8, 3)),
               {"hardtanh"}),
+    "hardswish": (nn.Sequential(nn.Flatten(), nn.Linear(32, 8), nn.Hardswish(),
+                                nn.Linear(8, 3)), {"hardswish"}),
+    "hardsigmoid": (nn.Sequential(nn.Flatten(), nn.Linear(32, 8), nn.Hardsigmoid(),
+                                  nn.Linear(8, 3)), {"hardsigmoid"}),
     "global_pool": (nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)),
                     {"avgpool2d"}),
@@ -83,6 +88,21 @@ def test_gelu_op_of_opset_20_matches_onnxruntime(tmp_path: Path, approximate: st
     p = classifier(tmp_path, body, (4,), "h", 6, {"w": rand(6, 4, scale=3.0), "b": rand(6)},
                    opset=20)
     _check(p, (4,), {"gelu"})
+
+
+def test_hardswish_op_of_opset_14_matches_onnxruntime(tmp_path: Path) -> None:
+    body = [N("Gemm", ["x", "w", "b"], ["z"], transB=1), N("HardSwish", ["z"], ["h"])]
+    p = classifier(tmp_path, body, (4,), "h", 6, {"w": rand(6, 4, scale=3.0), "b": rand(6)},
+                   opset=14)
+    _check(p, (4,), {"hardswish"})
+
+
+def test_hardsigmoid_with_other_parameters_is_refused_by_name(tmp_path: Path) -> None:
+    body = [N("Gemm", ["x", "w", "b"], ["z"], transB=1),
+            N("HardSigmoid", ["z"], ["h"], alpha=0.2, beta=0.5)]
+    p = classifier(tmp_path, body, (4,), "h", 6, {"w": rand(6, 4), "b": rand(6)})
+    with pytest.raises(OnnxImportError, match="HardSigmoid alpha=0.2"):
+        load_onnx(p)
 
 
 def test_layer_normalization_op_matches_onnxruntime(tmp_path: Path) -> None:
