@@ -1517,12 +1517,18 @@ class _Importer:
             raise self.fail(node, f"alpha={alpha}")
         return self.unary(self.anydyn(node, 0), nn.ELU(alpha=alpha), "elu")
 
-    def op_HardSigmoid(self, node: Any, k: int) -> _Dyn:
-        """``max(0, min(1, alpha x + beta))`` with torch's ``alpha = 1/6``, ``beta = 1/2``
-        (to float32 precision, as exported): ``nn.Hardsigmoid``; other values are refused."""
+    def hardsigmoid_params(self, node: Any) -> tuple[float, float, bool]:
+        """A ``HardSigmoid`` node's ``(alpha, beta)`` and whether they are torch's
+        ``Hardsigmoid`` (``alpha = 1/6`` to float32 precision, as exported; ``beta = 1/2``)."""
         a = self.attrs(node)
         alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
-        if abs(alpha - 1 / 6) > 1e-7 or beta != 0.5:
+        return alpha, beta, abs(alpha - 1 / 6) <= 1e-7 and beta == 0.5
+
+    def op_HardSigmoid(self, node: Any, k: int) -> _Dyn:
+        """``max(0, min(1, alpha x + beta))`` with torch's parameters: ``nn.Hardsigmoid``;
+        other values are refused by name."""
+        alpha, beta, torchs = self.hardsigmoid_params(node)
+        if not torchs:
             raise self.fail(node, f"HardSigmoid alpha={alpha:g}, beta={beta:g}: boundkit "
                             "supports torch's Hardsigmoid (alpha 1/6, beta 1/2)")
         return self.unary(self.anydyn(node, 0), nn.Hardsigmoid(), "hardsigmoid")
@@ -2666,9 +2672,7 @@ class _Importer:
             hs = prods.get(node.input[i], (None, None))[1]
             if (hs is not None and hs.op_type == "HardSigmoid"
                     and hs.input[0] == node.input[1 - i]):
-                a = self.attrs(hs)
-                if abs(float(a.get("alpha", 0.2)) - 1 / 6) > 1e-7 or float(
-                        a.get("beta", 0.5)) != 0.5:
+                if not self.hardsigmoid_params(hs)[2]:
                     return None
                 v = self.values[node.input[1 - i]]
                 if isinstance(v, (_Dyn, _Moved)):
