@@ -39,6 +39,7 @@ from boundkit.bounds.activation import Lines, LinesRelaxation
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, inflate
 from boundkit.bounds.registry import LipschitzRule, register_rule
 from boundkit.bounds.relaxation import Interval, RelaxContext
+from boundkit.graph import ops
 from boundkit.graph.graph import Graph, Node
 
 _C = math.sqrt(2.0 / math.pi)
@@ -289,10 +290,7 @@ class ELURelaxation(StatedActivation):
     each clamped into :math:`[l,u]` (which only adds points)."""
 
     def value(self, node: Node, z: torch.Tensor) -> torch.Tensor:
-        lam, c = elu_scales(node)
-        if lam == 1.0 and c == 1.0:
-            return F.elu(z, float(node.attrs["alpha"]))
-        return lam * torch.where(z > 0, z, float(node.attrs["alpha"]) * torch.expm1(z / c))
+        return ops.elu(node, [z])  # the graph's own evaluation
 
     def slope_at(self, node: Node, z: torch.Tensor) -> torch.Tensor:
         a = float(node.attrs["alpha"])

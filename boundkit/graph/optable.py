@@ -455,6 +455,8 @@ _GELU, _ELU, _HARDTANH = _stated("gelu"), _stated("elu"), _stated("hardtanh")
 
 #: SELU's constants as torch states them (``torch.nn.SELU``): :math:`\lambda\,\mathrm{ELU}_\alpha`
 SELU_ALPHA, SELU_SCALE = ops.SELU_ALPHA, ops.SELU_SCALE
+#: the ``elu`` node's attributes for SELU
+_SELU_ATTRS = {"alpha": SELU_ALPHA, "scale": SELU_SCALE, "input_scale": 1.0}
 
 
 def _celu_attrs(node: str, alpha: Any) -> dict[str, Any]:
@@ -472,7 +474,7 @@ def _elu_module(node: str, m: nn.Module) -> tuple[dict, dict]:
     r"""ELU, SELU and CELU modules as one op: :math:`\lambda` ELU with parameter
     :math:`\alpha` of :math:`z/c` (``scale`` :math:`\lambda`, ``input_scale`` :math:`c`)."""
     if isinstance(m, nn.SELU):
-        return {}, {"alpha": SELU_ALPHA, "scale": SELU_SCALE, "input_scale": 1.0}
+        return {}, dict(_SELU_ATTRS)
     if isinstance(m, nn.CELU):
         return {}, _celu_attrs(node, m.alpha)
     return _ELU[0](node, m)
@@ -480,7 +482,7 @@ def _elu_module(node: str, m: nn.Module) -> tuple[dict, dict]:
 
 def _elu_call(c: Call) -> dict[str, Any] | None:
     if c.form == "selu":
-        return {"alpha": SELU_ALPHA, "scale": SELU_SCALE, "input_scale": 1.0}
+        return dict(_SELU_ATTRS)
     if c.form == "celu":
         return _celu_attrs(c.node, c.args["alpha"])
     return _ELU[1](c)
