@@ -608,10 +608,8 @@ def crosscheck(
     from boundkit.bounds.engine import certify, graph_for
     from boundkit.bounds.method import get_method
 
-    check_call(model, x, device=device, box=box,
+    x = check_call(model, x, device=device, box=box,
                counts={"attack_budget": attack_budget, "chunk_size": chunk_size})
-    if x.requires_grad:  # inputs that carry a gradient are data here: no result has a grad_fn
-        x = x.detach()
     _check_names(methods, attack)
     if executor is not None:
         if method_options:

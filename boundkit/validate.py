@@ -299,16 +299,18 @@ def check_call(
     box: Any = None,
     counts: dict[str, Any] | None = None,
     run: bool = True,
-) -> torch.device | None:
+) -> torch.Tensor:
     """The checks every public entry point starts with, in one line: the device exists, the
     model is an eval-mode module with finite weights, ``x`` is a finite non-empty float batch
     (inside ``box`` when given), every entry of ``counts`` is None or an integer >= 1, and
-    (``run=True``) the model maps ``x`` to logits ``[N, C]``. Returns the checked device."""
-    dev = check_device(device)
+    (``run=True``) the model maps ``x`` to logits ``[N, C]``. Returns ``x`` as data: detached
+    where it carries a gradient (no result then has a ``grad_fn``, and an attack's own
+    differentiation cannot reach back into the caller's graph), ``x`` itself otherwise."""
+    check_device(device)
     for name, value in (counts or {}).items():
         check_int(name, value, allow_none=True)
     check_model(model)
     check_batch(x, box=check_box(box))
     if run:
         check_runs(model, x)
-    return dev
+    return x.detach() if x.requires_grad else x

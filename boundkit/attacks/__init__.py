@@ -171,9 +171,8 @@ def attack(
     sample whether an example was found and, where not, why (:class:`Outcome`).
     """
     t0 = time.perf_counter()
-    check_call(model, x, device=device, box=box, counts=dict(budget=budget, batch_size=batch_size))
-    if x.requires_grad:  # inputs that carry a gradient are data here: the attack differentiates
-        x = x.detach()
+    x = check_call(model, x, device=device, box=box,
+                   counts=dict(budget=budget, batch_size=batch_size))
     dev = torch.device(device) if device is not None else model_device(model)
     mdev = model_device(model)
     if any(True for _ in model.parameters()) and mdev.type != dev.type:

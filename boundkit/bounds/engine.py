@@ -85,9 +85,7 @@ def certify(
         UnsupportedLayerError: a node without a rule for ``method`` (named in the message).
         TrainingModeError, NonFiniteParameterError, InputShapeError: bad model or input.
     """
-    check_call(model, x, device=device, counts={"batch_size": batch_size}, run=graph is None)
-    if x.requires_grad:  # inputs that carry a gradient are data here: no radius has a grad_fn
-        x = x.detach()
+    x = check_call(model, x, device=device, counts={"batch_size": batch_size}, run=graph is None)
     if executor is not None:
         return executor.certify(model, x, method, device=device, **options)
     if graph is None:

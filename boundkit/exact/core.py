@@ -247,12 +247,10 @@ def exact_radius(
     Returns a float64 tensor ``[N]`` (``inf`` where no perturbation changes the class), or an
     :class:`ExactResult` with ``return_details=True``.
     """
-    check_call(model, x, device=device, counts={"max_neurons": max_neurons,
-                                                "max_regions": max_regions})
+    x = check_call(model, x, device=device, counts={"max_neurons": max_neurons,
+                                                    "max_regions": max_regions})
     if not isinstance(x, torch.Tensor):
         raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.requires_grad:  # inputs that carry a gradient are data here: no result has a grad_fn
-        x = x.detach()
     if x.dim() < 2 or x.shape[0] == 0:
         raise InputShapeError(
             f"x must be a non-empty batch [N, *input_shape]; got shape {tuple(x.shape)}"

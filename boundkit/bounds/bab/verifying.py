@@ -202,9 +202,7 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     from boundkit.validate import check_batch, check_box, check_call
 
     box = check_box(box)
-    check_call(model, x, device=device, box=box)
-    if x.requires_grad:  # inputs that carry a gradient are data here (the attack differentiates)
-        x = x.detach()
+    x = check_call(model, x, device=device, box=box)
     opts = check_options(time_budget, max_domains, batch, iterations, refresh, split)
     n = x.shape[0]
     r = _check_radius(radius, n)
