@@ -21,6 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# torch imports sympy lazily, on the first autograd call (torch.autograd._make_grads ->
+# torch.fx.experimental.symbolic_shapes). In a fresh Ray worker that first import could
+# race with another thread's and leave a partially initialised sympy ("module 'sympy' has
+# no attribute 'core'"); importing it here, when the worker loads this module and before
+# any task runs, makes it complete once.
+import torch.fx.experimental.symbolic_shapes  # noqa: F401
 from torch import nn
 
 from boundkit.errors import ModelFileError
