@@ -162,7 +162,7 @@ class StatedLipschitz(LipschitzRule):
 
 
 class HardtanhLipschitz(StatedLipschitz):
-    """Hardtanh (a clamp) is 1-Lipschitz and evaluated exactly."""
+    """Hardtanh (a clamp) and :math:`|z|` are 1-Lipschitz and evaluated exactly."""
 
     exact_arithmetic = True
 
@@ -183,6 +183,9 @@ def lipschitz_constant(node: Node) -> float:
         return 1.0
     if node.op == "hardswish":  # g' = 0, (2z + 3) / 6 on [-3, 3], 1: largest 9/6 at z = 3
         return 1.5
+    if node.op in ("abs", "softsign", "logsigmoid"):
+        # |g'| = 1; 1 / (1 + |z|)^2 <= 1; sigmoid(-z) < 1
+        return 1.0
     raise KeyError(node.op)
 
 
@@ -353,6 +356,73 @@ class HardswishRelaxation(StatedActivation):
         return _candidate_extremes(self, node, k, lo, hi, cands)
 
 
+class AbsRelaxation(StatedActivation):
+    """:math:`|z|`: :math:`g-kz` is linear on each side of 0, so its extremes lie at
+    :math:`l`, :math:`u` or the kink 0 clamped into :math:`[l,u]`."""
+
+    def value(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return torch.abs(z)
+
+    def slope_at(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
+
+    def extremes(self, node: Node, k: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        cands = [lo, hi, torch.clamp(torch.zeros_like(lo), lo, hi)]
+        return _candidate_extremes(self, node, k, lo, hi, cands)
+
+
+def _clamped(z: torch.Tensor, ok: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+             ) -> torch.Tensor:
+    """``z`` clamped into ``[lo, hi]`` where ``ok``, else ``lo`` (a candidate that adds
+    nothing)."""
+    return torch.where(ok, torch.maximum(torch.minimum(torch.nan_to_num(z), hi), lo), lo)
+
+
+class SoftsignRelaxation(StatedActivation):
+    r"""Softsign :math:`g(z)=z/(1+|z|)`, :math:`g'(z)=(1+|z|)^{-2}\in(0,1]` (continuous at 0).
+    :math:`(g-kz)'=0` exactly where :math:`|z|=k^{-1/2}-1` (for :math:`0<k\le1`; none
+    otherwise): the extremes lie at :math:`l`, :math:`u`, 0 and :math:`\pm(k^{-1/2}-1)`,
+    each clamped into :math:`[l,u]`."""
+
+    def value(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return F.softsign(z)
+
+    def slope_at(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return 1.0 / (1.0 + z.abs()) ** 2
+
+    def extremes(self, node: Node, k: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        k = k.expand_as(lo)
+        ok = (k > 0) & (k <= 1)
+        r = torch.rsqrt(torch.where(ok, k, torch.ones_like(k))) - 1.0
+        cands = [lo, hi, torch.clamp(torch.zeros_like(lo), lo, hi), _clamped(r, ok, lo, hi),
+                 _clamped(-r, ok, lo, hi)]
+        return _candidate_extremes(self, node, k, lo, hi, cands)
+
+
+class LogSigmoidRelaxation(StatedActivation):
+    r"""Log-sigmoid :math:`g(z)=-\log(1+e^{-z})`, concave, :math:`g'(z)=\sigma(-z)\in(0,1)`.
+    :math:`(g-kz)'=0` exactly where :math:`z=\log((1-k)/k)` (for :math:`0<k<1`; none
+    otherwise): the extremes lie at :math:`l`, :math:`u` and that point clamped into
+    :math:`[l,u]`."""
+
+    def value(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return F.logsigmoid(z)
+
+    def slope_at(self, node: Node, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(-z)
+
+    def extremes(self, node: Node, k: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        k = k.expand_as(lo)
+        ok = (k > 0) & (k < 1)
+        kk = torch.where(ok, k, torch.full_like(k, 0.5))
+        crit = torch.log1p(-kk) - torch.log(kk)
+        cands = [lo, hi, _clamped(crit, ok, lo, hi)]
+        return _candidate_extremes(self, node, k, lo, hi, cands)
+
+
 def _candidate_extremes(rule: StatedActivation, node: Node, k: torch.Tensor, lo: torch.Tensor,
                         hi: torch.Tensor, cands: list[torch.Tensor]
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,3 +443,8 @@ register_rule("elu", "crown", ELURelaxation())
 register_rule("hardtanh", "crown", HardtanhRelaxation())
 register_rule("hardswish", "sound", StatedLipschitz())
 register_rule("hardswish", "crown", HardswishRelaxation())
+register_rule("abs", "sound", HardtanhLipschitz())
+register_rule("abs", "crown", AbsRelaxation())
+for _op, _rule in (("softsign", SoftsignRelaxation()), ("logsigmoid", LogSigmoidRelaxation())):
+    register_rule(_op, "sound", StatedLipschitz())
+    register_rule(_op, "crown", _rule)

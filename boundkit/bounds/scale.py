@@ -16,8 +16,8 @@ factor, or :math:`1/c` for a division by :math:`c` (refused at capture when :mat
   of norm :math:`\kappa` needs an input change of at least :math:`\kappa/L`).
 * **crown** / **alpha**: an affine node (:class:`~boundkit.bounds.relaxation.AffineRelaxation`)
   with :math:`L=\mathrm{diag}(w)B`, no constant; the transpose multiplies by :math:`w` and
-  sums the copies; a division's computed reciprocal errs by at most :math:`u|1/c|`
-  (``const_error``).
+  sums the copies; a division's computed reciprocal errs by at most :math:`u|1/c|`, and so
+  does a factor capture computed (``attrs["rounded"]``) (``const_error``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ def scale_factor(node: Node) -> torch.Tensor:
     sample's output (``1 / c`` for a division, rounded to nearest: within ``u |1/c|``)."""
     c = per_sample_constant(node.params["factor"].to(torch.float64), len(node.out_shape))
     return 1.0 / c if node.attrs.get("divide") else c
+
+
+def factor_is_rounded(node: Node) -> bool:
+    """Whether the computed factor differs from the intended one by a rounding (at most
+    ``u |w|``): a division's reciprocal, or a factor capture computed (``attrs["rounded"]``:
+    the ``1 - a`` of a PReLU with one slope per channel)."""
+    return bool(node.attrs.get("divide") or node.attrs.get("rounded"))
 
 
 def _copies(node: Node) -> int:
@@ -69,7 +76,9 @@ class ScaleRule(LipschitzRule):
     def rounding(
         self, node: Node, graph: Graph, in_norm: torch.Tensor, out_norm: torch.Tensor
     ) -> torch.Tensor:
-        return UNIT_ROUNDOFF * out_norm * (1 + 1e-9)
+        # a factor rounded once (capture's 1 - a of a PReLU) is off by u|w|: one more u|h|
+        ulps = 2 if node.attrs.get("rounded") else 1
+        return ulps * UNIT_ROUNDOFF * out_norm * (1 + 1e-9)
 
 
 class ScalePeck(BackwardRule):
@@ -101,7 +110,7 @@ class ScaleRelaxation(AffineRelaxation):
         return m * scale_factor(node).abs().to(m)
 
     def const_error(self, node: Node) -> float:
-        return 2 * UNIT_ROUNDOFF if node.attrs.get("divide") else 0.0
+        return 2 * UNIT_ROUNDOFF if factor_is_rounded(node) else 0.0
 
     def fan(self, node: Node) -> int:
         return _copies(node)

@@ -388,16 +388,28 @@ class _Capture:
             raise UnsupportedLayerError(
                 fx_node.name, "layernorm", why=f"normalized_shape {list(normalized_shape)} "
                 f"is not the trailing shape of its input [N, {', '.join(map(str, shape))}]")
+        return [self.aux_node(fx_node, "centre", "center", [src], shape,
+                              target="layernorm centring",
+                              attrs={"normalized_shape": tuple(normalized_shape)})]
+
+    def aux_node(self, fx_node: torch.fx.Node, suffix: str, op: str, inputs: list[str],
+                 shape: tuple[int, ...], *, target: str | None = None,
+                 attrs: dict[str, Any] | None = None,
+                 params: dict[str, torch.Tensor] | None = None) -> str:
+        """A node of its own that a call's capture adds before the call's node, named
+        ``<name>_<suffix>`` (made unique; ``shape``: per sample): LayerNorm's centring, the
+        branches of ``maximum`` / ``minimum`` and of a PReLU with a slope per channel.
+        Returns its name."""
         taken = {n.name for n in self.order} | set(self.by_name)
-        name = f"{fx_node.name}_centre"
+        name = f"{fx_node.name}_{suffix}"
         while name in taken:
             name += "_"
-        node = Node(name=name, op="center", inputs=[src], target="layernorm centring",
-                    attrs={"normalized_shape": tuple(normalized_shape)},
-                    in_shapes=[shape], out_shape=shape)
+        node = Node(name=name, op=op, inputs=list(inputs), target=target or f"{fx_node.name}",
+                    attrs=dict(attrs or {}), params=dict(params or {}),
+                    in_shapes=[self._sample_shape(i) for i in inputs], out_shape=tuple(shape))
         self.nodes.append(node)
         self.by_name[name] = node
-        return [name]
+        return name
 
     def _sample_shape(self, name: str) -> tuple[int, ...]:
         return self.by_name[name].out_shape
@@ -420,6 +432,9 @@ class _Capture:
                 raise UnsupportedLayerError(
                     fx_node.name, op, why="a layer must be called on exactly one tensor"
                 )
+            if isinstance(m, nn.PReLU) and m.weight.numel() != 1:  # one slope per channel
+                self.prelu(fx_node, inputs[0], m.weight)
+                return
             read = OPS[op].module_attrs
             if read is not None:
                 params, attrs = read(fx_node.name, m)
@@ -484,6 +499,9 @@ class _Capture:
             return
         if op in ("linear", "conv2d", "conv_transpose2d"):
             self.weighted(fx_node, op, a, inputs)
+            return
+        if op == "hardtanh" and sig.form == "clamp" and (a["min"] is None) != (a["max"] is None):
+            self.one_sided_clamp(fx_node, a)
             return
         if op in ("mean", "sum"):
             attrs = self.reduction_attrs(fx_node, op, a)
@@ -722,6 +740,9 @@ class _Capture:
     def arith(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
         r"""``input + alpha * other`` (``-`` for ``sub``): :math:`\sum_i c_i x_i + s` over the
         per-sample operands, broadcast to the output, with the constant operands in ``s``."""
+        if op in ("maximum", "minimum"):
+            self.extremum(fx_node, op, a)
+            return
         alpha = a.get("alpha", 1)
         if isinstance(alpha, torch.fx.Node) or isinstance(alpha, bool):
             raise UnsupportedLayerError(fx_node.name, op, why=f"alpha={alpha!r}")
@@ -759,6 +780,108 @@ class _Capture:
             fx_node, "add", inputs,
             attrs={"coeffs": tuple(coeffs), "repeat": tuple(repeat), "shift": shift},
         )
+
+    def extremum(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        r"""``torch.maximum`` / ``torch.minimum`` (and the tensor methods) as the exact
+        identities :math:`\max(a,b)=a+\mathrm{ReLU}(b-a)` and
+        :math:`\min(a,b)=a-\mathrm{ReLU}(a-b)` (``docs/theory/linear_relaxation.md``
+        §Maximum and minimum): an ``add`` (or, with a constant operand :math:`c`, an
+        ``identity`` shifted by :math:`-c`) into a ``relu``, then the ``add`` or shifted
+        ``identity`` named after the call. Every computed operand must have the output's
+        shape (no broadcasting of a computed operand)."""
+        x, y = a.get("input", a.get("self")), a["other"]
+        live = [isinstance(v, torch.fx.Node) and v.name in self.names for v in (x, y)]
+        if not any(live):
+            raise UnsupportedLayerError(fx_node.name, op, why="no operand depends on the input")
+        out = self.shape(fx_node)[1:]
+        for v, is_live in zip((x, y), live):
+            if is_live and tuple(self._sample_shape(v.name)) != tuple(out):
+                raise UnsupportedLayerError(
+                    fx_node.name, op,
+                    why=f"a computed operand of shape {list(self._sample_shape(v.name))} is "
+                    f"broadcast to {list(out)}: expand it first")
+        if all(live):
+            a_, b_ = x.name, y.name
+            # max: a + relu(b - a); min: a - relu(a - b)
+            first = (b_, a_) if op == "maximum" else (a_, b_)
+            d = self.aux_node(fx_node, "diff", "add", list(first), out,
+                              attrs={"coeffs": (1.0, -1.0), "repeat": (1, 1), "shift": None})
+            r = self.aux_node(fx_node, "relu", "relu", [d], out)
+            self.add_node(fx_node, "add", [a_, r],
+                          attrs={"coeffs": (1.0, 1.0 if op == "maximum" else -1.0),
+                                 "repeat": (1, 1), "shift": None})
+            return
+        h, c = (x, y) if live[0] else (y, x)
+        c = self.sample_constant(fx_node, op, self.constant(fx_node, c), out)
+        if not bool(torch.isfinite(c).all()):
+            raise UnsupportedLayerError(fx_node.name, op, why="a constant operand is not finite")
+        # max(h, c) = c + relu(h - c); min(h, c) = h - relu(h - c)
+        d = self.aux_node(fx_node, "diff", "identity", [h.name], out, attrs={"shift": -c})
+        r = self.aux_node(fx_node, "relu", "relu", [d], out)
+        if op == "maximum":
+            self.add_node(fx_node, "identity", [r], attrs={"shift": c})
+        else:
+            self.add_node(fx_node, "add", [h.name, r],
+                          attrs={"coeffs": (1.0, -1.0), "repeat": (1, 1), "shift": None})
+
+    def one_sided_clamp(self, fx_node: torch.fx.Node, a: dict[str, Any]) -> None:
+        """``clamp(h, min=c)`` is :math:`\\max(h,c)`, the node ``relu`` itself for
+        :math:`c=0`, and ``clamp(h, max=c)`` is :math:`\\min(h,c)` (:meth:`extremum`)."""
+        h, lo, hi = a.get("input", a.get("self")), a["min"], a["max"]
+        if hi is None and isinstance(lo, (int, float)) and not isinstance(lo, bool) and lo == 0:
+            self.add_node(fx_node, "relu", [h.name])
+            return
+        self.extremum(fx_node, "maximum" if hi is None else "minimum",
+                      {"input": h, "other": lo if hi is None else hi})
+
+    def prelu(self, fx_node: torch.fx.Node, src: str, weight: torch.Tensor) -> None:
+        r"""PReLU :math:`g(z)=\max(z,0)+a\min(z,0)` with slope :math:`a` (one, or one per
+        channel: axis 1 of the batched input). One slope is the node ``leaky_relu``; several
+        are captured as the exact identity :math:`g(z)=a\odot z+(1-a)\odot\mathrm{ReLU}(z)`
+        (two ``scale`` nodes and a ``relu`` into the ``add`` named after the call), whose
+        relaxation is as tight as PReLU's own (``docs/theory/linear_relaxation.md``
+        §PReLU)."""
+        w = weight.detach().to(torch.float64).reshape(-1)
+        if not bool(torch.isfinite(w).all()):
+            raise UnsupportedLayerError(fx_node.name, "prelu", why="a slope is not finite")
+        shape = tuple(self._sample_shape(src))
+        if w.numel() == 1:
+            self.add_node(fx_node, "leaky_relu", [src],
+                          attrs={"negative_slope": float(w[0])})
+            return
+        if not shape or shape[0] != w.numel():
+            raise UnsupportedLayerError(
+                fx_node.name, "prelu",
+                why=f"{w.numel()} slopes for an input of shape [N, "
+                f"{', '.join(map(str, shape))}] (one per channel: axis 1)")
+        a = w.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).contiguous()
+        lin = self.aux_node(fx_node, "slope", "scale", [src], shape,
+                            params={"factor": a}, attrs={"divide": False})
+        r = self.aux_node(fx_node, "relu", "relu", [src], shape)
+        # 1 - a is rounded once (exact for a float32 slope of magnitude >= 2^-29): the
+        # scale rules charge u |1 - a| for it (``rounded``)
+        rs = self.aux_node(fx_node, "relu_scaled", "scale", [r], shape,
+                           params={"factor": 1.0 - a}, attrs={"divide": False, "rounded": True})
+        self.add_node(fx_node, "add", [lin, rs],
+                      attrs={"coeffs": (1.0, 1.0), "repeat": (1, 1), "shift": None})
+
+    def slope_activation(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
+        """The call forms of ``leaky_relu``: ``F.leaky_relu`` (its ``negative_slope``) and
+        ``F.prelu`` / ``torch.prelu`` (a constant ``weight``: :meth:`prelu`)."""
+        inputs = self.tensor_inputs([a.get("input", a.get("self"))])
+        if len(inputs) != 1:
+            raise UnsupportedLayerError(fx_node.name, op, why="its input is not the model's data")
+        if op == "prelu":
+            w = a["weight"]
+            if isinstance(w, torch.fx.Node) and w.name in self.names:
+                raise UnsupportedLayerError(fx_node.name, op,
+                                            why="its slopes depend on the input")
+            self.prelu(fx_node, inputs[0], self.constant(fx_node, w))
+            return
+        slope = a["negative_slope"]
+        if isinstance(slope, (torch.fx.Node, bool)) or not isinstance(slope, (int, float)):
+            raise UnsupportedLayerError(fx_node.name, op, why=f"negative_slope={slope!r}")
+        self.add_node(fx_node, "leaky_relu", inputs, attrs={"negative_slope": float(slope)})
 
     def scale(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
         r"""``input * other`` or ``input / other`` with exactly one operand computed from the

@@ -417,7 +417,7 @@ def _hardtanh_call(c: Call) -> dict[str, Any] | None:
         return {"min_val": 0.0, "max_val": 6.0}
     if c.form == "clamp":
         if c.args["min"] is None or c.args["max"] is None:
-            return None  # a one-sided clamp has no rule: an unknown node
+            return None  # one-sided: read by capture as max / min (``one_sided_clamp``)
         return activation_attrs(c.node, "hardtanh",
                                 {"min_val": c.args["min"], "max_val": c.args["max"]})
     return activation_attrs(c.node, "hardtanh", c.args)
@@ -489,15 +489,10 @@ def _elu_call(c: Call) -> dict[str, Any] | None:
 
 
 def _leaky_module(node: str, m: nn.Module) -> tuple[dict, dict]:
-    """LeakyReLU, and PReLU with one slope (its learned ``weight``; one slope per channel is
-    refused by name)."""
+    """LeakyReLU, and PReLU with one slope (its learned ``weight``; capture reads one slope
+    per channel as an exact composition: ``_Capture.prelu``)."""
     if isinstance(m, nn.PReLU):
-        w = m.weight.detach()
-        if w.numel() != 1:
-            raise UnsupportedLayerError(
-                node, "leaky_relu", why=f"a PReLU with {w.numel()} slopes (one per channel): "
-                "boundkit supports a PReLU with one slope (num_parameters=1)")
-        slope = float(w.reshape(()))
+        slope = float(m.weight.detach().reshape(()))
         if not math.isfinite(slope):
             raise UnsupportedLayerError(node, "leaky_relu", why=f"PReLU slope {slope!r}")
         return {}, {"negative_slope": slope}
@@ -573,9 +568,10 @@ _SPECS: tuple[OpSpec, ...] = (
            rules=_rules("activation", "sound", "peck2017", "crown"), fc_activation=True,
            nonnegative=True),
     OpSpec("leaky_relu", "activation", ops.leaky_relu, (nn.LeakyReLU, nn.PReLU),
-           functions={F.leaky_relu: sig("input negative_slope inplace", 0.01, False)},
-           module_attrs=_leaky_module,
-           call_attrs=lambda c: {"negative_slope": float(c.args["negative_slope"])},
+           functions={F.leaky_relu: sig("input negative_slope inplace", 0.01, False),
+                      F.prelu: sig("input weight", form="prelu"),
+                      torch.prelu: sig("input weight", form="prelu")},
+           module_attrs=_leaky_module, reader="slope_activation",
            rules=_rules("activation", "sound", "crown")),
     OpSpec("tanh", "activation", ops.tanh, (nn.Tanh,),
            functions={torch.tanh: sig("input"), F.tanh: sig("input")},
@@ -619,6 +615,18 @@ _SPECS: tuple[OpSpec, ...] = (
            rules=_rules("modern_activations", "sound", "crown")),
     OpSpec("hardswish", "activation", lambda node, xs: F.hardswish(xs[0]), (nn.Hardswish,),
            functions={F.hardswish: sig("input inplace", False)},
+           rules=_rules("modern_activations", "sound", "crown")),
+    # |z|, softsign z / (1 + |z|) and log-sigmoid -log(1 + e^{-z}): torch's own kernels
+    OpSpec("abs", "activation", lambda node, xs: torch.abs(xs[0]),
+           functions={torch.abs: sig("input"), torch.absolute: sig("input"),
+                      operator.abs: sig("input")},
+           methods={**_unary("abs"), **_unary("absolute")}, call_attrs=lambda c: {},
+           rules=_rules("modern_activations", "sound", "crown"), nonnegative=True),
+    OpSpec("softsign", "activation", lambda node, xs: F.softsign(xs[0]), (nn.Softsign,),
+           functions={F.softsign: sig("input")}, call_attrs=lambda c: {},
+           rules=_rules("modern_activations", "sound", "crown")),
+    OpSpec("logsigmoid", "activation", lambda node, xs: F.logsigmoid(xs[0]), (nn.LogSigmoid,),
+           functions={F.logsigmoid: sig("input")}, call_attrs=lambda c: {},
            rules=_rules("modern_activations", "sound", "crown")),
     OpSpec("hardsigmoid", "activation", lambda node, xs: F.hardsigmoid(xs[0]),
            (nn.Hardsigmoid,), functions={F.hardsigmoid: sig("input inplace", False)},
@@ -695,11 +703,17 @@ _SPECS: tuple[OpSpec, ...] = (
                       torch.add: sig("input other alpha", 1, form="add"),
                       operator.sub: sig("input other", form="sub"),
                       torch.sub: sig("input other alpha", 1, form="sub"),
-                      torch.subtract: sig("input other alpha", 1, form="sub")},
+                      torch.subtract: sig("input other alpha", 1, form="sub"),
+                      # max(a, b) = a + relu(b - a), min(a, b) = a - relu(a - b): an add,
+                      # a relu and an add (``_Capture.extremum``)
+                      torch.maximum: sig("input other", form="maximum"),
+                      torch.minimum: sig("input other", form="minimum")},
            methods={"add": sig("self other alpha", 1, form="add"),
                     "add_": sig("self other alpha", 1, inplace=True, form="add"),
                     "sub": sig("self other alpha", 1, form="sub"),
-                    "sub_": sig("self other alpha", 1, inplace=True, form="sub")},
+                    "sub_": sig("self other alpha", 1, inplace=True, form="sub"),
+                    "maximum": sig("self other", form="maximum"),
+                    "minimum": sig("self other", form="minimum")},
            reader="arith", rules=_rules("structural", "sound", "crown")),
     # products of two values computed from the input (docs/theory/products.md); its reader
     # (``_Capture.multiply``) makes a product with a constant operand the affine ``scale``
