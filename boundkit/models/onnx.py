@@ -21,7 +21,13 @@ MaxPool, AveragePool, GlobalAveragePool    ``nn.MaxPool2d``, ``nn.AvgPool2d``
 BatchNormalization                         ``nn.BatchNorm1d/2d`` (eval statistics)
 LRN (odd size)                             ``nn.LocalResponseNorm``
 Relu, Sigmoid, Tanh, Softplus              the same modules
-LeakyRelu(a)                               ``a*x + (1-a)*relu(x)`` (an add of two branches)
+LeakyRelu(a), PRelu(slope: one, or one     ``a*x + (1-a)*relu(x)`` (an add of two branches;
+per channel or element)                    ``a`` a constant broadcast to x)
+Abs, Softsign (or ``x / (1 + Abs(x))``),   ``torch.abs``, ``nn.Softsign``, ``nn.CELU(a)``
+Celu(a)
+Selu(a, g)                                 ``nn.ELU(a)`` times ``g`` (the file's constants)
+Max, Min of two tensors, or of a tensor    ``torch.maximum`` / ``torch.minimum``; with a
+and a constant c                           constant ``c + relu(x - c)``, ``x - relu(x - c)``
 Softmax, LogSoftmax (last node only)       the same modules
 Flatten, Reshape, Squeeze, Unsqueeze       regrouping views (``reshape``) that keep each
                                            sample whole (the batch may move or merge, below)
@@ -297,6 +303,10 @@ ATTRIBUTES: dict[str, dict[str, tuple[int, Any]]] = {
     "Elu": {"alpha": (_A_FLOAT, _any)},
     "HardSwish": {},
     "HardSigmoid": {"alpha": (_A_FLOAT, _any), "beta": (_A_FLOAT, _any)},
+    # stop 33's element-wise operators
+    "Abs": {}, "Softsign": {}, "PRelu": {},
+    "Selu": {"alpha": (_A_FLOAT, _any), "gamma": (_A_FLOAT, _any)},
+    "Celu": {"alpha": (_A_FLOAT, _any)},
     "Clip": {"min": (_A_FLOAT, _any), "max": (_A_FLOAT, _any)},
     "Erf": {},
     "ReduceMean": {"axes": (_A_INTS, _between(-64, 64)), "keepdims": _BOOL,
@@ -443,7 +453,7 @@ def _as_moved(v: _Dyn | _Moved) -> _Moved:
 #: is refused by name before its handler runs
 _MOVED_OPS = frozenset({
     "Shape", "Identity", "Dropout", "Relu", "Sigmoid", "Tanh", "Softplus", "Gelu", "Elu",
-    "HardSwish", "HardSigmoid",
+    "HardSwish", "HardSigmoid", "Abs", "Softsign", "Celu",
     "Clip", "Erf", "Pow", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gather",
     "Slice", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Softmax", "LayerNormalization",
     "ReduceMean", "ReduceSum",
@@ -736,6 +746,13 @@ class _Importer:
         if isinstance(v, _Moved):
             return _Moved(self.unary(v.v, module, kind), v.g0, v.pos, v.g1)
         return _Dyn(self.add_module(kind, module, v.node), v.base_shape, v.shape, v.idx,
+                    v.perm)
+
+    def unary_call(self, v: _Dyn | _Moved, fn: Any) -> Any:
+        """:meth:`unary` with a torch function (``torch.abs``) instead of a module."""
+        if isinstance(v, _Moved):
+            return _Moved(self.unary_call(v.v, fn), v.g0, v.pos, v.g1)
+        return _Dyn(self.graph.call_function(fn, (v.node,)), v.base_shape, v.shape, v.idx,
                     v.perm)
 
     # ------------------------------------------------------------------ the walk
@@ -1550,9 +1567,14 @@ class _Importer:
         v = self.anydyn(node, 0)
         if lo is not None and hi is None and lo == 0.0:
             return self.unary(v, nn.ReLU(), "relu")
+        if (lo is None) != (hi is None) and isinstance(v, _Dyn):  # one bound: max / min
+            one = lo if hi is None else hi
+            if not math.isfinite(one):
+                raise self.fail(node, f"Clip(min={lo}, max={hi}): a finite bound is supported")
+            return self.extremum_const(node, self.real(v, node), np.asarray(one), hi is None)
         if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-            raise self.fail(node, f"Clip(min={lo}, max={hi}): two finite bounds (or min=0) "
-                            "are supported")
+            raise self.fail(node, f"Clip(min={lo}, max={hi}): two finite bounds (or one, on "
+                            "a tensor whose batch axis is first) are supported")
         return self.unary(v, nn.Hardtanh(lo, hi), "hardtanh")
 
     def _producers(self) -> dict[str, tuple[int, Any]]:
@@ -1697,14 +1719,89 @@ class _Importer:
 
     def op_LeakyRelu(self, node: Any, k: int) -> _Dyn:
         alpha = float(self.attrs(node).get("alpha", 0.01))
-        v = self.real(self.dyn(node, 0), node)
-        if alpha == 0.0:
+        return self.slope_relu(node, self.real(self.dyn(node, 0), node), np.asarray(alpha))
+
+    def slope_relu(self, node: Any, v: _Dyn, alpha: np.ndarray) -> _Dyn:
+        """``max(x, 0) + alpha * min(x, 0)`` as ``alpha * x + (1 - alpha) * relu(x)`` (exact;
+        ``alpha`` a constant ONNX broadcasts against ``x``: LeakyRelu's one slope, PRelu's
+        one per channel or element)."""
+        if not bool(np.isfinite(alpha).all()):
+            raise self.fail(node, "a slope is not finite")
+        if alpha.size == 1 and float(alpha.reshape(-1)[0]) == 0.0:
             return self.unary(v, nn.ReLU(), "relu")
-        lin = self.scale_shift(v, np.asarray(alpha), None, node, "leaky_linear")
+        if alpha.ndim > 0:
+            self._out_broadcast(node, v, alpha)
+        lin = self.scale_shift(v, alpha, None, node, "leaky_linear")
         r = self.unary(v, nn.ReLU(), "relu")
-        r = self.scale_shift(r, np.asarray(1.0 - alpha), None, node, "leaky_relu")
+        r = self.scale_shift(r, 1.0 - alpha, None, node, "leaky_relu")
         out = self.graph.call_function(torch.add, (lin.node, r.node))
         return _Dyn(out, v.shape, v.shape)
+
+    def op_PRelu(self, node: Any, k: int) -> _Dyn:
+        slope = self._float(node, self.const(node, 1, "the slope"), "the slope")
+        return self.slope_relu(node, self.real(self.dyn(node, 0), node), slope)
+
+    def op_Abs(self, node: Any, k: int) -> _Dyn | _Moved:
+        return self.unary_call(self.anydyn(node, 0), torch.abs)
+
+    def op_Softsign(self, node: Any, k: int) -> _Dyn | _Moved:
+        return self.unary(self.anydyn(node, 0), nn.Softsign(), "softsign")
+
+    def op_Celu(self, node: Any, k: int) -> _Dyn | _Moved:
+        alpha = float(self.attrs(node).get("alpha", 1.0))
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise self.fail(node, f"alpha={alpha}: a finite alpha > 0 is supported")
+        return self.unary(self.anydyn(node, 0), nn.CELU(alpha=alpha), "celu")
+
+    def op_Selu(self, node: Any, k: int) -> _Dyn:
+        """``gamma * elu_alpha(x)`` with the file's ``alpha`` and ``gamma`` (ONNX's defaults
+        are torch's SELU constants rounded to float32)."""
+        a = self.attrs(node)
+        alpha = float(a.get("alpha", 1.67326319217681884765625))
+        gamma = float(a.get("gamma", 1.05070102214813232421875))
+        if not (math.isfinite(alpha) and math.isfinite(gamma)):
+            raise self.fail(node, f"alpha={alpha}, gamma={gamma}")
+        e = self.unary(self.real(self.dyn(node, 0), node), nn.ELU(alpha=alpha), "elu")
+        return self.scale_shift(e, np.asarray(gamma), None, node, "selu_scale")
+
+    def _extremum(self, node: Any, fn: Any) -> _Dyn:
+        """``Max`` / ``Min`` of two inputs: ``torch.maximum`` / ``torch.minimum`` of two
+        tensors of one shape; with a constant ``c``, ``c + relu(x - c)`` /
+        ``x - relu(x - c)`` (exact)."""
+        if len(node.input) != 2:
+            raise self.fail(node, f"{node.op_type} of {len(node.input)} inputs: two are "
+                            "supported")
+        x, y, _ = self._binary(node)
+        if not isinstance(x, _Dyn):
+            raise self.fail(node, "an operand whose batch axis is not first")
+        v = self.real(x, node)
+        if isinstance(y, (_Dyn, _Moved)):
+            if not isinstance(y, _Dyn) or tuple(y.shape) != tuple(v.shape):
+                raise self.fail(node, f"{node.op_type} of tensors of shapes {list(v.shape)} and "
+                                f"{list(_as_moved(y).v.shape)} (broadcasting between inputs)")
+            w = self.real(y, node)
+            return _Dyn(self.graph.call_function(fn, (v.node, w.node)), v.shape, v.shape)
+        return self.extremum_const(node, v, y, fn is torch.maximum)
+
+    def extremum_const(self, node: Any, v: _Dyn, c: np.ndarray, maximum: bool) -> _Dyn:
+        """``max(x, c) = c + relu(x - c)`` or ``min(x, c) = x - relu(x - c)`` for a
+        constant ``c`` ONNX broadcasts against ``x`` (exact identities)."""
+        if not bool(np.isfinite(c).all()):
+            raise self.fail(node, "a constant operand is not finite")
+        if c.ndim > 0:
+            self._out_broadcast(node, v, c)
+        d = self.scale_shift(v, None, -c, node, "extremum_diff")
+        r = self.unary(d, nn.ReLU(), "relu")
+        if maximum:
+            return self.scale_shift(r, None, c, node, "extremum_max")
+        nr = self.scale_shift(r, np.asarray(-1.0), None, node, "extremum_min")
+        return _Dyn(self.graph.call_function(torch.add, (v.node, nr.node)), v.shape, v.shape)
+
+    def op_Max(self, node: Any, k: int) -> _Dyn:
+        return self._extremum(node, torch.maximum)
+
+    def op_Min(self, node: Any, k: int) -> _Dyn:
+        return self._extremum(node, torch.minimum)
 
     def op_Flatten(self, node: Any, k: int) -> _Dyn | _Moved:
         val = self.anydyn(node, 0)
@@ -2679,8 +2776,29 @@ class _Importer:
                     return self.unary(v, nn.Hardswish(), "hardswish")
         return None
 
+    def _softsign(self, node: Any) -> _Dyn | _Moved | None:
+        """``x / (1 + Abs(x))`` (Softsign as torch exports it): one node, or ``None``."""
+        prods = self._producers()
+        add = prods.get(node.input[1], (None, None))[1]
+        if add is None or add.op_type != "Add" or len(add.input) != 2:
+            return None
+        for i in (0, 1):
+            ab = prods.get(add.input[i], (None, None))[1]
+            one = self.values.get(add.input[1 - i])
+            if (ab is not None and ab.op_type == "Abs" and ab.input[0] == node.input[0]
+                    and isinstance(one, np.ndarray) and one.size == 1
+                    and float(one.reshape(-1)[0]) == 1.0):
+                v = self.values[node.input[0]]
+                if isinstance(v, (_Dyn, _Moved)):
+                    return self.unary(v, nn.Softsign(), "softsign")
+        return None
+
     def op_Div(self, node: Any, k: int) -> _Dyn | _Moved:
         x, y, swapped = self._binary(node)
+        if isinstance(y, (_Dyn, _Moved)) and not swapped:
+            soft = self._softsign(node)
+            if soft is not None:
+                return soft
         if isinstance(y, (_Dyn, _Moved)) or swapped:
             raise self.fail(node, "division by an input-dependent tensor is not supported")
         if (y == 0).any():

@@ -114,14 +114,26 @@ def test_layer_normalization_op_matches_onnxruntime(tmp_path: Path) -> None:
     _check(p, (4,), {"layernorm"})
 
 
-def test_lone_erf_and_one_sided_clip_are_refused_by_name(tmp_path: Path) -> None:
+def test_lone_erf_is_refused_by_name_and_a_one_sided_clip_imports(tmp_path: Path) -> None:
     body = [N("Gemm", ["x", "w", "b"], ["z"], transB=1), N("Erf", ["z"], ["h"])]
     p = classifier(tmp_path, body, (4,), "h", 6, {"w": rand(6, 4), "b": rand(6)})
     with pytest.raises(OnnxImportError, match="GELU's pattern"):
         load_onnx(p)
+    # one bound: max(z, -1) = -1 + relu(z + 1) (stop 33; refused before)
     body = [N("Gemm", ["x", "w", "b"], ["z"], transB=1), N("Clip", ["z", "lo"], ["h"])]
     p = classifier(tmp_path, body, (4,), "h", 6,
-                   {"w": rand(6, 4), "b": rand(6), "lo": np.array(-1.0, dtype=np.float32)},
-                   name="clip.onnx")
-    with pytest.raises(BoundkitError, match="Clip"):
+                   {"w": rand(6, 4, scale=3.0), "b": rand(6),
+                    "lo": np.array(-1.0, dtype=np.float32)}, name="clip.onnx")
+    _check(p, (4,), {"relu"})
+    body = [N("Gemm", ["x", "w", "b"], ["z"], transB=1), N("Clip", ["z", "", "hi"], ["h"])]
+    p = classifier(tmp_path, body, (4,), "h", 6,
+                   {"w": rand(6, 4, scale=3.0), "b": rand(6),
+                    "hi": np.array(0.5, dtype=np.float32)}, name="clip_hi.onnx")
+    _check(p, (4,), {"relu"})
+    body = [N("Gemm", ["x", "w", "b"], ["z"], transB=1),
+            N("Clip", ["z", "lo"], ["h"])]
+    p = classifier(tmp_path, body, (4,), "h", 6,
+                   {"w": rand(6, 4), "b": rand(6), "lo": np.array(np.inf, dtype=np.float32)},
+                   name="clip_inf.onnx")
+    with pytest.raises(BoundkitError, match="infinity|Clip"):
         load_onnx(p)
