@@ -42,18 +42,22 @@ IMAGE_OPS = ("conv", "convT", "upsample", "avgpool", "maxpool", "adaptive", "bn"
              "act", "residual", "cat", "layernorm", "mean_keep")
 VECTOR_OPS = ("linear", "linear", "act", "act", "groupsort", "layernorm", "residual", "cat")
 ACTS = ("relu", "leaky", "gelu", "gelu_tanh", "silu", "elu", "hardtanh", "relu6", "tanh",
-        "sigmoid", "selu", "celu", "prelu", "hardswish")
+        "sigmoid", "selu", "celu", "prelu", "hardswish", "abs", "softsign", "logsigmoid",
+        "maximum", "minimum")
+#: activations with no module form (always the functional one)
+_FUNCTIONAL_ONLY = ("abs", "maximum", "minimum")
 
 
 def _act(kind: str, form: int) -> nn.Module | None:
     """The activation as a module (``form`` even) or ``None`` (the functional form)."""
-    if form % 2 and kind != "prelu":  # PReLU: a module only (its slope is a parameter)
+    if (form % 2 and kind != "prelu") or kind in _FUNCTIONAL_ONLY:  # PReLU: a module only
         return None
     return {"relu": nn.ReLU(), "leaky": nn.LeakyReLU(0.2), "gelu": nn.GELU(),
             "gelu_tanh": nn.GELU(approximate="tanh"), "silu": nn.SiLU(), "elu": nn.ELU(0.7),
             "hardtanh": nn.Hardtanh(-0.5, 1.5), "relu6": nn.ReLU6(), "tanh": nn.Tanh(),
             "sigmoid": nn.Sigmoid(), "selu": nn.SELU(), "celu": nn.CELU(0.6),
-            "prelu": nn.PReLU(init=-0.3), "hardswish": nn.Hardswish()}[kind]
+            "prelu": nn.PReLU(init=-0.3), "hardswish": nn.Hardswish(),
+            "softsign": nn.Softsign(), "logsigmoid": nn.LogSigmoid()}[kind]
 
 
 def _act_fn(kind: str, h: torch.Tensor) -> torch.Tensor:
@@ -67,7 +71,11 @@ def _act_fn(kind: str, h: torch.Tensor) -> torch.Tensor:
             "celu": lambda: F.celu(h, alpha=0.6),
             # PReLU's function with its slope (torch's F.prelu takes a weight tensor)
             "prelu": lambda: F.leaky_relu(h, negative_slope=-0.3),
-            "hardswish": lambda: F.hardswish(h)}[kind]()
+            "hardswish": lambda: F.hardswish(h), "abs": lambda: h.abs(),
+            "softsign": lambda: F.softsign(h), "logsigmoid": lambda: F.logsigmoid(h),
+            # two computed operands; a constant one
+            "maximum": lambda: torch.maximum(h, 0.5 * h + 0.1),
+            "minimum": lambda: torch.minimum(h, torch.tensor(0.7))}[kind]()
 
 
 def _draws(g: torch.Generator) -> tuple[Callable[[tuple[str, ...]], str],
