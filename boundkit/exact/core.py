@@ -249,14 +249,7 @@ def exact_radius(
     """
     x = check_call(model, x, device=device, counts={"max_neurons": max_neurons,
                                                     "max_regions": max_regions})
-    if not isinstance(x, torch.Tensor):
-        raise InputShapeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise InputShapeError(
-            f"x must be a non-empty batch [N, *input_shape]; got shape {tuple(x.shape)}"
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise InputShapeError("x holds NaN or infinity")
+    # check_call has checked x: a finite, floating, non-empty batch [N, ...]
     if not 0.0 <= rtol < 1.0:
         raise ValueError(f"rtol must be in [0, 1), got {rtol}")
     if on_budget not in ("raise", "nan"):
