@@ -58,6 +58,7 @@ from boundkit.graph.optable import (
     module_ops,
     pair,
     positive_eps,
+    same_or_valid_padding,
 )
 from boundkit.validate import check_model
 
@@ -424,6 +425,9 @@ class _Capture:
         params: dict[str, torch.Tensor] = {}
         attrs: dict[str, Any] = {}
         if op == "unknown":
+            if (len(inputs) == 1 and len(fx_node.args) == 1 and not fx_node.kwargs
+                    and self.composite_module(fx_node, m, inputs[0])):
+                return
             attrs["module_type"] = type(m).__name__
         elif type(m) in self.leaf_modules:
             pass  # a user's own layer: its module is its semantics
@@ -864,6 +868,167 @@ class _Capture:
                            params={"factor": 1.0 - a}, attrs={"divide": False, "rounded": True})
         self.add_node(fx_node, "add", [lin, rs],
                       attrs={"coeffs": (1.0, 1.0), "repeat": (1, 1), "shift": None})
+
+    def composite_module(self, fx_node: torch.fx.Node, m: nn.Module, src: str) -> bool:
+        """torch layers without a node kind of their own, captured as exact compositions of
+        boundkit's nodes (``docs/theory/structural.md`` §Layers captured as compositions):
+        ``Conv1d``, ``MaxPool1d``, ``AvgPool1d`` as their 2-d twins on ``[N, C, 1, L]``;
+        ``ZeroPad2d`` / ``ConstantPad2d(value=0)`` as a one-hot depthwise convolution;
+        ``AdaptiveMaxPool2d`` whose output size divides the input's as a max pooling;
+        ``Tanhshrink`` as ``x - tanh(x)``; ``Softmin`` as ``softmax(-x)``; ``GLU`` as the
+        product of its first half and the sigmoid of its second. Returns whether ``m`` was
+        one of them (exact type: a subclass may compute something else)."""
+        t = type(m)
+        if t is nn.Conv1d:
+            self.conv1d(fx_node, m, src)
+        elif t in (nn.MaxPool1d, nn.AvgPool1d):
+            self.pool1d(fx_node, m, src)
+        elif t in (nn.ZeroPad2d, nn.ConstantPad2d):
+            if t is nn.ConstantPad2d and float(m.value) != 0.0:
+                raise UnsupportedLayerError(fx_node.name, "ConstantPad2d",
+                                            why=f"value={m.value!r}: zero padding is supported")
+            self.zero_pad2d(fx_node, tuple(int(v) for v in m.padding), src)
+        elif t is nn.AdaptiveMaxPool2d:
+            self.adaptive_max2d(fx_node, m, src)
+        elif t is nn.Tanhshrink:
+            shape = self._sample_shape(src)
+            th = self.aux_node(fx_node, "tanh", "tanh", [src], shape)
+            self.add_node(fx_node, "add", [src, th],
+                          attrs={"coeffs": (1.0, -1.0), "repeat": (1, 1), "shift": None})
+        elif t is nn.Softmin:
+            if m.dim is None:
+                raise UnsupportedLayerError(fx_node.name, "Softmin", why="dim=None: pass dim")
+            shape = self._sample_shape(src)
+            neg = self.aux_node(fx_node, "neg", "scale", [src], shape,
+                                params={"factor": torch.tensor(-1.0, dtype=torch.float64)},
+                                attrs={"divide": False})
+            self.add_node(fx_node, "softmax", [neg], attrs={"dim": m.dim})
+        elif t is nn.GLU:
+            self.glu(fx_node, int(m.dim), src)
+        else:
+            return False
+        return True
+
+    def _per_sample_axis(self, fx_node: torch.fx.Node, op: str, dim: int, rank: int) -> int:
+        """A dimension of the batched tensor (rank ``rank + 1``) as a per-sample axis."""
+        d = dim + rank + 1 if dim < 0 else dim
+        if not 1 <= d <= rank:
+            raise UnsupportedLayerError(fx_node.name, op,
+                                        why=f"dim={dim} is the batch's or out of range")
+        return d - 1
+
+    def conv1d(self, fx_node: torch.fx.Node, m: nn.Conv1d, src: str) -> None:
+        r"""``Conv1d`` on ``[N, C, L]`` as ``conv2d`` with kernel :math:`1\times k` on
+        ``[N, C, 1, L]`` (the same sums, exactly), between two reshapes. Padding
+        ``"valid"`` is 0 and ``"same"`` half of :math:`d(k-1)` when that is even (torch pads
+        the odd extra on one side: refused)."""
+        if m.padding_mode != "zeros":
+            raise UnsupportedLayerError(fx_node.name, "Conv1d", why=f"padding_mode="
+                                        f"{m.padding_mode!r}; only zero padding is supported")
+        k, s, d = int(m.kernel_size[0]), int(m.stride[0]), int(m.dilation[0])
+        pad = (same_or_valid_padding(fx_node.name, m.padding, [k], [d])[0]
+               if isinstance(m.padding, str) else int(m.padding[0]))
+        params = {"weight": m.weight.detach().double().unsqueeze(2)}
+        if m.bias is not None:
+            params["bias"] = m.bias.detach().double()
+        attrs = dict(stride=(1, s), padding=(0, pad), dilation=(1, d), groups=int(m.groups),
+                     kernel_size=(1, k))
+        self.lifted_1d(fx_node, "Conv1d", src, "conv2d", params, attrs)
+
+    def pool1d(self, fx_node: torch.fx.Node, m: nn.Module, src: str) -> None:
+        """``MaxPool1d`` / ``AvgPool1d`` as ``maxpool2d`` / ``avgpool2d`` with a window of
+        height 1 on ``[N, C, 1, L]`` (padding on the length axis only: the same windows)."""
+        k = int(m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0])
+        st = m.stride if m.stride is not None else k
+        s = int(st if isinstance(st, int) else st[0])
+        p = int(m.padding if isinstance(m.padding, int) else m.padding[0])
+        attrs: dict[str, Any] = dict(kernel_size=(1, k), stride=(1, s), padding=(0, p),
+                                     ceil_mode=bool(m.ceil_mode))
+        if isinstance(m, nn.MaxPool1d):
+            if m.return_indices:
+                raise UnsupportedLayerError(fx_node.name, "MaxPool1d", why="return_indices=True")
+            d = int(m.dilation if isinstance(m.dilation, int) else m.dilation[0])
+            attrs["dilation"] = (1, d)
+            self.lifted_1d(fx_node, "MaxPool1d", src, "maxpool2d", {}, attrs)
+            return
+        attrs.update(count_include_pad=bool(m.count_include_pad), divisor_override=None)
+        self.lifted_1d(fx_node, "AvgPool1d", src, "avgpool2d", {}, attrs)
+
+    def lifted_1d(self, fx_node: torch.fx.Node, what: str, src: str, op2d: str,
+                  params: dict[str, torch.Tensor], attrs: dict[str, Any]) -> None:
+        """A 1-d layer on ``[N, C, L]`` as its 2-d twin on ``[N, C, 1, L]``: a ``reshape``,
+        the 2-d node, and the ``reshape`` back named after the call."""
+        shape = tuple(self._sample_shape(src))
+        out = tuple(self.shape(fx_node)[1:])
+        if len(shape) != 2 or len(out) != 2:
+            raise UnsupportedLayerError(
+                fx_node.name, what, why=f"its input has shape [N, {', '.join(map(str, shape))}]"
+                "; boundkit supports it on [N, C, L]")
+        up = self.aux_node(fx_node, "as_2d", "reshape", [src], (shape[0], 1, shape[1]))
+        mid = self.aux_node(fx_node, "2d", op2d, [up], (out[0], 1, out[1]), params=params,
+                            attrs=attrs, target=f"{fx_node.target} as {op2d}")
+        self.check_input_rank(self.by_name[mid])
+        self.add_node(fx_node, "reshape", [mid])
+
+    def zero_pad2d(self, fx_node: torch.fx.Node, pad: tuple[int, ...], src: str) -> None:
+        r"""Zero padding ``(left, right, top, bottom)`` of ``[N, C, H, W]`` as a depthwise
+        ``conv2d`` with a one-hot kernel: per axis, symmetric padding
+        :math:`P=\max(a,b)`, kernel length :math:`1+|a-b|` and the one at :math:`P-a`, so
+        the output has :math:`n+a+b` entries, the :math:`j`-th being input :math:`j-a` or 0
+        (exact: one product by 1 and zeros)."""
+        shape = tuple(self._sample_shape(src))
+        if len(shape) != 3:
+            raise UnsupportedLayerError(fx_node.name, "ZeroPad2d",
+                                        why="boundkit supports it on [N, C, H, W]")
+        if len(pad) != 4 or min(pad) < 0:
+            raise UnsupportedLayerError(fx_node.name, "ZeroPad2d",
+                                        why=f"padding {pad}: four amounts >= 0 are supported")
+        (left, right, top, bottom), c = pad, shape[0]
+        kh, kw = 1 + abs(top - bottom), 1 + abs(left - right)
+        ph, pw = max(top, bottom), max(left, right)
+        w = torch.zeros(c, 1, kh, kw, dtype=torch.float64)
+        w[:, 0, ph - top, pw - left] = 1.0
+        self.add_node(fx_node, "conv2d", [src], params={"weight": w},
+                      attrs=dict(stride=(1, 1), padding=(ph, pw), dilation=(1, 1), groups=c,
+                                 kernel_size=(kh, kw)))
+        self.check_input_rank(self.nodes[-1])
+
+    def adaptive_max2d(self, fx_node: torch.fx.Node, m: nn.AdaptiveMaxPool2d, src: str) -> None:
+        """``AdaptiveMaxPool2d`` whose output size divides the input's: the max pooling with
+        kernel = stride = input / output (the windows torch's adaptive pooling takes then)."""
+        if m.return_indices:
+            raise UnsupportedLayerError(fx_node.name, "AdaptiveMaxPool2d",
+                                        why="return_indices=True")
+        shape = tuple(self._sample_shape(src))
+        out = tuple(self.shape(fx_node)[1:])
+        if len(shape) != 3 or any(o == 0 or i % o for i, o in zip(shape[1:], out[1:])):
+            raise UnsupportedLayerError(
+                fx_node.name, "AdaptiveMaxPool2d",
+                why=f"output {list(out)} from input {list(shape)}: supported when the output "
+                "size divides the input's")
+        k = (shape[1] // out[1], shape[2] // out[2])
+        self.add_node(fx_node, "maxpool2d", [src],
+                      attrs=dict(kernel_size=k, stride=k, padding=(0, 0), dilation=(1, 1),
+                                 ceil_mode=False))
+        self.check_input_rank(self.nodes[-1])
+
+    def glu(self, fx_node: torch.fx.Node, dim: int, src: str) -> None:
+        r"""``GLU`` :math:`a\odot\sigma(b)` with :math:`a, b` the halves along ``dim``: two
+        ``select`` nodes, a ``sigmoid`` and the product ``mul``."""
+        shape = tuple(self._sample_shape(src))
+        ax = self._per_sample_axis(fx_node, "GLU", dim, len(shape))
+        if shape[ax] % 2:
+            raise UnsupportedLayerError(fx_node.name, "GLU",
+                                        why=f"dim {dim} has odd size {shape[ax]}")
+        h = shape[ax] // 2
+        half = tuple(h if i == ax else n for i, n in enumerate(shape))
+        lead = (slice(None),) * ax
+        a = self.aux_node(fx_node, "a", "select", [src], half,
+                          attrs={"index": (*lead, slice(0, h))})
+        b = self.aux_node(fx_node, "b", "select", [src], half,
+                          attrs={"index": (*lead, slice(h, None))})
+        g = self.aux_node(fx_node, "gate", "sigmoid", [b], half)
+        self.add_node(fx_node, "mul", [a, g])
 
     def slope_activation(self, fx_node: torch.fx.Node, op: str, a: dict[str, Any]) -> None:
         """The call forms of ``leaky_relu``: ``F.leaky_relu`` (its ``negative_slope``) and

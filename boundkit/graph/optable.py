@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any, Literal
@@ -278,16 +278,36 @@ def _linear_module(node: str, m: nn.Module) -> tuple[dict, dict]:
 
 
 def _conv2d_module(node: str, m: nn.Module) -> tuple[dict, dict]:
-    if isinstance(m.padding, str):
-        raise UnsupportedLayerError(node, "conv2d",
-                                    why=f"string padding {m.padding!r}: use explicit integers")
+    if isinstance(m.padding, str):  # "valid": 0; "same": half of d(k - 1) where it is even
+        padding = pair(same_or_valid_padding(node, m.padding, pair(m.kernel_size),
+                                             pair(m.dilation)))
+    else:
+        padding = pair(m.padding)
     if m.padding_mode != "zeros":
         raise UnsupportedLayerError(
             node, "conv2d", why=f"padding_mode={m.padding_mode!r}; only zero padding is supported")
     return _weight_bias(m), dict(
-        stride=pair(m.stride), padding=pair(m.padding), dilation=pair(m.dilation),
+        stride=pair(m.stride), padding=padding, dilation=pair(m.dilation),
         groups=int(m.groups), kernel_size=pair(m.kernel_size),
     )
+
+
+def same_or_valid_padding(node: str, padding: str, kernel: Sequence[int],
+                          dilation: Sequence[int]) -> list[int]:
+    """A convolution's string padding per spatial axis as integers: ``"valid"`` is 0,
+    ``"same"`` is half of :math:`d(k-1)` where that is even (else torch pads one side more
+    than the other: refused by name)."""
+    if padding == "valid":
+        return [0] * len(kernel)
+    out = []
+    for k, d in zip(kernel, dilation):
+        total = int(d) * (int(k) - 1)
+        if total % 2:
+            raise UnsupportedLayerError(
+                node, "conv", why=f"padding='same' with kernel {k} and dilation {d} pads one "
+                "side more than the other; use explicit integers")
+        out.append(total // 2)
+    return out
 
 
 def _conv_transpose2d_module(node: str, m: nn.Module) -> tuple[dict, dict]:
