@@ -876,8 +876,9 @@ class _Capture:
         ``ZeroPad2d`` / ``ConstantPad2d(value=0)`` as a one-hot depthwise convolution;
         ``AdaptiveMaxPool2d`` whose output size divides the input's as a max pooling;
         ``Tanhshrink`` as ``x - tanh(x)``; ``Softmin`` as ``softmax(-x)``; ``GLU`` as the
-        product of its first half and the sigmoid of its second. Returns whether ``m`` was
-        one of them (exact type: a subclass may compute something else)."""
+        product of its first half and the sigmoid of its second; ``GroupNorm`` and
+        ``InstanceNorm1d/2d`` (batch statistics) as LayerNorm over regrouped entries. Returns
+        whether ``m`` was one of them (exact type: a subclass may compute something else)."""
         t = type(m)
         if t is nn.Conv1d:
             self.conv1d(fx_node, m, src)
@@ -905,9 +906,55 @@ class _Capture:
             self.add_node(fx_node, "softmax", [neg], attrs={"dim": m.dim})
         elif t is nn.GLU:
             self.glu(fx_node, int(m.dim), src)
+        elif t is nn.GroupNorm:
+            self.group_norm(fx_node, src, int(m.num_groups), float(m.eps),
+                            m.weight if m.affine else None, m.bias if m.affine else None)
+        elif t in (nn.InstanceNorm1d, nn.InstanceNorm2d):
+            if m.track_running_stats:  # eval statistics: a batch norm, as torch computes it
+                raise UnsupportedLayerError(
+                    fx_node.name, t.__name__, why="track_running_stats=True: use "
+                    "nn.BatchNorm with those statistics (boundkit reads it as an affine map)")
+            c = int(self._sample_shape(src)[0])
+            self.group_norm(fx_node, src, c, float(m.eps),
+                            m.weight if m.affine else None, m.bias if m.affine else None)
         else:
             return False
         return True
+
+    def group_norm(self, fx_node: torch.fx.Node, src: str, groups: int, eps: float,
+                   weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+        r"""``GroupNorm`` (``InstanceNorm`` is one group per channel) on ``[N, C, *S]``:
+        the per-sample ``[C, *S]`` regrouped as ``[G, (C/G)|S|]``, LayerNorm over the last
+        axis (its ``center`` and ``layernorm`` nodes, no affine), back to ``[C, *S]``, then
+        the per-channel ``scale`` :math:`\gamma` and shift :math:`\beta` (exact: the same
+        means and variances over the same entries)."""
+        shape = tuple(self._sample_shape(src))
+        if len(shape) < 2 or groups < 1 or shape[0] % groups:
+            raise UnsupportedLayerError(
+                fx_node.name, "group_norm",
+                why=f"{groups} groups of input [N, {', '.join(map(str, shape))}]: boundkit "
+                "supports [N, C, ...] with C a multiple of the groups")
+        k = math.prod(shape) // groups
+        flat = self.aux_node(fx_node, "groups", "reshape", [src], (groups, k))
+        centre = self.aux_node(fx_node, "centre", "center", [flat], (groups, k),
+                               target="group norm centring", attrs={"normalized_shape": (k,)})
+        ln = self.aux_node(fx_node, "normed", "layernorm", [centre], (groups, k),
+                           params={"weight": torch.ones(k, dtype=torch.float64),
+                                   "bias": torch.zeros(k, dtype=torch.float64)},
+                           attrs={"normalized_shape": (k,), "eps": positive_eps(fx_node.name,
+                                                                                eps)})
+        back = shape if weight is None else None
+        if back is not None:
+            self.add_node(fx_node, "reshape", [ln])
+            return
+        out = self.aux_node(fx_node, "ungroup", "reshape", [ln], shape)
+        per = (shape[0],) + (1,) * (len(shape) - 1)
+        w = weight.detach().double().reshape(per)
+        scaled = self.aux_node(fx_node, "scale", "scale", [out], shape, params={"factor": w},
+                               attrs={"divide": False})
+        b = (bias.detach().double() if bias is not None
+             else torch.zeros(shape[0], dtype=torch.float64)).reshape(per)
+        self.add_node(fx_node, "identity", [scaled], attrs={"shift": b})
 
     def _per_sample_axis(self, fx_node: torch.fx.Node, op: str, dim: int, rank: int) -> int:
         """A dimension of the batched tensor (rank ``rank + 1``) as a per-sample axis."""

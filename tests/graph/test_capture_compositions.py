@@ -1,8 +1,8 @@
 """torch layers captured as exact compositions of boundkit's own nodes (stop 33; every one
 was refused by every method before): Conv1d, MaxPool1d, AvgPool1d, string padding, ZeroPad2d
-/ ConstantPad2d(0), AdaptiveMaxPool2d, Tanhshrink, Softmin, GLU. The graph evaluates as the
-model, the certificates hold against attacks and sampled points, and what cannot be written
-exactly is refused in one line naming the layer."""
+/ ConstantPad2d(0), AdaptiveMaxPool2d, Tanhshrink, Softmin, GLU, GroupNorm, InstanceNorm.
+The graph evaluates as the model, the certificates hold against attacks and sampled points,
+and what cannot be written exactly is refused in one line naming the layer."""
 
 from __future__ import annotations
 
@@ -61,6 +61,15 @@ _CASES = {
                                     nn.Softmin(dim=1)), (16,), ["scale", "softmax"]),
     "glu": (lambda: _seq(nn.Linear(16, 8), nn.GLU(), nn.Linear(4, 3)), (16,),
             ["select", "select", "sigmoid", "mul"]),
+    "group_norm": (lambda: _seq(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(),
+                                nn.Flatten(), nn.Linear(64, 3)), (1, 6, 6),
+                   ["reshape", "center", "layernorm", "reshape", "scale", "identity"]),
+    "instance_norm": (lambda: _seq(nn.Conv2d(1, 3, 3), nn.InstanceNorm2d(3), nn.ReLU(),
+                                   nn.Flatten(), nn.Linear(48, 3)), (1, 6, 6),
+                      ["reshape", "center", "layernorm", "reshape"]),
+    "instance_norm_1d_affine": (lambda: _seq(nn.Conv1d(2, 3, 3), nn.InstanceNorm1d(3, affine=True),
+                                             nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)), (2, 8),
+                                ["center", "layernorm", "reshape", "scale", "identity"]),
     "glu_channels": (lambda: _seq(nn.Conv2d(1, 4, 3), nn.GLU(dim=1), nn.Flatten(),
                                   nn.Linear(2 * 16, 3)), (1, 6, 6),
                      ["select", "select", "sigmoid", "mul"]),
@@ -76,6 +85,9 @@ def _model(name: str) -> tuple[nn.Module, tuple[int, ...], list[str]]:
             if isinstance(m, nn.BatchNorm1d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, (nn.GroupNorm, nn.InstanceNorm1d)) and m.affine:
+                m.weight.uniform_(-2.0, 2.0)
+                m.bias.uniform_(-0.5, 0.5)
     return model, shape, ops
 
 
@@ -119,6 +131,8 @@ def test_no_certificate_through_a_composition_exceeds_an_attack(name: str) -> No
     (_seq(nn.Conv2d(1, 3, 2), nn.AdaptiveMaxPool2d(2), nn.Flatten(), nn.Linear(12, 3)),
      (1, 6, 6), "divides"),
     (_seq(nn.Linear(16, 6), nn.Softmin(), nn.Linear(6, 3)), (16,), "dim=None"),
+    (_seq(nn.Conv2d(1, 3, 3), nn.InstanceNorm2d(3, track_running_stats=True), nn.Flatten(),
+          nn.Linear(48, 3)), (1, 6, 6), "track_running_stats"),
 ])
 def test_what_cannot_be_written_exactly_is_refused_in_one_line(model, shape, match) -> None:
     with pytest.raises(UnsupportedLayerError, match=match) as err:
