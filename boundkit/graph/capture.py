@@ -501,6 +501,9 @@ class _Capture:
         if op == "layernorm":
             self.layer_norm(fx_node, a, inputs)
             return
+        if sig.form == "pad":
+            self.pad_call(fx_node, a, inputs[0])
+            return
         if op in ("linear", "conv2d", "conv_transpose2d"):
             self.weighted(fx_node, op, a, inputs)
             return
@@ -1039,6 +1042,20 @@ class _Capture:
                       attrs=dict(stride=(1, 1), padding=(ph, pw), dilation=(1, 1), groups=c,
                                  kernel_size=(kh, kw)))
         self.check_input_rank(self.nodes[-1])
+
+    def pad_call(self, fx_node: torch.fx.Node, a: dict[str, Any], src: str) -> None:
+        """``F.pad(x, pad)`` of an image ``[N, C, H, W]`` with zeros (``mode="constant"``,
+        value 0 or absent): ``pad`` of two (the width) or four amounts, as
+        :meth:`zero_pad2d`."""
+        pad, mode, value = a["pad"], a["mode"], a["value"]
+        if mode != "constant" or value not in (None, 0, 0.0):
+            raise UnsupportedLayerError(fx_node.name, "pad", why=f"mode={mode!r}, value="
+                                        f"{value!r}: zero padding is supported")
+        if not isinstance(pad, (tuple, list)) or len(pad) not in (2, 4) or not all(
+                isinstance(p, int) and not isinstance(p, bool) for p in pad):
+            raise UnsupportedLayerError(fx_node.name, "pad", why=f"pad={pad!r}: two or four "
+                                        "integers are supported")
+        self.zero_pad2d(fx_node, (*pad, 0, 0) if len(pad) == 2 else tuple(pad), src)
 
     def adaptive_max2d(self, fx_node: torch.fx.Node, m: nn.AdaptiveMaxPool2d, src: str) -> None:
         """``AdaptiveMaxPool2d`` whose output size divides the input's: the max pooling with

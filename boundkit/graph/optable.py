@@ -529,7 +529,10 @@ _SPECS: tuple[OpSpec, ...] = (
            output_tail=True),
     OpSpec("conv2d", "affine", ops.conv2d, (nn.Conv2d,),
            functions={F.conv2d: sig(_CONV, None, 1, 0, 1, 1),
-                      torch.conv2d: sig(_CONV, None, 1, 0, 1, 1)},
+                      torch.conv2d: sig(_CONV, None, 1, 0, 1, 1),
+                      # zero padding of an image: a one-hot depthwise convolution
+                      # (``_Capture.zero_pad2d``)
+                      F.pad: sig("input pad mode value", "constant", None, form="pad")},
            module_attrs=_conv2d_module,
            input_ranks=(3,), rules=_rules("conv", "sound", "peck2017", "crown"),
            output_tail=True),

@@ -16,6 +16,15 @@ from boundkit.graph import capture
 from boundkit.testing import assert_crown_intervals_contain_samples, assert_sound
 
 
+class _Pad(nn.Module):
+    def __init__(self, pad: tuple[int, ...], mode: str = "constant") -> None:
+        super().__init__()
+        self.pad, self.mode = pad, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, self.pad, mode=self.mode)
+
+
 def _seq(*layers: nn.Module) -> nn.Module:
     return nn.Sequential(*layers).eval()
 
@@ -49,6 +58,11 @@ _CASES = {
     "constant_pad_zero": (lambda: _seq(nn.ConstantPad2d(1, 0.0), nn.Conv2d(1, 2, 3),
                                        nn.Flatten(), nn.Linear(2 * 6 * 6, 3)), (1, 6, 6),
                           ["conv2d"]),
+    "functional_pad": (lambda: _seq(_Pad((1, 2, 1, 1)), nn.Conv2d(1, 2, 3), nn.Flatten(),
+                                    nn.Linear(2 * 6 * 7, 3)), (1, 6, 6), ["conv2d", "conv2d"]),
+    "functional_pad_width": (lambda: _seq(_Pad((2, 1)), nn.Conv2d(1, 2, 3), nn.ReLU(),
+                                          nn.Flatten(), nn.Linear(2 * 4 * 7, 3)), (1, 6, 6),
+                             ["conv2d", "conv2d"]),
     "conv2d_same": (lambda: _seq(nn.Conv2d(1, 3, 3, padding="same"), nn.ReLU(), nn.Flatten(),
                                  nn.Linear(3 * 36, 3)), (1, 6, 6), ["conv2d"]),
     "adaptive_max": (lambda: _seq(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(2),
@@ -128,6 +142,9 @@ def test_no_certificate_through_a_composition_exceeds_an_attack(name: str) -> No
     (_seq(nn.Conv1d(2, 3, 3, padding_mode="circular", padding=1), nn.Flatten(),
           nn.Linear(24, 3)), (2, 8), "padding_mode"),
     (_seq(nn.ConstantPad2d(1, 0.5), nn.Flatten(), nn.Linear(64, 3)), (1, 6, 6), "value=0.5"),
+    (_seq(_Pad((1, 1, 1, 1), "reflect"), nn.Flatten(), nn.Linear(64, 3)), (1, 6, 6),
+     "mode='reflect'"),
+    (_seq(_Pad((-1, 0, 0, 0)), nn.Flatten(), nn.Linear(30, 3)), (1, 6, 6), "padding"),
     (_seq(nn.Conv2d(1, 3, 2), nn.AdaptiveMaxPool2d(2), nn.Flatten(), nn.Linear(12, 3)),
      (1, 6, 6), "divides"),
     (_seq(nn.Linear(16, 6), nn.Softmin(), nn.Linear(6, 3)), (16,), "dim=None"),
