@@ -932,7 +932,7 @@ class _Capture:
         the per-channel ``scale`` :math:`\gamma` and shift :math:`\beta` (exact: the same
         means and variances over the same entries)."""
         shape = tuple(self._sample_shape(src))
-        if len(shape) < 2 or groups < 1 or shape[0] % groups:
+        if not shape or groups < 1 or shape[0] % groups:
             raise UnsupportedLayerError(
                 fx_node.name, "group_norm",
                 why=f"{groups} groups of input [N, {', '.join(map(str, shape))}]: boundkit "
