@@ -398,9 +398,9 @@ class _Capture:
                  attrs: dict[str, Any] | None = None,
                  params: dict[str, torch.Tensor] | None = None) -> str:
         """A node of its own that a call's capture adds before the call's node, named
-        ``<name>_<suffix>`` (made unique; ``shape``: per sample): LayerNorm's centring, the
-        branches of ``maximum`` / ``minimum`` and of a PReLU with a slope per channel.
-        Returns its name."""
+        ``<name>_<suffix>`` (made unique; ``shape``: per sample): LayerNorm's centring and
+        the inner nodes of the layers captured as compositions (``maximum`` / ``minimum``,
+        a PReLU with a slope per channel, :meth:`composite_module`). Returns its name."""
         taken = {n.name for n in self.order} | set(self.by_name)
         name = f"{fx_node.name}_{suffix}"
         while name in taken:
@@ -874,7 +874,7 @@ class _Capture:
 
     def composite_module(self, fx_node: torch.fx.Node, m: nn.Module, src: str) -> bool:
         """torch layers without a node kind of their own, captured as exact compositions of
-        boundkit's nodes (``docs/theory/structural.md`` §Layers captured as compositions):
+        boundkit's nodes (``docs/theory/capture.md`` §1, layers captured as compositions):
         ``Conv1d``, ``MaxPool1d``, ``AvgPool1d`` as their 2-d twins on ``[N, C, 1, L]``;
         ``ZeroPad2d`` / ``ConstantPad2d(value=0)`` as a one-hot depthwise convolution;
         ``AdaptiveMaxPool2d`` whose output size divides the input's as a max pooling;
@@ -946,8 +946,7 @@ class _Capture:
                                    "bias": torch.zeros(k, dtype=torch.float64)},
                            attrs={"normalized_shape": (k,), "eps": positive_eps(fx_node.name,
                                                                                 eps)})
-        back = shape if weight is None else None
-        if back is not None:
+        if weight is None:  # no affine parameters: back to [C, *S], named after the call
             self.add_node(fx_node, "reshape", [ln])
             return
         out = self.aux_node(fx_node, "ungroup", "reshape", [ln], shape)
