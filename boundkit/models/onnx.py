@@ -16,7 +16,8 @@ ONNX                                       torch
 =========================================  ==================================================
 Gemm, MatMul (+ Add of a constant)         ``nn.Linear`` (bias folded)
 Conv (2-D, symmetric pads; asymmetric      ``nn.Conv2d`` (a zero ``Pad`` in front is folded
-pads via an explicit zero pad)             into its padding when the result is symmetric)
+pads via an explicit zero pad; 1-D with    into its padding when the result is symmetric);
+symmetric pads)                            ``nn.Conv1d`` for a 1-D kernel
 MaxPool, AveragePool, GlobalAveragePool    ``nn.MaxPool2d``, ``nn.AvgPool2d``
 BatchNormalization                         ``nn.BatchNorm1d/2d`` (eval statistics)
 LRN (odd size)                             ``nn.LocalResponseNorm``
@@ -2137,12 +2138,14 @@ class _Importer:
             return self.real(v, node)
         return self.zero_pad(node, v, box)
 
-    def _kernel(self, node: Any, kind: str) -> np.ndarray:
-        """The constant, finite, non-empty 4-d kernel of a ``Conv`` / ``ConvTranspose``
-        (its second input), checked before anything is built from it."""
+    def _kernel(self, node: Any, kind: str, ndims: tuple[int, ...] = (4,)) -> np.ndarray:
+        """The constant, finite, non-empty 4-d (or, where ``ndims`` allows, 3-d) kernel of a
+        ``Conv`` / ``ConvTranspose`` (its second input), checked before anything is built
+        from it."""
         w = self._float(node, self.const(node, 1, "the kernel"), "the kernel")
-        if w.ndim != 4:
-            raise self.fail(node, f"only 2-D {kind} (kernel of shape {list(w.shape)})")
+        if w.ndim not in ndims:
+            what = "1-D and 2-D" if 3 in ndims else "2-D"
+            raise self.fail(node, f"only {what} {kind} (kernel of shape {list(w.shape)})")
         if w.size == 0:
             raise self.fail(node, f"{self.named(node, 1, 'the kernel')} has shape "
                             f"{list(w.shape)} (empty)")
@@ -2151,8 +2154,10 @@ class _Importer:
     def op_Conv(self, node: Any, k: int) -> _Dyn:
         v = self.dyn(node, 0)
         a = self.attrs(node)
-        w = self._kernel(node, "convolutions")
+        w = self._kernel(node, "convolutions", ndims=(3, 4))
         b = self.opt_const(node, 2)
+        if w.ndim == 3:
+            return self._conv1d(node, v, a, w, b)
         c, h, wd = self._spatial(node, v)
         groups = int(a.get("group", 1))
         if groups < 1 or c % groups or w.shape[0] % groups or w.shape[1] * groups != c:
@@ -2183,6 +2188,42 @@ class _Importer:
                 conv.bias.copy_(torch.from_numpy(self._float(node, b, "bias").astype(np.float32)))
         out = self.add_module("conv", conv, x)
         shape = self._out_shape(node, conv, (c, h, wd))
+        return _Dyn(out, shape, shape)
+
+    def _conv1d(self, node: Any, v: _Dyn, a: dict[str, Any], w: np.ndarray,
+                b: np.ndarray | None) -> _Dyn:
+        """A 1-D ``Conv`` of a sequence ``[N, C, L]``: ``nn.Conv1d`` (which capture writes as
+        its 2-d twin), symmetric pads only."""
+        if len(v.shape) != 2:
+            raise self.fail(node, f"a 1-D convolution expects a sequence [N, C, L], got "
+                            f"[N, {list(v.shape)}]")
+        c, length = v.shape
+        groups = int(a.get("group", 1))
+        if groups < 1 or c % groups or w.shape[0] % groups or w.shape[1] * groups != c:
+            raise self.fail(node, f"kernel {list(w.shape)} and group {groups} do not fit {c} "
+                            "input channels")
+        ks = tuple(int(s) for s in a.get("kernel_shape", w.shape[2:]))
+        if ks != tuple(w.shape[2:]):
+            raise self.fail(node, f"kernel_shape {ks} differs from the kernel {w.shape}")
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise self.fail(node, f"auto_pad={a['auto_pad']!r}; export with explicit pads")
+        pads = [int(p) for p in a.get("pads", [0, 0])]
+        strides = tuple(int(s) for s in a.get("strides", (1,)))
+        dil = tuple(int(s) for s in a.get("dilations", (1,)))
+        if self.pending_pads.get(node.input[0]) is not None:
+            raise self.fail(node, "a Pad in front of a 1-D convolution")
+        if len(pads) != 2 or pads[0] != pads[1] or len(strides) != 1 or len(dil) != 1:
+            raise self.fail(node, f"pads {pads}, strides {list(strides)}, dilations "
+                            f"{list(dil)}: one symmetric 1-D padding is supported")
+        self.check_size(node, w.size, 4, "the convolution's kernel")
+        conv = nn.Conv1d(c, w.shape[0], ks[0], stride=strides[0], padding=pads[0],
+                         dilation=dil[0], groups=groups, bias=b is not None)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+            if b is not None:
+                conv.bias.copy_(torch.from_numpy(self._float(node, b, "bias").astype(np.float32)))
+        out = self.add_module("conv1d", conv, self.materialize(v, node))
+        shape = self._out_shape(node, conv, (c, length))
         return _Dyn(out, shape, shape)
 
     def _bound(self, node: Any, numel: int, what: str) -> None:

@@ -151,3 +151,26 @@ def test_certify_reads_an_onnx_prelu_file_end_to_end(tmp_path: Path) -> None:
     a = bk.certify(load_onnx(path), x, "crown").radius
     b = bk.certify(model, x, "crown").radius
     torch.testing.assert_close(a, b, rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv1d(2, 3, 3, padding=1, stride=2),
+                                  nn.Conv1d(2, 4, 3, groups=2, dilation=2, bias=False)])
+def test_a_1d_convolution_imports_as_conv1d_and_certifies_as_the_torch_model(
+        tmp_path: Path, conv: nn.Module) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten()).eval()
+    feat = model(torch.zeros(1, 2, 8)).shape[1]
+    model = nn.Sequential(*model, nn.Linear(feat, 3)).eval()
+    path = export(model, (2, 8), tmp_path / "c1d.onnx")
+    imported = _check(path, (2, 8), {"conv2d", "reshape"})
+    x = torch.rand(3, 2, 8)
+    torch.testing.assert_close(bk.certify(imported, x, "crown").radius,
+                               bk.certify(model, x, "crown").radius, rtol=1e-6, atol=0)
+
+
+def test_a_1d_convolution_with_uneven_pads_is_refused_by_name(tmp_path: Path) -> None:
+    inits = {"w": rand(3, 2, 3), "b": rand(3)}
+    body = [N("Conv", ["x", "w", "b"], ["h"], pads=[1, 0])]
+    p = classifier(tmp_path, body, (2, 8), "h", 3 * 7, inits, name="c1d_pads.onnx")
+    with pytest.raises(OnnxImportError, match="symmetric 1-D padding"):
+        load_onnx(p)
