@@ -154,6 +154,11 @@ def module_op(m: nn.Module, leaf_modules: Mapping[type[nn.Module], str]) -> str 
     return None
 
 
+#: functional forms of the layers captured as compositions (``_Capture.composite_call``)
+COMPOSITE_FORMS = frozenset({"max_pool1d", "avg_pool1d", "adaptive_max_pool2d", "tanhshrink",
+                             "softmin", "glu", "conv1d", "group_norm"})
+
+
 class _Tracer(torch.fx.Tracer):
     """Leaves are exactly the modules boundkit knows (or the user registered)."""
 
@@ -498,6 +503,9 @@ class _Capture:
                                         why="its input is not the model's data")
         spec = OPS[op]
         attrs: dict[str, Any] | None = {}
+        if sig.form in COMPOSITE_FORMS:
+            self.composite_call(fx_node, sig.form, a, inputs[0])
+            return
         if op == "layernorm":
             self.layer_norm(fx_node, a, inputs)
             return
@@ -924,6 +932,65 @@ class _Capture:
             return False
         return True
 
+    def composite_call(self, fx_node: torch.fx.Node, form: str, a: dict[str, Any],
+                       src: str) -> None:
+        """The functional forms of the layers :meth:`composite_module` reads
+        (:data:`COMPOSITE_FORMS`): the layer built from the call's arguments (weights must
+        be constants), then read as the module is."""
+        m: nn.Module
+        if form == "max_pool1d":
+            m = nn.MaxPool1d(a["kernel_size"], a["stride"], a["padding"], a["dilation"],
+                             return_indices=bool(a["return_indices"]),
+                             ceil_mode=bool(a["ceil_mode"]))
+        elif form == "avg_pool1d":
+            m = nn.AvgPool1d(a["kernel_size"], a["stride"], a["padding"], bool(a["ceil_mode"]),
+                             bool(a["count_include_pad"]))
+        elif form == "adaptive_max_pool2d":
+            m = nn.AdaptiveMaxPool2d(a["output_size"], bool(a["return_indices"]))
+        elif form == "tanhshrink":
+            m = nn.Tanhshrink()
+        elif form == "softmin":
+            if a["dtype"] is not None:
+                raise UnsupportedLayerError(fx_node.name, form, why=f"dtype={a['dtype']!r}")
+            m = nn.Softmin(a["dim"])
+        elif form == "glu":
+            m = nn.GLU(a["dim"])
+        elif form == "conv1d":
+            m = self._conv1d_of_call(fx_node, a)
+        else:  # group_norm
+            self.group_norm(fx_node, src, int(a["num_groups"]), float(a["eps"]),
+                            self._call_constant(fx_node, form, a["weight"]),
+                            self._call_constant(fx_node, form, a["bias"]))
+            return
+        if not self.composite_module(fx_node, m, src):
+            raise AssertionError(form)
+
+    def _call_constant(self, fx_node: torch.fx.Node, form: str, v: Any) -> torch.Tensor | None:
+        """A weight argument of a functional layer: ``None``, or a constant (float64)."""
+        if v is None:
+            return None
+        if isinstance(v, torch.fx.Node) and v.name in self.names:
+            raise UnsupportedLayerError(fx_node.name, form,
+                                        why="its weights depend on the input")
+        return self.constant(fx_node, v)
+
+    def _conv1d_of_call(self, fx_node: torch.fx.Node, a: dict[str, Any]) -> nn.Conv1d:
+        """``F.conv1d``'s arguments as an ``nn.Conv1d`` with those (constant) weights."""
+        w = self._call_constant(fx_node, "conv1d", a["weight"])
+        b = self._call_constant(fx_node, "conv1d", a["bias"])
+        if w is None or w.dim() != 3:
+            raise UnsupportedLayerError(fx_node.name, "conv1d", why="a weight [O, C/g, k] is "
+                                        "expected")
+        groups = int(a["groups"])
+        m = nn.Conv1d(w.shape[1] * groups, w.shape[0], w.shape[2], stride=a["stride"],
+                      padding=a["padding"], dilation=a["dilation"], groups=groups,
+                      bias=b is not None).double()
+        with torch.no_grad():
+            m.weight.copy_(w)
+            if b is not None:
+                m.bias.copy_(b.reshape(-1))
+        return m
+
     def group_norm(self, fx_node: torch.fx.Node, src: str, groups: int, eps: float,
                    weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
         r"""``GroupNorm`` (``InstanceNorm`` is one group per channel) on ``[N, C, *S]``:
@@ -946,12 +1013,13 @@ class _Capture:
                                    "bias": torch.zeros(k, dtype=torch.float64)},
                            attrs={"normalized_shape": (k,), "eps": positive_eps(fx_node.name,
                                                                                 eps)})
-        if weight is None:  # no affine parameters: back to [C, *S], named after the call
-            self.add_node(fx_node, "reshape", [ln])
+        if weight is None and bias is None:  # no affine map: back to [C, *S], named after
+            self.add_node(fx_node, "reshape", [ln])  # the call
             return
         out = self.aux_node(fx_node, "ungroup", "reshape", [ln], shape)
         per = (shape[0],) + (1,) * (len(shape) - 1)
-        w = weight.detach().double().reshape(per)
+        w = (weight.detach().double() if weight is not None
+             else torch.ones(shape[0], dtype=torch.float64)).reshape(per)
         scaled = self.aux_node(fx_node, "scale", "scale", [out], shape, params={"factor": w},
                                attrs={"divide": False})
         b = (bias.detach().double() if bias is not None

@@ -155,3 +155,49 @@ def test_what_cannot_be_written_exactly_is_refused_in_one_line(model, shape, mat
     with pytest.raises(UnsupportedLayerError, match=match) as err:
         bk.certify(model, torch.rand(2, *shape), "crown")
     assert "\n" not in str(err.value)
+
+
+class _FunctionalSequence(nn.Module):
+    """F.conv1d, F.group_norm, F.max_pool1d, F.avg_pool1d, F.tanhshrink in ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.randn(4, 2, 3)), nn.Parameter(torch.randn(4))
+        self.gw, self.o = nn.Parameter(torch.rand(4) + 0.5), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        F = torch.nn.functional
+        h = F.group_norm(F.conv1d(x, self.w, self.b, padding=1), 2, self.gw, None)
+        h = F.avg_pool1d(F.max_pool1d(F.relu(h), 2), 2, ceil_mode=True)
+        return self.o(F.tanhshrink(h.flatten(1)))
+
+
+class _FunctionalImage(nn.Module):
+    """F.adaptive_max_pool2d (global max pooling), F.glu, F.softmin in ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.o = nn.Conv2d(1, 4, 3), nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        F = torch.nn.functional
+        h = F.adaptive_max_pool2d(self.c(x), 1).flatten(1)
+        return F.softmin(self.o(F.glu(h, dim=1)), dim=1)
+
+
+@pytest.mark.parametrize("cls,shape", [(_FunctionalSequence, (2, 8)),
+                                       (_FunctionalImage, (1, 6, 6))])
+def test_functional_forms_are_captured_as_their_modules_are(cls, shape) -> None:
+    torch.manual_seed(0)
+    model = cls().eval()
+    g = capture(model, shape)
+    assert "unknown" not in [n.op for n in g.nodes]
+    x = torch.randn(8, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        got, want = g.activations(x)[g.logits.name], model.double()(x)
+    if cls is _FunctionalImage:  # the logits are softmin's input, negated: compare log-softmin
+        want = torch.log(want)
+    torch.testing.assert_close(got - got.mean(1, keepdim=True),
+                               want - want.mean(1, keepdim=True), rtol=1e-12, atol=1e-12)
+    model.float()
+    assert_sound(model, torch.rand(4, *shape), "crown", exact=False, attack_steps=30)
