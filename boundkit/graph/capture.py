@@ -154,6 +154,12 @@ def module_op(m: nn.Module, leaf_modules: Mapping[type[nn.Module], str]) -> str 
     return None
 
 
+#: the largest slope magnitude of a PReLU with one slope per channel: its composition
+#: a z + (1 - a) relu(z) evaluates z > 0 to within about u |a| |z| (the fidelity check's
+#: tolerance is far above that here, and far below it for slopes near 1e16)
+MAX_PRELU_SLOPE = 1e6
+
+
 #: functional forms of the layers captured as compositions (``_Capture.composite_call``)
 COMPOSITE_FORMS = frozenset({"max_pool1d", "avg_pool1d", "adaptive_max_pool2d", "tanhshrink",
                              "softmin", "glu", "conv1d", "group_norm"})
@@ -200,7 +206,7 @@ class _Capture:
         computed inside ``forward`` from those alone (``1 / self.std``) or from them and the
         shapes of per-sample tensors (:meth:`batch_constant`: one sample's value)."""
         if isinstance(v, bool) or v is None:
-            raise UnsupportedLayerError(fx_node.name, str(fx_node.target), why=f"operand {v!r}")
+            raise UnsupportedLayerError(fx_node.name, _target_name(fx_node), why=f"operand {v!r}")
         if isinstance(v, (int, float)):
             return torch.tensor(float(v), dtype=torch.float64)
         if isinstance(v, torch.fx.Node) and v.name not in self.names:
@@ -215,7 +221,7 @@ class _Capture:
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 return t.detach().to(torch.float64).clone()
         raise UnsupportedLayerError(
-            fx_node.name, str(fx_node.target),
+            fx_node.name, _target_name(fx_node),
             why="an operand is neither the model's data nor a floating-point constant (a "
             "number, a module attribute, or a value computed from those alone)",
         )
@@ -229,7 +235,7 @@ class _Capture:
         if v.name in cache:
             return cache[v.name]
         if v.name in self.names or v.op == "placeholder":
-            raise UnsupportedLayerError(fx_node.name, str(fx_node.target),
+            raise UnsupportedLayerError(fx_node.name, _target_name(fx_node),
                                         why="an operand depends on the input")
         target = str(getattr(v.target, "__name__", v.target))
         if v.op == "get_attr":
@@ -241,7 +247,7 @@ class _Capture:
             t = _call_fx(v, lambda n: self.constant_value(fx_node, n))
         else:
             raise UnsupportedLayerError(
-                fx_node.name, str(fx_node.target),
+                fx_node.name, _target_name(fx_node),
                 why=f"an operand is computed by {target!r} without the input; only numbers, "
                 "module attributes and deterministic functions of them are constants",
             )
@@ -350,7 +356,7 @@ class _Capture:
         later = [u for u in target.users if u is not fx_node and self.order[u] > at]
         if later:
             raise UnsupportedLayerError(
-                fx_node.name, str(fx_node.target),
+                fx_node.name, _target_name(fx_node),
                 why=f"an in-place operation on {target.name!r}, which {later[0].name!r} reads "
                 "afterwards: the trace would read the value before the update",
             )
@@ -869,6 +875,12 @@ class _Capture:
                 fx_node.name, "prelu",
                 why=f"{w.numel()} slopes for an input of shape [N, "
                 f"{', '.join(map(str, shape))}] (one per channel: axis 1)")
+        if float(w.abs().max()) > MAX_PRELU_SLOPE:
+            # a z + (1 - a) z cancels to z only to about u |a z| in floating point
+            raise UnsupportedLayerError(
+                fx_node.name, "prelu",
+                why=f"a slope of magnitude {float(w.abs().max()):.3g}: a PReLU with one slope "
+                f"per channel is supported for slopes of magnitude <= {MAX_PRELU_SLOPE:g}")
         a = w.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).contiguous()
         lin = self.aux_node(fx_node, "slope", "scale", [src], shape,
                             params={"factor": a}, attrs={"divide": False})
@@ -1427,9 +1439,11 @@ def capture(
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(probe)
     except Exception as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc  # ShapeProp wraps it
+        first = (str(cause).strip().splitlines() or [""])[0]
         raise InputShapeError(
             f"the model cannot run on inputs of shape [N, {', '.join(map(str, input_shape))}]: "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(cause).__name__}: {first}"
         ) from exc
     cancel_batch_swaps(gm)
     cap = _Capture(gm, leaf_modules)

@@ -132,6 +132,7 @@ import torch.fx
 from torch import nn
 
 from boundkit.errors import ModelFileError
+from boundkit.graph.capture import MAX_PRELU_SLOPE
 
 PathLike = str | os.PathLike[str]
 
@@ -1728,6 +1729,10 @@ class _Importer:
         one per channel or element)."""
         if not bool(np.isfinite(alpha).all()):
             raise self.fail(node, "a slope is not finite")
+        if alpha.size and float(np.abs(alpha).max()) > MAX_PRELU_SLOPE:
+            # alpha x + (1 - alpha) x cancels to x only to about u |alpha x|
+            raise self.fail(node, f"a slope of magnitude {float(np.abs(alpha).max()):.3g}: "
+                            f"slopes of magnitude <= {MAX_PRELU_SLOPE:g} are supported")
         if alpha.size == 1 and float(alpha.reshape(-1)[0]) == 0.0:
             return self.unary(v, nn.ReLU(), "relu")
         if alpha.ndim > 0:

@@ -160,11 +160,40 @@ def test_prelu_with_the_wrong_number_of_slopes_or_a_non_finite_one_is_refused() 
     model = nn.Sequential(nn.Linear(4, 5), nn.PReLU(3), nn.Linear(5, 2)).eval()
     with pytest.raises(Exception, match="prelu|PReLU|weight|channel"):
         bk.certify(model, torch.rand(2, 4), "crown")
+    with pytest.raises(Exception, match="cannot run") as err:  # capture itself: one line
+        capture(model, (4,))
+    assert "\n" not in str(err.value)
     model = nn.Sequential(nn.Linear(4, 3), nn.PReLU(3), nn.Linear(3, 2)).eval()
     with torch.no_grad():
         model[1].weight[1] = float("nan")
     with pytest.raises(Exception, match="not finite|NaN|nan"):
         bk.certify(model, torch.rand(2, 4), "crown")
+
+
+def test_prelu_slopes_too_large_for_the_exact_composition_are_refused_naming_it() -> None:
+    """a z + (1 - a) z cancels to z only to about u|a z|: slopes of 1e17 would make the
+    graph differ from the model (found by the stop-33 red team; the fidelity check then
+    blamed the next layer)."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.PReLU(4), nn.Linear(4, 2)).double().eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([1e17, 0.5, -0.3, 2.0]))
+    with pytest.raises(UnsupportedLayerError, match="slope of magnitude 1e\\+17") as err:
+        bk.certify(model, torch.rand(2, 4, dtype=torch.float64), "crown")
+    assert "\n" not in str(err.value) and "prelu" in str(err.value)
+
+
+def test_a_refusal_names_the_function_not_its_address() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.o = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.o(torch.clamp(self.a(x), min=True))
+
+    with pytest.raises(UnsupportedLayerError) as err:
+        bk.certify(M().eval(), torch.rand(2, 4), "crown")
+    assert "0x" not in str(err.value) and "clamp" in str(err.value)
 
 
 @pytest.mark.parametrize("slope", [0.0, 0.2, -0.4, 1.0, 1.7])

@@ -174,3 +174,12 @@ def test_a_1d_convolution_with_uneven_pads_is_refused_by_name(tmp_path: Path) ->
     p = classifier(tmp_path, body, (2, 8), "h", 3 * 7, inits, name="c1d_pads.onnx")
     with pytest.raises(OnnxImportError, match="symmetric 1-D padding"):
         load_onnx(p)
+
+
+def test_a_prelu_slope_too_large_for_the_exact_composition_is_refused(tmp_path: Path) -> None:
+    inits: dict[str, np.ndarray] = {"s": np.array([1e17, 0.5, 0.1, 0.2, 0.3, 0.4],
+                                                  dtype=np.float32)}
+    body = [*_gemm(inits), N("PRelu", ["z", "s"], ["h"])]
+    p = classifier(tmp_path, body, (4,), "h", 6, inits, name="prelu_huge.onnx")
+    with pytest.raises(OnnxImportError, match="slope of magnitude"):
+        load_onnx(p)
