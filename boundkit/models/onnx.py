@@ -2164,13 +2164,7 @@ class _Importer:
         if w.ndim == 3:
             return self._conv1d(node, v, a, w, b)
         c, h, wd = self._spatial(node, v)
-        groups = int(a.get("group", 1))
-        if groups < 1 or c % groups or w.shape[0] % groups or w.shape[1] * groups != c:
-            raise self.fail(node, f"kernel {list(w.shape)} and group {groups} do not fit {c} "
-                            "input channels")
-        ks = tuple(int(s) for s in a.get("kernel_shape", w.shape[2:]))
-        if ks != tuple(w.shape[2:]):
-            raise self.fail(node, f"kernel_shape {ks} differs from the kernel {w.shape}")
+        groups, ks = self._groups_kernel(node, a, w, c)
         pads = self._pads(node, a, ks)
         extra = self.pending_pads.pop(node.input[0], None)
         if extra is not None:
@@ -2195,6 +2189,19 @@ class _Importer:
         shape = self._out_shape(node, conv, (c, h, wd))
         return _Dyn(out, shape, shape)
 
+    def _groups_kernel(self, node: Any, a: dict[str, Any], w: np.ndarray, c: int
+                       ) -> tuple[int, tuple[int, ...]]:
+        """A ``Conv``'s ``group`` (fitting its kernel and the ``c`` input channels) and
+        ``kernel_shape`` (that of the kernel, when given)."""
+        groups = int(a.get("group", 1))
+        if groups < 1 or c % groups or w.shape[0] % groups or w.shape[1] * groups != c:
+            raise self.fail(node, f"kernel {list(w.shape)} and group {groups} do not fit {c} "
+                            "input channels")
+        ks = tuple(int(s) for s in a.get("kernel_shape", w.shape[2:]))
+        if ks != tuple(w.shape[2:]):
+            raise self.fail(node, f"kernel_shape {ks} differs from the kernel {w.shape}")
+        return groups, ks
+
     def _conv1d(self, node: Any, v: _Dyn, a: dict[str, Any], w: np.ndarray,
                 b: np.ndarray | None) -> _Dyn:
         """A 1-D ``Conv`` of a sequence ``[N, C, L]``: ``nn.Conv1d`` (which capture writes as
@@ -2203,13 +2210,7 @@ class _Importer:
             raise self.fail(node, f"a 1-D convolution expects a sequence [N, C, L], got "
                             f"[N, {list(v.shape)}]")
         c, length = v.shape
-        groups = int(a.get("group", 1))
-        if groups < 1 or c % groups or w.shape[0] % groups or w.shape[1] * groups != c:
-            raise self.fail(node, f"kernel {list(w.shape)} and group {groups} do not fit {c} "
-                            "input channels")
-        ks = tuple(int(s) for s in a.get("kernel_shape", w.shape[2:]))
-        if ks != tuple(w.shape[2:]):
-            raise self.fail(node, f"kernel_shape {ks} differs from the kernel {w.shape}")
+        groups, ks = self._groups_kernel(node, a, w, c)
         if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             raise self.fail(node, f"auto_pad={a['auto_pad']!r}; export with explicit pads")
         pads = [int(p) for p in a.get("pads", [0, 0])]
