@@ -132,7 +132,7 @@ import torch.fx
 from torch import nn
 
 from boundkit.errors import ModelFileError
-from boundkit.graph.capture import MAX_PRELU_SLOPE
+from boundkit.graph.compositions import MAX_PRELU_SLOPE
 
 PathLike = str | os.PathLike[str]
 
