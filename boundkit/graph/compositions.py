@@ -28,10 +28,9 @@ from boundkit.graph.optable import positive_eps, same_or_valid_padding
 MAX_PRELU_SLOPE = 1e6
 
 
-#: functional forms of the layers captured as compositions (``_Capture.composite_call``)
+#: functional forms of the layers captured as compositions (:meth:`Compositions.composite_call`)
 COMPOSITE_FORMS = frozenset({"max_pool1d", "avg_pool1d", "adaptive_max_pool2d", "tanhshrink",
                              "softmin", "glu", "conv1d", "group_norm"})
-
 
 
 class Compositions:
