@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +15,15 @@ import torch
 
 from boundkit.distributed import Job, RunStats, Shard, ShardError, ShardStore, job_key
 from boundkit.distributed.tasks import check_payload
+
+
+def _sigint_default() -> None:
+    """In the child before it starts: SIGINT's default handling, even where this test run
+    itself was started with SIGINT ignored (a background job of a non-interactive shell
+    passes that on to every child), so that the signal the test sends arrives as it would
+    from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -204,7 +214,6 @@ def test_a_start_that_never_comes_up_is_an_error(monkeypatch) -> None:
 def test_a_start_that_never_comes_up_is_interrupted(tmp_path: Path, stop: str) -> None:
     """Ray's start replaced by one that hangs: a real SIGINT during it exits 130 at once
     (the CLI's usual line)."""
-    import signal
     import subprocess
     import time
 
@@ -220,7 +229,8 @@ def test_a_start_that_never_comes_up_is_interrupted(tmp_path: Path, stop: str) -
             "--cluster-timeout", "2" if stop == "timeout" else "100"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _HANGING_START, *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
     try:
         if stop == "sigint":
             assert proc.stdout.readline().strip() == "ray-start"  # blocked in the start

@@ -24,6 +24,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray")
 
+
+def _sigint_default() -> None:
+    """In the child before it starts: SIGINT's default handling, even where this test run
+    itself was started with SIGINT ignored (a background job of a non-interactive shell
+    passes that on to every child), so that the signal the test sends arrives as it would
+    from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 N = 40  # chunks of 16 in the Python API tests: 3 chunks, the last one partial
 CHUNK = 16
 KILL_BUDGET = 30  # long enough shards to kill one mid-run
@@ -285,7 +294,7 @@ def test_sigint_on_cli_driver_keeps_complete_shards_and_a_rerun_finishes(cluster
                                           os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "boundkit", *args, "--out",
                              str(tmp_path / "ray.json")], env=env, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_sigint_default)
     try:
         t0 = time.monotonic()
         while not list(shards.rglob("shard-*.pt")) and time.monotonic() - t0 < 90:

@@ -19,6 +19,15 @@ from boundkit.models.io import sidecar_path
 
 from .conftest import cli_error, cli_ok, run_cli
 
+
+def _sigint_default() -> None:
+    """In the child before it starts: SIGINT's default handling, even where this test run
+    itself was started with SIGINT ignored (a background job of a non-interactive shell
+    passes that on to every child), so that the signal the test sends arrives as it would
+    from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 MODEL_CMDS = ["certify", "attack", "crosscheck", "compare"]
 FAST = ["--data", "digits", "--n", "4", "-q"]
 
@@ -432,7 +441,8 @@ def test_real_sigint_in_a_subprocess(models: Path, tmp_path: Path) -> None:
             "--out", str(tmp_path / "xc")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            cwd=Path(__file__).resolve().parents[2])
+                            cwd=Path(__file__).resolve().parents[2],
+                            preexec_fn=_sigint_default)
     first: list[bytes] = []
     reader = threading.Thread(target=lambda: first.append(proc.stderr.read(1)), daemon=True)
     reader.start()
