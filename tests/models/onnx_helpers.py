@@ -112,3 +112,17 @@ def hostile(
     p = tmp / name
     p.write_bytes(model.SerializeToString())
     return p
+
+
+def check_import(path: Path, in_shape: tuple[int, ...], ops: set[str]) -> torch.nn.Module:
+    """Import ``path`` natively, match onnxruntime to 1e-5 relative (40 inputs), and capture
+    it with known node kinds only, ``ops`` among them; returns the imported model."""
+    from boundkit.graph import capture
+    from boundkit.models.onnx import compare_with_onnxruntime, load_onnx
+
+    model = load_onnx(path)
+    res = compare_with_onnxruntime(model, path, 40, seed=7)
+    assert res.max_rel_error <= 1e-5, res
+    kinds = {n.op for n in capture(model, in_shape)}
+    assert "unknown" not in kinds and ops <= kinds, kinds
+    return model

@@ -16,24 +16,13 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from onnx import helper  # noqa: E402
-from onnx_helpers import classifier, export, rand  # noqa: E402
+from onnx_helpers import check_import, classifier, export, rand  # noqa: E402
 
 import boundkit as bk  # noqa: E402
-from boundkit.graph import capture  # noqa: E402
-from boundkit.models.onnx import OnnxImportError, compare_with_onnxruntime, load_onnx  # noqa: E402
+from boundkit.models.onnx import OnnxImportError, load_onnx  # noqa: E402
 from boundkit.testing import assert_sound  # noqa: E402
 
 N = helper.make_node
-
-
-def _check(path: Path, in_shape: tuple[int, ...], ops: set[str]) -> nn.Module:
-    model = load_onnx(path)
-    res = compare_with_onnxruntime(model, path, 40, seed=7)
-    assert res.max_rel_error <= 1e-5, res
-    g = capture(model, in_shape)
-    kinds = {n.op for n in g}
-    assert "unknown" not in kinds and ops <= kinds, kinds
-    return model
 
 
 class _Fn(nn.Module):
@@ -85,7 +74,7 @@ def test_torch_exported_op_imports_matches_onnxruntime_and_certifies(tmp_path: P
                 if isinstance(m, nn.PReLU) and m.weight.numel() > 1:
                     m.weight.copy_(torch.linspace(-0.5, 1.5, m.weight.numel()))
     path = export(model.eval(), (2, 4, 4), tmp_path / f"{name}.onnx")
-    imported = _check(path, (2, 4, 4), ops)
+    imported = check_import(path, (2, 4, 4), ops)
     x = torch.rand(4, 2, 4, 4)
     assert_sound(imported, x, "crown", exact=False, attack_steps=30)
 
@@ -106,7 +95,7 @@ def test_hand_built_unary_ops_match_onnxruntime(tmp_path: Path, op, extra, opset
     inits: dict[str, np.ndarray] = {}
     body = [*_gemm(inits), N(op, ["z"], ["h"], **extra)]
     p = classifier(tmp_path, body, (4,), "h", 6, inits, opset=opset)
-    _check(p, (4,), ops)
+    check_import(p, (4,), ops)
 
 
 @pytest.mark.parametrize("slope", [np.array([0.25], dtype=np.float32),
@@ -115,7 +104,7 @@ def test_hand_built_prelu_matches_onnxruntime(tmp_path: Path, slope: np.ndarray)
     inits: dict[str, np.ndarray] = {"s": slope}
     body = [*_gemm(inits), N("PRelu", ["z", "s"], ["h"])]
     p = classifier(tmp_path, body, (4,), "h", 6, inits)
-    _check(p, (4,), {"relu"})
+    check_import(p, (4,), {"relu"})
 
 
 @pytest.mark.parametrize("op", ["Max", "Min"])
@@ -125,7 +114,7 @@ def test_hand_built_max_min_of_two_tensors_and_of_a_constant_match_onnxruntime(
     body = [*_gemm(inits), N("Gemm", ["x", "w2", "b"], ["z2"], transB=1),
             N(op, ["z", "z2"], ["m"]), N(op, ["c", "m"], ["h"])]
     p = classifier(tmp_path, body, (4,), "h", 6, inits)
-    model = _check(p, (4,), {"relu"})
+    model = check_import(p, (4,), {"relu"})
     assert_sound(model, torch.rand(4, 4), "crown", exact=False, attack_steps=30)
 
 
@@ -162,7 +151,7 @@ def test_a_1d_convolution_imports_as_conv1d_and_certifies_as_the_torch_model(
     feat = model(torch.zeros(1, 2, 8)).shape[1]
     model = nn.Sequential(*model, nn.Linear(feat, 3)).eval()
     path = export(model, (2, 8), tmp_path / "c1d.onnx")
-    imported = _check(path, (2, 8), {"conv2d", "reshape"})
+    imported = check_import(path, (2, 8), {"conv2d", "reshape"})
     x = torch.rand(3, 2, 8)
     torch.testing.assert_close(bk.certify(imported, x, "crown").radius,
                                bk.certify(model, x, "crown").radius, rtol=1e-6, atol=0)
