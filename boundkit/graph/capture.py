@@ -504,9 +504,6 @@ class _Capture(Compositions):
         if op == "layernorm":
             self.layer_norm(fx_node, a, inputs)
             return
-        if sig.form == "pad":
-            self.pad_call(fx_node, a, inputs[0])
-            return
         if op in ("linear", "conv2d", "conv_transpose2d"):
             self.weighted(fx_node, op, a, inputs)
             return

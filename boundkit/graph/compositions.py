@@ -30,7 +30,7 @@ MAX_PRELU_SLOPE = 1e6
 
 #: functional forms of the layers captured as compositions (:meth:`Compositions.composite_call`)
 COMPOSITE_FORMS = frozenset({"max_pool1d", "avg_pool1d", "adaptive_max_pool2d", "tanhshrink",
-                             "softmin", "glu", "conv1d", "group_norm"})
+                             "softmin", "glu", "conv1d", "group_norm", "pad"})
 
 
 class Compositions:
@@ -184,6 +184,9 @@ class Compositions:
         (:data:`COMPOSITE_FORMS`): the layer built from the call's arguments (weights must
         be constants), then read as the module is."""
         m: nn.Module
+        if form == "pad":  # F.pad: zeros only (a module would not say which constant)
+            self.pad_call(fx_node, a, src)
+            return
         if form == "max_pool1d":
             m = nn.MaxPool1d(a["kernel_size"], a["stride"], a["padding"], a["dilation"],
                              return_indices=bool(a["return_indices"]),

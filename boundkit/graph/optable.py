@@ -435,9 +435,7 @@ def _stated(op: str) -> tuple[ModuleAttrs, CallAttrs]:
 def _hardtanh_call(c: Call) -> dict[str, Any] | None:
     if c.form == "relu6":
         return {"min_val": 0.0, "max_val": 6.0}
-    if c.form == "clamp":
-        if c.args["min"] is None or c.args["max"] is None:
-            return None  # one-sided: read by capture as max / min (``one_sided_clamp``)
+    if c.form == "clamp":  # two bounds (capture reads one as max / min: one_sided_clamp)
         return activation_attrs(c.node, "hardtanh",
                                 {"min_val": c.args["min"], "max_val": c.args["max"]})
     return activation_attrs(c.node, "hardtanh", c.args)
