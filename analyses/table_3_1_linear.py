@@ -107,8 +107,8 @@ Algorithm 2.1, max epsilon {args.fgs_max_eps}, no box); "best" is boundkit's ens
 `peck2017` and `sound` on a linear classifier, and both equal the exact minimal
 perturbation (closed form) up to rounding: last two columns. "viol." counts samples whose
 verified adversarial example is smaller than the bound; examples are verified on the
-float32 model and again in float64 (the bound is a statement about the exact network, and a
-float32 model can flip within its rounding noise, about 1e-7, of the boundary).
+float32 model and again in float64 (a bound covers both: the model as it runs, its rounding
+charged, and the exact network; docs/theory/numerics.md §4).
 
 {md_table(headers, rows)}
 

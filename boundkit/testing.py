@@ -509,7 +509,7 @@ def assert_sound(
     """
     from boundkit.bounds.engine import certify
     from boundkit.bounds.method import get_method
-    from boundkit.crosschecking import recheck_float64
+    from boundkit.crosschecking import recheck_float64, recheck_own_dtype
     from boundkit.errors import BoundkitError
 
     meth = get_method(method)
@@ -552,7 +552,9 @@ def assert_sound(
 
             res = attack(model, x.detach(), "best", budget=attack_steps, box=box)
             adv, nrm64 = recheck_float64(model, x.detach(), res.x_adv, label)
-            offer(res.x_adv.detach().cpu(), nrm64, adv & res.success.cpu(), "attack")
+            # adversarial in the model's own dtype or in float64, re-checked
+            adv = (adv | recheck_own_dtype(model, x.detach(), res.x_adv)) & res.success.cpu()
+            offer(res.x_adv.detach().cpu(), nrm64, adv, "attack")
         except (BoundkitError, ValueError, NotImplementedError):
             pass
     radius = cert.radius.cpu().double()

@@ -189,6 +189,15 @@ class ReLURelaxation(RelaxationRule):
     def supports(self, node: Node) -> bool:
         return self.slope(node) <= 1.0  # above 1 the function is concave (sound modulus)
 
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        """ReLU is exact; LeakyReLU rounds one product by a slope the model holds in its own
+        dtype (rounded once): :math:`2u|y|+\\eta` (``docs/theory/numerics.md`` §4)."""
+        if self.slope(node) == 0.0:
+            return None
+        ar = ctx.model_arith
+        return 2 * ar.unit * out.mag + ar.eta
+
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         s = self.slope(node)
         iv = ins[0] if ctx.splits is None else ctx.splits.constrain(node.name, ins[0])

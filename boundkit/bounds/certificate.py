@@ -62,13 +62,9 @@ class Certificate:
     Attributes:
         radius: float64 [N]. For a guarantee (``sound``, ``crown``, ``alpha``, ``bab``...):
             no perturbation ``r`` with ``||r||_2 < radius`` (inside the method's box)
-            changes the argmax of the (exact-arithmetic) network, i.e. the float64 graph
-            with its rounding charged. The model run in float32 computes that network up to
-            its own rounding (relative errors of order 1e-7 per operation): it can change
-            class where the exact margin is within that rounding, so a radius within it of
-            the exact distance can be crossed by a float32 adversarial example; the
-            cross-check therefore re-verifies every adversarial example in float64 before it
-            calls a sample a violation. For
+            changes the class the model predicts, run in its own dtype (float32 as well as
+            float64: the model's own rounding is charged at every node over the whole ball,
+            ``docs/theory/numerics.md`` §4), nor that of the exact-arithmetic network. For
             ``method="peck2017"``: the thesis's number, *not* a guarantee.
         label: int64 [N], the class predicted at ``x`` (argmax of the float64 logits).
         runner_up: int64 [N], the class whose pairwise bound was the smallest at the

@@ -17,6 +17,7 @@ from boundkit.bounds.certificate import Certificate, SampleStatus
 from boundkit.bounds.method import BatchResult, Method, get_method, method_names
 from boundkit.bounds.registry import custom_module_ops
 from boundkit.errors import UnsupportedLayerError
+from boundkit.graph.arithmetic import inputs_in
 from boundkit.graph.cache import check_graph
 from boundkit.graph.cache import graph_for as cached_graph
 from boundkit.graph.capture import capture as capture_graph
@@ -77,9 +78,8 @@ def certify(
             an option the method does not know is an error.
 
     Returns:
-        a :class:`~boundkit.Certificate`: its radii are about the exact-arithmetic network
-        (the float64 graph, rounding charged); a float32 model can differ from it by its own
-        rounding (:attr:`Certificate.radius`).
+        a :class:`~boundkit.Certificate`: its radii are about the model as it runs in its
+        own dtype, its rounding charged at every node (:attr:`Certificate.radius`).
 
     Raises:
         UnsupportedLayerError: a node without a rule for ``method`` (named in the message).
@@ -99,15 +99,16 @@ def certify(
     parts: list[BatchResult] = []
     statuses: list[torch.Tensor] = []
     model_labels: list[torch.Tensor] = []
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size].to(graph.device)
-        part = meth.run(graph, xb, plan, trace=trace, **options)
-        status, model_label = _sample_status(model, graph, xb, part)
-        parts.append(part)
-        statuses.append(status)
-        model_labels.append(model_label)
-    return _certificate(graph, meth, options, parts, torch.cat(statuses),
-                        torch.cat(model_labels), trace)
+    with inputs_in(x.dtype):  # a model without parameters runs in its inputs' dtype
+        for s in range(0, x.shape[0], batch_size):
+            xb = x[s : s + batch_size].to(graph.device)
+            part = meth.run(graph, xb, plan, trace=trace, **options)
+            status, model_label = _sample_status(model, graph, xb, part)
+            parts.append(part)
+            statuses.append(status)
+            model_labels.append(model_label)
+        return _certificate(graph, meth, options, parts, torch.cat(statuses),
+                            torch.cat(model_labels), trace)
 
 
 def _method_plan(graph: Graph, method: str | Method, options: dict[str, Any]
@@ -144,7 +145,9 @@ def _certificate(graph: Graph, meth: Method, options: dict[str, Any],
         order = {n.name: i for i, n in enumerate(graph.nodes)}
         tr = dict(sorted(tr.items(), key=lambda kv: order.get(kv[0], 0)))
     info: dict[str, Any] = {"nodes": len(graph), "num_classes": graph.num_classes,
-                            "guarantee": meth.is_guarantee}
+                            "guarantee": meth.is_guarantee,
+                            # whose rounding the radii are charged (docs/theory/numerics.md)
+                            "arithmetic": graph.model_arithmetic.name}
     if "box" in meth.options():  # the box the samples were checked against (reasons())
         box = options.get("box", meth.default_box)
         info["box"] = None if box is None else (float(box[0]), float(box[1]))

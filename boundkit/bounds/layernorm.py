@@ -399,6 +399,44 @@ class LayerNormRelaxation(RelaxationRule):
             torch.where(flat, zero, w.abs() * t.half * up),
             t.e_lo, t.e_hi, t.drho, lo_y, hi_y)
 
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        r"""The model's rounding of :math:`\gamma\odot d/\sigma+\beta`,
+        :math:`\sigma=\sqrt{\mathrm{var}+\epsilon}`, computed from the raw input :math:`x`
+        (:math:`|x|\le M`) by any summation of the mean and variance: the variance to a
+        relative :math:`\gamma_{2n+16}\kappa`, :math:`\kappa=1+M/\sigma` (the updating
+        algorithm's condition number, Chan, Golub & LeVeque 1983), so the normalised value
+        :math:`f` to :math:`\gamma_{2n+16}(1+M/\sigma)|f|`; the centring to
+        :math:`\gamma_{n+2}2M/\sigma`; the scale and shift to :math:`\gamma_3`. With
+        :math:`\sigma\ge\sqrt{s_{\min}}` on the box and :math:`|f|\le\min(m/\sigma,\sqrt n)`
+        (``docs/theory/numerics.md`` §4)."""
+        ar = ctx.model_arith
+        x = ctx.interval_in(node)
+        centred = reads_centred(node, ctx.graph)
+        raw = ctx.intervals[ctx.graph[node.inputs[0]].inputs[0]] if centred else x
+        lo, hi = self._groups(node, x.lo, 1), self._groups(node, x.hi, 1)
+        n = lo.shape[-1]
+        big = self._groups(node, raw.mag, 1).amax(-1, keepdim=True)  # M >= |x|, |mean|
+        if not centred:  # the box of d = x - mean(x), widened by twice its rounding
+            s_lo, s_hi = lo.sum(-1, keepdim=True), hi.sum(-1, keepdim=True)
+            slack = 2 * float(gamma(n + 4)) * big
+            lo, hi = ((1 - 1 / n) * lo - (s_hi - hi) / n - slack,
+                      (1 - 1 / n) * hi - (s_lo - lo) / n + slack)
+        dmin = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo),
+                           torch.minimum(lo.abs(), hi.abs()))
+        g = float(gamma(n + 4))
+        s_min = (dmin * dmin).sum(-1, keepdim=True) / n * (1 - g) + float(node.attrs["eps"]) * (
+            1 - 2 * UNIT_ROUNDOFF)
+        sig = torch.sqrt(s_min) * (1 - g)
+        m = torch.maximum(lo.abs(), hi.abs())
+        f = torch.minimum(m / sig, torch.full_like(m, math.sqrt(n)))
+        w = node.params["weight"].reshape(-1).to(lo).abs()
+        b = node.params["bias"].reshape(-1).to(lo).abs()
+        rel = ar.gamma(2 * n + 16) * (1 + big / sig)
+        rho = (w * (f * rel + ar.gamma(n + 2) * 2 * big / sig) + ar.gamma(3) * (w * f + b)
+               + (2 * n + 16) * ar.eta)
+        return rho.reshape(x.lo.shape[0], *node.out_shape) * (1 + 4 * g)
+
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         ln = self.lines(node, ins[0], reads_centred(node, ctx.graph))
         n = ins[0].lo.shape[0]

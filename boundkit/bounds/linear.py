@@ -19,7 +19,8 @@ import torch
 
 from boundkit.bounds.numerics import gamma, inflate
 from boundkit.bounds.registry import LipschitzRule, register_rule
-from boundkit.bounds.relaxation import AffineRelaxation
+from boundkit.bounds.relaxation import EXTRA_OPS, AffineRelaxation
+from boundkit.graph.arithmetic import OVERFLOW_CHARGE, Arithmetic
 from boundkit.graph.graph import Graph, Node
 
 
@@ -78,6 +79,21 @@ class LinearRule(LipschitzRule):
             )
         absw, bnorm, g = graph.cache[key]
         return g * (absw * in_norm + bnorm) * (1 + 1e-6)
+
+    def model_rounding(self, node: Node, graph: Graph, in_norm: torch.Tensor,
+                       out_norm: torch.Tensor, arithmetic: Arithmetic) -> torch.Tensor:
+        """:meth:`rounding` in the model's arithmetic, :math:`\\gamma_{k+1}` replaced by
+        :math:`\\gamma'_{k+1+8}` (``docs/theory/numerics.md`` §4)."""
+        self.rounding(node, graph, in_norm, out_norm)  # fills the cache
+        absw, bnorm, _ = graph.cache[("abs_norms", node.name)]
+        k = int(node.params["weight"].shape[1]) + 1 + EXTRA_OPS
+        root = math.sqrt(node.out_numel)
+        terms = absw * in_norm + bnorm
+        # inputs below the smallest normal read as zero: eta |||W| 1|| <= eta |||W||| sqrt(n)
+        daz = arithmetic.eta * absw * math.sqrt(sum(math.prod(s) for s in node.in_shapes))
+        out = (arithmetic.gamma(k) * terms * (1 + 1e-6) + 2 * k * arithmetic.eta * root + daz)
+        return torch.where(arithmetic.overflows(terms), torch.full_like(out, OVERFLOW_CHARGE),
+                           out)
 
 
 register_rule("linear", "sound", LinearRule())

@@ -41,7 +41,14 @@ from boundkit.bounds.method import BatchResult, Method, register_method
 from boundkit.bounds.numerics import inflate, round_down
 from boundkit.bounds.output import SoundOutput
 from boundkit.bounds.registry import SoundRule, get_rule
-from boundkit.bounds.sound import RoundingErrors, SoundPlan, finalize_radius, plan_sound, sound_pass
+from boundkit.bounds.sound import (
+    RoundingErrors,
+    SoundPlan,
+    finalize_radius,
+    model_error,
+    plan_sound,
+    sound_pass,
+)
 from boundkit.graph.graph import Graph, Node
 from boundkit.margin import class_margins
 
@@ -97,9 +104,11 @@ def refine(
     err: RoundingErrors,
     base_radius: torch.Tensor,
     steps: int = 30,
+    extra: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The sound-local radius (never below ``base_radius``), from the activations and
-    rounding bounds of the sound pass at the same inputs."""
+    rounding bounds of the sound pass at the same inputs; ``extra`` [N] adds to the logits'
+    rounding (the model's own, :func:`~boundkit.bounds.sound.model_error`)."""
     split = relu_pairs(graph, out)
     if split is None:
         return base_radius
@@ -116,7 +125,8 @@ def refine(
     # the computed rows of A err by at most jacobian_error each; a pair difference by twice
     a_err = 2.0 * out.jacobian_error(graph) if out.tail else 0.0
     label = logits.argmax(1)
-    margin = class_margins(logits, label) - math.sqrt(2.0) * err[graph.logits.name][:, None]
+    rounding = err[graph.logits.name] + (0.0 if extra is None else extra)
+    margin = class_margins(logits, label) - math.sqrt(2.0) * rounding[:, None]
     # margin: [N, C], inf at the label
     diff0 = a_rows[label].unsqueeze(1) - a_rows.unsqueeze(0)  # [N, C, n_L]
     diff = diff0.abs()
@@ -212,7 +222,11 @@ class SoundLocalMethod(Method):
             **options: Any) -> BatchResult:
         sp = sound_pass(graph, x, plan, trace, local_needs(graph, plan.output))
         res = sp.result
-        res.radius = refine(graph, plan.output, sp.acts, sp.errors, res.radius)
+        exact = refine(graph, plan.output, sp.acts, sp.errors, res.radius)
+        # the model's own rounding over the ball of the exact network's radius
+        # (sound.model_error) bounds it over the smaller ball found with it
+        extra = model_error(graph, sp.norms, exact, sp.acts[graph.logits.name], x)
+        res.radius = refine(graph, plan.output, sp.acts, sp.errors, res.radius, extra=extra)
         return finalize_radius(res)
 
 

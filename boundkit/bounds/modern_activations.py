@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from boundkit.bounds.activation import Lines, LinesRelaxation
-from boundkit.bounds.numerics import UNIT_ROUNDOFF, inflate
+from boundkit.bounds.numerics import ELEMENTWISE_ULPS, UNIT_ROUNDOFF, inflate
 from boundkit.bounds.registry import LipschitzRule, register_rule
 from boundkit.bounds.relaxation import Interval, RelaxContext
 from boundkit.graph import ops
@@ -291,6 +291,17 @@ class ELURelaxation(StatedActivation):
     the extremes of :math:`g-kz` lie at :math:`l`, :math:`u`, the kink 0 or
     :math:`c\log(kc/(\lambda\alpha))` (where :math:`g'=\frac{\lambda\alpha}ce^{z/c}=k`),
     each clamped into :math:`[l,u]` (which only adds points)."""
+
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        r"""The element-wise default with the absolute term scaled by :math:`|\lambda\alpha|`
+        (:math:`e^{z/c}-1` cancels near 0: an error of :math:`u|\lambda\alpha|` where
+        :math:`|y|` is small) and :math:`|z|` by :math:`\max(1,|\lambda|)`."""
+        ar = ctx.model_arith
+        lam, _ = elu_scales(node)
+        a = abs(lam * float(node.attrs["alpha"]))
+        mag = out.mag + max(1.0, abs(lam)) * ctx.interval_in(node).mag + a + 1.0
+        return ELEMENTWISE_ULPS * (ar.unit * mag + ar.eta)
 
     def value(self, node: Node, z: torch.Tensor) -> torch.Tensor:
         return ops.elu(node, [z])  # the graph's own evaluation

@@ -21,6 +21,11 @@ error could make a computed bound too large, and each is covered here
    :math:`\sqrt2` times the total from every margin.
 3. *The inversion* :math:`\rho=\omega^{-1}(\kappa)`: a handful of operations, each
    rounded; the result is moved down by a few ulps with :func:`round_down`.
+4. *The model's own arithmetic*: a certificate is about the model as it
+   runs, in its own dtype; every value it computes is the exact operation on its (already
+   rounded) inputs up to a relative ``unit`` and an absolute ``eta`` per rounded operation,
+   charged node by node over the whole ball (``docs/theory/numerics.md`` §4;
+   :class:`boundkit.graph.arithmetic.Arithmetic`).
 """
 
 from __future__ import annotations
@@ -98,3 +103,4 @@ def unsafe_range(graph: Graph, peaks: dict[str, torch.Tensor]) -> torch.Tensor:
                     unsafe = True
         graph.cache["params_unsafe"] = unsafe
     return flag | graph.cache["params_unsafe"]
+

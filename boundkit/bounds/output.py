@@ -26,13 +26,52 @@ import torch
 
 from boundkit.bounds.numerics import gamma, inflate
 from boundkit.errors import UnsupportedLayerError
-from boundkit.graph.graph import Graph, Node
+from boundkit.graph.arithmetic import Arithmetic
+from boundkit.graph.graph import OUTPUT_SQUASH_OPS, Graph, Node
 from boundkit.graph.optable import ops_where
 from boundkit.margin import class_margins
 
 #: the affine ops the sound output stage folds into its tail (their rounding is charged in
 #: :meth:`SoundOutput.jacobian_error`)
 TAIL_OPS = ops_where("output_tail")
+
+
+def squash_charge(graph: Graph, lo: torch.Tensor, hi: torch.Tensor,
+                  arithmetic: Arithmetic) -> torch.Tensor:
+    r"""Per sample [N], what the logit margin must exceed for the model's own final softmax
+    or log-softmax, in its arithmetic, to keep the order of the two classes
+    (``docs/theory/numerics.md`` §4), the logits :math:`z` lying in ``[lo, hi]`` [N, C],
+    :math:`\Delta=\max_ih_i-\min_il_i\ge|z_i-z_j|`:
+
+    * log-softmax :math:`(z_i-m)-L` with :math:`L` one number shared by all classes (or
+      :math:`z_i-(m+L)`): each of the two class outputs is rounded twice, by at most
+      :math:`u(\Delta+\log C+1)`, so the margin needs :math:`2u(2\Delta+\log C+2)`;
+    * softmax: each output to a relative :math:`\epsilon=\gamma_{C+12}+3u\Delta+2C\eta`
+      (:meth:`SoftmaxRelaxation.evaluation_error`; the largest output is at least
+      :math:`1/C`), so the order holds once :math:`e^{z_y-z_j}>(1+\epsilon)/(1-\epsilon)`,
+      i.e. a margin of :math:`2\epsilon/(1-\epsilon)`.
+
+    Zero when the model outputs the logits; ``inf`` (radius 0) past two squashes or once
+    :math:`\epsilon\ge1/2`."""
+    zero = torch.zeros(lo.shape[0], dtype=lo.dtype, device=lo.device)
+    node, squashes = graph[graph.output], []
+    while node.name != graph.logits.name:
+        if node.op in OUTPUT_SQUASH_OPS:
+            squashes.append(node.op)
+        node = graph.producer(node)
+    if not squashes:
+        return zero
+    if len(squashes) > 1:
+        return zero + math.inf
+    c = lo.shape[1]
+    u = arithmetic.unit
+    spread = (hi.amax(1) - lo.amin(1)).clamp(min=0)
+    if squashes[0] == "log_softmax":
+        out = 2 * u * (2 * spread + math.log(c) + 2)
+    else:
+        e = arithmetic.gamma(c + 12) + 3 * u * spread + 2 * c * arithmetic.eta
+        out = torch.where(e < 0.5, 2 * e / (1 - e), torch.full_like(e, math.inf))
+    return out * (1 + 1e-9)
 
 
 def affine_tail(graph: Graph) -> tuple[list[Node], Node]:

@@ -45,6 +45,7 @@ from boundkit.bounds.relaxation import (
 )
 from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.graph import Graph, Node
+from boundkit.graph.ops import evaluate
 from boundkit.graph.optable import ops_where
 
 #: ops whose outputs are never negative (the operator table's ``nonnegative`` flag)
@@ -210,6 +211,18 @@ class MaxPoolRelaxation(RelaxationRule):
 
     def supports(self, node: Node) -> bool:
         return not node.attrs.get("ceil_mode", False)
+
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        """None: a maximum of the inputs is one of them, exactly
+        (``docs/theory/numerics.md`` §4)."""
+        return None
+
+    def error_transfer(self, node: Node, ctx: RelaxContext, errs: list[torch.Tensor]
+                       ) -> torch.Tensor:
+        """A window's maximum moves by at most the largest move in the window: the node
+        applied to :math:`e`."""
+        return evaluate(node, errs)
 
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         a = node.attrs

@@ -54,6 +54,7 @@ from boundkit.bounds.relaxation import (
     dot,
 )
 from boundkit.bounds.state import rounding_error
+from boundkit.graph.arithmetic import OVERFLOW_CHARGE
 from boundkit.graph.graph import Graph, Node
 
 T = TypeVar("T")
@@ -230,6 +231,23 @@ class MulRelaxation(RelaxationRule):
             centres.append(None if c is None else expand_to(c, shape, out))
         return ivs, centres
 
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        r"""One rounded product per output, :math:`u|y|+\eta`, and an operand below the
+        smallest normal read as zero, :math:`\eta(|a|+|b|)` (``docs/theory/numerics.md``
+        §4)."""
+        ar = ctx.model_arith
+        ivs, _ = self._operands(node, ctx)
+        return ar.unit * out.mag + ar.eta * (1 + ivs[0].mag + ivs[1].mag)
+
+    def error_transfer(self, node: Node, ctx: RelaxContext, errs: list[torch.Tensor]
+                       ) -> torch.Tensor:
+        """:math:`|\\hat a\\hat b-ab|\\le|a|e_b+|b|e_a+e_ae_b` (magnitudes of the intervals)."""
+        ivs, _ = self._operands(node, ctx)
+        out = tuple(node.out_shape)
+        ea, eb = (expand_to(e, tuple(s), out) for e, s in zip(errs, node.in_shapes))
+        return (ivs[0].mag * eb + ivs[1].mag * ea + ea * eb) * (1 + 1e-9)
+
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         out = tuple(node.out_shape)
         x, y = (Interval(expand_to(iv.lo, tuple(s), out), expand_to(iv.hi, tuple(s), out))
@@ -335,6 +353,32 @@ class MatmulRelaxation(RelaxationRule):
     docstring; ``docs/theory/products.md`` §matmul)."""
 
     nonlinear = True
+
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        r""":math:`k` products summed in any order:
+        :math:`\gamma_{k+2}(|\hat X||\hat Y|)+(k+2)\eta` (Higham 2002, eq. 3.13;
+        ``docs/theory/numerics.md`` §4)."""
+        ar = ctx.model_arith
+        k = _matmul_shapes(node)[3]
+        mx, my = _flat_operands(node, [ctx.interval_in(node, 0).mag,
+                                       ctx.interval_in(node, 1).mag])
+        terms = torch.matmul(mx, my)
+        # operands below the smallest normal read as zero: eta (sum_k |X| + sum_k |Y|)
+        daz = ar.eta * (mx.sum(-1, keepdim=True) + my.sum(-2, keepdim=True))
+        rho = (ar.gamma(k + 2) * terms + (k + 2) * ar.eta + daz).reshape(out.lo.shape)
+        return torch.where(ar.overflows(terms.reshape(out.lo.shape)),
+                           torch.full_like(rho, OVERFLOW_CHARGE), rho)
+
+    def error_transfer(self, node: Node, ctx: RelaxContext, errs: list[torch.Tensor]
+                       ) -> torch.Tensor:
+        """:math:`|X|e_Y+e_X|Y|+e_Xe_Y` (magnitudes of the intervals)."""
+        mx, my = _flat_operands(node, [ctx.interval_in(node, 0).mag,
+                                       ctx.interval_in(node, 1).mag])
+        ex, ey = _flat_operands(node, errs)
+        out = torch.matmul(mx, ey) + torch.matmul(ex, my) + torch.matmul(ex, ey)
+        grow = 1 + float(gamma(_matmul_shapes(node)[3] + 4))  # the products' own rounding
+        return out.reshape(ex.shape[0], *node.out_shape) * grow
 
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         lead, b, m, k, n = _matmul_shapes(node)

@@ -16,6 +16,7 @@ Users add rules for their own layers with :func:`register_rule`; see ``docs/exte
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -24,9 +25,15 @@ import torch.nn as nn
 
 from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import ELEMENTWISE_ULPS, UNIT_ROUNDOFF
+from boundkit.graph.arithmetic import OVERFLOW_CHARGE
 
 if TYPE_CHECKING:
+    from boundkit.graph.arithmetic import Arithmetic
     from boundkit.graph.graph import Graph, Node
+
+#: factor on a float64 rounding bound for the steps capture folded into one node (an affine
+#: node's :math:`\gamma_{k+1}` against the model's :math:`\gamma_{k+8}`, ``numerics.md`` §4)
+FOLDED_STEPS = 9.0
 
 class Rule(ABC):  # noqa: B024 (abstract methods live in the subclasses)
     """Base class of every rule. ``needs`` lists the node names whose float64 activations
@@ -63,6 +70,37 @@ class SoundRule(Rule):
         if self.exact_arithmetic:
             return torch.zeros_like(out_norm)
         return ELEMENTWISE_ULPS * UNIT_ROUNDOFF * out_norm
+
+    def model_rounding(self, node: Node, graph: Graph, in_norm: torch.Tensor,
+                       out_norm: torch.Tensor, arithmetic: Arithmetic) -> torch.Tensor:
+        r"""An upper bound on the L2 norm of the error the *model's* evaluation of this node
+        adds to its output, in ``arithmetic`` (its own dtype), for inputs and outputs of
+        norms up to ``in_norm`` and ``out_norm`` (``docs/theory/numerics.md`` §4):
+        :meth:`rounding`'s float64 bound rescaled to the arithmetic's unit :math:`u'`
+        (every :math:`\gamma_k` with :math:`k\le n_{in}+16` grows by at most
+        :math:`(u'/u)/(1-ku')`), times :data:`FOLDED_STEPS` for the steps capture folded
+        into the node, plus :math:`8u'(\|y\|+\|z\|+\sqrt{n_{out}})` for a library
+        routine's cancellation on an element-wise node (one input of the output's shape), and
+        the absolute terms of gradual underflow (:math:`2k\eta'\sqrt{n_{out}}+\eta'`). Zero
+        for exact nodes: ``exact_arithmetic``, or a :meth:`rounding` that is zero on unit
+        norms (moves, maxima)."""
+        ones = torch.ones_like(out_norm)
+        if self.exact_arithmetic or not bool(self.rounding(node, graph, ones, ones).any()):
+            return torch.zeros_like(out_norm)
+        n_in = sum(math.prod(s) for s in node.in_shapes)
+        k = n_in + 16
+        ku = k * arithmetic.unit
+        if ku >= 0.5:
+            return torch.full_like(out_norm, math.inf)
+        scale = FOLDED_STEPS * (arithmetic.unit / UNIT_ROUNDOFF) / (1 - ku)
+        root = math.sqrt(node.out_numel)
+        out = (self.rounding(node, graph, in_norm, out_norm) * scale
+               + 2 * k * arithmetic.eta * root + arithmetic.eta)
+        if len(node.inputs) == 1 and tuple(node.in_shapes[0]) == tuple(node.out_shape):
+            out = out + ELEMENTWISE_ULPS * arithmetic.unit * (out_norm + in_norm + root)
+        # an entry of the input or output may reach the dtype's largest number: infinite
+        return torch.where(arithmetic.overflows(out_norm + in_norm),
+                           torch.full_like(out, OVERFLOW_CHARGE), out)
 
     def deviation(self, node: Node, graph: Graph) -> float:
         """An upper bound on the L2 distance between what torch computes for this node and

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 import torch
 
-from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma
+from boundkit.bounds.numerics import ELEMENTWISE_ULPS, UNIT_ROUNDOFF, gamma
 from boundkit.bounds.registry import Rule
+from boundkit.graph.arithmetic import OVERFLOW_CHARGE, model_arithmetic
 from boundkit.graph.ops import evaluate
 
 if TYPE_CHECKING:
+    from boundkit.graph.arithmetic import Arithmetic
     from boundkit.graph.graph import Graph, Node
 
 T = TypeVar("T")
@@ -58,6 +60,10 @@ class Interval:
 
     def meet(self, other: Interval) -> Interval:
         return Interval(torch.maximum(self.lo, other.lo), torch.minimum(self.hi, other.hi))
+
+    def widen(self, e: torch.Tensor | None) -> Interval:
+        """``[lo - e, hi + e]`` (itself when ``e`` is ``None``)."""
+        return self if e is None else Interval(self.lo - e, self.hi + e)
 
 
 @dataclass
@@ -92,6 +98,18 @@ class LinearBounds:
                + UNIT_ROUNDOFF * (self.bias.abs() + torch.as_tensor(add_bias).abs()))
         return LinearBounds(A, bias, err)
 
+    def charged(self, rho: torch.Tensor | None) -> LinearBounds:
+        r"""The same bound for a value known only to within ``rho`` [N, *shape] (the
+        model's own rounding of the node, :func:`model_rounding`):
+        :math:`\langle A,\hat h\rangle\ge\langle A,h\rangle-\langle|A|,\rho\rangle`, the
+        dot product rounded up by :math:`1+\gamma_{k+1}`."""
+        if rho is None:
+            return self
+        k = self.A[0, 0].numel()
+        add = dot(self.A.abs(), rho.expand(self.A.shape[0], *self.A.shape[2:]))
+        return LinearBounds(self.A, self.bias, self.err + add * (1 + 2 * float(gamma(k + 2))),
+                            self.forks)
+
 
 #: ``RelaxContext.spec`` of the walk bounding the margins (not a valid node name)
 FINAL_SPEC: Final = "<final>"
@@ -123,6 +141,20 @@ class RelaxContext:
     #: (:meth:`derived`)
     #: keys: a string naming the rule and node, or a typed key (``TwoOperandKey``)
     memo: dict[Hashable, tuple[Interval, Any]] = field(default_factory=dict)
+    #: the arithmetic the model runs in (its rounding is charged at every node:
+    #: :func:`model_rounding`); the graph's by default (float64 without a graph)
+    arithmetic: Arithmetic | None = None
+
+    def __post_init__(self) -> None:
+        if self.arithmetic is None:  # a rule used on its own, without a graph: float64
+            self.arithmetic = (model_arithmetic({torch.float64}, False) if self.graph is None
+                               else self.graph.model_arithmetic)
+
+    @property
+    def model_arith(self) -> Arithmetic:
+        """:attr:`arithmetic` (set)."""
+        assert self.arithmetic is not None
+        return self.arithmetic
 
     def interval_in(self, node: Node, i: int = 0) -> Interval:
         return self.intervals[node.inputs[i]]
@@ -188,6 +220,9 @@ class RelaxationRule(Rule):
     #: True for nodes whose relaxation depends on the bounds of their input (ReLU, tanh...):
     #: the engine refines those input bounds by backward passes
     nonlinear: bool = False
+    #: True when :meth:`backward` itself charges the model's rounding of the node
+    #: (:func:`model_rounding`) with its own: the walks then do not (:func:`entering`)
+    charges_model_rounding: bool = False
 
     def supports(self, node: Node) -> bool:
         """False for a configuration this rule does not relax (the node then goes through
@@ -202,13 +237,57 @@ class RelaxationRule(Rule):
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         """The bound at the output -> one bound per input (docs/theory/linear_relaxation.md)."""
 
+    def error_transfer(self, node: Node, ctx: RelaxContext, errs: list[torch.Tensor]
+                       ) -> torch.Tensor:
+        r"""From element-wise bounds ``errs`` ([N, *in] per input) on how far what the model
+        computed for each input lies from the exact network's value (anywhere on the ball,
+        both in the input intervals of ``ctx``), a bound [N, *out] on
+        :math:`|g(\hat z)-g(z)|` (``docs/theory/numerics.md`` §4, ``sound``).
+
+        Default: an element-wise node moves by at most its slope bound :math:`\lambda` (its
+        ``sound`` rule's Lipschitz constant, which bounds :math:`|g'|`) times :math:`e`; any
+        other node by its ``sound`` rule's L2 carry of the inputs' :math:`\|e\|_2` (at the
+        norms of the intervals' magnitudes), a bound on every entry."""
+        from boundkit.bounds.registry import SoundRule, require_rule
+
+        rule = require_rule(node, "sound")
+        assert isinstance(rule, SoundRule)
+        if len(node.inputs) == 1 and tuple(node.in_shapes[0]) == tuple(node.out_shape):
+            return errs[0] * (rule.lipschitz(node, ctx.graph) * (1 + 1e-9))
+        l2 = [torch.linalg.vector_norm(e.flatten(1), dim=1) for e in errs]
+        norms = {i: torch.linalg.vector_norm(ctx.intervals[i].mag.flatten(1), dim=1)
+                 for i in node.inputs}
+        carry = rule.carry_error_at(node, ctx.graph, l2, norms) * (1 + 1e-9)
+        return carry.reshape(-1, *([1] * len(node.out_shape))).expand(-1, *node.out_shape)
+
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        r"""A bound [N, *out] on the model's own rounding of this node anywhere on the ball:
+        :math:`|\hat h-g(\hat z)|`, with :math:`\hat z\in` the input intervals what the model
+        computed for the inputs, :math:`\hat h` what it computes for the node, in
+        ``ctx.arithmetic``; ``out`` holds :math:`g(\hat z)`. ``None``: the node computes
+        exactly (moves, maxima, ReLU). ``docs/theory/numerics.md`` §4.
+
+        Default, for an element-wise function computed by a library routine (a few
+        rounded steps, cancellation in forms like :math:`x\,\sigma(x)` or
+        :math:`e^x-1` included): :math:`8u(|y|+|z|+1)+8\eta`. A rule of another kind of
+        node overrides it."""
+        ar = ctx.model_arith
+        mag = out.mag + 1.0
+        if len(node.inputs) == 1 and tuple(node.in_shapes[0]) == tuple(node.out_shape):
+            mag = mag + ctx.interval_in(node).mag
+        return ELEMENTWISE_ULPS * (ar.unit * mag + ar.eta)
+
 
 class AffineRelaxation(RelaxationRule):
     r"""Base of affine nodes :math:`h = L(z) + c` (linear, convolution, batch norm,
     average pooling): :math:`\langle A, h\rangle = \langle L^\top A, z\rangle +
     \langle A, c\rangle`, exact in real arithmetic. Subclasses give :math:`L` (``apply``),
     :math:`L^\top` (``transpose``), :math:`c` (``const``, [*out] or ``None``),
-    :math:`|L|` (``abs_apply``) and the fan-in of one output (``fan``)."""
+    :math:`|L|` (``abs_apply``) and the fan-in of one output (``fan``). The model's rounding
+    of the node is charged with the node's own, in one product with :math:`|A|`."""
+
+    charges_model_rounding = True
 
     @abstractmethod
     def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor: ...
@@ -252,6 +331,41 @@ class AffineRelaxation(RelaxationRule):
             absval = absval + c
         return (float(gamma(self.fan(node) + 2)) + self.const_error(node)) * absval
 
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        r""":math:`\gamma_{k+8}(|L||\hat z|+|c|)+(k+8)\eta` in the model's arithmetic: any
+        order of the :math:`k` products and sums (Higham 2002, eq. 3.13), with
+        :data:`EXTRA_OPS` rounded steps more on every term's path for what capture folded
+        into :math:`L` and :math:`c` (a batch norm's subtract, divide, scale and shift; a
+        division by a constant)."""
+        ar = ctx.model_arith
+        k = self.fan(node) + EXTRA_OPS
+        terms = self.abs_terms(node, ctx)
+        rho = ar.gamma(k) * terms + k * ar.eta
+        # a partial sum of the terms past the dtype's range overflows
+        return torch.where(ar.overflows(terms), torch.full_like(rho, OVERFLOW_CHARGE), rho)
+
+    def error_transfer(self, node: Node, ctx: RelaxContext, errs: list[torch.Tensor]
+                       ) -> torch.Tensor:
+        """:math:`|L|e` (exact for a linear map)."""
+        return self.abs_apply(node, errs[0]) * (1 + 1e-9)
+
+    def abs_terms(self, node: Node, ctx: RelaxContext) -> torch.Tensor:
+        r""":math:`|L|(|z|+\eta'/\gamma'_{k+8})+|c|` [N, *out] on the input's interval
+        (computed once while the interval is the same object: the node's rounding and the
+        model's read it). The :math:`\eta'/\gamma'` makes :math:`\gamma'` times it charge
+        :math:`\eta'|L|\mathbf 1`: inputs below the smallest normal number read as zero
+        (``torch.set_flush_denormal``)."""
+        iv = ctx.interval_in(node)
+        ar = ctx.model_arith
+        daz = ar.eta / ar.gamma(self.fan(node) + EXTRA_OPS)
+
+        def make() -> torch.Tensor:
+            mag = self.abs_apply(node, iv.mag + daz)
+            c = self.const_mag(node)
+            return mag if c is None else mag + c
+        return ctx.derived(("affine-terms", node.name), iv, make)
+
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         iv = ins[0]
         mid, rad = (iv.lo + iv.hi) / 2, (iv.hi - iv.lo) / 2
@@ -265,11 +379,16 @@ class AffineRelaxation(RelaxationRule):
         r"""Per output [N, *out]: the rounding a coefficient :math:`a` is charged,
         :math:`|a|` times this (the node's own rounding, and that of :math:`\langle A,
         c\rangle`, :math:`\gamma_{|c|+1}|c|`)."""
-        weight = self.rounding_bound(node, ctx.interval_in(node).mag)
+        if type(self).rounding_bound is AffineRelaxation.rounding_bound:  # the same terms
+            weight = ((float(gamma(self.fan(node) + 2)) + self.const_error(node))
+                      * self.abs_terms(node, ctx))
+        else:
+            weight = self.rounding_bound(node, ctx.interval_in(node).mag)
         c = self.const(node)
         if c is not None:
             weight = weight + float(gamma(c.numel() + 1)) * c.abs()
-        return weight
+        rho = model_rounding(self, node, ctx)
+        return weight if rho is None else weight + rho
 
     def backward(self, node: Node, ctx: RelaxContext, lb: LinearBounds) -> list[LinearBounds]:
         n, s = lb.A.shape[:2]
@@ -332,6 +451,46 @@ class NonNegativeLinearRelaxation(AffineRelaxation):
 
     def abs_apply(self, node: Node, m: torch.Tensor) -> torch.Tensor:
         return self.apply(node, m)
+
+
+#: rounded steps the model may take on an affine node's term beyond its dot product
+EXTRA_OPS: Final = 8
+
+
+def model_rounding(rule: RelaxationRule, node: Node, ctx: RelaxContext,
+                   out: Interval | None = None) -> torch.Tensor | None:
+    r"""The model's own rounding of ``node`` (:meth:`RelaxationRule.evaluation_error`) on the
+    current intervals (``out``: the node's output interval, by default its interval in
+    ``ctx``), computed once per node while its input and output intervals are the same
+    objects. Every bound charges it where it passes the node: a walk as
+    :meth:`LinearBounds.charged`, an interval by :meth:`Interval.widen`; so every interval
+    holds what the model computes, and the relaxations downstream hold for it."""
+    if out is None:
+        out = ctx.intervals[node.name]
+    ins = tuple(ctx.intervals.get(i) for i in node.inputs)
+    key = ("model-rounding", node.name)
+    hit = ctx.memo.get(key)
+    if hit is not None and hit[0] is out and all(a is b for a, b in zip(hit[1][0], ins)):
+        return hit[1][1]
+    rho = rule.evaluation_error(node, ctx, out)
+    if rho is not None:
+        rho = rho * (1 + 1e-9)  # the bound's own float64 computation (fan-ins up to 1e6)
+        # where the model's value may reach its dtype's largest number it is infinite, and
+        # where no bound holds (k u >= 1/2: gamma_k infinite) nothing is claimed
+        bad = ~torch.isfinite(rho) | ctx.model_arith.overflows(out.mag + rho)
+        rho = torch.where(bad, torch.full_like(rho, OVERFLOW_CHARGE), rho)
+    ctx.memo[key] = (out, (ins, rho))
+    return rho
+
+
+def entering(rule: RelaxationRule, node: Node, ctx: RelaxContext, lb: LinearBounds
+             ) -> LinearBounds:
+    """The bound ``lb`` on ``node``'s output as its backward step receives it: the model's
+    rounding of the node charged (:meth:`LinearBounds.charged`), unless the rule charges it
+    itself (:attr:`RelaxationRule.charges_model_rounding`)."""
+    if rule.charges_model_rounding:
+        return lb
+    return lb.charged(model_rounding(rule, node, ctx))
 
 
 def relaxation_rule(node: Node) -> RelaxationRule | None:

@@ -232,6 +232,24 @@ class SoftmaxRelaxation(RelaxationRule):
     def _back(node: Node, t: torch.Tensor, lead: int) -> torch.Tensor:
         return t.movedim(-1, lead + softmax_axis(node))
 
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        r"""The model's :math:`e^{z_i-m}/\sum_je^{z_j-m}` (:math:`m=\max_jz_j`): the
+        difference :math:`t_i=z_i-m` is rounded to a relative :math:`u`, which
+        :math:`e^t` turns into a relative :math:`|t|ue^{|t|u}\le3u\,\Delta_i` (while
+        :math:`\Delta_iu\le1`; both values lie in :math:`[0,1]`, so the error never exceeds 1)
+        (:math:`\Delta_i=\max_ju_j-l_i\ge|t_i|`); libm's exponential, the sum of :math:`k`
+        terms and the division add :math:`\gamma_{k+12}`: :math:`(\gamma_{k+12}+3u\Delta_i)
+        |y_i|+(k+12)\eta` (``docs/theory/numerics.md`` §4)."""
+        ar = ctx.model_arith
+        x = ctx.interval_in(node)
+        lo, hi = self._last(node, x.lo, 1), self._last(node, x.hi, 1)
+        k = lo.shape[-1]
+        spread = hi.amax(-1, keepdim=True) - lo
+        rel = ar.gamma(k + 12) + 3 * ar.unit * spread
+        rho = rel * self._last(node, out.mag, 1) + (k + 12) * ar.eta
+        return self._back(node, rho.clamp(max=1.0), 1)
+
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         iv = self._intervals(node, ctx, ins[0])
         return Interval(self._back(node, iv.lo, 1), self._back(node, iv.hi, 1))
@@ -316,6 +334,17 @@ class PermuteRule(LipschitzRule):
 
 class PermuteRelaxation(RelaxationRule):
     r"""``crown``: :math:`\langle A, P(z)\rangle=\langle P^{-1}(A), z\rangle` (exact)."""
+
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        """None: a permutation moves entries without arithmetic
+        (``docs/theory/numerics.md`` §4)."""
+        return None
+
+    def error_transfer(self, node: Node, ctx: RelaxContext, errs: list[torch.Tensor]
+                       ) -> torch.Tensor:
+        """A permutation moves the bounds with the entries."""
+        return errs[0].permute(0, *(d + 1 for d in node.attrs["dims"]))
 
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         p = (0, *(d + 1 for d in node.attrs["dims"]))

@@ -130,6 +130,23 @@ class ReshapeRelaxation(RelaxationRule):
     def supports(self, node: Node) -> bool:
         return len(node.inputs) == 1
 
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        r"""Exact moves; a constant shift :math:`c`, held by the model in its own dtype (off
+        by :math:`u|c|`) and added once: :math:`2u(|y|+|c|)+\eta`
+        (``docs/theory/numerics.md`` §4)."""
+        shift = node.attrs.get("shift")
+        if shift is None:
+            return None
+        ar = ctx.model_arith
+        c = broadcast_constant(shift.to(out.lo), node.out_shape).abs()
+        return 2 * ar.unit * (out.mag + c) + ar.eta
+
+    def error_transfer(self, node: Node, ctx: RelaxContext, errs: list[torch.Tensor]
+                       ) -> torch.Tensor:
+        """A move moves the bounds with the entries (a constant shift moves nothing)."""
+        return errs[0].reshape(errs[0].shape[0], *node.out_shape)
+
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         n = ins[0].lo.shape[0]
         lo = ins[0].lo.reshape(n, *node.out_shape)
@@ -185,6 +202,36 @@ class MergeRelaxation(RelaxationRule):
         if dims:
             a = a.sum(dim=dims, keepdim=True)
         return a.reshape(*a.shape[:2], *shape)
+
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        r"""``cat`` is exact; ``add`` sums :math:`n` scaled terms and the shift in some order:
+        :math:`\gamma_{2n+2}(\sum_i|c_i|B_i(|\hat z_i|)+|s|)+(2n+2)\eta`
+        (``docs/theory/numerics.md`` §4)."""
+        if node.op == "cat":
+            return None
+        ar = ctx.model_arith
+        out_shape = tuple(node.out_shape)
+        mag: torch.Tensor | float = 0.0
+        for (c, shape), name in zip(self._terms(node), node.inputs):
+            mag = mag + abs(c) * self._expand(ctx.intervals[name].mag, shape, out_shape)
+        shift = node.attrs.get("shift")
+        if shift is not None:
+            mag = mag + broadcast_constant(shift.to(out.lo), node.out_shape).abs()
+        k = 2 * len(node.inputs) + 2
+        return ar.gamma(k) * mag + k * ar.eta
+
+    def error_transfer(self, node: Node, ctx: RelaxContext, errs: list[torch.Tensor]
+                       ) -> torch.Tensor:
+        """``cat``: the inputs' bounds side by side; ``add``: :math:`\\sum_i|c_i|B_i(e_i)`."""
+        if node.op == "cat":
+            return torch.cat(errs, self._dim(node) + 1)
+        out = tuple(node.out_shape)
+        total: torch.Tensor | float = 0.0
+        for (c, shape), e in zip(self._terms(node), errs):
+            total = total + abs(c) * self._expand(e, shape, out)
+        assert isinstance(total, torch.Tensor)
+        return total * (1 + 1e-9)
 
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         if node.op == "cat":

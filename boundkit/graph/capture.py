@@ -1071,7 +1071,10 @@ def capture(
         else:
             cap.call_method(fx_node)
     assert output_name is not None
-    graph = Graph(cap.nodes, gm, input_shape, output_name, model_dtype, fingerprint=fingerprint)
+    tensors = [*model.parameters(), *model.buffers()]
+    graph = Graph(cap.nodes, gm, input_shape, output_name, model_dtype, fingerprint=fingerprint,
+                  model_dtypes=frozenset(t.dtype for t in tensors if t.is_floating_point()),
+                  model_on_cuda=any(t.is_cuda for t in tensors))
     out = graph[output_name]
     if len(out.out_shape) != 1:
         raise InputShapeError(

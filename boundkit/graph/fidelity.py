@@ -93,7 +93,7 @@ def check_fidelity(
         FidelityError: the two differ beyond the dtype's tolerance on some sample (the
             message names the first node where they part), or the model's forward fails.
     """
-    dtype = graph.model_dtype
+    dtype = graph.run_dtype
     eps = model_dtype_eps(dtype)
     z = _model_forward(model, x, dtype).to(out64.device)
     scale = out64.abs().amax(1)
@@ -127,7 +127,7 @@ def _overflows(graph: Graph, x: torch.Tensor, z: torch.Tensor, out64: torch.Tens
     """[N] bool: among the samples ``bad``, those whose model output ``z`` is not finite
     while the graph's ``out64`` is, and where some float64 value of the graph exceeds the
     model dtype's largest finite number (the model's dtype overflowed)."""
-    dtype = graph.model_dtype
+    dtype = graph.run_dtype
     out = torch.zeros_like(bad)
     if dtype == torch.float64 or not dtype.is_floating_point:
         return out

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from boundkit.graph.arithmetic import Arithmetic, input_dtype, model_arithmetic
 from boundkit.graph.ops import evaluate
 from boundkit.graph.optable import ops_where
 
@@ -86,6 +87,8 @@ class Graph:
         model_dtype: torch.dtype,
         *,
         fingerprint: str = "",
+        model_dtypes: frozenset[torch.dtype] = frozenset(),
+        model_on_cuda: bool = False,
     ) -> None:
         self.nodes = nodes
         self._by_name = {n.name: n for n in nodes}
@@ -93,6 +96,11 @@ class Graph:
         self.input_shape = tuple(input_shape)
         self.output = output
         self.model_dtype = model_dtype
+        #: every floating dtype among the model's parameters and buffers (none: the model
+        #: runs in its inputs' dtype), and whether any lives on a GPU
+        #: (:attr:`model_arithmetic`)
+        self.model_dtypes = frozenset(model_dtypes)
+        self.model_on_cuda = model_on_cuda
         #: :func:`~boundkit.graph.fingerprint.model_fingerprint` of the model at capture
         self.fingerprint = fingerprint
         self._consumers: dict[str, list[str]] = {n.name: [] for n in nodes}
@@ -114,6 +122,20 @@ class Graph:
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
+
+    @property
+    def run_dtype(self) -> torch.dtype:
+        """The dtype the model runs in: :attr:`model_dtype`, or for a model without
+        floating parameters or buffers, that of the inputs being certified
+        (:func:`boundkit.graph.arithmetic.inputs_in`)."""
+        return self.model_dtype if self.model_dtypes else input_dtype()
+
+    @property
+    def model_arithmetic(self) -> Arithmetic:
+        """The arithmetic the model itself runs in
+        (:func:`boundkit.graph.arithmetic.model_arithmetic`, read with the current global
+        precision flags): certificates charge its rounding at every node."""
+        return model_arithmetic(set(self.model_dtypes), self.model_on_cuda)
 
     @property
     def input(self) -> Node:

@@ -289,9 +289,10 @@ def test_a_batch_split_into_sample_groups_gives_the_same_certificate(method, mon
     monkeypatch.setattr(planning, "CHUNK_ELEMENTS", 2 * 2 * widest)  # groups of 2 samples
     split = bk.certify(model, x, method, **opts)
     # alpha: groups of other sizes reassociate the batched sums of its optimised walks at the
-    # last bit, and the radii tried are estimated from those bounds (secant quotients): 1e-9
+    # last bit (the model-rounding charges are such sums too), and the radii tried are
+    # estimated from those bounds (secant quotients, slopes by gradient steps): 1e-8
     torch.testing.assert_close(split.radius, whole.radius,
-                               rtol=1e-12 if method == "crown" else 1e-9, atol=0.0)
+                               rtol=1e-12 if method == "crown" else 1e-8, atol=0.0)
     assert torch.equal(split.label, whole.label)
     assert torch.equal(split.info["from_sound"], whole.info["from_sound"])
     assert split.trace.keys() == whole.trace.keys()

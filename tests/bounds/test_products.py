@@ -520,7 +520,11 @@ def test_gated_mlp_zoo_entry_has_two_gated_products_and_certifies() -> None:
     x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     c = bk.certify(model, x, "crown").radius
     s = bk.certify(model, x, "sound").radius
-    assert bool((c > 0).all()) and bool((c >= s).all()) and bool((s > 0).all())
+    assert bool((c > 0).all()) and bool((c >= s).all())
+    # sound's radii are within the float32 model's own rounding here (its norm-based charge,
+    # docs/theory/numerics.md §4, exceeds these margins of 0.004); as a float64 model, > 0
+    s64 = bk.certify(model.double(), x.double(), "sound").radius
+    assert bool((s64 > 0).all())
 
 
 class _Tokens(nn.Module):

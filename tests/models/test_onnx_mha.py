@@ -164,7 +164,9 @@ def _crown_agrees(model: nn.Module, imported: nn.Module, x: torch.Tensor,
     agrees with the torch model's: to the search's tolerance (1e-3 each: the searches start
     from the two graphs' ``sound`` radii, which differ, and keep bounds from the steps they
     tried) where the two graphs relax alike (``same_graph``: then the margin bounds at the
-    same radii agree to 1e-6, the file's float32 attention scale), else to 1%."""
+    same radii agree to 1e-5: the file's float32 attention scale, and the model's own
+    rounding charged on each graph's nodes, which differ: the file scales each projection
+    by a batch norm), else to 1%."""
     a, b = certify(model, x, "crown"), certify(imported, x, "crown")
     rtol = 2e-3 if same_graph else 1e-2
     assert torch.allclose(a.radius, b.radius, rtol=rtol, atol=0), (a.radius.tolist(),
@@ -172,7 +174,7 @@ def _crown_agrees(model: nn.Module, imported: nn.Module, x: torch.Tensor,
     for scale in (0.5, 1.0, 1.5) if same_graph else ():
         eps = a.radius.clamp_min(1e-3) * scale
         ba, bb = _margin_bounds(model, x, eps), _margin_bounds(imported, x, eps)
-        assert torch.allclose(ba, bb, rtol=1e-6, atol=1e-6), (scale, ba, bb)
+        assert torch.allclose(ba, bb, rtol=1e-5, atol=1e-5), (scale, ba, bb)
     assert_sound(imported, x, "crown", exact=False, attack_steps=20)
 
 

@@ -174,11 +174,9 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     changes the class: every subproblem of the branch and bound proven), ``"falsified"``
     (a counterexample inside the ball and the box, checked by re-running the model in its
     own dtype) or ``"unknown"`` (budget spent; ``reason`` says which). "verified" is, like
-    every certificate, about the exact-arithmetic network (the float64 graph, rounding
-    charged); "falsified" about the model as it runs. A float32 model's own rounding
-    (relative errors of order 1e-7 per operation) can flip a point whose exact margin is
-    within it: at a radius within that rounding of the exact distance the two can disagree
-    (the counterexample's float64 margin then tells which). ``radius``: a number
+    every certificate, about the model as it runs in its own dtype (its rounding charged
+    at every node, ``docs/theory/numerics.md`` §4) and about the exact-arithmetic network;
+    "falsified" about the model as it runs. ``radius``: a number
     or one per sample [N], finite and >= 0. ``time_budget``: seconds of bounding per sample
     (samples are bounded together; each batch's time is charged to its samples);
     ``max_domains``: subproblems per sample; ``batch``: subproblems per engine call;
@@ -199,6 +197,7 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     and refuses only nodes without one.
     """
     from boundkit.bounds.engine import graph_for
+    from boundkit.graph.arithmetic import inputs_in
     from boundkit.validate import check_batch, check_box, check_call
 
     box = check_box(box)
@@ -208,7 +207,8 @@ def verify(model: nn.Module, x: torch.Tensor, radius: float | torch.Tensor, *,
     r = _check_radius(radius, n)
     graph = graph_for(model, x, device)
     check_batch(x, shape=graph.input_shape)
-    return verify_graph(model, graph, x, r, box, opts)
+    with inputs_in(x.dtype):  # a model without parameters runs in its inputs' dtype
+        return verify_graph(model, graph, x, r, box, opts)
 
 
 def _check_radius(radius: Any, n: int) -> torch.Tensor:

@@ -6,9 +6,12 @@ logits to the input through every node's :class:`~boundkit.bounds.relaxation.Rel
 (CROWN, Zhang et al. 2018). The relaxations of ReLUs and smooth activations need bounds on
 their inputs: an interval pass over the whole graph, refined at the input of every ReLU (its
 unstable neurons) and smooth activation (all neurons) by a backward walk of its own. A node
-without a linear relaxation (LRN, a user's rule) is bounded through the ``sound`` modulus of
-the same inputs: :math:`|h_i(x)-h_i(x_0)|\le\omega_{x\to h}(\|x-x_0\|)` plus its rounding,
-and the walk stops there, so ``crown`` accepts every model ``sound`` accepts.
+without a linear relaxation (LRN, a user's rule) is bounded through its own ``sound`` modulus
+over its input's interval, plus its rounding (:meth:`CrownRun._fallback_interval`), and the
+walk stops there, so ``crown`` accepts every model ``sound`` accepts. Every interval and
+every walk charges the model's own rounding of each node it passes
+(:func:`~boundkit.bounds.relaxation.model_rounding`): the bounds hold for what the model
+computes in its own dtype.
 
 At the input the bound is concretised over the L2 ball intersected with the box
 (``concrete.py``); the radius is searched per sample over the relaxations built for the
@@ -35,8 +38,9 @@ from boundkit.bounds.crown.patches import PATCHES
 from boundkit.bounds.crown.plan import CrownPlan, Refine
 from boundkit.bounds.crown.units import UNITS
 from boundkit.bounds.crown.windows import WINDOWS
-from boundkit.bounds.modulus import Modulus
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma
+from boundkit.bounds.output import squash_charge
+from boundkit.bounds.registry import SoundRule, require_rule
 from boundkit.bounds.relaxation import (
     FINAL_SPEC,
     AffineRelaxation,
@@ -46,8 +50,10 @@ from boundkit.bounds.relaxation import (
     SlopeKey,
     Splits,
     dot,
+    entering,
+    model_rounding,
 )
-from boundkit.bounds.sound import compose_moduli, sound_pass
+from boundkit.bounds.sound import sound_pass
 from boundkit.graph.graph import Graph, Node
 
 #: default input box: pixels in [0, 1]
@@ -130,12 +136,13 @@ class CrownRun:
         else:
             in_box = torch.zeros(n, dtype=torch.bool, device=x0.device)
         fallback = {name for name, r in plan.rules.items() if r is None}
-        sp = sound_pass(graph, x0, plan.sound, False, fallback)
+        keep = fallback | {i for name in fallback for i in graph[name].inputs}
+        sp = sound_pass(graph, x0, plan.sound, False, keep)
         #: the sound pass of the whole batch (its result is the method's floor)
         self.sound = sp
-        self.omega: dict[str, Modulus] = (
-            compose_moduli(graph, plan.sound.stages, sp.moduli, graph.input.name, sp.acts)
-            if fallback else {})
+        #: nodes bounded through their ``sound`` modulus (per-sample moduli: a run with
+        #: them is not split into subsets)
+        self.fallback = fallback
         self.samples = self.samples_type(x0, in_box, sp.acts, sp.errors.per_node,
                                          splits=splits)
         self.scratch = self.new_scratch()
@@ -179,7 +186,7 @@ class CrownRun:
     def subset(self, idx: torch.Tensor) -> CrownRun | None:
         """The same run restricted to samples ``idx``, split constraints included (``None``
         when it cannot be split: per-sample moduli of fallback nodes)."""
-        if self.omega:
+        if self.fallback:
             return None
         return self.derive(self.samples.rows(idx))
 
@@ -215,14 +222,32 @@ class CrownRun:
             hi = torch.where(m, hi.clamp(max=self.box[1]), hi)
         return Interval(lo, hi)
 
-    def _fallback_interval(self, node: Node, eps: torch.Tensor) -> Interval:
+    def _fallback_interval(self, node: Node, ctx: RelaxContext, eps: torch.Tensor) -> Interval:
+        r"""A node without a relaxation (one input :math:`z`): what the model computes lies
+        within :math:`\omega(r)+e+\rho` of the float64 value :math:`h_0` at the centre, with
+        :math:`\omega` the node's own ``sound`` modulus at :math:`z_0`, :math:`r` the largest
+        distance from :math:`z_0` to the input's interval (which holds the model's input),
+        :math:`e` the rounding of :math:`h_0` and :math:`\rho` the model's own rounding of the
+        node (:meth:`SoundRule.model_rounding`); all in L2, so per entry. Without an input
+        interval or a modulus of the node alone (a merge): an infinite interval, and crown
+        falls back on ``sound`` for the sample."""
         h0 = self.samples.acts[node.name]
-        om = self.omega.get(node.name)
-        # a node without a modulus from the input (none was composed up to it) is bounded
-        # by nothing: an infinite interval, so crown falls back on sound for that sample
-        spread = om(eps) * (1 + 1e-9) if om is not None else torch.full_like(eps, math.inf)
-        spread = spread + self.samples.errors[node.name] * (1 + 1e-9)
-        s = spread.reshape(-1, *([1] * (h0.dim() - 1)))
+        mod = self.sound.moduli.get(node.name)
+        src = node.inputs[0] if len(node.inputs) == 1 else None
+        if mod is None or src is None or src not in ctx.intervals or src not in self.samples.acts:
+            inf = torch.full_like(h0, math.inf)
+            return Interval(-inf, inf)
+        iv, z0 = ctx.intervals[src], self.samples.acts[src]
+        d = z0[0].numel()
+        far = torch.maximum(iv.hi - z0, z0 - iv.lo).flatten(1)
+        r = torch.linalg.vector_norm(far, dim=1) * (1 + 2 * float(gamma(d + 2))) + 1e-300
+        spread = mod(r) * (1 + 1e-9) + self.samples.errors[node.name] * (1 + 1e-9)
+        out_norm = torch.linalg.vector_norm(h0.flatten(1), dim=1) + spread
+        in_norm = torch.linalg.vector_norm(iv.mag.flatten(1), dim=1)
+        rule = require_rule(node, "sound")
+        assert isinstance(rule, SoundRule)
+        rho = rule.model_rounding(node, self.graph, in_norm, out_norm, ctx.model_arith)
+        s = ((spread + rho) * (1 + 1e-9)).reshape(-1, *([1] * (h0.dim() - 1)))
         return Interval(h0 - s, h0 + s)
 
     def intervals(self, eps: torch.Tensor) -> RelaxContext:
@@ -237,9 +262,10 @@ class CrownRun:
                 continue
             rule = self.plan.rules[node.name]
             if rule is None:
-                iv = self._fallback_interval(node, eps)
-            else:
+                iv = self._fallback_interval(node, ctx, eps)
+            else:  # what the model computes: the exact value of its inputs, plus its rounding
                 iv = rule.interval(node, ctx, [ctx.intervals[i] for i in node.inputs])
+                iv = iv.widen(model_rounding(rule, node, ctx, iv))
             ctx.intervals[node.name] = iv
             mode = self.plan.refine.get(node.name)
             if mode is not None:
@@ -289,7 +315,9 @@ class CrownRun:
                 mode: Refine) -> Interval:
         closed = self._first_layer(node, eps)
         if closed is not None:
-            return iv.meet(closed)
+            rule = self.plan.rules[node.name]
+            assert rule is not None
+            return iv.meet(closed.widen(model_rounding(rule, node, ctx, iv)))
         lo, hi = iv.lo.flatten(1), iv.hi.flatten(1)
         if mode is Refine.UNSTABLE:
             mask = (lo < 0) & (hi > 0)
@@ -386,15 +414,24 @@ class CrownRun:
         read off the node's unit table where there is one."""
         rule = self.plan.rules[node.name]
         assert rule is not None
+        # the node's own rounding by the model (unless its rule charges it): |+-e_j| picks rho_j
+        rho = None if rule.charges_model_rounding else model_rounding(rule, node, ctx)
+        charge = None
+        if rho is not None:
+            rj = rho.flatten(1).expand(idx.shape[0], -1).gather(1, idx) * (1 + 1e-15)
+            charge = torch.cat([rj, rj], 1)
         table = UNITS.table(self, node)
         if table is not None:
             assert isinstance(rule, AffineRelaxation)
-            return rule.unit_backward(node, ctx, idx, table)
-        zero = torch.zeros((self.n, 2 * idx.shape[1]), dtype=self.x0.dtype,
-                           device=self.x0.device)
-        (lb,) = rule.backward(node, ctx, LinearBounds(self.unit_spec(idx, node.out_shape),
-                                                      zero, zero))
-        return lb
+            lb = rule.unit_backward(node, ctx, idx, table)
+        else:
+            zero = torch.zeros((self.n, 2 * idx.shape[1]), dtype=self.x0.dtype,
+                               device=self.x0.device)
+            (lb,) = rule.backward(node, ctx, LinearBounds(self.unit_spec(idx, node.out_shape),
+                                                          zero, zero))
+        if charge is None:
+            return lb
+        return LinearBounds(lb.A, lb.bias, lb.err + charge, lb.forks)
 
     def walk_slopes(self, node: Node, idx: torch.Tensor, ctx: RelaxContext,
                     windows: dict[str, tuple[tuple[int, int], tuple[int, int]]] | None = None
@@ -407,9 +444,17 @@ class CrownRun:
 
     # ------------------------------------------------------------------ backward
     def backward(self, target: Node, spec: torch.Tensor, ctx: RelaxContext) -> Concrete:
-        """Concretised lower bounds of ``<spec_s, target(x)>`` over the ball."""
+        """Concretised lower bounds of ``<spec_s, target(x)>`` over the ball; at the logits,
+        minus what the model's final softmax may take from a margin
+        (:func:`~boundkit.bounds.output.squash_charge`)."""
         zero = torch.zeros(spec.shape[:2], dtype=spec.dtype, device=spec.device)
-        return self.walk_from(target, LinearBounds(spec, zero, zero), ctx)
+        err = zero
+        if target.name == self.graph.logits.name and target.name != self.graph.output:
+            iv = ctx.intervals[target.name]
+            charge = squash_charge(self.graph, iv.lo.flatten(1), iv.hi.flatten(1),
+                                   ctx.model_arith)
+            err = zero + charge.unsqueeze(1)
+        return self.walk_from(target, LinearBounds(spec, zero, err), ctx)
 
     def walk_from(self, target: Node, seed: LinearBounds, ctx: RelaxContext) -> Concrete:
         """Concretised lower bounds of ``<seed.A_s, target(x)> + seed.bias_s`` over the ball
@@ -434,20 +479,22 @@ class CrownRun:
                            + float(gamma(d + 2)) * dot(lb.A.abs(), iv.mag)
                            + UNIT_ROUNDOFF * (cut_bias.abs() + lb.bias.abs()))
                 return [None] * len(node.inputs)
-            return list(rule.backward(node, ctx, lb))
+            return list(rule.backward(node, ctx, entering(rule, node, ctx, lb)))
 
         # through a patch embedding, the bound is concretised at its output (patches.py)
         head = PATCHES.head(self) if target.op != "input" else None
         state = walk.backward(steps, {target.name: seed}, transfer,
                               None if head is None else lambda st: st.name == head.node.name)
         if head is not None and head.node.name in state:
-            lb_h = state[head.node.name]
+            head_rule = rules[head.node.name]
+            assert head_rule is not None
+            lb_h = entering(head_rule, head.node, ctx, state[head.node.name])
             conc = PATCHES.concretise(self, head, LinearBounds(
                 lb_h.A, lb_h.bias + cut_bias,
                 lb_h.err + cut_err + UNIT_ROUNDOFF * cut_bias.abs(), lb_h.forks), ctx)
             if conc is not None:
                 return conc
-            (state[self.graph.input.name],) = transfer(head.node, lb_h)
+            (state[self.graph.input.name],) = head_rule.backward(head.node, ctx, lb_h)
         lb_in = state.get(self.graph.input.name)
         if lb_in is None:
             lb_in = LinearBounds(torch.zeros((*seed.bias.shape, *self.x0.shape[1:]),

@@ -88,7 +88,8 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
     (``hi <= lo (1 + rtol)``), so a tighter rtol continues the same sequence and never
     returns a smaller radius. A sample stops after ``max_evaluations`` evaluations at the
     latest (``RadiusSearch.capped``). ``first``: the first radius tried is ``first * lo``
-    (1e-2 where ``lo`` is 0). ``reach`` [N] (:attr:`CrownRun.reach`): no larger radius is
+    (1e-2 where ``lo`` is 0); a sample with nothing certified whose failures reach 1e-9 of
+    that first radius stops at 0. ``reach`` [N] (:attr:`CrownRun.reach`): no larger radius is
     tried, and a pass at it certifies the whole box: the radius is then ``inf``.
     ``coarse``: the tolerance of ``RadiusSearch.coarse``."""
     n = lo.numel()
@@ -110,8 +111,11 @@ def search_radius(run: CrownRun, label: torch.Tensor, lo: torch.Tensor, margin: 
     if reach is None:
         reach = torch.full_like(lo, math.inf)
     eps = torch.where(lo > 0, lo * first, torch.full_like(lo, 1e-2)).minimum(reach)
+    # nothing certified and failures down to 1e-9 of the first radius tried: the margin is
+    # within the charged rounding at x itself; the radius is 0 (closed, not capped)
+    floor = eps * 1e-9
     while True:
-        open_ = active & ~(hi <= lo * (1 + rtol))
+        open_ = active & ~(hi <= lo * (1 + rtol)) & ~((lo == 0) & (hi <= floor))
         todo = open_ & (evals < max_evaluations)
         if not bool(todo.any()):
             break

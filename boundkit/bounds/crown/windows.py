@@ -25,6 +25,7 @@ from boundkit.bounds.relaxation import (
     LinearBounds,
     RelaxContext,
     SlopeKey,
+    entering,
 )
 from boundkit.graph.graph import Node
 
@@ -296,7 +297,7 @@ class Windows:
                                            device=run.x0.device)
                         seed = LinearBounds(run.unit_spec(loc, vv.out_shape), zero,
                                             zero.clone())
-                    outs = list(rule.backward(vv, sub, seed))
+                    outs = list(rule.backward(vv, sub, entering(rule, vv, sub, seed)))
                 for u, lb in zip(v.inputs, outs):
                     a = lb.A
                     if any(pad):  # drop the coefficients of the padding (constant zeros)

@@ -1,6 +1,8 @@
-"""The generic walker reproduces the radii of ``sound``, ``sound-local`` and ``peck2017``
-stored before the engine refactor (issue 11), to 1e-12 relative, on every zoo model and a
-residual and a concatenating graph."""
+"""The engine reproduces the stored radii of ``sound``, ``sound-local`` and ``peck2017``, to
+1e-12 relative, on every zoo model and a residual and a concatenating graph. Stored before
+the engine refactor (issue 11), and again when certificates began to charge the model's own
+rounding (``docs/theory/numerics.md`` §4: the float32 models' radii moved down; ``peck2017``,
+not a guarantee, did not move)."""
 
 from __future__ import annotations
 
