@@ -233,7 +233,9 @@ class ALMA(Attack):
                     rho = torch.where(found | improved, rho, rho * self.rho_growth)
                     prev = y
                 if i:
-                    mu = (a * mu + (1 - a) * p2_derivative(y, rho, mu)).clamp_(1e-6, 1e12)
+                    # [1e-6, 1e12], within the dtype's range (float16 tops out at 65504)
+                    mu = (a * mu + (1 - a) * p2_derivative(y, rho, mu)).clamp_(
+                        1e-6, min(1e12, torch.finfo(mu.dtype).max / 2))
                 # d/d delta of ||delta|| / unit + P2(DLR, rho, mu)
                 #   = delta / (||delta|| unit) + P2' grad DLR
                 weight = p2_derivative(y, rho, mu)

@@ -102,10 +102,16 @@ def model_arithmetic(dtypes: set[torch.dtype], on_cuda: bool) -> Arithmetic:
     float32 is taken as reduced where PyTorch may compute its products with fewer mantissa
     bits: ``torch.get_float32_matmul_precision()`` other than ``"highest"`` (CPU and CUDA),
     or on CUDA ``torch.backends.cuda.matmul.allow_tf32`` or
-    ``torch.backends.cudnn.allow_tf32`` (on by default for convolutions). Read at each call:
-    the flags are global and can change between calls."""
+    ``torch.backends.cudnn.allow_tf32`` (on by default for convolutions); within
+    ``torch.autocast`` (on the model's device) its dtype counts too. Read at each call: the
+    flags are global and can change between calls."""
+    dtypes = set(dtypes) or {input_dtype()}
+    # under torch.autocast the model's products run in the autocast dtype
+    for dev in ("cuda",) if on_cuda else ("cpu",):
+        if torch.is_autocast_enabled(dev):
+            dtypes.add(torch.get_autocast_dtype(dev))
     out: list[Arithmetic] = []
-    for dt in dtypes or {input_dtype()}:
+    for dt in dtypes:
         ar = _ARITHMETIC.get(dt, _ARITHMETIC[torch.float32])
         if dt == torch.float32:
             precision = torch.get_float32_matmul_precision()

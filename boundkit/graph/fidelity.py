@@ -94,7 +94,10 @@ def check_fidelity(
             message names the first node where they part), or the model's forward fails.
     """
     dtype = graph.run_dtype
-    eps = model_dtype_eps(dtype)
+    # the machine epsilon of the arithmetic the model runs in (its dtype, TF32 or bfloat16
+    # products, autocast: graph.model_arithmetic)
+    arith = graph.model_arithmetic
+    eps = max(model_dtype_eps(dtype), 2 * arith.unit)
     z = _model_forward(model, x, dtype).to(out64.device)
     scale = out64.abs().amax(1)
     disc = (z - out64).abs().amax(1)
@@ -108,7 +111,7 @@ def check_fidelity(
         raise FidelityError(
             f"the captured graph does not compute what the model computes: on sample {i} "
             f"the outputs differ by {float(disc[i]):.3g} (tolerance {float(tol[i]):.3g} for "
-            f"{str(dtype).replace('torch.', '')}); {where}. No certificate is returned"
+            f"{arith.name}); {where}. No certificate is returned"
         )
     model_label = z.argmax(1)
     band = 4 * disc + 8 * eps * scale
@@ -167,7 +170,7 @@ def locate_divergence(model: nn.Module, graph: Graph, x: torch.Tensor, dtype: to
         for h in handles:
             h.remove()
     values = graph.activations(x)
-    eps = model_dtype_eps(dtype)
+    eps = max(model_dtype_eps(dtype), 2 * graph.model_arithmetic.unit)
     last_ok = graph.input.name
     for n in graph.nodes:
         if n.name not in recorded or n.name not in values:

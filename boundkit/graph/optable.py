@@ -329,6 +329,20 @@ def _maxpool2d_module(node: str, m: nn.Module) -> tuple[dict, dict]:
     return {}, a
 
 
+def _squash_call(name: str) -> CallAttrs:
+    """``softmax`` / ``log_softmax`` (``name``) from a call: the axis; ``dtype=`` (the
+    function then computes in another dtype than the model's, which a certificate would not
+    charge) is refused."""
+    def attrs(c: Call) -> dict[str, Any]:
+        if c.args.get("dtype") is not None:
+            raise UnsupportedLayerError(c.node, name,
+                                        why=f"dtype={c.args['dtype']!r}: it computes in "
+                                            "another dtype than the model; cast the model "
+                                            "instead")
+        return {"dim": c.args["dim"]}
+    return attrs
+
+
 def _maxpool2d_call(c: Call) -> dict[str, Any]:
     a = c.args
     if a["return_indices"]:
@@ -726,13 +740,13 @@ _SPECS: tuple[OpSpec, ...] = (
                       F.softmax: sig("input dim _stacklevel dtype", None, 3, None),
                       torch.softmax: sig("input dim dtype", None)},
            methods={"softmax": sig("self dim dtype", None)},
-           module_attrs=_attrs_of("dim"), call_attrs=lambda c: {"dim": c.args["dim"]},
+           module_attrs=_attrs_of("dim"), call_attrs=_squash_call("softmax"),
            rules=_rules("softmax", "sound", "crown"), output_squash=True),
     OpSpec("log_softmax", "squash", ops.log_softmax, (nn.LogSoftmax,),
            functions={F.log_softmax: sig("input dim _stacklevel dtype", None, 3, None),
                       torch.log_softmax: sig("input dim dtype", None)},
            methods={"log_softmax": sig("self dim dtype", None)},
-           module_attrs=_attrs_of("dim"), call_attrs=lambda c: {"dim": c.args["dim"]},
+           module_attrs=_attrs_of("dim"), call_attrs=_squash_call("log_softmax"),
            output_squash=True),
     OpSpec("add", "merge", ops.add,
            functions={operator.add: sig("input other", form="add"),

@@ -14,6 +14,7 @@ from torch import nn
 import boundkit as bk
 from boundkit.bounds.registry import get_rule
 from boundkit.bounds.relaxation import Interval, RelaxContext, model_rounding
+from boundkit.errors import UnsupportedLayerError
 from boundkit.graph.arithmetic import model_arithmetic
 
 
@@ -267,3 +268,39 @@ def test_a_model_without_parameters_runs_in_its_inputs_dtype(dtype: torch.dtype)
             pts = (x.double() + d).to(dtype)
             inside = (pts.double() - x.double()).norm(dim=1) < cert.radius
             assert not bool((ok & inside & (m(pts).argmax(1) != y)).any())
+
+
+@pytest.mark.parametrize("fn", [torch.nn.functional.softmax, torch.nn.functional.log_softmax])
+def test_a_squash_computing_in_another_dtype_is_refused_by_name(fn) -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return fn(self.lin(x), 1, dtype=torch.float16)
+
+    with pytest.raises(UnsupportedLayerError, match="dtype=torch.float16"):
+        bk.certify(M().eval(), torch.rand(2, 4))
+
+
+def test_autocast_counts_in_the_arithmetic() -> None:
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.rand(6, 4)
+    plain = bk.certify(m, x, "crown", box=None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = bk.certify(m, x, "crown", box=None)
+    assert plain.info["arithmetic"] == "float32"
+    assert "bfloat16" in cast.info["arithmetic"]
+    assert bool((cast.radius <= plain.radius).all()) and bool((cast.radius < plain.radius).any())
+
+
+def test_a_float16_model_is_attacked_in_its_own_dtype() -> None:
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 3)).half().eval()
+    x = ((torch.rand(3, 10) - 0.5) * 10).half()
+    res = bk.attack(m, x, "best", box=None)
+    with torch.no_grad():
+        moved = m(res.x_adv.to(torch.float16)).argmax(1) != m(x).argmax(1)
+    assert bool((moved | ~res.success).all()) and bool(res.success.any())
