@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 #: node's :math:`\gamma_{k+1}` against the model's :math:`\gamma_{k+8}`, ``numerics.md`` §4)
 FOLDED_STEPS = 9.0
 
+
 class Rule(ABC):  # noqa: B024 (abstract methods live in the subclasses)
     """Base class of every rule. ``needs`` lists the node names whose float64 activations
     the rule reads (by default none); ``prepare`` computes per-model constants once."""
@@ -90,8 +91,8 @@ class SoundRule(Rule):
         n_in = sum(math.prod(s) for s in node.in_shapes)
         k = n_in + 16
         ku = k * arithmetic.unit
-        if ku >= 0.5:
-            return torch.full_like(out_norm, math.inf)
+        if ku >= 0.5:  # no bound holds: nothing is claimed
+            return torch.full_like(out_norm, OVERFLOW_CHARGE)
         scale = FOLDED_STEPS * (arithmetic.unit / UNIT_ROUNDOFF) / (1 - ku)
         root = math.sqrt(node.out_numel)
         out = (self.rounding(node, graph, in_norm, out_norm) * scale
