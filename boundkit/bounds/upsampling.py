@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from boundkit.bounds.conv import conv_norm_upper_bound, schur_bound_conv
 from boundkit.bounds.numerics import gamma, inflate
 from boundkit.bounds.registry import LipschitzRule, register_rule
-from boundkit.bounds.relaxation import AffineRelaxation, NonNegativeLinearRelaxation
+from boundkit.bounds.relaxation import (
+    AffineRelaxation,
+    Interval,
+    NonNegativeLinearRelaxation,
+    RelaxContext,
+)
+from boundkit.graph.arithmetic import Arithmetic
 from boundkit.graph.graph import Graph, Node
 from boundkit.graph.ops import evaluate
 
@@ -104,6 +110,25 @@ class ResizeRule(LipschitzRule):
         k = _plane(node) + 8
         return float(gamma(k)) * (out_norm + in_norm * self.lipschitz(node, graph))
 
+    def model_rounding(self, node: Node, graph: Graph, in_norm: torch.Tensor,
+                       out_norm: torch.Tensor, arithmetic: Arithmetic) -> torch.Tensor:
+        r"""The default, plus the model's own weights (:meth:`ResizeRelaxation.
+        evaluation_error`): :math:`\||\hat L-L|\|_2\le\sum_a\prod_{b<a}\|W_b\|
+        \,\||\hat W_a-W_a|\|\prod_{b>a}\|\hat W_b\|` (Schur bounds of the axes'
+        matrices), times the input's norm."""
+        out = super().model_rounding(node, graph, in_norm, out_norm, arithmetic)
+        mats = _axis_matrices(node, graph)
+        if mats is None:
+            return out
+        norms = [(_schur(w64), _schur(wm), _schur(diff)) for w64, wm, diff in mats]
+        total = 0.0
+        for a in range(len(norms)):
+            term = 1.0
+            for b, (n64, nm, nd) in enumerate(norms):
+                term *= n64 if b < a else (nd if b == a else nm)
+            total += term
+        return out + float(inflate(total)) * in_norm
+
 
 def _plane(node: Node) -> int:
     """Inputs of one channel: a bound on the terms of one output of a resize."""
@@ -115,6 +140,77 @@ class ResizeRelaxation(NonNegativeLinearRelaxation):
 
     def fan(self, node: Node) -> int:
         return _plane(node) + 2
+
+    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
+                         ) -> torch.Tensor | None:
+        r"""The affine charge, plus the model's own *weights*: torch computes a resize's
+        source indices and interpolation weights in the model's dtype, so its matrix
+        :math:`\hat L` differs from the float64 graph's :math:`L` by more than a rounding of
+        :math:`L`'s entries (a weight that is 0 in float64 can be 2e-6 in float32; a nearest
+        index can move by one). The resize is separable, :math:`L=\bigotimes_aW_a`; each
+        axis's matrix is computed by torch itself in both dtypes (a 1-d resize of the
+        identity), and :math:`|\hat L-L|\le\sum_a(\bigotimes_{b<a}W_b)\otimes|\hat W_a-W_a|
+        \otimes(\bigotimes_{b>a}|\hat W_b|)`, applied to :math:`|\hat z|`
+        (``docs/theory/numerics.md`` §4)."""
+        rho = super().evaluation_error(node, ctx, out)
+        mats = _axis_matrices(node, ctx.graph)
+        if mats is None or rho is None:
+            return rho
+        mag = ctx.interval_in(node).mag
+        extra = torch.zeros_like(out.lo)
+        for a in range(len(mats)):
+            t = mag
+            for b, (w64, w_model, diff) in enumerate(mats):
+                m = w64 if b < a else (diff if b == a else w_model)
+                t = torch.movedim(torch.tensordot(t, m, dims=([2 + b], [0])), -1, 2 + b)
+            extra = extra + t
+        return rho + extra * (1 + 1e-9)
+
+
+def _schur(w: torch.Tensor) -> float:
+    r""":math:`\sqrt{\|W\|_1\|W\|_\infty}\ge\|W\|_2` of a non-negative matrix."""
+    return math.sqrt(float(w.sum(0).max()) * float(w.sum(1).max())) * (1 + 1e-9)
+
+
+def _axis_matrices(node: Node, graph: Graph
+                   ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    r"""Per spatial axis of a resize, its 1-d matrix [in, out] as torch computes it in float64
+    and in ``dtype`` (the model's), and their difference :math:`|\hat W-W|`; ``None`` for a
+    float64 model (no difference). Computed by torch's own 1-d resize of the identity with
+    the node's size / scale factor on that axis, cached per node and dtype."""
+    dtype = graph.run_dtype
+    if dtype == torch.float64:
+        return None
+    spatial = tuple(node.in_shapes[0][1:])
+    key = ("resize-axes", node.name, spatial, dtype)
+    if key not in graph.cache:
+        graph.cache[key] = _compute_axis_matrices(node, spatial, dtype, graph.device)
+    return graph.cache[key]
+
+
+def _compute_axis_matrices(node: Node, spatial: tuple[int, ...], dtype: torch.dtype,
+                           device: torch.device
+                           ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    a = node.attrs
+    d = len(spatial)
+    mode = {"bilinear": "linear", "trilinear": "linear"}.get(a["mode"], a["mode"])
+    size, sf = a["size"], a["scale_factor"]
+    out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for axis, n in enumerate(spatial):
+        kw: dict = {"mode": mode, "recompute_scale_factor": a["recompute_scale_factor"]}
+        if mode in ("linear",):
+            kw["align_corners"] = a["align_corners"]
+        if size is not None:
+            kw["size"] = size[axis] if isinstance(size, (tuple, list)) else size
+        else:
+            kw["scale_factor"] = sf[axis] if isinstance(sf, (tuple, list)) else sf
+        eye = torch.eye(n, dtype=torch.float64, device=device).reshape(n, 1, n)
+        w64 = F.interpolate(eye, **kw).reshape(n, -1)
+        wm = F.interpolate(eye.to(dtype), **kw).reshape(n, -1).to(torch.float64)
+        out.append((w64, wm.abs(), (wm - w64).abs()))
+    if len(out) != d:
+        return None
+    return out
 
 
 register_rule("conv_transpose2d", "sound", ConvTransposeRule())

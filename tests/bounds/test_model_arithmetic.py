@@ -304,3 +304,43 @@ def test_a_float16_model_is_attacked_in_its_own_dtype() -> None:
     with torch.no_grad():
         moved = m(res.x_adv.to(torch.float16)).argmax(1) != m(x).argmax(1)
     assert bool((moved | ~res.success).all()) and bool(res.success.any())
+
+
+def test_a_resize_is_charged_the_weights_the_model_computes() -> None:
+    """``Upsample(28 -> 52, bilinear)`` in float32: an output reads an input with weight
+    1.9e-6 where the float64 weight is 0; a head whose margin rests on it flips inside the
+    uncharged radius, and not inside the charged one."""
+    size_in, size_out = (28, 28), (52, 52)
+    n_in, n_out = 28 * 28, 52 * 52
+    eye = torch.eye(n_in).reshape(n_in, 1, *size_in)
+    l32 = torch.nn.functional.interpolate(eye, size=size_out, mode="bilinear").reshape(
+        n_in, -1).T.double()
+    l64 = torch.nn.functional.interpolate(eye.double(), size=size_out, mode="bilinear"
+                                          ).reshape(n_in, -1).T
+    gap = torch.where(l64.abs() < 1e-12, (l32 - l64).abs(), torch.zeros_like(l64))
+    k, j = divmod(int(gap.argmax()), n_in)
+    assert float(gap[k, j]) > 0  # the premise: float32 reads an input float64 does not
+    x = torch.zeros(1, 1, *size_in)
+    x.view(-1)[j] = 1.0
+    fc = nn.Linear(n_out, 3)
+    with torch.no_grad():
+        fc.weight.zero_()
+        fc.bias.zero_()
+        fc.weight[1, k] = 1.0
+        fc.bias[0] = 6 * float(gap[k, j])
+        fc.bias[2] = -1.0
+    m = nn.Sequential(nn.Upsample(size=size_out, mode="bilinear"), nn.Flatten(), fc).eval()
+    g = l32[k] / l32[k].norm()  # the float32 model's own direction of out_k
+    with torch.no_grad():
+        y = int(m(x).argmax(1))
+
+        def flips(s: float) -> bool:
+            p = (x.double().flatten() + s * g).float().reshape(x.shape)
+            inside = float((p.double() - x.double()).norm()) < s * (1 + 1e-6)
+            return inside and int(m(p).argmax(1)) != y
+        for method in ("crown", "sound"):
+            r = float(bk.certify(m, x, method).radius[0])
+            assert r > 0 or method == "sound"  # sound's coarser charge may take it all
+            assert not any(flips(r * t) for t in torch.linspace(0.5, 0.999999, 200).tolist())
+        r64 = float(bk.certify(copy.deepcopy(m).double(), x.double(), "crown").radius[0])
+        assert any(flips(r64 * t) for t in torch.linspace(0.5, 0.999999, 200).tolist())
