@@ -34,12 +34,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from boundkit.bounds.linear import spectral_norm
+from boundkit.bounds.linear import dot_model_rounding, spectral_norm
 from boundkit.bounds.numerics import UNIT_ROUNDOFF, gamma, inflate
 from boundkit.bounds.registry import BackwardRule, LipschitzRule, register_rule
-from boundkit.bounds.relaxation import EXTRA_OPS, AffineRelaxation
+from boundkit.bounds.relaxation import AffineRelaxation
 from boundkit.errors import UnsupportedLayerError
-from boundkit.graph.arithmetic import OVERFLOW_CHARGE, Arithmetic
+from boundkit.graph.arithmetic import Arithmetic
 from boundkit.graph.graph import Graph, Node
 
 #: layers whose explicit matrix has at most this many entries get its exact norm
@@ -195,19 +195,11 @@ class ConvRule(LipschitzRule):
 
     def model_rounding(self, node: Node, graph: Graph, in_norm: torch.Tensor,
                        out_norm: torch.Tensor, arithmetic: Arithmetic) -> torch.Tensor:
-        """:meth:`rounding` in the model's arithmetic, :math:`\\gamma_{k+1}` replaced by
-        :math:`\\gamma'_{k+1+8}` (``docs/theory/numerics.md`` §4)."""
+        """:meth:`rounding` in the model's arithmetic (:func:`dot_model_rounding`)."""
         self.rounding(node, graph, in_norm, out_norm)  # fills the cache
-        absw, bnorm, _ = graph.cache[("abs_norms", node.name)]
         w = node.params["weight"]
-        k = int(w.shape[1] * w.shape[2] * w.shape[3]) + 1 + EXTRA_OPS
-        root = math.sqrt(node.out_numel)
-        terms = absw * in_norm + bnorm
-        # inputs below the smallest normal read as zero: eta |||W| 1|| <= eta |||W||| sqrt(n)
-        daz = arithmetic.eta * absw * math.sqrt(sum(math.prod(s) for s in node.in_shapes))
-        out = (arithmetic.gamma(k) * terms * (1 + 1e-6) + 2 * k * arithmetic.eta * root + daz)
-        return torch.where(arithmetic.overflows(terms), torch.full_like(out, OVERFLOW_CHARGE),
-                           out)
+        return dot_model_rounding(node, graph, int(w.shape[1] * w.shape[2] * w.shape[3]),
+                                  in_norm, arithmetic)
 
 
 class ConvFrobenius(BackwardRule):

@@ -95,11 +95,8 @@ class MaxMinRelaxation(RelaxationRule):
     def supports(self, node: Node) -> bool:
         return node.attrs["group_size"] == 2
 
-    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
-                         ) -> torch.Tensor | None:
-        """None: a maximum or minimum of the inputs is one of them, exactly
-        (``docs/theory/numerics.md`` §4)."""
-        return None
+    #: computed exactly by the model: a maximum or minimum is one of the inputs (numerics §4)
+    exact_arithmetic = True
 
     def interval(self, node: Node, ctx: RelaxContext, ins: list[Interval]) -> Interval:
         la, lb_ = pair_views(node, ins[0].lo, 1)

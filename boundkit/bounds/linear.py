@@ -82,18 +82,28 @@ class LinearRule(LipschitzRule):
 
     def model_rounding(self, node: Node, graph: Graph, in_norm: torch.Tensor,
                        out_norm: torch.Tensor, arithmetic: Arithmetic) -> torch.Tensor:
-        """:meth:`rounding` in the model's arithmetic, :math:`\\gamma_{k+1}` replaced by
-        :math:`\\gamma'_{k+1+8}` (``docs/theory/numerics.md`` §4)."""
+        """:meth:`rounding` in the model's arithmetic (:func:`dot_model_rounding`)."""
         self.rounding(node, graph, in_norm, out_norm)  # fills the cache
-        absw, bnorm, _ = graph.cache[("abs_norms", node.name)]
-        k = int(node.params["weight"].shape[1]) + 1 + EXTRA_OPS
-        root = math.sqrt(node.out_numel)
-        terms = absw * in_norm + bnorm
-        # inputs below the smallest normal read as zero: eta |||W| 1|| <= eta |||W||| sqrt(n)
-        daz = arithmetic.eta * absw * math.sqrt(sum(math.prod(s) for s in node.in_shapes))
-        out = (arithmetic.gamma(k) * terms * (1 + 1e-6) + 2 * k * arithmetic.eta * root + daz)
-        return torch.where(arithmetic.overflows(terms), torch.full_like(out, OVERFLOW_CHARGE),
-                           out)
+        return dot_model_rounding(node, graph, int(node.params["weight"].shape[1]), in_norm,
+                                  arithmetic)
+
+
+def dot_model_rounding(node: Node, graph: Graph, fan: int, in_norm: torch.Tensor,
+                       arithmetic: Arithmetic) -> torch.Tensor:
+    r"""The model's rounding of a linear or convolution node with ``fan`` products per
+    output, in L2 (``docs/theory/numerics.md`` §4): the float64 bound
+    :math:`\gamma_{k+1}(\||W|\|\|z\|+\|b\|)` (its terms cached by the rule's ``rounding``
+    under ``("abs_norms", name)``) with :math:`\gamma'_{k+1+8}`, the underflow terms, and
+    inputs below the smallest normal read as zero,
+    :math:`\eta'\||W|\mathbf 1\|\le\eta'\||W|\|\sqrt n`; ``OVERFLOW_CHARGE`` where the
+    terms may reach the dtype's largest number."""
+    absw, bnorm, _ = graph.cache[("abs_norms", node.name)]
+    k = fan + 1 + EXTRA_OPS
+    root = math.sqrt(node.out_numel)
+    terms = absw * in_norm + bnorm
+    daz = arithmetic.eta * absw * math.sqrt(sum(math.prod(s) for s in node.in_shapes))
+    out = (arithmetic.gamma(k) * terms * (1 + 1e-6) + 2 * k * arithmetic.eta * root + daz)
+    return torch.where(arithmetic.overflows(terms), torch.full_like(out, OVERFLOW_CHARGE), out)
 
 
 register_rule("linear", "sound", LinearRule())

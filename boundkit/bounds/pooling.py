@@ -212,11 +212,8 @@ class MaxPoolRelaxation(RelaxationRule):
     def supports(self, node: Node) -> bool:
         return not node.attrs.get("ceil_mode", False)
 
-    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
-                         ) -> torch.Tensor | None:
-        """None: a maximum of the inputs is one of them, exactly
-        (``docs/theory/numerics.md`` §4)."""
-        return None
+    #: computed exactly by the model: a maximum is one of the inputs (numerics §4)
+    exact_arithmetic = True
 
     def error_transfer(self, node: Node, ctx: RelaxContext, errs: list[torch.Tensor]
                        ) -> torch.Tensor:

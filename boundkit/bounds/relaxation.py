@@ -220,6 +220,9 @@ class RelaxationRule(Rule):
     #: True for nodes whose relaxation depends on the bounds of their input (ReLU, tanh...):
     #: the engine refines those input bounds by backward passes
     nonlinear: bool = False
+    #: True when the model computes the node exactly (its result is one of its inputs:
+    #: moves, maxima), so :meth:`evaluation_error` is ``None`` (as ``SoundRule``'s)
+    exact_arithmetic: bool = False
     #: True when :meth:`backward` itself charges the model's rounding of the node
     #: (:func:`model_rounding`) with its own: the walks then do not (:func:`entering`)
     charges_model_rounding: bool = False
@@ -271,7 +274,7 @@ class RelaxationRule(Rule):
         Default, for an element-wise function computed by a library routine (a few
         rounded steps, cancellation in forms like :math:`x\,\sigma(x)` or
         :math:`e^x-1` included): :math:`8u(|y|+|z|+1)+8\eta`. A rule of another kind of
-        node overrides it."""
+        node overrides it (:func:`model_rounding` skips :attr:`exact_arithmetic` rules)."""
         ar = ctx.model_arith
         mag = out.mag + 1.0
         if len(node.inputs) == 1 and tuple(node.in_shapes[0]) == tuple(node.out_shape):
@@ -472,7 +475,7 @@ def model_rounding(rule: RelaxationRule, node: Node, ctx: RelaxContext,
     hit = ctx.memo.get(key)
     if hit is not None and hit[0] is out and all(a is b for a, b in zip(hit[1][0], ins)):
         return hit[1][1]
-    rho = rule.evaluation_error(node, ctx, out)
+    rho = None if rule.exact_arithmetic else rule.evaluation_error(node, ctx, out)
     if rho is not None:
         rho = rho * (1 + 1e-9)  # the bound's own float64 computation (fan-ins up to 1e6)
         # where the model's value may reach its dtype's largest number it is infinite, and

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from boundkit.bounds.registry import LipschitzRule, register_rule
-from boundkit.bounds.relaxation import AffineRelaxation, Interval, RelaxContext
+from boundkit.bounds.relaxation import AffineRelaxation
 from boundkit.graph.graph import Graph, Node
 from boundkit.graph.ops import place
 
@@ -42,10 +42,8 @@ class ConstantCatRelaxation(AffineRelaxation):
     """``crown`` for ``cat_constant``: :math:`P` places the input in its slot,
     :math:`P^\\top` takes the slot back, :math:`c` the constant parts."""
 
-    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
-                         ) -> torch.Tensor | None:
-        """None: a concatenation with constants copies entries (``docs/theory/numerics.md`` §4)."""
-        return None
+    #: computed exactly by the model: a concatenation with constants copies entries (numerics §4)
+    exact_arithmetic = True
 
     def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor:
         return place(node, z, None)
@@ -67,10 +65,8 @@ class SelectRelaxation(AffineRelaxation):
     """``crown`` for ``select``: :math:`P` keeps the indexed entries, :math:`P^\\top`
     scatters :math:`A` back into zeros (basic indexing never repeats an entry)."""
 
-    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
-                         ) -> torch.Tensor | None:
-        """None: a selection copies entries without arithmetic (``docs/theory/numerics.md`` §4)."""
-        return None
+    #: computed exactly by the model: a selection copies entries without arithmetic (numerics §4)
+    exact_arithmetic = True
 
     def apply(self, node: Node, z: torch.Tensor) -> torch.Tensor:
         return z[(slice(None), *node.attrs["index"])]

@@ -335,11 +335,8 @@ class PermuteRule(LipschitzRule):
 class PermuteRelaxation(RelaxationRule):
     r"""``crown``: :math:`\langle A, P(z)\rangle=\langle P^{-1}(A), z\rangle` (exact)."""
 
-    def evaluation_error(self, node: Node, ctx: RelaxContext, out: Interval
-                         ) -> torch.Tensor | None:
-        """None: a permutation moves entries without arithmetic
-        (``docs/theory/numerics.md`` §4)."""
-        return None
+    #: computed exactly by the model: a permutation moves entries without arithmetic (numerics §4)
+    exact_arithmetic = True
 
     def error_transfer(self, node: Node, ctx: RelaxContext, errs: list[torch.Tensor]
                        ) -> torch.Tensor:
