@@ -131,10 +131,26 @@ def test_exact_oracle(monkeypatch):
 
 def test_exact_unsupported_is_a_note():
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
                           nn.Flatten(), nn.Linear(8, 3)).eval()
     res = bk.crosscheck(model, torch.rand(3, 1, 4, 4), attack_budget=10, exact=True)
     assert res.exact is None and "exact radius not computed" in res.exact_note
+    assert "Tanh" in res.exact_note
+
+
+def test_exact_radius_of_a_max_pooled_net_is_cross_checked():
+    """A max-pooled CNN small enough for the exact solver gets exact radii, between the
+    certified radius and the attack norm."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(2, 3)).double().eval()
+    x = torch.rand(4, 1, 3, 3, dtype=torch.float64)
+    res = bk.crosscheck(model, x, attack_budget=50, exact=True)
+    assert res.exact is not None and res.exact_note == ""
+    assert np.isfinite(res.exact).all()
+    assert np.all(res.radius["sound"] <= res.exact * (1 + 1e-9))
+    assert np.all(res.exact <= res.attack_norm * (1 + 1e-6))
+    assert not res.violations
 
 
 def test_json_roundtrip_with_infinity(small, tmp_path):

@@ -13,7 +13,7 @@ from torch import nn
 
 from boundkit.bounds.bab import options as _clock
 from boundkit.errors import BoundkitError, InputShapeError
-from boundkit.exact.convert import to_affine_relu
+from boundkit.exact.convert import supported_layers, to_affine_relu
 from boundkit.exact.search import (
     WITNESS_SLACK,
     NetCrown,
@@ -247,6 +247,7 @@ def exact_radius(
     Returns a float64 tensor ``[N]`` (``inf`` where no perturbation changes the class), or an
     :class:`ExactResult` with ``return_details=True``.
     """
+    supported_layers(model)  # named refusals before the model is run
     x = check_call(model, x, device=device, counts={"max_neurons": max_neurons,
                                                     "max_regions": max_regions})
     # check_call has checked x: a finite, floating, non-empty batch [N, ...]
@@ -268,8 +269,11 @@ def exact_radius(
     if net.in_dim != math.prod(in_shape):
         raise InputShapeError(f"model input size {net.in_dim} != prod{in_shape}")
     if max_neurons is not None and net.num_hidden > max_neurons:
+        pooled = (f", {net.pool_units} of them writing its max poolings as ReLU layers"
+                  if net.pool_units else "")
         raise ExactSizeError(
-            f"the model has {net.num_hidden} hidden ReLU neurons (layers {net.hidden_sizes}); "
+            f"the model has {net.num_hidden} hidden ReLU neurons (layers {net.hidden_sizes}"
+            f"{pooled}); "
             f"exact_radius is limited to max_neurons={max_neurons} because the number of "
             "activation regions grows exponentially. Pass time_limit= (seconds per sample) "
             "to try it anyway, or use bk.certify / bk.attack for bounds."

@@ -438,6 +438,73 @@ class NetCrown:
         return out
 
 
+class SignRule:
+    r"""The sides that a domain's splits already decide, in the max-pooling tournament
+    layers (:attr:`AffineReluNet.tournament_layers`, sparse matrices on the previous hidden
+    layer's ReLU outputs :math:`h \ge 0`).
+
+    A unit's pre-activation is :math:`y = \sum_j w_j h_j + b`; a source split inactive has
+    :math:`h_j = 0` on the domain.  If no other source has :math:`w_j > 0` and
+    :math:`b \le 0` then :math:`y \le 0` on the whole domain, and if none has
+    :math:`w_j < 0` and :math:`b \ge 0` then :math:`y \ge 0`: splitting the unit to that
+    side adds a constraint every point of the domain satisfies (no point is lost), where
+    branching on it would make a child that is the same set or a face of it (a difference
+    ``h_a - h_b`` of two inactive sources is 0 on the whole domain).  Without it a pooled
+    net's search splits such units over and over."""
+
+    def __init__(self, net: AffineReluNet) -> None:
+        #: per tournament layer: its index, the masks of its positive and negative weights
+        #: (sparse [n_i, n_{i-1}]) and its biases [n_i]
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for i in net.tournament_layers:
+            w = torch.from_numpy(net.weights[i])
+            self.layers[i] = ((w > 0).double().to_sparse(), (w < 0).double().to_sparse(),
+                              torch.from_numpy(net.biases[i]))
+
+    def sides(self, prev: torch.Tensor, cur: torch.Tensor, layer: int) -> torch.Tensor:
+        """``cur`` (int8 ``[D, n_i]``: +1 active, -1 inactive, 0 free) with the decided
+        units of tournament layer ``layer`` set, given the previous layer's sides ``prev``
+        (int8 ``[D, n_{i-1}]``)."""
+        pos, neg, b = self.layers[layer]
+        alive = (prev != -1).double().T  # [n_{i-1}, D]
+        up = torch.sparse.mm(pos, alive).T > 0  # some live source can raise y
+        down = torch.sparse.mm(neg, alive).T > 0  # some live source can lower y
+        free = cur == 0
+        off = free & ~up & (b <= 0)
+        on = free & ~down & (b >= 0) & ~off
+        return torch.where(off, -1, torch.where(on, 1, cur)).to(torch.int8)
+
+    def apply(self, kids: Domains, relus: list[str]) -> Domains:
+        """``kids`` with the decided units split (in layer order, so that decisions
+        cascade)."""
+        for i, (_, _, b) in sorted(self.layers.items()):
+            prev = kids.signs.get(relus[i - 1])
+            if prev is None:
+                continue  # nothing split before it: every source alive
+            cur = kids.signs.get(relus[i])
+            cur = torch.zeros(len(kids), b.numel(), dtype=torch.int8) if cur is None else cur
+            new = self.sides(prev, cur, i)
+            if bool((new != cur).any()):
+                kids.signs[relus[i]] = new
+        return kids
+
+
+def _twin_splits(kids: Domains, relus: list[str], net: AffineReluNet) -> Domains:
+    """``kids`` with every twin of a split unit (:attr:`AffineReluNet.twins`: units reading
+    ``b`` and ``-b``) split to the opposite side: ``b >= 0`` is both ``relu(b)`` active and
+    ``relu(-b)`` inactive, so the added split removes no point of a domain."""
+    for i, name in enumerate(relus):
+        pairs = torch.from_numpy(net.twin_pairs(i))
+        if not len(pairs) or name not in kids.signs:
+            continue
+        sg = kids.signs[name].clone()
+        a, b = sg[:, pairs[:, 0]], sg[:, pairs[:, 1]]
+        sg[:, pairs[:, 1]] = torch.where(b == 0, -a, b)
+        sg[:, pairs[:, 0]] = torch.where(a == 0, -b, a)
+        kids.signs[name] = sg
+    return kids
+
+
 #: most nodes popped per round of the branch-and-bound (their linear bounds: one engine
 #: call); see the loop of :func:`exact_search`
 CROWN_BATCH = 32
@@ -711,11 +778,17 @@ def exact_search(
         eps = torch.tensor([cut_now()], dtype=torch.float64)
         bounder = Bounder(graph, plan, run, label, eps, BAB_NODE_OPTIONS)
         others = torch.tensor([k for k in range(net.num_classes) if k != c])
-        pool = Domains(torch.zeros(len(others), dtype=torch.long), {},
-                       torch.zeros(len(others), 1, dtype=torch.bool), cls=others,
-                       radius=torch.zeros(len(others), dtype=torch.float64))
         relus = [r.name for r in plan.relus]
         pres = [r.inputs[0] for r in plan.relus]
+        # the always-active units (a pooling's carries) enter split active: the split's
+        # constraint (pre >= 0) holds on the whole ball, so no domain loses a point
+        fixed = {name: torch.from_numpy(net.always_active(i).astype(np.int8))
+                 .expand(len(others), -1).clone()
+                 for i, name in enumerate(relus) if net.always_active(i).any()}
+        rule = SignRule(net)
+        pool = Domains(torch.zeros(len(others), dtype=torch.long), fixed,
+                       torch.zeros(len(others), 1, dtype=torch.bool), cls=others,
+                       radius=torch.zeros(len(others), dtype=torch.float64))
         rate = 0.0  # seconds per domain of the last batch
         while len(pool):
             cut = cut_now()
@@ -767,7 +840,8 @@ def exact_search(
                     if best < old:
                         walk(pat, r_leaf)
                 if len(kids):
-                    pool = Domains.cat([pool, kids])
+                    kids = rule.apply(_twin_splits(kids, relus, net), relus)
+                    pool = Domains.cat([pool, _twin_splits(kids, relus, net)])
             rate = (_clock.now() - t0) / len(batch)
         domains_floor = np.inf
         return SearchResult(best, best_r, best_k, best_pat, regions, nodes, best_w, best_lv,
@@ -781,9 +855,17 @@ def exact_search(
         if np.isfinite(best) or np.isfinite(far):
             return bab_nodes(far)
 
+    layer_rule = SignRule(net)
+    partner = []  # per hidden layer: each unit's twin (-1: none)
+    for i in range(nl):
+        p_i = np.full(net.weights[i].shape[0], -1, dtype=np.int64)
+        pairs = net.twin_pairs(i)
+        p_i[pairs[:, 0]], p_i[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
+        partner.append(p_i)
     root = _Node(
         lb=0.0,
-        signs=[np.zeros(w.shape[0], dtype=np.int8) for w in net.weights[:-1]],
+        # always-active units fixed: their rows (pre >= 0) hold everywhere, so none is needed
+        signs=[net.always_active(i).astype(np.int8) for i in range(nl)],
         layer=0,
         rows_a=np.zeros((0, d)),
         rows_h=np.zeros(0),
@@ -861,7 +943,13 @@ def exact_search(
         bl, bu = node.bounds[i] if node.bounds is not None else (None, None)
         new_a, new_h, new_id = [], [], []
         split: list[tuple[float, int]] = []
+        twin = partner[i]
+        if i in net.tournament_layers:  # sides the earlier layers decide (no row needed)
+            s[:] = layer_rule.sides(torch.from_numpy(node.signs[i - 1])[None],
+                                    torch.from_numpy(s)[None], i)[0].numpy()
         for j in np.flatnonzero(s == 0):
+            if s[j] != 0:  # fixed on the way, as a twin
+                continue
             v, nj = float(v_all[j]), float(norms[j])
             if nj == 0.0:  # a constant neuron on this node: its sign is that of v
                 s[j] = 1 if v >= 0 else -1
@@ -878,6 +966,8 @@ def exact_search(
                 break
             sg = 1.0 if ok_act else -1.0
             s[j] = 1 if ok_act else -1
+            if twin[j] >= 0 and s[twin[j]] == 0:  # its constraint is j's: no row
+                s[twin[j]] = -s[j]
             new_a.append(sg * node.pre_w[j])
             new_h.append(-sg * v)
             new_id.append(int(sizes[i]) + int(j))
@@ -901,6 +991,8 @@ def exact_search(
             for sg in (1, -1):
                 ch_signs = [t.copy() for t in node.signs]
                 ch_signs[i][j] = sg
+                if twin[j] >= 0 and ch_signs[i][twin[j]] == 0:
+                    ch_signs[i][twin[j]] = -sg
                 row = sg * node.pre_w[j]
                 rh = -sg * v
                 inside = float(row @ node.point) >= rh - 1e-12
