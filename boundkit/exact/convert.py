@@ -413,10 +413,9 @@ def supported_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The model's leaf modules in order (path, module), a trailing Softmax/LogSoftmax
     left out, once every one is checked to be in the exact solver's set.
 
-    Raises :class:`UnsupportedLayerError` naming the first module outside it (before the
-    model is ever run: a pooling with ``return_indices=True`` is named, not reported as a
-    model that cannot run), :class:`ModelError` for a model in training mode or with no
-    layers and :class:`NonFiniteParameterError` for NaN/inf parameters or buffers."""
+    Raises :class:`UnsupportedLayerError` naming the first module outside it,
+    :class:`ModelError` for a model in training mode or with no layers and
+    :class:`NonFiniteParameterError` for NaN/inf parameters or buffers."""
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     check_model(model)

@@ -13,7 +13,7 @@ from torch import nn
 
 from boundkit.bounds.bab import options as _clock
 from boundkit.errors import BoundkitError, InputShapeError
-from boundkit.exact.convert import supported_layers, to_affine_relu
+from boundkit.exact.convert import to_affine_relu
 from boundkit.exact.search import (
     WITNESS_SLACK,
     NetCrown,
@@ -247,7 +247,6 @@ def exact_radius(
     Returns a float64 tensor ``[N]`` (``inf`` where no perturbation changes the class), or an
     :class:`ExactResult` with ``return_details=True``.
     """
-    supported_layers(model)  # named refusals before the model is run
     x = check_call(model, x, device=device, counts={"max_neurons": max_neurons,
                                                     "max_regions": max_regions})
     # check_call has checked x: a finite, floating, non-empty batch [N, ...]
