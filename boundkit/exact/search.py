@@ -439,7 +439,8 @@ class NetCrown:
 
 
 class SignRule:
-    r"""The sides that a domain's splits already decide, in the max-pooling tournament
+    r"""The sides that a domain's splits already decide: the twin of a split unit
+    (:meth:`tie_twins`), and units of the max-pooling tournament
     layers (:attr:`AffineReluNet.tournament_layers`, sparse matrices on the previous hidden
     layer's ReLU outputs :math:`h \ge 0`).
 
@@ -460,6 +461,15 @@ class SignRule:
             w = torch.from_numpy(net.weights[i])
             self.layers[i] = ((w > 0).double().to_sparse(), (w < 0).double().to_sparse(),
                               torch.from_numpy(net.biases[i]))
+        #: per hidden layer, its twin pairs (:attr:`AffineReluNet.twins`) and each unit's
+        #: twin (-1: none)
+        self.pairs = [torch.from_numpy(net.twin_pairs(i)) for i in range(len(net.weights) - 1)]
+        self.partner: list[np.ndarray] = []
+        for i, pairs in enumerate(self.pairs):
+            p_i = np.full(net.weights[i].shape[0], -1, dtype=np.int64)
+            pr = pairs.numpy()
+            p_i[pr[:, 0]], p_i[pr[:, 1]] = pr[:, 1], pr[:, 0]
+            self.partner.append(p_i)
 
     def sides(self, prev: torch.Tensor, cur: torch.Tensor, layer: int) -> torch.Tensor:
         """``cur`` (int8 ``[D, n_i]``: +1 active, -1 inactive, 0 free) with the decided
@@ -475,8 +485,13 @@ class SignRule:
         return torch.where(off, -1, torch.where(on, 1, cur)).to(torch.int8)
 
     def apply(self, kids: Domains, relus: list[str]) -> Domains:
-        """``kids`` with the decided units split (in layer order, so that decisions
-        cascade)."""
+        """``kids`` with every decided unit split: twins of split units, then the sides
+        the splits decide (in layer order, so that decisions cascade), then the twins of
+        those."""
+        return self.tie_twins(self.decide(self.tie_twins(kids, relus), relus), relus)
+
+    def decide(self, kids: Domains, relus: list[str]) -> Domains:
+        """``kids`` with the units of the tournament layers their splits decide split."""
         for i, (_, _, b) in sorted(self.layers.items()):
             prev = kids.signs.get(relus[i - 1])
             if prev is None:
@@ -488,21 +503,21 @@ class SignRule:
                 kids.signs[relus[i]] = new
         return kids
 
+    def tie_twins(self, kids: Domains, relus: list[str]) -> Domains:
+        """``kids`` with every twin of a split unit (units reading ``b`` and ``-b``) split
+        to the opposite side: ``b >= 0`` is both ``relu(b)`` active and ``relu(-b)``
+        inactive, so the added split removes no point of a domain."""
+        for name, pairs in zip(relus, self.pairs):
+            if not len(pairs) or name not in kids.signs:
+                continue
+            sg = kids.signs[name].clone()
+            a, b = sg[:, pairs[:, 0]], sg[:, pairs[:, 1]]
+            sg[:, pairs[:, 1]] = torch.where(b == 0, -a, b)
+            sg[:, pairs[:, 0]] = torch.where(a == 0, -b, a)
+            kids.signs[name] = sg
+        return kids
 
-def _twin_splits(kids: Domains, relus: list[str], net: AffineReluNet) -> Domains:
-    """``kids`` with every twin of a split unit (:attr:`AffineReluNet.twins`: units reading
-    ``b`` and ``-b``) split to the opposite side: ``b >= 0`` is both ``relu(b)`` active and
-    ``relu(-b)`` inactive, so the added split removes no point of a domain."""
-    for i, name in enumerate(relus):
-        pairs = torch.from_numpy(net.twin_pairs(i))
-        if not len(pairs) or name not in kids.signs:
-            continue
-        sg = kids.signs[name].clone()
-        a, b = sg[:, pairs[:, 0]], sg[:, pairs[:, 1]]
-        sg[:, pairs[:, 1]] = torch.where(b == 0, -a, b)
-        sg[:, pairs[:, 0]] = torch.where(a == 0, -b, a)
-        kids.signs[name] = sg
-    return kids
+
 
 
 #: most nodes popped per round of the branch-and-bound (their linear bounds: one engine
@@ -572,6 +587,7 @@ def exact_search(
         raise ValueError(f"nodes_by must be 'bab' or 'regions', got {nodes_by!r}")
     d = net.in_dim
     nl = len(net.weights) - 1
+    rule = SignRule(net)  # the units the splits decide (max-pooling tournaments, twins)
     logits = net.forward(x[None])[0]
     if c is None:
         c = int(np.argmax(logits))
@@ -785,7 +801,6 @@ def exact_search(
         fixed = {name: torch.from_numpy(net.always_active(i).astype(np.int8))
                  .expand(len(others), -1).clone()
                  for i, name in enumerate(relus) if net.always_active(i).any()}
-        rule = SignRule(net)
         pool = Domains(torch.zeros(len(others), dtype=torch.long), fixed,
                        torch.zeros(len(others), 1, dtype=torch.bool), cls=others,
                        radius=torch.zeros(len(others), dtype=torch.float64))
@@ -840,8 +855,7 @@ def exact_search(
                     if best < old:
                         walk(pat, r_leaf)
                 if len(kids):
-                    kids = rule.apply(_twin_splits(kids, relus, net), relus)
-                    pool = Domains.cat([pool, _twin_splits(kids, relus, net)])
+                    pool = Domains.cat([pool, rule.apply(kids, relus)])
             rate = (_clock.now() - t0) / len(batch)
         domains_floor = np.inf
         return SearchResult(best, best_r, best_k, best_pat, regions, nodes, best_w, best_lv,
@@ -855,13 +869,6 @@ def exact_search(
         if np.isfinite(best) or np.isfinite(far):
             return bab_nodes(far)
 
-    layer_rule = SignRule(net)
-    partner = []  # per hidden layer: each unit's twin (-1: none)
-    for i in range(nl):
-        p_i = np.full(net.weights[i].shape[0], -1, dtype=np.int64)
-        pairs = net.twin_pairs(i)
-        p_i[pairs[:, 0]], p_i[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
-        partner.append(p_i)
     root = _Node(
         lb=0.0,
         # always-active units fixed: their rows (pre >= 0) hold everywhere, so none is needed
@@ -943,9 +950,9 @@ def exact_search(
         bl, bu = node.bounds[i] if node.bounds is not None else (None, None)
         new_a, new_h, new_id = [], [], []
         split: list[tuple[float, int]] = []
-        twin = partner[i]
-        if i in net.tournament_layers:  # sides the earlier layers decide (no row needed)
-            s[:] = layer_rule.sides(torch.from_numpy(node.signs[i - 1])[None],
+        twin = rule.partner[i]
+        if i in rule.layers:  # sides the earlier layers decide (no row needed)
+            s[:] = rule.sides(torch.from_numpy(node.signs[i - 1])[None],
                                     torch.from_numpy(s)[None], i)[0].numpy()
         for j in np.flatnonzero(s == 0):
             if s[j] != 0:  # fixed on the way, as a twin
